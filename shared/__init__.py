@@ -1,0 +1,1 @@
+"""Code shared by the coordinator, the workers and clients: wire and backbone schemas."""

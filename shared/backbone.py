@@ -1,0 +1,263 @@
+"""The backbone schema: every message between workers and the coordinator.
+
+Theory of operation (after the ZeroMQ Guide's Clone pattern):
+
+* **Events up.** Each worker holds one DEALER socket connected to the coordinator's
+  ROUTER (the *events* endpoint). Its ZeroMQ routing id is its worker id, so the
+  coordinator can answer one worker. Up go :class:`Hello`, :class:`Heartbeat`,
+  :class:`Authed`, :class:`Closed`, :class:`Goodbye`, :class:`SnapshotRequest`,
+  :class:`Route` and :class:`RouteResult`. Messages from one worker arrive in the order
+  it sent them; the coordinator applies all of them in one order.
+* **Replies down, to one worker**, on the same ROUTER: :class:`Welcome`,
+  :class:`AuthAck`, :class:`Kick`, :class:`Deliver`, :class:`RouteDone`,
+  :class:`Snapshot`.
+* **Numbered updates down, to every worker**, on the PUB socket (the *updates*
+  endpoint): :class:`Update` (a net-effect delta, numbered ``seq`` within the
+  coordinator's ``epoch``) and :class:`Beat` (liveness plus the latest ``seq``, so a
+  worker that missed the last update notices the gap without waiting for the next one).
+
+A worker subscribes first, then asks for a :class:`Snapshot`, then drops the updates at
+or below its ``seq`` (the slow-joiner rule). An ``epoch`` is a token chosen afresh by
+each coordinator start; numbers from different epochs are never compared.
+
+Wire form: one ZeroMQ frame per message, a msgpack array
+``[SCHEMA_VERSION, tag, field, ...]``. msgpack decodes to plain data only (never
+objects), and :func:`decode` checks the version, the tag, the field count and every
+field's type before building a message, so a corrupt or foreign frame is a
+:class:`BackboneDecodeError`, not a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+import msgpack
+
+SCHEMA_VERSION: Final = 1
+
+
+class BackboneDecodeError(ValueError):
+    """A backbone frame that is not a message of this schema version."""
+
+
+# --------------------------------------------------------------------------- worker -> coordinator
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A worker (re)announces itself with every session it holds, so a restarted
+    coordinator can rebuild the lobby from the workers."""
+
+    TAG: ClassVar[str] = "hello"
+    worker: str
+    sessions: list[tuple[int, str]]  # (connection id, public key)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    TAG: ClassVar[str] = "hb"
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class Authed:
+    """Connection ``conn`` proved it holds ``key`` (signature verified by the worker)."""
+
+    TAG: ClassVar[str] = "authed"
+    conn: int
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """Connection ``conn``, which had authenticated as ``key``, ended."""
+
+    TAG: ClassVar[str] = "closed"
+    conn: int
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye:
+    """The worker is stopping: drop all of its sessions now."""
+
+    TAG: ClassVar[str] = "bye"
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    TAG: ClassVar[str] = "snapreq"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A direct message from ``sender`` on the worker that sent this, to ``to``."""
+
+    TAG: ClassVar[str] = "route"
+    route: int  # chosen by the origin worker, unique among its pending routes
+    sender: str
+    to: str
+    msg_id: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteResult:
+    """The recipient's worker reports what became of a :class:`Deliver`."""
+
+    TAG: ClassVar[str] = "routeres"
+    origin: str
+    route: int
+    status: str  # "delivered" | "offline"
+
+
+# --------------------------------------------------------------------------- coordinator -> one worker
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    TAG: ClassVar[str] = "welcome"
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthAck:
+    """The session of ``conn`` is in the lobby as of update ``seq`` of ``epoch``:
+    hold ``auth_ok`` until the replica has applied it."""
+
+    TAG: ClassVar[str] = "authack"
+    conn: int
+    epoch: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Kick:
+    """Close ``conn`` with 4002: its key authenticated on a newer connection."""
+
+    TAG: ClassVar[str] = "kick"
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    TAG: ClassVar[str] = "deliver"
+    origin: str
+    route: int
+    conn: int
+    sender: str
+    msg_id: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDone:
+    """Final status of the origin worker's :class:`Route` ``route``."""
+
+    TAG: ClassVar[str] = "routedone"
+    route: int
+    status: str  # "delivered" | "offline" | "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    TAG: ClassVar[str] = "snap"
+    epoch: str
+    seq: int
+    users: list[str]
+
+
+# --------------------------------------------------------------------------- coordinator -> all (PUB)
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    TAG: ClassVar[str] = "upd"
+    epoch: str
+    seq: int
+    joined: list[str]
+    left: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    TAG: ClassVar[str] = "beat"
+    epoch: str
+    seq: int
+
+
+UpMessage = Hello | Heartbeat | Authed | Closed | Goodbye | SnapshotRequest | Route | RouteResult
+DownMessage = Welcome | AuthAck | Kick | Deliver | RouteDone | Snapshot
+PubMessage = Update | Beat
+Message = UpMessage | DownMessage | PubMessage
+
+_CLASSES: Final[tuple[type[Any], ...]] = typing.get_args(Message)
+_BY_TAG: Final[dict[str, type[Any]]] = {cls.TAG: cls for cls in _CLASSES}
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def encode(msg: Message) -> bytes:
+    fields = [getattr(msg, f.name) for f in dataclasses.fields(msg)]
+    packed = msgpack.packb([SCHEMA_VERSION, msg.TAG, *fields], use_bin_type=True)
+    assert isinstance(packed, bytes)
+    return packed
+
+
+def decode(frame: bytes) -> Message:
+    """Decode one frame; raise :class:`BackboneDecodeError` for anything else."""
+    try:
+        raw = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise BackboneDecodeError(f"not msgpack: {exc}") from None
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise BackboneDecodeError("not a message array")
+    version, tag, *values = raw
+    if version != SCHEMA_VERSION:
+        raise BackboneDecodeError(f"schema version {version!r}, expected {SCHEMA_VERSION}")
+    cls = _BY_TAG.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise BackboneDecodeError(f"unknown tag {tag!r}")
+    hints = _field_types(cls)
+    if len(values) != len(hints):
+        raise BackboneDecodeError(f"{tag}: {len(values)} fields, expected {len(hints)}")
+    converted = [_check(v, t, tag) for v, t in zip(values, hints, strict=True)]
+    msg: Message = cls(*converted)
+    return msg
+
+
+_TYPE_CACHE: dict[type[Any], list[Any]] = {}
+
+
+def _field_types(cls: type[Any]) -> list[Any]:
+    types = _TYPE_CACHE.get(cls)
+    if types is None:
+        hints = typing.get_type_hints(cls)
+        types = _TYPE_CACHE[cls] = [hints[f.name] for f in dataclasses.fields(cls)]
+    return types
+
+
+def _check(value: Any, expected: Any, tag: str) -> Any:
+    """Check ``value`` against a field type (int, str, list[X], tuple[X, ...]) and
+    return it in that shape (msgpack gives lists where the schema says tuple)."""
+    origin = typing.get_origin(expected)
+    if origin is list:
+        if not isinstance(value, list):
+            raise BackboneDecodeError(f"{tag}: expected a list")
+        (item,) = typing.get_args(expected)
+        return [_check(v, item, tag) for v in value]
+    if origin is tuple:
+        items = typing.get_args(expected)
+        if not isinstance(value, list) or len(value) != len(items):
+            raise BackboneDecodeError(f"{tag}: expected a {len(items)}-tuple")
+        return tuple(_check(v, t, tag) for v, t in zip(value, items, strict=True))
+    if expected is int and (type(value) is not int):
+        raise BackboneDecodeError(f"{tag}: expected an int")
+    if expected is str and not isinstance(value, str):
+        raise BackboneDecodeError(f"{tag}: expected a str")
+    return value
