@@ -1,0 +1,1 @@
+"""The coordinator: the one process that owns the lobby and orders every change."""
