@@ -1,0 +1,252 @@
+"""The coordinator as a real process, driven over ZeroMQ by a test playing several workers."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from shared import backbone as bb
+from tests.procs import ManagedProcess
+
+A, B, C = ("a" * 64, "b" * 64, "c" * 64)
+
+
+class FakeWorker:
+    """A worker's two backbone sockets: DEALER up (routing id = name), SUB down."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], name: str, events: str, updates: str):
+        self.name = name
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(updates)
+        self.dealer = ctx.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.setsockopt(zmq.ROUTING_ID, name.encode())
+        self.dealer.connect(events)
+
+    def send(self, msg: bb.Message) -> None:
+        self.dealer.send(bb.encode(msg))
+
+    def _recv(self, sock: zmq.Socket[bytes], timeout: float) -> bb.Message:
+        if not sock.poll(int(timeout * 1000)):
+            raise AssertionError(f"{self.name}: nothing received within {timeout}s")
+        return bb.decode(sock.recv())
+
+    def reply(self, timeout: float = 5.0) -> bb.Message:
+        return self._recv(self.dealer, timeout)
+
+    def published(self, timeout: float = 5.0, skip_beats: bool = True) -> bb.Message:
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self._recv(self.sub, max(0.0, deadline - time.monotonic()))
+            if not (skip_beats and isinstance(msg, bb.Beat)):
+                return msg
+
+    def wait_subscribed(self) -> None:
+        """Beat until the SUB is connected (the slow-joiner rule): a Beat arrives."""
+        self.published(timeout=5.0, skip_beats=False)
+
+    def drain_pub(self) -> None:
+        while self.sub.poll(0):
+            self.sub.recv()
+
+    def no_reply(self, within: float) -> None:
+        assert not self.dealer.poll(int(within * 1000)), f"{self.name}: unexpected reply"
+
+    def close(self) -> None:
+        self.sub.close(0)
+        self.dealer.close(0)
+
+
+class Cluster:
+    def __init__(self, tmp: Path, *extra: str) -> None:
+        self.events = f"ipc://{tmp}/events"
+        self.updates = f"ipc://{tmp}/updates"
+        self.proc = ManagedProcess(
+            "coordinator",
+            [
+                "--events-endpoint",
+                self.events,
+                "--updates-endpoint",
+                self.updates,
+                "--heartbeat-interval",
+                "0.1",
+                *extra,
+            ],
+        )
+        self.proc.wait_for_line("coordinator ready")
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.workers: list[FakeWorker] = []
+
+    def worker(self, name: str) -> FakeWorker:
+        w = FakeWorker(self.ctx, name, self.events, self.updates)
+        w.wait_subscribed()
+        w.send(bb.Hello(name, []))
+        assert isinstance(w.reply(), bb.Welcome)
+        self.workers.append(w)
+        return w
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+        self.ctx.term()
+        code = self.proc.stop()
+        self.proc.assert_no_traceback()
+        assert code == 0, self.proc.output()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    marker = request.node.get_closest_marker("coordinator_args")
+    c = Cluster(tmp_path, *(marker.args if marker else ("--batch-window", "0")))
+    yield c
+    c.close()
+
+
+def expect_update(w: FakeWorker, seq: int, joined: list[str], left: list[str]) -> bb.Update:
+    msg = w.published()
+    assert isinstance(msg, bb.Update), msg
+    assert (msg.seq, msg.joined, msg.left) == (seq, joined, left)
+    return msg
+
+
+def test_snapshot_and_welcome_share_one_epoch(cluster: Cluster) -> None:
+    w = cluster.worker("w1")
+    w.send(bb.SnapshotRequest())
+    snap = w.reply()
+    assert isinstance(snap, bb.Snapshot) and (snap.seq, snap.users) == (0, [])
+    beat = w.published(skip_beats=False)
+    assert isinstance(beat, bb.Beat) and beat.epoch == snap.epoch
+
+
+def test_auth_is_published_then_acked_with_its_seq(cluster: Cluster) -> None:
+    w = cluster.worker("w1")
+    w.send(bb.Authed(1, A))
+    update = expect_update(w, 1, [A], [])
+    ack = w.reply()
+    assert ack == bb.AuthAck(1, update.epoch, 1)
+    w.send(bb.SnapshotRequest())
+    snap = w.reply()
+    assert isinstance(snap, bb.Snapshot) and (snap.seq, snap.users) == (1, [A])
+
+
+def test_newest_session_wins_across_workers_and_stale_close_is_ignored(cluster: Cluster) -> None:
+    w1, w2 = cluster.worker("w1"), cluster.worker("w2")
+    w1.send(bb.Authed(1, A))
+    expect_update(w2, 1, [A], [])
+    assert isinstance(w1.reply(), bb.AuthAck)
+    w2.send(bb.Authed(1, A))
+    expect_update(w2, 2, [A], [A])  # a reconnection: in left and joined of one update
+    assert w1.reply() == bb.Kick(1)
+    assert isinstance(w2.reply(), bb.AuthAck)
+    w1.send(bb.Closed(1, A))  # the replaced connection's close, arriving afterwards
+    w2.send(bb.SnapshotRequest())
+    snap = w2.reply()
+    assert isinstance(snap, bb.Snapshot) and (snap.seq, snap.users) == (2, [A])
+
+
+def test_close_of_current_session_leaves(cluster: Cluster) -> None:
+    w = cluster.worker("w1")
+    w.send(bb.Authed(4, B))
+    expect_update(w, 1, [B], [])
+    w.send(bb.Closed(4, B))
+    expect_update(w, 2, [], [B])
+
+
+@pytest.mark.coordinator_args("--batch-window", "1.0")
+def test_burst_of_joins_is_batched_into_net_effect_updates(cluster: Cluster) -> None:
+    w = cluster.worker("w1")
+    keys = [f"{i:064x}" for i in range(200)]
+    for conn, key in enumerate(keys):
+        w.send(bb.Authed(conn, key))
+    w.send(bb.Authed(999, C))
+    w.send(bb.Closed(999, C))  # joins and leaves inside the window: never published
+    seen: set[str] = set()
+    updates = 0
+    while len(seen) < len(keys):
+        msg = w.published()
+        assert isinstance(msg, bb.Update) and not msg.left and C not in msg.joined
+        seen.update(msg.joined)
+        updates += 1
+    assert seen == set(keys)
+    assert updates <= 5, f"{updates} updates for one burst of 200 joins"
+    acks = [w.reply() for _ in keys]
+    assert all(isinstance(a, bb.AuthAck) for a in acks)
+
+
+@pytest.mark.coordinator_args("--batch-window", "0", "--worker-timeout", "0.5")
+def test_silent_worker_is_presumed_dead_and_its_users_leave(cluster: Cluster) -> None:
+    w1, w2 = cluster.worker("w1"), cluster.worker("w2")
+    w1.send(bb.Authed(1, A))
+    w2.send(bb.Authed(1, B))
+    expect_update(w2, 1, [A], [])
+    expect_update(w2, 2, [B], [])
+    deadline = time.monotonic() + 5
+    msg: bb.Message | None = None
+    while time.monotonic() < deadline:  # w2 keeps beating, w1 says nothing more
+        w2.send(bb.Heartbeat("w2"))
+        if w2.sub.poll(50):
+            msg = bb.decode(w2.sub.recv())
+            if isinstance(msg, bb.Update):
+                break
+    assert isinstance(msg, bb.Update) and (msg.joined, msg.left) == ([], [A])
+
+
+def test_goodbye_removes_all_sessions_at_once(cluster: Cluster) -> None:
+    w1, w2 = cluster.worker("w1"), cluster.worker("w2")
+    w1.send(bb.Authed(1, A))
+    w1.send(bb.Authed(2, B))
+    expect_update(w2, 1, [A], [])
+    expect_update(w2, 2, [B], [])
+    w1.send(bb.Goodbye("w1"))
+    expect_update(w2, 3, [], [A, B])
+
+
+def test_hello_reregisters_sessions_and_drops_forgotten_ones(cluster: Cluster) -> None:
+    w1 = cluster.worker("w1")
+    w1.send(bb.Authed(1, A))
+    w1.send(bb.Authed(2, B))
+    expect_update(w1, 1, [A], [])
+    expect_update(w1, 2, [B], [])
+    w1.reply(), w1.reply()
+    w1.send(bb.Hello("w1", [(2, B), (3, C)]))
+    expect_update(w1, 3, [C], [A])
+    assert isinstance(w1.reply(), bb.Welcome)
+
+
+def test_direct_message_routes_to_the_recipients_worker_and_back(cluster: Cluster) -> None:
+    w1, w2 = cluster.worker("w1"), cluster.worker("w2")
+    w2.send(bb.Authed(9, B))
+    expect_update(w1, 1, [B], [])
+    w1.send(bb.Route(5, A, B, "m1", "ciphertext"))
+    assert isinstance(w2.reply(), bb.AuthAck)
+    deliver = w2.reply()
+    assert deliver == bb.Deliver("w1", 5, 9, A, "m1", "ciphertext")
+    w2.send(bb.RouteResult("w1", 5, "delivered"))
+    assert w1.reply() == bb.RouteDone(5, "delivered")
+    w1.send(bb.Route(6, A, C, "m2", "x"))
+    assert w1.reply() == bb.RouteDone(6, "offline")
+
+
+def test_garbage_frames_are_dropped_and_break_nothing(cluster: Cluster) -> None:
+    w = cluster.worker("w1")
+    for frame in [b"", b"\xff\x00", bb.encode(bb.Kick(1)), b"\x93\x01\xa3upd\x01"]:
+        w.dealer.send(frame)
+    w.dealer.send_multipart([b"a", b"b"])
+    w.send(bb.Authed(1, "not-a-key"))
+    w.send(bb.Authed(1, A))
+    expect_update(w, 1, [A], [])
+    assert cluster.proc.count("dropping") >= 4
+
+
+def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    c.proc.signal(signal.SIGTERM)
+    assert c.proc.proc.wait(5) == 0
+    c.close()
