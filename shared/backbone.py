@@ -43,7 +43,7 @@ class BackboneDecodeError(ValueError):
     """A backbone frame that is not a message of this schema version."""
 
 
-# --------------------------------------------------------------------------- worker -> coordinator
+# ------------------------------------------------------------ worker -> coordinator
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,7 @@ class RouteResult:
     status: str  # "delivered" | "offline"
 
 
-# --------------------------------------------------------------------------- coordinator -> one worker
+# ------------------------------------------------------------ coordinator -> one worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +171,7 @@ class Snapshot:
     users: list[str]
 
 
-# --------------------------------------------------------------------------- coordinator -> all (PUB)
+# ------------------------------------------------------------ coordinator -> all (PUB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +199,7 @@ _CLASSES: Final[tuple[type[Any], ...]] = typing.get_args(Message)
 _BY_TAG: Final[dict[str, type[Any]]] = {cls.TAG: cls for cls in _CLASSES}
 
 
-# --------------------------------------------------------------------------- codec
+# ------------------------------------------------------------ codec
 
 
 def encode(msg: Message) -> bytes:

@@ -93,7 +93,7 @@ class RejectReason(enum.Enum):
     UNAVAILABLE = "unavailable"
 
 
-# --------------------------------------------------------------------------- keys
+# ------------------------------------------------------------ keys
 
 
 def is_hex_key(value: object, length: int = 64) -> bool:
@@ -111,7 +111,7 @@ def signed_payload(nonce_hex: str) -> bytes:
     return AUTH_CONTEXT + bytes.fromhex(nonce_hex)
 
 
-# --------------------------------------------------------------------------- client -> server
+# ------------------------------------------------------------ client -> server
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +187,7 @@ def _parse_send(obj: dict[str, Any]) -> Send | ProtocolViolation:
     return Send(to=to, id=msg_id, body=body)
 
 
-# --------------------------------------------------------------------------- server -> client
+# ------------------------------------------------------------ server -> client
 # Encoders return the frame text. ``separators`` keeps frames compact: they are fanned out.
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
