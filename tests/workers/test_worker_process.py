@@ -1,0 +1,671 @@
+"""One real ``python -m workers`` process against a coordinator played by the test.
+
+The test binds a real ROUTER (events) and an XPUB (updates: a PUB that also tells us
+when the worker's subscription has arrived, so nothing is published into the void)
+and talks to the worker exactly as the coordinator would, while real WebSocket clients
+sign real challenges. Every wait has a deadline; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import zmq
+import zmq.asyncio
+from nacl.signing import SigningKey
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from shared import backbone as bb
+from shared import protocol
+from tests.procs import ROOT, ManagedProcess, free_port
+
+M = TypeVar("M")
+WORKER = "w1"
+FAST = [
+    "--heartbeat-interval", "0.2",
+    "--coordinator-timeout", "0.6",
+    "--log-level", "DEBUG",
+]  # fmt: skip
+BEAT_EVERY = 0.1
+QUIET = 0.3  # how long "nothing arrives" is watched for in negative checks
+
+
+@pytest.fixture
+def ipc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # A short path: ipc:// endpoints are limited to about 100 bytes.
+    return tmp_path_factory.mktemp("ipc")
+
+
+# --------------------------------------------------------------------------- fake coordinator
+
+
+@dataclass
+class FakeCoordinator:
+    """Answers Hello and SnapshotRequest from its truth, beats, records everything."""
+
+    router: zmq.asyncio.Socket
+    pub: zmq.asyncio.Socket
+    epoch: str = "e1"
+    seq: int = 10
+    users: set[str] = field(default_factory=set)
+    answering: bool = True
+    beating: bool = True
+    up: list[bb.Message] = field(default_factory=list)
+    taken: set[int] = field(default_factory=set)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def serve(self) -> None:
+        while True:
+            ident, frame = await self.router.recv_multipart()
+            assert ident == WORKER.encode()
+            msg = bb.decode(frame)
+            if isinstance(msg, bb.Heartbeat):
+                continue
+            self.up.append(msg)
+            self.arrived.set()
+            if self.answering and isinstance(msg, bb.Hello):
+                self.send(bb.Welcome(self.epoch))
+            if self.answering and isinstance(msg, bb.SnapshotRequest):
+                self.send(bb.Snapshot(self.epoch, self.seq, sorted(self.users)))
+
+    async def beat(self) -> None:
+        while True:
+            if self.beating:
+                self.publish(bb.Beat(self.epoch, self.seq))
+            await asyncio.sleep(BEAT_EVERY)  # a clock, not synchronisation
+
+    def send(self, msg: bb.Message) -> None:
+        self.router.send_multipart([WORKER.encode(), bb.encode(msg)])
+
+    def publish(self, msg: bb.Message) -> None:
+        self.pub.send(bb.encode(msg))
+
+    def update(self, joined: list[str] = (), left: list[str] = (), lose: bool = False) -> int:  # type: ignore[assignment]
+        """Change the truth as the next seq; publish it unless ``lose``."""
+        self.seq += 1
+        self.users -= set(left)
+        self.users |= set(joined)
+        if not lose:
+            self.publish(bb.Update(self.epoch, self.seq, list(joined), list(left)))
+        return self.seq
+
+    async def expect(
+        self, cls: type[M], where: Callable[[M], bool] = lambda m: True, timeout: float = 5.0
+    ) -> M:
+        """The first not yet taken message of type ``cls`` matching ``where``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for i, msg in enumerate(self.up):
+                    if i not in self.taken and isinstance(msg, cls) and where(msg):
+                        self.taken.add(i)
+                        return msg
+                self.arrived.clear()
+                await self.arrived.wait()
+
+    def seen(self, cls: type[Any]) -> list[Any]:
+        return [m for i, m in enumerate(self.up) if isinstance(m, cls) and i not in self.taken]
+
+
+@dataclass
+class Harness:
+    coord: FakeCoordinator
+    proc: ManagedProcess
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    async def wait_log(self, needle: str, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not self.proc.count(needle):
+                assert self.proc.proc.poll() is None, f"worker exited:\n{self.proc.output()}"
+                await asyncio.sleep(0.01)  # polling the log with a deadline
+
+    async def login(self, sk: SigningKey) -> Session:
+        """Connect, authenticate, ack and publish the join: a ready session."""
+        ws = await connect(self.url)
+        session = Session(ws, sk)
+        await session.answer_challenge()
+        authed = await self.coord.expect(bb.Authed, lambda m: m.key == session.key)
+        session.conn = authed.conn
+        self.coord.send(bb.AuthAck(authed.conn, self.coord.epoch, self.coord.seq + 1))
+        self.coord.update(joined=[session.key])
+        assert await session.recv() == {"type": "auth_ok", "publicKey": session.key}
+        snap = await session.recv()
+        assert snap["type"] == "lobby_snapshot" and session.key in keys(snap["users"])
+        session.seq = snap["seq"]
+        return session
+
+
+@dataclass
+class Session:
+    ws: ClientConnection
+    sk: SigningKey
+    conn: int = -1
+    seq: int = -1
+
+    @property
+    def key(self) -> str:
+        return self.sk.verify_key.encode().hex()
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            frame = await self.ws.recv()
+        assert isinstance(frame, str)
+        decoded: dict[str, Any] = json.loads(frame)
+        return decoded
+
+    async def quiet(self) -> None:
+        """Assert that nothing arrives for a moment."""
+        with pytest.raises(TimeoutError):
+            frame = await self.recv(timeout=QUIET)
+            pytest.fail(f"unexpected frame {frame}")
+
+    async def answer_challenge(self, nonce_hex: str | None = None) -> str:
+        if nonce_hex is None:
+            nonce_hex = str((await self.recv())["nonce"])
+        sig = self.sk.sign(protocol.signed_payload(nonce_hex)).signature.hex()
+        await self.send({"type": "auth", "publicKey": self.key, "signature": sig})
+        return nonce_hex
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(obj))
+
+    async def closed(self, timeout: float = 5.0) -> tuple[int | None, str | None, list[Any]]:
+        """Read until the server closes; the close code, reason and frames before it."""
+        frames: list[Any] = []
+        async with asyncio.timeout(timeout):
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    frames.append(json.loads(await self.ws.recv()))
+        return self.ws.close_code, self.ws.close_reason, frames
+
+
+def keys(users: list[dict[str, str]]) -> set[str]:
+    return {u["publicKey"] for u in users}
+
+
+def new_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+@contextlib.asynccontextmanager
+async def worker(ipc_dir: Path, *args: str) -> AsyncIterator[Harness]:
+    ctx = zmq.asyncio.Context()
+    router, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.XPUB)
+    for sock in (router, pub):
+        sock.setsockopt(zmq.LINGER, 0)
+    router.bind(f"ipc://{ipc_dir}/events")
+    pub.bind(f"ipc://{ipc_dir}/updates")
+    coord = FakeCoordinator(router, pub)
+    port = free_port()
+    proc = ManagedProcess(
+        "workers",
+        [
+            *("--port", str(port), "--worker-id", WORKER),
+            *("--events-endpoint", f"ipc://{ipc_dir}/events"),
+            *("--updates-endpoint", f"ipc://{ipc_dir}/updates"),
+            *FAST,
+            *args,
+        ],
+    )
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        async with asyncio.timeout(10):
+            assert await pub.recv() == b"\x01"  # the worker subscribed to everything
+        tasks = [asyncio.create_task(coord.serve()), asyncio.create_task(coord.beat())]
+        harness = Harness(coord, proc, port)
+        await harness.wait_log(f"worker {WORKER} ready at ws://127.0.0.1:{port}/ws")
+        hello = await coord.expect(bb.Hello)
+        assert hello == bb.Hello(WORKER, [])
+        await coord.expect(bb.SnapshotRequest)
+        yield harness
+    finally:
+        # Stop while the loop still runs, so open test clients answer the close handshake.
+        code = await asyncio.to_thread(proc.stop)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        router.close()
+        pub.close()
+        ctx.term()
+        proc.assert_no_traceback()
+        assert code == 0, proc.output()
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(coro)
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+def test_auth_ok_is_held_until_the_acked_update_is_published(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            c = h.coord
+            c.update(joined=["f" * 64])
+            s = Session(await connect(h.url), new_key())
+            challenge = await s.recv()
+            assert set(challenge) == {"type", "version", "nonce"}
+            assert challenge["type"] == "challenge" and challenge["version"] == 1
+            assert protocol.is_hex_key(challenge["nonce"]) and challenge["nonce"].islower()
+            await s.answer_challenge(challenge["nonce"])
+            authed = await c.expect(bb.Authed)
+            assert authed.key == s.key
+
+            c.send(bb.AuthAck(authed.conn, c.epoch, c.seq + 1))
+            # A Deliver behind the ack: once its result is back the ack was handled too.
+            c.send(bb.Deliver("w9", 77, authed.conn, "e" * 64, "m1", "early"))
+            result = await c.expect(bb.RouteResult)
+            assert result == bb.RouteResult("w9", 77, "delivered")
+            await s.quiet()  # acked, but the replica has not seen the join: no auth_ok
+
+            seq = c.update(joined=[s.key])
+            assert await s.recv() == {"type": "auth_ok", "publicKey": s.key}
+            snap = await s.recv()
+            assert snap == json.loads(protocol.lobby_snapshot(seq, sorted(c.users)))
+            assert await s.recv() == json.loads(protocol.message("e" * 64, "m1", "early"))
+
+    run(scenario())
+
+
+Frame = str | bytes
+AUTH_FAILURES: list[tuple[str, Callable[[SigningKey, str], Frame], str]] = [
+    ("not-json", lambda sk, nonce: "{nope", "malformed"),
+    ("binary", lambda sk, nonce: b"\x00binary", "malformed"),
+    ("missing-field", lambda sk, nonce: json.dumps({"type": "auth"}), "malformed"),
+    ("unknown-type", lambda sk, nonce: json.dumps({"type": "hi"}), "malformed"),
+    ("get_lobby", lambda sk, nonce: json.dumps({"type": "get_lobby"}), "unexpected_message"),
+    (
+        "send",
+        lambda sk, nonce: json.dumps({"type": "send", "to": "a" * 64, "id": "1", "body": ""}),
+        "unexpected_message",
+    ),
+    (
+        "key-not-hex",
+        lambda sk, nonce: json.dumps({"type": "auth", "publicKey": "x" * 64, "signature": ""}),
+        "invalid_public_key",
+    ),
+    (
+        "key-not-a-point",
+        lambda sk, nonce: json.dumps(
+            {"type": "auth", "publicKey": "00" * 32, "signature": "00" * 64}
+        ),
+        "invalid_public_key",
+    ),
+    (
+        "sig-not-hex",
+        lambda sk, nonce: json.dumps(
+            {"type": "auth", "publicKey": sk.verify_key.encode().hex(), "signature": "zz" * 64}
+        ),
+        "invalid_signature",
+    ),
+    (
+        "sig-wrong",
+        lambda sk, nonce: json.dumps(
+            {
+                "type": "auth",
+                "publicKey": sk.verify_key.encode().hex(),
+                "signature": sk.sign(b"lobby-auth-v1:" + bytes(32)).signature.hex(),
+            }
+        ),
+        "invalid_signature",
+    ),
+]
+
+
+def test_every_auth_failure_reason_closes_4001(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            for name, make, reason in AUTH_FAILURES:
+                s = Session(await connect(h.url), new_key())
+                nonce = (await s.recv())["nonce"]
+                await s.ws.send(make(s.sk, nonce))
+                code, why, frames = await s.closed()
+                assert frames == [{"type": "auth_failed", "reason": reason}], name
+                assert (code, why) == (4001, "auth_failed"), name
+            assert not h.coord.seen(bb.Authed)
+
+    run(scenario())
+
+
+def test_silent_client_is_closed_4003(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir, "--auth-timeout", "0.4") as h:
+            s = Session(await connect(h.url), new_key())
+            assert (await s.recv())["type"] == "challenge"
+            assert await s.closed() == (4003, "auth_timeout", [])
+
+    run(scenario())
+
+
+def test_no_ack_closes_1013_and_reports_closed(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir, "--auth-wait", "0.5") as h:
+            s = Session(await connect(h.url), new_key())
+            await s.answer_challenge()
+            authed = await h.coord.expect(bb.Authed)
+            code, _, frames = await s.closed()
+            assert (code, frames) == (1013, [])
+            assert await h.coord.expect(bb.Closed) == bb.Closed(authed.conn, s.key)
+
+    run(scenario())
+
+
+def test_kick_closes_4002_before_and_after_auth_ok(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            c = h.coord
+            s = await h.login(new_key())
+            c.send(bb.Kick(s.conn))
+            assert await s.closed() == (4002, "session_replaced", [])
+            assert await c.expect(bb.Closed) == bb.Closed(s.conn, s.key)
+
+            # Kicked while acked and waiting for the replica.
+            w = Session(await connect(h.url), new_key())
+            await w.answer_challenge()
+            authed = await c.expect(bb.Authed)
+            c.send(bb.AuthAck(authed.conn, c.epoch, c.seq + 5))
+            c.send(bb.Kick(authed.conn))
+            assert await w.closed() == (4002, "session_replaced", [])
+            assert await c.expect(bb.Closed) == bb.Closed(authed.conn, w.key)
+
+    run(scenario())
+
+
+def test_unreachable_coordinator_health_auth_and_send(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir, "--auth-wait", "5") as h:
+            c = h.coord
+            assert await http_status(h.port, "/healthz") == 200
+            s = await h.login(new_key())
+            c.answering = c.beating = False
+            await until(lambda: http_status(h.port, "/healthz"), 503)
+
+            await s.send({"type": "send", "to": "a" * 64, "id": "x1", "body": "hi"})
+            assert await s.recv() == {
+                "type": "send_result",
+                "id": "x1",
+                "status": "rejected",
+                "reason": "unavailable",
+            }
+            # A valid auth waits for the coordinator instead of failing at once.
+            w = Session(await connect(h.url), new_key())
+            await w.answer_challenge()
+            await w.quiet()
+            assert not c.seen(bb.Authed)
+
+            c.answering = c.beating = True  # back: the worker re-announces its sessions
+            hello = await c.expect(bb.Hello)
+            assert hello.sessions == [(s.conn, s.key)]
+            authed = await c.expect(bb.Authed)
+            assert authed.key == w.key
+            await until(lambda: http_status(h.port, "/healthz"), 200)
+
+    run(scenario())
+
+
+# --------------------------------------------------------------------------- lobby
+
+
+def test_lobby_updates_are_forwarded_in_order(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            c = h.coord
+            a = await h.login(new_key())
+            b = await h.login(new_key())
+            assert await a.recv() == json.loads(protocol.lobby_update(b.seq, [b.key], []))
+            other = "c" * 64
+            seq = c.update(joined=[other], left=[b.key])
+            expected = json.loads(protocol.lobby_update(seq, [other], [b.key]))
+            assert await a.recv() == expected
+            assert await b.recv() == expected
+            await a.send({"type": "get_lobby"})
+            snap = await a.recv()
+            assert snap == json.loads(protocol.lobby_snapshot(seq, sorted(c.users)))
+
+    run(scenario())
+
+
+def test_lost_update_triggers_snapshot_request_and_fresh_snapshot(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            c = h.coord
+            a = await h.login(new_key())
+            c.beating = False  # the next Update, not a Beat, reveals the gap
+            c.update(joined=["1" * 64], lose=True)
+            seq = c.update(joined=["2" * 64])
+            await c.expect(bb.SnapshotRequest)
+            snap = await a.recv()
+            assert snap == json.loads(protocol.lobby_snapshot(seq, sorted(c.users)))
+            c.beating = True
+            seq = c.update(left=["1" * 64])
+            assert await a.recv() == json.loads(protocol.lobby_update(seq, [], ["1" * 64]))
+
+    run(scenario())
+
+
+def test_beat_ahead_triggers_resync(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            c = h.coord
+            a = await h.login(new_key())
+            c.update(joined=["3" * 64], lose=True)  # only the Beat tells
+            await c.expect(bb.SnapshotRequest)
+            snap = await a.recv()
+            assert snap == json.loads(protocol.lobby_snapshot(c.seq, sorted(c.users)))
+
+    run(scenario())
+
+
+def test_new_epoch_reannounces_sessions_and_sends_fresh_snapshot(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            c = h.coord
+            a = await h.login(new_key())
+            c.epoch, c.seq, c.users = "e2", 3, {a.key, "9" * 64}  # restarted, rebuilt
+            hello = await c.expect(bb.Hello)
+            assert hello == bb.Hello(WORKER, [(a.conn, a.key)])
+            snap = await a.recv()
+            assert snap == json.loads(protocol.lobby_snapshot(3, sorted(c.users)))
+            seq = c.update(left=["9" * 64])
+            assert await a.recv() == json.loads(protocol.lobby_update(seq, [], ["9" * 64]))
+
+    run(scenario())
+
+
+# --------------------------------------------------------------------------- direct messages
+
+
+def test_send_is_routed_and_answered_once(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            c = h.coord
+            a = await h.login(new_key())
+            to = "AB" * 32
+            for n, (status, expected) in enumerate(
+                [
+                    ("delivered", {"status": "delivered"}),
+                    ("offline", {"status": "offline"}),
+                    ("unavailable", {"status": "rejected", "reason": "unavailable"}),
+                ]
+            ):
+                await a.send({"type": "send", "to": to, "id": f"m{n}", "body": "secret"})
+                route = await c.expect(bb.Route)
+                assert (route.sender, route.to, route.msg_id, route.body) == (
+                    a.key,
+                    to.lower(),
+                    f"m{n}",
+                    "secret",
+                )
+                c.send(bb.RouteDone(route.route, status))
+                c.send(bb.RouteDone(route.route, status))  # a duplicate changes nothing
+                assert await a.recv() == {"type": "send_result", "id": f"m{n}", **expected}
+            await a.send({"type": "send", "to": to, "id": "big", "body": "x" * 65537})
+            assert (await a.recv())["reason"] == "too_large"
+            await a.send({"type": "send", "to": "nobody", "id": "bad", "body": ""})
+            assert (await a.recv())["reason"] == "invalid_recipient"
+            await a.quiet()
+
+    run(scenario())
+
+
+def test_route_timeout_is_unavailable(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir, "--route-timeout", "0.4") as h:
+            a = await h.login(new_key())
+            await a.send({"type": "send", "to": "a" * 64, "id": "t", "body": ""})
+            route = await h.coord.expect(bb.Route)
+            assert await a.recv() == {
+                "type": "send_result",
+                "id": "t",
+                "status": "rejected",
+                "reason": "unavailable",
+            }
+            h.coord.send(bb.RouteDone(route.route, "delivered"))  # too late: ignored
+            await a.quiet()
+
+    run(scenario())
+
+
+def test_deliver_writes_message_or_reports_offline(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            c = h.coord
+            a = await h.login(new_key())
+            c.send(bb.Deliver("w2", 5, a.conn, "d" * 64, "id5", "ciphertext"))
+            assert await a.recv() == {
+                "type": "message",
+                "from": "d" * 64,
+                "id": "id5",
+                "body": "ciphertext",
+            }
+            assert await c.expect(bb.RouteResult) == bb.RouteResult("w2", 5, "delivered")
+            c.send(bb.Deliver("w2", 6, 999_999, "d" * 64, "id6", "x"))
+            assert await c.expect(bb.RouteResult) == bb.RouteResult("w2", 6, "offline")
+
+    run(scenario())
+
+
+# --------------------------------------------------------------------------- errors, HTTP, shutdown
+
+
+def test_errors_after_auth_keep_the_connection_and_oversize_closes_1009(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir, "--max-frame-bytes", "4096") as h:
+            a = await h.login(new_key())
+            bad: list[tuple[Frame, str]] = [
+                ("nope", "malformed"),
+                (b"\x01\x02", "malformed"),
+                (json.dumps({"type": "dance"}), "unknown_type"),
+                (json.dumps({"type": "send", "to": "a" * 64, "id": ""}), "malformed"),
+                (json.dumps({"type": "auth", "publicKey": a.key, "signature": ""}), "malformed"),
+            ]
+            for frame, code in bad:
+                await a.ws.send(frame)
+                reply = await a.recv()
+                assert reply["type"] == "error" and reply["code"] == code, frame
+            await a.send({"type": "get_lobby"})
+            assert (await a.recv())["type"] == "lobby_snapshot"
+            await a.ws.send("x" * 5000)
+            closed_with, _, _ = await a.closed()
+            assert closed_with == 1009
+            assert await h.coord.expect(bb.Closed) == bb.Closed(a.conn, a.key)
+
+    run(scenario())
+
+
+def test_http_paths(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            assert await http_status(h.port, "/healthz") == 200
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(f"ws://127.0.0.1:{h.port}/elsewhere")
+            assert refused.value.response.status_code == 404
+            assert await http_status(h.port, "/ws") == 426  # plain GET, no upgrade
+            reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+            writer.write(b"\x16\x03\x01garbage\r\n\r\n")  # e.g. TLS to a plain port
+            async with asyncio.timeout(5):
+                await reader.read()  # the worker answers and hangs up; no traceback
+            writer.close()
+            # permessage-deflate is off unless the operator turns it on.
+            async with connect(h.url, compression="deflate") as ws:
+                assert "Sec-WebSocket-Extensions" not in ws.response.headers
+
+    run(scenario())
+
+
+def test_sigterm_closes_clients_1001_and_says_goodbye(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            a = await h.login(new_key())
+            h.proc.signal(signal.SIGTERM)
+            code, _, _ = await a.closed()
+            assert code == 1001
+            assert await h.coord.expect(bb.Goodbye) == bb.Goodbye(WORKER)
+            await until(lambda: _returncode(h.proc), 0)
+
+    run(scenario())
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def _returncode(proc: ManagedProcess) -> int | None:
+    return proc.proc.poll()
+
+
+async def until(
+    probe: Callable[[], Coroutine[Any, Any, object]], want: object, timeout: float = 5.0
+) -> None:
+    """Poll ``probe`` until it returns ``want``, with a deadline."""
+    async with asyncio.timeout(timeout):
+        while (got := await probe()) != want:
+            await asyncio.sleep(0.05)
+    assert got == want
+
+
+async def http_status(port: int, path: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        await writer.drain()
+        async with asyncio.timeout(5):
+            status_line = await reader.readline()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+
+
+def test_help_documents_every_option_and_its_environment_variable() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "workers", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    flat = " ".join(out.split())
+    for group in ("Network", "Backbone", "Timeouts", "Limits", "Logging"):
+        assert f"{group}:" in out
+    for option in [
+        "host", "port", "compression", "events-endpoint", "updates-endpoint", "worker-id",
+        "hwm", "auth-timeout", "auth-wait", "ping-interval", "ping-timeout",
+        "heartbeat-interval", "coordinator-timeout", "route-timeout", "max-frame-bytes",
+        "lag-bytes", "max-queue-bytes", "log-level",
+    ]:  # fmt: skip
+        env = "PRESENCE_" + option.upper().replace("-", "_")
+        assert f"--{option}" in out and f"env {env}" in flat, option

@@ -1,0 +1,242 @@
+"""The worker's read-only replica of the lobby (sans-I/O).
+
+Theory of operation
+-------------------
+The coordinator owns the lobby. It answers a worker's ``SnapshotRequest`` with a
+``Snapshot(epoch, seq, users)`` on the ROUTER and publishes every change as a numbered
+``Update(epoch, seq, ...)`` plus a periodic ``Beat(epoch, seq)`` on PUB. The two
+streams are independent, so the replica follows the Clone pattern's rules:
+
+* While not ``LIVE`` it buffers updates (bounded); when a snapshot arrives it drops the
+  buffered updates at or below the snapshot's ``seq`` (slow-joiner rule) and applies the
+  rest, which must follow on without a gap.
+* While ``LIVE`` an update must be ``seq + 1``. A later one, or a ``Beat`` naming a
+  higher ``seq``, means updates were lost (PUB drops at its high-water mark): the
+  replica asks for a snapshot and goes back to ``SYNCING``. Stale and duplicate
+  updates are ignored.
+* An ``epoch`` other than the replica's means the coordinator restarted: the worker
+  must announce its sessions again (``Hello``) before asking for a snapshot, and only
+  a snapshot that follows the ``Welcome`` answering that ``Hello`` counts (replies on
+  the ROUTER come in order, so earlier snapshots may predate the announcement).
+
+Clients see a clean stream: the replica forwards an update only when it applied it
+while ``LIVE`` in order; after any resync it reports :class:`Resynced` and the shell
+sends every client a fresh snapshot instead (continuity is broken, never gapped).
+
+The class never raises for any message order; it returns the effects the shell must
+carry out.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from shared import backbone as bb
+from shared import protocol
+
+MAX_BUFFERED_UPDATES: Final = 10_000
+"""Updates kept while waiting for a snapshot. Past it the buffer is dropped: the next
+update or Beat then shows a gap and the replica simply asks for another snapshot."""
+
+
+class SyncState(enum.Enum):
+    AWAITING_WELCOME = "awaiting_welcome"  # Hello sent; snapshots before Welcome are stale
+    SYNCING = "syncing"  # waiting for a snapshot of the expected epoch
+    LIVE = "live"  # in step with the coordinator's PUB stream
+
+
+class ReplicaView(Protocol):
+    """What connections may read of the replica."""
+
+    @property
+    def epoch(self) -> str | None: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def sync(self) -> SyncState: ...
+    @property
+    def users(self) -> AbstractSet[str]: ...
+
+
+# --------------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """Send ``Hello`` with every recorded session, then ``SnapshotRequest``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSnapshot:
+    """Send ``SnapshotRequest``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Update ``seq`` was applied in order while live: fan ``frame`` out."""
+
+    seq: int
+    frame: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resynced:
+    """The replica is live again from a snapshot; continuity towards clients is broken.
+    ``previous_epoch`` tells the shell whether the coordinator changed."""
+
+    previous_epoch: str | None
+
+
+Effect = Announce | RequestSnapshot | Forward | Resynced
+
+
+class Replica:
+    """Epoch, seq and online keys as of the last applied coordinator state."""
+
+    def __init__(self) -> None:
+        self._epoch: str | None = None
+        self._seq = 0
+        self._users: set[str] = set()
+        self._sync = SyncState.AWAITING_WELCOME
+        self._expected: str | None = None  # epoch the next snapshot must carry
+        self._buffer: deque[bb.Update] = deque()
+        self._cache_key: tuple[str | None, int] | None = None
+        self._cache_frame = ""
+
+    # ------------------------------------------------------------------ view
+
+    @property
+    def epoch(self) -> str | None:
+        return self._epoch
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def sync(self) -> SyncState:
+        return self._sync
+
+    @property
+    def users(self) -> AbstractSet[str]:
+        return self._users
+
+    def snapshot_frame(self) -> str:
+        """The ``lobby_snapshot`` frame of the current state, encoded once per state."""
+        key = (self._epoch, self._seq)
+        if key != self._cache_key:
+            self._cache_frame = protocol.lobby_snapshot(self._seq, sorted(self._users))
+            self._cache_key = key
+        return self._cache_frame
+
+    # ------------------------------------------------------------------ inputs
+
+    def start(self) -> list[Effect]:
+        """(Re)announce: used at start-up, on a new epoch and when the coordinator was
+        silent (it may have dropped our sessions)."""
+        self._sync = SyncState.AWAITING_WELCOME
+        self._expected = None
+        return [Announce()]
+
+    def retry(self) -> list[Effect]:
+        """Called when not live for a while: the request or its answer may be lost."""
+        if self._sync is SyncState.AWAITING_WELCOME:
+            return self.start()
+        if self._sync is SyncState.SYNCING:
+            return [RequestSnapshot()]
+        return []
+
+    def on_welcome(self, msg: bb.Welcome) -> list[Effect]:
+        if self._sync is SyncState.AWAITING_WELCOME:
+            self._sync = SyncState.SYNCING
+            self._expected = msg.epoch
+        return []
+
+    def on_snapshot(self, msg: bb.Snapshot) -> list[Effect]:
+        if self._sync is SyncState.AWAITING_WELCOME:
+            return []  # answers a request sent before our Hello
+        if self._sync is SyncState.LIVE:
+            # Same epoch: a late answer to an earlier request; the PUB stream has (or will
+            # have) the same changes in order, so keep following it.
+            return [] if msg.epoch == self._epoch else self.start()
+        if msg.epoch != self._expected:
+            return [] if msg.epoch == self._epoch else self.start()
+        if msg.epoch == self._epoch and msg.seq < self._seq:
+            return []  # older than what we already applied: a late answer
+        return self._apply_snapshot(msg)
+
+    def on_update(self, msg: bb.Update) -> list[Effect]:
+        if self._sync is not SyncState.LIVE:
+            self._buffer_update(msg)
+            return self._check_foreign_epoch(msg.epoch)
+        if msg.epoch != self._epoch:
+            return self.start()
+        if msg.seq <= self._seq:
+            return []  # duplicate or stale
+        if msg.seq != self._seq + 1:
+            return self._lost(msg)
+        self._apply(msg)
+        return [Forward(msg.seq, protocol.lobby_update(msg.seq, msg.joined, msg.left))]
+
+    def on_beat(self, msg: bb.Beat) -> list[Effect]:
+        if self._sync is not SyncState.LIVE:
+            return self._check_foreign_epoch(msg.epoch)
+        if msg.epoch != self._epoch:
+            return self.start()
+        if msg.seq > self._seq:
+            return self._lost(None)
+        return []
+
+    def observe_epoch(self, epoch: str) -> list[Effect]:
+        """An epoch seen elsewhere (``AuthAck``): a new one means a restart."""
+        if self._sync is SyncState.LIVE and epoch != self._epoch:
+            return self.start()
+        if self._sync is SyncState.SYNCING:
+            return self._check_foreign_epoch(epoch)
+        return []
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_foreign_epoch(self, epoch: str) -> list[Effect]:
+        """While syncing, an epoch that is neither the old nor the expected one means yet
+        another coordinator: announce to it. (Old-epoch messages may still be queued.)"""
+        if self._sync is SyncState.SYNCING and epoch not in (self._epoch, self._expected):
+            return self.start()
+        return []
+
+    def _lost(self, update: bb.Update | None) -> list[Effect]:
+        self._sync = SyncState.SYNCING
+        self._expected = self._epoch
+        self._buffer.clear()
+        if update is not None:
+            self._buffer.append(update)
+        return [RequestSnapshot()]
+
+    def _buffer_update(self, msg: bb.Update) -> None:
+        if len(self._buffer) >= MAX_BUFFERED_UPDATES:
+            self._buffer.clear()  # designed loss: shows up as a gap, healed by a snapshot
+        self._buffer.append(msg)
+
+    def _apply_snapshot(self, msg: bb.Snapshot) -> list[Effect]:
+        previous = self._epoch
+        self._epoch, self._seq, self._users = msg.epoch, msg.seq, set(msg.users)
+        pending, self._buffer = self._buffer, deque()
+        for update in pending:
+            if update.epoch != msg.epoch or update.seq <= self._seq:
+                continue
+            if update.seq != self._seq + 1:
+                self._expected = msg.epoch
+                return [RequestSnapshot()]  # lost while syncing: still SYNCING
+            self._apply(update)
+        self._sync = SyncState.LIVE
+        self._expected = None
+        return [Resynced(previous)]
+
+    def _apply(self, msg: bb.Update) -> None:
+        self._users.difference_update(msg.left)
+        self._users.update(msg.joined)
+        self._seq = msg.seq

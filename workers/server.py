@@ -1,0 +1,506 @@
+"""The worker's asyncio shell: websockets + ZeroMQ around the pure state machines.
+
+Theory of operation
+-------------------
+One event loop, so every input is handled to completion before the next one starts:
+client frames (one handler task per connection), coordinator replies on the DEALER,
+updates and beats on the SUB, and a 100 ms ticker (route deadlines, lagging clients,
+coordinator silence, retries). The shell decides nothing itself; it asks
+:class:`~workers.connection.Connection`, :class:`~workers.replica.Replica` and
+:class:`~workers.routes.RouteTable` and carries out what they return.
+
+Writes: frames caused by a client's own frame are written with ``await ws.send()`` so a
+client that floods without reading stalls only its own handler (TCP backpressure).
+Frames caused by the backbone (fan-out, auth_ok, direct messages, kicks) are written
+synchronously with :func:`websockets.broadcast`; the transport buffer they fill is
+bounded by the lag and slow-consumer rules instead. Both paths write in call order.
+
+Bounds: SUB/DEALER high-water marks (loss heals through snapshot resync, see
+:mod:`workers.replica`), the replica's update buffer, held frames per connection, the
+route table, websockets' ``max_size``/``max_queue``/``write_limit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import secrets
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
+
+import websockets
+import zmq
+import zmq.asyncio
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from shared import backbone as bb
+from shared import protocol
+from shared.protocol import CLOSE_REASONS, CloseCode, RejectReason, SendStatus
+from workers.connection import (
+    Action,
+    Close,
+    Connection,
+    Emit,
+    Fanout,
+    Flow,
+    Limits,
+    Link,
+    StartRoute,
+    State,
+    Write,
+    WriteSnapshot,
+)
+from workers.replica import (
+    Announce,
+    Effect,
+    Forward,
+    Replica,
+    RequestSnapshot,
+    Resynced,
+    SyncState,
+)
+from workers.routes import Room, RouteTable
+from workers.settings import WorkerSettings
+
+log = logging.getLogger("workers")
+_T = TypeVar("_T")
+
+TICK: Final = 0.1
+"""Seconds between sweeps: route deadlines, lagging clients, coordinator silence."""
+CLOSE_TIMEOUT: Final = 2.0
+"""Seconds a closing handshake may take before the TCP connection is dropped; short,
+so a slow consumer's close and a shutdown stay prompt."""
+SHUTDOWN_LINGER_MS: Final = 1000
+"""How long the DEALER may keep trying to hand ``Goodbye`` over on shutdown (every
+other socket lingers 0: a dead coordinator must never hold a worker up)."""
+
+_ROUTE_STATUS: Final = {
+    "delivered": (SendStatus.DELIVERED, None),
+    "offline": (SendStatus.OFFLINE, None),
+}
+_UNAVAILABLE: Final = (SendStatus.REJECTED, RejectReason.UNAVAILABLE)
+
+
+@dataclass(slots=True)
+class Client:
+    """A live WebSocket and its protocol state."""
+
+    ws: ServerConnection
+    machine: Connection
+    close_task: asyncio.Task[None] | None = None
+
+    def buffered(self) -> int:
+        return self.ws.transport.get_write_buffer_size()
+
+
+class Worker:
+    """One worker process: accepts clients on the shared port, talks to the coordinator."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.replica = Replica()
+        self.routes = RouteTable()
+        self.clients: dict[int, Client] = {}
+        self._limits = Limits(
+            auth_timeout=settings.auth_timeout,
+            auth_wait=settings.auth_wait,
+            lag_bytes=settings.lag_bytes,
+            max_queue_bytes=settings.max_queue_bytes,
+        )
+        self._conn_ids = itertools.count(1)
+        self._announced: frozenset[int] = frozenset()
+        self._last_seen = float("-inf")  # last message from the coordinator
+        self._last_request = 0.0  # last Hello/SnapshotRequest
+        self._ready = asyncio.Event()
+        self._stopping = False
+        self._ctx = zmq.asyncio.Context()
+        self._sub = self._socket(zmq.SUB)
+        self._dealer = self._socket(zmq.DEALER)
+        self._handlers: dict[type[bb.Message], Callable[[bb.Message], None]] = {
+            bb.Welcome: lambda m: self._effects(self.replica.on_welcome(_as(m, bb.Welcome))),
+            bb.Snapshot: lambda m: self._effects(self.replica.on_snapshot(_as(m, bb.Snapshot))),
+            bb.Update: lambda m: self._effects(self.replica.on_update(_as(m, bb.Update))),
+            bb.Beat: lambda m: self._effects(self.replica.on_beat(_as(m, bb.Beat))),
+            bb.AuthAck: lambda m: self._on_ack(_as(m, bb.AuthAck)),
+            bb.Kick: lambda m: self._on_kick(_as(m, bb.Kick)),
+            bb.Deliver: lambda m: self._on_deliver(_as(m, bb.Deliver)),
+            bb.RouteDone: lambda m: self._on_route_done(_as(m, bb.RouteDone)),
+        }
+
+    @property
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _socket(self, kind: int) -> zmq.asyncio.Socket:
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.settings.hwm)
+        sock.setsockopt(zmq.RCVHWM, self.settings.hwm)
+        return sock
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Serve until ``stop`` is set; returns the process exit code."""
+        s = self.settings
+        # SUB first: whatever is published from now on reaches us, and the snapshot we
+        # ask for next covers everything before (slow-joiner rule).
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sub.connect(s.updates_endpoint)
+        self._dealer.setsockopt(zmq.ROUTING_ID, s.worker_id.encode())
+        self._dealer.connect(s.events_endpoint)
+        try:
+            server = await serve(
+                self._serve_client,
+                s.host,
+                s.port,
+                reuse_port=True,
+                process_request=self._process_request,
+                compression=s.compression,
+                max_size=s.max_frame_bytes,
+                ping_interval=s.ping_interval,
+                ping_timeout=s.ping_timeout,
+                close_timeout=CLOSE_TIMEOUT,
+                # Own replies pause the handler above this; fan-out is governed by lag_bytes.
+                write_limit=max(1024, s.lag_bytes // 4),
+            )
+        except OSError as exc:
+            log.error("worker %s cannot listen on %s:%d: %s", s.worker_id, s.host, s.port, exc)
+            self._close_sockets(linger_ms=0)
+            return 1
+        self._effects(self.replica.start())
+        tasks = [
+            asyncio.create_task(self._read(self._dealer), name="dealer"),
+            asyncio.create_task(self._read(self._sub), name="sub"),
+            asyncio.create_task(self._heartbeats(), name="heartbeat"),
+            asyncio.create_task(self._ticker(), name="ticker"),
+            asyncio.create_task(self._announce_ready(server), name="ready"),
+        ]
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper and t.exception() is not None]
+        for task in failed:
+            log.error("worker task %s failed", task.get_name(), exc_info=task.exception())
+        await self._shutdown(server, [stopper, *tasks])
+        return 1 if failed else 0
+
+    async def _announce_ready(self, server: Server) -> None:
+        await self._ready.wait()
+        host, port = server.sockets[0].getsockname()[:2]
+        log.info(
+            "worker %s ready at ws://%s:%d%s", self.settings.worker_id, host, port, protocol.WS_PATH
+        )
+        await asyncio.Event().wait()  # stay pending: only stop or a failure ends run()
+
+    async def _shutdown(self, server: Server, tasks: list[asyncio.Task[Any]]) -> None:
+        log.info("worker %s stopping", self.settings.worker_id)
+        self._emit(bb.Goodbye(self.settings.worker_id))
+        self._stopping = True  # the coordinator dropped all our sessions at once
+        server.close(code=CloseCode.GOING_AWAY, reason=CLOSE_REASONS[CloseCode.GOING_AWAY])
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT + 1):
+                await server.wait_closed()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._close_sockets(linger_ms=SHUTDOWN_LINGER_MS)
+        log.info("worker %s stopped", self.settings.worker_id)
+
+    def _close_sockets(self, linger_ms: int) -> None:
+        self._sub.close(linger=0)
+        self._dealer.close(linger=linger_ms)
+        self._ctx.term()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == protocol.HEALTH_PATH:
+            return self._health(conn)
+        if path != protocol.WS_PATH:
+            return conn.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        return None
+
+    def _health(self, conn: ServerConnection) -> Response:
+        up = self._link() is Link.UP and not self._stopping
+        body = {
+            "status": "ok" if up else "unavailable",
+            "worker": self.settings.worker_id,
+            "sync": self.replica.sync.value,
+            "seq": self.replica.seq,
+            "clients": len(self.clients),
+        }
+        status = HTTPStatus.OK if up else HTTPStatus.SERVICE_UNAVAILABLE
+        response = conn.respond(status, json.dumps(body) + "\n")
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "application/json"
+        return response
+
+    # ------------------------------------------------------------------ clients
+
+    async def _serve_client(self, ws: ServerConnection) -> None:
+        conn_id = next(self._conn_ids)
+        machine = Connection.open(
+            conn_id, secrets.token_bytes(protocol.NONCE_BYTES), self.now, self._limits
+        )
+        client = Client(ws, machine)
+        self.clients[conn_id] = client
+        log.debug("conn %d opened from %s", conn_id, ws.remote_address)
+        try:
+            await ws.send(machine.challenge())
+            while machine.state is not State.CLOSING:
+                frame = await self._next_frame(client)
+                if frame is None:
+                    actions = machine.on_deadline(self.now)
+                else:
+                    actions = machine.on_frame(frame, self.now, self._link())
+                await self._perform_replies(client, actions)
+        except ConnectionClosed as exc:
+            log.debug("conn %d closed: %s", conn_id, exc)
+        finally:
+            del self.clients[conn_id]
+            self._perform(client, machine.on_transport_closed())
+        if client.close_task is not None:
+            await client.close_task
+        log.debug("conn %d ended in %s", conn_id, [t[2].value for t in machine.trace])
+
+    async def _next_frame(self, client: Client) -> str | bytes | None:
+        """The next client frame, or ``None`` when the connection's deadline passed."""
+        deadline = client.machine.deadline
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await client.ws.recv()
+        except TimeoutError:
+            return None
+
+    async def _perform_replies(self, client: Client, actions: list[Action]) -> None:
+        """Carry out actions caused by the client's own frame: writes apply backpressure."""
+        for action in actions:
+            if isinstance(action, Write | WriteSnapshot):
+                await client.ws.send(self._frame_of(action))
+            else:
+                self._perform(client, [action])
+
+    def _perform(self, client: Client, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Write | WriteSnapshot):
+                websockets.broadcast([client.ws], self._frame_of(action))
+            elif isinstance(action, Close):
+                self._begin_close(client, action)
+            elif isinstance(action, Emit):
+                self._emit(action.message)
+            elif isinstance(action, StartRoute):
+                self._start_route(client, action)
+
+    def _frame_of(self, action: Write | WriteSnapshot) -> str:
+        return action.frame if isinstance(action, Write) else self.replica.snapshot_frame()
+
+    def _begin_close(self, client: Client, action: Close) -> None:
+        if client.close_task is None:
+            log.debug("conn %d closing with %d", client.machine.conn_id, action.code)
+            client.close_task = asyncio.create_task(client.ws.close(action.code, action.reason))
+
+    def _each(self, *states: State) -> Iterator[Client]:
+        return (c for c in list(self.clients.values()) if c.machine.state in states)
+
+    # ------------------------------------------------------------------ backbone out
+
+    def _emit(self, msg: bb.UpMessage) -> bool:
+        """Queue ``msg`` for the coordinator without blocking; ``False`` if dropped."""
+        if self._stopping:
+            return False
+        sent = self._dealer.send(bb.encode(msg), zmq.DONTWAIT)
+        assert isinstance(sent, asyncio.Future) and sent.done()
+        if sent.exception() is not None:  # past SNDHWM: the coordinator is not reading
+            log.warning("backbone queue full; dropped %s", msg.TAG)
+            return False
+        return True
+
+    def _start_route(self, client: Client, action: StartRoute) -> None:
+        machine = client.machine
+        room = self.routes.room_for(machine.conn_id)
+        if room is not Room.OK:
+            reason = (
+                RejectReason.RATE_LIMITED if room is Room.CONN_FULL else RejectReason.UNAVAILABLE
+            )
+            self._result(client, action.msg_id, (SendStatus.REJECTED, reason))
+            return
+        assert machine.key is not None
+        route = self.routes.open(
+            machine.conn_id, action.msg_id, self.now + self.settings.route_timeout
+        )
+        msg = bb.Route(route, machine.key, action.to, action.msg_id, action.body)
+        if not self._emit(msg):
+            self.routes.finish(route)
+            self._result(client, action.msg_id, _UNAVAILABLE)
+
+    def _result(
+        self, client: Client, msg_id: str, outcome: tuple[SendStatus, RejectReason | None]
+    ) -> None:
+        if client.machine.state is State.AUTHENTICATED:
+            websockets.broadcast([client.ws], protocol.send_result(msg_id, *outcome))
+
+    # ------------------------------------------------------------------ backbone in
+
+    async def _read(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frame = await sock.recv()
+            try:
+                msg = bb.decode(frame)
+            except bb.BackboneDecodeError as exc:
+                log.warning("dropping undecodable backbone frame: %s", exc)
+                continue
+            handler = self._handlers.get(type(msg))
+            if handler is None:
+                log.warning("dropping unexpected backbone message %s", msg.TAG)
+                continue
+            self._last_seen = self.now
+            handler(msg)
+
+    def _on_ack(self, msg: bb.AuthAck) -> None:
+        client = self.clients.get(msg.conn)
+        if client is not None:
+            self._perform(client, client.machine.on_ack(msg.epoch, msg.seq, self.replica))
+        self._effects(self.replica.observe_epoch(msg.epoch))
+
+    def _on_kick(self, msg: bb.Kick) -> None:
+        client = self.clients.get(msg.conn)
+        if client is not None:
+            self._perform(client, client.machine.on_kick())
+
+    def _on_deliver(self, msg: bb.Deliver) -> None:
+        client = self.clients.get(msg.conn)
+        status = SendStatus.OFFLINE
+        if client is not None:
+            actions, status = client.machine.on_deliver(
+                msg.sender, msg.msg_id, msg.body, client.buffered()
+            )
+            self._perform(client, actions)
+        self._emit(bb.RouteResult(msg.origin, msg.route, status.value))
+
+    def _on_route_done(self, msg: bb.RouteDone) -> None:
+        pending = self.routes.finish(msg.route)
+        if pending is None:
+            log.debug("late RouteDone for route %d", msg.route)
+            return
+        client = self.clients.get(pending.conn)
+        if client is not None:
+            self._result(client, pending.msg_id, _ROUTE_STATUS.get(msg.status, _UNAVAILABLE))
+
+    # ------------------------------------------------------------------ replica effects
+
+    def _effects(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Announce):
+                self._announce()
+            elif isinstance(effect, RequestSnapshot):
+                self._last_request = self.now
+                self._emit(bb.SnapshotRequest())
+            elif isinstance(effect, Forward):
+                self._fan_out(effect)
+            elif isinstance(effect, Resynced):
+                self._resynced(effect)
+
+    def _announce(self) -> None:
+        sessions = [s for c in self.clients.values() if (s := c.machine.session()) is not None]
+        self._announced = frozenset(conn for conn, _ in sessions)
+        self._last_request = self.now
+        log.info("announcing %d sessions to the coordinator", len(sessions))
+        self._emit(bb.Hello(self.settings.worker_id, sessions))
+        self._emit(bb.SnapshotRequest())
+
+    def _fan_out(self, update: Forward) -> None:
+        """Encode once, broadcast to current clients; then release held auth_oks."""
+        targets: list[ServerConnection] = []
+        acked: list[Client] = []
+        for client in list(self.clients.values()):
+            state = client.machine.state
+            if state is State.ACKED:
+                acked.append(client)
+            elif state is State.AUTHENTICATED:
+                decision = client.machine.on_update(client.buffered(), self.replica)
+                if decision is Fanout.UPDATE:
+                    targets.append(client.ws)
+                elif decision is Fanout.SNAPSHOT:
+                    self._perform(client, [WriteSnapshot()])
+        websockets.broadcast(targets, update.frame)
+        for client in acked:  # after the broadcast: they start from this very snapshot
+            self._perform(client, client.machine.on_replica(self.replica))
+
+    def _resynced(self, effect: Resynced) -> None:
+        if effect.previous_epoch != self.replica.epoch:
+            log.info("replica synced to epoch %s at seq %d", self.replica.epoch, self.replica.seq)
+        else:
+            log.info("replica resynced at seq %d after lost updates", self.replica.seq)
+        for client in self._each(State.ACKED, State.AUTHENTICATED):
+            self._perform(client, client.machine.on_resync(self.replica, self._announced))
+        self._sweep_flow()
+        self._link_changed()
+        self._ready.set()
+
+    # ------------------------------------------------------------------ periodic
+
+    def _link(self) -> Link:
+        live = self.replica.sync is SyncState.LIVE
+        recent = self.now - self._last_seen <= self.settings.coordinator_timeout
+        return Link.UP if live and recent else Link.DOWN
+
+    def _link_changed(self) -> None:
+        if self._link() is Link.UP:
+            for client in self._each(State.VERIFIED):
+                self._perform(client, client.machine.on_link_up())
+
+    def _sweep_flow(self) -> None:
+        for client in self._each(State.AUTHENTICATED):
+            if client.machine.flow is not Flow.CURRENT:
+                self._perform(client, client.machine.on_sweep(client.buffered(), self.replica))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            self._emit(bb.Heartbeat(self.settings.worker_id))
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self._tick()
+
+    def _tick(self) -> None:
+        now = self.now
+        for pending in self.routes.expire(now):
+            client = self.clients.get(pending.conn)
+            if client is not None:
+                self._result(client, pending.msg_id, _UNAVAILABLE)
+        silent = now - self._last_seen > self.settings.coordinator_timeout
+        if self.replica.sync is SyncState.LIVE:
+            if silent:  # it may have dropped our sessions, or restarted: announce again
+                log.warning("coordinator silent for %.1fs", self.settings.coordinator_timeout)
+                self._effects(self.replica.start())
+        elif now - self._last_request > self.settings.coordinator_timeout:
+            self._last_request = now
+            self._effects(self.replica.retry())
+        self._sweep_flow()
+        self._link_changed()
+
+
+def _as(msg: bb.Message, cls: type[_T]) -> _T:
+    assert isinstance(msg, cls)
+    return msg
+
+
+async def main(settings: WorkerSettings) -> int:
+    """Run a worker until SIGTERM/SIGINT; returns the exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await Worker(settings).run(stop)

@@ -1,0 +1,68 @@
+"""Every knob of a worker, grouped as on the command line (``python -m workers --help``)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from shared import endpoints, protocol
+
+
+def _random_worker_id() -> str:
+    return secrets.token_hex(4)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSettings:
+    # Network
+    host: str = endpoints.DEFAULT_HOST
+    """Interface to listen on (default 127.0.0.1: put a proxy in front for the world)."""
+    port: int = endpoints.DEFAULT_PORT
+    """Public port, shared by every worker through SO_REUSEPORT (default 8765)."""
+    compression: str | None = None
+    """``"deflate"`` turns permessage-deflate on. Off by default: lobby frames are small
+    and fanned out, so compressing each copy costs more CPU than the bytes it saves."""
+
+    # Backbone
+    events_endpoint: str
+    """Coordinator ROUTER this worker's DEALER connects to."""
+    updates_endpoint: str
+    """Coordinator PUB this worker's SUB connects to."""
+    worker_id: str = field(default_factory=_random_worker_id)
+    """ZeroMQ routing id of this worker (default: random hex, fresh per start, so a
+    restarted worker is never confused with its previous life)."""
+    hwm: int = 100_000
+    """High-water mark of each backbone socket, in messages. Past it updates are lost
+    (the replica sees a gap and resyncs from a snapshot) or an event is dropped and
+    logged (an auth or route then times out)."""
+
+    # Timeouts
+    auth_timeout: float = 10.0
+    """Seconds from the challenge to a valid ``auth`` before 4003 (protocol: 10 s)."""
+    auth_wait: float = 5.0
+    """Seconds from a verified signature to ``auth_ok`` (coordinator reachable, ack,
+    replica caught up) before 1013. Covers a coordinator restart."""
+    ping_interval: float | None = 20.0
+    """Seconds between keepalive pings (protocol default 20 s); ``None`` disables them."""
+    ping_timeout: float | None = 20.0
+    """Seconds to wait for a pong before dropping the connection (default 20 s)."""
+    heartbeat_interval: float = 1.0
+    """Seconds between ``Heartbeat`` messages to the coordinator (matches its Beats)."""
+    coordinator_timeout: float = 3.0
+    """Seconds without any coordinator message after which it counts as unreachable
+    (three missed Beats)."""
+    route_timeout: float = 5.0
+    """Seconds to wait for ``RouteDone`` before answering ``rejected``/``unavailable``."""
+
+    # Limits
+    max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
+    """Largest client frame; larger ones close with 1009 (default 128 KiB)."""
+    lag_bytes: int = 256 * 1024
+    """Transport backlog above which a client's lobby updates are skipped until it
+    drains below a quarter of it and gets a fresh snapshot (default 256 KiB)."""
+    max_queue_bytes: int = 4 * 1024 * 1024
+    """Transport backlog above which a direct message closes the client with 4005
+    (default 4 MiB): direct messages are never dropped silently."""
+
+    # Logging
+    log_level: str = "INFO"
