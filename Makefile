@@ -1,0 +1,64 @@
+# Presence server. On a machine with only Python 3.11+, `make run` and `make test` create
+# the virtualenv and install everything first; re-running skips that while up to date.
+
+VENV ?= .venv
+PYTHON ?= python3
+WORKERS ?= $(shell nproc 2>/dev/null || $(PYTHON) -c 'import os; print(os.cpu_count() or 1)')
+PORT ?= 8765
+HOST ?= 127.0.0.1
+URL ?= ws://$(HOST):$(PORT)/ws
+ARGS ?=
+PYTEST_ARGS ?=
+
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TYPED := coordinator workers shared scripts
+LINTED := $(TYPED) tests
+
+.DEFAULT_GOAL := help
+.PHONY: help install run watch test lint format clean
+
+help:
+	@echo "make run     start a local cluster: WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT)"
+	@echo "             (ARGS=\"...\" is passed to scripts/cluster.py, see its --help)"
+	@echo "make watch   join the lobby at URL=$(URL) and watch (ARGS=\"--key-file k\")"
+	@echo "make test    lint, then run the tests (PYTEST_ARGS=\"...\")"
+	@echo "make lint    ruff check, ruff format --check, mypy --strict"
+	@echo "make format  ruff fixes and formatting"
+	@echo "make clean   remove $(VENV) and caches"
+	@echo "The first run creates $(VENV) with $(PYTHON) (3.11+ required; PYTHON=... to choose)."
+
+# The stamp is newer than pyproject.toml once the environment matches it.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "error: $(PYTHON) is missing or older than Python 3.11, which this project needs." >&2; \
+	  echo "       Install 3.11+ and run e.g. make PYTHON=python3.11 ... (then make clean first" >&2; \
+	  echo "       if $(VENV) was made with an older one)." >&2; \
+	  exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(ARGS)
+
+watch: $(STAMP)
+	$(VPY) scripts/watch_lobby.py --url $(URL) $(ARGS)
+
+test: lint
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VPY) -m ruff check $(LINTED)
+	$(VPY) -m ruff format --check $(LINTED)
+	$(VPY) -m mypy --strict $(TYPED)
+
+format: $(STAMP)
+	$(VPY) -m ruff check --fix $(LINTED)
+	$(VPY) -m ruff format $(LINTED)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build *.egg-info
+	find $(LINTED) -name __pycache__ -type d -prune -exec rm -rf {} +

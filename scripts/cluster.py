@@ -1,0 +1,514 @@
+#!/usr/bin/env python3
+"""Run a whole presence cluster on this machine: one coordinator and N workers.
+
+    python scripts/cluster.py [--workers N] [--host H] [--port P] [--log-level L]
+                              [--coordinator-arg X]... [--worker-arg X]... [-- ...]
+
+This is what ``make run`` starts. It
+
+* starts ``python -m coordinator --port P``, waits (up to 10 s) for it to log
+  ``coordinator ready``, then starts N ``python -m workers --host H --port P
+  --worker-id ID``. Every worker shares the public port; the backbone endpoints default
+  from the port (``shared.endpoints``), so nothing else needs to be passed;
+* passes every line of their output through, prefixed with the process name, and logs
+  its own lines under the name ``cluster`` (``started NAME pid PID``, restarts, exits);
+* prints ``connect to ws://H:P/ws`` once every process has logged ready, and again
+  whenever the cluster is whole again after a restart;
+* restarts any process that dies, after a delay that starts small and doubles with each
+  crash that comes soon after the previous start (capped), and resets once a process has
+  run for a while. A restarted worker gets a new id, ``w{slot}-{generation}`` (``w3-1``,
+  then ``w3-2``), because the coordinator must treat it as a new worker: the old one's
+  sessions are gone;
+* on Ctrl-C or SIGTERM sends SIGTERM to the workers, then the coordinator, waits up to
+  ``--grace`` seconds for each group, SIGKILLs what is left and exits 0. A second Ctrl-C
+  (SIGINT) kills everything at once; a repeated SIGTERM changes nothing.
+
+Options for the children: ``--log-level L`` goes to every process;
+``--coordinator-arg X`` and ``--worker-arg X`` (repeatable) append the single word X to
+the coordinator's or every worker's command line. X is taken verbatim even when it
+starts with ``-`` (``--worker-arg --ping-interval --worker-arg 5`` or
+``--worker-arg=--ping-interval=5``). They may also follow a ``--``, which keeps them
+apart from the launcher's own options; nothing else may follow it.
+
+Children run in their own session so a terminal's Ctrl-C reaches only the launcher,
+which then stops them in order; on Linux they also get SIGTERM if the launcher itself
+dies without cleaning up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PORT = 8765  # shared.endpoints.DEFAULT_PORT; the launcher imports nothing
+DEFAULT_HOST = "127.0.0.1"
+COORDINATOR_READY_WAIT = 10.0
+"""Seconds to wait for ``coordinator ready`` before starting workers anyway (workers
+cope with a coordinator that is not there yet; waiting only makes start-up quieter)."""
+NAME_WIDTH = 12
+FORWARD_OPTIONS = ("--coordinator-arg", "--worker-arg")
+
+
+# --------------------------------------------------------------------------- pure logic
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffPolicy:
+    """When to restart a process that died.
+
+    A crash within ``stable_after`` seconds of the start counts as *fast*; the n-th fast
+    crash in a row waits ``initial * factor**(n-1)`` seconds, at most ``cap``. A process
+    that ran at least ``stable_after`` seconds restarts after ``initial`` again.
+    """
+
+    initial: float = 0.2
+    factor: float = 2.0
+    cap: float = 10.0
+    stable_after: float = 30.0
+
+    def fast_crashes(self, previous: int, uptime: float) -> int:
+        """The count of fast crashes in a row, including this exit after ``uptime`` s."""
+        return previous + 1 if uptime < self.stable_after else 1
+
+    def delay(self, fast_crashes: int) -> float:
+        """Seconds to wait before the restart that follows ``fast_crashes`` (>= 1)."""
+        exponent = max(fast_crashes, 1) - 1
+        # Cap the exponent too, so a process that crashes for days cannot overflow.
+        return min(self.cap, self.initial * self.factor ** min(exponent, 64))
+
+
+def worker_id(slot: int, generation: int) -> str:
+    """The id of generation ``generation`` (1, 2, ...) of worker slot ``slot`` (1..N)."""
+    return f"w{slot}-{generation}"
+
+
+def ready_marker(worker: str | None) -> str:
+    """The log text that says a process is serving: the coordinator's when ``worker`` is
+    None, else that worker's."""
+    return "coordinator ready" if worker is None else f"worker {worker} ready"
+
+
+def connect_url(host: str, port: int) -> str:
+    """Where a client connects: wildcard hosts become loopback, IPv6 gets brackets."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"ws://{host}:{port}/ws"
+
+
+def describe_exit(returncode: int | None) -> str:
+    """``exit code 3`` or ``signal SIGKILL`` (asyncio reports signals as -N)."""
+    if returncode is None:
+        return "no exit status"
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def split_forwarded(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """Take ``--coordinator-arg X`` / ``--worker-arg X`` (or ``=X``) out of ``argv``.
+
+    Returns (the launcher's own arguments, coordinator args, worker args). X is taken
+    verbatim, whatever it looks like, which argparse alone cannot do for ``-x`` values.
+    After a bare ``--`` only these options are allowed (:class:`ValueError` otherwise).
+    """
+    rest: list[str] = []
+    forwarded: dict[str, list[str]] = {name: [] for name in FORWARD_OPTIONS}
+    after_separator = False
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, value = token.partition("=")
+        if token == "--" and not after_separator:
+            after_separator = True
+        elif name in forwarded and eq:
+            forwarded[name].append(value)
+        elif token in forwarded:
+            if i + 1 >= len(argv):
+                raise ValueError(f"{token} needs a value")
+            forwarded[token].append(argv[i + 1])
+            i += 1
+        elif after_separator:
+            raise ValueError(
+                f"after '--' only --coordinator-arg X and --worker-arg X are accepted, "
+                f"not {token!r}"
+            )
+        else:
+            rest.append(token)
+        i += 1
+    return rest, forwarded["--coordinator-arg"], forwarded["--worker-arg"]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    workers: int
+    host: str
+    port: int
+    log_level: str | None = None
+    coordinator_args: tuple[str, ...] = ()
+    worker_args: tuple[str, ...] = ()
+    grace: float = 10.0
+    backoff: BackoffPolicy = BackoffPolicy()
+    python: str = sys.executable
+    coordinator_module: str = "coordinator"
+    workers_module: str = "workers"
+
+    def coordinator_command(self) -> list[str]:
+        cmd = [self.python, "-m", self.coordinator_module, "--port", str(self.port)]
+        if self.log_level:
+            cmd += ["--log-level", self.log_level]
+        return cmd + list(self.coordinator_args)
+
+    def worker_command(self, worker: str) -> list[str]:
+        cmd = [
+            self.python,
+            "-m",
+            self.workers_module,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
+        cmd += ["--worker-id", worker]
+        if self.log_level:
+            cmd += ["--log-level", self.log_level]
+        return cmd + list(self.worker_args)
+
+
+def parse_args(argv: Sequence[str]) -> Config:
+    parser = argparse.ArgumentParser(
+        prog="cluster.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "Examples: cluster.py --workers 4 --port 9000; "
+            "cluster.py --log-level debug -- --worker-arg --ping-interval --worker-arg 5"
+        ),
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="number of worker processes (default: the number of CPUs, %(default)s here)",
+    )
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help="address the workers listen on (%(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="public WebSocket port (%(default)s)"
+    )
+    parser.add_argument("--log-level", help="passed as --log-level to every process")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds to wait after SIGTERM before SIGKILL, per group (%(default)s)",
+    )
+    parser.add_argument(
+        "--restart-delay",
+        type=float,
+        default=BackoffPolicy().initial,
+        help="first restart delay in seconds; doubles on repeated fast crashes (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-restart-delay",
+        type=float,
+        default=BackoffPolicy().cap,
+        help="cap on the restart delay in seconds (%(default)s)",
+    )
+    parser.add_argument(
+        "--coordinator-module",
+        default="coordinator",
+        help="module run as the coordinator (%(default)s; a stand-in for testing)",
+    )
+    parser.add_argument(
+        "--workers-module",
+        default="workers",
+        help="module run as each worker (%(default)s; a stand-in for testing)",
+    )
+    parser.add_argument(
+        "--coordinator-arg",
+        metavar="X",
+        action="append",
+        help="append the word X to the coordinator's command line (repeatable, verbatim)",
+    )
+    parser.add_argument(
+        "--worker-arg",
+        metavar="X",
+        action="append",
+        help="append the word X to every worker's command line (repeatable, verbatim)",
+    )
+    try:
+        rest, coordinator_args, worker_args = split_forwarded(argv)
+    except ValueError as exc:
+        parser.error(str(exc))
+    args = parser.parse_args(rest)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if not 0 < args.port < 65536:
+        parser.error("--port must be 1-65535")
+    if args.grace < 0 or args.restart_delay < 0 or args.max_restart_delay < 0:
+        parser.error("durations must not be negative")
+    return Config(
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        coordinator_args=tuple(coordinator_args),
+        worker_args=tuple(worker_args),
+        grace=args.grace,
+        backoff=BackoffPolicy(initial=args.restart_delay, cap=args.max_restart_delay),
+        coordinator_module=args.coordinator_module,
+        workers_module=args.workers_module,
+    )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGTERM the child if the launcher dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+@dataclass(slots=True)
+class Slot:
+    """One supervised position: the coordinator (``index`` 0) or worker ``index``."""
+
+    index: int
+    generation: int = 0
+    fast_crashes: int = 0
+    name: str = ""
+    marker: str = ""
+    ready: bool = False
+    proc: asyncio.subprocess.Process | None = None
+    task: asyncio.Task[None] | None = None
+    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self.index == 0
+
+
+class Cluster:
+    def __init__(self, config: Config, out: TextIO = sys.stdout) -> None:
+        self.config = config
+        self.out = out
+        self.coordinator = Slot(0)
+        self.workers = [Slot(i) for i in range(1, config.workers + 1)]
+        self.url = connect_url(config.host, config.port)
+        self._stop = asyncio.Event()
+        self._whole = False
+        self._was_whole = False
+        self._env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._preexec = _die_with_parent(os.getpid())
+
+    # ------------------------------------------------------------------ output
+
+    def emit(self, name: str, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # closed or broken stdout
+            self.out.write(f"{name:<{NAME_WIDTH}} | {text}\n")
+            self.out.flush()
+
+    def log(self, text: str) -> None:
+        self.emit("cluster", text)
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        self.log(
+            f"starting 1 coordinator and {self.config.workers} workers on "
+            f"{self.config.host}:{self.config.port}"
+        )
+        self.coordinator.task = asyncio.create_task(self._supervise(self.coordinator))
+        waiters = [
+            asyncio.create_task(e.wait()) for e in (self.coordinator.ready_event, self._stop)
+        ]
+        await asyncio.wait(
+            waiters, timeout=COORDINATOR_READY_WAIT, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in waiters:
+            waiter.cancel()
+        if not self._stop.is_set():
+            if not self.coordinator.ready:
+                self.log(
+                    f"coordinator not ready after {COORDINATOR_READY_WAIT:.0f}s; "
+                    "starting workers anyway"
+                )
+            for slot in self.workers:
+                slot.task = asyncio.create_task(self._supervise(slot))
+        await self._stop.wait()
+        await self._shutdown()
+        self.log("stopped")
+        return 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if not self._stop.is_set():
+            hint = " (Ctrl-C again to kill at once)" if sig == signal.SIGINT else ""
+            self.log(f"received {sig.name}; stopping{hint}")
+            self._stop.set()
+            return
+        if sig != signal.SIGINT:
+            return  # a repeated SIGTERM (process managers) just lets the shutdown go on
+        self.log("received SIGINT again; killing everything")
+        for slot in [*self.workers, self.coordinator]:
+            self._kill(slot, signal.SIGKILL)
+
+    def _kill(self, slot: Slot, sig: int) -> None:
+        proc = slot.proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if sig == signal.SIGKILL:
+                os.killpg(proc.pid, sig)  # its own session: take any children along
+            else:
+                os.kill(proc.pid, sig)
+
+    async def _shutdown(self) -> None:
+        for group in (self.workers, [self.coordinator]):
+            tasks = [slot.task for slot in group if slot.task is not None]
+            for slot in group:
+                self._kill(slot, signal.SIGTERM)
+            if not tasks:
+                continue
+            _, pending = await asyncio.wait(tasks, timeout=self.config.grace)
+            if pending:
+                for slot in group:
+                    if slot.proc is not None and slot.proc.returncode is None:
+                        self.log(f"{slot.name} still running after {self.config.grace}s; SIGKILL")
+                        self._kill(slot, signal.SIGKILL)
+                await asyncio.wait(pending)
+
+    def _command(self, slot: Slot) -> list[str]:
+        if slot.is_coordinator:
+            slot.name, slot.marker = "coordinator", ready_marker(None)
+            return self.config.coordinator_command()
+        wid = worker_id(slot.index, slot.generation)
+        slot.name, slot.marker = wid, ready_marker(wid)
+        return self.config.worker_command(wid)
+
+    async def _supervise(self, slot: Slot) -> None:
+        while not self._stop.is_set():
+            slot.generation += 1
+            command = self._command(slot)
+            started = time.monotonic()
+            returncode = await self._run_once(slot, command)
+            uptime = time.monotonic() - started
+            if self._stop.is_set():
+                self.log(f"{slot.name} stopped ({describe_exit(returncode)})")
+                return
+            slot.fast_crashes = self.config.backoff.fast_crashes(slot.fast_crashes, uptime)
+            delay = self.config.backoff.delay(slot.fast_crashes)
+            following = (
+                "coordinator" if slot.is_coordinator else worker_id(slot.index, slot.generation + 1)
+            )
+            self.log(
+                f"{slot.name} died ({describe_exit(returncode)}) after {uptime:.1f}s; "
+                f"restarting as {following} in {delay:.1f}s"
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _run_once(self, slot: Slot, command: list[str]) -> int | None:
+        """Start one generation, pump its output, return its exit status."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command,
+                cwd=ROOT,
+                env=self._env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=self._preexec,
+                limit=1 << 20,
+            )
+        except OSError as exc:
+            self.log(f"could not start {slot.name}: {exc}")
+            return None
+        slot.proc = proc
+        self.log(f"started {slot.name} pid {proc.pid}")
+        if self._stop.is_set():
+            self._kill(slot, signal.SIGTERM)
+        assert proc.stdout is not None
+        pump = asyncio.create_task(self._pump(slot, proc.stdout))
+        returncode = await proc.wait()
+        # Output still in the pipe belongs to this generation; a grandchild holding the
+        # pipe open must not stall the restart, hence the bound.
+        done, _ = await asyncio.wait([pump], timeout=2.0)
+        if not done:
+            pump.cancel()
+        slot.ready = False
+        self._whole = False
+        slot.proc = None
+        return returncode
+
+    async def _pump(self, slot: Slot, stream: asyncio.StreamReader) -> None:
+        name = slot.name
+        while True:
+            try:
+                raw = await stream.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:
+                raw = exc.partial
+                if not raw:
+                    return
+            except asyncio.LimitOverrunError as exc:
+                raw = await stream.readexactly(exc.consumed)
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            self.emit(name, line)
+            if not slot.ready and slot.marker in line:
+                self._on_ready(slot)
+
+    def _on_ready(self, slot: Slot) -> None:
+        slot.ready = True
+        slot.ready_event.set()
+        everyone = [self.coordinator, *self.workers]
+        if self._whole or not all(s.ready for s in everyone):
+            return
+        self._whole = True
+        again = " again" if self._was_whole else ""
+        self._was_whole = True
+        self.log(f"all {len(everyone)} processes ready{again}: connect to {self.url}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(sys.argv[1:] if argv is None else argv)
+    return asyncio.run(Cluster(config).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

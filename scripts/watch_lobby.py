@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Join the lobby and watch people come and go, live.
+
+    python scripts/watch_lobby.py [--url ws://127.0.0.1:8765/ws] [--key-file PATH]
+                                  [--send PUBLIC_KEY BODY]
+
+Prints who is online when it joins, then every join and leave with a timestamp and the
+online count, and every direct message that arrives. ``--key-file`` keeps the same
+identity across runs (the file holds the hex seed of an Ed25519 key and is created with
+mode 0600 if missing); without it a throwaway identity is generated. ``--send`` sends
+one direct message once connected and prints its result. Ctrl-C leaves cleanly.
+
+Exit status: 0 after Ctrl-C, 1 when the server closes the connection or refuses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shared.client import (
+    DEFAULT_URL,
+    ConnectionClosedError,
+    LobbyChange,
+    LobbyClient,
+    LobbyClientError,
+    generate_signing_key,
+    load_or_create_signing_key,
+)
+
+MAX_SHOWN_BODY = 500
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences a peer could
+    use to rewrite the screen) are shown escaped, and long bodies are cut."""
+    shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text[:MAX_SHOWN_BODY])
+    if len(text) > MAX_SHOWN_BODY:
+        shown += f"... ({len(text)} characters)"
+    return shown
+
+
+def stamp() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def say(text: str) -> None:
+    print(f"{stamp()} {text}", flush=True)
+
+
+class Watcher:
+    """Prints lobby changes and messages; notices new client errors as they appear."""
+
+    def __init__(self, client: LobbyClient) -> None:
+        self.client = client
+        self.errors_shown = 0
+
+    def me(self, key: str) -> str:
+        return f"{key} (you)" if key == self.client.public_key else key
+
+    def on_change(self, change: LobbyChange) -> None:
+        if change.kind == "snapshot":
+            say(f"snapshot seq {change.seq}: {change.online} online")
+            for key in sorted(change.joined):
+                print(f"         {self.me(key)}", flush=True)
+        else:
+            rejoined = set(change.joined) & set(change.left)
+            for key in change.left:
+                if key not in rejoined:
+                    say(f"- left     {self.me(key)}")
+            for key in change.joined:
+                label = "~ rejoined" if key in rejoined else "+ joined  "
+                say(f"{label} {self.me(key)}")
+            say(f"  {change.online} online (seq {change.seq})")
+        self.show_errors()
+
+    def show_errors(self) -> None:
+        for error in self.client.errors[self.errors_shown :]:
+            say(f"! client error: {printable(str(error))}")
+        self.errors_shown = len(self.client.errors)
+
+    async def print_messages(self) -> None:
+        while True:
+            try:
+                message = await self.client.next_message(timeout=None)
+            except ConnectionClosedError:
+                return
+            say(
+                f"> message from {message.sender} (id {printable(message.id)}): "
+                f"{printable(message.body)}"
+            )
+
+
+async def watch(url: str, key_file: Path | None, send: Sequence[str] | None) -> int:
+    if key_file is None:
+        key = generate_signing_key()
+    else:
+        key, created = load_or_create_signing_key(key_file)
+        if created:
+            say(f"created a new identity in {key_file}")
+    try:
+        client = await LobbyClient.connect(url, key)
+    except (LobbyClientError, OSError, TimeoutError) as exc:
+        say(f"could not join {url}: {exc}")
+        return 1
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    watcher = Watcher(client)
+    say(f"joined {url} as {client.public_key}")
+    watcher.on_change(
+        LobbyChange(
+            "snapshot", client.view.seq or 0, tuple(client.view.online), (), len(client.view)
+        )
+    )
+    client.lobby_listeners.append(watcher.on_change)
+    messages = asyncio.create_task(watcher.print_messages())
+
+    if send is not None:
+        to, body = send
+        try:
+            result = await client.send(to, body)
+            extra = f" ({result['reason']})" if "reason" in result else ""
+            say(f"send to {to}: {result.get('status')}{extra}")
+        except (LobbyClientError, TimeoutError) as exc:
+            say(f"send to {to} failed: {exc}")
+
+    stopped = asyncio.create_task(stop.wait())
+    closed = asyncio.create_task(client.wait_closed(timeout=None))
+    await asyncio.wait([stopped, closed], return_when=asyncio.FIRST_COMPLETED)
+    by_us = stop.is_set()
+    stopped.cancel()
+    await client.close()
+    closed.cancel()
+    await messages
+    watcher.show_errors()
+    if by_us:
+        say("left the lobby")
+        return 0
+    say(f"the server closed the connection: {client.close_code} {client.close_reason or ''}")
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="watch_lobby.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--url", default=DEFAULT_URL, help="lobby URL (%(default)s)")
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        help="identity file (hex seed), created with mode 0600 if missing; "
+        "default: a new identity every run",
+    )
+    parser.add_argument(
+        "--send",
+        nargs=2,
+        metavar=("PUBLIC_KEY", "BODY"),
+        help="send one direct message once connected",
+    )
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(watch(args.url, args.key_file, args.send))
+    except KeyboardInterrupt:  # Ctrl-C before the lobby was joined
+        return 0
+    except (ValueError, OSError) as exc:  # an unreadable or unwritable key file
+        print(f"watch_lobby.py: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

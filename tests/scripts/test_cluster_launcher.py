@@ -1,0 +1,314 @@
+"""scripts/cluster.py: the pure pieces, then the launcher with stand-in children, then
+(when they exist) with the real coordinator and workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scripts.cluster import (
+    BackoffPolicy,
+    Config,
+    connect_url,
+    describe_exit,
+    parse_args,
+    ready_marker,
+    split_forwarded,
+    worker_id,
+)
+from tests.procs import ROOT, ManagedProcess, free_port, wait_until
+
+# --------------------------------------------------------------------------- pure logic
+
+
+def test_backoff_grows_on_fast_crashes_and_is_capped() -> None:
+    policy = BackoffPolicy(initial=0.5, factor=2.0, cap=4.0, stable_after=30.0)
+    assert [policy.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert policy.delay(10_000) == 4.0  # no overflow however long it crash-loops
+
+
+def test_backoff_counts_only_consecutive_fast_crashes() -> None:
+    policy = BackoffPolicy(stable_after=30.0)
+    crashes = 0
+    for uptime in (0.1, 2.0, 29.9):
+        crashes = policy.fast_crashes(crashes, uptime)
+    assert crashes == 3
+    assert policy.fast_crashes(crashes, 30.0) == 1  # ran long enough: start over
+    assert policy.delay(1) == policy.initial
+
+
+def test_worker_ids_are_unique_per_slot_and_generation() -> None:
+    ids = {worker_id(slot, gen) for slot in range(1, 12) for gen in range(1, 12)}
+    assert len(ids) == 11 * 11
+    assert worker_id(3, 2) == "w3-2"
+
+
+def test_ready_markers_do_not_match_other_workers() -> None:
+    assert ready_marker(None) == "coordinator ready"
+    assert ready_marker("w1-1") in "INFO worker w1-1 ready on 127.0.0.1:8765"
+    assert ready_marker("w1-1") not in "INFO worker w1-10 ready"
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "ws://127.0.0.1:9000/ws"),
+        ("0.0.0.0", "ws://127.0.0.1:9000/ws"),
+        ("::", "ws://[::1]:9000/ws"),
+        ("::1", "ws://[::1]:9000/ws"),
+        ("example.org", "ws://example.org:9000/ws"),
+    ],
+)
+def test_connect_url(host: str, url: str) -> None:
+    assert connect_url(host, 9000) == url
+
+
+def test_describe_exit() -> None:
+    assert describe_exit(0) == "exit code 0"
+    assert describe_exit(3) == "exit code 3"
+    assert describe_exit(-9) == "signal SIGKILL"
+    assert describe_exit(None) == "no exit status"
+
+
+def test_split_forwarded_takes_values_verbatim() -> None:
+    argv = [
+        "--workers",
+        "2",
+        "--worker-arg",
+        "--ping-interval",
+        "--worker-arg=5",
+        "--",
+        "--coordinator-arg",
+        "--log-level=debug",
+        "--worker-arg",
+        "-v",
+    ]
+    rest, coordinator, worker = split_forwarded(argv)
+    assert rest == ["--workers", "2"]
+    assert coordinator == ["--log-level=debug"]
+    assert worker == ["--ping-interval", "5", "-v"]
+
+
+@pytest.mark.parametrize("argv", [["--", "--workers", "2"], ["--worker-arg"]])
+def test_split_forwarded_rejects_strays(argv: list[str]) -> None:
+    with pytest.raises(ValueError):
+        split_forwarded(argv)
+
+
+def test_parse_args_builds_the_commands() -> None:
+    config = parse_args(
+        [
+            *("--workers", "3", "--port", "9100", "--host", "0.0.0.0", "--log-level", "debug"),
+            *("--", "--worker-arg", "--x", "--coordinator-arg", "--y"),
+        ]
+    )
+    assert config.workers == 3
+    assert config.coordinator_command()[1:] == [
+        "-m",
+        "coordinator",
+        "--port",
+        "9100",
+        "--log-level",
+        "debug",
+        "--y",
+    ]
+    assert config.worker_command("w2-1")[1:] == [
+        "-m",
+        "workers",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "9100",
+        "--worker-id",
+        "w2-1",
+        "--log-level",
+        "debug",
+        "--x",
+    ]
+
+
+def test_parse_args_defaults() -> None:
+    config = parse_args([])
+    assert config == Config(workers=os.cpu_count() or 1, host="127.0.0.1", port=8765)
+
+
+@pytest.mark.parametrize("argv", [["--workers", "0"], ["--port", "70000"], ["--", "x"]])
+def test_parse_args_rejects_nonsense(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+
+
+# --------------------------------------------------------------------------- processes
+
+FAKE = """\
+import argparse, os, signal, sys, threading
+parser = argparse.ArgumentParser()
+parser.add_argument("--worker-id")
+args, extra = parser.parse_known_args()
+ignore = bool(os.environ.get("FAKE_IGNORE_TERM") and args.worker_id)
+if ignore:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    # sigwait, not a handler: a child may get SIGTERM more than once (the parent-death
+    # signal comes once per exiting launcher thread) and must not deadlock on it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+print("argv", " ".join(sys.argv[1:]), flush=True)
+print(MARKER, flush=True)
+if ignore:
+    threading.Event().wait()
+signal.sigwait({signal.SIGTERM})
+print("bye", flush=True)
+"""
+
+
+@pytest.fixture
+def fakes(tmp_path: Path) -> Path:
+    """Stand-in coordinator and workers modules that log ready and wait for SIGTERM."""
+    (tmp_path / "fake_coordinator.py").write_text(FAKE.replace("MARKER", '"coordinator ready"'))
+    worker_marker = 'f"worker {args.worker_id} ready"'
+    (tmp_path / "fake_workers.py").write_text(FAKE.replace("MARKER", worker_marker))
+    return tmp_path
+
+
+def started_pids(launcher: ManagedProcess) -> dict[str, int]:
+    found = re.findall(r"started (\S+) pid (\d+)", launcher.output())
+    return {name: int(pid) for name, pid in found}
+
+
+def gone(pid: int) -> bool:
+    """True once ``pid`` no longer exists (or is a zombie nobody has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+def shut_down(launcher: ManagedProcess) -> None:
+    """Stop the launcher and kill any child it left behind, so that a failing test
+    does not leave processes holding ports."""
+    launcher.stop()
+    for pid in started_pids(launcher).values():
+        if not gone(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def launch(workers: int, port: int, extra: list[str], env: dict[str, str]) -> ManagedProcess:
+    args = ["--workers", str(workers), "--port", str(port), "--restart-delay", "0.05", *extra]
+    return ManagedProcess("scripts.cluster", args, env=env)
+
+
+@pytest.fixture
+def short_runtime_dir() -> Iterator[str]:
+    """A private XDG_RUNTIME_DIR short enough for ipc socket paths (~107 bytes max)."""
+    with tempfile.TemporaryDirectory(prefix="lobby-") as directory:
+        yield directory
+
+
+def exercise_restart_and_stop(launcher: ManagedProcess, workers: int, stop_signal: int) -> None:
+    launcher.wait_for_line("connect to ws://", timeout=30)
+    pids = started_pids(launcher)
+    assert set(pids) == {"coordinator", *(worker_id(i, 1) for i in range(1, workers + 1))}
+
+    os.kill(pids["w1-1"], signal.SIGKILL)
+    launcher.wait_for_line("w1-1 died (signal SIGKILL)", timeout=15)
+    launcher.wait_for_line("started w1-2 pid", timeout=15)
+    launcher.wait_for_line("worker w1-2 ready", timeout=30)
+    launcher.wait_for_line("ready again: connect to ws://", timeout=30)
+    assert gone(pids["w1-1"])
+    pids = started_pids(launcher)
+    assert "w1-2" in pids
+    for name, pid in pids.items():
+        if name != "w1-1":
+            assert not gone(pid), f"{name} should still run"
+
+    launcher.signal(stop_signal)
+    assert launcher.proc.wait(30) == 0, launcher.output()
+    wait_until(lambda: all(gone(pid) for pid in pids.values()), 10, "every child to exit")
+    launcher.assert_no_traceback()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_launcher_restarts_and_stops_stand_ins(fakes: Path, stop_signal: int) -> None:
+    env = {"PYTHONPATH": str(fakes)}
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    extra += ["--", "--worker-arg", "--flag-for-workers", "--coordinator-arg", "--c-flag"]
+    launcher = launch(2, free_port(), extra, env)
+    try:
+        exercise_restart_and_stop(launcher, 2, stop_signal)
+        output = launcher.output()
+        assert re.search(r"^w2-1 +\| argv .*--worker-id w2-1 --flag-for-workers$", output, re.M)
+        assert re.search(r"^coordinator +\| argv --port \d+ --c-flag$", output, re.M)
+        assert output.count("| bye") >= 3  # every child got SIGTERM and exited itself
+    finally:
+        shut_down(launcher)
+
+
+def test_launcher_kills_children_that_ignore_sigterm(fakes: Path) -> None:
+    env = {"PYTHONPATH": str(fakes), "FAKE_IGNORE_TERM": "1"}
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    launcher = launch(1, free_port(), [*extra, "--grace", "0.5"], env)
+    try:
+        launcher.wait_for_line("connect to ws://", timeout=30)
+        pids = started_pids(launcher)
+        launcher.signal(signal.SIGTERM)
+        assert launcher.proc.wait(30) == 0, launcher.output()
+        assert "w1-1 still running after 0.5s; SIGKILL" in launcher.output()
+        wait_until(lambda: all(gone(pid) for pid in pids.values()), 10, "every child to exit")
+    finally:
+        shut_down(launcher)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_children_stop_when_the_launcher_is_killed(fakes: Path) -> None:
+    env = {"PYTHONPATH": str(fakes)}
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    launcher = launch(2, free_port(), extra, env)
+    try:
+        launcher.wait_for_line("connect to ws://", timeout=30)
+        pids = started_pids(launcher)
+        launcher.signal(signal.SIGKILL)
+        wait_until(lambda: all(gone(pid) for pid in pids.values()), 10, "orphans to exit")
+    finally:
+        shut_down(launcher)
+
+
+REAL = (ROOT / "coordinator" / "__main__.py").exists() and (
+    ROOT / "workers" / "__main__.py"
+).exists()
+
+
+@pytest.mark.skipif(not REAL, reason="python -m coordinator / workers not written yet")
+def test_real_cluster_restarts_a_killed_worker_and_stops_cleanly(short_runtime_dir: str) -> None:
+    from shared.client import LobbyClient
+
+    port = free_port()
+    launcher = launch(2, port, [], {"XDG_RUNTIME_DIR": short_runtime_dir})
+    try:
+        launcher.wait_for_line("connect to ws://", timeout=60)
+
+        async def visit() -> None:
+            async with LobbyClient.connect(f"ws://127.0.0.1:{port}/ws") as client:
+                assert client.public_key in client.view
+                assert client.errors == []
+
+        asyncio.run(visit())
+        exercise_restart_and_stop(launcher, 2, signal.SIGTERM)
+    finally:
+        shut_down(launcher)
