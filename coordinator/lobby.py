@@ -27,6 +27,13 @@ has it) and the kicks of sessions that lost their key to a newer one.
 Batching is the caller's choice of when to call :meth:`Lobby.flush`: after every event
 (no batching) or once per window; the deltas are net effects either way.
 
+Every live session carries a *stamp*, ``(epoch, seq)``: the coordinator epoch and the
+update that first published it (for a session not yet published, the next ``seq``).
+Epochs sort by start time, so stamps order authentications across coordinator restarts.
+:meth:`Lobby.restore_user` uses them when workers re-register sessions (after a
+restart, or after a worker that was given up for dead comes back): of two sessions of
+one key, the one with the newer stamp stays and the other is kicked.
+
 The class is pure: no sockets, no clocks, no randomness.
 """
 
@@ -42,6 +49,10 @@ class Session(NamedTuple):
 
     worker: str
     conn: int
+
+
+Stamp = tuple[str, int]
+"""``(epoch, seq)`` of a session's authentication; larger is newer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +78,15 @@ class Flush:
 class Lobby:
     """Public key -> live session, with race resolution, batching and numbering.
 
-    ``seq`` is the number of the last published delta (``0`` before any).
+    ``seq`` is the number of the last published delta (``0`` before any) within
+    ``epoch``, the coordinator's epoch (see :func:`shared.backbone.new_epoch`).
     """
 
-    def __init__(self, seq: int = 0) -> None:
+    def __init__(self, epoch: str = "", seq: int = 0) -> None:
+        self.epoch = epoch
         self.seq = seq
         self._live: dict[str, Session] = {}
+        self._stamps: dict[Session, Stamp] = {}
         self._published: dict[str, Session] = {}
         self._by_worker: dict[str, dict[int, str]] = {}
         self._dirty: set[str] = set()
@@ -88,27 +102,35 @@ class Lobby:
         if old == session:
             return  # the same event twice: nothing new happened
         if old is not None:
-            self._forget(old)
-            self._unacked.pop(old, None)
-            self._kicks.append(old)
-        self._live[key] = session
-        self._by_worker.setdefault(session.worker, {})[session.conn] = key
+            self._replace(old)
+        self._add(key, session, (self.epoch, self.seq + 1))
         self._unacked[session] = key
-        self._dirty.add(key)
 
-    def restore_user(self, key: str, session: Session) -> None:
-        """Re-register a session that was already authenticated and told so (after a
-        coordinator restart). It is acknowledged by nobody and never displaces a
-        session registered before it: if the key is taken, the restored one is kicked."""
+    def restore_user(self, key: str, session: Session, stamp: Stamp) -> None:
+        """Re-register a session that was authenticated and acknowledged with ``stamp``
+        (by this or an earlier coordinator). Of it and the key's current session, the
+        newer stamp stays and the other is kicked; it is acknowledged by nobody."""
         current = self._live.get(key)
         if current == session:
             return
         if current is not None:
-            self._kicks.append(session)
-            return
+            if stamp <= self._stamps[current]:
+                self._kicks.append(session)
+                return
+            self._replace(current)
+        self._add(key, session, stamp)
+
+    def _add(self, key: str, session: Session, stamp: Stamp) -> None:
         self._live[key] = session
+        self._stamps[session] = stamp
         self._by_worker.setdefault(session.worker, {})[session.conn] = key
         self._dirty.add(key)
+
+    def _replace(self, old: Session) -> None:
+        """``old`` lost its key to a newer session: forget it, kick it at the flush."""
+        self._forget(old)
+        self._unacked.pop(old, None)
+        self._kicks.append(old)
 
     def remove_user(self, key: str, session: Session) -> bool:
         """``session`` of ``key`` ended. Returns whether the lobby changed: a session
@@ -127,6 +149,7 @@ class Lobby:
         for conn, key in conns.items():
             session = Session(worker, conn)
             del self._live[key]
+            del self._stamps[session]
             self._unacked.pop(session, None)
             self._dirty.add(key)
         self._kicks = [s for s in self._kicks if s.worker != worker]
@@ -137,6 +160,10 @@ class Lobby:
     def get_user(self, key: str) -> Session | None:
         """The key's live session, published or not."""
         return self._live.get(key)
+
+    def stamp_of(self, session: Session) -> Stamp | None:
+        """The live session's authentication stamp."""
+        return self._stamps.get(session)
 
     def get_published(self, key: str) -> Session | None:
         """The key's session as of ``seq``: the one clients have been told about."""
@@ -191,6 +218,7 @@ class Lobby:
         return joined, left
 
     def _forget(self, session: Session) -> None:
+        self._stamps.pop(session, None)
         conns = self._by_worker.get(session.worker)
         if conns is not None:
             conns.pop(session.conn, None)

@@ -14,7 +14,6 @@ One thread, one poll loop, so every worker event is applied in one order. The lo
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,8 +54,8 @@ class Coordinator:
 
     def __init__(self, settings: CoordinatorSettings, context: zmq.Context[zmq.Socket[bytes]]):
         self.settings = settings
-        self.epoch = secrets.token_hex(8)
-        self.lobby = Lobby()
+        self.epoch = bb.new_epoch()
+        self.lobby = Lobby(self.epoch)
         self._last_seen: dict[str, float] = {}
         self._flush_at: float | None = None
         self._stopping = False
@@ -138,6 +137,12 @@ class Coordinator:
         if handler is None:
             log.warning("dropping %s from worker %s: not an event", msg.TAG, worker)
             return
+        if worker not in self._last_seen and not isinstance(msg, bb.Hello | bb.Goodbye):
+            # We restarted, or gave this worker up for dead: it holds sessions we do
+            # not know. Its events still count (so its new sessions can expire with
+            # it), and it re-registers the rest.
+            log.info("unknown worker %s; asking it to announce its sessions", worker)
+            self._send_to(worker, bb.Reannounce())
         self._last_seen[worker] = time.monotonic()
         handler(worker, msg)
         self._schedule_flush()
@@ -167,14 +172,14 @@ class Coordinator:
 
     def _on_hello(self, worker: str, msg: bb.Message) -> None:
         assert isinstance(msg, bb.Hello)
-        held = dict(msg.sessions)
+        held = {conn: key for conn, key, _, _ in msg.sessions}
         # The Hello is the worker's whole truth: anything else we hold for it is gone.
         for conn, key in self.lobby.sessions_of(worker).items():
             if held.get(conn) != key:
                 self.lobby.remove_user(key, Session(worker, conn))
-        for conn, key in msg.sessions:
+        for conn, key, epoch, seq in msg.sessions:
             if is_hex_key(key):
-                self.lobby.restore_user(key.lower(), Session(worker, conn))
+                self.lobby.restore_user(key.lower(), Session(worker, conn), (epoch, seq))
         log.info("worker %s registered with %d sessions", worker, len(msg.sessions))
         self._send_to(worker, bb.Welcome(self.epoch))
 

@@ -9,7 +9,7 @@ Theory of operation (after the ZeroMQ Guide's Clone pattern):
   :class:`Route` and :class:`RouteResult`. Messages from one worker arrive in the order
   it sent them; the coordinator applies all of them in one order.
 * **Replies down, to one worker**, on the same ROUTER: :class:`Welcome`,
-  :class:`AuthAck`, :class:`Kick`, :class:`Deliver`, :class:`RouteDone`,
+  :class:`Reannounce`, :class:`AuthAck`, :class:`Kick`, :class:`Deliver`, :class:`RouteDone`,
   :class:`Snapshot`.
 * **Numbered updates down, to every worker**, on the PUB socket (the *updates*
   endpoint): :class:`Update` (a net-effect delta, numbered ``seq`` within the
@@ -18,7 +18,9 @@ Theory of operation (after the ZeroMQ Guide's Clone pattern):
 
 A worker subscribes first, then asks for a :class:`Snapshot`, then drops the updates at
 or below its ``seq`` (the slow-joiner rule). An ``epoch`` is a token chosen afresh by
-each coordinator start; numbers from different epochs are never compared.
+each coordinator start (:func:`new_epoch`); sequence numbers from different epochs are
+never compared, but epochs themselves sort by start time, so ``(epoch, seq)`` orders
+every authentication the cluster ever accepted.
 
 Wire form: one ZeroMQ frame per message, a msgpack array
 ``[SCHEMA_VERSION, tag, field, ...]``. msgpack decodes to plain data only (never
@@ -30,6 +32,8 @@ field's type before building a message, so a corrupt or foreign frame is a
 from __future__ import annotations
 
 import dataclasses
+import secrets
+import time
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
@@ -53,7 +57,10 @@ class Hello:
 
     TAG: ClassVar[str] = "hello"
     worker: str
-    sessions: list[tuple[int, str]]  # (connection id, public key)
+    sessions: list[tuple[int, str, str, int]]
+    """(connection id, public key, epoch, seq) per session: the ``AuthAck`` it got. Epochs
+    sort by start time, so the stamp orders sessions across coordinator restarts and
+    the newest authenticated session of a key wins when two workers claim it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +132,14 @@ class Welcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Reannounce:
+    """The coordinator does not know this worker (it restarted, or it gave the worker
+    up for dead): send ``Hello`` with every session again."""
+
+    TAG: ClassVar[str] = "reannounce"
+
+
+@dataclass(frozen=True, slots=True)
 class AuthAck:
     """The session of ``conn`` is in the lobby as of update ``seq`` of ``epoch``:
     hold ``auth_ok`` until the replica has applied it."""
@@ -191,12 +206,18 @@ class Beat:
 
 
 UpMessage = Hello | Heartbeat | Authed | Closed | Goodbye | SnapshotRequest | Route | RouteResult
-DownMessage = Welcome | AuthAck | Kick | Deliver | RouteDone | Snapshot
+DownMessage = Welcome | Reannounce | AuthAck | Kick | Deliver | RouteDone | Snapshot
 PubMessage = Update | Beat
 Message = UpMessage | DownMessage | PubMessage
 
 _CLASSES: Final[tuple[type[Any], ...]] = typing.get_args(Message)
 _BY_TAG: Final[dict[str, type[Any]]] = {cls.TAG: cls for cls in _CLASSES}
+
+
+def new_epoch() -> str:
+    """A fresh epoch: the start time in nanoseconds (fixed width, so string order is
+    time order) and a random suffix so two starts in one nanosecond still differ."""
+    return f"{time.time_ns():020d}-{secrets.token_hex(4)}"
 
 
 # ------------------------------------------------------------ codec

@@ -262,10 +262,12 @@ class Connection:
     def challenge(self) -> str:
         return protocol.challenge(self.nonce.hex())
 
-    def session(self) -> tuple[int, str] | None:
-        """``(conn, key)`` for ``Hello`` when the coordinator recorded this session."""
-        if self.state in (S.ACKED, S.AUTHENTICATED) and self.key is not None:
-            return (self.conn_id, self.key)
+    def session(self) -> tuple[int, str, str, int] | None:
+        """``(conn, key, epoch, seq)`` for ``Hello`` when the coordinator recorded this
+        session: the ack's stamp lets a coordinator tell which of two sessions of one
+        key is newer, even one acked by an earlier coordinator."""
+        if self.state in (S.ACKED, S.AUTHENTICATED) and self.key and self._ack:
+            return (self.conn_id, self.key, self._ack.epoch, self._ack.seq)
         return None
 
     # ------------------------------------------------------------------ client frames

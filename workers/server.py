@@ -127,6 +127,7 @@ class Worker:
         self._dealer = self._socket(zmq.DEALER)
         self._handlers: dict[type[bb.Message], Callable[[bb.Message], None]] = {
             bb.Welcome: lambda m: self._effects(self.replica.on_welcome(_as(m, bb.Welcome))),
+            bb.Reannounce: lambda m: self._effects(self.replica.start()),
             bb.Snapshot: lambda m: self._effects(self.replica.on_snapshot(_as(m, bb.Snapshot))),
             bb.Update: lambda m: self._effects(self.replica.on_update(_as(m, bb.Update))),
             bb.Beat: lambda m: self._effects(self.replica.on_beat(_as(m, bb.Beat))),
@@ -412,7 +413,7 @@ class Worker:
 
     def _announce(self) -> None:
         sessions = [s for c in self.clients.values() if (s := c.machine.session()) is not None]
-        self._announced = frozenset(conn for conn, _ in sessions)
+        self._announced = frozenset(session[0] for session in sessions)
         self._last_request = self.now
         log.info("announcing %d sessions to the coordinator", len(sessions))
         self._emit(bb.Hello(self.settings.worker_id, sessions))

@@ -215,9 +215,30 @@ def test_hello_reregisters_sessions_and_drops_forgotten_ones(cluster: Cluster) -
     expect_update(w1, 1, [A], [])
     expect_update(w1, 2, [B], [])
     w1.reply(), w1.reply()
-    w1.send(bb.Hello("w1", [(2, B), (3, C)]))
+    w1.send(bb.Hello("w1", [(2, B, "0", 2), (3, C, "0", 1)]))
     expect_update(w1, 3, [C], [A])
     assert isinstance(w1.reply(), bb.Welcome)
+
+
+def test_unknown_worker_is_asked_to_reannounce_and_newest_session_wins(
+    cluster: Cluster,
+) -> None:
+    w1, w2 = cluster.worker("w1"), cluster.worker("w2")
+    w1.send(bb.Authed(1, A))
+    expect_update(w2, 1, [A], [])
+    ack = w1.reply()
+    assert isinstance(ack, bb.AuthAck)
+    # A worker the coordinator never heard from (as after a coordinator restart, or a
+    # worker given up for dead) is asked to announce its sessions.
+    w3 = FakeWorker(cluster.ctx, "w3", cluster.events, cluster.updates)
+    cluster.workers.append(w3)
+    w3.send(bb.Heartbeat("w3"))
+    assert w3.reply() == bb.Reannounce()
+    # It claims A with an older authentication: the newer session stays, its is kicked.
+    w3.send(bb.Hello("w3", [(5, A, ack.epoch, ack.seq - 1), (6, B, ack.epoch, 0)]))
+    assert isinstance(w3.reply(), bb.Welcome)
+    assert w3.reply() == bb.Kick(5)
+    expect_update(w2, 2, [B], [])
 
 
 def test_direct_message_routes_to_the_recipients_worker_and_back(cluster: Cluster) -> None:

@@ -118,16 +118,29 @@ def test_replaced_before_publication_is_kicked_not_acked() -> None:
     assert flush.kicks == [Session(W1, 1)]
 
 
-def test_restore_never_displaces_a_registered_session() -> None:
-    lobby = Lobby()
-    lobby.add_user(A, Session(W2, 5))
-    lobby.restore_user(A, Session(W1, 1))
-    lobby.restore_user(B, Session(W1, 2))
+def test_restore_keeps_the_newer_authentication() -> None:
+    """Sessions re-registered with their stamps: the newest authentication of a key
+    stays, whichever worker re-registers first, across epochs."""
+    lobby = Lobby("e2")
+    lobby.restore_user(A, Session(W1, 1), ("e1", 9))
+    lobby.restore_user(A, Session(W2, 1), ("e1", 4))  # older: kicked
+    lobby.restore_user(B, Session(W2, 2), ("e1", 3))
+    lobby.restore_user(B, Session(W1, 2), ("e1", 8))  # newer: displaces W2's
+    flush = lobby.flush()
+    assert lobby.get_user(A) == Session(W1, 1) and lobby.get_user(B) == Session(W1, 2)
+    assert flush.kicks == [Session(W2, 1), Session(W2, 2)]
+    assert flush.acks == []  # restored sessions were acknowledged long ago
+    assert flush.delta == Delta(1, [A, B], [])
+
+
+def test_fresh_auth_is_newer_than_any_restored_session() -> None:
+    lobby = Lobby("e1")
+    lobby.add_user(A, Session(W2, 5))  # authenticated elsewhere while W1 was away
+    lobby.restore_user(A, Session(W1, 1), ("e1", 0))  # W1 comes back with its old one
     flush = lobby.flush()
     assert lobby.get_user(A) == Session(W2, 5)
     assert flush.kicks == [Session(W1, 1)]
-    assert flush.acks == [(Session(W2, 5), 1)]  # restored sessions were acked long ago
-    assert flush.delta == Delta(1, [A, B], [])
+    assert flush.acks == [(Session(W2, 5), 1)]
 
 
 # ------------------------------------------------------------ property tests

@@ -345,8 +345,9 @@ def test_transport_closed_reports_closed_exactly_once(state: State) -> None:
 
 def test_session_is_announced_only_once_recorded() -> None:
     assert reach(State.AUTHENTICATING).session() is None
-    assert reach(State.ACKED).session() == (7, PK)
-    assert reach(State.AUTHENTICATED).session() == (7, PK)
+    # With the stamp of its ack ("e1", 10), so a coordinator can order sessions.
+    assert reach(State.ACKED).session() == (7, PK, "e1", 10)
+    assert reach(State.AUTHENTICATED).session() == (7, PK, "e1", 10)
     assert reach(State.CLOSING).session() is None
 
 

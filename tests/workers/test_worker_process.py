@@ -140,7 +140,8 @@ class Harness:
         await session.answer_challenge()
         authed = await self.coord.expect(bb.Authed, lambda m: m.key == session.key)
         session.conn = authed.conn
-        self.coord.send(bb.AuthAck(authed.conn, self.coord.epoch, self.coord.seq + 1))
+        session.ack_epoch, session.ack_seq = self.coord.epoch, self.coord.seq + 1
+        self.coord.send(bb.AuthAck(authed.conn, session.ack_epoch, session.ack_seq))
         self.coord.update(joined=[session.key])
         assert await session.recv() == {"type": "auth_ok", "publicKey": session.key}
         snap = await session.recv()
@@ -155,6 +156,8 @@ class Session:
     sk: SigningKey
     conn: int = -1
     seq: int = -1
+    ack_epoch: str = ""
+    ack_seq: int = -1
 
     @property
     def key(self) -> str:
@@ -410,7 +413,7 @@ def test_unreachable_coordinator_health_auth_and_send(ipc_dir: Path) -> None:
 
             c.answering = c.beating = True  # back: the worker re-announces its sessions
             hello = await c.expect(bb.Hello)
-            assert hello.sessions == [(s.conn, s.key)]
+            assert [session[:2] for session in hello.sessions] == [(s.conn, s.key)]
             authed = await c.expect(bb.Authed)
             assert authed.key == w.key
             await until(lambda: http_status(h.port, "/healthz"), 200)
@@ -478,11 +481,25 @@ def test_new_epoch_reannounces_sessions_and_sends_fresh_snapshot(ipc_dir: Path) 
             a = await h.login(new_key())
             c.epoch, c.seq, c.users = "e2", 3, {a.key, "9" * 64}  # restarted, rebuilt
             hello = await c.expect(bb.Hello)
-            assert hello == bb.Hello(WORKER, [(a.conn, a.key)])
+            # Each session carries the stamp of its ack, from the first coordinator.
+            assert hello == bb.Hello(WORKER, [(a.conn, a.key, a.ack_epoch, a.ack_seq)])
             snap = await a.recv()
             assert snap == json.loads(protocol.lobby_snapshot(3, sorted(c.users)))
             seq = c.update(left=["9" * 64])
             assert await a.recv() == json.loads(protocol.lobby_update(seq, [], ["9" * 64]))
+
+    run(scenario())
+
+
+def test_reannounce_makes_the_worker_register_its_sessions_again(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            c = h.coord
+            a = await h.login(new_key())
+            c.send(bb.Reannounce())  # the coordinator gave us up for dead, or restarted
+            hello = await c.expect(bb.Hello)
+            assert hello == bb.Hello(WORKER, [(a.conn, a.key, a.ack_epoch, a.ack_seq)])
+            await c.expect(bb.SnapshotRequest)
 
     run(scenario())
 
