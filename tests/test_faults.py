@@ -1,0 +1,343 @@
+"""Process faults on a real cluster: SIGKILL, SIGSTOP/SIGCONT, SIGTERM, restarts.
+
+Fault timings are short through configuration (heartbeats every 0.1-0.2 s, a worker
+presumed dead after 0.6-1 s). Each test prints what it measured, for the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.client import (
+    ConnectionRefusedByServer,
+    LobbyClient,
+    generate_signing_key,
+    public_key_hex,
+)
+from shared.protocol import CloseCode
+from tests.cluster import Cluster
+from tests.procs import ManagedProcess, free_port
+
+FAST_COORDINATOR = ("--heartbeat-interval", "0.1", "--worker-timeout", "0.6")
+FAST_WORKER = ("--heartbeat-interval", "0.1", "--coordinator-timeout", "0.6")
+
+
+def run(coro: Coroutine[Any, Any, None], timeout: float = 90) -> None:
+    asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``condition`` (every 10 ms) up to ``timeout`` s; returns the seconds it took."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+async def connect_many(url: str, n: int) -> list[LobbyClient]:
+    return list(await asyncio.gather(*(LobbyClient.connect(url) for _ in range(n))))
+
+
+def open_ones(clients: list[LobbyClient]) -> list[LobbyClient]:
+    return [c for c in clients if not c.closed]
+
+
+def all_views_are(clients: list[LobbyClient], keys: set[str]) -> bool:
+    return all(c.view.online == keys for c in clients)
+
+
+def settled(clients: list[LobbyClient]) -> bool:
+    """Every open client sees exactly the open clients (dead ones closed, no ghosts)."""
+    alive = open_ones(clients)
+    return all_views_are(alive, {c.public_key for c in alive})
+
+
+async def close_all(clients: list[LobbyClient]) -> None:
+    for c in clients:
+        assert c.errors == [], c.errors[:3]
+        await c.close()
+
+
+# ------------------------------------------------------------ the launcher (make run)
+
+
+class Launched:
+    """``scripts/cluster.py``, as ``make run`` starts it, in a private runtime dir."""
+
+    def __init__(
+        self, tmp: Path, workers: int, coordinator: tuple[str, ...], worker: tuple[str, ...]
+    ):
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+        args = ["--workers", str(workers), "--port", str(self.port)]
+        args += [f"--coordinator-arg={a}" for a in coordinator]
+        args += [f"--worker-arg={a}" for a in worker]
+        self.proc = ManagedProcess("scripts.cluster", args, env={"XDG_RUNTIME_DIR": str(tmp)})
+        self.proc.wait_for_line("connect to ws://", timeout=30)
+
+    def pid(self, name: str) -> int:
+        pids = re.findall(rf"started {re.escape(name)} pid (\d+)", self.proc.output())
+        assert pids, f"{name} was never started:\n{self.proc.output()}"
+        return int(pids[-1])
+
+    def stop(self) -> None:
+        assert self.proc.stop(timeout=20) == 0, self.proc.output()
+        text = self.proc.output()
+        assert "Traceback" not in text, text
+
+
+@pytest.fixture
+def launched(tmp_path: Path) -> Iterator[Launched]:
+    cluster = Launched(
+        tmp_path,
+        2,
+        coordinator=("--heartbeat-interval", "0.2", "--worker-timeout", "1.0"),
+        worker=("--heartbeat-interval", "0.2", "--coordinator-timeout", "1.0"),
+    )
+    yield cluster
+    cluster.stop()
+
+
+def test_killed_worker_users_leave_everywhere_and_launcher_replaces_it(
+    launched: Launched,
+) -> None:
+    async def scenario() -> None:
+        clients = await connect_many(launched.url, 20)
+        everyone = {c.public_key for c in clients}
+        for c in clients:
+            await c.wait_for_view(everyone)
+        os.kill(launched.pid("w1-1"), signal.SIGKILL)
+        start = time.monotonic()
+        # Its clients see their connections drop (20 clients: all on one worker has odds
+        # of about 1 in 500,000), then everyone else sees them leave.
+        await until(lambda: any(c.closed for c in clients), 10, "the kill to drop clients")
+        await until(lambda: settled(clients), 10, "the killed worker's users to leave")
+        took = time.monotonic() - start
+        dead = [c for c in clients if c.closed]
+        print(f"\nworker SIGKILL: {len(dead)} ghosts removed from every view in {took:.2f}s")
+        assert 0 < len(dead) < len(clients), "clients all landed on one worker"
+        launched.proc.wait_for_line("ready again", timeout=20)
+        newcomers = await connect_many(launched.url, 6)  # spread over both workers
+        survivors = [*open_ones(clients), *newcomers]
+        await until(lambda: settled(survivors), 10, "newcomers to be seen")
+        await close_all(survivors)
+
+    run(scenario())
+
+
+def test_killed_coordinator_is_restarted_and_every_client_resyncs(launched: Launched) -> None:
+    async def scenario() -> None:
+        clients = await connect_many(launched.url, 12)
+        everyone = {c.public_key for c in clients}
+        for c in clients:
+            await c.wait_for_view(everyone)
+        before = {id(c): c.snapshots_received for c in clients}
+        os.kill(launched.pid("coordinator"), signal.SIGKILL)
+
+        def resynced() -> bool:
+            fresh = all(c.snapshots_received > before[id(c)] for c in clients)
+            return fresh and all_views_are(clients, everyone)
+
+        took = await until(resynced, 5, "a fresh snapshot equal to the online set everywhere")
+        print(f"\ncoordinator SIGKILL: every client resynced in {took:.2f}s")
+        assert open_ones(clients) == clients  # nobody was disconnected
+        late = await LobbyClient.connect(launched.url)
+        await until(lambda: settled([*clients, late]), 10, "a join after the restart")
+        await close_all([*clients, late])
+
+    run(scenario())
+
+
+# ------------------------------------------------------------ coordinator outage
+
+
+@pytest.fixture
+def fast_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(
+        tmp_path,
+        2,
+        coordinator_args=FAST_COORDINATOR,
+        worker_args=(*FAST_WORKER, "--auth-wait", "1.0", "--route-timeout", "1.0"),
+    ).start()
+    yield c
+    c.stop()
+
+
+def test_outage_auths_get_1013_sends_get_unavailable_and_restart_rebuilds(
+    fast_cluster: Cluster,
+) -> None:
+    async def scenario() -> None:
+        clients = await connect_many(fast_cluster.url, 8)
+        everyone = {c.public_key for c in clients}
+        for c in clients:
+            await c.wait_for_view(everyone)
+        assert fast_cluster.coordinator is not None
+        fast_cluster.coordinator.signal(signal.SIGKILL)
+        fast_cluster.coordinator.proc.wait(5)
+
+        # An auth during the outage waits (bounded), then gets 1013; never hangs.
+        with pytest.raises(ConnectionRefusedByServer) as refused:
+            await LobbyClient.connect(fast_cluster.url, open_timeout=10)
+        assert refused.value.code == CloseCode.TRY_AGAIN_LATER
+        # A direct message during the outage gets rejected/unavailable, never silence.
+        result = await clients[0].send(clients[1].public_key, "hello?", timeout=10)
+        assert (result["status"], result.get("reason")) == ("rejected", "unavailable")
+        assert not [c for c in clients if c.closed], "clients must stay connected"
+
+        before = {id(c): c.snapshots_received for c in clients}
+        fast_cluster.coordinator = ManagedProcess(
+            "coordinator",
+            [
+                "--events-endpoint",
+                fast_cluster.events,
+                "--updates-endpoint",
+                fast_cluster.updates,
+                *FAST_COORDINATOR,
+            ],
+        )
+        start = time.monotonic()
+
+        def rebuilt() -> bool:
+            fresh = all(c.snapshots_received > before[id(c)] for c in clients)
+            return fresh and all_views_are(clients, everyone)
+
+        await until(rebuilt, 10, "the lobby to be rebuilt from the workers")
+        print(f"\ncoordinator restart: lobby rebuilt in {time.monotonic() - start:.2f}s")
+        result = await clients[0].send(clients[1].public_key, "back")
+        assert result["status"] == "delivered"
+        await close_all(clients)
+
+    run(scenario())
+
+
+# ------------------------------------------------------------ partition
+
+
+async def connect_retrying(url: str, key: Any, attempts: int = 20) -> LobbyClient:
+    """Connect, retrying attempts that land on a stopped worker (SO_REUSEPORT still
+    hands it connections; they hang until the timeout)."""
+    for _ in range(attempts):
+        try:
+            return await LobbyClient.connect(url, key, open_timeout=1.0)
+        except (TimeoutError, ConnectionRefusedByServer, OSError):
+            continue
+    raise AssertionError(f"no worker accepted {public_key_hex(key)[:8]} in {attempts} tries")
+
+
+def test_partitioned_worker_comes_back_and_newest_session_wins(fast_cluster: Cluster) -> None:
+    stopped = fast_cluster.workers[0]
+
+    async def scenario() -> None:
+        keys = [generate_signing_key() for _ in range(16)]
+        clients = list(
+            await asyncio.gather(*(LobbyClient.connect(fast_cluster.url, k) for k in keys))
+        )
+        everyone = {c.public_key for c in clients}
+        for c in clients:
+            await c.wait_for_view(everyone)
+        seen_at = {id(c): c.updates_received for c in clients}
+        stopped.signal(signal.SIGSTOP)
+
+        # The others see the partitioned worker's users leave.
+        def partitioned() -> bool:
+            moved = [c for c in clients if c.updates_received > seen_at[id(c)]]
+            return bool(moved) and all(len(c.view) < len(everyone) for c in moved)
+
+        await until(partitioned, 10, "the partitioned worker's users to leave")
+        outside = [c for c in clients if c.updates_received > seen_at[id(c)]]
+        await until(lambda: len({frozenset(c.view.online) for c in outside}) == 1, 5, "agree")
+        inside = [c for c in clients if c not in outside]
+        assert inside, "clients all landed on one worker"
+        assert outside[0].view.online == {c.public_key for c in outside}
+        # Half of the cut-off users authenticate again, on the other worker.
+        movers = inside[: (len(inside) + 1) // 2]
+        stayers = inside[len(movers) :]
+        moved = [await connect_retrying(fast_cluster.url, m.signing_key) for m in movers]
+        stopped.signal(signal.SIGCONT)
+        start = time.monotonic()
+
+        # Their old connections lose to the newer sessions; the others come back.
+        for old in movers:
+            assert await old.wait_closed(10) == CloseCode.SESSION_REPLACED
+        live = [*outside, *stayers, *moved]
+        await until(lambda: settled(live), 10, "one consistent lobby after the partition")
+        took = time.monotonic() - start
+        print(f"\npartition healed: views consistent {took:.2f}s after SIGCONT")
+        assert len({c.public_key for c in live}) == len(live) == len(everyone)
+        await close_all(live)
+
+    try:
+        run(scenario())
+    finally:
+        stopped.signal(signal.SIGCONT)
+        start = time.monotonic()
+
+
+# ------------------------------------------------------------ graceful stop, rolling restart
+
+
+@pytest.fixture
+def slow_expiry_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Heartbeat expiry far away, so only a graceful Goodbye can remove users quickly."""
+    c = Cluster(tmp_path, 2, coordinator_args=("--worker-timeout", "60")).start()
+    yield c
+    c.stop()
+
+
+def test_sigterm_closes_with_1001_and_rolling_restart_keeps_service(
+    slow_expiry_cluster: Cluster,
+) -> None:
+    cluster = slow_expiry_cluster
+
+    async def probe() -> None:
+        """The service is up: a new client authenticates (retrying a connection that
+        raced a closing listener) and sees itself."""
+        for _ in range(5):
+            try:
+                async with LobbyClient.connect(cluster.url, open_timeout=5) as c:
+                    assert c.public_key in c.view
+                    return
+            except (OSError, ConnectionRefusedByServer, TimeoutError):
+                continue
+        raise AssertionError("service down during the rolling restart")
+
+    async def scenario() -> None:
+        clients = await connect_many(cluster.url, 12)
+        everyone = {c.public_key for c in clients}
+        for c in clients:
+            await c.wait_for_view(everyone)
+        first = cluster.workers[0]
+        first.signal(signal.SIGTERM)
+        start = time.monotonic()
+        await until(lambda: any(c.closed for c in clients), 5, "the stop to close clients")
+        await until(lambda: settled(clients), 5, "the stopped worker's users to leave")
+        took = time.monotonic() - start
+        print(f"\nworker SIGTERM: its users left everywhere in {took:.2f}s")
+        closed = [c for c in clients if c.closed]
+        assert closed and all(c.close_code == CloseCode.GOING_AWAY for c in closed)
+        assert first.proc.wait(10) == 0
+        # Rolling restart: start a replacement, then stop the oldest running worker,
+        # twice; a new client gets in at every step.
+        running = [cluster.workers[1]]
+        for name in ("w3", "w4"):
+            await probe()
+            running.append(await asyncio.to_thread(cluster.add_worker, name))
+            await probe()
+            oldest = running.pop(0)
+            oldest.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(oldest.proc.wait, 10) == 0
+            await probe()
+        await close_all(open_ones(clients))
+
+    run(scenario())
