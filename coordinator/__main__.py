@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import zmq
 
 from coordinator.service import Coordinator, CoordinatorSettings
-from shared import endpoints
+from shared import curve, endpoints
 
 
 def _env(name: str, default: str) -> str:
@@ -75,6 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("PRESENCE_HWM", "100000")),
         help="ZeroMQ high-water mark per socket, in messages (PRESENCE_HWM, default %(default)s)",
     )
+    security = parser.add_argument_group("Security")
+    security.add_argument(
+        "--curve-secret-key",
+        default=os.environ.get("PRESENCE_CURVE_SECRET_KEY"),
+        help="the coordinator's CURVE certificate, a .key_secret file from "
+        "scripts/backbone_keys.py; with --curve-clients it encrypts the backbone and "
+        "admits only listed workers; required to listen beyond loopback "
+        "(PRESENCE_CURVE_SECRET_KEY, default off)",
+    )
+    security.add_argument(
+        "--curve-clients",
+        default=os.environ.get("PRESENCE_CURVE_CLIENTS"),
+        help="directory of the public keys (*.key) of the workers allowed in "
+        "(PRESENCE_CURVE_CLIENTS, default off)",
+    )
     logs = parser.add_argument_group("Logging")
     logs.add_argument(
         "--log-level",
@@ -94,6 +109,8 @@ def settings_from_args(args: argparse.Namespace) -> CoordinatorSettings:
         heartbeat_interval=args.heartbeat_interval,
         worker_timeout=args.worker_timeout,
         hwm=args.hwm,
+        curve_secret_key=args.curve_secret_key,
+        curve_clients=args.curve_clients,
     )
 
 
@@ -108,8 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         coordinator = Coordinator(settings_from_args(args), context)
-    except zmq.ZMQError as exc:
-        logging.getLogger("coordinator").error("cannot bind the backbone: %s", exc)
+    except (zmq.ZMQError, curve.BackboneSecurityError) as exc:
+        logging.getLogger("coordinator").error("cannot start the backbone: %s", exc)
+        context.destroy(linger=0)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: coordinator.stop())
     signal.signal(signal.SIGINT, lambda *_: coordinator.stop())

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from coordinator.lobby import Flush, Lobby, Session
 from shared import backbone as bb
-from shared import endpoints
+from shared import curve, endpoints
 from shared.protocol import is_hex_key
 
 log = logging.getLogger("coordinator")
@@ -47,6 +48,12 @@ class CoordinatorSettings:
     """ZeroMQ high-water mark of each socket, in messages. Past it PUB drops updates
     for a slow worker (which then sees a gap and resyncs from a snapshot) and ROUTER
     drops replies (the worker's auth or route then times out with 1013/unavailable)."""
+    # Security
+    curve_secret_key: str | None = None
+    """The coordinator's CURVE certificate (``.key_secret``); with
+    ``curve_clients``, turns CURVE on. Required to listen beyond loopback."""
+    curve_clients: str | None = None
+    """Directory of the public keys (``*.key``) of the workers allowed in."""
 
 
 class Coordinator:
@@ -54,13 +61,18 @@ class Coordinator:
 
     def __init__(self, settings: CoordinatorSettings, context: zmq.Context[zmq.Socket[bytes]]):
         self.settings = settings
+        self._keys = self._security(settings, context)
         self.epoch = bb.new_epoch()
         self.lobby = Lobby(self.epoch)
         self._last_seen: dict[str, float] = {}
         self._flush_at: float | None = None
         self._stopping = False
-        self.router = self._bind(context, zmq.ROUTER, settings.events_endpoint)
-        self.pub = self._bind(context, zmq.PUB, settings.updates_endpoint)
+        try:
+            self.router = self._bind(context, zmq.ROUTER, settings.events_endpoint)
+            self.pub = self._bind(context, zmq.PUB, settings.updates_endpoint)
+        except zmq.ZMQError:
+            self._stop_auth()
+            raise
         self._handlers: dict[type[bb.Message], Callable[[str, bb.Message], None]] = {
             bb.Hello: self._on_hello,
             bb.Heartbeat: self._on_heartbeat,
@@ -80,8 +92,31 @@ class Coordinator:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self.settings.hwm)
         sock.setsockopt(zmq.RCVHWM, self.settings.hwm)
+        if self._keys is not None:
+            curve.make_server(sock, self._keys)
         sock.bind(endpoint)
         return sock
+
+    def _security(
+        self, settings: CoordinatorSettings, context: zmq.Context[zmq.Socket[bytes]]
+    ) -> curve.KeyPair | None:
+        """Load CURVE keys and start the authenticator, or refuse an exposed backbone."""
+        wanted = (settings.curve_secret_key, settings.curve_clients)
+        ends = [settings.events_endpoint, settings.updates_endpoint]
+        if wanted == (None, None):
+            curve.check_exposure(ends, curve_on=False)
+            return None
+        if None in wanted:
+            raise curve.BackboneSecurityError(
+                "CURVE needs both --curve-secret-key and --curve-clients"
+            )
+        assert settings.curve_secret_key is not None and settings.curve_clients is not None
+        keys = curve.load_keypair(settings.curve_secret_key)
+        self._auth = ThreadAuthenticator(context, log=logging.getLogger("coordinator.zap"))
+        self._auth.start()
+        self._auth.configure_curve(location=curve.authorised_dir(settings.curve_clients))
+        log.info("CURVE on: workers must hold a key from %s", settings.curve_clients)
+        return keys
 
     # ------------------------------------------------------------------ loop
 
@@ -114,6 +149,11 @@ class Coordinator:
                 self._send_pub(bb.Beat(self.epoch, self.lobby.seq))
         self.router.close(0)
         self.pub.close(0)
+        self._stop_auth()
+
+    def _stop_auth(self) -> None:
+        if self._keys is not None:
+            self._auth.stop()
 
     def _drain(self, limit: int = 10_000) -> None:
         """Apply up to ``limit`` queued events (bounded so beats and flushes keep time)."""

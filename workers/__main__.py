@@ -101,6 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
     )
 
+    option(
+        bone,
+        "--curve-secret-key",
+        "PRESENCE_CURVE_SECRET_KEY",
+        None,
+        "this worker's CURVE certificate, a .key_secret file from scripts/backbone_keys.py; "
+        "with --curve-server-key it encrypts the backbone and proves this worker belongs",
+        default_text="off",
+    )
+    option(
+        bone,
+        "--curve-server-key",
+        "PRESENCE_CURVE_SERVER_KEY",
+        None,
+        "the coordinator's public key file (.key)",
+        default_text="off",
+    )
+
     times = parser.add_argument_group("Timeouts")
     seconds: list[tuple[str, float | None, str, Callable[[str], Any]]] = [
         ("auth-timeout", d.auth_timeout, "from the challenge to a valid auth (then 4003)", float),
@@ -169,6 +187,8 @@ def settings_from(args: argparse.Namespace) -> WorkerSettings:
         events_endpoint=where.events,
         updates_endpoint=where.updates,
         hwm=args.hwm,
+        curve_secret_key=args.curve_secret_key,
+        curve_server_key=args.curve_server_key,
         auth_timeout=args.auth_timeout,
         auth_wait=args.auth_wait,
         ping_interval=args.ping_interval,

@@ -43,7 +43,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from shared import backbone as bb
-from shared import protocol
+from shared import curve, protocol
 from shared.protocol import CLOSE_REASONS, CloseCode, RejectReason, SendStatus
 from workers.connection import (
     Action,
@@ -122,6 +122,7 @@ class Worker:
         self._last_request = 0.0  # last Hello/SnapshotRequest
         self._ready = asyncio.Event()
         self._stopping = False
+        self._curve = _curve_keys(settings)
         self._ctx = zmq.asyncio.Context()
         self._sub = self._socket(zmq.SUB)
         self._dealer = self._socket(zmq.DEALER)
@@ -148,6 +149,8 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self.settings.hwm)
         sock.setsockopt(zmq.RCVHWM, self.settings.hwm)
+        if self._curve is not None:
+            curve.make_client(sock, *self._curve)
         return sock
 
     async def run(self, stop: asyncio.Event) -> int:
@@ -493,6 +496,18 @@ class Worker:
         self._link_changed()
 
 
+def _curve_keys(settings: WorkerSettings) -> tuple[curve.KeyPair, bytes] | None:
+    """This worker's key pair and the coordinator's public key, when CURVE is on."""
+    own, server = settings.curve_secret_key, settings.curve_server_key
+    if own is None and server is None:
+        return None
+    if own is None or server is None:
+        raise curve.BackboneSecurityError(
+            "CURVE needs both --curve-secret-key and --curve-server-key"
+        )
+    return curve.load_keypair(own), curve.load_public(server)
+
+
 def _as(msg: bb.Message, cls: type[_T]) -> _T:
     assert isinstance(msg, cls)
     return msg
@@ -504,4 +519,9 @@ async def main(settings: WorkerSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    return await Worker(settings).run(stop)
+    try:
+        worker = Worker(settings)
+    except curve.BackboneSecurityError as exc:
+        log.error("cannot start the backbone: %s", exc)
+        return 2
+    return await worker.run(stop)

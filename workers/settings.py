@@ -36,6 +36,12 @@ class WorkerSettings:
     (the replica sees a gap and resyncs from a snapshot) or an event is dropped and
     logged (an auth or route then times out)."""
 
+    curve_secret_key: str | None = None
+    """This worker's CURVE certificate (``.key_secret``); with ``curve_server_key``
+    turns CURVE on, as a coordinator listening beyond loopback requires."""
+    curve_server_key: str | None = None
+    """The coordinator's public key certificate (``.key``): the worker talks to no other."""
+
     # Timeouts
     auth_timeout: float = 10.0
     """Seconds from the challenge to a valid ``auth`` before 4003 (protocol: 10 s)."""

@@ -1,0 +1,109 @@
+"""Backbone security: who may connect to a coordinator.
+
+The backbone is not an open door. By default it listens on ``ipc://`` in a directory
+only its user can enter (mode 0700, see :mod:`shared.endpoints`). Over ``tcp://`` a
+coordinator may listen on loopback as it is, but on any other address it refuses to
+start unless ZeroMQ CURVE is on: then every socket is encrypted, and only workers whose
+public keys are in the coordinator's authorised directory get in (ZAP, checked by
+pyzmq's authenticator thread). A worker also pins the coordinator's public key.
+
+Keys are ZeroMQ certificate files (``NAME.key`` public, ``NAME.key_secret`` secret), made
+by ``python scripts/backbone_keys.py DIR NAME...``. Secret keys are read from files and
+never logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+import zmq.auth
+
+
+class BackboneSecurityError(Exception):
+    """The backbone configuration would let strangers in, or a key file is unusable."""
+
+
+def is_private(endpoint: str) -> bool:
+    """True for endpoints only this machine can reach: ipc, inproc, tcp on loopback."""
+    transport, _, address = endpoint.partition("://")
+    if transport in ("ipc", "inproc"):
+        return True
+    if transport != "tcp":
+        return False
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", an interface name or a host name: assume reachable
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPair:
+    public: bytes
+    secret: bytes
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"KeyPair(public={self.public.decode()!r})"
+
+
+def load_keypair(path: str) -> KeyPair:
+    """Read a ``.key_secret`` certificate (public and secret key)."""
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise BackboneSecurityError(f"cannot read the key pair {path}: {exc}") from None
+    if secret is None:
+        raise BackboneSecurityError(f"{path} holds no secret key (use the .key_secret file)")
+    return KeyPair(public, secret)
+
+
+def load_public(path: str) -> bytes:
+    """Read the public key of a certificate (``.key`` or ``.key_secret``)."""
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise BackboneSecurityError(f"cannot read the public key {path}: {exc}") from None
+    return public
+
+
+def check_exposure(endpoints: list[str], curve_on: bool) -> None:
+    """Refuse to listen beyond this machine without CURVE."""
+    exposed = [e for e in endpoints if not is_private(e)]
+    if exposed and not curve_on:
+        raise BackboneSecurityError(
+            f"refusing to listen on {', '.join(exposed)} without CURVE: anyone who can "
+            "reach it could join the lobby as a worker. Give --curve-secret-key and "
+            "--curve-clients (python scripts/backbone_keys.py makes the keys), or listen "
+            "on ipc:// or loopback."
+        )
+
+
+def make_server(sock: zmq.Socket[Any] | zmq.asyncio.Socket, keys: KeyPair) -> None:
+    sock.curve_secretkey = keys.secret
+    sock.curve_publickey = keys.public
+    sock.curve_server = True
+
+
+def make_client(
+    sock: zmq.Socket[Any] | zmq.asyncio.Socket, keys: KeyPair, server_public: bytes
+) -> None:
+    sock.curve_secretkey = keys.secret
+    sock.curve_publickey = keys.public
+    sock.curve_serverkey = server_public
+
+
+def authorised_dir(path: str) -> str:
+    """Check the directory of authorised worker public keys exists and holds some."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise BackboneSecurityError(f"--curve-clients {path} is not a directory")
+    if not list(directory.glob("*.key")):
+        raise BackboneSecurityError(f"--curve-clients {path} holds no *.key public keys")
+    return str(directory)
