@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument(
         "--worker-timeout",
         type=float,
-        default=float(_env("PRESENCE_WORKER_TIMEOUT", "3.0")),
+        default=float(_env("PRESENCE_WORKER_TIMEOUT", "2.5")),
         help="seconds of silence before a worker is presumed dead and its users leave "
         "(PRESENCE_WORKER_TIMEOUT, default %(default)s)",
     )
