@@ -163,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
         "client backlog in bytes above which a direct message closes it with 4005",
         type=int,
     )
+    abuse: list[tuple[str, Any, str, Callable[[str], Any]]] = [
+        ("pre-auth-frame-bytes", d.pre_auth_frame_bytes, "largest frame before auth (1009)", int),
+        ("msg-rate", d.msg_rate, "client messages per second per connection (rate_limited)", float),
+        ("msg-burst", d.msg_burst, "client messages at once before --msg-rate applies", float),
+        ("flood-rejects", d.flood_rejects, "rate-limited frames per --flood-window (1008)", float),
+        ("flood-window", d.flood_window, "seconds over which --flood-rejects are counted", float),
+        ("max-pending-auth", d.max_pending_auth, "connections in the challenge phase (1013)", int),
+        ("auth-rate", d.auth_rate, "new connections admitted per second (then 1013)", float),
+        ("auth-burst", d.auth_burst, "new connections admitted at once before --auth-rate", float),
+    ]  # fmt: skip
+    for name, default, text, convert in abuse:
+        env = "PRESENCE_" + name.upper().replace("-", "_")
+        option(limits, f"--{name}", env, default, text, type=convert)
 
     logs = parser.add_argument_group("Logging")
     option(
@@ -199,6 +212,14 @@ def settings_from(args: argparse.Namespace) -> WorkerSettings:
         max_frame_bytes=args.max_frame_bytes,
         lag_bytes=args.lag_bytes,
         max_queue_bytes=args.max_queue_bytes,
+        pre_auth_frame_bytes=args.pre_auth_frame_bytes,
+        msg_rate=args.msg_rate,
+        msg_burst=args.msg_burst,
+        flood_rejects=args.flood_rejects,
+        flood_window=args.flood_window,
+        max_pending_auth=args.max_pending_auth,
+        auth_rate=args.auth_rate,
+        auth_burst=args.auth_burst,
         log_level=args.log_level,
         **extra,
     )

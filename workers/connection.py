@@ -37,6 +37,26 @@ transport buffer passes ``lag_bytes`` becomes ``LAGGING`` and is skipped; once i
 buffer drains below a quarter of that it gets one fresh snapshot and is ``CURRENT``
 again, so it never sees a gap. ``STALE`` (after a resync) waits for a replica state
 that contains the client's own key, then gets the fresh snapshot.
+
+Bounds on what one client can cost (the shell measures, the machine decides):
+
+* Outgoing: lobby state is re-sendable, so a lagging client's updates are dropped (above)
+  and its backlog stops growing at about ``lag_bytes``. Direct messages and
+  ``send_result`` answers cannot be dropped silently: one that finds the backlog above
+  ``max_queue_bytes`` closes the client with 4005 ``slow_consumer`` (``SLOW``) and the
+  sender is told ``offline``. Replies to the client's own frames are written with
+  backpressure by the shell, so they stall only that client's reader.
+* Incoming frame size: ``pre_auth_frame_bytes`` (4 KiB; an ``auth`` is ~250 bytes) until
+  ``auth_ok``, then ``max_frame_bytes``; the machine raises the limit with a
+  :class:`FrameLimit` action issued together with ``auth_ok``. Over the limit the
+  WebSocket layer closes with 1009 (the machine then sees the transport end).
+* Incoming rate (``AUTHENTICATED``): every frame goes through a
+  :class:`~workers.admission.FloodGuard` first. ``PASS`` frames are handled as usual; a
+  ``THROTTLE`` frame is answered and dropped (a well-formed ``send`` gets ``send_result``
+  ``rejected``/``rate_limited``, anything else ``error``/``rate_limited``); ``FLOOD``
+  closes with 1008 ``policy_violation`` (event ``FLOOD``). Before ``auth_ok`` the client
+  has exactly one frame to send (the ``auth``), so no rate applies there; admission to
+  the challenge phase is the shell's per-worker :class:`~workers.admission.Admission`.
 """
 
 from __future__ import annotations
@@ -60,6 +80,7 @@ from shared.protocol import (
     SendStatus,
     ViolationKind,
 )
+from workers.admission import FloodGuard, RateLimits, Verdict
 from workers.replica import ReplicaView, SyncState
 
 MAX_HELD_FRAMES: Final = 1024
@@ -85,7 +106,8 @@ class Event(enum.Enum):
     CAUGHT_UP = "caught_up"
     UNANNOUNCED = "unannounced"  # acked by a coordinator that restarted without us
     KICK = "kick"
-    SLOW = "slow"  # direct-message queue bound passed
+    SLOW = "slow"  # outgoing queue bound passed by a frame that cannot be dropped
+    FLOOD = "flood"  # over the message rate for too long
     TRANSPORT_CLOSED = "transport_closed"
 
 
@@ -139,6 +161,7 @@ TRANSITIONS: Final[dict[tuple[State, Event], frozenset[State]]] = {
     (S.ACKED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
     (S.AUTHENTICATED, E.KICK): frozenset({S.CLOSING}),
     (S.AUTHENTICATED, E.SLOW): frozenset({S.CLOSING}),
+    (S.AUTHENTICATED, E.FLOOD): frozenset({S.CLOSING}),
     (S.AUTHENTICATED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
 }
 """Every legal ``(state, event) -> next state``. Pairs not listed leave the state alone
@@ -181,7 +204,14 @@ class StartRoute:
     body: str
 
 
-Action = Write | WriteSnapshot | Close | Emit | StartRoute
+@dataclass(frozen=True, slots=True)
+class FrameLimit:
+    """Set the largest frame the client may send from now on (over it: 1009)."""
+
+    max_bytes: int
+
+
+Action = Write | WriteSnapshot | Close | Emit | StartRoute | FrameLimit
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,7 +224,14 @@ class Limits:
     lag_bytes: int = 256 * 1024
     """Transport buffer above which lobby updates are skipped (LAGGING)."""
     max_queue_bytes: int = 4 * 1024 * 1024
-    """Transport buffer (or held bytes) above which a direct message closes with 4005."""
+    """Transport buffer (or held bytes) above which a direct message or a
+    ``send_result`` closes with 4005."""
+    pre_auth_frame_bytes: int = 4096
+    """Largest frame before ``auth_ok`` (an ``auth`` is ~250 bytes) -> 1009."""
+    max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
+    """Largest frame after ``auth_ok`` -> 1009."""
+    rate: RateLimits = field(default_factory=RateLimits)
+    """Message rate after ``auth_ok`` (see :class:`~workers.admission.FloodGuard`)."""
 
 
 # --------------------------------------------------------------------------- verification
@@ -251,16 +288,27 @@ class Connection:
     flow: Flow = Flow.CURRENT
     key: str | None = None
     trace: list[tuple[State, Event, State]] = field(default_factory=list)
+    guard: FloodGuard = field(default_factory=lambda: FloodGuard.of(RateLimits()))
     _ack: _Ack | None = None
     _held: list[str] = field(default_factory=list)
     _held_bytes: int = 0
 
     @classmethod
     def open(cls, conn_id: int, nonce: bytes, now: float, limits: Limits) -> Connection:
-        return cls(conn_id=conn_id, nonce=nonce, limits=limits, deadline=now + limits.auth_timeout)
+        return cls(
+            conn_id=conn_id,
+            nonce=nonce,
+            limits=limits,
+            deadline=now + limits.auth_timeout,
+            guard=FloodGuard.of(limits.rate),
+        )
 
     def challenge(self) -> str:
         return protocol.challenge(self.nonce.hex())
+
+    def greeting(self) -> list[Action]:
+        """What to do right after the handshake: the pre-auth frame limit, the challenge."""
+        return [FrameLimit(self.limits.pre_auth_frame_bytes), Write(self.challenge())]
 
     def session(self) -> tuple[int, str, str, int] | None:
         """``(conn, key, epoch, seq)`` for ``Hello`` when the coordinator recorded this
@@ -280,6 +328,11 @@ class Connection:
             # Before auth_ok only one auth is expected; anything else fails the auth.
             return self._fail_auth(_pre_auth_failure(parsed))
         if self.state is S.AUTHENTICATED:
+            verdict = self.guard.check(now)
+            if verdict is Verdict.FLOOD:
+                return self._close(E.FLOOD, CloseCode.POLICY_VIOLATION)
+            if verdict is Verdict.THROTTLE:
+                return [_throttled(parsed)]
             return self._frame_authenticated(parsed, link)
         return []
 
@@ -361,7 +414,12 @@ class Connection:
         self._goto(E.CAUGHT_UP, S.AUTHENTICATED)
         self.deadline = None
         held, self._held, self._held_bytes = self._held, [], 0
-        return [Write(protocol.auth_ok(self.key)), WriteSnapshot(), *map(Write, held)]
+        return [
+            FrameLimit(self.limits.max_frame_bytes),
+            Write(protocol.auth_ok(self.key)),
+            WriteSnapshot(),
+            *map(Write, held),
+        ]
 
     def _caught_up(self, replica: ReplicaView) -> bool:
         ack = self._ack
@@ -406,6 +464,17 @@ class Connection:
             self._held_bytes += size
             return [], SendStatus.DELIVERED
         return [], SendStatus.OFFLINE
+
+    def on_result(
+        self, msg_id: str, status: SendStatus, reason: RejectReason | None, buffered: int
+    ) -> list[Action]:
+        """The outcome of one of this client's sends; ``buffered`` is its backlog. The
+        answer cannot be dropped, so past ``max_queue_bytes`` the client is closed."""
+        if self.state is not S.AUTHENTICATED:
+            return []
+        if buffered > self.limits.max_queue_bytes:
+            return self._close(E.SLOW, CloseCode.SLOW_CONSUMER)
+        return [Write(protocol.send_result(msg_id, status, reason))]
 
     # ------------------------------------------------------------------ lobby flow
 
@@ -466,6 +535,13 @@ def _pre_auth_failure(parsed: protocol.ClientMessage | protocol.ProtocolViolatio
     if isinstance(parsed, protocol.ProtocolViolation):
         return AuthFailure.MALFORMED
     return AuthFailure.UNEXPECTED_MESSAGE
+
+
+def _throttled(parsed: protocol.ClientMessage | protocol.ProtocolViolation) -> Write:
+    """The answer to a frame over the rate: a ``send`` still gets its one result."""
+    if isinstance(parsed, protocol.Send) and _utf8_ok(parsed.id):
+        return _result(parsed.id, RejectReason.RATE_LIMITED)
+    return Write(protocol.error(ErrorCode.RATE_LIMITED, "too many messages; slow down"))
 
 
 def _result(msg_id: str, reason: RejectReason) -> Write:

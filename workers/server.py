@@ -18,6 +18,29 @@ bounded by the lag and slow-consumer rules instead. Both paths write in call ord
 Bounds: SUB/DEALER high-water marks (loss heals through snapshot resync, see
 :mod:`workers.replica`), the replica's update buffer, held frames per connection, the
 route table, websockets' ``max_size``/``max_queue``/``write_limit``.
+
+Slow consumers: every frame written without backpressure goes through the machine with
+the client's transport backlog (``Client.buffered``), so the backlog stays below about
+``lag_bytes`` for lobby traffic and below ``max_queue_bytes`` plus one frame in all;
+past that the machine closes with 4005. A close waits at most :data:`CLOSE_TIMEOUT` for
+the backlog to drain and the closing handshake, then the TCP connection is aborted, so a
+client that never reads again never pins its backlog. ``/healthz`` reports the total
+and largest backlog (``buffered``, ``maxBuffered``) and how many clients are lagging.
+
+Admission (per worker, :class:`~workers.admission.Admission`): a new WebSocket is
+admitted into the challenge phase only while fewer than ``max_pending_auth`` connections
+are there and the ``auth_rate`` bucket has a token. Otherwise it is closed right after
+the handshake with 1013 ``try_again_later`` and never gets a challenge. Closing with
+1013 was chosen over refusing the upgrade with HTTP 503 (which PROTOCOL.md also allows)
+because browsers cannot see an HTTP status of a failed upgrade but do see a close code,
+and because the count is then exact: a connection is counted from its handler's start
+to its leaving ``CHALLENGED`` (or ending), with nothing in between that could leak a
+slot. The refusal costs one handshake and one close frame, no nonce, no signature check,
+no coordinator traffic and no lobby fan-out. Refusals are summed in ``/healthz``
+(``refused``) and logged at most once a second.
+
+Frame size: websockets enforces ``max_size``; the server starts every connection at the
+pre-auth limit and the machine raises it with ``auth_ok`` (:class:`FrameLimit`).
 """
 
 from __future__ import annotations
@@ -45,6 +68,7 @@ from websockets.http11 import Request, Response
 from shared import backbone as bb
 from shared import curve, protocol
 from shared.protocol import CLOSE_REASONS, CloseCode, RejectReason, SendStatus
+from workers.admission import Admission, AdmissionLimits, Admit, RateLimits
 from workers.connection import (
     Action,
     Close,
@@ -52,6 +76,7 @@ from workers.connection import (
     Emit,
     Fanout,
     Flow,
+    FrameLimit,
     Limits,
     Link,
     StartRoute,
@@ -88,6 +113,8 @@ _ROUTE_STATUS: Final = {
     "offline": (SendStatus.OFFLINE, None),
 }
 _UNAVAILABLE: Final = (SendStatus.REJECTED, RejectReason.UNAVAILABLE)
+REFUSAL_LOG_EVERY: Final = 1.0
+"""Seconds between log lines summing refused connections (a storm must not flood logs)."""
 
 
 @dataclass(slots=True)
@@ -99,7 +126,8 @@ class Client:
     close_task: asyncio.Task[None] | None = None
 
     def buffered(self) -> int:
-        return self.ws.transport.get_write_buffer_size()
+        transport = self.ws.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
 
 class Worker:
@@ -115,7 +143,24 @@ class Worker:
             auth_wait=settings.auth_wait,
             lag_bytes=settings.lag_bytes,
             max_queue_bytes=settings.max_queue_bytes,
+            pre_auth_frame_bytes=settings.pre_auth_frame_bytes,
+            max_frame_bytes=settings.max_frame_bytes,
+            rate=RateLimits(
+                rate=settings.msg_rate,
+                burst=settings.msg_burst,
+                flood_rejects=settings.flood_rejects,
+                flood_window=settings.flood_window,
+            ),
         )
+        self.admission = Admission(
+            AdmissionLimits(
+                max_pending=settings.max_pending_auth,
+                auth_rate=settings.auth_rate,
+                auth_burst=settings.auth_burst,
+            )
+        )
+        self._refusals_logged = 0
+        self._refusals_logged_at = float("-inf")
         self._conn_ids = itertools.count(1)
         self._announced: frozenset[int] = frozenset()
         self._last_seen = float("-inf")  # last message from the coordinator
@@ -170,7 +215,7 @@ class Worker:
                 reuse_port=True,
                 process_request=self._process_request,
                 compression=s.compression,
-                max_size=s.max_frame_bytes,
+                max_size=s.pre_auth_frame_bytes,  # raised with auth_ok (FrameLimit)
                 ping_interval=s.ping_interval,
                 ping_timeout=s.ping_timeout,
                 close_timeout=CLOSE_TIMEOUT,
@@ -242,6 +287,7 @@ class Worker:
             "sync": self.replica.sync.value,
             "seq": self.replica.seq,
             "clients": len(self.clients),
+            **self._pressure(),
         }
         status = HTTPStatus.OK if up else HTTPStatus.SERVICE_UNAVAILABLE
         response = conn.respond(status, json.dumps(body) + "\n")
@@ -249,10 +295,31 @@ class Worker:
         response.headers["Content-Type"] = "application/json"
         return response
 
+    def _pressure(self) -> dict[str, Any]:
+        """Backlog and admission figures for ``/healthz`` (O(clients), on request only)."""
+        backlog = [c.buffered() for c in self.clients.values()]
+        lagging = sum(
+            c.machine.state is State.AUTHENTICATED and c.machine.flow is not Flow.CURRENT
+            for c in self.clients.values()
+        )
+        refused = self.admission.refused
+        return {
+            "buffered": sum(backlog),
+            "maxBuffered": max(backlog, default=0),
+            "lagging": lagging,
+            "challenged": len(self.admission.pending),
+            "refused": {kind.value: refused.get(kind, 0) for kind in (Admit.BUSY, Admit.THROTTLED)},
+        }
+
     # ------------------------------------------------------------------ clients
 
     async def _serve_client(self, ws: ServerConnection) -> None:
         conn_id = next(self._conn_ids)
+        admitted = self.admission.admit(conn_id, self.now)
+        if admitted is not Admit.OK:
+            log.debug("conn %d refused: %s", conn_id, admitted.value)
+            await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
+            return
         machine = Connection.open(
             conn_id, secrets.token_bytes(protocol.NONCE_BYTES), self.now, self._limits
         )
@@ -260,17 +327,20 @@ class Worker:
         self.clients[conn_id] = client
         log.debug("conn %d opened from %s", conn_id, ws.remote_address)
         try:
-            await ws.send(machine.challenge())
+            await self._perform_replies(client, machine.greeting())
             while machine.state is not State.CLOSING:
                 frame = await self._next_frame(client)
                 if frame is None:
                     actions = machine.on_deadline(self.now)
                 else:
                     actions = machine.on_frame(frame, self.now, self._link())
+                if machine.state is not State.CHALLENGED:
+                    self.admission.release(conn_id)
                 await self._perform_replies(client, actions)
         except ConnectionClosed as exc:
             log.debug("conn %d closed: %s", conn_id, exc)
         finally:
+            self.admission.release(conn_id)
             del self.clients[conn_id]
             self._perform(client, machine.on_transport_closed())
         if client.close_task is not None:
@@ -304,6 +374,8 @@ class Worker:
                 self._emit(action.message)
             elif isinstance(action, StartRoute):
                 self._start_route(client, action)
+            elif isinstance(action, FrameLimit):
+                _set_max_size(client.ws, action.max_bytes)
 
     def _frame_of(self, action: Write | WriteSnapshot) -> str:
         return action.frame if isinstance(action, Write) else self.replica.snapshot_frame()
@@ -311,7 +383,9 @@ class Worker:
     def _begin_close(self, client: Client, action: Close) -> None:
         if client.close_task is None:
             log.debug("conn %d closing with %d", client.machine.conn_id, action.code)
-            client.close_task = asyncio.create_task(client.ws.close(action.code, action.reason))
+            client.close_task = asyncio.create_task(
+                _close_ws(client.ws, action.code, action.reason)
+            )
 
     def _each(self, *states: State) -> Iterator[Client]:
         return (c for c in list(self.clients.values()) if c.machine.state in states)
@@ -350,8 +424,8 @@ class Worker:
     def _result(
         self, client: Client, msg_id: str, outcome: tuple[SendStatus, RejectReason | None]
     ) -> None:
-        if client.machine.state is State.AUTHENTICATED:
-            websockets.broadcast([client.ws], protocol.send_result(msg_id, *outcome))
+        status, reason = outcome
+        self._perform(client, client.machine.on_result(msg_id, status, reason, client.buffered()))
 
     # ------------------------------------------------------------------ backbone in
 
@@ -494,6 +568,38 @@ class Worker:
             self._effects(self.replica.retry())
         self._sweep_flow()
         self._link_changed()
+        self._log_refusals(now)
+
+    def _log_refusals(self, now: float) -> None:
+        total = sum(self.admission.refused.values())
+        if total != self._refusals_logged and now - self._refusals_logged_at >= REFUSAL_LOG_EVERY:
+            log.info(
+                "refused %d connections with 1013 since the last report (%d challenged now)",
+                total - self._refusals_logged,
+                len(self.admission.pending),
+            )
+            self._refusals_logged, self._refusals_logged_at = total, now
+
+
+async def _close_ws(ws: ServerConnection, code: int, reason: str) -> None:
+    """Close within :data:`CLOSE_TIMEOUT` (plus a little): ``ws.close`` first waits for
+    the backlog to drain, which a client that stopped reading never lets happen."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT + 0.5):
+            await ws.close(code, reason)
+    except TimeoutError:
+        log.debug("close %d timed out; aborting the TCP connection", code)
+        if ws.transport is not None:
+            ws.transport.abort()
+
+
+def _set_max_size(ws: ServerConnection, max_bytes: int) -> None:
+    """Change the largest frame websockets accepts from now on (read per frame)."""
+    proto: Any = ws.protocol
+    if hasattr(proto, "max_message_size"):  # websockets >= 15 (max_size may be a pair)
+        proto.max_message_size = max_bytes
+    else:
+        proto.max_size = max_bytes
 
 
 def _curve_keys(settings: WorkerSettings) -> tuple[curve.KeyPair, bytes] | None:

@@ -69,6 +69,33 @@ class WorkerSettings:
     max_queue_bytes: int = 4 * 1024 * 1024
     """Transport backlog above which a direct message closes the client with 4005
     (default 4 MiB): direct messages are never dropped silently."""
+    pre_auth_frame_bytes: int = 4096
+    """Largest client frame before ``auth_ok``; larger ones close with 1009 (default
+    4 KiB: an ``auth`` is about 250 bytes, so an unauthenticated peer cannot make the
+    worker buffer and parse 128 KiB frames)."""
+    msg_rate: float = 50.0
+    """Client messages per second per connection after auth (default 50/s, with
+    ``msg_burst``): far above any human and above a bot that answers every lobby
+    update; a frame over it is answered ``rate_limited`` and not carried out."""
+    msg_burst: float = 100.0
+    """Messages a connection may send at once before ``msg_rate`` applies (default 100)."""
+    flood_rejects: float = 100.0
+    """Rate-limited frames a connection may send within ``flood_window`` before it is
+    closed with 1008 (default 100): a client that slows down when told is never closed."""
+    flood_window: float = 10.0
+    """Seconds over which ``flood_rejects`` are counted (default 10 s; a leaky bucket,
+    so sustained rejections faster than flood_rejects/flood_window per second close)."""
+    max_pending_auth: int = 1000
+    """Connections per worker allowed in the challenge phase at once; past it a new one
+    is closed with 1013 before its challenge (default 1000: ``auth_rate`` times
+    ``auth_timeout`` is larger, so this caps idle half-open connections)."""
+    auth_rate: float = 200.0
+    """New connections (each one auth attempt) admitted per second per worker; past it
+    1013 (default 200/s, burst ``auth_burst``): a reconnect storm of 10 000 clients is
+    readmitted by 4 workers in about 12 s, while signature checks, coordinator traffic
+    and lobby fan-out stay at a steady rate."""
+    auth_burst: float = 200.0
+    """Connections admitted at once before ``auth_rate`` applies (default 200)."""
 
     # Logging
     log_level: str = "INFO"

@@ -13,7 +13,8 @@ from nacl.signing import SigningKey
 
 from shared import backbone as bb
 from shared import protocol
-from shared.protocol import AuthFailure, CloseCode, RejectReason, SendStatus
+from shared.protocol import AuthFailure, CloseCode, ErrorCode, RejectReason, SendStatus
+from workers.admission import RateLimits
 from workers.connection import (
     MAX_HELD_FRAMES,
     TRANSITIONS,
@@ -24,6 +25,7 @@ from workers.connection import (
     Event,
     Fanout,
     Flow,
+    FrameLimit,
     Limits,
     Link,
     StartRoute,
@@ -39,6 +41,7 @@ LIMITS = Limits(auth_timeout=10.0, auth_wait=5.0, lag_bytes=1000, max_queue_byte
 SK = SigningKey(bytes(range(1, 33)))
 PK = SK.verify_key.encode().hex()
 OTHER = SigningKey(bytes(range(2, 34))).verify_key.encode().hex()
+RAISE_LIMIT = FrameLimit(LIMITS.max_frame_bytes)
 
 
 @dataclass
@@ -105,7 +108,17 @@ FIRE: dict[Event, Callable[[Connection], list[Action]]] = {
     Event.KICK: lambda c: c.on_kick(),
     Event.SLOW: lambda c: c.on_deliver(OTHER, "m", "x" * 5000, 10**9)[0],
     Event.TRANSPORT_CLOSED: lambda c: c.on_transport_closed(),
+    Event.FLOOD: lambda c: flood(c),
 }
+
+
+def flood(conn: Connection, frame: str = '{"type":"dance"}') -> list[Action]:
+    """Send ``frame`` at one instant until the machine does something other than answer."""
+    for _ in range(10_000):
+        actions = conn.on_frame(frame, 300.0, Link.UP)
+        if not all(isinstance(a, Write) for a in actions):
+            return actions
+    raise AssertionError("never closed")
 
 
 @pytest.mark.parametrize(("state", "event"), list(TRANSITIONS), ids=lambda v: v.value)
@@ -116,7 +129,7 @@ def test_every_transition_in_the_table(state: State, event: Event) -> None:
     assert conn.state in TRANSITIONS[(state, event)]
 
 
-_FRAME_EVENTS = (Event.AUTH_VALID, Event.AUTH_INVALID)  # which one is the machine's call
+_FRAME_EVENTS = (Event.AUTH_VALID, Event.AUTH_INVALID, Event.FLOOD)  # the machine's call
 OUTSIDE = [
     (state, event)
     for state in State
@@ -267,14 +280,14 @@ def test_auth_ok_is_held_until_the_replica_applies_the_acked_seq() -> None:
     assert conn.on_replica(FakeReplica(seq=10, sync=SyncState.SYNCING)) == []
     assert conn.on_replica(FakeReplica(epoch="e0", seq=12)) == []
     actions = conn.on_replica(FakeReplica(seq=10))
-    assert actions == [Write(protocol.auth_ok(PK)), WriteSnapshot()]
+    assert actions == [RAISE_LIMIT, Write(protocol.auth_ok(PK)), WriteSnapshot()]
     assert conn.state is State.AUTHENTICATED
 
 
 def test_ack_for_a_seq_already_applied_releases_at_once() -> None:
     conn = reach(State.AUTHENTICATING)
     actions = conn.on_ack("e1", 10, FakeReplica(seq=11))
-    assert actions == [Write(protocol.auth_ok(PK)), WriteSnapshot()]
+    assert actions == [RAISE_LIMIT, Write(protocol.auth_ok(PK)), WriteSnapshot()]
 
 
 def test_duplicate_or_late_ack_is_ignored() -> None:
@@ -290,7 +303,7 @@ def test_resync_after_restart_releases_an_announced_ack_once_our_key_is_back() -
     assert conn.on_resync(new, frozenset({7})) == []
     assert conn.state is State.ACKED
     actions = conn.on_replica(FakeReplica(epoch="e2", seq=1, users={PK}))
-    assert actions == [Write(protocol.auth_ok(PK)), WriteSnapshot()]
+    assert actions == [RAISE_LIMIT, Write(protocol.auth_ok(PK)), WriteSnapshot()]
 
 
 def test_resync_after_restart_gives_up_on_an_unannounced_ack() -> None:
@@ -302,7 +315,7 @@ def test_resync_after_restart_gives_up_on_an_unannounced_ack() -> None:
 def test_resync_in_the_same_epoch_keeps_the_ack_target() -> None:
     conn = reach(State.ACKED)
     assert conn.on_resync(FakeReplica(seq=9, users={PK}), frozenset()) == []
-    assert conn.on_resync(FakeReplica(seq=10), frozenset())[0] == Write(protocol.auth_ok(PK))
+    assert conn.on_resync(FakeReplica(seq=10), frozenset())[1] == Write(protocol.auth_ok(PK))
 
 
 def test_resync_makes_clients_stale_until_their_key_is_in_the_replica() -> None:
@@ -379,6 +392,7 @@ def test_held_messages_follow_auth_ok_and_snapshot() -> None:
     assert conn.on_deliver(OTHER, "m2", "two", 0) == ([], SendStatus.DELIVERED)
     actions = conn.on_replica(FakeReplica(seq=10))
     assert actions == [
+        RAISE_LIMIT,
         Write(protocol.auth_ok(PK)),
         WriteSnapshot(),
         Write(protocol.message(OTHER, "m1", "one")),
@@ -539,3 +553,112 @@ def test_no_frame_raises_in_any_state(state: State, frame: str | bytes, link: Li
             bb.encode(bb.Route(1, PK, action.to, action.msg_id, action.body))
     if state is not State.AUTHENTICATED and state is not State.CLOSING:
         assert conn.state is not State.AUTHENTICATED
+
+
+# --------------------------------------------------------------------------- abuse bounds
+
+SLOW_RATE = Limits(
+    lag_bytes=1000,
+    max_queue_bytes=4000,
+    rate=RateLimits(rate=1.0, burst=2.0, flood_rejects=3.0, flood_window=3.0),
+)
+
+
+def test_greeting_sets_the_pre_auth_frame_limit_before_the_challenge() -> None:
+    conn = fresh(Limits(pre_auth_frame_bytes=512, max_frame_bytes=9000))
+    assert conn.greeting() == [FrameLimit(512), Write(conn.challenge())]
+
+
+def test_auth_ok_raises_the_frame_limit_first() -> None:
+    conn = reach(State.ACKED, Limits(pre_auth_frame_bytes=512, max_frame_bytes=9000))
+    assert conn.on_replica(FakeReplica(seq=10))[0] == FrameLimit(9000)
+
+
+def test_frames_over_the_rate_are_answered_then_a_flood_closes_1008() -> None:
+    conn = reach(State.AUTHENTICATED, SLOW_RATE)
+    now = 500.0
+    assert conn.on_frame(_send(), now, Link.UP) == [StartRoute(PK, "m1", "hi")]
+    assert conn.on_frame('{"type":"get_lobby"}', now, Link.UP) == [WriteSnapshot()]
+    # Over the burst: a send gets its one send_result, anything else an error.
+    assert conn.on_frame(_send(), now, Link.UP) == [
+        Write(protocol.send_result("m1", SendStatus.REJECTED, RejectReason.RATE_LIMITED))
+    ]
+    limited = Write(protocol.error(ErrorCode.RATE_LIMITED, "too many messages; slow down"))
+    assert conn.on_frame('{"type":"get_lobby"}', now, Link.UP) == [limited]
+    bad_id = '{"type":"send","to":"' + PK + '","id":"\\ud800","body":"x"}'
+    assert conn.on_frame(bad_id, now, Link.UP) == [limited]  # no id to answer with
+    assert conn.state is State.AUTHENTICATED
+    # The fourth rejection within the window is a flood.
+    actions = conn.on_frame(b"\x00", now, Link.UP)
+    assert actions == [Close(CloseCode.POLICY_VIOLATION), Emit(bb.Closed(7, PK))]
+    assert conn.trace[-1] == (State.AUTHENTICATED, Event.FLOOD, State.CLOSING)
+    assert conn.on_frame(_send(), now + 100, Link.UP) == []
+
+
+def test_a_client_that_slows_down_when_told_is_never_closed() -> None:
+    conn = reach(State.AUTHENTICATED, SLOW_RATE)
+    now = 500.0
+    for _ in range(1000):
+        actions = conn.on_frame('{"type":"get_lobby"}', now, Link.UP)
+        if actions != [WriteSnapshot()]:
+            assert writes(actions)[0]["code"] == "rate_limited"
+            now += 1.0  # told: waits for one token
+    assert conn.state is State.AUTHENTICATED
+
+
+def test_rate_limit_applies_only_after_auth_ok() -> None:
+    conn = reach(State.CHALLENGED, SLOW_RATE)
+    for _ in range(5):
+        assert conn.guard.messages.level(500.0) == 2.0  # untouched before auth
+    assert closes(conn.on_frame("nope", 500.0, Link.UP)) == [CloseCode.AUTH_FAILED]
+
+
+def test_send_result_is_written_or_closes_a_slow_consumer() -> None:
+    conn = reach(State.AUTHENTICATED)
+    assert conn.on_result("m1", SendStatus.DELIVERED, None, LIMITS.max_queue_bytes) == [
+        Write(protocol.send_result("m1", SendStatus.DELIVERED))
+    ]
+    actions = conn.on_result("m2", SendStatus.OFFLINE, None, LIMITS.max_queue_bytes + 1)
+    assert actions == [Close(CloseCode.SLOW_CONSUMER), Emit(bb.Closed(7, PK))]
+    assert conn.trace[-1] == (State.AUTHENTICATED, Event.SLOW, State.CLOSING)
+    assert conn.on_result("m3", SendStatus.DELIVERED, None, 0) == []
+
+
+@pytest.mark.parametrize("state", [s for s in State if s is not State.AUTHENTICATED])
+def test_send_result_before_auth_ok_or_after_close_is_dropped(state: State) -> None:
+    assert reach(state).on_result("m", SendStatus.DELIVERED, None, 0) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    backlogs=st.lists(
+        st.tuples(st.sampled_from(["update", "sweep", "deliver", "result"]), st.integers(0, 9000)),
+        max_size=60,
+    )
+)
+def test_backlog_never_grows_past_its_bounds(backlogs: list[tuple[str, int]]) -> None:
+    """Whatever the backlog does, a frame is only written below the bound that applies
+    to it: lobby traffic below lag_bytes (or a quarter of it to resume), direct messages
+    and results below max_queue_bytes; past that the client is closed, never queued."""
+    conn = reach(State.AUTHENTICATED)
+    replica = FakeReplica(seq=11, users={PK})
+    for kind, buffered in backlogs:
+        if kind == "update":
+            fanout = conn.on_update(buffered, replica)
+            if fanout is Fanout.UPDATE:
+                assert buffered <= LIMITS.lag_bytes
+            elif fanout is Fanout.SNAPSHOT:
+                assert buffered <= LIMITS.lag_bytes // 4
+        elif kind == "sweep":
+            if conn.on_sweep(buffered, replica):
+                assert buffered <= LIMITS.lag_bytes // 4
+        else:
+            if kind == "deliver":
+                actions, _ = conn.on_deliver(OTHER, "m", "x", buffered)
+            else:
+                actions = conn.on_result("m", SendStatus.DELIVERED, None, buffered)
+            if writes(actions):
+                assert buffered <= LIMITS.max_queue_bytes
+            elif conn.state is State.CLOSING:
+                assert closes(actions) == [CloseCode.SLOW_CONSUMER]
+                return

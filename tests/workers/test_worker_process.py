@@ -682,7 +682,46 @@ def test_help_documents_every_option_and_its_environment_variable() -> None:
         "host", "port", "compression", "events-endpoint", "updates-endpoint", "worker-id",
         "hwm", "auth-timeout", "auth-wait", "ping-interval", "ping-timeout",
         "heartbeat-interval", "coordinator-timeout", "route-timeout", "max-frame-bytes",
-        "lag-bytes", "max-queue-bytes", "log-level",
+        "lag-bytes", "max-queue-bytes", "log-level", "pre-auth-frame-bytes", "msg-rate",
+        "msg-burst", "flood-rejects", "flood-window", "max-pending-auth", "auth-rate",
+        "auth-burst",
     ]:  # fmt: skip
         env = "PRESENCE_" + option.upper().replace("-", "_")
         assert f"--{option}" in out and f"env {env}" in flat, option
+
+
+# --------------------------------------------------------------------------- abuse limits
+
+
+def test_pre_auth_frame_limit_then_rate_limit_then_flood_close(ipc_dir: Path) -> None:
+    args = ["--pre-auth-frame-bytes", "512", "--msg-rate", "0.001", "--msg-burst", "2"]
+    args += ["--flood-rejects", "1", "--flood-window", "1000"]
+
+    async def scenario() -> None:
+        async with worker(ipc_dir, *args) as h:
+            s = Session(await connect(h.url), new_key())
+            assert (await s.recv())["type"] == "challenge"
+            await s.ws.send("x" * 600)  # over the pre-auth limit, under max-frame-bytes
+            code, _, frames = await s.closed()
+            assert (code, frames) == (1009, [])
+            assert not h.coord.seen(bb.Authed)
+
+            a = await h.login(new_key())  # after auth_ok the frame limit is raised
+            await a.send({"type": "dance", "pad": "x" * 2000})
+            assert (await a.recv())["code"] == "unknown_type"
+            await a.send({"type": "get_lobby"})
+            assert (await a.recv())["type"] == "lobby_snapshot"
+            # The burst is spent: answered, not carried out.
+            await a.send({"type": "send", "to": "a" * 64, "id": "r1", "body": ""})
+            assert await a.recv() == {
+                "type": "send_result",
+                "id": "r1",
+                "status": "rejected",
+                "reason": "rate_limited",
+            }
+            assert not h.coord.seen(bb.Route)
+            await a.send({"type": "get_lobby"})  # the second rejection: flooding
+            assert await a.closed() == (1008, "policy_violation", [])
+            assert await h.coord.expect(bb.Closed) == bb.Closed(a.conn, a.key)
+
+    run(scenario())

@@ -1,0 +1,471 @@
+"""Slow consumers, floods, oversized frames and reconnect storms against real processes.
+
+Each test starts a real coordinator and worker(s) with short limits set through the
+command line, drives them with real WebSocket clients, and waits on conditions with
+deadlines (frames, ``/healthz`` figures, close codes); nothing sleeps to synchronise.
+``/healthz`` is answered by whichever worker accepts the request, so the tests that read
+its figures run one worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nacl.signing import SigningKey
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from shared import protocol
+from shared.client import (
+    ConnectionRefusedByServer,
+    LobbyClient,
+    LobbyView,
+    generate_signing_key,
+    public_key_hex,
+)
+from shared.protocol import CloseCode
+from tests.cluster import Cluster
+
+
+def run(coro: Coroutine[Any, Any, None], timeout: float = 90) -> None:
+    asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll ``condition`` (cheap, local) until it holds; fail after ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.01)  # polling with a deadline
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+async def health(port: int) -> dict[str, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            raw = await reader.read()
+    finally:
+        writer.close()
+    body: dict[str, Any] = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+    return body
+
+
+async def health_until(port: int, condition: Callable[[dict[str, Any]], bool], what: str) -> None:
+    async with asyncio.timeout(15):
+        while not condition(await health(port)):
+            await asyncio.sleep(0.02)  # polling with a deadline
+    _ = what
+
+
+# --------------------------------------------------------------------------- raw client
+
+
+@dataclass
+class RawClient:
+    """A client that reads only when told to: frames are applied to a LobbyView."""
+
+    ws: ClientConnection
+    sk: SigningKey
+    view: LobbyView = field(default_factory=LobbyView)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    snapshots: list[int] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return public_key_hex(self.sk)
+
+    @classmethod
+    async def login(cls, url: str, sk: SigningKey | None = None, rcvbuf: int = 4096) -> RawClient:
+        """Authenticate over a socket with a small receive buffer and ``max_queue=1``,
+        so that not calling :meth:`read_until` soon stops reading the TCP stream."""
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        port = int(url.split(":")[2].split("/")[0])
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        ws = await connect(url, sock=sock, max_queue=1, max_size=None, ping_interval=None)
+        client = cls(ws, sk or generate_signing_key())
+        nonce = json.loads(await ws.recv())["nonce"]
+        sig = client.sk.sign(protocol.signed_payload(nonce)).signature.hex()
+        await ws.send(json.dumps({"type": "auth", "publicKey": client.key, "signature": sig}))
+        assert json.loads(await ws.recv()) == {"type": "auth_ok", "publicKey": client.key}
+        client.apply(json.loads(await ws.recv()))
+        assert client.kinds == ["lobby_snapshot"] and client.key in client.view
+        return client
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        """Apply one frame; LobbyView raises on any gap, duplicate or contradiction."""
+        self.kinds.append(obj["type"])
+        if obj["type"] == "lobby_snapshot":
+            self.view.apply_snapshot(obj["seq"], [u["publicKey"] for u in obj["users"]])
+            self.snapshots.append(obj["seq"])
+        elif obj["type"] == "lobby_update":
+            self.view.apply_update(
+                obj["seq"],
+                [u["publicKey"] for u in obj["joined"]],
+                [u["publicKey"] for u in obj["left"]],
+            )
+        elif obj["type"] == "message":
+            self.messages.append(obj)
+        else:
+            raise AssertionError(f"unexpected frame {obj}")
+
+    async def read_until(self, condition: Callable[[], bool], timeout: float = 15.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self.apply(json.loads(await self.ws.recv()))
+
+    async def read_to_close(self, timeout: float = 15.0) -> tuple[int | None, str | None]:
+        async with asyncio.timeout(timeout):
+            try:
+                while True:
+                    self.apply(json.loads(await self.ws.recv()))
+            except ConnectionClosed:
+                pass
+        return self.ws.close_code, self.ws.close_reason
+
+
+# --------------------------------------------------------------------------- item 6
+
+
+LAG = 64 * 1024
+QUEUE = 512 * 1024
+BODY = "b" * 60_000  # the kernel's socket buffers absorb a few MiB before the backlog grows
+
+
+@pytest.fixture
+def slow_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(
+        tmp_path,
+        workers=1,
+        worker_args=(
+            *("--lag-bytes", str(LAG), "--max-queue-bytes", str(QUEUE)),
+            *("--msg-rate", "10000", "--msg-burst", "10000"),  # the sender sends a lot
+        ),
+    ).start()
+    yield c
+    c.stop()
+
+
+def test_slow_consumer_lags_resyncs_then_is_closed_4005(slow_cluster: Cluster) -> None:
+    url, port = slow_cluster.url, slow_cluster.port
+
+    async def churn(n: int, watcher: LobbyClient) -> None:
+        """n clients join and leave again; the watcher sees all of it."""
+        clients = await asyncio.gather(*(LobbyClient.connect(url) for _ in range(n)))
+        await watcher.wait_for_view(lambda v: all(c.public_key in v for c in clients))
+        for c in clients:
+            await c.close()
+        await watcher.wait_for_view(lambda v: not any(c.public_key in v for c in clients))
+
+    async def scenario() -> None:
+        async with LobbyClient.connect(url) as watcher, LobbyClient.connect(url) as sender:
+            slow = await RawClient.login(url)
+            everyone = {watcher.public_key, sender.public_key, slow.key}
+            await watcher.wait_for_view(everyone)
+            await slow.read_until(lambda: slow.view.matches(everyone))
+
+            # 1. It stops reading. Direct messages (never dropped) fill its backlog past
+            #    lag_bytes; every one of them is delivered.
+            sent = 0
+            while (await health(port))["maxBuffered"] <= LAG:
+                result = await sender.send(slow.key, BODY, msg_id=f"fill{sent}")
+                assert result["status"] == "delivered", result
+                sent += 1
+                assert sent < 500, "the backlog never grew: is the client reading?"
+            # 2. Lobby churn: its updates are skipped instead of queued.
+            await churn(3, watcher)
+            await health_until(port, lambda h: h["lagging"] == 1, "the slow client to lag")
+            lagged = await health(port)
+            for _ in range(4):
+                await churn(10, watcher)
+            await health_until(port, lambda h: h["seq"] == watcher.view.seq, "fan-out done")
+            after = await health(port)
+            assert after["lagging"] == 1
+            assert after["maxBuffered"] <= lagged["maxBuffered"], (lagged, after)
+            assert after["buffered"] <= QUEUE + 2 * len(BODY)
+
+            # 3. It reads again: its messages, then one fresh snapshot, then every update.
+            seq_before = slow.snapshots[-1]
+            await slow.read_until(lambda: len(slow.snapshots) > 1)
+            assert len(slow.messages) == sent
+            assert slow.snapshots[-1] > seq_before
+            async with LobbyClient.connect(url) as late:  # one more update, in order
+                truth = everyone | {late.public_key}
+                await watcher.wait_for_view(truth)
+                await slow.read_until(lambda: slow.view.matches(truth))
+                assert slow.kinds[-1] == "lobby_update"
+            await slow.read_until(lambda: slow.view.matches(everyone))
+            await health_until(port, lambda h: h["lagging"] == 0, "the slow client to resume")
+
+            # 4. It stops reading again; direct messages past max_queue_bytes close it
+            #    with 4005, and the sender always gets an answer.
+            statuses: list[str] = []
+            while "offline" not in statuses:
+                result = await sender.send(slow.key, BODY, msg_id=f"over{len(statuses)}")
+                statuses.append(result["status"])
+                assert len(statuses) < 500
+                if result["status"] == "delivered":
+                    assert (await health(port))["maxBuffered"] <= QUEUE + len(BODY) + 200
+            assert set(statuses[:-1]) == {"delivered"} and statuses[-1] == "offline"
+            code, reason = await slow.read_to_close()
+            assert (code, reason) == (CloseCode.SLOW_CONSUMER, "slow_consumer")
+            assert len(slow.messages) == sent + len(statuses) - 1
+
+            # Everyone else saw only its leave.
+            await watcher.wait_for_view({watcher.public_key, sender.public_key})
+            assert (await sender.send(slow.key, "gone?"))["status"] == "offline"
+            await health_until(port, lambda h: h["buffered"] == 0, "backlogs to drain")
+            for c in (watcher, sender):
+                assert c.errors == [] and c.error_frames == [] and c.unmatched_results == []
+
+    run(scenario())
+
+
+# --------------------------------------------------------------------------- item 7: floods
+
+
+@pytest.fixture
+def strict_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    # Rate 0.001/s: no token comes back during the test, so every count is exact.
+    c = Cluster(
+        tmp_path,
+        workers=2,
+        worker_args=(
+            *("--msg-rate", "0.001", "--msg-burst", "5"),
+            *("--flood-rejects", "10", "--flood-window", "10000"),
+        ),
+    ).start()
+    yield c
+    c.stop()
+
+
+def test_flood_is_answered_rate_limited_then_closed_1008(strict_cluster: Cluster) -> None:
+    url = strict_cluster.url
+
+    async def scenario() -> None:
+        async with LobbyClient.connect(url) as watcher:
+            flooder = await LobbyClient.connect(url)
+            both = {watcher.public_key, flooder.public_key}
+            await watcher.wait_for_view(both)
+            seq = watcher.view.seq
+            for _ in range(5):  # the burst: handled normally
+                await flooder.send_raw('{"type":"dance"}')
+            send = {"type": "send", "to": watcher.public_key, "id": "over", "body": "hi"}
+            await flooder.send_raw(json.dumps(send))
+            await flooder.send_raw('{"type":"get_lobby"}')
+            for _ in range(8):  # rejections 3..10: still answered
+                await flooder.send_raw("not even json")
+            await until(lambda: len(flooder.error_frames) == 5 + 9, "every answer")
+            codes = [f["code"] for f in flooder.error_frames]
+            assert codes == ["unknown_type"] * 5 + ["rate_limited"] * 9
+            assert flooder.unmatched_results == [
+                {
+                    "type": "send_result",
+                    "id": "over",
+                    "status": "rejected",
+                    "reason": "rate_limited",
+                }
+            ]
+            assert flooder.snapshots_received == 1  # the get_lobby was not carried out
+            assert flooder.close_code is None
+            await flooder.send_raw('{"type":"get_lobby"}')  # the 11th rejection
+            assert await flooder.wait_closed() == CloseCode.POLICY_VIOLATION
+            assert flooder.close_reason == "policy_violation"
+            assert len(flooder.error_frames) == 14 and flooder.errors == []
+
+            await watcher.wait_for_view({watcher.public_key})
+            assert watcher.view.seq == (seq or 0) + 1  # its leave, nothing else
+            assert watcher.messages_received == 0 and watcher.errors == []
+            assert watcher.error_frames == []
+
+    run(scenario())
+
+
+def test_frame_size_limits_before_and_after_auth(cluster: Cluster) -> None:
+    url = cluster.url
+
+    async def scenario() -> None:
+        async with LobbyClient.connect(url) as watcher:
+            # Before auth: 4 KiB by default; an auth frame is about 250 bytes.
+            async with connect(url, max_size=None) as ws:
+                assert json.loads(await ws.recv())["type"] == "challenge"
+                await ws.send(json.dumps({"type": "auth", "pad": "x" * 4100}))
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 10)
+                assert ws.close_code == CloseCode.MESSAGE_TOO_BIG
+            # After auth_ok the limit is --max-frame-bytes (128 KiB).
+            rude = await LobbyClient.connect(url)
+            await rude.send_raw(json.dumps({"type": "dance", "pad": "x" * 100_000}))
+            await until(lambda: bool(rude.error_frames), "an answer")
+            assert rude.error_frames[0]["code"] == "unknown_type"
+            await rude.send_raw("x" * (protocol.DEFAULT_MAX_FRAME_BYTES + 1))
+            assert await rude.wait_closed() == CloseCode.MESSAGE_TOO_BIG
+            await watcher.wait_for_view({watcher.public_key})
+            assert watcher.errors == []
+
+    run(scenario())
+
+
+# --------------------------------------------------------------------------- item 7: admission
+
+
+@pytest.fixture
+def door_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(
+        tmp_path,
+        workers=1,
+        worker_args=("--max-pending-auth", "3", "--auth-rate", "0.001", "--auth-burst", "6"),
+    ).start()
+    yield c
+    c.stop()
+
+
+async def _refused(url: str) -> None:
+    """A connection refused at the door: closed 1013 before any challenge."""
+    async with connect(url) as ws:
+        with pytest.raises(ConnectionClosed):
+            frame = await asyncio.wait_for(ws.recv(), 10)
+            pytest.fail(f"got {frame!r} instead of a 1013 close")
+        assert (ws.close_code, ws.close_reason) == (1013, "try_again_later")
+
+
+def test_challenge_phase_cap_and_auth_rate_answer_1013(door_cluster: Cluster) -> None:
+    url, port = door_cluster.url, door_cluster.port
+
+    async def scenario() -> None:
+        silent = []
+        for _ in range(3):  # three connections sit in the challenge phase (tokens 1-3)
+            ws = await connect(url)
+            assert json.loads(await ws.recv())["type"] == "challenge"
+            silent.append(ws)
+        await _refused(url)  # busy: no token spent
+        h = await health(port)
+        assert (h["challenged"], h["refused"]) == (3, {"busy": 1, "throttled": 0})
+        # One answers (wrongly): it leaves the challenge phase, so one more gets in.
+        await silent[0].send("{}")
+        assert json.loads(await silent[0].recv())["type"] == "auth_failed"
+        await health_until(port, lambda h: h["challenged"] == 2, "the slot to free")
+        client = await LobbyClient.connect(url)  # token 4
+        other = await LobbyClient.connect(url)  # token 5
+        await client.wait_for_view({client.public_key, other.public_key})
+        await other.close()
+        # Tokens: one left; then the rate refuses everything (0.001/s).
+        last = await LobbyClient.connect(url)
+        with pytest.raises(ConnectionRefusedByServer) as refused:
+            await LobbyClient.connect(url)
+        assert (refused.value.code, refused.value.reason) == (1013, "try_again_later")
+        h = await health(port)
+        assert h["refused"] == {"busy": 1, "throttled": 1}
+        for ws in silent:
+            await ws.close()
+        for c in (client, last):
+            assert c.errors == []
+            await c.close()
+
+    run(scenario())
+
+
+@pytest.fixture
+def storm_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(
+        tmp_path, workers=2, worker_args=("--auth-rate", "40", "--auth-burst", "10")
+    ).start()
+    yield c
+    c.stop()
+
+
+def test_reconnect_storm_is_admitted_at_a_steady_rate(storm_cluster: Cluster) -> None:
+    url = storm_cluster.url
+    n, workers, rate, burst = 150, 2, 40, 10
+
+    async def scenario() -> None:
+        rng = random.Random(3)
+        refusals: list[int | None] = []
+        async with LobbyClient.connect(url) as watcher:
+
+            async def join() -> LobbyClient:
+                while True:
+                    try:
+                        return await LobbyClient.connect(url)
+                    except ConnectionRefusedByServer as exc:
+                        refusals.append(exc.code)
+                        await asyncio.sleep(rng.uniform(0.05, 0.3))  # the client's backoff
+
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            clients = await asyncio.gather(*(join() for _ in range(n)))
+            elapsed = loop.time() - start
+            truth = {watcher.public_key} | {c.public_key for c in clients}
+            await watcher.wait_for_view(truth, timeout=30)
+            assert refusals and set(refusals) == {1013}
+            # The token bucket's promise, per worker (plus the watcher's own token).
+            assert n + 1 <= workers * (burst + rate * elapsed) + 1
+            assert elapsed >= (n + 1 - workers * burst) / (workers * rate) * 0.9
+            for c in clients:
+                assert c.errors == []
+                await c.close()
+            await watcher.wait_for_view({watcher.public_key}, timeout=30)
+            assert watcher.errors == []
+
+    run(scenario(), timeout=120)
+
+
+# --------------------------------------------------------------------------- secrets in logs
+
+
+@pytest.fixture
+def debug_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(
+        tmp_path,
+        workers=1,
+        coordinator_args=("--log-level", "DEBUG"),
+        worker_args=("--log-level", "DEBUG"),
+    ).start()
+    yield c
+    c.stop()
+
+
+def test_no_signature_or_secret_key_in_debug_logs(debug_cluster: Cluster) -> None:
+    url = debug_cluster.url
+    secrets: list[str] = []
+
+    async def scenario() -> None:
+        for _ in range(3):
+            sk = generate_signing_key()
+            secrets.append(bytes(sk).hex())
+            async with connect(url) as ws:
+                nonce = json.loads(await ws.recv())["nonce"]
+                sig = sk.sign(protocol.signed_payload(nonce)).signature.hex()
+                secrets.append(sig)
+                auth = {"type": "auth", "publicKey": public_key_hex(sk), "signature": sig}
+                await ws.send(json.dumps(auth))
+                assert json.loads(await ws.recv())["type"] == "auth_ok"
+                # A failing auth too: a signature over the nonce by another key.
+                async with connect(url) as bad:
+                    nonce = json.loads(await bad.recv())["nonce"]
+                    forged = generate_signing_key().sign(protocol.signed_payload(nonce))
+                    secrets.append(forged.signature.hex())
+                    auth["signature"] = forged.signature.hex()
+                    await bad.send(json.dumps(auth))
+                    assert json.loads(await bad.recv())["reason"] == "invalid_signature"
+
+    run(scenario())
+    for proc in debug_cluster.processes():
+        out = proc.output().lower()
+        assert "conn " in out or "coordinator" in out  # DEBUG output really is there
+        for secret in secrets:
+            assert secret not in out, f"{proc.module} logged a secret"
