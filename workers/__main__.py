@@ -237,7 +237,11 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = settings_from(build_parser().parse_args(argv))
+    parser = build_parser()
+    try:
+        settings = settings_from(parser.parse_args(argv))
+    except ValueError as exc:
+        parser.error(str(exc))
     configure_logging(settings.log_level)
     try:
         import uvloop

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from shared import endpoints, protocol
 
@@ -99,3 +99,15 @@ class WorkerSettings:
 
     # Logging
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        """Refuse values that would make a bound meaningless (a zero burst admits no
+        one, a negative timeout fires at once), with the option's name."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "port":
+                if not 0 <= value <= 65535:
+                    raise ValueError(f"--port must be 0-65535, not {value}")
+            elif isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+                option = "--" + f.name.replace("_", "-")
+                raise ValueError(f"{option} must be positive, not {value}")
