@@ -12,17 +12,21 @@ PYTEST_ARGS ?=
 
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 TYPED := coordinator workers shared scripts
 LINTED := $(TYPED) tests
 
 .DEFAULT_GOAL := help
-.PHONY: help install run watch test lint format clean
+.PHONY: help install run watch test lint format clean load bench
 
 help:
 	@echo "make run     start a local cluster: WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT)"
 	@echo "             (ARGS=\"...\" is passed to scripts/cluster.py, see its --help)"
 	@echo "make watch   join the lobby at URL=$(URL) and watch (ARGS=\"--key-file k\")"
 	@echo "make test    lint, then run the tests (PYTEST_ARGS=\"...\")"
+	@echo "make load    load-test the server at URL=$(URL): ARGS=\"mass-join 100\""
+	@echo "             (ARGS=\"--start cluster churn\" starts its own; python -m scripts.loadtest -h)"
+	@echo "make bench   run the benchmark suite (~10 min), write BENCHMARKS.md and docs/latency.png"
 	@echo "make lint    ruff check, ruff format --check, mypy --strict"
 	@echo "make format  ruff fixes and formatting"
 	@echo "make clean   remove $(VENV) and caches"
@@ -41,11 +45,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The benchmark extra (matplotlib for the plot) only when `make bench` needs it.
+$(BENCH_STAMP): $(STAMP)
+	$(VPY) -m pip install --quiet -e '.[test,bench]'
+	@touch $@
+
 run: $(STAMP)
 	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(ARGS)
 
 watch: $(STAMP)
 	$(VPY) scripts/watch_lobby.py --url $(URL) $(ARGS)
+
+load: $(STAMP)
+	$(VPY) -m scripts.loadtest --url $(URL) $(ARGS)
+
+bench: $(BENCH_STAMP)
+	$(VPY) scripts/bench.py $(ARGS)
 
 test: lint
 	$(VPY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,492 @@
+#!/usr/bin/env python3
+"""``make bench``: run the benchmark suite and write BENCHMARKS.md and docs/latency.png.
+
+    python scripts/bench.py [--out BENCHMARKS.md] [--plot docs/latency.png] [--only NAME]
+
+Every run is one ``python -m scripts.loadtest --start ... --json ...`` invocation that
+starts its own server on a free port and stops it, so runs cannot disturb each other;
+comparisons (2 workers / 1 worker, batching on / off, cluster / single-process
+baseline, cluster fan-out / bare ``broadcast()``) run back to back in this one
+invocation, so a noisy machine cannot fake a difference. Sizes are fixed for a 2-core
+machine to finish in about ten minutes; each size is written into BENCHMARKS.md.
+A run whose correctness checks fail is reported as failed, never as a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CLUSTER = ("--start", "cluster", "--workers", "2")
+ONE_WORKER = ("--start", "cluster", "--workers", "1")
+NO_BATCH = ("--start", "cluster", "--workers", "2", "--batch-window", "0")
+BASELINE = ("--start", "baseline")
+BARE = ("--start", "bare")
+PLOT_RATES = (50, 100, 200)
+"""Changes per second of the latency-against-load runs (500 watchers, 8 s each)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    target: tuple[str, ...]
+    scenario: tuple[str, ...]
+    group: str
+
+
+def suite() -> list[Run]:
+    """The fixed suite; ``group`` names the section of BENCHMARKS.md it lands in."""
+    runs = [
+        Run("mass-join cluster", CLUSTER, ("mass-join", "2000"), "mass-join"),
+        Run("mass-join 1 worker", ONE_WORKER, ("mass-join", "2000"), "mass-join"),
+        Run("mass-join no batching", NO_BATCH, ("mass-join", "2000"), "mass-join"),
+        Run("mass-join baseline", BASELINE, ("mass-join", "2000"), "mass-join"),
+        Run(
+            "churn cluster",
+            CLUSTER,
+            ("churn", "--watchers", "2000", "--rate", "200", "--duration", "30"),
+            "churn",
+        ),
+        Run(
+            "fanout cluster",
+            CLUSTER,
+            ("fanout", "--watchers", "1000", "--changes", "400", "--rate", "100"),
+            "fanout",
+        ),
+        Run(
+            "fanout bare",
+            BARE,
+            ("fanout", "--watchers", "1000", "--changes", "400", "--rate", "100"),
+            "fanout",
+        ),
+        Run(
+            "messages cluster",
+            CLUSTER,
+            ("messages", "--pairs", "64", "--rate", "40", "--duration", "10"),
+            "messages",
+        ),
+        Run("idle cluster", CLUSTER, ("idle", "4000", "--hold", "10"), "idle"),
+        Run("reconnect-storm cluster", CLUSTER, ("reconnect-storm", "3000"), "storm"),
+    ]
+    for rate in PLOT_RATES:
+        for label, target in (
+            ("cluster", CLUSTER),
+            ("no batching", NO_BATCH),
+            ("baseline", BASELINE),
+        ):
+            runs.append(
+                Run(
+                    f"churn@{rate} {label}",
+                    target,
+                    ("churn", "--watchers", "500", "--rate", str(rate), "--duration", "8"),
+                    "plot",
+                )
+            )
+    return runs
+
+
+def same_frame(run: Run, done: list[dict[str, Any]]) -> Run:
+    """The bare fan-out pushes frames of the size the cluster's fan-out delivered on
+    average, so both sides write the same bytes per frame."""
+    cluster = next((r for r in done if r["name"] == "fanout cluster" and r.get("ok")), None)
+    if run.name != "fanout bare" or cluster is None:
+        return run
+    size = str(cluster["metrics"]["frame_bytes_mean"])
+    return Run(run.name, run.target, (*run.scenario, "--frame-bytes", size), run.group)
+
+
+def run_one(run: Run, workdir: Path) -> dict[str, Any]:
+    out = workdir / (run.name.replace(" ", "_").replace("@", "_") + ".json")
+    command = [
+        sys.executable,
+        "-m",
+        "scripts.loadtest",
+        *run.target,
+        "--quiet",
+        "--json",
+        str(out),
+        *run.scenario,
+    ]
+    started = time.monotonic()
+    print(f"== {run.name}: {' '.join(command[1:])}", flush=True)
+    proc = subprocess.run(command, cwd=ROOT, timeout=900, check=False)
+    if out.exists():
+        result: dict[str, Any] = json.loads(out.read_text())
+    else:
+        result = {
+            "ok": False,
+            "metrics": {},
+            "failures": [f"exit {proc.returncode}, no JSON"],
+            "params": {},
+            "notes": [],
+        }
+    result["name"], result["group"] = run.name, run.group
+    result["command"] = "python -m scripts.loadtest " + " ".join([*run.target, *run.scenario])
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f"{mem_kib / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        memory = "?"
+    versions = {}
+    for module in ("websockets", "uvloop", "zmq", "nacl"):
+        try:
+            versions[module] = str(__import__(module).__version__)
+        except (ImportError, AttributeError):
+            versions[module] = "-"
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "memory": memory,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "libraries": ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "commit": commit or "?",
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def metric(results: dict[str, dict[str, Any]], name: str, key: str) -> Any:
+    r = results.get(name)
+    if r is None or not r.get("ok"):
+        return None
+    return r["metrics"].get(key)
+
+
+def _v(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "failed"
+    if isinstance(value, float):
+        return f"{value:,.3g}{unit}" if value < 100 else f"{value:,.0f}{unit}"
+    if isinstance(value, int):
+        return f"{value:,}{unit}"
+    return f"{value}{unit}"
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return float(a) / float(b)
+
+
+def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for every target of the issue."""
+    rows: list[tuple[str, str, bool | None]] = []
+    conv = _ratio(
+        metric(res, "mass-join baseline", "convergence_s"),
+        metric(res, "mass-join cluster", "convergence_s"),
+    )
+    frames = _ratio(
+        metric(res, "mass-join baseline", "update_frames"),
+        metric(res, "mass-join cluster", "update_frames"),
+    )
+    rows.append(
+        (
+            "mass-join 2000 converges >= 5x faster than the baseline",
+            _v(conv, "x") + f" ({_v(metric(res, 'mass-join cluster', 'convergence_s'), ' s')}"
+            f" vs {_v(metric(res, 'mass-join baseline', 'convergence_s'), ' s')})",
+            None if conv is None else conv >= 5,
+        )
+    )
+    rows.append(
+        (
+            "mass-join 2000 delivers >= 10x fewer lobby_update frames",
+            _v(frames, "x") + f" ({_v(metric(res, 'mass-join cluster', 'update_frames'))}"
+            f" vs {_v(metric(res, 'mass-join baseline', 'update_frames'))})",
+            None if frames is None else frames >= 10,
+        )
+    )
+    p99 = metric(res, "churn cluster", "update_latency_p99_ms")
+    churn_ok = res.get("churn cluster", {}).get("ok")
+    rows.append(
+        (
+            "churn 2000 watchers, 200/s, 30 s: p99 <= 200 ms, no gaps or wrong views",
+            f"p99 {_v(p99, ' ms')}, checks {'passed' if churn_ok else 'FAILED'}",
+            None if p99 is None else (p99 <= 200 and bool(churn_ok)),
+        )
+    )
+    fan = _ratio(
+        metric(res, "fanout cluster", "cpu_us_per_frame"),
+        metric(res, "fanout bare", "cpu_us_per_frame"),
+    )
+    rows.append(
+        (
+            "fan-out CPU per delivered frame <= 1.5x bare broadcast()",
+            _v(fan, "x") + f" ({_v(metric(res, 'fanout cluster', 'cpu_us_per_frame'), ' µs')}"
+            f" vs {_v(metric(res, 'fanout bare', 'cpu_us_per_frame'), ' µs')})",
+            None if fan is None else fan <= 1.5,
+        )
+    )
+    kib = metric(res, "idle cluster", "kib_per_connection")
+    idle_n = res.get("idle cluster", {}).get("params", {}).get("clients", "?")
+    rows.append(
+        (
+            f"idle: <= 20 KiB server memory per connection (measured at {idle_n})",
+            _v(kib, " KiB"),
+            None if kib is None else kib <= 20,
+        )
+    )
+    rate = metric(res, "messages cluster", "messages_per_s")
+    mp99 = metric(res, "messages cluster", "round_trip_p99_ms")
+    rows.append(
+        (
+            "messages: >= 5,000 cross-worker messages/s with p99 < 50 ms",
+            f"{_v(rate, '/s')}, round-trip p99 {_v(mp99, ' ms')}",
+            None if rate is None or mp99 is None else rate >= 5000 and mp99 < 50,
+        )
+    )
+    whole = metric(res, "reconnect-storm cluster", "whole_again_s")
+    storm_n = res.get("reconnect-storm cluster", {}).get("params", {}).get("clients", "?")
+    rows.append(
+        (
+            f"reconnect-storm: whole within 30 s, no crash (measured at {storm_n})",
+            _v(whole, " s"),
+            None if whole is None else whole <= 30,
+        )
+    )
+    return rows
+
+
+SECTIONS = {
+    "mass-join": (
+        "mass-join 2000",
+        [
+            "auth_per_s",
+            "convergence_s",
+            "join_to_seen_p50_ms",
+            "join_to_seen_p99_ms",
+            "update_frames",
+            "update_bytes",
+            "retried_1013",
+            "server_cpu_s",
+        ],
+    ),
+    "churn": (
+        "churn",
+        [
+            "changes_per_s",
+            "update_latency_p50_ms",
+            "update_latency_p99_ms",
+            "update_latency_max_ms",
+            "frames_per_s",
+            "changes_per_update",
+            "server_cpu_s_per_1000_frames",
+            "generator_cpu_s",
+            "snapshots_resent",
+        ],
+    ),
+    "fanout": (
+        "fan-out against bare broadcast()",
+        ["frames_delivered", "frame_bytes_mean", "server_cpu_s", "cpu_us_per_frame"],
+    ),
+    "messages": (
+        "messages",
+        [
+            "cross_worker_pairs",
+            "messages_per_s",
+            "round_trip_p50_ms",
+            "round_trip_p99_ms",
+            "delivery_p50_ms",
+            "delivery_p99_ms",
+        ],
+    ),
+    "idle": (
+        "idle",
+        ["rss_before_mib", "rss_connected_mib", "kib_per_connection", "rss_growth_while_idle_pct"],
+    ),
+    "storm": (
+        "reconnect-storm",
+        ["whole_again_s", "reconnected", "retried_1013", "retried_other", "failed"],
+    ),
+    "plot": (
+        "latency against load (churn, 500 watchers, 8 s per point)",
+        [
+            "changes_per_s",
+            "update_latency_p50_ms",
+            "update_latency_p99_ms",
+            "frames_per_s",
+            "changes_per_update",
+            "server_cpu_s_per_1000_frames",
+        ],
+    ),
+}
+
+
+def section(group: str, rows: list[dict[str, Any]]) -> list[str]:
+    title, keys = SECTIONS[group]
+    lines = [
+        f"### {title}",
+        "",
+        "| run | " + " | ".join(keys) + " | checks |",
+        "|---" * (len(keys) + 2) + "|",
+    ]
+    for r in rows:
+        cells = [_v(r["metrics"].get(k)) if r.get("ok") else "failed" for k in keys]
+        checks = "passed" if r.get("ok") else "FAILED: " + "; ".join(r["failures"])[:200]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {checks} |")
+    lines += ["", "Commands:", ""]
+    lines += [f"    {r['command']}" for r in rows]
+    return [*lines, ""]
+
+
+def write_report(
+    results: list[dict[str, Any]], out: Path, plot: Path | None, command: str, notes: str
+) -> None:
+    by_name = {r["name"]: r for r in results}
+    m = machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `{command}` ({sum(r['wall_s'] for r in results):.0f} s of runs).",
+        "Every number below comes from that run, on this machine; run it on yours.",
+        "",
+        "| machine | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in m.items()],
+        "",
+        "The load generator runs on the same machine as the server: on 2 cores they share",
+        "the CPU, so latencies include the generator's own queueing (its CPU time is shown",
+        "for churn). Comparisons run back to back in one invocation.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    for target, measured, met in targets(by_name):
+        lines.append(
+            f"| {target} | {measured} | "
+            f"{'yes' if met else 'no' if met is not None else 'failed run'} |"
+        )
+    lines += ["", "## Results", ""]
+    if plot is not None:
+        lines += [f"![latency against load]({plot.relative_to(out.parent).as_posix()})", ""]
+    for group in SECTIONS:
+        rows = [r for r in results if r["group"] == group]
+        if rows:
+            lines += section(group, rows)
+    if notes:
+        lines += ["## What bounds the missed targets", "", notes.strip(), ""]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def draw(results: list[dict[str, Any]], path: Path) -> bool:
+    """p50 and p99 update latency against offered changes/s, one line per server."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot (pip install -e '.[bench]')", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for label, style in (("cluster", "o-"), ("no batching", "s--"), ("baseline", "^:")):
+        points = [
+            (r["params"]["rate"], r["metrics"])
+            for r in results
+            if r["group"] == "plot" and r["name"].endswith(label) and r.get("ok")
+        ]
+        points.sort(key=lambda p: p[0])
+        if not points:
+            continue
+        xs = [p[0] for p in points]
+        ax.plot(xs, [p[1]["update_latency_p99_ms"] for p in points], style, label=f"{label} p99")
+        ax.plot(
+            xs,
+            [p[1]["update_latency_p50_ms"] for p in points],
+            style,
+            alpha=0.45,
+            label=f"{label} p50",
+        )
+    ax.set_xlabel("offered lobby changes per second (500 watchers)")
+    ax.set_ylabel("update latency, ms (log)")
+    ax.set_yscale("log")
+    ax.set_title("Lobby update latency against load, 2-core machine")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="(%(default)s)")
+    parser.add_argument("--plot", default=str(ROOT / "docs" / "latency.png"), help="(%(default)s)")
+    parser.add_argument(
+        "--notes",
+        default=str(ROOT / "docs" / "bench-notes.md"),
+        help="analysis appended to BENCHMARKS.md when present (%(default)s)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only the runs whose name contains this (repeatable)",
+    )
+    parser.add_argument("--results", help="also write every run's JSON into this file")
+    parser.add_argument(
+        "--from-results",
+        metavar="PATH",
+        help="run nothing: rewrite the report from a --results file",
+    )
+    args = parser.parse_args(argv)
+    if args.from_results:
+        results = json.loads(Path(args.from_results).read_text())
+    else:
+        runs = [r for r in suite() if not args.only or any(o in r.name for o in args.only)]
+        results = []
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            for run in runs:
+                results.append(run_one(same_frame(run, results), Path(tmp)))
+    if args.results:
+        Path(args.results).write_text(json.dumps(results, indent=1) + "\n")
+    out, plot = Path(args.out), Path(args.plot)
+    drawn = draw(results, plot)
+    notes_path = Path(args.notes)
+    notes = notes_path.read_text() if notes_path.exists() else ""
+    # Options that only choose where results go do not change what was measured.
+    command = "make bench" + "".join(f" --only {o!r}" for o in args.only)
+    write_report(results, out, plot if drawn else None, command, notes)
+    failed = [r["name"] for r in results if not r.get("ok")]
+    print(f"wrote {out}" + (f" and {plot}" if drawn else ""))
+    if failed:
+        print(f"runs with failed checks: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Load-test a presence server and check it stays correct under load.
+
+    python -m scripts.loadtest [options] SCENARIO [scenario options]
+    make load ARGS="[options] SCENARIO ..."
+
+Targets: by default the server at --url (what ``make run`` starts). ``--start cluster``
+(or ``baseline``, ``bare``) starts one on a free port instead and stops it at the end,
+also on failure or Ctrl-C; only then (or with --pid) are server CPU time and memory
+measured, from /proc (Linux).
+
+Scenarios:
+  mass-join N        N clients authenticate at once: auths/s, convergence, join-to-seen
+  churn              watchers stay while others join/leave/drop/reconnect at --rate
+  reconnect-storm N  N clients drop at once and reconnect: time until the lobby is whole
+  messages           cross-worker direct message pairs: throughput, round trip
+  idle N             N idle connections: server memory per connection, and flatness
+  fanout             server CPU per delivered lobby frame (--start bare: the limit)
+
+A table is printed at the end and the same result written with --json. The exit
+status is 1 when any correctness check failed (sequence gaps, wrong views, lost
+messages, unexpected closes): a fast wrong answer is not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from scripts.loadtest import scenarios
+from scripts.loadtest.agent import raise_fd_limit
+from scripts.loadtest.pool import AgentPool, LoadTestError, default_procs
+from scripts.loadtest.report import table, write_json
+from scripts.loadtest.target import (
+    Server,
+    external,
+    free_port,
+    start_bare,
+    start_baseline,
+    start_cluster,
+)
+
+DEFAULT_URL = "ws://127.0.0.1:8765/ws"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.loadtest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    target = parser.add_argument_group("target")
+    target.add_argument(
+        "--url",
+        default=os.environ.get("LOADTEST_URL", DEFAULT_URL),
+        help="server to load when nothing is started (%(default)s)",
+    )
+    target.add_argument(
+        "--start",
+        choices=("cluster", "baseline", "bare"),
+        help="start this server on a free port for the run, stop it after",
+    )
+    target.add_argument(
+        "--workers", type=int, default=2, help="workers of a started cluster (%(default)s)"
+    )
+    target.add_argument(
+        "--batch-window",
+        type=float,
+        help="coordinator --batch-window of a started cluster (0 = off; "
+        "default: the coordinator's own, 5 ms)",
+    )
+    target.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        metavar="X",
+        help="extra word for every worker of a started cluster (repeatable)",
+    )
+    target.add_argument(
+        "--pid",
+        type=int,
+        action="append",
+        default=[],
+        help="with --url: a server process (and its children) whose CPU and "
+        "memory to measure (repeatable)",
+    )
+    gen = parser.add_argument_group("generator")
+    gen.add_argument(
+        "--procs",
+        type=int,
+        default=default_procs(),
+        help="generator processes (default: CPUs, at least 2: %(default)s)",
+    )
+    gen.add_argument(
+        "--concurrency",
+        type=int,
+        default=100,
+        help="connection attempts in flight per generator process "
+        "(%(default)s: more overflows a worker's listen backlog of 100 and "
+        "measures TCP retransmit timers instead of the server)",
+    )
+    gen.add_argument(
+        "--source-addresses",
+        default="",
+        help="comma-separated loopback addresses to bind client sockets to, "
+        "round robin (e.g. 127.0.0.2,127.0.0.3), to pass one address's "
+        "~28k ephemeral ports; default: let the OS choose",
+    )
+    gen.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=30.0,
+        help="seconds views may take to settle to the true set (%(default)s)",
+    )
+    gen.add_argument("--json", metavar="PATH", help="also write the result as JSON here")
+    gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
+    p = sub.add_parser("mass-join", help="N clients authenticate at once")
+    p.add_argument("clients", type=int)
+    p = sub.add_parser("churn", help="watchers stay while others change at a paced rate")
+    p.add_argument("--watchers", type=int, default=2000, help="(%(default)s)")
+    p.add_argument("--rate", type=float, default=200.0, help="changes per second (%(default)s)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds (%(default)s)")
+    p = sub.add_parser("reconnect-storm", help="N clients drop and reconnect at once")
+    p.add_argument("clients", type=int)
+    p = sub.add_parser("messages", help="direct messages between pairs on different workers")
+    p.add_argument("--pairs", type=int, default=100, help="(%(default)s)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds (%(default)s)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=40.0,
+        help="messages per second per direction of a pair; keep it under the "
+        "server's per-connection limit (workers --msg-rate, 50) (%(default)s)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=8,
+        help="unanswered sends per direction of a pair at most (%(default)s)",
+    )
+    p.add_argument("--body-bytes", type=int, default=64, help="(%(default)s)")
+    p = sub.add_parser("idle", help="hold N idle connections, measure server memory")
+    p.add_argument("clients", type=int)
+    p.add_argument("--hold", type=float, default=10.0, help="seconds to hold (%(default)s)")
+    p = sub.add_parser("fanout", help="server CPU per delivered lobby frame")
+    p.add_argument("--watchers", type=int, default=1000, help="(%(default)s)")
+    p.add_argument("--changes", type=int, default=1000, help="(%(default)s)")
+    p.add_argument("--rate", type=float, default=100.0, help="changes per second (%(default)s)")
+    p.add_argument(
+        "--frame-bytes",
+        type=int,
+        default=120,
+        help="bare server frame size; a one-key lobby_update is ~120 (%(default)s)",
+    )
+    return parser
+
+
+def start_server(args: argparse.Namespace) -> Server:
+    if args.start is None:
+        return external(args.url, args.pid)
+    port = free_port()
+    if args.start == "baseline":
+        return start_baseline(port)
+    if args.start == "bare":
+        return start_bare(port)
+    extra = [w for arg in args.worker_arg for w in ("--worker-arg", arg)]
+    return start_cluster(args.workers, port, args.batch_window, extra)
+
+
+def run_scenario(ctx: scenarios.Context, args: argparse.Namespace) -> scenarios.Result:
+    name = args.scenario
+    if args.start == "bare" and name != "fanout":
+        raise LoadTestError("the bare broadcast server only serves the fanout scenario")
+    if name == "mass-join":
+        return scenarios.mass_join(ctx, args.clients)
+    if name == "churn":
+        return scenarios.churn(ctx, args.watchers, args.rate, args.duration)
+    if name == "reconnect-storm":
+        return scenarios.reconnect_storm(ctx, args.clients)
+    if name == "messages":
+        return scenarios.messages(
+            ctx, args.pairs, args.duration, args.rate, args.window, args.body_bytes
+        )
+    if name == "idle":
+        return scenarios.idle(ctx, args.clients, args.hold)
+    return scenarios.fanout(
+        ctx, args.watchers, args.changes, args.rate, args.frame_bytes, bare=args.start == "bare"
+    )
+
+
+def describe(args: argparse.Namespace, server: Server) -> str:
+    if args.start == "cluster":
+        window = "default" if args.batch_window is None else f"{args.batch_window}s"
+        return f"cluster, {args.workers} workers, batch window {window}"
+    return args.start or server.url
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # run the same cleanup as Ctrl-C
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    raise_fd_limit()
+    sources = [a.strip() for a in args.source_addresses.split(",") if a.strip()]
+    server: Server | None = None
+    try:
+        server = start_server(args)
+        with AgentPool(args.procs, server.url, os.urandom(16), sources) as pool:
+            ctx = scenarios.Context(pool, server, args.concurrency, args.settle_timeout, args.quiet)
+            result = run_scenario(ctx, args)
+        report: dict[str, Any] = {"target": describe(args, server), **result.to_dict()}
+    except LoadTestError as exc:
+        print(f"load test failed: {exc}", file=sys.stderr)
+        report = {
+            "target": args.start or args.url,
+            "scenario": args.scenario,
+            "params": {},
+            "metrics": {},
+            "failures": [str(exc)],
+            "notes": [],
+            "ok": False,
+        }
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if server is not None:
+            server.stop()
+    table(report, sys.stdout)
+    if args.json:
+        write_json(report, args.json)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,662 @@
+"""One load-generator process: holds a share of the simulated clients, runs the
+parent's commands on them and answers with plain picklable data.
+
+The parent (:mod:`scripts.loadtest.pool`) sends ``(op, kwargs)``; the agent answers
+``("progress", n)`` while a long op runs and then ``("done", result)`` or
+``("error", traceback)``. Ops run one at a time. Every op is bounded: waits carry
+timeouts and loops a count, so an agent never runs on by itself.
+
+Latencies are measured inside one process: when a client of this agent causes a
+change (its ``auth`` went out, or it closed or dropped), the agent notes the time per
+public key, and when a watching client of the same agent sees that key in a
+``lobby_update`` the difference goes into a :class:`~scripts.loadtest.stats.Histogram`.
+Keys are derived from the client index and a per-run salt, so every process can name
+any client's public key without shipping keys around.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import os
+import random
+import resource
+import time
+import traceback
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import websockets
+from nacl.signing import SigningKey
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import WebSocketException
+
+from scripts.loadtest.client import LoadClient, use_source_addresses
+from scripts.loadtest.stats import Histogram
+from shared.client import (
+    AuthFailed,
+    ConnectionClosedError,
+    ConnectionRefusedByServer,
+    LobbyChange,
+    LobbyClientError,
+)
+
+TRY_AGAIN_LATER = 1013
+MAX_ATTEMPTS = 40
+"""Connection attempts per client before it counts as failed (1013, timeouts, resets)."""
+BACKOFF_BASE, BACKOFF_CAP = 0.05, 2.0
+"""Retry delay: full jitter over ``min(cap, base * 2**attempt)`` seconds, so a storm of
+refused clients spreads out instead of coming back in lock step."""
+PROGRESS_EVERY = 0.25
+"""Seconds between progress reports to the parent."""
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file soft limit to the hard limit; returns it.
+
+    Every client holds a socket, and the common soft default (1024) is far below the
+    tens of thousands a load test needs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def signing_key(salt: bytes, index: int) -> SigningKey:
+    """Client ``index``'s identity: a seed hashed from the run's salt and the index."""
+    return SigningKey(hashlib.sha256(salt + index.to_bytes(8, "big")).digest())
+
+
+def _discard(keys: set[int], key: int, _task: object) -> None:
+    keys.discard(key)
+
+
+async def _sleep_until(wall: float) -> None:
+    delay = wall - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+@dataclass(slots=True)
+class ConnectStats:
+    """What connecting a batch of clients took."""
+
+    ok: int = 0
+    failed: int = 0
+    retried_1013: int = 0
+    retried_other: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    duration: Histogram = field(default_factory=Histogram)
+    first_ok: float = 0.0
+    last_ok: float = 0.0
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "failed": self.failed,
+            "retried_1013": self.retried_1013,
+            "retried_other": self.retried_other,
+            "reasons": dict(self.reasons.most_common(5)),
+            "duration": self.duration.to_dict(),
+            "first_ok": self.first_ok,
+            "last_ok": self.last_ok,
+        }
+
+
+@dataclass(slots=True)
+class Totals:
+    """Counters of clients that are gone, so phase totals include them."""
+
+    updates: int = 0
+    update_bytes: int = 0
+    snapshots: int = 0
+    error_count: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, client: LoadClient) -> None:
+        self.updates += client.updates_received
+        self.update_bytes += client.update_bytes
+        self.snapshots += client.snapshots_received
+        self.error_count += client.error_count
+        self.errors.extend(str(e) for e in client.errors[: 5 - len(self.errors)])
+
+
+class Agent:
+    """The clients of one generator process and the ops the parent can run on them."""
+
+    def __init__(self, index: int, url: str, salt: bytes) -> None:
+        self.index = index
+        self.url = url
+        self.salt = salt
+        self.clients: dict[int, LoadClient] = {}
+        self.watching: set[int] = set()
+        self.retired = Totals()
+        self.join_ref: dict[str, float] = {}
+        self.leave_ref: dict[str, float] = {}
+        self.latency = Histogram()
+        self.observed = 0
+        self.changes_seen = 0
+        self.updates_seen = 0
+        self.target_online: int | None = None
+        self.converged_at: dict[int, float] = {}
+        self.progress = 0
+        self.concurrency = 100
+        self.attempts = MAX_ATTEMPTS
+        self.open_timeout = 30.0
+        self._keys: dict[int, SigningKey] = {}
+        self._pubs: dict[int, str] = {}
+        self.raw: list[ClientConnection] = []
+        self.raw_frames = 0
+        self._raw_tasks: set[asyncio.Task[None]] = set()
+        LoadClient.auth_sent_hook = self._on_auth_sent
+
+    # ------------------------------------------------------------------ keys
+
+    def key(self, index: int) -> SigningKey:
+        key = self._keys.get(index)
+        if key is None:
+            key = self._keys[index] = signing_key(self.salt, index)
+        return key
+
+    def pub(self, index: int) -> str:
+        pub = self._pubs.get(index)
+        if pub is None:
+            pub = self._pubs[index] = bytes(self.key(index).verify_key).hex()
+        return pub
+
+    # ------------------------------------------------------------------ observing
+
+    def _on_auth_sent(self, public_key: str, at: float) -> None:
+        self.join_ref[public_key] = at
+        self.leave_ref.pop(public_key, None)  # a reconnect's ``left`` is not its cause
+
+    def _mark_leave(self, index: int) -> None:
+        pub = self.pub(index)
+        self.leave_ref[pub] = time.time()
+        self.join_ref.pop(pub, None)
+
+    def _listener(self, index: int) -> Callable[[LobbyChange], None]:
+        def on_change(change: LobbyChange) -> None:
+            now = time.time()
+            if change.kind == "update":
+                for refs, keys in ((self.join_ref, change.joined), (self.leave_ref, change.left)):
+                    for k in keys:
+                        at = refs.get(k)
+                        if at is not None:
+                            self.latency.add(now - at)
+                            self.observed += 1
+                self.changes_seen += len(change.joined) + len(change.left)
+                self.updates_seen += 1
+            target = self.target_online
+            if target is not None and change.online >= target and index not in self.converged_at:
+                self.converged_at[index] = now
+
+        return on_change
+
+    def _adopt(self, index: int, client: LoadClient, watch: bool) -> None:
+        old = self.clients.get(index)
+        if old is not None:
+            self.retired.add(old)
+        self.clients[index] = client
+        if watch:
+            self.watching.add(index)
+            client.lobby_listeners.append(self._listener(index))
+            target = self.target_online
+            if target is not None and len(client.view) >= target:
+                self.converged_at.setdefault(index, time.time())
+        else:
+            self.watching.discard(index)
+
+    def _retire(self, index: int) -> LoadClient | None:
+        client = self.clients.pop(index, None)
+        self.watching.discard(index)
+        if client is not None:
+            self.retired.add(client)
+        return client
+
+    # ------------------------------------------------------------------ connecting
+
+    async def _connect(self, index: int, stats: ConnectStats) -> LoadClient | None:
+        for attempt in range(self.attempts):
+            started = time.perf_counter()
+            try:
+                client = await LoadClient.connect(
+                    self.url,
+                    self.key(index),
+                    open_timeout=self.open_timeout,
+                    ping_interval=None,
+                    ping_timeout=None,
+                    message_queue_size=1_000_000,
+                )
+            except AuthFailed as exc:
+                stats.reasons[f"auth_failed {exc.reason}"] += 1
+                break
+            except ConnectionRefusedByServer as exc:
+                if exc.code == TRY_AGAIN_LATER:
+                    stats.retried_1013 += 1
+                else:
+                    stats.retried_other += 1
+                    stats.reasons[f"refused {exc.code} {exc.reason}"] += 1
+            except (TimeoutError, OSError, WebSocketException, LobbyClientError) as exc:
+                stats.retried_other += 1
+                stats.reasons[type(exc).__name__] += 1
+            else:
+                assert isinstance(client, LoadClient)
+                now = time.time()
+                stats.duration.add(time.perf_counter() - started)
+                stats.ok += 1
+                stats.first_ok = stats.first_ok or now
+                stats.last_ok = now
+                return client
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
+            await asyncio.sleep(random.uniform(0, delay))
+        stats.failed += 1
+        return None
+
+    async def _connect_many(self, indices: Iterable[int], watch: bool) -> ConnectStats:
+        stats = ConnectStats()
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(index: int) -> None:
+            async with gate:
+                client = await self._connect(index, stats)
+            if client is not None:
+                self._adopt(index, client, watch)
+            self.progress += 1
+
+        await asyncio.gather(*(one(i) for i in indices))
+        return stats
+
+    # ------------------------------------------------------------------ ops: generic
+
+    async def op_connect(
+        self,
+        indices: list[int],
+        watch: bool = True,
+        start_at: float = 0.0,
+        target_online: int | None = None,
+        concurrency: int = 100,
+        open_timeout: float = 30.0,
+        attempts: int = MAX_ATTEMPTS,
+    ) -> dict[str, Any]:
+        """Connect ``indices`` (from ``start_at``, wall clock), ``concurrency`` in flight.
+
+        With ``target_online`` set, note when each watching client's view first holds
+        that many keys (convergence)."""
+        self.concurrency, self.open_timeout = concurrency, open_timeout
+        self.attempts = attempts
+        self.target_online = target_online
+        await _sleep_until(start_at)
+        return (await self._connect_many(indices, watch)).result()
+
+    async def op_reset(self, target_online: int | None = None) -> dict[str, Any]:
+        """Forget latencies and convergence so far (the start of a measured phase)."""
+        self.latency = Histogram()
+        self.observed = self.changes_seen = self.updates_seen = 0
+        self.converged_at.clear()
+        self.target_online = target_online
+        return {}
+
+    async def op_counters(self) -> dict[str, Any]:
+        """Totals over every client this agent ever had, plus this phase's latencies."""
+        totals = Totals(
+            **{
+                k: getattr(self.retired, k)
+                for k in ("updates", "update_bytes", "snapshots", "error_count")
+            }
+        )
+        totals.errors = list(self.retired.errors)
+        for client in self.clients.values():
+            totals.add(client)
+        return {
+            "updates": totals.updates,
+            "update_bytes": totals.update_bytes,
+            "snapshots": totals.snapshots,
+            "error_count": totals.error_count,
+            "errors": totals.errors,
+            "latency": self.latency.to_dict(),
+            "observed": self.observed,
+            "changes_seen": self.changes_seen,
+            "updates_seen": self.updates_seen,
+            "watchers": len(self.watching),
+            "converged": len(self.converged_at),
+            "converged_last": max(self.converged_at.values(), default=0.0),
+            "clients": len(self.clients),
+        }
+
+    async def op_online(self) -> list[int]:
+        """Indices of this agent's clients whose connection is open."""
+        return [i for i, c in self.clients.items() if not c.closed]
+
+    async def op_wait_views(self, truth: list[int], timeout: float = 20.0) -> dict[str, Any]:
+        """Wait until every open client's view is exactly ``truth`` (client indices).
+
+        Returns how many did not get there, with a few examples, and the clients that
+        were closed without this agent closing them."""
+        keys = frozenset(self.pub(i) for i in truth)
+        closed = {i: c.close_code for i, c in self.clients.items() if c.closed}
+        open_clients = [c for c in self.clients.values() if not c.closed]
+        outcomes = await asyncio.gather(
+            *(c.wait_for_view(keys, timeout) for c in open_clients), return_exceptions=True
+        )
+        wrong: list[str] = []
+        for client, outcome in zip(open_clients, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                online = client.view.online
+                wrong.append(
+                    f"{client.public_key[:8]}: {len(online)} online, "
+                    f"{len(keys - online)} missing, {len(online - keys)} extra"
+                )
+        return {
+            "checked": len(open_clients),
+            "wrong": len(wrong),
+            "examples": wrong[:5],
+            "unexpected_closes": len(closed),
+            "close_codes": dict(Counter(closed.values()).most_common(5)),
+        }
+
+    async def op_addresses(self) -> dict[int, tuple[str, int]]:
+        """Each open client's local (address, port), to find its worker in /proc."""
+        return {i: c.local_address for i, c in self.clients.items() if not c.closed}
+
+    async def op_close_all(self, drop: bool = False) -> dict[str, Any]:
+        """Close (or drop) every client and wait for the readers to finish."""
+        indices = list(self.clients)
+        clients = [c for i in indices if (c := self._retire(i)) is not None]
+
+        async def end(client: LoadClient) -> None:
+            with contextlib.suppress(Exception):
+                if drop:
+                    client.drop()
+                    await client.wait_closed(10.0)
+                else:
+                    await asyncio.wait_for(client.close(), 10.0)
+
+        await asyncio.gather(*(end(c) for c in clients))
+        return {"closed": len(clients)}
+
+    # ------------------------------------------------------------------ ops: scenarios
+
+    async def op_storm(
+        self, start_at: float, target_online: int, concurrency: int = 100
+    ) -> dict[str, Any]:
+        """At ``start_at`` drop every client at once, then reconnect them all (same
+        keys), retrying 1013 with jitter; convergence counts from the drop."""
+        await _sleep_until(start_at)
+        indices = list(self.clients)
+        for i in indices:
+            client = self._retire(i)
+            if client is not None:
+                client.drop()
+        self.concurrency = concurrency
+        await self.op_reset(target_online)
+        stats = await self._connect_many(indices, watch=True)
+        return stats.result()
+
+    async def op_churn(
+        self,
+        pool: list[int],
+        rate: float,
+        duration: float,
+        start_at: float,
+        cooldown: float = 3.0,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Change the lobby ``rate`` times a second for ``duration`` seconds using the
+        keys of ``pool``: join, leave (close frame), drop (no close frame) and reconnect
+        (same key on a new connection). A key rests ``cooldown`` seconds after each
+        change, so the watchers see every change as its own (batching cannot cancel it)
+        and each latency is matched to the change that caused it."""
+        rng = random.Random(seed)
+        rest_until: dict[int, float] = {}
+        busy: set[int] = set()  # keys with a change still in flight: never two at once
+        actions: Counter[str] = Counter()
+        failures: Counter[str] = Counter()
+        stats = ConnectStats()
+        tasks: set[asyncio.Task[None]] = set()
+        lag = Histogram()
+
+        async def join(index: int, kind: str) -> None:
+            client = await self._connect(index, stats)
+            if client is None:
+                failures[kind] += 1
+                return
+            old = self.clients.get(index)
+            self._adopt(index, client, watch=False)
+            actions[kind] += 1
+            if old is not None:  # the server closes the replaced session with 4002
+                with contextlib.suppress(TimeoutError):
+                    await old.wait_closed(10.0)
+
+        async def leave(index: int, kind: str) -> None:
+            client = self._retire(index)
+            if client is None:
+                failures[kind] += 1
+                return
+            self._mark_leave(index)
+            if kind == "drop":
+                client.drop()
+                with contextlib.suppress(TimeoutError):
+                    await client.wait_closed(10.0)
+            else:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.close(), 10.0)
+            actions[kind] += 1
+
+        total = int(rate * duration)
+        for n in range(total):
+            due = start_at + n / rate
+            await _sleep_until(due)
+            now = time.time()
+            lag.add(now - due)
+            free = [i for i in pool if i not in busy and rest_until.get(i, 0.0) <= now]
+            online = [i for i in free if i in self.clients]
+            offline = [i for i in free if i not in self.clients]
+            if not free:
+                failures["no_free_key"] += 1
+                continue
+            # Join with the offline share of the free keys: about half the pool stays on.
+            if offline and (not online or rng.random() < len(offline) / len(free)):
+                index = rng.choice(offline)
+                work = join(index, "join")
+            else:
+                index = rng.choice(online)
+                kind = rng.choice(("leave", "drop", "reconnect"))
+                work = join(index, kind) if kind == "reconnect" else leave(index, kind)
+            rest_until[index] = now + cooldown
+            busy.add(index)
+            task = asyncio.create_task(work)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            task.add_done_callback(functools.partial(_discard, busy, index))
+            self.progress += 1
+        if tasks:
+            await asyncio.wait(tasks, timeout=30.0)
+        return {
+            "actions": dict(actions),
+            "failures": dict(failures),
+            "connect": stats.result(),
+            "schedule_lag": lag.to_dict(),
+            "watchers": len(self.watching),
+        }
+
+    async def op_messages(
+        self,
+        pairs: list[tuple[int, int]],
+        duration: float,
+        start_at: float,
+        rate: float = 40.0,
+        window: int = 8,
+        body_bytes: int = 64,
+        drain: float = 10.0,
+    ) -> dict[str, Any]:
+        """Both clients of each pair send each other direct messages for ``duration``
+        seconds, ``rate`` a second per direction, ``window`` unanswered at most.
+        Measures the round trip (send to ``send_result``) and the delivery (send to the
+        peer's ``message``), and checks every message arrives exactly once."""
+        body = os.urandom(body_bytes // 2 + 1).hex()[:body_bytes]
+        sent_at: dict[str, float] = {}
+        rtt, delivery = Histogram(), Histogram()
+        status: Counter[str] = Counter()
+        problems: Counter[str] = Counter()
+        received = 0
+        ids = iter(range(10**12))
+
+        async def one(client: LoadClient, to: str, msg_id: str) -> None:
+            started = time.perf_counter()
+            sent_at[msg_id] = time.time()
+            try:
+                result = await client.send(to, body, msg_id, timeout=10.0)
+            except (TimeoutError, ConnectionClosedError) as exc:
+                problems[f"send {type(exc).__name__}"] += 1
+                return
+            rtt.add(time.perf_counter() - started)
+            status[str(result.get("status"))] += 1
+
+        async def sender(a: int, b: int) -> None:
+            # Paced at ``rate`` a second (under the server's per-connection limit),
+            # at most ``window`` unanswered.
+            client, to = self.clients[a], self.pub(b)
+            gate = asyncio.Semaphore(window)
+            tasks: set[asyncio.Task[None]] = set()
+            for n in range(int(duration * rate)):
+                await _sleep_until(start_at + n / rate)
+                await gate.acquire()
+                task = asyncio.create_task(one(client, to, f"{self.index}.{a}.{next(ids)}"))
+                task.add_done_callback(lambda _t: gate.release())
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                self.progress += 1
+            if tasks:
+                await asyncio.wait(tasks)
+
+        async def receiver(index: int, expected_from: str) -> None:
+            nonlocal received
+            client = self.clients[index]
+            while True:  # until cancelled once every send is answered and drained
+                try:
+                    msg = await client.next_message(timeout=duration + 30.0)
+                except (TimeoutError, ConnectionClosedError):
+                    return
+                at = sent_at.pop(msg.id, None)
+                if at is None:
+                    problems["duplicate or unknown id"] += 1
+                elif msg.sender != expected_from or msg.body != body:
+                    problems["wrong sender or body"] += 1
+                else:
+                    delivery.add(time.time() - at)
+                received += 1
+
+        await _sleep_until(start_at)
+        senders = [sender(a, b) for a, b in pairs] + [sender(b, a) for a, b in pairs]
+        receivers = [receiver(b, self.pub(a)) for a, b in pairs]
+        receivers += [receiver(a, self.pub(b)) for a, b in pairs]
+        recv_tasks = [asyncio.create_task(r) for r in receivers]
+        await asyncio.gather(*senders)
+        sent = sum(status.values()) + sum(problems.values())
+        # Everything answered ``delivered`` must arrive; stragglers get ``drain`` seconds.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain):
+                while sent_at:
+                    await asyncio.sleep(0.05)
+        for task in recv_tasks:
+            task.cancel()
+        await asyncio.gather(*recv_tasks, return_exceptions=True)
+        return {
+            "sent": sent,
+            "received": received,
+            "status": dict(status),
+            "problems": dict(problems),
+            "lost": len(sent_at),
+            "rtt": rtt.to_dict(),
+            "delivery": delivery.to_dict(),
+            "elapsed": time.time() - start_at,
+        }
+
+    # ------------------------------------------------------------------ ops: bare websockets
+
+    async def op_raw_connect(self, url: str, count: int) -> dict[str, Any]:
+        """Open ``count`` plain WebSocket connections that only count frames."""
+        gate = asyncio.Semaphore(self.concurrency)
+        failed = 0
+
+        async def reader(ws: ClientConnection) -> None:
+            with contextlib.suppress(WebSocketException):
+                async for _ in ws:
+                    self.raw_frames += 1
+
+        async def one() -> None:
+            nonlocal failed
+            async with gate:
+                try:
+                    ws = await websockets.connect(url, ping_interval=None, compression=None)
+                except (OSError, TimeoutError, WebSocketException):
+                    failed += 1
+                    return
+            self.raw.append(ws)
+            task = asyncio.create_task(reader(ws))
+            self._raw_tasks.add(task)
+            task.add_done_callback(self._raw_tasks.discard)
+            self.progress += 1
+
+        await asyncio.gather(*(one() for _ in range(count)))
+        return {"ok": len(self.raw), "failed": failed}
+
+    async def op_raw_count(self) -> int:
+        return self.raw_frames
+
+    async def op_raw_close(self) -> dict[str, Any]:
+        await asyncio.gather(*(ws.close() for ws in self.raw), return_exceptions=True)
+        self.raw.clear()
+        return {}
+
+    # ------------------------------------------------------------------ serving the parent
+
+    async def serve(self, conn: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await loop.run_in_executor(None, conn.recv)
+            if message is None:
+                break
+            op, kwargs = message
+            handler: Callable[..., Awaitable[Any]] = getattr(self, f"op_{op}")
+            self.progress = 0
+            reporter = asyncio.create_task(self._report_progress(conn))
+            try:
+                result = await handler(**kwargs)
+            except Exception:
+                conn.send(("error", f"agent {self.index} op {op}: {traceback.format_exc()}"))
+            else:
+                conn.send(("done", result))
+            finally:
+                reporter.cancel()
+        await self.op_close_all()
+        await self.op_raw_close()
+
+    async def _report_progress(self, conn: Connection) -> None:
+        sent = -1
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            if self.progress != sent:
+                sent = self.progress
+                conn.send(("progress", sent))
+
+
+def agent_main(conn: Connection, index: int, url: str, salt: bytes, sources: list[str]) -> None:
+    """Entry point of a generator process (uvloop when installed)."""
+    raise_fd_limit()
+    use_source_addresses(sources)
+    agent = Agent(index, url, salt)
+    with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+            asyncio.run(agent.serve(conn))
+        else:
+            uvloop.run(agent.serve(conn))

@@ -1,0 +1,260 @@
+"""The server under test: start one (cluster, baseline or bare broadcast) or name the
+processes of a running one, and read their CPU time and memory from /proc (Linux).
+
+Every server this module starts runs in its own session and is stopped by
+:meth:`Server.stop` (SIGTERM, then SIGKILL of the whole group), which the CLI calls in
+a ``finally`` so that a failure or Ctrl-C leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (scans /proc, so it sees grandchildren too)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            parents.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds of ``pids`` (vanished processes count 0)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    """Resident memory of ``pids`` in bytes, from /proc/PID/statm."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    return total
+
+
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    return inodes
+
+
+def _addr(hex_addr: str) -> tuple[str, int]:
+    host, port = hex_addr.split(":")
+    if len(host) == 8:  # IPv4, little-endian
+        ip = socket.inet_ntop(socket.AF_INET, bytes.fromhex(host)[::-1])
+    else:
+        raw = bytes.fromhex(host)
+        ip = socket.inet_ntop(
+            socket.AF_INET6, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+        )
+    return ip, int(port, 16)
+
+
+def peers_by_process(pids: Sequence[int]) -> dict[tuple[str, int], int]:
+    """Map each TCP peer (address, port) connected to one of ``pids`` to that pid: on
+    a cluster this tells which worker holds a client's connection."""
+    owner = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
+    peers: dict[tuple[str, int], int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                pid = owner.get(cols[9])
+                if pid is not None:
+                    peers[_addr(cols[2])] = pid
+    return peers
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Server:
+    """A running server: its URL and the processes whose CPU and memory count."""
+
+    url: str
+    name: str
+    launcher: subprocess.Popen[str] | None = None
+    external_pids: tuple[int, ...] = ()
+    lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    def pids(self) -> list[int]:
+        """The serving processes: a launcher's descendants (not the launcher, which
+        only relays logs), or the named pids and their descendants."""
+        if self.launcher is not None:
+            kids = children(self.launcher.pid)
+            return kids or [self.launcher.pid]
+        return [p for pid in self.external_pids for p in (pid, *children(pid))]
+
+    def worker_pids(self) -> list[int]:
+        """The processes that hold client connections (cluster workers, else all)."""
+        pids = self.pids()
+        workers = [p for p in pids if b"workers" in _cmdline(p)]
+        return workers or pids
+
+    def output(self) -> str:
+        return "\n".join(self.lines[-200:])
+
+    def wait_ready(self, marker: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        assert self.launcher is not None
+        while not any(marker in line for line in self.lines):
+            if self.launcher.poll() is not None:
+                raise RuntimeError(f"{self.name} exited before it was ready:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.output()}")
+            time.sleep(0.05)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM the launcher (it stops its children in order), then SIGKILL the
+        whole process group if anything is left. Idempotent."""
+        proc = self.launcher
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5.0)
+        if self._reader is not None:
+            self._reader.join(2.0)
+        self.launcher = None
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(name: str, command: list[str], url: str, marker: str) -> Server:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    server = Server(url=url, name=name, launcher=proc)
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            server.lines.append(line.rstrip("\n"))
+            del server.lines[:-2000]
+
+    server._reader = threading.Thread(target=read, daemon=True)
+    server._reader.start()
+    try:
+        server.wait_ready(marker)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_cluster(
+    workers: int, port: int, batch_window: float | None = None, extra: Sequence[str] = ()
+) -> Server:
+    """``scripts/cluster.py`` with ``workers`` workers; ``batch_window`` (seconds, 0 =
+    off) is passed to the coordinator when given."""
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "cluster.py"),
+        "--workers",
+        str(workers),
+        "--port",
+        str(port),
+    ]
+    if batch_window is not None:
+        command += ["--coordinator-arg", "--batch-window", "--coordinator-arg", str(batch_window)]
+    command += list(extra)
+    return _start(
+        f"cluster ({workers} workers)", command, f"ws://127.0.0.1:{port}/ws", "connect to ws://"
+    )
+
+
+def start_baseline(port: int, fault: str = "none") -> Server:
+    """The single-process direct implementation, ``scripts/baseline_server.py``
+    (``fault``: one of its deliberate bugs, for tests of the checks)."""
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "baseline_server.py"),
+        "--port",
+        str(port),
+        "--fault",
+        fault,
+    ]
+    return _start("baseline", command, f"ws://127.0.0.1:{port}/ws", "baseline ready")
+
+
+def start_bare(port: int) -> Server:
+    """The bare ``websockets.broadcast()`` server, ``scripts/bare_broadcast.py``."""
+    command = [sys.executable, str(ROOT / "scripts" / "bare_broadcast.py"), "--port", str(port)]
+    return _start("bare broadcast", command, f"ws://127.0.0.1:{port}/ws", "bare ready")
+
+
+def external(url: str, pids: Sequence[int]) -> Server:
+    """A server someone else runs; CPU and memory are read only for ``pids``."""
+    return Server(url=url, name="external", external_pids=tuple(pids))
