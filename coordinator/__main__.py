@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
         "change at once (PRESENCE_BATCH_WINDOW, default %(default)s)",
     )
     timing.add_argument(
+        "--max-batch-window",
+        type=float,
+        default=float(_env("PRESENCE_MAX_BATCH_WINDOW", "0.05")),
+        help="seconds the batching window may widen to while changes keep coming, so "
+        "clients get at most 1/this updates a second under load; equal to "
+        "--batch-window for a fixed window (PRESENCE_MAX_BATCH_WINDOW, default %(default)s)",
+    )
+    timing.add_argument(
         "--heartbeat-interval",
         type=float,
         default=float(_env("PRESENCE_HEARTBEAT_INTERVAL", "1.0")),
@@ -106,6 +114,7 @@ def settings_from_args(args: argparse.Namespace) -> CoordinatorSettings:
         events_endpoint=ends.events,
         updates_endpoint=ends.updates,
         batch_window=args.batch_window,
+        max_batch_window=args.max_batch_window,
         heartbeat_interval=args.heartbeat_interval,
         worker_timeout=args.worker_timeout,
         hwm=args.hwm,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from coordinator.batching import BatchWindow
 from coordinator.lobby import Flush, Lobby, Session
 from shared import backbone as bb
 from shared import curve, endpoints
@@ -37,8 +38,11 @@ class CoordinatorSettings:
     updates_endpoint: str
     # Timeouts
     batch_window: float = 0.005
-    """Seconds to gather changes into one net-effect update (default 5 ms: a burst of
-    joins becomes a few updates, at a latency no person notices). 0 disables batching."""
+    """Seconds to gather changes into one net-effect update while the lobby is quiet
+    (default 5 ms, a latency no person notices). 0 disables batching."""
+    max_batch_window: float = 0.05
+    """The widest the window grows while changes keep coming (default 50 ms: at most
+    20 updates a second to every client under any load; see coordinator.batching)."""
     heartbeat_interval: float = 1.0
     """Seconds between Beats on PUB (workers use them to notice a lost update or a
     silent coordinator)."""
@@ -69,6 +73,8 @@ class Coordinator:
         self.lobby = Lobby(self.epoch)
         self._last_seen: dict[str, float] = {}
         self._flush_at: float | None = None
+        ceiling = max(settings.batch_window, settings.max_batch_window)
+        self._window = BatchWindow(settings.batch_window, ceiling if settings.batch_window else 0)
         self._stopping = False
         try:
             self.router = self._bind(context, zmq.ROUTER, settings.events_endpoint)
@@ -193,10 +199,10 @@ class Coordinator:
     def _schedule_flush(self) -> None:
         if not self.lobby.pending:
             return
-        if self.settings.batch_window <= 0:
+        if self._window.current <= 0:
             self.publish()
         elif self._flush_at is None:
-            self._flush_at = time.monotonic() + self.settings.batch_window
+            self._flush_at = time.monotonic() + self._window.current
 
     def publish(self) -> Flush:
         """Publish everything pending: delta first, then acks and kicks."""
@@ -205,6 +211,7 @@ class Coordinator:
         if result.delta is not None:
             d = result.delta
             self._send_pub(bb.Update(self.epoch, d.seq, d.joined, d.left))
+            self._window.flushed(time.monotonic())
         for session, seq in result.acks:
             self._send_to(session.worker, bb.AuthAck(session.conn, self.epoch, seq))
         for session in result.kicks:
