@@ -35,6 +35,7 @@ import dataclasses
 import secrets
 import time
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -244,41 +245,66 @@ def decode(frame: bytes) -> Message:
     cls = _BY_TAG.get(tag) if isinstance(tag, str) else None
     if cls is None:
         raise BackboneDecodeError(f"unknown tag {tag!r}")
-    hints = _field_types(cls)
-    if len(values) != len(hints):
-        raise BackboneDecodeError(f"{tag}: {len(values)} fields, expected {len(hints)}")
-    converted = [_check(v, t, tag) for v, t in zip(values, hints, strict=True)]
-    msg: Message = cls(*converted)
+    checks = _checkers(cls)
+    if len(values) != len(checks):
+        raise BackboneDecodeError(f"{tag}: {len(values)} fields, expected {len(checks)}")
+    try:
+        msg: Message = cls(*[check(v) for check, v in zip(checks, values, strict=True)])
+    except _FieldTypeError as exc:
+        raise BackboneDecodeError(f"{tag}: expected {exc}") from None
     return msg
 
 
-_TYPE_CACHE: dict[type[Any], list[Any]] = {}
+class _FieldTypeError(Exception):
+    """A field's value is not of its declared type (the message names the type)."""
 
 
-def _field_types(cls: type[Any]) -> list[Any]:
-    types = _TYPE_CACHE.get(cls)
-    if types is None:
+Checker = Callable[[Any], Any]
+_CHECKERS: dict[type[Any], list[Checker]] = {}
+
+
+def _checkers(cls: type[Any]) -> list[Checker]:
+    """One checker per field of ``cls``, built once from its annotations: decoding is
+    on every hot path, so types are not re-inspected per message."""
+    checks = _CHECKERS.get(cls)
+    if checks is None:
         hints = typing.get_type_hints(cls)
-        types = _TYPE_CACHE[cls] = [hints[f.name] for f in dataclasses.fields(cls)]
-    return types
+        checks = _CHECKERS[cls] = [_checker(hints[f.name]) for f in dataclasses.fields(cls)]
+    return checks
 
 
-def _check(value: Any, expected: Any, tag: str) -> Any:
-    """Check ``value`` against a field type (int, str, list[X], tuple[X, ...]) and
-    return it in that shape (msgpack gives lists where the schema says tuple)."""
+def _checker(expected: Any) -> Checker:
+    """A function that returns a value of type ``expected`` (int, str, list[X],
+    tuple[X, ...]) in that shape (msgpack gives lists where the schema says tuple), or
+    raises :class:`_FieldTypeError`."""
     origin = typing.get_origin(expected)
     if origin is list:
-        if not isinstance(value, list):
-            raise BackboneDecodeError(f"{tag}: expected a list")
         (item,) = typing.get_args(expected)
-        return [_check(v, item, tag) for v in value]
+        if item is str:  # the common case (lists of keys): one pass, no copy
+
+            def str_list(value: Any) -> Any:
+                if type(value) is not list or not all(type(v) is str for v in value):
+                    raise _FieldTypeError("a list of str")
+                return value
+
+            return str_list
+        each = _checker(item)
+        return lambda value: [each(v) for v in _expect(value, list, "a list")]
     if origin is tuple:
-        items = typing.get_args(expected)
-        if not isinstance(value, list) or len(value) != len(items):
-            raise BackboneDecodeError(f"{tag}: expected a {len(items)}-tuple")
-        return tuple(_check(v, t, tag) for v, t in zip(value, items, strict=True))
-    if expected is int and (type(value) is not int):
-        raise BackboneDecodeError(f"{tag}: expected an int")
-    if expected is str and not isinstance(value, str):
-        raise BackboneDecodeError(f"{tag}: expected a str")
+        parts = [_checker(t) for t in typing.get_args(expected)]
+
+        def as_tuple(value: Any) -> Any:
+            if type(value) is not list or len(value) != len(parts):
+                raise _FieldTypeError(f"a {len(parts)}-tuple")
+            return tuple(check(v) for check, v in zip(parts, value, strict=True))
+
+        return as_tuple
+    name = expected.__name__
+    article = "an" if name[0] in "aeiou" else "a"
+    return lambda value: _expect(value, expected, f"{article} {name}")
+
+
+def _expect(value: Any, kind: type[Any], what: str) -> Any:
+    if type(value) is not kind:  # exact: a bool is not an int here
+        raise _FieldTypeError(what)
     return value
