@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -211,6 +212,18 @@ def _users(keys: list[str]) -> list[dict[str, str]]:
 
 def lobby_snapshot(seq: int, users: list[str]) -> str:
     return _dumps({"type": "lobby_snapshot", "seq": seq, "users": _users(users)})
+
+
+def user_item(key: str) -> str:
+    """One element of a ``users``/``joined``/``left`` array, exactly as the encoders above
+    write it, so that elements encoded once can be joined into frames later."""
+    return _dumps({"publicKey": key})
+
+
+def lobby_snapshot_of(seq: int, items: Iterable[str]) -> str:
+    """:func:`lobby_snapshot` built from :func:`user_item` texts already in key order:
+    byte-identical, without re-encoding every user for every new lobby state."""
+    return f'{{"type":"lobby_snapshot","seq":{seq:d},"users":[{",".join(items)}]}}'
 
 
 def lobby_update(seq: int, joined: list[str], left: list[str]) -> str:

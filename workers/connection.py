@@ -479,7 +479,9 @@ class Connection:
     # ------------------------------------------------------------------ lobby flow
 
     def on_update(self, buffered: int, replica: ReplicaView) -> Fanout:
-        """Lobby update ``replica.seq`` was just applied: what does this client get?"""
+        """Lobby update ``replica.seq`` was just applied: what does this client get?
+        A ``CURRENT`` client at or below ``lag_bytes`` always gets ``UPDATE``; the shell
+        relies on that to ask only clients whose transport passed its write limit."""
         if self.state is not S.AUTHENTICATED:
             return Fanout.SKIP
         if self.flow is Flow.CURRENT:

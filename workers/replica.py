@@ -29,8 +29,10 @@ carry out.
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections import deque
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -94,6 +96,40 @@ class Resynced:
 Effect = Announce | RequestSnapshot | Forward | Resynced
 
 
+class EncodedUsers:
+    """The online keys in sorted order, each with its encoded ``users`` element.
+
+    A joiner needs a snapshot of a state that is new almost every update; re-encoding the
+    whole lobby for it costs O(lobby) Python work per state. Here a change costs a binary
+    search and a list insert/delete (a C ``memmove``), and a frame one C ``join``, so
+    :meth:`frame` is always ``protocol.lobby_snapshot(seq, sorted(keys))``.
+    """
+
+    __slots__ = ("_items", "_keys")
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        self._keys = sorted(set(keys))
+        self._items = [protocol.user_item(k) for k in self._keys]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: str) -> None:
+        at = bisect.bisect_left(self._keys, key)
+        if at == len(self._keys) or self._keys[at] != key:
+            self._keys.insert(at, key)
+            self._items.insert(at, protocol.user_item(key))
+
+    def discard(self, key: str) -> None:
+        at = bisect.bisect_left(self._keys, key)
+        if at < len(self._keys) and self._keys[at] == key:
+            del self._keys[at]
+            del self._items[at]
+
+    def frame(self, seq: int) -> str:
+        return protocol.lobby_snapshot_of(seq, self._items)
+
+
 class Replica:
     """Epoch, seq and online keys as of the last applied coordinator state."""
 
@@ -101,6 +137,7 @@ class Replica:
         self._epoch: str | None = None
         self._seq = 0
         self._users: set[str] = set()
+        self._encoded = EncodedUsers()  # mirrors _users
         self._sync = SyncState.AWAITING_WELCOME
         self._expected: str | None = None  # epoch the next snapshot must carry
         self._buffer: deque[bb.Update] = deque()
@@ -129,7 +166,7 @@ class Replica:
         """The ``lobby_snapshot`` frame of the current state, encoded once per state."""
         key = (self._epoch, self._seq)
         if key != self._cache_key:
-            self._cache_frame = protocol.lobby_snapshot(self._seq, sorted(self._users))
+            self._cache_frame = self._encoded.frame(self._seq)
             self._cache_key = key
         return self._cache_frame
 
@@ -224,6 +261,7 @@ class Replica:
     def _apply_snapshot(self, msg: bb.Snapshot) -> list[Effect]:
         previous = self._epoch
         self._epoch, self._seq, self._users = msg.epoch, msg.seq, set(msg.users)
+        self._encoded = EncodedUsers(self._users)
         pending, self._buffer = self._buffer, deque()
         for update in pending:
             if update.epoch != msg.epoch or update.seq <= self._seq:
@@ -239,4 +277,8 @@ class Replica:
     def _apply(self, msg: bb.Update) -> None:
         self._users.difference_update(msg.left)
         self._users.update(msg.joined)
+        for key in msg.left:
+            self._encoded.discard(key)
+        for key in msg.joined:
+            self._encoded.add(key)
         self._seq = msg.seq

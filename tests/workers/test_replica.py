@@ -9,10 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared import backbone as bb
+from shared import protocol
 from workers.replica import (
     MAX_BUFFERED_UPDATES,
     Announce,
     Effect,
+    EncodedUsers,
     Forward,
     Replica,
     RequestSnapshot,
@@ -164,6 +166,53 @@ def test_snapshot_frame_is_encoded_once_per_state() -> None:
     assert json.loads(r.snapshot_frame())["seq"] == 6
 
 
+# Any text, not just hex: quotes, backslashes, control and non-ASCII characters must be
+# escaped exactly as the whole-lobby encoder escapes them.
+odd_keys = st.text(alphabet=st.characters(codec="utf-8"), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.lists(odd_keys, max_size=8),
+    ops=st.lists(st.tuples(st.booleans(), odd_keys), max_size=40),
+    seq=st.integers(min_value=0, max_value=2**63),
+)
+def test_encoded_users_match_the_whole_lobby_encoder(
+    start: list[str], ops: list[tuple[bool, str]], seq: int
+) -> None:
+    encoded, truth = EncodedUsers(start), set(start)
+    assert encoded.frame(seq) == protocol.lobby_snapshot(seq, sorted(truth))
+    for add, key in ops:
+        if add:
+            encoded.add(key)
+            truth.add(key)
+        else:
+            encoded.discard(key)
+            truth.discard(key)
+        assert len(encoded) == len(truth)
+        assert encoded.frame(seq) == protocol.lobby_snapshot(seq, sorted(truth))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    users=st.sets(st.sampled_from([A, B, C, "d" * 64, "e" * 64]), max_size=5),
+    changes=st.lists(
+        st.tuples(
+            st.sets(st.sampled_from([A, B, C, "d" * 64]), max_size=3),
+            st.sets(st.sampled_from([A, B, C, "e" * 64]), max_size=3),
+        ),
+        max_size=12,
+    ),
+)
+def test_snapshot_frame_after_updates_is_the_whole_lobby_encoding(
+    users: set[str], changes: list[tuple[set[str], set[str]]]
+) -> None:
+    r = live(seq=0, users=tuple(users))
+    for seq, (joined, left) in enumerate(changes, start=1):
+        r.on_update(upd(seq, tuple(sorted(joined)), tuple(sorted(left))))
+        assert r.snapshot_frame() == protocol.lobby_snapshot(seq, sorted(r.users))
+
+
 def test_update_buffer_is_bounded_and_overflow_heals_by_resync() -> None:
     r = live(seq=0, users=())
     r.on_update(upd(2))  # gap: syncing
@@ -276,6 +325,9 @@ def check(coord: Coordinator, replica: Replica, client: Client) -> None:
         assert coord.history[(replica.epoch, replica.seq)] == set(replica.users)
         # ...and the client, which never saw a gap, sees that very state.
         assert (client.seq, client.users) == (replica.seq, set(replica.users))
+        # The incrementally kept snapshot is the one encoded from scratch, byte for byte.
+        expected = protocol.lobby_snapshot(replica.seq, sorted(replica.users))
+        assert replica.snapshot_frame() == expected
 
 
 KINDS = ["publish"] * 4 + ["pub"] * 4 + ["beat", "serve", "down", "round_trip", "restart", "retry"]
