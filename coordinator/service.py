@@ -166,12 +166,18 @@ class Coordinator:
 
     def _drain(self, limit: int = 10_000) -> None:
         """Apply up to ``limit`` queued events (bounded so beats and flushes keep time)."""
+        router = self.router
         for _ in range(limit):
             try:
-                ident, frame = self.router.recv_multipart(zmq.NOBLOCK)
+                ident = router.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            except ValueError:  # not exactly [identity, frame]: not one of ours
+            # Two parts, [identity, frame], or it is not one of ours. (Plain recv calls:
+            # recv_multipart's wrapper was a fifth of the coordinator's time.)
+            frame = router.recv(zmq.NOBLOCK) if router.get(zmq.RCVMORE) else b""
+            if router.get(zmq.RCVMORE):
+                while router.get(zmq.RCVMORE):
+                    router.recv(zmq.NOBLOCK)
                 continue
             self.handle(ident.decode("utf-8", "replace"), frame)
 
@@ -289,7 +295,8 @@ class Coordinator:
 
     def _send_to(self, worker: str, msg: bb.Message) -> None:
         try:
-            self.router.send_multipart([worker.encode(), bb.encode(msg)], zmq.NOBLOCK)
+            self.router.send(worker.encode(), zmq.SNDMORE | zmq.NOBLOCK)
+            self.router.send(bb.encode(msg), zmq.NOBLOCK)
         except zmq.Again:
             log.warning("reply queue to worker %s is full; dropped %s", worker, msg.TAG)
 

@@ -225,10 +225,16 @@ def new_epoch() -> str:
 
 
 def encode(msg: Message) -> bytes:
-    fields = [getattr(msg, f.name) for f in dataclasses.fields(msg)]
-    packed = msgpack.packb([SCHEMA_VERSION, msg.TAG, *fields], use_bin_type=True)
+    names = _FIELD_NAMES.get(type(msg))
+    if names is None:  # once per type: dataclasses.fields() is slow for a hot path
+        names = _FIELD_NAMES[type(msg)] = [f.name for f in dataclasses.fields(msg)]
+    packed = _packb([SCHEMA_VERSION, msg.TAG, *[getattr(msg, n) for n in names]])
     assert isinstance(packed, bytes)
     return packed
+
+
+_FIELD_NAMES: dict[type[Any], list[str]] = {}
+_packb = msgpack.Packer(use_bin_type=True).pack
 
 
 def decode(frame: bytes) -> Message:
