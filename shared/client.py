@@ -361,6 +361,7 @@ class LobbyClient:
         )
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._changed = asyncio.Condition()
+        self._waiting = 0  # coroutines in _wait_until: the reader notifies only then
         self._closed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()  # keeps resync sends alive
@@ -530,11 +531,12 @@ class LobbyClient:
                 except ConnectionClosed:
                     break
                 try:
-                    self._handle(_decode(frame))
+                    self._handle_frame(frame)
                 except LobbyClientError as exc:
                     self._record(exc)
-                async with self._changed:
-                    self._changed.notify_all()
+                if self._waiting:  # nobody waits: skip the lock (a waiter checks first)
+                    async with self._changed:
+                        self._changed.notify_all()
         finally:
             await self._on_closed()
 
@@ -553,6 +555,11 @@ class LobbyClient:
             self._messages.put_nowait(None)
         async with self._changed:
             self._changed.notify_all()
+
+    def _handle_frame(self, frame: str | bytes) -> None:
+        """Decode and handle one frame received after authentication (subclasses may
+        handle some frames faster, with the same checks)."""
+        self._handle(_decode(frame))
 
     def _record(self, error: LobbyClientError) -> None:
         self.error_count += 1
@@ -692,6 +699,7 @@ class LobbyClient:
         return item
 
     async def _wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        self._waiting += 1
         try:
             async with asyncio.timeout(timeout), self._changed:
                 while not condition():
@@ -700,6 +708,8 @@ class LobbyClient:
                     await self._changed.wait()
         except TimeoutError:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}") from None
+        finally:
+            self._waiting -= 1
 
     async def wait_for_view(self, target: ViewTarget, timeout: float = 10.0) -> None:
         """Wait until the view satisfies ``target``: a predicate on the

@@ -7,9 +7,13 @@ The parent (:mod:`scripts.loadtest.pool`) sends ``(op, kwargs)``; the agent answ
 timeouts and loops a count, so an agent never runs on by itself.
 
 Latencies are measured inside one process: when a client of this agent causes a
-change (its ``auth`` went out, or it closed or dropped), the agent notes the time per
-public key, and when a watching client of the same agent sees that key in a
-``lobby_update`` the difference goes into a :class:`~scripts.loadtest.stats.Histogram`.
+change (its ``auth`` went out, or it closed or dropped), the agent notes a
+:class:`Cause` per public key, and when a watching client of the same agent sees that
+key in a ``lobby_update`` the difference goes into a
+:class:`~scripts.loadtest.stats.Histogram`. During churn a cause also counts the
+watchers still to see it, and the key is not changed again before they all have (or
+the cause is :data:`STALE` seconds old), so a watcher that lags behind by more than a
+key's rest still matches each sighting to the change that caused it.
 Keys are derived from the client index and a per-run salt, so every process can name
 any client's public key without shipping keys around.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import hashlib
 import os
 import random
@@ -36,13 +41,12 @@ from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import WebSocketException
 
-from scripts.loadtest.client import LoadClient, use_source_addresses
+from scripts.loadtest.client import LoadClient, Update, use_source_addresses
 from scripts.loadtest.stats import Histogram
 from shared.client import (
     AuthFailed,
     ConnectionClosedError,
     ConnectionRefusedByServer,
-    LobbyChange,
     LobbyClientError,
 )
 
@@ -54,6 +58,14 @@ BACKOFF_BASE, BACKOFF_CAP = 0.05, 2.0
 refused clients spreads out instead of coming back in lock step."""
 PROGRESS_EVERY = 0.25
 """Seconds between progress reports to the parent."""
+GC_THRESHOLDS = (10_000, 20, 20)
+"""Cyclic garbage collection: a generator process allocates a few objects per frame
+and holds large, long-lived ones (clients, their views); the defaults (700, 10, 10)
+spend a fifth of its CPU walking them. Before a measured phase the process also
+freezes what it holds (:func:`gc.freeze`), and thaws it when the clients close."""
+STALE = 15.0
+"""Seconds after which a churn key may change again although some watchers of its
+agent have not seen its last change yet (they are then counted as not having seen it)."""
 
 
 def raise_fd_limit() -> int:
@@ -81,6 +93,17 @@ async def _sleep_until(wall: float) -> None:
     delay = wall - time.time()
     if delay > 0:
         await asyncio.sleep(delay)
+
+
+@dataclass(slots=True)
+class Cause:
+    """The last change a client of this agent caused to its key: it shows in
+    ``joined`` (a join or reconnect) or in ``left``, at ``at`` (wall clock).
+    ``waiting``: this agent's watchers yet to see it (None: not counted, kept)."""
+
+    joined: bool
+    at: float
+    waiting: int | None
 
 
 @dataclass(slots=True)
@@ -137,8 +160,10 @@ class Agent:
         self.clients: dict[int, LoadClient] = {}
         self.watching: set[int] = set()
         self.retired = Totals()
-        self.join_ref: dict[str, float] = {}
-        self.leave_ref: dict[str, float] = {}
+        self.causes: dict[str, Cause] = {}
+        self._causes_version = 0  # changes whenever ``causes`` does
+        self.counting = False
+        """While True (churn), causes count the watchers still to see them."""
         self.latency = Histogram()
         self.observed = 0
         self.changes_seen = 0
@@ -172,41 +197,68 @@ class Agent:
 
     # ------------------------------------------------------------------ observing
 
+    def _cause(self, public_key: str, joined: bool, at: float) -> None:
+        # A reconnect shows as ``left`` and ``joined``: only the ``joined`` is its own.
+        waiting = len(self.watching) if self.counting else None
+        self.causes[public_key] = Cause(joined, at, waiting)
+        self._causes_version += 1
+
     def _on_auth_sent(self, public_key: str, at: float) -> None:
-        self.join_ref[public_key] = at
-        self.leave_ref.pop(public_key, None)  # a reconnect's ``left`` is not its cause
+        self._cause(public_key, True, at)
 
     def _mark_leave(self, index: int) -> None:
-        pub = self.pub(index)
-        self.leave_ref[pub] = time.time()
-        self.join_ref.pop(pub, None)
+        self._cause(self.pub(index), False, time.time())
 
-    def _listener(self, index: int) -> Callable[[LobbyChange], None]:
-        def on_change(change: LobbyChange) -> None:
-            now = time.time()
-            if change.kind == "update":
-                for refs, keys in ((self.join_ref, change.joined), (self.leave_ref, change.left)):
-                    for k in keys:
-                        at = refs.get(k)
-                        if at is not None:
-                            self.latency.add(now - at)
-                            self.observed += 1
-                self.changes_seen += len(change.joined) + len(change.left)
-                self.updates_seen += 1
-            target = self.target_online
-            if target is not None and change.online >= target and index not in self.converged_at:
-                self.converged_at[index] = now
+    def _settled(self, index: int, now: float) -> bool:
+        """True unless watchers are still to see the last change of key ``index``."""
+        cause = self.causes.get(self.pub(index))
+        return cause is None or cause.waiting is None or now - cause.at > STALE
 
-        return on_change
+    def _matched(self, update: Update) -> tuple[list[tuple[str, Cause]], list[float]]:
+        """The causes ``update`` shows, and their times. Every watcher of this process
+        applies the same parsed update: worked out once per state of ``causes``."""
+        memo = update.memo
+        if memo is not None and memo[0] == self._causes_version:
+            return memo[1], memo[2]
+        causes = self.causes
+        matched = [(k, c) for k in update.joined if (c := causes.get(k)) is not None and c.joined]
+        matched += [
+            (k, c) for k in update.left if (c := causes.get(k)) is not None and not c.joined
+        ]
+        starts = [c.at for _, c in matched]
+        update.memo = (self._causes_version, matched, starts)
+        return matched, starts
+
+    def _on_lobby(self, client: LoadClient, update: Update | None) -> None:
+        """A watching client applied ``update`` (None: a snapshot)."""
+        now = time.time()
+        if update is not None:
+            if self.causes:
+                matched, starts = self._matched(update)
+                if matched:
+                    self.latency.add_since(now, starts)
+                    self.observed += len(matched)
+                    for k, cause in matched:
+                        if cause.waiting is not None:
+                            cause.waiting -= 1
+                            if cause.waiting == 0:
+                                del self.causes[k]
+                                self._causes_version += 1
+            self.changes_seen += update.size
+            self.updates_seen += 1
+        target = self.target_online
+        if target is not None and len(client.view) >= target:
+            self.converged_at.setdefault(client.index, now)
 
     def _adopt(self, index: int, client: LoadClient, watch: bool) -> None:
         old = self.clients.get(index)
         if old is not None:
             self.retired.add(old)
         self.clients[index] = client
+        client.index = index
         if watch:
             self.watching.add(index)
-            client.lobby_listeners.append(self._listener(index))
+            client.lobby_hook = self._on_lobby
             target = self.target_online
             if target is not None and len(client.view) >= target:
                 self.converged_at.setdefault(index, time.time())
@@ -296,12 +348,18 @@ class Agent:
         return (await self._connect_many(indices, watch)).result()
 
     async def op_reset(self, target_online: int | None = None) -> dict[str, Any]:
-        """Forget latencies and convergence so far (the start of a measured phase)."""
+        """Forget latencies and convergence so far (the start of a measured phase), and
+        take the clients held now out of garbage collection until they close."""
+        gc.collect()
+        gc.freeze()
+        self._forget(target_online)
+        return {}
+
+    def _forget(self, target_online: int | None) -> None:
         self.latency = Histogram()
         self.observed = self.changes_seen = self.updates_seen = 0
         self.converged_at.clear()
         self.target_online = target_online
-        return {}
 
     async def op_counters(self) -> dict[str, Any]:
         """Totals over every client this agent ever had, plus this phase's latencies."""
@@ -367,6 +425,7 @@ class Agent:
 
     async def op_close_all(self, drop: bool = False) -> dict[str, Any]:
         """Close (or drop) every client and wait for the readers to finish."""
+        gc.unfreeze()  # what closes now must be collectable
         indices = list(self.clients)
         clients = [c for i in indices if (c := self._retire(i)) is not None]
 
@@ -389,13 +448,14 @@ class Agent:
         """At ``start_at`` drop every client at once, then reconnect them all (same
         keys), retrying 1013 with jitter; convergence counts from the drop."""
         await _sleep_until(start_at)
+        gc.unfreeze()  # what drops now must be collectable
         indices = list(self.clients)
         for i in indices:
             client = self._retire(i)
             if client is not None:
                 client.drop()
         self.concurrency = concurrency
-        await self.op_reset(target_online)
+        self._forget(target_online)
         stats = await self._connect_many(indices, watch=True)
         return stats.result()
 
@@ -411,8 +471,11 @@ class Agent:
         """Change the lobby ``rate`` times a second for ``duration`` seconds using the
         keys of ``pool``: join, leave (close frame), drop (no close frame) and reconnect
         (same key on a new connection). A key rests ``cooldown`` seconds after each
-        change, so the watchers see every change as its own (batching cannot cancel it)
-        and each latency is matched to the change that caused it."""
+        change, so the watchers see every change as its own (batching cannot cancel it),
+        and until every watcher of this agent has seen it, so each latency is matched
+        to the change that caused it. A change that finds no key free is not made (and
+        counted under ``failures``); ``issued_last`` tells when the last one started,
+        so the parent can report the rate actually made."""
         rng = random.Random(seed)
         rest_until: dict[int, float] = {}
         busy: set[int] = set()  # keys with a change still in flight: never two at once
@@ -449,24 +512,34 @@ class Agent:
                     await asyncio.wait_for(client.close(), 10.0)
             actions[kind] += 1
 
+        def free(i: int, now: float) -> bool:
+            return i not in busy and rest_until.get(i, 0.0) <= now and self._settled(i, now)
+
         total = int(rate * duration)
+        issued_last = start_at
+        self.counting = True
         for n in range(total):
             due = start_at + n / rate
             await _sleep_until(due)
             now = time.time()
             lag.add(now - due)
-            free = [i for i in pool if i not in busy and rest_until.get(i, 0.0) <= now]
-            online = [i for i in free if i in self.clients]
-            offline = [i for i in free if i not in self.clients]
-            if not free:
-                failures["no_free_key"] += 1
-                continue
-            # Join with the offline share of the free keys: about half the pool stays on.
-            if offline and (not online or rng.random() < len(offline) / len(free)):
-                index = rng.choice(offline)
+            # A free key, uniformly: a few random draws usually find one, else a scan.
+            index = -1
+            for _ in range(32):
+                index = rng.choice(pool)
+                if free(index, now):
+                    break
+                index = -1
+            if index < 0:
+                free_keys = [i for i in pool if free(i, now)]
+                if not free_keys:
+                    failures["no_free_key"] += 1
+                    continue
+                index = rng.choice(free_keys)
+            # An offline key joins, an online one changes: about half the pool stays on.
+            if index not in self.clients:
                 work = join(index, "join")
             else:
-                index = rng.choice(online)
                 kind = rng.choice(("leave", "drop", "reconnect"))
                 work = join(index, kind) if kind == "reconnect" else leave(index, kind)
             rest_until[index] = now + cooldown
@@ -475,10 +548,13 @@ class Agent:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             task.add_done_callback(functools.partial(_discard, busy, index))
+            issued_last = now
             self.progress += 1
         if tasks:
             await asyncio.wait(tasks, timeout=30.0)
+        self.counting = False
         return {
+            "issued_last": issued_last,
             "actions": dict(actions),
             "failures": dict(failures),
             "connect": stats.result(),
@@ -652,6 +728,7 @@ def agent_main(conn: Connection, index: int, url: str, salt: bytes, sources: lis
     """Entry point of a generator process (uvloop when installed)."""
     raise_fd_limit()
     use_source_addresses(sources)
+    gc.set_threshold(*GC_THRESHOLDS)
     agent = Agent(index, url, salt)
     with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):
         try:

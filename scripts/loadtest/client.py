@@ -1,7 +1,9 @@
-"""The project's :class:`~shared.client.LobbyClient`, instrumented for load testing.
+"""The project's :class:`~shared.client.LobbyClient`, instrumented and made cheap per
+frame for load testing.
 
 :class:`LoadClient` adds three things and changes nothing in how the protocol is
-spoken or checked (``errors`` still records every gap, duplicate or inconsistency):
+checked (``errors`` still records every gap, duplicate or inconsistency, and every
+frame still goes through its own client's sequence and view checks):
 
 * the moment its ``auth`` frame went out, reported through
   :attr:`LoadClient.auth_sent_hook`: the cause of a join, from which the generator
@@ -10,6 +12,17 @@ spoken or checked (``errors`` still records every gap, duplicate or inconsistenc
 * :meth:`LoadClient.drop`, which ends the TCP connection without a close frame, the
   way a phone losing its network does.
 
+What makes it cheap: one generator process holds hundreds of clients, and the server
+sends every one of them the very same text for lobby update ``seq`` N. Parsing and
+validating a frame is a pure function of its text, so a process does it once per
+distinct text (:func:`parse_update`, cached by text) and each client then runs only
+its own checks: the sequence number and the consistency of the delta with its view
+(:meth:`LoadView.apply_parsed`). Keys are validated once per spelling per process and
+stored once (interned). Anything the fast path does not accept as plainly valid
+(malformed JSON, a wrong field, a gap, an inconsistent delta) goes through the
+library's own code, which raises exactly the error it always did. orjson parses when it
+is installed (the ``bench`` extra), else :mod:`json`.
+
 :func:`use_source_addresses` makes every new connection bind to the next of several
 loopback addresses, so one machine can open more connections to one server port than
 one source address has ephemeral ports (about 28 000 on Linux).
@@ -17,22 +30,204 @@ one source address has ephemeral ports (about 28 000 on Linux).
 
 from __future__ import annotations
 
+import importlib
 import itertools
+import json
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
+
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
 import shared.client as lib
-from shared.client import LobbyClient, LobbyView
+from shared import protocol
+from shared.client import (
+    DuplicateUpdate,
+    ListenerFailed,
+    LobbyChange,
+    LobbyClient,
+    LobbyClientError,
+    LobbyView,
+    ViewError,
+)
 
 
-class SharedKeyView(LobbyView):
-    """A :class:`LobbyView` that stores each key string once per process (interned).
+def _json_loads() -> tuple[Callable[[str], Any], str]:
+    try:
+        module = importlib.import_module("orjson")
+    except ImportError:
+        return json.loads, "json"
+    loads: Callable[[str], Any] = module.loads
+    return loads, "orjson"
+
+
+loads, JSON_LIBRARY = _json_loads()
+"""The JSON parser of the fast path and its name. Whatever it refuses (orjson is
+stricter than :mod:`json`: no NaN, no integers beyond 64 bits) is handed to the
+library, which parses with :mod:`json` and decides."""
+
+
+def decode(frame: str | bytes) -> dict[str, Any]:
+    """A frame as the library's decoder returns it (an object with a string ``type``),
+    parsed by :data:`loads`. Anything else goes to the library's decoder, which raises
+    its :class:`~shared.client.ProtocolError` or accepts what only :mod:`json` takes;
+    so does an object with a float field, as orjson reads an integer beyond 64 bits
+    (say, a ``seq``) as a float where :mod:`json` reads an int."""
+    if isinstance(frame, str):
+        try:
+            obj = loads(frame)
+        except ValueError:
+            pass
+        else:
+            if (
+                isinstance(obj, dict)
+                and isinstance(obj.get("type"), str)
+                and not any(isinstance(v, float) for v in obj.values())
+            ):
+                return obj
+    return lib._decode(frame)
+
+
+# --------------------------------------------------------------------------- keys
+
+_KEYS: dict[str, str] = {}
+"""Every valid key spelling seen in this process -> its canonical (lowercase), interned
+form. A hit means the exact string was validated before."""
+_MAX_KEYS: Final = 2_000_000
+
+
+def canonical_key(raw: object) -> str | None:
+    """The canonical form of a valid 64-hex key, or None when ``raw`` is not one."""
+    if not isinstance(raw, str):
+        return None
+    key = _KEYS.get(raw)
+    if key is None and protocol.is_hex_key(raw):
+        if len(_KEYS) >= _MAX_KEYS:
+            _KEYS.clear()
+        key = _KEYS[raw] = sys.intern(protocol.normalise_key(raw))
+    return key
+
+
+def parse_keys(users: object) -> tuple[str, ...] | None:
+    """The keys of a ``[{"publicKey": ...}, ...]`` list, canonical; None when anything
+    about it is wrong (the library's parser then names the fault)."""
+    if not isinstance(users, list):
+        return None
+    try:  # the common case, every key seen before: only a dict's key can be found
+        return tuple([_KEYS[user["publicKey"]] for user in users])
+    except (KeyError, TypeError):
+        pass
+    known = _KEYS.get
+    keys = []
+    for user in users:
+        if not isinstance(user, dict):
+            return None
+        raw = user.get("publicKey")
+        key = known(raw) if isinstance(raw, str) else None
+        if key is None:
+            key = canonical_key(raw)
+            if key is None:
+                return None
+        keys.append(key)
+    return tuple(keys)
+
+
+# --------------------------------------------------------------------------- updates
+
+
+class Update:
+    """A well-formed ``lobby_update``, parsed once: what every client of the process
+    checks against its own view. ``clean``: neither list repeats a key and not both
+    are empty (the checks that depend on the frame alone)."""
+
+    __slots__ = ("clean", "joined", "joined_set", "left", "left_set", "memo", "new", "seq", "size")
+
+    def __init__(self, seq: int, joined: tuple[str, ...], left: tuple[str, ...]) -> None:
+        self.seq = seq
+        self.joined = joined
+        self.left = left
+        self.size = len(joined) + len(left)
+        self.memo: Any = None
+        """Scratch space for the lobby hook, shared by every client of the process."""
+        self.joined_set = frozenset(joined)
+        self.left_set = frozenset(left)
+        self.new = self.joined_set - self.left_set
+        self.clean = bool(joined or left) and (
+            len(self.joined_set) == len(joined) and len(self.left_set) == len(left)
+        )
+
+
+def parse_update(obj: dict[str, Any]) -> Update | None:
+    """``obj`` (a decoded ``lobby_update``) as an :class:`Update`, or None when a field
+    is missing or wrong."""
+    seq = obj.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return None
+    joined = parse_keys(obj.get("joined"))
+    if joined is None:
+        return None
+    left = parse_keys(obj.get("left"))
+    if left is None:
+        return None
+    return Update(seq, joined, left)
+
+
+class UpdateCache:
+    """Parsed updates by frame text, the oldest forgotten past ``max_chars`` of text."""
+
+    def __init__(self, max_chars: int = 32 * 2**20, max_frame: int = 2**20) -> None:
+        self.max_chars = max_chars
+        self.max_frame = max_frame
+        self.chars = 0
+        self.hits = 0
+        self.misses = 0
+        self._by_text: dict[str, Update] = {}
+        self._order: deque[str] = deque()
+
+    def get(self, text: str) -> Update | None:
+        update = self._by_text.get(text)
+        if update is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return update
+
+    def put(self, text: str, update: Update) -> None:
+        if len(text) > self.max_frame or text in self._by_text:
+            return
+        self._by_text[text] = update
+        self._order.append(text)
+        self.chars += len(text)
+        while self.chars > self.max_chars:
+            old = self._order.popleft()
+            del self._by_text[old]
+            self.chars -= len(old)
+
+    def clear(self) -> None:
+        self._by_text.clear()
+        self._order.clear()
+        self.chars = 0
+
+
+UPDATES: Final = UpdateCache()
+"""This process's cache: all its clients share it."""
+
+# --------------------------------------------------------------------------- the view
+
+
+class LoadView(LobbyView):
+    """A :class:`LobbyView` that stores each key string once per process (interned) and
+    applies a pre-parsed :class:`Update` cheaply.
 
     Every client parses its own copy of every key (about 110 bytes each); with
     thousands of clients each holding thousands of keys, sharing them is what keeps a
-    generator process in memory. The checks are the library's, unchanged."""
+    generator process in memory. The checks are the library's: the fast path takes
+    only an update the library would accept (the next ``seq``, a clean delta, every
+    ``left`` key online, no new ``joined`` key online), with the library's effect;
+    anything else goes to :meth:`LobbyView.apply_update`, which raises its error."""
 
     __slots__ = ()
 
@@ -42,9 +237,34 @@ class SharedKeyView(LobbyView):
     def apply_update(self, seq: int, joined: Iterable[str], left: Iterable[str]) -> None:
         super().apply_update(seq, map(sys.intern, joined), left)
 
+    def apply_parsed(self, update: Update) -> None:
+        online = self._online
+        current = self.seq
+        if (
+            current is not None
+            and update.seq == current + 1
+            and update.clean
+            and update.left_set <= online
+            and online.isdisjoint(update.new)
+        ):
+            online.difference_update(update.left_set)
+            online.update(update.joined_set)
+            self.seq = update.seq
+        else:
+            self.apply_update(update.seq, update.joined, update.left)
+
+
+SharedKeyView = LoadView  # the earlier name
+
+LobbyHook = Callable[["LoadClient", Update | None], None]
+"""Called after every applied update (with it) or snapshot (with None)."""
+
+# --------------------------------------------------------------------------- the client
+
 
 class LoadClient(LobbyClient):
-    """A :class:`LobbyClient` that times its ``auth`` and counts lobby_update bytes."""
+    """A :class:`LobbyClient` that times its ``auth``, counts lobby_update bytes and
+    handles well-formed lobby frames through the shared fast path."""
 
     auth_sent_hook: ClassVar[Callable[[str, float], None] | None] = None
     """Called with ``(public_key, time.time())`` right after the ``auth`` frame is
@@ -52,19 +272,56 @@ class LoadClient(LobbyClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.view = SharedKeyView()
+        self.load_view = LoadView()
+        self.view = self.load_view
         self.update_bytes = 0
         self.auth_sent_at = 0.0
+        self.index = -1
+        """The generator's index of this client (set by its agent)."""
+        self.lobby_hook: LobbyHook | None = None
+        """A cheaper ``lobby_listeners``: called with (client, update or None)."""
+        self.in_place = False
+        """True once frames are handled as they are parsed (see _handle_in_place)."""
         self._auth_reads = 0
-        self._last_frame_len = 0
-        recv = self._ws.recv
+        self._frame_len = 0
 
-        async def counting_recv(*a: Any, **kw: Any) -> Any:
-            frame = await recv(*a, **kw)
-            self._last_frame_len = len(frame)
-            return frame
+    async def _authenticate(self) -> None:
+        await super()._authenticate()
+        self._handle_in_place()
 
-        self._ws.recv = counting_recv  # type: ignore[method-assign]
+    def _handle_in_place(self) -> None:
+        """From now on, handle each complete text frame as websockets parses it, instead
+        of queueing it for the reader task to take with ``recv()``: the same handling,
+        without a queue, a future and a task switch per frame.
+
+        Only while nothing is queued (so frames keep their order: the reader handles
+        what it takes without pausing), nobody waits in ``wait_for_view`` (the reader
+        wakes them) and the frame is valid UTF-8 (else ``recv()`` fails the connection
+        as it always did); otherwise the frame goes to the queue. The reader still
+        sees the end of the connection. Left off with a websockets whose internals
+        differ from what this expects."""
+        assembler = getattr(self._ws, "recv_messages", None)
+        queue = getattr(getattr(assembler, "frames", None), "queue", None)
+        put = getattr(assembler, "put", None)
+        if not isinstance(queue, deque) or put is None:
+            return
+
+        def put_or_handle(frame: Frame) -> None:
+            if frame.opcode is Opcode.TEXT and frame.fin and not queue and not self._waiting:
+                try:
+                    text = str(frame.data, "utf-8")
+                except UnicodeDecodeError:
+                    put(frame)
+                    return
+                try:
+                    self._handle_frame(text)
+                except LobbyClientError as exc:
+                    self._record(exc)
+            else:
+                put(frame)
+
+        assembler.put = put_or_handle  # type: ignore[union-attr]
+        self.in_place = True
 
     async def _recv_during_auth(self, failed_reason: str | None = None) -> dict[str, Any]:
         # The second read waits for the answer to ``auth``, which was just written.
@@ -74,12 +331,70 @@ class LoadClient(LobbyClient):
             hook = LoadClient.auth_sent_hook
             if hook is not None:
                 hook(self.public_key, self.auth_sent_at)
-        return await super()._recv_during_auth(failed_reason)
+        try:
+            frame = await self._ws.recv()
+        except ConnectionClosed:
+            raise self._refusal(failed_reason) from None
+        return decode(frame)
+
+    def _handle_frame(self, frame: str | bytes) -> None:
+        self._frame_len = len(frame)
+        if not isinstance(frame, str):
+            super()._handle_frame(frame)
+            return
+        update = UPDATES.get(frame)
+        if update is None:
+            obj = decode(frame)
+            if obj["type"] != "lobby_update":
+                self._handle(obj)
+                return
+            update = parse_update(obj)
+            if update is None:
+                self._handle(obj)  # malformed: the library names the fault
+                return
+            UPDATES.put(frame, update)
+        self.update_bytes += len(frame)
+        self.updates_received += 1
+        try:
+            self.load_view.apply_parsed(update)
+        except DuplicateUpdate:
+            raise
+        except ViewError:
+            self._request_resync()
+            raise
+        self._changed_to(update)
 
     def _handle(self, obj: dict[str, Any]) -> None:
-        if obj["type"] == "lobby_update":
-            self.update_bytes += self._last_frame_len
+        kind = obj["type"]
+        if kind == "lobby_update":
+            self.update_bytes += self._frame_len
+        elif kind == "lobby_snapshot":
+            seq = obj.get("seq")
+            keys = parse_keys(obj.get("users"))
+            if keys is not None and isinstance(seq, int) and not isinstance(seq, bool):
+                self.snapshots_received += 1
+                self._resync_requested = False
+                LobbyView.apply_snapshot(self.load_view, seq, keys)  # keys are interned
+                self._changed_to(None, seq, keys)
+                return
         super()._handle(obj)
+
+    def _changed_to(self, update: Update | None, seq: int = 0, keys: tuple[str, ...] = ()) -> None:
+        """Tell the hook and the library's listeners about an applied frame."""
+        hook = self.lobby_hook
+        if hook is not None:
+            try:
+                hook(self, update)
+            except Exception as exc:
+                failure = ListenerFailed(f"lobby hook {hook!r} raised {exc!r}")
+                failure.__cause__ = exc
+                self._record(failure)
+        if self.lobby_listeners:
+            online = len(self.load_view)
+            if update is None:
+                self._notify(LobbyChange("snapshot", seq, keys, (), online))
+            else:
+                self._notify(LobbyChange("update", update.seq, update.joined, update.left, online))
 
     @property
     def local_address(self) -> tuple[str, int]:

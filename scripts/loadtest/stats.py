@@ -18,6 +18,9 @@ _GROWTH: Final = math.log(1.01)
 """Bucket width: 1 % of the value, so reported percentiles are within 1 %."""
 
 
+_log = math.log
+
+
 def _bucket(seconds: float) -> int:
     if seconds <= _BASE:
         return 0
@@ -42,13 +45,38 @@ class Histogram:
 
     def add(self, seconds: float) -> None:
         """Record one latency; negative values (clock granularity) count as 0."""
-        seconds = max(seconds, 0.0)
-        b = _bucket(seconds)
-        self.buckets[b] = self.buckets.get(b, 0) + 1
+        if seconds > _BASE:  # _bucket, inlined: this runs per watcher per change
+            b = int(_log(seconds / _BASE) / _GROWTH) + 1
+            if seconds > self.max:
+                self.max = seconds
+            self.total += seconds
+        else:
+            b = 0
+            seconds = max(seconds, 0.0)
+            self.total += seconds
+            if seconds > self.max:
+                self.max = seconds
+        buckets = self.buckets
+        buckets[b] = buckets.get(b, 0) + 1
         self.count += 1
-        self.total += seconds
-        if seconds > self.max:
-            self.max = seconds
+
+    def add_since(self, now: float, starts: Iterable[float]) -> None:
+        """Record ``now - start`` for each of ``starts`` (as :meth:`add` would)."""
+        buckets = self.buckets
+        count, total, top = self.count, self.total, self.max
+        for start in starts:
+            seconds = now - start
+            if seconds > _BASE:
+                b = int(_log(seconds / _BASE) / _GROWTH) + 1
+            else:
+                b = 0
+                seconds = max(seconds, 0.0)
+            buckets[b] = buckets.get(b, 0) + 1
+            count += 1
+            total += seconds
+            if seconds > top:
+                top = seconds
+        self.count, self.total, self.max = count, total, top
 
     def merge(self, other: Histogram) -> None:
         for b, n in other.buckets.items():

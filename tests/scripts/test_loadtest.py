@@ -4,18 +4,35 @@ No timing is asserted here: ``make bench`` measures, the tests only check it run
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
 
+from scripts.loadtest import client as load_client
 from scripts.loadtest import scenarios
 from scripts.loadtest.__main__ import main
+from scripts.loadtest.client import LoadClient
 from scripts.loadtest.pool import AgentPool, LoadTestError
 from scripts.loadtest.stats import Histogram
 from scripts.loadtest.target import Server, alive, free_port, start_baseline, start_cluster
+from shared.client import (
+    DuplicateUpdate,
+    LobbyChange,
+    LobbyClient,
+    LobbyClientError,
+    LobbyView,
+    ViewError,
+)
 
 # --------------------------------------------------------------------------- pure
 
@@ -42,6 +59,251 @@ def test_histograms_merge_through_their_dict_form() -> None:
     assert merged.percentile(25) == pytest.approx(0.001, rel=0.011)
     assert merged.percentile(75) == pytest.approx(0.1, rel=0.011)
     assert Histogram().percentile(99) == 0.0
+
+
+def test_histogram_add_matches_the_bucket_formula() -> None:
+    h = Histogram()
+    values = [0.0, -1.0, 1e-7, 1e-6, 1.1e-6, 0.0123, 0.5, 7.0]
+    for v in values:
+        h.add(v)
+    expected: dict[int, int] = {}
+    for v in values:
+        b = stats_bucket(max(v, 0.0))
+        expected[b] = expected.get(b, 0) + 1
+    assert h.buckets == expected
+    assert h.max == 7.0 and h.total == pytest.approx(sum(max(v, 0.0) for v in values))
+    since = Histogram()
+    since.add_since(0.0, [-v for v in values])
+    assert since.to_dict() == h.to_dict()
+
+
+def stats_bucket(seconds: float) -> int:
+    from scripts.loadtest.stats import _bucket
+
+    return _bucket(seconds)
+
+
+# --------------------------------------------------------------------------- the fast path
+
+# The load client handles lobby frames through a per-process parse cache and a cheaper
+# view; it must reach exactly the library's verdict on every frame, valid or not.
+
+_KEYS = [f"{i:02x}" * 32 for i in (0xA1, 0xB2, 0xC3, 0xD4, 0xE5, 0x06)]
+_SEED = SigningKey(bytes(32))
+
+
+class _FakeWs:
+    """Just enough of a connection for frames handed to a client directly."""
+
+    close_code = None
+    close_reason = None
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, frame: str) -> None:
+        self.sent.append(frame)
+
+
+def _entries(rnd: random.Random, keys: list[str]) -> Any:
+    """A users list of ``keys``, sometimes spelt in upper case, rarely broken."""
+    spelt: list[Any] = [k.upper() if rnd.random() < 0.15 else k for k in keys]
+    broken = rnd.random()
+    if broken < 0.02:
+        return rnd.choice([None, {}, "x", 1])
+    if broken < 0.04:
+        spelt.insert(rnd.randint(0, len(spelt)), rnd.choice(["", "zz" * 32, "ab", 7, None]))
+    entries: list[Any] = [{"publicKey": k} for k in spelt]
+    if broken > 0.98:
+        entries.append(rnd.choice([{}, [], "x", 3, {"publicKey": "x"}]))
+    if 0.9 < broken < 0.95 and entries:
+        entries[0] = {**entries[0], "extra": 1}
+    return entries
+
+
+_ODD_FRAMES: list[str | bytes] = [
+    "not json",
+    "[]",
+    '{"type":5}',
+    '{"seq":1}',
+    '{"type":"lobby_update","seq":NaN,"joined":[],"left":[]}',
+    '{"type":"lobby_update","seq":1,"seq":2,"joined":[],"left":[]}',
+    '{"type":"error","code":"x","message":"y"}',
+    '{"type":"mystery"}',
+    b'{"type":"lobby_update"}',
+]
+
+
+def _sample(rnd: random.Random, keys: list[str], most: int) -> list[str]:
+    return [rnd.choice(keys) for _ in range(rnd.randint(0, most))] if keys else []
+
+
+@st.composite
+def _frames(draw: st.DrawFn) -> list[str | bytes]:
+    """Lobby frames mostly in sequence and consistent with the view they lead to (so
+    the fast path is taken), with every kind of fault mixed in."""
+    rnd = draw(st.randoms(use_true_random=True))
+    view = LobbyView()  # the library's verdict, to keep most frames plausible
+    frames: list[str | bytes] = []
+    for n in range(draw(st.integers(1, 40))):
+        kind = rnd.random() if n else rnd.choice([0.8, 0.8, 0.8, 0.1])
+        current = view.seq if view.seq is not None else rnd.randint(-3, 3)
+        number: Any = current + rnd.choice([1, 1, 1, 1, 1, 1, 1, 1, 0, -1, 2])
+        if rnd.random() < 0.03:
+            number = rnd.choice([True, "1", 1.0, 2**70, None])
+        online = sorted(view.online)
+        offline = [k for k in _KEYS if k not in view]
+        obj: dict[str, Any]
+        if kind < 0.7:
+            left = sorted(set(_sample(rnd, online, 3)))
+            joined = sorted(set(_sample(rnd, offline, 3)))
+            if rnd.random() < 0.25:  # reconnections, repeats, contradictions
+                joined += _sample(rnd, _KEYS, 2)
+            if rnd.random() < 0.15:
+                left += _sample(rnd, _KEYS, 2)
+            obj = {"type": "lobby_update", "seq": number}
+            if rnd.random() > 0.02:
+                obj["joined"] = _entries(rnd, joined)
+            if rnd.random() > 0.02:
+                obj["left"] = _entries(rnd, left)
+            if isinstance(number, int) and not isinstance(number, bool):
+                with contextlib.suppress(ViewError):
+                    view.apply_update(number, joined, left)
+        elif kind < 0.93:
+            users = _sample(rnd, _KEYS, 6)
+            if rnd.random() < 0.8:
+                users = sorted(set(users))
+            obj = {"type": "lobby_snapshot", "seq": number, "users": _entries(rnd, users)}
+            if isinstance(number, int) and not isinstance(number, bool):
+                with contextlib.suppress(ViewError):
+                    view.apply_snapshot(number, users)
+        else:
+            frames.append(rnd.choice(_ODD_FRAMES))
+            continue
+        frames.append(json.dumps(obj, separators=(",", ":")))
+        if rnd.random() < 0.1:
+            frames.append(frames[-1])  # the same text again: a cache hit, a duplicate
+    return frames
+
+
+def _state(client: LobbyClient, changes: list[LobbyChange]) -> tuple[Any, ...]:
+    return (
+        client.view.seq,
+        client.view.online,
+        client.updates_received,
+        client.snapshots_received,
+        client._resync_requested,
+        [(type(e), str(e)) for e in client.errors],
+        list(changes),
+    )
+
+
+@pytest.mark.parametrize("parser", ["default", "json"])  # orjson when installed; json
+@settings(max_examples=300, deadline=None)
+@given(_frames())
+def test_the_fast_path_reaches_the_librarys_verdict_on_every_frame(
+    parser: str, frames: list[str | bytes]
+) -> None:
+    async def run() -> None:
+        reference = LobbyClient(_FakeWs(), _SEED, message_queue_size=10, resync_on_error=True)  # type: ignore[arg-type]
+        fast = [
+            LoadClient(_FakeWs(), _SEED, message_queue_size=10, resync_on_error=True)
+            for _ in range(2)
+        ]
+        clients = [reference, *fast]
+        seen: list[list[LobbyChange]] = [[] for _ in clients]
+        for client, changes in zip(clients, seen, strict=True):
+            client.lobby_listeners.append(changes.append)
+        update_chars = 0
+        for frame in frames:
+            for client in clients:
+                try:
+                    client._handle_frame(frame)
+                except LobbyClientError as exc:  # what the reader records
+                    client._record(exc)
+            if isinstance(frame, str) and '"type":"lobby_update"' in frame:
+                update_chars += len(frame)
+            expected = _state(reference, seen[0])
+            for client, changes in zip(fast, seen[1:], strict=True):
+                assert _state(client, changes) == expected, frame
+        for client in fast:
+            assert client.update_bytes == update_chars
+        await asyncio.sleep(0)  # let resync requests go out
+        sent = [ws.sent for ws in (c._ws for c in clients)]  # type: ignore[attr-defined]
+        assert sent[1] == sent[0] and sent[2] == sent[0]
+
+    default = load_client.loads
+    load_client.loads = json.loads if parser == "json" else default
+    load_client.UPDATES.clear()
+    try:
+        asyncio.run(run())
+    finally:
+        load_client.loads = default
+
+
+def test_the_fast_path_parses_each_update_text_once() -> None:
+    load_client.UPDATES.clear()
+    hits = load_client.UPDATES.hits
+
+    async def run() -> None:
+        clients = [
+            LoadClient(_FakeWs(), _SEED, message_queue_size=10, resync_on_error=True)
+            for _ in range(3)
+        ]
+        snapshot = json.dumps({"type": "lobby_snapshot", "seq": 1, "users": []})
+        update = json.dumps(
+            {"type": "lobby_update", "seq": 2, "joined": [{"publicKey": _KEYS[0]}], "left": []}
+        )
+        for client in clients:
+            client._handle_frame(snapshot)
+            client._handle_frame(update)
+            assert client.view.online == {_KEYS[0]} and client.view.seq == 2
+            assert not client.errors
+            with pytest.raises(DuplicateUpdate):
+                client._handle_frame(update)  # the same text again
+
+    asyncio.run(run())
+    assert load_client.UPDATES.hits - hits == 5
+
+
+def test_the_update_cache_forgets_the_oldest_past_its_budget() -> None:
+    cache = load_client.UpdateCache(max_chars=10, max_frame=6)
+    update = load_client.Update(1, (_KEYS[0],), ())
+    for text in ("aaaa", "bbbb", "cccc", "toolong"):
+        cache.put(text, update)
+    assert cache.get("aaaa") is None and cache.get("toolong") is None
+    assert cache.get("bbbb") is update and cache.get("cccc") is update
+    assert cache.chars == 8
+
+
+def test_load_clients_handle_frames_in_place_against_a_real_server() -> None:
+    server = start_baseline(free_port())
+
+    async def until(condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10):
+            while not condition():  # polled: a waiter would route frames via the reader
+                await asyncio.sleep(0.01)
+
+    async def run() -> None:
+        a = await LoadClient.connect(server.url)
+        assert isinstance(a, LoadClient) and a.in_place
+        b = await LoadClient.connect(server.url)
+        await until(lambda: b.public_key in a.view)
+        await b.close()
+        await until(lambda: b.public_key not in a.view)
+        assert a.updates_received == 2 and a.update_bytes > 0
+        assert not a.errors and a.view.online == {a.public_key}
+        c = await LoadClient.connect(server.url)
+        await a.wait_for_view({a.public_key, c.public_key})  # through the reader
+        await c.close()
+        await a.wait_for_view({a.public_key})
+        assert a.updates_received == 4 and not a.errors
+        await a.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------------- scenarios
