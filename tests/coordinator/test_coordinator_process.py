@@ -64,7 +64,7 @@ class FakeWorker:
         self.dealer.close(0)
 
 
-class Cluster:
+class CoordinatorUnderTest:
     def __init__(self, tmp: Path, *extra: str) -> None:
         self.events = f"ipc://{tmp}/events"
         self.updates = f"ipc://{tmp}/updates"
@@ -102,9 +102,9 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+def coord(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[CoordinatorUnderTest]:
     marker = request.node.get_closest_marker("coordinator_args")
-    c = Cluster(tmp_path, *(marker.args if marker else ("--batch-window", "0")))
+    c = CoordinatorUnderTest(tmp_path, *(marker.args if marker else ("--batch-window", "0")))
     yield c
     c.close()
 
@@ -116,8 +116,8 @@ def expect_update(w: FakeWorker, seq: int, joined: list[str], left: list[str]) -
     return msg
 
 
-def test_snapshot_and_welcome_share_one_epoch(cluster: Cluster) -> None:
-    w = cluster.worker("w1")
+def test_snapshot_and_welcome_share_one_epoch(coord: CoordinatorUnderTest) -> None:
+    w = coord.worker("w1")
     w.send(bb.SnapshotRequest())
     snap = w.reply()
     assert isinstance(snap, bb.Snapshot) and (snap.seq, snap.users) == (0, [])
@@ -125,8 +125,8 @@ def test_snapshot_and_welcome_share_one_epoch(cluster: Cluster) -> None:
     assert isinstance(beat, bb.Beat) and beat.epoch == snap.epoch
 
 
-def test_auth_is_published_then_acked_with_its_seq(cluster: Cluster) -> None:
-    w = cluster.worker("w1")
+def test_auth_is_published_then_acked_with_its_seq(coord: CoordinatorUnderTest) -> None:
+    w = coord.worker("w1")
     w.send(bb.Authed(1, A))
     update = expect_update(w, 1, [A], [])
     ack = w.reply()
@@ -136,8 +136,10 @@ def test_auth_is_published_then_acked_with_its_seq(cluster: Cluster) -> None:
     assert isinstance(snap, bb.Snapshot) and (snap.seq, snap.users) == (1, [A])
 
 
-def test_newest_session_wins_across_workers_and_stale_close_is_ignored(cluster: Cluster) -> None:
-    w1, w2 = cluster.worker("w1"), cluster.worker("w2")
+def test_newest_session_wins_across_workers_and_stale_close_is_ignored(
+    coord: CoordinatorUnderTest,
+) -> None:
+    w1, w2 = coord.worker("w1"), coord.worker("w2")
     w1.send(bb.Authed(1, A))
     expect_update(w2, 1, [A], [])
     assert isinstance(w1.reply(), bb.AuthAck)
@@ -151,8 +153,8 @@ def test_newest_session_wins_across_workers_and_stale_close_is_ignored(cluster: 
     assert isinstance(snap, bb.Snapshot) and (snap.seq, snap.users) == (2, [A])
 
 
-def test_close_of_current_session_leaves(cluster: Cluster) -> None:
-    w = cluster.worker("w1")
+def test_close_of_current_session_leaves(coord: CoordinatorUnderTest) -> None:
+    w = coord.worker("w1")
     w.send(bb.Authed(4, B))
     expect_update(w, 1, [B], [])
     w.send(bb.Closed(4, B))
@@ -160,8 +162,8 @@ def test_close_of_current_session_leaves(cluster: Cluster) -> None:
 
 
 @pytest.mark.coordinator_args("--batch-window", "1.0")
-def test_burst_of_joins_is_batched_into_net_effect_updates(cluster: Cluster) -> None:
-    w = cluster.worker("w1")
+def test_burst_of_joins_is_batched_into_net_effect_updates(coord: CoordinatorUnderTest) -> None:
+    w = coord.worker("w1")
     keys = [f"{i:064x}" for i in range(200)]
     for conn, key in enumerate(keys):
         w.send(bb.Authed(conn, key))
@@ -181,8 +183,8 @@ def test_burst_of_joins_is_batched_into_net_effect_updates(cluster: Cluster) -> 
 
 
 @pytest.mark.coordinator_args("--batch-window", "0", "--worker-timeout", "0.5")
-def test_silent_worker_is_presumed_dead_and_its_users_leave(cluster: Cluster) -> None:
-    w1, w2 = cluster.worker("w1"), cluster.worker("w2")
+def test_silent_worker_is_presumed_dead_and_its_users_leave(coord: CoordinatorUnderTest) -> None:
+    w1, w2 = coord.worker("w1"), coord.worker("w2")
     w1.send(bb.Authed(1, A))
     expect_update(w2, 1, [A], [])  # two workers' events have no order between them
     w2.send(bb.Authed(1, B))
@@ -198,8 +200,8 @@ def test_silent_worker_is_presumed_dead_and_its_users_leave(cluster: Cluster) ->
     assert isinstance(msg, bb.Update) and (msg.joined, msg.left) == ([], [A])
 
 
-def test_goodbye_removes_all_sessions_at_once(cluster: Cluster) -> None:
-    w1, w2 = cluster.worker("w1"), cluster.worker("w2")
+def test_goodbye_removes_all_sessions_at_once(coord: CoordinatorUnderTest) -> None:
+    w1, w2 = coord.worker("w1"), coord.worker("w2")
     w1.send(bb.Authed(1, A))
     w1.send(bb.Authed(2, B))
     expect_update(w2, 1, [A], [])
@@ -208,8 +210,8 @@ def test_goodbye_removes_all_sessions_at_once(cluster: Cluster) -> None:
     expect_update(w2, 3, [], [A, B])
 
 
-def test_hello_reregisters_sessions_and_drops_forgotten_ones(cluster: Cluster) -> None:
-    w1 = cluster.worker("w1")
+def test_hello_reregisters_sessions_and_drops_forgotten_ones(coord: CoordinatorUnderTest) -> None:
+    w1 = coord.worker("w1")
     w1.send(bb.Authed(1, A))
     w1.send(bb.Authed(2, B))
     expect_update(w1, 1, [A], [])
@@ -221,17 +223,17 @@ def test_hello_reregisters_sessions_and_drops_forgotten_ones(cluster: Cluster) -
 
 
 def test_unknown_worker_is_asked_to_reannounce_and_newest_session_wins(
-    cluster: Cluster,
+    coord: CoordinatorUnderTest,
 ) -> None:
-    w1, w2 = cluster.worker("w1"), cluster.worker("w2")
+    w1, w2 = coord.worker("w1"), coord.worker("w2")
     w1.send(bb.Authed(1, A))
     expect_update(w2, 1, [A], [])
     ack = w1.reply()
     assert isinstance(ack, bb.AuthAck)
     # A worker the coordinator never heard from (as after a coordinator restart, or a
     # worker given up for dead) is asked to announce its sessions.
-    w3 = FakeWorker(cluster.ctx, "w3", cluster.events, cluster.updates)
-    cluster.workers.append(w3)
+    w3 = FakeWorker(coord.ctx, "w3", coord.events, coord.updates)
+    coord.workers.append(w3)
     w3.send(bb.Heartbeat("w3"))
     assert w3.reply() == bb.Reannounce()
     # It claims A with an older authentication: the newer session stays, its is kicked.
@@ -241,8 +243,10 @@ def test_unknown_worker_is_asked_to_reannounce_and_newest_session_wins(
     expect_update(w2, 2, [B], [])
 
 
-def test_direct_message_routes_to_the_recipients_worker_and_back(cluster: Cluster) -> None:
-    w1, w2 = cluster.worker("w1"), cluster.worker("w2")
+def test_direct_message_routes_to_the_recipients_worker_and_back(
+    coord: CoordinatorUnderTest,
+) -> None:
+    w1, w2 = coord.worker("w1"), coord.worker("w2")
     w2.send(bb.Authed(9, B))
     expect_update(w1, 1, [B], [])
     w1.send(bb.Route(5, A, B, "m1", "ciphertext"))
@@ -255,19 +259,19 @@ def test_direct_message_routes_to_the_recipients_worker_and_back(cluster: Cluste
     assert w1.reply() == bb.RouteDone(6, "offline")
 
 
-def test_garbage_frames_are_dropped_and_break_nothing(cluster: Cluster) -> None:
-    w = cluster.worker("w1")
+def test_garbage_frames_are_dropped_and_break_nothing(coord: CoordinatorUnderTest) -> None:
+    w = coord.worker("w1")
     for frame in [b"", b"\xff\x00", bb.encode(bb.Kick(1)), b"\x93\x01\xa3upd\x01"]:
         w.dealer.send(frame)
     w.dealer.send_multipart([b"a", b"b"])
     w.send(bb.Authed(1, "not-a-key"))
     w.send(bb.Authed(1, A))
     expect_update(w, 1, [A], [])
-    assert cluster.proc.count("dropping") >= 4
+    assert coord.proc.count("dropping") >= 4
 
 
 def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
-    c = Cluster(tmp_path)
+    c = CoordinatorUnderTest(tmp_path)
     c.proc.signal(signal.SIGTERM)
     assert c.proc.proc.wait(5) == 0
     c.close()
