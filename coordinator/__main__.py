@@ -7,7 +7,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import zmq
 
@@ -15,8 +16,26 @@ from coordinator.service import Coordinator, CoordinatorSettings
 from shared import curve, endpoints
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+def _option(
+    group: Any, flag: str, env: str, default: Any, help: str, kind: Callable[[str], Any] = str
+) -> None:
+    """Add ``flag``, defaulting to ``$env`` (converted by ``kind``), then ``default``."""
+    raw = os.environ.get(env)
+    value = default
+    if raw:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise SystemExit(f"python -m coordinator: invalid value for {env}: {raw!r}") from None
+    shown = "off" if default is None else "%(default)s"
+    group.add_argument(flag, type=kind, default=value, help=f"{help} ({env}; default {shown})")
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(text)
+    return level
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,84 +45,103 @@ def build_parser() -> argparse.ArgumentParser:
         "and publishes numbered updates to the workers over ZeroMQ. "
         "Every option can also be set by the environment variable shown.",
     )
+    d = CoordinatorSettings(events_endpoint="", updates_endpoint="")
     net = parser.add_argument_group("Backbone")
-    net.add_argument(
+    _option(
+        net,
         "--port",
-        type=int,
-        default=int(_env("PRESENCE_PORT", str(endpoints.DEFAULT_PORT))),
-        help="public WebSocket port of the cluster; names the default ipc endpoints so "
-        "clusters on different ports never collide (PRESENCE_PORT, default %(default)s)",
+        "PRESENCE_PORT",
+        endpoints.DEFAULT_PORT,
+        "public WebSocket port of the cluster; names the default ipc endpoints so "
+        "clusters on different ports never collide",
+        int,
     )
-    net.add_argument(
+    _option(
+        net,
         "--events-endpoint",
-        default=os.environ.get("PRESENCE_EVENTS_ENDPOINT"),
-        help="ZeroMQ endpoint the ROUTER binds for worker events (PRESENCE_EVENTS_ENDPOINT, "
-        "default ipc://$XDG_RUNTIME_DIR or /tmp/presence-UID, then /presence-PORT/events)",
+        "PRESENCE_EVENTS_ENDPOINT",
+        None,
+        "ZeroMQ endpoint the ROUTER binds for worker events; off means "
+        "ipc://$XDG_RUNTIME_DIR (or /tmp/presence-UID)/presence-PORT/events",
     )
-    net.add_argument(
+    _option(
+        net,
         "--updates-endpoint",
-        default=os.environ.get("PRESENCE_UPDATES_ENDPOINT"),
-        help="ZeroMQ endpoint the PUB binds for numbered updates (PRESENCE_UPDATES_ENDPOINT, "
-        "default beside the events endpoint, .../updates)",
+        "PRESENCE_UPDATES_ENDPOINT",
+        None,
+        "ZeroMQ endpoint the PUB binds for numbered updates; off means beside the "
+        "events endpoint, .../updates",
     )
     timing = parser.add_argument_group("Timeouts")
-    timing.add_argument(
+    _option(
+        timing,
         "--batch-window",
-        type=float,
-        default=float(_env("PRESENCE_BATCH_WINDOW", "0.005")),
-        help="seconds to gather changes into one net-effect update; 0 = publish every "
-        "change at once (PRESENCE_BATCH_WINDOW, default %(default)s)",
+        "PRESENCE_BATCH_WINDOW",
+        d.batch_window,
+        "seconds to gather changes into one net-effect update while the lobby is "
+        "quiet; 0 = publish every change at once",
+        float,
     )
-    timing.add_argument(
+    _option(
+        timing,
         "--max-batch-window",
-        type=float,
-        default=float(_env("PRESENCE_MAX_BATCH_WINDOW", "0.05")),
-        help="seconds the batching window may widen to while changes keep coming, so "
-        "clients get at most 1/this updates a second under load; equal to "
-        "--batch-window for a fixed window (PRESENCE_MAX_BATCH_WINDOW, default %(default)s)",
+        "PRESENCE_MAX_BATCH_WINDOW",
+        d.max_batch_window,
+        "seconds the window may widen to while changes keep coming, so clients get "
+        "at most 1/this updates a second under load; equal to --batch-window for a "
+        "fixed window",
+        float,
     )
-    timing.add_argument(
+    _option(
+        timing,
         "--heartbeat-interval",
-        type=float,
-        default=float(_env("PRESENCE_HEARTBEAT_INTERVAL", "1.0")),
-        help="seconds between liveness beats to workers (PRESENCE_HEARTBEAT_INTERVAL, "
-        "default %(default)s)",
+        "PRESENCE_HEARTBEAT_INTERVAL",
+        d.heartbeat_interval,
+        "seconds between liveness beats to workers",
+        float,
     )
-    timing.add_argument(
+    _option(
+        timing,
         "--worker-timeout",
-        type=float,
-        default=float(_env("PRESENCE_WORKER_TIMEOUT", "2.5")),
-        help="seconds of silence before a worker is presumed dead and its users leave "
-        "(PRESENCE_WORKER_TIMEOUT, default %(default)s)",
+        "PRESENCE_WORKER_TIMEOUT",
+        d.worker_timeout,
+        "seconds of silence before a worker is presumed dead and its users leave",
+        float,
     )
     limits = parser.add_argument_group("Limits")
-    limits.add_argument(
+    _option(
+        limits,
         "--hwm",
-        type=int,
-        default=int(_env("PRESENCE_HWM", "100000")),
-        help="ZeroMQ high-water mark per socket, in messages (PRESENCE_HWM, default %(default)s)",
+        "PRESENCE_HWM",
+        d.hwm,
+        "ZeroMQ high-water mark per socket, in messages",
+        int,
     )
     security = parser.add_argument_group("Security")
-    security.add_argument(
+    _option(
+        security,
         "--curve-secret-key",
-        default=os.environ.get("PRESENCE_CURVE_SECRET_KEY"),
-        help="the coordinator's CURVE certificate, a .key_secret file from "
+        "PRESENCE_CURVE_SECRET_KEY",
+        None,
+        "the coordinator's CURVE certificate, a .key_secret file from "
         "scripts/backbone_keys.py; with --curve-clients it encrypts the backbone and "
-        "admits only listed workers; required to listen beyond loopback "
-        "(PRESENCE_CURVE_SECRET_KEY, default off)",
+        "admits only listed workers; required to listen beyond loopback",
     )
-    security.add_argument(
+    _option(
+        security,
         "--curve-clients",
-        default=os.environ.get("PRESENCE_CURVE_CLIENTS"),
-        help="directory of the public keys (*.key) of the workers allowed in "
-        "(PRESENCE_CURVE_CLIENTS, default off)",
+        "PRESENCE_CURVE_CLIENTS",
+        None,
+        "directory of the public keys (*.key) of the workers allowed in",
     )
     logs = parser.add_argument_group("Logging")
-    logs.add_argument(
+    _option(
+        logs,
         "--log-level",
-        default=_env("PRESENCE_LOG_LEVEL", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level (PRESENCE_LOG_LEVEL, default %(default)s)",
+        "PRESENCE_LOG_LEVEL",
+        "INFO",
+        "DEBUG, INFO, WARNING or ERROR",
+        _log_level,
     )
     return parser
 
