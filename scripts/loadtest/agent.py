@@ -582,9 +582,11 @@ class Agent:
         status: Counter[str] = Counter()
         problems: Counter[str] = Counter()
         received = 0
+        last_answer = start_at
         ids = iter(range(10**12))
 
         async def one(client: LoadClient, to: str, msg_id: str) -> None:
+            nonlocal last_answer
             started = time.perf_counter()
             sent_at[msg_id] = time.time()
             try:
@@ -594,6 +596,7 @@ class Agent:
                 return
             rtt.add(time.perf_counter() - started)
             status[str(result.get("status"))] += 1
+            last_answer = max(last_answer, time.time())
 
         async def sender(a: int, b: int) -> None:
             # Paced at ``rate`` a second (under the server's per-connection limit),
@@ -601,8 +604,11 @@ class Agent:
             client, to = self.clients[a], self.pub(b)
             gate = asyncio.Semaphore(window)
             tasks: set[asyncio.Task[None]] = set()
+            # Each direction at its own phase: real senders are not synchronised, and
+            # a common schedule would measure the drain time of one artificial burst.
+            phase = random.random() / rate
             for n in range(int(duration * rate)):
-                await _sleep_until(start_at + n / rate)
+                await _sleep_until(start_at + phase + n / rate)
                 await gate.acquire()
                 task = asyncio.create_task(one(client, to, f"{self.index}.{a}.{next(ids)}"))
                 task.add_done_callback(lambda _t: gate.release())
@@ -653,6 +659,7 @@ class Agent:
             "rtt": rtt.to_dict(),
             "delivery": delivery.to_dict(),
             "elapsed": time.time() - start_at,
+            "span": last_answer - start_at,
         }
 
     # ------------------------------------------------------------------ ops: bare websockets
