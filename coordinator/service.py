@@ -17,50 +17,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from coordinator.batching import BatchWindow
 from coordinator.lobby import Flush, Lobby, Session
+from coordinator.settings import CoordinatorSettings
 from shared import backbone as bb
 from shared import curve, endpoints
 from shared.protocol import is_hex_key
 
 log = logging.getLogger("coordinator")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class CoordinatorSettings:
-    # Backbone
-    events_endpoint: str
-    updates_endpoint: str
-    # Timeouts
-    batch_window: float = 0.005
-    """Seconds to gather changes into one net-effect update while the lobby is quiet
-    (default 5 ms, a latency no person notices). 0 disables batching."""
-    max_batch_window: float = 0.05
-    """The widest the window grows while changes keep coming (default 50 ms: at most
-    20 updates a second to every client under any load; see coordinator.batching)."""
-    heartbeat_interval: float = 1.0
-    """Seconds between Beats on PUB (workers use them to notice a lost update or a
-    silent coordinator)."""
-    worker_timeout: float = 2.5
-    """Seconds of silence after which a worker is presumed dead and its sessions leave
-    (default 2.5 s: the loop checks at least every 0.2 s, so a dead worker's users are
-    gone within 3 s, while one late heartbeat never makes a live worker's users flap)."""
-    # Limits
-    hwm: int = 100_000
-    """ZeroMQ high-water mark of each socket, in messages. Past it PUB drops updates
-    for a slow worker (which then sees a gap and resyncs from a snapshot) and ROUTER
-    drops replies (the worker's auth or route then times out with 1013/unavailable)."""
-    # Security
-    curve_secret_key: str | None = None
-    """The coordinator's CURVE certificate (``.key_secret``); with
-    ``curve_clients``, turns CURVE on. Required to listen beyond loopback."""
-    curve_clients: str | None = None
-    """Directory of the public keys (``*.key``) of the workers allowed in."""
 
 
 class Coordinator:
@@ -73,12 +41,11 @@ class Coordinator:
         self.lobby = Lobby(self.epoch)
         self._last_seen: dict[str, float] = {}
         self._flush_at: float | None = None
-        ceiling = max(settings.batch_window, settings.max_batch_window)
-        self._window = BatchWindow(settings.batch_window, ceiling if settings.batch_window else 0)
+        self._window = BatchWindow(settings.timing.batch_window, settings.batch_ceiling)
         self._stopping = False
         try:
-            self.router = self._bind(context, zmq.ROUTER, settings.events_endpoint)
-            self.pub = self._bind(context, zmq.PUB, settings.updates_endpoint)
+            self.router = self._bind(context, zmq.ROUTER, settings.backbone_endpoints.events)
+            self.pub = self._bind(context, zmq.PUB, settings.backbone_endpoints.updates)
         except zmq.ZMQError:
             self._stop_auth()
             raise
@@ -99,8 +66,8 @@ class Coordinator:
         endpoints.prepare(endpoint)
         sock = context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self.settings.hwm)
-        sock.setsockopt(zmq.RCVHWM, self.settings.hwm)
+        sock.setsockopt(zmq.SNDHWM, self.settings.backbone.hwm)
+        sock.setsockopt(zmq.RCVHWM, self.settings.backbone.hwm)
         if self._keys is not None:
             curve.make_server(sock, self._keys)
         sock.bind(endpoint)
@@ -110,8 +77,9 @@ class Coordinator:
         self, settings: CoordinatorSettings, context: zmq.Context[zmq.Socket[bytes]]
     ) -> curve.KeyPair | None:
         """Load CURVE keys and start the authenticator, or refuse an exposed backbone."""
-        wanted = (settings.curve_secret_key, settings.curve_clients)
-        ends = [settings.events_endpoint, settings.updates_endpoint]
+        secret, clients = settings.backbone.curve_secret_key, settings.backbone.curve_clients
+        wanted = (secret, clients)
+        ends = [settings.backbone_endpoints.events, settings.backbone_endpoints.updates]
         if wanted == (None, None):
             curve.check_exposure(ends, curve_on=False)
             return None
@@ -119,12 +87,12 @@ class Coordinator:
             raise curve.BackboneSecurityError(
                 "CURVE needs both --curve-secret-key and --curve-clients"
             )
-        assert settings.curve_secret_key is not None and settings.curve_clients is not None
-        keys = curve.load_keypair(settings.curve_secret_key)
+        assert secret is not None and clients is not None
+        keys = curve.load_keypair(secret)
         self._auth = ThreadAuthenticator(context, log=logging.getLogger("coordinator.zap"))
         self._auth.start()
-        self._auth.configure_curve(location=curve.authorised_dir(settings.curve_clients))
-        log.info("CURVE on: workers must hold a key from %s", settings.curve_clients)
+        self._auth.configure_curve(location=curve.authorised_dir(clients))
+        log.info("CURVE on: workers must hold a key from %s", clients)
         return keys
 
     # ------------------------------------------------------------------ loop
@@ -139,8 +107,8 @@ class Coordinator:
         next_beat = time.monotonic()
         log.info(
             "coordinator ready: events=%s updates=%s epoch=%s",
-            self.settings.events_endpoint,
-            self.settings.updates_endpoint,
+            self.settings.backbone_endpoints.events,
+            self.settings.backbone_endpoints.updates,
             self.epoch,
         )
         while not self._stopping:
@@ -154,7 +122,7 @@ class Coordinator:
                 self.publish()
             self._expire_workers(now)
             if now >= next_beat:
-                next_beat = now + self.settings.heartbeat_interval
+                next_beat = now + self.settings.timing.heartbeat_interval
                 self._send_pub(bb.Beat(self.epoch, self.lobby.seq))
         self.router.close(0)
         self.pub.close(0)
@@ -279,14 +247,14 @@ class Coordinator:
         self._send_to(msg.origin, bb.RouteDone(msg.route, msg.status))
 
     def _expire_workers(self, now: float) -> None:
-        deadline = now - self.settings.worker_timeout
+        deadline = now - self.settings.timing.worker_timeout
         for worker in [w for w, seen in self._last_seen.items() if seen < deadline]:
             del self._last_seen[worker]
             dropped = self.lobby.drop_worker(worker)
             log.warning(
                 "worker %s silent for %.1fs; %d sessions leave",
                 worker,
-                self.settings.worker_timeout,
+                self.settings.timing.worker_timeout,
                 dropped,
             )
             self._schedule_flush()

@@ -42,6 +42,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Final
 
+from shared.options import at_least, non_negative, option, positive, validate
+
 _EPSILON: Final = 1e-9
 """Float slack: ``0.01 * 100`` must refill one whole token."""
 
@@ -92,12 +94,32 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RateLimits:
-    """Per-connection message rate (see :class:`FloodGuard`)."""
+    """Per-connection message rate after ``auth_ok`` (see :class:`FloodGuard`)."""
 
-    rate: float = 50.0
-    burst: float = 100.0
-    flood_rejects: float = 100.0
-    flood_window: float = 10.0
+    msg_rate: float = option(
+        50.0,
+        "client messages per second per connection (then rate_limited): far above any "
+        "human, and above a bot that answers every lobby update",
+        check=non_negative,
+    )
+    msg_burst: float = option(
+        100.0, "client messages at once before --msg-rate applies", check=at_least(1)
+    )
+    flood_rejects: float = option(
+        100.0,
+        "rate-limited frames a connection may send within --flood-window before it is "
+        "closed with 1008: a client that slows down when told is never closed",
+        check=at_least(1),
+    )
+    flood_window: float = option(
+        10.0,
+        "seconds over which --flood-rejects are counted (a leaky bucket: rejections "
+        "sustained faster than flood-rejects/flood-window per second close)",
+        check=positive,
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass(slots=True)
@@ -110,9 +132,10 @@ class FloodGuard:
 
     @classmethod
     def of(cls, limits: RateLimits) -> FloodGuard:
-        refill = limits.flood_rejects / limits.flood_window if limits.flood_window > 0 else 0.0
+        refill = limits.flood_rejects / limits.flood_window
         return cls(
-            TokenBucket(limits.rate, limits.burst), TokenBucket(refill, limits.flood_rejects)
+            TokenBucket(limits.msg_rate, limits.msg_burst),
+            TokenBucket(refill, limits.flood_rejects),
         )
 
     def check(self, now: float) -> Verdict:
@@ -132,9 +155,28 @@ class Admit(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdmissionLimits:
-    max_pending: int = 1000
-    auth_rate: float = 200.0
-    auth_burst: float = 200.0
+    """The door of one worker (see :class:`Admission`)."""
+
+    max_pending_auth: int = option(
+        1000,
+        "connections per worker allowed in the challenge phase at once (then 1013 before "
+        "the challenge): auth-rate times the auth timeout is larger, so this caps idle "
+        "half-open connections",
+        check=at_least(1),
+    )
+    auth_rate: float = option(
+        200.0,
+        "new connections (each one auth attempt) admitted per second per worker (then "
+        "1013): a storm of 10,000 reconnects is readmitted by 4 workers in about 12 s "
+        "while signature checks and lobby fan-out stay at a steady rate",
+        check=non_negative,
+    )
+    auth_burst: float = option(
+        200.0, "new connections admitted at once before --auth-rate applies", check=at_least(1)
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass(slots=True)
@@ -155,7 +197,7 @@ class Admission:
         verdict = Admit.OK
         if conn in self.pending:
             return verdict
-        if len(self.pending) >= self.limits.max_pending:
+        if len(self.pending) >= self.limits.max_pending_auth:
             verdict = Admit.BUSY
         elif not self.bucket.take(now):
             verdict = Admit.THROTTLED

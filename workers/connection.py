@@ -70,7 +70,8 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import VerifyKey
 
 from shared import backbone as bb
-from shared import protocol
+from shared import protocol, timings
+from shared.options import at_least, group, option, positive, validate
 from shared.protocol import (
     CLOSE_REASONS,
     AuthFailure,
@@ -216,22 +217,47 @@ Action = Write | WriteSnapshot | Close | Emit | StartRoute | FrameLimit
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    auth_timeout: float = 10.0
-    """Seconds from the challenge to a valid ``auth`` (protocol default 10 s) -> 4003."""
-    auth_wait: float = 5.0
-    """Seconds from a verified signature to ``auth_ok`` (coordinator ack and replica
-    catch-up) -> 1013. A few seconds: long enough for a coordinator restart."""
-    lag_bytes: int = 256 * 1024
-    """Transport buffer above which lobby updates are skipped (LAGGING)."""
-    max_queue_bytes: int = 4 * 1024 * 1024
-    """Transport buffer (or held bytes) above which a direct message or a
-    ``send_result`` closes with 4005."""
-    pre_auth_frame_bytes: int = 4096
-    """Largest frame before ``auth_ok`` (an ``auth`` is ~250 bytes) -> 1009."""
-    max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
-    """Largest frame after ``auth_ok`` -> 1009."""
-    rate: RateLimits = field(default_factory=RateLimits)
-    """Message rate after ``auth_ok`` (see :class:`~workers.admission.FloodGuard`)."""
+    """What one connection may cost and how long each phase may take."""
+
+    auth_timeout: float = option(
+        10.0,
+        "seconds from the challenge to a valid auth (then 4003; the protocol's default)",
+        check=positive,
+    )
+    auth_wait: float = option(
+        timings.AUTH_WAIT,
+        "seconds from a verified signature to auth_ok: coordinator reachable, ack, replica "
+        "caught up (then 1013); long enough for a coordinator restart",
+        check=positive,
+    )
+    lag_bytes: int = option(
+        256 * 1024,
+        "client backlog in bytes above which lobby updates are skipped until it drains "
+        "below a quarter of it and gets a fresh snapshot",
+        check=at_least(1),
+    )
+    max_queue_bytes: int = option(
+        4 * 1024 * 1024,
+        "client backlog in bytes above which a direct message closes it with 4005: direct "
+        "messages are never dropped silently",
+        check=at_least(1),
+    )
+    pre_auth_frame_bytes: int = option(
+        4096,
+        "largest client frame before auth (then 1009): an auth is about 250 bytes, so an "
+        "unauthenticated peer cannot make the worker buffer and parse large frames",
+        check=at_least(256),
+    )
+    max_frame_bytes: int = option(
+        protocol.DEFAULT_MAX_FRAME_BYTES,
+        "largest client frame after auth in bytes (then 1009); the default holds a maximal "
+        "send whose body needs no JSON escaping",
+        check=at_least(1024),
+    )
+    rate: RateLimits = group(RateLimits, "Message rate")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 # --------------------------------------------------------------------------- verification

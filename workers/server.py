@@ -79,7 +79,7 @@ from websockets.http11 import Request, Response
 from shared import backbone as bb
 from shared import curve, protocol
 from shared.protocol import CLOSE_REASONS, CloseCode, RejectReason, SendStatus
-from workers.admission import Admission, AdmissionLimits, Admit, RateLimits
+from workers.admission import Admission, Admit
 from workers.connection import (
     Action,
     Close,
@@ -88,7 +88,6 @@ from workers.connection import (
     Fanout,
     Flow,
     FrameLimit,
-    Limits,
     Link,
     StartRoute,
     State,
@@ -177,27 +176,8 @@ class Worker:
         self.clients: dict[int, Client] = {}
         self._groups: dict[Group, dict[ServerConnection, Client]] = {g: {} for g in Group}
         self._pressured: set[ServerConnection] = set()  # transports past the write limit
-        self._limits = Limits(
-            auth_timeout=settings.auth_timeout,
-            auth_wait=settings.auth_wait,
-            lag_bytes=settings.lag_bytes,
-            max_queue_bytes=settings.max_queue_bytes,
-            pre_auth_frame_bytes=settings.pre_auth_frame_bytes,
-            max_frame_bytes=settings.max_frame_bytes,
-            rate=RateLimits(
-                rate=settings.msg_rate,
-                burst=settings.msg_burst,
-                flood_rejects=settings.flood_rejects,
-                flood_window=settings.flood_window,
-            ),
-        )
-        self.admission = Admission(
-            AdmissionLimits(
-                max_pending=settings.max_pending_auth,
-                auth_rate=settings.auth_rate,
-                auth_burst=settings.auth_burst,
-            )
-        )
+        self._limits = settings.limits
+        self.admission = Admission(settings.admission)
         self._refusals_logged = 0
         self._refusals_logged_at = float("-inf")
         self._conn_ids = itertools.count(1)
@@ -233,39 +213,39 @@ class Worker:
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self.settings.hwm)
-        sock.setsockopt(zmq.RCVHWM, self.settings.hwm)
+        sock.setsockopt(zmq.SNDHWM, self.settings.backbone.hwm)
+        sock.setsockopt(zmq.RCVHWM, self.settings.backbone.hwm)
         if self._curve is not None:
             curve.make_client(sock, *self._curve)
         return sock
 
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set; returns the process exit code."""
-        s = self.settings
+        s, net, ends = self.settings, self.settings.network, self.settings.backbone_endpoints
         # SUB first: whatever is published from now on reaches us, and the snapshot we
         # ask for next covers everything before (slow-joiner rule).
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self._sub.connect(s.updates_endpoint)
+        self._sub.connect(ends.updates)
         self._dealer.setsockopt(zmq.ROUTING_ID, s.worker_id.encode())
-        self._dealer.connect(s.events_endpoint)
+        self._dealer.connect(ends.events)
         try:
             server = await serve(
                 self._serve_client,
-                s.host,
-                s.port,
+                net.host,
+                net.port,
                 reuse_port=True,
                 process_request=self._process_request,
-                compression=s.compression,
-                max_size=s.pre_auth_frame_bytes,  # raised with auth_ok (FrameLimit)
-                ping_interval=s.ping_interval,
-                ping_timeout=s.ping_timeout,
+                compression=None if net.compression == "none" else net.compression,
+                max_size=s.limits.pre_auth_frame_bytes,  # raised with auth_ok (FrameLimit)
+                ping_interval=net.ping_interval,
+                ping_timeout=net.ping_timeout,
                 close_timeout=CLOSE_TIMEOUT,
                 # Own replies pause the handler above this; fan-out is governed by lag_bytes.
-                write_limit=write_limit(s.lag_bytes),
+                write_limit=write_limit(s.limits.lag_bytes),
                 create_connection=_watched_connection(self._pressured),
             )
         except OSError as exc:
-            log.error("worker %s cannot listen on %s:%d: %s", s.worker_id, s.host, s.port, exc)
+            log.error("worker %s cannot listen on %s:%d: %s", s.worker_id, net.host, net.port, exc)
             self._close_sockets(linger_ms=0)
             return 1
         self._effects(self.replica.start())
@@ -476,7 +456,7 @@ class Worker:
             return
         assert machine.key is not None
         route = self.routes.open(
-            machine.conn_id, action.msg_id, self.now + self.settings.route_timeout
+            machine.conn_id, action.msg_id, self.now + self.settings.timing.route_timeout
         )
         msg = bb.Route(route, machine.key, action.to, action.msg_id, action.body)
         if not self._emit(msg):
@@ -624,7 +604,7 @@ class Worker:
 
     def _link(self) -> Link:
         live = self.replica.sync is SyncState.LIVE
-        recent = self.now - self._last_seen <= self.settings.coordinator_timeout
+        recent = self.now - self._last_seen <= self.settings.timing.coordinator_timeout
         return Link.UP if live and recent else Link.DOWN
 
     def _link_changed(self) -> None:
@@ -639,7 +619,7 @@ class Worker:
     async def _heartbeats(self) -> None:
         while True:
             self._emit(bb.Heartbeat(self.settings.worker_id))
-            await asyncio.sleep(self.settings.heartbeat_interval)
+            await asyncio.sleep(self.settings.timing.heartbeat_interval)
 
     async def _ticker(self) -> None:
         while True:
@@ -656,12 +636,14 @@ class Worker:
             client = self.clients.get(pending.conn)
             if client is not None:
                 self._result(client, pending.msg_id, _UNAVAILABLE)
-        silent = now - self._last_seen > self.settings.coordinator_timeout
+        silent = now - self._last_seen > self.settings.timing.coordinator_timeout
         if self.replica.sync is SyncState.LIVE:
             if silent:  # it may have dropped our sessions, or restarted: announce again
-                log.warning("coordinator silent for %.1fs", self.settings.coordinator_timeout)
+                log.warning(
+                    "coordinator silent for %.1fs", self.settings.timing.coordinator_timeout
+                )
                 self._effects(self.replica.start())
-        elif now - self._last_request > self.settings.coordinator_timeout:
+        elif now - self._last_request > self.settings.timing.coordinator_timeout:
             self._last_request = now
             self._effects(self.replica.retry())
         self._sweep_flow()
@@ -726,7 +708,7 @@ def _set_max_size(ws: ServerConnection, max_bytes: int) -> None:
 
 def _curve_keys(settings: WorkerSettings) -> tuple[curve.KeyPair, bytes] | None:
     """This worker's key pair and the coordinator's public key, when CURVE is on."""
-    own, server = settings.curve_secret_key, settings.curve_server_key
+    own, server = settings.backbone.curve_secret_key, settings.backbone.curve_server_key
     if own is None and server is None:
         return None
     if own is None or server is None:

@@ -86,14 +86,18 @@ def test_requests_spaced_at_the_rate_are_always_granted(rate: float, burst: floa
 
 
 def test_flood_guard_passes_a_burst_throttles_then_calls_a_flood() -> None:
-    guard = FloodGuard.of(RateLimits(rate=1.0, burst=3.0, flood_rejects=4.0, flood_window=8.0))
+    guard = FloodGuard.of(
+        RateLimits(msg_rate=1.0, msg_burst=3.0, flood_rejects=4.0, flood_window=8.0)
+    )
     verdicts = [guard.check(5.0) for _ in range(8)]
     assert verdicts == [Verdict.PASS] * 3 + [Verdict.THROTTLE] * 4 + [Verdict.FLOOD]
     assert guard.rejected == 5
 
 
 def test_strikes_recover_at_flood_rejects_per_window() -> None:
-    guard = FloodGuard.of(RateLimits(rate=0.0, burst=1.0, flood_rejects=2.0, flood_window=4.0))
+    guard = FloodGuard.of(
+        RateLimits(msg_rate=0.0, msg_burst=1.0, flood_rejects=2.0, flood_window=4.0)
+    )
     assert guard.check(0.0) is Verdict.PASS
     assert [guard.check(0.0) for _ in range(2)] == [Verdict.THROTTLE] * 2
     assert guard.check(1.0) is Verdict.FLOOD  # 0.5 strikes back
@@ -102,7 +106,7 @@ def test_strikes_recover_at_flood_rejects_per_window() -> None:
 
 def test_default_limits_suit_humans_and_bots() -> None:
     limits = RateLimits()
-    assert (limits.rate, limits.burst, limits.flood_rejects, limits.flood_window) == (
+    assert (limits.msg_rate, limits.msg_burst, limits.flood_rejects, limits.flood_window) == (
         50.0,
         100.0,
         100.0,
@@ -125,7 +129,7 @@ def test_flood_only_after_more_rejections_than_the_window_allows(
     rate: float, burst: float, rejects: float, window: float, deltas: list[float]
 ) -> None:
     guard = FloodGuard.of(
-        RateLimits(rate=rate, burst=burst, flood_rejects=rejects, flood_window=window)
+        RateLimits(msg_rate=rate, msg_burst=burst, flood_rejects=rejects, flood_window=window)
     )
     now = start = 0.0
     passed = 0
@@ -151,7 +155,7 @@ def test_flood_only_after_more_rejections_than_the_window_allows(
 
 
 def test_admission_caps_the_challenge_phase_and_releases_idempotently() -> None:
-    door = Admission(AdmissionLimits(max_pending=2, auth_rate=1000.0, auth_burst=1000.0))
+    door = Admission(AdmissionLimits(max_pending_auth=2, auth_rate=1000.0, auth_burst=1000.0))
     assert [door.admit(c, 0.0) for c in (1, 2, 3)] == [Admit.OK, Admit.OK, Admit.BUSY]
     assert door.admit(1, 0.0) is Admit.OK  # already in: no second slot, no token
     door.release(1)
@@ -163,7 +167,7 @@ def test_admission_caps_the_challenge_phase_and_releases_idempotently() -> None:
 
 
 def test_admission_rate_refuses_past_the_burst_and_readmits_at_the_rate() -> None:
-    door = Admission(AdmissionLimits(max_pending=100, auth_rate=2.0, auth_burst=3.0))
+    door = Admission(AdmissionLimits(max_pending_auth=100, auth_rate=2.0, auth_burst=3.0))
     ids = itertools.count()
     got = [door.admit(next(ids), 0.0) for _ in range(5)]
     assert got == [Admit.OK] * 3 + [Admit.THROTTLED] * 2
@@ -173,7 +177,7 @@ def test_admission_rate_refuses_past_the_burst_and_readmits_at_the_rate() -> Non
 
 
 def test_a_busy_refusal_spends_no_token() -> None:
-    door = Admission(AdmissionLimits(max_pending=1, auth_rate=0.0, auth_burst=2.0))
+    door = Admission(AdmissionLimits(max_pending_auth=1, auth_rate=0.0, auth_burst=2.0))
     assert door.admit(1, 0.0) is Admit.OK
     assert door.admit(2, 0.0) is Admit.BUSY
     door.release(1)
@@ -195,7 +199,7 @@ def test_admission_invariants(
 ) -> None:
     """Random admits and releases: the pending set never passes the cap, admissions
     never pass the rate, BUSY only when full, and every refusal is counted."""
-    door = Admission(AdmissionLimits(max_pending=cap, auth_rate=rate, auth_burst=burst))
+    door = Admission(AdmissionLimits(max_pending_auth=cap, auth_rate=rate, auth_burst=burst))
     now = 0.0
     admitted = refusals = 0
     for is_admit, conn, delta in ops:

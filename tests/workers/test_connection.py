@@ -560,7 +560,7 @@ def test_no_frame_raises_in_any_state(state: State, frame: str | bytes, link: Li
 SLOW_RATE = Limits(
     lag_bytes=1000,
     max_queue_bytes=4000,
-    rate=RateLimits(rate=1.0, burst=2.0, flood_rejects=3.0, flood_window=3.0),
+    rate=RateLimits(msg_rate=1.0, msg_burst=2.0, flood_rejects=3.0, flood_window=3.0),
 )
 
 
