@@ -106,6 +106,7 @@ from workers.replica import (
 )
 from workers.routes import Room, RouteTable
 from workers.settings import WorkerSettings
+from workers.sources import source_key
 
 log = logging.getLogger("workers")
 _T = TypeVar("_T")
@@ -193,7 +194,7 @@ class Worker:
         )
         self.admission = Admission(
             AdmissionLimits(
-                max_pending=settings.max_pending_auth,
+                max_pending_auth=settings.max_pending_auth,
                 auth_rate=settings.auth_rate,
                 auth_burst=settings.auth_burst,
             )
@@ -349,7 +350,7 @@ class Worker:
             "buffered": sum(backlog),
             "maxBuffered": max(backlog, default=0),
             "lagging": lagging,
-            "challenged": len(self.admission.pending),
+            "challenged": self.admission.pending,
             "refused": {kind.value: refused.get(kind, 0) for kind in (Admit.BUSY, Admit.THROTTLED)},
         }
 
@@ -357,7 +358,14 @@ class Worker:
 
     async def _serve_client(self, ws: ServerConnection) -> None:
         conn_id = next(self._conn_ids)
-        admitted = self.admission.admit(conn_id, self.now)
+        peer = ws.remote_address
+        source = source_key(str(peer[0]) if isinstance(peer, tuple) else "")
+        decision = self.admission.admit(conn_id, source, self.now)
+        for evicted in decision.evict:  # pending connections of a heavier source: 1013
+            if (victim := self.clients.get(evicted)) is not None:
+                ending = victim.machine.on_transport_closed()  # ignore its frames from now
+                self._perform(victim, [Close(CloseCode.TRY_AGAIN_LATER), *ending])
+        admitted = decision.verdict
         if admitted is not Admit.OK:
             log.debug("conn %d refused: %s", conn_id, admitted.value)
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
@@ -377,12 +385,12 @@ class Worker:
                 else:
                     actions = machine.on_frame(frame, self.now, self._link())
                 if machine.state is not State.CHALLENGED:
-                    self.admission.release(conn_id)
+                    self.admission.authenticated(conn_id)
                 await self._perform_replies(client, actions)
         except ConnectionClosed as exc:
             log.debug("conn %d closed: %s", conn_id, exc)
         finally:
-            self.admission.release(conn_id)
+            self.admission.closed(conn_id)
             del self.clients[conn_id]
             self._perform(client, machine.on_transport_closed())
         if client.close_task is not None:
@@ -674,7 +682,7 @@ class Worker:
             log.info(
                 "refused %d connections with 1013 since the last report (%d challenged now)",
                 total - self._refusals_logged,
-                len(self.admission.pending),
+                self.admission.pending,
             )
             self._refusals_logged, self._refusals_logged_at = total, now
 
