@@ -38,6 +38,7 @@ close code.
        (a refused source already holds at least ``m - 1``), and since every eviction
        lowers the sum of squared counts, evictions never cycle. ``m >= h + 1`` would only
        swap which source holds one more. A source never evicts its own connections.
+       Among equally heavy sources the one that reached that count first loses first.
        The heaviest source is found in O(1): sources are kept in buckets by count with
        the largest count tracked (counts change by one, so it moves by one).
     3. The auth rate: new connections are admitted at ``auth_rate`` per second (burst
@@ -51,22 +52,24 @@ close code.
        source that has had its share lately finds its budget empty.
 
        What this guarantees. A lone source sees the old door exactly: ``auth_burst`` at
-       once, then ``auth_rate``. Within any stretch of time in which the bucket stays
-       in its reserve, a source takes from it at most its budget at the start plus
-       ``source_share * auth_rate`` per second, while the reserve refills at
-       ``auth_rate``. So ``k`` sources flooding together can lower the reserve by at
-       most their ``k`` budgets (``k * auth_burst * source_share``) and, if
-       ``k * source_share < 1``, no further: it refills meanwhile. In particular one
-       source, however fast it floods, leaves at least ``auth_burst * (auth_reserve -
-       source_share)`` tokens (50 by default), so a client from any other source whose
-       budget has a token (one that has not had ``auth_burst * source_share``
-       admissions lately) is admitted at its first attempt. Two sources arriving with
-       full budgets can empty the default reserve for a moment (it refills at half the
-       rate while they flood); four or more flooding sources together (``k *
-       source_share >= 1``) can keep it empty, and then tokens go to whoever asks
-       first: rate fairness against many addresses is bounded by the addresses the
-       attacker has, since the worker's total never exceeds
-       ``auth_burst * (1 + auth_reserve) + auth_rate * t``.
+       once, and never more than ``auth_burst + auth_rate * t`` (its budget is spent by
+       its first admissions, long before the bucket reaches the reserve). Within any
+       stretch of time in which the bucket stays in its reserve, a source takes from it
+       at most its budget at the start plus ``source_share * auth_rate`` per second,
+       while the reserve refills at ``auth_rate``. So ``k`` sources flooding together
+       lower the reserve by at most their ``k`` budgets (``source_burst`` each, that
+       is ``max(1, auth_burst * source_share)``) and, if ``k * source_share < 1``, no
+       further: it refills meanwhile. In particular one source, however fast it floods,
+       leaves at least ``auth_burst * auth_reserve - source_burst`` tokens (50 by
+       default), so whenever that is at least one, a client from any other source whose
+       budget has a token (one that has not had ``source_burst`` admissions lately) is
+       admitted at its first attempt. Two sources arriving with full budgets can empty
+       the default reserve for a moment (it refills at half the rate while they flood);
+       four or more flooding together (``k * source_share >= 1``) can keep it empty, and
+       then tokens go to whoever asks first. Against many addresses nothing better is
+       possible within a fixed total: the worker never admits more than
+       ``auth_burst * (1 + auth_reserve) + auth_rate * t``, and that bound, not
+       fairness, is what protects it; the challenge phase stays fair regardless.
 
     A refusal of any kind takes no token and evicts nothing. Connections are keyed by
     id and every release is idempotent, so a connection is never counted twice and never
@@ -194,9 +197,9 @@ class AdmissionLimits:
 
     max_connections: int = 50_000
     """Connections per worker in any state (challenge phase, authenticating, online);
-    past it ``FULL``. 50 000 keeps a worker's memory (a few tens of KiB per connection
-    with its buffers) and its fan-out (one frame per client per lobby update) well
-    within one core and a few GiB, while a handful of workers still hold a large lobby."""
+    past it ``FULL``. At about 18 KiB per idle connection (BENCHMARKS.md) 50 000 stay under
+    1 GiB per worker, far above the lobby sizes benchmarked (a few thousand), so it binds
+    only against a flood of connections, which it keeps from exhausting memory."""
     max_pending_auth: int = 1000
     """Connections per worker in the challenge phase. ``auth_rate`` times the auth
     deadline (10 s) is 2 000, so this, not the rate, caps idle half-open connections;
