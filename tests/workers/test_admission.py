@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from workers.admission import (
@@ -390,24 +390,21 @@ def test_past_max_sources_the_longest_idle_source_is_forgotten() -> None:
 # ---------------------------------------------------------------- properties
 
 SOURCES = "abcd"
-ops = st.lists(
-    st.one_of(
-        # admit: a source, a fresh id (or, when the index is small, one used before), dt
-        st.tuples(
-            st.just("admit"),
-            st.sampled_from(SOURCES),
-            st.integers(0, 60),
-            st.floats(min_value=0.0, max_value=0.3),
-        ),
-        st.tuples(st.sampled_from(["authenticated", "closed"]), st.integers(0, 60)),
-    ),
-    max_size=250,
+admits = st.tuples(
+    # a source (one of them heavy, so evictions happen), an index (a fresh id, or one
+    # used before when it names one and is a multiple of 4), a time step
+    st.just("admit"),
+    st.sampled_from("aaaaabcd"),
+    st.integers(0, 60),
+    st.floats(min_value=0.0, max_value=0.3),
 )
+releases = st.tuples(st.sampled_from(["authenticated", "closed"]), st.integers(0, 60))
+ops = st.lists(st.one_of(admits, admits, releases), min_size=10, max_size=250)
 
 
 @settings(max_examples=400, deadline=None)
 @given(
-    max_connections=st.integers(1, 12),
+    max_connections=st.integers(1, 30),
     max_pending=st.integers(1, 8),
     max_sources=st.integers(1, 3),
     rate=st.floats(min_value=0.0, max_value=40.0),
@@ -478,6 +475,7 @@ def test_admission_against_a_model(
             tokens, sources = door.tokens(now), door.sources
 
             decision = door.admit(conn, source, now)
+            event(f"{decision.verdict.value}{' evicting' if decision.evict else ''}")
 
             if counted:
                 assert decision == Decision(OK)
