@@ -30,6 +30,10 @@ client's ``Forwarded`` through untouched, so preferring ``Forwarded`` would let 
 behind such a proxy choose their source. The reverse holds for a proxy that writes only
 ``Forwarded``: it must be set to drop ``X-Forwarded-For`` from clients.
 
+``X-Forwarded-For`` has no quoting; ``Forwarded`` quotes end with their header line, so
+a quote a client leaves open can swallow what a proxy appends to that line (then no
+client is named and the peer is used) but can never make the client's own entry win.
+
 Malformed input never raises. Reading from the right, an entry that cannot be parsed,
 an obfuscated identifier (``_hidden``) or ``unknown`` stops the walk: the client is then
 the last good address (the hop that reported it), or the peer. Addresses from headers are
@@ -111,7 +115,8 @@ def client_address(peer: str | None, headers: Headers, trusted: Sequence[IPNetwo
         return peer
     lines = _lines(headers, "x-forwarded-for")
     if any(line.strip() for line in lines):
-        nodes = [_parse_node(entry) for entry in _split(lines, ",") if entry.strip()]
+        entries = (entry for line in lines for entry in line.split(","))  # no quoting
+        nodes = [_parse_node(entry) for entry in entries if entry.strip()]
     else:
         nodes = list(_forwarded_for(_lines(headers, "forwarded")))
     last = peer

@@ -162,6 +162,8 @@ def test_ports_brackets_and_mapped_addresses_are_normalised() -> None:
         ("[2001:db8::7", "127.0.0.1"),
         ("[1.2.3.4]:80", "127.0.0.1"),
         ("198.51.100.7,, 10.0.0.5,", "198.51.100.7"),  # empty list elements are skipped
+        ('"6.6.6.6, 198.51.100.7', "198.51.100.7"),  # no quoting: a quote hides nothing
+        ('6.6.6.6, "198.51.100.7', "127.0.0.1"),
     ],
 )
 def test_malformed_entries_stop_at_the_last_good_address(xff: str, client: str) -> None:
@@ -197,6 +199,15 @@ def test_rfc_7239_forwarded(forwarded: str, client: str) -> None:
 def test_forwarded_lines_are_joined_in_order() -> None:
     headers = _headers(("Forwarded", "for=6.6.6.6"), ("Forwarded", "for=198.51.100.7"))
     assert client_address("127.0.0.1", headers, PROXIES) == "198.51.100.7"
+
+
+def test_a_clients_open_quote_never_makes_its_entry_the_client() -> None:
+    """The client can open a quote that swallows what the proxy appends to its line;
+    then no client is named (the proxy's address is used), never the client's pick."""
+    one_line = {"Forwarded": 'for="6.6.6.6, for=198.51.100.7'}
+    assert client_address("127.0.0.1", one_line, PROXIES) == "127.0.0.1"
+    lines = _headers(("Forwarded", 'for="6.6.6.6'), ("Forwarded", "for=198.51.100.7"))
+    assert client_address("127.0.0.1", lines, PROXIES) == "198.51.100.7"  # per line
 
 
 def test_x_forwarded_for_wins_over_forwarded() -> None:
