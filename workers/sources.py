@@ -63,7 +63,7 @@ class HeaderLines(Protocol):
     def get_all(self, key: str) -> list[str]: ...
 
 
-Headers: TypeAlias = HeaderLines | Mapping[str, str]
+AnyHeaders: TypeAlias = HeaderLines | Mapping[str, str]
 """What :func:`client_address` reads: multi-valued headers, or a plain mapping (one line
 per name; names compared case-insensitively)."""
 
@@ -104,7 +104,7 @@ def parse_trusted(specs: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def client_address(peer: str | None, headers: Headers, trusted: Sequence[IPNetwork]) -> str:
+def client_address(peer: str | None, headers: AnyHeaders, trusted: Sequence[IPNetwork]) -> str:
     """The address a connection is from: ``peer`` (the TCP peer's address) unless it is
     in a ``trusted`` network, then the client named by its forwarding headers (see the
     module docstring). ``None`` (no IP peer) is never trusted and gives ``""``."""
@@ -181,7 +181,7 @@ def _parse_node(text: str) -> IPAddress | None:
     return None
 
 
-def _lines(headers: Headers, name: str) -> list[str]:
+def _lines(headers: AnyHeaders, name: str) -> list[str]:
     if isinstance(headers, HeaderLines):
         return list(headers.get_all(name))
     return [value for key, value in headers.items() if key.lower() == name]
