@@ -129,6 +129,7 @@ class Event(enum.Enum):
     STALL = "stall"  # a backlog and no reading progress for stall_timeout
     FLOOD = "flood"  # over the message rate for too long
     CUTOFF = "cutoff"  # the worker lost its coordinator for longer than the grace
+    EVICTED = "evicted"  # challenge phase full: a heavier source's oldest makes room
     TRANSPORT_CLOSED = "transport_closed"
 
 
@@ -171,6 +172,7 @@ TRANSITIONS: Final[dict[tuple[State, Event], frozenset[State]]] = {
     (S.CHALLENGED, E.DEADLINE): frozenset({S.CLOSING}),
     (S.CHALLENGED, E.KICK): frozenset({S.CLOSING}),
     (S.CHALLENGED, E.CUTOFF): frozenset({S.CLOSING}),
+    (S.CHALLENGED, E.EVICTED): frozenset({S.CLOSING}),
     (S.CHALLENGED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
     (S.VERIFIED, E.LINK_UP): frozenset({S.AUTHENTICATING}),
     (S.VERIFIED, E.PIPELINE_FULL): frozenset({S.CLOSING}),
@@ -525,6 +527,13 @@ class Connection:
         if self.state is S.CLOSING:
             return []
         return self._close(E.CUTOFF, CloseCode.TRY_AGAIN_LATER)
+
+    def on_evicted(self) -> list[Action]:
+        """The door gave this connection's challenge-phase slot to a client from a
+        source holding fewer (see :class:`~workers.admission.Admission`): 1013."""
+        if self.state is not S.CHALLENGED:
+            return []
+        return self._close(E.EVICTED, CloseCode.TRY_AGAIN_LATER)
 
     # ------------------------------------------------------------------ coordinator
 

@@ -116,6 +116,7 @@ from workers.replica import (
 )
 from workers.routes import CoordinatorClock, Room, RouteTable
 from workers.settings import WorkerSettings
+from workers.sources import client_address, parse_trusted, source_key
 
 log = logging.getLogger("workers")
 _T = TypeVar("_T")
@@ -200,6 +201,7 @@ class Worker:
         self._pressured: set[ServerConnection] = set()  # transports past the write limit
         self._limits = settings.limits
         self.admission = Admission(settings.admission)
+        self._trusted = parse_trusted(settings.network.trusted_proxies)
         self.counters: Counter[str] = Counter()
         self._logged: Counter[str] = Counter()
         self._logged_at = float("-inf")
@@ -389,8 +391,13 @@ class Worker:
             "buffered": sum(backlog),
             "maxBuffered": max(backlog, default=0),
             "lagging": len(self._groups[Group.BEHIND]),
-            "challenged": len(self.admission.pending),
-            "refused": {kind.value: refused.get(kind, 0) for kind in (Admit.BUSY, Admit.THROTTLED)},
+            "challenged": self.admission.pending,
+            "connections": self.admission.connections,
+            "refused": {
+                kind.value: refused.get(kind, 0)
+                for kind in (Admit.FULL, Admit.BUSY, Admit.THROTTLED)
+            },
+            "evicted": self.admission.evicted,
             "cutOff": self._cut_off,
             "dropped": dict(self.counters),
         }
@@ -403,9 +410,12 @@ class Worker:
             log.debug("conn %d refused: cut off from the coordinator", conn_id)
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
             return
-        admitted = self.admission.admit(conn_id, self.now)
-        if admitted is not Admit.OK:
-            log.debug("conn %d refused: %s", conn_id, admitted.value)
+        decision = self.admission.admit(conn_id, self._source_of(ws), self.now)
+        for evicted in decision.evict:  # challenge-phase slots of a heavier source
+            if (victim := self.clients.get(evicted)) is not None:
+                self._perform(victim, victim.machine.on_evicted())
+        if not decision.admitted:
+            log.debug("conn %d refused: %s", conn_id, decision.verdict.value)
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
             return
         machine = Connection.open(
@@ -426,18 +436,27 @@ class Worker:
                         frame, self.now, self._link(), self.replica, client.buffered()
                     )
                 if machine.state is not State.CHALLENGED:
-                    self.admission.release(conn_id)
+                    self.admission.authenticated(conn_id)
                 self._perform(client, actions)
         except ConnectionClosed as exc:
             log.debug("conn %d closed: %s", conn_id, exc)
         finally:
-            self.admission.release(conn_id)
+            self.admission.closed(conn_id)
             del self.clients[conn_id]
             del self._by_ws[ws]
             self._perform(client, machine.on_transport_closed())
         if client.close_task is not None:
             await client.close_task
         log.debug("conn %d ended in %s", conn_id, [t[2].value for t in machine.trace])
+
+    def _source_of(self, ws: ServerConnection) -> str:
+        """The admission source: the client's address (from a trusted proxy's header
+        when the peer is one), IPv6 by /64."""
+        peer = ws.remote_address
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        if self._trusted and ws.request is not None:
+            address = client_address(address, ws.request.headers, self._trusted)
+        return source_key(address or "")
 
     async def _next_frame(self, client: Client) -> str | bytes | None:
         """The next client frame, or ``None`` when the connection's deadline passed."""
@@ -836,7 +855,7 @@ class Worker:
             log.info(
                 "since the last report: %s (%d challenged now)",
                 ", ".join(f"{k} {n}" for k, n in sorted(new.items())),
-                len(self.admission.pending),
+                self.admission.pending,
             )
         self._logged, self._logged_at = summary, now
 

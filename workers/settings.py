@@ -26,6 +26,19 @@ from shared.options import (
 )
 from workers.admission import AdmissionLimits
 from workers.connection import Limits
+from workers.sources import parse_trusted
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _proxies(value: tuple[str, ...]) -> str | None:
+    try:
+        parse_trusted(value)
+    except ValueError as exc:
+        return f"has a bad entry ({exc})"
+    return None
 
 
 def seconds_or_off(text: str) -> float | None:
@@ -57,6 +70,15 @@ class Network:
         "seconds between keepalive pings (the protocol's default); 0 turns them off",
         parse=seconds_or_off,
         check=optional(positive),
+    )
+    trusted_proxies: tuple[str, ...] = option(
+        (),
+        "comma-separated addresses or networks of reverse proxies whose X-Forwarded-For "
+        "or Forwarded header names the client (admission is fair per client address); "
+        "headers from anyone else are ignored",
+        parse=split_list,
+        check=_proxies,
+        shown="none",
     )
     ping_timeout: float | None = option(
         20.0,
