@@ -79,7 +79,11 @@ class CoordinatorCore:
     clock, used only for route deadlines and in beats (workers measure their offset
     from it)."""
 
-    def __init__(self, settings: CoordinatorSettings, *, epoch: str, now: float) -> None:
+    def __init__(
+        self, settings: CoordinatorSettings, *, epoch: str, now: float, previous: str = ""
+    ) -> None:
+        """``previous`` is the epoch of the coordinator that ran before on the same
+        endpoint, if known: ``epoch`` must be above it."""
         self.settings = settings
         self.lobby = Lobby(epoch)
         timing = settings.timing
@@ -89,6 +93,9 @@ class CoordinatorCore:
             reannounce_every=timing.heartbeat_interval,
             started=now,
         )
+        if previous:
+            self.registry.restarted = True
+            self.lobby.observe_epoch(previous, bb.new_epoch)
         self._window = BatchWindow(timing.batch_window, settings.batch_ceiling)
         self._flush_at: float | None = None
         self._next_beat = now
@@ -138,7 +145,9 @@ class CoordinatorCore:
         return out
 
     def _on_hello(self, worker: str, msg: bb.Hello, now: float, out: list[Output]) -> None:
-        reported = {msg.epoch, *(epoch for _, _, epoch, _, _ in msg.sessions)}
+        reported = {msg.epoch, *(epoch for _, _, epoch, _, _ in msg.sessions)} - {""}
+        if reported - self.lobby.own_epochs:
+            self.registry.restarted = True
         for epoch in sorted(reported, key=bb.epoch_generation, reverse=True):
             if self.lobby.observe_epoch(epoch, bb.new_epoch):
                 self.epoch_changes += 1

@@ -11,10 +11,12 @@ replies were lost) is asked to re-register with ``Reannounce``, at most once per
 ``Hello`` will carry everything they said.
 
 The lobby is *rebuilding* while a worker may still hold sessions the lobby does not
-show: for ``grace`` seconds after start (every live worker speaks at least once per
-heartbeat, so by then every one is known) and while any known worker is unregistered.
-While rebuilding, a message to a key the lobby does not show is answered
-``unavailable``, not ``offline``: the key may well be online on a worker not yet heard.
+show: while any known worker is unregistered, and, if an earlier coordinator ran (its
+lock file says so, or a worker reports an epoch that is not ours), for ``grace``
+seconds after start (every live worker speaks at least once per heartbeat, so by then
+every one is known). While rebuilding, a message to a key the lobby does not show is
+answered ``unavailable``, not ``offline``: the key may well be online on a worker not
+yet heard. A first start, with no earlier coordinator, has nothing to rebuild.
 
 Pure: every call takes ``now`` (seconds on a monotonic clock).
 """
@@ -41,6 +43,8 @@ class WorkerRegistry:
         self.timeout = timeout
         self.reannounce_every = reannounce_every
         self._rebuilt_after = started + grace
+        self.restarted = False
+        """Whether an earlier coordinator ran (see the theory of operation)."""
         self._workers: dict[str, WorkerState] = {}
 
     def __contains__(self, worker: str) -> bool:
@@ -113,6 +117,6 @@ class WorkerRegistry:
         return min(s.last_seen for s in self._workers.values()) + self.timeout
 
     def rebuilding(self, now: float) -> bool:
-        if now < self._rebuilt_after:
+        if self.restarted and now < self._rebuilt_after:
             return True
         return any(not s.registered for s in self._workers.values())

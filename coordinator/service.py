@@ -47,7 +47,11 @@ class Coordinator:
         except Exception:
             self._lock.release()
             raise
-        self.core = CoordinatorCore(settings, epoch=bb.new_epoch(), now=time.monotonic())
+        self.core = CoordinatorCore(
+            settings, epoch=bb.new_epoch(), now=time.monotonic(), previous=self._lock.previous
+        )
+        self._recorded = self.core.epoch
+        self._lock.record(self._recorded)
         self._stopping = False
         self._drops_logged: Counter[str] = Counter()
         self._drops_logged_at = float("-inf")
@@ -162,6 +166,9 @@ class Coordinator:
             log.warning("dropping undecodable frame from worker %s: %s", worker, exc)
             return
         self._carry_out(self.core.handle(worker, msg, time.monotonic(), time.time()))
+        if self.core.epoch != self._recorded:  # moved above an epoch a worker reported
+            self._recorded = self.core.epoch
+            self._lock.record(self._recorded)
 
     def _carry_out(self, outputs: list[Output]) -> None:
         for out in outputs:

@@ -127,10 +127,15 @@ def check_private_dir(directory: Path) -> None:
 
 
 class Lock:
-    """An exclusive ``flock`` on ``<events socket>.lock``, held for a process's life."""
+    """An exclusive ``flock`` on ``<events socket>.lock``, held for a process's life.
 
-    def __init__(self, fd: int | None) -> None:
+    The file stays behind when the process ends and holds a line of the holder's
+    choosing (:meth:`record`): the coordinator writes its epoch there, so the next one
+    knows a coordinator ran before it (:attr:`previous`)."""
+
+    def __init__(self, fd: int | None, previous: str = "") -> None:
         self._fd = fd
+        self.previous = previous
 
     @classmethod
     def take(cls, endpoint: str, role: str) -> Lock:
@@ -150,7 +155,14 @@ class Lock:
                     f"another {role} is running on {endpoint} (it holds {lock_path})"
                 ) from None
             raise
-        return cls(fd)
+        previous = os.read(fd, 4096).decode("utf-8", "replace").strip()
+        return cls(fd, previous)
+
+    def record(self, text: str) -> None:
+        """Replace the file's line with ``text`` (no-op without a file)."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, text.encode() + b"\n", 0)
 
     def release(self) -> None:
         if self._fd is not None:

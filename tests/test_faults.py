@@ -384,7 +384,7 @@ def burst(ctx: zmq.Context[zmq.Socket[bytes]], cluster: Cluster, n: int) -> str:
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.ROUTING_ID, b"burst")
     dealer.connect(cluster.events)
-    dealer.send(bb.encode(bb.Hello("burst", [])))
+    dealer.send(bb.encode(bb.Hello("burst", "", "", "", [])))
     for i in range(n):
         key = f"{i:064x}"
         dealer.send(bb.encode(bb.Authed(i, key)))
