@@ -25,7 +25,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from coordinator.batching import BatchWindow
 from coordinator.lobby import Flush, Lobby, Session
 from shared import backbone as bb
-from shared import curve, endpoints
+from shared import curve, endpoints, notify
 from shared.protocol import is_hex_key
 
 log = logging.getLogger("coordinator")
@@ -143,6 +143,7 @@ class Coordinator:
             self.settings.updates_endpoint,
             self.epoch,
         )
+        notify.ready(f"coordinator ready: epoch {self.epoch}")
         while not self._stopping:
             now = time.monotonic()
             wake = min(next_beat, self._flush_at or next_beat)
@@ -156,6 +157,7 @@ class Coordinator:
             if now >= next_beat:
                 next_beat = now + self.settings.heartbeat_interval
                 self._send_pub(bb.Beat(self.epoch, self.lobby.seq))
+        notify.stopping("coordinator stopping")
         self.router.close(0)
         self.pub.close(0)
         self._stop_auth()
