@@ -16,7 +16,7 @@ import zmq.auth
 from shared import backbone as bb
 from shared import curve, endpoints
 from shared.client import LobbyClient
-from tests.procs import ROOT, ManagedProcess, free_port
+from tests.support import ROOT, ManagedProcess, free_port
 
 
 @pytest.mark.parametrize(
@@ -109,7 +109,7 @@ def test_curve_admits_only_listed_workers_and_never_logs_secrets(tmp_path: Path)
     )
     worker: ManagedProcess | None = None
     try:
-        coordinator.wait_for_line("coordinator ready")
+        coordinator.wait_ready()
         worker = ManagedProcess(
             "workers",
             [
@@ -126,7 +126,7 @@ def test_curve_admits_only_listed_workers_and_never_logs_secrets(tmp_path: Path)
                 str(keys / "coordinator.key"),
             ],
         )
-        worker.wait_for_line("worker w1 ready")
+        worker.wait_ready()
 
         async def join() -> None:
             async with LobbyClient.connect(f"ws://127.0.0.1:{web}/ws") as client:

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from typing import Any
-
 from shared.client import LobbyClient, generate_signing_key
 from shared.protocol import CloseCode
-from tests.cluster import Cluster
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 60))
+from tests.support import Cluster, run
 
 
 def test_multiple_clients_lobby_consistency(cluster: Cluster) -> None:
@@ -28,7 +20,7 @@ def test_multiple_clients_lobby_consistency(cluster: Cluster) -> None:
             await c.close()
             assert c.errors == []
 
-    run(scenario())
+    run(scenario(), timeout=60)
 
 
 def test_user_add_triggers_broadcast(cluster: Cluster) -> None:
@@ -43,7 +35,7 @@ def test_user_add_triggers_broadcast(cluster: Cluster) -> None:
                 assert newcomer.errors == []
             assert watcher.errors == []
 
-    run(scenario())
+    run(scenario(), timeout=60)
 
 
 def test_user_remove_triggers_broadcast(cluster: Cluster) -> None:
@@ -55,7 +47,7 @@ def test_user_remove_triggers_broadcast(cluster: Cluster) -> None:
             await watcher.wait_for_view({watcher.public_key})
             assert watcher.errors == [] and leaver.errors == []
 
-    run(scenario())
+    run(scenario(), timeout=60)
 
 
 def test_reconnection_updates_not_duplicates(cluster: Cluster) -> None:
@@ -76,4 +68,4 @@ def test_reconnection_updates_not_duplicates(cluster: Cluster) -> None:
             await watcher.wait_for_view({watcher.public_key})
             assert watcher.errors == [] and first.errors == [] and second.errors == []
 
-    run(scenario())
+    run(scenario(), timeout=60)

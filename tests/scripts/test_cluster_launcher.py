@@ -25,7 +25,7 @@ from scripts.cluster import (
     split_forwarded,
     worker_id,
 )
-from tests.procs import ROOT, ManagedProcess, free_port, wait_until
+from tests.support import ROOT, ManagedProcess, free_port, wait_until
 
 # --------------------------------------------------------------------------- pure logic
 
@@ -240,7 +240,7 @@ def exercise_restart_and_stop(launcher: ManagedProcess, workers: int, stop_signa
 
     launcher.signal(stop_signal)
     assert launcher.proc.wait(30) == 0, launcher.output()
-    wait_until(lambda: all(gone(pid) for pid in pids.values()), 10, "every child to exit")
+    wait_until(lambda: all(gone(pid) for pid in pids.values()), "every child to exit", 10)
     launcher.assert_no_traceback()
 
 
@@ -270,7 +270,7 @@ def test_launcher_kills_children_that_ignore_sigterm(fakes: Path) -> None:
         launcher.signal(signal.SIGTERM)
         assert launcher.proc.wait(30) == 0, launcher.output()
         assert "w1-1 still running after 0.5s; SIGKILL" in launcher.output()
-        wait_until(lambda: all(gone(pid) for pid in pids.values()), 10, "every child to exit")
+        wait_until(lambda: all(gone(pid) for pid in pids.values()), "every child to exit", 10)
     finally:
         shut_down(launcher)
 
@@ -284,7 +284,7 @@ def test_children_stop_when_the_launcher_is_killed(fakes: Path) -> None:
         launcher.wait_for_line("connect to ws://", timeout=30)
         pids = started_pids(launcher)
         launcher.signal(signal.SIGKILL)
-        wait_until(lambda: all(gone(pid) for pid in pids.values()), 10, "orphans to exit")
+        wait_until(lambda: all(gone(pid) for pid in pids.values()), "orphans to exit", 10)
     finally:
         shut_down(launcher)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.procs import ROOT
+from tests.support import ROOT
 
 
 def test_fault_timings_measures_both_faults(tmp_path: Path) -> None:

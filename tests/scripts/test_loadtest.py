@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from shared.client import (
     LobbyView,
     ViewError,
 )
+from tests.support import until
 
 # --------------------------------------------------------------------------- pure
 
@@ -279,18 +280,14 @@ def test_the_update_cache_forgets_the_oldest_past_its_budget() -> None:
 def test_load_clients_handle_frames_in_place_against_a_real_server() -> None:
     server = start_baseline(free_port())
 
-    async def until(condition: Callable[[], bool]) -> None:
-        async with asyncio.timeout(10):
-            while not condition():  # polled: a waiter would route frames via the reader
-                await asyncio.sleep(0.01)
-
     async def run() -> None:
+        # Polled, not awaited with wait_for_view: a waiter would route frames via the reader.
         a = await LoadClient.connect(server.url)
         assert isinstance(a, LoadClient) and a.in_place
         b = await LoadClient.connect(server.url)
-        await until(lambda: b.public_key in a.view)
+        await until(lambda: b.public_key in a.view, "b to join", 10)
         await b.close()
-        await until(lambda: b.public_key not in a.view)
+        await until(lambda: b.public_key not in a.view, "b to leave", 10)
         assert a.updates_received == 2 and a.update_bytes > 0
         assert not a.errors and a.view.online == {a.public_key}
         c = await LoadClient.connect(server.url)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.procs import ROOT
+from tests.support import ROOT
 from workers.settings import WorkerSettings
 
 
