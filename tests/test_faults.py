@@ -71,7 +71,7 @@ class Launched:
         args += [f"--coordinator-arg={a}" for a in coordinator]
         args += [f"--worker-arg={a}" for a in worker]
         self.proc = ManagedProcess("scripts.cluster", args, env={"XDG_RUNTIME_DIR": str(tmp)})
-        self.proc.wait_for_line("connect to ws://", timeout=30)
+        self.proc.wait_ready(timeout=30)
 
     def pid(self, name: str) -> int:
         pids = re.findall(rf"started {re.escape(name)} pid (\d+)", self.proc.output())
@@ -114,7 +114,7 @@ def test_killed_worker_users_leave_everywhere_and_launcher_replaces_it(
         dead = [c for c in clients if c.closed]
         print(f"\nworker SIGKILL: {len(dead)} ghosts removed from every view in {took:.2f}s")
         assert 0 < len(dead) < len(clients), "clients all landed on one worker"
-        launched.proc.wait_for_line("ready again", timeout=20)
+        launched.proc.wait_ready(timeout=20, count=2)  # whole again
         newcomers = await connect_many(launched.url, 6)  # spread over both workers
         survivors = [*open_ones(clients), *newcomers]
         await until(lambda: settled(survivors), "newcomers to be seen", 10)
