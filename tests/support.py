@@ -5,6 +5,9 @@ otherwise) or blocks on a socket with a timeout; nothing sleeps to synchronise. 
 is ready when it says so with the sd_notify protocol (``READY=1``, see
 :mod:`shared.notify`), not when its log contains some text: :class:`ManagedProcess`
 gives each child its own notification socket.
+
+A test that starts a process must be marked ``@pytest.mark.process`` (tests/conftest.py
+fails it otherwise), so that ``make test-fast`` runs only what is quick.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ from shared.client import (
 from shared.protocol import CloseCode
 from tests.support import Cluster, health, health_until, run, until
 
+pytestmark = pytest.mark.process
+
+
 # --------------------------------------------------------------------------- raw client
 
 

@@ -51,6 +51,7 @@ def test_default_ipc_directory_is_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
+@pytest.mark.process
 def test_coordinator_refuses_an_exposed_backbone_without_curve() -> None:
     port = free_port()
     result = subprocess.run(
@@ -90,6 +91,7 @@ def _keys(tmp: Path) -> tuple[Path, Path, Path]:
     return keys, admitted, keys / "stranger.key_secret"
 
 
+@pytest.mark.process
 def test_curve_admits_only_listed_workers_and_never_logs_secrets(tmp_path: Path) -> None:
     keys, admitted, stranger = _keys(tmp_path)
     p1, p2, web = free_port(), free_port(), free_port()

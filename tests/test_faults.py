@@ -28,6 +28,8 @@ from shared.client import (
 from shared.protocol import CloseCode
 from tests.support import Cluster, ManagedProcess, free_port, run, until
 
+pytestmark = pytest.mark.process
+
 FAST_COORDINATOR = ("--heartbeat-interval", "0.1", "--worker-timeout", "0.6")
 FAST_WORKER = ("--heartbeat-interval", "0.1", "--coordinator-timeout", "0.6")
 

@@ -28,6 +28,8 @@ from shared import protocol
 from shared.client import LobbyClient, public_key_hex
 from tests.support import Cluster
 
+pytestmark = pytest.mark.process
+
 T = TypeVar("T")
 PRE_AUTH_LIMIT = 4096
 SK = SigningKey(bytes(range(40, 72)))

@@ -22,6 +22,9 @@ from shared.client import LobbyClient, generate_signing_key, public_key_hex
 from shared.protocol import CloseCode
 from tests.support import Cluster, ManagedProcess, run, until, wait_until
 
+pytestmark = pytest.mark.process
+
+
 # ------------------------------------------------------------ three client processes
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from shared.client import LobbyClient, generate_signing_key
 from shared.protocol import CloseCode
 from tests.support import Cluster, run
+
+pytestmark = pytest.mark.process
 
 
 def test_multiple_clients_lobby_consistency(cluster: Cluster) -> None:

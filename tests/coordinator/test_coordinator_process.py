@@ -13,6 +13,8 @@ import zmq
 from shared import backbone as bb
 from tests.support import ManagedProcess
 
+pytestmark = pytest.mark.process
+
 A, B, C = ("a" * 64, "b" * 64, "c" * 64)
 
 

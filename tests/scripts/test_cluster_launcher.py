@@ -277,6 +277,7 @@ def exercise_restart_and_stop(launcher: ManagedProcess, workers: int, stop_signa
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.process
 def test_launcher_restarts_and_stops_stand_ins(fakes: Path, stop_signal: int) -> None:
     env = {"PYTHONPATH": str(fakes)}
     extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
@@ -292,6 +293,7 @@ def test_launcher_restarts_and_stops_stand_ins(fakes: Path, stop_signal: int) ->
         shut_down(launcher)
 
 
+@pytest.mark.process
 def test_launcher_kills_children_that_ignore_sigterm(fakes: Path) -> None:
     env = {"PYTHONPATH": str(fakes), "FAKE_IGNORE_TERM": "1"}
     extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
@@ -308,6 +310,7 @@ def test_launcher_kills_children_that_ignore_sigterm(fakes: Path) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.process
 def test_children_stop_when_the_launcher_is_killed(fakes: Path) -> None:
     env = {"PYTHONPATH": str(fakes)}
     extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
@@ -327,6 +330,7 @@ REAL = (ROOT / "coordinator" / "__main__.py").exists() and (
 
 
 @pytest.mark.skipif(not REAL, reason="python -m coordinator / workers not written yet")
+@pytest.mark.process
 def test_real_cluster_restarts_a_killed_worker_and_stops_cleanly(short_runtime_dir: str) -> None:
     from shared.client import LobbyClient
 

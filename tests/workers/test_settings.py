@@ -17,6 +17,7 @@ def test_non_positive_limits_are_refused(field: str) -> None:
         WorkerSettings(events_endpoint="ipc://e", updates_endpoint="ipc://u", **{field: 0})
 
 
+@pytest.mark.process
 def test_command_line_reports_a_bad_value_without_a_traceback() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "workers", "--msg-burst", "0"],

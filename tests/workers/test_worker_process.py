@@ -30,6 +30,8 @@ from shared import backbone as bb
 from shared import protocol
 from tests.support import ROOT, ManagedProcess, free_port, http, run, until
 
+pytestmark = pytest.mark.process
+
 M = TypeVar("M")
 WORKER = "w1"
 FAST = [
