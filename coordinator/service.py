@@ -25,7 +25,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from coordinator.core import CoordinatorCore, Output, Publish, ToWorker
 from coordinator.settings import CoordinatorSettings
 from shared import backbone as bb
-from shared import curve, endpoints
+from shared import curve, endpoints, notify
 
 log = logging.getLogger("coordinator")
 
@@ -124,6 +124,7 @@ class Coordinator:
             ends.updates,
             self.epoch,
         )
+        ready = False
         while not self._stopping:
             now = time.monotonic()
             timeout_ms = max(0, int((self.core.wake_at(now) - now) * 1000) + 1)
@@ -132,6 +133,11 @@ class Coordinator:
             now = time.monotonic()
             self._carry_out(self.core.tick(now, time.time()))
             self._log_drops(now)
+            if not ready and not self.core.registry.rebuilding(now):
+                ready = True  # every answer is the truth from here on: "offline" too
+                log.info("lobby complete: %d users", len(self.core.lobby))
+                notify.ready(f"coordinator ready: epoch {self.epoch}")
+        notify.stopping("coordinator stopping")
         self.router.close(0)
         self.pub.close(0)
         self._stop_auth()

@@ -13,7 +13,7 @@ import asyncio
 import json
 import random
 import socket
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,41 +32,9 @@ from shared.client import (
     public_key_hex,
 )
 from shared.protocol import CloseCode
-from tests.cluster import Cluster
+from tests.support import Cluster, health, health_until, run, until
 
-
-def run(coro: Coroutine[Any, Any, None], timeout: float = 90) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Poll ``condition`` (cheap, local) until it holds; fail after ``timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.01)  # polling with a deadline
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
-
-
-async def health(port: int) -> dict[str, Any]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        async with asyncio.timeout(5):
-            raw = await reader.read()
-    finally:
-        writer.close()
-    body: dict[str, Any] = json.loads(raw.split(b"\r\n\r\n", 1)[1])
-    return body
-
-
-async def health_until(port: int, condition: Callable[[dict[str, Any]], bool], what: str) -> None:
-    async with asyncio.timeout(15):
-        while not condition(await health(port)):
-            await asyncio.sleep(0.02)  # polling with a deadline
-    _ = what
+pytestmark = pytest.mark.process
 
 
 # --------------------------------------------------------------------------- raw client

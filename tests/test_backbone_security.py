@@ -16,7 +16,7 @@ import zmq.auth
 from shared import backbone as bb
 from shared import curve, endpoints
 from shared.client import LobbyClient
-from tests.procs import ROOT, ManagedProcess, free_port
+from tests.support import ROOT, ManagedProcess, free_port
 
 
 @pytest.mark.parametrize(
@@ -51,6 +51,7 @@ def test_default_ipc_directory_is_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
+@pytest.mark.process
 def test_coordinator_refuses_an_exposed_backbone_without_curve() -> None:
     port = free_port()
     result = subprocess.run(
@@ -90,6 +91,7 @@ def _keys(tmp: Path) -> tuple[Path, Path, Path]:
     return keys, admitted, keys / "stranger.key_secret"
 
 
+@pytest.mark.process
 def test_curve_admits_only_listed_workers_and_never_logs_secrets(tmp_path: Path) -> None:
     keys, admitted, stranger = _keys(tmp_path)
     p1, p2, web = free_port(), free_port(), free_port()
@@ -109,7 +111,7 @@ def test_curve_admits_only_listed_workers_and_never_logs_secrets(tmp_path: Path)
     )
     worker: ManagedProcess | None = None
     try:
-        coordinator.wait_for_line("coordinator ready")
+        coordinator.wait_ready()
         worker = ManagedProcess(
             "workers",
             [
@@ -126,7 +128,7 @@ def test_curve_admits_only_listed_workers_and_never_logs_secrets(tmp_path: Path)
                 str(keys / "coordinator.key"),
             ],
         )
-        worker.wait_for_line("worker w1 ready")
+        worker.wait_ready()
 
         async def join() -> None:
             async with LobbyClient.connect(f"ws://127.0.0.1:{web}/ws") as client:

@@ -11,7 +11,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +26,12 @@ from shared.client import (
     public_key_hex,
 )
 from shared.protocol import CloseCode
-from tests.cluster import Cluster
-from tests.procs import ManagedProcess, free_port
+from tests.support import Cluster, ManagedProcess, free_port, run, until
+
+pytestmark = pytest.mark.process
 
 FAST_COORDINATOR = ("--heartbeat-interval", "0.1", "--worker-timeout", "0.6")
 FAST_WORKER = ("--heartbeat-interval", "0.1", "--coordinator-timeout", "0.6")
-
-
-def run(coro: Coroutine[Any, Any, None], timeout: float = 90) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` (every 10 ms) up to ``timeout`` s; returns the seconds it took."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
 
 
 async def connect_many(url: str, n: int) -> list[LobbyClient]:
@@ -86,7 +73,7 @@ class Launched:
         args += [f"--coordinator-arg={a}" for a in coordinator]
         args += [f"--worker-arg={a}" for a in worker]
         self.proc = ManagedProcess("scripts.cluster", args, env={"XDG_RUNTIME_DIR": str(tmp)})
-        self.proc.wait_for_line("connect to ws://", timeout=30)
+        self.proc.wait_ready(timeout=30)
 
     def pid(self, name: str) -> int:
         pids = re.findall(rf"started {re.escape(name)} pid (\d+)", self.proc.output())
@@ -123,16 +110,16 @@ def test_killed_worker_users_leave_everywhere_and_launcher_replaces_it(
         start = time.monotonic()
         # Its clients see their connections drop (20 clients: all on one worker has odds
         # of about 1 in 500,000), then everyone else sees them leave.
-        await until(lambda: any(c.closed for c in clients), 10, "the kill to drop clients")
-        await until(lambda: settled(clients), 10, "the killed worker's users to leave")
+        await until(lambda: any(c.closed for c in clients), "the kill to drop clients", 10)
+        await until(lambda: settled(clients), "the killed worker's users to leave", 10)
         took = time.monotonic() - start
         dead = [c for c in clients if c.closed]
         print(f"\nworker SIGKILL: {len(dead)} ghosts removed from every view in {took:.2f}s")
         assert 0 < len(dead) < len(clients), "clients all landed on one worker"
-        launched.proc.wait_for_line("ready again", timeout=20)
+        launched.proc.wait_ready(timeout=20, count=2)  # whole again
         newcomers = await connect_many(launched.url, 6)  # spread over both workers
         survivors = [*open_ones(clients), *newcomers]
-        await until(lambda: settled(survivors), 10, "newcomers to be seen")
+        await until(lambda: settled(survivors), "newcomers to be seen", 10)
         await close_all(survivors)
 
     run(scenario())
@@ -151,11 +138,11 @@ def test_killed_coordinator_is_restarted_and_every_client_resyncs(launched: Laun
             fresh = all(c.snapshots_received > before[id(c)] for c in clients)
             return fresh and all_views_are(clients, everyone)
 
-        took = await until(resynced, 5, "a fresh snapshot equal to the online set everywhere")
+        took = await until(resynced, "a fresh snapshot equal to the online set everywhere", 5)
         print(f"\ncoordinator SIGKILL: every client resynced in {took:.2f}s")
         assert open_ones(clients) == clients  # nobody was disconnected
         late = await LobbyClient.connect(launched.url)
-        await until(lambda: settled([*clients, late]), 10, "a join after the restart")
+        await until(lambda: settled([*clients, late]), "a join after the restart", 10)
         await close_all([*clients, late])
 
     run(scenario())
@@ -214,7 +201,7 @@ def test_outage_auths_get_1013_sends_get_unavailable_and_restart_rebuilds(
             fresh = all(c.snapshots_received > before[id(c)] for c in clients)
             return fresh and all_views_are(clients, everyone)
 
-        await until(rebuilt, 10, "the lobby to be rebuilt from the workers")
+        await until(rebuilt, "the lobby to be rebuilt from the workers", 10)
         print(f"\ncoordinator restart: lobby rebuilt in {time.monotonic() - start:.2f}s")
         result = await clients[0].send(clients[1].public_key, "back")
         assert result["status"] == "delivered"
@@ -256,9 +243,9 @@ def test_partitioned_worker_comes_back_and_newest_session_wins(fast_cluster: Clu
             moved = [c for c in clients if c.updates_received > seen_at[id(c)]]
             return bool(moved) and all(len(c.view) < len(everyone) for c in moved)
 
-        await until(partitioned, 10, "the partitioned worker's users to leave")
+        await until(partitioned, "the partitioned worker's users to leave", 10)
         outside = [c for c in clients if c.updates_received > seen_at[id(c)]]
-        await until(lambda: len({frozenset(c.view.online) for c in outside}) == 1, 5, "agree")
+        await until(lambda: len({frozenset(c.view.online) for c in outside}) == 1, "agree", 5)
         inside = [c for c in clients if c not in outside]
         assert inside, "clients all landed on one worker"
         assert outside[0].view.online == {c.public_key for c in outside}
@@ -273,7 +260,7 @@ def test_partitioned_worker_comes_back_and_newest_session_wins(fast_cluster: Clu
         for old in movers:
             assert await old.wait_closed(10) == CloseCode.SESSION_REPLACED
         live = [*outside, *stayers, *moved]
-        await until(lambda: settled(live), 10, "one consistent lobby after the partition")
+        await until(lambda: settled(live), "one consistent lobby after the partition", 10)
         took = time.monotonic() - start
         print(f"\npartition healed: views consistent {took:.2f}s after SIGCONT")
         assert len({c.public_key for c in live}) == len(live) == len(everyone)
@@ -321,8 +308,8 @@ def test_sigterm_closes_with_1001_and_rolling_restart_keeps_service(
         first = cluster.workers[0]
         first.signal(signal.SIGTERM)
         start = time.monotonic()
-        await until(lambda: any(c.closed for c in clients), 5, "the stop to close clients")
-        await until(lambda: settled(clients), 5, "the stopped worker's users to leave")
+        await until(lambda: any(c.closed for c in clients), "the stop to close clients", 5)
+        await until(lambda: settled(clients), "the stopped worker's users to leave", 5)
         took = time.monotonic() - start
         print(f"\nworker SIGTERM: its users left everywhere in {took:.2f}s")
         closed = [c for c in clients if c.closed]

@@ -87,7 +87,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from shared import backbone as bb
-from shared import curve, endpoints, protocol, timings
+from shared import curve, endpoints, notify, protocol, timings
 from shared.options import SettingsError
 from shared.protocol import CLOSE_REASONS, CloseCode, RejectReason, SendStatus
 from workers.admission import Admission, Admit
@@ -323,11 +323,14 @@ class Worker:
     async def _announce_ready(self, server: Server) -> None:
         await self._ready.wait()
         host, port = server.sockets[0].getsockname()[:2]
-        log.info("worker %s ready at ws://%s:%d%s", self.worker_id, host, port, protocol.WS_PATH)
+        url = f"ws://{host}:{port}{protocol.WS_PATH}"
+        log.info("worker %s ready at %s", self.worker_id, url)
+        notify.ready(f"worker {self.worker_id} ready at {url}")
         await asyncio.Event().wait()  # stay pending: only stop or a failure ends run()
 
     async def _shutdown(self, server: Server, tasks: list[asyncio.Task[Any]]) -> None:
         log.info("worker %s stopping", self.worker_id)
+        notify.stopping(f"worker {self.worker_id} stopping")
         self._emit(bb.Goodbye(self.worker_id))
         self._stopping = True  # the coordinator dropped all our sessions at once
         server.close(code=CloseCode.GOING_AWAY, reason=CLOSE_REASONS[CloseCode.GOING_AWAY])

@@ -11,7 +11,9 @@ import pytest
 import zmq
 
 from shared import backbone as bb
-from tests.procs import ManagedProcess
+from tests.support import ManagedProcess
+
+pytestmark = pytest.mark.process
 
 A, B, C = ("a" * 64, "b" * 64, "c" * 64)
 
@@ -80,7 +82,7 @@ class CoordinatorUnderTest:
                 *extra,
             ],
         )
-        self.proc.wait_for_line("coordinator ready")
+        self.proc.wait_ready()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.workers: list[FakeWorker] = []
 

@@ -14,7 +14,7 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +28,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shared import backbone as bb
 from shared import protocol
-from tests.procs import ROOT, ManagedProcess, free_port
+from tests.support import ROOT, ManagedProcess, free_port, http, run, until
+
+pytestmark = pytest.mark.process
 
 M = TypeVar("M")
 WORKER = "w1"
@@ -127,12 +129,6 @@ class Harness:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
-    async def wait_log(self, needle: str, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not self.proc.count(needle):
-                assert self.proc.proc.poll() is None, f"worker exited:\n{self.proc.output()}"
-                await asyncio.sleep(0.01)  # polling the log with a deadline
-
     async def login(self, sk: SigningKey) -> Session:
         """Connect, authenticate, ack and publish the join: a ready session."""
         ws = await connect(self.url)
@@ -230,7 +226,8 @@ async def worker(ipc_dir: Path, *args: str) -> AsyncIterator[Harness]:
             assert await pub.recv() == b"\x01"  # the worker subscribed to everything
         tasks = [asyncio.create_task(coord.serve()), asyncio.create_task(coord.beat())]
         harness = Harness(coord, proc, port)
-        await harness.wait_log(f"worker {WORKER} ready at ws://127.0.0.1:{port}/ws")
+        status = await asyncio.to_thread(proc.wait_ready, 10.0)
+        assert status == f"worker {WORKER} ready at ws://127.0.0.1:{port}/ws"
         hello = await coord.expect(bb.Hello)
         assert hello == bb.Hello(WORKER, [])
         await coord.expect(bb.SnapshotRequest)
@@ -246,10 +243,6 @@ async def worker(ipc_dir: Path, *args: str) -> AsyncIterator[Harness]:
         ctx.term()
         proc.assert_no_traceback()
         assert code == 0, proc.output()
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(coro)
 
 
 # --------------------------------------------------------------------------- authentication
@@ -393,10 +386,10 @@ def test_unreachable_coordinator_health_auth_and_send(ipc_dir: Path) -> None:
     async def scenario() -> None:
         async with worker(ipc_dir, "--auth-wait", "5") as h:
             c = h.coord
-            assert await http_status(h.port, "/healthz") == 200
+            assert (await http(h.port))[0] == 200
             s = await h.login(new_key())
             c.answering = c.beating = False
-            await until(lambda: http_status(h.port, "/healthz"), 503)
+            await until(lambda: answers(h.port, 503), "/healthz to answer 503", 5)
 
             await s.send({"type": "send", "to": "a" * 64, "id": "x1", "body": "hi"})
             assert await s.recv() == {
@@ -416,7 +409,7 @@ def test_unreachable_coordinator_health_auth_and_send(ipc_dir: Path) -> None:
             assert [session[:2] for session in hello.sessions] == [(s.conn, s.key)]
             authed = await c.expect(bb.Authed)
             assert authed.key == w.key
-            await until(lambda: http_status(h.port, "/healthz"), 200)
+            await until(lambda: answers(h.port, 200), "/healthz to answer 200", 5)
 
     run(scenario())
 
@@ -608,11 +601,11 @@ def test_errors_after_auth_keep_the_connection_and_oversize_closes_1009(ipc_dir:
 def test_http_paths(ipc_dir: Path) -> None:
     async def scenario() -> None:
         async with worker(ipc_dir) as h:
-            assert await http_status(h.port, "/healthz") == 200
+            assert (await http(h.port))[0] == 200
             with pytest.raises(InvalidStatus) as refused:
                 await connect(f"ws://127.0.0.1:{h.port}/elsewhere")
             assert refused.value.response.status_code == 404
-            assert await http_status(h.port, "/ws") == 426  # plain GET, no upgrade
+            assert (await http(h.port, path="/ws"))[0] == 426  # plain GET, no upgrade
             reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
             writer.write(b"\x16\x03\x01garbage\r\n\r\n")  # e.g. TLS to a plain port
             async with asyncio.timeout(5):
@@ -633,7 +626,7 @@ def test_sigterm_closes_clients_1001_and_says_goodbye(ipc_dir: Path) -> None:
             code, _, _ = await a.closed()
             assert code == 1001
             assert await h.coord.expect(bb.Goodbye) == bb.Goodbye(WORKER)
-            await until(lambda: _returncode(h.proc), 0)
+            await until(lambda: h.proc.proc.poll() == 0, "the worker to exit with 0", 5)
 
     run(scenario())
 
@@ -641,30 +634,9 @@ def test_sigterm_closes_clients_1001_and_says_goodbye(ipc_dir: Path) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-async def _returncode(proc: ManagedProcess) -> int | None:
-    return proc.proc.poll()
-
-
-async def until(
-    probe: Callable[[], Coroutine[Any, Any, object]], want: object, timeout: float = 5.0
-) -> None:
-    """Poll ``probe`` until it returns ``want``, with a deadline."""
-    async with asyncio.timeout(timeout):
-        while (got := await probe()) != want:
-            await asyncio.sleep(0.05)
-    assert got == want
-
-
-async def http_status(port: int, path: str) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-        await writer.drain()
-        async with asyncio.timeout(5):
-            status_line = await reader.readline()
-        return int(status_line.split()[1])
-    finally:
-        writer.close()
+async def answers(port: int, status: int) -> bool:
+    """Whether ``/healthz`` answers with ``status`` right now."""
+    return (await http(port))[0] == status
 
 
 def test_help_documents_every_option_and_its_environment_variable() -> None:
