@@ -158,6 +158,9 @@ class Lobby:
         current = self._live.get(key)
         if current == session:
             return
+        if session in self._replaced:  # it lost its key in this life: kick it (again)
+            self._kicks.append(session)
+            return
         self._unbind(session)
         if current is not None:
             if self.rank(stamp) <= self.rank(self._stamps[current]):
@@ -196,13 +199,15 @@ class Lobby:
         * A session the lobby holds for ``worker`` that is not claimed ended: removed.
         * An acknowledged claim is restored by its stamp (:meth:`restore_user`).
         * A claim waiting for its ack that the lobby holds is acknowledged again (the
-          ack may have been lost); one that lost its key to a newer session in this
-          coordinator's life is kicked again (the kick may have been lost).
-        * Any other claim waiting for its ack never reached this coordinator: if its
-          ``Authed`` was sent to this coordinator (an epoch of ours) it was lost on the
-          way and counts as arriving now (:meth:`add_user`); if it was sent to an
-          earlier coordinator it ranks as of that epoch (below everything this
-          coordinator acknowledged) and is acknowledged if it stays.
+          ack may have been lost).
+        * A claim (acked or not) for a session that lost its key to a newer one in this
+          coordinator's life is kicked again (the kick may have been lost), never
+          restored.
+        * Any other claim waiting for its ack never reached this coordinator (its
+          ``Authed`` was lost, or went to a coordinator that died). It ranks by the
+          ``(epoch, seq)`` its worker's replica had reached when it sent ``Authed``: a
+          session published later than that was accepted after it, one published
+          before it was not. If it stays it is acknowledged.
         * A connection claimed twice keeps its first claim (a worker never does that;
           the rest are ignored and counted)."""
         first: dict[int, Claim] = {}
@@ -227,14 +232,10 @@ class Lobby:
             elif self._live.get(claim.key) == session:
                 if session not in self._unacked:
                     self._reack.add(session)
-            elif session in self._replaced:
-                self._kicks.append(session)
-            elif claim.stamp[0] in self.own_epochs:
-                self.add_user(claim.key, session)
             else:
                 self.restore_user(claim.key, session, claim.stamp)
                 if self._live.get(claim.key) == session:
-                    self._unacked.add(session)
+                    self._unacked.add(session)  # it never had an ack: it gets one now
         return Reconciled(len(first), removed, duplicates)
 
     def observe_epoch(self, epoch: str, make_epoch: Callable[[int], str]) -> bool:

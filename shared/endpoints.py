@@ -79,6 +79,7 @@ def prepare(endpoint: str, *, port: int | None = None) -> None:
         base = directory.parent
         if not os.environ.get("XDG_RUNTIME_DIR"):
             _make_private(base)
+        check_private_dir(base)  # before anything is made inside it
         _make_private(directory)
     check_private_dir(directory)
 
