@@ -144,6 +144,8 @@ class Lobby:
         previous session of the key is replaced (kicked at the next flush)."""
         if self._live.get(key) == session:
             return  # the same event twice: nothing new happened
+        if session in self._replaced:
+            return  # it lost its key and is being kicked: it cannot come back
         self._unbind(session)
         old = self._live.get(key)
         if old is not None:

@@ -409,7 +409,7 @@ class Worker:
 
     async def _serve_client(self, ws: ServerConnection) -> None:
         conn_id = next(self._conn_ids)
-        if self._cut_off:
+        if self._cut_off and self._link() is Link.DOWN:
             log.debug("conn %d refused: cut off from the coordinator", conn_id)
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
             return

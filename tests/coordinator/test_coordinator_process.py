@@ -89,7 +89,7 @@ class CoordinatorUnderTest:
     def worker(self, name: str) -> FakeWorker:
         w = FakeWorker(self.ctx, name, self.events, self.updates)
         w.wait_subscribed()
-        w.send(bb.Hello(name, []))
+        w.send(bb.Hello(name, "", f"ipc:///results/{name}", "", []))
         assert isinstance(w.reply(), bb.Welcome)
         self.workers.append(w)
         return w
@@ -97,7 +97,7 @@ class CoordinatorUnderTest:
     def close(self) -> None:
         for w in self.workers:
             w.close()
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
         code = self.proc.stop()
         self.proc.assert_no_traceback()
         assert code == 0, self.proc.output()
@@ -218,10 +218,13 @@ def test_hello_reregisters_sessions_and_drops_forgotten_ones(coord: CoordinatorU
     w1.send(bb.Authed(2, B))
     expect_update(w1, 1, [A], [])
     expect_update(w1, 2, [B], [])
-    w1.reply(), w1.reply()
-    w1.send(bb.Hello("w1", [(2, B, "0", 2), (3, C, "0", 1)]))
+    ack = w1.reply()
+    w1.reply()
+    assert isinstance(ack, bb.AuthAck)
+    w1.send(bb.Hello("w1", ack.epoch, "", "", [(2, B, ack.epoch, 2, True), (3, C, "", 0, False)]))
     expect_update(w1, 3, [C], [A])
     assert isinstance(w1.reply(), bb.Welcome)
+    assert w1.reply() == bb.AuthAck(3, ack.epoch, 3)  # the one still waiting gets its ack
 
 
 def test_unknown_worker_is_asked_to_reannounce_and_newest_session_wins(
@@ -239,26 +242,38 @@ def test_unknown_worker_is_asked_to_reannounce_and_newest_session_wins(
     w3.send(bb.Heartbeat("w3"))
     assert w3.reply() == bb.Reannounce()
     # It claims A with an older authentication: the newer session stays, its is kicked.
-    w3.send(bb.Hello("w3", [(5, A, ack.epoch, ack.seq - 1), (6, B, ack.epoch, 0)]))
+    claims = [(5, A, ack.epoch, ack.seq - 1, True), (6, B, ack.epoch, 0, True)]
+    w3.send(bb.Hello("w3", ack.epoch, "", "", claims))
     assert isinstance(w3.reply(), bb.Welcome)
     assert w3.reply() == bb.Kick(5)
     expect_update(w2, 2, [B], [])
+    # Until it said Hello, its events changed nothing.
+    w4 = FakeWorker(coord.ctx, "w4", coord.events, coord.updates)
+    coord.workers.append(w4)
+    w4.send(bb.Authed(1, C))
+    assert w4.reply() == bb.Reannounce()
+    w4.send(bb.SnapshotRequest())
+    snapshot = w4.reply()
+    assert isinstance(snapshot, bb.Snapshot) and C not in snapshot.users
 
 
-def test_direct_message_routes_to_the_recipients_worker_and_back(
+def test_direct_message_routes_to_the_recipients_worker_with_where_to_answer(
     coord: CoordinatorUnderTest,
 ) -> None:
     w1, w2 = coord.worker("w1"), coord.worker("w2")
     w2.send(bb.Authed(9, B))
     expect_update(w1, 1, [B], [])
-    w1.send(bb.Route(5, A, B, "m1", "ciphertext"))
+    later = time.time() + 60
+    w1.send(bb.Route(5, A, B, "m1", "ciphertext", later))
     assert isinstance(w2.reply(), bb.AuthAck)
     deliver = w2.reply()
-    assert deliver == bb.Deliver("w1", 5, 9, A, "m1", "ciphertext")
-    w2.send(bb.RouteResult("w1", 5, "delivered"))
-    assert w1.reply() == bb.RouteDone(5, "delivered")
-    w1.send(bb.Route(6, A, C, "m2", "x"))
+    assert deliver == bb.Deliver("w1", "ipc:///results/w1", "", 5, 9, A, "m1", "ciphertext", later)
+    w1.send(bb.Route(6, A, C, "m2", "x", later))
     assert w1.reply() == bb.RouteDone(6, "offline")
+    # Past its deadline (a coordinator that stalled): dropped here, answered unavailable.
+    w1.send(bb.Route(7, A, B, "m3", "x", time.time() - 0.001))
+    assert w1.reply() == bb.RouteDone(7, "unavailable")
+    w2.no_reply(0.2)
 
 
 def test_garbage_frames_are_dropped_and_break_nothing(coord: CoordinatorUnderTest) -> None:
