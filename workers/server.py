@@ -212,7 +212,7 @@ class Worker:
         self._repair = False  # a message that matters was lost: re-register
         self._down_since: float | None = None
         self._cut_off = False
-        self._figures: dict[str, Any] = {}
+        self._backlog = {"buffered": 0, "maxBuffered": 0}
         self._ready = asyncio.Event()
         self._stopping = False
 
@@ -367,32 +367,16 @@ class Worker:
         return None
 
     def _health(self, conn: ServerConnection, *, head: bool) -> Response:
-        """O(1): the figures are kept by the ticker."""
+        """O(1): counters, and the backlog figures the ticker keeps."""
         up = self._link() is Link.UP and not self._stopping
+        refused = self.admission.refused
         body = {
             "status": "ok" if up else "unavailable",
             "worker": self.worker_id,
             "sync": self.replica.sync.value,
             "seq": self.replica.seq,
             "clients": len(self.clients),
-            **self._figures,
-        }
-        status = HTTPStatus.OK if up else HTTPStatus.SERVICE_UNAVAILABLE
-        response = conn.respond(status, json.dumps(body) + "\n")
-        del response.headers["Content-Type"]
-        response.headers["Content-Type"] = "application/json"
-        if head:
-            response.body = b""  # Content-Length stays that of the GET answer
-        return response
-
-    def _update_figures(self) -> None:
-        """Backlog and admission figures for ``/healthz``: O(pressured clients), once a
-        tick. Only transports past their write limit hold more than a few KiB."""
-        backlog = [t.get_write_buffer_size() for ws in self._pressured if (t := ws.transport)]
-        refused = self.admission.refused
-        self._figures = {
-            "buffered": sum(backlog),
-            "maxBuffered": max(backlog, default=0),
+            **self._backlog,
             "lagging": len(self._groups[Group.BEHIND]),
             "challenged": self.admission.pending,
             "connections": self.admission.connections,
@@ -404,6 +388,19 @@ class Worker:
             "cutOff": self._cut_off,
             "dropped": dict(self.counters),
         }
+        status = HTTPStatus.OK if up else HTTPStatus.SERVICE_UNAVAILABLE
+        response = conn.respond(status, json.dumps(body) + "\n")
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "application/json"
+        if head:
+            response.body = b""  # Content-Length stays that of the GET answer
+        return response
+
+    def _measure_backlog(self) -> None:
+        """The backlog figures of ``/healthz``, once a tick: O(pressured clients), as
+        only transports past their write limit hold more than a few KiB."""
+        backlog = [t.get_write_buffer_size() for ws in self._pressured if (t := ws.transport)]
+        self._backlog = {"buffered": sum(backlog), "maxBuffered": max(backlog, default=0)}
 
     # ------------------------------------------------------------------ clients
 
@@ -817,7 +814,7 @@ class Worker:
         self._watch_progress(now)
         self._sweep_flow()
         self._link_changed()
-        self._update_figures()
+        self._measure_backlog()
         self._log_counts(now)
 
     def _watch_cutoff(self, now: float) -> None:
