@@ -382,7 +382,12 @@ def test_idle_measures_memory_per_connection(ctx: scenarios.Context) -> None:
 def test_fanout_against_the_cluster(ctx: scenarios.Context) -> None:
     result = scenarios.fanout(ctx, watchers=5, changes=6, rate=12, frame_bytes=120, bare=False)
     assert_ok(result)
-    assert result.metrics["cpu_us_per_frame"] > 0
+    # The kernel counts CPU in 10 ms ticks: a run this small may legitimately read 0.
+    assert result.metrics["frames_delivered"] > 0
+    assert result.metrics["cpu_us_per_frame"] >= 0
+    assert result.metrics["cpu_us_per_frame"] == round(
+        result.metrics["server_cpu_s"] / result.metrics["frames_delivered"] * 1e6, 3
+    )
 
 
 # --------------------------------------------------------------------------- the CLI
