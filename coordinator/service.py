@@ -128,10 +128,11 @@ class Coordinator:
         while not self._stopping:
             now = time.monotonic()
             timeout_ms = max(0, int((self.core.wake_at(now) - now) * 1000) + 1)
-            if poller.poll(timeout_ms):
-                self._drain()
+            caught_up = self._drain() if poller.poll(timeout_ms) else True
             now = time.monotonic()
-            self._carry_out(self.core.tick(now, time.time()))
+            # Behind on input (after a stall): heartbeats may be waiting in the queue, so
+            # nobody is presumed dead until it is read.
+            self._carry_out(self.core.tick(now, time.time(), expire=caught_up))
             self._log_drops(now)
             if not ready and not self.core.registry.rebuilding(now):
                 ready = True  # every answer is the truth from here on: "offline" too
@@ -147,14 +148,15 @@ class Coordinator:
         if self._keys is not None:
             self._auth.stop()
 
-    def _drain(self) -> None:
-        """Apply up to :data:`DRAIN_BATCH` queued messages (so beats and flushes keep time)."""
+    def _drain(self) -> bool:
+        """Apply up to :data:`DRAIN_BATCH` queued messages (so beats and flushes keep
+        time); returns whether the queue is empty."""
         router = self.router
         for _ in range(DRAIN_BATCH):
             try:
                 ident = router.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return True
             # Two parts, [identity, frame], or it is not one of ours. (Plain recv calls:
             # recv_multipart's wrapper was a fifth of the coordinator's time.)
             frame = router.recv(zmq.NOBLOCK) if router.get(zmq.RCVMORE) else b""
@@ -163,6 +165,7 @@ class Coordinator:
                     router.recv(zmq.NOBLOCK)
                 continue
             self.handle(ident.decode("utf-8", "replace"), frame)
+        return False
 
     def handle(self, worker: str, frame: bytes) -> None:
         """Apply one frame from ``worker``; a frame that is not ours is logged and dropped."""

@@ -12,6 +12,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,170 @@ def test_outage_auths_get_1013_sends_get_unavailable_and_restart_rebuilds(
         print(f"\ncoordinator restart: lobby rebuilt in {time.monotonic() - start:.2f}s")
         result = await clients[0].send(clients[1].public_key, "back")
         assert result["status"] == "delivered"
+        await close_all(clients)
+
+    run(scenario())
+
+
+# ------------------------------------------------------------ truthful send results
+
+
+@dataclass
+class Ledger:
+    """Every send and its answer, and every message that arrived, by id."""
+
+    answers: dict[str, str] = field(default_factory=dict)  # id -> status or status/reason
+    arrived: dict[str, list[str]] = field(default_factory=dict)  # recipient -> ids
+
+    def record(self, msg_id: str, result: dict[str, Any]) -> None:
+        reason = result.get("reason")
+        self.answers[msg_id] = result["status"] + (f"/{reason}" if reason else "")
+
+    def ids(self, *statuses: str) -> set[str]:
+        return {i for i, a in self.answers.items() if a in statuses}
+
+    def assert_truthful(self) -> None:
+        """delivered arrived; rejected never did (now or later), nor anything unasked."""
+        got = {i for ids in self.arrived.values() for i in ids}
+        assert len(got) == sum(len(ids) for ids in self.arrived.values()), "a duplicate"
+        assert self.ids("delivered") <= got, "a delivered message did not arrive"
+        rejected = {i for i, a in self.answers.items() if a.startswith("rejected")}
+        assert not rejected & got, f"rejected but arrived: {sorted(rejected & got)[:5]}"
+        assert got <= set(self.answers), "a message nobody sent"
+
+
+async def collect(client: LobbyClient, ledger: Ledger, stop: asyncio.Event) -> None:
+    ids = ledger.arrived.setdefault(client.public_key, [])
+    while not stop.is_set():
+        try:
+            ids.append((await client.next_message(timeout=0.2)).id)
+        except TimeoutError:
+            continue
+
+
+async def send_loop(
+    senders: list[LobbyClient], ledger: Ledger, stop: asyncio.Event, tag: str
+) -> None:
+    """Each sender sends to the next, one message at a time, until ``stop``."""
+    n = 0
+    while not stop.is_set():
+        tasks = []
+        for i, sender in enumerate(senders):
+            to = senders[(i + 1) % len(senders)].public_key
+            msg_id = f"{tag}{n}-{i}"
+            tasks.append(asyncio.create_task(sender.send(to, msg_id, msg_id, timeout=15)))
+        for msg_id, result in zip(
+            (f"{tag}{n}-{i}" for i in range(len(senders))),
+            await asyncio.gather(*tasks),
+            strict=True,
+        ):
+            ledger.record(msg_id, result)
+        n += 1
+        await asyncio.sleep(0.03)  # the senders' pace: within their message rate
+
+
+async def settle_messages(senders: list[LobbyClient], ledger: Ledger) -> None:
+    """Once every route that could still be in a queue has been processed: a marker
+    from each sender's worker, behind everything it sent, has arrived."""
+    for i, sender in enumerate(senders):
+        to, marker = senders[(i + 1) % len(senders)].public_key, f"marker-{i}"
+        result = await sender.send(to, marker, marker)
+        assert result["status"] == "delivered", result
+        ledger.answers[marker] = "delivered"
+        arrived = ledger.arrived[to]
+        await until(lambda a=arrived, m=marker: m in a, "the marker", 10)
+
+
+def test_a_stalled_coordinator_never_delivers_what_was_answered_rejected(
+    fast_cluster: Cluster,
+) -> None:
+    """The coordinator stops (SIGSTOP) for three route timeouts while clients send to
+    each other. Whatever was answered rejected is never delivered, not even once the
+    coordinator runs again and works through its queue; whatever was answered delivered
+    arrived; nobody is disconnected."""
+
+    async def scenario() -> None:
+        clients = await connect_many(fast_cluster.url, 6)
+        everyone = {c.public_key for c in clients}
+        for c in clients:
+            await c.wait_for_view(everyone)
+        ledger, stop, done = Ledger(), asyncio.Event(), asyncio.Event()
+        collectors = [asyncio.create_task(collect(c, ledger, done)) for c in clients]
+        sending = asyncio.create_task(send_loop(clients, ledger, stop, "s"))
+        await until(lambda: len(ledger.ids("delivered")) >= 30, "some deliveries", 10)
+        assert fast_cluster.coordinator is not None
+        fast_cluster.coordinator.signal(signal.SIGSTOP)
+        try:
+            await until(lambda: len(ledger.ids("rejected/unavailable")) >= 30, "refusals", 15)
+        finally:
+            fast_cluster.coordinator.signal(signal.SIGCONT)
+        await until(lambda: settled(clients), "the lobby to settle", 15)
+        stop.set()
+        await sending
+        await settle_messages(clients, ledger)
+        done.set()
+        await asyncio.gather(*collectors)
+        ledger.assert_truthful()
+        print(
+            f"\ncoordinator SIGSTOP: {len(ledger.ids('delivered'))} delivered, "
+            f"{len(ledger.ids('rejected/unavailable'))} rejected, none of them later"
+        )
+        assert set(ledger.answers.values()) <= {"delivered", "rejected/unavailable"}
+        assert open_ones(clients) == clients
+        await close_all(clients)
+
+    run(scenario())
+
+
+def test_no_offline_for_users_who_never_left_while_the_coordinator_restarts(
+    fast_cluster: Cluster,
+) -> None:
+    """The coordinator is killed and started again while connected users keep sending
+    to each other: until the lobby is rebuilt a recipient the new coordinator has not
+    heard of yet is rejected/unavailable, never offline."""
+
+    async def scenario() -> None:
+        clients = await connect_many(fast_cluster.url, 6)
+        everyone = {c.public_key for c in clients}
+        for c in clients:
+            await c.wait_for_view(everyone)
+        ledger, stop, done = Ledger(), asyncio.Event(), asyncio.Event()
+        collectors = [asyncio.create_task(collect(c, ledger, done)) for c in clients]
+        sending = asyncio.create_task(send_loop(clients, ledger, stop, "r"))
+        await until(lambda: len(ledger.ids("delivered")) >= 30, "some deliveries", 10)
+        assert fast_cluster.coordinator is not None
+        fast_cluster.coordinator.signal(signal.SIGKILL)
+        fast_cluster.coordinator.proc.wait(5)
+        before = {id(c): c.snapshots_received for c in clients}
+        fast_cluster.coordinator = ManagedProcess(
+            "coordinator",
+            [
+                *("--events-endpoint", fast_cluster.events),
+                *("--updates-endpoint", fast_cluster.updates),
+                *FAST_COORDINATOR,
+            ],
+        )
+        restarted = len(ledger.answers)
+
+        def rebuilt() -> bool:
+            fresh = all(c.snapshots_received > before[id(c)] for c in clients)
+            return fresh and all_views_are(clients, everyone)
+
+        await until(rebuilt, "the lobby to be rebuilt", 15)
+        # Keep sending a while after the rebuild, as clients do.
+        mark = len(ledger.ids("delivered"))
+        await until(lambda: len(ledger.ids("delivered")) >= mark + 30, "deliveries again", 10)
+        stop.set()
+        await sending
+        await settle_messages(clients, ledger)
+        done.set()
+        await asyncio.gather(*collectors)
+        ledger.assert_truthful()
+        assert "offline" not in ledger.answers.values()
+        print(
+            f"\ncoordinator restart: {len(ledger.answers) - restarted} sends after the "
+            f"kill, none answered offline"
+        )
         await close_all(clients)
 
     run(scenario())

@@ -519,7 +519,8 @@ class Worker:
             self._dealer.send(bb.encode(msg), zmq.DONTWAIT)
         except zmq.Again:  # past SNDHWM: the coordinator is not reading
             self.counters[msg.TAG] += 1
-            if isinstance(msg, _REPAIRED_BY_HELLO):
+            if isinstance(msg, _REPAIRED_BY_HELLO) and not self._repair:
+                log.warning("lost %s to the coordinator; will re-register", msg.TAG)
                 self._repair = True
             return False
         finally:
@@ -714,7 +715,8 @@ class Worker:
         claims = [c for client in self.clients.values() if (c := client.machine.claim())]
         self._announced = frozenset(claim[0] for claim in claims)
         self._last_request = self.now
-        log.info("announcing %d sessions to the coordinator", len(claims))
+        if not self._repair:
+            log.info("announcing %d sessions to the coordinator", len(claims))
         hello = bb.Hello(
             self.worker_id,
             self.replica.epoch or "",
@@ -805,8 +807,7 @@ class Worker:
                 log.warning("coordinator silent for %.1fs", timing.coordinator_timeout)
                 self._effects(self.replica.start())
             elif self._repair:
-                log.warning("re-registering: a message to the coordinator was lost")
-                self._announce()
+                self._announce()  # the whole truth repairs whatever was lost
         elif now - self._last_request > timing.coordinator_timeout:
             self._last_request = now
             self._effects(self.replica.retry())

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from shared import backbone as bb
-from tests.support import ManagedProcess
+from tests.support import ManagedProcess, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -93,6 +93,11 @@ class CoordinatorUnderTest:
         assert isinstance(w.reply(), bb.Welcome)
         self.workers.append(w)
         return w
+
+    def core_dropped_logged(self) -> bool:
+        """Whether the coordinator logged the replies it could not queue."""
+        wait_until(lambda: self.proc.count("could not queue") > 0, "the drop summary", 5)
+        return True
 
     def close(self) -> None:
         for w in self.workers:
@@ -292,3 +297,75 @@ def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
     c.proc.signal(signal.SIGTERM)
     assert c.proc.proc.wait(5) == 0
     c.close()
+
+
+# ------------------------------------------------------------ issue 7: truth under races
+
+
+def test_an_auth_in_flight_when_its_worker_re_registers_stays_and_is_acked(
+    coord: CoordinatorUnderTest,
+) -> None:
+    """The race behind "auth_ok but absent": the ack is on its way when the worker says
+    Hello. The Hello lists the session as waiting for its ack, so it stays in the lobby
+    (no left) and is acknowledged again."""
+    w1 = coord.worker("w1")
+    w1.send(bb.Authed(1, A))
+    update = expect_update(w1, 1, [A], [])
+    w1.send(bb.Hello("w1", update.epoch, "", "", [(1, A, update.epoch, 0, False)]))
+    assert w1.reply() == bb.AuthAck(1, update.epoch, 1)  # the first ack
+    assert isinstance(w1.reply(), bb.Welcome)
+    assert w1.reply() == bb.AuthAck(1, update.epoch, 1)  # and again, for the Hello
+    w1.send(bb.SnapshotRequest())
+    snapshot = w1.reply()
+    assert isinstance(snapshot, bb.Snapshot) and snapshot.users == [A] and snapshot.seq == 1
+
+
+def test_a_session_acked_under_a_clock_that_was_ahead_loses_to_a_newer_one(
+    coord: CoordinatorUnderTest,
+) -> None:
+    """An earlier coordinator's clock was a day ahead (or this one's is behind): a
+    worker comes back with a session it acked, stamped with an epoch above ours. The
+    session this coordinator acknowledged since is newer and stays; we move above the
+    reported epoch and re-acknowledge our sessions with it."""
+    w1 = coord.worker("w1")
+    w1.send(bb.Authed(1, A))
+    ours = expect_update(w1, 1, [A], []).epoch
+    assert w1.reply() == bb.AuthAck(1, ours, 1)
+    ahead = f"{bb.epoch_generation(ours) + 86_400 * 10**9:020d}-0000abcd"
+    w2 = FakeWorker(coord.ctx, "w2", coord.events, coord.updates)
+    coord.workers.append(w2)
+    w2.send(bb.Hello("w2", ahead, "", "", [(5, A, ahead, 40, True), (6, B, ahead, 41, True)]))
+    welcome = w2.reply()
+    assert isinstance(welcome, bb.Welcome) and welcome.epoch > ahead
+    assert w2.reply() == bb.Kick(5)
+    assert w1.reply() == bb.AuthAck(1, welcome.epoch, 1)  # our session, restamped
+    update = expect_update(w1, 2, [B], [])
+    assert update.epoch == welcome.epoch
+
+
+def test_a_reply_that_cannot_be_queued_is_repaired(coord: CoordinatorUnderTest) -> None:
+    """A Kick for a worker that is not there (ROUTER_MANDATORY makes that an error, not a
+    silent drop) makes the worker re-register when it is back; its Hello gets the kick
+    again, so the key is never online twice."""
+    w1 = coord.worker("w1")
+    w1.send(bb.Authed(1, A))
+    stamp = expect_update(w1, 1, [A], [])
+    assert isinstance(w1.reply(), bb.AuthAck)
+    w1.close()
+    coord.workers.remove(w1)
+    w2 = coord.worker("w2")
+    w2.send(bb.Authed(1, A))  # newer: w1's session must be kicked, but w1 is gone
+    expect_update(w2, 2, [A], [A])
+    coord.proc.wait_for_line("lost kick to worker w1", timeout=5)
+    back = FakeWorker(coord.ctx, "w1", coord.events, coord.updates)
+    coord.workers.append(back)
+    back.send(bb.Heartbeat("w1"))  # still "registered"? no: it must say Hello again
+    assert back.reply() == bb.Reannounce()
+    back.send(bb.Hello("w1", stamp.epoch, "", "", [(1, A, stamp.epoch, 1, True)]))
+    assert isinstance(back.reply(), bb.Welcome)
+    assert back.reply() == bb.Kick(1)
+    assert isinstance(w2.reply(), bb.AuthAck)
+    w2.send(bb.SnapshotRequest())
+    snapshot = w2.reply()
+    assert isinstance(snapshot, bb.Snapshot) and snapshot.users == [A]
+    assert coord.core_dropped_logged()

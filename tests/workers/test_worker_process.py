@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shared import backbone as bb
 from shared import protocol
-from tests.support import ROOT, ManagedProcess, free_port, http, run, until
+from tests.support import ROOT, ManagedProcess, free_port, health, http, run, until
 
 pytestmark = pytest.mark.process
 
@@ -863,3 +863,33 @@ def _client_frame(text: str) -> bytes:
     from websockets.frames import Frame, Opcode
 
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=True, extensions=[])
+
+
+def test_a_message_lost_on_the_way_to_the_coordinator_is_repaired_by_a_hello(
+    ipc_dir: Path,
+) -> None:
+    """The coordinator's events socket goes away while its beats keep coming (so the
+    worker sees a live coordinator): a Closed cannot be queued past the high-water mark.
+    It is counted, and once the socket is back the worker re-registers with the whole
+    truth, which no longer holds the closed session: no ghost."""
+
+    async def scenario() -> None:
+        async with worker(ipc_dir, "--hwm", "1") as h:
+            c = h.coord
+            gone, stays = await h.login(new_key()), await h.login(new_key())
+            await gone.recv()  # the second one's join
+            events = f"ipc://{ipc_dir}/events"
+            c.router.unbind(events)
+            await until(lambda: dropped(h.port, "hb"), "a heartbeat to be refused", 5)
+            await gone.ws.close()
+            await until(lambda: dropped(h.port, "closed"), "the Closed to be refused", 5)
+            c.router.bind(events)
+            hello = await c.expect(bb.Hello, timeout=10)
+            assert hello.sessions == [(stays.conn, stays.key, stays.ack_epoch, stays.ack_seq, True)]
+            assert h.proc.count("lost closed to the coordinator; will re-register") == 1
+
+    run(scenario())
+
+
+async def dropped(port: int, tag: str) -> bool:
+    return bool((await health(port))["dropped"].get(tag))
