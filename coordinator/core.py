@@ -80,10 +80,17 @@ class CoordinatorCore:
     from it)."""
 
     def __init__(
-        self, settings: CoordinatorSettings, *, epoch: str, now: float, previous: str = ""
+        self,
+        settings: CoordinatorSettings,
+        *,
+        epoch: str,
+        now: float,
+        previous: str = "",
+        rebuild: bool = True,
     ) -> None:
         """``previous`` is the epoch of the coordinator that ran before on the same
-        endpoint, if known: ``epoch`` must be above it."""
+        endpoint, if known: ``epoch`` must be above it. ``rebuild``: whether workers may
+        still hold sessions of that coordinator (it did not stop with no worker left)."""
         self.settings = settings
         self.lobby = Lobby(epoch)
         timing = settings.timing
@@ -94,7 +101,7 @@ class CoordinatorCore:
             started=now,
         )
         if previous:
-            self.registry.restarted = True
+            self.registry.restarted = rebuild
             self.lobby.observe_epoch(previous, bb.new_epoch)
         self._window = BatchWindow(timing.batch_window, settings.batch_ceiling)
         self._flush_at: float | None = None

@@ -47,11 +47,19 @@ class Coordinator:
         except Exception:
             self._lock.release()
             raise
+        # The lock file holds "EPOCH running" while a coordinator serves, and "EPOCH idle"
+        # once one stopped with no worker left: only after "running" may workers still
+        # hold sessions that the lobby must be rebuilt from.
+        previous, _, state = self._lock.previous.partition(" ")
         self.core = CoordinatorCore(
-            settings, epoch=bb.new_epoch(), now=time.monotonic(), previous=self._lock.previous
+            settings,
+            epoch=bb.new_epoch(),
+            now=time.monotonic(),
+            previous=previous,
+            rebuild=state != "idle",
         )
         self._recorded = self.core.epoch
-        self._lock.record(self._recorded)
+        self._lock.record(f"{self._recorded} running")
         self._stopping = False
         self._drops_logged: Counter[str] = Counter()
         self._drops_logged_at = float("-inf")
@@ -139,6 +147,8 @@ class Coordinator:
                 log.info("lobby complete: %d users", len(self.core.lobby))
                 notify.ready(f"coordinator ready: epoch {self.epoch}")
         notify.stopping("coordinator stopping")
+        if not len(self.core.registry):  # every worker said goodbye: nothing to rebuild
+            self._lock.record(f"{self._recorded} idle")
         self.router.close(0)
         self.pub.close(0)
         self._stop_auth()
@@ -177,7 +187,7 @@ class Coordinator:
         self._carry_out(self.core.handle(worker, msg, time.monotonic(), time.time()))
         if self.core.epoch != self._recorded:  # moved above an epoch a worker reported
             self._recorded = self.core.epoch
-            self._lock.record(self._recorded)
+            self._lock.record(f"{self._recorded} running")
 
     def _carry_out(self, outputs: list[Output]) -> None:
         for out in outputs:

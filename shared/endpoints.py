@@ -134,8 +134,9 @@ class Lock:
     choosing (:meth:`record`): the coordinator writes its epoch there, so the next one
     knows a coordinator ran before it (:attr:`previous`)."""
 
-    def __init__(self, fd: int | None, previous: str = "") -> None:
+    def __init__(self, fd: int | None, previous: str = "", path: Path | None = None) -> None:
         self._fd = fd
+        self._path = path
         self.previous = previous
 
     @classmethod
@@ -157,7 +158,7 @@ class Lock:
                 ) from None
             raise
         previous = os.read(fd, 4096).decode("utf-8", "replace").strip()
-        return cls(fd, previous)
+        return cls(fd, previous, lock_path)
 
     def record(self, text: str) -> None:
         """Replace the file's line with ``text`` (no-op without a file)."""
@@ -165,10 +166,18 @@ class Lock:
             os.ftruncate(self._fd, 0)
             os.pwrite(self._fd, text.encode() + b"\n", 0)
 
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    def release(self, *, remove: bool = False) -> None:
+        """Let go of the lock; ``remove`` also deletes the file and the socket beside it
+        (for endpoints named after a process that will never start again)."""
+        if self._fd is None:
+            return
+        if remove and self._path is not None:
+            socket_path = self._path.with_name(self._path.name.removesuffix(".lock"))
+            for path in (socket_path, self._path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        os.close(self._fd)
+        self._fd = None
 
 
 class EndpointInUse(Exception):

@@ -7,11 +7,12 @@ presumed dead after 0.6-1 s). Each test prints what it measured, for the record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,22 +248,18 @@ async def collect(client: LobbyClient, ledger: Ledger, stop: asyncio.Event) -> N
             continue
 
 
-async def send_loop(
-    senders: list[LobbyClient], ledger: Ledger, stop: asyncio.Event, tag: str
-) -> None:
+async def send_loop(senders: list[LobbyClient], ledger: Ledger, stop: asyncio.Event) -> None:
     """Each sender sends to the next, one message at a time, until ``stop``."""
     n = 0
     while not stop.is_set():
-        tasks = []
-        for i, sender in enumerate(senders):
-            to = senders[(i + 1) % len(senders)].public_key
-            msg_id = f"{tag}{n}-{i}"
-            tasks.append(asyncio.create_task(sender.send(to, msg_id, msg_id, timeout=15)))
-        for msg_id, result in zip(
-            (f"{tag}{n}-{i}" for i in range(len(senders))),
-            await asyncio.gather(*tasks),
-            strict=True,
-        ):
+        ids = [f"m{n}-{i}" for i in range(len(senders))]
+        results = await asyncio.gather(
+            *(
+                sender.send(senders[(i + 1) % len(senders)].public_key, ids[i], ids[i], 15)
+                for i, sender in enumerate(senders)
+            )
+        )
+        for msg_id, result in zip(ids, results, strict=True):
             ledger.record(msg_id, result)
         n += 1
         await asyncio.sleep(0.03)  # the senders' pace: within their message rate
@@ -280,6 +277,33 @@ async def settle_messages(senders: list[LobbyClient], ledger: Ledger) -> None:
         await until(lambda a=arrived, m=marker: m in a, "the marker", 10)
 
 
+@contextlib.asynccontextmanager
+async def exchanging(
+    cluster: Cluster, n: int = 6
+) -> AsyncIterator[tuple[list[LobbyClient], Ledger]]:
+    """``n`` clients that send to each other all along, and the ledger of it all. On
+    leaving, sending stops, every message still in a queue is let through, and the
+    ledger must be truthful: delivered arrived, rejected never did."""
+    clients = await connect_many(cluster.url, n)
+    everyone = {c.public_key for c in clients}
+    for c in clients:
+        await c.wait_for_view(everyone)
+    ledger, stop, done = Ledger(), asyncio.Event(), asyncio.Event()
+    collectors = [asyncio.create_task(collect(c, ledger, done)) for c in clients]
+    sending = asyncio.create_task(send_loop(clients, ledger, stop))
+    await until(lambda: len(ledger.ids("delivered")) >= 30, "some deliveries", 10)
+    yield clients, ledger
+    await until(lambda: settled(clients), "the lobby to settle", 15)
+    stop.set()
+    await sending
+    await settle_messages(clients, ledger)
+    done.set()
+    await asyncio.gather(*collectors)
+    ledger.assert_truthful()
+    assert open_ones(clients) == clients, "nobody was disconnected"
+    await close_all(clients)
+
+
 def test_a_stalled_coordinator_never_delivers_what_was_answered_rejected(
     fast_cluster: Cluster,
 ) -> None:
@@ -287,36 +311,21 @@ def test_a_stalled_coordinator_never_delivers_what_was_answered_rejected(
     each other. Whatever was answered rejected is never delivered, not even once the
     coordinator runs again and works through its queue; whatever was answered delivered
     arrived; nobody is disconnected."""
+    assert fast_cluster.coordinator is not None
+    coordinator = fast_cluster.coordinator
 
     async def scenario() -> None:
-        clients = await connect_many(fast_cluster.url, 6)
-        everyone = {c.public_key for c in clients}
-        for c in clients:
-            await c.wait_for_view(everyone)
-        ledger, stop, done = Ledger(), asyncio.Event(), asyncio.Event()
-        collectors = [asyncio.create_task(collect(c, ledger, done)) for c in clients]
-        sending = asyncio.create_task(send_loop(clients, ledger, stop, "s"))
-        await until(lambda: len(ledger.ids("delivered")) >= 30, "some deliveries", 10)
-        assert fast_cluster.coordinator is not None
-        fast_cluster.coordinator.signal(signal.SIGSTOP)
-        try:
-            await until(lambda: len(ledger.ids("rejected/unavailable")) >= 30, "refusals", 15)
-        finally:
-            fast_cluster.coordinator.signal(signal.SIGCONT)
-        await until(lambda: settled(clients), "the lobby to settle", 15)
-        stop.set()
-        await sending
-        await settle_messages(clients, ledger)
-        done.set()
-        await asyncio.gather(*collectors)
-        ledger.assert_truthful()
+        async with exchanging(fast_cluster) as (_, ledger):
+            coordinator.signal(signal.SIGSTOP)
+            try:
+                await until(lambda: len(ledger.ids("rejected/unavailable")) >= 30, "refusals", 15)
+            finally:
+                coordinator.signal(signal.SIGCONT)
+        assert set(ledger.answers.values()) <= {"delivered", "rejected/unavailable"}
         print(
             f"\ncoordinator SIGSTOP: {len(ledger.ids('delivered'))} delivered, "
             f"{len(ledger.ids('rejected/unavailable'))} rejected, none of them later"
         )
-        assert set(ledger.answers.values()) <= {"delivered", "rejected/unavailable"}
-        assert open_ones(clients) == clients
-        await close_all(clients)
 
     run(scenario())
 
@@ -329,48 +338,33 @@ def test_no_offline_for_users_who_never_left_while_the_coordinator_restarts(
     heard of yet is rejected/unavailable, never offline."""
 
     async def scenario() -> None:
-        clients = await connect_many(fast_cluster.url, 6)
-        everyone = {c.public_key for c in clients}
-        for c in clients:
-            await c.wait_for_view(everyone)
-        ledger, stop, done = Ledger(), asyncio.Event(), asyncio.Event()
-        collectors = [asyncio.create_task(collect(c, ledger, done)) for c in clients]
-        sending = asyncio.create_task(send_loop(clients, ledger, stop, "r"))
-        await until(lambda: len(ledger.ids("delivered")) >= 30, "some deliveries", 10)
-        assert fast_cluster.coordinator is not None
-        fast_cluster.coordinator.signal(signal.SIGKILL)
-        fast_cluster.coordinator.proc.wait(5)
-        before = {id(c): c.snapshots_received for c in clients}
-        fast_cluster.coordinator = ManagedProcess(
-            "coordinator",
-            [
-                *("--events-endpoint", fast_cluster.events),
-                *("--updates-endpoint", fast_cluster.updates),
-                *FAST_COORDINATOR,
-            ],
-        )
-        restarted = len(ledger.answers)
+        async with exchanging(fast_cluster) as (clients, ledger):
+            assert fast_cluster.coordinator is not None
+            fast_cluster.coordinator.signal(signal.SIGKILL)
+            fast_cluster.coordinator.proc.wait(5)
+            before = {id(c): c.snapshots_received for c in clients}
+            fast_cluster.coordinator = ManagedProcess(
+                "coordinator",
+                [
+                    *("--events-endpoint", fast_cluster.events),
+                    *("--updates-endpoint", fast_cluster.updates),
+                    *FAST_COORDINATOR,
+                ],
+            )
+            killed_at = len(ledger.answers)
 
-        def rebuilt() -> bool:
-            fresh = all(c.snapshots_received > before[id(c)] for c in clients)
-            return fresh and all_views_are(clients, everyone)
+            def rebuilt() -> bool:
+                fresh = all(c.snapshots_received > before[id(c)] for c in clients)
+                return fresh and all_views_are(clients, {c.public_key for c in clients})
 
-        await until(rebuilt, "the lobby to be rebuilt", 15)
-        # Keep sending a while after the rebuild, as clients do.
-        mark = len(ledger.ids("delivered"))
-        await until(lambda: len(ledger.ids("delivered")) >= mark + 30, "deliveries again", 10)
-        stop.set()
-        await sending
-        await settle_messages(clients, ledger)
-        done.set()
-        await asyncio.gather(*collectors)
-        ledger.assert_truthful()
+            await until(rebuilt, "the lobby to be rebuilt", 15)
+            mark = len(ledger.ids("delivered"))  # and on a while, as clients do
+            await until(lambda: len(ledger.ids("delivered")) >= mark + 30, "deliveries", 10)
         assert "offline" not in ledger.answers.values()
         print(
-            f"\ncoordinator restart: {len(ledger.answers) - restarted} sends after the "
+            f"\ncoordinator restart: {len(ledger.answers) - killed_at} sends after the "
             f"kill, none answered offline"
         )
-        await close_all(clients)
 
     run(scenario())
 

@@ -350,7 +350,7 @@ class Worker:
             peer.close(linger=0)
         self._dealer.close(linger=linger_ms)
         self._ctx.term()
-        self._lock.release()
+        self._lock.release(remove=True)  # the results socket is named after this worker
 
     # ------------------------------------------------------------------ HTTP
 

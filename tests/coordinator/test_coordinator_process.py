@@ -369,3 +369,48 @@ def test_a_reply_that_cannot_be_queued_is_repaired(coord: CoordinatorUnderTest) 
     snapshot = w2.reply()
     assert isinstance(snapshot, bb.Snapshot) and snapshot.users == [A]
     assert coord.core_dropped_logged()
+
+
+def test_after_a_crash_unknown_recipients_are_unavailable_until_the_lobby_is_rebuilt(
+    tmp_path: Path,
+) -> None:
+    """A coordinator that finds its predecessor's lock file saying "running" (it
+    crashed, or stopped with workers still holding sessions) answers unavailable, not
+    offline, for keys it has not heard of until every worker had time to re-register, and
+    only then says READY; one whose predecessor stopped with no worker left has nothing
+    to rebuild."""
+    first = CoordinatorUnderTest(tmp_path, "--worker-timeout", "1.0")
+    first.proc.signal(signal.SIGKILL)
+    first.proc.proc.wait(5)
+    first.ctx.destroy(linger=0)
+    ends = ["--events-endpoint", first.events, "--updates-endpoint", first.updates]
+    crashed = ManagedProcess(
+        "coordinator", [*ends, "--worker-timeout", "1.0", "--heartbeat-interval", "0.1"]
+    )
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        w = FakeWorker(ctx, "w1", first.events, first.updates)
+        started = time.monotonic()
+        w.send(bb.Hello("w1", "", "", "", []))
+        assert isinstance(w.reply(), bb.Welcome)
+        w.send(bb.Route(1, A, B, "m", "x", time.time() + 60))
+        assert w.reply() == bb.RouteDone(1, "unavailable")
+        crashed.wait_ready(timeout=5)
+        assert time.monotonic() - started > 0.8  # the grace: every worker beats by then
+        w.send(bb.Route(2, A, B, "m", "x", time.time() + 60))
+        assert w.reply() == bb.RouteDone(2, "offline")
+        w.close()
+    finally:
+        ctx.destroy(linger=0)
+        assert crashed.stop() == 0  # w1 never said goodbye: "running" again
+    idle = CoordinatorUnderTest(tmp_path)
+    idle.close()  # no worker at all: "idle"
+    ready = time.monotonic()
+    clean = CoordinatorUnderTest(tmp_path, "--worker-timeout", "5")
+    try:
+        assert time.monotonic() - ready < 2.5  # ready at once, no grace to wait out
+        w = clean.worker("w1")
+        w.send(bb.Route(3, A, B, "m", "x", time.time() + 60))
+        assert w.reply() == bb.RouteDone(3, "offline")
+    finally:
+        clean.close()
