@@ -244,13 +244,15 @@ class Lobby:
         """A worker reported ``epoch``. If it is not one of ours and its generation is
         at or above ours, move to ``make_epoch(generation)`` (an epoch of a higher
         generation) and re-acknowledge every session we acknowledged, with the new
-        epoch and the same ``seq``. Returns whether the epoch changed."""
+        epoch and the same ``seq``. Returns whether the epoch changed (not if no epoch
+        above it can be made: a reported generation at the very end of the range is
+        not one any coordinator made)."""
         generation = epoch_generation(epoch)
         if epoch in self.own_epochs or generation < epoch_generation(self.epoch):
             return False
         new = make_epoch(generation)
         if epoch_generation(new) <= generation or new in self.own_epochs:
-            raise ValueError(f"make_epoch({generation}) gave {new!r}, not a newer epoch")
+            return False  # no epoch above it can be made: it is not a real one
         self.epoch = new
         self.own_epochs.add(new)
         for session, (old, seq) in self._stamps.items():

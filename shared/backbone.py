@@ -240,6 +240,9 @@ _BY_TAG: Final[dict[str, type[Any]]] = {cls.TAG: cls for cls in _CLASSES}
 
 
 EPOCH_DIGITS: Final = 20
+MAX_GENERATION: Final = 10**19
+"""Generations above this are refused (-1): a reported epoch can never push a
+coordinator's past the fixed width (nanoseconds since 1970 reach it in the year 2286)."""
 
 
 def new_epoch(above: int = -1) -> str:
@@ -247,7 +250,7 @@ def new_epoch(above: int = -1) -> str:
     in nanoseconds is the first guess, right unless a clock went back), fixed width so
     string order is generation order, and a random nonce so that two coordinators never
     share an epoch."""
-    generation = max(time.time_ns(), above + 1)
+    generation = min(max(time.time_ns(), above + 1), MAX_GENERATION)
     return f"{generation:0{EPOCH_DIGITS}d}-{secrets.token_hex(4)}"
 
 
@@ -259,7 +262,8 @@ def epoch_generation(epoch: str) -> int:
         return -1
     if len(nonce) != 8 or not all(c in "0123456789abcdef" for c in nonce):
         return -1
-    return int(generation)
+    value = int(generation)
+    return value if value < MAX_GENERATION else -1
 
 
 # ------------------------------------------------------------ codec

@@ -139,7 +139,15 @@ def test_silent_workers_expire_and_their_sessions_leave() -> None:
 
 WORKERS = ["w1", "w2", "w3"]
 KEYS = [A, B, "C" * 64, "not-a-key", ""]
-EPOCHS = ["", E0, f"{10**18 + 9:020d}-12345678", f"{10**15:020d}-abcdef01", "junk"]
+EPOCHS = [
+    "",
+    E0,
+    f"{10**18 + 9:020d}-12345678",
+    f"{10**15:020d}-abcdef01",
+    f"{10**19 - 1:020d}-ffffffff",  # the last generation: nothing can be made above it
+    "9" * 20 + "-00000000",
+    "junk",
+]
 
 ints = st.integers(-3, 6)
 texts = st.one_of(st.sampled_from(KEYS), st.text(max_size=8))

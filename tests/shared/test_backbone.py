@@ -84,11 +84,16 @@ def test_epochs_sort_by_generation_and_can_be_made_above_any_other() -> None:
     second = bb.new_epoch()
     # The start time is the first guess (a clock may repeat; the nonce differs).
     assert first[:20] <= second[:20] and first != second and len(first) == len(second)
-    future = f"{10**19:020d}-00000000"
+    future = f"{5 * 10**18:020d}-00000000"
     above = bb.new_epoch(bb.epoch_generation(future))
-    assert bb.epoch_generation(above) == 10**19 + 1 and above > future
+    assert bb.epoch_generation(above) == 5 * 10**18 + 1 and above > future
+    # Never past the fixed width, whatever is asked; past the range it is no epoch.
+    beyond = bb.new_epoch(10**30)
+    assert len(beyond) == len(future) and bb.epoch_generation(beyond) == -1
 
 
-@pytest.mark.parametrize("junk", ["", "e1", "123-abc", "x" * 29, "1" * 20 + "-ABCDEFGH"])
+@pytest.mark.parametrize(
+    "junk", ["", "e1", "123-abc", "x" * 29, "1" * 20 + "-ABCDEFGH", "9" * 20 + "-00000000"]
+)
 def test_anything_else_has_no_generation(junk: str) -> None:
     assert bb.epoch_generation(junk) == -1
