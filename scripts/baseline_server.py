@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The baseline for ``make bench``: PROTOCOL.md served the direct way, in one process.
+"""The baseline for ``make bench``: docs/PROTOCOL.md served the direct way, in one process.
 
     python scripts/baseline_server.py [--host H] [--port P]
 
