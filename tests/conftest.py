@@ -47,6 +47,5 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Two workers and a coordinator with the default (batching) settings."""
-    c = Cluster(tmp_path, workers=2).start()
-    yield c
-    c.stop()
+    with Cluster(tmp_path, workers=2) as c:
+        yield c

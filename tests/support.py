@@ -287,6 +287,12 @@ class Cluster:
         self.workers.append(worker)
         return worker
 
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def processes(self) -> list[ManagedProcess]:
         return [p for p in [self.coordinator, *self.workers] if p is not None]
 

@@ -123,16 +123,15 @@ BODY = "b" * 65_536  # a maximal body, as an end-to-end encrypting client sends
 
 @pytest.fixture
 def slow_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(
+    with Cluster(
         tmp_path,
         workers=1,
         worker_args=(
             *("--lag-bytes", str(LAG), "--max-queue-bytes", str(QUEUE)),
             *("--msg-rate", "10000", "--msg-burst", "10000"),  # the sender sends a lot
         ),
-    ).start()
-    yield c
-    c.stop()
+    ) as c:
+        yield c
 
 
 def test_one_user_cannot_knock_another_offline(slow_cluster: Cluster) -> None:
@@ -201,16 +200,15 @@ def test_one_user_cannot_knock_another_offline(slow_cluster: Cluster) -> None:
 
 @pytest.fixture
 def stall_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(
+    with Cluster(
         tmp_path,
         workers=1,
         worker_args=(
             *("--lag-bytes", str(LAG), "--max-queue-bytes", str(QUEUE)),
             *("--stall-timeout", "1.5", "--msg-rate", "10000", "--msg-burst", "10000"),
         ),
-    ).start()
-    yield c
-    c.stop()
+    ) as c:
+        yield c
 
 
 def test_4005_only_for_a_client_that_made_no_reading_progress_for_long(
@@ -271,16 +269,15 @@ def test_4005_only_for_a_client_that_made_no_reading_progress_for_long(
 @pytest.fixture
 def strict_cluster(tmp_path: Path) -> Iterator[Cluster]:
     # Rate 0.001/s: no token comes back during the test, so every count is exact.
-    c = Cluster(
+    with Cluster(
         tmp_path,
         workers=2,
         worker_args=(
             *("--msg-rate", "0.001", "--msg-burst", "5"),
             *("--flood-rejects", "10", "--flood-window", "10000"),
         ),
-    ).start()
-    yield c
-    c.stop()
+    ) as c:
+        yield c
 
 
 def test_flood_is_answered_rate_limited_then_closed_1008(strict_cluster: Cluster) -> None:
@@ -355,13 +352,12 @@ def test_frame_size_limits_before_and_after_auth(cluster: Cluster) -> None:
 
 @pytest.fixture
 def door_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(
+    with Cluster(
         tmp_path,
         workers=1,
         worker_args=("--max-pending-auth", "3", "--auth-rate", "0.001", "--auth-burst", "6"),
-    ).start()
-    yield c
-    c.stop()
+    ) as c:
+        yield c
 
 
 async def _refused(url: str) -> None:
@@ -435,13 +431,12 @@ async def _login_from(url: str, source: str) -> RawClient:
 
 @pytest.fixture
 def fair_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(
+    with Cluster(
         tmp_path,
         workers=1,
         worker_args=("--max-pending-auth", "40", "--auth-rate", "20", "--auth-burst", "20"),
-    ).start()
-    yield c
-    c.stop()
+    ) as c:
+        yield c
 
 
 def test_one_address_cannot_lock_everyone_out(fair_cluster: Cluster) -> None:
@@ -482,16 +477,15 @@ def test_one_address_cannot_lock_everyone_out(fair_cluster: Cluster) -> None:
 
 @pytest.fixture
 def small_door_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(
+    with Cluster(
         tmp_path,
         workers=1,
         worker_args=(
             *("--max-pending-auth", "2", "--max-connections", "4"),
             *("--trusted-proxies", "127.0.0.9"),
         ),
-    ).start()
-    yield c
-    c.stop()
+    ) as c:
+        yield c
 
 
 def test_fairness_follows_forwarded_addresses_only_from_trusted_proxies(
@@ -552,11 +546,8 @@ def test_the_total_connection_cap_answers_1013(small_door_cluster: Cluster) -> N
 
 @pytest.fixture
 def storm_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(
-        tmp_path, workers=2, worker_args=("--auth-rate", "40", "--auth-burst", "10")
-    ).start()
-    yield c
-    c.stop()
+    with Cluster(tmp_path, workers=2, worker_args=("--auth-rate", "40", "--auth-burst", "10")) as c:
+        yield c
 
 
 def test_reconnect_storm_is_admitted_at_a_steady_rate(storm_cluster: Cluster) -> None:
@@ -600,14 +591,13 @@ def test_reconnect_storm_is_admitted_at_a_steady_rate(storm_cluster: Cluster) ->
 
 @pytest.fixture
 def debug_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(
+    with Cluster(
         tmp_path,
         workers=1,
         coordinator_args=("--log-level", "DEBUG"),
         worker_args=("--log-level", "DEBUG"),
-    ).start()
-    yield c
-    c.stop()
+    ) as c:
+        yield c
 
 
 def test_no_signature_or_secret_key_in_debug_logs(debug_cluster: Cluster) -> None:

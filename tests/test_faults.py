@@ -155,14 +155,13 @@ def test_killed_coordinator_is_restarted_and_every_client_resyncs(launched: Laun
 
 @pytest.fixture
 def fast_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(
+    with Cluster(
         tmp_path,
         2,
         coordinator_args=FAST_COORDINATOR,
         worker_args=(*FAST_WORKER, "--auth-wait", "1.0", "--route-timeout", "1.0"),
-    ).start()
-    yield c
-    c.stop()
+    ) as c:
+        yield c
 
 
 def test_outage_auths_get_1013_sends_get_unavailable_and_restart_rebuilds(
@@ -442,9 +441,8 @@ def test_partitioned_worker_comes_back_and_newest_session_wins(fast_cluster: Clu
 @pytest.fixture
 def slow_expiry_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Heartbeat expiry far away, so only a graceful Goodbye can remove users quickly."""
-    c = Cluster(tmp_path, 2, coordinator_args=("--worker-timeout", "60")).start()
-    yield c
-    c.stop()
+    with Cluster(tmp_path, 2, coordinator_args=("--worker-timeout", "60")) as c:
+        yield c
 
 
 def test_sigterm_closes_with_1001_and_rolling_restart_keeps_service(

@@ -178,9 +178,8 @@ def test_direct_messages_across_workers(cluster: Cluster) -> None:
 
 @pytest.fixture
 def short_auth_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, workers=2, worker_args=("--auth-timeout", "1.0")).start()
-    yield c
-    c.stop()
+    with Cluster(tmp_path, workers=2, worker_args=("--auth-timeout", "1.0")) as c:
+        yield c
 
 
 async def _challenge(url: str, **kw: Any) -> tuple[ClientConnection, str]:
