@@ -273,9 +273,6 @@ class Lobby:
         """The key's live session, published or not."""
         return self._live.get(key)
 
-    def key_of(self, session: Session) -> str | None:
-        return self._keys.get(session)
-
     def stamp_of(self, session: Session) -> Stamp | None:
         """The live session's authentication stamp."""
         return self._stamps.get(session)

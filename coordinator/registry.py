@@ -110,12 +110,6 @@ class WorkerRegistry:
             del self._workers[worker]
         return gone
 
-    def next_expiry(self) -> float | None:
-        """When the next worker would expire if it stays silent."""
-        if not self._workers:
-            return None
-        return min(s.last_seen for s in self._workers.values()) + self.timeout
-
     def rebuilding(self, now: float) -> bool:
         if self.restarted and now < self._rebuilt_after:
             return True

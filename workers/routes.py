@@ -86,9 +86,6 @@ class RouteTable:
             self._release(pending)
         return pending
 
-    def next_deadline(self) -> float | None:
-        return next(iter(self._pending.values())).deadline if self._pending else None
-
     def expire(self, now: float) -> list[Pending]:
         """End and return every route whose deadline has passed."""
         expired: list[Pending] = []
