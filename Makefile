@@ -17,13 +17,14 @@ TYPED := coordinator workers shared scripts
 LINTED := $(TYPED) tests
 
 .DEFAULT_GOAL := help
-.PHONY: help install run watch test lint format clean load bench
+.PHONY: help install run watch test test-fast lint format clean load bench
 
 help:
 	@echo "make run     start a local cluster: WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT)"
 	@echo "             (ARGS=\"...\" is passed to scripts/cluster.py, see its --help)"
 	@echo "make watch   join the lobby at URL=$(URL) and watch (ARGS=\"--key-file k\")"
 	@echo "make test    lint, then run the tests (PYTEST_ARGS=\"...\")"
+	@echo "             (make test-fast: no lint, only tests that start no process; seconds)"
 	@echo "make load    load-test the server at URL=$(URL): ARGS=\"mass-join 100\""
 	@echo "             (ARGS=\"--start cluster churn\" starts its own; python -m scripts.loadtest -h)"
 	@echo "make bench   run the benchmark suite (~10 min), write BENCHMARKS.md and docs/latency.png"
@@ -64,6 +65,10 @@ bench: $(BENCH_STAMP)
 
 test: lint
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+# Unit and property tests only: those marked `process` start real processes and are slow.
+test-fast: $(STAMP)
+	$(VPY) -m pytest -m "not process" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VPY) -m ruff check $(LINTED)

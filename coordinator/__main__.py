@@ -11,7 +11,7 @@ import zmq
 
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
-from shared import curve, logs, options
+from shared import curve, endpoints, logs, options
 
 DESCRIPTION = (
     "The lobby coordinator: owns who is online, orders every change, and publishes "
@@ -32,7 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         coordinator = Coordinator(settings, context)
-    except (zmq.ZMQError, curve.BackboneSecurityError) as exc:
+    except (
+        zmq.ZMQError,
+        curve.BackboneSecurityError,
+        endpoints.UnsafeDirectory,
+        endpoints.EndpointInUse,
+    ) as exc:
         logging.getLogger("coordinator").error("cannot start the backbone: %s", exc)
         context.destroy(linger=0)
         return 2

@@ -8,10 +8,12 @@ The coordinator applies every worker event to one :class:`Lobby`, one at a time,
 A session is a (worker, connection id) pair. Two maps hold the lobby:
 
 * ``live`` - public key -> the session the key is online on *now*, after every event
-  applied so far. Race resolution happens here: the newest :meth:`Lobby.add_user` for a
-  key wins, and a :meth:`Lobby.remove_user` for a session that is no longer the key's
-  current one changes nothing (it was replaced; its close must not remove the newer
-  session, whichever worker reports it and whenever).
+  applied so far, and its inverse (session -> key, and per worker). Race resolution
+  happens here: the newest :meth:`Lobby.add_user` for a key wins, and a
+  :meth:`Lobby.remove_user` for a session that is no longer the key's current one
+  changes nothing (it was replaced; its close must not remove the newer session,
+  whichever worker reports it and whenever). A session is bound to at most one key: a
+  second key claimed for the same session replaces the first binding.
 * ``published`` - the lobby exactly as of the last published ``seq``. Snapshots are
   served from here and only here: serving ``live`` while changes are unpublished would
   let a client see a ``joined`` for a key its snapshot already had.
@@ -21,27 +23,44 @@ A session is a (worker, connection id) pair. Two maps hold the lobby:
 online -> absent is *left*, one session -> another is both, no change is nothing).
 If anything changed it takes the next ``seq``. In the same step it releases the
 acknowledgements of sessions that authenticated since the last flush (each with the
-``seq`` that first shows them, so their worker can hold ``auth_ok`` until its replica
-has it) and the kicks of sessions that lost their key to a newer one.
+``seq`` that shows them, so their worker can hold ``auth_ok`` until its replica has
+it), acknowledgements asked for again by a re-registration, and the kicks of sessions
+that lost their key to a newer one.
 
 Batching is the caller's choice of when to call :meth:`Lobby.flush`: after every event
 (no batching) or once per window; the deltas are net effects either way.
 
+Ordering sessions across coordinator restarts
+---------------------------------------------
 Every live session carries a *stamp*, ``(epoch, seq)``: the coordinator epoch and the
-update that first published it (for a session not yet published, the next ``seq``).
-Epochs sort by start time, so stamps order authentications across coordinator restarts.
-:meth:`Lobby.restore_user` uses them when workers re-register sessions (after a
-restart, or after a worker that was given up for dead comes back): of two sessions of
-one key, the one with the newer stamp stays and the other is kicked.
+update that published it. An epoch is ``GENERATION-NONCE`` (see
+:func:`shared.backbone.new_epoch`). Workers keep the stamp of each session's ack and
+re-register their sessions with it (:meth:`Lobby.reconcile`) when a coordinator does not
+know them: after a restart, or after it gave a worker up for dead. Of two sessions of
+one key the newer stays and the other is kicked, newer by :meth:`Lobby.rank`:
 
-The class is pure: no sockets, no clocks, no randomness.
+1. every session this coordinator acknowledged (an epoch of its own life) is newer than
+   every session an earlier coordinator acknowledged: coordinators run one at a time
+   (each holds a lock), so whatever this one accepted happened after the others stopped;
+2. between earlier ones, the higher generation, then the higher ``seq``, is newer.
+
+Rule 2 needs each coordinator's generation to be above every earlier one's. The start
+time is only the first guess (it is right unless a clock went back); whenever a worker
+reports an epoch whose generation is at or above this coordinator's
+(:meth:`Lobby.observe_epoch`), the lobby moves to a generation above it and
+re-acknowledges its own sessions with the new epoch, so the workers hold stamps that the
+next coordinator will rank correctly. No clock has to agree with another.
+
+The class is pure: no sockets, no clocks, no randomness (the caller makes epochs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from shared.backbone import epoch_generation
 
 
 class Session(NamedTuple):
@@ -52,7 +71,18 @@ class Session(NamedTuple):
 
 
 Stamp = tuple[str, int]
-"""``(epoch, seq)`` of a session's authentication; larger is newer."""
+"""``(epoch, seq)`` of a session's acknowledgement; see :meth:`Lobby.rank`."""
+
+
+class Claim(NamedTuple):
+    """A worker's re-registration of one connection (see :meth:`Lobby.reconcile`)."""
+
+    conn: int
+    key: str
+    stamp: Stamp
+    """The ack's stamp; for a session still waiting for its ack, the ``(epoch, seq)``
+    the worker's replica was at when it sent ``Authed``."""
+    acked: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,93 +99,175 @@ class Flush:
     """What one :meth:`Lobby.flush` asks the caller to send."""
 
     delta: Delta | None
-    acks: list[tuple[Session, int]] = field(default_factory=list)
-    """Sessions now published, each with the ``seq`` that first shows it."""
+    acks: list[tuple[Session, Stamp]] = field(default_factory=list)
+    """Sessions the lobby shows, each with the stamp to acknowledge it with: its worker
+    holds ``auth_ok`` until its replica reaches that ``seq`` of that epoch."""
     kicks: list[Session] = field(default_factory=list)
     """Sessions replaced by a newer session of the same key: close with 4002."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What :meth:`Lobby.reconcile` did, for the log."""
+
+    claimed: int
+    removed: int
+    duplicates: int
 
 
 class Lobby:
     """Public key -> live session, with race resolution, batching and numbering.
 
-    ``seq`` is the number of the last published delta (``0`` before any) within
-    ``epoch``, the coordinator's epoch (see :func:`shared.backbone.new_epoch`).
+    ``seq`` is the number of the last published delta (``0`` before any); ``epoch`` is
+    the coordinator's current epoch, one of :attr:`own_epochs`.
     """
 
     def __init__(self, epoch: str = "", seq: int = 0) -> None:
         self.epoch = epoch
         self.seq = seq
+        self.own_epochs: set[str] = {epoch}
         self._live: dict[str, Session] = {}
+        self._keys: dict[Session, str] = {}
+        self._by_worker: dict[str, set[int]] = {}
         self._stamps: dict[Session, Stamp] = {}
         self._published: dict[str, Session] = {}
-        self._by_worker: dict[str, dict[int, str]] = {}
         self._dirty: set[str] = set()
-        self._unacked: dict[Session, str] = {}
+        self._unacked: set[Session] = set()
+        self._reack: set[Session] = set()
         self._kicks: list[Session] = []
+        self._replaced: set[Session] = set()  # lost their key in this life, not closed yet
 
     # ------------------------------------------------------------------ events
 
     def add_user(self, key: str, session: Session) -> None:
         """``session`` authenticated as ``key``: it becomes the key's session, and a
         previous session of the key is replaced (kicked at the next flush)."""
-        old = self._live.get(key)
-        if old == session:
+        if self._live.get(key) == session:
             return  # the same event twice: nothing new happened
+        if session in self._replaced:
+            return  # it lost its key and is being kicked: it cannot come back
+        self._unbind(session)
+        old = self._live.get(key)
         if old is not None:
             self._replace(old)
-        self._add(key, session, (self.epoch, self.seq + 1))
-        self._unacked[session] = key
+        self._bind(key, session, (self.epoch, self.seq + 1))
+        self._unacked.add(session)
 
     def restore_user(self, key: str, session: Session, stamp: Stamp) -> None:
         """Re-register a session that was authenticated and acknowledged with ``stamp``
         (by this or an earlier coordinator). Of it and the key's current session, the
-        newer stamp stays and the other is kicked; it is acknowledged by nobody."""
+        newer by :meth:`rank` stays and the other is kicked."""
         current = self._live.get(key)
         if current == session:
             return
+        if session in self._replaced:  # it lost its key in this life: kick it (again)
+            self._kicks.append(session)
+            return
+        self._unbind(session)
         if current is not None:
-            if stamp <= self._stamps[current]:
+            if self.rank(stamp) <= self.rank(self._stamps[current]):
                 self._kicks.append(session)
                 return
             self._replace(current)
-        self._add(key, session, stamp)
-
-    def _add(self, key: str, session: Session, stamp: Stamp) -> None:
-        self._live[key] = session
-        self._stamps[session] = stamp
-        self._by_worker.setdefault(session.worker, {})[session.conn] = key
-        self._dirty.add(key)
-
-    def _replace(self, old: Session) -> None:
-        """``old`` lost its key to a newer session: forget it, kick it at the flush."""
-        self._forget(old)
-        self._unacked.pop(old, None)
-        self._kicks.append(old)
+        if stamp[0] in self.own_epochs and stamp[0] != self.epoch:
+            stamp = (self.epoch, stamp[1])  # ours, from before a move: same place in line
+            self._reack.add(session)
+        self._bind(key, session, stamp)
 
     def remove_user(self, key: str, session: Session) -> bool:
         """``session`` of ``key`` ended. Returns whether the lobby changed: a session
         that is not the key's current one (replaced, or never added) changes nothing."""
         if self._live.get(key) != session:
+            self._replaced.discard(session)
             return False
-        del self._live[key]
-        self._forget(session)
-        self._unacked.pop(session, None)
-        self._dirty.add(key)
+        self._unbind(session)
         return True
 
     def drop_worker(self, worker: str) -> int:
         """Every session on ``worker`` ended (it stopped or died). Returns how many."""
-        conns = self._by_worker.pop(worker, {})
-        for conn, key in conns.items():
-            session = Session(worker, conn)
-            del self._live[key]
-            del self._stamps[session]
-            self._unacked.pop(session, None)
-            self._dirty.add(key)
+        conns = self._by_worker.get(worker, set())
+        sessions = [Session(worker, conn) for conn in conns]
+        for session in sessions:
+            self._unbind(session)
         self._kicks = [s for s in self._kicks if s.worker != worker]
-        return len(conns)
+        self._replaced = {s for s in self._replaced if s.worker != worker}
+        return len(sessions)
+
+    def reconcile(self, worker: str, claims: Iterable[Claim]) -> Reconciled:
+        """``worker`` re-registers: ``claims`` is every session it holds, acknowledged
+        or still waiting for its ack, and is the whole truth about that worker (its
+        messages arrive in order, so anything it sent before is already applied).
+
+        * A session the lobby holds for ``worker`` that is not claimed ended: removed.
+        * An acknowledged claim is restored by its stamp (:meth:`restore_user`).
+        * A claim waiting for its ack that the lobby holds is acknowledged again (the
+          ack may have been lost).
+        * A claim (acked or not) for a session that lost its key to a newer one in this
+          coordinator's life is kicked again (the kick may have been lost), never
+          restored.
+        * Any other claim waiting for its ack never reached this coordinator (its
+          ``Authed`` was lost, or went to a coordinator that died). It ranks by the
+          ``(epoch, seq)`` its worker's replica had reached when it sent ``Authed``: a
+          session published later than that was accepted after it, one published
+          before it was not. If it stays it is acknowledged.
+        * A connection claimed twice keeps its first claim (a worker never does that;
+          the rest are ignored and counted)."""
+        first: dict[int, Claim] = {}
+        duplicates = 0
+        for claim in claims:
+            if claim.conn in first:
+                duplicates += 1
+            else:
+                first[claim.conn] = claim
+        removed = 0
+        for conn in list(self._by_worker.get(worker, ())):
+            session = Session(worker, conn)
+            held = first.get(conn)
+            if held is None or held.key != self._keys[session]:
+                self._unbind(session)
+                removed += 1
+        self._replaced = {s for s in self._replaced if s.worker != worker or s.conn in first}
+        for claim in first.values():
+            session = Session(worker, claim.conn)
+            if claim.acked:
+                self.restore_user(claim.key, session, claim.stamp)
+            elif self._live.get(claim.key) == session:
+                if session not in self._unacked:
+                    self._reack.add(session)
+            else:
+                self.restore_user(claim.key, session, claim.stamp)
+                if self._live.get(claim.key) == session:
+                    self._unacked.add(session)  # it never had an ack: it gets one now
+        return Reconciled(len(first), removed, duplicates)
+
+    def observe_epoch(self, epoch: str, make_epoch: Callable[[int], str]) -> bool:
+        """A worker reported ``epoch``. If it is not one of ours and its generation is
+        at or above ours, move to ``make_epoch(generation)`` (an epoch of a higher
+        generation) and re-acknowledge every session we acknowledged, with the new
+        epoch and the same ``seq``. Returns whether the epoch changed (not if no epoch
+        above it can be made: a reported generation at the very end of the range is
+        not one any coordinator made)."""
+        generation = epoch_generation(epoch)
+        if epoch in self.own_epochs or generation < epoch_generation(self.epoch):
+            return False
+        new = make_epoch(generation)
+        if epoch_generation(new) <= generation or new in self.own_epochs:
+            return False  # no epoch above it can be made: it is not a real one
+        self.epoch = new
+        self.own_epochs.add(new)
+        for session, (old, seq) in self._stamps.items():
+            if old in self.own_epochs:
+                self._stamps[session] = (new, seq)
+                if session not in self._unacked:
+                    self._reack.add(session)
+        return True
 
     # ------------------------------------------------------------------ queries
+
+    def rank(self, stamp: Stamp) -> tuple[bool, int, str, int]:
+        """Sort key of a stamp: larger is newer (see the module's theory of operation)."""
+        epoch, seq = stamp
+        return (epoch in self.own_epochs, epoch_generation(epoch), epoch, seq)
 
     def get_user(self, key: str) -> Session | None:
         """The key's live session, published or not."""
@@ -171,7 +283,7 @@ class Lobby:
 
     def sessions_of(self, worker: str) -> dict[int, str]:
         """Connection id -> key for the live sessions on ``worker``."""
-        return dict(self._by_worker.get(worker, {}))
+        return {conn: self._keys[Session(worker, conn)] for conn in self._by_worker.get(worker, ())}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -179,11 +291,22 @@ class Lobby:
     @property
     def pending(self) -> bool:
         """Whether a flush would publish, acknowledge or kick anything."""
-        return bool(self._dirty or self._unacked or self._kicks)
+        return bool(self._dirty or self._unacked or self._reack or self._kicks)
 
     def snapshot(self) -> tuple[int, list[str]]:
         """The online keys exactly as of ``seq`` (sorted), with ``seq``."""
         return self.seq, sorted(self._published)
+
+    def check(self) -> None:
+        """Assert the internal invariants (for tests: every map agrees with the others)."""
+        assert {s: k for k, s in self._live.items()} == self._keys
+        assert len(self._keys) == len(self._live) == len(self._stamps)
+        assert set(self._stamps) == set(self._keys)
+        by_worker = {w: conns for w, conns in self._by_worker.items() if conns}
+        assert by_worker == self._by_worker, "no empty worker entries"
+        assert {Session(w, c) for w, cs in self._by_worker.items() for c in cs} == set(self._keys)
+        assert self._unacked <= set(self._keys) and self._reack <= set(self._keys)
+        assert not self._replaced & set(self._keys)
 
     # ------------------------------------------------------------------ publishing
 
@@ -195,10 +318,11 @@ class Lobby:
         if joined or left:
             self.seq += 1
             delta = Delta(self.seq, joined, left)
-        acks = [(session, self.seq) for session in self._unacked]
+        for session in self._unacked:
+            self._stamps[session] = (self.epoch, self.seq)  # the seq that shows it
+        acks = [(s, self._stamps[s]) for s in sorted(self._unacked | self._reack)]
         kicks = self._kicks
-        self._unacked = {}
-        self._kicks = []
+        self._unacked, self._reack, self._kicks = set(), set(), []
         return Flush(delta, acks, kicks)
 
     def _net_changes(self, keys: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -217,10 +341,32 @@ class Lobby:
                 joined.append(key)
         return joined, left
 
-    def _forget(self, session: Session) -> None:
-        self._stamps.pop(session, None)
-        conns = self._by_worker.get(session.worker)
-        if conns is not None:
-            conns.pop(session.conn, None)
-            if not conns:
-                del self._by_worker[session.worker]
+    # ------------------------------------------------------------------ internals
+
+    def _bind(self, key: str, session: Session, stamp: Stamp) -> None:
+        self._live[key] = session
+        self._keys[session] = key
+        self._stamps[session] = stamp
+        self._by_worker.setdefault(session.worker, set()).add(session.conn)
+        self._dirty.add(key)
+
+    def _unbind(self, session: Session) -> None:
+        """Forget ``session`` (if bound): its key goes offline unless rebound."""
+        key = self._keys.pop(session, None)
+        if key is None:
+            return
+        del self._live[key]
+        del self._stamps[session]
+        conns = self._by_worker[session.worker]
+        conns.discard(session.conn)
+        if not conns:
+            del self._by_worker[session.worker]
+        self._unacked.discard(session)
+        self._reack.discard(session)
+        self._dirty.add(key)
+
+    def _replace(self, old: Session) -> None:
+        """``old`` lost its key to a newer session: forget it, kick it at the flush."""
+        self._unbind(old)
+        self._kicks.append(old)
+        self._replaced.add(old)

@@ -1,73 +1,87 @@
-"""The coordinator shell: wires a :class:`~coordinator.lobby.Lobby` to ZeroMQ.
+"""The coordinator shell: ZeroMQ sockets around :class:`~coordinator.core.CoordinatorCore`.
 
-One thread, one poll loop, so every worker event is applied in one order. The loop:
+One thread, one poll loop, so every worker message is applied in one order. The loop
+drains the ROUTER (worker events) without blocking, handing each message to the core,
+then lets the core do what is due (:meth:`~coordinator.core.CoordinatorCore.tick`), and
+carries out what the core returns. It decides nothing itself.
 
-1. drains the ROUTER (events from workers) without blocking, applying each event;
-2. publishes when the batching window since the first unpublished change has passed
-   (at once with a window of 0): the delta on PUB first, then each worker's
-   acknowledgements and kicks on the ROUTER, so an ``AuthAck`` never names a ``seq``
-   that was not published;
-3. every heartbeat interval publishes a :class:`~shared.backbone.Beat`; and on every
-   turn (at least every 0.2 s) drops the sessions of workers that have been silent for
-   longer than the worker timeout.
+Sockets: a ROUTER for events and replies, with ``ROUTER_MANDATORY`` so that a reply that
+cannot be queued (the worker's queue is at its high-water mark, or the worker is gone)
+is an error the core hears about instead of a silent drop; a PUB for updates and beats
+(a PUB drops for a slow subscriber by design: the worker sees the gap and resyncs).
+Every socket refuses messages over ``--max-message-bytes`` and queues at most ``--hwm``.
+Drops are counted by the core and summed in the log at most once a second.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from coordinator.batching import BatchWindow
-from coordinator.lobby import Flush, Lobby, Session
+from coordinator.core import CoordinatorCore, Output, Publish, ToWorker
 from coordinator.settings import CoordinatorSettings
 from shared import backbone as bb
-from shared import curve, endpoints
-from shared.protocol import is_hex_key
+from shared import curve, endpoints, notify
 
 log = logging.getLogger("coordinator")
 
+DRAIN_BATCH = 10_000
+"""Messages applied in a row before the loop looks at its clock (beats, flushes)."""
+DROP_LOG_EVERY = 1.0
+
 
 class Coordinator:
-    """Owns the lobby and the two backbone sockets."""
+    """Owns the core and the two backbone sockets."""
 
     def __init__(self, settings: CoordinatorSettings, context: zmq.Context[zmq.Socket[bytes]]):
         self.settings = settings
-        self._keys = self._security(settings, context)
-        self.epoch = bb.new_epoch()
-        self.lobby = Lobby(self.epoch)
-        self._last_seen: dict[str, float] = {}
-        self._flush_at: float | None = None
-        self._window = BatchWindow(settings.timing.batch_window, settings.batch_ceiling)
-        self._stopping = False
+        ends = settings.backbone_endpoints
+        endpoints.prepare(ends.events, port=settings.port)
+        self._lock = endpoints.Lock.take(ends.events, "coordinator")
         try:
-            self.router = self._bind(context, zmq.ROUTER, settings.backbone_endpoints.events)
-            self.pub = self._bind(context, zmq.PUB, settings.backbone_endpoints.updates)
+            self._keys = self._security(settings, context)
+        except Exception:
+            self._lock.release()
+            raise
+        # The lock file holds "EPOCH running" while a coordinator serves, and "EPOCH idle"
+        # once one stopped with no worker left: only after "running" may workers still
+        # hold sessions that the lobby must be rebuilt from.
+        previous, _, state = self._lock.previous.partition(" ")
+        self.core = CoordinatorCore(
+            settings,
+            epoch=bb.new_epoch(),
+            now=time.monotonic(),
+            previous=previous,
+            rebuild=state != "idle",
+        )
+        self._recorded = self.core.epoch
+        self._lock.record(f"{self._recorded} running")
+        self._stopping = False
+        self._drops_logged: Counter[str] = Counter()
+        self._drops_logged_at = float("-inf")
+        try:
+            self.router = self._bind(context, zmq.ROUTER, ends.events)
+            self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self.pub = self._bind(context, zmq.PUB, ends.updates)
         except zmq.ZMQError:
             self._stop_auth()
+            self._lock.release()
             raise
-        self._handlers: dict[type[bb.Message], Callable[[str, bb.Message], None]] = {
-            bb.Hello: self._on_hello,
-            bb.Heartbeat: self._on_heartbeat,
-            bb.Authed: self._on_authed,
-            bb.Closed: self._on_closed,
-            bb.Goodbye: self._on_goodbye,
-            bb.SnapshotRequest: self._on_snapshot_request,
-            bb.Route: self._on_route,
-            bb.RouteResult: self._on_route_result,
-        }
 
     def _bind(
         self, context: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str
     ) -> zmq.Socket[bytes]:
-        endpoints.prepare(endpoint)
+        endpoints.prepare(endpoint, port=self.settings.port)
+        backbone = self.settings.backbone
         sock = context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self.settings.backbone.hwm)
-        sock.setsockopt(zmq.RCVHWM, self.settings.backbone.hwm)
+        sock.setsockopt(zmq.SNDHWM, backbone.hwm)
+        sock.setsockopt(zmq.RCVHWM, backbone.hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, backbone.max_message_bytes)
         if self._keys is not None:
             curve.make_server(sock, self._keys)
         sock.bind(endpoint)
@@ -77,17 +91,20 @@ class Coordinator:
         self, settings: CoordinatorSettings, context: zmq.Context[zmq.Socket[bytes]]
     ) -> curve.KeyPair | None:
         """Load CURVE keys and start the authenticator, or refuse an exposed backbone."""
-        secret, clients = settings.backbone.curve_secret_key, settings.backbone.curve_clients
-        wanted = (secret, clients)
-        ends = [settings.backbone_endpoints.events, settings.backbone_endpoints.updates]
-        if wanted == (None, None):
-            curve.check_exposure(ends, curve_on=False)
-            return None
-        if None in wanted:
+        backbone = settings.backbone
+        secret, clients = backbone.curve_secret_key, backbone.curve_clients
+        ends = settings.backbone_endpoints
+        if (secret is None) != (clients is None):
             raise curve.BackboneSecurityError(
                 "CURVE needs both --curve-secret-key and --curve-clients"
             )
-        assert secret is not None and clients is not None
+        warning = curve.check_exposure(
+            [ends.events, ends.updates], curve_on=secret is not None, plain_tcp=backbone.plain_tcp
+        )
+        if warning:
+            log.warning("%s", warning)
+        if secret is None or clients is None:
+            return None
         keys = curve.load_keypair(secret)
         self._auth = ThreadAuthenticator(context, log=logging.getLogger("coordinator.zap"))
         self._auth.start()
@@ -97,6 +114,10 @@ class Coordinator:
 
     # ------------------------------------------------------------------ loop
 
+    @property
+    def epoch(self) -> str:
+        return self.core.epoch
+
     def stop(self) -> None:
         """Ask :meth:`run` to return (safe from a signal handler)."""
         self._stopping = True
@@ -104,42 +125,48 @@ class Coordinator:
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        next_beat = time.monotonic()
+        ends = self.settings.backbone_endpoints
         log.info(
             "coordinator ready: events=%s updates=%s epoch=%s",
-            self.settings.backbone_endpoints.events,
-            self.settings.backbone_endpoints.updates,
+            ends.events,
+            ends.updates,
             self.epoch,
         )
+        ready = False
         while not self._stopping:
             now = time.monotonic()
-            wake = min(next_beat, self._flush_at or next_beat)
-            timeout_ms = max(0, min(200, int((wake - now) * 1000) + 1))
-            if poller.poll(timeout_ms):
-                self._drain()
+            timeout_ms = max(0, int((self.core.wake_at(now) - now) * 1000) + 1)
+            caught_up = self._drain() if poller.poll(timeout_ms) else True
             now = time.monotonic()
-            if self._flush_at is not None and now >= self._flush_at:
-                self.publish()
-            self._expire_workers(now)
-            if now >= next_beat:
-                next_beat = now + self.settings.timing.heartbeat_interval
-                self._send_pub(bb.Beat(self.epoch, self.lobby.seq))
+            # Behind on input (after a stall): heartbeats may be waiting in the queue, so
+            # nobody is presumed dead until it is read.
+            self._carry_out(self.core.tick(now, time.time(), expire=caught_up))
+            self._log_drops(now)
+            if not ready and not self.core.registry.rebuilding(now):
+                ready = True  # every answer is the truth from here on: "offline" too
+                log.info("lobby complete: %d users", len(self.core.lobby))
+                notify.ready(f"coordinator ready: epoch {self.epoch}")
+        notify.stopping("coordinator stopping")
+        if not len(self.core.registry):  # every worker said goodbye: nothing to rebuild
+            self._lock.record(f"{self._recorded} idle")
         self.router.close(0)
         self.pub.close(0)
         self._stop_auth()
+        self._lock.release()
 
     def _stop_auth(self) -> None:
         if self._keys is not None:
             self._auth.stop()
 
-    def _drain(self, limit: int = 10_000) -> None:
-        """Apply up to ``limit`` queued events (bounded so beats and flushes keep time)."""
+    def _drain(self) -> bool:
+        """Apply up to :data:`DRAIN_BATCH` queued messages (so beats and flushes keep
+        time); returns whether the queue is empty."""
         router = self.router
-        for _ in range(limit):
+        for _ in range(DRAIN_BATCH):
             try:
                 ident = router.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return True
             # Two parts, [identity, frame], or it is not one of ours. (Plain recv calls:
             # recv_multipart's wrapper was a fifth of the coordinator's time.)
             frame = router.recv(zmq.NOBLOCK) if router.get(zmq.RCVMORE) else b""
@@ -148,125 +175,43 @@ class Coordinator:
                     router.recv(zmq.NOBLOCK)
                 continue
             self.handle(ident.decode("utf-8", "replace"), frame)
+        return False
 
     def handle(self, worker: str, frame: bytes) -> None:
-        """Apply one event from ``worker``; a frame that is not ours is logged and dropped."""
+        """Apply one frame from ``worker``; a frame that is not ours is logged and dropped."""
         try:
             msg = bb.decode(frame)
         except bb.BackboneDecodeError as exc:
             log.warning("dropping undecodable frame from worker %s: %s", worker, exc)
             return
-        handler = self._handlers.get(type(msg))
-        if handler is None:
-            log.warning("dropping %s from worker %s: not an event", msg.TAG, worker)
-            return
-        if worker not in self._last_seen and not isinstance(msg, bb.Hello | bb.Goodbye):
-            # We restarted, or gave this worker up for dead: it holds sessions we do
-            # not know. Its events still count (so its new sessions can expire with
-            # it), and it re-registers the rest.
-            log.info("unknown worker %s; asking it to announce its sessions", worker)
-            self._send_to(worker, bb.Reannounce())
-        self._last_seen[worker] = time.monotonic()
-        handler(worker, msg)
-        self._schedule_flush()
+        self._carry_out(self.core.handle(worker, msg, time.monotonic(), time.time()))
+        if self.core.epoch != self._recorded:  # moved above an epoch a worker reported
+            self._recorded = self.core.epoch
+            self._lock.record(f"{self._recorded} running")
 
-    def _schedule_flush(self) -> None:
-        if not self.lobby.pending:
-            return
-        if self._window.current <= 0:
-            self.publish()
-        elif self._flush_at is None:
-            self._flush_at = time.monotonic() + self._window.current
+    def _carry_out(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Publish):
+                self.pub.send(bb.encode(out.message))  # PUB never blocks: past the HWM it drops
+            elif isinstance(out, ToWorker):
+                self._send_to(out.worker, out.message)
 
-    def publish(self) -> Flush:
-        """Publish everything pending: delta first, then acks and kicks."""
-        self._flush_at = None
-        result = self.lobby.flush()
-        if result.delta is not None:
-            d = result.delta
-            self._send_pub(bb.Update(self.epoch, d.seq, d.joined, d.left))
-            self._window.flushed(time.monotonic())
-        for session, seq in result.acks:
-            self._send_to(session.worker, bb.AuthAck(session.conn, self.epoch, seq))
-        for session in result.kicks:
-            self._send_to(session.worker, bb.Kick(session.conn))
-        return result
-
-    # ------------------------------------------------------------------ events
-
-    def _on_hello(self, worker: str, msg: bb.Message) -> None:
-        assert isinstance(msg, bb.Hello)
-        held = {conn: key for conn, key, _, _ in msg.sessions}
-        # The Hello is the worker's whole truth: anything else we hold for it is gone.
-        for conn, key in self.lobby.sessions_of(worker).items():
-            if held.get(conn) != key:
-                self.lobby.remove_user(key, Session(worker, conn))
-        for conn, key, epoch, seq in msg.sessions:
-            if is_hex_key(key):
-                self.lobby.restore_user(key.lower(), Session(worker, conn), (epoch, seq))
-        log.info("worker %s registered with %d sessions", worker, len(msg.sessions))
-        self._send_to(worker, bb.Welcome(self.epoch))
-
-    def _on_heartbeat(self, worker: str, msg: bb.Message) -> None:
-        pass  # handle() already recorded that the worker is alive
-
-    def _on_authed(self, worker: str, msg: bb.Message) -> None:
-        assert isinstance(msg, bb.Authed)
-        if not is_hex_key(msg.key):
-            log.warning("worker %s sent an auth for a malformed key; ignored", worker)
-            return
-        self.lobby.add_user(msg.key.lower(), Session(worker, msg.conn))
-
-    def _on_closed(self, worker: str, msg: bb.Message) -> None:
-        assert isinstance(msg, bb.Closed)
-        self.lobby.remove_user(msg.key.lower(), Session(worker, msg.conn))
-
-    def _on_goodbye(self, worker: str, msg: bb.Message) -> None:
-        dropped = self.lobby.drop_worker(worker)
-        self._last_seen.pop(worker, None)
-        log.info("worker %s said goodbye; %d sessions leave", worker, dropped)
-
-    def _on_snapshot_request(self, worker: str, msg: bb.Message) -> None:
-        seq, users = self.lobby.snapshot()
-        self._send_to(worker, bb.Snapshot(self.epoch, seq, users))
-
-    def _on_route(self, worker: str, msg: bb.Message) -> None:
-        assert isinstance(msg, bb.Route)
-        # Route by the published lobby: its sessions have been acknowledged, so the
-        # recipient's worker knows the connection and its client has (or is about to
-        # get) auth_ok before the message.
-        target = self.lobby.get_published(msg.to)
-        if target is None:
-            self._send_to(worker, bb.RouteDone(msg.route, "offline"))
-            return
-        deliver = bb.Deliver(worker, msg.route, target.conn, msg.sender, msg.msg_id, msg.body)
-        self._send_to(target.worker, deliver)
-
-    def _on_route_result(self, worker: str, msg: bb.Message) -> None:
-        assert isinstance(msg, bb.RouteResult)
-        self._send_to(msg.origin, bb.RouteDone(msg.route, msg.status))
-
-    def _expire_workers(self, now: float) -> None:
-        deadline = now - self.settings.timing.worker_timeout
-        for worker in [w for w, seen in self._last_seen.items() if seen < deadline]:
-            del self._last_seen[worker]
-            dropped = self.lobby.drop_worker(worker)
-            log.warning(
-                "worker %s silent for %.1fs; %d sessions leave",
-                worker,
-                self.settings.timing.worker_timeout,
-                dropped,
-            )
-            self._schedule_flush()
-
-    # ------------------------------------------------------------------ output
-
-    def _send_to(self, worker: str, msg: bb.Message) -> None:
+    def _send_to(self, worker: str, msg: bb.DownMessage) -> None:
         try:
             self.router.send(worker.encode(), zmq.SNDMORE | zmq.NOBLOCK)
             self.router.send(bb.encode(msg), zmq.NOBLOCK)
-        except zmq.Again:
-            log.warning("reply queue to worker %s is full; dropped %s", worker, msg.TAG)
+        except zmq.ZMQError as exc:  # EAGAIN: its queue is full; EHOSTUNREACH: gone
+            log.debug("cannot queue %s for worker %s: %s", msg.TAG, worker, exc)
+            self.core.undelivered(worker, msg)
 
-    def _send_pub(self, msg: bb.PubMessage) -> None:
-        self.pub.send(bb.encode(msg))  # PUB never blocks: past the HWM it drops
+    def _log_drops(self, now: float) -> None:
+        dropped = self.core.dropped
+        if dropped != self._drops_logged and now - self._drops_logged_at >= DROP_LOG_EVERY:
+            new = dropped - self._drops_logged
+            log.warning(
+                "could not queue %d replies to workers since the last report: %s",
+                sum(new.values()),
+                ", ".join(f"{tag} {n}" for tag, n in sorted(new.items())),
+            )
+            self._drops_logged = dropped.copy()
+            self._drops_logged_at = now

@@ -9,7 +9,8 @@ and sends ``push COUNT RATE SIZE``: the server then broadcasts COUNT frames of S
 bytes, RATE per second, to every ``/ws`` connection and answers ``done COUNT``. No
 authentication, no JSON, no state: the CPU it spends per delivered frame is the floor
 any Python server on websockets pays, which the cluster's fan-out is compared with.
-Prints ``bare ready at ws://...`` once listening; stops on SIGTERM/SIGINT.
+Prints ``bare ready at ws://...`` once listening (and sends ``READY=1`` to
+``$NOTIFY_SOCKET``, see ``shared.notify``); stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -20,10 +21,16 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shared import notify
 
 MAX_COUNT = 1_000_000
 """Upper bound on one ``push``: every loop here ends by itself."""
@@ -77,7 +84,9 @@ async def run(host: str, port: int) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with serve(Bare().handle, host, port, compression=None, ping_interval=None):
         print(f"bare ready at ws://{host}:{port}/ws", flush=True)
+        notify.ready(f"bare ready at ws://{host}:{port}/ws")
         await stop.wait()
+        notify.stopping()
     return 0
 
 

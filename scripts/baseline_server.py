@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The baseline for ``make bench``: PROTOCOL.md served the direct way, in one process.
+"""The baseline for ``make bench``: docs/PROTOCOL.md served the direct way, in one process.
 
     python scripts/baseline_server.py [--host H] [--port P]
 
@@ -12,7 +12,8 @@ server to deploy. It speaks the whole contract (auth, session replacement with 4
 snapshots, get_lobby, direct messages, errors, /healthz) so the load tester's
 correctness checks hold against it too. ``--fault`` breaks it on purpose, for the tests
 that prove those checks catch a broken server. It prints ``baseline ready at ws://...`` once
-listening and stops on SIGTERM/SIGINT, closing every client with 1001.
+listening (and sends ``READY=1`` to ``$NOTIFY_SOCKET``, see ``shared.notify``) and stops on
+SIGTERM/SIGINT, closing every client with 1001.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from websockets.http11 import Request, Response
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared import protocol
+from shared import notify, protocol
 from shared.protocol import (
     AuthFailure,
     CloseCode,
@@ -194,7 +195,9 @@ async def run(host: str, port: int, fault: str = "none") -> int:
         max_size=protocol.DEFAULT_MAX_FRAME_BYTES,
     ) as server:
         print(f"baseline ready at ws://{host}:{port}{protocol.WS_PATH}", flush=True)
+        notify.ready(f"baseline ready at ws://{host}:{port}{protocol.WS_PATH}")
         await stop.wait()
+        notify.stopping()
         server.close(code=CloseCode.GOING_AWAY, reason="going away")
     return 0
 

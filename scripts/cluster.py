@@ -6,14 +6,19 @@
 
 This is what ``make run`` starts. It
 
-* starts ``python -m coordinator --port P``, waits (up to 10 s) for it to log
-  ``coordinator ready``, then starts N ``python -m workers --host H --port P
-  --worker-id ID``. Every worker shares the public port; the backbone endpoints default
-  from the port (``shared.endpoints``), so nothing else needs to be passed;
+* starts ``python -m coordinator --port P``, waits (up to 10 s) for it to report
+  ready, then starts N ``python -m workers --host H --port P --worker-id ID``. Every
+  worker shares the public port; the backbone endpoints default from the port
+  (``shared.endpoints``), so nothing else needs to be passed;
+* learns that a process is ready from the systemd notification protocol, not from its
+  log: each child gets its own datagram socket in ``NOTIFY_SOCKET`` and is ready when it
+  sends ``READY=1`` there (``shared.notify``);
 * passes every line of their output through, prefixed with the process name, and logs
   its own lines under the name ``cluster`` (``started NAME pid PID``, restarts, exits);
-* prints ``connect to ws://H:P/ws`` once every process has logged ready, and again
-  whenever the cluster is whole again after a restart;
+* prints ``connect to ws://H:P/ws`` once every process is ready, and again whenever the
+  cluster is whole again after a restart; each time, when it has a ``NOTIFY_SOCKET`` of
+  its own (under systemd's ``Type=notify``, or a test), it sends ``READY=1`` there too,
+  with that line as ``STATUS``, and ``STOPPING=1`` when it begins to stop;
 * restarts any process that dies, after a delay that starts small and doubles with each
   crash that comes soon after the previous start (capped), and resets once a process has
   run for a while. A restarted worker gets a new id, ``w{slot}-{generation}`` (``w3-1``,
@@ -41,8 +46,12 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,8 +62,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8765  # shared.endpoints.DEFAULT_PORT; the launcher imports nothing
 DEFAULT_HOST = "127.0.0.1"
 COORDINATOR_READY_WAIT = 10.0
-"""Seconds to wait for ``coordinator ready`` before starting workers anyway (workers
-cope with a coordinator that is not there yet; waiting only makes start-up quieter)."""
+"""Seconds to wait for the coordinator's ``READY=1`` before starting workers anyway
+(workers cope with a coordinator that is not there yet; waiting only makes start-up
+quieter)."""
 NAME_WIDTH = 12
 FORWARD_OPTIONS = ("--coordinator-arg", "--worker-arg")
 
@@ -92,10 +102,20 @@ def worker_id(slot: int, generation: int) -> str:
     return f"w{slot}-{generation}"
 
 
-def ready_marker(worker: str | None) -> str:
-    """The log text that says a process is serving: the coordinator's when ``worker`` is
-    None, else that worker's."""
-    return "coordinator ready" if worker is None else f"worker {worker} ready"
+def notification(datagram: bytes) -> dict[str, str]:
+    """The ``KEY=VALUE`` lines of one sd_notify datagram (``shared.notify.parse``; the
+    launcher imports nothing from the project)."""
+    fields: dict[str, str] = {}
+    for line in datagram.decode("utf-8", "replace").splitlines():
+        key, eq, value = line.partition("=")
+        if eq and key:
+            fields[key] = value
+    return fields
+
+
+def is_ready(datagram: bytes) -> bool:
+    """Whether a child's notification says it serves (``READY=1``)."""
+    return notification(datagram).get("READY") == "1"
 
 
 def connect_url(host: str, port: int) -> str:
@@ -302,6 +322,63 @@ def _die_with_parent(parent: int) -> Callable[[], None] | None:
     return preexec
 
 
+class NotifySocket:
+    """The receiving end of one child's ``NOTIFY_SOCKET``: a non-blocking datagram
+    socket, in Linux's abstract namespace under a random name (nothing to clean up), or
+    elsewhere a file in a private temporary directory that :meth:`close` removes."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self._dir: str | None = None
+        name = f"presence-cluster-{os.getpid()}-{secrets.token_hex(8)}"
+        try:
+            if sys.platform.startswith("linux"):
+                self.sock.bind("\0" + name)
+                self.address = "@" + name
+            else:
+                self._dir = tempfile.mkdtemp(prefix="cluster-notify-")
+                self.address = os.path.join(self._dir, "sock")
+                self.sock.bind(self.address)
+        except OSError:
+            self.close()
+            raise
+
+    def datagrams(self) -> list[bytes]:
+        """Everything queued now (never blocks)."""
+        got: list[bytes] = []
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while True:
+                got.append(self.sock.recv(4096))
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def notify_supervisor(state: str, status: str = "") -> str | None:
+    """Send ``state`` (and ``STATUS``) to this launcher's own ``$NOTIFY_SOCKET``, if it
+    has one: the sending half of ``shared.notify``, inline. Never raises: returns why it
+    could not send, or None (also when there is nothing to send to)."""
+    target = os.environ.get("NOTIFY_SOCKET", "")
+    if not target:
+        return None
+    if not target.startswith(("/", "@")):
+        return f"NOTIFY_SOCKET={target} is not a path or an @abstract name"
+    address = "\0" + target[1:] if target.startswith("@") else target
+    message = state + (f"\nSTATUS={status}" if status else "")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.sendto(message.encode(), address)
+    except (OSError, ValueError) as exc:
+        return f"could not notify NOTIFY_SOCKET={target}: {exc}"
+    return None
+
+
 @dataclass(slots=True)
 class Slot:
     """One supervised position: the coordinator (``index`` 0) or worker ``index``."""
@@ -310,7 +387,6 @@ class Slot:
     generation: int = 0
     fast_crashes: int = 0
     name: str = ""
-    marker: str = ""
     ready: bool = False
     proc: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
@@ -344,6 +420,11 @@ class Cluster:
     def log(self, text: str) -> None:
         self.emit("cluster", text)
 
+    def _notify(self, state: str, status: str) -> None:
+        problem = notify_supervisor(state, status)
+        if problem is not None:
+            self.log(problem)
+
     # ------------------------------------------------------------------ running
 
     async def run(self) -> int:
@@ -372,6 +453,7 @@ class Cluster:
             for slot in self.workers:
                 slot.task = asyncio.create_task(self._supervise(slot))
         await self._stop.wait()
+        self._notify("STOPPING=1", "stopping")
         await self._shutdown()
         self.log("stopped")
         return 0
@@ -415,11 +497,10 @@ class Cluster:
 
     def _command(self, slot: Slot) -> list[str]:
         if slot.is_coordinator:
-            slot.name, slot.marker = "coordinator", ready_marker(None)
+            slot.name = "coordinator"
             return self.config.coordinator_command()
-        wid = worker_id(slot.index, slot.generation)
-        slot.name, slot.marker = wid, ready_marker(wid)
-        return self.config.worker_command(wid)
+        slot.name = worker_id(slot.index, slot.generation)
+        return self.config.worker_command(slot.name)
 
     async def _supervise(self, slot: Slot) -> None:
         while not self._stop.is_set():
@@ -444,12 +525,27 @@ class Cluster:
                 await asyncio.wait_for(self._stop.wait(), delay)
 
     async def _run_once(self, slot: Slot, command: list[str]) -> int | None:
-        """Start one generation, pump its output, return its exit status."""
+        """Start one generation with its own notify socket, pump its output, return its
+        exit status."""
+        try:
+            notify = NotifySocket()
+        except OSError as exc:
+            self.log(f"could not start {slot.name}: no notify socket: {exc}")
+            return None
+        loop = asyncio.get_running_loop()
+        loop.add_reader(notify.sock.fileno(), self._on_notify, slot, notify)
+        try:
+            return await self._run_child(slot, command, notify.address)
+        finally:
+            loop.remove_reader(notify.sock.fileno())
+            notify.close()
+
+    async def _run_child(self, slot: Slot, command: list[str], notify: str) -> int | None:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *command,
                 cwd=ROOT,
-                env=self._env,
+                env=dict(self._env, NOTIFY_SOCKET=notify),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -490,7 +586,11 @@ class Cluster:
                 raw = await stream.readexactly(exc.consumed)
             line = raw.decode(errors="replace").rstrip("\r\n")
             self.emit(name, line)
-            if not slot.ready and slot.marker in line:
+
+    def _on_notify(self, slot: Slot, notify: NotifySocket) -> None:
+        """The child's notify socket is readable: a ``READY=1`` makes it ready."""
+        for datagram in notify.datagrams():
+            if is_ready(datagram) and not slot.ready:
                 self._on_ready(slot)
 
     def _on_ready(self, slot: Slot) -> None:
@@ -502,7 +602,9 @@ class Cluster:
         self._whole = True
         again = " again" if self._was_whole else ""
         self._was_whole = True
-        self.log(f"all {len(everyone)} processes ready{again}: connect to {self.url}")
+        status = f"all {len(everyone)} processes ready{again}: connect to {self.url}"
+        self.log(status)
+        self._notify("READY=1", status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,12 +5,17 @@ Theory of operation (after the ZeroMQ Guide's Clone pattern):
 * **Events up.** Each worker holds one DEALER socket connected to the coordinator's
   ROUTER (the *events* endpoint). Its ZeroMQ routing id is its worker id, so the
   coordinator can answer one worker. Up go :class:`Hello`, :class:`Heartbeat`,
-  :class:`Authed`, :class:`Closed`, :class:`Goodbye`, :class:`SnapshotRequest`,
-  :class:`Route` and :class:`RouteResult`. Messages from one worker arrive in the order
-  it sent them; the coordinator applies all of them in one order.
+  :class:`Authed`, :class:`Closed`, :class:`Goodbye`, :class:`SnapshotRequest` and
+  :class:`Route`. Messages from one worker arrive in the order it sent them; the
+  coordinator applies all of them in one order.
 * **Replies down, to one worker**, on the same ROUTER: :class:`Welcome`,
   :class:`Reannounce`, :class:`AuthAck`, :class:`Kick`, :class:`Deliver`, :class:`RouteDone`,
   :class:`Snapshot`.
+* **Results across, worker to worker**: the recipient's worker answers a
+  :class:`Deliver` with a :class:`RouteDone` straight to the origin worker's *results*
+  endpoint (a PULL socket it announced in :class:`Hello`), so a coordinator that stalls
+  or dies between forwarding a message and hearing its result cannot turn a delivered
+  message into a reported failure.
 * **Numbered updates down, to every worker**, on the PUB socket (the *updates*
   endpoint): :class:`Update` (a net-effect delta, numbered ``seq`` within the
   coordinator's ``epoch``) and :class:`Beat` (liveness plus the latest ``seq``, so a
@@ -19,8 +24,8 @@ Theory of operation (after the ZeroMQ Guide's Clone pattern):
 A worker subscribes first, then asks for a :class:`Snapshot`, then drops the updates at
 or below its ``seq`` (the slow-joiner rule). An ``epoch`` is a token chosen afresh by
 each coordinator start (:func:`new_epoch`); sequence numbers from different epochs are
-never compared, but epochs themselves sort by start time, so ``(epoch, seq)`` orders
-every authentication the cluster ever accepted.
+never compared; how epochs order sessions across coordinators is explained in
+:mod:`coordinator.lobby`.
 
 Wire form: one ZeroMQ frame per message, a msgpack array
 ``[SCHEMA_VERSION, tag, field, ...]``. msgpack decodes to plain data only (never
@@ -41,7 +46,7 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 
 class BackboneDecodeError(ValueError):
@@ -54,14 +59,23 @@ class BackboneDecodeError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Hello:
     """A worker (re)announces itself with every session it holds, so a restarted
-    coordinator can rebuild the lobby from the workers."""
+    coordinator can rebuild the lobby from the workers. It is the whole truth about the
+    worker: sessions the coordinator holds for it and it does not list have ended."""
 
     TAG: ClassVar[str] = "hello"
     worker: str
-    sessions: list[tuple[int, str, str, int]]
-    """(connection id, public key, epoch, seq) per session: the ``AuthAck`` it got. Epochs
-    sort by start time, so the stamp orders sessions across coordinator restarts and
-    the newest authenticated session of a key wins when two workers claim it."""
+    epoch: str
+    """The epoch the worker's replica follows ("" before any): a coordinator whose
+    generation is not above it moves above it (see :mod:`coordinator.lobby`)."""
+    results: str
+    """The endpoint where this worker takes :class:`RouteDone` from other workers."""
+    results_key: str
+    """Its CURVE public key (Z85) when CURVE is on, else "": other workers connect to
+    ``results`` with it, so only this worker can read what they send there."""
+    sessions: list[tuple[int, str, str, int, bool]]
+    """(connection id, public key, epoch, seq, acked) per session that sent ``Authed``:
+    acked ones with the stamp of their ``AuthAck``, the others with the replica's
+    ``(epoch, seq)`` when ``Authed`` was sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,24 +117,21 @@ class SnapshotRequest:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A direct message from ``sender`` on the worker that sent this, to ``to``."""
+    """A direct message from ``sender`` on the worker that sent this, to ``to``.
+
+    ``route`` is chosen by the origin worker at random (unguessable: a result naming it
+    is believed). ``deadline`` is the coordinator's wall clock after which the message
+    is dropped wherever it is (the coordinator, the recipient's worker): the origin
+    answers ``rejected``/``unavailable`` a little later, so a result produced before the
+    deadline has time to come back (:mod:`shared.timings`)."""
 
     TAG: ClassVar[str] = "route"
-    route: int  # chosen by the origin worker, unique among its pending routes
+    route: int
     sender: str
     to: str
     msg_id: str
     body: str
-
-
-@dataclass(frozen=True, slots=True)
-class RouteResult:
-    """The recipient's worker reports what became of a :class:`Deliver`."""
-
-    TAG: ClassVar[str] = "routeres"
-    origin: str
-    route: int
-    status: str  # "delivered" | "offline"
+    deadline: float
 
 
 # ------------------------------------------------------------ coordinator -> one worker
@@ -161,22 +172,31 @@ class Kick:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
+    """Write a :class:`Route`'s message to connection ``conn`` unless past ``deadline``,
+    and answer the origin worker directly at ``reply_to`` with a :class:`RouteDone`
+    (never through the coordinator, which may stall between the two)."""
+
     TAG: ClassVar[str] = "deliver"
     origin: str
+    reply_to: str
+    reply_key: str
     route: int
     conn: int
     sender: str
     msg_id: str
     body: str
+    deadline: float
 
 
 @dataclass(frozen=True, slots=True)
 class RouteDone:
-    """Final status of the origin worker's :class:`Route` ``route``."""
+    """Final status of the origin worker's :class:`Route` ``route``: from the
+    coordinator (``offline``, ``unavailable``) or from the recipient's worker on the
+    results endpoint (``delivered``, ``offline``, ``rate_limited``)."""
 
     TAG: ClassVar[str] = "routedone"
     route: int
-    status: str  # "delivered" | "offline" | "unavailable"
+    status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +221,16 @@ class Update:
 
 @dataclass(frozen=True, slots=True)
 class Beat:
+    """Liveness, the latest ``seq``, and the coordinator's wall clock ``at``: workers
+    estimate their offset from it, so route deadlines need no synchronised clocks."""
+
     TAG: ClassVar[str] = "beat"
     epoch: str
     seq: int
+    at: float
 
 
-UpMessage = Hello | Heartbeat | Authed | Closed | Goodbye | SnapshotRequest | Route | RouteResult
+UpMessage = Hello | Heartbeat | Authed | Closed | Goodbye | SnapshotRequest | Route
 DownMessage = Welcome | Reannounce | AuthAck | Kick | Deliver | RouteDone | Snapshot
 PubMessage = Update | Beat
 Message = UpMessage | DownMessage | PubMessage
@@ -215,10 +239,31 @@ _CLASSES: Final[tuple[type[Any], ...]] = typing.get_args(Message)
 _BY_TAG: Final[dict[str, type[Any]]] = {cls.TAG: cls for cls in _CLASSES}
 
 
-def new_epoch() -> str:
-    """A fresh epoch: the start time in nanoseconds (fixed width, so string order is
-    time order) and a random suffix so two starts in one nanosecond still differ."""
-    return f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+EPOCH_DIGITS: Final = 20
+MAX_GENERATION: Final = 10**19
+"""Generations above this are refused (-1): a reported epoch can never push a
+coordinator's past the fixed width (nanoseconds since 1970 reach it in the year 2286)."""
+
+
+def new_epoch(above: int = -1) -> str:
+    """A fresh epoch ``GENERATION-NONCE``: a generation above ``above`` (the start time
+    in nanoseconds is the first guess, right unless a clock went back), fixed width so
+    string order is generation order, and a random nonce so that two coordinators never
+    share an epoch."""
+    generation = min(max(time.time_ns(), above + 1), MAX_GENERATION)
+    return f"{generation:0{EPOCH_DIGITS}d}-{secrets.token_hex(4)}"
+
+
+def epoch_generation(epoch: str) -> int:
+    """The generation of an epoch made by :func:`new_epoch`; -1 for anything else
+    (which then ranks below every real epoch)."""
+    generation, dash, nonce = epoch.partition("-")
+    if not (dash and len(generation) == EPOCH_DIGITS and generation.isdigit()):
+        return -1
+    if len(nonce) != 8 or not all(c in "0123456789abcdef" for c in nonce):
+        return -1
+    value = int(generation)
+    return value if value < MAX_GENERATION else -1
 
 
 # ------------------------------------------------------------ codec

@@ -1,4 +1,4 @@
-"""An asyncio client for the lobby wire protocol, version 1 (see PROTOCOL.md).
+"""An asyncio client for the lobby wire protocol, version 1 (see docs/PROTOCOL.md).
 
 Two layers:
 

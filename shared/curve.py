@@ -1,11 +1,13 @@
 """Backbone security: who may connect to a coordinator.
 
 The backbone is not an open door. By default it listens on ``ipc://`` in a directory
-only its user can enter (mode 0700, see :mod:`shared.endpoints`). Over ``tcp://`` a
-coordinator may listen on loopback as it is, but on any other address it refuses to
-start unless ZeroMQ CURVE is on: then every socket is encrypted, and only workers whose
-public keys are in the coordinator's authorised directory get in (ZAP, checked by
-pyzmq's authenticator thread). A worker also pins the coordinator's public key.
+only its user can enter (mode 0700, see :mod:`shared.endpoints`). Over ``tcp://``
+(loopback included: any local process can connect to a loopback port) both processes
+refuse to start unless ZeroMQ CURVE is on: then every socket is encrypted, and only
+workers whose public keys are in the coordinator's authorised directory get in (ZAP,
+checked by pyzmq's authenticator thread). A worker also pins the coordinator's public
+key. ``--plain-tcp`` lifts the refusal for a trusted test machine, with a warning at
+every start.
 
 Keys are ZeroMQ certificate files (``NAME.key`` public, ``NAME.key_secret`` secret), made
 by ``python scripts/backbone_keys.py DIR NAME...``. Secret keys are read from files and
@@ -14,7 +16,6 @@ never logged.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,22 +27,6 @@ import zmq.auth
 
 class BackboneSecurityError(Exception):
     """The backbone configuration would let strangers in, or a key file is unusable."""
-
-
-def is_private(endpoint: str) -> bool:
-    """True for endpoints only this machine can reach: ipc, inproc, tcp on loopback."""
-    transport, _, address = endpoint.partition("://")
-    if transport in ("ipc", "inproc"):
-        return True
-    if transport != "tcp":
-        return False
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # "*", an interface name or a host name: assume reachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +58,28 @@ def load_public(path: str) -> bytes:
     return public
 
 
-def check_exposure(endpoints: list[str], curve_on: bool) -> None:
-    """Refuse to listen beyond this machine without CURVE."""
-    exposed = [e for e in endpoints if not is_private(e)]
-    if exposed and not curve_on:
+def check_exposure(endpoints: list[str], *, curve_on: bool, plain_tcp: bool) -> str | None:
+    """Refuse a ``tcp://`` backbone without CURVE (unless ``plain_tcp``, then return the
+    warning to log) and any transport other than ``ipc://`` and ``tcp://``."""
+    for endpoint in endpoints:
+        transport = endpoint.partition("://")[0]
+        if transport not in ("ipc", "tcp"):
+            raise BackboneSecurityError(f"unsupported backbone endpoint {endpoint}")
+    plain = [e for e in endpoints if e.startswith("tcp://")] if not curve_on else []
+    if not plain:
+        return None
+    where = ", ".join(plain)
+    if not plain_tcp:
         raise BackboneSecurityError(
-            f"refusing to listen on {', '.join(exposed)} without CURVE: anyone who can "
-            "reach it could join the lobby as a worker. Give --curve-secret-key and "
-            "--curve-clients (python scripts/backbone_keys.py makes the keys), or listen "
-            "on ipc:// or loopback."
+            f"refusing {where} without CURVE: any process that can reach it (on loopback: "
+            "any local user) could join the lobby as a worker, read every message and kick "
+            "anyone. Give CURVE keys (python scripts/backbone_keys.py makes them; see "
+            "README), use ipc:// endpoints, or pass --plain-tcp on a trusted test machine."
         )
+    return (
+        f"INSECURE: the backbone uses {where} without CURVE (--plain-tcp): anyone who can "
+        "reach it can join as a worker, read every message and kick anyone"
+    )
 
 
 def make_server(sock: zmq.Socket[Any] | zmq.asyncio.Socket, keys: KeyPair) -> None:

@@ -1,14 +1,30 @@
-"""Where the backbone listens.
+"""Where the backbone listens, and who else on this machine can reach it.
 
 By default both backbone sockets live under a private directory (mode 0700) named
 after the public port, so two clusters on different ports on one machine never
 collide and no other local user can connect. ``tcp://`` endpoints can be given
-instead so that workers on other machines can join.
+instead so that workers on other machines can join (with CURVE, see
+:mod:`shared.curve`).
+
+A local attacker must not be able to slip in between: every process checks the
+directory of each ``ipc://`` endpoint it uses before it binds or connects
+(:func:`check_private_dir`): owned by this user, a real directory (not a symlink),
+closed to other users (no group or other permission bits), and every directory above
+it owned by this user or root and not writable by others unless sticky (``/tmp``), so
+nobody can swap it for their own. A directory that fails is refused with
+:class:`UnsafeDirectory` naming it; nothing is ever chmod-ed or created except the
+default directories, which are created private. One coordinator per endpoint: the
+coordinator holds an exclusive lock (:class:`Lock`) beside its events socket for its
+whole life, so a second one fails at start instead of silently taking over the sockets.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +54,134 @@ def default_endpoints(port: int) -> Endpoints:
     return Endpoints(events=f"ipc://{directory}/events", updates=f"ipc://{directory}/updates")
 
 
-def prepare(endpoint: str) -> None:
-    """Create the private parent directory of an ``ipc://`` endpoint (no-op for others)."""
+class UnsafeDirectory(Exception):
+    """An ``ipc://`` endpoint's directory could let another local user in."""
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    """The socket file of an ``ipc://`` endpoint; ``None`` for other transports."""
     if not endpoint.startswith("ipc://"):
+        return None
+    return Path(endpoint[len("ipc://") :])
+
+
+def prepare(endpoint: str, *, port: int | None = None) -> None:
+    """Make sure an ``ipc://`` endpoint's directory is private (no-op for others).
+
+    The default directory of ``port`` (and its ``/tmp/presence-UID`` base) is created
+    with mode 0700 when missing; any other directory must exist already. Either way it
+    is then checked (:func:`check_private_dir`)."""
+    path = ipc_path(endpoint)
+    if path is None:
         return
-    parent = Path(endpoint[len("ipc://") :]).parent
-    parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    parent.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(parent, 0o700)
+    directory = path.parent
+    if port is not None and directory == runtime_dir(port):
+        base = directory.parent
+        if not os.environ.get("XDG_RUNTIME_DIR"):
+            _make_private(base)
+        check_private_dir(base)  # before anything is made inside it
+        _make_private(directory)
+    check_private_dir(directory)
+
+
+def _make_private(directory: Path) -> None:
+    with contextlib.suppress(FileExistsError):  # then checked, never chmod-ed
+        directory.mkdir(mode=0o700)
+
+
+def check_private_dir(directory: Path) -> None:
+    """Refuse (:class:`UnsafeDirectory`) a directory another local user could enter,
+    replace or write to; see the module docstring."""
+    uid = os.getuid()
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        raise UnsafeDirectory(f"ipc directory {directory} does not exist") from None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise UnsafeDirectory(f"ipc directory {directory} is not a directory (a symlink?)")
+    if info.st_uid != uid:
+        raise UnsafeDirectory(
+            f"ipc directory {directory} belongs to uid {info.st_uid}, not to this user "
+            f"({uid}): another user could read and inject backbone messages"
+        )
+    if info.st_mode & 0o077:
+        raise UnsafeDirectory(
+            f"ipc directory {directory} is open to other users (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}); make it 0700"
+        )
+    above_dirs = [*Path(os.path.abspath(directory)).parents]
+    above_dirs += Path(os.path.realpath(directory)).parents
+    for above in above_dirs:
+        info = os.lstat(above)
+        if stat.S_ISLNK(info.st_mode):
+            info = os.stat(above)  # its target is among the resolved parents too
+        if info.st_uid not in (0, uid):
+            raise UnsafeDirectory(
+                f"{above}, above the ipc directory {directory}, belongs to uid "
+                f"{info.st_uid}: that user could replace the directory"
+            )
+        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            raise UnsafeDirectory(
+                f"{above}, above the ipc directory {directory}, is writable by other "
+                "users and not sticky: they could replace the directory"
+            )
+
+
+class Lock:
+    """An exclusive ``flock`` on ``<events socket>.lock``, held for a process's life.
+
+    The file stays behind when the process ends and holds a line of the holder's
+    choosing (:meth:`record`): the coordinator writes its epoch there, so the next one
+    knows a coordinator ran before it (:attr:`previous`)."""
+
+    def __init__(self, fd: int | None, previous: str = "", path: Path | None = None) -> None:
+        self._fd = fd
+        self._path = path
+        self.previous = previous
+
+    @classmethod
+    def take(cls, endpoint: str, role: str) -> Lock:
+        """Lock the ``ipc://`` endpoint for ``role``, or raise :class:`EndpointInUse`.
+        A ``tcp://`` endpoint needs no lock: binding a port twice already fails."""
+        path = ipc_path(endpoint)
+        if path is None:
+            return cls(None)
+        lock_path = path.with_name(path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise EndpointInUse(
+                    f"another {role} is running on {endpoint} (it holds {lock_path})"
+                ) from None
+            raise
+        previous = os.read(fd, 4096).decode("utf-8", "replace").strip()
+        return cls(fd, previous, lock_path)
+
+    def record(self, text: str) -> None:
+        """Replace the file's line with ``text`` (no-op without a file)."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, text.encode() + b"\n", 0)
+
+    def release(self, *, remove: bool = False) -> None:
+        """Let go of the lock; ``remove`` also deletes the file and the socket beside it
+        (for endpoints named after a process that will never start again)."""
+        if self._fd is None:
+            return
+        if remove and self._path is not None:
+            socket_path = self._path.with_name(self._path.name.removesuffix(".lock"))
+            for path in (socket_path, self._path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+
+class EndpointInUse(Exception):
+    """Another process already serves this endpoint."""
 
 
 def resolve(port: int, events: str | None, updates: str | None) -> Endpoints:
@@ -74,6 +210,19 @@ class BackboneOptions:
         "(a worker's replica sees the gap and resyncs from a snapshot) and other messages "
         "are refused, counted and logged",
         check=at_least(1),
+    )
+    max_message_bytes: int = option(
+        64 * 1024 * 1024,
+        "largest backbone message a socket accepts (ZMQ_MAXMSGSIZE; a peer that sends a "
+        "larger one is disconnected): the largest legitimate ones are a Hello or a "
+        "Snapshot, about 110 bytes per session",
+        check=at_least(1024 * 1024),
+    )
+    plain_tcp: bool = option(
+        False,
+        "allow tcp:// endpoints without CURVE, even on loopback. Insecure: any process "
+        "that can reach them can join as a worker, read every message and kick anyone; "
+        "logged as a warning at every start",
     )
     curve_secret_key: str | None = option(
         None,

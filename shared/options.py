@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import Field
@@ -49,16 +50,18 @@ class SettingsError(ValueError):
 
 
 def positive(value: float) -> str | None:
-    return None if value > 0 else "must be positive"
+    return None if value > 0 and math.isfinite(value) else "must be positive"
 
 
 def non_negative(value: float) -> str | None:
-    return None if value >= 0 else "must not be negative"
+    return None if value >= 0 and math.isfinite(value) else "must not be negative"
 
 
 def at_least(minimum: float) -> Check:
     def check(value: float) -> str | None:
-        return None if value >= minimum else f"must be at least {minimum:g}"
+        return (
+            None if value >= minimum and math.isfinite(value) else f"must be at least {minimum:g}"
+        )
 
     return check
 

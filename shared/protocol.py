@@ -1,4 +1,4 @@
-"""The client wire contract, protocol version 1 (see PROTOCOL.md beside the project).
+"""The client wire contract, protocol version 1 (see docs/PROTOCOL.md).
 
 Everything a client can observe lives here: message types, close codes and their
 reason strings, limits, the signed payload, and one encoder per server message. The

@@ -52,6 +52,7 @@ def route_ttl(route_timeout: float) -> float:
 
 def check() -> None:
     """The defaults keep their promises (run by the tests)."""
-    assert HEARTBEAT_INTERVAL < WORKER_TIMEOUT < COORDINATOR_TIMEOUT < CUTOFF_GRACE
-    assert WORKER_TIMEOUT + EXPIRY_CHECK <= 3.0
-    assert route_ttl(ROUTE_TIMEOUT) < ROUTE_TIMEOUT
+    assert HEARTBEAT_INTERVAL < WORKER_TIMEOUT  # one late beat is not a death
+    assert WORKER_TIMEOUT + EXPIRY_CHECK <= 3.0  # a dead worker's users leave within 3 s
+    assert HEARTBEAT_INTERVAL < COORDINATOR_TIMEOUT < CUTOFF_GRACE  # a restart is no cut-off
+    assert ROUTE_TIMEOUT - route_ttl(ROUTE_TIMEOUT) == RESULT_ALLOWANCE  # time for a result

@@ -1,16 +1,51 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster
+from tests.support import Cluster
+
+SPAWN_EVENTS = frozenset(
+    {"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.system"}
+)
+"""Audit events (PEP 578) by which Python code starts another process."""
+
+_running: list[pytest.Item] = []
+"""The test being run (its setup, call and teardown), if any."""
+
+
+def _refuse_unmarked_spawns(event: str, args: tuple[object, ...]) -> None:
+    """Fail a test that starts a process without the ``process`` marker, at the spawn.
+
+    The marker is what keeps ``make test-fast`` (``-m "not process"``) fast; this makes
+    forgetting it an error instead of a slow "fast" run. It sees every spawn by Python
+    code (subprocess, asyncio, multiprocessing, os.*), including fixtures' and threads'.
+    """
+    if event in SPAWN_EVENTS and _running and _running[-1].get_closest_marker("process") is None:
+        pytest.fail(
+            f"{_running[-1].nodeid} starts a process ({event}) but is not marked "
+            "@pytest.mark.process",
+            pytrace=False,
+        )
+
+
+sys.addaudithook(_refuse_unmarked_spawns)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    _running.append(item)
+    try:
+        return (yield)
+    finally:
+        _running.pop()
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Two workers and a coordinator with the default (batching) settings."""
-    c = Cluster(tmp_path, workers=2).start()
-    yield c
-    c.stop()
+    with Cluster(tmp_path, workers=2) as c:
+        yield c

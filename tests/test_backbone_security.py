@@ -1,4 +1,5 @@
-"""The backbone is not an open door: private by default, CURVE beyond loopback."""
+"""The backbone is not an open door: ipc in a private directory by default, CURVE on
+every tcp endpoint, one coordinator per endpoint (issue 7 item 9)."""
 
 from __future__ import annotations
 
@@ -16,61 +17,183 @@ import zmq.auth
 from shared import backbone as bb
 from shared import curve, endpoints
 from shared.client import LobbyClient
-from tests.procs import ROOT, ManagedProcess, free_port
+from tests.support import ROOT, ManagedProcess, free_port
+
+NOBODY = 65534
 
 
-@pytest.mark.parametrize(
-    ("endpoint", "private"),
-    [
-        ("ipc:///tmp/x/events", True),
-        ("inproc://x", True),
-        ("tcp://127.0.0.1:5555", True),
-        ("tcp://127.9.9.9:5555", True),
-        ("tcp://localhost:5555", True),
-        ("tcp://[::1]:5555", True),
-        ("tcp://0.0.0.0:5555", False),
-        ("tcp://*:5555", False),
-        ("tcp://10.1.2.3:5555", False),
-        ("tcp://eth0:5555", False),
-        ("pgm://x", False),
-    ],
-)
-def test_which_endpoints_count_as_private(endpoint: str, private: bool) -> None:
-    assert curve.is_private(endpoint) is private
-
-
-def test_default_ipc_directory_is_private(tmp_path: Path) -> None:
-    os.environ["XDG_RUNTIME_DIR"] = str(tmp_path)
-    try:
-        ends = endpoints.default_endpoints(4242)
-        endpoints.prepare(ends.events)
-    finally:
-        del os.environ["XDG_RUNTIME_DIR"]
-    directory = tmp_path / "presence-4242"
-    assert ends.events == f"ipc://{directory}/events"
-    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-
-
-def test_coordinator_refuses_an_exposed_backbone_without_curve() -> None:
-    port = free_port()
+def _refused(module: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run ``python -m module args``; it must exit 2 at once, without a traceback.
+    Returns its stderr."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "coordinator",
-            "--events-endpoint",
-            f"tcp://0.0.0.0:{port}",
-            "--updates-endpoint",
-            f"tcp://0.0.0.0:{port + 1}",
-        ],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
+        env={**os.environ, **(env or {})},
     )
-    assert result.returncode == 2
-    assert "refusing to listen on tcp://0.0.0.0" in result.stderr
+    assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def _ipc(directory: Path) -> list[str]:
+    return [
+        "--events-endpoint",
+        f"ipc://{directory}/events",
+        "--updates-endpoint",
+        f"ipc://{directory}/updates",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("endpoints_", "curve_on", "plain_tcp", "outcome"),
+    [
+        (["ipc:///x/events"], False, False, None),
+        (["tcp://127.0.0.1:5555"], True, False, None),
+        (["tcp://127.0.0.1:5555"], False, False, "refusing tcp://127.0.0.1:5555 without CURVE"),
+        (["tcp://[::1]:5555"], False, False, "refusing"),
+        (["tcp://0.0.0.0:5555"], False, False, "refusing"),
+        (["tcp://127.0.0.1:5555"], False, True, "INSECURE"),
+        (["inproc://x"], False, False, "unsupported backbone endpoint"),
+        (["pgm://x"], True, False, "unsupported backbone endpoint"),
+    ],
+)
+def test_tcp_needs_curve_even_on_loopback(
+    endpoints_: list[str], curve_on: bool, plain_tcp: bool, outcome: str | None
+) -> None:
+    """Any local process can connect to a loopback port: only ipc in a private
+    directory, or CURVE, keeps strangers out. --plain-tcp is a loud opt-out."""
+    if outcome is None or outcome == "INSECURE":
+        warning = curve.check_exposure(endpoints_, curve_on=curve_on, plain_tcp=plain_tcp)
+        assert warning is None if outcome is None else outcome in (warning or "")
+    else:
+        with pytest.raises(curve.BackboneSecurityError, match=outcome):
+            curve.check_exposure(endpoints_, curve_on=curve_on, plain_tcp=plain_tcp)
+
+
+def test_default_ipc_directory_is_created_private(tmp_path: Path) -> None:
+    base = tmp_path / "run"
+    base.mkdir(mode=0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(base)
+    try:
+        ends = endpoints.default_endpoints(4242)
+        endpoints.prepare(ends.events, port=4242)
+    finally:
+        del os.environ["XDG_RUNTIME_DIR"]
+    directory = base / "presence-4242"
+    assert ends.events == f"ipc://{directory}/events"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def _unsafe(tmp_path: Path, how: str) -> Path:
+    """A directory another local user could get into, made ``how``."""
+    directory = tmp_path / how
+    if how == "foreign-owner":
+        directory.mkdir(mode=0o700)
+        os.chown(directory, NOBODY, NOBODY)
+    elif how == "group-writable":
+        directory.mkdir()
+        directory.chmod(0o770)
+    elif how == "world-readable":
+        directory.mkdir()
+        directory.chmod(0o755)
+    elif how == "symlink":
+        target = tmp_path / "target"
+        target.mkdir(mode=0o700)
+        directory.symlink_to(target)
+    elif how == "open-parent":
+        parent = tmp_path / "open-parent-dir"
+        parent.mkdir()
+        parent.chmod(0o777)  # not sticky: anyone may rename what is inside
+        directory = parent / "inner"
+        directory.mkdir(mode=0o700)
+    return directory
+
+
+UNSAFE = ["foreign-owner", "group-writable", "world-readable", "symlink", "open-parent"]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a directory owned by another user")
+@pytest.mark.parametrize("how", UNSAFE)
+def test_an_unsafe_ipc_directory_is_refused(tmp_path: Path, how: str) -> None:
+    with pytest.raises(endpoints.UnsafeDirectory):
+        endpoints.check_private_dir(_unsafe(tmp_path, how))
+
+
+@pytest.mark.process
+@pytest.mark.skipif(os.getuid() != 0, reason="making a directory owned by another user")
+def test_both_processes_refuse_an_ipc_directory_others_could_enter(tmp_path: Path) -> None:
+    for how in ("foreign-owner", "group-writable", "symlink"):
+        directory = _unsafe(tmp_path, how)
+        for module in ("coordinator", "workers"):
+            error = _refused(module, *_ipc(directory))
+            assert "cannot start the backbone" in error and str(directory) in error
+
+
+@pytest.mark.process
+@pytest.mark.skipif(os.getuid() != 0, reason="making a directory owned by another user")
+def test_a_default_directory_planted_by_another_user_is_refused(tmp_path: Path) -> None:
+    """With XDG_RUNTIME_DIR unset the default lives under /tmp/presence-UID; another
+    user who creates it first must not get the sockets."""
+    planted = tmp_path / f"presence-{os.getuid()}"
+    planted.mkdir()
+    planted.chmod(0o777)
+    os.chown(planted, NOBODY, NOBODY)
+    env = {"TMPDIR": str(tmp_path), "XDG_RUNTIME_DIR": ""}
+    for module in ("coordinator", "workers"):
+        error = _refused(module, "--port", "4343", env=env)
+        assert f"belongs to uid {NOBODY}" in error
+    assert not (planted / "presence-4343").exists()
+    assert stat.S_IMODE(planted.stat().st_mode) == 0o777  # never chmod-ed
+
+
+@pytest.mark.process
+def test_both_processes_refuse_tcp_without_curve_unless_told_loudly(tmp_path: Path) -> None:
+    p1, p2, p3 = free_port(), free_port(), free_port()
+    tcp = ["--events-endpoint", f"tcp://127.0.0.1:{p1}", "--updates-endpoint"]
+    tcp += [f"tcp://127.0.0.1:{p2}"]
+    assert "without CURVE" in _refused("coordinator", *tcp)
+    assert "without CURVE" in _refused("workers", *tcp, "--results-endpoint", "tcp://x:1")
+    # A worker on a tcp backbone must say where other workers reach it.
+    assert "--results-endpoint is required" in _refused("workers", *tcp, "--plain-tcp")
+    coordinator = ManagedProcess("coordinator", [*tcp, "--plain-tcp"])
+    try:
+        coordinator.wait_ready()
+        assert coordinator.count("INSECURE: the backbone uses tcp://127.0.0.1") == 1
+    finally:
+        assert coordinator.stop() == 0
+    _ = p3, tmp_path
+
+
+@pytest.mark.process
+def test_a_second_coordinator_on_the_same_endpoint_is_refused(tmp_path: Path) -> None:
+    first = ManagedProcess("coordinator", _ipc(tmp_path))
+    try:
+        first.wait_ready()
+        error = _refused("coordinator", *_ipc(tmp_path))
+        assert f"another coordinator is running on ipc://{tmp_path}/events" in error
+        # The first still owns its sockets: a worker reaches it.
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.ROUTING_ID, b"w9")
+            dealer.connect(f"ipc://{tmp_path}/events")
+            dealer.send(bb.encode(bb.Hello("w9", "", "", "", [])))
+            assert dealer.poll(5000)
+            assert isinstance(bb.decode(dealer.recv()), bb.Welcome)
+        finally:
+            ctx.destroy(linger=0)
+    finally:
+        assert first.stop() == 0
+    # Once it is gone, a new one may take over (the lock went with it).
+    second = ManagedProcess("coordinator", _ipc(tmp_path))
+    try:
+        second.wait_ready()
+    finally:
+        assert second.stop() == 0
 
 
 def _keys(tmp: Path) -> tuple[Path, Path, Path]:
@@ -90,9 +213,10 @@ def _keys(tmp: Path) -> tuple[Path, Path, Path]:
     return keys, admitted, keys / "stranger.key_secret"
 
 
+@pytest.mark.process
 def test_curve_admits_only_listed_workers_and_never_logs_secrets(tmp_path: Path) -> None:
     keys, admitted, stranger = _keys(tmp_path)
-    p1, p2, web = free_port(), free_port(), free_port()
+    p1, p2, p3, web = free_port(), free_port(), free_port(), free_port()
     events, updates = f"tcp://127.0.0.1:{p1}", f"tcp://127.0.0.1:{p2}"
     backbone = ["--events-endpoint", events, "--updates-endpoint", updates]
     coordinator = ManagedProcess(
@@ -109,7 +233,7 @@ def test_curve_admits_only_listed_workers_and_never_logs_secrets(tmp_path: Path)
     )
     worker: ManagedProcess | None = None
     try:
-        coordinator.wait_for_line("coordinator ready")
+        coordinator.wait_ready()
         worker = ManagedProcess(
             "workers",
             [
@@ -124,9 +248,11 @@ def test_curve_admits_only_listed_workers_and_never_logs_secrets(tmp_path: Path)
                 str(keys / "w1.key_secret"),
                 "--curve-server-key",
                 str(keys / "coordinator.key"),
+                "--results-endpoint",
+                f"tcp://127.0.0.1:{p3}",
             ],
         )
-        worker.wait_for_line("worker w1 ready")
+        worker.wait_ready()
 
         async def join() -> None:
             async with LobbyClient.connect(f"ws://127.0.0.1:{web}/ws") as client:

@@ -7,11 +7,13 @@ presumed dead after 0.6-1 s). Each test prints what it measured, for the record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +28,12 @@ from shared.client import (
     public_key_hex,
 )
 from shared.protocol import CloseCode
-from tests.cluster import Cluster
-from tests.procs import ManagedProcess, free_port
+from tests.support import Cluster, ManagedProcess, free_port, run, until
+
+pytestmark = pytest.mark.process
 
 FAST_COORDINATOR = ("--heartbeat-interval", "0.1", "--worker-timeout", "0.6")
 FAST_WORKER = ("--heartbeat-interval", "0.1", "--coordinator-timeout", "0.6")
-
-
-def run(coro: Coroutine[Any, Any, None], timeout: float = 90) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` (every 10 ms) up to ``timeout`` s; returns the seconds it took."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
 
 
 async def connect_many(url: str, n: int) -> list[LobbyClient]:
@@ -86,7 +75,7 @@ class Launched:
         args += [f"--coordinator-arg={a}" for a in coordinator]
         args += [f"--worker-arg={a}" for a in worker]
         self.proc = ManagedProcess("scripts.cluster", args, env={"XDG_RUNTIME_DIR": str(tmp)})
-        self.proc.wait_for_line("connect to ws://", timeout=30)
+        self.proc.wait_ready(timeout=30)
 
     def pid(self, name: str) -> int:
         pids = re.findall(rf"started {re.escape(name)} pid (\d+)", self.proc.output())
@@ -123,16 +112,16 @@ def test_killed_worker_users_leave_everywhere_and_launcher_replaces_it(
         start = time.monotonic()
         # Its clients see their connections drop (20 clients: all on one worker has odds
         # of about 1 in 500,000), then everyone else sees them leave.
-        await until(lambda: any(c.closed for c in clients), 10, "the kill to drop clients")
-        await until(lambda: settled(clients), 10, "the killed worker's users to leave")
+        await until(lambda: any(c.closed for c in clients), "the kill to drop clients", 10)
+        await until(lambda: settled(clients), "the killed worker's users to leave", 10)
         took = time.monotonic() - start
         dead = [c for c in clients if c.closed]
         print(f"\nworker SIGKILL: {len(dead)} ghosts removed from every view in {took:.2f}s")
         assert 0 < len(dead) < len(clients), "clients all landed on one worker"
-        launched.proc.wait_for_line("ready again", timeout=20)
+        launched.proc.wait_ready(timeout=20, count=2)  # whole again
         newcomers = await connect_many(launched.url, 6)  # spread over both workers
         survivors = [*open_ones(clients), *newcomers]
-        await until(lambda: settled(survivors), 10, "newcomers to be seen")
+        await until(lambda: settled(survivors), "newcomers to be seen", 10)
         await close_all(survivors)
 
     run(scenario())
@@ -151,11 +140,11 @@ def test_killed_coordinator_is_restarted_and_every_client_resyncs(launched: Laun
             fresh = all(c.snapshots_received > before[id(c)] for c in clients)
             return fresh and all_views_are(clients, everyone)
 
-        took = await until(resynced, 5, "a fresh snapshot equal to the online set everywhere")
+        took = await until(resynced, "a fresh snapshot equal to the online set everywhere", 5)
         print(f"\ncoordinator SIGKILL: every client resynced in {took:.2f}s")
         assert open_ones(clients) == clients  # nobody was disconnected
         late = await LobbyClient.connect(launched.url)
-        await until(lambda: settled([*clients, late]), 10, "a join after the restart")
+        await until(lambda: settled([*clients, late]), "a join after the restart", 10)
         await close_all([*clients, late])
 
     run(scenario())
@@ -166,14 +155,13 @@ def test_killed_coordinator_is_restarted_and_every_client_resyncs(launched: Laun
 
 @pytest.fixture
 def fast_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(
+    with Cluster(
         tmp_path,
         2,
         coordinator_args=FAST_COORDINATOR,
         worker_args=(*FAST_WORKER, "--auth-wait", "1.0", "--route-timeout", "1.0"),
-    ).start()
-    yield c
-    c.stop()
+    ) as c:
+        yield c
 
 
 def test_outage_auths_get_1013_sends_get_unavailable_and_restart_rebuilds(
@@ -214,11 +202,168 @@ def test_outage_auths_get_1013_sends_get_unavailable_and_restart_rebuilds(
             fresh = all(c.snapshots_received > before[id(c)] for c in clients)
             return fresh and all_views_are(clients, everyone)
 
-        await until(rebuilt, 10, "the lobby to be rebuilt from the workers")
+        await until(rebuilt, "the lobby to be rebuilt from the workers", 10)
         print(f"\ncoordinator restart: lobby rebuilt in {time.monotonic() - start:.2f}s")
         result = await clients[0].send(clients[1].public_key, "back")
         assert result["status"] == "delivered"
         await close_all(clients)
+
+    run(scenario())
+
+
+# ------------------------------------------------------------ truthful send results
+
+
+@dataclass
+class Ledger:
+    """Every send and its answer, and every message that arrived, by id."""
+
+    answers: dict[str, str] = field(default_factory=dict)  # id -> status or status/reason
+    arrived: dict[str, list[str]] = field(default_factory=dict)  # recipient -> ids
+
+    def record(self, msg_id: str, result: dict[str, Any]) -> None:
+        reason = result.get("reason")
+        self.answers[msg_id] = result["status"] + (f"/{reason}" if reason else "")
+
+    def ids(self, *statuses: str) -> set[str]:
+        return {i for i, a in self.answers.items() if a in statuses}
+
+    def assert_truthful(self) -> None:
+        """delivered arrived; rejected never did (now or later), nor anything unasked."""
+        got = {i for ids in self.arrived.values() for i in ids}
+        assert len(got) == sum(len(ids) for ids in self.arrived.values()), "a duplicate"
+        assert self.ids("delivered") <= got, "a delivered message did not arrive"
+        rejected = {i for i, a in self.answers.items() if a.startswith("rejected")}
+        assert not rejected & got, f"rejected but arrived: {sorted(rejected & got)[:5]}"
+        assert got <= set(self.answers), "a message nobody sent"
+
+
+async def collect(client: LobbyClient, ledger: Ledger, stop: asyncio.Event) -> None:
+    ids = ledger.arrived.setdefault(client.public_key, [])
+    while not stop.is_set():
+        try:
+            ids.append((await client.next_message(timeout=0.2)).id)
+        except TimeoutError:
+            continue
+
+
+async def send_loop(senders: list[LobbyClient], ledger: Ledger, stop: asyncio.Event) -> None:
+    """Each sender sends to the next, one message at a time, until ``stop``."""
+    n = 0
+    while not stop.is_set():
+        ids = [f"m{n}-{i}" for i in range(len(senders))]
+        results = await asyncio.gather(
+            *(
+                sender.send(senders[(i + 1) % len(senders)].public_key, ids[i], ids[i], 15)
+                for i, sender in enumerate(senders)
+            )
+        )
+        for msg_id, result in zip(ids, results, strict=True):
+            ledger.record(msg_id, result)
+        n += 1
+        await asyncio.sleep(0.03)  # the senders' pace: within their message rate
+
+
+async def settle_messages(senders: list[LobbyClient], ledger: Ledger) -> None:
+    """Once every route that could still be in a queue has been processed: a marker
+    from each sender's worker, behind everything it sent, has arrived."""
+    for i, sender in enumerate(senders):
+        to, marker = senders[(i + 1) % len(senders)].public_key, f"marker-{i}"
+        result = await sender.send(to, marker, marker)
+        assert result["status"] == "delivered", result
+        ledger.answers[marker] = "delivered"
+        arrived = ledger.arrived[to]
+        await until(lambda a=arrived, m=marker: m in a, "the marker", 10)
+
+
+@contextlib.asynccontextmanager
+async def exchanging(
+    cluster: Cluster, n: int = 6
+) -> AsyncIterator[tuple[list[LobbyClient], Ledger]]:
+    """``n`` clients that send to each other all along, and the ledger of it all. On
+    leaving, sending stops, every message still in a queue is let through, and the
+    ledger must be truthful: delivered arrived, rejected never did."""
+    clients = await connect_many(cluster.url, n)
+    everyone = {c.public_key for c in clients}
+    for c in clients:
+        await c.wait_for_view(everyone)
+    ledger, stop, done = Ledger(), asyncio.Event(), asyncio.Event()
+    collectors = [asyncio.create_task(collect(c, ledger, done)) for c in clients]
+    sending = asyncio.create_task(send_loop(clients, ledger, stop))
+    await until(lambda: len(ledger.ids("delivered")) >= 30, "some deliveries", 10)
+    yield clients, ledger
+    await until(lambda: settled(clients), "the lobby to settle", 15)
+    stop.set()
+    await sending
+    await settle_messages(clients, ledger)
+    done.set()
+    await asyncio.gather(*collectors)
+    ledger.assert_truthful()
+    assert open_ones(clients) == clients, "nobody was disconnected"
+    await close_all(clients)
+
+
+def test_a_stalled_coordinator_never_delivers_what_was_answered_rejected(
+    fast_cluster: Cluster,
+) -> None:
+    """The coordinator stops (SIGSTOP) for three route timeouts while clients send to
+    each other. Whatever was answered rejected is never delivered, not even once the
+    coordinator runs again and works through its queue; whatever was answered delivered
+    arrived; nobody is disconnected."""
+    assert fast_cluster.coordinator is not None
+    coordinator = fast_cluster.coordinator
+
+    async def scenario() -> None:
+        async with exchanging(fast_cluster) as (_, ledger):
+            coordinator.signal(signal.SIGSTOP)
+            try:
+                await until(lambda: len(ledger.ids("rejected/unavailable")) >= 30, "refusals", 15)
+            finally:
+                coordinator.signal(signal.SIGCONT)
+        assert set(ledger.answers.values()) <= {"delivered", "rejected/unavailable"}
+        print(
+            f"\ncoordinator SIGSTOP: {len(ledger.ids('delivered'))} delivered, "
+            f"{len(ledger.ids('rejected/unavailable'))} rejected, none of them later"
+        )
+
+    run(scenario())
+
+
+def test_no_offline_for_users_who_never_left_while_the_coordinator_restarts(
+    fast_cluster: Cluster,
+) -> None:
+    """The coordinator is killed and started again while connected users keep sending
+    to each other: until the lobby is rebuilt a recipient the new coordinator has not
+    heard of yet is rejected/unavailable, never offline."""
+
+    async def scenario() -> None:
+        async with exchanging(fast_cluster) as (clients, ledger):
+            assert fast_cluster.coordinator is not None
+            fast_cluster.coordinator.signal(signal.SIGKILL)
+            fast_cluster.coordinator.proc.wait(5)
+            before = {id(c): c.snapshots_received for c in clients}
+            fast_cluster.coordinator = ManagedProcess(
+                "coordinator",
+                [
+                    *("--events-endpoint", fast_cluster.events),
+                    *("--updates-endpoint", fast_cluster.updates),
+                    *FAST_COORDINATOR,
+                ],
+            )
+            killed_at = len(ledger.answers)
+
+            def rebuilt() -> bool:
+                fresh = all(c.snapshots_received > before[id(c)] for c in clients)
+                return fresh and all_views_are(clients, {c.public_key for c in clients})
+
+            await until(rebuilt, "the lobby to be rebuilt", 15)
+            mark = len(ledger.ids("delivered"))  # and on a while, as clients do
+            await until(lambda: len(ledger.ids("delivered")) >= mark + 30, "deliveries", 10)
+        assert "offline" not in ledger.answers.values()
+        print(
+            f"\ncoordinator restart: {len(ledger.answers) - killed_at} sends after the "
+            f"kill, none answered offline"
+        )
 
     run(scenario())
 
@@ -251,17 +396,22 @@ def test_partitioned_worker_comes_back_and_newest_session_wins(fast_cluster: Clu
         seen_at = {id(c): c.updates_received for c in clients}
         stopped.signal(signal.SIGSTOP)
 
-        # The others see the partitioned worker's users leave.
-        def partitioned() -> bool:
-            moved = [c for c in clients if c.updates_received > seen_at[id(c)]]
-            return bool(moved) and all(len(c.view) < len(everyone) for c in moved)
+        # The others see the partitioned worker's users leave: each client of the live
+        # worker gets an update and then sees exactly the live worker's clients. (Those
+        # of the stopped worker get nothing, so "got an update" tells the two apart,
+        # once every one of them has read it.)
+        def outside_now() -> list[LobbyClient]:
+            return [c for c in clients if c.updates_received > seen_at[id(c)]]
 
-        await until(partitioned, 10, "the partitioned worker's users to leave")
-        outside = [c for c in clients if c.updates_received > seen_at[id(c)]]
-        await until(lambda: len({frozenset(c.view.online) for c in outside}) == 1, 5, "agree")
+        def partitioned() -> bool:
+            outside = outside_now()
+            keys = {c.public_key for c in outside}
+            return bool(outside) and all(c.view.online == keys for c in outside)
+
+        await until(partitioned, "the partitioned worker's users to leave", 10)
+        outside = outside_now()
         inside = [c for c in clients if c not in outside]
         assert inside, "clients all landed on one worker"
-        assert outside[0].view.online == {c.public_key for c in outside}
         # Half of the cut-off users authenticate again, on the other worker.
         movers = inside[: (len(inside) + 1) // 2]
         stayers = inside[len(movers) :]
@@ -273,7 +423,7 @@ def test_partitioned_worker_comes_back_and_newest_session_wins(fast_cluster: Clu
         for old in movers:
             assert await old.wait_closed(10) == CloseCode.SESSION_REPLACED
         live = [*outside, *stayers, *moved]
-        await until(lambda: settled(live), 10, "one consistent lobby after the partition")
+        await until(lambda: settled(live), "one consistent lobby after the partition", 10)
         took = time.monotonic() - start
         print(f"\npartition healed: views consistent {took:.2f}s after SIGCONT")
         assert len({c.public_key for c in live}) == len(live) == len(everyone)
@@ -291,9 +441,8 @@ def test_partitioned_worker_comes_back_and_newest_session_wins(fast_cluster: Clu
 @pytest.fixture
 def slow_expiry_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Heartbeat expiry far away, so only a graceful Goodbye can remove users quickly."""
-    c = Cluster(tmp_path, 2, coordinator_args=("--worker-timeout", "60")).start()
-    yield c
-    c.stop()
+    with Cluster(tmp_path, 2, coordinator_args=("--worker-timeout", "60")) as c:
+        yield c
 
 
 def test_sigterm_closes_with_1001_and_rolling_restart_keeps_service(
@@ -321,8 +470,8 @@ def test_sigterm_closes_with_1001_and_rolling_restart_keeps_service(
         first = cluster.workers[0]
         first.signal(signal.SIGTERM)
         start = time.monotonic()
-        await until(lambda: any(c.closed for c in clients), 5, "the stop to close clients")
-        await until(lambda: settled(clients), 5, "the stopped worker's users to leave")
+        await until(lambda: any(c.closed for c in clients), "the stop to close clients", 5)
+        await until(lambda: settled(clients), "the stopped worker's users to leave", 5)
         took = time.monotonic() - start
         print(f"\nworker SIGTERM: its users left everywhere in {took:.2f}s")
         closed = [c for c in clients if c.closed]
@@ -384,20 +533,24 @@ def burst(ctx: zmq.Context[zmq.Socket[bytes]], cluster: Cluster, n: int) -> str:
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.ROUTING_ID, b"burst")
     dealer.connect(cluster.events)
-    dealer.send(bb.encode(bb.Hello("burst", [])))
+    dealer.send(bb.encode(bb.Hello("burst", "", "", "", [])))
     for i in range(n):
         key = f"{i:064x}"
         dealer.send(bb.encode(bb.Authed(i, key)))
         dealer.send(bb.encode(bb.Closed(i, key)))
     last = "f" * 64
     dealer.send(bb.encode(bb.Authed(n, last)))
-    # Replies (acks) pass a high-water mark of 10 too, so ask until a snapshot gets
-    # through; it answers after every event above (one socket keeps order).
+    # Replies (acks) pass a high-water mark of 10 too, so most are lost: the coordinator
+    # then asks this "worker" to re-register, and it answers with its whole truth, as a
+    # worker does. Ask until a snapshot shows the last session.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         dealer.send(bb.encode(bb.SnapshotRequest()))
         while dealer.poll(200):
             msg = bb.decode(dealer.recv())
+            if isinstance(msg, bb.Reannounce):
+                truth = bb.Hello("burst", "", "", "", [(n, last, "", 0, False)])
+                dealer.send(bb.encode(truth))
             if isinstance(msg, bb.Snapshot) and last in msg.users:
                 return last
     raise AssertionError("the burst was never published")

@@ -26,7 +26,9 @@ from websockets.exceptions import ConnectionClosed
 
 from shared import protocol
 from shared.client import LobbyClient, public_key_hex
-from tests.cluster import Cluster
+from tests.support import Cluster
+
+pytestmark = pytest.mark.process
 
 T = TypeVar("T")
 PRE_AUTH_LIMIT = 4096

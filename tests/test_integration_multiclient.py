@@ -8,7 +8,7 @@ import random
 import signal
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from shared import protocol
 from shared.client import LobbyClient, generate_signing_key, public_key_hex
 from shared.protocol import CloseCode
-from tests.cluster import Cluster
-from tests.procs import ManagedProcess, wait_until
+from tests.support import Cluster, ManagedProcess, run, until, wait_until
 
-
-def run(coro: Coroutine[Any, Any, None], timeout: float = 90) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout))
+pytestmark = pytest.mark.process
 
 
 # ------------------------------------------------------------ three client processes
@@ -48,7 +45,7 @@ class ClientProcess:
         return set(parts[2].split(",")) if parts[2] != "ERRORS" else set()
 
     def wait_view(self, keys: set[str]) -> None:
-        wait_until(lambda: self.view() == keys, 15, f"client {self.key[:8]} to see {len(keys)}")
+        wait_until(lambda: self.view() == keys, f"client {self.key[:8]} to see {len(keys)}", 15)
 
 
 def test_three_client_processes_see_joins_leaves_and_reconnects(
@@ -132,7 +129,7 @@ def test_same_key_on_several_workers_at_once_exactly_one_survives(cluster: Clust
             def settled() -> bool:
                 return sum(not c.closed for c in clients) <= 1
 
-            await asyncio.wait_for(_until(settled), 15)
+            await until(settled, "one session to survive", 15)
             survivors = [c for c in clients if not c.closed]
             assert len(survivors) == 1
             for c in clients:
@@ -148,11 +145,6 @@ def test_same_key_on_several_workers_at_once_exactly_one_survives(cluster: Clust
             assert watcher.errors == []
 
     run(scenario())
-
-
-async def _until(condition: Any) -> None:
-    while not condition():
-        await asyncio.sleep(0.01)  # polling a condition; the caller bounds it
 
 
 def test_direct_messages_across_workers(cluster: Cluster) -> None:
@@ -186,9 +178,8 @@ def test_direct_messages_across_workers(cluster: Cluster) -> None:
 
 @pytest.fixture
 def short_auth_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, workers=2, worker_args=("--auth-timeout", "1.0")).start()
-    yield c
-    c.stop()
+    with Cluster(tmp_path, workers=2, worker_args=("--auth-timeout", "1.0")) as c:
+        yield c
 
 
 async def _challenge(url: str, **kw: Any) -> tuple[ClientConnection, str]:
@@ -321,7 +312,7 @@ async def _bad_input_after_auth(url: str, watcher: LobbyClient) -> None:
             await rude.send_raw(frame)
         await rude.send_raw(b"\x01\x02")
         for frame, code in [*errors, ("binary", "malformed")]:
-            await asyncio.wait_for(_until(lambda: bool(rude.error_frames)), 10)
+            await until(lambda: bool(rude.error_frames), f"the answer to {frame!r}", 10)
             got = rude.error_frames.pop(0)
             assert (got["type"], got["code"]) == ("error", code), (frame, got)
             assert isinstance(got["message"], str) and got["message"]
@@ -357,4 +348,4 @@ def test_healthz_answers_on_the_public_port(cluster: Cluster) -> None:
         except urllib.error.HTTPError as err:
             return err.code == 503
 
-    wait_until(unhealthy, 15, "/healthz to answer 503 without a coordinator")
+    wait_until(unhealthy, "/healthz to answer 503 without a coordinator", 15)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from typing import Any
+import pytest
 
 from shared.client import LobbyClient, generate_signing_key
 from shared.protocol import CloseCode
-from tests.cluster import Cluster
+from tests.support import Cluster, run
 
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 60))
+pytestmark = pytest.mark.process
 
 
 def test_multiple_clients_lobby_consistency(cluster: Cluster) -> None:
@@ -28,7 +24,7 @@ def test_multiple_clients_lobby_consistency(cluster: Cluster) -> None:
             await c.close()
             assert c.errors == []
 
-    run(scenario())
+    run(scenario(), timeout=60)
 
 
 def test_user_add_triggers_broadcast(cluster: Cluster) -> None:
@@ -43,7 +39,7 @@ def test_user_add_triggers_broadcast(cluster: Cluster) -> None:
                 assert newcomer.errors == []
             assert watcher.errors == []
 
-    run(scenario())
+    run(scenario(), timeout=60)
 
 
 def test_user_remove_triggers_broadcast(cluster: Cluster) -> None:
@@ -55,7 +51,7 @@ def test_user_remove_triggers_broadcast(cluster: Cluster) -> None:
             await watcher.wait_for_view({watcher.public_key})
             assert watcher.errors == [] and leaver.errors == []
 
-    run(scenario())
+    run(scenario(), timeout=60)
 
 
 def test_reconnection_updates_not_duplicates(cluster: Cluster) -> None:
@@ -76,4 +72,4 @@ def test_reconnection_updates_not_duplicates(cluster: Cluster) -> None:
             await watcher.wait_for_view({watcher.public_key})
             assert watcher.errors == [] and first.errors == [] and second.errors == []
 
-    run(scenario())
+    run(scenario(), timeout=60)

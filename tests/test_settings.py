@@ -12,7 +12,7 @@ from coordinator.settings import CoordinatorSettings
 from coordinator.settings import Timing as CoordinatorTiming
 from shared import options, timings
 from shared.endpoints import BackboneOptions
-from tests.procs import ROOT
+from tests.support import ROOT
 from workers.admission import AdmissionLimits, RateLimits
 from workers.connection import Limits
 from workers.settings import Network, WorkerSettings
@@ -38,6 +38,7 @@ BAD_OPTIONS = [
 ]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(("process", "flag", "value", "error"), BAD_OPTIONS)
 def test_a_bad_option_is_refused_at_start_naming_it(
     process: str, flag: str, value: str, error: str
@@ -54,6 +55,7 @@ def test_a_bad_option_is_refused_at_start_naming_it(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.process
 def test_a_bad_environment_value_is_refused_naming_the_variable() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "coordinator"],

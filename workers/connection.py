@@ -5,8 +5,9 @@ Theory of operation
 A :class:`Connection` owns everything the wire contract says about one client and
 nothing else: no sockets, no clock, no tasks. The shell feeds it events (a frame, an
 ``AuthAck``, a ``Kick``, the replica catching up, a deadline, the coordinator coming
-back, the transport ending) and carries out the :data:`Action` list it returns, in
-order: frames to write, a close code, backbone messages to emit, a route to start.
+back, a sample of the transport's progress, the transport ending) and carries out the
+:data:`Action` list it returns, in order: frames to write, a close code, backbone
+messages to emit, a route to start.
 
 Authentication crosses two parties, so it has more states than "in" and "out":
 
@@ -30,7 +31,16 @@ Authentication crosses two parties, so it has more states than "in" and "out":
 From ``VERIFIED`` to ``ACKED`` one deadline applies: ``auth_wait`` (5 s) from the
 verified signature, then 1013 (the server's fault, so "try again later", not 4003).
 Once ``Authed`` was emitted, leaving for ``CLOSING`` for any reason emits ``Closed``
-exactly once, so the coordinator never keeps a key online without a connection.
+exactly once, so the coordinator never keeps a key online without a connection. Every
+session that emitted ``Authed`` is listed when the worker re-registers
+(:meth:`Connection.claim`), acknowledged or not, so a coordinator never acknowledges a
+session and then forgets it. A later ``AuthAck`` (a coordinator that moved to a new
+epoch re-acknowledges its sessions) replaces the stamp the session is listed with.
+
+Pipelining (protocol 1.1): frames that follow a valid ``auth`` before ``auth_ok`` are
+held, at most ``max_pipelined`` of them and ``max_pipelined_bytes`` in all (past either:
+1008), and handled in order right after ``auth_ok`` and the snapshot, exactly as if they
+had arrived then. If the auth fails they are dropped with the connection.
 
 Lobby flow (``AUTHENTICATED`` only): ``CURRENT`` clients get every update. One whose
 transport buffer passes ``lag_bytes`` becomes ``LAGGING`` and is skipped; once its
@@ -38,25 +48,32 @@ buffer drains below a quarter of that it gets one fresh snapshot and is ``CURREN
 again, so it never sees a gap. ``STALE`` (after a resync) waits for a replica state
 that contains the client's own key, then gets the fresh snapshot.
 
-Bounds on what one client can cost (the shell measures, the machine decides):
+Bounds on what one client can cost, and who pays at the bound:
 
-* Outgoing: lobby state is re-sendable, so a lagging client's updates are dropped (above)
-  and its backlog stops growing at about ``lag_bytes``. Direct messages and
-  ``send_result`` answers cannot be dropped silently: one that finds the backlog above
-  ``max_queue_bytes`` closes the client with 4005 ``slow_consumer`` (``SLOW``) and the
-  sender is told ``offline``. Replies to the client's own frames are written with
-  backpressure by the shell, so they stall only that client's reader.
-* Incoming frame size: ``pre_auth_frame_bytes`` (4 KiB; an ``auth`` is ~250 bytes) until
-  ``auth_ok``, then ``max_frame_bytes``; the machine raises the limit with a
-  :class:`FrameLimit` action issued together with ``auth_ok``. Over the limit the
+* Lobby state is re-sendable, so a lagging client's updates are dropped (above) and its
+  backlog stops growing at about ``lag_bytes``.
+* Direct messages are the senders' to pay for (protocol 1.1): one that would take the
+  recipient's backlog past ``max_queue_bytes`` is not written, and its sender is told
+  ``rejected``/``rate_limited`` (:data:`Delivery.FULL`). The recipient is never closed
+  for what others send it.
+* Answers to the client's own frames are written with backpressure by the shell (it
+  reads the next frame only once the backlog is below the write limit), so a client that
+  does not read stalls only itself.
+* A client with a backlog that makes no reading progress (the peer acknowledges no
+  bytes) for ``stall_timeout`` (30 s) is closed with 4005 ``slow_consumer``: a phone in
+  a tunnel for a few seconds stays connected.
+* Incoming frame size: ``pre_auth_frame_bytes`` (4 KiB; an ``auth`` is ~250 bytes) for
+  the first frame, then ``max_frame_bytes`` (:class:`FrameLimits`). Over the limit the
   WebSocket layer closes with 1009 (the machine then sees the transport end).
 * Incoming rate (``AUTHENTICATED``): every frame goes through a
   :class:`~workers.admission.FloodGuard` first. ``PASS`` frames are handled as usual; a
   ``THROTTLE`` frame is answered and dropped (a well-formed ``send`` gets ``send_result``
   ``rejected``/``rate_limited``, anything else ``error``/``rate_limited``); ``FLOOD``
-  closes with 1008 ``policy_violation`` (event ``FLOOD``). Before ``auth_ok`` the client
-  has exactly one frame to send (the ``auth``), so no rate applies there; admission to
-  the challenge phase is the shell's per-worker :class:`~workers.admission.Admission`.
+  closes with 1008 ``policy_violation``. Admission to the challenge phase is the
+  shell's per-worker :class:`~workers.admission.Admission`.
+* A worker cut off from its coordinator for longer than its grace period closes every
+  client with 1013 (:meth:`Connection.on_cutoff`), so they reconnect where the lobby is
+  visible instead of showing a frozen view while everyone else sees them gone.
 """
 
 from __future__ import annotations
@@ -86,7 +103,8 @@ from workers.replica import ReplicaView, SyncState
 
 MAX_HELD_FRAMES: Final = 1024
 """Direct messages held for a client between ``AuthAck`` and ``auth_ok`` (also bounded
-by ``max_queue_bytes``). Past either bound the client is a slow consumer (4005)."""
+by ``max_queue_bytes``). Past either bound a new one is refused to its sender
+(:data:`Delivery.FULL`)."""
 
 
 class State(enum.Enum):
@@ -107,8 +125,11 @@ class Event(enum.Enum):
     CAUGHT_UP = "caught_up"
     UNANNOUNCED = "unannounced"  # acked by a coordinator that restarted without us
     KICK = "kick"
-    SLOW = "slow"  # outgoing queue bound passed by a frame that cannot be dropped
+    PIPELINE_FULL = "pipeline_full"  # more frames before auth_ok than are held
+    STALL = "stall"  # a backlog and no reading progress for stall_timeout
     FLOOD = "flood"  # over the message rate for too long
+    CUTOFF = "cutoff"  # the worker lost its coordinator for longer than the grace
+    EVICTED = "evicted"  # challenge phase full: a heavier source's oldest makes room
     TRANSPORT_CLOSED = "transport_closed"
 
 
@@ -133,6 +154,14 @@ class Fanout(enum.Enum):
     SKIP = "skip"
 
 
+class Delivery(enum.Enum):
+    """What became of a direct message for this client (the ``RouteDone`` status)."""
+
+    DELIVERED = "delivered"  # handed to the connection (or held for auth_ok)
+    OFFLINE = "offline"  # no session here any more
+    FULL = "rate_limited"  # over the recipient's bound: the sender is told rate_limited
+
+
 S, E = State, Event
 _PENDING: Final = (S.VERIFIED, S.AUTHENTICATING, S.ACKED)
 _RECORDED: Final = (S.AUTHENTICATING, S.ACKED, S.AUTHENTICATED)  # Authed was emitted
@@ -142,27 +171,32 @@ TRANSITIONS: Final[dict[tuple[State, Event], frozenset[State]]] = {
     (S.CHALLENGED, E.AUTH_INVALID): frozenset({S.CLOSING}),
     (S.CHALLENGED, E.DEADLINE): frozenset({S.CLOSING}),
     (S.CHALLENGED, E.KICK): frozenset({S.CLOSING}),
+    (S.CHALLENGED, E.CUTOFF): frozenset({S.CLOSING}),
+    (S.CHALLENGED, E.EVICTED): frozenset({S.CLOSING}),
     (S.CHALLENGED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
     (S.VERIFIED, E.LINK_UP): frozenset({S.AUTHENTICATING}),
-    (S.VERIFIED, E.AUTH_INVALID): frozenset({S.CLOSING}),
+    (S.VERIFIED, E.PIPELINE_FULL): frozenset({S.CLOSING}),
     (S.VERIFIED, E.DEADLINE): frozenset({S.CLOSING}),
     (S.VERIFIED, E.KICK): frozenset({S.CLOSING}),
+    (S.VERIFIED, E.CUTOFF): frozenset({S.CLOSING}),
     (S.VERIFIED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
     (S.AUTHENTICATING, E.ACK): frozenset({S.ACKED}),
-    (S.AUTHENTICATING, E.AUTH_INVALID): frozenset({S.CLOSING}),
+    (S.AUTHENTICATING, E.PIPELINE_FULL): frozenset({S.CLOSING}),
     (S.AUTHENTICATING, E.DEADLINE): frozenset({S.CLOSING}),
     (S.AUTHENTICATING, E.KICK): frozenset({S.CLOSING}),
+    (S.AUTHENTICATING, E.CUTOFF): frozenset({S.CLOSING}),
     (S.AUTHENTICATING, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
     (S.ACKED, E.CAUGHT_UP): frozenset({S.AUTHENTICATED}),
-    (S.ACKED, E.AUTH_INVALID): frozenset({S.CLOSING}),
+    (S.ACKED, E.PIPELINE_FULL): frozenset({S.CLOSING}),
     (S.ACKED, E.DEADLINE): frozenset({S.CLOSING}),
     (S.ACKED, E.UNANNOUNCED): frozenset({S.CLOSING}),
     (S.ACKED, E.KICK): frozenset({S.CLOSING}),
-    (S.ACKED, E.SLOW): frozenset({S.CLOSING}),
+    (S.ACKED, E.CUTOFF): frozenset({S.CLOSING}),
     (S.ACKED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
     (S.AUTHENTICATED, E.KICK): frozenset({S.CLOSING}),
-    (S.AUTHENTICATED, E.SLOW): frozenset({S.CLOSING}),
+    (S.AUTHENTICATED, E.STALL): frozenset({S.CLOSING}),
     (S.AUTHENTICATED, E.FLOOD): frozenset({S.CLOSING}),
+    (S.AUTHENTICATED, E.CUTOFF): frozenset({S.CLOSING}),
     (S.AUTHENTICATED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
 }
 """Every legal ``(state, event) -> next state``. Pairs not listed leave the state alone
@@ -206,13 +240,16 @@ class StartRoute:
 
 
 @dataclass(frozen=True, slots=True)
-class FrameLimit:
-    """Set the largest frame the client may send from now on (over it: 1009)."""
+class FrameLimits:
+    """The largest frames the client may send (over them: 1009): ``first`` for its first
+    frame (the ``auth``), ``rest`` for every later one. The switch happens as the first
+    frame is parsed, so frames pipelined behind the ``auth`` get the full limit."""
 
-    max_bytes: int
+    first: int
+    rest: int
 
 
-Action = Write | WriteSnapshot | Close | Emit | StartRoute | FrameLimit
+Action = Write | WriteSnapshot | Close | Emit | StartRoute | FrameLimits
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,9 +275,28 @@ class Limits:
     )
     max_queue_bytes: int = option(
         4 * 1024 * 1024,
-        "client backlog in bytes above which a direct message closes it with 4005: direct "
-        "messages are never dropped silently",
+        "client backlog in bytes that a direct message may not take it past: one that "
+        "would is refused to its sender (rejected/rate_limited), and the recipient stays "
+        "connected",
         check=at_least(1),
+    )
+    stall_timeout: float = option(
+        timings.STALL_TIMEOUT,
+        "seconds a client with a backlog may make no reading progress (its peer "
+        "acknowledges no bytes) before it is closed with 4005; a phone in a tunnel for a "
+        "few seconds stays connected",
+        check=positive,
+    )
+    max_pipelined: int = option(
+        32,
+        "frames a client may send after its auth before auth_ok (held, then answered in "
+        "order); one more closes it with 1008 (the protocol asks for at least 16)",
+        check=at_least(16),
+    )
+    max_pipelined_bytes: int = option(
+        1024 * 1024,
+        "bytes of frames held that way (then 1008)",
+        check=at_least(64 * 1024),
     )
     pre_auth_frame_bytes: int = option(
         4096,
@@ -295,6 +351,10 @@ def _utf8_ok(text: str) -> bool:
 # --------------------------------------------------------------------------- machine
 
 
+Stamp = tuple[str, int]
+"""``(epoch, seq)``: see :meth:`Connection.claim`."""
+
+
 @dataclass(slots=True)
 class _Ack:
     epoch: str
@@ -316,8 +376,12 @@ class Connection:
     trace: list[tuple[State, Event, State]] = field(default_factory=list)
     guard: FloodGuard = field(default_factory=lambda: FloodGuard.of(RateLimits()))
     _ack: _Ack | None = None
-    _held: list[str] = field(default_factory=list)
+    _sent_at: Stamp = ("", 0)  # the replica's (epoch, seq) when Authed was sent
+    _held: list[str] = field(default_factory=list)  # direct messages before auth_ok
     _held_bytes: int = 0
+    _pipelined: list[str | bytes] = field(default_factory=list)  # frames before auth_ok
+    _pipelined_bytes: int = 0
+    _progress: tuple[int, float] | None = None  # (acked or -buffered, since when)
 
     @classmethod
     def open(cls, conn_id: int, nonce: bytes, now: float, limits: Limits) -> Connection:
@@ -333,37 +397,50 @@ class Connection:
         return protocol.challenge(self.nonce.hex())
 
     def greeting(self) -> list[Action]:
-        """What to do right after the handshake: the pre-auth frame limit, the challenge."""
-        return [FrameLimit(self.limits.pre_auth_frame_bytes), Write(self.challenge())]
+        """What to do right after the handshake: the frame limits, the challenge."""
+        limits = self.limits
+        return [
+            FrameLimits(limits.pre_auth_frame_bytes, limits.max_frame_bytes),
+            Write(self.challenge()),
+        ]
 
-    def session(self) -> tuple[int, str, str, int] | None:
-        """``(conn, key, epoch, seq)`` for ``Hello`` when the coordinator recorded this
-        session: the ack's stamp lets a coordinator tell which of two sessions of one
-        key is newer, even one acked by an earlier coordinator."""
-        if self.state in (S.ACKED, S.AUTHENTICATED) and self.key and self._ack:
-            return (self.conn_id, self.key, self._ack.epoch, self._ack.seq)
-        return None
+    def claim(self) -> tuple[int, str, str, int, bool] | None:
+        """``(conn, key, epoch, seq, acked)`` for ``Hello``: every session that sent
+        ``Authed``. Acknowledged ones carry their ack's stamp, which lets a coordinator
+        tell which of two sessions of one key is newer, even one acked by an earlier
+        coordinator; the others carry the replica's stamp when ``Authed`` was sent."""
+        if self.state not in _RECORDED or self.key is None:
+            return None
+        if self._ack is not None:
+            return (self.conn_id, self.key, self._ack.epoch, self._ack.seq, True)
+        return (self.conn_id, self.key, *self._sent_at, False)
 
     # ------------------------------------------------------------------ client frames
 
-    def on_frame(self, frame: str | bytes, now: float, link: Link) -> list[Action]:
-        parsed = protocol.parse_client_frame(frame)
-        if self.state is S.CHALLENGED:
-            return self._frame_challenged(parsed, now, link)
-        if self.state in _PENDING:
-            # Before auth_ok only one auth is expected; anything else fails the auth.
-            return self._fail_auth(_pre_auth_failure(parsed))
+    def on_frame(
+        self, frame: str | bytes, now: float, link: Link, replica: ReplicaView, buffered: int
+    ) -> list[Action]:
+        """A frame from the client; ``buffered`` is its transport backlog."""
         if self.state is S.AUTHENTICATED:
             verdict = self.guard.check(now)
+            parsed = protocol.parse_client_frame(frame)
             if verdict is Verdict.FLOOD:
                 return self._close(E.FLOOD, CloseCode.POLICY_VIOLATION)
             if verdict is Verdict.THROTTLE:
                 return [_throttled(parsed)]
-            return self._frame_authenticated(parsed, link)
+            return self._frame_authenticated(parsed, link, buffered)
+        if self.state is S.CHALLENGED:
+            return self._frame_challenged(protocol.parse_client_frame(frame), now, link, replica)
+        if self.state in _PENDING:
+            return self._hold(frame)
         return []
 
     def _frame_challenged(
-        self, parsed: protocol.ClientMessage | protocol.ProtocolViolation, now: float, link: Link
+        self,
+        parsed: protocol.ClientMessage | protocol.ProtocolViolation,
+        now: float,
+        link: Link,
+        replica: ReplicaView,
     ) -> list[Action]:
         if not isinstance(parsed, protocol.Auth):
             return self._fail_auth(_pre_auth_failure(parsed))
@@ -376,14 +453,32 @@ class Connection:
             self._goto(E.AUTH_VALID, S.VERIFIED)
             return []
         self._goto(E.AUTH_VALID, S.AUTHENTICATING)
+        return self._authed(replica)
+
+    def _authed(self, replica: ReplicaView) -> list[Action]:
+        assert self.key is not None
+        self._sent_at = (replica.epoch or "", replica.seq)
         return [Emit(bb.Authed(self.conn_id, self.key))]
+
+    def _hold(self, frame: str | bytes) -> list[Action]:
+        """A frame pipelined behind the ``auth``: keep it for after ``auth_ok``."""
+        size = len(frame)
+        too_many = len(self._pipelined) >= self.limits.max_pipelined
+        if too_many or self._pipelined_bytes + size > self.limits.max_pipelined_bytes:
+            return self._close(E.PIPELINE_FULL, CloseCode.POLICY_VIOLATION)
+        self._pipelined.append(frame)
+        self._pipelined_bytes += size
+        return []
 
     def _fail_auth(self, reason: AuthFailure) -> list[Action]:
         actions = self._close(E.AUTH_INVALID, CloseCode.AUTH_FAILED)
         return [Write(protocol.auth_failed(reason)), *actions]
 
     def _frame_authenticated(
-        self, parsed: protocol.ClientMessage | protocol.ProtocolViolation, link: Link
+        self,
+        parsed: protocol.ClientMessage | protocol.ProtocolViolation,
+        link: Link,
+        buffered: int,
     ) -> list[Action]:
         if isinstance(parsed, protocol.ProtocolViolation):
             return [Write(protocol.error(_ERROR_CODES[parsed.kind], parsed.detail))]
@@ -391,6 +486,9 @@ class Connection:
             # Not unknown_type (auth is a known type) and not fatal: the session stands.
             return [Write(protocol.error(ErrorCode.MALFORMED, "already authenticated"))]
         if isinstance(parsed, protocol.GetLobby):
+            if buffered > self.limits.lag_bytes:
+                self.flow = Flow.LAGGING  # a fresh snapshot comes once it drains
+                return []
             self.flow = Flow.CURRENT  # the snapshot is the current state: updates follow on
             return [WriteSnapshot()]
         return self._send(parsed, link)
@@ -417,35 +515,60 @@ class Connection:
             return self._close(E.DEADLINE, CloseCode.TRY_AGAIN_LATER)
         return []
 
-    def on_link_up(self) -> list[Action]:
+    def on_link_up(self, replica: ReplicaView) -> list[Action]:
         if self.state is not S.VERIFIED or self.key is None:
             return []
         self._goto(E.LINK_UP, S.AUTHENTICATING)
-        return [Emit(bb.Authed(self.conn_id, self.key))]
+        return self._authed(replica)
+
+    def on_cutoff(self) -> list[Action]:
+        """The worker has been cut off from its coordinator for longer than its grace
+        period: go and reconnect where the lobby is visible (1013)."""
+        if self.state is S.CLOSING:
+            return []
+        return self._close(E.CUTOFF, CloseCode.TRY_AGAIN_LATER)
+
+    def on_evicted(self) -> list[Action]:
+        """The door gave this connection's challenge-phase slot to a client from a
+        source holding fewer (see :class:`~workers.admission.Admission`): 1013."""
+        if self.state is not S.CHALLENGED:
+            return []
+        return self._close(E.EVICTED, CloseCode.TRY_AGAIN_LATER)
 
     # ------------------------------------------------------------------ coordinator
 
-    def on_ack(self, epoch: str, seq: int, replica: ReplicaView) -> list[Action]:
-        if self.state is not S.AUTHENTICATING:
-            return []  # duplicate, or we already gave up on it
-        self._ack = _Ack(epoch, seq)
-        self._goto(E.ACK, S.ACKED)
-        return self.on_replica(replica)
+    def on_ack(
+        self, epoch: str, seq: int, replica: ReplicaView, now: float, link: Link
+    ) -> list[Action]:
+        """The coordinator recorded this session as of ``(epoch, seq)``. A second ack
+        (re-sent after a lost one, or with a new epoch) replaces the first."""
+        if self.state is S.AUTHENTICATING:
+            self._ack = _Ack(epoch, seq)
+            self._goto(E.ACK, S.ACKED)
+            return self.on_replica(replica, now, link)
+        if self.state in (S.ACKED, S.AUTHENTICATED):
+            self._ack = _Ack(epoch, seq)
+            return self.on_replica(replica, now, link)
+        return []  # we already gave up on it
 
-    def on_replica(self, replica: ReplicaView) -> list[Action]:
-        """The replica changed: release ``auth_ok`` if it now shows this session."""
+    def on_replica(self, replica: ReplicaView, now: float, link: Link) -> list[Action]:
+        """The replica changed: release ``auth_ok`` if it now shows this session, then
+        the held direct messages, then the pipelined frames' answers."""
         if self.state is not S.ACKED or not self._caught_up(replica):
             return []
         assert self.key is not None
         self._goto(E.CAUGHT_UP, S.AUTHENTICATED)
         self.deadline = None
         held, self._held, self._held_bytes = self._held, [], 0
-        return [
-            FrameLimit(self.limits.max_frame_bytes),
+        actions: list[Action] = [
             Write(protocol.auth_ok(self.key)),
             WriteSnapshot(),
             *map(Write, held),
         ]
+        pipelined, self._pipelined, self._pipelined_bytes = self._pipelined, [], 0
+        for frame in pipelined:
+            actions += self.on_frame(frame, now, link, replica, 0)  # ignored once closing
+        return actions
 
     def _caught_up(self, replica: ReplicaView) -> bool:
         ack = self._ack
@@ -455,7 +578,9 @@ class Connection:
             return self.key in replica.users
         return replica.epoch == ack.epoch and replica.seq >= ack.seq
 
-    def on_resync(self, replica: ReplicaView, announced: frozenset[int]) -> list[Action]:
+    def on_resync(
+        self, replica: ReplicaView, announced: frozenset[int], now: float, link: Link
+    ) -> list[Action]:
         """The replica is live again from a snapshot (continuity broken). ``announced``
         holds the connections listed in the last ``Hello``."""
         if self.state is S.AUTHENTICATED:
@@ -465,7 +590,7 @@ class Connection:
             if self.conn_id not in announced:
                 return self._close(E.UNANNOUNCED, CloseCode.TRY_AGAIN_LATER)
             self._ack.rebased = True  # restored by our Hello: shows up as our key
-        return self.on_replica(replica)
+        return self.on_replica(replica, now, link)
 
     def on_kick(self) -> list[Action]:
         if self.state is S.CLOSING:
@@ -474,32 +599,34 @@ class Connection:
 
     def on_deliver(
         self, sender: str, msg_id: str, body: str, buffered: int
-    ) -> tuple[list[Action], SendStatus]:
-        """A direct message for this client; ``buffered`` is its transport backlog."""
+    ) -> tuple[list[Action], Delivery]:
+        """A direct message for this client; ``buffered`` is its transport backlog. A
+        message that would take the backlog (or the messages held for ``auth_ok``) past
+        ``max_queue_bytes`` is refused (``FULL``): the sender pays, never the recipient.
+        Sizes are counted in characters, which is bytes for the ASCII (base64 or hex)
+        bodies that end-to-end encrypting clients send."""
         frame = protocol.message(sender, msg_id, body)
+        size = len(frame)
         if self.state is S.AUTHENTICATED:
-            if buffered > self.limits.max_queue_bytes:
-                return self._close(E.SLOW, CloseCode.SLOW_CONSUMER), SendStatus.OFFLINE
-            return [Write(frame)], SendStatus.DELIVERED
+            if buffered + size > self.limits.max_queue_bytes:
+                return [], Delivery.FULL
+            return [Write(frame)], Delivery.DELIVERED
         if self.state is S.ACKED:
-            size = len(frame)
             over_bytes = self._held_bytes + size > self.limits.max_queue_bytes
             if over_bytes or len(self._held) >= MAX_HELD_FRAMES:
-                return self._close(E.SLOW, CloseCode.SLOW_CONSUMER), SendStatus.OFFLINE
+                return [], Delivery.FULL
             self._held.append(frame)
             self._held_bytes += size
-            return [], SendStatus.DELIVERED
-        return [], SendStatus.OFFLINE
+            return [], Delivery.DELIVERED
+        return [], Delivery.OFFLINE
 
     def on_result(
-        self, msg_id: str, status: SendStatus, reason: RejectReason | None, buffered: int
+        self, msg_id: str, status: SendStatus, reason: RejectReason | None
     ) -> list[Action]:
-        """The outcome of one of this client's sends; ``buffered`` is its backlog. The
-        answer cannot be dropped, so past ``max_queue_bytes`` the client is closed."""
+        """The outcome of one of this client's sends (always written: the shell stops
+        reading a client whose backlog is past its write limit, so these stay few)."""
         if self.state is not S.AUTHENTICATED:
             return []
-        if buffered > self.limits.max_queue_bytes:
-            return self._close(E.SLOW, CloseCode.SLOW_CONSUMER)
         return [Write(protocol.send_result(msg_id, status, reason))]
 
     # ------------------------------------------------------------------ lobby flow
@@ -530,6 +657,23 @@ class Connection:
         self.flow = Flow.CURRENT
         return True
 
+    def on_progress(self, acked: int | None, buffered: int, now: float) -> list[Action]:
+        """A sample of the transport: ``acked`` is how many bytes the peer has
+        acknowledged so far (``None`` where the platform cannot tell; then a shrinking
+        backlog counts as progress), ``buffered`` the backlog. A backlog without
+        progress for ``stall_timeout`` closes the client with 4005."""
+        if self.state is not S.AUTHENTICATED:
+            return []
+        mark = acked if acked is not None else -buffered
+        if buffered == 0 or self._progress is None or mark > self._progress[0]:
+            self._progress = (mark, now)
+            return []
+        if now - self._progress[1] >= self.limits.stall_timeout:
+            return self._close(E.STALL, CloseCode.SLOW_CONSUMER)
+        if acked is None:
+            self._progress = (max(mark, self._progress[0]), self._progress[1])
+        return []
+
     # ------------------------------------------------------------------ ending
 
     def on_transport_closed(self) -> list[Action]:
@@ -544,6 +688,7 @@ class Connection:
         self._goto(event, S.CLOSING)
         self.deadline = None
         self._held, self._held_bytes = [], 0
+        self._pipelined, self._pipelined_bytes = [], 0
         if recorded and self.key is not None:
             return [Emit(bb.Closed(self.conn_id, self.key))]
         return []

@@ -1,17 +1,30 @@
-"""Pending direct-message routes of this worker (sans-I/O).
+"""Pending direct-message routes of this worker, and the clock their deadlines use (pure).
 
 Every well-formed ``send`` gets exactly one ``send_result``. A route is opened when the
-``Route`` goes to the coordinator and ends exactly once: by ``RouteDone``, or by its
-deadline (``unavailable``), whichever comes first; the other is then ignored. Route ids
-are a counter, so an id is never reused while pending. Both the table and each
-connection's share of it are bounded: past them the send is refused at once.
+``Route`` goes to the coordinator and ends exactly once: by a ``RouteDone`` (from the
+coordinator, or from the recipient's worker), or by its deadline (``unavailable``),
+whichever comes first; the other is then ignored.
+
+Route ids are random 63-bit numbers: a ``RouteDone`` comes from another worker, and is
+believed only for a pending id, which nobody can guess. The table, each connection's
+share of it and the bytes of the messages in flight are bounded; past them a send is
+refused at once (``unavailable`` for the worker's bounds, ``rate_limited`` for the
+connection's). The bytes bound is what bounds the backbone queues in bytes: every
+``Route`` and ``Deliver`` in any queue is a route pending at its origin.
+
+Deadlines: the message is dropped wherever it is once the coordinator's wall clock
+passes its ``deadline`` (:func:`shared.timings.route_ttl` after it was sent), and the
+origin answers ``unavailable`` only after its own, later deadline, and only after it has
+read every result already waiting for it. Workers do not trust their clocks to agree
+with the coordinator's: :class:`CoordinatorClock` estimates the offset from the
+coordinator's beats.
 """
 
 from __future__ import annotations
 
 import enum
-import itertools
-from collections import OrderedDict
+import secrets
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Final
 
@@ -20,6 +33,9 @@ MAX_PENDING_ROUTES: Final = 65_536
 (the coordinator is not keeping up)."""
 MAX_PENDING_PER_CONN: Final = 256
 """Routes in flight for one connection: past it its sends are rejected ``rate_limited``."""
+MAX_PENDING_BYTES: Final = 64 * 1024 * 1024
+"""Bytes of message bodies in flight for the whole worker (64 MiB, a thousand maximal
+messages): past it sends are rejected ``unavailable``."""
 
 
 class Room(enum.Enum):
@@ -34,35 +50,40 @@ class Pending:
     conn: int
     msg_id: str
     deadline: float
+    size: int
 
 
 class RouteTable:
     """Route id -> pending send, in deadline order (every route has the same timeout)."""
 
     def __init__(self) -> None:
-        self._ids = itertools.count(1)
         self._pending: OrderedDict[int, Pending] = OrderedDict()
         self._per_conn: dict[int, int] = {}
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def room_for(self, conn: int) -> Room:
+    def room_for(self, conn: int, size: int) -> Room:
         if self._per_conn.get(conn, 0) >= MAX_PENDING_PER_CONN:
             return Room.CONN_FULL
-        return Room.OK if len(self._pending) < MAX_PENDING_ROUTES else Room.WORKER_FULL
+        full = len(self._pending) >= MAX_PENDING_ROUTES
+        return Room.WORKER_FULL if full or self.bytes + size > MAX_PENDING_BYTES else Room.OK
 
-    def open(self, conn: int, msg_id: str, deadline: float) -> int:
-        route = next(self._ids)
-        self._pending[route] = Pending(route, conn, msg_id, deadline)
+    def open(self, conn: int, msg_id: str, deadline: float, size: int) -> int:
+        route = secrets.randbits(63)
+        while route in self._pending:
+            route = secrets.randbits(63)
+        self._pending[route] = Pending(route, conn, msg_id, deadline, size)
         self._per_conn[conn] = self._per_conn.get(conn, 0) + 1
+        self.bytes += size
         return route
 
     def finish(self, route: int) -> Pending | None:
-        """End ``route`` (``None`` if it already ended)."""
+        """End ``route`` (``None`` if it already ended, or never existed)."""
         pending = self._pending.pop(route, None)
         if pending is not None:
-            self._release(pending.conn)
+            self._release(pending)
         return pending
 
     def expire(self, now: float) -> list[Pending]:
@@ -73,13 +94,46 @@ class RouteTable:
             if first.deadline > now:
                 break
             self._pending.popitem(last=False)
-            self._release(first.conn)
+            self._release(first)
             expired.append(first)
         return expired
 
-    def _release(self, conn: int) -> None:
-        left = self._per_conn[conn] - 1
+    def _release(self, pending: Pending) -> None:
+        self.bytes -= pending.size
+        left = self._per_conn[pending.conn] - 1
         if left:
-            self._per_conn[conn] = left
+            self._per_conn[pending.conn] = left
         else:
-            del self._per_conn[conn]
+            del self._per_conn[pending.conn]
+
+
+class CoordinatorClock:
+    """The coordinator's wall clock as seen from here: ``local + offset``.
+
+    Each beat carries the coordinator's wall time ``at`` when it was sent; it arrives
+    later, so ``at - local_arrival`` is the offset minus the beat's travel time, a lower
+    bound of the true offset. The largest of the last :attr:`window` samples is the
+    estimate: the fastest beat, within a fraction of a millisecond on a healthy backbone.
+    A beat held up (a stalled coordinator, a busy worker) only gives a smaller sample,
+    which the maximum ignores. A new coordinator (epoch) starts the estimate afresh.
+    """
+
+    window: Final = 16
+
+    def __init__(self) -> None:
+        self._samples: deque[float] = deque(maxlen=self.window)
+        self._epoch: str | None = None
+
+    def beat(self, epoch: str, at: float, local: float) -> None:
+        if epoch != self._epoch:
+            self._samples.clear()
+            self._epoch = epoch
+        self._samples.append(at - local)
+
+    @property
+    def offset(self) -> float:
+        """Seconds to add to the local wall clock (0 before any beat)."""
+        return max(self._samples, default=0.0)
+
+    def now(self, local: float) -> float:
+        return local + self.offset

@@ -4,55 +4,59 @@ Theory of operation
 -------------------
 One event loop, so every input is handled to completion before the next one starts:
 client frames (one handler task per connection), coordinator replies on the DEALER,
-updates and beats on the SUB, and a 100 ms ticker (route deadlines, lagging clients,
-coordinator silence, retries). The shell decides nothing itself; it asks
-:class:`~workers.connection.Connection`, :class:`~workers.replica.Replica` and
-:class:`~workers.routes.RouteTable` and carries out what they return.
+updates and beats on the SUB, results from other workers on the results PULL socket,
+and a 100 ms ticker (route deadlines, lagging and stalled clients, coordinator silence,
+repairs). The shell decides nothing itself; it asks
+:class:`~workers.connection.Connection`, :class:`~workers.replica.Replica`,
+:class:`~workers.routes.RouteTable` and :class:`~workers.admission.Admission` and
+carries out what they return.
 
-Writes: frames caused by a client's own frame are written with ``await ws.send()`` so a
-client that floods without reading stalls only its own handler (TCP backpressure).
-Frames caused by the backbone (fan-out, auth_ok, direct messages, kicks) are written
-synchronously with :func:`websockets.broadcast`; the transport buffer they fill is
-bounded by the lag and slow-consumer rules instead. Both paths write in call order.
+Writes: every frame is written synchronously (:func:`websockets.broadcast`, one client
+or many), in call order, never awaited: a client's backlog is bounded by the machine's
+rules (lobby updates skipped past ``lag_bytes``, direct messages refused to their
+senders past ``max_queue_bytes``, its own replies bounded by its message rate, a stalled
+client closed after ``stall_timeout``), so no write needs to wait, and no client's
+backlog, whoever filled it, delays the reading of its own frames.
 
 Fan-out: the shell keeps its clients grouped by what the machine says they need
-(:class:`Group`, regrouped after every machine call, before any ``await``), so an update
-is one ``broadcast()`` to the ``CURRENT`` group. A client can only be past ``lag_bytes``
+(:class:`Group`, regrouped after every machine call), so an update is one
+``broadcast()`` to the ``CURRENT`` group. A client can only be past ``lag_bytes``
 once its transport passed the write limit, which is kept at or below ``lag_bytes``
-(:func:`write_limit`); websockets then pauses writing, and the machine is asked about those
-clients alone (:func:`_watched_connection`), with the same answer it would give if asked
-about every client.
+(:func:`write_limit`); websockets then pauses writing, and the machine is asked about
+those clients alone (:func:`_watched_connection`), with the same answer it would give if
+asked about every client. The same *pressured* set is sampled each tick for reading
+progress: the bytes the peer has acknowledged (``TCP_INFO``), so a client whose backlog
+does not move for ``stall_timeout`` is closed with 4005.
 
-Backbone: plain ZeroMQ sockets; a reader task waits for the socket's FD and then handles
+Backbone: plain ZeroMQ sockets; a reader task waits for a socket's FD and then handles
 up to :data:`READ_BATCH` messages, and sends are non-blocking. (``zmq.asyncio`` costs a
-future and several ``EVENTS`` checks per message: a third of a worker's CPU when messaging.)
+future and several ``EVENTS`` checks per message: a third of a worker's CPU when
+messaging.) A message that matters and cannot be queued (``Authed``, ``Closed``,
+``Hello``) is counted, and the worker re-registers (``Hello``, the whole truth) once it
+can; a ``Route`` that cannot be queued is answered ``unavailable`` at once.
 
-Bounds: SUB/DEALER high-water marks (loss heals through snapshot resync, see
-:mod:`workers.replica`), the replica's update buffer, held frames per connection, the
-route table, websockets' ``max_size``/``max_queue``/``write_limit``.
+Direct messages: a ``send`` becomes a ``Route`` to the coordinator, carrying its
+deadline on the coordinator's clock (:class:`~workers.routes.CoordinatorClock`). The
+recipient's worker drops a ``Deliver`` past that deadline, and otherwise writes it (or
+refuses it, or finds the connection gone) and answers the origin worker directly on its
+results endpoint, never through the coordinator. It delivers only when that answer can
+be queued. The origin answers ``unavailable`` at its own, later deadline, after reading
+every result already waiting (the ticker drains the sockets first), so ``rejected`` is
+never followed by a delivery and ``delivered`` always arrived.
 
-Slow consumers: every frame written without backpressure goes through the machine with
-the client's transport backlog (``Client.buffered``), so the backlog stays below about
-``lag_bytes`` for lobby traffic and below ``max_queue_bytes`` plus one frame in all;
-past that the machine closes with 4005. A close waits at most :data:`CLOSE_TIMEOUT` for
-the backlog to drain and the closing handshake, then the TCP connection is aborted, so a
-client that never reads again never pins its backlog. ``/healthz`` reports the total
-and largest backlog (``buffered``, ``maxBuffered``) and how many clients are lagging.
+Cut off: a worker whose coordinator has been unreachable for ``cutoff_grace`` closes
+its clients with 1013 and refuses new ones before any challenge until it is back;
+``/healthz`` answers 503 as soon as the coordinator is unreachable.
 
 Admission (per worker, :class:`~workers.admission.Admission`): a new WebSocket is
-admitted into the challenge phase only while fewer than ``max_pending_auth`` connections
-are there and the ``auth_rate`` bucket has a token. Otherwise it is closed right after
-the handshake with 1013 ``try_again_later`` and never gets a challenge. Closing with
-1013 was chosen over refusing the upgrade with HTTP 503 (which PROTOCOL.md also allows)
-because browsers cannot see an HTTP status of a failed upgrade but do see a close code,
-and because the count is then exact: a connection is counted from its handler's start
-to its leaving ``CHALLENGED`` (or ending), with nothing in between that could leak a
-slot. The refusal costs one handshake and one close frame, no nonce, no signature check,
-no coordinator traffic and no lobby fan-out. Refusals are summed in ``/healthz``
+admitted into the challenge phase only while the challenge phase has room and the auth
+rate allows. Otherwise it is closed right after the handshake with 1013
+``try_again_later`` and never gets a challenge (a browser cannot read the status of a
+failed upgrade, but it can read a close code). Refusals are summed in ``/healthz``
 (``refused``) and logged at most once a second.
 
-Frame size: websockets enforces ``max_size``; the server starts every connection at the
-pre-auth limit and the machine raises it with ``auth_ok`` (:class:`FrameLimit`).
+``/healthz`` answers GET and HEAD (anything else: 405) from figures the ticker keeps, so
+a request costs the same however many clients are connected.
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ import json
 import logging
 import secrets
 import signal
+import socket
+import struct
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -74,10 +82,13 @@ from urllib.parse import urlsplit
 import zmq
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Opcode
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
 from shared import backbone as bb
-from shared import curve, protocol
+from shared import curve, endpoints, notify, protocol, timings
+from shared.options import SettingsError
 from shared.protocol import CLOSE_REASONS, CloseCode, RejectReason, SendStatus
 from workers.admission import Admission, Admit
 from workers.connection import (
@@ -87,7 +98,7 @@ from workers.connection import (
     Emit,
     Fanout,
     Flow,
-    FrameLimit,
+    FrameLimits,
     Link,
     StartRoute,
     State,
@@ -103,30 +114,36 @@ from workers.replica import (
     Resynced,
     SyncState,
 )
-from workers.routes import Room, RouteTable
+from workers.routes import CoordinatorClock, Room, RouteTable
 from workers.settings import WorkerSettings
+from workers.sources import client_address, parse_trusted, source_key
 
 log = logging.getLogger("workers")
 _T = TypeVar("_T")
 
 TICK: Final = 0.1
-"""Seconds between sweeps: route deadlines, lagging clients, coordinator silence."""
+"""Seconds between sweeps: route deadlines, lagging and stalled clients, coordinator
+silence, repairs."""
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds a closing handshake may take before the TCP connection is dropped; short,
 so a slow consumer's close and a shutdown stay prompt."""
 SHUTDOWN_LINGER_MS: Final = 1000
 """How long the DEALER may keep trying to hand ``Goodbye`` over on shutdown (every
 other socket lingers 0: a dead coordinator must never hold a worker up)."""
+LOG_EVERY: Final = 1.0
+"""Seconds between log lines summing refusals and drops (a storm must not flood logs)."""
+READ_BATCH: Final = 256
+"""Backbone messages handled in a row before clients' frames get a turn."""
+MAX_PEERS: Final = 64
+"""Result sockets to other workers kept open (the least recently used is closed)."""
 
 _ROUTE_STATUS: Final = {
     "delivered": (SendStatus.DELIVERED, None),
     "offline": (SendStatus.OFFLINE, None),
+    "rate_limited": (SendStatus.REJECTED, RejectReason.RATE_LIMITED),
 }
 _UNAVAILABLE: Final = (SendStatus.REJECTED, RejectReason.UNAVAILABLE)
-REFUSAL_LOG_EVERY: Final = 1.0
-"""Seconds between log lines summing refused connections (a storm must not flood logs)."""
-READ_BATCH: Final = 256
-"""Backbone messages handled in a row before clients' frames get a turn."""
+_REPAIRED_BY_HELLO: Final = (bb.Authed, bb.Closed, bb.Hello)
 
 
 class Group(enum.Enum):
@@ -147,8 +164,8 @@ def group_of(machine: Connection) -> Group | None:
 
 
 def write_limit(lag_bytes: int) -> int:
-    """The transport high-water mark: own replies pause the handler above it, and it must
-    not exceed ``lag_bytes`` so that fan-out may skip asking about unpaused clients."""
+    """The transport high-water mark: it must not exceed ``lag_bytes`` so that fan-out
+    may skip asking about unpaused clients."""
     return min(lag_bytes, max(1024, lag_bytes // 4))
 
 
@@ -170,26 +187,55 @@ class Worker:
     """One worker process: accepts clients on the shared port, talks to the coordinator."""
 
     def __init__(self, settings: WorkerSettings) -> None:
+        """Check the backbone's safety and open its sockets; raises
+        :class:`~shared.curve.BackboneSecurityError`,
+        :class:`~shared.endpoints.UnsafeDirectory`, :class:`~shared.endpoints.EndpointInUse`
+        or :class:`~shared.options.SettingsError` for a backbone it must not use."""
         self.settings = settings
         self.replica = Replica()
         self.routes = RouteTable()
+        self.clock = CoordinatorClock()
         self.clients: dict[int, Client] = {}
+        self._by_ws: dict[ServerConnection, Client] = {}
         self._groups: dict[Group, dict[ServerConnection, Client]] = {g: {} for g in Group}
         self._pressured: set[ServerConnection] = set()  # transports past the write limit
         self._limits = settings.limits
         self.admission = Admission(settings.admission)
-        self._refusals_logged = 0
-        self._refusals_logged_at = float("-inf")
+        self._trusted = parse_trusted(settings.network.trusted_proxies)
+        self.counters: Counter[str] = Counter()
+        self._logged: Counter[str] = Counter()
+        self._logged_at = float("-inf")
         self._conn_ids = itertools.count(1)
         self._announced: frozenset[int] = frozenset()
         self._last_seen = float("-inf")  # last message from the coordinator
         self._last_request = 0.0  # last Hello/SnapshotRequest
+        self._repair = False  # a message that matters was lost: re-register
+        self._down_since: float | None = None
+        self._cut_off = False
+        self._backlog = {"buffered": 0, "maxBuffered": 0}
         self._ready = asyncio.Event()
         self._stopping = False
+
+        ends = settings.backbone_endpoints
+        self.results_endpoint = settings.backbone.results(ends.events)
         self._curve = _curve_keys(settings)
+        warning = curve.check_exposure(
+            [ends.events, ends.updates, self.results_endpoint],
+            curve_on=self._curve is not None,
+            plain_tcp=settings.backbone.plain_tcp,
+        )
+        if warning:
+            log.warning("%s", warning)
+        port = settings.network.port
+        for endpoint in (ends.events, ends.updates, self.results_endpoint):
+            endpoints.prepare(endpoint, port=port)
+        self._lock = endpoints.Lock.take(self.results_endpoint, f"worker {self.worker_id}")
+        self._results_key = "" if self._curve is None else self._curve[0].public.decode()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._sub = self._socket(zmq.SUB)
         self._dealer = self._socket(zmq.DEALER)
+        self._results = self._socket(zmq.PULL, server=True)
+        self._peers: OrderedDict[str, zmq.Socket[bytes]] = OrderedDict()
         # Wake-ups of the readers waiting on each socket (see _readable).
         self._wakers: dict[zmq.Socket[bytes], Callable[[], None]] = {}
         self._handlers: dict[type[bb.Message], Callable[[bb.Message], None]] = {
@@ -197,7 +243,7 @@ class Worker:
             bb.Reannounce: lambda m: self._effects(self.replica.start()),
             bb.Snapshot: lambda m: self._effects(self.replica.on_snapshot(_as(m, bb.Snapshot))),
             bb.Update: lambda m: self._effects(self.replica.on_update(_as(m, bb.Update))),
-            bb.Beat: lambda m: self._effects(self.replica.on_beat(_as(m, bb.Beat))),
+            bb.Beat: lambda m: self._on_beat(_as(m, bb.Beat)),
             bb.AuthAck: lambda m: self._on_ack(_as(m, bb.AuthAck)),
             bb.Kick: lambda m: self._on_kick(_as(m, bb.Kick)),
             bb.Deliver: lambda m: self._on_deliver(_as(m, bb.Deliver)),
@@ -205,18 +251,27 @@ class Worker:
         }
 
     @property
+    def worker_id(self) -> str:
+        return self.settings.worker_id
+
+    @property
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _socket(self, kind: int) -> zmq.Socket[bytes]:
+    def _socket(self, kind: int, *, server: bool = False) -> zmq.Socket[bytes]:
+        backbone = self.settings.backbone
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self.settings.backbone.hwm)
-        sock.setsockopt(zmq.RCVHWM, self.settings.backbone.hwm)
+        sock.setsockopt(zmq.SNDHWM, backbone.hwm)
+        sock.setsockopt(zmq.RCVHWM, backbone.hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, backbone.max_message_bytes)
         if self._curve is not None:
-            curve.make_client(sock, *self._curve)
+            if server:
+                curve.make_server(sock, self._curve[0])
+            else:
+                curve.make_client(sock, *self._curve)
         return sock
 
     async def run(self, stop: asyncio.Event) -> int:
@@ -229,6 +284,7 @@ class Worker:
         self._dealer.setsockopt(zmq.ROUTING_ID, s.worker_id.encode())
         self._dealer.connect(ends.events)
         try:
+            self._results.bind(self.results_endpoint)
             server = await serve(
                 self._serve_client,
                 net.host,
@@ -236,15 +292,14 @@ class Worker:
                 reuse_port=True,
                 process_request=self._process_request,
                 compression=None if net.compression == "none" else net.compression,
-                max_size=s.limits.pre_auth_frame_bytes,  # raised with auth_ok (FrameLimit)
+                max_size=s.limits.pre_auth_frame_bytes,  # see FrameLimits
                 ping_interval=net.ping_interval,
                 ping_timeout=net.ping_timeout,
                 close_timeout=CLOSE_TIMEOUT,
-                # Own replies pause the handler above this; fan-out is governed by lag_bytes.
                 write_limit=write_limit(s.limits.lag_bytes),
                 create_connection=_watched_connection(self._pressured),
             )
-        except OSError as exc:
+        except (OSError, zmq.ZMQError) as exc:
             log.error("worker %s cannot listen on %s:%d: %s", s.worker_id, net.host, net.port, exc)
             self._close_sockets(linger_ms=0)
             return 1
@@ -252,6 +307,7 @@ class Worker:
         tasks = [
             asyncio.create_task(self._read(self._dealer), name="dealer"),
             asyncio.create_task(self._read(self._sub), name="sub"),
+            asyncio.create_task(self._read(self._results), name="results"),
             asyncio.create_task(self._heartbeats(), name="heartbeat"),
             asyncio.create_task(self._ticker(), name="ticker"),
             asyncio.create_task(self._announce_ready(server), name="ready"),
@@ -267,14 +323,15 @@ class Worker:
     async def _announce_ready(self, server: Server) -> None:
         await self._ready.wait()
         host, port = server.sockets[0].getsockname()[:2]
-        log.info(
-            "worker %s ready at ws://%s:%d%s", self.settings.worker_id, host, port, protocol.WS_PATH
-        )
+        url = f"ws://{host}:{port}{protocol.WS_PATH}"
+        log.info("worker %s ready at %s", self.worker_id, url)
+        notify.ready(f"worker {self.worker_id} ready at {url}")
         await asyncio.Event().wait()  # stay pending: only stop or a failure ends run()
 
     async def _shutdown(self, server: Server, tasks: list[asyncio.Task[Any]]) -> None:
-        log.info("worker %s stopping", self.settings.worker_id)
-        self._emit(bb.Goodbye(self.settings.worker_id))
+        log.info("worker %s stopping", self.worker_id)
+        notify.stopping(f"worker {self.worker_id} stopping")
+        self._emit(bb.Goodbye(self.worker_id))
         self._stopping = True  # the coordinator dropped all our sessions at once
         server.close(code=CloseCode.GOING_AWAY, reason=CLOSE_REASONS[CloseCode.GOING_AWAY])
         with contextlib.suppress(TimeoutError):
@@ -284,62 +341,81 @@ class Worker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._close_sockets(linger_ms=SHUTDOWN_LINGER_MS)
-        log.info("worker %s stopped", self.settings.worker_id)
+        log.info("worker %s stopped", self.worker_id)
 
     def _close_sockets(self, linger_ms: int) -> None:
         self._sub.close(linger=0)
+        self._results.close(linger=0)
+        for peer in self._peers.values():
+            peer.close(linger=0)
         self._dealer.close(linger=linger_ms)
         self._ctx.term()
+        self._lock.release(remove=True)  # the results socket is named after this worker
 
     # ------------------------------------------------------------------ HTTP
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path == protocol.HEALTH_PATH:
-            return self._health(conn)
+            if request.method not in ("GET", "HEAD"):
+                return _not_allowed(conn, "GET, HEAD")
+            return self._health(conn, head=request.method == "HEAD")
         if path != protocol.WS_PATH:
             return conn.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        if request.method != "GET":
+            return _not_allowed(conn, "GET")
         return None
 
-    def _health(self, conn: ServerConnection) -> Response:
+    def _health(self, conn: ServerConnection, *, head: bool) -> Response:
+        """O(1): counters, and the backlog figures the ticker keeps."""
         up = self._link() is Link.UP and not self._stopping
+        refused = self.admission.refused
         body = {
             "status": "ok" if up else "unavailable",
-            "worker": self.settings.worker_id,
+            "worker": self.worker_id,
             "sync": self.replica.sync.value,
             "seq": self.replica.seq,
             "clients": len(self.clients),
-            **self._pressure(),
+            **self._backlog,
+            "lagging": len(self._groups[Group.BEHIND]),
+            "challenged": self.admission.pending,
+            "connections": self.admission.connections,
+            "refused": {
+                kind.value: refused.get(kind, 0)
+                for kind in (Admit.FULL, Admit.BUSY, Admit.THROTTLED)
+            },
+            "evicted": self.admission.evicted,
+            "cutOff": self._cut_off,
+            "dropped": dict(self.counters),
         }
         status = HTTPStatus.OK if up else HTTPStatus.SERVICE_UNAVAILABLE
         response = conn.respond(status, json.dumps(body) + "\n")
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "application/json"
+        if head:
+            response.body = b""  # Content-Length stays that of the GET answer
         return response
 
-    def _pressure(self) -> dict[str, Any]:
-        """Backlog and admission figures for ``/healthz`` (O(clients), on request only)."""
-        backlog = [c.buffered() for c in self.clients.values()]
-        lagging = sum(
-            c.machine.state is State.AUTHENTICATED and c.machine.flow is not Flow.CURRENT
-            for c in self.clients.values()
-        )
-        refused = self.admission.refused
-        return {
-            "buffered": sum(backlog),
-            "maxBuffered": max(backlog, default=0),
-            "lagging": lagging,
-            "challenged": len(self.admission.pending),
-            "refused": {kind.value: refused.get(kind, 0) for kind in (Admit.BUSY, Admit.THROTTLED)},
-        }
+    def _measure_backlog(self) -> None:
+        """The backlog figures of ``/healthz``, once a tick: O(pressured clients), as
+        only transports past their write limit hold more than a few KiB."""
+        backlog = [t.get_write_buffer_size() for ws in self._pressured if (t := ws.transport)]
+        self._backlog = {"buffered": sum(backlog), "maxBuffered": max(backlog, default=0)}
 
     # ------------------------------------------------------------------ clients
 
     async def _serve_client(self, ws: ServerConnection) -> None:
         conn_id = next(self._conn_ids)
-        admitted = self.admission.admit(conn_id, self.now)
-        if admitted is not Admit.OK:
-            log.debug("conn %d refused: %s", conn_id, admitted.value)
+        if self._cut_off and self._link() is Link.DOWN:
+            log.debug("conn %d refused: cut off from the coordinator", conn_id)
+            await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
+            return
+        decision = self.admission.admit(conn_id, self._source_of(ws), self.now)
+        for evicted in decision.evict:  # challenge-phase slots of a heavier source
+            if (victim := self.clients.get(evicted)) is not None:
+                self._perform(victim, victim.machine.on_evicted())
+        if not decision.admitted:
+            log.debug("conn %d refused: %s", conn_id, decision.verdict.value)
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
             return
         machine = Connection.open(
@@ -347,27 +423,40 @@ class Worker:
         )
         client = Client(ws, machine)
         self.clients[conn_id] = client
+        self._by_ws[ws] = client
         log.debug("conn %d opened from %s", conn_id, ws.remote_address)
         try:
-            await self._perform_replies(client, machine.greeting())
+            self._perform(client, machine.greeting())
             while machine.state is not State.CLOSING:
                 frame = await self._next_frame(client)
                 if frame is None:
                     actions = machine.on_deadline(self.now)
                 else:
-                    actions = machine.on_frame(frame, self.now, self._link())
+                    actions = machine.on_frame(
+                        frame, self.now, self._link(), self.replica, client.buffered()
+                    )
                 if machine.state is not State.CHALLENGED:
-                    self.admission.release(conn_id)
-                await self._perform_replies(client, actions)
+                    self.admission.authenticated(conn_id)
+                self._perform(client, actions)
         except ConnectionClosed as exc:
             log.debug("conn %d closed: %s", conn_id, exc)
         finally:
-            self.admission.release(conn_id)
+            self.admission.closed(conn_id)
             del self.clients[conn_id]
+            del self._by_ws[ws]
             self._perform(client, machine.on_transport_closed())
         if client.close_task is not None:
             await client.close_task
         log.debug("conn %d ended in %s", conn_id, [t[2].value for t in machine.trace])
+
+    def _source_of(self, ws: ServerConnection) -> str:
+        """The admission source: the client's address (from a trusted proxy's header
+        when the peer is one), IPv6 by /64."""
+        peer = ws.remote_address
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        if self._trusted and ws.request is not None:
+            address = client_address(address, ws.request.headers, self._trusted)
+        return source_key(address or "")
 
     async def _next_frame(self, client: Client) -> str | bytes | None:
         """The next client frame, or ``None`` when the connection's deadline passed."""
@@ -377,15 +466,6 @@ class Worker:
                 return await client.ws.recv()
         except TimeoutError:
             return None
-
-    async def _perform_replies(self, client: Client, actions: list[Action]) -> None:
-        """Carry out actions caused by the client's own frame: writes apply backpressure."""
-        self._place(client)  # before the first await: fan-out must see the new flow
-        for action in actions:
-            if isinstance(action, Write | WriteSnapshot):
-                await client.ws.send(self._frame_of(action))
-            else:
-                self._perform(client, [action])
 
     def _perform(self, client: Client, actions: list[Action]) -> None:
         """Carry out what the machine returned (called after every machine call)."""
@@ -399,8 +479,8 @@ class Worker:
                 self._emit(action.message)
             elif isinstance(action, StartRoute):
                 self._start_route(client, action)
-            elif isinstance(action, FrameLimit):
-                _set_max_size(client.ws, action.max_bytes)
+            elif isinstance(action, FrameLimits):
+                _limit_frames(client.ws, action)
 
     def _frame_of(self, action: Write | WriteSnapshot) -> str:
         return action.frame if isinstance(action, Write) else self.replica.snapshot_frame()
@@ -431,13 +511,17 @@ class Worker:
     # ------------------------------------------------------------------ backbone out
 
     def _emit(self, msg: bb.UpMessage) -> bool:
-        """Queue ``msg`` for the coordinator without blocking; ``False`` if dropped."""
+        """Queue ``msg`` for the coordinator without blocking; ``False`` if dropped (a
+        message that matters is then repaired by re-registering)."""
         if self._stopping:
             return False
         try:
             self._dealer.send(bb.encode(msg), zmq.DONTWAIT)
         except zmq.Again:  # past SNDHWM: the coordinator is not reading
-            log.warning("backbone queue full; dropped %s", msg.TAG)
+            self.counters[msg.TAG] += 1
+            if isinstance(msg, _REPAIRED_BY_HELLO) and not self._repair:
+                log.warning("lost %s to the coordinator; will re-register", msg.TAG)
+                self._repair = True
             return False
         finally:
             # A send may take in pending input without the (edge-triggered) FD firing.
@@ -447,7 +531,8 @@ class Worker:
 
     def _start_route(self, client: Client, action: StartRoute) -> None:
         machine = client.machine
-        room = self.routes.room_for(machine.conn_id)
+        size = len(action.body)
+        room = self.routes.room_for(machine.conn_id, size)
         if room is not Room.OK:
             reason = (
                 RejectReason.RATE_LIMITED if room is Room.CONN_FULL else RejectReason.UNAVAILABLE
@@ -455,10 +540,10 @@ class Worker:
             self._result(client, action.msg_id, (SendStatus.REJECTED, reason))
             return
         assert machine.key is not None
-        route = self.routes.open(
-            machine.conn_id, action.msg_id, self.now + self.settings.timing.route_timeout
-        )
-        msg = bb.Route(route, machine.key, action.to, action.msg_id, action.body)
+        timeout = self.settings.timing.route_timeout
+        route = self.routes.open(machine.conn_id, action.msg_id, self.now + timeout, size)
+        deadline = self.clock.now(time.time()) + timings.route_ttl(timeout)
+        msg = bb.Route(route, machine.key, action.to, action.msg_id, action.body, deadline)
         if not self._emit(msg):
             self.routes.finish(route)
             self._result(client, action.msg_id, _UNAVAILABLE)
@@ -467,21 +552,54 @@ class Worker:
         self, client: Client, msg_id: str, outcome: tuple[SendStatus, RejectReason | None]
     ) -> None:
         status, reason = outcome
-        self._perform(client, client.machine.on_result(msg_id, status, reason, client.buffered()))
+        self._perform(client, client.machine.on_result(msg_id, status, reason))
+
+    def _peer(self, endpoint: str, key: str) -> zmq.Socket[bytes] | None:
+        """The socket to another worker's results endpoint (kept, least recently used
+        closed past :data:`MAX_PEERS`); ``None`` if it cannot be used safely."""
+        sock = self._peers.get(endpoint)
+        if sock is not None:
+            self._peers.move_to_end(endpoint)
+            return sock
+        if not endpoint or (self._curve is not None and not key):
+            return None
+        try:
+            if endpoint.startswith("ipc://"):
+                path = endpoints.ipc_path(endpoint)
+                assert path is not None
+                endpoints.check_private_dir(path.parent)
+            sock = self._ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, self.settings.backbone.hwm)
+            if self._curve is not None:
+                curve.make_client(sock, self._curve[0], key.encode())
+            sock.connect(endpoint)
+        except (zmq.ZMQError, endpoints.UnsafeDirectory, ValueError) as exc:
+            log.warning("cannot reach worker results endpoint %s: %s", endpoint, exc)
+            return None
+        self._peers[endpoint] = sock
+        if len(self._peers) > MAX_PEERS:
+            _, oldest = self._peers.popitem(last=False)
+            oldest.close(linger=0)
+        return sock
 
     # ------------------------------------------------------------------ backbone in
 
     async def _read(self, sock: zmq.Socket[bytes]) -> None:
         while True:
             await self._readable(sock)
-            for _ in range(READ_BATCH):
-                try:
-                    frame = sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self._dispatch(frame)
-            else:
+            if self._read_some(sock, READ_BATCH) == READ_BATCH:
                 await asyncio.sleep(0)  # a full batch: let the clients' frames in
+
+    def _read_some(self, sock: zmq.Socket[bytes], limit: int) -> int:
+        """Handle up to ``limit`` waiting messages from ``sock``; returns how many."""
+        for handled in range(limit):
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return handled
+            self._dispatch(frame, from_peer=sock is self._results)
+        return limit
 
     async def _readable(self, sock: zmq.Socket[bytes]) -> None:
         """Return once ``sock`` holds a message. Its FD only signals changes since the
@@ -505,11 +623,17 @@ class Worker:
             loop.remove_reader(fd)
             self._wakers.pop(sock, None)
 
-    def _dispatch(self, frame: bytes) -> None:
+    def _dispatch(self, frame: bytes, *, from_peer: bool = False) -> None:
         try:
             msg = bb.decode(frame)
         except bb.BackboneDecodeError as exc:
             log.warning("dropping undecodable backbone frame: %s", exc)
+            return
+        if from_peer:  # other workers may only report results
+            if isinstance(msg, bb.RouteDone):
+                self._on_route_done(msg)
+            else:
+                log.warning("dropping %s on the results endpoint", msg.TAG)
             return
         handler = self._handlers.get(type(msg))
         if handler is None:
@@ -518,10 +642,17 @@ class Worker:
         self._last_seen = self.now
         handler(msg)
 
+    def _on_beat(self, msg: bb.Beat) -> None:
+        self.clock.beat(msg.epoch, msg.at, time.time())
+        self._effects(self.replica.on_beat(msg))
+
     def _on_ack(self, msg: bb.AuthAck) -> None:
         client = self.clients.get(msg.conn)
         if client is not None:
-            self._perform(client, client.machine.on_ack(msg.epoch, msg.seq, self.replica))
+            machine = client.machine
+            self._perform(
+                client, machine.on_ack(msg.epoch, msg.seq, self.replica, self.now, self._link())
+            )
         self._effects(self.replica.observe_epoch(msg.epoch))
 
     def _on_kick(self, msg: bb.Kick) -> None:
@@ -530,19 +661,35 @@ class Worker:
             self._perform(client, client.machine.on_kick())
 
     def _on_deliver(self, msg: bb.Deliver) -> None:
+        if self.clock.now(time.time()) > msg.deadline:
+            self.counters["expired"] += 1  # the origin answers unavailable
+            return
+        local = msg.origin == self.worker_id
+        reply = None if local else self._peer(msg.reply_to, msg.reply_key)
+        if not local and (reply is None or not _can_send(reply)):
+            self.counters["unreportable"] += 1  # not delivered: the origin times out
+            return
         client = self.clients.get(msg.conn)
-        status = SendStatus.OFFLINE
+        status = "offline"
         if client is not None:
-            actions, status = client.machine.on_deliver(
+            actions, delivery = client.machine.on_deliver(
                 msg.sender, msg.msg_id, msg.body, client.buffered()
             )
             self._perform(client, actions)
-        self._emit(bb.RouteResult(msg.origin, msg.route, status.value))
+            status = delivery.value
+        done = bb.RouteDone(msg.route, status)
+        if reply is None:
+            self._on_route_done(done)
+            return
+        try:
+            reply.send(bb.encode(done), zmq.DONTWAIT)
+        except zmq.Again:  # cannot happen right after POLLOUT, one message later
+            self.counters["results"] += 1
 
     def _on_route_done(self, msg: bb.RouteDone) -> None:
         pending = self.routes.finish(msg.route)
         if pending is None:
-            log.debug("late RouteDone for route %d", msg.route)
+            log.debug("late or unknown RouteDone for route %d", msg.route)
             return
         client = self.clients.get(pending.conn)
         if client is not None:
@@ -554,6 +701,7 @@ class Worker:
         for effect in effects:
             if isinstance(effect, Announce):
                 self._announce()
+                self._emit(bb.SnapshotRequest())
             elif isinstance(effect, RequestSnapshot):
                 self._last_request = self.now
                 self._emit(bb.SnapshotRequest())
@@ -563,12 +711,20 @@ class Worker:
                 self._resynced(effect)
 
     def _announce(self) -> None:
-        sessions = [s for c in self.clients.values() if (s := c.machine.session()) is not None]
-        self._announced = frozenset(session[0] for session in sessions)
+        """``Hello``: every session that sent ``Authed``, the whole truth about us."""
+        claims = [c for client in self.clients.values() if (c := client.machine.claim())]
+        self._announced = frozenset(claim[0] for claim in claims)
         self._last_request = self.now
-        log.info("announcing %d sessions to the coordinator", len(sessions))
-        self._emit(bb.Hello(self.settings.worker_id, sessions))
-        self._emit(bb.SnapshotRequest())
+        if not self._repair:
+            log.info("announcing %d sessions to the coordinator", len(claims))
+        hello = bb.Hello(
+            self.worker_id,
+            self.replica.epoch or "",
+            self.results_endpoint,
+            self._results_key,
+            claims,
+        )
+        self._repair = not self._emit(hello)
 
     def _fan_out(self, update: Forward) -> None:
         """Encode once, broadcast to current clients; then give lagging clients that
@@ -586,16 +742,19 @@ class Worker:
         for client in self._in_group(Group.BEHIND):
             if client.machine.on_update(client.buffered(), self.replica) is Fanout.SNAPSHOT:
                 self._perform(client, [WriteSnapshot()])
+        now, link = self.now, self._link()
         for client in self._in_group(Group.ACKED):
-            self._perform(client, client.machine.on_replica(self.replica))
+            self._perform(client, client.machine.on_replica(self.replica, now, link))
 
     def _resynced(self, effect: Resynced) -> None:
         if effect.previous_epoch != self.replica.epoch:
             log.info("replica synced to epoch %s at seq %d", self.replica.epoch, self.replica.seq)
         else:
             log.info("replica resynced at seq %d after lost updates", self.replica.seq)
+        now, link = self.now, self._link()
         for client in self._each(State.ACKED, State.AUTHENTICATED):
-            self._perform(client, client.machine.on_resync(self.replica, self._announced))
+            machine = client.machine
+            self._perform(client, machine.on_resync(self.replica, self._announced, now, link))
         self._sweep_flow()
         self._link_changed()
         self._ready.set()
@@ -610,7 +769,7 @@ class Worker:
     def _link_changed(self) -> None:
         if self._link() is Link.UP:
             for client in self._in_group(Group.VERIFIED):
-                self._perform(client, client.machine.on_link_up())
+                self._perform(client, client.machine.on_link_up(self.replica))
 
     def _sweep_flow(self) -> None:
         for client in self._in_group(Group.BEHIND):
@@ -618,7 +777,7 @@ class Worker:
 
     async def _heartbeats(self) -> None:
         while True:
-            self._emit(bb.Heartbeat(self.settings.worker_id))
+            self._emit(bb.Heartbeat(self.worker_id))
             await asyncio.sleep(self.settings.timing.heartbeat_interval)
 
     async def _ticker(self) -> None:
@@ -631,34 +790,98 @@ class Worker:
         # costs at most one tick, never a stalled backbone.
         for wake in list(self._wakers.values()):
             wake()
+        # Read every result already waiting before any route may time out: a result
+        # that arrived in time is never overtaken by "unavailable".
+        for sock in (self._results, self._dealer):
+            while self._read_some(sock, READ_BATCH) == READ_BATCH:
+                pass
         now = self.now
         for pending in self.routes.expire(now):
             client = self.clients.get(pending.conn)
             if client is not None:
                 self._result(client, pending.msg_id, _UNAVAILABLE)
-        silent = now - self._last_seen > self.settings.timing.coordinator_timeout
+        timing = self.settings.timing
+        silent = now - self._last_seen > timing.coordinator_timeout
         if self.replica.sync is SyncState.LIVE:
             if silent:  # it may have dropped our sessions, or restarted: announce again
-                log.warning(
-                    "coordinator silent for %.1fs", self.settings.timing.coordinator_timeout
-                )
+                log.warning("coordinator silent for %.1fs", timing.coordinator_timeout)
                 self._effects(self.replica.start())
-        elif now - self._last_request > self.settings.timing.coordinator_timeout:
+            elif self._repair:
+                self._announce()  # the whole truth repairs whatever was lost
+        elif now - self._last_request > timing.coordinator_timeout:
             self._last_request = now
             self._effects(self.replica.retry())
+        self._watch_cutoff(now)
+        self._watch_progress(now)
         self._sweep_flow()
         self._link_changed()
-        self._log_refusals(now)
+        self._measure_backlog()
+        self._log_counts(now)
 
-    def _log_refusals(self, now: float) -> None:
-        total = sum(self.admission.refused.values())
-        if total != self._refusals_logged and now - self._refusals_logged_at >= REFUSAL_LOG_EVERY:
-            log.info(
-                "refused %d connections with 1013 since the last report (%d challenged now)",
-                total - self._refusals_logged,
-                len(self.admission.pending),
+    def _watch_cutoff(self, now: float) -> None:
+        if self._link() is Link.UP:
+            if self._cut_off:
+                log.info("coordinator reachable again; admitting clients")
+            self._down_since, self._cut_off = None, False
+            return
+        if self._down_since is None:
+            self._down_since = now
+        grace = self.settings.timing.cutoff_grace
+        if not self._cut_off and now - self._down_since >= grace:
+            self._cut_off = True
+            log.warning(
+                "cut off from the coordinator for %.0fs: closing %d clients with 1013",
+                grace,
+                len(self.clients),
             )
-            self._refusals_logged, self._refusals_logged_at = total, now
+            for client in list(self.clients.values()):
+                self._perform(client, client.machine.on_cutoff())
+
+    def _watch_progress(self, now: float) -> None:
+        """Sample the reading progress of every client whose backlog is past the write
+        limit (the only ones whose backlog can matter)."""
+        for ws in list(self._pressured):
+            client = self._by_ws.get(ws)
+            if client is not None:
+                acked = _acked_bytes(ws)
+                self._perform(client, client.machine.on_progress(acked, client.buffered(), now))
+
+    def _log_counts(self, now: float) -> None:
+        summary = Counter({f"refused {k.value}": n for k, n in self.admission.refused.items()})
+        summary.update({f"dropped {k}": n for k, n in self.counters.items()})
+        if summary == self._logged or now - self._logged_at < LOG_EVERY:
+            return
+        new = summary - self._logged
+        if new:
+            log.info(
+                "since the last report: %s (%d challenged now)",
+                ", ".join(f"{k} {n}" for k, n in sorted(new.items())),
+                self.admission.pending,
+            )
+        self._logged, self._logged_at = summary, now
+
+
+class _FirstFrameLimited(ServerProtocol):
+    """websockets' server protocol with one more rule: the first data message may be at
+    most ``max_message_size`` (the pre-auth limit), every later one ``rest``. The switch
+    happens as the first message is parsed, before the frames behind it in the same
+    read, so frames pipelined behind the ``auth`` get the full limit."""
+
+    rest: int | None
+
+    def recv_frame(self, frame: Any) -> None:
+        super().recv_frame(frame)
+        data = frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+        if data and frame.fin and self.rest is not None:
+            self.max_message_size, self.rest = self.rest, None
+
+
+def _limit_frames(ws: ServerConnection, limits: FrameLimits) -> None:
+    proto: Any = ws.protocol
+    if type(proto) is ServerProtocol:
+        proto.__class__ = _FirstFrameLimited
+    proto.max_message_size = limits.first
+    proto.rest = limits.rest
 
 
 async def _close_ws(ws: ServerConnection, code: int, reason: str) -> None:
@@ -671,6 +894,12 @@ async def _close_ws(ws: ServerConnection, code: int, reason: str) -> None:
         log.debug("close %d timed out; aborting the TCP connection", code)
         if ws.transport is not None:
             ws.transport.abort()
+
+
+def _not_allowed(conn: ServerConnection, allow: str) -> Response:
+    response = conn.respond(HTTPStatus.METHOD_NOT_ALLOWED, "Method Not Allowed\n")
+    response.headers["Allow"] = allow
+    return response
 
 
 def _watched_connection(pressured: set[ServerConnection]) -> type[ServerConnection]:
@@ -693,17 +922,33 @@ def _watched_connection(pressured: set[ServerConnection]) -> type[ServerConnecti
     return Watched
 
 
+_TCPI_BYTES_ACKED: Final = struct.Struct("=Q")
+_TCPI_BYTES_ACKED_AT: Final = 120  # offset of tcpi_bytes_acked in Linux's struct tcp_info
+
+
+def _acked_bytes(ws: ServerConnection) -> int | None:
+    """How many bytes the peer has acknowledged on this TCP connection (Linux
+    ``TCP_INFO``), or ``None`` where that cannot be read."""
+    transport = ws.transport
+    sock = None if transport is None else transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_INFO", None)
+    if sock is None or option is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, 256)
+    except OSError:
+        return None
+    if len(info) < _TCPI_BYTES_ACKED_AT + 8:
+        return None
+    return int(_TCPI_BYTES_ACKED.unpack_from(info, _TCPI_BYTES_ACKED_AT)[0])
+
+
 def _has_input(sock: zmq.Socket[bytes]) -> bool:
     return bool(cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN)
 
 
-def _set_max_size(ws: ServerConnection, max_bytes: int) -> None:
-    """Change the largest frame websockets accepts from now on (read per frame)."""
-    proto: Any = ws.protocol
-    if hasattr(proto, "max_message_size"):  # websockets >= 15 (max_size may be a pair)
-        proto.max_message_size = max_bytes
-    else:
-        proto.max_size = max_bytes
+def _can_send(sock: zmq.Socket[bytes]) -> bool:
+    return bool(cast(int, sock.get(zmq.EVENTS)) & zmq.POLLOUT)
 
 
 def _curve_keys(settings: WorkerSettings) -> tuple[curve.KeyPair, bytes] | None:
@@ -731,7 +976,12 @@ async def main(settings: WorkerSettings) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         worker = Worker(settings)
-    except curve.BackboneSecurityError as exc:
+    except (
+        curve.BackboneSecurityError,
+        endpoints.UnsafeDirectory,
+        endpoints.EndpointInUse,
+        SettingsError,
+    ) as exc:
         log.error("cannot start the backbone: %s", exc)
         return 2
     return await worker.run(stop)

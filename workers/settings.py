@@ -14,9 +14,31 @@ from dataclasses import dataclass
 from shared import endpoints, timings
 from shared.endpoints import BackboneOptions
 from shared.logs import Logging
-from shared.options import group, option, optional, port_number, positive, require, validate
+from shared.options import (
+    SettingsError,
+    group,
+    option,
+    optional,
+    port_number,
+    positive,
+    require,
+    validate,
+)
 from workers.admission import AdmissionLimits
 from workers.connection import Limits
+from workers.sources import parse_trusted
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _proxies(value: tuple[str, ...]) -> str | None:
+    try:
+        parse_trusted(value)
+    except ValueError as exc:
+        return f"has a bad entry ({exc})"
+    return None
 
 
 def seconds_or_off(text: str) -> float | None:
@@ -49,6 +71,15 @@ class Network:
         parse=seconds_or_off,
         check=optional(positive),
     )
+    trusted_proxies: tuple[str, ...] = option(
+        (),
+        "comma-separated addresses or networks of reverse proxies whose X-Forwarded-For "
+        "or Forwarded header names the client (admission is fair per client address); "
+        "headers from anyone else are ignored",
+        parse=split_list,
+        check=_proxies,
+        shown="none",
+    )
     ping_timeout: float | None = option(
         20.0,
         "seconds to wait for a pong before dropping the connection; 0 waits for ever",
@@ -73,11 +104,30 @@ class Backbone(BackboneOptions):
         "the coordinator's public key file (.key): with --curve-secret-key turns CURVE on, "
         "and the worker talks to no other coordinator",
     )
+    results_endpoint: str | None = option(
+        None,
+        "ZeroMQ endpoint this worker binds to take direct-message results from other "
+        "workers; required with tcp:// backbone endpoints (an address the other workers "
+        "can reach, e.g. tcp://10.0.0.5:7001)",
+        shown="ipc://.../results-WORKER_ID beside an ipc events endpoint",
+    )
 
     def __post_init__(self) -> None:
         validate(self)
         if not self.worker_id:
             object.__setattr__(self, "worker_id", secrets.token_hex(4))
+
+    def results(self, events: str) -> str:
+        """The results endpoint: the given one, else beside an ipc events endpoint."""
+        if self.results_endpoint:
+            return self.results_endpoint
+        path = endpoints.ipc_path(events)
+        if path is None:
+            raise SettingsError(
+                "--results-endpoint is required with a tcp:// backbone: other workers "
+                "must be able to reach it"
+            )
+        return f"ipc://{path.parent}/results-{self.worker_id}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,7 +145,16 @@ class Timing:
     )
     route_timeout: float = option(
         timings.ROUTE_TIMEOUT,
-        "seconds to wait for a direct message's outcome before answering rejected/unavailable",
+        "seconds to wait for a direct message's outcome before answering "
+        "rejected/unavailable; the message itself is dropped wherever it is a second "
+        "earlier (at most half this sooner), so it is never delivered after that answer",
+        check=positive,
+    )
+    cutoff_grace: float = option(
+        timings.CUTOFF_GRACE,
+        "seconds cut off from the coordinator after which the worker closes its clients "
+        "with 1013 (and /healthz answers 503 meanwhile), so they reconnect to a worker "
+        "that sees the lobby; much longer than a coordinator restart",
         check=positive,
     )
 
@@ -104,6 +163,10 @@ class Timing:
         require(
             self.coordinator_timeout > self.heartbeat_interval,
             "--coordinator-timeout must be longer than --heartbeat-interval",
+        )
+        require(
+            self.cutoff_grace >= self.coordinator_timeout,
+            "--cutoff-grace must be at least --coordinator-timeout",
         )
 
 

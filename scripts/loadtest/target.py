@@ -3,7 +3,10 @@ processes of a running one, and read their CPU time and memory from /proc (Linux
 
 Every server this module starts runs in its own session and is stopped by
 :meth:`Server.stop` (SIGTERM, then SIGKILL of the whole group), which the CLI calls in
-a ``finally`` so that a failure or Ctrl-C leaves nothing behind.
+a ``finally`` so that a failure or Ctrl-C leaves nothing behind. It is ready when it
+says so with the sd_notify protocol (``READY=1`` on the socket this module hands it in
+``NOTIFY_SOCKET``; the launcher sends it once the whole cluster serves), not when its
+log shows some text.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shared.notify import Listener
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -121,6 +126,7 @@ class Server:
     launcher: subprocess.Popen[str] | None = None
     external_pids: tuple[int, ...] = ()
     lines: list[str] = field(default_factory=list)
+    notify: Listener | None = None
     _reader: threading.Thread | None = None
 
     def pids(self) -> list[int]:
@@ -140,15 +146,16 @@ class Server:
     def output(self) -> str:
         return "\n".join(self.lines[-200:])
 
-    def wait_ready(self, marker: str, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait for the server's ``READY=1``; fail if it exits first or takes too long."""
         deadline = time.monotonic() + timeout
-        assert self.launcher is not None
-        while not any(marker in line for line in self.lines):
+        assert self.launcher is not None and self.notify is not None
+        while not self.notify.count("READY"):
             if self.launcher.poll() is not None:
                 raise RuntimeError(f"{self.name} exited before it was ready:\n{self.output()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.output()}")
-            time.sleep(0.05)
+            self.notify.receive(0.05)  # returns as soon as a notification arrives
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM the launcher (it stops its children in order), then SIGKILL the
@@ -167,6 +174,8 @@ class Server:
             proc.wait(5.0)
         if self._reader is not None:
             self._reader.join(2.0)
+        if self.notify is not None:
+            self.notify.close()
         self.launcher = None
 
 
@@ -183,20 +192,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(name: str, command: list[str], url: str, marker: str) -> Server:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def _start(name: str, command: list[str], url: str) -> Server:
+    notify = Listener()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", NOTIFY_SOCKET=notify.address)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    server = Server(url=url, name=name, launcher=proc)
+    try:
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    except BaseException:
+        notify.close()
+        raise
+    server = Server(url=url, name=name, launcher=proc, notify=notify)
 
     def read() -> None:
         assert proc.stdout is not None
@@ -207,7 +221,7 @@ def _start(name: str, command: list[str], url: str, marker: str) -> Server:
     server._reader = threading.Thread(target=read, daemon=True)
     server._reader.start()
     try:
-        server.wait_ready(marker)
+        server.wait_ready()
     except BaseException:
         server.stop()
         raise
@@ -230,9 +244,7 @@ def start_cluster(
     if batch_window is not None:
         command += ["--coordinator-arg", "--batch-window", "--coordinator-arg", str(batch_window)]
     command += list(extra)
-    return _start(
-        f"cluster ({workers} workers)", command, f"ws://127.0.0.1:{port}/ws", "connect to ws://"
-    )
+    return _start(f"cluster ({workers} workers)", command, f"ws://127.0.0.1:{port}/ws")
 
 
 def start_baseline(port: int, fault: str = "none") -> Server:
@@ -246,13 +258,13 @@ def start_baseline(port: int, fault: str = "none") -> Server:
         "--fault",
         fault,
     ]
-    return _start("baseline", command, f"ws://127.0.0.1:{port}/ws", "baseline ready")
+    return _start("baseline", command, f"ws://127.0.0.1:{port}/ws")
 
 
 def start_bare(port: int) -> Server:
     """The bare ``websockets.broadcast()`` server, ``scripts/bare_broadcast.py``."""
     command = [sys.executable, str(ROOT / "scripts" / "bare_broadcast.py"), "--port", str(port)]
-    return _start("bare broadcast", command, f"ws://127.0.0.1:{port}/ws", "bare ready")
+    return _start("bare broadcast", command, f"ws://127.0.0.1:{port}/ws")
 
 
 def external(url: str, pids: Sequence[int]) -> Server:

@@ -11,7 +11,9 @@ import pytest
 import zmq
 
 from shared import backbone as bb
-from tests.procs import ManagedProcess
+from tests.support import ManagedProcess, wait_until
+
+pytestmark = pytest.mark.process
 
 A, B, C = ("a" * 64, "b" * 64, "c" * 64)
 
@@ -80,22 +82,27 @@ class CoordinatorUnderTest:
                 *extra,
             ],
         )
-        self.proc.wait_for_line("coordinator ready")
+        self.proc.wait_ready()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.workers: list[FakeWorker] = []
 
     def worker(self, name: str) -> FakeWorker:
         w = FakeWorker(self.ctx, name, self.events, self.updates)
         w.wait_subscribed()
-        w.send(bb.Hello(name, []))
+        w.send(bb.Hello(name, "", f"ipc:///results/{name}", "", []))
         assert isinstance(w.reply(), bb.Welcome)
         self.workers.append(w)
         return w
 
+    def core_dropped_logged(self) -> bool:
+        """Whether the coordinator logged the replies it could not queue."""
+        wait_until(lambda: self.proc.count("could not queue") > 0, "the drop summary", 5)
+        return True
+
     def close(self) -> None:
         for w in self.workers:
             w.close()
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
         code = self.proc.stop()
         self.proc.assert_no_traceback()
         assert code == 0, self.proc.output()
@@ -216,10 +223,13 @@ def test_hello_reregisters_sessions_and_drops_forgotten_ones(coord: CoordinatorU
     w1.send(bb.Authed(2, B))
     expect_update(w1, 1, [A], [])
     expect_update(w1, 2, [B], [])
-    w1.reply(), w1.reply()
-    w1.send(bb.Hello("w1", [(2, B, "0", 2), (3, C, "0", 1)]))
+    ack = w1.reply()
+    w1.reply()
+    assert isinstance(ack, bb.AuthAck)
+    w1.send(bb.Hello("w1", ack.epoch, "", "", [(2, B, ack.epoch, 2, True), (3, C, "", 0, False)]))
     expect_update(w1, 3, [C], [A])
     assert isinstance(w1.reply(), bb.Welcome)
+    assert w1.reply() == bb.AuthAck(3, ack.epoch, 3)  # the one still waiting gets its ack
 
 
 def test_unknown_worker_is_asked_to_reannounce_and_newest_session_wins(
@@ -237,26 +247,38 @@ def test_unknown_worker_is_asked_to_reannounce_and_newest_session_wins(
     w3.send(bb.Heartbeat("w3"))
     assert w3.reply() == bb.Reannounce()
     # It claims A with an older authentication: the newer session stays, its is kicked.
-    w3.send(bb.Hello("w3", [(5, A, ack.epoch, ack.seq - 1), (6, B, ack.epoch, 0)]))
+    claims = [(5, A, ack.epoch, ack.seq - 1, True), (6, B, ack.epoch, 0, True)]
+    w3.send(bb.Hello("w3", ack.epoch, "", "", claims))
     assert isinstance(w3.reply(), bb.Welcome)
     assert w3.reply() == bb.Kick(5)
     expect_update(w2, 2, [B], [])
+    # Until it said Hello, its events changed nothing.
+    w4 = FakeWorker(coord.ctx, "w4", coord.events, coord.updates)
+    coord.workers.append(w4)
+    w4.send(bb.Authed(1, C))
+    assert w4.reply() == bb.Reannounce()
+    w4.send(bb.SnapshotRequest())
+    snapshot = w4.reply()
+    assert isinstance(snapshot, bb.Snapshot) and C not in snapshot.users
 
 
-def test_direct_message_routes_to_the_recipients_worker_and_back(
+def test_direct_message_routes_to_the_recipients_worker_with_where_to_answer(
     coord: CoordinatorUnderTest,
 ) -> None:
     w1, w2 = coord.worker("w1"), coord.worker("w2")
     w2.send(bb.Authed(9, B))
     expect_update(w1, 1, [B], [])
-    w1.send(bb.Route(5, A, B, "m1", "ciphertext"))
+    later = time.time() + 60
+    w1.send(bb.Route(5, A, B, "m1", "ciphertext", later))
     assert isinstance(w2.reply(), bb.AuthAck)
     deliver = w2.reply()
-    assert deliver == bb.Deliver("w1", 5, 9, A, "m1", "ciphertext")
-    w2.send(bb.RouteResult("w1", 5, "delivered"))
-    assert w1.reply() == bb.RouteDone(5, "delivered")
-    w1.send(bb.Route(6, A, C, "m2", "x"))
+    assert deliver == bb.Deliver("w1", "ipc:///results/w1", "", 5, 9, A, "m1", "ciphertext", later)
+    w1.send(bb.Route(6, A, C, "m2", "x", later))
     assert w1.reply() == bb.RouteDone(6, "offline")
+    # Past its deadline (a coordinator that stalled): dropped here, answered unavailable.
+    w1.send(bb.Route(7, A, B, "m3", "x", time.time() - 0.001))
+    assert w1.reply() == bb.RouteDone(7, "unavailable")
+    w2.no_reply(0.2)
 
 
 def test_garbage_frames_are_dropped_and_break_nothing(coord: CoordinatorUnderTest) -> None:
@@ -275,3 +297,120 @@ def test_sigterm_exits_cleanly(tmp_path: Path) -> None:
     c.proc.signal(signal.SIGTERM)
     assert c.proc.proc.wait(5) == 0
     c.close()
+
+
+# ------------------------------------------------------------ issue 7: truth under races
+
+
+def test_an_auth_in_flight_when_its_worker_re_registers_stays_and_is_acked(
+    coord: CoordinatorUnderTest,
+) -> None:
+    """The race behind "auth_ok but absent": the ack is on its way when the worker says
+    Hello. The Hello lists the session as waiting for its ack, so it stays in the lobby
+    (no left) and is acknowledged again."""
+    w1 = coord.worker("w1")
+    w1.send(bb.Authed(1, A))
+    update = expect_update(w1, 1, [A], [])
+    w1.send(bb.Hello("w1", update.epoch, "", "", [(1, A, update.epoch, 0, False)]))
+    assert w1.reply() == bb.AuthAck(1, update.epoch, 1)  # the first ack
+    assert isinstance(w1.reply(), bb.Welcome)
+    assert w1.reply() == bb.AuthAck(1, update.epoch, 1)  # and again, for the Hello
+    w1.send(bb.SnapshotRequest())
+    snapshot = w1.reply()
+    assert isinstance(snapshot, bb.Snapshot) and snapshot.users == [A] and snapshot.seq == 1
+
+
+def test_a_session_acked_under_a_clock_that_was_ahead_loses_to_a_newer_one(
+    coord: CoordinatorUnderTest,
+) -> None:
+    """An earlier coordinator's clock was a day ahead (or this one's is behind): a
+    worker comes back with a session it acked, stamped with an epoch above ours. The
+    session this coordinator acknowledged since is newer and stays; we move above the
+    reported epoch and re-acknowledge our sessions with it."""
+    w1 = coord.worker("w1")
+    w1.send(bb.Authed(1, A))
+    ours = expect_update(w1, 1, [A], []).epoch
+    assert w1.reply() == bb.AuthAck(1, ours, 1)
+    ahead = f"{bb.epoch_generation(ours) + 86_400 * 10**9:020d}-0000abcd"
+    w2 = FakeWorker(coord.ctx, "w2", coord.events, coord.updates)
+    coord.workers.append(w2)
+    w2.send(bb.Hello("w2", ahead, "", "", [(5, A, ahead, 40, True), (6, B, ahead, 41, True)]))
+    welcome = w2.reply()
+    assert isinstance(welcome, bb.Welcome) and welcome.epoch > ahead
+    assert w2.reply() == bb.Kick(5)
+    assert w1.reply() == bb.AuthAck(1, welcome.epoch, 1)  # our session, restamped
+    update = expect_update(w1, 2, [B], [])
+    assert update.epoch == welcome.epoch
+
+
+def test_a_reply_that_cannot_be_queued_is_repaired(coord: CoordinatorUnderTest) -> None:
+    """A Kick for a worker that is not there (ROUTER_MANDATORY makes that an error, not a
+    silent drop) makes the worker re-register when it is back; its Hello gets the kick
+    again, so the key is never online twice."""
+    w1 = coord.worker("w1")
+    w1.send(bb.Authed(1, A))
+    stamp = expect_update(w1, 1, [A], [])
+    assert isinstance(w1.reply(), bb.AuthAck)
+    w1.close()
+    coord.workers.remove(w1)
+    w2 = coord.worker("w2")
+    w2.send(bb.Authed(1, A))  # newer: w1's session must be kicked, but w1 is gone
+    expect_update(w2, 2, [A], [A])
+    coord.proc.wait_for_line("lost kick to worker w1", timeout=5)
+    back = FakeWorker(coord.ctx, "w1", coord.events, coord.updates)
+    coord.workers.append(back)
+    back.send(bb.Heartbeat("w1"))  # still "registered"? no: it must say Hello again
+    assert back.reply() == bb.Reannounce()
+    back.send(bb.Hello("w1", stamp.epoch, "", "", [(1, A, stamp.epoch, 1, True)]))
+    assert isinstance(back.reply(), bb.Welcome)
+    assert back.reply() == bb.Kick(1)
+    assert isinstance(w2.reply(), bb.AuthAck)
+    w2.send(bb.SnapshotRequest())
+    snapshot = w2.reply()
+    assert isinstance(snapshot, bb.Snapshot) and snapshot.users == [A]
+    assert coord.core_dropped_logged()
+
+
+def test_after_a_crash_unknown_recipients_are_unavailable_until_the_lobby_is_rebuilt(
+    tmp_path: Path,
+) -> None:
+    """A coordinator that finds its predecessor's lock file saying "running" (it
+    crashed, or stopped with workers still holding sessions) answers unavailable, not
+    offline, for keys it has not heard of until every worker had time to re-register, and
+    only then says READY; one whose predecessor stopped with no worker left has nothing
+    to rebuild."""
+    first = CoordinatorUnderTest(tmp_path, "--worker-timeout", "1.0")
+    first.proc.signal(signal.SIGKILL)
+    first.proc.proc.wait(5)
+    first.ctx.destroy(linger=0)
+    ends = ["--events-endpoint", first.events, "--updates-endpoint", first.updates]
+    crashed = ManagedProcess(
+        "coordinator", [*ends, "--worker-timeout", "1.0", "--heartbeat-interval", "0.1"]
+    )
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        w = FakeWorker(ctx, "w1", first.events, first.updates)
+        started = time.monotonic()
+        w.send(bb.Hello("w1", "", "", "", []))
+        assert isinstance(w.reply(), bb.Welcome)
+        w.send(bb.Route(1, A, B, "m", "x", time.time() + 60))
+        assert w.reply() == bb.RouteDone(1, "unavailable")
+        crashed.wait_ready(timeout=5)
+        assert time.monotonic() - started > 0.8  # the grace: every worker beats by then
+        w.send(bb.Route(2, A, B, "m", "x", time.time() + 60))
+        assert w.reply() == bb.RouteDone(2, "offline")
+        w.close()
+    finally:
+        ctx.destroy(linger=0)
+        assert crashed.stop() == 0  # w1 never said goodbye: "running" again
+    idle = CoordinatorUnderTest(tmp_path)
+    idle.close()  # no worker at all: "idle"
+    ready = time.monotonic()
+    clean = CoordinatorUnderTest(tmp_path, "--worker-timeout", "5")
+    try:
+        assert time.monotonic() - ready < 2.5  # ready at once, no grace to wait out
+        w = clean.worker("w1")
+        w.send(bb.Route(3, A, B, "m", "x", time.time() + 60))
+        assert w.reply() == bb.RouteDone(3, "offline")
+    finally:
+        clean.close()

@@ -15,6 +15,8 @@ from websockets.asyncio.client import connect as ws_connect
 from scripts.loadtest.target import Server, free_port, start_bare, start_baseline
 from shared.client import LobbyClient
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture(scope="module")
 def baseline() -> Iterator[Server]:

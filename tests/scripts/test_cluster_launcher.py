@@ -18,14 +18,17 @@ import pytest
 from scripts.cluster import (
     BackoffPolicy,
     Config,
+    NotifySocket,
     connect_url,
     describe_exit,
+    is_ready,
+    notify_supervisor,
     parse_args,
-    ready_marker,
     split_forwarded,
     worker_id,
 )
-from tests.procs import ROOT, ManagedProcess, free_port, wait_until
+from shared import notify
+from tests.support import ROOT, ManagedProcess, free_port, wait_until
 
 # --------------------------------------------------------------------------- pure logic
 
@@ -52,10 +55,36 @@ def test_worker_ids_are_unique_per_slot_and_generation() -> None:
     assert worker_id(3, 2) == "w3-2"
 
 
-def test_ready_markers_do_not_match_other_workers() -> None:
-    assert ready_marker(None) == "coordinator ready"
-    assert ready_marker("w1-1") in "INFO worker w1-1 ready on 127.0.0.1:8765"
-    assert ready_marker("w1-1") not in "INFO worker w1-10 ready"
+def test_ready_is_the_ready_assignment_not_text_that_contains_it() -> None:
+    assert is_ready(b"READY=1")
+    assert is_ready(b"STATUS=worker w1-1 ready\nREADY=1")
+    assert not is_ready(b"STOPPING=1\nSTATUS=READY=1")
+    assert not is_ready(b"READY=10") and not is_ready(b"worker w1-1 ready")
+
+
+def test_the_launchers_socket_hears_what_shared_notify_sends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both ends of the protocol agree: a child using shared.notify reaches the socket
+    the launcher hands it, and the launcher's own notification reaches a supervisor."""
+    child = NotifySocket()
+    supervisor = notify.Listener()
+    try:
+        assert child.datagrams() == []  # never blocks
+        monkeypatch.setenv("NOTIFY_SOCKET", child.address)
+        notify.ready("worker w1-1 ready")
+        # A local datagram is queued by the time sendto returns: nothing to wait for.
+        assert [is_ready(d) for d in child.datagrams()] == [True]
+        monkeypatch.setenv("NOTIFY_SOCKET", supervisor.address)
+        assert notify_supervisor("READY=1", "all 2 processes ready") is None
+        assert supervisor.receive(5) == [{"READY": "1", "STATUS": "all 2 processes ready"}]
+        monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1")
+        assert "not a path" in (notify_supervisor("READY=1") or "")
+        monkeypatch.delenv("NOTIFY_SOCKET")
+        assert notify_supervisor("READY=1") is None
+    finally:
+        child.close()
+        supervisor.close()
 
 
 @pytest.mark.parametrize(
@@ -151,6 +180,7 @@ def test_parse_args_rejects_nonsense(argv: list[str]) -> None:
 
 FAKE = """\
 import argparse, os, signal, sys, threading
+from shared import notify
 parser = argparse.ArgumentParser()
 parser.add_argument("--worker-id")
 args, extra = parser.parse_known_args()
@@ -162,7 +192,7 @@ else:
     # signal comes once per exiting launcher thread) and must not deadlock on it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 print("argv", " ".join(sys.argv[1:]), flush=True)
-print(MARKER, flush=True)
+notify.ready(STATUS)
 if ignore:
     threading.Event().wait()
 signal.sigwait({signal.SIGTERM})
@@ -172,10 +202,11 @@ print("bye", flush=True)
 
 @pytest.fixture
 def fakes(tmp_path: Path) -> Path:
-    """Stand-in coordinator and workers modules that log ready and wait for SIGTERM."""
-    (tmp_path / "fake_coordinator.py").write_text(FAKE.replace("MARKER", '"coordinator ready"'))
-    worker_marker = 'f"worker {args.worker_id} ready"'
-    (tmp_path / "fake_workers.py").write_text(FAKE.replace("MARKER", worker_marker))
+    """Stand-in coordinator and workers modules that notify READY=1 (and log nothing
+    that looks like readiness) and wait for SIGTERM."""
+    (tmp_path / "fake_coordinator.py").write_text(FAKE.replace("STATUS", '"coordinator"'))
+    worker_status = 'f"worker {args.worker_id}"'
+    (tmp_path / "fake_workers.py").write_text(FAKE.replace("STATUS", worker_status))
     return tmp_path
 
 
@@ -222,15 +253,16 @@ def short_runtime_dir() -> Iterator[str]:
 
 
 def exercise_restart_and_stop(launcher: ManagedProcess, workers: int, stop_signal: int) -> None:
-    launcher.wait_for_line("connect to ws://", timeout=30)
+    status = launcher.wait_ready(timeout=30)
+    assert status.startswith(f"all {workers + 1} processes ready: connect to ws://"), status
     pids = started_pids(launcher)
     assert set(pids) == {"coordinator", *(worker_id(i, 1) for i in range(1, workers + 1))}
 
     os.kill(pids["w1-1"], signal.SIGKILL)
     launcher.wait_for_line("w1-1 died (signal SIGKILL)", timeout=15)
     launcher.wait_for_line("started w1-2 pid", timeout=15)
-    launcher.wait_for_line("worker w1-2 ready", timeout=30)
-    launcher.wait_for_line("ready again: connect to ws://", timeout=30)
+    assert "ready again: connect to ws://" in launcher.wait_ready(timeout=30, count=2)
+    launcher.wait_for_line("ready again: connect to ws://", timeout=5)  # for humans too
     assert gone(pids["w1-1"])
     pids = started_pids(launcher)
     assert "w1-2" in pids
@@ -240,11 +272,12 @@ def exercise_restart_and_stop(launcher: ManagedProcess, workers: int, stop_signa
 
     launcher.signal(stop_signal)
     assert launcher.proc.wait(30) == 0, launcher.output()
-    wait_until(lambda: all(gone(pid) for pid in pids.values()), 10, "every child to exit")
+    wait_until(lambda: all(gone(pid) for pid in pids.values()), "every child to exit", 10)
     launcher.assert_no_traceback()
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.process
 def test_launcher_restarts_and_stops_stand_ins(fakes: Path, stop_signal: int) -> None:
     env = {"PYTHONPATH": str(fakes)}
     extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
@@ -260,31 +293,33 @@ def test_launcher_restarts_and_stops_stand_ins(fakes: Path, stop_signal: int) ->
         shut_down(launcher)
 
 
+@pytest.mark.process
 def test_launcher_kills_children_that_ignore_sigterm(fakes: Path) -> None:
     env = {"PYTHONPATH": str(fakes), "FAKE_IGNORE_TERM": "1"}
     extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
     launcher = launch(1, free_port(), [*extra, "--grace", "0.5"], env)
     try:
-        launcher.wait_for_line("connect to ws://", timeout=30)
+        launcher.wait_ready(timeout=30)
         pids = started_pids(launcher)
         launcher.signal(signal.SIGTERM)
         assert launcher.proc.wait(30) == 0, launcher.output()
         assert "w1-1 still running after 0.5s; SIGKILL" in launcher.output()
-        wait_until(lambda: all(gone(pid) for pid in pids.values()), 10, "every child to exit")
+        wait_until(lambda: all(gone(pid) for pid in pids.values()), "every child to exit", 10)
     finally:
         shut_down(launcher)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.process
 def test_children_stop_when_the_launcher_is_killed(fakes: Path) -> None:
     env = {"PYTHONPATH": str(fakes)}
     extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
     launcher = launch(2, free_port(), extra, env)
     try:
-        launcher.wait_for_line("connect to ws://", timeout=30)
+        launcher.wait_ready(timeout=30)
         pids = started_pids(launcher)
         launcher.signal(signal.SIGKILL)
-        wait_until(lambda: all(gone(pid) for pid in pids.values()), 10, "orphans to exit")
+        wait_until(lambda: all(gone(pid) for pid in pids.values()), "orphans to exit", 10)
     finally:
         shut_down(launcher)
 
@@ -295,13 +330,14 @@ REAL = (ROOT / "coordinator" / "__main__.py").exists() and (
 
 
 @pytest.mark.skipif(not REAL, reason="python -m coordinator / workers not written yet")
+@pytest.mark.process
 def test_real_cluster_restarts_a_killed_worker_and_stops_cleanly(short_runtime_dir: str) -> None:
     from shared.client import LobbyClient
 
     port = free_port()
     launcher = launch(2, port, [], {"XDG_RUNTIME_DIR": short_runtime_dir})
     try:
-        launcher.wait_for_line("connect to ws://", timeout=60)
+        launcher.wait_ready(timeout=60)
 
         async def visit() -> None:
             async with LobbyClient.connect(f"ws://127.0.0.1:{port}/ws") as client:

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.procs import ROOT
+import pytest
+
+from tests.support import ROOT
+
+pytestmark = pytest.mark.process
 
 
 def test_fault_timings_measures_both_faults(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from shared.client import (
     LobbyView,
     ViewError,
 )
+from tests.support import until
 
 # --------------------------------------------------------------------------- pure
 
@@ -276,21 +277,18 @@ def test_the_update_cache_forgets_the_oldest_past_its_budget() -> None:
     assert cache.chars == 8
 
 
+@pytest.mark.process
 def test_load_clients_handle_frames_in_place_against_a_real_server() -> None:
     server = start_baseline(free_port())
 
-    async def until(condition: Callable[[], bool]) -> None:
-        async with asyncio.timeout(10):
-            while not condition():  # polled: a waiter would route frames via the reader
-                await asyncio.sleep(0.01)
-
     async def run() -> None:
+        # Polled, not awaited with wait_for_view: a waiter would route frames via the reader.
         a = await LoadClient.connect(server.url)
         assert isinstance(a, LoadClient) and a.in_place
         b = await LoadClient.connect(server.url)
-        await until(lambda: b.public_key in a.view)
+        await until(lambda: b.public_key in a.view, "b to join", 10)
         await b.close()
-        await until(lambda: b.public_key not in a.view)
+        await until(lambda: b.public_key not in a.view, "b to leave", 10)
         assert a.updates_received == 2 and a.update_bytes > 0
         assert not a.errors and a.view.online == {a.public_key}
         c = await LoadClient.connect(server.url)
@@ -328,6 +326,7 @@ def assert_ok(result: scenarios.Result) -> None:
     assert result.ok, result.failures
 
 
+@pytest.mark.process
 def test_mass_join_reports_convergence_and_frames(ctx: scenarios.Context) -> None:
     result = scenarios.mass_join(ctx, 12)
     assert_ok(result)
@@ -337,6 +336,7 @@ def test_mass_join_reports_convergence_and_frames(ctx: scenarios.Context) -> Non
     assert m["server_cpu_s"] >= 0
 
 
+@pytest.mark.process
 def test_churn_sees_every_change(ctx: scenarios.Context) -> None:
     result = scenarios.churn(ctx, watchers=6, rate=10, duration=1.5, cooldown=0.5)
     assert_ok(result)
@@ -345,6 +345,7 @@ def test_churn_sees_every_change(ctx: scenarios.Context) -> None:
     assert result.metrics["frames_delivered"] > 0
 
 
+@pytest.mark.process
 def test_reconnect_storm_brings_the_lobby_back(ctx: scenarios.Context) -> None:
     result = scenarios.reconnect_storm(ctx, 10)
     assert_ok(result)
@@ -352,6 +353,7 @@ def test_reconnect_storm_brings_the_lobby_back(ctx: scenarios.Context) -> None:
     assert result.metrics["whole_again_s"] is not None
 
 
+@pytest.mark.process
 def test_messages_pairs_clients_on_different_workers(ctx: scenarios.Context) -> None:
     result = scenarios.messages(ctx, pairs=2, duration=1.0, rate=10, window=4, body_bytes=32)
     assert_ok(result)
@@ -368,6 +370,7 @@ def test_pairs_prefer_clients_on_different_workers() -> None:
     assert len({i for p in pairs for i in p}) == 6
 
 
+@pytest.mark.process
 def test_idle_measures_memory_per_connection(ctx: scenarios.Context) -> None:
     result = scenarios.idle(ctx, 8, hold=0.5)
     assert_ok(result)
@@ -375,15 +378,22 @@ def test_idle_measures_memory_per_connection(ctx: scenarios.Context) -> None:
     assert result.metrics["rss_connected_mib"] > 0
 
 
+@pytest.mark.process
 def test_fanout_against_the_cluster(ctx: scenarios.Context) -> None:
     result = scenarios.fanout(ctx, watchers=5, changes=6, rate=12, frame_bytes=120, bare=False)
     assert_ok(result)
-    assert result.metrics["cpu_us_per_frame"] > 0
+    # The kernel counts CPU in 10 ms ticks: a run this small may legitimately read 0.
+    assert result.metrics["frames_delivered"] > 0
+    assert result.metrics["cpu_us_per_frame"] >= 0
+    assert result.metrics["cpu_us_per_frame"] == round(
+        result.metrics["server_cpu_s"] / result.metrics["frames_delivered"] * 1e6, 3
+    )
 
 
 # --------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.process
 def test_cli_against_the_bare_server_writes_json_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "bare.json"
     argv = [
@@ -407,6 +417,7 @@ def test_cli_against_the_bare_server_writes_json_and_cleans_up(tmp_path: Path) -
     assert result["ok"] and result["metrics"]["frames_delivered"] == 20
 
 
+@pytest.mark.process
 def test_cli_refuses_scenarios_the_bare_server_cannot_serve(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     assert (
@@ -419,6 +430,7 @@ def test_cli_refuses_scenarios_the_bare_server_cannot_serve(tmp_path: Path) -> N
 # --------------------------------------------------------------------------- the checks fail
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("fault", "scenario", "complaint"),
     [
@@ -446,6 +458,7 @@ def test_checks_fail_against_a_broken_server(fault: str, scenario: str, complain
     assert any(complaint in failure for failure in result.failures), result.failures
 
 
+@pytest.mark.process
 def test_a_client_that_cannot_connect_fails_the_run() -> None:
     server = start_baseline(free_port())
     url = server.url

@@ -23,7 +23,13 @@ def _strategy(tp: Any) -> st.SearchStrategy[Any]:
         return st.lists(_strategy(typing.get_args(tp)[0]), max_size=5)
     if origin is tuple:
         return st.tuples(*(_strategy(t) for t in typing.get_args(tp)))
-    return st.integers(-(2**63), 2**63 - 1) if tp is int else st.text(max_size=70)
+    if tp is int:
+        return st.integers(-(2**63), 2**63 - 1)
+    if tp is float:
+        return st.floats(allow_nan=False)
+    if tp is bool:
+        return st.booleans()
+    return st.text(max_size=70)
 
 
 def messages() -> st.SearchStrategy[bb.Message]:
@@ -48,14 +54,16 @@ def test_every_message_type_has_a_unique_tag() -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        [2, "hb", "w1"],  # another schema version
-        [1, "nope", "w1"],  # unknown tag
-        [1, "hb"],  # a field missing
-        [1, "hb", "w1", "extra"],
-        [1, "hb", 7],  # wrong type
-        [1, "upd", "e", True, [], []],  # a bool is not an int
-        [1, "upd", "e", 1, ["a", 5], []],  # a list of str with an int in it
-        [1, "hello", "w", [[1, "k", "e"]]],  # a 3-tuple where the schema says 4
+        [bb.SCHEMA_VERSION + 1, "hb", "w1"],  # another schema version
+        [bb.SCHEMA_VERSION - 1, "hb", "w1"],  # an older one
+        [bb.SCHEMA_VERSION, "nope", "w1"],  # unknown tag
+        [bb.SCHEMA_VERSION, "hb"],  # a field missing
+        [bb.SCHEMA_VERSION, "hb", "w1", "extra"],
+        [bb.SCHEMA_VERSION, "hb", 7],  # wrong type
+        [bb.SCHEMA_VERSION, "upd", "e", True, [], []],  # a bool is not an int
+        [bb.SCHEMA_VERSION, "upd", "e", 1, ["a", 5], []],  # a list of str with an int
+        [bb.SCHEMA_VERSION, "hello", "w", "", "", "", [[1, "k", "e", 2]]],  # 4-tuple, not 5
+        [bb.SCHEMA_VERSION, "beat", "e", 1, 3],  # an int where the schema says float
         {"type": "hb"},
         "hb",
     ],
@@ -71,8 +79,21 @@ def test_arbitrary_bytes_never_raise_anything_else(frame: bytes) -> None:
         bb.decode(frame)
 
 
-def test_epochs_sort_by_start_time() -> None:
+def test_epochs_sort_by_generation_and_can_be_made_above_any_other() -> None:
     first = bb.new_epoch()
     second = bb.new_epoch()
-    # The time part orders them (a clock may repeat a nanosecond; the suffix differs).
+    # The start time is the first guess (a clock may repeat; the nonce differs).
     assert first[:20] <= second[:20] and first != second and len(first) == len(second)
+    future = f"{5 * 10**18:020d}-00000000"
+    above = bb.new_epoch(bb.epoch_generation(future))
+    assert bb.epoch_generation(above) == 5 * 10**18 + 1 and above > future
+    # Never past the fixed width, whatever is asked; past the range it is no epoch.
+    beyond = bb.new_epoch(10**30)
+    assert len(beyond) == len(future) and bb.epoch_generation(beyond) == -1
+
+
+@pytest.mark.parametrize(
+    "junk", ["", "e1", "123-abc", "x" * 29, "1" * 20 + "-ABCDEFGH", "9" * 20 + "-00000000"]
+)
+def test_anything_else_has_no_generation(junk: str) -> None:
+    assert bb.epoch_generation(junk) == -1

@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import stat
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +39,13 @@ from shared.client import (
     public_key_hex,
     save_signing_key,
 )
+from tests.support import run
 
 OTHER = "ab" * 32
 THIRD = "cd" * 32
 NONCE = "11" * 32
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 30))
 
 
 async def start(handler: Handler, **kwargs: Any) -> tuple[Server, str]:
@@ -145,7 +142,7 @@ def test_full_session() -> None:
                 await client.wait_for_view({OTHER}, timeout=5)
             await client.close()  # idempotent after the server closed
 
-    run(main())
+    run(main(), timeout=30)
 
 
 def test_auth_failed_reports_reason_and_code() -> None:
@@ -162,7 +159,7 @@ def test_auth_failed_reports_reason_and_code() -> None:
             assert info.value.reason == "invalid_signature"
             assert info.value.close_code == 4001
 
-    run(main())
+    run(main(), timeout=30)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +181,7 @@ def test_close_during_auth_is_a_refusal(code: int, reason: str, after_auth: bool
                 await LobbyClient.connect(url)
             assert (info.value.code, info.value.reason) == (code, reason)
 
-    run(main())
+    run(main(), timeout=30)
 
 
 def test_http_503_before_the_handshake_is_a_refusal() -> None:
@@ -201,7 +198,7 @@ def test_http_503_before_the_handshake_is_a_refusal() -> None:
                 await LobbyClient.connect(url)
             assert (info.value.http_status, info.value.code) == (503, 1013)
 
-    run(main())
+    run(main(), timeout=30)
 
 
 def test_silent_server_times_out() -> None:
@@ -214,7 +211,7 @@ def test_silent_server_times_out() -> None:
             with pytest.raises(TimeoutError):
                 await LobbyClient.connect(url, open_timeout=0.3)
 
-    run(main())
+    run(main(), timeout=30)
 
 
 def test_snapshot_without_self_is_a_protocol_error() -> None:
@@ -230,7 +227,7 @@ def test_snapshot_without_self_is_a_protocol_error() -> None:
             with pytest.raises(ProtocolError):
                 await LobbyClient.connect(url)
 
-    run(main())
+    run(main(), timeout=30)
 
 
 def test_gap_is_recorded_and_resynced() -> None:
@@ -257,7 +254,7 @@ def test_gap_is_recorded_and_resynced() -> None:
                 assert client.snapshots_received == 2
             assert client.closed
 
-    run(main())
+    run(main(), timeout=30)
 
 
 def test_malformed_server_frames_are_recorded_not_fatal() -> None:
@@ -276,7 +273,7 @@ def test_malformed_server_frames_are_recorded_not_fatal() -> None:
             assert len(client.errors) == 3
             assert all(isinstance(e, ProtocolError) for e in client.errors)
 
-    run(main())
+    run(main(), timeout=30)
 
 
 def test_full_message_queue_drops_and_records() -> None:
@@ -296,7 +293,7 @@ def test_full_message_queue_drops_and_records() -> None:
             assert (await client.next_message()).id == "m0"
             assert (await client.next_message()).id == "m1"
 
-    run(main())
+    run(main(), timeout=30)
 
 
 def test_lobby_listeners_see_every_applied_change() -> None:
@@ -330,7 +327,7 @@ def test_lobby_listeners_see_every_applied_change() -> None:
             assert kinds == [ListenerFailed, SequenceGap, ListenerFailed, ListenerFailed]
             assert isinstance(client.errors[0].__cause__, RuntimeError)
 
-    run(main())
+    run(main(), timeout=30)
 
 
 def test_pending_send_fails_when_the_server_closes() -> None:
@@ -348,7 +345,7 @@ def test_pending_send_fails_when_the_server_closes() -> None:
             assert info.value.code == 1001
             assert client.close_code == 1001
 
-    run(main())
+    run(main(), timeout=30)
 
 
 def test_timeouts_raise_timeout_error() -> None:
@@ -368,7 +365,7 @@ def test_timeouts_raise_timeout_error() -> None:
             with pytest.raises(ValueError):
                 await client.send(OTHER, "x", msg_id="i" * 65)
 
-    run(main())
+    run(main(), timeout=30)
 
 
 def test_key_files_round_trip(tmp_path: Path) -> None:

@@ -21,11 +21,12 @@ from workers.connection import (
     Action,
     Close,
     Connection,
+    Delivery,
     Emit,
     Event,
     Fanout,
     Flow,
-    FrameLimit,
+    FrameLimits,
     Limits,
     Link,
     StartRoute,
@@ -41,7 +42,6 @@ LIMITS = Limits(auth_timeout=10.0, auth_wait=5.0, lag_bytes=1000, max_queue_byte
 SK = SigningKey(bytes(range(1, 33)))
 PK = SK.verify_key.encode().hex()
 OTHER = SigningKey(bytes(range(2, 34))).verify_key.encode().hex()
-RAISE_LIMIT = FrameLimit(LIMITS.max_frame_bytes)
 
 
 @dataclass
@@ -61,6 +61,33 @@ def fresh(limits: Limits = LIMITS) -> Connection:
     return Connection.open(7, NONCE, now=100.0, limits=limits)
 
 
+def feed(
+    conn: Connection,
+    frame: str | bytes,
+    now: float = 101.0,
+    link: Link = Link.UP,
+    buffered: int = 0,
+    replica: FakeReplica | None = None,
+) -> list[Action]:
+    """A frame from the client (the replica at epoch e1, seq 0 unless given)."""
+    return conn.on_frame(frame, now, link, replica or FakeReplica(), buffered)
+
+
+def ack(conn: Connection, epoch: str, seq: int, replica: FakeReplica) -> list[Action]:
+    return conn.on_ack(epoch, seq, replica, 101.0, Link.UP)
+
+
+def caught_up(conn: Connection, replica: FakeReplica) -> list[Action]:
+    return conn.on_replica(replica, 101.0, Link.UP)
+
+
+def resync(conn: Connection, replica: FakeReplica, announced: frozenset[int]) -> list[Action]:
+    return conn.on_resync(replica, announced, 101.0, Link.UP)
+
+
+AUTH_OK = [Write(protocol.auth_ok(PK)), WriteSnapshot()]
+
+
 def reach(state: State, limits: Limits = LIMITS) -> Connection:
     """A connection driven into ``state`` through the normal path."""
     conn = fresh(limits)
@@ -70,15 +97,15 @@ def reach(state: State, limits: Limits = LIMITS) -> Connection:
         conn.on_kick()
         return conn
     if state is State.VERIFIED:
-        conn.on_frame(auth_frame(), 101.0, Link.DOWN)
+        feed(conn, auth_frame(), link=Link.DOWN)
         return conn
-    conn.on_frame(auth_frame(), 101.0, Link.UP)
+    feed(conn, auth_frame())
     if state is State.AUTHENTICATING:
         return conn
-    conn.on_ack("e1", 10, FakeReplica(seq=9))
+    ack(conn, "e1", 10, FakeReplica(seq=9))
     if state is State.ACKED:
         return conn
-    conn.on_replica(FakeReplica(seq=10, users={PK}))
+    caught_up(conn, FakeReplica(seq=10, users={PK}))
     assert conn.state is State.AUTHENTICATED
     return conn
 
@@ -97,16 +124,32 @@ def closes(actions: list[Action]) -> list[CloseCode]:
 
 # --------------------------------------------------------------------------- transition table
 
+
+def stall(conn: Connection) -> list[Action]:
+    """A backlog whose peer acknowledges nothing, sampled until past the stall timeout."""
+    conn.on_progress(5, 100, 0.0)
+    return conn.on_progress(5, 100, LIMITS.stall_timeout)
+
+
+def pipeline_overflow(conn: Connection) -> list[Action]:
+    for _ in range(LIMITS.max_pipelined + 1):
+        actions = feed(conn, '{"type":"get_lobby"}')
+    return actions
+
+
 FIRE: dict[Event, Callable[[Connection], list[Action]]] = {
-    Event.AUTH_VALID: lambda c: c.on_frame(auth_frame(), 101.0, Link.UP),
-    Event.AUTH_INVALID: lambda c: c.on_frame("not json", 101.0, Link.UP),
+    Event.AUTH_VALID: lambda c: feed(c, auth_frame()),
+    Event.AUTH_INVALID: lambda c: feed(c, "not json"),
     Event.DEADLINE: lambda c: c.on_deadline(float("inf")),
-    Event.LINK_UP: lambda c: c.on_link_up(),
-    Event.ACK: lambda c: c.on_ack("e1", 10, FakeReplica(seq=9)),
-    Event.CAUGHT_UP: lambda c: c.on_replica(FakeReplica(seq=10)),
-    Event.UNANNOUNCED: lambda c: c.on_resync(FakeReplica(epoch="e2"), frozenset()),
+    Event.LINK_UP: lambda c: c.on_link_up(FakeReplica()),
+    Event.ACK: lambda c: ack(c, "e1", 10, FakeReplica(seq=9)),
+    Event.CAUGHT_UP: lambda c: caught_up(c, FakeReplica(seq=10)),
+    Event.UNANNOUNCED: lambda c: resync(c, FakeReplica(epoch="e2"), frozenset()),
     Event.KICK: lambda c: c.on_kick(),
-    Event.SLOW: lambda c: c.on_deliver(OTHER, "m", "x" * 5000, 10**9)[0],
+    Event.PIPELINE_FULL: pipeline_overflow,
+    Event.STALL: stall,
+    Event.CUTOFF: lambda c: c.on_cutoff(),
+    Event.EVICTED: lambda c: c.on_evicted(),
     Event.TRANSPORT_CLOSED: lambda c: c.on_transport_closed(),
     Event.FLOOD: lambda c: flood(c),
 }
@@ -115,7 +158,7 @@ FIRE: dict[Event, Callable[[Connection], list[Action]]] = {
 def flood(conn: Connection, frame: str = '{"type":"dance"}') -> list[Action]:
     """Send ``frame`` at one instant until the machine does something other than answer."""
     for _ in range(10_000):
-        actions = conn.on_frame(frame, 300.0, Link.UP)
+        actions = feed(conn, frame, now=300.0)
         if not all(isinstance(a, Write) for a in actions):
             return actions
     raise AssertionError("never closed")
@@ -129,7 +172,8 @@ def test_every_transition_in_the_table(state: State, event: Event) -> None:
     assert conn.state in TRANSITIONS[(state, event)]
 
 
-_FRAME_EVENTS = (Event.AUTH_VALID, Event.AUTH_INVALID, Event.FLOOD)  # the machine's call
+# Events decided by the machine from a frame (a frame in another state means something else).
+_FRAME_EVENTS = (Event.AUTH_VALID, Event.AUTH_INVALID, Event.FLOOD, Event.PIPELINE_FULL)
 OUTSIDE = [
     (state, event)
     for state in State
@@ -157,7 +201,7 @@ def test_challenge_carries_the_nonce_as_lowercase_hex() -> None:
 
 def test_valid_auth_emits_authed_with_the_lowercase_key() -> None:
     conn = fresh()
-    actions = conn.on_frame(auth_frame(PK.upper()), 101.0, Link.UP)
+    actions = feed(conn, auth_frame(PK.upper()))
     assert actions == [Emit(bb.Authed(7, PK))]
     assert conn.state is State.AUTHENTICATING
     assert conn.deadline == 101.0 + LIMITS.auth_wait
@@ -165,9 +209,9 @@ def test_valid_auth_emits_authed_with_the_lowercase_key() -> None:
 
 def test_valid_auth_while_coordinator_down_waits_then_sends_authed() -> None:
     conn = fresh()
-    assert conn.on_frame(auth_frame(), 101.0, Link.DOWN) == []
+    assert feed(conn, auth_frame(), link=Link.DOWN) == []
     assert conn.state is State.VERIFIED
-    assert conn.on_link_up() == [Emit(bb.Authed(7, PK))]
+    assert conn.on_link_up(FakeReplica()) == [Emit(bb.Authed(7, PK))]
     assert conn.state is State.AUTHENTICATING
 
 
@@ -216,7 +260,7 @@ AUTH_FAILURES: list[tuple[str, str | bytes, AuthFailure]] = [
 )
 def test_auth_failures_send_reason_then_close_4001(frame: str | bytes, reason: AuthFailure) -> None:
     conn = fresh()
-    actions = conn.on_frame(frame, 101.0, Link.UP)
+    actions = feed(conn, frame)
     assert actions == [Write(protocol.auth_failed(reason)), Close(CloseCode.AUTH_FAILED)]
     assert conn.state is State.CLOSING
     assert actions[1].reason == "auth_failed"  # type: ignore[union-attr]
@@ -229,21 +273,48 @@ def test_verify_auth_accepts_either_case() -> None:
 
 
 @pytest.mark.parametrize("state", [State.VERIFIED, State.AUTHENTICATING, State.ACKED])
-@pytest.mark.parametrize(
-    ("frame", "reason"),
-    [
-        (json.dumps({"type": "get_lobby"}), AuthFailure.UNEXPECTED_MESSAGE),
-        (auth_frame(), AuthFailure.UNEXPECTED_MESSAGE),
-        ("garbage", AuthFailure.MALFORMED),
-    ],
-)
-def test_frames_before_auth_ok_fail_the_auth(state: State, frame: str, reason: AuthFailure) -> None:
+def test_frames_pipelined_before_auth_ok_are_answered_in_order_after_it(state: State) -> None:
     conn = reach(state)
-    actions = conn.on_frame(frame, 102.0, Link.UP)
-    assert writes(actions) == [json.loads(protocol.auth_failed(reason))]
-    assert closes(actions) == [CloseCode.AUTH_FAILED]
-    recorded = state is not State.VERIFIED
-    assert emitted(actions) == ([bb.Closed(7, PK)] if recorded else [])
+    for frame in ('{"type":"get_lobby"}', auth_frame(), "garbage", _send(to=OTHER)):
+        assert feed(conn, frame, now=102.0) == []
+    if state is State.VERIFIED:
+        conn.on_link_up(FakeReplica())
+    if state is not State.ACKED:
+        ack(conn, "e1", 10, FakeReplica(seq=9))
+    actions = caught_up(conn, FakeReplica(seq=10, users={PK}))
+    assert actions[:3] == [*AUTH_OK, WriteSnapshot()]
+    assert writes(actions[3:5]) == [
+        json.loads(protocol.error(ErrorCode.MALFORMED, "already authenticated")),
+        json.loads(protocol.error(ErrorCode.MALFORMED, "frame is not valid JSON")),
+    ]
+    assert actions[5:] == [StartRoute(OTHER, "m1", "hi")]
+    assert conn.guard.messages.level(101.0) == LIMITS.rate.msg_burst - 4  # they count
+
+
+@pytest.mark.parametrize("state", [State.VERIFIED, State.AUTHENTICATING, State.ACKED])
+def test_pipelined_frames_are_bounded_in_count_then_1008(state: State) -> None:
+    conn = reach(state)
+    for _ in range(LIMITS.max_pipelined):
+        assert feed(conn, '{"type":"get_lobby"}') == []
+    actions = feed(conn, '{"type":"get_lobby"}')
+    assert closes(actions) == [CloseCode.POLICY_VIOLATION]
+    assert conn.trace[-1][1] is Event.PIPELINE_FULL
+
+
+def test_pipelined_frames_are_bounded_in_bytes_then_1008() -> None:
+    conn = reach(State.AUTHENTICATING)
+    big = _send(body="x" * 60_000)
+    held = LIMITS.max_pipelined_bytes // len(big)
+    for _ in range(held):
+        assert feed(conn, big) == []
+    assert closes(feed(conn, big)) == [CloseCode.POLICY_VIOLATION]
+
+
+def test_pipelined_frames_are_dropped_when_the_auth_fails() -> None:
+    conn = reach(State.AUTHENTICATING)
+    feed(conn, _send(to=OTHER))
+    assert conn.on_deadline(200.0) == [Close(CloseCode.TRY_AGAIN_LATER), Emit(bb.Closed(7, PK))]
+    assert caught_up(conn, FakeReplica(seq=10, users={PK})) == []
 
 
 def test_auth_deadline_closes_4003_without_frame() -> None:
@@ -275,52 +346,56 @@ def test_authenticated_connection_has_no_deadline() -> None:
 
 def test_auth_ok_is_held_until_the_replica_applies_the_acked_seq() -> None:
     conn = reach(State.AUTHENTICATING)
-    assert conn.on_ack("e1", 10, FakeReplica(seq=9)) == []
+    assert ack(conn, "e1", 10, FakeReplica(seq=9)) == []
     assert conn.state is State.ACKED
-    assert conn.on_replica(FakeReplica(seq=10, sync=SyncState.SYNCING)) == []
-    assert conn.on_replica(FakeReplica(epoch="e0", seq=12)) == []
-    actions = conn.on_replica(FakeReplica(seq=10))
-    assert actions == [RAISE_LIMIT, Write(protocol.auth_ok(PK)), WriteSnapshot()]
+    assert caught_up(conn, FakeReplica(seq=10, sync=SyncState.SYNCING)) == []
+    assert caught_up(conn, FakeReplica(epoch="e0", seq=12)) == []
+    assert caught_up(conn, FakeReplica(seq=10)) == AUTH_OK
     assert conn.state is State.AUTHENTICATED
 
 
 def test_ack_for_a_seq_already_applied_releases_at_once() -> None:
     conn = reach(State.AUTHENTICATING)
-    actions = conn.on_ack("e1", 10, FakeReplica(seq=11))
-    assert actions == [RAISE_LIMIT, Write(protocol.auth_ok(PK)), WriteSnapshot()]
+    assert ack(conn, "e1", 10, FakeReplica(seq=11)) == AUTH_OK
 
 
-def test_duplicate_or_late_ack_is_ignored() -> None:
+def test_a_second_ack_replaces_the_stamp_it_is_announced_with() -> None:
+    """A coordinator that moved to a new epoch re-acknowledges its sessions; a lost ack
+    is sent again. Either way the session keeps going, with the newest stamp."""
     conn = reach(State.AUTHENTICATED)
-    assert conn.on_ack("e1", 99, FakeReplica()) == []
+    assert ack(conn, "e2", 99, FakeReplica()) == []
+    assert conn.state is State.AUTHENTICATED and conn.claim() == (7, PK, "e2", 99, True)
+    waiting = reach(State.ACKED)
+    assert ack(waiting, "e3", 4, FakeReplica(seq=3)) == []  # now waits for e3 seq 4
+    assert caught_up(waiting, FakeReplica(seq=10)) == []
+    assert caught_up(waiting, FakeReplica(epoch="e3", seq=4)) == AUTH_OK
     closed = reach(State.CLOSING)
-    assert closed.on_ack("e1", 1, FakeReplica()) == []
+    assert ack(closed, "e1", 1, FakeReplica()) == []
 
 
 def test_resync_after_restart_releases_an_announced_ack_once_our_key_is_back() -> None:
     conn = reach(State.ACKED)
     new = FakeReplica(epoch="e2", seq=0, users=set())
-    assert conn.on_resync(new, frozenset({7})) == []
+    assert resync(conn, new, frozenset({7})) == []
     assert conn.state is State.ACKED
-    actions = conn.on_replica(FakeReplica(epoch="e2", seq=1, users={PK}))
-    assert actions == [RAISE_LIMIT, Write(protocol.auth_ok(PK)), WriteSnapshot()]
+    assert caught_up(conn, FakeReplica(epoch="e2", seq=1, users={PK})) == AUTH_OK
 
 
 def test_resync_after_restart_gives_up_on_an_unannounced_ack() -> None:
     conn = reach(State.ACKED)
-    actions = conn.on_resync(FakeReplica(epoch="e2"), frozenset())
+    actions = resync(conn, FakeReplica(epoch="e2"), frozenset())
     assert actions == [Close(CloseCode.TRY_AGAIN_LATER), Emit(bb.Closed(7, PK))]
 
 
 def test_resync_in_the_same_epoch_keeps_the_ack_target() -> None:
     conn = reach(State.ACKED)
-    assert conn.on_resync(FakeReplica(seq=9, users={PK}), frozenset()) == []
-    assert conn.on_resync(FakeReplica(seq=10), frozenset())[1] == Write(protocol.auth_ok(PK))
+    assert resync(conn, FakeReplica(seq=9, users={PK}), frozenset()) == []
+    assert resync(conn, FakeReplica(seq=10), frozenset())[0] == Write(protocol.auth_ok(PK))
 
 
 def test_resync_makes_clients_stale_until_their_key_is_in_the_replica() -> None:
     conn = reach(State.AUTHENTICATED)
-    assert conn.on_resync(FakeReplica(epoch="e2", users=set()), frozenset()) == []
+    assert resync(conn, FakeReplica(epoch="e2", users=set()), frozenset()) == []
     assert conn.flow is Flow.STALE
     assert conn.on_sweep(0, FakeReplica(epoch="e2", users=set())) == []
     assert conn.on_update(0, FakeReplica(epoch="e2", seq=1, users={OTHER})) is Fanout.SKIP
@@ -356,12 +431,18 @@ def test_transport_closed_reports_closed_exactly_once(state: State) -> None:
     assert conn.on_kick() == []
 
 
-def test_session_is_announced_only_once_recorded() -> None:
-    assert reach(State.AUTHENTICATING).session() is None
+def test_every_session_that_sent_authed_is_claimed() -> None:
+    assert reach(State.CHALLENGED).claim() is None
+    assert reach(State.VERIFIED).claim() is None  # Authed not sent: the coordinator can't know
+    # Waiting for its ack: with the replica's (epoch, seq) when Authed was sent.
+    assert reach(State.AUTHENTICATING).claim() == (7, PK, "e1", 0, False)
     # With the stamp of its ack ("e1", 10), so a coordinator can order sessions.
-    assert reach(State.ACKED).session() == (7, PK, "e1", 10)
-    assert reach(State.AUTHENTICATED).session() == (7, PK, "e1", 10)
-    assert reach(State.CLOSING).session() is None
+    assert reach(State.ACKED).claim() == (7, PK, "e1", 10, True)
+    assert reach(State.AUTHENTICATED).claim() == (7, PK, "e1", 10, True)
+    assert reach(State.CLOSING).claim() is None
+    later = reach(State.VERIFIED)
+    later.on_link_up(FakeReplica(epoch="e5", seq=42))
+    assert later.claim() == (7, PK, "e5", 42, False)
 
 
 # --------------------------------------------------------------------------- direct messages
@@ -371,30 +452,34 @@ def test_deliver_to_authenticated_writes_the_message() -> None:
     conn = reach(State.AUTHENTICATED)
     actions, status = conn.on_deliver(OTHER, "m1", "hi", buffered=0)
     assert actions == [Write(protocol.message(OTHER, "m1", "hi"))]
-    assert status is SendStatus.DELIVERED
+    assert status is Delivery.DELIVERED
 
 
-def test_deliver_to_slow_consumer_closes_4005() -> None:
+def test_a_message_over_the_recipients_bound_is_refused_and_the_recipient_stays() -> None:
     conn = reach(State.AUTHENTICATED)
-    actions, status = conn.on_deliver(OTHER, "m1", "hi", buffered=LIMITS.max_queue_bytes + 1)
-    assert actions == [Close(CloseCode.SLOW_CONSUMER), Emit(bb.Closed(7, PK))]
-    assert status is SendStatus.OFFLINE
+    frame = protocol.message(OTHER, "m1", "hi")
+    fits = LIMITS.max_queue_bytes - len(frame)
+    assert conn.on_deliver(OTHER, "m1", "hi", buffered=fits) == (
+        [Write(frame)],
+        Delivery.DELIVERED,
+    )
+    assert conn.on_deliver(OTHER, "m1", "hi", buffered=fits + 1) == ([], Delivery.FULL)
+    assert conn.state is State.AUTHENTICATED
+    assert Delivery.FULL.value == "rate_limited"  # what the sender is told
 
 
 @pytest.mark.parametrize("state", [State.CHALLENGED, State.VERIFIED, State.AUTHENTICATING])
 def test_deliver_before_ack_is_offline(state: State) -> None:
-    assert reach(state).on_deliver(OTHER, "m", "b", 0) == ([], SendStatus.OFFLINE)
+    assert reach(state).on_deliver(OTHER, "m", "b", 0) == ([], Delivery.OFFLINE)
 
 
 def test_held_messages_follow_auth_ok_and_snapshot() -> None:
     conn = reach(State.ACKED)
-    assert conn.on_deliver(OTHER, "m1", "one", 0) == ([], SendStatus.DELIVERED)
-    assert conn.on_deliver(OTHER, "m2", "two", 0) == ([], SendStatus.DELIVERED)
-    actions = conn.on_replica(FakeReplica(seq=10))
+    assert conn.on_deliver(OTHER, "m1", "one", 0) == ([], Delivery.DELIVERED)
+    assert conn.on_deliver(OTHER, "m2", "two", 0) == ([], Delivery.DELIVERED)
+    actions = caught_up(conn, FakeReplica(seq=10))
     assert actions == [
-        RAISE_LIMIT,
-        Write(protocol.auth_ok(PK)),
-        WriteSnapshot(),
+        *AUTH_OK,
         Write(protocol.message(OTHER, "m1", "one")),
         Write(protocol.message(OTHER, "m2", "two")),
     ]
@@ -402,18 +487,17 @@ def test_held_messages_follow_auth_ok_and_snapshot() -> None:
 
 def test_held_messages_are_bounded_in_bytes() -> None:
     conn = reach(State.ACKED)
-    assert conn.on_deliver(OTHER, "m1", "x" * 3000, 0)[1] is SendStatus.DELIVERED
-    actions, status = conn.on_deliver(OTHER, "m2", "x" * 1000, 0)
-    assert status is SendStatus.OFFLINE
-    assert actions == [Close(CloseCode.SLOW_CONSUMER), Emit(bb.Closed(7, PK))]
+    assert conn.on_deliver(OTHER, "m1", "x" * 3000, 0)[1] is Delivery.DELIVERED
+    assert conn.on_deliver(OTHER, "m2", "x" * 1000, 0) == ([], Delivery.FULL)
+    assert conn.state is State.ACKED
 
 
 def test_held_messages_are_bounded_in_count() -> None:
     conn = reach(State.ACKED, Limits(max_queue_bytes=10**9))
     for i in range(MAX_HELD_FRAMES):
-        assert conn.on_deliver(OTHER, str(i), "", 0)[1] is SendStatus.DELIVERED
-    assert conn.on_deliver(OTHER, "last", "", 0)[1] is SendStatus.OFFLINE
-    assert conn.state is State.CLOSING
+        assert conn.on_deliver(OTHER, str(i), "", 0)[1] is Delivery.DELIVERED
+    assert conn.on_deliver(OTHER, "last", "", 0)[1] is Delivery.FULL
+    assert conn.state is State.ACKED
 
 
 # --------------------------------------------------------------------------- after auth
@@ -446,7 +530,7 @@ def test_bad_frames_after_auth_get_error_and_keep_the_connection(
     frame: str | bytes, code: str
 ) -> None:
     conn = reach(State.AUTHENTICATED)
-    actions = conn.on_frame(frame, 200.0, Link.UP)
+    actions = feed(conn, frame, now=200.0)
     assert _error(code)(actions)
     assert writes(actions)[0]["type"] == "error"
     assert isinstance(writes(actions)[0]["message"], str)
@@ -456,8 +540,17 @@ def test_bad_frames_after_auth_get_error_and_keep_the_connection(
 def test_get_lobby_writes_the_snapshot_and_resumes_updates() -> None:
     conn = reach(State.AUTHENTICATED)
     conn.flow = Flow.LAGGING
-    assert conn.on_frame('{"type":"get_lobby"}', 200.0, Link.UP) == [WriteSnapshot()]
+    assert feed(conn, '{"type":"get_lobby"}', now=200.0) == [WriteSnapshot()]
     assert conn.flow is Flow.CURRENT
+
+
+def test_get_lobby_past_the_lag_bound_waits_for_the_backlog_to_drain() -> None:
+    """A snapshot per get_lobby to a client that does not read would pile up without
+    bound: past lag_bytes it is lagging instead, and gets one fresh snapshot later."""
+    conn = reach(State.AUTHENTICATED)
+    lagging = feed(conn, '{"type":"get_lobby"}', now=200.0, buffered=LIMITS.lag_bytes + 1)
+    assert lagging == [] and conn.flow is Flow.LAGGING
+    assert conn.on_sweep(LIMITS.lag_bytes // 4, FakeReplica(users={PK})) == [WriteSnapshot()]
 
 
 @pytest.mark.parametrize(
@@ -472,14 +565,14 @@ def test_get_lobby_writes_the_snapshot_and_resumes_updates() -> None:
 )
 def test_send_rejections(frame: str, link: Link, expected: RejectReason) -> None:
     conn = reach(State.AUTHENTICATED)
-    actions = conn.on_frame(frame, 200.0, link)
+    actions = feed(conn, frame, now=200.0, link=link)
     assert actions == [Write(protocol.send_result("m1", SendStatus.REJECTED, expected))]
 
 
 def test_send_routes_to_the_lowercase_key_at_the_body_limit() -> None:
     conn = reach(State.AUTHENTICATED)
     body = "x" * protocol.MAX_BODY_BYTES
-    actions = conn.on_frame(_send(to=OTHER.upper(), body=body), 200.0, Link.UP)
+    actions = feed(conn, _send(to=OTHER.upper(), body=body), now=200.0)
     assert actions == [StartRoute(OTHER, "m1", body)]
 
 
@@ -542,15 +635,17 @@ frames = st.one_of(
 @given(state=st.sampled_from(list(State)), frame=frames, link=st.sampled_from(list(Link)))
 def test_no_frame_raises_in_any_state(state: State, frame: str | bytes, link: Link) -> None:
     conn = reach(state)
-    actions = conn.on_frame(frame, 150.0, link)
+    actions = feed(conn, frame, now=150.0, link=link)
     for action in actions:
         if isinstance(action, Write):
             decoded = json.loads(action.frame)
             assert decoded["type"] in {"auth_failed", "error", "send_result"}
             action.frame.encode("utf-8")  # always writable as a text frame
+        elif isinstance(action, Close):
+            assert action.code in (CloseCode.AUTH_FAILED, CloseCode.POLICY_VIOLATION)
         elif isinstance(action, StartRoute):
             assert protocol.is_hex_key(action.to) and action.to == action.to.lower()
-            bb.encode(bb.Route(1, PK, action.to, action.msg_id, action.body))
+            bb.encode(bb.Route(1, PK, action.to, action.msg_id, action.body, 0.0))
     if state is not State.AUTHENTICATED and state is not State.CLOSING:
         assert conn.state is not State.AUTHENTICATED
 
@@ -564,42 +659,37 @@ SLOW_RATE = Limits(
 )
 
 
-def test_greeting_sets_the_pre_auth_frame_limit_before_the_challenge() -> None:
+def test_greeting_sets_both_frame_limits_before_the_challenge() -> None:
     conn = fresh(Limits(pre_auth_frame_bytes=512, max_frame_bytes=9000))
-    assert conn.greeting() == [FrameLimit(512), Write(conn.challenge())]
-
-
-def test_auth_ok_raises_the_frame_limit_first() -> None:
-    conn = reach(State.ACKED, Limits(pre_auth_frame_bytes=512, max_frame_bytes=9000))
-    assert conn.on_replica(FakeReplica(seq=10))[0] == FrameLimit(9000)
+    assert conn.greeting() == [FrameLimits(512, 9000), Write(conn.challenge())]
 
 
 def test_frames_over_the_rate_are_answered_then_a_flood_closes_1008() -> None:
     conn = reach(State.AUTHENTICATED, SLOW_RATE)
     now = 500.0
-    assert conn.on_frame(_send(), now, Link.UP) == [StartRoute(PK, "m1", "hi")]
-    assert conn.on_frame('{"type":"get_lobby"}', now, Link.UP) == [WriteSnapshot()]
+    assert feed(conn, _send(), now) == [StartRoute(PK, "m1", "hi")]
+    assert feed(conn, '{"type":"get_lobby"}', now) == [WriteSnapshot()]
     # Over the burst: a send gets its one send_result, anything else an error.
-    assert conn.on_frame(_send(), now, Link.UP) == [
+    assert feed(conn, _send(), now) == [
         Write(protocol.send_result("m1", SendStatus.REJECTED, RejectReason.RATE_LIMITED))
     ]
     limited = Write(protocol.error(ErrorCode.RATE_LIMITED, "too many messages; slow down"))
-    assert conn.on_frame('{"type":"get_lobby"}', now, Link.UP) == [limited]
+    assert feed(conn, '{"type":"get_lobby"}', now) == [limited]
     bad_id = '{"type":"send","to":"' + PK + '","id":"\\ud800","body":"x"}'
-    assert conn.on_frame(bad_id, now, Link.UP) == [limited]  # no id to answer with
+    assert feed(conn, bad_id, now) == [limited]  # no id to answer with
     assert conn.state is State.AUTHENTICATED
     # The fourth rejection within the window is a flood.
-    actions = conn.on_frame(b"\x00", now, Link.UP)
+    actions = feed(conn, b"\x00", now)
     assert actions == [Close(CloseCode.POLICY_VIOLATION), Emit(bb.Closed(7, PK))]
     assert conn.trace[-1] == (State.AUTHENTICATED, Event.FLOOD, State.CLOSING)
-    assert conn.on_frame(_send(), now + 100, Link.UP) == []
+    assert feed(conn, _send(), now + 100) == []
 
 
 def test_a_client_that_slows_down_when_told_is_never_closed() -> None:
     conn = reach(State.AUTHENTICATED, SLOW_RATE)
     now = 500.0
     for _ in range(1000):
-        actions = conn.on_frame('{"type":"get_lobby"}', now, Link.UP)
+        actions = feed(conn, '{"type":"get_lobby"}', now)
         if actions != [WriteSnapshot()]:
             assert writes(actions)[0]["code"] == "rate_limited"
             now += 1.0  # told: waits for one token
@@ -610,36 +700,33 @@ def test_rate_limit_applies_only_after_auth_ok() -> None:
     conn = reach(State.CHALLENGED, SLOW_RATE)
     for _ in range(5):
         assert conn.guard.messages.level(500.0) == 2.0  # untouched before auth
-    assert closes(conn.on_frame("nope", 500.0, Link.UP)) == [CloseCode.AUTH_FAILED]
+    assert closes(feed(conn, "nope", 500.0)) == [CloseCode.AUTH_FAILED]
 
 
-def test_send_result_is_written_or_closes_a_slow_consumer() -> None:
+def test_send_result_is_always_written_after_auth_ok() -> None:
     conn = reach(State.AUTHENTICATED)
-    assert conn.on_result("m1", SendStatus.DELIVERED, None, LIMITS.max_queue_bytes) == [
+    assert conn.on_result("m1", SendStatus.DELIVERED, None) == [
         Write(protocol.send_result("m1", SendStatus.DELIVERED))
     ]
-    actions = conn.on_result("m2", SendStatus.OFFLINE, None, LIMITS.max_queue_bytes + 1)
-    assert actions == [Close(CloseCode.SLOW_CONSUMER), Emit(bb.Closed(7, PK))]
-    assert conn.trace[-1] == (State.AUTHENTICATED, Event.SLOW, State.CLOSING)
-    assert conn.on_result("m3", SendStatus.DELIVERED, None, 0) == []
 
 
 @pytest.mark.parametrize("state", [s for s in State if s is not State.AUTHENTICATED])
 def test_send_result_before_auth_ok_or_after_close_is_dropped(state: State) -> None:
-    assert reach(state).on_result("m", SendStatus.DELIVERED, None, 0) == []
+    assert reach(state).on_result("m", SendStatus.DELIVERED, None) == []
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     backlogs=st.lists(
-        st.tuples(st.sampled_from(["update", "sweep", "deliver", "result"]), st.integers(0, 9000)),
+        st.tuples(st.sampled_from(["update", "sweep", "deliver"]), st.integers(0, 9000)),
         max_size=60,
     )
 )
 def test_backlog_never_grows_past_its_bounds(backlogs: list[tuple[str, int]]) -> None:
-    """Whatever the backlog does, a frame is only written below the bound that applies
-    to it: lobby traffic below lag_bytes (or a quarter of it to resume), direct messages
-    and results below max_queue_bytes; past that the client is closed, never queued."""
+    """Whatever the backlog does, a frame is only written within the bound that applies
+    to it: lobby traffic below lag_bytes (or a quarter of it to resume), a direct message
+    only if it fits below max_queue_bytes; past that it is refused, and the recipient
+    is never closed for it."""
     conn = reach(State.AUTHENTICATED)
     replica = FakeReplica(seq=11, users={PK})
     for kind, buffered in backlogs:
@@ -653,12 +740,63 @@ def test_backlog_never_grows_past_its_bounds(backlogs: list[tuple[str, int]]) ->
             if conn.on_sweep(buffered, replica):
                 assert buffered <= LIMITS.lag_bytes // 4
         else:
-            if kind == "deliver":
-                actions, _ = conn.on_deliver(OTHER, "m", "x", buffered)
+            actions, delivery = conn.on_deliver(OTHER, "m", "x", buffered)
+            frame = protocol.message(OTHER, "m", "x")
+            if delivery is Delivery.DELIVERED:
+                assert buffered + len(frame) <= LIMITS.max_queue_bytes and writes(actions)
             else:
-                actions = conn.on_result("m", SendStatus.DELIVERED, None, buffered)
-            if writes(actions):
-                assert buffered <= LIMITS.max_queue_bytes
-            elif conn.state is State.CLOSING:
-                assert closes(actions) == [CloseCode.SLOW_CONSUMER]
-                return
+                assert delivery is Delivery.FULL and actions == []
+        assert conn.state is State.AUTHENTICATED
+
+
+# --------------------------------------------------------------------------- stalls, cut-off
+
+
+def test_a_backlog_without_reading_progress_for_the_stall_timeout_closes_4005() -> None:
+    conn = reach(State.AUTHENTICATED)
+    t = LIMITS.stall_timeout
+    assert conn.on_progress(1000, 50_000, 0.0) == []
+    assert conn.on_progress(1000, 60_000, t - 0.1) == []  # more queued, nothing acked
+    assert conn.on_progress(1000, 60_000, t) == [
+        Close(CloseCode.SLOW_CONSUMER),
+        Emit(bb.Closed(7, PK)),
+    ]
+    assert conn.trace[-1] == (State.AUTHENTICATED, Event.STALL, State.CLOSING)
+
+
+def test_any_reading_progress_restarts_the_stall_clock() -> None:
+    """A phone in a tunnel for a few seconds, or a slow link that keeps reading, is
+    never closed: every acknowledged byte, and an empty backlog, count as progress."""
+    conn = reach(State.AUTHENTICATED)
+    t = LIMITS.stall_timeout
+    now = 0.0
+    acked = 0
+    for _ in range(20):
+        assert conn.on_progress(acked, 4_000_000, now) == []
+        now += t * 0.9
+        acked += 1
+    assert conn.on_progress(acked, 0, now + t * 2) == []  # drained: nothing pending
+    assert conn.state is State.AUTHENTICATED
+
+
+def test_without_tcp_info_a_shrinking_backlog_is_progress() -> None:
+    conn = reach(State.AUTHENTICATED)
+    t = LIMITS.stall_timeout
+    assert conn.on_progress(None, 9000, 0.0) == []
+    assert conn.on_progress(None, 8000, t - 1) == []  # shrank: progress
+    assert conn.on_progress(None, 8500, 2 * t - 2) == []
+    assert closes(conn.on_progress(None, 8500, 2 * t - 1)) == [CloseCode.SLOW_CONSUMER]
+
+
+@pytest.mark.parametrize("state", [s for s in State if s is not State.CLOSING])
+def test_a_cut_off_worker_closes_every_client_1013(state: State) -> None:
+    conn = reach(state)
+    actions = conn.on_cutoff()
+    assert closes(actions) == [CloseCode.TRY_AGAIN_LATER]
+    recorded = state in (State.AUTHENTICATING, State.ACKED, State.AUTHENTICATED)
+    assert emitted(actions) == ([bb.Closed(7, PK)] if recorded else [])
+
+
+def test_eviction_applies_to_the_challenge_phase_only() -> None:
+    assert reach(State.CHALLENGED).on_evicted() == [Close(CloseCode.TRY_AGAIN_LATER)]
+    assert reach(State.AUTHENTICATING).on_evicted() == []

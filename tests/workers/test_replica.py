@@ -99,22 +99,22 @@ def test_gap_inside_the_buffer_asks_again() -> None:
 
 def test_a_late_older_snapshot_does_not_rewind() -> None:
     r = live(seq=5)
-    r.on_beat(bb.Beat("e1", 7))
+    r.on_beat(bb.Beat("e1", 7, 0.0))
     assert r.on_snapshot(bb.Snapshot("e1", 4, [])) == []
     assert r.on_snapshot(bb.Snapshot("e1", 7, [B])) == [Resynced("e1")]
 
 
 def test_beat_ahead_means_lost_updates() -> None:
     r = live()
-    assert r.on_beat(bb.Beat("e1", 5)) == []
-    assert r.on_beat(bb.Beat("e1", 3)) == []
-    assert r.on_beat(bb.Beat("e1", 6)) == [RequestSnapshot()]
+    assert r.on_beat(bb.Beat("e1", 5, 0.0)) == []
+    assert r.on_beat(bb.Beat("e1", 3, 0.0)) == []
+    assert r.on_beat(bb.Beat("e1", 6, 0.0)) == [RequestSnapshot()]
 
 
 def test_new_epoch_anywhere_means_announce_again() -> None:
     for poke in (
         lambda r: r.on_update(upd(1, epoch="e2")),
-        lambda r: r.on_beat(bb.Beat("e2", 0)),
+        lambda r: r.on_beat(bb.Beat("e2", 0, 0.0)),
         lambda r: r.on_snapshot(bb.Snapshot("e2", 0, [])),
         lambda r: r.observe_epoch("e2"),
     ):
@@ -127,10 +127,10 @@ def test_old_epoch_leftovers_while_syncing_to_a_new_one_are_ignored() -> None:
     r = live()
     r.observe_epoch("e2")
     r.on_welcome(bb.Welcome("e2"))
-    assert r.on_beat(bb.Beat("e1", 9)) == []
+    assert r.on_beat(bb.Beat("e1", 9, 0.0)) == []
     assert r.on_update(upd(6, epoch="e1")) == []
     assert r.on_snapshot(bb.Snapshot("e1", 9, [])) == []
-    assert r.on_beat(bb.Beat("e3", 0)) == [Announce()]
+    assert r.on_beat(bb.Beat("e3", 0, 0.0)) == [Announce()]
 
 
 def test_snapshot_of_the_new_epoch_completes_the_restart() -> None:
@@ -357,7 +357,7 @@ def test_replica_follows_the_coordinator_or_knows_it_does_not(
         if kind == "publish":
             coord.publish(key, lost=flag)
         elif kind == "beat" and not flag:
-            coord.pub.append(bb.Beat(coord.tag, coord.seq))
+            coord.pub.append(bb.Beat(coord.tag, coord.seq, 0.0))
         elif kind == "serve" and coord.up:
             coord.serve_one()
         elif kind == "down" and coord.down:
@@ -375,7 +375,7 @@ def test_replica_follows_the_coordinator_or_knows_it_does_not(
     # Quiesce: periodic Beats, everything delivered, and the retries a stuck worker makes.
     # The replica must end live on the coordinator's latest state.
     for _ in range(3):
-        coord.pub.append(bb.Beat(coord.tag, coord.seq))
+        coord.pub.append(bb.Beat(coord.tag, coord.seq, 0.0))
         while coord.pub or coord.up or coord.down:
             if coord.pub:
                 run_effects(deliver(coord.pub.pop(0), replica), coord, replica, client)

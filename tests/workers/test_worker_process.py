@@ -14,7 +14,8 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +29,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shared import backbone as bb
 from shared import protocol
-from tests.procs import ROOT, ManagedProcess, free_port
+from tests.support import ROOT, ManagedProcess, free_port, health, http, run, until
+
+pytestmark = pytest.mark.process
 
 M = TypeVar("M")
 WORKER = "w1"
@@ -56,6 +59,8 @@ class FakeCoordinator:
 
     router: zmq.asyncio.Socket
     pub: zmq.asyncio.Socket
+    peer: zmq.asyncio.Socket
+    """A PULL socket playing another worker's results endpoint (:data:`PEER`)."""
     epoch: str = "e1"
     seq: int = 10
     users: set[str] = field(default_factory=set)
@@ -64,6 +69,12 @@ class FakeCoordinator:
     up: list[bb.Message] = field(default_factory=list)
     taken: set[int] = field(default_factory=set)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def serve_peer(self) -> None:
+        """Record what the worker reports to another worker's results endpoint."""
+        while True:
+            self.up.append(bb.decode(await self.peer.recv()))
+            self.arrived.set()
 
     async def serve(self) -> None:
         while True:
@@ -82,7 +93,7 @@ class FakeCoordinator:
     async def beat(self) -> None:
         while True:
             if self.beating:
-                self.publish(bb.Beat(self.epoch, self.seq))
+                self.publish(bb.Beat(self.epoch, self.seq, time.time()))
             await asyncio.sleep(BEAT_EVERY)  # a clock, not synchronisation
 
     def send(self, msg: bb.Message) -> None:
@@ -122,16 +133,11 @@ class Harness:
     coord: FakeCoordinator
     proc: ManagedProcess
     port: int
+    ipc_dir: Path
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
-
-    async def wait_log(self, needle: str, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not self.proc.count(needle):
-                assert self.proc.proc.poll() is None, f"worker exited:\n{self.proc.output()}"
-                await asyncio.sleep(0.01)  # polling the log with a deadline
 
     async def login(self, sk: SigningKey) -> Session:
         """Connect, authenticate, ack and publish the join: a ready session."""
@@ -207,12 +213,13 @@ def new_key() -> SigningKey:
 @contextlib.asynccontextmanager
 async def worker(ipc_dir: Path, *args: str) -> AsyncIterator[Harness]:
     ctx = zmq.asyncio.Context()
-    router, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.XPUB)
-    for sock in (router, pub):
+    router, pub, peer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.XPUB), ctx.socket(zmq.PULL)
+    for sock in (router, pub, peer):
         sock.setsockopt(zmq.LINGER, 0)
     router.bind(f"ipc://{ipc_dir}/events")
     pub.bind(f"ipc://{ipc_dir}/updates")
-    coord = FakeCoordinator(router, pub)
+    peer.bind(f"ipc://{ipc_dir}/{PEER}")
+    coord = FakeCoordinator(router, pub, peer)
     port = free_port()
     proc = ManagedProcess(
         "workers",
@@ -228,11 +235,12 @@ async def worker(ipc_dir: Path, *args: str) -> AsyncIterator[Harness]:
     try:
         async with asyncio.timeout(10):
             assert await pub.recv() == b"\x01"  # the worker subscribed to everything
-        tasks = [asyncio.create_task(coord.serve()), asyncio.create_task(coord.beat())]
-        harness = Harness(coord, proc, port)
-        await harness.wait_log(f"worker {WORKER} ready at ws://127.0.0.1:{port}/ws")
+        tasks = [asyncio.create_task(t) for t in (coord.serve(), coord.beat(), coord.serve_peer())]
+        harness = Harness(coord, proc, port, ipc_dir)
+        status = await asyncio.to_thread(proc.wait_ready, 10.0)
+        assert status == f"worker {WORKER} ready at ws://127.0.0.1:{port}/ws"
         hello = await coord.expect(bb.Hello)
-        assert hello == bb.Hello(WORKER, [])
+        assert hello == bb.Hello(WORKER, "", f"ipc://{ipc_dir}/results-{WORKER}", "", [])
         await coord.expect(bb.SnapshotRequest)
         yield harness
     finally:
@@ -241,15 +249,9 @@ async def worker(ipc_dir: Path, *args: str) -> AsyncIterator[Harness]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        router.close()
-        pub.close()
-        ctx.term()
+        ctx.destroy(linger=0)
         proc.assert_no_traceback()
         assert code == 0, proc.output()
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(coro)
 
 
 # --------------------------------------------------------------------------- authentication
@@ -271,16 +273,15 @@ def test_auth_ok_is_held_until_the_acked_update_is_published(ipc_dir: Path) -> N
 
             c.send(bb.AuthAck(authed.conn, c.epoch, c.seq + 1))
             # A Deliver behind the ack: once its result is back the ack was handled too.
-            c.send(bb.Deliver("w9", 77, authed.conn, "e" * 64, "m1", "early"))
-            result = await c.expect(bb.RouteResult)
-            assert result == bb.RouteResult("w9", 77, "delivered")
+            c.send(deliver(h, 77, authed.conn, "early"))
+            assert await c.expect(bb.RouteDone) == bb.RouteDone(77, "delivered")
             await s.quiet()  # acked, but the replica has not seen the join: no auth_ok
 
             seq = c.update(joined=[s.key])
             assert await s.recv() == {"type": "auth_ok", "publicKey": s.key}
             snap = await s.recv()
             assert snap == json.loads(protocol.lobby_snapshot(seq, sorted(c.users)))
-            assert await s.recv() == json.loads(protocol.message("e" * 64, "m1", "early"))
+            assert await s.recv() == json.loads(protocol.message("d" * 64, "m77", "early"))
 
     run(scenario())
 
@@ -393,10 +394,10 @@ def test_unreachable_coordinator_health_auth_and_send(ipc_dir: Path) -> None:
     async def scenario() -> None:
         async with worker(ipc_dir, "--auth-wait", "5") as h:
             c = h.coord
-            assert await http_status(h.port, "/healthz") == 200
+            assert (await http(h.port))[0] == 200
             s = await h.login(new_key())
             c.answering = c.beating = False
-            await until(lambda: http_status(h.port, "/healthz"), 503)
+            await until(lambda: answers(h.port, 503), "/healthz to answer 503", 5)
 
             await s.send({"type": "send", "to": "a" * 64, "id": "x1", "body": "hi"})
             assert await s.recv() == {
@@ -413,10 +414,10 @@ def test_unreachable_coordinator_health_auth_and_send(ipc_dir: Path) -> None:
 
             c.answering = c.beating = True  # back: the worker re-announces its sessions
             hello = await c.expect(bb.Hello)
-            assert [session[:2] for session in hello.sessions] == [(s.conn, s.key)]
+            assert [claim[:2] for claim in hello.sessions] == [(s.conn, s.key)]
             authed = await c.expect(bb.Authed)
             assert authed.key == w.key
-            await until(lambda: http_status(h.port, "/healthz"), 200)
+            await until(lambda: answers(h.port, 200), "/healthz to answer 200", 5)
 
     run(scenario())
 
@@ -482,7 +483,8 @@ def test_new_epoch_reannounces_sessions_and_sends_fresh_snapshot(ipc_dir: Path) 
             c.epoch, c.seq, c.users = "e2", 3, {a.key, "9" * 64}  # restarted, rebuilt
             hello = await c.expect(bb.Hello)
             # Each session carries the stamp of its ack, from the first coordinator.
-            assert hello == bb.Hello(WORKER, [(a.conn, a.key, a.ack_epoch, a.ack_seq)])
+            assert hello.sessions == [(a.conn, a.key, a.ack_epoch, a.ack_seq, True)]
+            assert hello.epoch == "e1"  # what its replica followed: a new one goes above
             snap = await a.recv()
             assert snap == json.loads(protocol.lobby_snapshot(3, sorted(c.users)))
             seq = c.update(left=["9" * 64])
@@ -498,7 +500,7 @@ def test_reannounce_makes_the_worker_register_its_sessions_again(ipc_dir: Path) 
             a = await h.login(new_key())
             c.send(bb.Reannounce())  # the coordinator gave us up for dead, or restarted
             hello = await c.expect(bb.Hello)
-            assert hello == bb.Hello(WORKER, [(a.conn, a.key, a.ack_epoch, a.ack_seq)])
+            assert hello.sessions == [(a.conn, a.key, a.ack_epoch, a.ack_seq, True)]
             await c.expect(bb.SnapshotRequest)
 
     run(scenario())
@@ -517,6 +519,7 @@ def test_send_is_routed_and_answered_once(ipc_dir: Path) -> None:
                 [
                     ("delivered", {"status": "delivered"}),
                     ("offline", {"status": "offline"}),
+                    ("rate_limited", {"status": "rejected", "reason": "rate_limited"}),
                     ("unavailable", {"status": "rejected", "reason": "unavailable"}),
                 ]
             ):
@@ -528,6 +531,8 @@ def test_send_is_routed_and_answered_once(ipc_dir: Path) -> None:
                     f"m{n}",
                     "secret",
                 )
+                # Dropped wherever it is a second before the sender's 5 s deadline.
+                assert 3.5 < route.deadline - time.time() <= 4.0
                 c.send(bb.RouteDone(route.route, status))
                 c.send(bb.RouteDone(route.route, status))  # a duplicate changes nothing
                 assert await a.recv() == {"type": "send_result", "id": f"m{n}", **expected}
@@ -563,16 +568,52 @@ def test_deliver_writes_message_or_reports_offline(ipc_dir: Path) -> None:
         async with worker(ipc_dir) as h:
             c = h.coord
             a = await h.login(new_key())
-            c.send(bb.Deliver("w2", 5, a.conn, "d" * 64, "id5", "ciphertext"))
+            c.send(deliver(h, 5, a.conn, "ciphertext"))
             assert await a.recv() == {
                 "type": "message",
                 "from": "d" * 64,
-                "id": "id5",
+                "id": "m5",
                 "body": "ciphertext",
             }
-            assert await c.expect(bb.RouteResult) == bb.RouteResult("w2", 5, "delivered")
-            c.send(bb.Deliver("w2", 6, 999_999, "d" * 64, "id6", "x"))
-            assert await c.expect(bb.RouteResult) == bb.RouteResult("w2", 6, "offline")
+            # The answer goes to the origin worker's results endpoint, not back up.
+            assert await c.expect(bb.RouteDone) == bb.RouteDone(5, "delivered")
+            c.send(deliver(h, 6, 999_999, "x"))
+            assert await c.expect(bb.RouteDone) == bb.RouteDone(6, "offline")
+            # Past its deadline (the coordinator stalled): dropped, never written.
+            c.send(deliver(h, 7, a.conn, "late", deadline=time.time() - 0.01))
+            await a.quiet()
+            # From this worker to itself: answered without a socket.
+            await a.send({"type": "send", "to": a.key, "id": "self", "body": "me"})
+            route = await c.expect(bb.Route)
+            mine = bb.Deliver(
+                WORKER, "", "", route.route, a.conn, a.key, "self", "me", route.deadline
+            )
+            c.send(mine)
+            assert await a.recv() == {"type": "message", "from": a.key, "id": "self", "body": "me"}
+            assert await a.recv() == {"type": "send_result", "id": "self", "status": "delivered"}
+            assert not c.seen(bb.RouteDone)
+
+    run(scenario())
+
+
+def test_a_result_is_believed_only_for_a_route_in_flight(ipc_dir: Path) -> None:
+    """Results come from other workers: one for an unknown route id changes nothing."""
+
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            a = await h.login(new_key())
+            results = h.coord.peer.context.socket(zmq.PUSH)
+            results.setsockopt(zmq.LINGER, 0)
+            results.connect(f"ipc://{ipc_dir}/results-{WORKER}")
+            await a.send({"type": "send", "to": "b" * 64, "id": "r", "body": ""})
+            route = await h.coord.expect(bb.Route)
+            for guess in (route.route + 1, route.route - 1, 1):
+                await results.send(bb.encode(bb.RouteDone(guess, "delivered")))
+            await results.send(bb.encode(bb.Kick(a.conn)))  # not a result: dropped
+            await a.quiet()
+            await results.send(bb.encode(bb.RouteDone(route.route, "offline")))
+            assert await a.recv() == {"type": "send_result", "id": "r", "status": "offline"}
+            results.close()
 
     run(scenario())
 
@@ -608,11 +649,11 @@ def test_errors_after_auth_keep_the_connection_and_oversize_closes_1009(ipc_dir:
 def test_http_paths(ipc_dir: Path) -> None:
     async def scenario() -> None:
         async with worker(ipc_dir) as h:
-            assert await http_status(h.port, "/healthz") == 200
+            assert (await http(h.port))[0] == 200
             with pytest.raises(InvalidStatus) as refused:
                 await connect(f"ws://127.0.0.1:{h.port}/elsewhere")
             assert refused.value.response.status_code == 404
-            assert await http_status(h.port, "/ws") == 426  # plain GET, no upgrade
+            assert (await http(h.port, path="/ws"))[0] == 426  # plain GET, no upgrade
             reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
             writer.write(b"\x16\x03\x01garbage\r\n\r\n")  # e.g. TLS to a plain port
             async with asyncio.timeout(5):
@@ -633,38 +674,28 @@ def test_sigterm_closes_clients_1001_and_says_goodbye(ipc_dir: Path) -> None:
             code, _, _ = await a.closed()
             assert code == 1001
             assert await h.coord.expect(bb.Goodbye) == bb.Goodbye(WORKER)
-            await until(lambda: _returncode(h.proc), 0)
+            await until(lambda: h.proc.proc.poll() == 0, "the worker to exit with 0", 5)
 
     run(scenario())
 
 
 # --------------------------------------------------------------------------- helpers
 
-
-async def _returncode(proc: ManagedProcess) -> int | None:
-    return proc.proc.poll()
+PEER = "peer-w9"
 
 
-async def until(
-    probe: Callable[[], Coroutine[Any, Any, object]], want: object, timeout: float = 5.0
-) -> None:
-    """Poll ``probe`` until it returns ``want``, with a deadline."""
-    async with asyncio.timeout(timeout):
-        while (got := await probe()) != want:
-            await asyncio.sleep(0.05)
-    assert got == want
+def deliver(
+    h: Harness, route: int, conn: int, body: str, deadline: float | None = None
+) -> bb.Deliver:
+    """A Deliver from worker w9, which takes its results at the coordinator's PULL."""
+    when = time.time() + 60 if deadline is None else deadline
+    reply_to = f"ipc://{h.ipc_dir}/{PEER}"
+    return bb.Deliver("w9", reply_to, "", route, conn, "d" * 64, f"m{route}", body, when)
 
 
-async def http_status(port: int, path: str) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-        await writer.drain()
-        async with asyncio.timeout(5):
-            status_line = await reader.readline()
-        return int(status_line.split()[1])
-    finally:
-        writer.close()
+async def answers(port: int, status: int) -> bool:
+    """Whether ``/healthz`` answers with ``status`` right now."""
+    return (await http(port))[0] == status
 
 
 def test_help_documents_every_option_and_its_environment_variable() -> None:
@@ -676,7 +707,7 @@ def test_help_documents_every_option_and_its_environment_variable() -> None:
         check=True,
     ).stdout
     flat = " ".join(out.split())
-    for group in ("Network", "Backbone", "Timeouts", "Limits", "Logging"):
+    for group in ("Network", "Backbone", "Timeouts", "Limits", "Message rate", "Admission"):
         assert f"{group}:" in out
     for option in [
         "host", "port", "compression", "events-endpoint", "updates-endpoint", "worker-id",
@@ -684,7 +715,9 @@ def test_help_documents_every_option_and_its_environment_variable() -> None:
         "heartbeat-interval", "coordinator-timeout", "route-timeout", "max-frame-bytes",
         "lag-bytes", "max-queue-bytes", "log-level", "pre-auth-frame-bytes", "msg-rate",
         "msg-burst", "flood-rejects", "flood-window", "max-pending-auth", "auth-rate",
-        "auth-burst",
+        "auth-burst", "max-connections", "trusted-proxies", "cutoff-grace", "stall-timeout",
+        "max-pipelined", "max-pipelined-bytes", "results-endpoint", "plain-tcp",
+        "max-message-bytes",
     ]:  # fmt: skip
         env = "PRESENCE_" + option.upper().replace("-", "_")
         assert f"--{option}" in out and f"env {env}" in flat, option
@@ -725,3 +758,138 @@ def test_pre_auth_frame_limit_then_rate_limit_then_flood_close(ipc_dir: Path) ->
             assert await h.coord.expect(bb.Closed) == bb.Closed(a.conn, a.key)
 
     run(scenario())
+
+
+# --------------------------------------------------------------------------- protocol 1.1
+
+
+def test_frames_pipelined_behind_the_auth_are_answered_in_order_after_auth_ok(
+    ipc_dir: Path,
+) -> None:
+    """auth, get_lobby and a maximal send written at once, without waiting for auth_ok
+    (protocol 1.1): answered in order after auth_ok and the snapshot. The send is far
+    over the pre-auth frame limit and arrives in the same read as the auth."""
+
+    async def scenario() -> None:
+        async with worker(ipc_dir, "--pre-auth-frame-bytes", "1024") as h:
+            c = h.coord
+            s = Session(await connect(h.url, max_size=None), new_key())
+            nonce = (await s.recv())["nonce"]
+            sig = s.sk.sign(protocol.signed_payload(nonce)).signature.hex()
+            body = "Q" * protocol.MAX_BODY_BYTES
+            frames = [
+                {"type": "auth", "publicKey": s.key, "signature": sig},
+                {"type": "get_lobby"},
+                {"type": "send", "to": "c" * 64, "id": "p1", "body": body},
+                {"type": "dance"},
+            ]
+            s.ws.transport.write(b"".join(_client_frame(json.dumps(f)) for f in frames))
+            authed = await c.expect(bb.Authed)
+            await s.quiet()
+            c.send(bb.AuthAck(authed.conn, c.epoch, c.seq + 1))
+            seq = c.update(joined=[s.key])
+            assert await s.recv() == {"type": "auth_ok", "publicKey": s.key}
+            snapshot = json.loads(protocol.lobby_snapshot(seq, sorted(c.users)))
+            assert await s.recv() == snapshot
+            assert await s.recv() == snapshot  # the pipelined get_lobby
+            route = await c.expect(bb.Route)
+            assert (route.msg_id, len(route.body)) == ("p1", protocol.MAX_BODY_BYTES)
+            assert (await s.recv())["code"] == "unknown_type"
+            c.send(bb.RouteDone(route.route, "offline"))
+            assert await s.recv() == {"type": "send_result", "id": "p1", "status": "offline"}
+
+    run(scenario())
+
+
+def test_pipelined_frames_past_the_bound_close_1008(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir, "--max-pipelined", "16") as h:
+            s = Session(await connect(h.url), new_key())
+            await s.answer_challenge()
+            authed = await h.coord.expect(bb.Authed)
+            for _ in range(17):
+                await s.send({"type": "get_lobby"})
+            assert await s.closed() == (1008, "policy_violation", [])
+            assert await h.coord.expect(bb.Closed) == bb.Closed(authed.conn, s.key)
+
+    run(scenario())
+
+
+def test_healthz_answers_get_and_head_only(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            status, headers, body = await http(h.port)
+            assert status == 200 and json.loads(body)["status"] == "ok"
+            status, head_headers, head_body = await http(h.port, method="HEAD")
+            assert (status, head_body) == (200, b"")
+            assert head_headers["content-length"] == headers["content-length"]
+            for method in ("POST", "PUT", "DELETE", "OPTIONS", "PATCH"):
+                status, allowed, _ = await http(h.port, method=method)
+                assert (status, allowed["allow"]) == (405, "GET, HEAD"), method
+            status, allowed, _ = await http(h.port, method="POST", path="/ws")
+            assert (status, allowed["allow"]) == (405, "GET")
+
+    run(scenario())
+
+
+def test_a_worker_cut_off_past_its_grace_closes_clients_1013_then_admits_again(
+    ipc_dir: Path,
+) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir, "--cutoff-grace", "1.0") as h:
+            c = h.coord
+            s = await h.login(new_key())
+            c.answering = c.beating = False
+            code, reason, _ = await s.closed(timeout=10)
+            assert (code, reason) == (1013, "try_again_later")
+            assert await c.expect(bb.Closed) == bb.Closed(s.conn, s.key)
+            late = Session(await connect(h.url), new_key())
+            assert (await late.closed())[0] == 1013  # refused before any challenge
+            assert not answers_now(await http(h.port), 200)
+            c.answering = c.beating = True
+            await until(lambda: answers(h.port, 200), "/healthz to answer 200", 10)
+            back = await h.login(new_key())  # admitted again
+            assert back.key != s.key
+
+    run(scenario())
+
+
+def answers_now(response: tuple[int, Any, bytes], status: int) -> bool:
+    return response[0] == status
+
+
+def _client_frame(text: str) -> bytes:
+    """One masked text frame, as a client writes it (RFC 6455)."""
+    from websockets.frames import Frame, Opcode
+
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=True, extensions=[])
+
+
+def test_a_message_lost_on_the_way_to_the_coordinator_is_repaired_by_a_hello(
+    ipc_dir: Path,
+) -> None:
+    """The coordinator's events socket goes away while its beats keep coming (so the
+    worker sees a live coordinator): a Closed cannot be queued past the high-water mark.
+    It is counted, and once the socket is back the worker re-registers with the whole
+    truth, which no longer holds the closed session: no ghost."""
+
+    async def scenario() -> None:
+        async with worker(ipc_dir, "--hwm", "1") as h:
+            c = h.coord
+            gone, stays = await h.login(new_key()), await h.login(new_key())
+            await gone.recv()  # the second one's join
+            events = f"ipc://{ipc_dir}/events"
+            c.router.unbind(events)
+            await until(lambda: dropped(h.port, "hb"), "a heartbeat to be refused", 5)
+            await gone.ws.close()
+            await until(lambda: dropped(h.port, "closed"), "the Closed to be refused", 5)
+            c.router.bind(events)
+            hello = await c.expect(bb.Hello, timeout=10)
+            assert hello.sessions == [(stays.conn, stays.key, stays.ack_epoch, stays.ack_seq, True)]
+            assert h.proc.count("lost closed to the coordinator; will re-register") == 1
+
+    run(scenario())
+
+
+async def dropped(port: int, tag: str) -> bool:
+    return bool((await health(port))["dropped"].get(tag))

@@ -1,0 +1,278 @@
+"""Everything the coordinator decides, with no sockets (sans-I/O).
+
+Theory of operation
+-------------------
+The shell (:mod:`coordinator.service`) reads one backbone message at a time and hands
+it to :meth:`CoordinatorCore.handle` with the sending worker's id and the time; between
+messages it calls :meth:`CoordinatorCore.tick`. Both return :data:`Output` items, which
+the shell carries out in order: a message to one worker (:class:`ToWorker`) or to all
+of them (:class:`Publish`). When a message to a worker cannot be queued the shell says
+so (:meth:`CoordinatorCore.undelivered`) and the core decides what repairs it.
+
+The parts: the :class:`~coordinator.lobby.Lobby` (who is online, in one order), the
+:class:`~coordinator.registry.WorkerRegistry` (who is there, and whether the lobby has
+heard them all), the :class:`~coordinator.batching.BatchWindow` (when to publish) and
+the beat clock. The rules that join them:
+
+* **Registration gates events.** Only a registered worker's ``Authed``, ``Closed`` and
+  ``Route`` are applied. Anything else from a worker the coordinator does not know (it
+  restarted, or gave the worker up for dead) gets ``Reannounce`` (at most once per beat
+  interval) and is otherwise ignored; a ``Route`` is answered ``unavailable`` at once.
+  The ``Hello`` that follows is the whole truth about the worker
+  (:meth:`~coordinator.lobby.Lobby.reconcile`).
+* **Publication order.** A flush publishes the delta first, then the acknowledgements
+  and kicks, so an ``AuthAck`` never names a ``seq`` that was not published.
+* **Lost replies are repaired, not ignored.** Every reply that matters (``Welcome``,
+  ``Reannounce``, ``Snapshot``, ``AuthAck``, ``Kick``) that could not be queued makes
+  its worker unregistered: it is asked to re-register, and its ``Hello`` makes the
+  lobby re-send what was lost (acks of pending sessions, kicks of replaced ones). A lost
+  ``Deliver`` or ``RouteDone`` needs no repair: the origin answers ``unavailable`` at
+  its deadline, which is the truth. Every loss is counted by kind.
+* **Direct messages are routed by the published lobby** (its sessions were
+  acknowledged, so the recipient's worker knows the connection). A route past its
+  deadline is dropped here and answered ``unavailable``. A recipient the lobby does not
+  show is ``offline``, except while the lobby is rebuilding, when it is
+  ``unavailable``. The recipient's worker answers the origin directly.
+* **Workers that fall silent** for longer than the timeout are forgotten and their
+  sessions leave in one update.
+
+Input from workers is checked field by field by :func:`shared.backbone.decode`; the
+core also refuses what a schema cannot express (keys that are not 64 hex characters)
+and never raises for any sequence of messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from coordinator.batching import BatchWindow
+from coordinator.lobby import Claim, Lobby, Session
+from coordinator.registry import WorkerRegistry
+from coordinator.settings import CoordinatorSettings
+from shared import backbone as bb
+from shared import timings
+from shared.protocol import is_hex_key
+
+log = logging.getLogger("coordinator")
+
+
+@dataclass(frozen=True, slots=True)
+class ToWorker:
+    worker: str
+    message: bb.DownMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    message: bb.PubMessage
+
+
+Output = ToWorker | Publish
+
+_REPAIRED_BY_HELLO = (bb.Welcome, bb.Reannounce, bb.Snapshot, bb.AuthAck, bb.Kick)
+
+
+class CoordinatorCore:
+    """The coordinator's decisions. ``now`` is a monotonic clock; ``wall`` the wall
+    clock, used only for route deadlines and in beats (workers measure their offset
+    from it)."""
+
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        *,
+        epoch: str,
+        now: float,
+        previous: str = "",
+        rebuild: bool = True,
+    ) -> None:
+        """``previous`` is the epoch of the coordinator that ran before on the same
+        endpoint, if known: ``epoch`` must be above it. ``rebuild``: whether workers may
+        still hold sessions of that coordinator (it did not stop with no worker left)."""
+        self.settings = settings
+        self.lobby = Lobby(epoch)
+        timing = settings.timing
+        self.registry = WorkerRegistry(
+            timeout=timing.worker_timeout,
+            grace=timing.worker_timeout,
+            reannounce_every=timing.heartbeat_interval,
+            started=now,
+        )
+        if previous:
+            self.registry.restarted = rebuild
+            self.lobby.observe_epoch(previous, bb.new_epoch)
+        self._window = BatchWindow(timing.batch_window, settings.batch_ceiling)
+        self._flush_at: float | None = None
+        self._next_beat = now
+        self.dropped: Counter[str] = Counter()
+        """Replies that could not be queued, by message tag."""
+        self.expired_routes = 0
+        self.epoch_changes = 0
+
+    @property
+    def epoch(self) -> str:
+        return self.lobby.epoch
+
+    # ------------------------------------------------------------------ input
+
+    def handle(self, worker: str, msg: bb.Message, now: float, wall: float) -> list[Output]:
+        """Apply one message from ``worker``; returns what to send."""
+        out: list[Output] = []
+        state = self.registry.heard(worker, now)
+        if isinstance(msg, bb.Hello):
+            self._on_hello(worker, msg, now, out)
+        elif isinstance(msg, bb.Goodbye):
+            dropped = self.lobby.drop_worker(worker)
+            self.registry.forget(worker)
+            log.info("worker %s said goodbye; %d sessions leave", worker, dropped)
+        elif isinstance(msg, bb.SnapshotRequest):
+            seq, users = self.lobby.snapshot()
+            out.append(ToWorker(worker, bb.Snapshot(self.epoch, seq, users)))
+        elif not state.registered:
+            if self.registry.ask(worker, now):
+                log.info("unknown worker %s; asking it to announce its sessions", worker)
+                out.append(ToWorker(worker, bb.Reannounce()))
+            if isinstance(msg, bb.Route):
+                out.append(ToWorker(worker, bb.RouteDone(msg.route, "unavailable")))
+        elif isinstance(msg, bb.Authed):
+            if is_hex_key(msg.key):
+                self.lobby.add_user(msg.key.lower(), Session(worker, msg.conn))
+            else:
+                log.warning("worker %s sent an auth for a malformed key; ignored", worker)
+        elif isinstance(msg, bb.Closed):
+            if is_hex_key(msg.key):
+                self.lobby.remove_user(msg.key.lower(), Session(worker, msg.conn))
+        elif isinstance(msg, bb.Route):
+            self._on_route(worker, msg, now, wall, out)
+        elif not isinstance(msg, bb.Heartbeat):
+            log.warning("dropping %s from worker %s: not an event", msg.TAG, worker)
+        self._schedule(now, out)
+        return out
+
+    def _on_hello(self, worker: str, msg: bb.Hello, now: float, out: list[Output]) -> None:
+        reported = {msg.epoch, *(epoch for _, _, epoch, _, _ in msg.sessions)} - {""}
+        if reported - self.lobby.own_epochs:
+            self.registry.restarted = True
+        for epoch in sorted(reported, key=bb.epoch_generation, reverse=True):
+            if self.lobby.observe_epoch(epoch, bb.new_epoch):
+                self.epoch_changes += 1
+                log.warning(
+                    "worker %s reported epoch %s, not older than ours: moving to epoch %s",
+                    worker,
+                    epoch,
+                    self.epoch,
+                )
+        claims = [
+            Claim(conn, key.lower(), (epoch, seq), acked)
+            for conn, key, epoch, seq, acked in msg.sessions
+            if is_hex_key(key)
+        ]
+        done = self.lobby.reconcile(worker, claims)
+        if done.duplicates or len(claims) != len(msg.sessions):
+            log.warning(
+                "worker %s listed %d connections twice and %d malformed keys; ignored",
+                worker,
+                done.duplicates,
+                len(msg.sessions) - len(claims),
+            )
+        self.registry.register(worker, now, (msg.results, msg.results_key))
+        log.info(
+            "worker %s registered with %d sessions (%d of ours ended)",
+            worker,
+            done.claimed,
+            done.removed,
+        )
+        out.append(ToWorker(worker, bb.Welcome(self.epoch)))
+
+    def _on_route(
+        self, worker: str, msg: bb.Route, now: float, wall: float, out: list[Output]
+    ) -> None:
+        if wall > msg.deadline:
+            self.expired_routes += 1
+            out.append(ToWorker(worker, bb.RouteDone(msg.route, "unavailable")))
+            return
+        target = self.lobby.get_published(msg.to.lower()) if is_hex_key(msg.to) else None
+        if target is None:
+            status = "unavailable" if self.registry.rebuilding(now) else "offline"
+            out.append(ToWorker(worker, bb.RouteDone(msg.route, status)))
+            return
+        reply_to, reply_key = self.registry.results_of(worker)
+        deliver = bb.Deliver(
+            worker,
+            reply_to,
+            reply_key,
+            msg.route,
+            target.conn,
+            msg.sender,
+            msg.msg_id,
+            msg.body,
+            msg.deadline,
+        )
+        out.append(ToWorker(target.worker, deliver))
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self, now: float, wall: float, *, expire: bool = True) -> list[Output]:
+        """What is due at ``now``: expiries (unless the caller is still behind on its
+        input, which may hold the very heartbeats that prove a worker alive), a flush,
+        a beat, re-registration requests."""
+        out: list[Output] = []
+        for worker in self.registry.expire(now) if expire else ():
+            dropped = self.lobby.drop_worker(worker)
+            log.warning(
+                "worker %s silent for %.1fs; %d sessions leave",
+                worker,
+                self.registry.timeout,
+                dropped,
+            )
+        for worker in self.registry.unregistered():
+            if self.registry.ask(worker, now):
+                out.append(ToWorker(worker, bb.Reannounce()))
+        self._schedule(now, out)
+        if self._flush_at is not None and now >= self._flush_at:
+            self.publish(now, out)
+        if now >= self._next_beat:
+            self._next_beat = now + self.settings.timing.heartbeat_interval
+            out.append(Publish(bb.Beat(self.epoch, self.lobby.seq, wall)))
+        return out
+
+    def wake_at(self, now: float) -> float:
+        """When :meth:`tick` next has something to do (at most an expiry check away)."""
+        wake = min(self._next_beat, now + timings.EXPIRY_CHECK)
+        if self._flush_at is not None:
+            wake = min(wake, self._flush_at)
+        return wake
+
+    def _schedule(self, now: float, out: list[Output]) -> None:
+        if not self.lobby.pending:
+            return
+        if self._window.current <= 0:
+            self.publish(now, out)
+        elif self._flush_at is None:
+            self._flush_at = now + self._window.current
+
+    def publish(self, now: float, out: list[Output]) -> None:
+        """Publish everything pending: the delta first, then acks and kicks."""
+        self._flush_at = None
+        result = self.lobby.flush()
+        if result.delta is not None:
+            d = result.delta
+            out.append(Publish(bb.Update(self.epoch, d.seq, d.joined, d.left)))
+            self._window.flushed(now)
+        for session, (epoch, seq) in result.acks:
+            out.append(ToWorker(session.worker, bb.AuthAck(session.conn, epoch, seq)))
+        for session in result.kicks:
+            out.append(ToWorker(session.worker, bb.Kick(session.conn)))
+
+    # ------------------------------------------------------------------ output failures
+
+    def undelivered(self, worker: str, msg: bb.DownMessage) -> None:
+        """A message to ``worker`` could not be queued (its queue is full, or it is not
+        connected). Count it; if it matters, make the worker re-register."""
+        self.dropped[msg.TAG] += 1
+        if isinstance(msg, _REPAIRED_BY_HELLO) and self.registry.unregister(worker):
+            log.warning(
+                "lost %s to worker %s; it must re-register to repair its view", msg.TAG, worker
+            )

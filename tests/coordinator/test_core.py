@@ -1,0 +1,243 @@
+"""The coordinator's decisions without sockets: registration, routing, repairs, and a
+fuzz of its whole backbone input (no message sequence may crash it or break the lobby)."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator.core import CoordinatorCore, Output, Publish, ToWorker
+from coordinator.settings import CoordinatorSettings, Timing
+from shared import backbone as bb
+
+A, B = "a" * 64, "b" * 64
+E0 = f"{10**18:020d}-00000000"
+SETTINGS = CoordinatorSettings(timing=Timing(batch_window=0.0, heartbeat_interval=1.0))
+
+
+def core(previous: str = "") -> CoordinatorCore:
+    return CoordinatorCore(SETTINGS, epoch=E0, now=0.0, previous=previous)
+
+
+def to(outputs: list[Output], worker: str) -> list[bb.Message]:
+    return [o.message for o in outputs if isinstance(o, ToWorker) and o.worker == worker]
+
+
+def published(outputs: list[Output]) -> list[bb.Message]:
+    return [o.message for o in outputs if isinstance(o, Publish)]
+
+
+def hello(name: str, *sessions: tuple[int, str, str, int, bool], epoch: str = "") -> bb.Hello:
+    return bb.Hello(name, epoch, f"ipc:///r/{name}", "", list(sessions))
+
+
+def route(n: int, to_key: str, deadline: float = 100.0) -> bb.Route:
+    return bb.Route(n, A, to_key, f"m{n}", "hi", deadline)
+
+
+def test_events_from_a_worker_that_never_said_hello_are_ignored() -> None:
+    c = core()
+    out = c.handle("stranger", bb.Authed(1, A), now=0.1, wall=0.0)
+    assert to(out, "stranger") == [bb.Reannounce()]
+    assert c.lobby.get_user(A) is None
+    # Asked at most once per beat interval, however much it sends.
+    assert to(c.handle("stranger", bb.Closed(1, A), now=0.2, wall=0.0), "stranger") == []
+    out = c.handle("stranger", route(7, B), now=0.3, wall=0.0)
+    assert to(out, "stranger") == [bb.RouteDone(7, "unavailable")]
+    assert to(c.handle("stranger", bb.Heartbeat("s"), now=1.2, wall=0.0), "stranger") == [
+        bb.Reannounce()
+    ]
+    # Its Hello carries the truth: the pending auth is applied and acknowledged.
+    out = c.handle("stranger", hello("stranger", (1, A, "", 0, False)), now=1.3, wall=0.0)
+    assert to(out, "stranger") == [bb.Welcome(E0), bb.AuthAck(1, E0, 1)]
+    assert c.lobby.get_user(A) is not None
+
+
+def test_a_route_past_its_deadline_is_dropped_and_answered_unavailable() -> None:
+    c = core()
+    c.handle("w1", hello("w1"), now=0.0, wall=0.0)
+    c.handle("w1", bb.Authed(1, B), now=0.0, wall=0.0)
+    out = c.handle("w1", route(5, B, deadline=9.0), now=1.0, wall=9.5)
+    assert to(out, "w1") == [bb.RouteDone(5, "unavailable")]
+    assert c.expired_routes == 1
+    out = c.handle("w1", route(6, B, deadline=9.0), now=1.0, wall=8.5)
+    (deliver,) = to(out, "w1")
+    assert isinstance(deliver, bb.Deliver) and deliver.deadline == 9.0
+    assert (deliver.reply_to, deliver.origin, deliver.route) == ("ipc:///r/w1", "w1", 6)
+
+
+def test_offline_only_once_the_lobby_is_rebuilt() -> None:
+    """After a restart (a lock file says a coordinator ran before), a key the lobby does
+    not show yet may be online on a worker not heard yet: unavailable, not offline."""
+    c = core(previous=f"{10**17:020d}-11111111")
+    c.handle("w1", hello("w1", epoch=f"{10**17:020d}-11111111"), now=0.1, wall=0.0)
+    assert to(c.handle("w1", route(1, B), now=0.2, wall=0.0), "w1") == [
+        bb.RouteDone(1, "unavailable")
+    ]
+    c.handle("w2", bb.Heartbeat("w2"), now=0.3, wall=0.0)  # known, not registered yet
+    assert to(c.handle("w1", route(2, B), now=3.0, wall=0.0), "w1") == [
+        bb.RouteDone(2, "unavailable")
+    ]
+    c.handle("w2", hello("w2"), now=3.1, wall=0.0)
+    assert to(c.handle("w1", route(3, B), now=3.2, wall=0.0), "w1") == [bb.RouteDone(3, "offline")]
+
+
+def test_a_first_start_has_nothing_to_rebuild() -> None:
+    c = core()
+    c.handle("w1", hello("w1"), now=0.1, wall=0.0)
+    assert to(c.handle("w1", route(1, B), now=0.2, wall=0.0), "w1") == [bb.RouteDone(1, "offline")]
+
+
+def test_a_lost_reply_makes_its_worker_re_register_and_is_repaired() -> None:
+    c = core()
+    c.handle("w1", hello("w1"), now=0.0, wall=0.0)
+    out = c.handle("w1", bb.Authed(1, A), now=0.1, wall=0.0)
+    (ack,) = to(out, "w1")
+    c.undelivered("w1", ack)  # its queue was full
+    assert c.dropped == {"authack": 1}
+    out = c.tick(now=0.2, wall=0.0)
+    assert bb.Reannounce() in to(out, "w1")
+    out = c.handle("w1", hello("w1", (1, A, E0, 0, False)), now=0.3, wall=0.0)
+    assert to(out, "w1") == [bb.Welcome(E0), bb.AuthAck(1, E0, 1)]
+    # A lost Deliver needs no repair: the origin's deadline answers for it.
+    c.undelivered("w1", bb.Deliver("w2", "", "", 1, 1, A, "m", "b", 0.0))
+    assert to(c.tick(now=0.4, wall=0.0), "w1") == []
+
+
+def test_a_worker_reporting_an_epoch_not_older_than_ours_moves_us_above_it() -> None:
+    """A coordinator whose clock is behind an earlier one's: it moves to a generation
+    above every epoch it hears of and re-acks its own sessions with the new epoch."""
+    c = core()
+    c.handle("w1", hello("w1"), now=0.0, wall=0.0)
+    c.handle("w1", bb.Authed(1, A), now=0.1, wall=0.0)
+    ahead = f"{10**18 + 5:020d}-99999999"
+    out = c.handle("w2", hello("w2", (4, B, ahead, 7, True), epoch=ahead), now=0.2, wall=0.0)
+    assert c.epoch > ahead and bb.epoch_generation(c.epoch) > bb.epoch_generation(ahead)
+    assert c.epoch_changes == 1
+    assert to(out, "w1") == [bb.AuthAck(1, c.epoch, 1)]
+    assert to(out, "w2")[-1] == bb.Welcome(c.epoch)
+    (update,) = [m for m in published(out) if isinstance(m, bb.Update)]
+    assert update.epoch == c.epoch
+
+
+def test_silent_workers_expire_and_their_sessions_leave() -> None:
+    c = core()
+    c.handle("w1", hello("w1"), now=0.0, wall=0.0)
+    c.handle("w1", bb.Authed(1, A), now=0.0, wall=0.0)
+    assert c.tick(now=SETTINGS.timing.worker_timeout - 0.01, wall=0.0) is not None
+    assert c.lobby.get_user(A) is not None
+    out = c.tick(now=SETTINGS.timing.worker_timeout + 0.01, wall=0.0)
+    assert c.lobby.get_user(A) is None and "w1" not in c.registry
+    assert any(isinstance(m, bb.Update) and m.left == [A] for m in published(out))
+
+
+# ------------------------------------------------------------ fuzz
+
+WORKERS = ["w1", "w2", "w3"]
+KEYS = [A, B, "C" * 64, "not-a-key", ""]
+EPOCHS = [
+    "",
+    E0,
+    f"{10**18 + 9:020d}-12345678",
+    f"{10**15:020d}-abcdef01",
+    f"{10**19 - 1:020d}-ffffffff",  # the last generation: nothing can be made above it
+    "9" * 20 + "-00000000",
+    "junk",
+]
+
+ints = st.integers(-3, 6)
+texts = st.one_of(st.sampled_from(KEYS), st.text(max_size=8))
+
+
+def _field(tp: Any) -> st.SearchStrategy[Any]:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return st.lists(_field(typing.get_args(tp)[0]), max_size=4)
+    if origin is tuple:
+        return st.tuples(*(_field(t) for t in typing.get_args(tp)))
+    if tp is int:
+        return ints
+    if tp is float:
+        return st.floats(-10, 200, allow_nan=False)
+    if tp is bool:
+        return st.booleans()
+    return st.one_of(texts, st.sampled_from(EPOCHS))
+
+
+def up_messages() -> st.SearchStrategy[bb.Message]:
+    """Any message a worker (or anything on its socket) could send, including the ones a
+    worker never sends and contents no honest worker would produce."""
+
+    def build(cls: type[Any]) -> st.SearchStrategy[Any]:
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: _field(hints[f.name]) for f in dataclasses.fields(cls)}
+        return st.builds(cls, **fields)
+
+    return st.one_of(*(build(cls) for cls in typing.get_args(bb.Message)))
+
+
+conns = st.integers(0, 3)
+keys = st.sampled_from([A, B, "c" * 64, "C" * 64])
+stamps = st.tuples(st.sampled_from(EPOCHS), st.integers(0, 5))
+claims = st.tuples(conns, keys, st.sampled_from(EPOCHS), st.integers(0, 5), st.booleans())
+likely = st.one_of(
+    st.builds(bb.Authed, conns, keys),
+    st.builds(bb.Closed, conns, keys),
+    st.builds(
+        bb.Hello,
+        st.sampled_from(WORKERS),
+        st.sampled_from(EPOCHS),
+        st.just("ipc:///r"),
+        st.just(""),
+        st.lists(claims, max_size=4),
+    ),
+    st.builds(bb.Route, st.integers(0, 9), keys, keys, st.just("m"), st.just("b"), st.floats(0, 9)),
+    st.builds(bb.Heartbeat, st.sampled_from(WORKERS)),
+    st.builds(bb.Goodbye, st.sampled_from(WORKERS)),
+)
+step = st.one_of(
+    st.tuples(st.just("msg"), st.sampled_from(WORKERS), likely),
+    st.tuples(st.just("msg"), st.sampled_from(WORKERS), likely),
+    st.tuples(st.just("msg"), st.sampled_from(WORKERS), up_messages()),
+    st.tuples(st.just("tick"), st.floats(0, 3)),
+    st.tuples(st.just("lose"), st.integers(0, 5)),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(step, max_size=60), st.sampled_from(["", E0, f"{10**19:020d}-00000001"]))
+def test_no_message_sequence_crashes_the_coordinator_or_breaks_the_lobby(
+    steps: list[tuple[Any, ...]], previous: str
+) -> None:
+    c = CoordinatorCore(SETTINGS, epoch=E0, now=0.0, previous=previous)
+    now = 0.0
+    last: list[Output] = []
+    snapshot_seq = 0
+    for kind, *args in steps:
+        if kind == "msg":
+            worker, msg = args
+            last = c.handle(worker, msg, now=now, wall=now)
+        elif kind == "tick":
+            now += args[0]
+            last = c.tick(now=now, wall=now)
+        else:
+            replies = [o for o in last if isinstance(o, ToWorker)]
+            if replies:
+                lost = replies[args[0] % len(replies)]
+                c.undelivered(lost.worker, lost.message)
+            last = []
+        c.lobby.check()
+        for out in last:
+            message = out.message
+            bb.decode(bb.encode(message))  # whatever it says is well formed
+            if isinstance(message, bb.Update | bb.Snapshot):
+                assert message.epoch == c.epoch
+            if isinstance(message, bb.Update):
+                assert message.seq == snapshot_seq + 1
+                snapshot_seq = message.seq
+        seq, users = c.lobby.snapshot()
+        assert seq == snapshot_seq and all(len(u) == 64 and u == u.lower() for u in users)

@@ -1,0 +1,303 @@
+"""What the tests share: deadlines, ports, HTTP, real processes and a real cluster.
+
+Every wait here polls a condition against a deadline (every 10 ms unless said
+otherwise) or blocks on a socket with a timeout; nothing sleeps to synchronise. A process
+is ready when it says so with the sd_notify protocol (``READY=1``, see
+:mod:`shared.notify`), not when its log contains some text: :class:`ManagedProcess`
+gives each child its own notification socket.
+
+A test that starts a process must be marked ``@pytest.mark.process`` (tests/conftest.py
+fails it otherwise), so that ``make test-fast`` runs only what is quick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from shared.notify import Listener
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- deadlines
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 90) -> T:
+    """Run ``coro`` on a fresh event loop; fail it after ``timeout`` seconds."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def until(
+    condition: Callable[[], bool | Awaitable[bool]],
+    what: str,
+    timeout: float = 15.0,
+    interval: float = 0.01,
+) -> float:
+    """Poll ``condition`` (plain or async) every ``interval`` s until it holds; fail the
+    test after ``timeout`` s. Returns the seconds it took (some tests report them)."""
+    start = time.monotonic()
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            while not await _holds(condition):
+                await asyncio.sleep(interval)  # polling with a deadline
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the condition's own timeout, not ours
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+    return time.monotonic() - start
+
+
+async def _holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = condition()
+    if inspect.isawaitable(result):
+        result = await result
+    return bool(result)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> float:
+    """:func:`until` for code without an event loop: poll ``condition`` every 10 ms;
+    fail after ``timeout`` s; returns the seconds it took."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)  # polling with a deadline
+    return time.monotonic() - start
+
+
+# --------------------------------------------------------------------------- network
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def http(
+    port: int, method: str = "GET", path: str = "/healthz", timeout: float = 5.0
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request to 127.0.0.1:``port`` over a raw connection, read to its end
+    (``Connection: close``): the status, the headers (names in lower case) and the body.
+    No client library, so nothing is added to the request or hidden from the answer."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            request = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            writer.write(request.encode())
+            await writer.drain()
+            raw = await reader.read()
+        finally:
+            writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+async def health(port: int) -> dict[str, Any]:
+    """The JSON body of ``GET /healthz`` (whatever the status: 503 has a body too)."""
+    _, _, body = await http(port)
+    decoded: dict[str, Any] = json.loads(body)
+    return decoded
+
+
+async def health_until(
+    port: int, condition: Callable[[dict[str, Any]], bool], what: str, timeout: float = 15.0
+) -> None:
+    """Poll ``/healthz`` (every 20 ms) until ``condition`` holds for its body."""
+
+    async def holds() -> bool:
+        return condition(await health(port))
+
+    await until(holds, what, timeout, interval=0.02)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class ManagedProcess:
+    """A child ``python -m module ...`` whose stdout+stderr lines are collected, with its
+    own sd_notify socket (``NOTIFY_SOCKET``) for :meth:`wait_ready`."""
+
+    def __init__(self, module: str, args: Sequence[str], env: dict[str, str] | None = None):
+        self.notify = Listener()
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env["PYTHONUNBUFFERED"] = "1"
+        full_env["NOTIFY_SOCKET"] = self.notify.address
+        self.module = module
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                cwd=ROOT,
+                env=full_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        except BaseException:
+            self.notify.close()
+            raise
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def count(self, needle: str) -> int:
+        with self._lock:
+            return sum(needle in line for line in self.lines)
+
+    def wait_ready(self, timeout: float = 15.0, count: int = 1) -> str:
+        """Wait for the child's ``count``-th ``READY=1`` (a launcher sends one each time
+        its cluster is whole again); returns that notification's ``STATUS``. Fails at
+        once, with the child's output, if the child exits first."""
+        deadline = time.monotonic() + timeout
+        while self.notify.count("READY") < count:
+            if self.proc.poll() is not None:
+                self.notify.receive(0)  # what it sent before it exited
+                if self.notify.count("READY") >= count:
+                    break
+                self._reader.join(1)
+                raise AssertionError(
+                    f"{self.module} exited ({self.proc.returncode}) before it was ready:\n"
+                    f"{self.output()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {self.module} to notify "
+                    f"READY=1 x{count}:\n{self.output()}"
+                )
+            self.notify.receive(0.01)  # returns as soon as a notification arrives
+        readies = [n for n in self.notify.received if n.get("READY") == "1"]
+        return readies[count - 1].get("STATUS", "")
+
+    def wait_for_line(self, needle: str, timeout: float = 15.0, count: int = 1) -> None:
+        """Wait until ``needle`` appears in ``count`` lines of output (for what the log
+        says; readiness is :meth:`wait_ready`)."""
+
+        def seen() -> bool:
+            if self.proc.poll() is not None and self.count(needle) < count:
+                self._reader.join(1)
+                raise AssertionError(
+                    f"{self.module} exited ({self.proc.returncode}) before logging "
+                    f"{needle!r}:\n{self.output()}"
+                )
+            return self.count(needle) >= count
+
+        wait_until(seen, f"{self.module} to log {needle!r} x{count}", timeout)
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout)
+        self._reader.join(2)
+        self.notify.close()
+        return self.proc.returncode
+
+    def assert_no_traceback(self) -> None:
+        text = self.output()
+        assert "Traceback" not in text, f"{self.module} logged a traceback:\n{text}"
+
+
+class Cluster:
+    """A real cluster: one coordinator and N workers, each its own process.
+
+    Start with :meth:`start`; every process is checked for tracebacks on :meth:`stop`."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        workers: int = 2,
+        *,
+        coordinator_args: tuple[str, ...] = (),
+        worker_args: tuple[str, ...] = (),
+    ) -> None:
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+        self.events = f"ipc://{tmp}/events"
+        self.updates = f"ipc://{tmp}/updates"
+        self.n_workers = workers
+        self.coordinator_args = coordinator_args
+        self.worker_args = worker_args
+        self.coordinator: ManagedProcess | None = None
+        self.workers: list[ManagedProcess] = []
+
+    def _backbone(self) -> list[str]:
+        return ["--events-endpoint", self.events, "--updates-endpoint", self.updates]
+
+    def start(self) -> Cluster:
+        self.coordinator = ManagedProcess(
+            "coordinator",
+            [*self._backbone(), "--port", str(self.port), *self.coordinator_args],
+        )
+        self.coordinator.wait_ready()
+        for i in range(self.n_workers):
+            self.add_worker(f"w{i + 1}")
+        return self
+
+    def add_worker(self, name: str) -> ManagedProcess:
+        worker = ManagedProcess(
+            "workers",
+            [*self._backbone(), "--port", str(self.port), "--worker-id", name, *self.worker_args],
+        )
+        worker.wait_ready()
+        self.workers.append(worker)
+        return worker
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def processes(self) -> list[ManagedProcess]:
+        return [p for p in [self.coordinator, *self.workers] if p is not None]
+
+    def stop(self) -> None:
+        codes = {p.module + str(i): p.stop() for i, p in enumerate(reversed(self.processes()))}
+        for p in self.processes():
+            p.assert_no_traceback()
+        assert all(code in (0, -9) for code in codes.values()), codes
