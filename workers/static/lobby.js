@@ -1,0 +1,2 @@
+// Placeholder: the JavaScript client lands here.
+export {};
