@@ -284,6 +284,7 @@ export async function loadOrCreateIdentity({ name = "presence-lobby", storage = 
   if (storage !== "indexeddb" && storage !== "memory") {
     throw new TypeError(`storage must be "indexeddb" or "memory", not ${JSON.stringify(storage)}`);
   }
+  subtleCrypto(); // fail before touching storage when there is no WebCrypto at all
   if (storage === "memory" || typeof indexedDB === "undefined") {
     return { ...(await identityFromKeyPair(await generateKeyPair())), persisted: false };
   }
