@@ -309,6 +309,25 @@ test("a refused update asks for one snapshot and keeps the view right", async (t
   }
 });
 
+test("a resync's get_lobby refused as rate_limited is asked again a second later", async () => {
+  const { ws, clock } = await online();
+  ws.receive(update(12, [B], []));
+  ws.receive({ type: "error", code: "rate_limited", message: "slow down" });
+  assert.equal(ws.sentOfType("get_lobby").length, 1);
+  assert.deepEqual(clock.pending(), [1000]);
+  clock.fire();
+  assert.equal(ws.sentOfType("get_lobby").length, 2);
+});
+
+test("a listener that closes the client on sync keeps it closed", async () => {
+  const { client, sockets } = await setup();
+  client.addEventListener("sync", () => client.close());
+  const connected = client.connect();
+  await handshake({ sockets });
+  await assert.rejects(connected, ConnectionLost);
+  assert.equal(client.status, "closed");
+});
+
 // -- Reconnecting ---------------------------------------------------------------
 
 test("drops reconnect with exponential backoff and full jitter, reset once online", async () => {

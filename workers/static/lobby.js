@@ -644,9 +644,11 @@ export class LobbyClient extends EventTarget {
     if (SERVER_SIDE_CLOSES.has(code)) {
       this.#logger.info(`lobby: ${why}; reconnecting in ${retryIn.toFixed(1)} s`);
     } else {
+      // 1007, 1008, 1009, 4003, 4005...: this connection broke a rule or fell behind,
+      // which a fresh connection does not inherit; the identity is fine.
       this.#logger.warn(
-        `lobby: ${why}: the server says this connection broke a rule; ` +
-          `reconnecting anyway in ${retryIn.toFixed(1)} s`,
+        `lobby: ${why}: not a close the protocol says to retry after, but a new ` +
+          `connection starts clean; reconnecting in ${retryIn.toFixed(1)} s`,
       );
     }
     this.#retryTimer = this.#setTimeout(() => this.#open(), retryIn * 1000);
@@ -751,7 +753,7 @@ export class LobbyClient extends EventTarget {
       case "send_result":
         return this.#onSendResult(conn, frame);
       case "error":
-        return this.#report(new ServerError(frame.code, frame.message));
+        return this.#onServerError(conn, frame);
       default:
         throw new ProtocolError(`the server sent a frame of unknown type ${frame.type}`);
     }
@@ -809,7 +811,8 @@ export class LobbyClient extends EventTarget {
     if (!this.#view.online.has(this.#identity.publicKey)) {
       this.#report(new ProtocolError(`snapshot ${frame.seq} does not list us`));
     }
-    if (!conn.online) this.#goOnline(conn);
+    // A listener may have closed the client meanwhile; then it must stay closed.
+    if (this.#conn === conn && !conn.online) this.#goOnline(conn);
   }
 
   #goOnline(conn) {
@@ -843,10 +846,19 @@ export class LobbyClient extends EventTarget {
   #resync(conn, error) {
     conn.synced = false;
     this.#report(error);
-    if (conn.snapshotRequested) return;
+    if (conn.snapshotRequested || this.#conn !== conn) return;
     conn.snapshotRequested = true;
     this.#logger.warn("lobby: resyncing: asking for a fresh snapshot until one comes");
     this.#write(conn, { type: "get_lobby" });
+  }
+
+  #onServerError(conn, { code, message }) {
+    this.#report(new ServerError(code, message));
+    // Sends are refused through their results, so a rate-limited frame of ours was a
+    // get_lobby; if it was the one a resync waits for, ask again a little later.
+    if (code === "rate_limited" && conn.snapshotRequested) {
+      this.#setTimeout(() => this.#conn === conn && this.#write(conn, { type: "get_lobby" }), 1000);
+    }
   }
 
   #onMessage({ from, id, body }) {
