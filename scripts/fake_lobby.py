@@ -87,9 +87,7 @@ class FakeLobby:
     def snapshot(self) -> str:
         return protocol.lobby_snapshot(self.seq, sorted(self.users))
 
-    def update(
-        self, joined: Iterable[str] = (), left: Iterable[str] = (), *, skip: int = 0
-    ) -> int:
+    def update(self, joined: Iterable[str] = (), left: Iterable[str] = (), *, skip: int = 0) -> int:
         """Publish the next update to every client (``skip`` numbers left out first, to
         make a gap); returns its seq."""
         joined, left = list(joined), list(left)

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import ssl as ssl_module
 import uuid
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from collections.abc import Set as AbstractSet
@@ -383,6 +384,7 @@ class LobbyClient:
         ping_timeout: float | None = 20.0,
         compression: str | None = None,
         proxy: str | Literal[True] | None = None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> _Connecting:
         """Connect, authenticate and wait for the first snapshot.
 
@@ -409,6 +411,8 @@ class LobbyClient:
           pass ``"deflate"`` to offer it.
         * ``proxy`` (None): connect directly; ``True`` uses the environment's proxy
           settings, a string names a proxy.
+        * ``ssl`` (None): the TLS context for a ``wss://`` URL (None: the system's
+          default, which checks the certificate against the system's authorities).
 
         Raises :class:`AuthFailed`, :class:`ConnectionRefusedByServer`,
         :class:`ProtocolError`, :class:`TimeoutError` or :class:`OSError`.
@@ -427,6 +431,7 @@ class LobbyClient:
                 ping_timeout=ping_timeout,
                 compression=compression,
                 proxy=proxy,
+                ssl=ssl,
             )
 
         return _Connecting(factory)
@@ -445,8 +450,10 @@ class LobbyClient:
         ping_timeout: float | None,
         compression: str | None,
         proxy: str | Literal[True] | None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> LobbyClient:
         ws: ClientConnection | None = None
+        tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl}
         try:
             async with asyncio.timeout(open_timeout):
                 try:
@@ -458,6 +465,7 @@ class LobbyClient:
                         ping_timeout=ping_timeout,
                         compression=compression,
                         proxy=proxy,
+                        **tls,
                     )
                 except InvalidStatus as exc:
                     status = exc.response.status_code

@@ -43,9 +43,9 @@ held, at most ``max_pipelined`` of them and ``max_pipelined_bytes`` in all (past
 had arrived then. If the auth fails they are dropped with the connection.
 
 Lobby flow (``AUTHENTICATED`` only): ``CURRENT`` clients get every update. One whose
-transport buffer passes ``lag_bytes`` becomes ``LAGGING`` and is skipped; once its
-buffer drains below a quarter of that it gets one fresh snapshot and is ``CURRENT``
-again, so it never sees a gap. ``STALE`` (after a resync) waits for a replica state
+transport buffer passes ``lag_bytes`` (or twice the size of a snapshot, in a big lobby)
+becomes ``LAGGING`` and is skipped; once its buffer drains below a quarter of that it
+gets one fresh snapshot and is ``CURRENT`` again, so it never sees a gap. ``STALE`` (after a resync) waits for a replica state
 that contains the client's own key, then gets the fresh snapshot.
 
 Bounds on what one client can cost, and who pays at the bound:
@@ -428,7 +428,7 @@ class Connection:
                 return self._close(E.FLOOD, CloseCode.POLICY_VIOLATION)
             if verdict is Verdict.THROTTLE:
                 return [_throttled(parsed)]
-            return self._frame_authenticated(parsed, link, buffered)
+            return self._frame_authenticated(parsed, link, buffered, replica)
         if self.state is S.CHALLENGED:
             return self._frame_challenged(protocol.parse_client_frame(frame), now, link, replica)
         if self.state in _PENDING:
@@ -479,6 +479,7 @@ class Connection:
         parsed: protocol.ClientMessage | protocol.ProtocolViolation,
         link: Link,
         buffered: int,
+        replica: ReplicaView,
     ) -> list[Action]:
         if isinstance(parsed, protocol.ProtocolViolation):
             return [Write(protocol.error(_ERROR_CODES[parsed.kind], parsed.detail))]
@@ -486,7 +487,7 @@ class Connection:
             # Not unknown_type (auth is a known type) and not fatal: the session stands.
             return [Write(protocol.error(ErrorCode.MALFORMED, "already authenticated"))]
         if isinstance(parsed, protocol.GetLobby):
-            if buffered > self.limits.lag_bytes:
+            if buffered > self._lag_limit(replica):
                 self.flow = Flow.LAGGING  # a fresh snapshot comes once it drains
                 return []
             self.flow = Flow.CURRENT  # the snapshot is the current state: updates follow on
@@ -638,7 +639,7 @@ class Connection:
         if self.state is not S.AUTHENTICATED:
             return Fanout.SKIP
         if self.flow is Flow.CURRENT:
-            if buffered > self.limits.lag_bytes:
+            if buffered > self._lag_limit(replica):
                 self.flow = Flow.LAGGING
                 return Fanout.SKIP
             return Fanout.UPDATE
@@ -650,12 +651,20 @@ class Connection:
         return [WriteSnapshot()] if lagging and self._resume(buffered, replica) else []
 
     def _resume(self, buffered: int, replica: ReplicaView) -> bool:
-        if replica.sync is not SyncState.LIVE or buffered > self.limits.lag_bytes // 4:
+        if replica.sync is not SyncState.LIVE or buffered > self._lag_limit(replica) // 4:
             return False
         if self.flow is Flow.STALE and self.key not in replica.users:
             return False  # wait for the rebuilt lobby to include us (or for a Kick)
         self.flow = Flow.CURRENT
         return True
+
+    def _lag_limit(self, replica: ReplicaView) -> int:
+        """The backlog past which lobby updates are skipped: ``lag_bytes``, or twice a
+        snapshot when that is more. Skipping updates only saves anything while a fresh
+        snapshot costs less than the backlog; with a lobby of thousands, one snapshot is
+        larger than ``lag_bytes``, and a client that just got one must not be sent into
+        a loop of snapshots."""
+        return max(self.limits.lag_bytes, 2 * replica.snapshot_bytes)
 
     def on_progress(self, acked: int | None, buffered: int, now: float) -> list[Action]:
         """A sample of the transport: ``acked`` is how many bytes the peer has

@@ -50,6 +50,7 @@ class FakeReplica:
     seq: int = 0
     sync: SyncState = SyncState.LIVE
     users: set[str] = field(default_factory=set)
+    snapshot_bytes: int = 100
 
 
 def auth_frame(pk: str = PK, nonce: bytes = NONCE, sk: SigningKey = SK) -> str:
@@ -747,6 +748,17 @@ def test_backlog_never_grows_past_its_bounds(backlogs: list[tuple[str, int]]) ->
             else:
                 assert delivery is Delivery.FULL and actions == []
         assert conn.state is State.AUTHENTICATED
+
+
+def test_in_a_big_lobby_a_client_with_a_snapshot_in_flight_still_gets_updates() -> None:
+    """A snapshot of thousands of users is larger than lag_bytes: a client that has one
+    in its buffer must get the updates that follow, not be sent into a loop of
+    snapshots. Updates are skipped only past twice a snapshot."""
+    conn = reach(State.AUTHENTICATED)
+    big = FakeReplica(seq=11, users={PK}, snapshot_bytes=40 * LIMITS.lag_bytes)
+    assert conn.on_update(40 * LIMITS.lag_bytes + 10, big) is Fanout.UPDATE
+    assert conn.on_update(80 * LIMITS.lag_bytes + 1, big) is Fanout.SKIP
+    assert conn.on_sweep(20 * LIMITS.lag_bytes, big) == [WriteSnapshot()]
 
 
 # --------------------------------------------------------------------------- stalls, cut-off
