@@ -4,7 +4,6 @@ against it), and scripts/bare_broadcast.py pushes what it is told to."""
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,7 +12,9 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 from scripts.loadtest.target import Server, free_port, start_bare, start_baseline
-from shared.client import LobbyClient
+from shared import protocol
+from shared.client import LobbyClient, generate_signing_key, public_key_hex
+from shared.protocol import AuthFailedFrame, AuthFailure
 
 pytestmark = pytest.mark.process
 
@@ -72,15 +73,23 @@ def test_newest_session_wins(baseline: Server) -> None:
     asyncio.run(scenario())
 
 
-def test_bad_signature_is_refused_with_4001(baseline: Server) -> None:
+@pytest.mark.parametrize(
+    ("public_key", "reason"),
+    [
+        # Not a point of the curve: the contract's invalid_public_key, from the one check
+        # (shared.protocol.verify_auth) the cluster uses too.
+        ("ab" * 32, AuthFailure.INVALID_PUBLIC_KEY),
+        (public_key_hex(generate_signing_key()), AuthFailure.INVALID_SIGNATURE),
+    ],
+)
+def test_a_bad_auth_is_refused_with_its_reason_and_4001(
+    baseline: Server, public_key: str, reason: AuthFailure
+) -> None:
     async def scenario() -> None:
         async with ws_connect(baseline.url) as ws:
-            json.loads(await ws.recv())
-            await ws.send(
-                json.dumps({"type": "auth", "publicKey": "ab" * 32, "signature": "00" * 64})
-            )
-            answer = json.loads(await ws.recv())
-            assert answer["type"] == "auth_failed"
+            protocol.parse_server_frame(await ws.recv())
+            await ws.send(protocol.auth(public_key, "00" * 64))
+            assert protocol.parse_server_frame(await ws.recv()) == AuthFailedFrame(reason)
             await ws.wait_closed()
             assert ws.close_code == 4001
 
