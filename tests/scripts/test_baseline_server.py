@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect as ws_connect
 from scripts.loadtest.target import Server, free_port, start_bare, start_baseline
 from shared import protocol
 from shared.client import LobbyClient, generate_signing_key, public_key_hex
-from shared.protocol import AuthFailedFrame, AuthFailure
+from shared.protocol import AuthFailedFrame, AuthFailure, RejectReason, SendStatus
 
 pytestmark = pytest.mark.process
 
@@ -43,14 +43,14 @@ def test_joins_leaves_and_snapshots(baseline: Server) -> None:
 def test_direct_messages_and_results(baseline: Server) -> None:
     async def scenario() -> None:
         async with LobbyClient.connect(baseline.url) as a, LobbyClient.connect(baseline.url) as b:
-            assert (await a.send(b.public_key.upper(), "hi", "m1"))["status"] == "delivered"
+            assert (await a.send(b.public_key.upper(), "hi", "m1")).delivered
             msg = await b.next_message()
             assert (msg.sender, msg.id, msg.body) == (a.public_key, "m1", "hi")
-            assert (await a.send("ab" * 32, "x"))["status"] == "offline"
+            assert (await a.send("ab" * 32, "x")).offline
             bad = await a.send("nope", "x")
-            assert (bad["status"], bad["reason"]) == ("rejected", "invalid_recipient")
+            assert (bad.status, bad.reason) == (SendStatus.REJECTED, RejectReason.INVALID_RECIPIENT)
             big = await a.send(b.public_key, "x" * 65537)
-            assert big["reason"] == "too_large"
+            assert big.reason is RejectReason.TOO_LARGE
             await a.send_raw("{")
             await a.wait_for_view(lambda _v: bool(a.error_frames))
             assert a.error_frames[-1]["code"] == "malformed"
