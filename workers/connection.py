@@ -82,10 +82,6 @@ import enum
 from dataclasses import dataclass, field
 from typing import Final
 
-from nacl.bindings import crypto_core_ed25519_is_valid_point
-from nacl.exceptions import BadSignatureError, CryptoError
-from nacl.signing import VerifyKey
-
 from shared import backbone as bb
 from shared import protocol, timings
 from shared.options import at_least, group, option, positive, validate
@@ -316,27 +312,8 @@ class Limits:
         validate(self)
 
 
-# --------------------------------------------------------------------------- verification
-
-
-def verify_auth(nonce: bytes, public_key: str, signature: str) -> AuthFailure | None:
-    """Check an ``auth`` answer; ``None`` when it proves ``public_key``."""
-    if not protocol.is_hex_key(public_key):
-        return AuthFailure.INVALID_PUBLIC_KEY
-    key_bytes = bytes.fromhex(public_key)
-    # libsodium would reject a small-order or off-curve key only as a bad signature;
-    # checking the point first gives the client the precise reason.
-    if not crypto_core_ed25519_is_valid_point(key_bytes):
-        return AuthFailure.INVALID_PUBLIC_KEY
-    if not protocol.is_hex_key(signature, 128):
-        return AuthFailure.INVALID_SIGNATURE
-    try:
-        VerifyKey(key_bytes).verify(protocol.AUTH_CONTEXT + nonce, bytes.fromhex(signature))
-    except BadSignatureError:
-        return AuthFailure.INVALID_SIGNATURE
-    except (CryptoError, ValueError, TypeError):
-        return AuthFailure.INVALID_PUBLIC_KEY
-    return None
+# --------------------------------------------------------------------------- checks
+# The auth check is the contract's: shared.protocol.verify_auth.
 
 
 def _utf8_ok(text: str) -> bool:
@@ -444,7 +421,7 @@ class Connection:
     ) -> list[Action]:
         if not isinstance(parsed, protocol.Auth):
             return self._fail_auth(_pre_auth_failure(parsed))
-        failure = verify_auth(self.nonce, parsed.public_key, parsed.signature)
+        failure = protocol.verify_auth(self.nonce, parsed.public_key, parsed.signature)
         if failure is not None:
             return self._fail_auth(failure)
         self.key = protocol.normalise_key(parsed.public_key)

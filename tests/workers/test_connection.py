@@ -33,7 +33,6 @@ from workers.connection import (
     State,
     Write,
     WriteSnapshot,
-    verify_auth,
 )
 from workers.replica import SyncState
 
@@ -267,10 +266,10 @@ def test_auth_failures_send_reason_then_close_4001(frame: str | bytes, reason: A
     assert actions[1].reason == "auth_failed"  # type: ignore[union-attr]
 
 
-def test_verify_auth_accepts_either_case() -> None:
-    sig = _sig(NONCE)
-    assert verify_auth(NONCE, PK.upper(), sig.upper()) is None
-    assert verify_auth(NONCE, PK, sig) is None
+def test_an_auth_in_upper_case_hex_is_accepted() -> None:
+    conn = fresh()
+    feed(conn, protocol.auth(PK.upper(), _sig(NONCE).upper()))
+    assert conn.state is State.AUTHENTICATING and conn.key == PK
 
 
 @pytest.mark.parametrize("state", [State.VERIFIED, State.AUTHENTICATING, State.ACKED])
