@@ -45,8 +45,9 @@ had arrived then. If the auth fails they are dropped with the connection.
 Lobby flow (``AUTHENTICATED`` only): ``CURRENT`` clients get every update. One whose
 transport buffer passes ``lag_bytes`` (or twice the size of a snapshot, in a big lobby)
 becomes ``LAGGING`` and is skipped; once its buffer drains below a quarter of that it
-gets one fresh snapshot and is ``CURRENT`` again, so it never sees a gap. ``STALE`` (after a resync) waits for a replica state
-that contains the client's own key, then gets the fresh snapshot.
+gets one fresh snapshot and is ``CURRENT`` again, so it never sees a gap. ``STALE``
+(after a resync) waits for a replica state that contains the client's own key, then gets
+the fresh snapshot.
 
 Bounds on what one client can cost, and who pays at the bound:
 

@@ -101,7 +101,7 @@ def test_a_page_and_a_python_client_exchange_direct_messages(cluster: Cluster) -
             # Python to the page: shown as text, never as HTML.
             body = "<b>hello</b> from Python"
             result = await python.send(me, body, msg_id="p1")
-            assert result["status"] == "delivered"
+            assert result.delivered
             item = f'#messages li[data-id="p1"][data-from="{python.public_key}"]'
             await page.wait_for_selector(item)
             assert body in await page.text_content(item)
@@ -274,7 +274,7 @@ def test_the_page_over_tls(tmp_path: Path) -> None:
                 async with LobbyClient.connect(url, ssl=client_ssl) as python:
                     await until_shown(page, {me, python.public_key}, "a wss client")
                     result = await python.send(me, "over TLS")
-                    assert result["status"] == "delivered"
+                    assert result.delivered
 
         run(scenario())
 
