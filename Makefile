@@ -7,6 +7,9 @@ WORKERS ?= $(shell nproc 2>/dev/null || $(PYTHON) -c 'import os; print(os.cpu_co
 PORT ?= 8765
 HOST ?= 127.0.0.1
 URL ?= ws://$(HOST):$(PORT)/ws
+TLS_CERT ?=
+TLS_KEY ?=
+TLS_ARGS := $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY))
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -17,10 +20,11 @@ TYPED := coordinator workers shared scripts
 LINTED := $(TYPED) tests
 
 .DEFAULT_GOAL := help
-.PHONY: help install run watch test test-fast lint format clean load bench
+.PHONY: help install run watch test test-fast test-js lint format clean load bench
 
 help:
 	@echo "make run     start a local cluster: WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT)"
+	@echo "             and open http://$(HOST):$(PORT)/ (TLS_CERT=... TLS_KEY=... for https)"
 	@echo "             (ARGS=\"...\" is passed to scripts/cluster.py, see its --help)"
 	@echo "make watch   join the lobby at URL=$(URL) and watch (ARGS=\"--key-file k\")"
 	@echo "make test    lint, then run the tests (PYTEST_ARGS=\"...\")"
@@ -28,6 +32,7 @@ help:
 	@echo "make load    load-test the server at URL=$(URL): ARGS=\"mass-join 100\""
 	@echo "             (ARGS=\"--start cluster churn\" starts its own; python -m scripts.loadtest -h)"
 	@echo "make bench   run the benchmark suite (~10 min), write BENCHMARKS.md and docs/latency.png"
+	@echo "make test-js the JavaScript client's unit tests (node --test)"
 	@echo "make lint    ruff check, ruff format --check, mypy --strict"
 	@echo "make format  ruff fixes and formatting"
 	@echo "make clean   remove $(VENV) and caches"
@@ -52,7 +57,7 @@ $(BENCH_STAMP): $(STAMP)
 	@touch $@
 
 run: $(STAMP)
-	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(ARGS)
+	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) $(ARGS)
 
 watch: $(STAMP)
 	$(VPY) scripts/watch_lobby.py --url $(URL) $(ARGS)
@@ -63,8 +68,18 @@ load: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(VPY) scripts/bench.py $(ARGS)
 
-test: lint
+test: lint test-js
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+# The JavaScript client's unit tests (Node.js 20+, no npm packages).
+test-js:
+	@command -v node >/dev/null 2>&1 || { \
+	  echo "error: node is missing: the JavaScript client's tests need Node.js 20 or newer" >&2; \
+	  echo "       (Debian: apt-get install nodejs; or https://nodejs.org)" >&2; exit 1; }
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' || { \
+	  echo "error: node $$(node --version) is too old: the JavaScript client needs Node.js 20+" >&2; \
+	  exit 1; }
+	node --test tests/js/
 
 # Unit and property tests only: those marked `process` start real processes and are slow.
 test-fast: $(STAMP)

@@ -30,8 +30,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import websockets
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -54,22 +52,6 @@ FAULTS = ("none", "gap", "lose-leave", "lose-message")
 """Deliberate bugs for tests: ``gap`` skips a sequence number every 5th update,
 ``lose-leave`` never publishes a leave, ``lose-message`` answers ``delivered`` without
 delivering."""
-
-
-def verify(nonce: str, msg: protocol.Auth) -> AuthFailure | None:
-    """Why ``msg`` does not answer the challenge ``nonce``, or None when it does."""
-    if not protocol.is_hex_key(msg.public_key):
-        return AuthFailure.INVALID_PUBLIC_KEY
-    if not protocol.is_hex_key(msg.signature, 128):
-        return AuthFailure.INVALID_SIGNATURE
-    try:
-        key = VerifyKey(bytes.fromhex(msg.public_key))
-        key.verify(protocol.signed_payload(nonce), bytes.fromhex(msg.signature))
-    except BadSignatureError:
-        return AuthFailure.INVALID_SIGNATURE
-    except Exception:  # not a point on the curve
-        return AuthFailure.INVALID_PUBLIC_KEY
-    return None
 
 
 class Baseline:
@@ -109,9 +91,9 @@ class Baseline:
 
     async def authenticate(self, ws: ServerConnection) -> str | None:
         """Challenge, verify, record; the key on success, else None (closed)."""
-        nonce = secrets.token_hex(protocol.NONCE_BYTES)
+        nonce = secrets.token_bytes(protocol.NONCE_BYTES)
         try:
-            await ws.send(protocol.challenge(nonce))
+            await ws.send(protocol.challenge(nonce.hex()))
             async with asyncio.timeout(AUTH_TIMEOUT):
                 frame = await ws.recv()
         except TimeoutError:
@@ -121,7 +103,7 @@ class Baseline:
             return None
         msg = protocol.parse_client_frame(frame)
         if isinstance(msg, protocol.Auth):
-            failure = verify(nonce, msg)
+            failure = protocol.verify_auth(nonce, msg.public_key, msg.signature)
         elif isinstance(msg, protocol.ProtocolViolation):
             failure = AuthFailure.MALFORMED
         else:

@@ -118,15 +118,18 @@ def is_ready(datagram: bytes) -> bool:
     return notification(datagram).get("READY") == "1"
 
 
-def connect_url(host: str, port: int) -> str:
-    """Where a client connects: wildcard hosts become loopback, IPv6 gets brackets."""
+def connect_url(host: str, port: int, *, tls: bool = False, page: bool = False) -> str:
+    """Where a client connects (``page``: where a browser opens the lobby page):
+    wildcard hosts become loopback, IPv6 gets brackets."""
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"ws://{host}:{port}/ws"
+    if page:
+        return f"{'https' if tls else 'http'}://{host}:{port}/"
+    return f"{'wss' if tls else 'ws'}://{host}:{port}/ws"
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -183,6 +186,8 @@ class Config:
     log_level: str | None = None
     coordinator_args: tuple[str, ...] = ()
     worker_args: tuple[str, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
     grace: float = 10.0
     backoff: BackoffPolicy = BackoffPolicy()
     python: str = sys.executable
@@ -206,6 +211,8 @@ class Config:
             str(self.port),
         ]
         cmd += ["--worker-id", worker]
+        if self.tls_cert and self.tls_key:
+            cmd += ["--tls-cert", self.tls_cert, "--tls-key", self.tls_key]
         if self.log_level:
             cmd += ["--log-level", self.log_level]
         return cmd + list(self.worker_args)
@@ -234,6 +241,11 @@ def parse_args(argv: Sequence[str]) -> Config:
         "--port", type=int, default=DEFAULT_PORT, help="public WebSocket port (%(default)s)"
     )
     parser.add_argument("--log-level", help="passed as --log-level to every process")
+    parser.add_argument(
+        "--tls-cert",
+        help="PEM certificate chain: with --tls-key the workers serve wss:// and https://",
+    )
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument(
         "--grace",
         type=float,
@@ -285,6 +297,8 @@ def parse_args(argv: Sequence[str]) -> Config:
         parser.error("--port must be 1-65535")
     if args.grace < 0 or args.restart_delay < 0 or args.max_restart_delay < 0:
         parser.error("durations must not be negative")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
     return Config(
         workers=args.workers,
         host=args.host,
@@ -292,6 +306,8 @@ def parse_args(argv: Sequence[str]) -> Config:
         log_level=args.log_level,
         coordinator_args=tuple(coordinator_args),
         worker_args=tuple(worker_args),
+        tls_cert=args.tls_cert or None,
+        tls_key=args.tls_key or None,
         grace=args.grace,
         backoff=BackoffPolicy(initial=args.restart_delay, cap=args.max_restart_delay),
         coordinator_module=args.coordinator_module,
@@ -403,7 +419,9 @@ class Cluster:
         self.out = out
         self.coordinator = Slot(0)
         self.workers = [Slot(i) for i in range(1, config.workers + 1)]
-        self.url = connect_url(config.host, config.port)
+        tls = config.tls_cert is not None
+        self.url = connect_url(config.host, config.port, tls=tls)
+        self.page = connect_url(config.host, config.port, tls=tls, page=True)
         self._stop = asyncio.Event()
         self._whole = False
         self._was_whole = False
@@ -604,6 +622,8 @@ class Cluster:
         self._was_whole = True
         status = f"all {len(everyone)} processes ready{again}: connect to {self.url}"
         self.log(status)
+        if not again:
+            self.log(f"open the lobby page at {self.page}")
         self._notify("READY=1", status)
 
 

@@ -131,8 +131,7 @@ async def watch(url: str, key_file: Path | None, send: Sequence[str] | None) -> 
         to, body = send
         try:
             result = await client.send(to, body)
-            extra = f" ({result['reason']})" if "reason" in result else ""
-            say(f"send to {to}: {result.get('status')}{extra}")
+            say(f"send to {to}: {result.outcome}")
         except (LobbyClientError, TimeoutError) as exc:
             say(f"send to {to} failed: {exc}")
 

@@ -10,7 +10,13 @@ Two layers:
   (or ``async with LobbyClient.connect(url) as client``) answers the challenge, waits for
   ``auth_ok`` and the first ``lobby_snapshot``, then a background reader keeps
   :attr:`LobbyClient.view` current, queues incoming direct messages, resolves
-  :meth:`LobbyClient.send` calls and records the close code.
+  :meth:`LobbyClient.send` calls (each with its typed
+  :class:`~shared.protocol.SendResult`) and records the close code.
+
+Every frame it writes comes from the client encoders of :mod:`shared.protocol`, and
+every frame it reads goes through :func:`shared.protocol.parse_server_frame`; what that
+refuses becomes a :class:`ProtocolError` here, whose ``__cause__`` is the
+:class:`~shared.protocol.ServerProtocolError`.
 
 The client is also a test instrument, so it never hides a broken contract: every
 violation it sees is appended to :attr:`LobbyClient.errors` (the view stays consistent
@@ -23,8 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
+import ssl as ssl_module
 import uuid
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from collections.abc import Set as AbstractSet
@@ -76,7 +82,9 @@ class LobbyClientError(Exception):
 
 class ProtocolError(LobbyClientError):
     """The server sent something the contract does not allow (bad JSON, wrong fields,
-    an unknown or out-of-place message type)."""
+    an unknown or out-of-place message type). For a frame
+    :func:`~shared.protocol.parse_server_frame` refused, ``__cause__`` is its
+    :class:`~shared.protocol.ServerProtocolError`."""
 
 
 class ViewError(ProtocolError):
@@ -235,13 +243,9 @@ class LobbyView:
 # --------------------------------------------------------------------------- the client
 
 
-@dataclass(frozen=True, slots=True)
-class IncomingMessage:
-    """A ``message`` frame: a direct message from ``sender`` (lowercase hex key)."""
-
-    sender: str
-    id: str
-    body: str
+IncomingMessage = protocol.Message
+"""A ``message`` frame: a direct message from ``sender`` (lowercase hex key), ``id`` and
+``body`` as the sender wrote them; the decoder's own type."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,48 +265,23 @@ LobbyListener = Callable[[LobbyChange], None]
 ViewTarget = Callable[[LobbyView], bool] | AbstractSet[str]
 
 
-def _key(obj: object) -> str:
-    if not protocol.is_hex_key(obj):
-        raise ProtocolError(f"not a 64-hex public key: {str(obj)[:80]!r}")
-    assert isinstance(obj, str)
-    return protocol.normalise_key(obj)
-
-
-def _users(obj: dict[str, Any], field: str) -> list[str]:
-    users = obj.get(field)
-    if not isinstance(users, list):
-        raise ProtocolError(f"{obj.get('type')}: field {field!r} missing or not a list")
-    keys = []
-    for user in users:
-        if not isinstance(user, dict):
-            raise ProtocolError(f"{obj.get('type')}: {field} entry is not an object")
-        keys.append(_key(user.get("publicKey")))
-    return keys
-
-
-def _seq(obj: dict[str, Any]) -> int:
-    seq = obj.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool):
-        raise ProtocolError(f"{obj.get('type')}: field 'seq' missing or not an integer")
-    return seq
-
-
-def _str_field(obj: dict[str, Any], field: str) -> str:
-    value = obj.get(field)
-    if not isinstance(value, str):
-        raise ProtocolError(f"{obj.get('type')}: field {field!r} missing or not a string")
-    return value
-
-
-def _decode(frame: str | bytes) -> dict[str, Any]:
-    if not isinstance(frame, str):
-        raise ProtocolError("the server sent a binary frame")
+def _parse_frame(frame: str | bytes) -> protocol.ServerMessage:
+    """:func:`~shared.protocol.parse_server_frame`, refusing with this module's error."""
     try:
-        obj = json.loads(frame)
-    except ValueError as exc:
-        raise ProtocolError(f"the server sent invalid JSON: {frame[:80]!r}") from exc
-    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-        raise ProtocolError(f"the server sent a frame without a string type: {frame[:80]!r}")
+        return protocol.parse_server_frame(frame)
+    except protocol.ServerProtocolError as exc:
+        raise ProtocolError(f"malformed server frame: {exc}") from exc
+
+
+def _error_dict(frame: protocol.ErrorFrame) -> dict[str, Any]:
+    code = frame.code.value if isinstance(frame.code, protocol.ErrorCode) else frame.code
+    return {"type": frame.TYPE, "code": code, "message": frame.message}
+
+
+def _result_dict(result: protocol.SendResult) -> dict[str, Any]:
+    obj = {"type": result.TYPE, "id": result.id, "status": result.status.value}
+    if result.reason is not None:
+        obj["reason"] = result.reason.value
     return obj
 
 
@@ -318,9 +297,11 @@ class LobbyClient:
       :meth:`connect` returns, so read it from ``view``.
     * ``errors``: every contract violation seen (the first ``max_recorded_errors``;
       ``error_count`` counts all of them). Tests assert it is empty.
-    * ``error_frames``: the last ``max_error_frames`` ``error`` frames, as dicts.
+    * ``error_frames``: the last ``max_error_frames`` ``error`` frames, as dicts of
+      their fields as the contract names them (``type``, ``code``, ``message``).
     * ``unmatched_results``: ``send_result`` frames for ids no :meth:`send` waits for
-      (answers to :meth:`send_raw`, or late answers to a :meth:`send` that timed out).
+      (answers to :meth:`send_raw`, or late answers to a :meth:`send` that timed out),
+      as dicts likewise (``type``, ``id``, ``status`` and, when rejected, ``reason``).
     * ``snapshots_received``, ``updates_received``, ``messages_received``,
       ``messages_dropped``: counters.
     * ``close_code``/``close_reason``: set once the connection is closed (1006 when it
@@ -359,7 +340,7 @@ class LobbyClient:
         self._messages: asyncio.Queue[IncomingMessage | None] = asyncio.Queue(
             maxsize=message_queue_size
         )
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[str, asyncio.Future[protocol.SendResult]] = {}
         self._changed = asyncio.Condition()
         self._waiting = 0  # coroutines in _wait_until: the reader notifies only then
         self._closed = asyncio.Event()
@@ -383,6 +364,7 @@ class LobbyClient:
         ping_timeout: float | None = 20.0,
         compression: str | None = None,
         proxy: str | Literal[True] | None = None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> _Connecting:
         """Connect, authenticate and wait for the first snapshot.
 
@@ -409,6 +391,8 @@ class LobbyClient:
           pass ``"deflate"`` to offer it.
         * ``proxy`` (None): connect directly; ``True`` uses the environment's proxy
           settings, a string names a proxy.
+        * ``ssl`` (None): the TLS context for a ``wss://`` URL (None: the system's
+          default, which checks the certificate against the system's authorities).
 
         Raises :class:`AuthFailed`, :class:`ConnectionRefusedByServer`,
         :class:`ProtocolError`, :class:`TimeoutError` or :class:`OSError`.
@@ -427,6 +411,7 @@ class LobbyClient:
                 ping_timeout=ping_timeout,
                 compression=compression,
                 proxy=proxy,
+                ssl=ssl,
             )
 
         return _Connecting(factory)
@@ -445,8 +430,10 @@ class LobbyClient:
         ping_timeout: float | None,
         compression: str | None,
         proxy: str | Literal[True] | None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> LobbyClient:
         ws: ClientConnection | None = None
+        tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl}
         try:
             async with asyncio.timeout(open_timeout):
                 try:
@@ -458,6 +445,7 @@ class LobbyClient:
                         ping_timeout=ping_timeout,
                         compression=compression,
                         proxy=proxy,
+                        **tls,
                     )
                 except InvalidStatus as exc:
                     status = exc.response.status_code
@@ -484,38 +472,36 @@ class LobbyClient:
             return AuthFailed(failed_reason or reason, code)
         return ConnectionRefusedByServer(code, reason)
 
-    async def _recv_during_auth(self, failed_reason: str | None = None) -> dict[str, Any]:
+    async def _recv_during_auth(self, failed_reason: str | None = None) -> protocol.ServerMessage:
         try:
-            return _decode(await self._ws.recv())
+            return self._parse(await self._ws.recv())
         except ConnectionClosed:
             raise self._refusal(failed_reason) from None
 
     async def _authenticate(self) -> None:
         hello = await self._recv_during_auth()
-        nonce = hello.get("nonce")
-        if hello["type"] != "challenge" or not protocol.is_hex_key(nonce):
+        if not isinstance(hello, protocol.Challenge):
             raise ProtocolError(f"expected a challenge, got {hello!r:.120}")
-        if hello.get("version") != protocol.VERSION:
-            raise ProtocolError(f"unsupported protocol version {hello.get('version')!r}")
-        assert isinstance(nonce, str)
-        signature = self.signing_key.sign(protocol.signed_payload(nonce)).signature
-        auth = {"type": "auth", "publicKey": self.public_key, "signature": signature.hex()}
+        if hello.version != protocol.VERSION:
+            raise ProtocolError(f"unsupported protocol version {hello.version!r}")
+        signature = protocol.sign_challenge(self.signing_key, hello.nonce)
         try:
-            await self._ws.send(json.dumps(auth))
+            await self._ws.send(protocol.auth(self.public_key, signature))
         except ConnectionClosed:
             raise self._refusal() from None
         answer = await self._recv_during_auth()
-        if answer["type"] == "auth_failed":
-            reason = str(answer.get("reason"))
+        if isinstance(answer, protocol.AuthFailedFrame):
+            reason = answer.reason
+            text = reason.value if isinstance(reason, protocol.AuthFailure) else reason
             # The server closes with 4001 right after; report that code too.
-            await self._recv_during_auth(failed_reason=reason)
-            raise ProtocolError(f"frame after auth_failed instead of a close ({reason})")
-        if answer["type"] != "auth_ok":
+            await self._recv_during_auth(failed_reason=text)
+            raise ProtocolError(f"frame after auth_failed instead of a close ({text})")
+        if not isinstance(answer, protocol.AuthOk):
             raise ProtocolError(f"expected auth_ok, got {answer!r:.120}")
-        if _key(answer.get("publicKey")) != self.public_key:
-            raise ProtocolError(f"auth_ok names another key: {answer.get('publicKey')!r}")
+        if answer.public_key != self.public_key:
+            raise ProtocolError(f"auth_ok names another key: {answer.public_key!r}")
         snapshot = await self._recv_during_auth()
-        if snapshot["type"] != "lobby_snapshot":
+        if not isinstance(snapshot, protocol.LobbySnapshot):
             raise ProtocolError(f"expected lobby_snapshot after auth_ok, got {snapshot!r:.120}")
         self._handle(snapshot)
         if self.public_key not in self.view:
@@ -559,56 +545,52 @@ class LobbyClient:
     def _handle_frame(self, frame: str | bytes) -> None:
         """Decode and handle one frame received after authentication (subclasses may
         handle some frames faster, with the same checks)."""
-        self._handle(_decode(frame))
+        self._handle(self._parse(frame))
+
+    def _parse(self, frame: str | bytes) -> protocol.ServerMessage:
+        """Decode one server frame, raising :class:`ProtocolError` (subclasses may decode
+        some frames faster, to the same result)."""
+        return _parse_frame(frame)
 
     def _record(self, error: LobbyClientError) -> None:
         self.error_count += 1
         if len(self.errors) < self._max_errors:
             self.errors.append(error)
 
-    def _handle(self, obj: dict[str, Any]) -> None:
-        kind = obj["type"]
-        if kind == "lobby_update":
+    def _handle(self, msg: protocol.ServerMessage) -> None:
+        if isinstance(msg, protocol.LobbyUpdate):
             self.updates_received += 1
-            seq = _seq(obj)
-            joined, left = _users(obj, "joined"), _users(obj, "left")
             try:
-                self.view.apply_update(seq, joined, left)
+                self.view.apply_update(msg.seq, msg.joined, msg.left)
             except DuplicateUpdate:
                 raise
             except ViewError:
                 self._request_resync()
                 raise
-            self._notify(LobbyChange("update", seq, tuple(joined), tuple(left), len(self.view)))
-        elif kind == "lobby_snapshot":
+            self._notify(LobbyChange("update", msg.seq, msg.joined, msg.left, len(self.view)))
+        elif isinstance(msg, protocol.LobbySnapshot):
             self.snapshots_received += 1
-            seq = _seq(obj)
-            users = _users(obj, "users")
             self._resync_requested = False
-            self.view.apply_snapshot(seq, users)
-            self._notify(LobbyChange("snapshot", seq, tuple(users), (), len(self.view)))
-        elif kind == "message":
-            sender = _key(obj.get("from"))
-            incoming = IncomingMessage(sender, _str_field(obj, "id"), _str_field(obj, "body"))
+            self.view.apply_snapshot(msg.seq, msg.users)
+            self._notify(LobbyChange("snapshot", msg.seq, msg.users, (), len(self.view)))
+        elif isinstance(msg, protocol.Message):
             self.messages_received += 1
             try:
-                self._messages.put_nowait(incoming)
+                self._messages.put_nowait(msg)
             except asyncio.QueueFull:
                 self.messages_dropped += 1
-                raise MessageQueueFull(f"dropped message {incoming.id!r}") from None
-        elif kind == "send_result":
-            msg_id = _str_field(obj, "id")
-            _str_field(obj, "status")
-            future = self._pending.pop(msg_id, None)
+                raise MessageQueueFull(f"dropped message {msg.id!r}") from None
+        elif isinstance(msg, protocol.SendResult):
+            future = self._pending.pop(msg.id, None)
             if future is None or future.done():
-                self.unmatched_results.append(obj)
+                self.unmatched_results.append(_result_dict(msg))
             else:
-                future.set_result(obj)
-        elif kind == "error":
-            self.error_frames.append(obj)
+                future.set_result(msg)
+        elif isinstance(msg, protocol.ErrorFrame):
+            self.error_frames.append(_error_dict(msg))
             del self.error_frames[: -self._max_error_frames]
         else:
-            raise ProtocolError(f"unexpected {kind!r} frame after authentication")
+            raise ProtocolError(f"unexpected {msg.TYPE!r} frame after authentication")
 
     def _notify(self, change: LobbyChange) -> None:
         for listener in self.lobby_listeners:
@@ -622,9 +604,7 @@ class LobbyClient:
     def _request_resync(self) -> None:
         if self._resync_on_error and not self._resync_requested and not self._closed.is_set():
             self._resync_requested = True
-            task = asyncio.get_running_loop().create_task(
-                self._send_quietly('{"type":"get_lobby"}')
-            )
+            task = asyncio.get_running_loop().create_task(self._send_quietly(protocol.get_lobby()))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -639,9 +619,6 @@ class LobbyClient:
         """True once the connection has ended (the reader has recorded the close)."""
         return self._closed.is_set()
 
-    async def _send_obj(self, obj: dict[str, Any]) -> None:
-        await self.send_raw(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
-
     async def send_raw(self, frame: str | bytes) -> None:
         """Send one frame as is (for tests of the server's error handling).
 
@@ -654,12 +631,14 @@ class LobbyClient:
 
     async def send(
         self, to: str, body: str, msg_id: str | None = None, timeout: float = 10.0
-    ) -> dict[str, Any]:
-        """Send a direct message and return its ``send_result`` as a dict.
+    ) -> protocol.SendResult:
+        """Send a direct message and return its ``send_result``.
 
         ``msg_id`` defaults to a fresh UUID (32 hex chars, within the 64 allowed); it
-        must not be pending already. The result's ``status`` is ``delivered``,
-        ``offline`` or ``rejected`` (with ``reason``): a rejection is an answer, not an
+        must not be pending already. The result's ``status`` is a
+        :class:`~shared.protocol.SendStatus`: ``DELIVERED``, ``OFFLINE`` or ``REJECTED``
+        with a :class:`~shared.protocol.RejectReason` as ``reason`` (see also
+        ``result.delivered`` and ``result.outcome``). A rejection is an answer, not an
         exception. ``timeout`` (10 s) bounds the wait for the answer; raises
         :class:`TimeoutError` then, :class:`ConnectionClosedError` if the connection
         ends first.
@@ -672,10 +651,10 @@ class LobbyClient:
             raise ValueError(f"a send with id {msg_id!r} is already waiting for its result")
         if self._closed.is_set():
             raise ConnectionClosedError(self.close_code, self.close_reason)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[protocol.SendResult] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = future
         try:
-            await self._send_obj({"type": "send", "to": to, "id": msg_id, "body": body})
+            await self.send_raw(protocol.send(to, msg_id, body))
             async with asyncio.timeout(timeout):
                 return await future
         finally:
@@ -741,7 +720,7 @@ class LobbyClient:
         unprompted one first; it is just as fresh). ``timeout`` defaults to 10 s.
         """
         before = self.snapshots_received
-        await self._send_obj({"type": "get_lobby"})
+        await self.send_raw(protocol.get_lobby())
         await self._wait_until(lambda: self.snapshots_received > before, timeout, "a snapshot")
         return self.view.online
 

@@ -1,22 +1,40 @@
-"""The client wire contract, protocol version 1 (see docs/PROTOCOL.md).
+"""The whole wire contract for Python, protocol version 1 (see docs/PROTOCOL.md).
 
-Everything a client can observe lives here: message types, close codes and their
-reason strings, limits, the signed payload, and one encoder per server message. The
-worker, the client library and the tests all use this module, so a change to the
-contract is a change in one place.
+docs/PROTOCOL.md states the contract; this module is its one implementation in code.
+Everything either side can observe lives here, so a change to the contract is a change
+in one place:
 
-Parsing of client frames is strict and total: :func:`parse_client_frame` never raises
-for any input a client controls; it returns either a typed message or a
-:class:`ProtocolViolation` naming the protocol's error code.
+* the constants: message types, close codes and their reason strings, limits, the
+  signed payload;
+* the server encoders, one per server frame (:func:`challenge` ... :func:`error`), and
+  the client encoders (:func:`auth`, :func:`get_lobby`, :func:`send`), all returning
+  the frame text, compact;
+* the decoders for both directions: :func:`parse_client_frame`, the server's parser of
+  client frames, and :func:`parse_server_frame`, a client's parser of server frames;
+* the auth check: :func:`sign_challenge` for clients, :func:`verify_auth` for servers.
+
+The worker, the baseline server, the client library, the load generator and the tests
+all use it.
+
+The two parsers differ because the two sides must react differently. Parsing of client
+frames is strict and total: :func:`parse_client_frame` never raises for any input a
+client controls; it returns either a typed message or a :class:`ProtocolViolation`
+naming the protocol's error code, which the server answers. Parsing of server frames is
+strict too, but a client has no one to answer: :func:`parse_server_frame` returns a
+typed :data:`ServerMessage` or raises :class:`ServerProtocolError`, and nothing else.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final, TypeGuard, TypeVar
+
+from nacl.bindings import crypto_core_ed25519_is_valid_point
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.signing import SigningKey, VerifyKey
 
 VERSION: Final = 1
 WS_PATH: Final = "/ws"
@@ -94,7 +112,7 @@ class RejectReason(enum.Enum):
     UNAVAILABLE = "unavailable"
 
 
-# ------------------------------------------------------------ keys
+# ------------------------------------------------------------ keys and authentication
 
 
 def is_hex_key(value: object, length: int = 64) -> bool:
@@ -107,12 +125,52 @@ def normalise_key(value: str) -> str:
     return value.lower()
 
 
+def is_seq(value: object) -> TypeGuard[int]:
+    """True for a JSON integer: a lobby ``seq`` (or the challenge's ``version``).
+    ``bool`` is an ``int`` to Python but ``true`` is not an integer to JSON."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def signed_payload(nonce_hex: str) -> bytes:
     """The exact bytes a client signs to answer the challenge ``nonce_hex``."""
     return AUTH_CONTEXT + bytes.fromhex(nonce_hex)
 
 
+def sign_challenge(signing_key: SigningKey, nonce_hex: str) -> str:
+    """The ``signature`` of an ``auth`` answering the challenge ``nonce_hex``: the
+    detached 64-byte Ed25519 signature of :func:`signed_payload`, as 128 lowercase hex."""
+    return signing_key.sign(signed_payload(nonce_hex)).signature.hex()
+
+
+def verify_auth(nonce: bytes, public_key: str, signature: str) -> AuthFailure | None:
+    """Why an ``auth`` with ``public_key`` and ``signature`` does not answer the
+    challenge of the raw ``nonce`` bytes, or None when it proves ``public_key``.
+
+    Hex may be in either case. The reasons are the contract's: a ``public_key`` that is
+    not 64 hex or not a usable Ed25519 key (not a canonical point of the prime-order
+    group) is ``invalid_public_key``; a ``signature`` that is not 128 hex or does not
+    verify is ``invalid_signature``. The key is checked first, so a bad key is named as
+    such whatever the signature."""
+    if not is_hex_key(public_key):
+        return AuthFailure.INVALID_PUBLIC_KEY
+    key_bytes = bytes.fromhex(public_key)
+    # libsodium would reject a small-order or off-curve key only as a bad signature;
+    # checking the point first gives the client the precise reason.
+    if not crypto_core_ed25519_is_valid_point(key_bytes):
+        return AuthFailure.INVALID_PUBLIC_KEY
+    if not is_hex_key(signature, 128):
+        return AuthFailure.INVALID_SIGNATURE
+    try:
+        VerifyKey(key_bytes).verify(AUTH_CONTEXT + nonce, bytes.fromhex(signature))
+    except BadSignatureError:
+        return AuthFailure.INVALID_SIGNATURE
+    except (CryptoError, ValueError, TypeError):
+        return AuthFailure.INVALID_PUBLIC_KEY
+    return None
+
+
 # ------------------------------------------------------------ client -> server
+# The server's view of a client frame: typed messages and their parser.
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,10 +246,36 @@ def _parse_send(obj: dict[str, Any]) -> Send | ProtocolViolation:
     return Send(to=to, id=msg_id, body=body)
 
 
-# ------------------------------------------------------------ server -> client
-# Encoders return the frame text. ``separators`` keeps frames compact: they are fanned out.
+# Encoders return the frame text. ``separators`` keeps frames compact (server frames are
+# fanned out); ``ensure_ascii=False`` writes text beyond ASCII as UTF-8, not as six-byte
+# escapes, so a body counts against the frame limit at its own size.
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def auth(public_key: str, signature: str) -> str:
+    """The ``auth`` frame (see :func:`sign_challenge` for ``signature``).
+
+    Client encoders write what they are given, unchecked: a client library checks its
+    own input, and tests build frames the server must refuse."""
+    return _dumps({"type": "auth", "publicKey": public_key, "signature": signature})
+
+
+_GET_LOBBY: Final = _dumps({"type": "get_lobby"})
+
+
+def get_lobby() -> str:
+    """The ``get_lobby`` frame: ``{"type":"get_lobby"}``."""
+    return _GET_LOBBY
+
+
+def send(to: str, msg_id: str, body: str) -> str:
+    """The ``send`` frame of a direct message ``body`` to the key ``to``."""
+    return _dumps({"type": "send", "to": to, "id": msg_id, "body": body})
+
+
+# ------------------------------------------------------------ server -> client
+# Encoders first: what the server writes.
 
 
 def challenge(nonce_hex: str) -> str:
@@ -245,3 +329,294 @@ def send_result(msg_id: str, status: SendStatus, reason: RejectReason | None = N
 
 def error(code: ErrorCode, text: str) -> str:
     return _dumps({"type": "error", "code": code.value, "message": text})
+
+
+# Then the decoders: a client's view of a server frame.
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """``challenge``: the first frame of every connection. ``nonce`` is 64 lowercase hex
+    (pass it to :func:`sign_challenge`); ``version`` is whatever integer the server
+    wrote, for the client to compare with :data:`VERSION`."""
+
+    TYPE: ClassVar[str] = "challenge"
+    nonce: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOk:
+    """``auth_ok``: authenticated as ``public_key`` (lowercase); a snapshot follows."""
+
+    TYPE: ClassVar[str] = "auth_ok"
+    public_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailedFrame:
+    """``auth_failed``: close 4001 follows. ``reason`` is an :class:`AuthFailure`, or the
+    server's string when it is none of them (see :func:`parse_server_frame`)."""
+
+    TYPE: ClassVar[str] = "auth_failed"
+    reason: AuthFailure | str
+
+
+@dataclass(frozen=True, slots=True)
+class LobbySnapshot:
+    """``lobby_snapshot``: exactly ``users`` (lowercase keys, in the server's order) are
+    online at ``seq``."""
+
+    TYPE: ClassVar[str] = "lobby_snapshot"
+    seq: int
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LobbyUpdate:
+    """``lobby_update`` number ``seq``: remove ``left``, then add ``joined`` (lowercase)."""
+
+    TYPE: ClassVar[str] = "lobby_update"
+    seq: int
+    joined: tuple[str, ...]
+    left: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """``message``: a direct message from ``sender`` (the frame's ``from``, lowercase)."""
+
+    TYPE: ClassVar[str] = "message"
+    sender: str
+    id: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """``send_result``: the final outcome of the ``send`` with this ``id``.
+
+    ``reason`` is set exactly when ``status`` is ``rejected`` (constructing it otherwise
+    raises :class:`ValueError`), so ``result.reason is not None`` means rejected."""
+
+    TYPE: ClassVar[str] = "send_result"
+    id: str
+    status: SendStatus
+    reason: RejectReason | None = None
+
+    def __post_init__(self) -> None:
+        if (self.status is SendStatus.REJECTED) != (self.reason is not None):
+            raise ValueError(f"status {self.status.value} with reason {self.reason}")
+
+    @property
+    def delivered(self) -> bool:
+        """Written to the recipient's open connection."""
+        return self.status is SendStatus.DELIVERED
+
+    @property
+    def offline(self) -> bool:
+        """The recipient has no session in the lobby."""
+        return self.status is SendStatus.OFFLINE
+
+    @property
+    def rejected(self) -> bool:
+        """Not delivered, now or later; ``reason`` says why."""
+        return self.status is SendStatus.REJECTED
+
+    @property
+    def outcome(self) -> str:
+        """``delivered``, ``offline`` or ``rejected/<reason>``, as docs/PROTOCOL.md
+        writes outcomes: one string to show, count or compare."""
+        if self.reason is None:
+            return self.status.value
+        return f"{self.status.value}/{self.reason.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFrame:
+    """``error``: a frame of the client's the server could not act on; the connection
+    stays open. ``code`` is an :class:`ErrorCode`, or the server's string when it is
+    none of them; ``message`` is for humans."""
+
+    TYPE: ClassVar[str] = "error"
+    code: ErrorCode | str
+    message: str
+
+
+ServerMessage = (
+    Challenge
+    | AuthOk
+    | AuthFailedFrame
+    | LobbySnapshot
+    | LobbyUpdate
+    | Message
+    | SendResult
+    | ErrorFrame
+)
+
+
+class ServerProtocolError(ValueError):
+    """A frame that is not a well-formed server frame of this contract.
+
+    ``frame_type`` is the frame's ``type`` when it was an object with a string one
+    (known or not), else None."""
+
+    def __init__(self, message: str, frame_type: str | None = None) -> None:
+        super().__init__(message)
+        self.frame_type = frame_type
+
+
+def parse_server_frame(frame: str | bytes) -> ServerMessage:
+    """Decode one frame from the server into its typed message.
+
+    Raises :class:`ServerProtocolError`, and nothing else, for anything that is not a
+    well-formed server frame of this contract: a binary frame, text that is not JSON or
+    not an object, a missing or unknown ``type``, a field missing or of the wrong JSON
+    type, a key or nonce that is not 64 hex, a ``seq`` or ``version`` that is not an
+    integer (``true`` is not), a ``users``/``joined``/``left`` entry that is not
+    ``{"publicKey": <key>}``, a ``status`` or rejection ``reason`` the contract does not
+    list, a ``reason`` missing from a ``rejected`` result or present on another one.
+
+    What it decides, and why:
+
+    * Hex is normalised to lowercase (keys and the nonce), so keys compare as strings.
+    * Fields the contract does not name are ignored, as JSON clients usually do.
+    * ``status`` and rejection ``reason`` are strict: a client acts on them (retry, slow
+      down, count it delivered) and the contract lists them exhaustively, so an unknown
+      one is a broken server. ``auth_failed``'s ``reason`` and ``error``'s ``code`` are
+      kept as the server's string when they are not in the contract: they explain a
+      frame whose consequence the contract fixes whatever they say (close 4001; the
+      connection stays open), and refusing them would lose the explanation.
+    * ``version`` is any integer: whether the client speaks it is the client's decision.
+    * ``id`` and ``body`` are any strings: their limits bind the sender, the server
+      only echoes them.
+    * Each frame is checked alone. Rules that relate it to the lobby a client holds
+      (the next ``seq``, a key listed twice, both lists of an update empty, a key joining
+      while online) are the client's view's to check.
+    """
+    if not isinstance(frame, str):
+        raise ServerProtocolError("a binary frame: the protocol sends text frames only")
+    try:
+        obj = json.loads(frame)
+    except (ValueError, RecursionError) as exc:
+        raise ServerProtocolError(f"not JSON ({exc}): {frame[:80]!r}") from exc
+    if not isinstance(obj, dict):
+        raise ServerProtocolError(f"not a JSON object: {frame[:80]!r}")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ServerProtocolError(f"field 'type' missing or not a string: {frame[:80]!r}")
+    decode = _SERVER_DECODERS.get(kind)
+    if decode is None:
+        raise ServerProtocolError(f"unknown frame type {kind[:40]!r}", kind)
+    return decode(_Fields(kind, obj))
+
+
+class _Fields:
+    """Typed access to the fields of one server frame; each getter raises
+    :class:`ServerProtocolError` naming the frame type and the field."""
+
+    __slots__ = ("kind", "obj")
+
+    def __init__(self, kind: str, obj: dict[str, Any]) -> None:
+        self.kind = kind
+        self.obj = obj
+
+    def fail(self, what: str) -> ServerProtocolError:
+        return ServerProtocolError(f"{self.kind}: {what}", self.kind)
+
+    def text(self, name: str) -> str:
+        value = self.obj.get(name)
+        if not isinstance(value, str):
+            raise self.fail(f"field {name!r} missing or not a string")
+        return value
+
+    def integer(self, name: str) -> int:
+        value = self.obj.get(name)
+        if not is_seq(value):
+            raise self.fail(f"field {name!r} missing or not an integer")
+        return value
+
+    def key(self, name: str) -> str:
+        value = self.text(name)
+        if not is_hex_key(value):
+            raise self.fail(f"field {name!r} is not 64 hex characters: {value[:80]!r}")
+        return normalise_key(value)
+
+    def keys(self, name: str) -> tuple[str, ...]:
+        users = self.obj.get(name)
+        if not isinstance(users, list):
+            raise self.fail(f"field {name!r} missing or not a list")
+        keys = []
+        for i, user in enumerate(users):
+            if not isinstance(user, dict):
+                raise self.fail(f"{name}[{i}] is not an object")
+            value = user.get("publicKey")
+            if not is_hex_key(value):
+                raise self.fail(f"{name}[{i}].publicKey is not a 64-hex key: {_show(value)}")
+            assert isinstance(value, str)
+            keys.append(normalise_key(value))
+        return tuple(keys)
+
+
+def _show(value: object) -> str:
+    """A short, safe description of a JSON value for an error message: the start of a
+    string, else its type (the repr of a nested structure could be huge, or too deep)."""
+    return repr(value[:80]) if isinstance(value, str) else _JSON_NAMES.get(type(value), "a value")
+
+
+_JSON_NAMES: Final[dict[type, str]] = {
+    dict: "an object",
+    list: "an array",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _members(enum_type: type[_E]) -> dict[str, _E]:
+    return {member.value: member for member in enum_type}
+
+
+_AUTH_FAILURES: Final = _members(AuthFailure)
+_ERROR_CODES: Final = _members(ErrorCode)
+_SEND_STATUSES: Final = _members(SendStatus)
+_REJECT_REASONS: Final = _members(RejectReason)
+
+
+def _known(members: Mapping[str, _E], value: str) -> _E | str:
+    return members.get(value, value)
+
+
+def _strict(fields: _Fields, members: Mapping[str, _E], name: str) -> _E:
+    value = fields.text(name)
+    member = members.get(value)
+    if member is None:
+        raise fields.fail(f"{name} {value[:40]!r} is not one of {', '.join(members)}")
+    return member
+
+
+def _send_result(f: _Fields) -> SendResult:
+    msg_id = f.text("id")
+    status = _strict(f, _SEND_STATUSES, "status")
+    if status is SendStatus.REJECTED:
+        if "reason" not in f.obj:
+            raise f.fail("status 'rejected' without a reason")
+        return SendResult(msg_id, status, _strict(f, _REJECT_REASONS, "reason"))
+    if "reason" in f.obj:
+        raise f.fail(f"a reason with status {status.value!r}")
+    return SendResult(msg_id, status)
+
+
+_SERVER_DECODERS: Final[dict[str, Callable[[_Fields], ServerMessage]]] = {
+    Challenge.TYPE: lambda f: Challenge(f.key("nonce"), f.integer("version")),
+    AuthOk.TYPE: lambda f: AuthOk(f.key("publicKey")),
+    AuthFailedFrame.TYPE: lambda f: AuthFailedFrame(_known(_AUTH_FAILURES, f.text("reason"))),
+    LobbySnapshot.TYPE: lambda f: LobbySnapshot(f.integer("seq"), f.keys("users")),
+    LobbyUpdate.TYPE: lambda f: LobbyUpdate(f.integer("seq"), f.keys("joined"), f.keys("left")),
+    Message.TYPE: lambda f: Message(f.key("from"), f.text("id"), f.text("body")),
+    SendResult.TYPE: _send_result,
+    ErrorFrame.TYPE: lambda f: ErrorFrame(_known(_ERROR_CODES, f.text("code")), f.text("message")),
+}

@@ -31,7 +31,7 @@ from shared.client import (
     generate_signing_key,
     public_key_hex,
 )
-from shared.protocol import CloseCode
+from shared.protocol import CloseCode, RejectReason
 from tests.support import Cluster, health, health_until, run, until
 
 pytestmark = pytest.mark.process
@@ -162,9 +162,9 @@ def test_one_user_cannot_knock_another_offline(slow_cluster: Cluster) -> None:
             n = 0
             while len(statuses["rejected"]) < 20:
                 result = await sender.send(victim.key, BODY, msg_id=f"m{n}")
-                statuses[result["status"]].append(result["id"])
-                if result["status"] == "rejected":
-                    assert result["reason"] == "rate_limited", result
+                statuses[result.status.value].append(result.id)
+                if result.rejected:
+                    assert result.reason is RejectReason.RATE_LIMITED, result
                 n += 1
                 assert n < 2000, "never refused: is the victim reading?"
             delivered = statuses["delivered"]
@@ -190,7 +190,7 @@ def test_one_user_cannot_knock_another_offline(slow_cluster: Cluster) -> None:
             await victim.read_until(lambda: victim.view.matches(everyone))
             assert victim.ws.close_code is None
             # 4. With room again, messages are delivered again.
-            assert (await sender.send(victim.key, "hi", msg_id="again"))["status"] == "delivered"
+            assert (await sender.send(victim.key, "hi", msg_id="again")).delivered
             await victim.read_until(lambda: victim.messages[-1]["id"] == "again")
             for c in (watcher, sender):
                 assert c.errors == [] and c.error_frames == []
@@ -223,7 +223,7 @@ def test_4005_only_for_a_client_that_made_no_reading_progress_for_long(
         statuses = []
         while not stop.is_set():
             try:
-                statuses.append((await sender.send(to, BODY))["status"])
+                statuses.append((await sender.send(to, BODY)).status.value)
             except Exception:  # the victim's worker may be mid-close; keep it simple
                 break
         return statuses
@@ -249,7 +249,7 @@ def test_4005_only_for_a_client_that_made_no_reading_progress_for_long(
             start = loop.time()
             while stalled.ws.close_code is None and loop.time() - start < 10:
                 result = await sender.send(stalled.key, BODY)
-                if result["status"] == "rejected":
+                if result.rejected:
                     break  # its backlog is at the bound: now it only has to not read
             # It does not read: the server gives up on it after the stall timeout, and
             # everyone sees it leave. It then reads, and finds the close code.

@@ -27,7 +27,7 @@ from shared.client import (
     generate_signing_key,
     public_key_hex,
 )
-from shared.protocol import CloseCode
+from shared.protocol import CloseCode, SendResult
 from tests.support import Cluster, ManagedProcess, free_port, run, until
 
 pytestmark = pytest.mark.process
@@ -182,7 +182,7 @@ def test_outage_auths_get_1013_sends_get_unavailable_and_restart_rebuilds(
         assert refused.value.code == CloseCode.TRY_AGAIN_LATER
         # A direct message during the outage gets rejected/unavailable, never silence.
         result = await clients[0].send(clients[1].public_key, "hello?", timeout=10)
-        assert (result["status"], result.get("reason")) == ("rejected", "unavailable")
+        assert result.outcome == "rejected/unavailable"
         assert not [c for c in clients if c.closed], "clients must stay connected"
 
         before = {id(c): c.snapshots_received for c in clients}
@@ -205,7 +205,7 @@ def test_outage_auths_get_1013_sends_get_unavailable_and_restart_rebuilds(
         await until(rebuilt, "the lobby to be rebuilt from the workers", 10)
         print(f"\ncoordinator restart: lobby rebuilt in {time.monotonic() - start:.2f}s")
         result = await clients[0].send(clients[1].public_key, "back")
-        assert result["status"] == "delivered"
+        assert result.delivered
         await close_all(clients)
 
     run(scenario())
@@ -221,9 +221,8 @@ class Ledger:
     answers: dict[str, str] = field(default_factory=dict)  # id -> status or status/reason
     arrived: dict[str, list[str]] = field(default_factory=dict)  # recipient -> ids
 
-    def record(self, msg_id: str, result: dict[str, Any]) -> None:
-        reason = result.get("reason")
-        self.answers[msg_id] = result["status"] + (f"/{reason}" if reason else "")
+    def record(self, msg_id: str, result: SendResult) -> None:
+        self.answers[msg_id] = result.outcome
 
     def ids(self, *statuses: str) -> set[str]:
         return {i for i, a in self.answers.items() if a in statuses}
@@ -270,7 +269,7 @@ async def settle_messages(senders: list[LobbyClient], ledger: Ledger) -> None:
     for i, sender in enumerate(senders):
         to, marker = senders[(i + 1) % len(senders)].public_key, f"marker-{i}"
         result = await sender.send(to, marker, marker)
-        assert result["status"] == "delivered", result
+        assert result.delivered, result
         ledger.answers[marker] = "delivered"
         arrived = ledger.arrived[to]
         await until(lambda a=arrived, m=marker: m in a, "the marker", 10)

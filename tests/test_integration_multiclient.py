@@ -138,7 +138,7 @@ def test_same_key_on_several_workers_at_once_exactly_one_survives(cluster: Clust
             await watcher.wait_for_view({watcher.public_key, pk})
             # The survivor really is the session: a message to the key reaches it.
             result = await watcher.send(pk, "who is it?")
-            assert result["status"] == "delivered"
+            assert result.delivered
             assert (await survivors[0].next_message()).body == "who is it?"
             await survivors[0].close()
             await watcher.wait_for_view({watcher.public_key})
@@ -156,16 +156,16 @@ def test_direct_messages_across_workers(cluster: Cluster) -> None:
         for sender in clients:
             for receiver in clients:
                 result = await sender.send(receiver.public_key, f"{sender.public_key[:6]}>")
-                assert result["status"] == "delivered", result
+                assert result.delivered, result
                 msg = await receiver.next_message()
                 assert (msg.sender, msg.body) == (sender.public_key, f"{sender.public_key[:6]}>")
         gone = clients.pop()
         await gone.close()
         await clients[0].wait_for_view(everyone - {gone.public_key})
         result = await clients[0].send(gone.public_key, "anyone?")
-        assert result["status"] == "offline"
+        assert result.offline
         upper = await clients[0].send(clients[1].public_key.upper(), "case")
-        assert upper["status"] == "delivered"
+        assert upper.delivered
         for c in clients:
             assert c.errors == []
             await c.close()
@@ -317,11 +317,11 @@ async def _bad_input_after_auth(url: str, watcher: LobbyClient) -> None:
             assert (got["type"], got["code"]) == ("error", code), (frame, got)
             assert isinstance(got["message"], str) and got["message"]
         bad = await rude.send("f" * 63, "x")
-        assert (bad["status"], bad["reason"]) == ("rejected", "invalid_recipient")
+        assert bad.outcome == "rejected/invalid_recipient"
         big = await rude.send(watcher.public_key, "x" * (protocol.MAX_BODY_BYTES + 1))
-        assert (big["status"], big["reason"]) == ("rejected", "too_large")
+        assert big.outcome == "rejected/too_large"
         fits = await rude.send(watcher.public_key, "x" * protocol.MAX_BODY_BYTES)
-        assert fits["status"] == "delivered"  # a maximal send fits in the frame limit
+        assert fits.delivered  # a maximal send fits in the frame limit
         assert len((await watcher.next_message()).body) == protocol.MAX_BODY_BYTES
         # Still connected and in sync after all of it.
         assert await rude.get_lobby() == {watcher.public_key, rude.public_key}

@@ -43,10 +43,11 @@ held, at most ``max_pipelined`` of them and ``max_pipelined_bytes`` in all (past
 had arrived then. If the auth fails they are dropped with the connection.
 
 Lobby flow (``AUTHENTICATED`` only): ``CURRENT`` clients get every update. One whose
-transport buffer passes ``lag_bytes`` becomes ``LAGGING`` and is skipped; once its
-buffer drains below a quarter of that it gets one fresh snapshot and is ``CURRENT``
-again, so it never sees a gap. ``STALE`` (after a resync) waits for a replica state
-that contains the client's own key, then gets the fresh snapshot.
+transport buffer passes ``lag_bytes`` (or twice the size of a snapshot, in a big lobby)
+becomes ``LAGGING`` and is skipped; once its buffer drains below a quarter of that it
+gets one fresh snapshot and is ``CURRENT`` again, so it never sees a gap. ``STALE``
+(after a resync) waits for a replica state that contains the client's own key, then gets
+the fresh snapshot.
 
 Bounds on what one client can cost, and who pays at the bound:
 
@@ -81,10 +82,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from typing import Final
-
-from nacl.bindings import crypto_core_ed25519_is_valid_point
-from nacl.exceptions import BadSignatureError, CryptoError
-from nacl.signing import VerifyKey
 
 from shared import backbone as bb
 from shared import protocol, timings
@@ -316,27 +313,8 @@ class Limits:
         validate(self)
 
 
-# --------------------------------------------------------------------------- verification
-
-
-def verify_auth(nonce: bytes, public_key: str, signature: str) -> AuthFailure | None:
-    """Check an ``auth`` answer; ``None`` when it proves ``public_key``."""
-    if not protocol.is_hex_key(public_key):
-        return AuthFailure.INVALID_PUBLIC_KEY
-    key_bytes = bytes.fromhex(public_key)
-    # libsodium would reject a small-order or off-curve key only as a bad signature;
-    # checking the point first gives the client the precise reason.
-    if not crypto_core_ed25519_is_valid_point(key_bytes):
-        return AuthFailure.INVALID_PUBLIC_KEY
-    if not protocol.is_hex_key(signature, 128):
-        return AuthFailure.INVALID_SIGNATURE
-    try:
-        VerifyKey(key_bytes).verify(protocol.AUTH_CONTEXT + nonce, bytes.fromhex(signature))
-    except BadSignatureError:
-        return AuthFailure.INVALID_SIGNATURE
-    except (CryptoError, ValueError, TypeError):
-        return AuthFailure.INVALID_PUBLIC_KEY
-    return None
+# --------------------------------------------------------------------------- checks
+# The auth check is the contract's: shared.protocol.verify_auth.
 
 
 def _utf8_ok(text: str) -> bool:
@@ -428,7 +406,7 @@ class Connection:
                 return self._close(E.FLOOD, CloseCode.POLICY_VIOLATION)
             if verdict is Verdict.THROTTLE:
                 return [_throttled(parsed)]
-            return self._frame_authenticated(parsed, link, buffered)
+            return self._frame_authenticated(parsed, link, buffered, replica)
         if self.state is S.CHALLENGED:
             return self._frame_challenged(protocol.parse_client_frame(frame), now, link, replica)
         if self.state in _PENDING:
@@ -444,7 +422,7 @@ class Connection:
     ) -> list[Action]:
         if not isinstance(parsed, protocol.Auth):
             return self._fail_auth(_pre_auth_failure(parsed))
-        failure = verify_auth(self.nonce, parsed.public_key, parsed.signature)
+        failure = protocol.verify_auth(self.nonce, parsed.public_key, parsed.signature)
         if failure is not None:
             return self._fail_auth(failure)
         self.key = protocol.normalise_key(parsed.public_key)
@@ -479,6 +457,7 @@ class Connection:
         parsed: protocol.ClientMessage | protocol.ProtocolViolation,
         link: Link,
         buffered: int,
+        replica: ReplicaView,
     ) -> list[Action]:
         if isinstance(parsed, protocol.ProtocolViolation):
             return [Write(protocol.error(_ERROR_CODES[parsed.kind], parsed.detail))]
@@ -486,7 +465,7 @@ class Connection:
             # Not unknown_type (auth is a known type) and not fatal: the session stands.
             return [Write(protocol.error(ErrorCode.MALFORMED, "already authenticated"))]
         if isinstance(parsed, protocol.GetLobby):
-            if buffered > self.limits.lag_bytes:
+            if buffered > self._lag_limit(replica):
                 self.flow = Flow.LAGGING  # a fresh snapshot comes once it drains
                 return []
             self.flow = Flow.CURRENT  # the snapshot is the current state: updates follow on
@@ -638,7 +617,7 @@ class Connection:
         if self.state is not S.AUTHENTICATED:
             return Fanout.SKIP
         if self.flow is Flow.CURRENT:
-            if buffered > self.limits.lag_bytes:
+            if buffered > self._lag_limit(replica):
                 self.flow = Flow.LAGGING
                 return Fanout.SKIP
             return Fanout.UPDATE
@@ -650,12 +629,20 @@ class Connection:
         return [WriteSnapshot()] if lagging and self._resume(buffered, replica) else []
 
     def _resume(self, buffered: int, replica: ReplicaView) -> bool:
-        if replica.sync is not SyncState.LIVE or buffered > self.limits.lag_bytes // 4:
+        if replica.sync is not SyncState.LIVE or buffered > self._lag_limit(replica) // 4:
             return False
         if self.flow is Flow.STALE and self.key not in replica.users:
             return False  # wait for the rebuilt lobby to include us (or for a Kick)
         self.flow = Flow.CURRENT
         return True
+
+    def _lag_limit(self, replica: ReplicaView) -> int:
+        """The backlog past which lobby updates are skipped: ``lag_bytes``, or twice a
+        snapshot when that is more. Skipping updates only saves anything while a fresh
+        snapshot costs less than the backlog; with a lobby of thousands, one snapshot is
+        larger than ``lag_bytes``, and a client that just got one must not be sent into
+        a loop of snapshots."""
+        return max(self.limits.lag_bytes, 2 * replica.snapshot_bytes)
 
     def on_progress(self, acked: int | None, buffered: int, now: float) -> list[Action]:
         """A sample of the transport: ``acked`` is how many bytes the peer has

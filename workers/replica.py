@@ -51,6 +51,10 @@ class SyncState(enum.Enum):
     LIVE = "live"  # in step with the coordinator's PUB stream
 
 
+USER_BYTES: Final = len(protocol.user_item("0" * 64)) + 1
+"""Bytes one user adds to a ``lobby_snapshot`` frame (its element and a comma)."""
+
+
 class ReplicaView(Protocol):
     """What connections may read of the replica."""
 
@@ -62,6 +66,8 @@ class ReplicaView(Protocol):
     def sync(self) -> SyncState: ...
     @property
     def users(self) -> AbstractSet[str]: ...
+    @property
+    def snapshot_bytes(self) -> int: ...
 
 
 # --------------------------------------------------------------------------- effects
@@ -161,6 +167,11 @@ class Replica:
     @property
     def users(self) -> AbstractSet[str]:
         return self._users
+
+    @property
+    def snapshot_bytes(self) -> int:
+        """About how many bytes a ``lobby_snapshot`` of the current state takes."""
+        return 64 + USER_BYTES * len(self._users)
 
     def snapshot_frame(self) -> str:
         """The ``lobby_snapshot`` frame of the current state, encoded once per state."""

@@ -90,6 +90,7 @@ from shared import backbone as bb
 from shared import curve, endpoints, notify, protocol, timings
 from shared.options import SettingsError
 from shared.protocol import CLOSE_REASONS, CloseCode, RejectReason, SendStatus
+from workers import pages
 from workers.admission import Admission, Admit
 from workers.connection import (
     Action,
@@ -115,7 +116,7 @@ from workers.replica import (
     SyncState,
 )
 from workers.routes import CoordinatorClock, Room, RouteTable
-from workers.settings import WorkerSettings
+from workers.settings import TlsError, WorkerSettings
 from workers.sources import client_address, parse_trusted, source_key
 
 log = logging.getLogger("workers")
@@ -202,6 +203,8 @@ class Worker:
         self._limits = settings.limits
         self.admission = Admission(settings.admission)
         self._trusted = parse_trusted(settings.network.trusted_proxies)
+        self._tls = settings.network.tls_context()
+        self._pages = pages.load()
         self.counters: Counter[str] = Counter()
         self._logged: Counter[str] = Counter()
         self._logged_at = float("-inf")
@@ -292,6 +295,7 @@ class Worker:
                 reuse_port=True,
                 process_request=self._process_request,
                 compression=None if net.compression == "none" else net.compression,
+                ssl=self._tls,
                 max_size=s.limits.pre_auth_frame_bytes,  # see FrameLimits
                 ping_interval=net.ping_interval,
                 ping_timeout=net.ping_timeout,
@@ -323,7 +327,7 @@ class Worker:
     async def _announce_ready(self, server: Server) -> None:
         await self._ready.wait()
         host, port = server.sockets[0].getsockname()[:2]
-        url = f"ws://{host}:{port}{protocol.WS_PATH}"
+        url = f"{'wss' if self._tls else 'ws'}://{host}:{port}{protocol.WS_PATH}"
         log.info("worker %s ready at %s", self.worker_id, url)
         notify.ready(f"worker {self.worker_id} ready at {url}")
         await asyncio.Event().wait()  # stay pending: only stop or a failure ends run()
@@ -356,15 +360,17 @@ class Worker:
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
-        if path == protocol.HEALTH_PATH:
-            if request.method not in ("GET", "HEAD"):
-                return _not_allowed(conn, "GET, HEAD")
-            return self._health(conn, head=request.method == "HEAD")
-        if path != protocol.WS_PATH:
+        if path == protocol.WS_PATH:
+            return None if request.method == "GET" else _not_allowed(conn, "GET")
+        page = self._pages.get(path)
+        if path != protocol.HEALTH_PATH and page is None:
             return conn.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
-        if request.method != "GET":
-            return _not_allowed(conn, "GET")
-        return None
+        if request.method not in ("GET", "HEAD"):
+            return _not_allowed(conn, "GET, HEAD")
+        head = request.method == "HEAD"
+        if page is None:
+            return self._health(conn, head=head)
+        return _page(conn, page, head=head)
 
     def _health(self, conn: ServerConnection, *, head: bool) -> Response:
         """O(1): counters, and the backlog figures the ticker keeps."""
@@ -896,6 +902,18 @@ async def _close_ws(ws: ServerConnection, code: int, reason: str) -> None:
             ws.transport.abort()
 
 
+def _page(conn: ServerConnection, page: pages.Page, *, head: bool) -> Response:
+    response = conn.respond(HTTPStatus.OK, "")
+    headers = response.headers
+    del headers["Content-Type"], headers["Content-Length"]
+    headers["Content-Type"] = page.content_type
+    headers["Content-Length"] = str(len(page.body))
+    for name, value in pages.SECURITY_HEADERS:
+        headers[name] = value
+    response.body = b"" if head else page.body
+    return response
+
+
 def _not_allowed(conn: ServerConnection, allow: str) -> Response:
     response = conn.respond(HTTPStatus.METHOD_NOT_ALLOWED, "Method Not Allowed\n")
     response.headers["Allow"] = allow
@@ -983,5 +1001,8 @@ async def main(settings: WorkerSettings) -> int:
         SettingsError,
     ) as exc:
         log.error("cannot start the backbone: %s", exc)
+        return 2
+    except TlsError as exc:
+        log.error("cannot start TLS: %s", exc)
         return 2
     return await worker.run(stop)

@@ -9,6 +9,7 @@ shell. Every default is written once, where its option is declared.
 from __future__ import annotations
 
 import secrets
+import ssl
 from dataclasses import dataclass
 
 from shared import endpoints, timings
@@ -80,6 +81,13 @@ class Network:
         check=_proxies,
         shown="none",
     )
+    tls_cert: str | None = option(
+        None,
+        "PEM certificate chain: with --tls-key the workers serve wss:// and https:// (a "
+        "page served from anywhere but localhost needs it: browsers give WebCrypto only "
+        "to secure contexts)",
+    )
+    tls_key: str | None = option(None, "PEM private key of --tls-cert")
     ping_timeout: float | None = option(
         20.0,
         "seconds to wait for a pong before dropping the connection; 0 waits for ever",
@@ -89,6 +97,29 @@ class Network:
 
     def __post_init__(self) -> None:
         validate(self)
+        require(
+            (self.tls_cert is None) == (self.tls_key is None),
+            "--tls-cert and --tls-key go together",
+        )
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server TLS context, or ``None`` without TLS; raises :class:`TlsError`
+        naming the file when the certificate or key cannot be used."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsError(
+                f"--tls-cert {self.tls_cert} / --tls-key {self.tls_key}: {exc}"
+            ) from None
+        return context
+
+
+class TlsError(Exception):
+    """The TLS certificate or key cannot be loaded."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

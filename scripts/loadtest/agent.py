@@ -595,7 +595,7 @@ class Agent:
                 problems[f"send {type(exc).__name__}"] += 1
                 return
             rtt.add(time.perf_counter() - started)
-            status[str(result.get("status"))] += 1
+            status[result.status.value] += 1
             last_answer = max(last_answer, time.time())
 
         async def sender(a: int, b: int) -> None:

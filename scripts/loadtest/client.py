@@ -15,13 +15,21 @@ frame still goes through its own client's sequence and view checks):
 What makes it cheap: one generator process holds hundreds of clients, and the server
 sends every one of them the very same text for lobby update ``seq`` N. Parsing and
 validating a frame is a pure function of its text, so a process does it once per
-distinct text (:func:`parse_update`, cached by text) and each client then runs only
-its own checks: the sequence number and the consistency of the delta with its view
-(:meth:`LoadView.apply_parsed`). Keys are validated once per spelling per process and
-stored once (interned). Anything the fast path does not accept as plainly valid
-(malformed JSON, a wrong field, a gap, an inconsistent delta) goes through the
-library's own code, which raises exactly the error it always did. orjson parses when it
-is installed (the ``bench`` extra), else :mod:`json`.
+distinct text (:func:`decode`, its result cached by text as an :class:`Update`) and each
+client then runs only its own checks: the sequence number and the consistency of the
+delta with its view (:meth:`LoadView.apply_parsed`). Keys are validated once per
+spelling per process and stored once (interned).
+
+:func:`decode` returns what :func:`shared.protocol.parse_server_frame` returns, the
+typed messages of the contract, by the same rules (the key check is
+:func:`shared.protocol.is_hex_key`, the ``seq`` check :func:`shared.protocol.is_seq`).
+It only gets there faster for ``lobby_update`` and ``lobby_snapshot``: a key seen before
+costs one dict lookup instead of a hex check, which makes a 500-key snapshot (every
+joining client parses one) about four times cheaper than the typed decoder makes it.
+Anything it does not accept as plainly valid (malformed JSON, a wrong field), and every
+other frame type, goes through the library's decoder, which returns or raises exactly
+what it always does; a gap or an inconsistent delta goes through the library's view.
+orjson parses when it is installed (the ``bench`` extra), else :mod:`json`.
 
 :func:`use_source_addresses` makes every new connection bind to the next of several
 loopback addresses, so one machine can open more connections to one server port than
@@ -39,7 +47,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Final
 
-from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
 import shared.client as lib
@@ -51,6 +58,7 @@ from shared.client import (
     LobbyClient,
     LobbyClientError,
     LobbyView,
+    ProtocolError,
     ViewError,
 )
 
@@ -70,25 +78,32 @@ stricter than :mod:`json`: no NaN, no integers beyond 64 bits) is handed to the
 library, which parses with :mod:`json` and decides."""
 
 
-def decode(frame: str | bytes) -> dict[str, Any]:
-    """A frame as the library's decoder returns it (an object with a string ``type``),
-    parsed by :data:`loads`. Anything else goes to the library's decoder, which raises
-    its :class:`~shared.client.ProtocolError` or accepts what only :mod:`json` takes;
-    so does an object with a float field, as orjson reads an integer beyond 64 bits
-    (say, a ``seq``) as a float where :mod:`json` reads an int."""
+def decode(frame: str | bytes) -> protocol.ServerMessage:
+    """:func:`shared.protocol.parse_server_frame`'s result, reached faster for a
+    well-formed ``lobby_update`` or ``lobby_snapshot`` (parsed by :data:`loads`, keys
+    through the process's cache). Everything else goes to the library's decoder, which
+    returns that result or raises its :class:`~shared.client.ProtocolError`; so does an
+    object with a float field, as orjson reads an integer beyond 64 bits (say, a
+    ``seq``) as a float where :mod:`json` reads an int."""
     if isinstance(frame, str):
         try:
             obj = loads(frame)
         except ValueError:
             pass
         else:
-            if (
-                isinstance(obj, dict)
-                and isinstance(obj.get("type"), str)
-                and not any(isinstance(v, float) for v in obj.values())
-            ):
-                return obj
-    return lib._decode(frame)
+            if isinstance(obj, dict) and not any(isinstance(v, float) for v in obj.values()):
+                kind = obj.get("type")
+                seq = obj.get("seq")
+                if kind == "lobby_update" and protocol.is_seq(seq):
+                    joined = parse_keys(obj.get("joined"))
+                    left = parse_keys(obj.get("left"))
+                    if joined is not None and left is not None:
+                        return protocol.LobbyUpdate(seq, joined, left)
+                elif kind == "lobby_snapshot" and protocol.is_seq(seq):
+                    users = parse_keys(obj.get("users"))
+                    if users is not None:
+                        return protocol.LobbySnapshot(seq, users)
+    return lib._parse_frame(frame)
 
 
 # --------------------------------------------------------------------------- keys
@@ -112,8 +127,9 @@ def canonical_key(raw: object) -> str | None:
 
 
 def parse_keys(users: object) -> tuple[str, ...] | None:
-    """The keys of a ``[{"publicKey": ...}, ...]`` list, canonical; None when anything
-    about it is wrong (the library's parser then names the fault)."""
+    """The keys of a ``[{"publicKey": ...}, ...]`` list, canonical and interned, as
+    :func:`shared.protocol.parse_server_frame` reads them; None when anything about it
+    is wrong (the library's decoder then names the fault)."""
     if not isinstance(users, list):
         return None
     try:  # the common case, every key seen before: only a dict's key can be found
@@ -139,9 +155,9 @@ def parse_keys(users: object) -> tuple[str, ...] | None:
 
 
 class Update:
-    """A well-formed ``lobby_update``, parsed once: what every client of the process
-    checks against its own view. ``clean``: neither list repeats a key and not both
-    are empty (the checks that depend on the frame alone)."""
+    """A well-formed ``lobby_update``, parsed once (:meth:`of`): what every client of the
+    process checks against its own view. ``clean``: neither list repeats a key and not
+    both are empty (the checks that depend on the frame alone)."""
 
     __slots__ = ("clean", "joined", "joined_set", "left", "left_set", "memo", "new", "seq", "size")
 
@@ -159,20 +175,15 @@ class Update:
             len(self.joined_set) == len(joined) and len(self.left_set) == len(left)
         )
 
+    @classmethod
+    def of(cls, msg: protocol.LobbyUpdate) -> Update:
+        """``msg``'s update, its keys interned (the fast path's already are; those the
+        library decoded are not)."""
+        return cls(msg.seq, _interned(msg.joined), _interned(msg.left))
 
-def parse_update(obj: dict[str, Any]) -> Update | None:
-    """``obj`` (a decoded ``lobby_update``) as an :class:`Update`, or None when a field
-    is missing or wrong."""
-    seq = obj.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool):
-        return None
-    joined = parse_keys(obj.get("joined"))
-    if joined is None:
-        return None
-    left = parse_keys(obj.get("left"))
-    if left is None:
-        return None
-    return Update(seq, joined, left)
+
+def _interned(keys: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple([sys.intern(key) for key in keys])
 
 
 class UpdateCache:
@@ -283,7 +294,6 @@ class LoadClient(LobbyClient):
         self.in_place = False
         """True once frames are handled as they are parsed (see _handle_in_place)."""
         self._auth_reads = 0
-        self._frame_len = 0
 
     async def _authenticate(self) -> None:
         await super()._authenticate()
@@ -323,7 +333,7 @@ class LoadClient(LobbyClient):
         assembler.put = put_or_handle  # type: ignore[union-attr]
         self.in_place = True
 
-    async def _recv_during_auth(self, failed_reason: str | None = None) -> dict[str, Any]:
+    async def _recv_during_auth(self, failed_reason: str | None = None) -> protocol.ServerMessage:
         # The second read waits for the answer to ``auth``, which was just written.
         self._auth_reads += 1
         if self._auth_reads == 2:
@@ -331,27 +341,32 @@ class LoadClient(LobbyClient):
             hook = LoadClient.auth_sent_hook
             if hook is not None:
                 hook(self.public_key, self.auth_sent_at)
-        try:
-            frame = await self._ws.recv()
-        except ConnectionClosed:
-            raise self._refusal(failed_reason) from None
+        return await super()._recv_during_auth(failed_reason)
+
+    def _parse(self, frame: str | bytes) -> protocol.ServerMessage:
+        """:func:`decode`: also during auth, as the first snapshot is the largest frame a
+        client parses."""
         return decode(frame)
 
     def _handle_frame(self, frame: str | bytes) -> None:
-        self._frame_len = len(frame)
         if not isinstance(frame, str):
-            super()._handle_frame(frame)
+            super()._handle_frame(frame)  # refused, as the library refuses it
             return
         update = UPDATES.get(frame)
         if update is None:
-            obj = decode(frame)
-            if obj["type"] != "lobby_update":
-                self._handle(obj)
+            try:
+                msg = self._parse(frame)
+            except ProtocolError as exc:  # a malformed update still counts its bytes
+                cause = exc.__cause__
+                if isinstance(cause, protocol.ServerProtocolError) and cause.frame_type == (
+                    protocol.LobbyUpdate.TYPE
+                ):
+                    self.update_bytes += len(frame)
+                raise
+            if not isinstance(msg, protocol.LobbyUpdate):
+                self._handle(msg)
                 return
-            update = parse_update(obj)
-            if update is None:
-                self._handle(obj)  # malformed: the library names the fault
-                return
+            update = Update.of(msg)
             UPDATES.put(frame, update)
         self.update_bytes += len(frame)
         self.updates_received += 1
@@ -364,20 +379,15 @@ class LoadClient(LobbyClient):
             raise
         self._changed_to(update)
 
-    def _handle(self, obj: dict[str, Any]) -> None:
-        kind = obj["type"]
-        if kind == "lobby_update":
-            self.update_bytes += self._frame_len
-        elif kind == "lobby_snapshot":
-            seq = obj.get("seq")
-            keys = parse_keys(obj.get("users"))
-            if keys is not None and isinstance(seq, int) and not isinstance(seq, bool):
-                self.snapshots_received += 1
-                self._resync_requested = False
-                LobbyView.apply_snapshot(self.load_view, seq, keys)  # keys are interned
-                self._changed_to(None, seq, keys)
-                return
-        super()._handle(obj)
+    def _handle(self, msg: protocol.ServerMessage) -> None:
+        """The library's handling; a snapshot also goes to the lobby hook."""
+        if isinstance(msg, protocol.LobbySnapshot):
+            self.snapshots_received += 1
+            self._resync_requested = False
+            self.load_view.apply_snapshot(msg.seq, msg.users)
+            self._changed_to(None, msg.seq, msg.users)
+            return
+        super()._handle(msg)
 
     def _changed_to(self, update: Update | None, seq: int = 0, keys: tuple[str, ...] = ()) -> None:
         """Tell the hook and the library's listeners about an applied frame."""

@@ -4,7 +4,6 @@ against it), and scripts/bare_broadcast.py pushes what it is told to."""
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,7 +12,9 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 from scripts.loadtest.target import Server, free_port, start_bare, start_baseline
-from shared.client import LobbyClient
+from shared import protocol
+from shared.client import LobbyClient, generate_signing_key, public_key_hex
+from shared.protocol import AuthFailedFrame, AuthFailure, RejectReason, SendStatus
 
 pytestmark = pytest.mark.process
 
@@ -42,14 +43,14 @@ def test_joins_leaves_and_snapshots(baseline: Server) -> None:
 def test_direct_messages_and_results(baseline: Server) -> None:
     async def scenario() -> None:
         async with LobbyClient.connect(baseline.url) as a, LobbyClient.connect(baseline.url) as b:
-            assert (await a.send(b.public_key.upper(), "hi", "m1"))["status"] == "delivered"
+            assert (await a.send(b.public_key.upper(), "hi", "m1")).delivered
             msg = await b.next_message()
             assert (msg.sender, msg.id, msg.body) == (a.public_key, "m1", "hi")
-            assert (await a.send("ab" * 32, "x"))["status"] == "offline"
+            assert (await a.send("ab" * 32, "x")).offline
             bad = await a.send("nope", "x")
-            assert (bad["status"], bad["reason"]) == ("rejected", "invalid_recipient")
+            assert (bad.status, bad.reason) == (SendStatus.REJECTED, RejectReason.INVALID_RECIPIENT)
             big = await a.send(b.public_key, "x" * 65537)
-            assert big["reason"] == "too_large"
+            assert big.reason is RejectReason.TOO_LARGE
             await a.send_raw("{")
             await a.wait_for_view(lambda _v: bool(a.error_frames))
             assert a.error_frames[-1]["code"] == "malformed"
@@ -72,15 +73,23 @@ def test_newest_session_wins(baseline: Server) -> None:
     asyncio.run(scenario())
 
 
-def test_bad_signature_is_refused_with_4001(baseline: Server) -> None:
+@pytest.mark.parametrize(
+    ("public_key", "reason"),
+    [
+        # Not a point of the curve: the contract's invalid_public_key, from the one check
+        # (shared.protocol.verify_auth) the cluster uses too.
+        ("ab" * 32, AuthFailure.INVALID_PUBLIC_KEY),
+        (public_key_hex(generate_signing_key()), AuthFailure.INVALID_SIGNATURE),
+    ],
+)
+def test_a_bad_auth_is_refused_with_its_reason_and_4001(
+    baseline: Server, public_key: str, reason: AuthFailure
+) -> None:
     async def scenario() -> None:
         async with ws_connect(baseline.url) as ws:
-            json.loads(await ws.recv())
-            await ws.send(
-                json.dumps({"type": "auth", "publicKey": "ab" * 32, "signature": "00" * 64})
-            )
-            answer = json.loads(await ws.recv())
-            assert answer["type"] == "auth_failed"
+            protocol.parse_server_frame(await ws.recv())
+            await ws.send(protocol.auth(public_key, "00" * 64))
+            assert protocol.parse_server_frame(await ws.recv()) == AuthFailedFrame(reason)
             await ws.wait_closed()
             assert ws.close_code == 4001
 

@@ -99,6 +99,9 @@ def test_the_launchers_socket_hears_what_shared_notify_sends(
 )
 def test_connect_url(host: str, url: str) -> None:
     assert connect_url(host, 9000) == url
+    assert connect_url(host, 9000, tls=True) == url.replace("ws://", "wss://")
+    page = url.replace("ws://", "http://").removesuffix("ws")
+    assert connect_url(host, 9000, page=True) == page
 
 
 def test_describe_exit() -> None:

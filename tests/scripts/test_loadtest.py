@@ -25,12 +25,14 @@ from scripts.loadtest.client import LoadClient
 from scripts.loadtest.pool import AgentPool, LoadTestError
 from scripts.loadtest.stats import Histogram
 from scripts.loadtest.target import Server, alive, free_port, start_baseline, start_cluster
+from shared import protocol
 from shared.client import (
     DuplicateUpdate,
     LobbyChange,
     LobbyClient,
     LobbyClientError,
     LobbyView,
+    ProtocolError,
     ViewError,
 )
 from tests.support import until
@@ -238,6 +240,28 @@ def test_the_fast_path_reaches_the_librarys_verdict_on_every_frame(
     load_client.UPDATES.clear()
     try:
         asyncio.run(run())
+    finally:
+        load_client.loads = default
+
+
+@pytest.mark.parametrize("parser", ["default", "json"])  # orjson when installed; json
+@settings(max_examples=300, deadline=None)
+@given(_frames())
+def test_the_fast_decoder_returns_what_the_contracts_decoder_returns(
+    parser: str, frames: list[str | bytes]
+) -> None:
+    default = load_client.loads
+    load_client.loads = json.loads if parser == "json" else default
+    try:
+        for frame in frames:
+            try:
+                expected = protocol.parse_server_frame(frame)
+            except protocol.ServerProtocolError as exc:
+                with pytest.raises(ProtocolError) as info:
+                    load_client.decode(frame)
+                assert repr(info.value.__cause__) == repr(exc)
+            else:
+                assert load_client.decode(frame) == expected
     finally:
         load_client.loads = default
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nacl.signing import VerifyKey
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -39,6 +38,7 @@ from shared.client import (
     public_key_hex,
     save_signing_key,
 )
+from shared.protocol import RejectReason, SendResult, SendStatus, ServerProtocolError
 from tests.support import run
 
 OTHER = "ab" * 32
@@ -63,13 +63,10 @@ async def recv_json(ws: ServerConnection) -> dict[str, Any]:
 async def handshake(ws: ServerConnection) -> str:
     """The server's side of auth up to (not including) auth_ok; returns the key."""
     await ws.send(protocol.challenge(NONCE))
-    auth = await recv_json(ws)
-    assert auth["type"] == "auth"
-    pk = auth["publicKey"]
-    VerifyKey(bytes.fromhex(pk)).verify(
-        protocol.signed_payload(NONCE), bytes.fromhex(auth["signature"])
-    )
-    return str(pk)
+    auth = protocol.parse_client_frame(await ws.recv())
+    assert isinstance(auth, protocol.Auth)
+    assert protocol.verify_auth(bytes.fromhex(NONCE), auth.public_key, auth.signature) is None
+    return auth.public_key
 
 
 async def welcome(ws: ServerConnection, seq: int, *others: str) -> str:
@@ -89,8 +86,8 @@ def test_full_session() -> None:
             await ws.send(protocol.lobby_update(11, [THIRD], []))
             await ws.send(protocol.lobby_update(12, [OTHER], [OTHER]))  # reconnection
             await ws.send(protocol.message(OTHER, "m1", "hello"))
-            send = await recv_json(ws)
-            got["send"] = send
+            got["send"] = await ws.recv()
+            send = json.loads(got["send"])
             await ws.send(protocol.send_result(send["id"], protocol.SendStatus.DELIVERED))
             rejected = await recv_json(ws)
             await ws.send(
@@ -118,11 +115,11 @@ def test_full_session() -> None:
             message = await client.next_message(timeout=5)
             assert message == IncomingMessage(OTHER, "m1", "hello")
             result = await client.send(OTHER, "hi there", msg_id="x1")
-            assert result == {"type": "send_result", "id": "x1", "status": "delivered"}
-            assert got["send"] == {"type": "send", "to": OTHER, "id": "x1", "body": "hi there"}
+            assert result == SendResult("x1", SendStatus.DELIVERED) and result.delivered
+            assert got["send"] == protocol.send(OTHER, "x1", "hi there")
             rejected = await client.send("nope", "body")
-            assert rejected["status"] == "rejected"
-            assert rejected["reason"] == "invalid_recipient"
+            assert rejected.status is SendStatus.REJECTED
+            assert rejected.reason is RejectReason.INVALID_RECIPIENT
             await client.wait_for_view(lambda v: v.seq == 13)
             assert client.view.online == {me, OTHER}
             assert client.updates_received == 3
@@ -272,6 +269,10 @@ def test_malformed_server_frames_are_recorded_not_fatal() -> None:
             await client.wait_for_view(lambda v: OTHER in v)
             assert len(client.errors) == 3
             assert all(isinstance(e, ProtocolError) for e in client.errors)
+            # The library's error wraps the decoder's, which says what was wrong.
+            causes = [e.__cause__ for e in client.errors]
+            kinds = [c.frame_type for c in causes if isinstance(c, ServerProtocolError)]
+            assert kinds == [None, "lobby_update", "mystery"]
 
     run(main(), timeout=30)
 
@@ -383,3 +384,73 @@ def test_key_files_round_trip(tmp_path: Path) -> None:
     (tmp_path / "bad.key").write_text("zz\n")
     with pytest.raises(ValueError, match=r"bad\.key"):
         load_signing_key(tmp_path / "bad.key")
+
+
+def test_results_and_errors_outside_the_contract() -> None:
+    """A send_result whose status or reason the contract does not list is recorded as a
+    ProtocolError and answers nothing; an error code it does not list is kept."""
+
+    async def handler(ws: ServerConnection) -> None:
+        await welcome(ws, 1)
+        msg_id = json.loads(await ws.recv())["id"]
+        await ws.send(json.dumps({"type": "send_result", "id": msg_id, "status": "queued"}))
+        bad = {"type": "send_result", "id": msg_id, "status": "delivered", "reason": "x"}
+        await ws.send(json.dumps(bad))
+        await ws.send(json.dumps({"type": "error", "code": "teapot", "message": "short"}))
+        await ws.send(protocol.send_result(msg_id, SendStatus.OFFLINE))
+        await ws.send(protocol.send_result(msg_id, SendStatus.OFFLINE))  # a late duplicate
+        await ws.wait_closed()
+
+    async def main() -> None:
+        server, url = await start(handler)
+        async with server, LobbyClient.connect(url) as client:
+            assert await client.send(OTHER, "x", msg_id="s1") == SendResult(
+                "s1", SendStatus.OFFLINE
+            )
+            assert [type(e) for e in client.errors] == [ProtocolError, ProtocolError]
+            assert "status 'queued' is not one of" in str(client.errors[0])
+            assert client.error_frames == [{"type": "error", "code": "teapot", "message": "short"}]
+            await client.wait_for_view(lambda _v: bool(client.unmatched_results))
+            assert client.unmatched_results == [
+                {"type": "send_result", "id": "s1", "status": "offline"}
+            ]
+
+    run(main(), timeout=30)
+
+
+def test_an_unknown_auth_failure_reason_is_reported_as_sent() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await handshake(ws)
+        await ws.send('{"type":"auth_failed","reason":"banned"}')
+        await ws.close(4001, "auth_failed")
+
+    async def main() -> None:
+        server, url = await start(handler)
+        async with server:
+            with pytest.raises(AuthFailed) as info:
+                await LobbyClient.connect(url)
+            assert (info.value.reason, info.value.close_code) == ("banned", 4001)
+
+    run(main(), timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("hello", "fragment"),
+    [
+        ('{"type":"challenge","version":2,"nonce":"' + NONCE + '"}', "unsupported protocol"),
+        ('{"type":"challenge","version":1,"nonce":"abc"}', "'nonce' is not 64 hex"),
+        (protocol.auth_ok(OTHER), "expected a challenge"),
+    ],
+)
+def test_a_bad_challenge_is_a_protocol_error(hello: str, fragment: str) -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(hello)
+        await ws.wait_closed()
+
+    async def main() -> None:
+        server, url = await start(handler)
+        async with server:
+            with pytest.raises(ProtocolError, match=fragment):
+                await LobbyClient.connect(url)
+
+    run(main(), timeout=30)

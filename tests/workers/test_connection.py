@@ -33,7 +33,6 @@ from workers.connection import (
     State,
     Write,
     WriteSnapshot,
-    verify_auth,
 )
 from workers.replica import SyncState
 
@@ -50,6 +49,7 @@ class FakeReplica:
     seq: int = 0
     sync: SyncState = SyncState.LIVE
     users: set[str] = field(default_factory=set)
+    snapshot_bytes: int = 100
 
 
 def auth_frame(pk: str = PK, nonce: bytes = NONCE, sk: SigningKey = SK) -> str:
@@ -266,10 +266,10 @@ def test_auth_failures_send_reason_then_close_4001(frame: str | bytes, reason: A
     assert actions[1].reason == "auth_failed"  # type: ignore[union-attr]
 
 
-def test_verify_auth_accepts_either_case() -> None:
-    sig = _sig(NONCE)
-    assert verify_auth(NONCE, PK.upper(), sig.upper()) is None
-    assert verify_auth(NONCE, PK, sig) is None
+def test_an_auth_in_upper_case_hex_is_accepted() -> None:
+    conn = fresh()
+    feed(conn, protocol.auth(PK.upper(), _sig(NONCE).upper()))
+    assert conn.state is State.AUTHENTICATING and conn.key == PK
 
 
 @pytest.mark.parametrize("state", [State.VERIFIED, State.AUTHENTICATING, State.ACKED])
@@ -747,6 +747,17 @@ def test_backlog_never_grows_past_its_bounds(backlogs: list[tuple[str, int]]) ->
             else:
                 assert delivery is Delivery.FULL and actions == []
         assert conn.state is State.AUTHENTICATED
+
+
+def test_in_a_big_lobby_a_client_with_a_snapshot_in_flight_still_gets_updates() -> None:
+    """A snapshot of thousands of users is larger than lag_bytes: a client that has one
+    in its buffer must get the updates that follow, not be sent into a loop of
+    snapshots. Updates are skipped only past twice a snapshot."""
+    conn = reach(State.AUTHENTICATED)
+    big = FakeReplica(seq=11, users={PK}, snapshot_bytes=40 * LIMITS.lag_bytes)
+    assert conn.on_update(40 * LIMITS.lag_bytes + 10, big) is Fanout.UPDATE
+    assert conn.on_update(80 * LIMITS.lag_bytes + 1, big) is Fanout.SKIP
+    assert conn.on_sweep(20 * LIMITS.lag_bytes, big) == [WriteSnapshot()]
 
 
 # --------------------------------------------------------------------------- stalls, cut-off

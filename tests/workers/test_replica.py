@@ -388,3 +388,14 @@ def test_replica_follows_the_coordinator_or_knows_it_does_not(
     assert replica.sync is SyncState.LIVE
     assert (replica.epoch, replica.seq, set(replica.users)) == (coord.tag, coord.seq, coord.users)
     assert (client.seq, client.users) == (coord.seq, coord.users)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sets(st.text("0123456789abcdef", min_size=64, max_size=64), max_size=300))
+def test_the_snapshot_size_estimate_is_close_to_the_frame(users: set[str]) -> None:
+    r = Replica()
+    r.start()
+    r.on_welcome(bb.Welcome("e1"))
+    r.on_snapshot(bb.Snapshot("e1", 12345, sorted(users)))
+    actual = len(r.snapshot_frame())
+    assert actual - 64 <= r.snapshot_bytes <= actual + 64

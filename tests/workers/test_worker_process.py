@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,11 +22,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import trustme
 import zmq
 import zmq.asyncio
 from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from shared import backbone as bb
 from shared import protocol
@@ -238,7 +240,8 @@ async def worker(ipc_dir: Path, *args: str) -> AsyncIterator[Harness]:
         tasks = [asyncio.create_task(t) for t in (coord.serve(), coord.beat(), coord.serve_peer())]
         harness = Harness(coord, proc, port, ipc_dir)
         status = await asyncio.to_thread(proc.wait_ready, 10.0)
-        assert status == f"worker {WORKER} ready at ws://127.0.0.1:{port}/ws"
+        scheme = "wss" if "--tls-cert" in args else "ws"
+        assert status == f"worker {WORKER} ready at {scheme}://127.0.0.1:{port}/ws"
         hello = await coord.expect(bb.Hello)
         assert hello == bb.Hello(WORKER, "", f"ipc://{ipc_dir}/results-{WORKER}", "", [])
         await coord.expect(bb.SnapshotRequest)
@@ -666,6 +669,87 @@ def test_http_paths(ipc_dir: Path) -> None:
     run(scenario())
 
 
+def test_the_lobby_page_and_its_files_are_served_with_safe_headers(ipc_dir: Path) -> None:
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            for path, kind in (
+                ("/", "text/html"),
+                ("/lobby.js", "text/javascript"),
+                ("/lobby.css", "text/css"),
+            ):
+                status, headers, body = await http(h.port, path=path)
+                assert status == 200 and headers["content-type"].startswith(kind), path
+                assert headers["x-content-type-options"] == "nosniff"
+                assert "connect-src 'self'" in headers["content-security-policy"]
+                expected = (ROOT / "workers" / "static" / (path[1:] or "index.html")).read_bytes()
+                assert body == expected
+                status, head_headers, head_body = await http(h.port, method="HEAD", path=path)
+                assert (status, head_body) == (200, b"")
+                assert head_headers["content-length"] == str(len(expected))
+                assert (await http(h.port, method="POST", path=path))[0] == 405
+            assert (await http(h.port, path="/../pyproject.toml"))[0] == 404
+            assert (await http(h.port, path="/static/lobby.js"))[0] == 404
+
+    run(scenario())
+
+
+def test_tls_serves_wss_and_https(ipc_dir: Path, tmp_path: Path) -> None:
+    """With --tls-cert/--tls-key the same port speaks TLS: the page over https, the
+    protocol over wss (certificates made by the test's own CA)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    cert.cert_chain_pems[0].write_to_path(str(chain))
+    client_ssl = ssl.create_default_context()
+    ca.configure_trust(client_ssl)
+
+    async def scenario() -> None:
+        async with worker(ipc_dir, "--tls-cert", str(chain), "--tls-key", str(key)) as h:
+            c = h.coord
+            async with connect(f"wss://127.0.0.1:{h.port}/ws", ssl=client_ssl) as ws:
+                s = Session(ws, new_key())
+                await s.answer_challenge()
+                authed = await c.expect(bb.Authed)
+                c.send(bb.AuthAck(authed.conn, c.epoch, c.seq + 1))
+                c.update(joined=[s.key])
+                assert await s.recv() == {"type": "auth_ok", "publicKey": s.key}
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", h.port, ssl=client_ssl, server_hostname="127.0.0.1"
+            )
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            async with asyncio.timeout(5):
+                answer = await reader.read()
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200") and b"text/html" in answer
+            with pytest.raises((ConnectionClosed, InvalidHandshake, OSError)):
+                async with connect(h.url) as plain:  # plain ws to a TLS port: no
+                    await plain.recv()
+
+    run(scenario())
+
+
+def test_a_tls_key_that_cannot_be_read_is_refused_at_start(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    result = subprocess.run(
+        [sys.executable, "-m", "workers", "--tls-cert", missing, "--tls-key", missing],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and f"--tls-cert {missing}" in result.stderr
+    assert "Traceback" not in result.stderr
+    alone = subprocess.run(
+        [sys.executable, "-m", "workers", "--tls-cert", missing],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert alone.returncode == 2 and "--tls-cert and --tls-key go together" in alone.stderr
+
+
 def test_sigterm_closes_clients_1001_and_says_goodbye(ipc_dir: Path) -> None:
     async def scenario() -> None:
         async with worker(ipc_dir) as h:
@@ -869,20 +953,22 @@ def test_a_message_lost_on_the_way_to_the_coordinator_is_repaired_by_a_hello(
     ipc_dir: Path,
 ) -> None:
     """The coordinator's events socket goes away while its beats keep coming (so the
-    worker sees a live coordinator): a Closed cannot be queued past the high-water mark.
-    It is counted, and once the socket is back the worker re-registers with the whole
-    truth, which no longer holds the closed session: no ghost."""
+    worker sees a live coordinator): with a high-water mark of 1, Closed messages cannot
+    all be queued. The lost ones are counted, and once the socket is back the worker
+    re-registers with the whole truth, which holds none of the closed sessions: no
+    ghost, whichever of them got through."""
 
     async def scenario() -> None:
         async with worker(ipc_dir, "--hwm", "1") as h:
             c = h.coord
-            gone, stays = await h.login(new_key()), await h.login(new_key())
-            await gone.recv()  # the second one's join
+            stays = await h.login(new_key())
+            gone = [await h.login(new_key()) for _ in range(4)]
             events = f"ipc://{ipc_dir}/events"
             c.router.unbind(events)
             await until(lambda: dropped(h.port, "hb"), "a heartbeat to be refused", 5)
-            await gone.ws.close()
-            await until(lambda: dropped(h.port, "closed"), "the Closed to be refused", 5)
+            for session in gone:
+                await session.ws.close()
+            await until(lambda: dropped(h.port, "closed"), "a Closed to be refused", 5)
             c.router.bind(events)
             hello = await c.expect(bb.Hello, timeout=10)
             assert hello.sessions == [(stays.conn, stays.key, stays.ack_epoch, stays.ack_seq, True)]

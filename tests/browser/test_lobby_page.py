@@ -1,0 +1,302 @@
+"""The lobby page and lobby.js in a real browser (headless Chromium) against real
+processes: a cluster of coordinator and workers, Python clients beside the pages, and,
+for what no real server does (skipping an update number), a scripted server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from scripts.fake_lobby import FakeLobby, random_keys
+from shared.client import LobbyClient
+from tests.browser.conftest import chromium
+from tests.support import ROOT, Cluster, ManagedProcess, run, until
+
+pytestmark = pytest.mark.process
+
+FAST_COORDINATOR = ("--heartbeat-interval", "0.1", "--worker-timeout", "0.6")
+FAST_WORKER = ("--heartbeat-interval", "0.1", "--coordinator-timeout", "0.6")
+QUIET = 1.5
+"""Seconds a page is watched for something that must not happen (three times the
+client's first reconnect delay)."""
+
+
+def page_url(cluster: Cluster, *, tls: bool = False) -> str:
+    return f"{'https' if tls else 'http'}://127.0.0.1:{cluster.port}/"
+
+
+async def open_page(context: Any, url: str, key: str = "memory") -> Any:
+    """A page of the lobby, once it is online with the lobby drawn."""
+    page = await context.new_page()
+    page.on("pageerror", lambda exc: pytest.fail(f"page error: {exc}"))
+    await page.goto(f"{url}?key={key}")
+    await page.wait_for_function("window.lobby && window.lobby.ready")
+    await page.evaluate("window.lobby.ready")
+    return page
+
+
+async def shown(page: Any) -> set[str]:
+    """The keys the page lists."""
+    keys = await page.eval_on_selector_all("#users li", "items => items.map(i => i.dataset.key)")
+    return set(keys)
+
+
+async def key_of(page: Any) -> str:
+    return str(await page.evaluate("window.lobby.client.publicKey"))
+
+
+async def status_of(page: Any) -> str:
+    return str(await page.get_attribute("#status", "data-status"))
+
+
+async def until_shown(page: Any, keys: set[str], what: str, timeout: float = 15) -> None:
+    async def holds() -> bool:
+        return await shown(page) == keys and int(await page.text_content("#count")) == len(keys)
+
+    await until(holds, what, timeout)
+
+
+@asynccontextmanager
+async def browser_context(**kw: Any) -> AsyncIterator[Any]:
+    async with chromium() as browser:
+        context = await browser.new_context(**kw)
+        try:
+            yield context
+        finally:
+            await context.close()
+
+
+def test_two_pages_see_each_other_join_and_leave(cluster: Cluster) -> None:
+    async def scenario() -> None:
+        async with browser_context() as context:
+            one = await open_page(context, page_url(cluster))
+            two = await open_page(context, page_url(cluster))
+            a, b = await key_of(one), await key_of(two)
+            assert a != b
+            await until_shown(one, {a, b}, "the second page on the first")
+            await until_shown(two, {a, b}, "the first page on the second")
+            assert await one.get_attribute(f'#users li[data-key="{a}"]', "class") == "me"
+            assert await one.text_content("#me") == a
+            await two.close()
+            await until_shown(one, {a}, "the second page to leave")
+
+    run(scenario())
+
+
+def test_a_page_and_a_python_client_exchange_direct_messages(cluster: Cluster) -> None:
+    async def scenario() -> None:
+        async with browser_context() as context, LobbyClient.connect(cluster.url) as python:
+            page = await open_page(context, page_url(cluster))
+            me = await key_of(page)
+            await until_shown(page, {me, python.public_key}, "the Python client")
+            # Python to the page: shown as text, never as HTML.
+            body = "<b>hello</b> from Python"
+            result = await python.send(me, body, msg_id="p1")
+            assert result.delivered
+            item = f'#messages li[data-id="p1"][data-from="{python.public_key}"]'
+            await page.wait_for_selector(item)
+            assert body in await page.text_content(item)
+            assert await page.query_selector("#messages b") is None
+            # The page to Python: pick the user, type, send; the result is shown.
+            await page.click(f'#users li[data-key="{python.public_key}"]')
+            assert await page.input_value("#send-to") == python.public_key
+            await page.fill("#send-body", "hi from the page")
+            await page.click("#send-button")
+            message = await python.next_message()
+            assert (message.sender, message.body) == (me, "hi from the page")
+            await page.wait_for_selector(f'#results li[data-id="{message.id}"]')
+            sent = f'#results li[data-id="{message.id}"]'
+            assert await page.get_attribute(sent, "data-status") == "delivered"
+            # A recipient that is not online: offline.
+            await page.fill("#send-to", "ab" * 32)
+            await page.fill("#send-body", "anyone?")
+            await page.click("#send-button")
+            await page.wait_for_selector('#results li[data-status="offline"]')
+
+    run(scenario())
+
+
+@pytest.fixture
+def fast_cluster(tmp_path: Path) -> Any:
+    with Cluster(tmp_path, 2, coordinator_args=FAST_COORDINATOR, worker_args=FAST_WORKER) as c:
+        yield c
+
+
+def test_the_page_survives_a_coordinator_restart(fast_cluster: Cluster) -> None:
+    """Killed and started again, the coordinator rebuilds the lobby from the workers: the
+    page stays online, gets a fresh snapshot of the same lobby, and sees what follows."""
+
+    async def scenario() -> None:
+        async with browser_context() as context, LobbyClient.connect(fast_cluster.url) as other:
+            page = await open_page(context, page_url(fast_cluster))
+            me = await key_of(page)
+            await until_shown(page, {me, other.public_key}, "both")
+            syncs = await page.evaluate(
+                """() => { window.syncs = 0;
+                   window.lobby.client.addEventListener('sync', () => window.syncs++); }"""
+            )
+            assert syncs is None
+            assert fast_cluster.coordinator is not None
+            fast_cluster.coordinator.signal(signal.SIGKILL)
+            fast_cluster.coordinator.proc.wait(5)
+            fast_cluster.coordinator = ManagedProcess(
+                "coordinator",
+                [
+                    *("--events-endpoint", fast_cluster.events),
+                    *("--updates-endpoint", fast_cluster.updates),
+                    *FAST_COORDINATOR,
+                ],
+            )
+            await until(
+                lambda: page.evaluate("window.syncs > 0"), "a fresh snapshot on the page", 15
+            )
+            assert await status_of(page) == "online"
+            await until_shown(page, {me, other.public_key}, "the same lobby")
+            async with LobbyClient.connect(fast_cluster.url) as late:
+                await until_shown(page, {me, other.public_key, late.public_key}, "a join")
+
+    run(scenario())
+
+
+def test_the_page_reconnects_after_its_worker_is_killed_with_the_same_identity(
+    tmp_path: Path,
+) -> None:
+    with Cluster(
+        tmp_path, 1, coordinator_args=FAST_COORDINATOR, worker_args=FAST_WORKER
+    ) as cluster:
+
+        async def scenario() -> None:
+            async with browser_context() as context:
+                page = await open_page(context, page_url(cluster), key="survivor")
+                me = await key_of(page)
+                first = cluster.workers[0]  # the page is on the only worker there was
+                await asyncio.to_thread(cluster.add_worker, "w2")
+                await page.evaluate(
+                    """() => { window.seen = [];
+                       window.lobby.client.addEventListener('status',
+                         e => window.seen.push(e.detail.status)); }"""
+                )
+                first.signal(signal.SIGKILL)
+                await until(
+                    lambda: page.evaluate("window.seen.includes('reconnecting')"),
+                    "the page to notice",
+                    10,
+                )
+                await until(lambda: page.evaluate("window.seen.at(-1) === 'online'"), "back", 15)
+                assert await key_of(page) == me
+                await until_shown(page, {me}, "itself, on the other worker")
+                async with LobbyClient.connect(cluster.url) as other:
+                    await until_shown(page, {me, other.public_key}, "a newcomer")
+
+        run(scenario())
+
+
+def test_the_same_identity_in_a_second_tab_replaces_the_first_for_good(cluster: Cluster) -> None:
+    async def scenario() -> None:
+        async with browser_context() as context:
+            first = await open_page(context, page_url(cluster), key="twice")
+            me = await key_of(first)
+            await first.evaluate(
+                """() => { window.seen = [];
+                   window.lobby.client.addEventListener('status',
+                     e => window.seen.push(e.detail.status)); }"""
+            )
+            second = await open_page(context, page_url(cluster), key="twice")
+            assert await key_of(second) == me  # the identity kept in IndexedDB
+            await until(lambda: status_of_is(first, "replaced"), "the first tab replaced", 10)
+            assert "elsewhere" in (await first.text_content("#status") or "")
+            async with LobbyClient.connect(cluster.url) as other:
+                await until_shown(second, {me, other.public_key}, "the newcomer")
+                await asyncio.sleep(QUIET)  # watching for a reconnect that must not come
+                assert await first.evaluate("window.seen") == ["replaced"]
+                assert await status_of(second) == "online"
+                await until_shown(second, {me, other.public_key}, "still both")
+
+    run(scenario())
+
+
+async def status_of_is(page: Any, status: str) -> bool:
+    return await status_of(page) == status
+
+
+def test_a_gap_in_update_numbers_leads_to_a_resync(tmp_path: Path) -> None:
+    """No real server skips an update number, so a scripted one does: the page refuses
+    the update after the gap, asks for the lobby, and shows the snapshot it gets."""
+
+    async def scenario() -> None:
+        fake = await FakeLobby(users=set(random_keys(3))).start()
+        try:
+            async with browser_context() as context:
+                page = await open_page(context, f"http://127.0.0.1:{fake.port}/")
+                me = await key_of(page)
+                assert await shown(page) == fake.users
+                joiner = random_keys(1)
+                fake.update(joined=joiner)
+                await until_shown(page, fake.users, "an update in order")
+                gone = sorted(fake.users - {me})[0]
+                fake.update(left=[gone], skip=2)  # 2 numbers never sent
+                await until(lambda: {"type": "get_lobby"} in fake.requests, "the page to ask", 10)
+                await until_shown(page, fake.users, "the lobby after the resync")
+                assert gone not in await shown(page)
+        finally:
+            await fake.stop()
+
+    run(scenario())
+
+
+def test_the_page_over_tls(tmp_path: Path) -> None:
+    """Browsers give WebCrypto only to secure contexts: served over https, the page works
+    anywhere (here with a certificate from the test's own CA)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    cert.cert_chain_pems[0].write_to_path(str(chain))
+    client_ssl = ssl.create_default_context()
+    ca.configure_trust(client_ssl)
+    with Cluster(tmp_path, 1, worker_args=("--tls-cert", str(chain), "--tls-key", str(key))) as c:
+
+        async def scenario() -> None:
+            async with browser_context(ignore_https_errors=True) as context:
+                page = await open_page(context, page_url(c, tls=True))
+                me = await key_of(page)
+                assert page.url.startswith("https://")
+                url = f"wss://127.0.0.1:{c.port}/ws"
+                async with LobbyClient.connect(url, ssl=client_ssl) as python:
+                    await until_shown(page, {me, python.public_key}, "a wss client")
+                    result = await python.send(me, "over TLS")
+                    assert result.delivered
+
+        run(scenario())
+
+
+def test_a_screenshot_of_the_lobby(cluster: Cluster, tmp_path: Path) -> None:
+    """The picture in the README: the page with a few users online and a message. Taken
+    on every run; written to docs/lobby.png when UPDATE_SCREENSHOT=1."""
+
+    async def scenario() -> None:
+        async with browser_context(viewport={"width": 1000, "height": 640}) as context:
+            others = [await LobbyClient.connect(cluster.url) for _ in range(4)]
+            page = await open_page(context, page_url(cluster))
+            me = await key_of(page)
+            await until_shown(page, {me, *(o.public_key for o in others)}, "five users")
+            await others[0].send(me, "Hello from a Python client", msg_id="hello")
+            await page.wait_for_selector('#messages li[data-id="hello"]')
+            path = tmp_path / "lobby.png"
+            await page.screenshot(path=str(path))
+            assert path.stat().st_size > 10_000
+            if os.environ.get("UPDATE_SCREENSHOT") == "1":
+                (ROOT / "docs" / "lobby.png").write_bytes(path.read_bytes())
+            for other in others:
+                await other.close()
+
+    run(scenario())

@@ -1,0 +1,909 @@
+/**
+ * lobby.js: a client for the presence lobby, for browsers and Node.js 20+.
+ *
+ * The lobby server tells every connected user who else is online, live, and relays
+ * direct messages between users. A user is an Ed25519 key pair and is known by its
+ * public key (64 lowercase hex characters). docs/PROTOCOL.md is the wire contract
+ * (protocol version 1, revision 1.1); this module speaks it so that an app does not
+ * have to. It has no dependencies and needs no build step.
+ *
+ * ## In a page
+ *
+ *     <script type="module">
+ *       import { LobbyClient, loadOrCreateIdentity } from "/lobby.js";
+ *
+ *       const identity = await loadOrCreateIdentity();      // kept in IndexedDB
+ *       const client = new LobbyClient("wss://lobby.example/ws", { identity });
+ *       client.addEventListener("sync", (e) => showAll(e.detail.online));
+ *       client.addEventListener("join", (e) => add(e.detail.key));
+ *       client.addEventListener("leave", (e) => remove(e.detail.key));
+ *       client.addEventListener("message", (e) => show(e.detail.from, e.detail.body));
+ *       client.addEventListener("status", (e) => showStatus(e.detail));
+ *       await client.connect();                  // online: authenticated, lobby known
+ *       const { status } = await client.send(someKey, "hello");
+ *     </script>
+ *
+ * Browsers offer WebCrypto, and so Ed25519, only in a secure context: serve the page
+ * over https, or from http://localhost or http://127.0.0.1. Elsewhere, or in a browser
+ * without Ed25519, key creation and signing throw `Ed25519Unsupported`, whose message
+ * tells the user what to do. The identity's private key is created non-extractable:
+ * script can sign with it but can never read it, and IndexedDB keeps it across reloads.
+ * Two tabs with the same identity knock each other out (close 4002, status
+ * `replaced`); give each tab its own `name`, or `storage: "memory"`, to avoid that.
+ *
+ * ## In Node.js
+ *
+ * Node 20 has WebCrypto's Ed25519 but no global WebSocket, so pass a constructor, for
+ * example the `ws` package's (a global `WebSocket` is used when there is one):
+ *
+ *     import WebSocket from "ws";
+ *     import { LobbyClient, loadOrCreateIdentity } from "./lobby.js";
+ *
+ *     const identity = await loadOrCreateIdentity();       // fresh: Node has no IndexedDB
+ *     const client = new LobbyClient("ws://127.0.0.1:8765/ws", { identity, WebSocket });
+ *
+ * To keep an identity in Node, generate an extractable pair, store
+ * `exportKey("pkcs8", privateKey)` somewhere safe, and later import it (with the raw
+ * public key) and pass the pair to `identityFromKeyPair`.
+ *
+ * ## Public API
+ *
+ * - `loadOrCreateIdentity({ name, storage })`, `identityFromKeyPair(keyPair)`: an
+ *   identity is `{ publicKey, privateKey, keyPair, persisted }`.
+ * - `LobbyClient`: one user's connection. `connect()`, `send(to, body, { id })`,
+ *   `getLobby()`, `close()`; `status`, `view`, `publicKey`; events `status`, `sync`,
+ *   `join`, `leave`, `update`, `message`, `error` (all `CustomEvent`s; see the class).
+ * - `LobbyView`: the lobby as a set of keys, with the protocol's rules for applying
+ *   snapshots and updates. Pure; the client keeps one, and tests or servers can too.
+ * - `authPayload(nonceHex)`: the exact bytes a client signs to answer a challenge.
+ * - Errors, all `LobbyError`s: `SequenceGap`, `DuplicateUpdate`, `InconsistentUpdate`
+ *   (the view refused an update), `Ed25519Unsupported`, `ConnectionLost` (a send had
+ *   no result, or there was no connection), `AuthFailed`, `ProtocolError` (the server
+ *   broke the contract), `ServerError` (the server's `error` frame: we broke it).
+ *
+ * ## Theory of operation
+ *
+ * The client holds at most one connection. Its state (socket, how far the handshake
+ * got, frames waiting to be written, sends awaiting results) lives in one object, and
+ * every socket callback first checks that its connection is still the current one, so
+ * a late event from an old socket never touches a newer connection.
+ *
+ * Frames are written through an outbox. The server's first frame from us must be the
+ * `auth`, so nothing is written before it; right behind it go up to 16 more (the
+ * pipelining every conforming server accepts before `auth_ok`), and the rest once
+ * `auth_ok` has come. So `send` and `getLobby` never wait for the handshake.
+ *
+ * The lobby is a `LobbyView` fed with the server's snapshots and updates. The view
+ * refuses an update that does not follow from its state (a gap, a repeat, a key that
+ * leaves without being there...), and changes nothing when it does. The client then
+ * asks once for a snapshot (`get_lobby`) and ignores updates until one arrives, so the
+ * view is never wrong, only at worst out of date. A new connection also ignores
+ * updates until its first snapshot. Between connections `view` keeps the last lobby
+ * seen; `status` says whether it is live.
+ *
+ * When a connection ends, the close code decides what follows. 4002 (this key was
+ * opened elsewhere) and 4001 (authentication failed) are final: reconnecting would
+ * knock out the newer session or fail again. Every other ending reconnects with
+ * exponential backoff and full jitter, with the same identity: the wait before
+ * attempt n (from 0) is `random() * min(max, initial * 2**n)` seconds, and n starts
+ * again at 0 once a connection is online. 1001, 1006, 1011 and 1013 are the server's
+ * or the network's doing; other codes (1007, 1008, 1009, 4003, 4005) say this
+ * connection broke a rule and are logged as warnings, but the next connection starts
+ * clean, so it is tried too. `close()` ends it all.
+ *
+ * @module lobby
+ */
+
+const PROTOCOL_VERSION = 1;
+const AUTH_PREFIX = new TextEncoder().encode("lobby-auth-v1:");
+const HEX64 = /^[0-9a-f]{64}$/i;
+/** Frames the contract lets any server hold between `auth` and `auth_ok`. */
+const PIPELINE_LIMIT = 16;
+const MAX_ID_LENGTH = 64;
+/** Close codes after which the contract tells clients to come back. */
+const SERVER_SIDE_CLOSES = new Set([1001, 1006, 1011, 1013]);
+const REPLACED = "this identity was opened elsewhere (another tab or device)";
+const ADVICE =
+  "Use a current Chromium, Firefox or Safari, and serve the page over https " +
+  "or from localhost (http://localhost or http://127.0.0.1).";
+
+// ---------------------------------------------------------------------------------
+// Errors
+
+/** The base class of every error this module throws or reports. */
+export class LobbyError extends Error {
+  constructor(message, options) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** An update whose `seq` skips ahead of the view's (or comes before any snapshot). */
+export class SequenceGap extends LobbyError {}
+
+/** An update whose `seq` the view has already reached. */
+export class DuplicateUpdate extends LobbyError {}
+
+/** An update that does not follow from the view's state, or names no change. */
+export class InconsistentUpdate extends LobbyError {}
+
+/** WebCrypto cannot make or use Ed25519 keys here; the message says what to do. */
+export class Ed25519Unsupported extends LobbyError {}
+
+/**
+ * No connection: a `send` made while there is none, a `send` whose connection ended
+ * before its result came (the message may or may not have been delivered), or a
+ * `connect()` that ended without getting online. `code` is the close code, if any.
+ */
+export class ConnectionLost extends LobbyError {
+  constructor(message, { code = null, ...options } = {}) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+/** The server refused our authentication; `reason` is its `auth_failed` reason. */
+export class AuthFailed extends LobbyError {
+  constructor(reason) {
+    super(`authentication failed (${reason})`);
+    this.reason = reason;
+  }
+}
+
+/** The server sent something the protocol does not allow. */
+export class ProtocolError extends LobbyError {}
+
+/** The server's `error` frame: it could not act on a frame of ours. */
+export class ServerError extends LobbyError {
+  constructor(code, message) {
+    super(`server error ${code}: ${message}`);
+    this.code = code;
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// The lobby as a set of keys
+
+/** A Set that callers cannot change; `LobbyView` changes it through Set.prototype. */
+class ReadOnlySet extends Set {
+  add() {
+    throw new TypeError("LobbyView.online is read-only");
+  }
+  delete() {
+    throw new TypeError("LobbyView.online is read-only");
+  }
+  clear() {
+    throw new TypeError("LobbyView.online is read-only");
+  }
+}
+
+const setAdd = Set.prototype.add;
+const setDelete = Set.prototype.delete;
+const setClear = Set.prototype.clear;
+
+/**
+ * Who is online, kept by the protocol's rules (docs/PROTOCOL.md, "The lobby").
+ * No I/O: feed it snapshots and updates. A refused update throws and changes nothing.
+ */
+export class LobbyView {
+  /** @type {number | null} the seq of the last snapshot or update applied. */
+  seq = null;
+  #online = new ReadOnlySet();
+
+  /** @returns {ReadonlySet<string>} the online keys, lowercase hex; do not change it. */
+  get online() {
+    return this.#online;
+  }
+
+  /**
+   * Replaces the whole view. A snapshot's seq may be anything, even lower than before.
+   * @param {number} seq
+   * @param {Iterable<string>} keys
+   */
+  applySnapshot(seq, keys) {
+    setClear.call(this.#online);
+    for (const key of keys) setAdd.call(this.#online, key.toLowerCase());
+    this.seq = seq;
+  }
+
+  /**
+   * Applies one update: removes `left`, then adds `joined`, so a key in both (a
+   * reconnection) stays online.
+   * @param {number} seq must be exactly this.seq + 1
+   * @param {string[]} joined
+   * @param {string[]} left
+   * @throws {SequenceGap | DuplicateUpdate | InconsistentUpdate} and changes nothing
+   */
+  applyUpdate(seq, joined, left) {
+    this.#checkSeq(seq);
+    const leaving = distinctKeys(left, "left");
+    const joining = distinctKeys(joined, "joined");
+    if (leaving.size === 0 && joining.size === 0) {
+      throw new InconsistentUpdate(`update ${seq} has neither joined nor left keys`);
+    }
+    for (const key of leaving) {
+      if (!this.#online.has(key)) {
+        throw new InconsistentUpdate(`update ${seq}: ${key} left but was not online`);
+      }
+    }
+    for (const key of joining) {
+      if (this.#online.has(key) && !leaving.has(key)) {
+        throw new InconsistentUpdate(`update ${seq}: ${key} joined but was already online`);
+      }
+    }
+    for (const key of leaving) setDelete.call(this.#online, key);
+    for (const key of joining) setAdd.call(this.#online, key);
+    this.seq = seq;
+  }
+
+  #checkSeq(seq) {
+    if (this.seq === null) throw new SequenceGap(`update ${seq} before any snapshot`);
+    if (seq <= this.seq) {
+      throw new DuplicateUpdate(`update ${seq} repeats: the view is at ${this.seq}`);
+    }
+    if (seq !== this.seq + 1) {
+      throw new SequenceGap(`update ${seq} skips ahead: expected ${this.seq + 1}`);
+    }
+  }
+}
+
+/** The keys of one list, lowercase; a key listed twice makes the update inconsistent. */
+function distinctKeys(keys, listName) {
+  const distinct = new Set();
+  for (const key of keys) {
+    const lower = key.toLowerCase();
+    if (distinct.has(lower)) {
+      throw new InconsistentUpdate(`${lower} is twice in ${listName}`);
+    }
+    distinct.add(lower);
+  }
+  return distinct;
+}
+
+// ---------------------------------------------------------------------------------
+// Identity: an Ed25519 key pair made and used through WebCrypto
+
+const DB_STORE = "identity";
+const DB_RECORD = "keyPair";
+
+/**
+ * The identity kept under `name`, created on first use.
+ *
+ * In a browser with `storage: "indexeddb"` (the default) the key pair lives in the
+ * IndexedDB database `name`, so a reload gets the same identity back; two pages
+ * racing to create it end up with the same one. `storage: "memory"`, and any runtime
+ * without IndexedDB (Node), make a fresh identity on every call. The private key is
+ * never extractable.
+ *
+ * @param {{ name?: string, storage?: "indexeddb" | "memory" }} [options]
+ * @returns {Promise<{ publicKey: string, privateKey: CryptoKey, keyPair: CryptoKeyPair,
+ *   persisted: boolean }>}
+ * @throws {Ed25519Unsupported}
+ */
+export async function loadOrCreateIdentity({ name = "presence-lobby", storage = "indexeddb" } = {}) {
+  if (storage !== "indexeddb" && storage !== "memory") {
+    throw new TypeError(`storage must be "indexeddb" or "memory", not ${JSON.stringify(storage)}`);
+  }
+  subtleCrypto(); // fail before touching storage when there is no WebCrypto at all
+  if (storage === "memory" || typeof indexedDB === "undefined") {
+    return { ...(await identityFromKeyPair(await generateKeyPair())), persisted: false };
+  }
+  const db = await idbResult(openDatabase(name));
+  try {
+    const keyPair = (await loadKeyPair(db)) ?? (await storeNewKeyPair(db));
+    return { ...(await identityFromKeyPair(keyPair)), persisted: true };
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * The identity of a key pair of the app's own (an Ed25519 `CryptoKeyPair`).
+ * @param {CryptoKeyPair} keyPair
+ * @returns {Promise<{ publicKey: string, privateKey: CryptoKey, keyPair: CryptoKeyPair }>}
+ */
+export async function identityFromKeyPair(keyPair) {
+  if (keyPair?.privateKey?.algorithm?.name !== "Ed25519") {
+    throw new TypeError("identityFromKeyPair needs an Ed25519 CryptoKeyPair");
+  }
+  const raw = await subtleCrypto().exportKey("raw", keyPair.publicKey);
+  return { publicKey: toHex(raw), privateKey: keyPair.privateKey, keyPair };
+}
+
+/**
+ * The bytes that answer a challenge: "lobby-auth-v1:" and the 32 raw nonce bytes.
+ * @param {string} nonceHex the challenge's nonce, 64 hex characters
+ * @returns {Uint8Array} 46 bytes
+ */
+export function authPayload(nonceHex) {
+  const nonce = fromHex(nonceHex);
+  const payload = new Uint8Array(AUTH_PREFIX.length + nonce.length);
+  payload.set(AUTH_PREFIX, 0);
+  payload.set(nonce, AUTH_PREFIX.length);
+  return payload;
+}
+
+/** WebCrypto, looked up at each use; browsers leave it out of insecure contexts. */
+function subtleCrypto() {
+  const subtle = globalThis.crypto?.subtle;
+  if (!subtle) {
+    throw new Ed25519Unsupported(
+      "WebCrypto is not available here (crypto.subtle is missing); browsers offer it " +
+        "only to pages from a secure context. " + ADVICE,
+    );
+  }
+  return subtle;
+}
+
+/** Ed25519 errors from WebCrypto say "not supported"; say what to do instead. */
+function explainUnsupported(error) {
+  if (error?.name !== "NotSupportedError") return error;
+  return new Ed25519Unsupported(`This browser's WebCrypto has no Ed25519. ${ADVICE}`, {
+    cause: error,
+  });
+}
+
+async function generateKeyPair() {
+  const subtle = subtleCrypto();
+  try {
+    return await subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
+  } catch (error) {
+    throw explainUnsupported(error);
+  }
+}
+
+async function sign(privateKey, payload) {
+  const subtle = subtleCrypto();
+  try {
+    return await subtle.sign({ name: "Ed25519" }, privateKey, payload);
+  } catch (error) {
+    throw explainUnsupported(error);
+  }
+}
+
+function openDatabase(name) {
+  const request = indexedDB.open(name, 1);
+  request.onupgradeneeded = () => request.result.createObjectStore(DB_STORE);
+  return request;
+}
+
+function loadKeyPair(db) {
+  return idbResult(db.transaction(DB_STORE).objectStore(DB_STORE).get(DB_RECORD));
+}
+
+/** Stores a new pair unless another page stored one first, and returns the one kept. */
+async function storeNewKeyPair(db) {
+  const { publicKey, privateKey } = await generateKeyPair();
+  const transaction = db.transaction(DB_STORE, "readwrite");
+  transaction.objectStore(DB_STORE).add({ publicKey, privateKey }, DB_RECORD);
+  try {
+    await idbCommit(transaction);
+    return { publicKey, privateKey };
+  } catch (error) {
+    if (error?.name !== "ConstraintError") throw error;
+    return loadKeyPair(db);
+  }
+}
+
+function idbResult(request) {
+  return new Promise((resolve, reject) => {
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+}
+
+function idbCommit(transaction) {
+  return new Promise((resolve, reject) => {
+    transaction.oncomplete = () => resolve();
+    transaction.onabort = () => reject(transaction.error);
+  });
+}
+
+function toHex(buffer) {
+  return Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function fromHex(hex) {
+  return Uint8Array.from(hex.match(/../g) ?? [], (pair) => parseInt(pair, 16));
+}
+
+/** A fresh 32-hex id for a send: 128 random bits never repeat in practice. */
+function randomId() {
+  return toHex(globalThis.crypto.getRandomValues(new Uint8Array(16)));
+}
+
+// ---------------------------------------------------------------------------------
+// The client
+
+/**
+ * One user's connection to the lobby, kept up across network trouble.
+ *
+ * Events (all `CustomEvent`s; read `event.detail`):
+ * - `status`  `{ status, code, reason, retryIn, retryAt }` on every change of `status`.
+ *   `code` and `reason` explain a change that a close caused (`reason` is for people);
+ *   `retryIn` (seconds) and `retryAt` (a `now()` time, ms) are set when `reconnecting`.
+ * - `sync`    `{ seq, online }` after every snapshot; `online` is sorted.
+ * - `join`, `leave`  `{ key, seq }` for each key of each applied update: all leaves,
+ *   then all joins, so a reconnection is a `leave` then a `join` of the same key.
+ * - `update`  `{ seq, joined, left }` after the `join` and `leave` events of one update.
+ * - `message` `{ from, id, body }` a direct message. The body is untrusted text.
+ * - `error`   `{ error }` the server broke the protocol (`ProtocolError`, or a refused
+ *   update) or refused a frame of ours (`ServerError`); also logged.
+ */
+export class LobbyClient extends EventTarget {
+  #url;
+  #identity;
+  #WebSocket;
+  #initialDelay;
+  #maxDelay;
+  #random;
+  #now;
+  #setTimeout;
+  #clearTimeout;
+  #logger;
+  #view = new LobbyView();
+  #status = "closed";
+  /** The current connection's state, or null while there is none. */
+  #conn = null;
+  #retryTimer = null;
+  /** Failed attempts since the last time online: the backoff exponent. */
+  #attempt = 0;
+  /** The pending `connect()` promise's settle functions, until online or stopped. */
+  #connecting = null;
+
+  /**
+   * @param {string} url the server's WebSocket endpoint, e.g. "wss://host/ws"
+   * @param {object} options
+   * @param {{ publicKey: string, privateKey: CryptoKey }} options.identity
+   * @param {typeof WebSocket} [options.WebSocket] defaults to the global one
+   * @param {{ initial?: number, max?: number }} [options.backoff] seconds (0.5, 30)
+   * @param {() => number} [options.random] in [0, 1): the backoff's jitter
+   * @param {() => number} [options.now] ms; stamps `retryAt`
+   * @param {Function} [options.setTimeout]
+   * @param {Function} [options.clearTimeout]
+   * @param {{ info: Function, warn: Function, error: Function }} [options.logger]
+   */
+  constructor(
+    url,
+    {
+      identity,
+      WebSocket = globalThis.WebSocket,
+      backoff: { initial = 0.5, max = 30 } = {},
+      random = Math.random,
+      now = Date.now,
+      setTimeout = globalThis.setTimeout,
+      clearTimeout = globalThis.clearTimeout,
+      logger = console,
+    } = {},
+  ) {
+    super();
+    if (typeof identity?.publicKey !== "string" || !HEX64.test(identity.publicKey)) {
+      throw new TypeError("LobbyClient needs an identity: see loadOrCreateIdentity()");
+    }
+    if (typeof WebSocket !== "function") {
+      throw new TypeError("no WebSocket here: pass one, e.g. { WebSocket } from the ws package");
+    }
+    this.#url = url;
+    this.#identity = { publicKey: identity.publicKey.toLowerCase(), privateKey: identity.privateKey };
+    this.#WebSocket = WebSocket;
+    this.#initialDelay = initial;
+    this.#maxDelay = max;
+    this.#random = random;
+    this.#now = now;
+    // Called without a receiver: browsers refuse timer functions called on other objects.
+    this.#setTimeout = (callback, ms) => setTimeout(callback, ms);
+    this.#clearTimeout = (timer) => clearTimeout(timer);
+    this.#logger = logger;
+  }
+
+  /** @returns {"connecting" | "online" | "reconnecting" | "replaced" | "closed"} */
+  get status() {
+    return this.#status;
+  }
+
+  /** @returns {LobbyView} the lobby as last seen; live while `status` is "online". */
+  get view() {
+    return this.#view;
+  }
+
+  /** @returns {string} our public key, lowercase hex. */
+  get publicKey() {
+    return this.#identity.publicKey;
+  }
+
+  /**
+   * Connects, and keeps connecting until online. Resolves once the server has
+   * accepted us (`auth_ok`) and sent the first lobby snapshot. Rejects if the client
+   * stops before that: `AuthFailed`, `ProtocolError`, `Ed25519Unsupported`, or
+   * `ConnectionLost` (replaced, or `close()` called). While it is pending, and after,
+   * `send` and `getLobby` may be used: they are written right behind the `auth`.
+   * Calling it while connecting or online returns the same promise or resolves at once.
+   * @returns {Promise<void>}
+   */
+  connect() {
+    if (this.#status === "online") return Promise.resolve();
+    if (!this.#connecting) {
+      let settle;
+      const promise = new Promise((resolve, reject) => {
+        settle = { resolve, reject };
+      });
+      this.#connecting = { promise, ...settle };
+      // While connecting or waiting to reconnect, an attempt is already under way.
+      if (this.#status === "closed" || this.#status === "replaced") {
+        this.#attempt = 0;
+        this.#open();
+      }
+    }
+    return this.#connecting.promise;
+  }
+
+  /**
+   * Sends a direct message. Resolves with the server's final word on it:
+   * `{ id, status: "delivered" | "offline" | "rejected", reason? }`.
+   * Rejects with `ConnectionLost` at once when there is no connection (status
+   * reconnecting, replaced or closed), or when the connection ends before the result
+   * arrives; and with `TypeError` for an argument the server could not answer.
+   * @param {string} to the recipient's public key (our own is allowed)
+   * @param {string} body at most 65536 UTF-8 bytes, or the result is "rejected"
+   * @param {{ id?: string }} [options] 1 to 64 characters; a fresh random one by default
+   * @returns {Promise<{ id: string, status: string, reason?: string }>}
+   */
+  async send(to, body, { id = randomId() } = {}) {
+    const conn = this.#requireConnection("send");
+    if (typeof to !== "string") throw new TypeError("send: `to` must be a string");
+    if (typeof body !== "string" || !body.isWellFormed()) {
+      throw new TypeError("send: `body` must be a well-formed string");
+    }
+    if (typeof id !== "string" || id.length < 1 || id.length > MAX_ID_LENGTH || !id.isWellFormed()) {
+      throw new TypeError(`send: \`id\` must be 1 to ${MAX_ID_LENGTH} characters`);
+    }
+    // Results are matched by id, so two sends awaiting results may not share one.
+    if (conn.pending.has(id)) throw new TypeError(`send: id ${id} is already awaiting a result`);
+    return new Promise((resolve, reject) => {
+      conn.pending.set(id, { resolve, reject });
+      this.#write(conn, { type: "send", to, id, body });
+    });
+  }
+
+  /**
+   * Asks the server for a fresh snapshot; a `sync` event follows.
+   * @throws {ConnectionLost} when there is no connection
+   */
+  getLobby() {
+    this.#write(this.#requireConnection("getLobby"), { type: "get_lobby" });
+  }
+
+  /** Closes the connection (code 1000) for good: status "closed", no reconnecting. */
+  close() {
+    if (this.#status === "closed") return;
+    const reason = "closed by the app";
+    this.#stop("closed", new ConnectionLost(`connection ${reason}`, { code: 1000 }), {
+      code: 1000,
+      reason,
+    });
+  }
+
+  // -- Connections --------------------------------------------------------------
+
+  #open() {
+    this.#retryTimer = null;
+    let ws;
+    try {
+      ws = new this.#WebSocket(this.#url);
+    } catch (error) {
+      this.#fatal(error); // a bad URL, or a page not allowed to open it: retrying won't help
+      return;
+    }
+    const conn = {
+      ws,
+      challenged: false,
+      authWritten: false,
+      authOk: false,
+      online: false,
+      /** Frames written after the auth but before auth_ok. */
+      pipelined: 0,
+      outbox: [],
+      /** Sends awaiting their results, by id. */
+      pending: new Map(),
+      /** Whether updates apply: a snapshot came and no update was refused since. */
+      synced: false,
+      snapshotRequested: false,
+      authFailure: null,
+    };
+    this.#conn = conn;
+    ws.onmessage = (event) => this.#conn === conn && this.#onFrame(conn, event.data);
+    ws.onclose = (event) => this.#conn === conn && this.#onClose(conn, event.code, event.reason);
+    // The close event that follows tells what happened; with the ws package an
+    // 'error' event without a listener would also throw.
+    ws.onerror = () => {};
+    this.#setStatus("connecting");
+  }
+
+  #onClose(conn, code, reason) {
+    this.#conn = null;
+    this.#failPending(conn, `connection closed (${code})`, code);
+    if (code === 4002) {
+      this.#stop("replaced", new ConnectionLost(`replaced: ${REPLACED}`, { code }), {
+        code,
+        reason: REPLACED,
+      });
+    } else if (code === 4001) {
+      const failure = new AuthFailed(conn.authFailure ?? reason);
+      this.#logger.error(`lobby: ${failure.message}; not reconnecting`);
+      this.#stop("closed", failure, { code, reason: failure.message });
+    } else {
+      this.#reconnect(code, reason);
+    }
+  }
+
+  #reconnect(code, reason) {
+    const ceiling = Math.min(this.#maxDelay, this.#initialDelay * 2 ** this.#attempt);
+    const retryIn = this.#random() * ceiling;
+    this.#attempt += 1;
+    const why = `closed with ${code}${reason ? ` (${reason})` : ""}`;
+    if (SERVER_SIDE_CLOSES.has(code)) {
+      this.#logger.info(`lobby: ${why}; reconnecting in ${retryIn.toFixed(1)} s`);
+    } else {
+      // 1007, 1008, 1009, 4003, 4005...: this connection broke a rule or fell behind,
+      // which a fresh connection does not inherit; the identity is fine.
+      this.#logger.warn(
+        `lobby: ${why}: not a close the protocol says to retry after, but a new ` +
+          `connection starts clean; reconnecting in ${retryIn.toFixed(1)} s`,
+      );
+    }
+    this.#retryTimer = this.#setTimeout(() => this.#open(), retryIn * 1000);
+    this.#setStatus("reconnecting", {
+      code,
+      reason,
+      retryIn,
+      retryAt: this.#now() + retryIn * 1000,
+    });
+  }
+
+  /** Ends everything with a final status; `error` rejects a pending connect(). */
+  #stop(status, error, detail) {
+    const conn = this.#conn;
+    this.#conn = null;
+    if (conn) {
+      this.#failPending(conn, error.message, detail.code);
+      conn.ws.close(1000);
+    }
+    if (this.#retryTimer !== null) this.#clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    this.#setStatus(status, detail);
+    this.#connecting?.reject(error);
+    this.#connecting = null;
+  }
+
+  /** The server broke the handshake, or we cannot sign: stop, since a retry won't help. */
+  #fatal(error) {
+    this.#report(error, "error");
+    this.#stop("closed", error, { code: null, reason: error.message });
+  }
+
+  #failPending(conn, why, code) {
+    for (const [id, { reject }] of conn.pending) {
+      reject(
+        new ConnectionLost(
+          `${why} before the result of send ${id} came; it may or may not have been delivered`,
+          { code },
+        ),
+      );
+    }
+    conn.pending.clear();
+  }
+
+  #requireConnection(what) {
+    if (this.#conn) return this.#conn;
+    throw new ConnectionLost(`${what}: not connected (status ${this.#status})`);
+  }
+
+  // -- Writing ------------------------------------------------------------------
+
+  #write(conn, frame) {
+    conn.outbox.push(frame);
+    this.#flush(conn);
+  }
+
+  /** Writes what the handshake allows: nothing before the auth, 16 before auth_ok. */
+  #flush(conn) {
+    if (!conn.authWritten) return;
+    while (conn.outbox.length > 0 && (conn.authOk || conn.pipelined < PIPELINE_LIMIT)) {
+      if (!conn.authOk) conn.pipelined += 1;
+      conn.ws.send(JSON.stringify(conn.outbox.shift()));
+    }
+  }
+
+  // -- Reading ------------------------------------------------------------------
+
+  #onFrame(conn, data) {
+    let frame;
+    try {
+      frame = typeof data === "string" ? JSON.parse(data) : undefined;
+    } catch {
+      // handled below, as a frame that is not an object
+    }
+    if (typeof frame?.type !== "string") {
+      this.#report(new ProtocolError("the server sent a frame that is not a JSON object with a type"));
+      return;
+    }
+    try {
+      this.#dispatchFrame(conn, frame);
+    } catch (error) {
+      if (!(error instanceof ProtocolError)) throw error;
+      this.#report(error);
+    }
+  }
+
+  #dispatchFrame(conn, frame) {
+    switch (frame.type) {
+      case "challenge":
+        return this.#onChallenge(conn, frame);
+      case "auth_ok":
+        return this.#onAuthOk(conn, frame);
+      case "auth_failed":
+        conn.authFailure = String(frame.reason); // close 4001 follows and ends it
+        return;
+      case "lobby_snapshot":
+        return this.#onSnapshot(conn, frame);
+      case "lobby_update":
+        return this.#onUpdate(conn, frame);
+      case "message":
+        return this.#onMessage(frame);
+      case "send_result":
+        return this.#onSendResult(conn, frame);
+      case "error":
+        return this.#onServerError(conn, frame);
+      default:
+        throw new ProtocolError(`the server sent a frame of unknown type ${frame.type}`);
+    }
+  }
+
+  #onChallenge(conn, { version, nonce }) {
+    if (conn.challenged) throw new ProtocolError("the server sent a second challenge");
+    conn.challenged = true;
+    if (version !== PROTOCOL_VERSION) {
+      return this.#fatal(new ProtocolError(`the server speaks protocol ${version}, not 1`));
+    }
+    if (typeof nonce !== "string" || !HEX64.test(nonce)) {
+      return this.#fatal(new ProtocolError("the challenge's nonce is not 64 hex characters"));
+    }
+    this.#answerChallenge(conn, nonce);
+  }
+
+  /** Signs the nonce and writes the auth, then whatever waited for it. */
+  async #answerChallenge(conn, nonce) {
+    let signature;
+    try {
+      signature = await sign(this.#identity.privateKey, authPayload(nonce));
+    } catch (error) {
+      if (this.#conn === conn) this.#fatal(error);
+      return;
+    }
+    if (this.#conn !== conn) return; // closed while we were signing
+    const { publicKey } = this.#identity;
+    conn.ws.send(JSON.stringify({ type: "auth", publicKey, signature: toHex(signature) }));
+    conn.authWritten = true;
+    this.#flush(conn);
+  }
+
+  #onAuthOk(conn, { publicKey }) {
+    if (publicKey !== this.#identity.publicKey) {
+      return this.#fatal(new ProtocolError(`auth_ok names ${publicKey}, not our key`));
+    }
+    conn.authOk = true;
+    this.#flush(conn);
+  }
+
+  #onSnapshot(conn, frame) {
+    if (!conn.authOk) throw new ProtocolError("a lobby snapshot came before auth_ok");
+    let keys;
+    try {
+      keys = lobbyKeys(frame.users, "users");
+      checkSeq(frame.seq);
+    } catch (error) {
+      return this.#resync(conn, error);
+    }
+    this.#view.applySnapshot(frame.seq, keys);
+    conn.synced = true;
+    conn.snapshotRequested = false;
+    this.#emit("sync", { seq: frame.seq, online: [...this.#view.online].sort() });
+    if (!this.#view.online.has(this.#identity.publicKey)) {
+      this.#report(new ProtocolError(`snapshot ${frame.seq} does not list us`));
+    }
+    // A listener may have closed the client meanwhile; then it must stay closed.
+    if (this.#conn === conn && !conn.online) this.#goOnline(conn);
+  }
+
+  #goOnline(conn) {
+    conn.online = true;
+    this.#attempt = 0;
+    this.#setStatus("online");
+    this.#connecting?.resolve();
+    this.#connecting = null;
+  }
+
+  #onUpdate(conn, frame) {
+    if (!conn.synced) return; // a snapshot is on its way and will supersede this
+    let joined;
+    let left;
+    try {
+      checkSeq(frame.seq);
+      joined = lobbyKeys(frame.joined, "joined");
+      left = lobbyKeys(frame.left, "left");
+      this.#view.applyUpdate(frame.seq, joined, left);
+    } catch (error) {
+      if (!(error instanceof LobbyError)) throw error;
+      return this.#resync(conn, error);
+    }
+    const { seq } = frame;
+    for (const key of left) this.#emit("leave", { key, seq });
+    for (const key of joined) this.#emit("join", { key, seq });
+    this.#emit("update", { seq, joined, left });
+  }
+
+  /** Reports a refused lobby frame, stops applying updates, asks once for a snapshot. */
+  #resync(conn, error) {
+    conn.synced = false;
+    this.#report(error);
+    if (conn.snapshotRequested || this.#conn !== conn) return;
+    conn.snapshotRequested = true;
+    this.#logger.warn("lobby: resyncing: asking for a fresh snapshot until one comes");
+    this.#write(conn, { type: "get_lobby" });
+  }
+
+  #onServerError(conn, { code, message }) {
+    this.#report(new ServerError(code, message));
+    // Sends are refused through their results, so a rate-limited frame of ours was a
+    // get_lobby; if it was the one a resync waits for, ask again a little later.
+    if (code === "rate_limited" && conn.snapshotRequested) {
+      this.#setTimeout(() => this.#conn === conn && this.#write(conn, { type: "get_lobby" }), 1000);
+    }
+  }
+
+  #onMessage({ from, id, body }) {
+    if (typeof from !== "string" || !HEX64.test(from) || typeof id !== "string" || typeof body !== "string") {
+      throw new ProtocolError("a message frame without a valid from, id and body");
+    }
+    this.#emit("message", { from: from.toLowerCase(), id, body });
+  }
+
+  #onSendResult(conn, { id, status, reason }) {
+    const waiter = conn.pending.get(id);
+    if (!waiter) throw new ProtocolError(`a send_result for ${id}, which awaits none`);
+    conn.pending.delete(id);
+    waiter.resolve(reason === undefined ? { id, status } : { id, status, reason });
+  }
+
+  // -- Events -------------------------------------------------------------------
+
+  #setStatus(status, { code = null, reason = null, retryIn = null, retryAt = null } = {}) {
+    this.#status = status;
+    this.#emit("status", { status, code, reason, retryIn, retryAt });
+  }
+
+  /** Logs a problem and tells listeners of the `error` event. */
+  #report(error, level = "warn") {
+    this.#logger[level](`lobby: ${error.message}`);
+    this.#emit("error", { error });
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+/** The keys of a lobby frame's list of `{ publicKey }`, lowercase. */
+function lobbyKeys(users, field) {
+  if (!Array.isArray(users)) throw new ProtocolError(`the lobby frame's ${field} is not an array`);
+  return users.map((user) => {
+    if (typeof user?.publicKey !== "string" || !HEX64.test(user.publicKey)) {
+      throw new ProtocolError(`the lobby frame's ${field} holds something that is not a key`);
+    }
+    return user.publicKey.toLowerCase();
+  });
+}
+
+function checkSeq(seq) {
+  if (!Number.isSafeInteger(seq)) throw new ProtocolError(`a lobby frame's seq is ${seq}`);
+}
