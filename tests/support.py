@@ -90,15 +90,25 @@ def free_port() -> int:
 
 
 async def http(
-    port: int, method: str = "GET", path: str = "/healthz", timeout: float = 5.0
+    port: int,
+    method: str = "GET",
+    path: str = "/healthz",
+    timeout: float = 5.0,
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+    host: str = "127.0.0.1",
 ) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 request to 127.0.0.1:``port`` over a raw connection, read to its end
+    """One HTTP/1.1 request to ``host``:``port`` over a raw connection, read to its end
     (``Connection: close``): the status, the headers (names in lower case) and the body.
-    No client library, so nothing is added to the request or hidden from the answer."""
+    No client library, so nothing is added to the request or hidden from the answer;
+    ``headers`` are sent as given (repeated names too)."""
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection(host, port)
         try:
-            request = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+            request = (
+                f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n"
+            )
             writer.write(request.encode())
             await writer.drain()
             raw = await reader.read()
@@ -106,11 +116,11 @@ async def http(
             writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers: dict[str, str] = {}
+    answer: dict[str, str] = {}
     for line in lines:
         name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), headers, body
+        answer[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), answer, body
 
 
 async def health(port: int) -> dict[str, Any]:

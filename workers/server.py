@@ -92,6 +92,7 @@ from shared.options import SettingsError
 from shared.protocol import CLOSE_REASONS, CloseCode, RejectReason, SendStatus
 from workers import pages
 from workers.admission import Admission, Admit
+from workers.api import ApiTokenError, BackendApi, load_token
 from workers.connection import (
     Action,
     Close,
@@ -125,6 +126,9 @@ _T = TypeVar("_T")
 TICK: Final = 0.1
 """Seconds between sweeps: route deadlines, lagging and stalled clients, coordinator
 silence, repairs."""
+API_OPEN_TIMEOUT: Final = 5.0
+"""Seconds an API connection may take to send its request (a caller on the backend
+network sends it at once)."""
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds a closing handshake may take before the TCP connection is dropped; short,
 so a slow consumer's close and a shutdown stay prompt."""
@@ -205,6 +209,12 @@ class Worker:
         self._trusted = parse_trusted(settings.network.trusted_proxies)
         self._tls = settings.network.tls_context()
         self._pages = pages.load()
+        api = settings.api
+        self._api = (
+            BackendApi(load_token(api.api_token_file))
+            if api.enabled and api.api_token_file is not None
+            else None
+        )
         self.counters: Counter[str] = Counter()
         self._logged: Counter[str] = Counter()
         self._logged_at = float("-inf")
@@ -288,6 +298,8 @@ class Worker:
         self._dealer.connect(ends.events)
         try:
             self._results.bind(self.results_endpoint)
+            # The address actually bound: a port of * (the system's pick) becomes a number.
+            self.results_endpoint = self._results.getsockopt_string(zmq.LAST_ENDPOINT)
             server = await serve(
                 self._serve_client,
                 net.host,
@@ -307,6 +319,35 @@ class Worker:
             log.error("worker %s cannot listen on %s:%d: %s", s.worker_id, net.host, net.port, exc)
             self._close_sockets(linger_ms=0)
             return 1
+        servers = [server]
+        if self._api is not None:
+            api = s.api
+            host = api.api_host or net.host
+            try:
+                servers.append(
+                    await serve(
+                        _never_upgraded,
+                        host,
+                        api.api_port,
+                        reuse_port=True,
+                        process_request=self._api_request,
+                        ssl=self._tls,
+                        compression=None,
+                        open_timeout=API_OPEN_TIMEOUT,
+                    )
+                )
+            except OSError as exc:
+                log.error(
+                    "worker %s cannot serve the API on %s:%s: %s",
+                    s.worker_id,
+                    host,
+                    api.api_port,
+                    exc,
+                )
+                server.close()
+                await server.wait_closed()
+                self._close_sockets(linger_ms=0)
+                return 1
         self._effects(self.replica.start())
         tasks = [
             asyncio.create_task(self._read(self._dealer), name="dealer"),
@@ -321,7 +362,7 @@ class Worker:
         failed = [t for t in done if t is not stopper and t.exception() is not None]
         for task in failed:
             log.error("worker task %s failed", task.get_name(), exc_info=task.exception())
-        await self._shutdown(server, [stopper, *tasks])
+        await self._shutdown(servers, [stopper, *tasks])
         return 1 if failed else 0
 
     async def _announce_ready(self, server: Server) -> None:
@@ -332,15 +373,16 @@ class Worker:
         notify.ready(f"worker {self.worker_id} ready at {url}")
         await asyncio.Event().wait()  # stay pending: only stop or a failure ends run()
 
-    async def _shutdown(self, server: Server, tasks: list[asyncio.Task[Any]]) -> None:
+    async def _shutdown(self, servers: list[Server], tasks: list[asyncio.Task[Any]]) -> None:
         log.info("worker %s stopping", self.worker_id)
         notify.stopping(f"worker {self.worker_id} stopping")
         self._emit(bb.Goodbye(self.worker_id))
         self._stopping = True  # the coordinator dropped all our sessions at once
-        server.close(code=CloseCode.GOING_AWAY, reason=CLOSE_REASONS[CloseCode.GOING_AWAY])
+        for server in servers:
+            server.close(code=CloseCode.GOING_AWAY, reason=CLOSE_REASONS[CloseCode.GOING_AWAY])
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT + 1):
-                await server.wait_closed()
+                await asyncio.gather(*(server.wait_closed() for server in servers))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -371,6 +413,28 @@ class Worker:
         if page is None:
             return self._health(conn, head=head)
         return _page(conn, page, head=head)
+
+    def _api_request(self, conn: ServerConnection, request: Request) -> Response:
+        """The backend API (:mod:`workers.api` decides; this only carries it out)."""
+        assert self._api is not None
+        given = request.headers.get_all("Authorization")
+        answer = self._api.answer(
+            request.method,
+            urlsplit(request.path).path,
+            given[0] if len(given) == 1 else None,
+            self.replica,
+            reachable=self._link() is Link.UP and not self._stopping,
+        )
+        response = conn.respond(answer.status, "")
+        headers = response.headers
+        del headers["Content-Type"], headers["Content-Length"]
+        headers["Content-Type"] = "application/json"
+        headers["Content-Length"] = str(len(answer.body))
+        headers["Cache-Control"] = "no-store"
+        for name, value in answer.headers:
+            headers[name] = value
+        response.body = answer.body
+        return response
 
     def _health(self, conn: ServerConnection, *, head: bool) -> Response:
         """O(1): counters, and the backlog figures the ticker keeps."""
@@ -914,6 +978,12 @@ def _page(conn: ServerConnection, page: pages.Page, *, head: bool) -> Response:
     return response
 
 
+async def _never_upgraded(ws: ServerConnection) -> None:
+    """The API port's connection handler: never called, as every API request gets an
+    HTTP answer before any WebSocket handshake could complete."""
+    await ws.close(CloseCode.POLICY_VIOLATION)
+
+
 def _not_allowed(conn: ServerConnection, allow: str) -> Response:
     response = conn.respond(HTTPStatus.METHOD_NOT_ALLOWED, "Method Not Allowed\n")
     response.headers["Allow"] = allow
@@ -1004,5 +1074,8 @@ async def main(settings: WorkerSettings) -> int:
         return 2
     except TlsError as exc:
         log.error("cannot start TLS: %s", exc)
+        return 2
+    except ApiTokenError as exc:
+        log.error("cannot start the backend API: %s", exc)
         return 2
     return await worker.run(stop)
