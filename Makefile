@@ -10,6 +10,19 @@ URL ?= ws://$(HOST):$(PORT)/ws
 TLS_CERT ?=
 TLS_KEY ?=
 TLS_ARGS := $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY))
+# The backend API (docs/API.md): off unless API_PORT is given, and never without a token.
+API_PORT ?=
+API_TOKEN_FILE ?=
+API_ARGS := $(if $(API_PORT),--api-port $(API_PORT) --api-token-file "$(API_TOKEN_FILE)")
+# One role per machine (README, Running on several machines): all, coordinator, workers.
+ROLE ?= all
+COORDINATOR ?=
+BACKBONE ?=
+KEYS ?= keys
+ADVERTISE ?=
+ROLE_ARGS := --role $(ROLE) $(if $(filter-out all,$(ROLE)),--keys $(KEYS)) \
+  $(if $(COORDINATOR),--coordinator $(COORDINATOR)) $(if $(BACKBONE),--backbone $(BACKBONE)) \
+  $(if $(ADVERTISE),--advertise $(ADVERTISE))
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -26,6 +39,9 @@ help:
 	@echo "make run     start a local cluster: WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT)"
 	@echo "             and open http://$(HOST):$(PORT)/ (TLS_CERT=... TLS_KEY=... for https)"
 	@echo "             (ARGS=\"...\" is passed to scripts/cluster.py, see its --help)"
+	@echo "             API_PORT=... API_TOKEN_FILE=...: the backend API (docs/API.md)"
+	@echo "             ROLE=coordinator [BACKBONE=0.0.0.0:7100] KEYS=dir: this machine runs the"
+	@echo "             coordinator alone; ROLE=workers COORDINATOR=host:7100 KEYS=dir: the workers"
 	@echo "make watch   join the lobby at URL=$(URL) and watch (ARGS=\"--key-file k\")"
 	@echo "make test    lint, then run the tests (PYTEST_ARGS=\"...\")"
 	@echo "             (make test-fast: no lint, only tests that start no process; seconds)"
@@ -57,7 +73,8 @@ $(BENCH_STAMP): $(STAMP)
 	@touch $@
 
 run: $(STAMP)
-	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) $(ARGS)
+	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) \
+	  $(API_ARGS) $(ROLE_ARGS) $(ARGS)
 
 watch: $(STAMP)
 	$(VPY) scripts/watch_lobby.py --url $(URL) $(ARGS)

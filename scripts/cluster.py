@@ -35,6 +35,20 @@ starts with ``-`` (``--worker-arg --ping-interval --worker-arg 5`` or
 ``--worker-arg=--ping-interval=5``). They may also follow a ``--``, which keeps them
 apart from the launcher's own options; nothing else may follow it.
 
+Roles, one per machine (``--role``, default ``all``): ``coordinator`` runs only the
+coordinator, its backbone on ``tcp://`` at ``--backbone HOST:PORT`` (events; updates on
+PORT+1) with CURVE keys from ``--keys DIR`` (``coordinator.key_secret`` and the
+authorised workers' public keys in ``workers/``); ``workers`` runs only the workers,
+joining the coordinator at ``--coordinator HOST:PORT`` with ``--keys DIR``
+(``coordinator.key`` and ``worker.key_secret``), each binding its results socket on
+``--advertise ADDR`` (default: this machine's address towards the coordinator) and
+named ``NAME-wSLOT-GEN`` after ``--name`` (default: the host name) so worker ids are
+unique across machines. ``python scripts/backbone_keys.py --cluster DIR HOST...``
+makes one such key directory per machine.
+
+A child that exits with code 2 before it was ever ready refused its options: restarting
+it cannot help, so the launcher stops everything and exits with code 2 too.
+
 Children run in their own session so a terminal's Ctrl-C reaches only the launcher,
 which then stops them in order; on Linux they also get SIGTERM if the launcher itself
 dies without cleaning up.
@@ -178,11 +192,86 @@ def split_forwarded(argv: Sequence[str]) -> tuple[list[str], list[str], list[str
     return rest, forwarded["--coordinator-arg"], forwarded["--worker-arg"]
 
 
+ROLES = ("all", "coordinator", "workers")
+DEFAULT_BACKBONE = "0.0.0.0:7100"
+USAGE_ERROR = 2
+"""The exit code of a process that refused its options (argparse's)."""
+
+
+def host_port(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6) as a pair; :class:`ValueError` naming
+    ``what`` otherwise."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65535:
+        raise ValueError(f"{what} must be HOST:PORT with a port of 1-65534, not {text!r}")
+    return host, int(port)
+
+
+def tcp(host: str, port: int | str) -> str:
+    """A ZeroMQ tcp endpoint (IPv6 hosts in brackets)."""
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def local_address_towards(host: str, port: int) -> str:
+    """This machine's address on the route to ``host`` (no packet is sent: a UDP
+    socket's connect only picks the route)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, port))
+        return str(probe.getsockname()[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The CURVE files of one machine's role, under ``--keys DIR``."""
+
+    directory: Path
+
+    @property
+    def coordinator_secret(self) -> Path:
+        return self.directory / "coordinator.key_secret"
+
+    @property
+    def authorised_workers(self) -> Path:
+        return self.directory / "workers"
+
+    @property
+    def coordinator_public(self) -> Path:
+        return self.directory / "coordinator.key"
+
+    @property
+    def worker_secret(self) -> Path:
+        return self.directory / "worker.key_secret"
+
+    def missing(self, role: str) -> list[str]:
+        """What ``role`` needs that is not there (empty when all is)."""
+        if role == "coordinator":
+            needed = [self.coordinator_secret]
+            workers = self.authorised_workers
+            if not workers.is_dir() or not any(workers.glob("*.key")):
+                return [str(p) for p in needed if not p.is_file()] + [f"{workers}/*.key"]
+        else:
+            needed = [self.coordinator_public, self.worker_secret]
+        return [str(p) for p in needed if not p.is_file()]
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     workers: int
     host: str
     port: int
+    role: str = "all"
+    backbone: tuple[str, int] | None = None
+    """role coordinator: where the backbone listens (events; updates on the next port)."""
+    coordinator: tuple[str, int] | None = None
+    """role workers: the coordinator's backbone (events; updates on the next port)."""
+    keys: Keys | None = None
+    advertise: str | None = None
+    results_port_base: int | None = None
+    name: str = ""
+    api_port: int | None = None
+    api_token_file: str | None = None
     log_level: str | None = None
     coordinator_args: tuple[str, ...] = ()
     worker_args: tuple[str, ...] = ()
@@ -194,13 +283,34 @@ class Config:
     coordinator_module: str = "coordinator"
     workers_module: str = "workers"
 
+    @property
+    def runs_coordinator(self) -> bool:
+        return self.role in ("all", "coordinator")
+
+    @property
+    def runs_workers(self) -> bool:
+        return self.role in ("all", "workers")
+
     def coordinator_command(self) -> list[str]:
         cmd = [self.python, "-m", self.coordinator_module, "--port", str(self.port)]
+        if self.role == "coordinator":
+            assert self.backbone is not None and self.keys is not None
+            host, port = self.backbone
+            cmd += ["--events-endpoint", tcp(host, port)]
+            cmd += ["--updates-endpoint", tcp(host, port + 1)]
+            cmd += ["--curve-secret-key", str(self.keys.coordinator_secret)]
+            cmd += ["--curve-clients", str(self.keys.authorised_workers)]
         if self.log_level:
             cmd += ["--log-level", self.log_level]
         return cmd + list(self.coordinator_args)
 
-    def worker_command(self, worker: str) -> list[str]:
+    def worker_name(self, slot: int, generation: int) -> str:
+        """The worker id: unique per slot and generation, and with ``--role workers``
+        across machines (prefixed with the machine's name)."""
+        own = worker_id(slot, generation)
+        return f"{self.name}-{own}" if self.role == "workers" else own
+
+    def worker_command(self, worker: str, slot: int = 1) -> list[str]:
         cmd = [
             self.python,
             "-m",
@@ -211,8 +321,23 @@ class Config:
             str(self.port),
         ]
         cmd += ["--worker-id", worker]
+        if self.role == "workers":
+            assert self.coordinator is not None and self.keys is not None
+            host, port = self.coordinator
+            results_port = (
+                "*" if self.results_port_base is None else self.results_port_base + slot - 1
+            )
+            cmd += ["--events-endpoint", tcp(host, port)]
+            cmd += ["--updates-endpoint", tcp(host, port + 1)]
+            cmd += ["--results-endpoint", tcp(self.advertise or "0.0.0.0", results_port)]
+            cmd += ["--curve-secret-key", str(self.keys.worker_secret)]
+            cmd += ["--curve-server-key", str(self.keys.coordinator_public)]
         if self.tls_cert and self.tls_key:
             cmd += ["--tls-cert", self.tls_cert, "--tls-key", self.tls_key]
+        if self.api_port is not None:
+            cmd += ["--api-port", str(self.api_port)]
+            if self.api_token_file:
+                cmd += ["--api-token-file", self.api_token_file]
         if self.log_level:
             cmd += ["--log-level", self.log_level]
         return cmd + list(self.worker_args)
@@ -239,6 +364,56 @@ def parse_args(argv: Sequence[str]) -> Config:
     )
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="public WebSocket port (%(default)s)"
+    )
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default="all",
+        help="what this machine runs: all (one machine), coordinator or workers (%(default)s)",
+    )
+    parser.add_argument(
+        "--backbone",
+        metavar="HOST:PORT",
+        help=f"--role coordinator: where the backbone listens, tcp with CURVE; updates on "
+        f"PORT+1 ({DEFAULT_BACKBONE})",
+    )
+    parser.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="--role workers: the coordinator's --backbone address (required)",
+    )
+    parser.add_argument(
+        "--keys",
+        metavar="DIR",
+        default="keys",
+        help="--role coordinator/workers: this machine's CURVE key directory, made by "
+        "scripts/backbone_keys.py --cluster (%(default)s)",
+    )
+    parser.add_argument(
+        "--advertise",
+        metavar="ADDR",
+        help="--role workers: the address other machines reach this one at (default: "
+        "the local address on the route to the coordinator)",
+    )
+    parser.add_argument(
+        "--results-port-base",
+        type=int,
+        metavar="PORT",
+        help="--role workers: worker N binds its results socket on PORT+N-1 (default: a "
+        "port the system picks)",
+    )
+    parser.add_argument(
+        "--name",
+        help="--role workers: prefix of this machine's worker ids, unique per machine "
+        "(default: the host name)",
+    )
+    parser.add_argument(
+        "--api-port",
+        type=int,
+        help="every worker serves the backend API on this port (docs/API.md; off by default)",
+    )
+    parser.add_argument(
+        "--api-token-file", help="the API's bearer token file (required with --api-port)"
     )
     parser.add_argument("--log-level", help="passed as --log-level to every process")
     parser.add_argument(
@@ -299,10 +474,56 @@ def parse_args(argv: Sequence[str]) -> Config:
         parser.error("durations must not be negative")
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
+    if args.api_port is not None and not args.api_token_file:
+        parser.error(
+            "--api-port needs --api-token-file: the backend API never starts without a token"
+        )
+    backbone = coordinator = keys = None
+    advertise = args.advertise
+    try:
+        if args.role == "coordinator":
+            backbone = host_port(args.backbone or DEFAULT_BACKBONE, "--backbone")
+        elif args.backbone:
+            parser.error("--backbone is for --role coordinator")
+        if args.role == "workers":
+            if not args.coordinator:
+                parser.error("--role workers needs --coordinator HOST:PORT")
+            coordinator = host_port(args.coordinator, "--coordinator")
+        elif args.coordinator:
+            parser.error("--coordinator is for --role workers")
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.role != "all":
+        keys = Keys(Path(args.keys))
+        missing = keys.missing(args.role)
+        if missing:
+            parser.error(
+                f"--keys {args.keys} lacks {', '.join(missing)} for --role {args.role} "
+                "(python scripts/backbone_keys.py --cluster DIR HOST... makes them)"
+            )
+    if coordinator is not None and advertise is None:
+        try:
+            advertise = local_address_towards(*coordinator)
+        except OSError as exc:
+            parser.error(
+                f"cannot tell this machine's address towards --coordinator: {exc}; "
+                "give --advertise ADDR"
+            )
+    if args.results_port_base is not None and not 0 < args.results_port_base < 65536 - args.workers:
+        parser.error("--results-port-base must leave room for every worker below 65536")
     return Config(
         workers=args.workers,
         host=args.host,
         port=args.port,
+        role=args.role,
+        backbone=backbone,
+        coordinator=coordinator,
+        keys=keys,
+        advertise=advertise,
+        results_port_base=args.results_port_base,
+        name=args.name or (socket.gethostname().split(".")[0] if args.role == "workers" else ""),
+        api_port=args.api_port,
+        api_token_file=args.api_token_file,
         log_level=args.log_level,
         coordinator_args=tuple(coordinator_args),
         worker_args=tuple(worker_args),
@@ -404,6 +625,7 @@ class Slot:
     fast_crashes: int = 0
     name: str = ""
     ready: bool = False
+    ever_ready: bool = False
     proc: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -418,7 +640,9 @@ class Cluster:
         self.config = config
         self.out = out
         self.coordinator = Slot(0)
-        self.workers = [Slot(i) for i in range(1, config.workers + 1)]
+        count = config.workers if config.runs_workers else 0
+        self.workers = [Slot(i) for i in range(1, count + 1)]
+        self.exit_code = 0
         tls = config.tls_cert is not None
         self.url = connect_url(config.host, config.port, tls=tls)
         self.page = connect_url(config.host, config.port, tls=tls, page=True)
@@ -445,15 +669,49 @@ class Cluster:
 
     # ------------------------------------------------------------------ running
 
+    @property
+    def slots(self) -> list[Slot]:
+        """The processes this machine runs."""
+        own = [self.coordinator] if self.config.runs_coordinator else []
+        return own + self.workers
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        self.log(
-            f"starting 1 coordinator and {self.config.workers} workers on "
-            f"{self.config.host}:{self.config.port}"
-        )
+        config = self.config
+        if config.role == "coordinator":
+            assert config.backbone is not None
+            host, port = config.backbone
+            self.log(f"starting the coordinator with its backbone on {tcp(host, port)} (CURVE)")
+        elif config.role == "workers":
+            assert config.coordinator is not None
+            self.log(
+                f"starting {config.workers} workers on {config.host}:{config.port}, "
+                f"joining the coordinator at {tcp(*config.coordinator)} (CURVE) as "
+                f"{config.advertise}"
+            )
+        else:
+            self.log(
+                f"starting 1 coordinator and {config.workers} workers on "
+                f"{config.host}:{config.port}"
+            )
+        if config.runs_coordinator:
+            await self._start_coordinator()
+        if not self._stop.is_set():
+            for slot in self.workers:
+                slot.task = asyncio.create_task(self._supervise(slot))
+        await self._stop.wait()
+        self._notify("STOPPING=1", "stopping")
+        await self._shutdown()
+        self.log("stopped")
+        return self.exit_code
+
+    async def _start_coordinator(self) -> None:
+        """Start the coordinator and give it a moment to be ready before the workers."""
         self.coordinator.task = asyncio.create_task(self._supervise(self.coordinator))
+        if not self.workers:
+            return
         waiters = [
             asyncio.create_task(e.wait()) for e in (self.coordinator.ready_event, self._stop)
         ]
@@ -462,19 +720,11 @@ class Cluster:
         )
         for waiter in waiters:
             waiter.cancel()
-        if not self._stop.is_set():
-            if not self.coordinator.ready:
-                self.log(
-                    f"coordinator not ready after {COORDINATOR_READY_WAIT:.0f}s; "
-                    "starting workers anyway"
-                )
-            for slot in self.workers:
-                slot.task = asyncio.create_task(self._supervise(slot))
-        await self._stop.wait()
-        self._notify("STOPPING=1", "stopping")
-        await self._shutdown()
-        self.log("stopped")
-        return 0
+        if not self._stop.is_set() and not self.coordinator.ready:
+            self.log(
+                f"coordinator not ready after {COORDINATOR_READY_WAIT:.0f}s; "
+                "starting workers anyway"
+            )
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if not self._stop.is_set():
@@ -485,7 +735,7 @@ class Cluster:
         if sig != signal.SIGINT:
             return  # a repeated SIGTERM (process managers) just lets the shutdown go on
         self.log("received SIGINT again; killing everything")
-        for slot in [*self.workers, self.coordinator]:
+        for slot in self.slots:
             self._kill(slot, signal.SIGKILL)
 
     def _kill(self, slot: Slot, sig: int) -> None:
@@ -517,8 +767,8 @@ class Cluster:
         if slot.is_coordinator:
             slot.name = "coordinator"
             return self.config.coordinator_command()
-        slot.name = worker_id(slot.index, slot.generation)
-        return self.config.worker_command(slot.name)
+        slot.name = self.config.worker_name(slot.index, slot.generation)
+        return self.config.worker_command(slot.name, slot.index)
 
     async def _supervise(self, slot: Slot) -> None:
         while not self._stop.is_set():
@@ -530,10 +780,20 @@ class Cluster:
             if self._stop.is_set():
                 self.log(f"{slot.name} stopped ({describe_exit(returncode)})")
                 return
+            if returncode == USAGE_ERROR and not slot.ever_ready:
+                self.log(
+                    f"{slot.name} refused its options ({describe_exit(returncode)}, see "
+                    "above); restarting cannot help: stopping"
+                )
+                self.exit_code = USAGE_ERROR
+                self._stop.set()
+                return
             slot.fast_crashes = self.config.backoff.fast_crashes(slot.fast_crashes, uptime)
             delay = self.config.backoff.delay(slot.fast_crashes)
             following = (
-                "coordinator" if slot.is_coordinator else worker_id(slot.index, slot.generation + 1)
+                "coordinator"
+                if slot.is_coordinator
+                else self.config.worker_name(slot.index, slot.generation + 1)
             )
             self.log(
                 f"{slot.name} died ({describe_exit(returncode)}) after {uptime:.1f}s; "
@@ -612,17 +872,25 @@ class Cluster:
                 self._on_ready(slot)
 
     def _on_ready(self, slot: Slot) -> None:
-        slot.ready = True
+        slot.ready = slot.ever_ready = True
         slot.ready_event.set()
-        everyone = [self.coordinator, *self.workers]
+        everyone = self.slots
         if self._whole or not all(s.ready for s in everyone):
             return
         self._whole = True
         again = " again" if self._was_whole else ""
         self._was_whole = True
-        status = f"all {len(everyone)} processes ready{again}: connect to {self.url}"
+        if self.config.role == "coordinator":
+            assert self.config.backbone is not None
+            port = self.config.backbone[1]
+            status = (
+                f"coordinator ready{again}: workers join with "
+                f"make run ROLE=workers COORDINATOR=THIS_HOST:{port}"
+            )
+        else:
+            status = f"all {len(everyone)} processes ready{again}: connect to {self.url}"
         self.log(status)
-        if not again:
+        if not again and self.workers:
             self.log(f"open the lobby page at {self.page}")
         self._notify("READY=1", status)
 

@@ -179,6 +179,82 @@ def test_parse_args_rejects_nonsense(argv: list[str]) -> None:
         parse_args(argv)
 
 
+def key_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """The coordinator's and one worker machine's key directories, as
+    ``backbone_keys.py --cluster`` lays them out (empty files: only names matter here)."""
+    coordinator, worker = tmp_path / "coordinator", tmp_path / "host-a"
+    (coordinator / "workers").mkdir(parents=True)
+    worker.mkdir()
+    for path in (
+        coordinator / "coordinator.key_secret",
+        coordinator / "workers" / "host-a.key",
+        worker / "coordinator.key",
+        worker / "worker.key_secret",
+    ):
+        path.write_text("")
+    return coordinator, worker
+
+
+def test_role_coordinator_runs_the_coordinator_alone_on_a_curve_backbone(tmp_path: Path) -> None:
+    keys, _ = key_dirs(tmp_path)
+    config = parse_args(
+        ["--role", "coordinator", "--backbone", "198.18.0.1:7100", "--keys", str(keys)]
+    )
+    assert (config.runs_coordinator, config.runs_workers) == (True, False)
+    assert config.coordinator_command()[5:] == [
+        "--events-endpoint", "tcp://198.18.0.1:7100",
+        "--updates-endpoint", "tcp://198.18.0.1:7101",
+        "--curve-secret-key", f"{keys}/coordinator.key_secret",
+        "--curve-clients", f"{keys}/workers",
+    ]  # fmt: skip
+    default = parse_args(["--role", "coordinator", "--keys", str(keys)])
+    assert default.backbone == ("0.0.0.0", 7100)
+
+
+def test_role_workers_join_the_coordinator_with_ids_unique_across_machines(tmp_path: Path) -> None:
+    _, keys = key_dirs(tmp_path)
+    argv = ["--role", "workers", "--coordinator", "127.0.0.1:7100", "--keys", str(keys)]
+    config = parse_args([*argv, "--name", "host-a", "--api-port", "9000", "--api-token-file", "t"])
+    assert (config.runs_coordinator, config.runs_workers) == (False, True)
+    assert config.advertise == "127.0.0.1"  # the local address towards the coordinator
+    assert config.worker_name(2, 3) == "host-a-w2-3"
+    command = config.worker_command("host-a-w2-3", 2)
+    assert command[command.index("--events-endpoint") :] == [
+        "--events-endpoint", "tcp://127.0.0.1:7100",
+        "--updates-endpoint", "tcp://127.0.0.1:7101",
+        "--results-endpoint", "tcp://127.0.0.1:*",
+        "--curve-secret-key", f"{keys}/worker.key_secret",
+        "--curve-server-key", f"{keys}/coordinator.key",
+        "--api-port", "9000", "--api-token-file", "t",
+    ]  # fmt: skip
+    fixed = parse_args([*argv, "--advertise", "198.18.0.2", "--results-port-base", "7300"])
+    assert "--results-endpoint" in (command := fixed.worker_command("x", 2))
+    assert command[command.index("--results-endpoint") + 1] == "tcp://198.18.0.2:7301"
+    assert parse_args(argv).name  # the host name by default
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--role", "workers"], "--role workers needs --coordinator HOST:PORT"),
+        (["--role", "workers", "--coordinator", "nohost"], "--coordinator must be HOST:PORT"),
+        (["--role", "coordinator", "--backbone", "h:0"], "--backbone must be HOST:PORT"),
+        (["--backbone", "h:1"], "--backbone is for --role coordinator"),
+        (["--coordinator", "h:1"], "--coordinator is for --role workers"),
+        (["--api-port", "9000"], "--api-port needs --api-token-file"),
+        (["--role", "coordinator", "--keys", "{empty}"], "coordinator.key_secret"),
+        (["--role", "workers", "--coordinator", "h:1", "--keys", "{empty}"], "worker.key_secret"),
+    ],
+)
+def test_a_role_without_what_it_needs_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], complaint: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args([a.format(empty=tmp_path) for a in argv])
+    assert exited.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- processes
 
 FAKE = """\
@@ -195,6 +271,9 @@ else:
     # signal comes once per exiting launcher thread) and must not deadlock on it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 print("argv", " ".join(sys.argv[1:]), flush=True)
+if os.environ.get("FAKE_REFUSE") and args.worker_id:
+    print("error: argument --bad: refused", flush=True)
+    sys.exit(2)
 notify.ready(STATUS)
 if ignore:
     threading.Event().wait()
@@ -292,6 +371,23 @@ def test_launcher_restarts_and_stops_stand_ins(fakes: Path, stop_signal: int) ->
         assert re.search(r"^w2-1 +\| argv .*--worker-id w2-1 --flag-for-workers$", output, re.M)
         assert re.search(r"^coordinator +\| argv --port \d+ --c-flag$", output, re.M)
         assert output.count("| bye") >= 3  # every child got SIGTERM and exited itself
+    finally:
+        shut_down(launcher)
+
+
+@pytest.mark.process
+def test_a_child_refusing_its_options_stops_the_launcher_with_code_2(fakes: Path) -> None:
+    env = {"PYTHONPATH": str(fakes), "FAKE_REFUSE": "1"}
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    launcher = launch(2, free_port(), extra, env)
+    try:
+        assert launcher.proc.wait(30) == 2, launcher.output()
+        output = launcher.output()
+        assert "refused its options (exit code 2, see above); restarting cannot help" in output
+        assert "error: argument --bad: refused" in output
+        assert "w1-2" not in output and "w2-2" not in output  # never restarted
+        assert output.count("| bye") == 1  # the coordinator was stopped, not left behind
+        launcher.assert_no_traceback()
     finally:
         shut_down(launcher)
 
