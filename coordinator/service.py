@@ -76,12 +76,11 @@ class Coordinator:
         self, context: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str
     ) -> zmq.Socket[bytes]:
         endpoints.prepare(endpoint, port=self.settings.port)
-        backbone = self.settings.backbone
+        timing = self.settings.timing
         sock = context.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, backbone.hwm)
-        sock.setsockopt(zmq.RCVHWM, backbone.hwm)
-        sock.setsockopt(zmq.MAXMSGSIZE, backbone.max_message_bytes)
+        self.settings.backbone.configure(
+            sock, beat=timing.heartbeat_interval, silence=timing.worker_timeout
+        )
         if self._keys is not None:
             curve.make_server(sock, self._keys)
         sock.bind(endpoint)

@@ -29,6 +29,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import zmq
+
 from shared.options import at_least, option, validate
 
 DEFAULT_PORT = 8765
@@ -237,3 +239,27 @@ class BackboneOptions:
     def endpoints(self, port: int) -> Endpoints:
         """The endpoints to use: the given ones, else the defaults for ``port``."""
         return resolve(port, self.events_endpoint, self.updates_endpoint)
+
+    def configure(self, sock: zmq.Socket[bytes], *, beat: float, silence: float) -> None:
+        """Set a new backbone socket's bounds and liveness, the same for every socket.
+
+        Bounds: no linger at close, ``--hwm`` both ways, ``--max-message-bytes``.
+        Liveness: a connection is as alive as the process behind it, so ZeroMQ pings
+        the peer every ``beat`` seconds and drops the connection after ``silence``
+        seconds without an answer, and a connection attempt gives up after ``beat``
+        seconds and is tried again. Without this, a connection that crossed a network
+        partition stays in TCP's retransmission back-off (seconds to minutes) after the
+        network heals; with it, the peers are talking again within about ``beat``
+        seconds of the heal, and whatever was lost with the connection is repaired
+        like any other loss (a gap, a re-announcement)."""
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.hwm)
+        sock.setsockopt(zmq.RCVHWM, self.hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, _ms(beat))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(silence))
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, _ms(beat))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

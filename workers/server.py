@@ -274,12 +274,11 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
 
     def _socket(self, kind: int, *, server: bool = False) -> zmq.Socket[bytes]:
-        backbone = self.settings.backbone
+        timing = self.settings.timing
         sock = self._ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, backbone.hwm)
-        sock.setsockopt(zmq.RCVHWM, backbone.hwm)
-        sock.setsockopt(zmq.MAXMSGSIZE, backbone.max_message_bytes)
+        self.settings.backbone.configure(
+            sock, beat=timing.heartbeat_interval, silence=timing.coordinator_timeout
+        )
         if self._curve is not None:
             if server:
                 curve.make_server(sock, self._curve[0])
@@ -639,8 +638,10 @@ class Worker:
                 assert path is not None
                 endpoints.check_private_dir(path.parent)
             sock = self._ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, self.settings.backbone.hwm)
+            timing = self.settings.timing
+            self.settings.backbone.configure(
+                sock, beat=timing.heartbeat_interval, silence=timing.coordinator_timeout
+            )
             if self._curve is not None:
                 curve.make_client(sock, self._curve[0], key.encode())
             sock.connect(endpoint)
