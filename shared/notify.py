@@ -91,13 +91,15 @@ class Listener:
     private temporary directory, removed by :meth:`close`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, in_file: bool = False) -> None:
+        """``in_file``: a socket file even on Linux, for a child in another network
+        namespace (abstract sockets belong to the namespace they were made in)."""
         self.received: list[dict[str, str]] = []
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._dir: str | None = None
         name = f"presence-notify-{os.getpid()}-{secrets.token_hex(8)}"
         try:
-            if sys.platform.startswith("linux"):
+            if sys.platform.startswith("linux") and not in_file:
                 self._sock.bind("\0" + name)
                 self.address = "@" + name
             else:

@@ -148,8 +148,17 @@ class ManagedProcess:
     """A child ``python -m module ...`` whose stdout+stderr lines are collected, with its
     own sd_notify socket (``NOTIFY_SOCKET``) for :meth:`wait_ready`."""
 
-    def __init__(self, module: str, args: Sequence[str], env: dict[str, str] | None = None):
-        self.notify = Listener()
+    def __init__(
+        self,
+        module: str,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        *,
+        prefix: Sequence[str] = (),
+    ):
+        """``prefix``: words before ``python -m module`` (``ip netns exec NS`` runs it
+        in a network namespace; its notify socket is then a file, reachable from there)."""
+        self.notify = Listener(in_file=bool(prefix))
         full_env = dict(os.environ)
         full_env.update(env or {})
         full_env["PYTHONUNBUFFERED"] = "1"
@@ -157,7 +166,7 @@ class ManagedProcess:
         self.module = module
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
+                [*prefix, sys.executable, "-m", module, *args],
                 cwd=ROOT,
                 env=full_env,
                 stdout=subprocess.PIPE,
