@@ -33,7 +33,7 @@ TYPED := coordinator workers shared scripts
 LINTED := $(TYPED) tests
 
 .DEFAULT_GOAL := help
-.PHONY: help install run watch test test-fast test-js lint format clean load bench
+.PHONY: help install run keys watch test test-fast test-js lint format clean load bench
 
 help:
 	@echo "make run     start a local cluster: WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT)"
@@ -42,6 +42,7 @@ help:
 	@echo "             API_PORT=... API_TOKEN_FILE=...: the backend API (docs/API.md)"
 	@echo "             ROLE=coordinator [BACKBONE=0.0.0.0:7100] KEYS=dir: this machine runs the"
 	@echo "             coordinator alone; ROLE=workers COORDINATOR=host:7100 KEYS=dir: the workers"
+	@echo "make keys    CURVE keys for several machines: MACHINES=\"web1 web2\" [KEYS=keys]"
 	@echo "make watch   join the lobby at URL=$(URL) and watch (ARGS=\"--key-file k\")"
 	@echo "make test    lint, then run the tests (PYTEST_ARGS=\"...\")"
 	@echo "             (make test-fast: no lint, only tests that start no process; seconds)"
@@ -75,6 +76,12 @@ $(BENCH_STAMP): $(STAMP)
 run: $(STAMP)
 	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) \
 	  $(API_ARGS) $(ROLE_ARGS) $(ARGS)
+
+# One key directory per machine (README, Running on several machines); never overwrites.
+MACHINES ?=
+keys: $(STAMP)
+	@test -n "$(MACHINES)" || { echo 'error: name the worker machines: make keys MACHINES="web1 web2"' >&2; exit 2; }
+	$(VPY) scripts/backbone_keys.py --cluster $(KEYS) $(MACHINES)
 
 watch: $(STAMP)
 	$(VPY) scripts/watch_lobby.py --url $(URL) $(ARGS)
