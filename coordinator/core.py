@@ -48,6 +48,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from coordinator.batching import BatchWindow
+from coordinator.flaps import FlapCounter
 from coordinator.lobby import Claim, Lobby, Session
 from coordinator.registry import WorkerRegistry
 from coordinator.settings import CoordinatorSettings
@@ -110,10 +111,22 @@ class CoordinatorCore:
         """Replies that could not be queued, by message tag."""
         self.expired_routes = 0
         self.epoch_changes = 0
+        """Moves above an epoch a worker reported (see :mod:`coordinator.lobby`)."""
+        self.workers_expired = 0
+        """Workers presumed dead (silent past the timeout)."""
+        self.ghosts_reaped = 0
+        """Sessions removed because their worker was presumed dead."""
+        self.flaps = FlapCounter()
+        """Keys that left and joined again soon after, counted at publication."""
 
     @property
     def epoch(self) -> str:
         return self.lobby.epoch
+
+    @property
+    def batch_window(self) -> float:
+        """The current batching window in seconds (it widens under load)."""
+        return self._window.current
 
     # ------------------------------------------------------------------ input
 
@@ -148,7 +161,7 @@ class CoordinatorCore:
             self._on_route(worker, msg, now, wall, out)
         elif not isinstance(msg, bb.Heartbeat):
             log.warning("dropping %s from worker %s: not an event", msg.TAG, worker)
-        self._schedule(now, out)
+        self._schedule(now, wall, out)
         return out
 
     def _on_hello(self, worker: str, msg: bb.Hello, now: float, out: list[Output]) -> None:
@@ -221,6 +234,8 @@ class CoordinatorCore:
         out: list[Output] = []
         for worker in self.registry.expire(now) if expire else ():
             dropped = self.lobby.drop_worker(worker)
+            self.workers_expired += 1
+            self.ghosts_reaped += dropped
             log.warning(
                 "worker %s silent for %.1fs; %d sessions leave",
                 worker,
@@ -230,9 +245,9 @@ class CoordinatorCore:
         for worker in self.registry.unregistered():
             if self.registry.ask(worker, now):
                 out.append(ToWorker(worker, bb.Reannounce()))
-        self._schedule(now, out)
+        self._schedule(now, wall, out)
         if self._flush_at is not None and now >= self._flush_at:
-            self.publish(now, out)
+            self.publish(now, wall, out)
         if now >= self._next_beat:
             self._next_beat = now + self.settings.timing.heartbeat_interval
             out.append(Publish(bb.Beat(self.epoch, self.lobby.seq, wall)))
@@ -245,22 +260,24 @@ class CoordinatorCore:
             wake = min(wake, self._flush_at)
         return wake
 
-    def _schedule(self, now: float, out: list[Output]) -> None:
+    def _schedule(self, now: float, wall: float, out: list[Output]) -> None:
         if not self.lobby.pending:
             return
         if self._window.current <= 0:
-            self.publish(now, out)
+            self.publish(now, wall, out)
         elif self._flush_at is None:
             self._flush_at = now + self._window.current
 
-    def publish(self, now: float, out: list[Output]) -> None:
-        """Publish everything pending: the delta first, then acks and kicks."""
+    def publish(self, now: float, wall: float, out: list[Output]) -> None:
+        """Publish everything pending: the delta first, then acks and kicks. ``wall``
+        goes into the update, for the workers' latency figures."""
         self._flush_at = None
         result = self.lobby.flush()
         if result.delta is not None:
             d = result.delta
-            out.append(Publish(bb.Update(self.epoch, d.seq, d.joined, d.left)))
+            out.append(Publish(bb.Update(self.epoch, d.seq, d.joined, d.left, wall)))
             self._window.flushed(now)
+            self.flaps.published(d.joined, d.left, now)
         for session, (epoch, seq) in result.acks:
             out.append(ToWorker(session.worker, bb.AuthAck(session.conn, epoch, seq)))
         for session in result.kicks:

@@ -97,7 +97,6 @@ from workers.connection import (
     Close,
     Connection,
     Emit,
-    Fanout,
     Flow,
     FrameLimits,
     Link,
@@ -547,7 +546,8 @@ class Worker:
             return
         assert machine.key is not None
         timeout = self.settings.timing.route_timeout
-        route = self.routes.open(machine.conn_id, action.msg_id, self.now + timeout, size)
+        now = self.now
+        route = self.routes.open(machine.conn_id, action.msg_id, now + timeout, size, opened=now)
         deadline = self.clock.now(time.time()) + timings.route_ttl(timeout)
         msg = bb.Route(route, machine.key, action.to, action.msg_id, action.body, deadline)
         if not self._emit(msg):
@@ -746,8 +746,7 @@ class Worker:
         broadcast(list(current), update.frame)
         # After the broadcast: these start from a snapshot that already holds this update.
         for client in self._in_group(Group.BEHIND):
-            if client.machine.on_update(client.buffered(), self.replica) is Fanout.SNAPSHOT:
-                self._perform(client, [WriteSnapshot()])
+            self._perform(client, client.machine.on_sweep(client.buffered(), self.replica))
         now, link = self.now, self._link()
         for client in self._in_group(Group.ACKED):
             self._perform(client, client.machine.on_replica(self.replica, now, link))
