@@ -11,6 +11,10 @@ is an error the core hears about instead of a silent drop; a PUB for updates and
 (a PUB drops for a slow subscriber by design: the worker sees the gap and resyncs).
 Every socket refuses messages over ``--max-message-bytes`` and queues at most ``--hwm``.
 Drops are counted by the core and summed in the log at most once a second.
+
+Metrics (:mod:`shared.metrics`): each published update is recorded as it is sent; the
+core's running counts (flaps, expiries, replacements, epoch moves) are fed to their
+counters once per turn of the loop.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from coordinator.core import CoordinatorCore, Output, Publish, ToWorker
 from coordinator.settings import CoordinatorSettings
 from shared import backbone as bb
-from shared import curve, endpoints, notify
+from shared import curve, endpoints, metrics, notify
 
 log = logging.getLogger("coordinator")
 
@@ -60,6 +64,11 @@ class Coordinator:
         )
         self._recorded = self.core.epoch
         self._lock.record(f"{self._recorded} running")
+        metrics.start_coordinator()
+        metrics.EPOCH_CHANGES.labels("start").inc()
+        metrics.BATCH_WINDOW.set(self.core.batch_window)
+        self._tally = metrics.Tally()
+        self._moves = metrics.EPOCH_CHANGES.labels("move")
         self._stopping = False
         self._drops_logged: Counter[str] = Counter()
         self._drops_logged_at = float("-inf")
@@ -141,6 +150,7 @@ class Coordinator:
             # Behind on input (after a stall): heartbeats may be waiting in the queue, so
             # nobody is presumed dead until it is read.
             self._carry_out(self.core.tick(now, time.time(), expire=caught_up))
+            self._record()
             self._log_drops(now)
             if not ready and not self.core.registry.rebuilding(now):
                 ready = True  # every answer is the truth from here on: "offline" too
@@ -193,6 +203,8 @@ class Coordinator:
         for out in outputs:
             if isinstance(out, Publish):
                 self.pub.send(bb.encode(out.message))  # PUB never blocks: past the HWM it drops
+                if isinstance(out.message, bb.Update):
+                    self._published(out.message)
             elif isinstance(out, ToWorker):
                 self._send_to(out.worker, out.message)
 
@@ -203,6 +215,22 @@ class Coordinator:
         except zmq.ZMQError as exc:  # EAGAIN: its queue is full; EHOSTUNREACH: gone
             log.debug("cannot queue %s for worker %s: %s", msg.TAG, worker, exc)
             self.core.undelivered(worker, msg)
+            metrics.BACKBONE_DROPPED.labels("coordinator", msg.TAG).inc()
+
+    def _published(self, update: bb.Update) -> None:
+        metrics.LOBBY_UPDATES.inc()
+        metrics.LOBBY_UPDATE_KEYS.observe(len(update.joined) + len(update.left))
+        metrics.LOBBY_USERS.set(self.core.lobby.online)
+        metrics.BATCH_WINDOW.set(self.core.batch_window)
+
+    def _record(self) -> None:
+        """Feed the core's running counts to their counters (a few comparisons)."""
+        core, tally = self.core, self._tally
+        tally.feed(metrics.FLAPS, core.flaps.total)
+        tally.feed(metrics.WORKERS_EXPIRED, core.workers_expired)
+        tally.feed(metrics.GHOSTS_REAPED, core.ghosts_reaped)
+        tally.feed(metrics.SESSIONS_REPLACED, core.lobby.replacements)
+        tally.feed(self._moves, core.epoch_changes)
 
     def _log_drops(self, now: float) -> None:
         dropped = self.core.dropped

@@ -52,7 +52,7 @@ class Pending:
     deadline: float
     size: int
     opened: float
-    """When the route was opened (the same clock as ``deadline``)."""
+    """When the route was opened, on the caller's clock (for its routing time)."""
 
 
 class RouteTable:

@@ -57,6 +57,10 @@ failed upgrade, but it can read a close code). Refusals are summed in ``/healthz
 
 ``/healthz`` answers GET and HEAD (anything else: 405) from figures the ticker keeps, so
 a request costs the same however many clients are connected.
+
+Metrics (:mod:`workers.stats`): what the machines' actions and the replica's effects
+say happened is recorded as the shell carries them out; a fan-out is recorded once per
+broadcast, and the connection counts once per tick.
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ from shared import backbone as bb
 from shared import curve, endpoints, notify, protocol, timings
 from shared.options import SettingsError
 from shared.protocol import CLOSE_REASONS, CloseCode, RejectReason, SendStatus
-from workers import pages
+from workers import pages, stats
 from workers.admission import Admission, Admit
 from workers.connection import (
     Action,
@@ -150,6 +154,7 @@ class Group(enum.Enum):
     """What the shell must do for a client on a lobby update (from the machine's state)."""
 
     VERIFIED = "verified"  # waiting for the coordinator link
+    AUTHENTICATING = "authenticating"  # Authed sent, waiting for the ack (counted only)
     ACKED = "acked"  # auth_ok held until the replica catches up
     CURRENT = "current"  # gets the update (broadcast)
     BEHIND = "behind"  # lagging or stale: may resume with a snapshot
@@ -160,6 +165,8 @@ def group_of(machine: Connection) -> Group | None:
         return Group.CURRENT if machine.flow is Flow.CURRENT else Group.BEHIND
     if machine.state is State.ACKED:
         return Group.ACKED
+    if machine.state is State.AUTHENTICATING:
+        return Group.AUTHENTICATING
     return Group.VERIFIED if machine.state is State.VERIFIED else None
 
 
@@ -306,6 +313,7 @@ class Worker:
             log.error("worker %s cannot listen on %s:%d: %s", s.worker_id, net.host, net.port, exc)
             self._close_sockets(linger_ms=0)
             return 1
+        stats.started()
         self._effects(self.replica.start())
         tasks = [
             asyncio.create_task(self._read(self._dealer), name="dealer"),
@@ -413,19 +421,23 @@ class Worker:
         conn_id = next(self._conn_ids)
         if self._cut_off and self._link() is Link.DOWN:
             log.debug("conn %d refused: cut off from the coordinator", conn_id)
+            stats.refused_cut_off()
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
+            stats.closed(ws)
             return
         decision = self.admission.admit(conn_id, self._source_of(ws), self.now)
+        stats.evicted(len(decision.evict))
         for evicted in decision.evict:  # challenge-phase slots of a heavier source
             if (victim := self.clients.get(evicted)) is not None:
                 self._perform(victim, victim.machine.on_evicted())
         if not decision.admitted:
             log.debug("conn %d refused: %s", conn_id, decision.verdict.value)
+            stats.refused(decision.verdict)
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
+            stats.closed(ws)
             return
-        machine = Connection.open(
-            conn_id, secrets.token_bytes(protocol.NONCE_BYTES), self.now, self._limits
-        )
+        nonce = secrets.token_bytes(protocol.NONCE_BYTES)
+        machine = Connection.open(conn_id, nonce, self.now, self._limits, stats.timed_verify)
         client = Client(ws, machine)
         self.clients[conn_id] = client
         self._by_ws[ws] = client
@@ -452,6 +464,7 @@ class Worker:
             self._perform(client, machine.on_transport_closed())
         if client.close_task is not None:
             await client.close_task
+        stats.closed(ws)
         log.debug("conn %d ended in %s", conn_id, [t[2].value for t in machine.trace])
 
     def _source_of(self, ws: ServerConnection) -> str:
@@ -478,8 +491,11 @@ class Worker:
         for action in actions:
             if isinstance(action, Write | WriteSnapshot):
                 broadcast([client.ws], self._frame_of(action))
+                stats.written(action)
             elif isinstance(action, Close):
                 self._begin_close(client, action)
+                if action.outcome is not None:
+                    stats.auth_ended(action.outcome)
             elif isinstance(action, Emit):
                 self._emit(action.message)
             elif isinstance(action, StartRoute):
@@ -524,6 +540,7 @@ class Worker:
             self._dealer.send(bb.encode(msg), zmq.DONTWAIT)
         except zmq.Again:  # past SNDHWM: the coordinator is not reading
             self.counters[msg.TAG] += 1
+            stats.dropped(msg.TAG)
             if isinstance(msg, _REPAIRED_BY_HELLO) and not self._repair:
                 log.warning("lost %s to the coordinator; will re-register", msg.TAG)
                 self._repair = True
@@ -546,12 +563,13 @@ class Worker:
             return
         assert machine.key is not None
         timeout = self.settings.timing.route_timeout
-        now = self.now
-        route = self.routes.open(machine.conn_id, action.msg_id, now + timeout, size, opened=now)
+        due, opened = self.now + timeout, time.monotonic()  # (uvloop's time is in ms)
+        route = self.routes.open(machine.conn_id, action.msg_id, due, size, opened=opened)
         deadline = self.clock.now(time.time()) + timings.route_ttl(timeout)
         msg = bb.Route(route, machine.key, action.to, action.msg_id, action.body, deadline)
         if not self._emit(msg):
             self.routes.finish(route)
+            stats.routed(0.0, SendStatus.REJECTED)
             self._result(client, action.msg_id, _UNAVAILABLE)
 
     def _result(
@@ -674,6 +692,7 @@ class Worker:
         reply = None if local else self._peer(msg.reply_to, msg.reply_key)
         if not local and (reply is None or not _can_send(reply)):
             self.counters["unreportable"] += 1  # not delivered: the origin times out
+            stats.dropped(bb.RouteDone.TAG)
             return
         client = self.clients.get(msg.conn)
         status = "offline"
@@ -691,15 +710,18 @@ class Worker:
             reply.send(bb.encode(done), zmq.DONTWAIT)
         except zmq.Again:  # cannot happen right after POLLOUT, one message later
             self.counters["results"] += 1
+            stats.dropped(bb.RouteDone.TAG)
 
     def _on_route_done(self, msg: bb.RouteDone) -> None:
         pending = self.routes.finish(msg.route)
         if pending is None:
             log.debug("late or unknown RouteDone for route %d", msg.route)
             return
+        outcome = _ROUTE_STATUS.get(msg.status, _UNAVAILABLE)
+        stats.routed(time.monotonic() - pending.opened, outcome[0])
         client = self.clients.get(pending.conn)
         if client is not None:
-            self._result(client, pending.msg_id, _ROUTE_STATUS.get(msg.status, _UNAVAILABLE))
+            self._result(client, pending.msg_id, outcome)
 
     # ------------------------------------------------------------------ replica effects
 
@@ -744,6 +766,10 @@ class Worker:
                 client.machine.on_update(client.buffered(), self.replica)
                 self._place(client)
         broadcast(list(current), update.frame)
+        if current:
+            stats.fanned_out(len(current), len(update.frame))
+            if self.clock.knows(self.replica.epoch):
+                stats.update_latency(self.clock.now(time.time()) - update.at)
         # After the broadcast: these start from a snapshot that already holds this update.
         for client in self._in_group(Group.BEHIND):
             self._perform(client, client.machine.on_sweep(client.buffered(), self.replica))
@@ -752,6 +778,7 @@ class Worker:
             self._perform(client, client.machine.on_replica(self.replica, now, link))
 
     def _resynced(self, effect: Resynced) -> None:
+        stats.resynced(effect.reason)
         if effect.previous_epoch != self.replica.epoch:
             log.info("replica synced to epoch %s at seq %d", self.replica.epoch, self.replica.seq)
         else:
@@ -802,6 +829,7 @@ class Worker:
                 pass
         now = self.now
         for pending in self.routes.expire(now):
+            stats.routed(time.monotonic() - pending.opened, SendStatus.REJECTED)
             client = self.clients.get(pending.conn)
             if client is not None:
                 self._result(client, pending.msg_id, _UNAVAILABLE)
@@ -821,7 +849,19 @@ class Worker:
         self._sweep_flow()
         self._link_changed()
         self._measure_backlog()
+        self._count_connections()
         self._log_counts(now)
+
+    def _count_connections(self) -> None:
+        groups = self._groups
+        stats.connections(
+            challenged=self.admission.pending,
+            authenticating=sum(
+                len(groups[g]) for g in (Group.VERIFIED, Group.AUTHENTICATING, Group.ACKED)
+            ),
+            online=len(groups[Group.CURRENT]),
+            lagging=len(groups[Group.BEHIND]),
+        )
 
     def _watch_cutoff(self, now: float) -> None:
         if self._link() is Link.UP:
