@@ -10,6 +10,10 @@ URL ?= ws://$(HOST):$(PORT)/ws
 TLS_CERT ?=
 TLS_KEY ?=
 TLS_ARGS := $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY))
+# Prometheus metrics of every process at http://$(HOST):METRICS_PORT/metrics (the
+# launcher's default port when empty; 0 turns them off).
+METRICS_PORT ?=
+METRICS_ARGS := $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -26,6 +30,7 @@ help:
 	@echo "make run     start a local cluster: WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT)"
 	@echo "             and open http://$(HOST):$(PORT)/ (TLS_CERT=... TLS_KEY=... for https)"
 	@echo "             (ARGS=\"...\" is passed to scripts/cluster.py, see its --help)"
+	@echo "             metrics at http://$(HOST):$(or $(METRICS_PORT),9765)/metrics (METRICS_PORT=0: off)"
 	@echo "make watch   join the lobby at URL=$(URL) and watch (ARGS=\"--key-file k\")"
 	@echo "make test    lint, then run the tests (PYTEST_ARGS=\"...\")"
 	@echo "             (make test-fast: no lint, only tests that start no process; seconds)"
@@ -57,7 +62,8 @@ $(BENCH_STAMP): $(STAMP)
 	@touch $@
 
 run: $(STAMP)
-	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) $(ARGS)
+	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) \
+	  $(METRICS_ARGS) $(ARGS)
 
 watch: $(STAMP)
 	$(VPY) scripts/watch_lobby.py --url $(URL) $(ARGS)

@@ -2,7 +2,8 @@
 """Run a whole presence cluster on this machine: one coordinator and N workers.
 
     python scripts/cluster.py [--workers N] [--host H] [--port P] [--log-level L]
-                              [--coordinator-arg X]... [--worker-arg X]... [-- ...]
+                              [--metrics-port M] [--coordinator-arg X]... [--worker-arg X]...
+                              [-- ...]
 
 This is what ``make run`` starts. It
 
@@ -24,6 +25,13 @@ This is what ``make run`` starts. It
   run for a while. A restarted worker gets a new id, ``w{slot}-{generation}`` (``w3-1``,
   then ``w3-2``), because the coordinator must treat it as a new worker: the old one's
   sessions are gone;
+* serves Prometheus metrics of every process on this machine at
+  ``http://H:M/metrics`` (``--metrics-port``, default 9765; 0 turns it off):
+  ``prometheus_client``'s multiprocess mode, through a private directory (mode 0700,
+  removed at exit) given to the children in ``PROMETHEUS_MULTIPROC_DIR``, read by a
+  ``MultiProcessCollector`` served from a thread; a child that exits is marked dead
+  there (its live gauges go). When the port is taken the cluster runs without
+  metrics, and says so;
 * on Ctrl-C or SIGTERM sends SIGTERM to the workers, then the coordinator, waits up to
   ``--grace`` seconds for each group, SIGKILLs what is left and exits 0. A second Ctrl-C
   (SIGINT) kills everything at once; a repeated SIGTERM changes nothing.
@@ -61,6 +69,8 @@ from typing import TextIO
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8765  # shared.endpoints.DEFAULT_PORT; the launcher imports nothing
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_METRICS_PORT = 9765
+MULTIPROC_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 COORDINATOR_READY_WAIT = 10.0
 """Seconds to wait for the coordinator's ``READY=1`` before starting workers anyway
 (workers cope with a coordinator that is not there yet; waiting only makes start-up
@@ -188,6 +198,7 @@ class Config:
     worker_args: tuple[str, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
+    metrics_port: int = DEFAULT_METRICS_PORT
     grace: float = 10.0
     backoff: BackoffPolicy = BackoffPolicy()
     python: str = sys.executable
@@ -247,6 +258,13 @@ def parse_args(argv: Sequence[str]) -> Config:
     )
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help="serve GET /metrics (Prometheus) for every process of this machine on this "
+        "port of --host; 0 turns it off (%(default)s)",
+    )
+    parser.add_argument(
         "--grace",
         type=float,
         default=10.0,
@@ -295,6 +313,8 @@ def parse_args(argv: Sequence[str]) -> Config:
         parser.error("--workers must be at least 1")
     if not 0 < args.port < 65536:
         parser.error("--port must be 1-65535")
+    if not 0 <= args.metrics_port < 65536:
+        parser.error("--metrics-port must be 0 (off) or 1-65535")
     if args.grace < 0 or args.restart_delay < 0 or args.max_restart_delay < 0:
         parser.error("durations must not be negative")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -308,6 +328,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         worker_args=tuple(worker_args),
         tls_cert=args.tls_cert or None,
         tls_key=args.tls_key or None,
+        metrics_port=args.metrics_port,
         grace=args.grace,
         backoff=BackoffPolicy(initial=args.restart_delay, cap=args.max_restart_delay),
         coordinator_module=args.coordinator_module,
@@ -395,6 +416,45 @@ def notify_supervisor(state: str, status: str = "") -> str | None:
     return None
 
 
+class MetricsEndpoint:
+    """``GET /metrics`` for every process of this machine, from a thread.
+
+    The children write their metrics to memory-mapped files in a private directory
+    (``PROMETHEUS_MULTIPROC_DIR``, ``prometheus_client``'s multiprocess mode); a scrape
+    sums them. So one endpoint covers every process without any channel between them,
+    and a process that died is dealt with where it is noticed: :meth:`process_died`.
+    ``prometheus_client`` is imported here, and only here: the launcher starts without
+    it when metrics are off."""
+
+    def __init__(self, host: str, port: int) -> None:
+        """Raises :class:`ImportError` without ``prometheus_client``, :class:`OSError`
+        when the port cannot be bound."""
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+        self._mark_dead = mark_process_dead
+        self.directory = tempfile.mkdtemp(prefix="presence-metrics-")  # mode 0700
+        try:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
+            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+        self.url = connect_url(host, port, page=True) + "metrics"
+
+    def process_died(self, pid: int) -> None:
+        """Drop the live gauges of a child that exited (its counters stay: they count
+        what happened, and the machine's totals must not go back)."""
+        self._mark_dead(pid, self.directory)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 @dataclass(slots=True)
 class Slot:
     """One supervised position: the coordinator (``index`` 0) or worker ``index``."""
@@ -427,6 +487,7 @@ class Cluster:
         self._was_whole = False
         self._env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._preexec = _die_with_parent(os.getpid())
+        self._metrics: MetricsEndpoint | None = None
 
     # ------------------------------------------------------------------ output
 
@@ -449,6 +510,32 @@ class Cluster:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        self._start_metrics()
+        try:
+            return await self._run()
+        finally:
+            if self._metrics is not None:
+                self._metrics.close()
+
+    def _start_metrics(self) -> None:
+        """Serve the metrics, and give the children the directory, or none at all."""
+        for name in MULTIPROC_ENV:
+            self._env.pop(name, None)  # ours, or no metrics files: never an inherited one
+        port = self.config.metrics_port
+        if not port:
+            return
+        try:
+            self._metrics = MetricsEndpoint(self.config.host, port)
+        except ImportError:
+            self.log("no metrics: prometheus_client is not installed (--metrics-port 0 to hush)")
+            return
+        except OSError as exc:
+            self.log(f"no metrics: cannot serve {self.config.host}:{port}: {exc}")
+            return
+        self._env[MULTIPROC_ENV[0]] = self._metrics.directory
+        self.log(f"metrics at {self._metrics.url}")
+
+    async def _run(self) -> int:
         self.log(
             f"starting 1 coordinator and {self.config.workers} workers on "
             f"{self.config.host}:{self.config.port}"
@@ -581,6 +668,8 @@ class Cluster:
         assert proc.stdout is not None
         pump = asyncio.create_task(self._pump(slot, proc.stdout))
         returncode = await proc.wait()
+        if self._metrics is not None:
+            self._metrics.process_died(proc.pid)
         # Output still in the pipe belongs to this generation; a grandchild holding the
         # pipe open must not stall the restart, hence the bound.
         done, _ = await asyncio.wait([pump], timeout=2.0)
