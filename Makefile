@@ -14,6 +14,9 @@ TLS_ARGS := $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY))
 # launcher's default port when empty; 0 turns them off).
 METRICS_PORT ?=
 METRICS_ARGS := $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
+# LOG_FORMAT=json: every process logs one JSON object per line (default: plain text).
+LOG_FORMAT ?=
+LOG_ARGS := $(if $(LOG_FORMAT),--log-format $(LOG_FORMAT))
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -31,6 +34,7 @@ help:
 	@echo "             and open http://$(HOST):$(PORT)/ (TLS_CERT=... TLS_KEY=... for https)"
 	@echo "             (ARGS=\"...\" is passed to scripts/cluster.py, see its --help)"
 	@echo "             metrics at http://$(HOST):$(or $(METRICS_PORT),9765)/metrics (METRICS_PORT=0: off)"
+	@echo "             LOG_FORMAT=json: one JSON object per log line"
 	@echo "make watch   join the lobby at URL=$(URL) and watch (ARGS=\"--key-file k\")"
 	@echo "make test    lint, then run the tests (PYTEST_ARGS=\"...\")"
 	@echo "             (make test-fast: no lint, only tests that start no process; seconds)"
@@ -63,7 +67,7 @@ $(BENCH_STAMP): $(STAMP)
 
 run: $(STAMP)
 	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) \
-	  $(METRICS_ARGS) $(ARGS)
+	  $(METRICS_ARGS) $(LOG_ARGS) $(ARGS)
 
 watch: $(STAMP)
 	$(VPY) scripts/watch_lobby.py --url $(URL) $(ARGS)

@@ -53,7 +53,7 @@ from coordinator.lobby import Claim, Lobby, Session
 from coordinator.registry import WorkerRegistry
 from coordinator.settings import CoordinatorSettings
 from shared import backbone as bb
-from shared import timings
+from shared import logs, timings
 from shared.protocol import is_hex_key
 
 log = logging.getLogger("coordinator")
@@ -139,13 +139,22 @@ class CoordinatorCore:
         elif isinstance(msg, bb.Goodbye):
             dropped = self.lobby.drop_worker(worker)
             self.registry.forget(worker)
-            log.info("worker %s said goodbye; %d sessions leave", worker, dropped)
+            log.info(
+                "worker %s said goodbye; %d sessions leave",
+                worker,
+                dropped,
+                extra=logs.event("worker_goodbye", worker=worker, sessions=dropped),
+            )
         elif isinstance(msg, bb.SnapshotRequest):
             seq, users = self.lobby.snapshot()
             out.append(ToWorker(worker, bb.Snapshot(self.epoch, seq, users)))
         elif not state.registered:
             if self.registry.ask(worker, now):
-                log.info("unknown worker %s; asking it to announce its sessions", worker)
+                log.info(
+                    "unknown worker %s; asking it to announce its sessions",
+                    worker,
+                    extra=logs.event("worker_unknown", worker=worker),
+                )
                 out.append(ToWorker(worker, bb.Reannounce()))
             if isinstance(msg, bb.Route):
                 out.append(ToWorker(worker, bb.RouteDone(msg.route, "unavailable")))
@@ -153,14 +162,23 @@ class CoordinatorCore:
             if is_hex_key(msg.key):
                 self.lobby.add_user(msg.key.lower(), Session(worker, msg.conn))
             else:
-                log.warning("worker %s sent an auth for a malformed key; ignored", worker)
+                log.warning(
+                    "worker %s sent an auth for a malformed key; ignored",
+                    worker,
+                    extra=logs.event("malformed_key", worker=worker),
+                )
         elif isinstance(msg, bb.Closed):
             if is_hex_key(msg.key):
                 self.lobby.remove_user(msg.key.lower(), Session(worker, msg.conn))
         elif isinstance(msg, bb.Route):
             self._on_route(worker, msg, now, wall, out)
         elif not isinstance(msg, bb.Heartbeat):
-            log.warning("dropping %s from worker %s: not an event", msg.TAG, worker)
+            log.warning(
+                "dropping %s from worker %s: not an event",
+                msg.TAG,
+                worker,
+                extra=logs.event("unexpected_message", worker=worker, kind=msg.TAG),
+            )
         self._schedule(now, wall, out)
         return out
 
@@ -176,6 +194,9 @@ class CoordinatorCore:
                     worker,
                     epoch,
                     self.epoch,
+                    extra=logs.event(
+                        "epoch_moved", worker=worker, reported=epoch, epoch=self.epoch
+                    ),
                 )
         claims = [
             Claim(conn, key.lower(), (epoch, seq), acked)
@@ -184,11 +205,15 @@ class CoordinatorCore:
         ]
         done = self.lobby.reconcile(worker, claims)
         if done.duplicates or len(claims) != len(msg.sessions):
+            malformed = len(msg.sessions) - len(claims)
             log.warning(
                 "worker %s listed %d connections twice and %d malformed keys; ignored",
                 worker,
                 done.duplicates,
-                len(msg.sessions) - len(claims),
+                malformed,
+                extra=logs.event(
+                    "hello_ignored", worker=worker, duplicates=done.duplicates, malformed=malformed
+                ),
             )
         self.registry.register(worker, now, (msg.results, msg.results_key))
         log.info(
@@ -196,6 +221,9 @@ class CoordinatorCore:
             worker,
             done.claimed,
             done.removed,
+            extra=logs.event(
+                "worker_registered", worker=worker, sessions=done.claimed, ended=done.removed
+            ),
         )
         out.append(ToWorker(worker, bb.Welcome(self.epoch)))
 
@@ -241,6 +269,9 @@ class CoordinatorCore:
                 worker,
                 self.registry.timeout,
                 dropped,
+                extra=logs.event(
+                    "worker_expired", worker=worker, silent=self.registry.timeout, sessions=dropped
+                ),
             )
         for worker in self.registry.unregistered():
             if self.registry.ask(worker, now):
@@ -291,5 +322,8 @@ class CoordinatorCore:
         self.dropped[msg.TAG] += 1
         if isinstance(msg, _REPAIRED_BY_HELLO) and self.registry.unregister(worker):
             log.warning(
-                "lost %s to worker %s; it must re-register to repair its view", msg.TAG, worker
+                "lost %s to worker %s; it must re-register to repair its view",
+                msg.TAG,
+                worker,
+                extra=logs.event("reply_lost", worker=worker, kind=msg.TAG),
             )

@@ -29,7 +29,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from coordinator.core import CoordinatorCore, Output, Publish, ToWorker
 from coordinator.settings import CoordinatorSettings
 from shared import backbone as bb
-from shared import curve, endpoints, metrics, notify
+from shared import curve, endpoints, logs, metrics, notify
 
 log = logging.getLogger("coordinator")
 
@@ -64,6 +64,7 @@ class Coordinator:
         )
         self._recorded = self.core.epoch
         self._lock.record(f"{self._recorded} running")
+        logs.identify(self._recorded)
         metrics.start_coordinator()
         metrics.EPOCH_CHANGES.labels("start").inc()
         metrics.BATCH_WINDOW.set(self.core.batch_window)
@@ -111,14 +112,18 @@ class Coordinator:
             [ends.events, ends.updates], curve_on=secret is not None, plain_tcp=backbone.plain_tcp
         )
         if warning:
-            log.warning("%s", warning)
+            log.warning("%s", warning, extra=logs.event("backbone_exposed"))
         if secret is None or clients is None:
             return None
         keys = curve.load_keypair(secret)
         self._auth = ThreadAuthenticator(context, log=logging.getLogger("coordinator.zap"))
         self._auth.start()
         self._auth.configure_curve(location=curve.authorised_dir(clients))
-        log.info("CURVE on: workers must hold a key from %s", clients)
+        log.info(
+            "CURVE on: workers must hold a key from %s",
+            clients,
+            extra=logs.event("curve_on", keys=clients),
+        )
         return keys
 
     # ------------------------------------------------------------------ loop
@@ -140,6 +145,9 @@ class Coordinator:
             ends.events,
             ends.updates,
             self.epoch,
+            extra=logs.event(
+                "coordinator_ready", events=ends.events, updates=ends.updates, epoch=self.epoch
+            ),
         )
         ready = False
         while not self._stopping:
@@ -154,7 +162,12 @@ class Coordinator:
             self._log_drops(now)
             if not ready and not self.core.registry.rebuilding(now):
                 ready = True  # every answer is the truth from here on: "offline" too
-                log.info("lobby complete: %d users", len(self.core.lobby))
+                users = len(self.core.lobby)
+                log.info(
+                    "lobby complete: %d users",
+                    users,
+                    extra=logs.event("lobby_complete", users=users),
+                )
                 notify.ready(f"coordinator ready: epoch {self.epoch}")
         notify.stopping("coordinator stopping")
         if not len(self.core.registry):  # every worker said goodbye: nothing to rebuild
@@ -192,12 +205,18 @@ class Coordinator:
         try:
             msg = bb.decode(frame)
         except bb.BackboneDecodeError as exc:
-            log.warning("dropping undecodable frame from worker %s: %s", worker, exc)
+            log.warning(
+                "dropping undecodable frame from worker %s: %s",
+                worker,
+                exc,
+                extra=logs.event("undecodable_frame", worker=worker, error=str(exc)),
+            )
             return
         self._carry_out(self.core.handle(worker, msg, time.monotonic(), time.time()))
         if self.core.epoch != self._recorded:  # moved above an epoch a worker reported
             self._recorded = self.core.epoch
             self._lock.record(f"{self._recorded} running")
+            logs.identify(self._recorded)
 
     def _carry_out(self, outputs: list[Output]) -> None:
         for out in outputs:
@@ -213,7 +232,13 @@ class Coordinator:
             self.router.send(worker.encode(), zmq.SNDMORE | zmq.NOBLOCK)
             self.router.send(bb.encode(msg), zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # EAGAIN: its queue is full; EHOSTUNREACH: gone
-            log.debug("cannot queue %s for worker %s: %s", msg.TAG, worker, exc)
+            log.debug(
+                "cannot queue %s for worker %s: %s",
+                msg.TAG,
+                worker,
+                exc,
+                extra=logs.event("reply_not_queued", worker=worker, kind=msg.TAG, error=str(exc)),
+            )
             self.core.undelivered(worker, msg)
             metrics.BACKBONE_DROPPED.labels("coordinator", msg.TAG).inc()
 
@@ -240,6 +265,7 @@ class Coordinator:
                 "could not queue %d replies to workers since the last report: %s",
                 sum(new.values()),
                 ", ".join(f"{tag} {n}" for tag, n in sorted(new.items())),
+                extra=logs.event("replies_dropped", count=sum(new.values()), kinds=dict(new)),
             )
             self._drops_logged = dropped.copy()
             self._drops_logged_at = now

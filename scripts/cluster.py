@@ -2,8 +2,8 @@
 """Run a whole presence cluster on this machine: one coordinator and N workers.
 
     python scripts/cluster.py [--workers N] [--host H] [--port P] [--log-level L]
-                              [--metrics-port M] [--coordinator-arg X]... [--worker-arg X]...
-                              [-- ...]
+                              [--log-format F] [--metrics-port M] [--coordinator-arg X]...
+                              [--worker-arg X]... [-- ...]
 
 This is what ``make run`` starts. It
 
@@ -36,7 +36,10 @@ This is what ``make run`` starts. It
   ``--grace`` seconds for each group, SIGKILLs what is left and exits 0. A second Ctrl-C
   (SIGINT) kills everything at once; a repeated SIGTERM changes nothing.
 
-Options for the children: ``--log-level L`` goes to every process;
+Options for the children: ``--log-level L`` and ``--log-format F`` go to every process
+(with ``--log-format json`` the launcher passes their JSON lines through as they are,
+wraps any other line of theirs in a JSON object, and writes its own lines as JSON too, so
+its whole output is one JSON object per line);
 ``--coordinator-arg X`` and ``--worker-arg X`` (repeatable) append the single word X to
 the coordinator's or every worker's command line. X is taken verbatim even when it
 starts with ``-`` (``--worker-arg --ping-interval --worker-arg 5`` or
@@ -53,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -63,8 +67,9 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8765  # shared.endpoints.DEFAULT_PORT; the launcher imports nothing
@@ -194,6 +199,7 @@ class Config:
     host: str
     port: int
     log_level: str | None = None
+    log_format: str | None = None
     coordinator_args: tuple[str, ...] = ()
     worker_args: tuple[str, ...] = ()
     tls_cert: str | None = None
@@ -207,9 +213,7 @@ class Config:
 
     def coordinator_command(self) -> list[str]:
         cmd = [self.python, "-m", self.coordinator_module, "--port", str(self.port)]
-        if self.log_level:
-            cmd += ["--log-level", self.log_level]
-        return cmd + list(self.coordinator_args)
+        return cmd + self._logging() + list(self.coordinator_args)
 
     def worker_command(self, worker: str) -> list[str]:
         cmd = [
@@ -224,9 +228,15 @@ class Config:
         cmd += ["--worker-id", worker]
         if self.tls_cert and self.tls_key:
             cmd += ["--tls-cert", self.tls_cert, "--tls-key", self.tls_key]
+        return cmd + self._logging() + list(self.worker_args)
+
+    def _logging(self) -> list[str]:
+        cmd = []
         if self.log_level:
             cmd += ["--log-level", self.log_level]
-        return cmd + list(self.worker_args)
+        if self.log_format:
+            cmd += ["--log-format", self.log_format]
+        return cmd
 
 
 def parse_args(argv: Sequence[str]) -> Config:
@@ -252,6 +262,12 @@ def parse_args(argv: Sequence[str]) -> Config:
         "--port", type=int, default=DEFAULT_PORT, help="public WebSocket port (%(default)s)"
     )
     parser.add_argument("--log-level", help="passed as --log-level to every process")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="passed as --log-format to every process; json: the launcher's whole output "
+        "is one JSON object per line (default: text)",
+    )
     parser.add_argument(
         "--tls-cert",
         help="PEM certificate chain: with --tls-key the workers serve wss:// and https://",
@@ -324,6 +340,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_format=args.log_format,
         coordinator_args=tuple(coordinator_args),
         worker_args=tuple(worker_args),
         tls_cert=args.tls_cert or None,
@@ -492,17 +509,31 @@ class Cluster:
     # ------------------------------------------------------------------ output
 
     def emit(self, name: str, text: str) -> None:
-        with contextlib.suppress(OSError, ValueError):  # closed or broken stdout
-            self.out.write(f"{name:<{NAME_WIDTH}} | {text}\n")
-            self.out.flush()
+        """A line of a child's output: prefixed with its name, or as JSON."""
+        if self.config.log_format != "json":
+            self._write(f"{name:<{NAME_WIDTH}} | {text}")
+        elif text.startswith("{"):
+            self._write(text)  # the child's own JSON line
+        else:  # a line the child's logging did not write (a crash before it was set up)
+            role = "coordinator" if name == "coordinator" else "worker"
+            self._write(_json_line("INFO", role, name, "output", text))
 
-    def log(self, text: str) -> None:
-        self.emit("cluster", text)
+    def log(self, text: str, event: str, level: str = "INFO", **fields: Any) -> None:
+        """A line of the launcher's own, named ``event`` with ``fields`` in JSON."""
+        if self.config.log_format == "json":
+            self._write(_json_line(level, "launcher", str(os.getpid()), event, text, **fields))
+        else:
+            self._write(f"{'cluster':<{NAME_WIDTH}} | {text}")
+
+    def _write(self, line: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # closed or broken stdout
+            self.out.write(line + "\n")
+            self.out.flush()
 
     def _notify(self, state: str, status: str) -> None:
         problem = notify_supervisor(state, status)
         if problem is not None:
-            self.log(problem)
+            self.log(problem, "notify_failed", "WARNING")
 
     # ------------------------------------------------------------------ running
 
@@ -527,18 +558,32 @@ class Cluster:
         try:
             self._metrics = MetricsEndpoint(self.config.host, port)
         except ImportError:
-            self.log("no metrics: prometheus_client is not installed (--metrics-port 0 to hush)")
+            self.log(
+                "no metrics: prometheus_client is not installed (--metrics-port 0 to hush)",
+                "metrics_off",
+                "WARNING",
+            )
             return
         except OSError as exc:
-            self.log(f"no metrics: cannot serve {self.config.host}:{port}: {exc}")
+            self.log(
+                f"no metrics: cannot serve {self.config.host}:{port}: {exc}",
+                "metrics_off",
+                "WARNING",
+                port=port,
+                error=str(exc),
+            )
             return
         self._env[MULTIPROC_ENV[0]] = self._metrics.directory
-        self.log(f"metrics at {self._metrics.url}")
+        self.log(f"metrics at {self._metrics.url}", "metrics_serving", url=self._metrics.url)
 
     async def _run(self) -> int:
+        config = self.config
         self.log(
-            f"starting 1 coordinator and {self.config.workers} workers on "
-            f"{self.config.host}:{self.config.port}"
+            f"starting 1 coordinator and {config.workers} workers on {config.host}:{config.port}",
+            "starting",
+            workers=config.workers,
+            host=config.host,
+            port=config.port,
         )
         self.coordinator.task = asyncio.create_task(self._supervise(self.coordinator))
         waiters = [
@@ -553,25 +598,27 @@ class Cluster:
             if not self.coordinator.ready:
                 self.log(
                     f"coordinator not ready after {COORDINATOR_READY_WAIT:.0f}s; "
-                    "starting workers anyway"
+                    "starting workers anyway",
+                    "coordinator_late",
+                    "WARNING",
                 )
             for slot in self.workers:
                 slot.task = asyncio.create_task(self._supervise(slot))
         await self._stop.wait()
         self._notify("STOPPING=1", "stopping")
         await self._shutdown()
-        self.log("stopped")
+        self.log("stopped", "stopped")
         return 0
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if not self._stop.is_set():
             hint = " (Ctrl-C again to kill at once)" if sig == signal.SIGINT else ""
-            self.log(f"received {sig.name}; stopping{hint}")
+            self.log(f"received {sig.name}; stopping{hint}", "stopping", signal=sig.name)
             self._stop.set()
             return
         if sig != signal.SIGINT:
             return  # a repeated SIGTERM (process managers) just lets the shutdown go on
-        self.log("received SIGINT again; killing everything")
+        self.log("received SIGINT again; killing everything", "killing", "WARNING")
         for slot in [*self.workers, self.coordinator]:
             self._kill(slot, signal.SIGKILL)
 
@@ -596,7 +643,12 @@ class Cluster:
             if pending:
                 for slot in group:
                     if slot.proc is not None and slot.proc.returncode is None:
-                        self.log(f"{slot.name} still running after {self.config.grace}s; SIGKILL")
+                        self.log(
+                            f"{slot.name} still running after {self.config.grace}s; SIGKILL",
+                            "killed",
+                            "WARNING",
+                            process=slot.name,
+                        )
                         self._kill(slot, signal.SIGKILL)
                 await asyncio.wait(pending)
 
@@ -615,7 +667,10 @@ class Cluster:
             returncode = await self._run_once(slot, command)
             uptime = time.monotonic() - started
             if self._stop.is_set():
-                self.log(f"{slot.name} stopped ({describe_exit(returncode)})")
+                how = describe_exit(returncode)
+                self.log(
+                    f"{slot.name} stopped ({how})", "process_stopped", process=slot.name, exit=how
+                )
                 return
             slot.fast_crashes = self.config.backoff.fast_crashes(slot.fast_crashes, uptime)
             delay = self.config.backoff.delay(slot.fast_crashes)
@@ -624,7 +679,14 @@ class Cluster:
             )
             self.log(
                 f"{slot.name} died ({describe_exit(returncode)}) after {uptime:.1f}s; "
-                f"restarting as {following} in {delay:.1f}s"
+                f"restarting as {following} in {delay:.1f}s",
+                "process_died",
+                "WARNING",
+                process=slot.name,
+                exit=describe_exit(returncode),
+                uptime=round(uptime, 3),
+                next=following,
+                delay=delay,
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
@@ -635,7 +697,12 @@ class Cluster:
         try:
             notify = NotifySocket()
         except OSError as exc:
-            self.log(f"could not start {slot.name}: no notify socket: {exc}")
+            self.log(
+                f"could not start {slot.name}: no notify socket: {exc}",
+                "start_failed",
+                "ERROR",
+                process=slot.name,
+            )
             return None
         loop = asyncio.get_running_loop()
         loop.add_reader(notify.sock.fileno(), self._on_notify, slot, notify)
@@ -659,10 +726,17 @@ class Cluster:
                 limit=1 << 20,
             )
         except OSError as exc:
-            self.log(f"could not start {slot.name}: {exc}")
+            self.log(
+                f"could not start {slot.name}: {exc}", "start_failed", "ERROR", process=slot.name
+            )
             return None
         slot.proc = proc
-        self.log(f"started {slot.name} pid {proc.pid}")
+        self.log(
+            f"started {slot.name} pid {proc.pid}",
+            "process_started",
+            process=slot.name,
+            pid=proc.pid,
+        )
         if self._stop.is_set():
             self._kill(slot, signal.SIGTERM)
         assert proc.stdout is not None
@@ -710,10 +784,26 @@ class Cluster:
         again = " again" if self._was_whole else ""
         self._was_whole = True
         status = f"all {len(everyone)} processes ready{again}: connect to {self.url}"
-        self.log(status)
+        self.log(status, "ready", processes=len(everyone), url=self.url, again=bool(again))
         if not again:
-            self.log(f"open the lobby page at {self.page}")
+            self.log(f"open the lobby page at {self.page}", "page", url=self.page)
         self._notify("READY=1", status)
+
+
+def _json_line(level: str, role: str, ident: str, event: str, message: str, **fields: Any) -> str:
+    """One JSON log line with the keys the coordinator and workers write (``shared.logs``;
+    the launcher imports nothing from the project)."""
+    line = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "role": role,
+        "id": ident,
+        "event": event,
+        "message": message,
+        "logger": "cluster",
+        **fields,
+    }
+    return json.dumps(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

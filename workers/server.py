@@ -91,7 +91,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from shared import backbone as bb
-from shared import curve, endpoints, notify, protocol, timings
+from shared import curve, endpoints, logs, notify, protocol, timings
 from shared.options import SettingsError
 from shared.protocol import CLOSE_REASONS, CloseCode, RejectReason, SendStatus
 from workers import pages, stats
@@ -234,7 +234,7 @@ class Worker:
             plain_tcp=settings.backbone.plain_tcp,
         )
         if warning:
-            log.warning("%s", warning)
+            log.warning("%s", warning, extra=logs.event("backbone_exposed"))
         port = settings.network.port
         for endpoint in (ends.events, ends.updates, self.results_endpoint):
             endpoints.prepare(endpoint, port=port)
@@ -310,7 +310,14 @@ class Worker:
                 create_connection=_watched_connection(self._pressured),
             )
         except (OSError, zmq.ZMQError) as exc:
-            log.error("worker %s cannot listen on %s:%d: %s", s.worker_id, net.host, net.port, exc)
+            log.error(
+                "worker %s cannot listen on %s:%d: %s",
+                s.worker_id,
+                net.host,
+                net.port,
+                exc,
+                extra=logs.event("listen_failed", host=net.host, port=net.port, error=str(exc)),
+            )
             self._close_sockets(linger_ms=0)
             return 1
         stats.started()
@@ -327,7 +334,12 @@ class Worker:
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stopper and t.exception() is not None]
         for task in failed:
-            log.error("worker task %s failed", task.get_name(), exc_info=task.exception())
+            log.error(
+                "worker task %s failed",
+                task.get_name(),
+                exc_info=task.exception(),
+                extra=logs.event("task_failed", task=task.get_name()),
+            )
         await self._shutdown(server, [stopper, *tasks])
         return 1 if failed else 0
 
@@ -335,12 +347,14 @@ class Worker:
         await self._ready.wait()
         host, port = server.sockets[0].getsockname()[:2]
         url = f"{'wss' if self._tls else 'ws'}://{host}:{port}{protocol.WS_PATH}"
-        log.info("worker %s ready at %s", self.worker_id, url)
+        log.info(
+            "worker %s ready at %s", self.worker_id, url, extra=logs.event("worker_ready", url=url)
+        )
         notify.ready(f"worker {self.worker_id} ready at {url}")
         await asyncio.Event().wait()  # stay pending: only stop or a failure ends run()
 
     async def _shutdown(self, server: Server, tasks: list[asyncio.Task[Any]]) -> None:
-        log.info("worker %s stopping", self.worker_id)
+        log.info("worker %s stopping", self.worker_id, extra=logs.event("worker_stopping"))
         notify.stopping(f"worker {self.worker_id} stopping")
         self._emit(bb.Goodbye(self.worker_id))
         self._stopping = True  # the coordinator dropped all our sessions at once
@@ -352,7 +366,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._close_sockets(linger_ms=SHUTDOWN_LINGER_MS)
-        log.info("worker %s stopped", self.worker_id)
+        log.info("worker %s stopped", self.worker_id, extra=logs.event("worker_stopped"))
 
     def _close_sockets(self, linger_ms: int) -> None:
         self._sub.close(linger=0)
@@ -420,7 +434,11 @@ class Worker:
     async def _serve_client(self, ws: ServerConnection) -> None:
         conn_id = next(self._conn_ids)
         if self._cut_off and self._link() is Link.DOWN:
-            log.debug("conn %d refused: cut off from the coordinator", conn_id)
+            log.debug(
+                "conn %d refused: cut off from the coordinator",
+                conn_id,
+                extra=logs.event("conn_refused", conn=conn_id, reason="cut_off"),
+            )
             stats.refused_cut_off()
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
             stats.closed(ws)
@@ -431,7 +449,12 @@ class Worker:
             if (victim := self.clients.get(evicted)) is not None:
                 self._perform(victim, victim.machine.on_evicted())
         if not decision.admitted:
-            log.debug("conn %d refused: %s", conn_id, decision.verdict.value)
+            log.debug(
+                "conn %d refused: %s",
+                conn_id,
+                decision.verdict.value,
+                extra=logs.event("conn_refused", conn=conn_id, reason=decision.verdict.value),
+            )
             stats.refused(decision.verdict)
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
             stats.closed(ws)
@@ -441,7 +464,12 @@ class Worker:
         client = Client(ws, machine)
         self.clients[conn_id] = client
         self._by_ws[ws] = client
-        log.debug("conn %d opened from %s", conn_id, ws.remote_address)
+        log.debug(
+            "conn %d opened from %s",
+            conn_id,
+            ws.remote_address,
+            extra=logs.event("conn_opened", conn=conn_id, peer=str(ws.remote_address)),
+        )
         try:
             self._perform(client, machine.greeting())
             while machine.state is not State.CLOSING:
@@ -456,7 +484,14 @@ class Worker:
                     self.admission.authenticated(conn_id)
                 self._perform(client, actions)
         except ConnectionClosed as exc:
-            log.debug("conn %d closed: %s", conn_id, exc)
+            close = exc.rcvd or exc.sent
+            code = None if close is None else close.code
+            log.debug(
+                "conn %d closed: %s",
+                conn_id,
+                exc,
+                extra=logs.event("conn_closed", conn=conn_id, code=code),
+            )
         finally:
             self.admission.closed(conn_id)
             del self.clients[conn_id]
@@ -465,7 +500,13 @@ class Worker:
         if client.close_task is not None:
             await client.close_task
         stats.closed(ws)
-        log.debug("conn %d ended in %s", conn_id, [t[2].value for t in machine.trace])
+        states = [t[2].value for t in machine.trace]
+        log.debug(
+            "conn %d ended in %s",
+            conn_id,
+            states,
+            extra=logs.event("conn_ended", conn=conn_id, states=states),
+        )
 
     def _source_of(self, ws: ServerConnection) -> str:
         """The admission source: the client's address (from a trusted proxy's header
@@ -508,7 +549,13 @@ class Worker:
 
     def _begin_close(self, client: Client, action: Close) -> None:
         if client.close_task is None:
-            log.debug("conn %d closing with %d", client.machine.conn_id, action.code)
+            conn = client.machine.conn_id
+            log.debug(
+                "conn %d closing with %d",
+                conn,
+                action.code,
+                extra=logs.event("conn_closing", conn=conn, code=action.code, reason=action.reason),
+            )
             client.close_task = asyncio.create_task(
                 _close_ws(client.ws, action.code, action.reason)
             )
@@ -542,7 +589,11 @@ class Worker:
             self.counters[msg.TAG] += 1
             stats.dropped(msg.TAG)
             if isinstance(msg, _REPAIRED_BY_HELLO) and not self._repair:
-                log.warning("lost %s to the coordinator; will re-register", msg.TAG)
+                log.warning(
+                    "lost %s to the coordinator; will re-register",
+                    msg.TAG,
+                    extra=logs.event("event_lost", kind=msg.TAG),
+                )
                 self._repair = True
             return False
         finally:
@@ -599,7 +650,12 @@ class Worker:
                 curve.make_client(sock, self._curve[0], key.encode())
             sock.connect(endpoint)
         except (zmq.ZMQError, endpoints.UnsafeDirectory, ValueError) as exc:
-            log.warning("cannot reach worker results endpoint %s: %s", endpoint, exc)
+            log.warning(
+                "cannot reach worker results endpoint %s: %s",
+                endpoint,
+                exc,
+                extra=logs.event("peer_unreachable", endpoint=endpoint, error=str(exc)),
+            )
             return None
         self._peers[endpoint] = sock
         if len(self._peers) > MAX_PEERS:
@@ -651,17 +707,29 @@ class Worker:
         try:
             msg = bb.decode(frame)
         except bb.BackboneDecodeError as exc:
-            log.warning("dropping undecodable backbone frame: %s", exc)
+            log.warning(
+                "dropping undecodable backbone frame: %s",
+                exc,
+                extra=logs.event("undecodable_frame", error=str(exc)),
+            )
             return
         if from_peer:  # other workers may only report results
             if isinstance(msg, bb.RouteDone):
                 self._on_route_done(msg)
             else:
-                log.warning("dropping %s on the results endpoint", msg.TAG)
+                log.warning(
+                    "dropping %s on the results endpoint",
+                    msg.TAG,
+                    extra=logs.event("unexpected_result", kind=msg.TAG),
+                )
             return
         handler = self._handlers.get(type(msg))
         if handler is None:
-            log.warning("dropping unexpected backbone message %s", msg.TAG)
+            log.warning(
+                "dropping unexpected backbone message %s",
+                msg.TAG,
+                extra=logs.event("unexpected_message", kind=msg.TAG),
+            )
             return
         self._last_seen = self.now
         handler(msg)
@@ -715,7 +783,9 @@ class Worker:
     def _on_route_done(self, msg: bb.RouteDone) -> None:
         pending = self.routes.finish(msg.route)
         if pending is None:
-            log.debug("late or unknown RouteDone for route %d", msg.route)
+            log.debug(
+                "late or unknown RouteDone for route %d", msg.route, extra=logs.event("late_result")
+            )
             return
         outcome = _ROUTE_STATUS.get(msg.status, _UNAVAILABLE)
         stats.routed(time.monotonic() - pending.opened, outcome[0])
@@ -744,7 +814,11 @@ class Worker:
         self._announced = frozenset(claim[0] for claim in claims)
         self._last_request = self.now
         if not self._repair:
-            log.info("announcing %d sessions to the coordinator", len(claims))
+            log.info(
+                "announcing %d sessions to the coordinator",
+                len(claims),
+                extra=logs.event("announcing", sessions=len(claims)),
+            )
         hello = bb.Hello(
             self.worker_id,
             self.replica.epoch or "",
@@ -779,10 +853,16 @@ class Worker:
 
     def _resynced(self, effect: Resynced) -> None:
         stats.resynced(effect.reason)
-        if effect.previous_epoch != self.replica.epoch:
-            log.info("replica synced to epoch %s at seq %d", self.replica.epoch, self.replica.seq)
+        replica = self.replica
+        fields = logs.event(
+            "replica_synced", epoch=replica.epoch, seq=replica.seq, reason=effect.reason.value
+        )
+        if effect.previous_epoch != replica.epoch:
+            log.info(
+                "replica synced to epoch %s at seq %d", replica.epoch, replica.seq, extra=fields
+            )
         else:
-            log.info("replica resynced at seq %d after lost updates", self.replica.seq)
+            log.info("replica resynced at seq %d after lost updates", replica.seq, extra=fields)
         now, link = self.now, self._link()
         for client in self._each(State.ACKED, State.AUTHENTICATED):
             machine = client.machine
@@ -837,7 +917,11 @@ class Worker:
         silent = now - self._last_seen > timing.coordinator_timeout
         if self.replica.sync is SyncState.LIVE:
             if silent:  # it may have dropped our sessions, or restarted: announce again
-                log.warning("coordinator silent for %.1fs", timing.coordinator_timeout)
+                log.warning(
+                    "coordinator silent for %.1fs",
+                    timing.coordinator_timeout,
+                    extra=logs.event("coordinator_silent", silent=timing.coordinator_timeout),
+                )
                 self._effects(self.replica.start())
             elif self._repair:
                 self._announce()  # the whole truth repairs whatever was lost
@@ -866,7 +950,10 @@ class Worker:
     def _watch_cutoff(self, now: float) -> None:
         if self._link() is Link.UP:
             if self._cut_off:
-                log.info("coordinator reachable again; admitting clients")
+                log.info(
+                    "coordinator reachable again; admitting clients",
+                    extra=logs.event("coordinator_back"),
+                )
             self._down_since, self._cut_off = None, False
             return
         if self._down_since is None:
@@ -878,6 +965,7 @@ class Worker:
                 "cut off from the coordinator for %.0fs: closing %d clients with 1013",
                 grace,
                 len(self.clients),
+                extra=logs.event("cut_off", silent=grace, clients=len(self.clients), code=1013),
             )
             for client in list(self.clients.values()):
                 self._perform(client, client.machine.on_cutoff())
@@ -902,6 +990,7 @@ class Worker:
                 "since the last report: %s (%d challenged now)",
                 ", ".join(f"{k} {n}" for k, n in sorted(new.items())),
                 self.admission.pending,
+                extra=logs.event("counts", counts=dict(new), challenged=self.admission.pending),
             )
         self._logged, self._logged_at = summary, now
 
@@ -936,7 +1025,11 @@ async def _close_ws(ws: ServerConnection, code: int, reason: str) -> None:
         async with asyncio.timeout(CLOSE_TIMEOUT + 0.5):
             await ws.close(code, reason)
     except TimeoutError:
-        log.debug("close %d timed out; aborting the TCP connection", code)
+        log.debug(
+            "close %d timed out; aborting the TCP connection",
+            code,
+            extra=logs.event("close_timeout", code=code),
+        )
         if ws.transport is not None:
             ws.transport.abort()
 
@@ -1039,9 +1132,13 @@ async def main(settings: WorkerSettings) -> int:
         endpoints.EndpointInUse,
         SettingsError,
     ) as exc:
-        log.error("cannot start the backbone: %s", exc)
+        log.error(
+            "cannot start the backbone: %s",
+            exc,
+            extra=logs.event("backbone_failed", error=str(exc)),
+        )
         return 2
     except TlsError as exc:
-        log.error("cannot start TLS: %s", exc)
+        log.error("cannot start TLS: %s", exc, extra=logs.event("tls_failed", error=str(exc)))
         return 2
     return await worker.run(stop)
