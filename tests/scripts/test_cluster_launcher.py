@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -172,6 +173,15 @@ def test_parse_args_builds_the_commands() -> None:
 def test_parse_args_defaults() -> None:
     config = parse_args([])
     assert config == Config(workers=os.cpu_count() or 1, host="127.0.0.1", port=8765)
+
+
+def test_log_format_goes_to_every_process() -> None:
+    config = parse_args(["--log-format", "json"])
+    assert config.coordinator_command()[-2:] == ["--log-format", "json"]
+    assert config.worker_command("w1-1")[-2:] == ["--log-format", "json"]
+    assert "--log-format" not in parse_args([]).worker_command("w1-1")
+    with pytest.raises(SystemExit):
+        parse_args(["--log-format", "xml"])
 
 
 def test_metrics_port_is_on_by_default_and_0_turns_it_off() -> None:
@@ -409,6 +419,29 @@ def test_metrics_port_0_serves_nothing_and_needs_no_prometheus_client(fakes: Pat
     finally:
         shut_down(launcher)
     launcher.assert_no_traceback()
+
+
+@pytest.mark.process
+def test_json_output_is_one_object_per_line_even_for_what_children_print(fakes: Path) -> None:
+    """The stand-ins print plain lines: the launcher wraps them, as it writes its own."""
+    env = {"PYTHONPATH": str(fakes)}
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    launcher = launch(1, free_port(), [*extra, "--metrics-port", "0", "--log-format", "json"], env)
+    try:
+        launcher.wait_ready(timeout=30)
+        launcher.wait_for_line('"event": "ready"')
+    finally:
+        shut_down(launcher)
+    lines = [json.loads(line) for line in launcher.output().splitlines()]
+    printed = [line for line in lines if line["event"] == "output"]
+    assert {(line["role"], line["id"]) for line in printed} == {
+        ("coordinator", "coordinator"),
+        ("worker", "w1-1"),
+    }
+    assert all(line["message"].startswith(("argv", "bye")) for line in printed)
+    started = [line for line in lines if line["event"] == "process_started"]
+    assert {line["process"] for line in started} == {"coordinator", "w1-1"}
+    assert all(line["role"] == "launcher" and line["pid"] > 0 for line in started)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
