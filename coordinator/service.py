@@ -12,9 +12,10 @@ is an error the core hears about instead of a silent drop; a PUB for updates and
 Every socket refuses messages over ``--max-message-bytes`` and queues at most ``--hwm``.
 Drops are counted by the core and summed in the log at most once a second.
 
-Metrics (:mod:`shared.metrics`): each published update is recorded as it is sent; the
-core's running counts (flaps, expiries, replacements, epoch moves) are fed to their
-counters once per turn of the loop.
+Metrics (:mod:`shared.metrics`): the keys of each published update are recorded as it
+is sent; everything else (updates published, lobby size, batch window, flaps, expiries,
+replacements, epoch moves) is read from the core once per turn of the loop, so a
+stream of events costs the metrics almost nothing.
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ class Coordinator:
         logs.identify(self._recorded)
         metrics.start_coordinator()
         metrics.EPOCH_CHANGES.labels("start").inc()
-        metrics.BATCH_WINDOW.set(self.core.batch_window)
         self._tally = metrics.Tally()
         self._moves = metrics.EPOCH_CHANGES.labels("move")
+        self._shown: tuple[int, float] | None = None  # (lobby users, batch window) set
         self._stopping = False
         self._drops_logged: Counter[str] = Counter()
         self._drops_logged_at = float("-inf")
@@ -223,7 +224,8 @@ class Coordinator:
             if isinstance(out, Publish):
                 self.pub.send(bb.encode(out.message))  # PUB never blocks: past the HWM it drops
                 if isinstance(out.message, bb.Update):
-                    self._published(out.message)
+                    update = out.message
+                    metrics.LOBBY_UPDATE_KEYS.observe(len(update.joined) + len(update.left))
             elif isinstance(out, ToWorker):
                 self._send_to(out.worker, out.message)
 
@@ -242,15 +244,16 @@ class Coordinator:
             self.core.undelivered(worker, msg)
             metrics.BACKBONE_DROPPED.labels("coordinator", msg.TAG).inc()
 
-    def _published(self, update: bb.Update) -> None:
-        metrics.LOBBY_UPDATES.inc()
-        metrics.LOBBY_UPDATE_KEYS.observe(len(update.joined) + len(update.left))
-        metrics.LOBBY_USERS.set(self.core.lobby.online)
-        metrics.BATCH_WINDOW.set(self.core.batch_window)
-
     def _record(self) -> None:
-        """Feed the core's running counts to their counters (a few comparisons)."""
+        """Feed the core's figures to the metrics (a few comparisons; a metric is
+        written only when its figure changed)."""
         core, tally = self.core, self._tally
+        shown = (core.lobby.online, core.batch_window)
+        if shown != self._shown:
+            self._shown = shown
+            metrics.LOBBY_USERS.set(shown[0])
+            metrics.BATCH_WINDOW.set(shown[1])
+        tally.feed(metrics.LOBBY_UPDATES, core.lobby.seq)  # one per update, from 0
         tally.feed(metrics.FLAPS, core.flaps.total)
         tally.feed(metrics.WORKERS_EXPIRED, core.workers_expired)
         tally.feed(metrics.GHOSTS_REAPED, core.ghosts_reaped)
