@@ -262,7 +262,10 @@ def shut_down(launcher: ManagedProcess) -> None:
 
 
 def launch(workers: int, port: int, extra: list[str], env: dict[str, str]) -> ManagedProcess:
-    args = ["--workers", str(workers), "--port", str(port), "--restart-delay", "0.05", *extra]
+    """The launcher, without metrics unless ``extra`` asks for them (a launcher killed
+    with SIGKILL cannot remove its metrics directory)."""
+    args = ["--workers", str(workers), "--port", str(port), "--restart-delay", "0.05"]
+    args += ["--metrics-port", "0", *extra]
     return ManagedProcess("scripts.cluster", args, env=env)
 
 
