@@ -10,6 +10,13 @@ URL ?= ws://$(HOST):$(PORT)/ws
 TLS_CERT ?=
 TLS_KEY ?=
 TLS_ARGS := $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY))
+# Prometheus metrics of every process at http://$(HOST):METRICS_PORT/metrics (the
+# launcher's default port when empty; 0 turns them off).
+METRICS_PORT ?=
+METRICS_ARGS := $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
+# LOG_FORMAT=json: every process logs one JSON object per line (default: plain text).
+LOG_FORMAT ?=
+LOG_ARGS := $(if $(LOG_FORMAT),--log-format $(LOG_FORMAT))
 # The backend API (docs/API.md): off unless API_PORT is given, and never without a token.
 API_PORT ?=
 API_TOKEN_FILE ?=
@@ -39,6 +46,8 @@ help:
 	@echo "make run     start a local cluster: WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT)"
 	@echo "             and open http://$(HOST):$(PORT)/ (TLS_CERT=... TLS_KEY=... for https)"
 	@echo "             (ARGS=\"...\" is passed to scripts/cluster.py, see its --help)"
+	@echo "             metrics at http://$(HOST):$(or $(METRICS_PORT),9765)/metrics (METRICS_PORT=0: off)"
+	@echo "             LOG_FORMAT=json: one JSON object per log line"
 	@echo "             API_PORT=... API_TOKEN_FILE=...: the backend API (docs/API.md)"
 	@echo "             ROLE=coordinator [BACKBONE=0.0.0.0:7100] KEYS=dir: this machine runs the"
 	@echo "             coordinator alone; ROLE=workers COORDINATOR=host:7100 KEYS=dir: the workers"
@@ -75,7 +84,7 @@ $(BENCH_STAMP): $(STAMP)
 
 run: $(STAMP)
 	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) \
-	  $(API_ARGS) $(ROLE_ARGS) $(ARGS)
+	  $(API_ARGS) $(ROLE_ARGS) $(METRICS_ARGS) $(LOG_ARGS) $(ARGS)
 
 # One key directory per machine (README, Running on several machines); never overwrites.
 MACHINES ?=

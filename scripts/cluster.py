@@ -2,7 +2,8 @@
 """Run a whole presence cluster on this machine: one coordinator and N workers.
 
     python scripts/cluster.py [--workers N] [--host H] [--port P] [--log-level L]
-                              [--coordinator-arg X]... [--worker-arg X]... [-- ...]
+                              [--log-format F] [--metrics-port M] [--coordinator-arg X]...
+                              [--worker-arg X]... [-- ...]
 
 This is what ``make run`` starts. It
 
@@ -24,11 +25,21 @@ This is what ``make run`` starts. It
   run for a while. A restarted worker gets a new id, ``w{slot}-{generation}`` (``w3-1``,
   then ``w3-2``), because the coordinator must treat it as a new worker: the old one's
   sessions are gone;
+* serves Prometheus metrics of every process on this machine at
+  ``http://H:M/metrics`` (``--metrics-port``, default 9765; 0 turns it off):
+  ``prometheus_client``'s multiprocess mode, through a private directory (mode 0700,
+  removed at exit) given to the children in ``PROMETHEUS_MULTIPROC_DIR``, read by a
+  ``MultiProcessCollector`` served from a thread; a child that exits is marked dead
+  there (its live gauges go). When the port is taken the cluster runs without
+  metrics, and says so;
 * on Ctrl-C or SIGTERM sends SIGTERM to the workers, then the coordinator, waits up to
   ``--grace`` seconds for each group, SIGKILLs what is left and exits 0. A second Ctrl-C
   (SIGINT) kills everything at once; a repeated SIGTERM changes nothing.
 
-Options for the children: ``--log-level L`` goes to every process;
+Options for the children: ``--log-level L`` and ``--log-format F`` go to every process
+(with ``--log-format json`` the launcher passes their JSON lines through as they are,
+wraps any other line of theirs in a JSON object, and writes its own lines as JSON too, so
+its whole output is one JSON object per line);
 ``--coordinator-arg X`` and ``--worker-arg X`` (repeatable) append the single word X to
 the coordinator's or every worker's command line. X is taken verbatim even when it
 starts with ``-`` (``--worker-arg --ping-interval --worker-arg 5`` or
@@ -59,6 +70,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -69,12 +81,15 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8765  # shared.endpoints.DEFAULT_PORT; the launcher imports nothing
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_METRICS_PORT = 9765
+MULTIPROC_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 COORDINATOR_READY_WAIT = 10.0
 """Seconds to wait for the coordinator's ``READY=1`` before starting workers anyway
 (workers cope with a coordinator that is not there yet; waiting only makes start-up
@@ -273,10 +288,12 @@ class Config:
     api_port: int | None = None
     api_token_file: str | None = None
     log_level: str | None = None
+    log_format: str | None = None
     coordinator_args: tuple[str, ...] = ()
     worker_args: tuple[str, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
+    metrics_port: int = DEFAULT_METRICS_PORT
     grace: float = 10.0
     backoff: BackoffPolicy = BackoffPolicy()
     python: str = sys.executable
@@ -300,9 +317,7 @@ class Config:
             cmd += ["--updates-endpoint", tcp(host, port + 1)]
             cmd += ["--curve-secret-key", str(self.keys.coordinator_secret)]
             cmd += ["--curve-clients", str(self.keys.authorised_workers)]
-        if self.log_level:
-            cmd += ["--log-level", self.log_level]
-        return cmd + list(self.coordinator_args)
+        return cmd + self._logging() + list(self.coordinator_args)
 
     def worker_name(self, slot: int, generation: int) -> str:
         """The worker id: unique per slot and generation, and with ``--role workers``
@@ -338,9 +353,15 @@ class Config:
             cmd += ["--api-port", str(self.api_port)]
             if self.api_token_file:
                 cmd += ["--api-token-file", self.api_token_file]
+        return cmd + self._logging() + list(self.worker_args)
+
+    def _logging(self) -> list[str]:
+        cmd = []
         if self.log_level:
             cmd += ["--log-level", self.log_level]
-        return cmd + list(self.worker_args)
+        if self.log_format:
+            cmd += ["--log-format", self.log_format]
+        return cmd
 
 
 def parse_args(argv: Sequence[str]) -> Config:
@@ -417,10 +438,23 @@ def parse_args(argv: Sequence[str]) -> Config:
     )
     parser.add_argument("--log-level", help="passed as --log-level to every process")
     parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="passed as --log-format to every process; json: the launcher's whole output "
+        "is one JSON object per line (default: text)",
+    )
+    parser.add_argument(
         "--tls-cert",
         help="PEM certificate chain: with --tls-key the workers serve wss:// and https://",
     )
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help="serve GET /metrics (Prometheus) for every process of this machine on this "
+        "port of --host; 0 turns it off (%(default)s)",
+    )
     parser.add_argument(
         "--grace",
         type=float,
@@ -470,6 +504,8 @@ def parse_args(argv: Sequence[str]) -> Config:
         parser.error("--workers must be at least 1")
     if not 0 < args.port < 65536:
         parser.error("--port must be 1-65535")
+    if not 0 <= args.metrics_port < 65536:
+        parser.error("--metrics-port must be 0 (off) or 1-65535")
     if args.grace < 0 or args.restart_delay < 0 or args.max_restart_delay < 0:
         parser.error("durations must not be negative")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -525,10 +561,12 @@ def parse_args(argv: Sequence[str]) -> Config:
         api_port=args.api_port,
         api_token_file=args.api_token_file,
         log_level=args.log_level,
+        log_format=args.log_format,
         coordinator_args=tuple(coordinator_args),
         worker_args=tuple(worker_args),
         tls_cert=args.tls_cert or None,
         tls_key=args.tls_key or None,
+        metrics_port=args.metrics_port,
         grace=args.grace,
         backoff=BackoffPolicy(initial=args.restart_delay, cap=args.max_restart_delay),
         coordinator_module=args.coordinator_module,
@@ -616,6 +654,45 @@ def notify_supervisor(state: str, status: str = "") -> str | None:
     return None
 
 
+class MetricsEndpoint:
+    """``GET /metrics`` for every process of this machine, from a thread.
+
+    The children write their metrics to memory-mapped files in a private directory
+    (``PROMETHEUS_MULTIPROC_DIR``, ``prometheus_client``'s multiprocess mode); a scrape
+    sums them. So one endpoint covers every process without any channel between them,
+    and a process that died is dealt with where it is noticed: :meth:`process_died`.
+    ``prometheus_client`` is imported here, and only here: the launcher starts without
+    it when metrics are off."""
+
+    def __init__(self, host: str, port: int) -> None:
+        """Raises :class:`ImportError` without ``prometheus_client``, :class:`OSError`
+        when the port cannot be bound."""
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+        self._mark_dead = mark_process_dead
+        self.directory = tempfile.mkdtemp(prefix="presence-metrics-")  # mode 0700
+        try:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
+            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+        self.url = connect_url(host, port, page=True) + "metrics"
+
+    def process_died(self, pid: int) -> None:
+        """Drop the live gauges of a child that exited (its counters stay: they count
+        what happened, and the machine's totals must not go back)."""
+        self._mark_dead(pid, self.directory)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 @dataclass(slots=True)
 class Slot:
     """One supervised position: the coordinator (``index`` 0) or worker ``index``."""
@@ -651,21 +728,36 @@ class Cluster:
         self._was_whole = False
         self._env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._preexec = _die_with_parent(os.getpid())
+        self._metrics: MetricsEndpoint | None = None
 
     # ------------------------------------------------------------------ output
 
     def emit(self, name: str, text: str) -> None:
-        with contextlib.suppress(OSError, ValueError):  # closed or broken stdout
-            self.out.write(f"{name:<{NAME_WIDTH}} | {text}\n")
-            self.out.flush()
+        """A line of a child's output: prefixed with its name, or as JSON."""
+        if self.config.log_format != "json":
+            self._write(f"{name:<{NAME_WIDTH}} | {text}")
+        elif text.startswith("{"):
+            self._write(text)  # the child's own JSON line
+        else:  # a line the child's logging did not write (a crash before it was set up)
+            role = "coordinator" if name == "coordinator" else "worker"
+            self._write(_json_line("INFO", role, name, "output", text))
 
-    def log(self, text: str) -> None:
-        self.emit("cluster", text)
+    def log(self, text: str, event: str, level: str = "INFO", **fields: Any) -> None:
+        """A line of the launcher's own, named ``event`` with ``fields`` in JSON."""
+        if self.config.log_format == "json":
+            self._write(_json_line(level, "launcher", str(os.getpid()), event, text, **fields))
+        else:
+            self._write(f"{'cluster':<{NAME_WIDTH}} | {text}")
+
+    def _write(self, line: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # closed or broken stdout
+            self.out.write(line + "\n")
+            self.out.flush()
 
     def _notify(self, state: str, status: str) -> None:
         problem = notify_supervisor(state, status)
         if problem is not None:
-            self.log(problem)
+            self.log(problem, "notify_failed", "WARNING")
 
     # ------------------------------------------------------------------ running
 
@@ -679,22 +771,75 @@ class Cluster:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        self._start_metrics()
+        try:
+            return await self._run()
+        finally:
+            if self._metrics is not None:
+                self._metrics.close()
+
+    def _start_metrics(self) -> None:
+        """Serve the metrics, and give the children the directory, or none at all."""
+        for name in MULTIPROC_ENV:
+            self._env.pop(name, None)  # ours, or no metrics files: never an inherited one
+        port = self.config.metrics_port
+        if not port:
+            return
+        try:
+            self._metrics = MetricsEndpoint(self.config.host, port)
+        except ImportError:
+            self.log(
+                "no metrics: prometheus_client is not installed (--metrics-port 0 to hush)",
+                "metrics_off",
+                "WARNING",
+            )
+            return
+        except OSError as exc:
+            self.log(
+                f"no metrics: cannot serve {self.config.host}:{port}: {exc}",
+                "metrics_off",
+                "WARNING",
+                port=port,
+                error=str(exc),
+            )
+            return
+        self._env[MULTIPROC_ENV[0]] = self._metrics.directory
+        self.log(f"metrics at {self._metrics.url}", "metrics_serving", url=self._metrics.url)
+
+    async def _run(self) -> int:
         config = self.config
         if config.role == "coordinator":
             assert config.backbone is not None
-            host, port = config.backbone
-            self.log(f"starting the coordinator with its backbone on {tcp(host, port)} (CURVE)")
+            backbone = tcp(*config.backbone)
+            self.log(
+                f"starting the coordinator with its backbone on {backbone} (CURVE)",
+                "starting",
+                runs=config.role,
+                backbone=backbone,
+            )
         elif config.role == "workers":
             assert config.coordinator is not None
+            coordinator = tcp(*config.coordinator)
             self.log(
                 f"starting {config.workers} workers on {config.host}:{config.port}, "
-                f"joining the coordinator at {tcp(*config.coordinator)} (CURVE) as "
-                f"{config.advertise}"
+                f"joining the coordinator at {coordinator} (CURVE) as {config.advertise}",
+                "starting",
+                runs=config.role,
+                workers=config.workers,
+                host=config.host,
+                port=config.port,
+                coordinator=coordinator,
+                advertise=config.advertise,
             )
         else:
             self.log(
                 f"starting 1 coordinator and {config.workers} workers on "
-                f"{config.host}:{config.port}"
+                f"{config.host}:{config.port}",
+                "starting",
+                runs=config.role,
+                workers=config.workers,
+                host=config.host,
+                port=config.port,
             )
         if config.runs_coordinator:
             await self._start_coordinator()
@@ -704,7 +849,7 @@ class Cluster:
         await self._stop.wait()
         self._notify("STOPPING=1", "stopping")
         await self._shutdown()
-        self.log("stopped")
+        self.log("stopped", "stopped")
         return self.exit_code
 
     async def _start_coordinator(self) -> None:
@@ -723,18 +868,20 @@ class Cluster:
         if not self._stop.is_set() and not self.coordinator.ready:
             self.log(
                 f"coordinator not ready after {COORDINATOR_READY_WAIT:.0f}s; "
-                "starting workers anyway"
+                "starting workers anyway",
+                "coordinator_late",
+                "WARNING",
             )
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if not self._stop.is_set():
             hint = " (Ctrl-C again to kill at once)" if sig == signal.SIGINT else ""
-            self.log(f"received {sig.name}; stopping{hint}")
+            self.log(f"received {sig.name}; stopping{hint}", "stopping", signal=sig.name)
             self._stop.set()
             return
         if sig != signal.SIGINT:
             return  # a repeated SIGTERM (process managers) just lets the shutdown go on
-        self.log("received SIGINT again; killing everything")
+        self.log("received SIGINT again; killing everything", "killing", "WARNING")
         for slot in self.slots:
             self._kill(slot, signal.SIGKILL)
 
@@ -759,7 +906,12 @@ class Cluster:
             if pending:
                 for slot in group:
                     if slot.proc is not None and slot.proc.returncode is None:
-                        self.log(f"{slot.name} still running after {self.config.grace}s; SIGKILL")
+                        self.log(
+                            f"{slot.name} still running after {self.config.grace}s; SIGKILL",
+                            "killed",
+                            "WARNING",
+                            process=slot.name,
+                        )
                         self._kill(slot, signal.SIGKILL)
                 await asyncio.wait(pending)
 
@@ -778,12 +930,19 @@ class Cluster:
             returncode = await self._run_once(slot, command)
             uptime = time.monotonic() - started
             if self._stop.is_set():
-                self.log(f"{slot.name} stopped ({describe_exit(returncode)})")
+                how = describe_exit(returncode)
+                self.log(
+                    f"{slot.name} stopped ({how})", "process_stopped", process=slot.name, exit=how
+                )
                 return
             if returncode == USAGE_ERROR and not slot.ever_ready:
                 self.log(
                     f"{slot.name} refused its options ({describe_exit(returncode)}, see "
-                    "above); restarting cannot help: stopping"
+                    "above); restarting cannot help: stopping",
+                    "process_refused_options",
+                    "ERROR",
+                    process=slot.name,
+                    exit=describe_exit(returncode),
                 )
                 self.exit_code = USAGE_ERROR
                 self._stop.set()
@@ -797,7 +956,14 @@ class Cluster:
             )
             self.log(
                 f"{slot.name} died ({describe_exit(returncode)}) after {uptime:.1f}s; "
-                f"restarting as {following} in {delay:.1f}s"
+                f"restarting as {following} in {delay:.1f}s",
+                "process_died",
+                "WARNING",
+                process=slot.name,
+                exit=describe_exit(returncode),
+                uptime=round(uptime, 3),
+                next=following,
+                delay=delay,
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
@@ -808,7 +974,12 @@ class Cluster:
         try:
             notify = NotifySocket()
         except OSError as exc:
-            self.log(f"could not start {slot.name}: no notify socket: {exc}")
+            self.log(
+                f"could not start {slot.name}: no notify socket: {exc}",
+                "start_failed",
+                "ERROR",
+                process=slot.name,
+            )
             return None
         loop = asyncio.get_running_loop()
         loop.add_reader(notify.sock.fileno(), self._on_notify, slot, notify)
@@ -832,15 +1003,24 @@ class Cluster:
                 limit=1 << 20,
             )
         except OSError as exc:
-            self.log(f"could not start {slot.name}: {exc}")
+            self.log(
+                f"could not start {slot.name}: {exc}", "start_failed", "ERROR", process=slot.name
+            )
             return None
         slot.proc = proc
-        self.log(f"started {slot.name} pid {proc.pid}")
+        self.log(
+            f"started {slot.name} pid {proc.pid}",
+            "process_started",
+            process=slot.name,
+            pid=proc.pid,
+        )
         if self._stop.is_set():
             self._kill(slot, signal.SIGTERM)
         assert proc.stdout is not None
         pump = asyncio.create_task(self._pump(slot, proc.stdout))
         returncode = await proc.wait()
+        if self._metrics is not None:
+            self._metrics.process_died(proc.pid)
         # Output still in the pipe belongs to this generation; a grandchild holding the
         # pipe open must not stall the restart, hence the bound.
         done, _ = await asyncio.wait([pump], timeout=2.0)
@@ -889,10 +1069,26 @@ class Cluster:
             )
         else:
             status = f"all {len(everyone)} processes ready{again}: connect to {self.url}"
-        self.log(status)
+        self.log(status, "ready", processes=len(everyone), url=self.url, again=bool(again))
         if not again and self.workers:
-            self.log(f"open the lobby page at {self.page}")
+            self.log(f"open the lobby page at {self.page}", "page", url=self.page)
         self._notify("READY=1", status)
+
+
+def _json_line(level: str, role: str, ident: str, event: str, message: str, **fields: Any) -> str:
+    """One JSON log line with the keys the coordinator and workers write (``shared.logs``;
+    the launcher imports nothing from the project)."""
+    line = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "role": role,
+        "id": ident,
+        "event": event,
+        "message": message,
+        "logger": "cluster",
+        **fields,
+    }
+    return json.dumps(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -217,6 +217,10 @@ class Update:
     seq: int
     joined: list[str]
     left: list[str]
+    at: float
+    """The coordinator's wall clock when it published this update: a worker measures
+    publication-to-written latency from it, on its estimate of that clock (no two
+    machines' clocks need agree)."""
 
 
 @dataclass(frozen=True, slots=True)

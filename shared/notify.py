@@ -28,6 +28,8 @@ import socket
 import sys
 import tempfile
 
+from shared import logs
+
 log = logging.getLogger("notify")
 
 ENV = "NOTIFY_SOCKET"
@@ -59,7 +61,14 @@ def notify(state: str, status: str = "") -> None:
             sock.setblocking(False)
             sock.sendto(message.encode("utf-8", "replace"), address)
     except (OSError, ValueError) as exc:
-        log.warning("could not notify %s=%s of %s: %s", ENV, target, state, exc)
+        log.warning(
+            "could not notify %s=%s of %s: %s",
+            ENV,
+            target,
+            state,
+            exc,
+            extra=logs.event("notify_failed", state=state, error=str(exc)),
+        )
 
 
 def _address(target: str) -> str:
