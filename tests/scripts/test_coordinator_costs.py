@@ -1,5 +1,6 @@
 """scripts/coordinator_costs.py: the pure-core part at a tiny size produces sane figures
-and the JSON that bench.py renders (timings are measured, never asserted)."""
+and the JSON that bench.py renders (timings are measured, never asserted), and bench.py
+replaces only its own section of a report."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from scripts import coordinator_costs
+from scripts import bench, coordinator_costs
 
 TINY = [
     "--pure-only",
@@ -72,3 +73,22 @@ def test_pure_part_writes_positive_figures_under_the_expected_keys(tmp_path: Pat
     for name in ("pure_join_leave_us", "pure_route_us", "update_bytes_per_key"):
         assert positive(derived[name]), name
     assert derived["users_at_max_message_bytes"] > 100_000
+
+
+def test_the_report_renders_and_replaces_only_its_own_section(tmp_path: Path) -> None:
+    out = tmp_path / "costs.json"
+    coordinator_costs.main([*TINY, "--json", str(out)])
+    run = {"name": bench.COORDINATOR_RUN, "group": "coordinator", "ok": True}
+    section = bench.coordinator_section({**run, "metrics": json.loads(out.read_text())})
+    assert section[0] == bench.SECTION_BEGIN and section[-1] == bench.SECTION_END
+    assert "## Coordinator capacity" in section
+    assert any(line.startswith("| join (Authed)") for line in section)
+
+    report = f"# Benchmarks\n\nbefore\n\n{bench.NOTES_TITLE}\n\nnotes\n"
+    first = bench.splice_section(report, section)
+    assert first.index("before") < first.index(bench.SECTION_BEGIN) < first.index("notes")
+    failed = bench.coordinator_section({**run, "ok": False, "failures": ["exit 2"]})
+    second = bench.splice_section(first, failed)
+    assert second.count(bench.SECTION_BEGIN) == 1 and "The measurement failed" in second
+    assert second.replace("\n".join(failed), "\n".join(section)) == first
+    assert bench.existing_section(second) == failed
