@@ -46,7 +46,9 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
+"""Raised whenever a message changes shape (3: ``Update.at``), so processes of
+different versions refuse each other's every message instead of misreading some."""
 
 
 class BackboneDecodeError(ValueError):
