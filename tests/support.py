@@ -13,6 +13,7 @@ fails it otherwise), so that ``make test-fast`` runs only what is quick.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
@@ -24,7 +25,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from shared.notify import Listener
 
@@ -146,7 +147,24 @@ async def health_until(
 
 class ManagedProcess:
     """A child ``python -m module ...`` whose stdout+stderr lines are collected, with its
-    own sd_notify socket (``NOTIFY_SOCKET``) for :meth:`wait_ready`."""
+    own sd_notify socket (``NOTIFY_SOCKET``) for :meth:`wait_ready`. Every one started
+    is remembered until it has exited, so the test session can kill what a test left
+    (:meth:`kill_all`)."""
+
+    started: ClassVar[list[ManagedProcess]] = []
+
+    @classmethod
+    def kill_all(cls) -> list[str]:
+        """SIGKILL the process group of every child still running; their names."""
+        killed = []
+        for child in cls.started:
+            if child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait(10)
+                killed.append(f"{child.module} (pid {child.proc.pid})")
+        cls.started.clear()
+        return killed
 
     def __init__(
         self,
@@ -177,6 +195,8 @@ class ManagedProcess:
         except BaseException:
             self.notify.close()
             raise
+        ManagedProcess.started = [p for p in ManagedProcess.started if p.proc.poll() is None]
+        ManagedProcess.started.append(self)
         self.lines: list[str] = []
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
