@@ -49,6 +49,8 @@ RESYNC_REASONS: Final = ("start", "gap", "new_epoch")
 REFUSAL_REASONS: Final = ("full", "busy", "throttled", "cut_off")
 """``workers.admission.Admit``'s refusals, and a worker cut off from its coordinator."""
 EPOCH_REASONS: Final = ("start", "move")
+API_STATUSES: Final = ("200", "400", "401", "404", "405", "503")
+"""The statuses the backend API answers with (``workers.api``; a test checks them)."""
 CLOSE_CODES: Final = tuple(
     str(code) for code in sorted({1000, 1002, 1005, 1006, 1007, 1011, *(int(c) for c in CloseCode)})
 )
@@ -190,6 +192,12 @@ ROUTE_SECONDS: Final = Histogram(
     "worker, by the status the sender got.",
     ["status"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
+API_REQUESTS: Final = Counter(
+    "presence_api_requests_total",
+    "Backend API requests (docs/API.md) by the HTTP status of the answer; 401s are "
+    "callers without the token.",
+    ["status"],
 )
 VERIFY_SECONDS: Final = Histogram(
     "presence_auth_verify_seconds",

@@ -448,6 +448,7 @@ class Worker:
             self.replica,
             reachable=self._link() is Link.UP and not self._stopping,
         )
+        stats.api_answered(answer.status)
         response = conn.respond(answer.status, "")
         headers = response.headers
         del headers["Content-Type"], headers["Content-Length"]

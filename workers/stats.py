@@ -31,6 +31,7 @@ _REFUSED: Final = {
 _CUT_OFF: Final = metrics.ADMISSION_REFUSALS.labels("cut_off")
 _STATES: Final = {state: metrics.CONNECTIONS.labels(state) for state in metrics.CONNECTION_STATES}
 _ROUTED: Final = {s: metrics.ROUTE_SECONDS.labels(s.value) for s in SendStatus}
+_API: Final = {int(status): metrics.API_REQUESTS.labels(status) for status in metrics.API_STATUSES}
 
 
 def started() -> None:
@@ -124,3 +125,8 @@ def timed_verify(nonce: bytes, public_key: str, signature: str) -> AuthFailure |
         return protocol.verify_auth(nonce, public_key, signature)
     finally:
         metrics.VERIFY_SECONDS.observe(time.perf_counter() - start)
+
+
+def api_answered(status: int) -> None:
+    """The backend API answered a request with ``status``."""
+    _API[status].inc()

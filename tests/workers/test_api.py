@@ -264,3 +264,12 @@ def test_the_command_line_refuses_an_api_port_without_a_token(
             description="",
         )
     assert "--api-port" in capsys.readouterr().err
+
+
+def test_every_status_the_api_answers_has_its_metric_label() -> None:
+    from shared.metrics import API_STATUSES
+    from workers import api
+
+    answers = [v for v in vars(api).values() if isinstance(v, Answer)]
+    statuses = {str(int(a.status)) for a in answers} | {str(int(HTTPStatus.OK))}
+    assert statuses == set(API_STATUSES)
