@@ -117,7 +117,7 @@ class PureBench:
             self.core.handle(worker, bb.Authed(i, key_of(i)), 0.0, 0.0)
             if worker == W2:
                 self.on_w2.append(key_of(i))
-        self.core.publish(0.0, [])
+        self.core.publish(0.0, 0.0, [])
         self.users = users
         self.next_id = users
         self.route_id = 0
@@ -146,7 +146,7 @@ class PureBench:
                         encode(o.message)
                 if flush:
                     out: list[Output] = []
-                    publish(NOW, out)
+                    publish(NOW, WALL, out)
                     for o in out:
                         encode(o.message)
             return time.perf_counter_ns() - start
@@ -156,7 +156,7 @@ class PureBench:
             for msg in part:
                 handle(worker, msg, NOW, WALL)
             if flush:
-                publish(NOW, [])
+                publish(NOW, WALL, [])
         return time.perf_counter_ns() - start
 
     def round(self, kind: str, m: int, batch: int, codec: bool) -> int:
@@ -203,7 +203,8 @@ class PureBench:
             for i in ids:
                 self.core.handle(W1, bb.Authed(i, key_of(i)), NOW, WALL)
             join_ns.append(self._timed_publish())
-            update = bb.Update(self.core.epoch, self.core.lobby.seq, [key_of(i) for i in ids], [])
+            joined = [key_of(i) for i in ids]
+            update = bb.Update(self.core.epoch, self.core.lobby.seq, joined, [], WALL)
             start = time.perf_counter_ns()
             size = len(bb.encode(update))
             encode_ns.append(time.perf_counter_ns() - start)
@@ -225,7 +226,7 @@ class PureBench:
     def _timed_publish(self) -> int:
         start = time.perf_counter_ns()
         out: list[Output] = []
-        self.core.publish(NOW, out)
+        self.core.publish(NOW, WALL, out)
         for o in out:
             bb.encode(o.message)
         return time.perf_counter_ns() - start
