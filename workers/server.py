@@ -11,16 +11,17 @@ repairs). The shell decides nothing itself; it asks
 :class:`~workers.routes.RouteTable` and :class:`~workers.admission.Admission` and
 carries out what they return.
 
-Writes: every frame is written synchronously (:func:`websockets.broadcast`, one client
-or many), in call order, never awaited: a client's backlog is bounded by the machine's
+Writes: every frame is written synchronously (:func:`websockets.broadcast`, or for
+lobby updates and snapshots the bytes of a frame built once, :mod:`workers.frames`), in
+call order, never awaited: a client's backlog is bounded by the machine's
 rules (lobby updates skipped past ``lag_bytes``, direct messages refused to their
 senders past ``max_queue_bytes``, its own replies bounded by its message rate, a stalled
 client closed after ``stall_timeout``), so no write needs to wait, and no client's
 backlog, whoever filled it, delays the reading of its own frames.
 
 Fan-out: the shell keeps its clients grouped by what the machine says they need
-(:class:`Group`, regrouped after every machine call), so an update is one
-``broadcast()`` to the ``CURRENT`` group. A client can only be past ``lag_bytes``
+(:class:`Group`, regrouped after every machine call), so an update is one frame,
+built once, written to the ``CURRENT`` group. A client can only be past ``lag_bytes``
 once its transport passed the write limit, which is kept at or below ``lag_bytes``
 (:func:`write_limit`); websockets then pauses writing, and the machine is asked about
 those clients alone (:func:`_watched_connection`), with the same answer it would give if
@@ -110,6 +111,7 @@ from workers.connection import (
     Write,
     WriteSnapshot,
 )
+from workers.frames import SharedFrame, write_all
 from workers.replica import (
     Announce,
     Effect,
@@ -215,6 +217,7 @@ class Worker:
         self._trusted = parse_trusted(settings.network.trusted_proxies)
         self._tls = settings.network.tls_context()
         self._pages = pages.load()
+        self._snapshot: SharedFrame | None = None
         api = settings.api
         self._api = (
             BackendApi(load_token(api.api_token_file))
@@ -597,8 +600,11 @@ class Worker:
         """Carry out what the machine returned (called after every machine call)."""
         self._place(client)
         for action in actions:
-            if isinstance(action, Write | WriteSnapshot):
-                broadcast([client.ws], self._frame_of(action))
+            if isinstance(action, Write):
+                broadcast([client.ws], action.frame)
+                stats.written(action)
+            elif isinstance(action, WriteSnapshot):
+                write_all((client.ws,), self._snapshot_frame())
                 stats.written(action)
             elif isinstance(action, Close):
                 self._begin_close(client, action)
@@ -611,8 +617,13 @@ class Worker:
             elif isinstance(action, FrameLimits):
                 _limit_frames(client.ws, action)
 
-    def _frame_of(self, action: Write | WriteSnapshot) -> str:
-        return action.frame if isinstance(action, Write) else self.replica.snapshot_frame()
+    def _snapshot_frame(self) -> SharedFrame:
+        """The current state's ``lobby_snapshot``, framed once however many clients
+        get it (a mass join sends the same one to every joiner of an update)."""
+        text = self.replica.snapshot_frame()  # the same str until the state changes
+        if self._snapshot is None or self._snapshot.text is not text:
+            self._snapshot = SharedFrame(text)
+        return self._snapshot
 
     def _begin_close(self, client: Client, action: Close) -> None:
         if client.close_task is None:
@@ -898,8 +909,8 @@ class Worker:
         self._repair = not self._emit(hello)
 
     def _fan_out(self, update: Forward) -> None:
-        """Encode once, broadcast to current clients; then give lagging clients that
-        drained their snapshot, and release held auth_oks."""
+        """Frame once, write the same bytes to every current client (:mod:`workers.frames`);
+        then give lagging clients that drained their snapshot, and release held auth_oks."""
         current = self._groups[Group.CURRENT]
         # Unpaused transports hold at most write_limit <= lag_bytes: the machine would
         # answer UPDATE for them, so only paused ones are asked (SKIP makes them LAGGING).
@@ -908,9 +919,10 @@ class Worker:
             if client is not None:
                 client.machine.on_update(client.buffered(), self.replica)
                 self._place(client)
-        broadcast(list(current), update.frame)
+        frame = SharedFrame(update.frame)
+        write_all(current, frame)
         if current:
-            stats.fanned_out(len(current), len(update.frame))
+            stats.fanned_out(len(current), len(frame))
             if self.clock.knows(self.replica.epoch):
                 stats.update_latency(self.clock.now(time.time()) - update.at)
         # After the broadcast: these start from a snapshot that already holds this update.
