@@ -16,6 +16,10 @@ Scenarios:
   idle N             N idle connections: server memory per connection, and flatness
   fanout             server CPU per delivered lobby frame (--start bare: the limit)
 
+CPUs: ``--server-cpus 0 --client-cpus 1`` runs the server and the generator on
+separate CPUs, so that the generator's own work does not show up as server latency
+(see scripts/loadtest/cpus.py); the result records which CPUs each side had.
+
 A table is printed at the end and the same result written with --json. The exit
 status is 1 when any correctness check failed (sequence gaps, wrong views, lost
 messages, unexpected closes): a fast wrong answer is not a result.
@@ -30,8 +34,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from scripts.loadtest import scenarios
+from scripts.loadtest import cpus, scenarios
 from scripts.loadtest.agent import raise_fd_limit
+from scripts.loadtest.cpus import CpuSet
 from scripts.loadtest.pool import AgentPool, LoadTestError, default_procs
 from scripts.loadtest.report import table, write_json
 from scripts.loadtest.target import (
@@ -80,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra word for every worker of a started cluster (repeatable)",
     )
     target.add_argument(
+        "--server-cpus",
+        metavar="LIST",
+        help="run the server on these CPUs (e.g. 0, 0-1, 0,2): a started server's "
+        "processes, or with --url the --pid processes and their children "
+        "(default: anywhere)",
+    )
+    target.add_argument(
         "--pid",
         type=int,
         action="append",
@@ -89,10 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen = parser.add_argument_group("generator")
     gen.add_argument(
+        "--client-cpus",
+        metavar="LIST",
+        help="run the generator (this process and its generator processes) on these "
+        "CPUs; must not overlap --server-cpus (default: anywhere)",
+    )
+    gen.add_argument(
         "--procs",
         type=int,
-        default=default_procs(),
-        help="generator processes (default: CPUs, at least 2: %(default)s)",
+        help=f"generator processes (default: one per CPU the generator may use, at "
+        f"least 2: {default_procs()} here)",
     )
     gen.add_argument(
         "--concurrency",
@@ -159,16 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def start_server(args: argparse.Namespace) -> Server:
+def start_server(args: argparse.Namespace, cpus: CpuSet | None = None) -> Server:
     if args.start is None:
-        return external(args.url, args.pid)
+        return external(args.url, args.pid, cpus)
     port = free_port()
     if args.start == "baseline":
-        return start_baseline(port)
+        return start_baseline(port, cpus=cpus)
     if args.start == "bare":
-        return start_bare(port)
+        return start_bare(port, cpus=cpus)
     extra = [w for arg in args.worker_arg for w in ("--worker-arg", arg)]
-    return start_cluster(args.workers, port, args.batch_window, extra)
+    return start_cluster(args.workers, port, args.batch_window, extra, cpus=cpus)
 
 
 def run_scenario(ctx: scenarios.Context, args: argparse.Namespace) -> scenarios.Result:
@@ -203,18 +221,52 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # run the same cleanup as Ctrl-C
 
 
+def choose_cpus(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[CpuSet | None, CpuSet | None]:
+    """``--server-cpus`` and ``--client-cpus``, checked (exits with a usage error)."""
+    try:
+        server_cpus, client_cpus = cpus.choose(args.server_cpus, args.client_cpus)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if server_cpus is not None and args.start is None and not args.pid:
+        parser.error("--server-cpus: with --url, name the server's processes with --pid")
+    return server_cpus, client_cpus
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    server_cpus, client_cpus = choose_cpus(parser, args)
+    procs = args.procs if args.procs is not None else default_procs(client_cpus)
     signal.signal(signal.SIGTERM, _terminate)
     raise_fd_limit()
     sources = [a.strip() for a in args.source_addresses.split(",") if a.strip()]
     server: Server | None = None
+    cpu_info: dict[str, Any] | None = None
+    own_cpus = frozenset(os.sched_getaffinity(0))
+    if client_cpus is not None:
+        # This thread only (what it forks and starts inherits it); restored at the end.
+        os.sched_setaffinity(0, client_cpus)
     try:
-        server = start_server(args)
-        with AgentPool(args.procs, server.url, os.urandom(16), sources) as pool:
+        server = start_server(args, server_cpus)
+        with AgentPool(procs, server.url, os.urandom(16), sources, client_cpus) as pool:
             ctx = scenarios.Context(pool, server, args.concurrency, args.settle_timeout, args.quiet)
-            result = run_scenario(ctx, args)
-        report: dict[str, Any] = {"target": describe(args, server), **result.to_dict()}
+            try:
+                result = run_scenario(ctx, args)
+            finally:
+                cpu_info = cpus.placement(
+                    server_cpus,
+                    client_cpus,
+                    server.pids(),
+                    [os.getpid(), *pool.pids()],
+                    own_cpus,
+                )
+        report: dict[str, Any] = {
+            "target": describe(args, server),
+            **result.to_dict(),
+            "cpus": cpu_info,
+        }
     except LoadTestError as exc:
         print(f"load test failed: {exc}", file=sys.stderr)
         report = {
@@ -225,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "failures": [str(exc)],
             "notes": [],
             "ok": False,
+            "cpus": cpu_info,
         }
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -232,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+        if client_cpus is not None:
+            os.sched_setaffinity(0, own_cpus)
     table(report, sys.stdout)
     if args.json:
         write_json(report, args.json)

@@ -731,8 +731,18 @@ class Agent:
                 conn.send(("progress", sent))
 
 
-def agent_main(conn: Connection, index: int, url: str, salt: bytes, sources: list[str]) -> None:
-    """Entry point of a generator process (uvloop when installed)."""
+def agent_main(
+    conn: Connection,
+    index: int,
+    url: str,
+    salt: bytes,
+    sources: list[str],
+    cpus: frozenset[int] | None = None,
+) -> None:
+    """Entry point of a generator process (uvloop when installed); ``cpus``: pin this
+    process to them (it inherits its parent's set otherwise)."""
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)  # before any thread starts: they inherit it
     raise_fd_limit()
     use_source_addresses(sources)
     gc.set_threshold(*GC_THRESHOLDS)

@@ -14,6 +14,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, TextIO
 
 from scripts.loadtest.agent import agent_main
+from scripts.loadtest.cpus import CpuSet
 
 
 class LoadTestError(Exception):
@@ -55,7 +56,15 @@ class AgentPool:
     Processes are forked (Linux): cheap, and they need nothing but their arguments.
     Use as a context manager; leaving it stops every process, also on errors."""
 
-    def __init__(self, procs: int, url: str, salt: bytes, sources: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        procs: int,
+        url: str,
+        salt: bytes,
+        sources: Sequence[str] = (),
+        cpus: CpuSet | None = None,
+    ) -> None:
+        """``cpus``: the CPUs every generator process runs on (default: any)."""
         ctx = multiprocessing.get_context("fork")
         self.conns: list[Connection] = []
         self.procs: list[BaseProcess] = []
@@ -63,7 +72,7 @@ class AgentPool:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=agent_main,
-                args=(child, i, url, salt, list(sources)),
+                args=(child, i, url, salt, list(sources), cpus),
                 name=f"loadgen-{i}",
                 daemon=True,
             )
@@ -140,7 +149,8 @@ class AgentPool:
         self.close()
 
 
-def default_procs() -> int:
-    """Generator processes by default: one per CPU, at least 2 (clients parse frames in
-    Python, so the generator needs as many cores as it can get)."""
-    return max(2, os.cpu_count() or 1)
+def default_procs(cpus: CpuSet | None = None) -> int:
+    """Generator processes by default: one per CPU it may use (``cpus``, else all), at
+    least 2 (clients parse frames in Python, so the generator needs as many cores as it
+    can get)."""
+    return max(2, len(cpus) if cpus else os.cpu_count() or 1)

@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import random
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from scripts.loadtest import client as load_client
-from scripts.loadtest import scenarios
+from scripts.loadtest import cpus, scenarios
 from scripts.loadtest.__main__ import main
 from scripts.loadtest.client import LoadClient
 from scripts.loadtest.pool import AgentPool, LoadTestError
@@ -491,3 +493,132 @@ def test_a_client_that_cannot_connect_fails_the_run() -> None:
         ctx = scenarios.Context(pool, server, concurrency=5, quiet=True, attempts=2)
         with pytest.raises(LoadTestError, match="could not connect"):
             scenarios.connect(ctx, range(2), "x", watch=False)
+
+
+# --------------------------------------------------------------------------- CPU pinning
+
+
+def test_cpu_lists_parse_and_format_as_linux_writes_them() -> None:
+    assert cpus.parse_cpu_list("0") == {0}
+    assert cpus.parse_cpu_list("0-1") == {0, 1}
+    assert cpus.parse_cpu_list("0,2") == {0, 2}
+    assert cpus.parse_cpu_list(" 0-2, 5 ") == {0, 1, 2, 5}
+    assert cpus.format_cpu_list({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
+    assert cpus.format_cpu_list(()) == "-"
+    for bad in ("", "x", "1-", "2-1", "-1", "0,,1"):
+        with pytest.raises(ValueError):
+            cpus.parse_cpu_list(bad)
+
+
+def test_cpu_choices_are_checked_and_the_error_names_the_option() -> None:
+    have = frozenset({0, 1, 2, 3})
+    assert cpus.choose("0", "1-3", have) == ({0}, {1, 2, 3})
+    assert cpus.choose(None, "1", have) == (None, {1})
+    assert cpus.choose(None, None, have) == (None, None)
+    with pytest.raises(ValueError, match="--server-cpus: CPU 4-5 not available"):
+        cpus.choose("4-5", None, have)
+    with pytest.raises(ValueError, match="--client-cpus: empty item"):
+        cpus.choose("0", "", have)
+    with pytest.raises(ValueError, match="--client-cpus: 'a' is not"):
+        cpus.choose(None, "a", have)
+    with pytest.raises(ValueError, match="--server-cpus 0-1 and --client-cpus 1-2 overlap"):
+        cpus.choose("0-1", "1-2", have)
+
+
+def test_the_cli_refuses_overlapping_or_missing_cpus(capsys: pytest.CaptureFixture[str]) -> None:
+    have = sorted(os.sched_getaffinity(0))
+    for argv, complaint in [
+        (["--server-cpus", str(have[0]), "--client-cpus", str(have[0])], "overlap"),
+        (["--client-cpus", str(max(have) + 1)], "--client-cpus: CPU"),
+        (["--server-cpus", str(have[0])], "--server-cpus: with --url"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main([*argv, "mass-join", "1"])
+        assert info.value.code == 2
+        assert complaint in capsys.readouterr().err
+
+
+def _two_cpus() -> tuple[frozenset[int], frozenset[int]]:
+    have = sorted(os.sched_getaffinity(0))
+    if len(have) < 2:
+        pytest.skip("pinning the two sides apart needs two CPUs")
+    return frozenset(have[:1]), frozenset(have[1:2])
+
+
+def _wait_for(condition: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)  # polling with a deadline
+
+
+@pytest.mark.process
+def test_started_servers_and_agents_run_on_the_cpus_asked_for() -> None:
+    server_cpus, client_cpus = _two_cpus()
+    server = start_cluster(2, free_port(), cpus=server_cpus)
+    try:
+        assert server.launcher is not None
+        pids = [server.launcher.pid, *server.pids()]
+        assert len(pids) == 4  # launcher, coordinator, two workers
+        wanted = cpus.format_cpu_list(server_cpus)
+        for pid in pids:
+            assert cpus.affinity(pid) == server_cpus
+            assert cpus.allowed_list(pid) == wanted
+        # A worker restarted by the launcher inherits the set too.
+        worker = server.worker_pids()[0]
+        os.kill(worker, signal.SIGKILL)
+        _wait_for(
+            lambda: worker not in server.worker_pids() and len(server.worker_pids()) == 2,
+            "the launcher to restart the worker",
+        )
+        for pid in server.pids():
+            assert cpus.affinity(pid) == server_cpus
+        with AgentPool(2, server.url, os.urandom(16), cpus=client_cpus) as pool:
+            assert len(pool.pids()) == 2
+            for pid in pool.pids():
+                assert cpus.affinity(pid) == client_cpus
+                assert cpus.allowed_list(pid) == cpus.format_cpu_list(client_cpus)
+    finally:
+        server.stop()
+
+
+@pytest.mark.process
+def test_a_pinned_run_records_which_cpus_each_side_had(tmp_path: Path) -> None:
+    server_cpus, client_cpus = _two_cpus()
+    before = os.sched_getaffinity(0)
+    out = tmp_path / "pinned.json"
+    argv = ["--start", "baseline", "--quiet", "--json", str(out)]
+    argv += ["--server-cpus", cpus.format_cpu_list(server_cpus)]
+    argv += ["--client-cpus", cpus.format_cpu_list(client_cpus), "mass-join", "4"]
+    assert main(argv) == 0
+    assert os.sched_getaffinity(0) == before  # the caller's CPUs are given back
+    placed = json.loads(out.read_text())["cpus"]
+    assert placed["placement"] == "pinned"
+    assert placed["server"] == {
+        "pinned": True,
+        "requested": cpus.format_cpu_list(server_cpus),
+        "observed": cpus.format_cpu_list(server_cpus),
+    }
+    assert placed["generator"]["pinned"] and placed["generator"]["observed"] == (
+        cpus.format_cpu_list(client_cpus)
+    )
+    assert placed["available"] == cpus.format_cpu_list(before)
+
+
+@pytest.mark.process
+def test_an_external_server_is_pinned_by_pid(tmp_path: Path) -> None:
+    server_cpus, _ = _two_cpus()
+    server = start_baseline(free_port())
+    try:
+        assert server.launcher is not None
+        pid = server.launcher.pid
+        assert cpus.affinity(pid) != server_cpus
+        out = tmp_path / "external.json"
+        argv = ["--url", server.url, "--pid", str(pid), "--quiet", "--json", str(out)]
+        argv += ["--server-cpus", cpus.format_cpu_list(server_cpus), "mass-join", "2"]
+        assert main(argv) == 0
+        assert cpus.affinity(pid) == server_cpus
+        placed = json.loads(out.read_text())["cpus"]
+        assert placed["server"]["pinned"] and placed["placement"] == "shared"
+    finally:
+        server.stop()
