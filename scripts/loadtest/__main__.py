@@ -49,6 +49,7 @@ from scripts.loadtest.target import (
 )
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
+DEFAULT_SAMPLE = 0.05
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated loopback addresses to bind client sockets to, "
         "round robin (e.g. 127.0.0.2,127.0.0.3), to pass one address's "
         "~28k ephemeral ports; default: let the OS choose",
+    )
+    gen.add_argument(
+        "--verify-sample",
+        type=float,
+        default=DEFAULT_SAMPLE,
+        metavar="F",
+        help="fraction of watchers that apply every lobby update as it arrives and "
+        "time it (at least 2 per generator process); the other clients check each "
+        "update's sequence number on arrival and apply it later, before any view is "
+        "read (1 = all on arrival) (%(default)s)",
     )
     gen.add_argument(
         "--settle-timeout",
@@ -239,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     server_cpus, client_cpus = choose_cpus(parser, args)
     procs = args.procs if args.procs is not None else default_procs(client_cpus)
+    if not 0.0 <= args.verify_sample <= 1.0:
+        parser.error("--verify-sample: a fraction from 0 to 1")
     signal.signal(signal.SIGTERM, _terminate)
     raise_fd_limit()
     sources = [a.strip() for a in args.source_addresses.split(",") if a.strip()]
@@ -250,7 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.sched_setaffinity(0, client_cpus)
     try:
         server = start_server(args, server_cpus)
-        with AgentPool(procs, server.url, os.urandom(16), sources, client_cpus) as pool:
+        with AgentPool(
+            procs, server.url, os.urandom(16), sources, client_cpus, args.verify_sample
+        ) as pool:
             ctx = scenarios.Context(pool, server, args.concurrency, args.settle_timeout, args.quiet)
             try:
                 result = run_scenario(ctx, args)
@@ -266,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "target": describe(args, server),
             **result.to_dict(),
             "cpus": cpu_info,
+            "verify_sample": args.verify_sample,
         }
     except LoadTestError as exc:
         print(f"load test failed: {exc}", file=sys.stderr)

@@ -63,8 +63,11 @@ class AgentPool:
         salt: bytes,
         sources: Sequence[str] = (),
         cpus: CpuSet | None = None,
+        sample: float = 1.0,
     ) -> None:
-        """``cpus``: the CPUs every generator process runs on (default: any)."""
+        """``cpus``: the CPUs every generator process runs on (default: any);
+        ``sample``: the fraction of watchers that apply and time every update on arrival
+        (:attr:`~scripts.loadtest.agent.Agent.sample`; 1.0: every client)."""
         ctx = multiprocessing.get_context("fork")
         self.conns: list[Connection] = []
         self.procs: list[BaseProcess] = []
@@ -72,7 +75,7 @@ class AgentPool:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=agent_main,
-                args=(child, i, url, salt, list(sources), cpus),
+                args=(child, i, url, salt, list(sources), cpus, sample),
                 name=f"loadgen-{i}",
                 daemon=True,
             )

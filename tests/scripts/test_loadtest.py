@@ -30,11 +30,13 @@ from scripts.loadtest.target import Server, alive, free_port, start_baseline, st
 from shared import protocol
 from shared.client import (
     DuplicateUpdate,
+    InconsistentUpdate,
     LobbyChange,
     LobbyClient,
     LobbyClientError,
     LobbyView,
     ProtocolError,
+    SequenceGap,
     ViewError,
 )
 from tests.support import until
@@ -203,6 +205,28 @@ def _state(client: LobbyClient, changes: list[LobbyChange]) -> tuple[Any, ...]:
     )
 
 
+def _same_verdict_later(deferred: LoadClient, reference: LobbyClient) -> None:
+    """Once it caught up, an unsampled client has the reference's view and counters,
+    and it found a fault whenever the reference did: every malformed frame as it came,
+    and the reference's first view fault (it may report that one later, when it applies
+    the update, and then miss the gaps the reference reports until the resync)."""
+    deferred.catch_up()
+    assert deferred.behind == 0
+    assert deferred.view.seq == reference.view.seq
+    assert deferred.view.online == reference.view.online
+    assert deferred.updates_received == reference.updates_received
+    assert deferred.snapshots_received == reference.snapshots_received
+    assert deferred._resync_requested == reference._resync_requested
+    assert bool(deferred.errors) == bool(reference.errors)
+
+    def described(errors: list[LobbyClientError], views: bool) -> list[tuple[type, str]]:
+        return [(type(e), str(e)) for e in errors if isinstance(e, ViewError) == views]
+
+    assert described(deferred.errors, False) == described(reference.errors, False)
+    first_view_fault = described(reference.errors, True)[:1]
+    assert all(fault in described(deferred.errors, True) for fault in first_view_fault)
+
+
 @pytest.mark.parametrize("parser", ["default", "json"])  # orjson when installed; json
 @settings(max_examples=300, deadline=None)
 @given(_frames())
@@ -219,9 +243,12 @@ def test_the_fast_path_reaches_the_librarys_verdict_on_every_frame(
         seen: list[list[LobbyChange]] = [[] for _ in clients]
         for client, changes in zip(clients, seen, strict=True):
             client.lobby_listeners.append(changes.append)
+        # An unsampled client notes updates in sequence and applies them later.
+        deferred = LoadClient(_FakeWs(), _SEED, message_queue_size=10, resync_on_error=True)
+        deferred.sampled = False
         update_chars = 0
         for frame in frames:
-            for client in clients:
+            for client in [*clients, deferred]:
                 try:
                     client._handle_frame(frame)
                 except LobbyClientError as exc:  # what the reader records
@@ -233,13 +260,15 @@ def test_the_fast_path_reaches_the_librarys_verdict_on_every_frame(
                 assert _state(client, changes) == expected, frame
         for client in fast:
             assert client.update_bytes == update_chars
+        _same_verdict_later(deferred, reference)
         await asyncio.sleep(0)  # let resync requests go out
-        sent = [ws.sent for ws in (c._ws for c in clients)]  # type: ignore[attr-defined]
-        assert sent[1] == sent[0] and sent[2] == sent[0]
+        sent = [ws.sent for ws in (c._ws for c in [*clients, deferred])]  # type: ignore[attr-defined]
+        assert sent[1] == sent[0] and sent[2] == sent[0] and sent[3] == sent[0]
 
     default = load_client.loads
     load_client.loads = json.loads if parser == "json" else default
     load_client.UPDATES.clear()
+    load_client.LEDGER.catch_up_all()
     try:
         asyncio.run(run())
     finally:
@@ -330,6 +359,181 @@ def test_load_clients_handle_frames_in_place_against_a_real_server() -> None:
         server.stop()
 
 
+# --------------------------------------------------------------------------- sampled checking
+
+# Unsampled clients check every update's sequence number on arrival and apply the
+# updates later from the process's ledger; faults must still be found, by every client.
+
+
+def _update(seq: int, joined: list[str] = [], left: list[str] = []) -> str:  # noqa: B006
+    return json.dumps(
+        {
+            "type": "lobby_update",
+            "seq": seq,
+            "joined": [{"publicKey": k} for k in joined],
+            "left": [{"publicKey": k} for k in left],
+        }
+    )
+
+
+def _snapshot(seq: int, users: list[str]) -> str:
+    return json.dumps(
+        {"type": "lobby_snapshot", "seq": seq, "users": [{"publicKey": k} for k in users]}
+    )
+
+
+def _unsampled(*frames: str) -> LoadClient:
+    client = LoadClient(_FakeWs(), _SEED, message_queue_size=10, resync_on_error=True)
+    client.sampled = False
+    for frame in frames:
+        try:
+            client._handle_frame(frame)
+        except LobbyClientError as exc:
+            client._record(exc)
+    return client
+
+
+@pytest.fixture
+def fresh_ledger() -> Iterator[load_client.Ledger]:
+    load_client.LEDGER.catch_up_all()
+    load_client.UPDATES.clear()
+    yield load_client.LEDGER
+    load_client.LEDGER.catch_up_all()
+
+
+def test_an_unsampled_client_notes_updates_and_applies_them_later(
+    fresh_ledger: load_client.Ledger,
+) -> None:
+    async def run() -> None:
+        a = _unsampled(_snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[1]]), _update(3, [], [_KEYS[0]]))
+        b = _unsampled(_snapshot(2, [_KEYS[0], _KEYS[1]]), _update(3, [], [_KEYS[0]]))
+        assert a.behind == 2 and b.behind == 1 and a.view.seq == 1
+        assert a.size == b.size == 1  # what the view holds once caught up
+        assert fresh_ledger.behind == {a, b} and sorted(fresh_ledger.by_seq) == [2, 3]
+        # One object per seq: the update both received (the same text, parsed once).
+        assert fresh_ledger.by_seq[3] is load_client.UPDATES.get(_update(3, [], [_KEYS[0]]))
+        fresh_ledger.catch_up_all()
+        for client in (a, b):
+            assert client.view.seq == 3 and client.view.online == {_KEYS[1]}
+            assert not client.errors and client.updates_received == (2 if client is a else 1)
+        assert not fresh_ledger.by_seq and not fresh_ledger.behind
+
+    asyncio.run(run())
+
+
+def test_an_unsampled_client_finds_a_gap_on_arrival(fresh_ledger: load_client.Ledger) -> None:
+    async def run() -> None:
+        client = _unsampled(
+            _snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[1]]), _update(4, [_KEYS[2]])
+        )
+        assert [type(e) for e in client.errors] == [SequenceGap]  # before any catch-up
+        assert client.behind == 0 and client.view.seq == 2  # caught up to the gap
+        duplicate = _unsampled(
+            _snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[1]]), _update(2, [_KEYS[1]])
+        )
+        assert [type(e) for e in duplicate.errors] == [DuplicateUpdate]
+        await asyncio.sleep(0)
+        assert client._ws.sent == [protocol.get_lobby()]  # type: ignore[attr-defined]
+
+    asyncio.run(run())
+
+
+def test_an_unsampled_client_finds_an_inconsistent_update_when_it_catches_up(
+    fresh_ledger: load_client.Ledger,
+) -> None:
+    async def run() -> None:
+        # seq 3 says key 2 left, but it was never online: noted on arrival...
+        client = _unsampled(
+            _snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[1]]), _update(3, [], [_KEYS[2]])
+        )
+        assert not client.errors and client.behind == 2
+        fresh_ledger.catch_up_all()  # ...found when applied, before any view is read
+        assert [type(e) for e in client.errors] == [InconsistentUpdate]
+        assert client.view.seq == 2 and client.view.online == {_KEYS[0], _KEYS[1]}
+        await asyncio.sleep(0)
+        assert client._ws.sent == [protocol.get_lobby()]  # type: ignore[attr-defined]
+        # A snapshot makes a client catch up first, as a close or a wait does.
+        other = _unsampled(_snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[0]]))
+        assert not other.errors
+        other._handle_frame(_snapshot(5, [_KEYS[0]]))
+        assert [type(e) for e in other.errors] == [InconsistentUpdate]
+        assert other.view.seq == 5
+
+    asyncio.run(run())
+
+
+def test_a_client_given_another_text_for_a_seq_applies_it_itself(
+    fresh_ledger: load_client.Ledger,
+) -> None:
+    async def run() -> None:
+        a = _unsampled(_snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[1]]))
+        # The same seq with other content (a server that numbers two lobbies alike).
+        b = _unsampled(_snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[2]]))
+        assert a.behind == 1 and b.behind == 0
+        assert b.view.online == {_KEYS[0], _KEYS[2]}
+        fresh_ledger.catch_up_all()
+        assert a.view.online == {_KEYS[0], _KEYS[1]}
+        assert not a.errors and not b.errors
+
+    asyncio.run(run())
+
+
+def test_the_ledger_catches_everyone_up_past_its_limit(fresh_ledger: load_client.Ledger) -> None:
+    fresh_ledger.limit = 3
+    try:
+
+        async def run() -> None:
+            frames = [_snapshot(0, [])] + [
+                _update(
+                    n,
+                    [_KEYS[n % 2]] if n % 4 in (1, 2) else [],
+                    [_KEYS[n % 2]] if n % 4 in (3, 0) else [],
+                )
+                for n in range(1, 9)
+            ]
+            client = _unsampled(*frames)
+            assert not client.errors
+            assert len(fresh_ledger.by_seq) <= 3 and client.behind <= 3
+            client.catch_up()
+            assert client.view.seq == 8 and client.view.online == set()
+
+        asyncio.run(run())
+    finally:
+        fresh_ledger.limit = 10_000
+
+
+def test_unsampled_views_are_checked_at_the_end(fresh_ledger: load_client.Ledger) -> None:
+    """The end-of-run check reads every view, unsampled ones caught up first: a view
+    whose updates were each consistent but that ends wrong fails it."""
+    from scripts.loadtest.agent import Agent
+
+    async def run() -> None:
+        agent = Agent(0, "ws://unused", b"salt", sample=0.0)
+        good, bad = agent.pub(1), agent.pub(2)
+        right = _unsampled(_snapshot(1, [good]), _update(2, [bad]), _update(3, [], [bad]))
+        wrong = _unsampled(_snapshot(1, [good]), _update(2, [bad]))  # the leave never came
+        for index, client in ((1, right), (2, wrong)):
+            agent._adopt(index, client, watch=False)
+        assert right.behind == 2 and wrong.behind == 1
+        outcome = await agent.op_wait_views([1], timeout=0.2)
+        assert outcome["checked"] == 2 and outcome["wrong"] == 1
+        assert "1 extra" in outcome["examples"][0]
+
+    asyncio.run(run())
+
+
+def test_agents_sample_at_least_a_few_watchers() -> None:
+    from scripts.loadtest.agent import MIN_SAMPLED, Agent
+
+    agent = Agent(0, "ws://unused", b"salt", sample=0.05)
+    picked = [i for i in range(0, 4000, 2) if agent._is_sampled(i)]
+    assert picked[:MIN_SAMPLED] == [0, 2]
+    assert 60 < len(picked) < 140  # about 5 % of 2000
+    assert all(agent._is_sampled(i) for i in picked)  # stable: a reconnect keeps it
+    none = Agent(0, "ws://unused", b"salt", sample=0.0)
+    assert [i for i in range(100) if none._is_sampled(i)] == list(range(MIN_SAMPLED))
+
+
 # --------------------------------------------------------------------------- scenarios
 
 
@@ -369,6 +573,26 @@ def test_churn_sees_every_change(ctx: scenarios.Context) -> None:
     assert result.metrics["changes"] > 0
     assert result.metrics["update_latency_samples"] > 0
     assert result.metrics["frames_delivered"] > 0
+
+
+@pytest.mark.process
+def test_churn_with_the_smallest_sample_checks_every_client(cluster: Server) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), sample=0.0) as pool:
+        ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+        result = scenarios.churn(ctx, watchers=10, rate=10, duration=1.5, cooldown=0.5)
+    assert_ok(result)
+    assert result.metrics["latency_watchers"] == 4  # two per generator process
+    assert result.metrics["update_latency_samples"] > 0
+    assert result.metrics["updates_applied_later"] > 0
+
+
+@pytest.mark.process
+def test_mass_join_converges_with_a_sample(cluster: Server) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), sample=0.0) as pool:
+        ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+        result = scenarios.mass_join(ctx, 12)
+    assert_ok(result)
+    assert result.metrics["convergence_s"] > 0
 
 
 @pytest.mark.process
@@ -457,6 +681,7 @@ def test_cli_refuses_scenarios_the_bare_server_cannot_serve(tmp_path: Path) -> N
 
 
 @pytest.mark.process
+@pytest.mark.parametrize("sample", [1.0, 0.0])  # every client on arrival; the fewest
 @pytest.mark.parametrize(
     ("fault", "scenario", "complaint"),
     [
@@ -465,10 +690,12 @@ def test_cli_refuses_scenarios_the_bare_server_cannot_serve(tmp_path: Path) -> N
         ("lose-message", "messages", "lost"),
     ],
 )
-def test_checks_fail_against_a_broken_server(fault: str, scenario: str, complaint: str) -> None:
+def test_checks_fail_against_a_broken_server(
+    fault: str, scenario: str, complaint: str, sample: float
+) -> None:
     server = start_baseline(free_port(), fault=fault)
     try:
-        with AgentPool(2, server.url, os.urandom(16)) as pool:
+        with AgentPool(2, server.url, os.urandom(16), sample=sample) as pool:
             ctx = scenarios.Context(pool, server, concurrency=20, settle_timeout=2.0, quiet=True)
             if scenario == "mass-join":
                 result = scenarios.mass_join(ctx, 12)
