@@ -36,6 +36,7 @@ from typing import Any
 
 from scripts.loadtest import cpus, scenarios
 from scripts.loadtest.agent import raise_fd_limit
+from scripts.loadtest.client import WS_CLIENTS, resolve_ws_client
 from scripts.loadtest.cpus import CpuSet
 from scripts.loadtest.pool import AgentPool, LoadTestError, default_procs
 from scripts.loadtest.report import table, write_json
@@ -137,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         "time it (at least 2 per generator process); the other clients check each "
         "update's sequence number on arrival and apply it later, before any view is "
         "read (1 = all on arrival) (%(default)s)",
+    )
+    gen.add_argument(
+        "--ws-client",
+        choices=WS_CLIENTS,
+        default="auto",
+        help="the generator's WebSocket library: picows (the bench extra; parses "
+        "frames in C, so the generator needs less CPU per frame) or websockets "
+        "(auto: picows when installed) (%(default)s)",
     )
     gen.add_argument(
         "--settle-timeout",
@@ -252,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     procs = args.procs if args.procs is not None else default_procs(client_cpus)
     if not 0.0 <= args.verify_sample <= 1.0:
         parser.error("--verify-sample: a fraction from 0 to 1")
+    try:
+        ws_client = resolve_ws_client(args.ws_client)
+    except ValueError as exc:
+        parser.error(f"--ws-client: {exc}")
     signal.signal(signal.SIGTERM, _terminate)
     raise_fd_limit()
     sources = [a.strip() for a in args.source_addresses.split(",") if a.strip()]
@@ -264,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server = start_server(args, server_cpus)
         with AgentPool(
-            procs, server.url, os.urandom(16), sources, client_cpus, args.verify_sample
+            procs, server.url, os.urandom(16), sources, client_cpus, args.verify_sample, ws_client
         ) as pool:
             ctx = scenarios.Context(pool, server, args.concurrency, args.settle_timeout, args.quiet)
             try:
@@ -282,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **result.to_dict(),
             "cpus": cpu_info,
             "verify_sample": args.verify_sample,
+            "ws_client": ws_client,
         }
     except LoadTestError as exc:
         print(f"load test failed: {exc}", file=sys.stderr)

@@ -42,7 +42,13 @@ from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import WebSocketException
 
-from scripts.loadtest.client import LEDGER, LoadClient, Update, use_source_addresses
+from scripts.loadtest.client import (
+    LEDGER,
+    LoadClient,
+    Update,
+    use_source_addresses,
+    use_ws_client,
+)
 from scripts.loadtest.stats import Histogram
 from shared.client import (
     AuthFailed,
@@ -790,14 +796,17 @@ def agent_main(
     sources: list[str],
     cpus: frozenset[int] | None = None,
     sample: float = 1.0,
+    ws_client: str = "websockets",
 ) -> None:
     """Entry point of a generator process (uvloop when installed); ``cpus``: pin this
     process to them (it inherits its parent's set otherwise); ``sample``: see
-    :attr:`Agent.sample`."""
+    :attr:`Agent.sample`; ``ws_client``: the WebSocket library of its clients
+    (:func:`~scripts.loadtest.client.use_ws_client`)."""
     if cpus is not None:
         os.sched_setaffinity(0, cpus)  # before any thread starts: they inherit it
     raise_fd_limit()
     use_source_addresses(sources)
+    use_ws_client(ws_client)
     gc.set_threshold(*GC_THRESHOLDS)
     agent = Agent(index, url, salt, sample)
     with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):

@@ -72,20 +72,25 @@ one source address has ephemeral ports (about 28 000 on Linux).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import itertools
 import json
+import ssl as ssl_module
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar, Final
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, Final, Literal, cast
 
+from nacl.signing import SigningKey
 from websockets.frames import Frame, Opcode
 
 import shared.client as lib
+from scripts.loadtest import fastws
 from shared import protocol
 from shared.client import (
+    ConnectionRefusedByServer,
     DuplicateUpdate,
     ListenerFailed,
     LobbyChange,
@@ -359,6 +364,10 @@ class LoadClient(LobbyClient):
     """A :class:`LobbyClient` that times its ``auth``, counts lobby_update bytes and
     handles well-formed lobby frames through the shared fast path."""
 
+    ws_client: ClassVar[str] = "websockets"
+    """The WebSocket library of new connections in this process: ``websockets`` or
+    ``picows`` (see :func:`use_ws_client`)."""
+
     auth_sent_hook: ClassVar[Callable[[str, float], None] | None] = None
     """Called with ``(public_key, time.time())`` right after the ``auth`` frame is
     written (one generator process = one hook, set by its agent)."""
@@ -386,9 +395,92 @@ class LoadClient(LobbyClient):
         self._behind_size = 0  # the view's size once the noted updates are applied
         self._auth_reads = 0
 
+    @classmethod
+    async def _open(
+        cls,
+        url: str,
+        key: SigningKey,
+        *,
+        open_timeout: float,
+        message_queue_size: int,
+        resync_on_error: bool,
+        max_size: int | None,
+        ping_interval: float | None,
+        ping_timeout: float | None,
+        compression: str | None,
+        proxy: str | Literal[True] | None,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> LobbyClient:
+        """The library's connect over picows when this process uses it and the
+        connection needs nothing picows is not used for here (TLS, a proxy,
+        compression, keepalive pings); else the library's own."""
+        if (
+            cls.ws_client != "picows"
+            or not url.startswith("ws://")
+            or ssl is not None
+            or proxy is not None
+            or compression is not None
+            or ping_interval is not None
+        ):
+            return await super()._open(
+                url,
+                key,
+                open_timeout=open_timeout,
+                message_queue_size=message_queue_size,
+                resync_on_error=resync_on_error,
+                max_size=max_size,
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+                compression=compression,
+                proxy=proxy,
+                ssl=ssl,
+            )
+        conn: fastws.PicowsConnection | None = None
+        try:
+            async with asyncio.timeout(open_timeout):
+                try:
+                    conn = await fastws.connect(
+                        url,
+                        open_timeout=open_timeout,
+                        max_size=max_size,
+                        local_addr=None if _SOURCES is None else (next(_SOURCES), 0),
+                    )
+                except Exception as exc:
+                    status = fastws.handshake_status(exc)
+                    if status is not None:
+                        code = int(protocol.CloseCode.TRY_AGAIN_LATER) if status == 503 else None
+                        raise ConnectionRefusedByServer(code, f"HTTP {status}", status) from exc
+                    if fastws.is_picows_error(exc):
+                        raise ProtocolError(f"WebSocket handshake failed: {exc}") from exc
+                    raise
+                client = cls(
+                    cast(Any, conn),
+                    key,
+                    message_queue_size=message_queue_size,
+                    resync_on_error=resync_on_error,
+                )
+                await client._authenticate()
+        except BaseException:
+            if conn is not None:
+                await conn.close()
+            raise
+        client._reader = asyncio.create_task(client._read_loop(), name=f"lobby-reader-{url}")
+        return client
+
     async def _authenticate(self) -> None:
         await super()._authenticate()
         self._handle_in_place()
+
+    def _handle_offered(self, frame: str | bytes) -> bool:
+        """A picows connection offers each frame as it arrives: handled here unless
+        someone waits on the view (then the reader takes it, and wakes them)."""
+        if self._waiting:
+            return False
+        try:
+            self._handle_frame(frame)
+        except LobbyClientError as exc:
+            self._record(exc)
+        return True
 
     def _handle_in_place(self) -> None:
         """From now on, handle each complete text frame as websockets parses it, instead
@@ -400,7 +492,13 @@ class LoadClient(LobbyClient):
         wakes them) and the frame is valid UTF-8 (else ``recv()`` fails the connection
         as it always did); otherwise the frame goes to the queue. The reader still
         sees the end of the connection. Left off with a websockets whose internals
-        differ from what this expects."""
+        differ from what this expects. Over picows, the connection offers each frame to
+        :meth:`_handle_offered` under the same rules."""
+        ws: Any = self._ws
+        if isinstance(ws, fastws.PicowsConnection):
+            ws.handler = self._handle_offered
+            self.in_place = True
+            return
         assembler = getattr(self._ws, "recv_messages", None)
         queue = getattr(getattr(assembler, "frames", None), "queue", None)
         put = getattr(assembler, "put", None)
@@ -589,18 +687,47 @@ class LoadClient(LobbyClient):
         self._ws.transport.abort()
 
 
+_SOURCES: Iterator[str] | None = None
+"""The source addresses new picows connections bind to, round robin (None: any)."""
+
+
 def use_source_addresses(addresses: Sequence[str]) -> None:
     """Bind each new connection of this process to the next address of ``addresses``.
 
     Patches the ``ws_connect`` that :mod:`shared.client` uses, in this process only
-    (each generator process calls it once at start). An empty sequence changes nothing.
+    (each generator process calls it once at start), and sets the addresses picows
+    connections use. An empty sequence changes nothing.
     """
+    global _SOURCES
     if not addresses:
         return
     original = lib.ws_connect  # type: ignore[attr-defined]
     cycle = itertools.cycle(list(addresses))
+    _SOURCES = cycle
 
     def connect(uri: str, **kwargs: Any) -> Any:
         return original(uri, local_addr=(next(cycle), 0), **kwargs)
 
     lib.ws_connect = connect  # type: ignore[attr-defined,assignment]
+
+
+WS_CLIENTS: Final = ("auto", "picows", "websockets")
+
+
+def resolve_ws_client(name: str) -> str:
+    """``auto`` -> ``picows`` when it is installed, else ``websockets``; raises
+    ValueError for ``picows`` when it is not installed."""
+    if name not in WS_CLIENTS:
+        raise ValueError(f"unknown WebSocket client {name!r}: one of {', '.join(WS_CLIENTS)}")
+    if name == "auto":
+        return "picows" if fastws.AVAILABLE else "websockets"
+    if name == "picows" and not fastws.AVAILABLE:
+        raise ValueError("picows is not installed (pip install -e '.[bench]')")
+    return name
+
+
+def use_ws_client(name: str) -> str:
+    """Make new :class:`LoadClient` connections of this process use ``name`` (see
+    :func:`resolve_ws_client`); returns the library chosen."""
+    LoadClient.ws_client = resolve_ws_client(name)
+    return LoadClient.ws_client

@@ -14,6 +14,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, TextIO
 
 from scripts.loadtest.agent import agent_main
+from scripts.loadtest.client import resolve_ws_client
 from scripts.loadtest.cpus import CpuSet
 
 
@@ -64,10 +65,14 @@ class AgentPool:
         sources: Sequence[str] = (),
         cpus: CpuSet | None = None,
         sample: float = 1.0,
+        ws_client: str = "websockets",
     ) -> None:
         """``cpus``: the CPUs every generator process runs on (default: any);
         ``sample``: the fraction of watchers that apply and time every update on arrival
-        (:attr:`~scripts.loadtest.agent.Agent.sample`; 1.0: every client)."""
+        (:attr:`~scripts.loadtest.agent.Agent.sample`; 1.0: every client);
+        ``ws_client``: the clients' WebSocket library (``websockets``, ``picows`` or
+        ``auto``: picows when installed)."""
+        self.ws_client = resolve_ws_client(ws_client)
         ctx = multiprocessing.get_context("fork")
         self.conns: list[Connection] = []
         self.procs: list[BaseProcess] = []
@@ -75,7 +80,7 @@ class AgentPool:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=agent_main,
-                args=(child, i, url, salt, list(sources), cpus, sample),
+                args=(child, i, url, salt, list(sources), cpus, sample, self.ws_client),
                 name=f"loadgen-{i}",
                 daemon=True,
             )

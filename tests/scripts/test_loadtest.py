@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from scripts.loadtest import client as load_client
-from scripts.loadtest import cpus, scenarios
+from scripts.loadtest import cpus, fastws, scenarios
 from scripts.loadtest.__main__ import main
 from scripts.loadtest.client import LoadClient
 from scripts.loadtest.pool import AgentPool, LoadTestError
@@ -332,26 +332,74 @@ def test_the_update_cache_forgets_the_oldest_past_its_budget() -> None:
     assert cache.chars == 8
 
 
+WS_CLIENTS = [
+    "websockets",
+    pytest.param(
+        "picows",
+        marks=pytest.mark.skipif(not fastws.AVAILABLE, reason="picows (the bench extra)"),
+    ),
+]
+
+
+@pytest.fixture(params=WS_CLIENTS)
+def ws_client(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The WebSocket library of the load clients made in this process."""
+    name: str = request.param
+    before = LoadClient.ws_client
+    LoadClient.ws_client = name
+    yield name
+    LoadClient.ws_client = before
+
+
 @pytest.mark.process
-def test_load_clients_handle_frames_in_place_against_a_real_server() -> None:
+def test_load_clients_handle_frames_in_place_against_a_real_server(ws_client: str) -> None:
     server = start_baseline(free_port())
 
     async def run() -> None:
         # Polled, not awaited with wait_for_view: a waiter would route frames via the reader.
-        a = await LoadClient.connect(server.url)
+        a = await LoadClient.connect(server.url, ping_interval=None)
         assert isinstance(a, LoadClient) and a.in_place
-        b = await LoadClient.connect(server.url)
+        assert isinstance(a._ws, fastws.PicowsConnection) == (ws_client == "picows")
+        b = await LoadClient.connect(server.url, ping_interval=None)
         await until(lambda: b.public_key in a.view, "b to join", 10)
         await b.close()
         await until(lambda: b.public_key not in a.view, "b to leave", 10)
         assert a.updates_received == 2 and a.update_bytes > 0
         assert not a.errors and a.view.online == {a.public_key}
-        c = await LoadClient.connect(server.url)
+        c = await LoadClient.connect(server.url, ping_interval=None)
         await a.wait_for_view({a.public_key, c.public_key})  # through the reader
         await c.close()
+        assert c.close_code == 1000
         await a.wait_for_view({a.public_key})
         assert a.updates_received == 4 and not a.errors
         await a.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()
+
+
+@pytest.mark.process
+def test_load_clients_keep_the_librarys_close_codes_and_messages(ws_client: str) -> None:
+    server = start_baseline(free_port())
+
+    async def run() -> None:
+        key = SigningKey.generate()
+        a = await LoadClient.connect(server.url, key, ping_interval=None)
+        b = await LoadClient.connect(server.url, ping_interval=None)
+        result = await b.send(a.public_key, "hello", "m1")
+        assert result.delivered
+        message = await a.next_message()
+        assert (message.sender, message.id, message.body) == (b.public_key, "m1", "hello")
+        again = await LoadClient.connect(server.url, key, ping_interval=None)  # replaces a
+        assert await a.wait_closed() == protocol.CloseCode.SESSION_REPLACED
+        assert a.close_reason == "session_replaced"
+        again.drop()  # no close frame: the server notices the end of the connection
+        assert await again.wait_closed() == 1006
+        await b.wait_for_view({b.public_key})
+        assert not (a.errors or b.errors or again.errors)
+        await b.close()
 
     try:
         asyncio.run(run())
@@ -546,9 +594,9 @@ def cluster() -> Iterator[Server]:
     assert not any(alive(p) for p in pids), "the cluster outlived stop()"
 
 
-@pytest.fixture
-def ctx(cluster: Server) -> Iterator[scenarios.Context]:
-    with AgentPool(2, cluster.url, os.urandom(16)) as pool:
+@pytest.fixture(params=WS_CLIENTS)
+def ctx(cluster: Server, request: pytest.FixtureRequest) -> Iterator[scenarios.Context]:
+    with AgentPool(2, cluster.url, os.urandom(16), ws_client=request.param) as pool:
         yield scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
 
 
@@ -576,8 +624,9 @@ def test_churn_sees_every_change(ctx: scenarios.Context) -> None:
 
 
 @pytest.mark.process
-def test_churn_with_the_smallest_sample_checks_every_client(cluster: Server) -> None:
-    with AgentPool(2, cluster.url, os.urandom(16), sample=0.0) as pool:
+@pytest.mark.parametrize("client", WS_CLIENTS)
+def test_churn_with_the_smallest_sample_checks_every_client(cluster: Server, client: str) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), sample=0.0, ws_client=client) as pool:
         ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
         result = scenarios.churn(ctx, watchers=10, rate=10, duration=1.5, cooldown=0.5)
     assert_ok(result)
@@ -681,21 +730,23 @@ def test_cli_refuses_scenarios_the_bare_server_cannot_serve(tmp_path: Path) -> N
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("sample", [1.0, 0.0])  # every client on arrival; the fewest
+@pytest.mark.parametrize("client", WS_CLIENTS)
 @pytest.mark.parametrize(
-    ("fault", "scenario", "complaint"),
-    [
-        ("gap", "mass-join", "protocol violations"),
-        ("lose-leave", "churn", "did not settle"),
-        ("lose-message", "messages", "lost"),
+    ("fault", "scenario", "complaint", "sample"),
+    [  # sample 1.0: every client applies updates on arrival; 0.0: the fewest do
+        ("gap", "mass-join", "protocol violations", 1.0),
+        ("gap", "mass-join", "protocol violations", 0.0),
+        ("lose-leave", "churn", "did not settle", 1.0),
+        ("lose-leave", "churn", "did not settle", 0.0),
+        ("lose-message", "messages", "lost", 1.0),
     ],
 )
 def test_checks_fail_against_a_broken_server(
-    fault: str, scenario: str, complaint: str, sample: float
+    fault: str, scenario: str, complaint: str, sample: float, client: str
 ) -> None:
     server = start_baseline(free_port(), fault=fault)
     try:
-        with AgentPool(2, server.url, os.urandom(16), sample=sample) as pool:
+        with AgentPool(2, server.url, os.urandom(16), sample=sample, ws_client=client) as pool:
             ctx = scenarios.Context(pool, server, concurrency=20, settle_timeout=2.0, quiet=True)
             if scenario == "mass-join":
                 result = scenarios.mass_join(ctx, 12)
