@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--procs",
         type=int,
-        help=f"generator processes (default: one per CPU the generator may use, at "
-        f"least 2: {default_procs()} here)",
+        help=f"generator processes (default: one per --client-cpus CPU, else one per "
+        f"CPU and at least 2: {default_procs()} here)",
     )
     gen.add_argument(
         "--concurrency",

@@ -158,7 +158,11 @@ class AgentPool:
 
 
 def default_procs(cpus: CpuSet | None = None) -> int:
-    """Generator processes by default: one per CPU it may use (``cpus``, else all), at
-    least 2 (clients parse frames in Python, so the generator needs as many cores as it
-    can get)."""
-    return max(2, len(cpus) if cpus else os.cpu_count() or 1)
+    """Generator processes by default: one per CPU of its own (``cpus``), or, sharing
+    the machine with the server, one per CPU and at least 2 (clients parse frames in
+    Python, so the generator needs as many cores as it can get). On a CPU of its own,
+    a second process only adds switches between them: churn with 2,000 watchers on one
+    pinned CPU measured a p99 of 126-189 ms with one process, 171-364 ms with two."""
+    if cpus:
+        return len(cpus)
+    return max(2, os.cpu_count() or 1)
