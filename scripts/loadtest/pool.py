@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from scripts.loadtest.agent import agent_main
 from scripts.loadtest.client import resolve_ws_client
-from scripts.loadtest.cpus import CpuSet
+from scripts.loadtest.cpus import CpuSet, pin_process
 
 
 class LoadTestError(Exception):
@@ -85,6 +85,9 @@ class AgentPool:
                 daemon=True,
             )
             proc.start()
+            if cpus is not None and proc.pid is not None:
+                # The child pins itself too, first thing; this makes it so on return.
+                pin_process(proc.pid, cpus)
             child.close()
             self.conns.append(parent)
             self.procs.append(proc)
