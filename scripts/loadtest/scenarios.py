@@ -268,7 +268,8 @@ def churn(
     )
     elapsed = time.time() - start
     cpu1, gen1 = ctx.server_cpu(), ctx.generator_cpu()
-    during = counters(ctx)
+    during = counters(ctx)  # unsampled clients apply what they noted: after the window
+    gen2 = ctx.generator_cpu()
     settle(ctx, result)
     after = counters(ctx)
     check_errors(result, after)
@@ -305,6 +306,7 @@ def churn(
     m["generator_cpu_us_per_frame"] = round((gen1 - gen0) / max(frames, 1) * 1e6, 2)
     m["latency_watchers"] = sum(p["measuring"] for p in parts)
     m["updates_applied_later"] = during["deferred"] - before["deferred"]
+    m["generator_catch_up_cpu_s"] = round(gen2 - gen1, 2)
     m["snapshots_resent"] = extra_snapshots
     lag = Histogram.merged(Histogram.from_dict(p["schedule_lag"]) for p in parts)
     m["schedule_lag_p99_ms"] = lag.summary_ms()["p99_ms"]

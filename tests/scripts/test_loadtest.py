@@ -526,28 +526,37 @@ def test_a_client_given_another_text_for_a_seq_applies_it_itself(
     asyncio.run(run())
 
 
-def test_the_ledger_catches_everyone_up_past_its_limit(fresh_ledger: load_client.Ledger) -> None:
-    fresh_ledger.limit = 3
+def test_a_client_catches_up_at_its_bound_and_the_ledger_forgets_what_is_applied(
+    fresh_ledger: load_client.Ledger,
+) -> None:
+    def update(n: int) -> str:  # key n % 2 joins, then leaves, in turns
+        key = [_KEYS[n % 2]]
+        return _update(n, key, []) if n % 4 in (1, 2) else _update(n, [], key)
+
+    async def run() -> None:
+        fresh_ledger.keep = fresh_ledger.trim_at = 4
+        slow = _unsampled(_snapshot(0, []))
+        fast = _unsampled(_snapshot(0, []))
+        slow._behind_limit, fast._behind_limit = 1000, 3
+        for n in range(1, 13):
+            for client in (slow, fast):
+                client._handle_frame(update(n))
+            assert fast.behind < 3  # applies what it noted at its bound
+        assert slow.behind == 12 and not slow.errors and not fast.errors
+        assert fast.view.seq == 12 - fast.behind
+        assert sorted(fresh_ledger.by_seq) == list(range(1, 13))  # slow still needs them
+        slow.catch_up()
+        fresh_ledger.trim()
+        assert min(fresh_ledger.by_seq, default=13) > fast.view.seq  # the rest is gone
+        fast.catch_up()
+        fresh_ledger.trim()
+        assert not fresh_ledger.by_seq
+        assert slow.view.online == fast.view.online == set() and slow.view.seq == 12
+
     try:
-
-        async def run() -> None:
-            frames = [_snapshot(0, [])] + [
-                _update(
-                    n,
-                    [_KEYS[n % 2]] if n % 4 in (1, 2) else [],
-                    [_KEYS[n % 2]] if n % 4 in (3, 0) else [],
-                )
-                for n in range(1, 9)
-            ]
-            client = _unsampled(*frames)
-            assert not client.errors
-            assert len(fresh_ledger.by_seq) <= 3 and client.behind <= 3
-            client.catch_up()
-            assert client.view.seq == 8 and client.view.online == set()
-
         asyncio.run(run())
     finally:
-        fresh_ledger.limit = 10_000
+        fresh_ledger.keep = fresh_ledger.trim_at = 2 * load_client.BEHIND_MAX
 
 
 def test_unsampled_views_are_checked_at_the_end(fresh_ledger: load_client.Ledger) -> None:
