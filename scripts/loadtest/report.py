@@ -31,6 +31,11 @@ def table(result: dict[str, Any], out: TextIO) -> None:
             for key, name in (("server", "server"), ("generator", "generator"))
         )
         out.write(f"  cpus: {placed['placement']}: {sides}\n")
+    if "ws_client" in result:
+        out.write(
+            f"  generator: {result['ws_client']}, updates applied on arrival and timed by "
+            f"a {result['verify_sample']:g} sample of the watchers\n"
+        )
     for note in result.get("notes", []):
         out.write(f"  note: {note}\n")
     if result["failures"]:
