@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
+from websockets.exceptions import ConnectionClosed
 
 from scripts.loadtest import client as load_client
 from scripts.loadtest import cpus, fastws, scenarios
@@ -405,6 +406,68 @@ def test_load_clients_keep_the_librarys_close_codes_and_messages(ws_client: str)
         asyncio.run(run())
     finally:
         server.stop()
+
+
+class _FakeWsTransport:
+    """What a picows connection calls on its transport, recorded."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, bytes]] = []
+        self.disconnects = 0
+
+    def send(self, kind: Any, payload: bytes) -> None:
+        self.sent.append((kind, payload))
+
+    def disconnect(self, graceful: bool = True) -> None:
+        self.disconnects += 1
+
+
+@pytest.mark.skipif(not fastws.AVAILABLE, reason="picows (the bench extra)")
+def test_picows_connections_assemble_frames_and_close_as_websockets_does() -> None:
+    picows = pytest.importorskip("picows")
+    kinds = picows.WSMsgType
+
+    def frame(kind: Any, payload: bytes, fin: bool = True) -> Any:
+        return picows.picows._make_test_ws_frame(kind, payload, fin, False)
+
+    async def run() -> None:
+        conn = fastws.PicowsConnection()
+        transport = _FakeWsTransport()
+        conn.on_ws_connected(transport)
+        offered: list[str | bytes] = []
+        conn.on_ws_frame(transport, frame(kinds.TEXT, b"one"))
+        conn.on_ws_frame(transport, frame(kinds.TEXT, b"t", fin=False))
+        conn.on_ws_frame(transport, frame(kinds.CONTINUATION, "wö".encode()))
+        conn.on_ws_frame(transport, frame(kinds.BINARY, b"\x00"))
+        assert [await conn.recv() for _ in range(3)] == ["one", "twö", b"\x00"]
+        # A handler takes frames while nothing is queued, unless it declines.
+        conn.handler = lambda data: bool(offered.append(data)) or data != "no"
+        conn.on_ws_frame(transport, frame(kinds.TEXT, b"yes"))
+        conn.on_ws_frame(transport, frame(kinds.TEXT, b"no"))
+        conn.on_ws_frame(transport, frame(kinds.TEXT, b"queued behind no"))
+        assert offered == ["yes", "no"]
+        assert [await conn.recv() for _ in range(2)] == ["no", "queued behind no"]
+        # The server's close: answered with its code; the code and reason are kept.
+        conn.on_ws_frame(transport, frame(kinds.CLOSE, (4002).to_bytes(2, "big") + b"replaced"))
+        assert transport.sent == [(kinds.CLOSE, (4002).to_bytes(2, "big"))]
+        assert transport.disconnects == 1
+        conn.on_ws_disconnected(transport)
+        assert (conn.close_code, conn.close_reason) == (4002, "replaced")
+        with pytest.raises(ConnectionClosed):
+            await conn.recv()
+        with pytest.raises(ConnectionClosed):
+            await conn.send("late")
+        # Invalid UTF-8 fails the connection with 1007; a lost one reads 1006.
+        bad = fastws.PicowsConnection()
+        bad_transport = _FakeWsTransport()
+        bad.on_ws_connected(bad_transport)
+        bad.on_ws_frame(bad_transport, frame(kinds.TEXT, b"\xff"))
+        assert bad.close_code == 1007 and bad_transport.sent[0][1][:2] == (1007).to_bytes(2, "big")
+        lost = fastws.PicowsConnection()
+        lost.on_ws_disconnected(_FakeWsTransport())
+        assert lost.close_code == 1006
+
+    asyncio.run(run())
 
 
 # --------------------------------------------------------------------------- sampled checking
