@@ -173,6 +173,7 @@ class Agent:
         least :data:`MIN_SAMPLED`); the other clients note updates and apply them later
         (:class:`~scripts.loadtest.client.Ledger`). 1.0: every client, as before."""
         self._sampled: dict[int, bool] = {}
+        self._taken = 0  # how many of ``_sampled`` are True
         self.clients: dict[int, LoadClient] = {}
         self.watching: set[int] = set()
         self.measuring: set[int] = set()
@@ -272,8 +273,8 @@ class Agent:
         sampled = self._sampled.get(index)
         if sampled is None:
             spread = (index * 2654435761 % 2**32) / 2**32  # Knuth's multiplicative hash
-            taken = sum(self._sampled.values())
-            sampled = self._sampled[index] = taken < MIN_SAMPLED or spread < self.sample
+            sampled = self._sampled[index] = self._taken < MIN_SAMPLED or spread < self.sample
+            self._taken += sampled
         return sampled
 
     def _harvest(self, index: int, client: LoadClient) -> None:
