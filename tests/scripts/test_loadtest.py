@@ -333,13 +333,8 @@ def test_the_update_cache_forgets_the_oldest_past_its_budget() -> None:
     assert cache.chars == 8
 
 
-WS_CLIENTS = [
-    "websockets",
-    pytest.param(
-        "picows",
-        marks=pytest.mark.skipif(not fastws.AVAILABLE, reason="picows (the bench extra)"),
-    ),
-]
+NEEDS_PICOWS = pytest.mark.skipif(not fastws.AVAILABLE, reason="picows is not installed")
+WS_CLIENTS = ["websockets", pytest.param("picows", marks=NEEDS_PICOWS)]
 
 
 @pytest.fixture(params=WS_CLIENTS)
@@ -422,7 +417,7 @@ class _FakeWsTransport:
         self.disconnects += 1
 
 
-@pytest.mark.skipif(not fastws.AVAILABLE, reason="picows (the bench extra)")
+@NEEDS_PICOWS
 def test_picows_connections_assemble_frames_and_close_as_websockets_does() -> None:
     picows = pytest.importorskip("picows")
     kinds = picows.WSMsgType
@@ -801,16 +796,25 @@ def test_cli_refuses_scenarios_the_bare_server_cannot_serve(tmp_path: Path) -> N
 # --------------------------------------------------------------------------- the checks fail
 
 
+BROKEN_SERVERS = [  # sample 1.0: every client applies updates on arrival; 0.0: the fewest do
+    ("gap", "mass-join", "protocol violations", 1.0),
+    ("gap", "mass-join", "protocol violations", 0.0),
+    ("lose-leave", "churn", "did not settle", 1.0),
+    ("lose-leave", "churn", "did not settle", 0.0),
+]
+DEFAULT_CLIENT = "picows" if fastws.AVAILABLE else "websockets"
+
+
 @pytest.mark.process
-@pytest.mark.parametrize("client", WS_CLIENTS)
 @pytest.mark.parametrize(
-    ("fault", "scenario", "complaint", "sample"),
-    [  # sample 1.0: every client applies updates on arrival; 0.0: the fewest do
-        ("gap", "mass-join", "protocol violations", 1.0),
-        ("gap", "mass-join", "protocol violations", 0.0),
-        ("lose-leave", "churn", "did not settle", 1.0),
-        ("lose-leave", "churn", "did not settle", 0.0),
-        ("lose-message", "messages", "lost", 1.0),
+    ("fault", "scenario", "complaint", "sample", "client"),
+    [
+        *(pytest.param(*case, "websockets") for case in BROKEN_SERVERS),
+        *(pytest.param(*case, "picows", marks=NEEDS_PICOWS) for case in BROKEN_SERVERS),
+        # A lost message is found only after the send timeout (about 11 s): once, with
+        # the client the benchmark uses, since finding it is the scenario's, not the
+        # client's, work.
+        ("lose-message", "messages", "lost", 1.0, DEFAULT_CLIENT),
     ],
 )
 def test_checks_fail_against_a_broken_server(
