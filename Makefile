@@ -10,6 +10,26 @@ URL ?= ws://$(HOST):$(PORT)/ws
 TLS_CERT ?=
 TLS_KEY ?=
 TLS_ARGS := $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY))
+# Prometheus metrics of every process at http://$(HOST):METRICS_PORT/metrics (the
+# launcher's default port when empty; 0 turns them off).
+METRICS_PORT ?=
+METRICS_ARGS := $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
+# LOG_FORMAT=json: every process logs one JSON object per line (default: plain text).
+LOG_FORMAT ?=
+LOG_ARGS := $(if $(LOG_FORMAT),--log-format $(LOG_FORMAT))
+# The backend API (docs/API.md): off unless API_PORT is given, and never without a token.
+API_PORT ?=
+API_TOKEN_FILE ?=
+API_ARGS := $(if $(API_PORT),--api-port $(API_PORT) --api-token-file "$(API_TOKEN_FILE)")
+# One role per machine (README, Running on several machines): all, coordinator, workers.
+ROLE ?= all
+COORDINATOR ?=
+BACKBONE ?=
+KEYS ?= keys
+ADVERTISE ?=
+ROLE_ARGS := --role $(ROLE) $(if $(filter-out all,$(ROLE)),--keys $(KEYS)) \
+  $(if $(COORDINATOR),--coordinator $(COORDINATOR)) $(if $(BACKBONE),--backbone $(BACKBONE)) \
+  $(if $(ADVERTISE),--advertise $(ADVERTISE))
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -20,12 +40,18 @@ TYPED := coordinator workers shared scripts
 LINTED := $(TYPED) tests
 
 .DEFAULT_GOAL := help
-.PHONY: help install run watch test test-fast test-js lint format clean load bench
+.PHONY: help install run keys watch test test-fast test-js lint format clean load bench
 
 help:
 	@echo "make run     start a local cluster: WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT)"
 	@echo "             and open http://$(HOST):$(PORT)/ (TLS_CERT=... TLS_KEY=... for https)"
 	@echo "             (ARGS=\"...\" is passed to scripts/cluster.py, see its --help)"
+	@echo "             metrics at http://$(HOST):$(or $(METRICS_PORT),9765)/metrics (METRICS_PORT=0: off)"
+	@echo "             LOG_FORMAT=json: one JSON object per log line"
+	@echo "             API_PORT=... API_TOKEN_FILE=...: the backend API (docs/API.md)"
+	@echo "             ROLE=coordinator [BACKBONE=0.0.0.0:7100] KEYS=dir: this machine runs the"
+	@echo "             coordinator alone; ROLE=workers COORDINATOR=host:7100 KEYS=dir: the workers"
+	@echo "make keys    CURVE keys for several machines: MACHINES=\"web1 web2\" [KEYS=keys]"
 	@echo "make watch   join the lobby at URL=$(URL) and watch (ARGS=\"--key-file k\")"
 	@echo "make test    lint, then run the tests (PYTEST_ARGS=\"...\")"
 	@echo "             (make test-fast: no lint, only tests that start no process; seconds)"
@@ -57,7 +83,14 @@ $(BENCH_STAMP): $(STAMP)
 	@touch $@
 
 run: $(STAMP)
-	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) $(ARGS)
+	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) \
+	  $(API_ARGS) $(ROLE_ARGS) $(METRICS_ARGS) $(LOG_ARGS) $(ARGS)
+
+# One key directory per machine (README, Running on several machines); never overwrites.
+MACHINES ?=
+keys: $(STAMP)
+	@test -n "$(MACHINES)" || { echo 'error: name the worker machines: make keys MACHINES="web1 web2"' >&2; exit 2; }
+	$(VPY) scripts/backbone_keys.py --cluster $(KEYS) $(MACHINES)
 
 watch: $(STAMP)
 	$(VPY) scripts/watch_lobby.py --url $(URL) $(ARGS)

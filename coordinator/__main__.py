@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m coordinator",
         description=DESCRIPTION,
     )
-    logs.configure(settings.logging)
+    logs.configure(settings.logging, role="coordinator")
     # The context is made here, inside the process that uses it, never before a fork.
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
@@ -38,14 +38,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         endpoints.UnsafeDirectory,
         endpoints.EndpointInUse,
     ) as exc:
-        logging.getLogger("coordinator").error("cannot start the backbone: %s", exc)
+        logging.getLogger("coordinator").error(
+            "cannot start the backbone: %s",
+            exc,
+            extra=logs.event("backbone_failed", error=str(exc)),
+        )
         context.destroy(linger=0)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: coordinator.stop())
     signal.signal(signal.SIGINT, lambda *_: coordinator.stop())
     coordinator.run()
     context.term()
-    logging.getLogger("coordinator").info("coordinator stopped")
+    logging.getLogger("coordinator").info(
+        "coordinator stopped", extra=logs.event("coordinator_stopped")
+    )
     return 0
 
 

@@ -48,11 +48,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 from coordinator.batching import BatchWindow
+from coordinator.flaps import FlapCounter
 from coordinator.lobby import Claim, Lobby, Session
 from coordinator.registry import WorkerRegistry
 from coordinator.settings import CoordinatorSettings
 from shared import backbone as bb
-from shared import timings
+from shared import logs, timings
 from shared.protocol import is_hex_key
 
 log = logging.getLogger("coordinator")
@@ -110,10 +111,22 @@ class CoordinatorCore:
         """Replies that could not be queued, by message tag."""
         self.expired_routes = 0
         self.epoch_changes = 0
+        """Moves above an epoch a worker reported (see :mod:`coordinator.lobby`)."""
+        self.workers_expired = 0
+        """Workers presumed dead (silent past the timeout)."""
+        self.ghosts_reaped = 0
+        """Sessions removed because their worker was presumed dead."""
+        self.flaps = FlapCounter()
+        """Keys that left and joined again soon after, counted at publication."""
 
     @property
     def epoch(self) -> str:
         return self.lobby.epoch
+
+    @property
+    def batch_window(self) -> float:
+        """The current batching window in seconds (it widens under load)."""
+        return self._window.current
 
     # ------------------------------------------------------------------ input
 
@@ -126,13 +139,22 @@ class CoordinatorCore:
         elif isinstance(msg, bb.Goodbye):
             dropped = self.lobby.drop_worker(worker)
             self.registry.forget(worker)
-            log.info("worker %s said goodbye; %d sessions leave", worker, dropped)
+            log.info(
+                "worker %s said goodbye; %d sessions leave",
+                worker,
+                dropped,
+                extra=logs.event("worker_goodbye", worker=worker, sessions=dropped),
+            )
         elif isinstance(msg, bb.SnapshotRequest):
             seq, users = self.lobby.snapshot()
             out.append(ToWorker(worker, bb.Snapshot(self.epoch, seq, users)))
         elif not state.registered:
             if self.registry.ask(worker, now):
-                log.info("unknown worker %s; asking it to announce its sessions", worker)
+                log.info(
+                    "unknown worker %s; asking it to announce its sessions",
+                    worker,
+                    extra=logs.event("worker_unknown", worker=worker),
+                )
                 out.append(ToWorker(worker, bb.Reannounce()))
             if isinstance(msg, bb.Route):
                 out.append(ToWorker(worker, bb.RouteDone(msg.route, "unavailable")))
@@ -140,15 +162,24 @@ class CoordinatorCore:
             if is_hex_key(msg.key):
                 self.lobby.add_user(msg.key.lower(), Session(worker, msg.conn))
             else:
-                log.warning("worker %s sent an auth for a malformed key; ignored", worker)
+                log.warning(
+                    "worker %s sent an auth for a malformed key; ignored",
+                    worker,
+                    extra=logs.event("malformed_key", worker=worker),
+                )
         elif isinstance(msg, bb.Closed):
             if is_hex_key(msg.key):
                 self.lobby.remove_user(msg.key.lower(), Session(worker, msg.conn))
         elif isinstance(msg, bb.Route):
             self._on_route(worker, msg, now, wall, out)
         elif not isinstance(msg, bb.Heartbeat):
-            log.warning("dropping %s from worker %s: not an event", msg.TAG, worker)
-        self._schedule(now, out)
+            log.warning(
+                "dropping %s from worker %s: not an event",
+                msg.TAG,
+                worker,
+                extra=logs.event("unexpected_message", worker=worker, kind=msg.TAG),
+            )
+        self._schedule(now, wall, out)
         return out
 
     def _on_hello(self, worker: str, msg: bb.Hello, now: float, out: list[Output]) -> None:
@@ -163,6 +194,9 @@ class CoordinatorCore:
                     worker,
                     epoch,
                     self.epoch,
+                    extra=logs.event(
+                        "epoch_moved", worker=worker, reported=epoch, epoch=self.epoch
+                    ),
                 )
         claims = [
             Claim(conn, key.lower(), (epoch, seq), acked)
@@ -171,11 +205,15 @@ class CoordinatorCore:
         ]
         done = self.lobby.reconcile(worker, claims)
         if done.duplicates or len(claims) != len(msg.sessions):
+            malformed = len(msg.sessions) - len(claims)
             log.warning(
                 "worker %s listed %d connections twice and %d malformed keys; ignored",
                 worker,
                 done.duplicates,
-                len(msg.sessions) - len(claims),
+                malformed,
+                extra=logs.event(
+                    "hello_ignored", worker=worker, duplicates=done.duplicates, malformed=malformed
+                ),
             )
         self.registry.register(worker, now, (msg.results, msg.results_key))
         log.info(
@@ -183,6 +221,9 @@ class CoordinatorCore:
             worker,
             done.claimed,
             done.removed,
+            extra=logs.event(
+                "worker_registered", worker=worker, sessions=done.claimed, ended=done.removed
+            ),
         )
         out.append(ToWorker(worker, bb.Welcome(self.epoch)))
 
@@ -221,18 +262,23 @@ class CoordinatorCore:
         out: list[Output] = []
         for worker in self.registry.expire(now) if expire else ():
             dropped = self.lobby.drop_worker(worker)
+            self.workers_expired += 1
+            self.ghosts_reaped += dropped
             log.warning(
                 "worker %s silent for %.1fs; %d sessions leave",
                 worker,
                 self.registry.timeout,
                 dropped,
+                extra=logs.event(
+                    "worker_expired", worker=worker, silent=self.registry.timeout, sessions=dropped
+                ),
             )
         for worker in self.registry.unregistered():
             if self.registry.ask(worker, now):
                 out.append(ToWorker(worker, bb.Reannounce()))
-        self._schedule(now, out)
+        self._schedule(now, wall, out)
         if self._flush_at is not None and now >= self._flush_at:
-            self.publish(now, out)
+            self.publish(now, wall, out)
         if now >= self._next_beat:
             self._next_beat = now + self.settings.timing.heartbeat_interval
             out.append(Publish(bb.Beat(self.epoch, self.lobby.seq, wall)))
@@ -245,22 +291,24 @@ class CoordinatorCore:
             wake = min(wake, self._flush_at)
         return wake
 
-    def _schedule(self, now: float, out: list[Output]) -> None:
+    def _schedule(self, now: float, wall: float, out: list[Output]) -> None:
         if not self.lobby.pending:
             return
         if self._window.current <= 0:
-            self.publish(now, out)
+            self.publish(now, wall, out)
         elif self._flush_at is None:
             self._flush_at = now + self._window.current
 
-    def publish(self, now: float, out: list[Output]) -> None:
-        """Publish everything pending: the delta first, then acks and kicks."""
+    def publish(self, now: float, wall: float, out: list[Output]) -> None:
+        """Publish everything pending: the delta first, then acks and kicks. ``wall``
+        goes into the update, for the workers' latency figures."""
         self._flush_at = None
         result = self.lobby.flush()
         if result.delta is not None:
             d = result.delta
-            out.append(Publish(bb.Update(self.epoch, d.seq, d.joined, d.left)))
+            out.append(Publish(bb.Update(self.epoch, d.seq, d.joined, d.left, wall)))
             self._window.flushed(now)
+            self.flaps.published(d.joined, d.left, now)
         for session, (epoch, seq) in result.acks:
             out.append(ToWorker(session.worker, bb.AuthAck(session.conn, epoch, seq)))
         for session in result.kicks:
@@ -274,5 +322,8 @@ class CoordinatorCore:
         self.dropped[msg.TAG] += 1
         if isinstance(msg, _REPAIRED_BY_HELLO) and self.registry.unregister(worker):
             log.warning(
-                "lost %s to worker %s; it must re-register to repair its view", msg.TAG, worker
+                "lost %s to worker %s; it must re-register to repair its view",
+                msg.TAG,
+                worker,
+                extra=logs.event("reply_lost", worker=worker, kind=msg.TAG),
             )

@@ -136,6 +136,8 @@ class Lobby:
         self._reack: set[Session] = set()
         self._kicks: list[Session] = []
         self._replaced: set[Session] = set()  # lost their key in this life, not closed yet
+        self.replacements = 0
+        """Sessions that lost their key to a newer session of it (each is kicked: 4002)."""
 
     # ------------------------------------------------------------------ events
 
@@ -167,6 +169,7 @@ class Lobby:
         if current is not None:
             if self.rank(stamp) <= self.rank(self._stamps[current]):
                 self._kicks.append(session)
+                self.replacements += 1
                 return
             self._replace(current)
         if stamp[0] in self.own_epochs and stamp[0] != self.epoch:
@@ -289,6 +292,11 @@ class Lobby:
         return len(self._live)
 
     @property
+    def online(self) -> int:
+        """How many keys are online as of ``seq`` (what clients are shown)."""
+        return len(self._published)
+
+    @property
     def pending(self) -> bool:
         """Whether a flush would publish, acknowledge or kick anything."""
         return bool(self._dirty or self._unacked or self._reack or self._kicks)
@@ -370,3 +378,4 @@ class Lobby:
         self._unbind(old)
         self._kicks.append(old)
         self._replaced.add(old)
+        self.replacements += 1

@@ -11,6 +11,11 @@ is an error the core hears about instead of a silent drop; a PUB for updates and
 (a PUB drops for a slow subscriber by design: the worker sees the gap and resyncs).
 Every socket refuses messages over ``--max-message-bytes`` and queues at most ``--hwm``.
 Drops are counted by the core and summed in the log at most once a second.
+
+Metrics (:mod:`shared.metrics`): the keys of each published update are recorded as it
+is sent; everything else (updates published, lobby size, batch window, flaps, expiries,
+replacements, epoch moves) is read from the core once per turn of the loop, so a
+stream of events costs the metrics almost nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from coordinator.core import CoordinatorCore, Output, Publish, ToWorker
 from coordinator.settings import CoordinatorSettings
 from shared import backbone as bb
-from shared import curve, endpoints, notify
+from shared import curve, endpoints, logs, metrics, notify
 
 log = logging.getLogger("coordinator")
 
@@ -60,6 +65,12 @@ class Coordinator:
         )
         self._recorded = self.core.epoch
         self._lock.record(f"{self._recorded} running")
+        logs.identify(self._recorded)
+        metrics.start_coordinator()
+        metrics.EPOCH_CHANGES.labels("start").inc()
+        self._tally = metrics.Tally()
+        self._moves = metrics.EPOCH_CHANGES.labels("move")
+        self._shown: tuple[int, float] | None = None  # (lobby users, batch window) set
         self._stopping = False
         self._drops_logged: Counter[str] = Counter()
         self._drops_logged_at = float("-inf")
@@ -76,12 +87,11 @@ class Coordinator:
         self, context: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str
     ) -> zmq.Socket[bytes]:
         endpoints.prepare(endpoint, port=self.settings.port)
-        backbone = self.settings.backbone
+        timing = self.settings.timing
         sock = context.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, backbone.hwm)
-        sock.setsockopt(zmq.RCVHWM, backbone.hwm)
-        sock.setsockopt(zmq.MAXMSGSIZE, backbone.max_message_bytes)
+        self.settings.backbone.configure(
+            sock, beat=timing.heartbeat_interval, silence=timing.worker_timeout
+        )
         if self._keys is not None:
             curve.make_server(sock, self._keys)
         sock.bind(endpoint)
@@ -102,14 +112,18 @@ class Coordinator:
             [ends.events, ends.updates], curve_on=secret is not None, plain_tcp=backbone.plain_tcp
         )
         if warning:
-            log.warning("%s", warning)
+            log.warning("%s", warning, extra=logs.event("backbone_exposed"))
         if secret is None or clients is None:
             return None
         keys = curve.load_keypair(secret)
         self._auth = ThreadAuthenticator(context, log=logging.getLogger("coordinator.zap"))
         self._auth.start()
         self._auth.configure_curve(location=curve.authorised_dir(clients))
-        log.info("CURVE on: workers must hold a key from %s", clients)
+        log.info(
+            "CURVE on: workers must hold a key from %s",
+            clients,
+            extra=logs.event("curve_on", keys=clients),
+        )
         return keys
 
     # ------------------------------------------------------------------ loop
@@ -131,6 +145,9 @@ class Coordinator:
             ends.events,
             ends.updates,
             self.epoch,
+            extra=logs.event(
+                "coordinator_ready", events=ends.events, updates=ends.updates, epoch=self.epoch
+            ),
         )
         ready = False
         while not self._stopping:
@@ -141,10 +158,16 @@ class Coordinator:
             # Behind on input (after a stall): heartbeats may be waiting in the queue, so
             # nobody is presumed dead until it is read.
             self._carry_out(self.core.tick(now, time.time(), expire=caught_up))
+            self._record()
             self._log_drops(now)
             if not ready and not self.core.registry.rebuilding(now):
                 ready = True  # every answer is the truth from here on: "offline" too
-                log.info("lobby complete: %d users", len(self.core.lobby))
+                users = len(self.core.lobby)
+                log.info(
+                    "lobby complete: %d users",
+                    users,
+                    extra=logs.event("lobby_complete", users=users),
+                )
                 notify.ready(f"coordinator ready: epoch {self.epoch}")
         notify.stopping("coordinator stopping")
         if not len(self.core.registry):  # every worker said goodbye: nothing to rebuild
@@ -182,17 +205,26 @@ class Coordinator:
         try:
             msg = bb.decode(frame)
         except bb.BackboneDecodeError as exc:
-            log.warning("dropping undecodable frame from worker %s: %s", worker, exc)
+            log.warning(
+                "dropping undecodable frame from worker %s: %s",
+                worker,
+                exc,
+                extra=logs.event("undecodable_frame", worker=worker, error=str(exc)),
+            )
             return
         self._carry_out(self.core.handle(worker, msg, time.monotonic(), time.time()))
         if self.core.epoch != self._recorded:  # moved above an epoch a worker reported
             self._recorded = self.core.epoch
             self._lock.record(f"{self._recorded} running")
+            logs.identify(self._recorded)
 
     def _carry_out(self, outputs: list[Output]) -> None:
         for out in outputs:
             if isinstance(out, Publish):
                 self.pub.send(bb.encode(out.message))  # PUB never blocks: past the HWM it drops
+                if isinstance(out.message, bb.Update):
+                    update = out.message
+                    metrics.LOBBY_UPDATE_KEYS.observe(len(update.joined) + len(update.left))
             elif isinstance(out, ToWorker):
                 self._send_to(out.worker, out.message)
 
@@ -201,8 +233,31 @@ class Coordinator:
             self.router.send(worker.encode(), zmq.SNDMORE | zmq.NOBLOCK)
             self.router.send(bb.encode(msg), zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # EAGAIN: its queue is full; EHOSTUNREACH: gone
-            log.debug("cannot queue %s for worker %s: %s", msg.TAG, worker, exc)
+            log.debug(
+                "cannot queue %s for worker %s: %s",
+                msg.TAG,
+                worker,
+                exc,
+                extra=logs.event("reply_not_queued", worker=worker, kind=msg.TAG, error=str(exc)),
+            )
             self.core.undelivered(worker, msg)
+            metrics.BACKBONE_DROPPED.labels("coordinator", msg.TAG).inc()
+
+    def _record(self) -> None:
+        """Feed the core's figures to the metrics (a few comparisons; a metric is
+        written only when its figure changed)."""
+        core, tally = self.core, self._tally
+        shown = (core.lobby.online, core.batch_window)
+        if shown != self._shown:
+            self._shown = shown
+            metrics.LOBBY_USERS.set(shown[0])
+            metrics.BATCH_WINDOW.set(shown[1])
+        tally.feed(metrics.LOBBY_UPDATES, core.lobby.seq)  # one per update, from 0
+        tally.feed(metrics.FLAPS, core.flaps.total)
+        tally.feed(metrics.WORKERS_EXPIRED, core.workers_expired)
+        tally.feed(metrics.GHOSTS_REAPED, core.ghosts_reaped)
+        tally.feed(metrics.SESSIONS_REPLACED, core.lobby.replacements)
+        tally.feed(self._moves, core.epoch_changes)
 
     def _log_drops(self, now: float) -> None:
         dropped = self.core.dropped
@@ -212,6 +267,7 @@ class Coordinator:
                 "could not queue %d replies to workers since the last report: %s",
                 sum(new.values()),
                 ", ".join(f"{tag} {n}" for tag, n in sorted(new.items())),
+                extra=logs.event("replies_dropped", count=sum(new.values()), kinds=dict(new)),
             )
             self._drops_logged = dropped.copy()
             self._drops_logged_at = now

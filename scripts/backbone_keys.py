@@ -1,36 +1,109 @@
 #!/usr/bin/env python3
 """Make ZeroMQ CURVE key pairs for the backbone (coordinator and workers).
 
-    python scripts/backbone_keys.py DIR coordinator worker1 worker2 ...
+    python scripts/backbone_keys.py --cluster DIR HOST...
+    python scripts/backbone_keys.py DIR NAME...
 
-writes ``DIR/NAME.key`` (public: copy freely) and ``DIR/NAME.key_secret`` (secret: mode
-0600, keep on the machine that uses it) for each NAME. Then:
+``--cluster`` makes one key directory per machine, ready for ``make run ROLE=...
+KEYS=...`` (``scripts/cluster.py --keys``): copy ``DIR/coordinator`` to the coordinator's
+machine and ``DIR/HOST`` to each worker machine HOST, and nothing else anywhere:
+
+* ``DIR/coordinator/``: ``coordinator.key_secret`` (and ``.key``), and ``workers/`` with
+  the public key ``HOST.key`` of every worker machine, the only ones let in;
+* ``DIR/HOST/``: ``worker.key_secret`` (and ``.key``), HOST's own pair, and
+  ``coordinator.key``, the coordinator's public key, which HOST's workers pin.
+
+To let a new machine in later, run ``--cluster`` again with a new DIR for it alone,
+or the plain form below, and copy its ``.key`` into the coordinator's ``workers/``
+(the coordinator reads that directory at start). To shut a machine out, delete its
+``.key`` there and restart the coordinator.
+
+The plain form writes ``DIR/NAME.key`` (public: copy freely) and ``DIR/NAME.key_secret``
+(secret: keep on the machine that uses it) for each NAME, for wiring by hand:
 
 * coordinator: ``--curve-secret-key DIR/coordinator.key_secret --curve-clients WORKERS``
   where WORKERS is a directory holding the workers' ``.key`` files;
 * each worker: ``--curve-secret-key DIR/workerN.key_secret
   --curve-server-key DIR/coordinator.key``.
+
+Every directory is made mode 0700 and every secret key file 0600.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import zmq.auth
 
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def make_pair(directory: Path, name: str) -> tuple[Path, Path]:
+    """``directory/name.key`` and ``directory/name.key_secret`` (0600)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(directory), name)
+    os.chmod(secret, 0o600)
+    return Path(public), Path(secret)
+
+
+def make_cluster(directory: Path, hosts: Sequence[str]) -> list[Path]:
+    """The per-machine layout described in the module docstring; returns the machine
+    directories made (the coordinator's first). Refuses to overwrite anything."""
+    for host in hosts:
+        if not HOST_NAME.fullmatch(host) or host == "coordinator":
+            raise ValueError(f"{host!r} cannot name a machine's key directory")
+    if len(set(hosts)) != len(hosts):
+        raise ValueError("each worker machine must be named once")
+    machines = [directory / "coordinator", *(directory / host for host in hosts)]
+    for machine in machines:
+        if machine.exists():
+            raise ValueError(f"{machine} exists already: keys are never overwritten")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    coordinator = machines[0]
+    coordinator_public, _ = make_pair(coordinator, "coordinator")
+    (coordinator / "workers").mkdir(mode=0o700)
+    for host, machine in zip(hosts, machines[1:], strict=True):
+        public, _ = make_pair(machine, "worker")
+        shutil.copyfile(public, coordinator / "workers" / f"{host}.key")
+        shutil.copyfile(coordinator_public, machine / "coordinator.key")
+    return machines
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="See the module docstring (or README, Running on several machines).",
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="make DIR/coordinator and one DIR/HOST per worker machine HOST",
+    )
     parser.add_argument("directory", help="where to write the key files (created 0700)")
-    parser.add_argument("names", nargs="+", help="one key pair per name")
+    parser.add_argument("names", nargs="+", help="key pair names (with --cluster: worker machines)")
     args = parser.parse_args(argv)
-    os.makedirs(args.directory, mode=0o700, exist_ok=True)
+    directory = Path(args.directory)
+    if args.cluster:
+        try:
+            machines = make_cluster(directory, args.names)
+        except ValueError as exc:
+            parser.error(str(exc))
+        print(
+            f"copy {machines[0]} to the coordinator's machine (make run ROLE=coordinator KEYS=...)"
+        )
+        for machine in machines[1:]:
+            print(
+                f"copy {machine} to worker machine {machine.name} (make run ROLE=workers KEYS=...)"
+            )
+        return 0
     for name in args.names:
-        public, secret = zmq.auth.create_certificates(args.directory, name)
-        os.chmod(secret, 0o600)
+        public, secret = make_pair(directory, name)
         print(f"{name}: public {public}, secret {secret}")
     return 0
 

@@ -2,6 +2,7 @@
 """``make bench``: run the benchmark suite and write BENCHMARKS.md and docs/latency.png.
 
     python scripts/bench.py [--out BENCHMARKS.md] [--plot docs/latency.png] [--only NAME]
+    python scripts/bench.py --only coordinator     # only the "Coordinator capacity" section
 
 Every run is one ``python -m scripts.loadtest --start ... --json ...`` invocation that
 starts its own server on a free port and stops it, so runs cannot disturb each other;
@@ -10,6 +11,12 @@ baseline, cluster fan-out / bare ``broadcast()``) run back to back in this one
 invocation, so a noisy machine cannot fake a difference. Sizes are fixed for a 2-core
 machine to finish in about ten minutes; each size is written into BENCHMARKS.md.
 A run whose correctness checks fail is reported as failed, never as a number.
+
+The suite ends with ``scripts/coordinator_costs.py`` (the run named "coordinator costs":
+the coordinator's measured cost per event, its memory per session, and the figures the
+README's capacity estimate uses), written as the "Coordinator capacity" section between
+markers. When ``--only`` selects that run alone, only that section of an existing
+BENCHMARKS.md is replaced; a partial run that does not measure it keeps the one there.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts import coordinator_costs  # noqa: E402  (after the path that finds it)
 
 CLUSTER = ("--start", "cluster", "--workers", "2")
 ONE_WORKER = ("--start", "cluster", "--workers", "1")
@@ -96,6 +106,74 @@ def suite() -> list[Run]:
                 )
             )
     return runs
+
+
+COORDINATOR_RUN = "coordinator costs"
+COORDINATOR_COMMAND = ("scripts/coordinator_costs.py",)
+SECTION_BEGIN = "<!-- coordinator capacity: written by scripts/bench.py; do not edit -->"
+SECTION_END = "<!-- end of coordinator capacity -->"
+
+
+def run_coordinator_costs(workdir: Path) -> dict[str, Any]:
+    """``scripts/coordinator_costs.py`` in its own process, as a result like a run's:
+    its JSON is the ``metrics``."""
+    out = workdir / "coordinator_costs.json"
+    command = [sys.executable, *COORDINATOR_COMMAND, "--quiet", "--json", str(out)]
+    started = time.monotonic()
+    print(f"== {COORDINATOR_RUN}: {' '.join(command[1:])}", flush=True)
+    proc = subprocess.run(command, cwd=ROOT, timeout=900, check=False)
+    ok = proc.returncode == 0 and out.exists()
+    return {
+        "name": COORDINATOR_RUN,
+        "group": "coordinator",
+        "ok": ok,
+        "metrics": json.loads(out.read_text()) if ok else {},
+        "failures": [] if ok else [f"exit {proc.returncode}"],
+        "params": {},
+        "notes": [],
+        "command": "python " + " ".join(COORDINATOR_COMMAND),
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+
+
+def coordinator_section(result: dict[str, Any]) -> list[str]:
+    """The "Coordinator capacity" section, between its markers."""
+    lines = [
+        SECTION_BEGIN,
+        "## Coordinator capacity",
+        "",
+        "What one coordinator costs per event and per session, measured on its own (no",
+        'WebSocket clients): the figures behind the README\'s "Capacity of one coordinator".',
+        "`make bench` rewrites this section; `python scripts/bench.py --only coordinator`",
+        "rewrites only this section.",
+        "",
+    ]
+    if result.get("ok"):
+        lines += coordinator_costs.markdown(result["metrics"])
+    else:
+        lines += [f"The measurement failed: {'; '.join(result['failures'])}.", ""]
+    return [*lines, SECTION_END]
+
+
+def existing_section(text: str) -> list[str] | None:
+    """The coordinator section of a report, markers included, if it has one."""
+    begin, end = text.find(SECTION_BEGIN), text.find(SECTION_END)
+    if begin < 0 or end < begin:
+        return None
+    return text[begin : end + len(SECTION_END)].split("\n")
+
+
+def splice_section(text: str, section: list[str]) -> str:
+    """``text`` with its coordinator section replaced by ``section`` (inserted before
+    the notes, or at the end, where it has none)."""
+    block = "\n".join(section)
+    begin, end = text.find(SECTION_BEGIN), text.find(SECTION_END)
+    if begin >= 0 and end > begin:
+        return text[:begin] + block + text[end + len(SECTION_END) :]
+    notes = text.find(NOTES_TITLE)
+    if notes >= 0:
+        return text[:notes] + block + "\n\n" + text[notes:]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
 def same_frame(run: Run, done: list[dict[str, Any]]) -> Run:
@@ -356,9 +434,19 @@ def section(group: str, rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+NOTES_TITLE = "## What bounds the missed targets"
+
+
 def write_report(
-    results: list[dict[str, Any]], out: Path, plot: Path | None, command: str, notes: str
+    results: list[dict[str, Any]],
+    out: Path,
+    plot: Path | None,
+    command: str,
+    notes: str,
+    kept_section: list[str] | None = None,
 ) -> None:
+    """The whole report. The coordinator section is this run's, else ``kept_section``
+    (the one the previous report had), else none."""
     by_name = {r["name"]: r for r in results}
     m = machine()
     lines = [
@@ -392,8 +480,12 @@ def write_report(
         rows = [r for r in results if r["group"] == group]
         if rows:
             lines += section(group, rows)
+    coordinator = next((r for r in results if r["group"] == "coordinator"), None)
+    capacity = coordinator_section(coordinator) if coordinator else kept_section
+    if capacity:
+        lines += [*capacity, ""]
     if notes:
-        lines += ["## What bounds the missed targets", "", notes.strip(), ""]
+        lines += [NOTES_TITLE, "", notes.strip(), ""]
     out.write_text("\n".join(lines) + "\n")
 
 
@@ -460,24 +552,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run nothing: rewrite the report from a --results file",
     )
     args = parser.parse_args(argv)
+
+    def chosen(name: str) -> bool:
+        return not args.only or any(o in name for o in args.only)
+
     if args.from_results:
         results = json.loads(Path(args.from_results).read_text())
     else:
-        runs = [r for r in suite() if not args.only or any(o in r.name for o in args.only)]
+        runs = [r for r in suite() if chosen(r.name)]
         results = []
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             for run in runs:
                 results.append(run_one(same_frame(run, results), Path(tmp)))
+            if chosen(COORDINATOR_RUN):
+                results.append(run_coordinator_costs(Path(tmp)))
     if args.results:
         Path(args.results).write_text(json.dumps(results, indent=1) + "\n")
     out, plot = Path(args.out), Path(args.plot)
+    previous = out.read_text() if out.exists() else ""
+    failed = [r["name"] for r in results if not r.get("ok")]
+    if results and all(r["group"] == "coordinator" for r in results):
+        # Only the coordinator section was measured: the rest of the report stays.
+        text = previous or "# Benchmarks\n"
+        out.write_text(splice_section(text, coordinator_section(results[0])))
+        print(f"wrote the coordinator section of {out}")
+        if failed:
+            print(f"runs with failed checks: {failed}", file=sys.stderr)
+        return 1 if failed else 0
     drawn = draw(results, plot)
     notes_path = Path(args.notes)
     notes = notes_path.read_text() if notes_path.exists() else ""
     # Options that only choose where results go do not change what was measured.
     command = "make bench" + "".join(f" --only {o!r}" for o in args.only)
-    write_report(results, out, plot if drawn else None, command, notes)
-    failed = [r["name"] for r in results if not r.get("ok")]
+    kept = existing_section(previous)
+    write_report(results, out, plot if drawn else None, command, notes, kept)
     print(f"wrote {out}" + (f" and {plot}" if drawn else ""))
     if failed:
         print(f"runs with failed checks: {failed}", file=sys.stderr)

@@ -46,7 +46,9 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
+"""Raised whenever a message changes shape (3: ``Update.at``), so processes of
+different versions refuse each other's every message instead of misreading some."""
 
 
 class BackboneDecodeError(ValueError):
@@ -217,6 +219,10 @@ class Update:
     seq: int
     joined: list[str]
     left: list[str]
+    at: float
+    """The coordinator's wall clock when it published this update: a worker measures
+    publication-to-written latency from it, on its estimate of that clock (no two
+    machines' clocks need agree)."""
 
 
 @dataclass(frozen=True, slots=True)

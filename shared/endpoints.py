@@ -23,11 +23,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import zmq
 
 from shared.options import at_least, option, validate
 
@@ -237,3 +240,39 @@ class BackboneOptions:
     def endpoints(self, port: int) -> Endpoints:
         """The endpoints to use: the given ones, else the defaults for ``port``."""
         return resolve(port, self.events_endpoint, self.updates_endpoint)
+
+    def configure(self, sock: zmq.Socket[bytes], *, beat: float, silence: float) -> None:
+        """Set a new backbone socket's bounds and liveness, the same for every socket.
+
+        Bounds: no linger at close, ``--hwm`` both ways, ``--max-message-bytes``.
+
+        Liveness, over tcp: a connection is dropped when the peer's machine has not
+        acknowledged what was sent to it for ``silence`` seconds (``TCP_USER_TIMEOUT``),
+        or has not answered keepalive probes sent after ``beat`` seconds without
+        traffic, every ``beat``, for ``silence`` (a SUB only ever receives, so only
+        probes tell it its publisher is gone); and a connection attempt gives up after
+        ``beat`` seconds and is tried again. So a network partition ends the connection
+        within about ``silence`` plus a beat, and after the heal a new one is made
+        within about a beat. Without this a connection that crossed a partition stays
+        in TCP's retransmission back-off (9 s after a 15 s partition, measured) or, on
+        the receiving side, open for ever. A stalled process (SIGSTOP, a long pause) is
+        not a partition: its kernel still acknowledges and answers probes, so its
+        connections and the messages queued on them are kept, and it reads them when
+        it runs again (ZeroMQ's own heartbeats would drop those, and everything queued
+        with them). Whatever a dropped connection lost is repaired like any other loss:
+        a gap, a re-announcement."""
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.hwm)
+        sock.setsockopt(zmq.RCVHWM, self.hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        sock.setsockopt(zmq.TCP_MAXRT, _ms(silence))
+        probe = max(1, round(beat))  # TCP counts these in whole seconds
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, probe)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, probe)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, math.ceil(silence / probe)))
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, _ms(beat))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

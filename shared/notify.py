@@ -28,6 +28,8 @@ import socket
 import sys
 import tempfile
 
+from shared import logs
+
 log = logging.getLogger("notify")
 
 ENV = "NOTIFY_SOCKET"
@@ -59,7 +61,14 @@ def notify(state: str, status: str = "") -> None:
             sock.setblocking(False)
             sock.sendto(message.encode("utf-8", "replace"), address)
     except (OSError, ValueError) as exc:
-        log.warning("could not notify %s=%s of %s: %s", ENV, target, state, exc)
+        log.warning(
+            "could not notify %s=%s of %s: %s",
+            ENV,
+            target,
+            state,
+            exc,
+            extra=logs.event("notify_failed", state=state, error=str(exc)),
+        )
 
 
 def _address(target: str) -> str:
@@ -91,13 +100,15 @@ class Listener:
     private temporary directory, removed by :meth:`close`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, in_file: bool = False) -> None:
+        """``in_file``: a socket file even on Linux, for a child in another network
+        namespace (abstract sockets belong to the namespace they were made in)."""
         self.received: list[dict[str, str]] = []
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._dir: str | None = None
         name = f"presence-notify-{os.getpid()}-{secrets.token_hex(8)}"
         try:
-            if sys.platform.startswith("linux"):
+            if sys.platform.startswith("linux") and not in_file:
                 self._sock.bind("\0" + name)
                 self.address = "@" + name
             else:

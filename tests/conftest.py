@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import Cluster
+from tests.support import Cluster, ManagedProcess
 
 SPAWN_EVENTS = frozenset(
     {"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.system"}
@@ -42,6 +43,23 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
         return (yield)
     finally:
         _running.pop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run stopped with SIGTERM (a CI time limit, ``timeout``) unwinds like Ctrl-C, so
+    every fixture and ``finally`` stops the processes it started."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Whatever a test left running, nothing outlives the run."""
+    left = ManagedProcess.kill_all()
+    if left:
+        print(f"\nkilled {len(left)} test processes left running: {', '.join(left)}")
 
 
 @pytest.fixture

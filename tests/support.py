@@ -13,6 +13,7 @@ fails it otherwise), so that ``make test-fast`` runs only what is quick.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
@@ -24,7 +25,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from shared.notify import Listener
 
@@ -90,15 +91,25 @@ def free_port() -> int:
 
 
 async def http(
-    port: int, method: str = "GET", path: str = "/healthz", timeout: float = 5.0
+    port: int,
+    method: str = "GET",
+    path: str = "/healthz",
+    timeout: float = 5.0,
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+    host: str = "127.0.0.1",
 ) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 request to 127.0.0.1:``port`` over a raw connection, read to its end
+    """One HTTP/1.1 request to ``host``:``port`` over a raw connection, read to its end
     (``Connection: close``): the status, the headers (names in lower case) and the body.
-    No client library, so nothing is added to the request or hidden from the answer."""
+    No client library, so nothing is added to the request or hidden from the answer;
+    ``headers`` are sent as given (repeated names too)."""
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection(host, port)
         try:
-            request = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+            request = (
+                f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n"
+            )
             writer.write(request.encode())
             await writer.drain()
             raw = await reader.read()
@@ -106,11 +117,11 @@ async def http(
             writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers: dict[str, str] = {}
+    answer: dict[str, str] = {}
     for line in lines:
         name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), headers, body
+        answer[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), answer, body
 
 
 async def health(port: int) -> dict[str, Any]:
@@ -136,10 +147,36 @@ async def health_until(
 
 class ManagedProcess:
     """A child ``python -m module ...`` whose stdout+stderr lines are collected, with its
-    own sd_notify socket (``NOTIFY_SOCKET``) for :meth:`wait_ready`."""
+    own sd_notify socket (``NOTIFY_SOCKET``) for :meth:`wait_ready`. Every one started
+    is remembered until it has exited, so the test session can kill what a test left
+    (:meth:`kill_all`)."""
 
-    def __init__(self, module: str, args: Sequence[str], env: dict[str, str] | None = None):
-        self.notify = Listener()
+    started: ClassVar[list[ManagedProcess]] = []
+
+    @classmethod
+    def kill_all(cls) -> list[str]:
+        """SIGKILL the process group of every child still running; their names."""
+        killed = []
+        for child in cls.started:
+            if child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait(10)
+                killed.append(f"{child.module} (pid {child.proc.pid})")
+        cls.started.clear()
+        return killed
+
+    def __init__(
+        self,
+        module: str,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        *,
+        prefix: Sequence[str] = (),
+    ):
+        """``prefix``: words before ``python -m module`` (``ip netns exec NS`` runs it
+        in a network namespace; its notify socket is then a file, reachable from there)."""
+        self.notify = Listener(in_file=bool(prefix))
         full_env = dict(os.environ)
         full_env.update(env or {})
         full_env["PYTHONUNBUFFERED"] = "1"
@@ -147,7 +184,7 @@ class ManagedProcess:
         self.module = module
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
+                [*prefix, sys.executable, "-m", module, *args],
                 cwd=ROOT,
                 env=full_env,
                 stdout=subprocess.PIPE,
@@ -158,6 +195,8 @@ class ManagedProcess:
         except BaseException:
             self.notify.close()
             raise
+        ManagedProcess.started = [p for p in ManagedProcess.started if p.proc.poll() is None]
+        ManagedProcess.started.append(self)
         self.lines: list[str] = []
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)

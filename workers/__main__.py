@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m workers",
         description=DESCRIPTION,
     )
-    logs.configure(settings.logging)
+    logs.configure(settings.logging, role="worker", ident=settings.worker_id)
     try:
         import uvloop
     except ImportError:

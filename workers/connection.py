@@ -75,13 +75,20 @@ Bounds on what one client can cost, and who pays at the bound:
 * A worker cut off from its coordinator for longer than its grace period closes every
   client with 1013 (:meth:`Connection.on_cutoff`), so they reconnect where the lobby is
   visible instead of showing a frozen view while everyone else sees them gone.
+
+What happened, for the shell's metrics: the actions say it, so the machine needs no
+clock and no counters. A :class:`Write` or :class:`Close` that ends an authentication
+carries its :class:`AuthOutcome`, a ``send_result`` its :class:`SendOutcome`, a
+:class:`WriteSnapshot` its :class:`SnapshotCause`. The auth check itself is a function
+the shell may pass in (:data:`Verifier`), so that it can time it.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from shared import backbone as bb
 from shared import protocol, timings
@@ -151,6 +158,41 @@ class Fanout(enum.Enum):
     SKIP = "skip"
 
 
+class SnapshotCause(enum.Enum):
+    """Why a client gets a ``lobby_snapshot``."""
+
+    JOIN = "join"  # right after auth_ok
+    GET_LOBBY = "get_lobby"  # it asked
+    RESYNC = "resync"  # the replica resynced (continuity broken): a fresh start
+    SLOW_CONSUMER = "slow_consumer"  # it lagged, updates were skipped, and it drained
+
+
+class AuthOutcome(enum.Enum):
+    """How an authentication ended, as the client is told: ``auth_ok``, ``auth_failed``
+    with one of its reasons, 4003 (no valid auth in time) or 1013 (verified, but the
+    coordinator could not record it in time). An auth overtaken by a newer session of
+    the key, a pipeline overflow or a dropped transport has no outcome."""
+
+    OK = "ok"
+    MALFORMED = AuthFailure.MALFORMED.value
+    INVALID_PUBLIC_KEY = AuthFailure.INVALID_PUBLIC_KEY.value
+    INVALID_SIGNATURE = AuthFailure.INVALID_SIGNATURE.value
+    UNEXPECTED_MESSAGE = AuthFailure.UNEXPECTED_MESSAGE.value
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "unavailable"
+
+
+class SendOutcome(NamedTuple):
+    """A ``send_result`` as written to the sender."""
+
+    status: SendStatus
+    reason: RejectReason | None = None
+
+
+Verifier = Callable[[bytes, str, str], AuthFailure | None]
+"""The auth check, :func:`shared.protocol.verify_auth` (the shell may wrap it, to time it)."""
+
+
 class Delivery(enum.Enum):
     """What became of a direct message for this client (the ``RouteDone`` status)."""
 
@@ -206,16 +248,23 @@ TRANSITIONS: Final[dict[tuple[State, Event], frozenset[State]]] = {
 @dataclass(frozen=True, slots=True)
 class Write:
     frame: str
+    outcome: AuthOutcome | SendOutcome | None = None
+    """What the frame tells the client, when it ends an authentication or answers a
+    ``send``: the shell counts it."""
 
 
 @dataclass(frozen=True, slots=True)
 class WriteSnapshot:
     """Write the replica's current ``lobby_snapshot`` (encoded once per state)."""
 
+    cause: SnapshotCause
+
 
 @dataclass(frozen=True, slots=True)
 class Close:
     code: CloseCode
+    outcome: AuthOutcome | None = None
+    """The authentication this close ends, if it ends one (4003, or 1013 once verified)."""
 
     @property
     def reason(self) -> str:
@@ -360,15 +409,24 @@ class Connection:
     _pipelined: list[str | bytes] = field(default_factory=list)  # frames before auth_ok
     _pipelined_bytes: int = 0
     _progress: tuple[int, float] | None = None  # (acked or -buffered, since when)
+    verify: Verifier = protocol.verify_auth
 
     @classmethod
-    def open(cls, conn_id: int, nonce: bytes, now: float, limits: Limits) -> Connection:
+    def open(
+        cls,
+        conn_id: int,
+        nonce: bytes,
+        now: float,
+        limits: Limits,
+        verify: Verifier = protocol.verify_auth,
+    ) -> Connection:
         return cls(
             conn_id=conn_id,
             nonce=nonce,
             limits=limits,
             deadline=now + limits.auth_timeout,
             guard=FloodGuard.of(limits.rate),
+            verify=verify,
         )
 
     def challenge(self) -> str:
@@ -422,7 +480,7 @@ class Connection:
     ) -> list[Action]:
         if not isinstance(parsed, protocol.Auth):
             return self._fail_auth(_pre_auth_failure(parsed))
-        failure = protocol.verify_auth(self.nonce, parsed.public_key, parsed.signature)
+        failure = self.verify(self.nonce, parsed.public_key, parsed.signature)
         if failure is not None:
             return self._fail_auth(failure)
         self.key = protocol.normalise_key(parsed.public_key)
@@ -450,7 +508,7 @@ class Connection:
 
     def _fail_auth(self, reason: AuthFailure) -> list[Action]:
         actions = self._close(E.AUTH_INVALID, CloseCode.AUTH_FAILED)
-        return [Write(protocol.auth_failed(reason)), *actions]
+        return [Write(protocol.auth_failed(reason), AuthOutcome(reason.value)), *actions]
 
     def _frame_authenticated(
         self,
@@ -469,7 +527,7 @@ class Connection:
                 self.flow = Flow.LAGGING  # a fresh snapshot comes once it drains
                 return []
             self.flow = Flow.CURRENT  # the snapshot is the current state: updates follow on
-            return [WriteSnapshot()]
+            return [WriteSnapshot(SnapshotCause.GET_LOBBY)]
         return self._send(parsed, link)
 
     def _send(self, msg: protocol.Send, link: Link) -> list[Action]:
@@ -489,9 +547,9 @@ class Connection:
         if self.deadline is None or now < self.deadline:
             return []
         if self.state is S.CHALLENGED:
-            return self._close(E.DEADLINE, CloseCode.AUTH_TIMEOUT)
+            return self._close(E.DEADLINE, CloseCode.AUTH_TIMEOUT, AuthOutcome.TIMEOUT)
         if self.state in _PENDING:
-            return self._close(E.DEADLINE, CloseCode.TRY_AGAIN_LATER)
+            return self._close(E.DEADLINE, CloseCode.TRY_AGAIN_LATER, AuthOutcome.UNAVAILABLE)
         return []
 
     def on_link_up(self, replica: ReplicaView) -> list[Action]:
@@ -505,7 +563,8 @@ class Connection:
         period: go and reconnect where the lobby is visible (1013)."""
         if self.state is S.CLOSING:
             return []
-        return self._close(E.CUTOFF, CloseCode.TRY_AGAIN_LATER)
+        outcome = AuthOutcome.UNAVAILABLE if self.state in _PENDING else None
+        return self._close(E.CUTOFF, CloseCode.TRY_AGAIN_LATER, outcome)
 
     def on_evicted(self) -> list[Action]:
         """The door gave this connection's challenge-phase slot to a client from a
@@ -540,8 +599,8 @@ class Connection:
         self.deadline = None
         held, self._held, self._held_bytes = self._held, [], 0
         actions: list[Action] = [
-            Write(protocol.auth_ok(self.key)),
-            WriteSnapshot(),
+            Write(protocol.auth_ok(self.key), AuthOutcome.OK),
+            WriteSnapshot(SnapshotCause.JOIN),
             *map(Write, held),
         ]
         pipelined, self._pipelined, self._pipelined_bytes = self._pipelined, [], 0
@@ -567,7 +626,9 @@ class Connection:
             return []
         if self.state is S.ACKED and self._ack is not None and replica.epoch != self._ack.epoch:
             if self.conn_id not in announced:
-                return self._close(E.UNANNOUNCED, CloseCode.TRY_AGAIN_LATER)
+                return self._close(
+                    E.UNANNOUNCED, CloseCode.TRY_AGAIN_LATER, AuthOutcome.UNAVAILABLE
+                )
             self._ack.rebased = True  # restored by our Hello: shows up as our key
         return self.on_replica(replica, now, link)
 
@@ -606,7 +667,7 @@ class Connection:
         reading a client whose backlog is past its write limit, so these stay few)."""
         if self.state is not S.AUTHENTICATED:
             return []
-        return [Write(protocol.send_result(msg_id, status, reason))]
+        return [Write(protocol.send_result(msg_id, status, reason), SendOutcome(status, reason))]
 
     # ------------------------------------------------------------------ lobby flow
 
@@ -624,9 +685,13 @@ class Connection:
         return Fanout.SNAPSHOT if self._resume(buffered, replica) else Fanout.SKIP
 
     def on_sweep(self, buffered: int, replica: ReplicaView) -> list[Action]:
-        """Periodic check: a lagging or stale client that can take a snapshot gets one."""
-        lagging = self.state is S.AUTHENTICATED and self.flow is not Flow.CURRENT
-        return [WriteSnapshot()] if lagging and self._resume(buffered, replica) else []
+        """A lagging or stale client that can take a snapshot gets one (the shell asks
+        periodically, and on every update, with the same answer :meth:`on_update` gives
+        for such a client, and the cause)."""
+        if self.state is not S.AUTHENTICATED or self.flow is Flow.CURRENT:
+            return []
+        cause = SnapshotCause.RESYNC if self.flow is Flow.STALE else SnapshotCause.SLOW_CONSUMER
+        return [WriteSnapshot(cause)] if self._resume(buffered, replica) else []
 
     def _resume(self, buffered: int, replica: ReplicaView) -> bool:
         if replica.sync is not SyncState.LIVE or buffered > self._lag_limit(replica) // 4:
@@ -666,8 +731,10 @@ class Connection:
     def on_transport_closed(self) -> list[Action]:
         return [] if self.state is S.CLOSING else self._end(E.TRANSPORT_CLOSED)
 
-    def _close(self, event: Event, code: CloseCode) -> list[Action]:
-        return [Close(code), *self._end(event)]
+    def _close(
+        self, event: Event, code: CloseCode, outcome: AuthOutcome | None = None
+    ) -> list[Action]:
+        return [Close(code, outcome), *self._end(event)]
 
     def _end(self, event: Event) -> list[Action]:
         """Go to ``CLOSING``; emit ``Closed`` if the coordinator may hold the session."""
@@ -705,7 +772,8 @@ def _throttled(parsed: protocol.ClientMessage | protocol.ProtocolViolation) -> W
 
 
 def _result(msg_id: str, reason: RejectReason) -> Write:
-    return Write(protocol.send_result(msg_id, SendStatus.REJECTED, reason))
+    frame = protocol.send_result(msg_id, SendStatus.REJECTED, reason)
+    return Write(frame, SendOutcome(SendStatus.REJECTED, reason))
 
 
 _ERROR_CODES: Final = {

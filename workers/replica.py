@@ -45,6 +45,14 @@ MAX_BUFFERED_UPDATES: Final = 10_000
 update or Beat then shows a gap and the replica simply asks for another snapshot."""
 
 
+class ResyncReason(enum.Enum):
+    """Why the replica synced from a snapshot."""
+
+    START = "start"  # the first sync, or a re-announcement (asked for, or a silent coordinator)
+    GAP = "gap"  # updates were lost (PUB drops at its high-water mark)
+    NEW_EPOCH = "new_epoch"  # another coordinator (a restart)
+
+
 class SyncState(enum.Enum):
     AWAITING_WELCOME = "awaiting_welcome"  # Hello sent; snapshots before Welcome are stale
     SYNCING = "syncing"  # waiting for a snapshot of the expected epoch
@@ -85,18 +93,22 @@ class RequestSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Update ``seq`` was applied in order while live: fan ``frame`` out."""
+    """Update ``seq`` was applied in order while live: fan ``frame`` out. ``at`` is the
+    coordinator's wall clock when it published the update."""
 
     seq: int
     frame: str
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
 class Resynced:
     """The replica is live again from a snapshot; continuity towards clients is broken.
-    ``previous_epoch`` tells the shell whether the coordinator changed."""
+    ``previous_epoch`` tells the shell whether the coordinator changed, ``reason`` why
+    it synced."""
 
     previous_epoch: str | None
+    reason: ResyncReason
 
 
 Effect = Announce | RequestSnapshot | Forward | Resynced
@@ -147,6 +159,7 @@ class Replica:
         self._sync = SyncState.AWAITING_WELCOME
         self._expected: str | None = None  # epoch the next snapshot must carry
         self._buffer: deque[bb.Update] = deque()
+        self._lost_updates = False  # syncing because of a gap (see Resynced.reason)
         self._cache_key: tuple[str | None, int] | None = None
         self._cache_frame = ""
 
@@ -188,6 +201,7 @@ class Replica:
         silent (it may have dropped our sessions)."""
         self._sync = SyncState.AWAITING_WELCOME
         self._expected = None
+        self._lost_updates = False
         return [Announce()]
 
     def retry(self) -> list[Effect]:
@@ -228,7 +242,7 @@ class Replica:
         if msg.seq != self._seq + 1:
             return self._lost(msg)
         self._apply(msg)
-        return [Forward(msg.seq, protocol.lobby_update(msg.seq, msg.joined, msg.left))]
+        return [Forward(msg.seq, protocol.lobby_update(msg.seq, msg.joined, msg.left), msg.at)]
 
     def on_beat(self, msg: bb.Beat) -> list[Effect]:
         if self._sync is not SyncState.LIVE:
@@ -258,6 +272,7 @@ class Replica:
 
     def _lost(self, update: bb.Update | None) -> list[Effect]:
         self._sync = SyncState.SYNCING
+        self._lost_updates = True
         self._expected = self._epoch
         self._buffer.clear()
         if update is not None:
@@ -283,7 +298,13 @@ class Replica:
             self._apply(update)
         self._sync = SyncState.LIVE
         self._expected = None
-        return [Resynced(previous)]
+        if previous is None:
+            reason = ResyncReason.START
+        elif previous != msg.epoch:
+            reason = ResyncReason.NEW_EPOCH
+        else:
+            reason = ResyncReason.GAP if self._lost_updates else ResyncReason.START
+        return [Resynced(previous, reason)]
 
     def _apply(self, msg: bb.Update) -> None:
         self._users.difference_update(msg.left)

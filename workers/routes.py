@@ -51,6 +51,8 @@ class Pending:
     msg_id: str
     deadline: float
     size: int
+    opened: float
+    """When the route was opened, on the caller's clock (for its routing time)."""
 
 
 class RouteTable:
@@ -70,11 +72,11 @@ class RouteTable:
         full = len(self._pending) >= MAX_PENDING_ROUTES
         return Room.WORKER_FULL if full or self.bytes + size > MAX_PENDING_BYTES else Room.OK
 
-    def open(self, conn: int, msg_id: str, deadline: float, size: int) -> int:
+    def open(self, conn: int, msg_id: str, deadline: float, size: int, *, opened: float) -> int:
         route = secrets.randbits(63)
         while route in self._pending:
             route = secrets.randbits(63)
-        self._pending[route] = Pending(route, conn, msg_id, deadline, size)
+        self._pending[route] = Pending(route, conn, msg_id, deadline, size, opened)
         self._per_conn[conn] = self._per_conn.get(conn, 0) + 1
         self.bytes += size
         return route
@@ -129,6 +131,10 @@ class CoordinatorClock:
             self._samples.clear()
             self._epoch = epoch
         self._samples.append(at - local)
+
+    def knows(self, epoch: str | None) -> bool:
+        """Whether the estimate is of coordinator ``epoch``'s clock (a beat of it came)."""
+        return epoch is not None and epoch == self._epoch and bool(self._samples)
 
     @property
     def offset(self) -> float:

@@ -11,16 +11,17 @@ repairs). The shell decides nothing itself; it asks
 :class:`~workers.routes.RouteTable` and :class:`~workers.admission.Admission` and
 carries out what they return.
 
-Writes: every frame is written synchronously (:func:`websockets.broadcast`, one client
-or many), in call order, never awaited: a client's backlog is bounded by the machine's
+Writes: every frame is written synchronously (:func:`websockets.broadcast`, or for
+lobby updates and snapshots the bytes of a frame built once, :mod:`workers.frames`), in
+call order, never awaited: a client's backlog is bounded by the machine's
 rules (lobby updates skipped past ``lag_bytes``, direct messages refused to their
 senders past ``max_queue_bytes``, its own replies bounded by its message rate, a stalled
 client closed after ``stall_timeout``), so no write needs to wait, and no client's
 backlog, whoever filled it, delays the reading of its own frames.
 
 Fan-out: the shell keeps its clients grouped by what the machine says they need
-(:class:`Group`, regrouped after every machine call), so an update is one
-``broadcast()`` to the ``CURRENT`` group. A client can only be past ``lag_bytes``
+(:class:`Group`, regrouped after every machine call), so an update is one frame,
+built once, written to the ``CURRENT`` group. A client can only be past ``lag_bytes``
 once its transport passed the write limit, which is kept at or below ``lag_bytes``
 (:func:`write_limit`); websockets then pauses writing, and the machine is asked about
 those clients alone (:func:`_watched_connection`), with the same answer it would give if
@@ -57,6 +58,10 @@ failed upgrade, but it can read a close code). Refusals are summed in ``/healthz
 
 ``/healthz`` answers GET and HEAD (anything else: 405) from figures the ticker keeps, so
 a request costs the same however many clients are connected.
+
+Metrics (:mod:`workers.stats`): what the machines' actions and the replica's effects
+say happened is recorded as the shell carries them out; a fan-out is recorded once per
+broadcast, and the connection counts once per tick.
 """
 
 from __future__ import annotations
@@ -87,17 +92,17 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from shared import backbone as bb
-from shared import curve, endpoints, notify, protocol, timings
+from shared import curve, endpoints, logs, notify, protocol, timings
 from shared.options import SettingsError
 from shared.protocol import CLOSE_REASONS, CloseCode, RejectReason, SendStatus
-from workers import pages
+from workers import pages, stats
 from workers.admission import Admission, Admit
+from workers.api import ApiTokenError, BackendApi, load_token
 from workers.connection import (
     Action,
     Close,
     Connection,
     Emit,
-    Fanout,
     Flow,
     FrameLimits,
     Link,
@@ -106,6 +111,7 @@ from workers.connection import (
     Write,
     WriteSnapshot,
 )
+from workers.frames import SharedFrame, write_all
 from workers.replica import (
     Announce,
     Effect,
@@ -125,6 +131,9 @@ _T = TypeVar("_T")
 TICK: Final = 0.1
 """Seconds between sweeps: route deadlines, lagging and stalled clients, coordinator
 silence, repairs."""
+API_OPEN_TIMEOUT: Final = 5.0
+"""Seconds an API connection may take to send its request (a caller on the backend
+network sends it at once)."""
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds a closing handshake may take before the TCP connection is dropped; short,
 so a slow consumer's close and a shutdown stay prompt."""
@@ -151,6 +160,7 @@ class Group(enum.Enum):
     """What the shell must do for a client on a lobby update (from the machine's state)."""
 
     VERIFIED = "verified"  # waiting for the coordinator link
+    AUTHENTICATING = "authenticating"  # Authed sent, waiting for the ack (counted only)
     ACKED = "acked"  # auth_ok held until the replica catches up
     CURRENT = "current"  # gets the update (broadcast)
     BEHIND = "behind"  # lagging or stale: may resume with a snapshot
@@ -161,6 +171,8 @@ def group_of(machine: Connection) -> Group | None:
         return Group.CURRENT if machine.flow is Flow.CURRENT else Group.BEHIND
     if machine.state is State.ACKED:
         return Group.ACKED
+    if machine.state is State.AUTHENTICATING:
+        return Group.AUTHENTICATING
     return Group.VERIFIED if machine.state is State.VERIFIED else None
 
 
@@ -205,6 +217,13 @@ class Worker:
         self._trusted = parse_trusted(settings.network.trusted_proxies)
         self._tls = settings.network.tls_context()
         self._pages = pages.load()
+        self._snapshot: SharedFrame | None = None
+        api = settings.api
+        self._api = (
+            BackendApi(load_token(api.api_token_file))
+            if api.enabled and api.api_token_file is not None
+            else None
+        )
         self.counters: Counter[str] = Counter()
         self._logged: Counter[str] = Counter()
         self._logged_at = float("-inf")
@@ -228,7 +247,7 @@ class Worker:
             plain_tcp=settings.backbone.plain_tcp,
         )
         if warning:
-            log.warning("%s", warning)
+            log.warning("%s", warning, extra=logs.event("backbone_exposed"))
         port = settings.network.port
         for endpoint in (ends.events, ends.updates, self.results_endpoint):
             endpoints.prepare(endpoint, port=port)
@@ -264,12 +283,11 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
 
     def _socket(self, kind: int, *, server: bool = False) -> zmq.Socket[bytes]:
-        backbone = self.settings.backbone
+        timing = self.settings.timing
         sock = self._ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, backbone.hwm)
-        sock.setsockopt(zmq.RCVHWM, backbone.hwm)
-        sock.setsockopt(zmq.MAXMSGSIZE, backbone.max_message_bytes)
+        self.settings.backbone.configure(
+            sock, beat=timing.heartbeat_interval, silence=timing.coordinator_timeout
+        )
         if self._curve is not None:
             if server:
                 curve.make_server(sock, self._curve[0])
@@ -288,6 +306,8 @@ class Worker:
         self._dealer.connect(ends.events)
         try:
             self._results.bind(self.results_endpoint)
+            # The address actually bound: a port of * (the system's pick) becomes a number.
+            self.results_endpoint = self._results.getsockopt_string(zmq.LAST_ENDPOINT)
             server = await serve(
                 self._serve_client,
                 net.host,
@@ -304,9 +324,49 @@ class Worker:
                 create_connection=_watched_connection(self._pressured),
             )
         except (OSError, zmq.ZMQError) as exc:
-            log.error("worker %s cannot listen on %s:%d: %s", s.worker_id, net.host, net.port, exc)
+            log.error(
+                "worker %s cannot listen on %s:%d: %s",
+                s.worker_id,
+                net.host,
+                net.port,
+                exc,
+                extra=logs.event("listen_failed", host=net.host, port=net.port, error=str(exc)),
+            )
             self._close_sockets(linger_ms=0)
             return 1
+        servers = [server]
+        if self._api is not None:
+            api = s.api
+            host = api.api_host or net.host
+            try:
+                servers.append(
+                    await serve(
+                        _never_upgraded,
+                        host,
+                        api.api_port,
+                        reuse_port=True,
+                        process_request=self._api_request,
+                        ssl=self._tls,
+                        compression=None,
+                        open_timeout=API_OPEN_TIMEOUT,
+                    )
+                )
+            except OSError as exc:
+                log.error(
+                    "worker %s cannot serve the API on %s:%s: %s",
+                    s.worker_id,
+                    host,
+                    api.api_port,
+                    exc,
+                    extra=logs.event(
+                        "api_listen_failed", host=host, port=api.api_port, error=str(exc)
+                    ),
+                )
+                server.close()
+                await server.wait_closed()
+                self._close_sockets(linger_ms=0)
+                return 1
+        stats.started()
         self._effects(self.replica.start())
         tasks = [
             asyncio.create_task(self._read(self._dealer), name="dealer"),
@@ -320,32 +380,40 @@ class Worker:
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stopper and t.exception() is not None]
         for task in failed:
-            log.error("worker task %s failed", task.get_name(), exc_info=task.exception())
-        await self._shutdown(server, [stopper, *tasks])
+            log.error(
+                "worker task %s failed",
+                task.get_name(),
+                exc_info=task.exception(),
+                extra=logs.event("task_failed", task=task.get_name()),
+            )
+        await self._shutdown(servers, [stopper, *tasks])
         return 1 if failed else 0
 
     async def _announce_ready(self, server: Server) -> None:
         await self._ready.wait()
         host, port = server.sockets[0].getsockname()[:2]
         url = f"{'wss' if self._tls else 'ws'}://{host}:{port}{protocol.WS_PATH}"
-        log.info("worker %s ready at %s", self.worker_id, url)
+        log.info(
+            "worker %s ready at %s", self.worker_id, url, extra=logs.event("worker_ready", url=url)
+        )
         notify.ready(f"worker {self.worker_id} ready at {url}")
         await asyncio.Event().wait()  # stay pending: only stop or a failure ends run()
 
-    async def _shutdown(self, server: Server, tasks: list[asyncio.Task[Any]]) -> None:
-        log.info("worker %s stopping", self.worker_id)
+    async def _shutdown(self, servers: list[Server], tasks: list[asyncio.Task[Any]]) -> None:
+        log.info("worker %s stopping", self.worker_id, extra=logs.event("worker_stopping"))
         notify.stopping(f"worker {self.worker_id} stopping")
         self._emit(bb.Goodbye(self.worker_id))
         self._stopping = True  # the coordinator dropped all our sessions at once
-        server.close(code=CloseCode.GOING_AWAY, reason=CLOSE_REASONS[CloseCode.GOING_AWAY])
+        for server in servers:
+            server.close(code=CloseCode.GOING_AWAY, reason=CLOSE_REASONS[CloseCode.GOING_AWAY])
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT + 1):
-                await server.wait_closed()
+                await asyncio.gather(*(server.wait_closed() for server in servers))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._close_sockets(linger_ms=SHUTDOWN_LINGER_MS)
-        log.info("worker %s stopped", self.worker_id)
+        log.info("worker %s stopped", self.worker_id, extra=logs.event("worker_stopped"))
 
     def _close_sockets(self, linger_ms: int) -> None:
         self._sub.close(linger=0)
@@ -371,6 +439,29 @@ class Worker:
         if page is None:
             return self._health(conn, head=head)
         return _page(conn, page, head=head)
+
+    def _api_request(self, conn: ServerConnection, request: Request) -> Response:
+        """The backend API (:mod:`workers.api` decides; this only carries it out)."""
+        assert self._api is not None
+        given = request.headers.get_all("Authorization")
+        answer = self._api.answer(
+            request.method,
+            urlsplit(request.path).path,
+            given[0] if len(given) == 1 else None,
+            self.replica,
+            reachable=self._link() is Link.UP and not self._stopping,
+        )
+        stats.api_answered(answer.status)
+        response = conn.respond(answer.status, "")
+        headers = response.headers
+        del headers["Content-Type"], headers["Content-Length"]
+        headers["Content-Type"] = "application/json"
+        headers["Content-Length"] = str(len(answer.body))
+        headers["Cache-Control"] = "no-store"
+        for name, value in answer.headers:
+            headers[name] = value
+        response.body = answer.body
+        return response
 
     def _health(self, conn: ServerConnection, *, head: bool) -> Response:
         """O(1): counters, and the backlog figures the ticker keeps."""
@@ -413,24 +504,42 @@ class Worker:
     async def _serve_client(self, ws: ServerConnection) -> None:
         conn_id = next(self._conn_ids)
         if self._cut_off and self._link() is Link.DOWN:
-            log.debug("conn %d refused: cut off from the coordinator", conn_id)
+            log.debug(
+                "conn %d refused: cut off from the coordinator",
+                conn_id,
+                extra=logs.event("conn_refused", conn=conn_id, reason="cut_off"),
+            )
+            stats.refused_cut_off()
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
+            stats.closed(ws)
             return
         decision = self.admission.admit(conn_id, self._source_of(ws), self.now)
+        stats.evicted(len(decision.evict))
         for evicted in decision.evict:  # challenge-phase slots of a heavier source
             if (victim := self.clients.get(evicted)) is not None:
                 self._perform(victim, victim.machine.on_evicted())
         if not decision.admitted:
-            log.debug("conn %d refused: %s", conn_id, decision.verdict.value)
+            log.debug(
+                "conn %d refused: %s",
+                conn_id,
+                decision.verdict.value,
+                extra=logs.event("conn_refused", conn=conn_id, reason=decision.verdict.value),
+            )
+            stats.refused(decision.verdict)
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
+            stats.closed(ws)
             return
-        machine = Connection.open(
-            conn_id, secrets.token_bytes(protocol.NONCE_BYTES), self.now, self._limits
-        )
+        nonce = secrets.token_bytes(protocol.NONCE_BYTES)
+        machine = Connection.open(conn_id, nonce, self.now, self._limits, stats.timed_verify)
         client = Client(ws, machine)
         self.clients[conn_id] = client
         self._by_ws[ws] = client
-        log.debug("conn %d opened from %s", conn_id, ws.remote_address)
+        log.debug(
+            "conn %d opened from %s",
+            conn_id,
+            ws.remote_address,
+            extra=logs.event("conn_opened", conn=conn_id, peer=str(ws.remote_address)),
+        )
         try:
             self._perform(client, machine.greeting())
             while machine.state is not State.CLOSING:
@@ -445,7 +554,14 @@ class Worker:
                     self.admission.authenticated(conn_id)
                 self._perform(client, actions)
         except ConnectionClosed as exc:
-            log.debug("conn %d closed: %s", conn_id, exc)
+            close = exc.rcvd or exc.sent
+            code = None if close is None else close.code
+            log.debug(
+                "conn %d closed: %s",
+                conn_id,
+                exc,
+                extra=logs.event("conn_closed", conn=conn_id, code=code),
+            )
         finally:
             self.admission.closed(conn_id)
             del self.clients[conn_id]
@@ -453,7 +569,14 @@ class Worker:
             self._perform(client, machine.on_transport_closed())
         if client.close_task is not None:
             await client.close_task
-        log.debug("conn %d ended in %s", conn_id, [t[2].value for t in machine.trace])
+        stats.closed(ws)
+        states = [t[2].value for t in machine.trace]
+        log.debug(
+            "conn %d ended in %s",
+            conn_id,
+            states,
+            extra=logs.event("conn_ended", conn=conn_id, states=states),
+        )
 
     def _source_of(self, ws: ServerConnection) -> str:
         """The admission source: the client's address (from a trusted proxy's header
@@ -477,10 +600,16 @@ class Worker:
         """Carry out what the machine returned (called after every machine call)."""
         self._place(client)
         for action in actions:
-            if isinstance(action, Write | WriteSnapshot):
-                broadcast([client.ws], self._frame_of(action))
+            if isinstance(action, Write):
+                broadcast([client.ws], action.frame)
+                stats.written(action)
+            elif isinstance(action, WriteSnapshot):
+                write_all((client.ws,), self._snapshot_frame())
+                stats.written(action)
             elif isinstance(action, Close):
                 self._begin_close(client, action)
+                if action.outcome is not None:
+                    stats.auth_ended(action.outcome)
             elif isinstance(action, Emit):
                 self._emit(action.message)
             elif isinstance(action, StartRoute):
@@ -488,12 +617,23 @@ class Worker:
             elif isinstance(action, FrameLimits):
                 _limit_frames(client.ws, action)
 
-    def _frame_of(self, action: Write | WriteSnapshot) -> str:
-        return action.frame if isinstance(action, Write) else self.replica.snapshot_frame()
+    def _snapshot_frame(self) -> SharedFrame:
+        """The current state's ``lobby_snapshot``, framed once however many clients
+        get it (a mass join sends the same one to every joiner of an update)."""
+        text = self.replica.snapshot_frame()  # the same str until the state changes
+        if self._snapshot is None or self._snapshot.text is not text:
+            self._snapshot = SharedFrame(text)
+        return self._snapshot
 
     def _begin_close(self, client: Client, action: Close) -> None:
         if client.close_task is None:
-            log.debug("conn %d closing with %d", client.machine.conn_id, action.code)
+            conn = client.machine.conn_id
+            log.debug(
+                "conn %d closing with %d",
+                conn,
+                action.code,
+                extra=logs.event("conn_closing", conn=conn, code=action.code, reason=action.reason),
+            )
             client.close_task = asyncio.create_task(
                 _close_ws(client.ws, action.code, action.reason)
             )
@@ -525,8 +665,13 @@ class Worker:
             self._dealer.send(bb.encode(msg), zmq.DONTWAIT)
         except zmq.Again:  # past SNDHWM: the coordinator is not reading
             self.counters[msg.TAG] += 1
+            stats.dropped(msg.TAG)
             if isinstance(msg, _REPAIRED_BY_HELLO) and not self._repair:
-                log.warning("lost %s to the coordinator; will re-register", msg.TAG)
+                log.warning(
+                    "lost %s to the coordinator; will re-register",
+                    msg.TAG,
+                    extra=logs.event("event_lost", kind=msg.TAG),
+                )
                 self._repair = True
             return False
         finally:
@@ -547,11 +692,13 @@ class Worker:
             return
         assert machine.key is not None
         timeout = self.settings.timing.route_timeout
-        route = self.routes.open(machine.conn_id, action.msg_id, self.now + timeout, size)
+        due, opened = self.now + timeout, time.monotonic()  # (uvloop's time is in ms)
+        route = self.routes.open(machine.conn_id, action.msg_id, due, size, opened=opened)
         deadline = self.clock.now(time.time()) + timings.route_ttl(timeout)
         msg = bb.Route(route, machine.key, action.to, action.msg_id, action.body, deadline)
         if not self._emit(msg):
             self.routes.finish(route)
+            stats.routed(0.0, SendStatus.REJECTED)
             self._result(client, action.msg_id, _UNAVAILABLE)
 
     def _result(
@@ -575,13 +722,20 @@ class Worker:
                 assert path is not None
                 endpoints.check_private_dir(path.parent)
             sock = self._ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, self.settings.backbone.hwm)
+            timing = self.settings.timing
+            self.settings.backbone.configure(
+                sock, beat=timing.heartbeat_interval, silence=timing.coordinator_timeout
+            )
             if self._curve is not None:
                 curve.make_client(sock, self._curve[0], key.encode())
             sock.connect(endpoint)
         except (zmq.ZMQError, endpoints.UnsafeDirectory, ValueError) as exc:
-            log.warning("cannot reach worker results endpoint %s: %s", endpoint, exc)
+            log.warning(
+                "cannot reach worker results endpoint %s: %s",
+                endpoint,
+                exc,
+                extra=logs.event("peer_unreachable", endpoint=endpoint, error=str(exc)),
+            )
             return None
         self._peers[endpoint] = sock
         if len(self._peers) > MAX_PEERS:
@@ -633,17 +787,29 @@ class Worker:
         try:
             msg = bb.decode(frame)
         except bb.BackboneDecodeError as exc:
-            log.warning("dropping undecodable backbone frame: %s", exc)
+            log.warning(
+                "dropping undecodable backbone frame: %s",
+                exc,
+                extra=logs.event("undecodable_frame", error=str(exc)),
+            )
             return
         if from_peer:  # other workers may only report results
             if isinstance(msg, bb.RouteDone):
                 self._on_route_done(msg)
             else:
-                log.warning("dropping %s on the results endpoint", msg.TAG)
+                log.warning(
+                    "dropping %s on the results endpoint",
+                    msg.TAG,
+                    extra=logs.event("unexpected_result", kind=msg.TAG),
+                )
             return
         handler = self._handlers.get(type(msg))
         if handler is None:
-            log.warning("dropping unexpected backbone message %s", msg.TAG)
+            log.warning(
+                "dropping unexpected backbone message %s",
+                msg.TAG,
+                extra=logs.event("unexpected_message", kind=msg.TAG),
+            )
             return
         self._last_seen = self.now
         handler(msg)
@@ -674,6 +840,7 @@ class Worker:
         reply = None if local else self._peer(msg.reply_to, msg.reply_key)
         if not local and (reply is None or not _can_send(reply)):
             self.counters["unreportable"] += 1  # not delivered: the origin times out
+            stats.dropped(bb.RouteDone.TAG)
             return
         client = self.clients.get(msg.conn)
         status = "offline"
@@ -691,15 +858,20 @@ class Worker:
             reply.send(bb.encode(done), zmq.DONTWAIT)
         except zmq.Again:  # cannot happen right after POLLOUT, one message later
             self.counters["results"] += 1
+            stats.dropped(bb.RouteDone.TAG)
 
     def _on_route_done(self, msg: bb.RouteDone) -> None:
         pending = self.routes.finish(msg.route)
         if pending is None:
-            log.debug("late or unknown RouteDone for route %d", msg.route)
+            log.debug(
+                "late or unknown RouteDone for route %d", msg.route, extra=logs.event("late_result")
+            )
             return
+        outcome = _ROUTE_STATUS.get(msg.status, _UNAVAILABLE)
+        stats.routed(time.monotonic() - pending.opened, outcome[0])
         client = self.clients.get(pending.conn)
         if client is not None:
-            self._result(client, pending.msg_id, _ROUTE_STATUS.get(msg.status, _UNAVAILABLE))
+            self._result(client, pending.msg_id, outcome)
 
     # ------------------------------------------------------------------ replica effects
 
@@ -722,7 +894,11 @@ class Worker:
         self._announced = frozenset(claim[0] for claim in claims)
         self._last_request = self.now
         if not self._repair:
-            log.info("announcing %d sessions to the coordinator", len(claims))
+            log.info(
+                "announcing %d sessions to the coordinator",
+                len(claims),
+                extra=logs.event("announcing", sessions=len(claims)),
+            )
         hello = bb.Hello(
             self.worker_id,
             self.replica.epoch or "",
@@ -733,8 +909,8 @@ class Worker:
         self._repair = not self._emit(hello)
 
     def _fan_out(self, update: Forward) -> None:
-        """Encode once, broadcast to current clients; then give lagging clients that
-        drained their snapshot, and release held auth_oks."""
+        """Frame once, write the same bytes to every current client (:mod:`workers.frames`);
+        then give lagging clients that drained their snapshot, and release held auth_oks."""
         current = self._groups[Group.CURRENT]
         # Unpaused transports hold at most write_limit <= lag_bytes: the machine would
         # answer UPDATE for them, so only paused ones are asked (SKIP makes them LAGGING).
@@ -743,20 +919,31 @@ class Worker:
             if client is not None:
                 client.machine.on_update(client.buffered(), self.replica)
                 self._place(client)
-        broadcast(list(current), update.frame)
+        frame = SharedFrame(update.frame)
+        write_all(current, frame)
+        if current:
+            stats.fanned_out(len(current), len(frame))
+            if self.clock.knows(self.replica.epoch):
+                stats.update_latency(self.clock.now(time.time()) - update.at)
         # After the broadcast: these start from a snapshot that already holds this update.
         for client in self._in_group(Group.BEHIND):
-            if client.machine.on_update(client.buffered(), self.replica) is Fanout.SNAPSHOT:
-                self._perform(client, [WriteSnapshot()])
+            self._perform(client, client.machine.on_sweep(client.buffered(), self.replica))
         now, link = self.now, self._link()
         for client in self._in_group(Group.ACKED):
             self._perform(client, client.machine.on_replica(self.replica, now, link))
 
     def _resynced(self, effect: Resynced) -> None:
-        if effect.previous_epoch != self.replica.epoch:
-            log.info("replica synced to epoch %s at seq %d", self.replica.epoch, self.replica.seq)
+        stats.resynced(effect.reason)
+        replica = self.replica
+        fields = logs.event(
+            "replica_synced", epoch=replica.epoch, seq=replica.seq, reason=effect.reason.value
+        )
+        if effect.previous_epoch != replica.epoch:
+            log.info(
+                "replica synced to epoch %s at seq %d", replica.epoch, replica.seq, extra=fields
+            )
         else:
-            log.info("replica resynced at seq %d after lost updates", self.replica.seq)
+            log.info("replica resynced at seq %d after lost updates", replica.seq, extra=fields)
         now, link = self.now, self._link()
         for client in self._each(State.ACKED, State.AUTHENTICATED):
             machine = client.machine
@@ -803,6 +990,7 @@ class Worker:
                 pass
         now = self.now
         for pending in self.routes.expire(now):
+            stats.routed(time.monotonic() - pending.opened, SendStatus.REJECTED)
             client = self.clients.get(pending.conn)
             if client is not None:
                 self._result(client, pending.msg_id, _UNAVAILABLE)
@@ -810,7 +998,11 @@ class Worker:
         silent = now - self._last_seen > timing.coordinator_timeout
         if self.replica.sync is SyncState.LIVE:
             if silent:  # it may have dropped our sessions, or restarted: announce again
-                log.warning("coordinator silent for %.1fs", timing.coordinator_timeout)
+                log.warning(
+                    "coordinator silent for %.1fs",
+                    timing.coordinator_timeout,
+                    extra=logs.event("coordinator_silent", silent=timing.coordinator_timeout),
+                )
                 self._effects(self.replica.start())
             elif self._repair:
                 self._announce()  # the whole truth repairs whatever was lost
@@ -822,12 +1014,27 @@ class Worker:
         self._sweep_flow()
         self._link_changed()
         self._measure_backlog()
+        self._count_connections()
         self._log_counts(now)
+
+    def _count_connections(self) -> None:
+        groups = self._groups
+        stats.connections(
+            challenged=self.admission.pending,
+            authenticating=sum(
+                len(groups[g]) for g in (Group.VERIFIED, Group.AUTHENTICATING, Group.ACKED)
+            ),
+            online=len(groups[Group.CURRENT]),
+            lagging=len(groups[Group.BEHIND]),
+        )
 
     def _watch_cutoff(self, now: float) -> None:
         if self._link() is Link.UP:
             if self._cut_off:
-                log.info("coordinator reachable again; admitting clients")
+                log.info(
+                    "coordinator reachable again; admitting clients",
+                    extra=logs.event("coordinator_back"),
+                )
             self._down_since, self._cut_off = None, False
             return
         if self._down_since is None:
@@ -839,6 +1046,7 @@ class Worker:
                 "cut off from the coordinator for %.0fs: closing %d clients with 1013",
                 grace,
                 len(self.clients),
+                extra=logs.event("cut_off", silent=grace, clients=len(self.clients), code=1013),
             )
             for client in list(self.clients.values()):
                 self._perform(client, client.machine.on_cutoff())
@@ -863,6 +1071,7 @@ class Worker:
                 "since the last report: %s (%d challenged now)",
                 ", ".join(f"{k} {n}" for k, n in sorted(new.items())),
                 self.admission.pending,
+                extra=logs.event("counts", counts=dict(new), challenged=self.admission.pending),
             )
         self._logged, self._logged_at = summary, now
 
@@ -897,7 +1106,11 @@ async def _close_ws(ws: ServerConnection, code: int, reason: str) -> None:
         async with asyncio.timeout(CLOSE_TIMEOUT + 0.5):
             await ws.close(code, reason)
     except TimeoutError:
-        log.debug("close %d timed out; aborting the TCP connection", code)
+        log.debug(
+            "close %d timed out; aborting the TCP connection",
+            code,
+            extra=logs.event("close_timeout", code=code),
+        )
         if ws.transport is not None:
             ws.transport.abort()
 
@@ -912,6 +1125,12 @@ def _page(conn: ServerConnection, page: pages.Page, *, head: bool) -> Response:
         headers[name] = value
     response.body = b"" if head else page.body
     return response
+
+
+async def _never_upgraded(ws: ServerConnection) -> None:
+    """The API port's connection handler: never called, as every API request gets an
+    HTTP answer before any WebSocket handshake could complete."""
+    await ws.close(CloseCode.POLICY_VIOLATION)
 
 
 def _not_allowed(conn: ServerConnection, allow: str) -> Response:
@@ -1000,9 +1219,18 @@ async def main(settings: WorkerSettings) -> int:
         endpoints.EndpointInUse,
         SettingsError,
     ) as exc:
-        log.error("cannot start the backbone: %s", exc)
+        log.error(
+            "cannot start the backbone: %s",
+            exc,
+            extra=logs.event("backbone_failed", error=str(exc)),
+        )
         return 2
     except TlsError as exc:
-        log.error("cannot start TLS: %s", exc)
+        log.error("cannot start TLS: %s", exc, extra=logs.event("tls_failed", error=str(exc)))
+        return 2
+    except ApiTokenError as exc:
+        log.error(
+            "cannot start the backend API: %s", exc, extra=logs.event("api_failed", error=str(exc))
+        )
         return 2
     return await worker.run(stop)

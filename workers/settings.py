@@ -26,6 +26,7 @@ from shared.options import (
     validate,
 )
 from workers.admission import AdmissionLimits
+from workers.api import ApiOptions
 from workers.connection import Limits
 from workers.sources import parse_trusted
 
@@ -208,6 +209,7 @@ class WorkerSettings:
     timing: Timing = group(Timing, "Timeouts")
     limits: Limits = group(Limits, "Limits")
     admission: AdmissionLimits = group(AdmissionLimits, "Admission")
+    api: ApiOptions = group(ApiOptions, "Backend API")
     logging: Logging = group(Logging, "Logging")
 
     def __post_init__(self) -> None:

@@ -133,6 +133,27 @@ def test_silent_workers_expire_and_their_sessions_leave() -> None:
     out = c.tick(now=SETTINGS.timing.worker_timeout + 0.01, wall=0.0)
     assert c.lobby.get_user(A) is None and "w1" not in c.registry
     assert any(isinstance(m, bb.Update) and m.left == [A] for m in published(out))
+    assert (c.workers_expired, c.ghosts_reaped) == (1, 1)
+
+
+def test_counts_for_the_metrics() -> None:
+    """What the shell records: each update carries its publication's wall clock; a
+    replaced session, a flap and a goodbye (no ghost: it said so) are counted."""
+    c = core()
+    c.handle("w1", hello("w1"), now=0.0, wall=0.0)
+    out = c.handle("w1", bb.Authed(1, A), now=1.0, wall=1234.5)
+    (update,) = [m for m in published(out) if isinstance(m, bb.Update)]
+    assert (update.joined, update.at) == ([A], 1234.5)
+    assert c.lobby.online == 1
+    # The same key again: replaced, and clients see it leave and join in one update.
+    c.handle("w1", bb.Authed(2, A), now=2.0, wall=0.0)
+    assert (c.lobby.replacements, c.flaps.total) == (1, 1)
+    c.handle("w1", bb.Closed(2, A), now=3.0, wall=0.0)
+    assert c.lobby.online == 0 and c.flaps.total == 1
+    c.handle("w1", bb.Authed(3, A), now=4.0, wall=0.0)  # back within 10 s
+    assert c.flaps.total == 2
+    c.handle("w1", bb.Goodbye("w1"), now=5.0, wall=0.0)
+    assert (c.workers_expired, c.ghosts_reaped, c.lobby.online) == (0, 0, 0)
 
 
 # ------------------------------------------------------------ fuzz

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -28,7 +30,7 @@ from scripts.cluster import (
     worker_id,
 )
 from shared import notify
-from tests.support import ROOT, ManagedProcess, free_port, wait_until
+from tests.support import ROOT, ManagedProcess, free_port, http, wait_until
 
 # --------------------------------------------------------------------------- pure logic
 
@@ -173,10 +175,102 @@ def test_parse_args_defaults() -> None:
     assert config == Config(workers=os.cpu_count() or 1, host="127.0.0.1", port=8765)
 
 
+def test_log_format_goes_to_every_process() -> None:
+    config = parse_args(["--log-format", "json"])
+    assert config.coordinator_command()[-2:] == ["--log-format", "json"]
+    assert config.worker_command("w1-1")[-2:] == ["--log-format", "json"]
+    assert "--log-format" not in parse_args([]).worker_command("w1-1")
+    with pytest.raises(SystemExit):
+        parse_args(["--log-format", "xml"])
+
+
+def test_metrics_port_is_on_by_default_and_0_turns_it_off() -> None:
+    assert parse_args([]).metrics_port == 9765
+    assert parse_args(["--metrics-port", "0"]).metrics_port == 0
+    with pytest.raises(SystemExit):
+        parse_args(["--metrics-port", "-1"])
+
+
 @pytest.mark.parametrize("argv", [["--workers", "0"], ["--port", "70000"], ["--", "x"]])
 def test_parse_args_rejects_nonsense(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse_args(argv)
+
+
+def key_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """The coordinator's and one worker machine's key directories, as
+    ``backbone_keys.py --cluster`` lays them out (empty files: only names matter here)."""
+    coordinator, worker = tmp_path / "coordinator", tmp_path / "host-a"
+    (coordinator / "workers").mkdir(parents=True)
+    worker.mkdir()
+    for path in (
+        coordinator / "coordinator.key_secret",
+        coordinator / "workers" / "host-a.key",
+        worker / "coordinator.key",
+        worker / "worker.key_secret",
+    ):
+        path.write_text("")
+    return coordinator, worker
+
+
+def test_role_coordinator_runs_the_coordinator_alone_on_a_curve_backbone(tmp_path: Path) -> None:
+    keys, _ = key_dirs(tmp_path)
+    config = parse_args(
+        ["--role", "coordinator", "--backbone", "198.18.0.1:7100", "--keys", str(keys)]
+    )
+    assert (config.runs_coordinator, config.runs_workers) == (True, False)
+    assert config.coordinator_command()[5:] == [
+        "--events-endpoint", "tcp://198.18.0.1:7100",
+        "--updates-endpoint", "tcp://198.18.0.1:7101",
+        "--curve-secret-key", f"{keys}/coordinator.key_secret",
+        "--curve-clients", f"{keys}/workers",
+    ]  # fmt: skip
+    default = parse_args(["--role", "coordinator", "--keys", str(keys)])
+    assert default.backbone == ("0.0.0.0", 7100)
+
+
+def test_role_workers_join_the_coordinator_with_ids_unique_across_machines(tmp_path: Path) -> None:
+    _, keys = key_dirs(tmp_path)
+    argv = ["--role", "workers", "--coordinator", "127.0.0.1:7100", "--keys", str(keys)]
+    config = parse_args([*argv, "--name", "host-a", "--api-port", "9000", "--api-token-file", "t"])
+    assert (config.runs_coordinator, config.runs_workers) == (False, True)
+    assert config.advertise == "127.0.0.1"  # the local address towards the coordinator
+    assert config.worker_name(2, 3) == "host-a-w2-3"
+    command = config.worker_command("host-a-w2-3", 2)
+    assert command[command.index("--events-endpoint") :] == [
+        "--events-endpoint", "tcp://127.0.0.1:7100",
+        "--updates-endpoint", "tcp://127.0.0.1:7101",
+        "--results-endpoint", "tcp://127.0.0.1:*",
+        "--curve-secret-key", f"{keys}/worker.key_secret",
+        "--curve-server-key", f"{keys}/coordinator.key",
+        "--api-port", "9000", "--api-token-file", "t",
+    ]  # fmt: skip
+    fixed = parse_args([*argv, "--advertise", "198.18.0.2", "--results-port-base", "7300"])
+    assert "--results-endpoint" in (command := fixed.worker_command("x", 2))
+    assert command[command.index("--results-endpoint") + 1] == "tcp://198.18.0.2:7301"
+    assert parse_args(argv).name  # the host name by default
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--role", "workers"], "--role workers needs --coordinator HOST:PORT"),
+        (["--role", "workers", "--coordinator", "nohost"], "--coordinator must be HOST:PORT"),
+        (["--role", "coordinator", "--backbone", "h:0"], "--backbone must be HOST:PORT"),
+        (["--backbone", "h:1"], "--backbone is for --role coordinator"),
+        (["--coordinator", "h:1"], "--coordinator is for --role workers"),
+        (["--api-port", "9000"], "--api-port needs --api-token-file"),
+        (["--role", "coordinator", "--keys", "{empty}"], "coordinator.key_secret"),
+        (["--role", "workers", "--coordinator", "h:1", "--keys", "{empty}"], "worker.key_secret"),
+    ],
+)
+def test_a_role_without_what_it_needs_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], complaint: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args([a.format(empty=tmp_path) for a in argv])
+    assert exited.value.code == 2
+    assert complaint in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- processes
@@ -195,6 +289,9 @@ else:
     # signal comes once per exiting launcher thread) and must not deadlock on it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 print("argv", " ".join(sys.argv[1:]), flush=True)
+if os.environ.get("FAKE_REFUSE") and args.worker_id:
+    print("error: argument --bad: refused", flush=True)
+    sys.exit(2)
 notify.ready(STATUS)
 if ignore:
     threading.Event().wait()
@@ -244,7 +341,10 @@ def shut_down(launcher: ManagedProcess) -> None:
 
 
 def launch(workers: int, port: int, extra: list[str], env: dict[str, str]) -> ManagedProcess:
-    args = ["--workers", str(workers), "--port", str(port), "--restart-delay", "0.05", *extra]
+    """The launcher, without metrics unless ``extra`` asks for them (a launcher killed
+    with SIGKILL cannot remove its metrics directory)."""
+    args = ["--workers", str(workers), "--port", str(port), "--restart-delay", "0.05"]
+    args += ["--metrics-port", "0", *extra]
     return ManagedProcess("scripts.cluster", args, env=env)
 
 
@@ -292,6 +392,23 @@ def test_launcher_restarts_and_stops_stand_ins(fakes: Path, stop_signal: int) ->
         assert re.search(r"^w2-1 +\| argv .*--worker-id w2-1 --flag-for-workers$", output, re.M)
         assert re.search(r"^coordinator +\| argv --port \d+ --c-flag$", output, re.M)
         assert output.count("| bye") >= 3  # every child got SIGTERM and exited itself
+    finally:
+        shut_down(launcher)
+
+
+@pytest.mark.process
+def test_a_child_refusing_its_options_stops_the_launcher_with_code_2(fakes: Path) -> None:
+    env = {"PYTHONPATH": str(fakes), "FAKE_REFUSE": "1"}
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    launcher = launch(2, free_port(), extra, env)
+    try:
+        assert launcher.proc.wait(30) == 2, launcher.output()
+        output = launcher.output()
+        assert "refused its options (exit code 2, see above); restarting cannot help" in output
+        assert "error: argument --bad: refused" in output
+        assert "w1-2" not in output and "w2-2" not in output  # never restarted
+        assert output.count("| bye") == 1  # the coordinator was stopped, not left behind
+        launcher.assert_no_traceback()
     finally:
         shut_down(launcher)
 
@@ -351,3 +468,117 @@ def test_real_cluster_restarts_a_killed_worker_and_stops_cleanly(short_runtime_d
         exercise_restart_and_stop(launcher, 2, signal.SIGTERM)
     finally:
         shut_down(launcher)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on (Linux /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+    return {k.decode(): v.decode() for k, _, v in pairs}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+@pytest.mark.process
+def test_metrics_port_0_serves_nothing_and_needs_no_prometheus_client(fakes: Path) -> None:
+    """Off, the launcher imports no prometheus_client (here one that cannot be imported),
+    listens on no port, and gives its children no metrics directory, not even one it
+    inherited."""
+    poisoned = fakes / "prometheus_client"
+    poisoned.mkdir()
+    (poisoned / "__init__.py").write_text("raise ImportError('metrics are off')\n")
+    env = {"PYTHONPATH": str(fakes), "PROMETHEUS_MULTIPROC_DIR": str(fakes)}
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    launcher = launch(1, free_port(), [*extra, "--metrics-port", "0"], env)
+    try:
+        launcher.wait_ready(timeout=30)
+        assert listening_ports(launcher.pid) == set()
+        for pid in started_pids(launcher).values():
+            assert "PROMETHEUS_MULTIPROC_DIR" not in environ(pid)
+        assert "metrics" not in launcher.output()
+    finally:
+        shut_down(launcher)
+    launcher.assert_no_traceback()
+
+
+@pytest.mark.process
+def test_json_output_is_one_object_per_line_even_for_what_children_print(fakes: Path) -> None:
+    """The stand-ins print plain lines: the launcher wraps them, as it writes its own."""
+    env = {"PYTHONPATH": str(fakes)}
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    launcher = launch(1, free_port(), [*extra, "--metrics-port", "0", "--log-format", "json"], env)
+    try:
+        launcher.wait_ready(timeout=30)
+        launcher.wait_for_line('"event": "ready"')
+    finally:
+        shut_down(launcher)
+    lines = [json.loads(line) for line in launcher.output().splitlines()]
+    printed = [line for line in lines if line["event"] == "output"]
+    assert {(line["role"], line["id"]) for line in printed} == {
+        ("coordinator", "coordinator"),
+        ("worker", "w1-1"),
+    }
+    assert all(line["message"].startswith(("argv", "bye")) for line in printed)
+    started = [line for line in lines if line["event"] == "process_started"]
+    assert {line["process"] for line in started} == {"coordinator", "w1-1"}
+    assert all(line["role"] == "launcher" and line["pid"] > 0 for line in started)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+@pytest.mark.process
+def test_a_taken_metrics_port_leaves_the_cluster_running_without_metrics(fakes: Path) -> None:
+    env = {"PYTHONPATH": str(fakes)}
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        launcher = launch(1, free_port(), [*extra, "--metrics-port", str(port)], env)
+        try:
+            launcher.wait_ready(timeout=30)
+            assert f"no metrics: cannot serve 127.0.0.1:{port}" in launcher.output()
+            for pid in started_pids(launcher).values():
+                assert "PROMETHEUS_MULTIPROC_DIR" not in environ(pid)
+        finally:
+            shut_down(launcher)
+    launcher.assert_no_traceback()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+@pytest.mark.process
+def test_the_metrics_endpoint_lives_and_goes_with_the_launcher(fakes: Path) -> None:
+    env = {"PYTHONPATH": str(fakes)}
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    port = free_port()
+    launcher = launch(1, free_port(), [*extra, "--metrics-port", str(port)], env)
+    try:
+        launcher.wait_ready(timeout=30)
+        assert f"metrics at http://127.0.0.1:{port}/metrics" in launcher.output()
+        assert listening_ports(launcher.pid) == {port}
+        directory = Path(environ(started_pids(launcher)["w1-1"])["PROMETHEUS_MULTIPROC_DIR"])
+        assert directory.is_dir()
+        status, _, _ = asyncio.run(http(port, path="/metrics"))
+        assert status == 200
+    finally:
+        shut_down(launcher)
+    assert launcher.proc.returncode == 0
+    assert not directory.exists()

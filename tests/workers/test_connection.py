@@ -19,6 +19,7 @@ from workers.connection import (
     MAX_HELD_FRAMES,
     TRANSITIONS,
     Action,
+    AuthOutcome,
     Close,
     Connection,
     Delivery,
@@ -29,6 +30,8 @@ from workers.connection import (
     FrameLimits,
     Limits,
     Link,
+    SendOutcome,
+    SnapshotCause,
     StartRoute,
     State,
     Write,
@@ -85,7 +88,9 @@ def resync(conn: Connection, replica: FakeReplica, announced: frozenset[int]) ->
     return conn.on_resync(replica, announced, 101.0, Link.UP)
 
 
-AUTH_OK = [Write(protocol.auth_ok(PK)), WriteSnapshot()]
+AUTH_OK = [Write(protocol.auth_ok(PK), AuthOutcome.OK), WriteSnapshot(SnapshotCause.JOIN)]
+GET_LOBBY = [WriteSnapshot(SnapshotCause.GET_LOBBY)]
+DRAINED = [WriteSnapshot(SnapshotCause.SLOW_CONSUMER)]
 
 
 def reach(state: State, limits: Limits = LIMITS) -> Connection:
@@ -261,7 +266,8 @@ AUTH_FAILURES: list[tuple[str, str | bytes, AuthFailure]] = [
 def test_auth_failures_send_reason_then_close_4001(frame: str | bytes, reason: AuthFailure) -> None:
     conn = fresh()
     actions = feed(conn, frame)
-    assert actions == [Write(protocol.auth_failed(reason)), Close(CloseCode.AUTH_FAILED)]
+    failed = Write(protocol.auth_failed(reason), AuthOutcome(reason.value))
+    assert actions == [failed, Close(CloseCode.AUTH_FAILED)]
     assert conn.state is State.CLOSING
     assert actions[1].reason == "auth_failed"  # type: ignore[union-attr]
 
@@ -282,7 +288,7 @@ def test_frames_pipelined_before_auth_ok_are_answered_in_order_after_it(state: S
     if state is not State.ACKED:
         ack(conn, "e1", 10, FakeReplica(seq=9))
     actions = caught_up(conn, FakeReplica(seq=10, users={PK}))
-    assert actions[:3] == [*AUTH_OK, WriteSnapshot()]
+    assert actions[:3] == [*AUTH_OK, *GET_LOBBY]
     assert writes(actions[3:5]) == [
         json.loads(protocol.error(ErrorCode.MALFORMED, "already authenticated")),
         json.loads(protocol.error(ErrorCode.MALFORMED, "frame is not valid JSON")),
@@ -313,14 +319,17 @@ def test_pipelined_frames_are_bounded_in_bytes_then_1008() -> None:
 def test_pipelined_frames_are_dropped_when_the_auth_fails() -> None:
     conn = reach(State.AUTHENTICATING)
     feed(conn, _send(to=OTHER))
-    assert conn.on_deadline(200.0) == [Close(CloseCode.TRY_AGAIN_LATER), Emit(bb.Closed(7, PK))]
+    assert conn.on_deadline(200.0) == [
+        Close(CloseCode.TRY_AGAIN_LATER, AuthOutcome.UNAVAILABLE),
+        Emit(bb.Closed(7, PK)),
+    ]
     assert caught_up(conn, FakeReplica(seq=10, users={PK})) == []
 
 
 def test_auth_deadline_closes_4003_without_frame() -> None:
     conn = fresh()
     assert conn.on_deadline(109.9) == []
-    assert conn.on_deadline(110.0) == [Close(CloseCode.AUTH_TIMEOUT)]
+    assert conn.on_deadline(110.0) == [Close(CloseCode.AUTH_TIMEOUT, AuthOutcome.TIMEOUT)]
     assert conn.state is State.CLOSING
 
 
@@ -329,7 +338,7 @@ def test_auth_wait_deadline_closes_1013(state: State) -> None:
     conn = reach(state)
     assert conn.on_deadline(101.0 + LIMITS.auth_wait - 0.01) == []
     actions = conn.on_deadline(101.0 + LIMITS.auth_wait)
-    expected: list[Action] = [Close(CloseCode.TRY_AGAIN_LATER)]
+    expected: list[Action] = [Close(CloseCode.TRY_AGAIN_LATER, AuthOutcome.UNAVAILABLE)]
     if state is not State.VERIFIED:
         expected.append(Emit(bb.Closed(7, PK)))
     assert actions == expected
@@ -384,13 +393,21 @@ def test_resync_after_restart_releases_an_announced_ack_once_our_key_is_back() -
 def test_resync_after_restart_gives_up_on_an_unannounced_ack() -> None:
     conn = reach(State.ACKED)
     actions = resync(conn, FakeReplica(epoch="e2"), frozenset())
-    assert actions == [Close(CloseCode.TRY_AGAIN_LATER), Emit(bb.Closed(7, PK))]
+    unavailable = Close(CloseCode.TRY_AGAIN_LATER, AuthOutcome.UNAVAILABLE)
+    assert actions == [unavailable, Emit(bb.Closed(7, PK))]
+
+
+def test_a_stale_client_resumes_with_a_snapshot_caused_by_the_resync() -> None:
+    conn = reach(State.AUTHENTICATED)
+    resync(conn, FakeReplica(epoch="e2", users=set()), frozenset())
+    resumed = conn.on_sweep(0, FakeReplica(epoch="e2", users={PK}))
+    assert resumed == [WriteSnapshot(SnapshotCause.RESYNC)] and conn.flow is Flow.CURRENT
 
 
 def test_resync_in_the_same_epoch_keeps_the_ack_target() -> None:
     conn = reach(State.ACKED)
     assert resync(conn, FakeReplica(seq=9, users={PK}), frozenset()) == []
-    assert resync(conn, FakeReplica(seq=10), frozenset())[0] == Write(protocol.auth_ok(PK))
+    assert resync(conn, FakeReplica(seq=10), frozenset())[0] == AUTH_OK[0]
 
 
 def test_resync_makes_clients_stale_until_their_key_is_in_the_replica() -> None:
@@ -540,7 +557,7 @@ def test_bad_frames_after_auth_get_error_and_keep_the_connection(
 def test_get_lobby_writes_the_snapshot_and_resumes_updates() -> None:
     conn = reach(State.AUTHENTICATED)
     conn.flow = Flow.LAGGING
-    assert feed(conn, '{"type":"get_lobby"}', now=200.0) == [WriteSnapshot()]
+    assert feed(conn, '{"type":"get_lobby"}', now=200.0) == GET_LOBBY
     assert conn.flow is Flow.CURRENT
 
 
@@ -550,7 +567,7 @@ def test_get_lobby_past_the_lag_bound_waits_for_the_backlog_to_drain() -> None:
     conn = reach(State.AUTHENTICATED)
     lagging = feed(conn, '{"type":"get_lobby"}', now=200.0, buffered=LIMITS.lag_bytes + 1)
     assert lagging == [] and conn.flow is Flow.LAGGING
-    assert conn.on_sweep(LIMITS.lag_bytes // 4, FakeReplica(users={PK})) == [WriteSnapshot()]
+    assert conn.on_sweep(LIMITS.lag_bytes // 4, FakeReplica(users={PK})) == DRAINED
 
 
 @pytest.mark.parametrize(
@@ -566,7 +583,8 @@ def test_get_lobby_past_the_lag_bound_waits_for_the_backlog_to_drain() -> None:
 def test_send_rejections(frame: str, link: Link, expected: RejectReason) -> None:
     conn = reach(State.AUTHENTICATED)
     actions = feed(conn, frame, now=200.0, link=link)
-    assert actions == [Write(protocol.send_result("m1", SendStatus.REJECTED, expected))]
+    frame = protocol.send_result("m1", SendStatus.REJECTED, expected)
+    assert actions == [Write(frame, SendOutcome(SendStatus.REJECTED, expected))]
 
 
 def test_send_routes_to_the_lowercase_key_at_the_body_limit() -> None:
@@ -587,7 +605,7 @@ def test_lagging_client_skips_updates_then_gets_one_snapshot() -> None:
     assert conn.flow is Flow.LAGGING
     assert conn.on_update(LIMITS.lag_bytes // 4 + 1, replica) is Fanout.SKIP
     assert conn.on_sweep(LIMITS.lag_bytes // 4 + 1, replica) == []
-    assert conn.on_sweep(LIMITS.lag_bytes // 4, replica) == [WriteSnapshot()]
+    assert conn.on_sweep(LIMITS.lag_bytes // 4, replica) == DRAINED
     assert conn.flow is Flow.CURRENT
     assert conn.on_sweep(0, replica) == []
     assert conn.on_update(0, replica) is Fanout.UPDATE
@@ -668,10 +686,13 @@ def test_frames_over_the_rate_are_answered_then_a_flood_closes_1008() -> None:
     conn = reach(State.AUTHENTICATED, SLOW_RATE)
     now = 500.0
     assert feed(conn, _send(), now) == [StartRoute(PK, "m1", "hi")]
-    assert feed(conn, '{"type":"get_lobby"}', now) == [WriteSnapshot()]
+    assert feed(conn, '{"type":"get_lobby"}', now) == GET_LOBBY
     # Over the burst: a send gets its one send_result, anything else an error.
     assert feed(conn, _send(), now) == [
-        Write(protocol.send_result("m1", SendStatus.REJECTED, RejectReason.RATE_LIMITED))
+        Write(
+            protocol.send_result("m1", SendStatus.REJECTED, RejectReason.RATE_LIMITED),
+            SendOutcome(SendStatus.REJECTED, RejectReason.RATE_LIMITED),
+        )
     ]
     limited = Write(protocol.error(ErrorCode.RATE_LIMITED, "too many messages; slow down"))
     assert feed(conn, '{"type":"get_lobby"}', now) == [limited]
@@ -690,7 +711,7 @@ def test_a_client_that_slows_down_when_told_is_never_closed() -> None:
     now = 500.0
     for _ in range(1000):
         actions = feed(conn, '{"type":"get_lobby"}', now)
-        if actions != [WriteSnapshot()]:
+        if actions != GET_LOBBY:
             assert writes(actions)[0]["code"] == "rate_limited"
             now += 1.0  # told: waits for one token
     assert conn.state is State.AUTHENTICATED
@@ -706,7 +727,7 @@ def test_rate_limit_applies_only_after_auth_ok() -> None:
 def test_send_result_is_always_written_after_auth_ok() -> None:
     conn = reach(State.AUTHENTICATED)
     assert conn.on_result("m1", SendStatus.DELIVERED, None) == [
-        Write(protocol.send_result("m1", SendStatus.DELIVERED))
+        Write(protocol.send_result("m1", SendStatus.DELIVERED), SendOutcome(SendStatus.DELIVERED))
     ]
 
 
@@ -757,7 +778,7 @@ def test_in_a_big_lobby_a_client_with_a_snapshot_in_flight_still_gets_updates() 
     big = FakeReplica(seq=11, users={PK}, snapshot_bytes=40 * LIMITS.lag_bytes)
     assert conn.on_update(40 * LIMITS.lag_bytes + 10, big) is Fanout.UPDATE
     assert conn.on_update(80 * LIMITS.lag_bytes + 1, big) is Fanout.SKIP
-    assert conn.on_sweep(20 * LIMITS.lag_bytes, big) == [WriteSnapshot()]
+    assert conn.on_sweep(20 * LIMITS.lag_bytes, big) == DRAINED
 
 
 # --------------------------------------------------------------------------- stalls, cut-off
@@ -806,8 +827,26 @@ def test_a_cut_off_worker_closes_every_client_1013(state: State) -> None:
     assert closes(actions) == [CloseCode.TRY_AGAIN_LATER]
     recorded = state in (State.AUTHENTICATING, State.ACKED, State.AUTHENTICATED)
     assert emitted(actions) == ([bb.Closed(7, PK)] if recorded else [])
+    # Only an authentication under way ends here, unavailable: a verified client.
+    pending = state in (State.VERIFIED, State.AUTHENTICATING, State.ACKED)
+    close = actions[0]
+    assert isinstance(close, Close)
+    assert close.outcome is (AuthOutcome.UNAVAILABLE if pending else None)
 
 
 def test_eviction_applies_to_the_challenge_phase_only() -> None:
     assert reach(State.CHALLENGED).on_evicted() == [Close(CloseCode.TRY_AGAIN_LATER)]
     assert reach(State.AUTHENTICATING).on_evicted() == []
+
+
+def test_the_auth_check_is_the_one_given() -> None:
+    """The shell passes a timed verify_auth; the machine calls exactly that, once."""
+    calls: list[tuple[bytes, str]] = []
+
+    def verify(nonce: bytes, public_key: str, signature: str) -> AuthFailure | None:
+        calls.append((nonce, public_key))
+        return protocol.verify_auth(nonce, public_key, signature)
+
+    conn = Connection.open(7, NONCE, now=100.0, limits=LIMITS, verify=verify)
+    assert feed(conn, auth_frame()) == [Emit(bb.Authed(7, PK))]
+    assert calls == [(NONCE, PK)]

@@ -30,7 +30,7 @@ def test_groups_follow_state_and_flow() -> None:
     expected = {
         State.CHALLENGED: None,
         State.VERIFIED: Group.VERIFIED,
-        State.AUTHENTICATING: None,
+        State.AUTHENTICATING: Group.AUTHENTICATING,
         State.ACKED: Group.ACKED,
         State.CLOSING: None,
     }

@@ -19,6 +19,7 @@ from workers.replica import (
     Replica,
     RequestSnapshot,
     Resynced,
+    ResyncReason,
     SyncState,
 )
 
@@ -29,14 +30,16 @@ def live(epoch: str = "e1", seq: int = 5, users: tuple[str, ...] = (A,)) -> Repl
     r = Replica()
     assert r.start() == [Announce()]
     r.on_welcome(bb.Welcome(epoch))
-    assert r.on_snapshot(bb.Snapshot(epoch, seq, list(users))) == [Resynced(None)]
+    assert r.on_snapshot(bb.Snapshot(epoch, seq, list(users))) == [
+        Resynced(None, ResyncReason.START)
+    ]
     return r
 
 
 def upd(
     seq: int, joined: tuple[str, ...] = (), left: tuple[str, ...] = (), epoch: str = "e1"
 ) -> bb.Update:
-    return bb.Update(epoch, seq, list(joined), list(left))
+    return bb.Update(epoch, seq, list(joined), list(left), 0.0)
 
 
 def test_snapshot_before_welcome_is_ignored() -> None:
@@ -46,7 +49,7 @@ def test_snapshot_before_welcome_is_ignored() -> None:
     assert r.sync is SyncState.AWAITING_WELCOME
     r.on_welcome(bb.Welcome("e1"))
     assert r.sync is SyncState.SYNCING
-    assert r.on_snapshot(bb.Snapshot("e1", 3, [A])) == [Resynced(None)]
+    assert r.on_snapshot(bb.Snapshot("e1", 3, [A])) == [Resynced(None, ResyncReason.START)]
     assert (r.epoch, r.seq, set(r.users), r.sync) == ("e1", 3, {A}, SyncState.LIVE)
 
 
@@ -56,7 +59,7 @@ def test_slow_joiner_drops_buffered_updates_at_or_below_the_snapshot() -> None:
     r.on_welcome(bb.Welcome("e1"))
     for u in (upd(4, (B,)), upd(5, (C,)), upd(6, (), (A,))):
         assert r.on_update(u) == []
-    assert r.on_snapshot(bb.Snapshot("e1", 5, [A, B, C])) == [Resynced(None)]
+    assert r.on_snapshot(bb.Snapshot("e1", 5, [A, B, C])) == [Resynced(None, ResyncReason.START)]
     assert (r.seq, set(r.users)) == (6, {B, C})
 
 
@@ -85,7 +88,7 @@ def test_gap_asks_for_a_snapshot_and_resyncs() -> None:
     assert r.on_update(upd(7, (C,))) == [RequestSnapshot()]
     assert r.sync is SyncState.SYNCING
     assert r.on_update(upd(8, (), (C,))) == []
-    assert r.on_snapshot(bb.Snapshot("e1", 6, [A, B])) == [Resynced("e1")]
+    assert r.on_snapshot(bb.Snapshot("e1", 6, [A, B])) == [Resynced("e1", ResyncReason.GAP)]
     assert (r.seq, set(r.users), r.sync) == (8, {A, B}, SyncState.LIVE)
 
 
@@ -97,11 +100,24 @@ def test_gap_inside_the_buffer_asks_again() -> None:
     assert r.sync is SyncState.SYNCING
 
 
+def test_a_reannouncement_in_the_same_epoch_resyncs_as_a_start() -> None:
+    """The coordinator asked for our sessions again (or was silent): no update was lost,
+    so the resync is a start, not a gap; the publication time is forwarded."""
+    r = live()
+    r.on_update(upd(7, (C,)))  # a gap, healed below by a re-announcement
+    assert r.start() == [Announce()]
+    r.on_welcome(bb.Welcome("e1"))
+    assert r.on_snapshot(bb.Snapshot("e1", 7, [A, C])) == [Resynced("e1", ResyncReason.START)]
+    update = bb.Update("e1", 8, [B], [], 1234.5)
+    (forward,) = r.on_update(update)
+    assert isinstance(forward, Forward) and (forward.seq, forward.at) == (8, 1234.5)
+
+
 def test_a_late_older_snapshot_does_not_rewind() -> None:
     r = live(seq=5)
     r.on_beat(bb.Beat("e1", 7, 0.0))
     assert r.on_snapshot(bb.Snapshot("e1", 4, [])) == []
-    assert r.on_snapshot(bb.Snapshot("e1", 7, [B])) == [Resynced("e1")]
+    assert r.on_snapshot(bb.Snapshot("e1", 7, [B])) == [Resynced("e1", ResyncReason.GAP)]
 
 
 def test_beat_ahead_means_lost_updates() -> None:
@@ -138,7 +154,7 @@ def test_snapshot_of_the_new_epoch_completes_the_restart() -> None:
     r.observe_epoch("e2")
     r.on_welcome(bb.Welcome("e2"))
     r.on_update(upd(1, (B,), epoch="e2"))
-    assert r.on_snapshot(bb.Snapshot("e2", 0, [A])) == [Resynced("e1")]
+    assert r.on_snapshot(bb.Snapshot("e2", 0, [A])) == [Resynced("e1", ResyncReason.NEW_EPOCH)]
     assert (r.epoch, r.seq, set(r.users)) == ("e2", 1, {A, B})
 
 
@@ -220,7 +236,7 @@ def test_update_buffer_is_bounded_and_overflow_heals_by_resync() -> None:
         r.on_update(upd(seq))
     assert r.on_snapshot(bb.Snapshot("e1", 1, [])) == [RequestSnapshot()]
     last = MAX_BUFFERED_UPDATES + 3
-    assert r.on_snapshot(bb.Snapshot("e1", last, [])) == [Resynced("e1")]
+    assert r.on_snapshot(bb.Snapshot("e1", last, [])) == [Resynced("e1", ResyncReason.GAP)]
     assert r.seq == last
 
 
@@ -255,7 +271,7 @@ class Coordinator:
         self.seq += 1
         self.record()
         if not lost:
-            self.pub.append(bb.Update(self.tag, self.seq, joined, left))
+            self.pub.append(bb.Update(self.tag, self.seq, joined, left, 0.0))
 
     def serve_one(self) -> None:
         request = self.up.pop(0)

@@ -110,7 +110,7 @@ class FakeCoordinator:
         self.users -= set(left)
         self.users |= set(joined)
         if not lose:
-            self.publish(bb.Update(self.epoch, self.seq, list(joined), list(left)))
+            self.publish(bb.Update(self.epoch, self.seq, list(joined), list(left), time.time()))
         return self.seq
 
     async def expect(

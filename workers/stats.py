@@ -1,0 +1,132 @@
+"""What a worker records in :mod:`shared.metrics`, one function per fact.
+
+The shell (:mod:`workers.server`) calls these where it carries out what the pure parts
+decided: the actions a :class:`~workers.connection.Connection` returns carry their
+outcome (an authentication's end, a ``send_result``, a snapshot's cause), the replica's
+``Resynced`` its reason. Labelled series are bound here once, so recording one fact is
+a dictionary lookup and an increment, never a label lookup under a lock.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from websockets.asyncio.server import ServerConnection
+
+from shared import metrics, protocol
+from shared.protocol import AuthFailure, SendStatus
+from workers.admission import Admit
+from workers.connection import AuthOutcome, SendOutcome, SnapshotCause, Write, WriteSnapshot
+from workers.replica import ResyncReason
+
+_AUTH: Final = {o: metrics.AUTHENTICATIONS.labels(o.value) for o in AuthOutcome}
+_SNAPSHOTS: Final = {c: metrics.SNAPSHOTS.labels(c.value) for c in SnapshotCause}
+_RESYNCS: Final = {r: metrics.RESYNCS.labels(r.value) for r in ResyncReason}
+_REFUSED: Final = {
+    Admit.FULL: metrics.ADMISSION_REFUSALS.labels("full"),
+    Admit.BUSY: metrics.ADMISSION_REFUSALS.labels("busy"),
+    Admit.THROTTLED: metrics.ADMISSION_REFUSALS.labels("throttled"),
+}
+_CUT_OFF: Final = metrics.ADMISSION_REFUSALS.labels("cut_off")
+_STATES: Final = {state: metrics.CONNECTIONS.labels(state) for state in metrics.CONNECTION_STATES}
+_ROUTED: Final = {s: metrics.ROUTE_SECONDS.labels(s.value) for s in SendStatus}
+_API: Final = {int(status): metrics.API_REQUESTS.labels(status) for status in metrics.API_STATUSES}
+
+
+def started() -> None:
+    metrics.start_worker()
+
+
+def written(action: Write | WriteSnapshot) -> None:
+    """A frame the machine asked for was written: count what it tells."""
+    if isinstance(action, WriteSnapshot):
+        _SNAPSHOTS[action.cause].inc()
+        return
+    outcome = action.outcome
+    if outcome is None:
+        return
+    if isinstance(outcome, AuthOutcome):
+        _AUTH[outcome].inc()
+    else:
+        sent(outcome)
+
+
+def sent(outcome: SendOutcome) -> None:
+    reason = metrics.NO_REASON if outcome.reason is None else outcome.reason.value
+    metrics.DIRECT_MESSAGES.labels(outcome.status.value, reason).inc()
+
+
+def auth_ended(outcome: AuthOutcome) -> None:
+    """An authentication ended with a close (4003, or 1013 once verified)."""
+    _AUTH[outcome].inc()
+
+
+def resynced(reason: ResyncReason) -> None:
+    _RESYNCS[reason].inc()
+
+
+def fanned_out(clients: int, frame_bytes: int) -> None:
+    """One update broadcast to ``clients`` clients (frames are ASCII: chars are bytes)."""
+    metrics.FANOUT_FRAMES.inc(clients)
+    metrics.FANOUT_BYTES.inc(clients * frame_bytes)
+
+
+def update_latency(seconds: float) -> None:
+    # The clock estimate runs a beat's travel time behind: never below zero.
+    metrics.PUBLISH_TO_WRITTEN.observe(max(0.0, seconds))
+
+
+def routed(seconds: float, status: SendStatus) -> None:
+    _ROUTED[status].observe(seconds)
+
+
+def refused(verdict: Admit) -> None:
+    refusal = _REFUSED.get(verdict)
+    if refusal is not None:
+        refusal.inc()
+
+
+def refused_cut_off() -> None:
+    _CUT_OFF.inc()
+
+
+def evicted(count: int) -> None:
+    if count:
+        metrics.ADMISSION_EVICTIONS.inc(count)
+
+
+def dropped(kind: str) -> None:
+    """A backbone message of this kind (a ``shared.backbone`` tag) could not be queued."""
+    metrics.BACKBONE_DROPPED.labels("worker", kind).inc()
+
+
+def connections(challenged: int, authenticating: int, online: int, lagging: int) -> None:
+    _STATES["challenged"].set(challenged)
+    _STATES["authenticating"].set(authenticating)
+    _STATES["online"].set(online)
+    _STATES["lagging"].set(lagging)
+
+
+def closed(ws: ServerConnection) -> None:
+    """``ws`` ended: count it by its close code and by who closed first."""
+    proto = ws.protocol
+    sent_code = None if proto.close_sent is None else proto.close_sent.code
+    received = None if proto.close_rcvd is None else proto.close_rcvd.code
+    code, by = metrics.closed_by(sent_code, received, proto.close_rcvd_then_sent)
+    metrics.CLOSES.labels(code, by).inc()
+
+
+def timed_verify(nonce: bytes, public_key: str, signature: str) -> AuthFailure | None:
+    """:func:`shared.protocol.verify_auth`, timed (the machine calls it; see
+    :data:`~workers.connection.Verifier`)."""
+    start = time.perf_counter()
+    try:
+        return protocol.verify_auth(nonce, public_key, signature)
+    finally:
+        metrics.VERIFY_SECONDS.observe(time.perf_counter() - start)
+
+
+def api_answered(status: int) -> None:
+    """The backend API answered a request with ``status``."""
+    _API[status].inc()
