@@ -16,6 +16,10 @@ Scenarios:
   idle N             N idle connections: server memory per connection, and flatness
   fanout             server CPU per delivered lobby frame (--start bare: the limit)
 
+CPUs: ``--server-cpus 0 --client-cpus 1`` runs the server and the generator on
+separate CPUs, so that the generator's own work does not show up as server latency
+(see scripts/loadtest/cpus.py); the result records which CPUs each side had.
+
 A table is printed at the end and the same result written with --json. The exit
 status is 1 when any correctness check failed (sequence gaps, wrong views, lost
 messages, unexpected closes): a fast wrong answer is not a result.
@@ -30,8 +34,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from scripts.loadtest import scenarios
+from scripts.loadtest import cpus, scenarios
 from scripts.loadtest.agent import raise_fd_limit
+from scripts.loadtest.client import WS_CLIENTS, resolve_ws_client
+from scripts.loadtest.cpus import CpuSet
 from scripts.loadtest.pool import AgentPool, LoadTestError, default_procs
 from scripts.loadtest.report import table, write_json
 from scripts.loadtest.target import (
@@ -44,6 +50,7 @@ from scripts.loadtest.target import (
 )
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
+DEFAULT_SAMPLE = 0.05
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra word for every worker of a started cluster (repeatable)",
     )
     target.add_argument(
+        "--server-cpus",
+        metavar="LIST",
+        help="run the server on these CPUs (e.g. 0, 0-1, 0,2): a started server's "
+        "processes, or with --url the --pid processes and their children "
+        "(default: anywhere)",
+    )
+    target.add_argument(
         "--pid",
         type=int,
         action="append",
@@ -89,10 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen = parser.add_argument_group("generator")
     gen.add_argument(
+        "--client-cpus",
+        metavar="LIST",
+        help="run the generator (this process and its generator processes) on these "
+        "CPUs; must not overlap --server-cpus (default: anywhere)",
+    )
+    gen.add_argument(
         "--procs",
         type=int,
-        default=default_procs(),
-        help="generator processes (default: CPUs, at least 2: %(default)s)",
+        help=f"generator processes (default: one per --client-cpus CPU, else one per "
+        f"CPU and at least 2: {default_procs()} here)",
     )
     gen.add_argument(
         "--concurrency",
@@ -108,6 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated loopback addresses to bind client sockets to, "
         "round robin (e.g. 127.0.0.2,127.0.0.3), to pass one address's "
         "~28k ephemeral ports; default: let the OS choose",
+    )
+    gen.add_argument(
+        "--verify-sample",
+        type=float,
+        default=DEFAULT_SAMPLE,
+        metavar="F",
+        help="fraction of watchers that apply every lobby update as it arrives and "
+        "time it (at least 2 per generator process); the other clients check each "
+        "update's sequence number on arrival and apply it later, before any view is "
+        "read (1 = all on arrival) (%(default)s)",
+    )
+    gen.add_argument(
+        "--ws-client",
+        choices=WS_CLIENTS,
+        default="auto",
+        help="the generator's WebSocket library: picows (the bench extra; parses "
+        "frames in C, so the generator needs less CPU per frame) or websockets "
+        "(auto: picows when installed) (%(default)s)",
     )
     gen.add_argument(
         "--settle-timeout",
@@ -159,16 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def start_server(args: argparse.Namespace) -> Server:
+def start_server(args: argparse.Namespace, cpus: CpuSet | None = None) -> Server:
     if args.start is None:
-        return external(args.url, args.pid)
+        return external(args.url, args.pid, cpus)
     port = free_port()
     if args.start == "baseline":
-        return start_baseline(port)
+        return start_baseline(port, cpus=cpus)
     if args.start == "bare":
-        return start_bare(port)
+        return start_bare(port, cpus=cpus)
     extra = [w for arg in args.worker_arg for w in ("--worker-arg", arg)]
-    return start_cluster(args.workers, port, args.batch_window, extra)
+    return start_cluster(args.workers, port, args.batch_window, extra, cpus=cpus)
 
 
 def run_scenario(ctx: scenarios.Context, args: argparse.Namespace) -> scenarios.Result:
@@ -203,18 +241,62 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # run the same cleanup as Ctrl-C
 
 
+def choose_cpus(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[CpuSet | None, CpuSet | None]:
+    """``--server-cpus`` and ``--client-cpus``, checked (exits with a usage error)."""
+    try:
+        server_cpus, client_cpus = cpus.choose(args.server_cpus, args.client_cpus)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if server_cpus is not None and args.start is None and not args.pid:
+        parser.error("--server-cpus: with --url, name the server's processes with --pid")
+    return server_cpus, client_cpus
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    server_cpus, client_cpus = choose_cpus(parser, args)
+    procs = args.procs if args.procs is not None else default_procs(client_cpus)
+    if not 0.0 <= args.verify_sample <= 1.0:
+        parser.error("--verify-sample: a fraction from 0 to 1")
+    try:
+        ws_client = resolve_ws_client(args.ws_client)
+    except ValueError as exc:
+        parser.error(f"--ws-client: {exc}")
     signal.signal(signal.SIGTERM, _terminate)
     raise_fd_limit()
     sources = [a.strip() for a in args.source_addresses.split(",") if a.strip()]
     server: Server | None = None
+    cpu_info: dict[str, Any] | None = None
+    own_cpus = frozenset(os.sched_getaffinity(0))
+    if client_cpus is not None:
+        # This thread only (what it forks and starts inherits it); restored at the end.
+        os.sched_setaffinity(0, client_cpus)
     try:
-        server = start_server(args)
-        with AgentPool(args.procs, server.url, os.urandom(16), sources) as pool:
+        server = start_server(args, server_cpus)
+        with AgentPool(
+            procs, server.url, os.urandom(16), sources, client_cpus, args.verify_sample, ws_client
+        ) as pool:
             ctx = scenarios.Context(pool, server, args.concurrency, args.settle_timeout, args.quiet)
-            result = run_scenario(ctx, args)
-        report: dict[str, Any] = {"target": describe(args, server), **result.to_dict()}
+            try:
+                result = run_scenario(ctx, args)
+            finally:
+                cpu_info = cpus.placement(
+                    server_cpus,
+                    client_cpus,
+                    server.pids(),
+                    [os.getpid(), *pool.pids()],
+                    own_cpus,
+                )
+        report: dict[str, Any] = {
+            "target": describe(args, server),
+            **result.to_dict(),
+            "cpus": cpu_info,
+            "verify_sample": args.verify_sample,
+            "ws_client": ws_client,
+        }
     except LoadTestError as exc:
         print(f"load test failed: {exc}", file=sys.stderr)
         report = {
@@ -225,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "failures": [str(exc)],
             "notes": [],
             "ok": False,
+            "cpus": cpu_info,
         }
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -232,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+        if client_cpus is not None:
+            os.sched_setaffinity(0, own_cpus)
     table(report, sys.stdout)
     if args.json:
         write_json(report, args.json)

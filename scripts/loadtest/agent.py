@@ -8,8 +8,9 @@ timeouts and loops a count, so an agent never runs on by itself.
 
 Latencies are measured inside one process: when a client of this agent causes a
 change (its ``auth`` went out, or it closed or dropped), the agent notes a
-:class:`Cause` per public key, and when a watching client of the same agent sees that
-key in a ``lobby_update`` the difference goes into a
+:class:`Cause` per public key, and when a sampled watching client of the same agent
+(``--verify-sample``; see :mod:`scripts.loadtest.client`) sees that key in a
+``lobby_update`` the difference goes into a
 :class:`~scripts.loadtest.stats.Histogram`. During churn a cause also counts the
 watchers still to see it, and the key is not changed again before they all have (or
 the cause is :data:`STALE` seconds old), so a watcher that lags behind by more than a
@@ -41,7 +42,13 @@ from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import WebSocketException
 
-from scripts.loadtest.client import LoadClient, Update, use_source_addresses
+from scripts.loadtest.client import (
+    LEDGER,
+    LoadClient,
+    Update,
+    use_source_addresses,
+    use_ws_client,
+)
 from scripts.loadtest.stats import Histogram
 from shared.client import (
     AuthFailed,
@@ -63,6 +70,9 @@ GC_THRESHOLDS = (10_000, 20, 20)
 and holds large, long-lived ones (clients, their views); the defaults (700, 10, 10)
 spend a fifth of its CPU walking them. Before a measured phase the process also
 freezes what it holds (:func:`gc.freeze`), and thaws it when the clients close."""
+MIN_SAMPLED = 2
+"""Watchers per generator process whose every update is applied on arrival and timed,
+whatever the sample fraction."""
 STALE = 15.0
 """Seconds after which a churn key may change again although some watchers of its
 agent have not seen its last change yet (they are then counted as not having seen it)."""
@@ -143,6 +153,7 @@ class Totals:
     errors: list[str] = field(default_factory=list)
 
     def add(self, client: LoadClient) -> None:
+        client.catch_up()  # what it noted and did not apply yet is checked now
         self.updates += client.updates_received
         self.update_bytes += client.update_bytes
         self.snapshots += client.snapshots_received
@@ -153,12 +164,20 @@ class Totals:
 class Agent:
     """The clients of one generator process and the ops the parent can run on them."""
 
-    def __init__(self, index: int, url: str, salt: bytes) -> None:
+    def __init__(self, index: int, url: str, salt: bytes, sample: float = 1.0) -> None:
         self.index = index
         self.url = url
         self.salt = salt
+        self.sample = sample
+        """The fraction of watchers that apply every update on arrival and time it (at
+        least :data:`MIN_SAMPLED`); the other clients note updates and apply them later
+        (:class:`~scripts.loadtest.client.Ledger`). 1.0: every client, as before."""
+        self._sampled: dict[int, bool] = {}
+        self._taken = 0  # how many of ``_sampled`` are True
         self.clients: dict[int, LoadClient] = {}
         self.watching: set[int] = set()
+        self.measuring: set[int] = set()
+        """The sampled watchers: their lobby hook measures latencies."""
         self.retired = Totals()
         self.causes: dict[str, Cause] = {}
         self._causes_version = 0  # changes whenever ``causes`` does
@@ -199,7 +218,7 @@ class Agent:
 
     def _cause(self, public_key: str, joined: bool, at: float) -> None:
         # A reconnect shows as ``left`` and ``joined``: only the ``joined`` is its own.
-        waiting = len(self.watching) if self.counting else None
+        waiting = len(self.measuring) if self.counting else None
         self.causes[public_key] = Cause(joined, at, waiting)
         self._causes_version += 1
 
@@ -230,9 +249,9 @@ class Agent:
         return matched, starts
 
     def _on_lobby(self, client: LoadClient, update: Update | None) -> None:
-        """A watching client applied ``update`` (None: a snapshot)."""
-        now = time.time()
+        """A sampled watching client applied ``update`` (None: a snapshot)."""
         if update is not None:
+            now = time.time()
             if self.causes:
                 matched, starts = self._matched(update)
                 if matched:
@@ -246,31 +265,61 @@ class Agent:
                                 self._causes_version += 1
             self.changes_seen += update.size
             self.updates_seen += 1
-        target = self.target_online
-        if target is not None and len(client.view) >= target:
-            self.converged_at.setdefault(client.index, now)
+
+    def _is_sampled(self, index: int) -> bool:
+        """Whether watcher ``index`` is in the sample: the first :data:`MIN_SAMPLED`
+        watchers of this process, and a ``sample`` fraction of the rest (by a hash of
+        the index, so a client that reconnects keeps its part)."""
+        sampled = self._sampled.get(index)
+        if sampled is None:
+            spread = (index * 2654435761 % 2**32) / 2**32  # Knuth's multiplicative hash
+            sampled = self._sampled[index] = self._taken < MIN_SAMPLED or spread < self.sample
+            self._taken += sampled
+        return sampled
+
+    def _harvest(self, index: int, client: LoadClient) -> None:
+        """Keep when watcher ``index`` first converged, also past its client."""
+        if client.reached_at and index in self.watching:
+            self.converged_at.setdefault(index, client.reached_at)
 
     def _adopt(self, index: int, client: LoadClient, watch: bool) -> None:
         old = self.clients.get(index)
         if old is not None:
+            self._harvest(index, old)
             self.retired.add(old)
         self.clients[index] = client
         client.index = index
+        sampled = self.sample >= 1.0 or (watch and self._is_sampled(index))
+        client.sampled = sampled
         if watch:
             self.watching.add(index)
-            client.lobby_hook = self._on_lobby
-            target = self.target_online
-            if target is not None and len(client.view) >= target:
-                self.converged_at.setdefault(index, time.time())
+            client.aim(self.target_online)
+            if sampled:
+                self.measuring.add(index)
+                client.lobby_hook = self._on_lobby
+            else:
+                self.measuring.discard(index)
         else:
             self.watching.discard(index)
+            self.measuring.discard(index)
 
     def _retire(self, index: int) -> LoadClient | None:
         client = self.clients.pop(index, None)
+        if client is not None:
+            self._harvest(index, client)
         self.watching.discard(index)
+        self.measuring.discard(index)
         if client is not None:
             self.retired.add(client)
         return client
+
+    def _aim(self, target_online: int | None) -> None:
+        """Note when each watcher's view first holds ``target_online`` keys."""
+        self.target_online = target_online
+        for index in self.watching:
+            client = self.clients[index]
+            self._harvest(index, client)
+            client.aim(target_online)
 
     # ------------------------------------------------------------------ connecting
 
@@ -343,7 +392,8 @@ class Agent:
         that many keys (convergence)."""
         self.concurrency, self.open_timeout = concurrency, open_timeout
         self.attempts = attempts
-        self.target_online = target_online
+        if target_online != self.target_online:
+            self._aim(target_online)
         await _sleep_until(start_at)
         return (await self._connect_many(indices, watch)).result()
 
@@ -358,11 +408,14 @@ class Agent:
     def _forget(self, target_online: int | None) -> None:
         self.latency = Histogram()
         self.observed = self.changes_seen = self.updates_seen = 0
+        self._aim(target_online)
         self.converged_at.clear()
-        self.target_online = target_online
 
     async def op_counters(self) -> dict[str, Any]:
         """Totals over every client this agent ever had, plus this phase's latencies."""
+        LEDGER.catch_up_all()
+        for index in self.watching:
+            self._harvest(index, self.clients[index])
         totals = Totals(
             **{
                 k: getattr(self.retired, k)
@@ -383,6 +436,9 @@ class Agent:
             "changes_seen": self.changes_seen,
             "updates_seen": self.updates_seen,
             "watchers": len(self.watching),
+            "measuring": len(self.measuring),
+            "sampled": sum(c.sampled for c in self.clients.values()),
+            "deferred": LEDGER.noted,
             "converged": len(self.converged_at),
             "converged_last": max(self.converged_at.values(), default=0.0),
             "clients": len(self.clients),
@@ -397,6 +453,7 @@ class Agent:
 
         Returns how many did not get there, with a few examples, and the clients that
         were closed without this agent closing them."""
+        LEDGER.catch_up_all()
         keys = frozenset(self.pub(i) for i in truth)
         closed = {i: c.close_code for i, c in self.clients.items() if c.closed}
         open_clients = [c for c in self.clients.values() if not c.closed]
@@ -560,6 +617,7 @@ class Agent:
             "connect": stats.result(),
             "schedule_lag": lag.to_dict(),
             "watchers": len(self.watching),
+            "measuring": len(self.measuring),
         }
 
     async def op_messages(
@@ -731,12 +789,27 @@ class Agent:
                 conn.send(("progress", sent))
 
 
-def agent_main(conn: Connection, index: int, url: str, salt: bytes, sources: list[str]) -> None:
-    """Entry point of a generator process (uvloop when installed)."""
+def agent_main(
+    conn: Connection,
+    index: int,
+    url: str,
+    salt: bytes,
+    sources: list[str],
+    cpus: frozenset[int] | None = None,
+    sample: float = 1.0,
+    ws_client: str = "websockets",
+) -> None:
+    """Entry point of a generator process (uvloop when installed); ``cpus``: pin this
+    process to them (it inherits its parent's set otherwise); ``sample``: see
+    :attr:`Agent.sample`; ``ws_client``: the WebSocket library of its clients
+    (:func:`~scripts.loadtest.client.use_ws_client`)."""
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)  # before any thread starts: they inherit it
     raise_fd_limit()
     use_source_addresses(sources)
+    use_ws_client(ws_client)
     gc.set_threshold(*GC_THRESHOLDS)
-    agent = Agent(index, url, salt)
+    agent = Agent(index, url, salt, sample)
     with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):
         try:
             import uvloop

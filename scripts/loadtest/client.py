@@ -31,6 +31,42 @@ other frame type, goes through the library's decoder, which returns or raises ex
 what it always does; a gap or an inconsistent delta goes through the library's view.
 orjson parses when it is installed (the ``bench`` extra), else :mod:`json`.
 
+**Sampled checking.** Applying an update to a view is the part of a client's work
+that does not have to happen the moment the frame arrives; timing it does. So an agent
+lets a sample of its watchers (``--verify-sample``, at least two per process) apply
+every update on arrival, feed the latency measurements and report convergence, and
+every other client (``sampled = False``) checks only what must be checked on arrival:
+that the frame is a well-formed ``lobby_update`` (the shared decoder) whose ``seq`` is
+exactly one more than the last one it received. It then notes the update instead of
+applying it: the :data:`LEDGER` keeps, per process and per ``seq``, the update object
+the first client received, and a client notes an update only when its own is that
+very object (the same text, parsed once); any other update (a gap, a duplicate, an
+unclean delta, another text for the same ``seq``) makes it catch up and apply it at
+once, with the library's checks, as a sampled client would. Nothing is skipped, only
+moved: :meth:`LoadClient.catch_up` applies the noted updates in order with the same
+checks, and it runs before anything reads the view (a snapshot, a wait for a view, the
+agent's counters and end-of-run view check, a close, retiring the client) and whenever
+a client has noted :data:`BEHIND_MAX` updates or somewhat fewer (each client draws its
+own bound, so that in a long run the clients catch up at different moments rather than
+all at once). Why that is sound:
+
+* gaps and duplicates are found on arrival, for every client, as before;
+* a noted update is exactly what the client received (the same object), applied to
+  the same view in the same order as on arrival, so an inconsistent delta is found
+  by the same check, only later; the first fault is the same fault, and the view ends
+  the same (what the client's reference test proves on random frame sequences);
+* every client's final view, sampled or not, is compared with the true online set
+  at the end of the run (:meth:`~scripts.loadtest.agent.Agent.op_wait_views`), so a
+  wrong view fails the run whoever holds it;
+* what is sampled is measurement only: latencies and "every watcher saw every
+  change" are counted over the sampled watchers, which receive the same update texts
+  as the others.
+
+What it costs: an unsampled client's view lags until it catches up, so nothing may
+read it meanwhile (hence the catch-ups above and no deferral while a lobby hook,
+listener or ``wait_for_view`` watches it), and a fault is reported when it is applied,
+not when it arrived.
+
 :func:`use_source_addresses` makes every new connection bind to the next of several
 loopback addresses, so one machine can open more connections to one server port than
 one source address has ephemeral ports (about 28 000 on Linux).
@@ -38,20 +74,26 @@ one source address has ephemeral ports (about 28 000 on Linux).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import itertools
 import json
+import random
+import ssl as ssl_module
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar, Final
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, Final, Literal, cast
 
+from nacl.signing import SigningKey
 from websockets.frames import Frame, Opcode
 
 import shared.client as lib
+from scripts.loadtest import fastws
 from shared import protocol
 from shared.client import (
+    ConnectionRefusedByServer,
     DuplicateUpdate,
     ListenerFailed,
     LobbyChange,
@@ -159,7 +201,18 @@ class Update:
     process checks against its own view. ``clean``: neither list repeats a key and not
     both are empty (the checks that depend on the frame alone)."""
 
-    __slots__ = ("clean", "joined", "joined_set", "left", "left_set", "memo", "new", "seq", "size")
+    __slots__ = (
+        "clean",
+        "growth",
+        "joined",
+        "joined_set",
+        "left",
+        "left_set",
+        "memo",
+        "new",
+        "seq",
+        "size",
+    )
 
     def __init__(self, seq: int, joined: tuple[str, ...], left: tuple[str, ...]) -> None:
         self.seq = seq
@@ -174,6 +227,9 @@ class Update:
         self.clean = bool(joined or left) and (
             len(self.joined_set) == len(joined) and len(self.left_set) == len(left)
         )
+        self.growth = len(self.joined_set) - len(self.left_set)
+        """How many more keys a view holds once it applied this (clean, consistent)
+        update: ``left`` goes first, and every ``left`` key was online."""
 
     @classmethod
     def of(cls, msg: protocol.LobbyUpdate) -> Update:
@@ -226,6 +282,60 @@ class UpdateCache:
 UPDATES: Final = UpdateCache()
 """This process's cache: all its clients share it."""
 
+
+BEHIND_MAX: Final = 2048
+"""An unsampled client applies what it noted once it is this many updates behind, or
+at a bound drawn from [BEHIND_MAX / 2, BEHIND_MAX) (so catch-ups spread out). In a run
+shorter than that (2,000 watchers at 200 changes/s make about 55 updates a second),
+all of it happens after the measured phase."""
+
+
+class Ledger:
+    """The updates this process's unsampled clients received and have not applied yet.
+
+    An unsampled client that receives the next ``seq`` only notes it (its "behind"
+    mark advances); the update itself is kept once per process here, by ``seq``, as the
+    first client to receive that ``seq`` got it. A client whose update for a ``seq`` is
+    not that very object (another text, e.g. after a server-side break restarted the
+    numbering) does not defer it: it catches up and applies it itself. So what a
+    client later applies from here is exactly what it received.
+
+    :meth:`catch_up_all` applies every client's backlog (with the library's checks)
+    and empties the ledger; the agent calls it before anything reads a view.
+    :meth:`trim` forgets the updates that no client has left to apply, which bounds
+    the ledger's memory to about ``keep`` updates (no client is further behind than
+    :data:`BEHIND_MAX`)."""
+
+    def __init__(self, keep: int = 2 * BEHIND_MAX) -> None:
+        self.keep = keep
+        self.by_seq: dict[int, Update] = {}
+        self.behind: set[LoadClient] = set()
+        self.trim_at = keep
+        self.noted = 0
+        """Updates noted instead of applied on arrival, over the process's life."""
+
+    def catch_up_all(self) -> None:
+        for client in list(self.behind):
+            client.catch_up()
+        self.behind.clear()
+        self.by_seq.clear()
+        self.trim_at = self.keep
+
+    def trim(self) -> None:
+        """Forget the updates every client behind has applied already."""
+        bases = [client.load_view.seq for client in self.behind]
+        low = min((seq for seq in bases if seq is not None), default=None)
+        if low is None:
+            self.by_seq.clear()
+        else:
+            for seq in [seq for seq in self.by_seq if seq <= low]:
+                del self.by_seq[seq]
+        self.trim_at = len(self.by_seq) + self.keep
+
+
+LEDGER: Final = Ledger()
+"""This process's ledger: all its clients share it."""
+
 # --------------------------------------------------------------------------- the view
 
 
@@ -277,6 +387,10 @@ class LoadClient(LobbyClient):
     """A :class:`LobbyClient` that times its ``auth``, counts lobby_update bytes and
     handles well-formed lobby frames through the shared fast path."""
 
+    ws_client: ClassVar[str] = "websockets"
+    """The WebSocket library of new connections in this process: ``websockets`` or
+    ``picows`` (see :func:`use_ws_client`)."""
+
     auth_sent_hook: ClassVar[Callable[[str, float], None] | None] = None
     """Called with ``(public_key, time.time())`` right after the ``auth`` frame is
     written (one generator process = one hook, set by its agent)."""
@@ -293,11 +407,104 @@ class LoadClient(LobbyClient):
         """A cheaper ``lobby_listeners``: called with (client, update or None)."""
         self.in_place = False
         """True once frames are handled as they are parsed (see _handle_in_place)."""
+        self.sampled = True
+        """True: every update is applied to the view as it arrives (the library's way).
+        False: an update in sequence is only noted and applied later from the
+        :data:`LEDGER` (see the module docstring); the agent samples which."""
+        self.target: int | None = None
+        """When set, ``reached_at`` notes when the view first held this many keys."""
+        self.reached_at = 0.0
+        self._behind_to: int | None = None  # the last seq noted and not applied yet
+        self._behind_size = 0  # the view's size once the noted updates are applied
+        self._behind_limit = random.randrange(BEHIND_MAX // 2, BEHIND_MAX)
         self._auth_reads = 0
+
+    @classmethod
+    async def _open(
+        cls,
+        url: str,
+        key: SigningKey,
+        *,
+        open_timeout: float,
+        message_queue_size: int,
+        resync_on_error: bool,
+        max_size: int | None,
+        ping_interval: float | None,
+        ping_timeout: float | None,
+        compression: str | None,
+        proxy: str | Literal[True] | None,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> LobbyClient:
+        """The library's connect over picows when this process uses it and the
+        connection needs nothing picows is not used for here (TLS, a proxy,
+        compression, keepalive pings); else the library's own."""
+        if (
+            cls.ws_client != "picows"
+            or not url.startswith("ws://")
+            or ssl is not None
+            or proxy is not None
+            or compression is not None
+            or ping_interval is not None
+        ):
+            return await super()._open(
+                url,
+                key,
+                open_timeout=open_timeout,
+                message_queue_size=message_queue_size,
+                resync_on_error=resync_on_error,
+                max_size=max_size,
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+                compression=compression,
+                proxy=proxy,
+                ssl=ssl,
+            )
+        conn: fastws.PicowsConnection | None = None
+        try:
+            async with asyncio.timeout(open_timeout):
+                try:
+                    conn = await fastws.connect(
+                        url,
+                        open_timeout=open_timeout,
+                        max_size=max_size,
+                        local_addr=None if _SOURCES is None else (next(_SOURCES), 0),
+                    )
+                except Exception as exc:
+                    status = fastws.handshake_status(exc)
+                    if status is not None:
+                        code = int(protocol.CloseCode.TRY_AGAIN_LATER) if status == 503 else None
+                        raise ConnectionRefusedByServer(code, f"HTTP {status}", status) from exc
+                    if fastws.is_picows_error(exc):
+                        raise ProtocolError(f"WebSocket handshake failed: {exc}") from exc
+                    raise
+                client = cls(
+                    cast(Any, conn),
+                    key,
+                    message_queue_size=message_queue_size,
+                    resync_on_error=resync_on_error,
+                )
+                await client._authenticate()
+        except BaseException:
+            if conn is not None:
+                await conn.close()
+            raise
+        client._reader = asyncio.create_task(client._read_loop(), name=f"lobby-reader-{url}")
+        return client
 
     async def _authenticate(self) -> None:
         await super()._authenticate()
         self._handle_in_place()
+
+    def _handle_offered(self, frame: str | bytes) -> bool:
+        """A picows connection offers each frame as it arrives: handled here unless
+        someone waits on the view (then the reader takes it, and wakes them)."""
+        if self._waiting:
+            return False
+        try:
+            self._handle_frame(frame)
+        except LobbyClientError as exc:
+            self._record(exc)
+        return True
 
     def _handle_in_place(self) -> None:
         """From now on, handle each complete text frame as websockets parses it, instead
@@ -309,7 +516,13 @@ class LoadClient(LobbyClient):
         wakes them) and the frame is valid UTF-8 (else ``recv()`` fails the connection
         as it always did); otherwise the frame goes to the queue. The reader still
         sees the end of the connection. Left off with a websockets whose internals
-        differ from what this expects."""
+        differ from what this expects. Over picows, the connection offers each frame to
+        :meth:`_handle_offered` under the same rules."""
+        ws: Any = self._ws
+        if isinstance(ws, fastws.PicowsConnection):
+            ws.handler = self._handle_offered
+            self.in_place = True
+            return
         assembler = getattr(self._ws, "recv_messages", None)
         queue = getattr(getattr(assembler, "frames", None), "queue", None)
         put = getattr(assembler, "put", None)
@@ -370,6 +583,9 @@ class LoadClient(LobbyClient):
             UPDATES.put(frame, update)
         self.update_bytes += len(frame)
         self.updates_received += 1
+        if not self.sampled and self._defer(update):
+            return
+        self.catch_up()
         try:
             self.load_view.apply_parsed(update)
         except DuplicateUpdate:
@@ -379,9 +595,87 @@ class LoadClient(LobbyClient):
             raise
         self._changed_to(update)
 
+    def _defer(self, update: Update) -> bool:
+        """Note ``update`` instead of applying it, when it is the next ``seq``, clean,
+        and the ledger's update for that ``seq`` (which it becomes if there is none);
+        False when it must be applied now. Nobody may be watching the view change."""
+        if self._waiting or self.lobby_hook is not None or self.lobby_listeners:
+            return False
+        last = self._behind_to
+        if last is None:
+            last = self.load_view.seq
+            if last is None:
+                return False
+        if update.seq != last + 1 or not update.clean:
+            return False
+        ledger = LEDGER
+        if ledger.by_seq.setdefault(update.seq, update) is not update:
+            return False
+        if self._behind_to is None:
+            self._behind_size = len(self.load_view)
+            ledger.behind.add(self)
+        self._behind_to = update.seq
+        self._behind_size += update.growth
+        ledger.noted += 1
+        target = self.target
+        if target is not None and not self.reached_at and self._behind_size >= target:
+            self.reached_at = time.time()
+        if len(ledger.by_seq) > ledger.trim_at:
+            ledger.trim()
+        base = self.load_view.seq
+        if base is not None and update.seq - base >= self._behind_limit:
+            self.catch_up()
+        return True
+
+    def catch_up(self) -> None:
+        """Apply the updates noted and not applied yet, each checked as if it had just
+        arrived: a gap, duplicate or inconsistency is recorded (and a resync asked for)
+        exactly as it would have been then, and the rest is not applied."""
+        last = self._behind_to
+        if last is None:
+            return
+        self._behind_to = None
+        LEDGER.behind.discard(self)
+        view = self.load_view
+        by_seq = LEDGER.by_seq
+        assert view.seq is not None  # noted only after a snapshot
+        for seq in range(view.seq + 1, last + 1):
+            try:
+                view.apply_parsed(by_seq[seq])
+            except ViewError as exc:
+                self._record(exc)
+                self._request_resync()
+                return
+
+    @property
+    def size(self) -> int:
+        """How many keys the view holds, counting the updates noted and not applied."""
+        return self._behind_size if self._behind_to is not None else len(self.load_view)
+
+    def aim(self, target: int | None) -> None:
+        """From now on note in ``reached_at`` when the view first holds ``target`` keys
+        (None: stop); forgets an earlier ``reached_at``."""
+        self.target = target
+        self.reached_at = time.time() if target is not None and self.size >= target else 0.0
+
+    @property
+    def behind(self) -> int:
+        """How many received updates are noted and not applied yet."""
+        last, seq = self._behind_to, self.load_view.seq
+        return 0 if last is None or seq is None else last - seq
+
+    async def _wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        self.catch_up()  # the condition reads the view; while it waits, nothing is noted
+        await super()._wait_until(condition, timeout, what)
+
+    async def _on_closed(self) -> None:
+        self.catch_up()
+        await super()._on_closed()
+
     def _handle(self, msg: protocol.ServerMessage) -> None:
         """The library's handling; a snapshot also goes to the lobby hook."""
         if isinstance(msg, protocol.LobbySnapshot):
+            self.catch_up()  # check what came before it, before it replaces the view
             self.snapshots_received += 1
             self._resync_requested = False
             self.load_view.apply_snapshot(msg.seq, msg.users)
@@ -391,6 +685,9 @@ class LoadClient(LobbyClient):
 
     def _changed_to(self, update: Update | None, seq: int = 0, keys: tuple[str, ...] = ()) -> None:
         """Tell the hook and the library's listeners about an applied frame."""
+        target = self.target
+        if target is not None and not self.reached_at and len(self.load_view) >= target:
+            self.reached_at = time.time()
         hook = self.lobby_hook
         if hook is not None:
             try:
@@ -417,18 +714,47 @@ class LoadClient(LobbyClient):
         self._ws.transport.abort()
 
 
+_SOURCES: Iterator[str] | None = None
+"""The source addresses new picows connections bind to, round robin (None: any)."""
+
+
 def use_source_addresses(addresses: Sequence[str]) -> None:
     """Bind each new connection of this process to the next address of ``addresses``.
 
     Patches the ``ws_connect`` that :mod:`shared.client` uses, in this process only
-    (each generator process calls it once at start). An empty sequence changes nothing.
+    (each generator process calls it once at start), and sets the addresses picows
+    connections use. An empty sequence changes nothing.
     """
+    global _SOURCES
     if not addresses:
         return
     original = lib.ws_connect  # type: ignore[attr-defined]
     cycle = itertools.cycle(list(addresses))
+    _SOURCES = cycle
 
     def connect(uri: str, **kwargs: Any) -> Any:
         return original(uri, local_addr=(next(cycle), 0), **kwargs)
 
     lib.ws_connect = connect  # type: ignore[attr-defined,assignment]
+
+
+WS_CLIENTS: Final = ("auto", "picows", "websockets")
+
+
+def resolve_ws_client(name: str) -> str:
+    """``auto`` -> ``picows`` when it is installed, else ``websockets``; raises
+    ValueError for ``picows`` when it is not installed."""
+    if name not in WS_CLIENTS:
+        raise ValueError(f"unknown WebSocket client {name!r}: one of {', '.join(WS_CLIENTS)}")
+    if name == "auto":
+        return "picows" if fastws.AVAILABLE else "websockets"
+    if name == "picows" and not fastws.AVAILABLE:
+        raise ValueError("picows is not installed (pip install -e '.[bench]')")
+    return name
+
+
+def use_ws_client(name: str) -> str:
+    """Make new :class:`LoadClient` connections of this process use ``name`` (see
+    :func:`resolve_ws_client`); returns the library chosen."""
+    LoadClient.ws_client = resolve_ws_client(name)
+    return LoadClient.ws_client

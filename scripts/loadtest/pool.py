@@ -14,6 +14,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any, TextIO
 
 from scripts.loadtest.agent import agent_main
+from scripts.loadtest.client import resolve_ws_client
+from scripts.loadtest.cpus import CpuSet, pin_process
 
 
 class LoadTestError(Exception):
@@ -55,7 +57,22 @@ class AgentPool:
     Processes are forked (Linux): cheap, and they need nothing but their arguments.
     Use as a context manager; leaving it stops every process, also on errors."""
 
-    def __init__(self, procs: int, url: str, salt: bytes, sources: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        procs: int,
+        url: str,
+        salt: bytes,
+        sources: Sequence[str] = (),
+        cpus: CpuSet | None = None,
+        sample: float = 1.0,
+        ws_client: str = "websockets",
+    ) -> None:
+        """``cpus``: the CPUs every generator process runs on (default: any);
+        ``sample``: the fraction of watchers that apply and time every update on arrival
+        (:attr:`~scripts.loadtest.agent.Agent.sample`; 1.0: every client);
+        ``ws_client``: the clients' WebSocket library (``websockets``, ``picows`` or
+        ``auto``: picows when installed)."""
+        self.ws_client = resolve_ws_client(ws_client)
         ctx = multiprocessing.get_context("fork")
         self.conns: list[Connection] = []
         self.procs: list[BaseProcess] = []
@@ -63,11 +80,14 @@ class AgentPool:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=agent_main,
-                args=(child, i, url, salt, list(sources)),
+                args=(child, i, url, salt, list(sources), cpus, sample, self.ws_client),
                 name=f"loadgen-{i}",
                 daemon=True,
             )
             proc.start()
+            if cpus is not None and proc.pid is not None:
+                # The child pins itself too, first thing; this makes it so on return.
+                pin_process(proc.pid, cpus)
             child.close()
             self.conns.append(parent)
             self.procs.append(proc)
@@ -140,7 +160,12 @@ class AgentPool:
         self.close()
 
 
-def default_procs() -> int:
-    """Generator processes by default: one per CPU, at least 2 (clients parse frames in
-    Python, so the generator needs as many cores as it can get)."""
+def default_procs(cpus: CpuSet | None = None) -> int:
+    """Generator processes by default: one per CPU of its own (``cpus``), or, sharing
+    the machine with the server, one per CPU and at least 2 (clients parse frames in
+    Python, so the generator needs as many cores as it can get). On a CPU of its own,
+    a second process only adds switches between them: churn with 2,000 watchers on one
+    pinned CPU measured a p99 of 126-189 ms with one process, 171-364 ms with two."""
+    if cpus:
+        return len(cpus)
     return max(2, os.cpu_count() or 1)

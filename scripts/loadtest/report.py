@@ -24,6 +24,18 @@ def table(result: dict[str, Any], out: TextIO) -> None:
     out.write(f"  {'metric':<{width}}  value\n  {'-' * width}  {'-' * 12}\n")
     for key, value in metrics.items():
         out.write(f"  {key:<{width}}  {_fmt(value)}\n")
+    placed = result.get("cpus")
+    if placed:
+        sides = ", ".join(
+            f"{name} {placed[key]['observed']} ({'pinned' if placed[key]['pinned'] else 'any'})"
+            for key, name in (("server", "server"), ("generator", "generator"))
+        )
+        out.write(f"  cpus: {placed['placement']}: {sides}\n")
+    if "ws_client" in result:
+        out.write(
+            f"  generator: {result['ws_client']}, updates applied on arrival and timed by "
+            f"a {result['verify_sample']:g} sample of the watchers\n"
+        )
     for note in result.get("notes", []):
         out.write(f"  note: {note}\n")
     if result["failures"]:

@@ -12,6 +12,7 @@ log shows some text.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scripts.loadtest.cpus import CpuSet, pin_process
 from shared.notify import Listener
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -192,7 +194,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(name: str, command: list[str], url: str) -> Server:
+def _start(name: str, command: list[str], url: str, cpus: CpuSet | None = None) -> Server:
+    """Run ``command`` (in its own session) and wait until it is ready; with ``cpus``,
+    the launcher is pinned to them before it runs, so everything it starts inherits
+    them."""
     notify = Listener()
     env = dict(os.environ, PYTHONUNBUFFERED="1", NOTIFY_SOCKET=notify.address)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -206,6 +211,7 @@ def _start(name: str, command: list[str], url: str) -> Server:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus),
         )
     except BaseException:
         notify.close()
@@ -229,10 +235,15 @@ def _start(name: str, command: list[str], url: str) -> Server:
 
 
 def start_cluster(
-    workers: int, port: int, batch_window: float | None = None, extra: Sequence[str] = ()
+    workers: int,
+    port: int,
+    batch_window: float | None = None,
+    extra: Sequence[str] = (),
+    cpus: CpuSet | None = None,
 ) -> Server:
     """``scripts/cluster.py`` with ``workers`` workers; ``batch_window`` (seconds, 0 =
-    off) is passed to the coordinator when given."""
+    off) is passed to the coordinator when given; ``cpus``: the CPUs every process of
+    the cluster runs on (default: any)."""
     command = [
         sys.executable,
         str(ROOT / "scripts" / "cluster.py"),
@@ -244,10 +255,10 @@ def start_cluster(
     if batch_window is not None:
         command += ["--coordinator-arg", "--batch-window", "--coordinator-arg", str(batch_window)]
     command += list(extra)
-    return _start(f"cluster ({workers} workers)", command, f"ws://127.0.0.1:{port}/ws")
+    return _start(f"cluster ({workers} workers)", command, f"ws://127.0.0.1:{port}/ws", cpus)
 
 
-def start_baseline(port: int, fault: str = "none") -> Server:
+def start_baseline(port: int, fault: str = "none", cpus: CpuSet | None = None) -> Server:
     """The single-process direct implementation, ``scripts/baseline_server.py``
     (``fault``: one of its deliberate bugs, for tests of the checks)."""
     command = [
@@ -258,15 +269,21 @@ def start_baseline(port: int, fault: str = "none") -> Server:
         "--fault",
         fault,
     ]
-    return _start("baseline", command, f"ws://127.0.0.1:{port}/ws")
+    return _start("baseline", command, f"ws://127.0.0.1:{port}/ws", cpus)
 
 
-def start_bare(port: int) -> Server:
+def start_bare(port: int, cpus: CpuSet | None = None) -> Server:
     """The bare ``websockets.broadcast()`` server, ``scripts/bare_broadcast.py``."""
     command = [sys.executable, str(ROOT / "scripts" / "bare_broadcast.py"), "--port", str(port)]
-    return _start("bare broadcast", command, f"ws://127.0.0.1:{port}/ws")
+    return _start("bare broadcast", command, f"ws://127.0.0.1:{port}/ws", cpus)
 
 
-def external(url: str, pids: Sequence[int]) -> Server:
-    """A server someone else runs; CPU and memory are read only for ``pids``."""
-    return Server(url=url, name="external", external_pids=tuple(pids))
+def external(url: str, pids: Sequence[int], cpus: CpuSet | None = None) -> Server:
+    """A server someone else runs; CPU and memory are read only for ``pids``. With
+    ``cpus``, ``pids`` and their descendants are pinned to them (processes they start
+    later inherit it)."""
+    server = Server(url=url, name="external", external_pids=tuple(pids))
+    if cpus is not None:
+        for pid in server.pids():
+            pin_process(pid, cpus)
+    return server

@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import random
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
+from websockets.exceptions import ConnectionClosed
 
 from scripts.loadtest import client as load_client
-from scripts.loadtest import scenarios
+from scripts.loadtest import cpus, fastws, scenarios
 from scripts.loadtest.__main__ import main
 from scripts.loadtest.client import LoadClient
 from scripts.loadtest.pool import AgentPool, LoadTestError
@@ -28,11 +31,13 @@ from scripts.loadtest.target import Server, alive, free_port, start_baseline, st
 from shared import protocol
 from shared.client import (
     DuplicateUpdate,
+    InconsistentUpdate,
     LobbyChange,
     LobbyClient,
     LobbyClientError,
     LobbyView,
     ProtocolError,
+    SequenceGap,
     ViewError,
 )
 from tests.support import until
@@ -201,6 +206,28 @@ def _state(client: LobbyClient, changes: list[LobbyChange]) -> tuple[Any, ...]:
     )
 
 
+def _same_verdict_later(deferred: LoadClient, reference: LobbyClient) -> None:
+    """Once it caught up, an unsampled client has the reference's view and counters,
+    and it found a fault whenever the reference did: every malformed frame as it came,
+    and the reference's first view fault (it may report that one later, when it applies
+    the update, and then miss the gaps the reference reports until the resync)."""
+    deferred.catch_up()
+    assert deferred.behind == 0
+    assert deferred.view.seq == reference.view.seq
+    assert deferred.view.online == reference.view.online
+    assert deferred.updates_received == reference.updates_received
+    assert deferred.snapshots_received == reference.snapshots_received
+    assert deferred._resync_requested == reference._resync_requested
+    assert bool(deferred.errors) == bool(reference.errors)
+
+    def described(errors: list[LobbyClientError], views: bool) -> list[tuple[type, str]]:
+        return [(type(e), str(e)) for e in errors if isinstance(e, ViewError) == views]
+
+    assert described(deferred.errors, False) == described(reference.errors, False)
+    first_view_fault = described(reference.errors, True)[:1]
+    assert all(fault in described(deferred.errors, True) for fault in first_view_fault)
+
+
 @pytest.mark.parametrize("parser", ["default", "json"])  # orjson when installed; json
 @settings(max_examples=300, deadline=None)
 @given(_frames())
@@ -217,9 +244,12 @@ def test_the_fast_path_reaches_the_librarys_verdict_on_every_frame(
         seen: list[list[LobbyChange]] = [[] for _ in clients]
         for client, changes in zip(clients, seen, strict=True):
             client.lobby_listeners.append(changes.append)
+        # An unsampled client notes updates in sequence and applies them later.
+        deferred = LoadClient(_FakeWs(), _SEED, message_queue_size=10, resync_on_error=True)
+        deferred.sampled = False
         update_chars = 0
         for frame in frames:
-            for client in clients:
+            for client in [*clients, deferred]:
                 try:
                     client._handle_frame(frame)
                 except LobbyClientError as exc:  # what the reader records
@@ -231,13 +261,15 @@ def test_the_fast_path_reaches_the_librarys_verdict_on_every_frame(
                 assert _state(client, changes) == expected, frame
         for client in fast:
             assert client.update_bytes == update_chars
+        _same_verdict_later(deferred, reference)
         await asyncio.sleep(0)  # let resync requests go out
-        sent = [ws.sent for ws in (c._ws for c in clients)]  # type: ignore[attr-defined]
-        assert sent[1] == sent[0] and sent[2] == sent[0]
+        sent = [ws.sent for ws in (c._ws for c in [*clients, deferred])]  # type: ignore[attr-defined]
+        assert sent[1] == sent[0] and sent[2] == sent[0] and sent[3] == sent[0]
 
     default = load_client.loads
     load_client.loads = json.loads if parser == "json" else default
     load_client.UPDATES.clear()
+    load_client.LEDGER.catch_up_all()
     try:
         asyncio.run(run())
     finally:
@@ -301,23 +333,39 @@ def test_the_update_cache_forgets_the_oldest_past_its_budget() -> None:
     assert cache.chars == 8
 
 
+NEEDS_PICOWS = pytest.mark.skipif(not fastws.AVAILABLE, reason="picows is not installed")
+WS_CLIENTS = ["websockets", pytest.param("picows", marks=NEEDS_PICOWS)]
+
+
+@pytest.fixture(params=WS_CLIENTS)
+def ws_client(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The WebSocket library of the load clients made in this process."""
+    name: str = request.param
+    before = LoadClient.ws_client
+    LoadClient.ws_client = name
+    yield name
+    LoadClient.ws_client = before
+
+
 @pytest.mark.process
-def test_load_clients_handle_frames_in_place_against_a_real_server() -> None:
+def test_load_clients_handle_frames_in_place_against_a_real_server(ws_client: str) -> None:
     server = start_baseline(free_port())
 
     async def run() -> None:
         # Polled, not awaited with wait_for_view: a waiter would route frames via the reader.
-        a = await LoadClient.connect(server.url)
+        a = await LoadClient.connect(server.url, ping_interval=None)
         assert isinstance(a, LoadClient) and a.in_place
-        b = await LoadClient.connect(server.url)
+        assert isinstance(a._ws, fastws.PicowsConnection) == (ws_client == "picows")
+        b = await LoadClient.connect(server.url, ping_interval=None)
         await until(lambda: b.public_key in a.view, "b to join", 10)
         await b.close()
         await until(lambda: b.public_key not in a.view, "b to leave", 10)
         assert a.updates_received == 2 and a.update_bytes > 0
         assert not a.errors and a.view.online == {a.public_key}
-        c = await LoadClient.connect(server.url)
+        c = await LoadClient.connect(server.url, ping_interval=None)
         await a.wait_for_view({a.public_key, c.public_key})  # through the reader
         await c.close()
+        assert c.close_code == 1000
         await a.wait_for_view({a.public_key})
         assert a.updates_received == 4 and not a.errors
         await a.close()
@@ -326,6 +374,279 @@ def test_load_clients_handle_frames_in_place_against_a_real_server() -> None:
         asyncio.run(run())
     finally:
         server.stop()
+
+
+@pytest.mark.process
+def test_load_clients_keep_the_librarys_close_codes_and_messages(ws_client: str) -> None:
+    server = start_baseline(free_port())
+
+    async def run() -> None:
+        key = SigningKey.generate()
+        a = await LoadClient.connect(server.url, key, ping_interval=None)
+        b = await LoadClient.connect(server.url, ping_interval=None)
+        result = await b.send(a.public_key, "hello", "m1")
+        assert result.delivered
+        message = await a.next_message()
+        assert (message.sender, message.id, message.body) == (b.public_key, "m1", "hello")
+        again = await LoadClient.connect(server.url, key, ping_interval=None)  # replaces a
+        assert await a.wait_closed() == protocol.CloseCode.SESSION_REPLACED
+        assert a.close_reason == "session_replaced"
+        again.drop()  # no close frame: the server notices the end of the connection
+        assert await again.wait_closed() == 1006
+        await b.wait_for_view({b.public_key})
+        assert not (a.errors or b.errors or again.errors)
+        await b.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()
+
+
+class _FakeWsTransport:
+    """What a picows connection calls on its transport, recorded."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, bytes]] = []
+        self.disconnects = 0
+
+    def send(self, kind: Any, payload: bytes) -> None:
+        self.sent.append((kind, payload))
+
+    def disconnect(self, graceful: bool = True) -> None:
+        self.disconnects += 1
+
+
+@NEEDS_PICOWS
+def test_picows_connections_assemble_frames_and_close_as_websockets_does() -> None:
+    picows = pytest.importorskip("picows")
+    kinds = picows.WSMsgType
+
+    def frame(kind: Any, payload: bytes, fin: bool = True) -> Any:
+        return picows.picows._make_test_ws_frame(kind, payload, fin, False)
+
+    async def run() -> None:
+        conn = fastws.PicowsConnection()
+        transport = _FakeWsTransport()
+        conn.on_ws_connected(transport)
+        offered: list[str | bytes] = []
+        conn.on_ws_frame(transport, frame(kinds.TEXT, b"one"))
+        conn.on_ws_frame(transport, frame(kinds.TEXT, b"t", fin=False))
+        conn.on_ws_frame(transport, frame(kinds.CONTINUATION, "wö".encode()))
+        conn.on_ws_frame(transport, frame(kinds.BINARY, b"\x00"))
+        assert [await conn.recv() for _ in range(3)] == ["one", "twö", b"\x00"]
+        # A handler takes frames while nothing is queued, unless it declines.
+        conn.handler = lambda data: bool(offered.append(data)) or data != "no"
+        conn.on_ws_frame(transport, frame(kinds.TEXT, b"yes"))
+        conn.on_ws_frame(transport, frame(kinds.TEXT, b"no"))
+        conn.on_ws_frame(transport, frame(kinds.TEXT, b"queued behind no"))
+        assert offered == ["yes", "no"]
+        assert [await conn.recv() for _ in range(2)] == ["no", "queued behind no"]
+        # The server's close: answered with its code; the code and reason are kept.
+        conn.on_ws_frame(transport, frame(kinds.CLOSE, (4002).to_bytes(2, "big") + b"replaced"))
+        assert transport.sent == [(kinds.CLOSE, (4002).to_bytes(2, "big"))]
+        assert transport.disconnects == 1
+        conn.on_ws_disconnected(transport)
+        assert (conn.close_code, conn.close_reason) == (4002, "replaced")
+        with pytest.raises(ConnectionClosed):
+            await conn.recv()
+        with pytest.raises(ConnectionClosed):
+            await conn.send("late")
+        # Invalid UTF-8 fails the connection with 1007; a lost one reads 1006.
+        bad = fastws.PicowsConnection()
+        bad_transport = _FakeWsTransport()
+        bad.on_ws_connected(bad_transport)
+        bad.on_ws_frame(bad_transport, frame(kinds.TEXT, b"\xff"))
+        assert bad.close_code == 1007 and bad_transport.sent[0][1][:2] == (1007).to_bytes(2, "big")
+        lost = fastws.PicowsConnection()
+        lost.on_ws_disconnected(_FakeWsTransport())
+        assert lost.close_code == 1006
+
+    asyncio.run(run())
+
+
+# --------------------------------------------------------------------------- sampled checking
+
+# Unsampled clients check every update's sequence number on arrival and apply the
+# updates later from the process's ledger; faults must still be found, by every client.
+
+
+def _update(seq: int, joined: list[str] = [], left: list[str] = []) -> str:  # noqa: B006
+    return json.dumps(
+        {
+            "type": "lobby_update",
+            "seq": seq,
+            "joined": [{"publicKey": k} for k in joined],
+            "left": [{"publicKey": k} for k in left],
+        }
+    )
+
+
+def _snapshot(seq: int, users: list[str]) -> str:
+    return json.dumps(
+        {"type": "lobby_snapshot", "seq": seq, "users": [{"publicKey": k} for k in users]}
+    )
+
+
+def _unsampled(*frames: str) -> LoadClient:
+    client = LoadClient(_FakeWs(), _SEED, message_queue_size=10, resync_on_error=True)
+    client.sampled = False
+    for frame in frames:
+        try:
+            client._handle_frame(frame)
+        except LobbyClientError as exc:
+            client._record(exc)
+    return client
+
+
+@pytest.fixture
+def fresh_ledger() -> Iterator[load_client.Ledger]:
+    load_client.LEDGER.catch_up_all()
+    load_client.UPDATES.clear()
+    yield load_client.LEDGER
+    load_client.LEDGER.catch_up_all()
+
+
+def test_an_unsampled_client_notes_updates_and_applies_them_later(
+    fresh_ledger: load_client.Ledger,
+) -> None:
+    async def run() -> None:
+        a = _unsampled(_snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[1]]), _update(3, [], [_KEYS[0]]))
+        b = _unsampled(_snapshot(2, [_KEYS[0], _KEYS[1]]), _update(3, [], [_KEYS[0]]))
+        assert a.behind == 2 and b.behind == 1 and a.view.seq == 1
+        assert a.size == b.size == 1  # what the view holds once caught up
+        assert fresh_ledger.behind == {a, b} and sorted(fresh_ledger.by_seq) == [2, 3]
+        # One object per seq: the update both received (the same text, parsed once).
+        assert fresh_ledger.by_seq[3] is load_client.UPDATES.get(_update(3, [], [_KEYS[0]]))
+        fresh_ledger.catch_up_all()
+        for client in (a, b):
+            assert client.view.seq == 3 and client.view.online == {_KEYS[1]}
+            assert not client.errors and client.updates_received == (2 if client is a else 1)
+        assert not fresh_ledger.by_seq and not fresh_ledger.behind
+
+    asyncio.run(run())
+
+
+def test_an_unsampled_client_finds_a_gap_on_arrival(fresh_ledger: load_client.Ledger) -> None:
+    async def run() -> None:
+        client = _unsampled(
+            _snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[1]]), _update(4, [_KEYS[2]])
+        )
+        assert [type(e) for e in client.errors] == [SequenceGap]  # before any catch-up
+        assert client.behind == 0 and client.view.seq == 2  # caught up to the gap
+        duplicate = _unsampled(
+            _snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[1]]), _update(2, [_KEYS[1]])
+        )
+        assert [type(e) for e in duplicate.errors] == [DuplicateUpdate]
+        await asyncio.sleep(0)
+        assert client._ws.sent == [protocol.get_lobby()]  # type: ignore[attr-defined]
+
+    asyncio.run(run())
+
+
+def test_an_unsampled_client_finds_an_inconsistent_update_when_it_catches_up(
+    fresh_ledger: load_client.Ledger,
+) -> None:
+    async def run() -> None:
+        # seq 3 says key 2 left, but it was never online: noted on arrival...
+        client = _unsampled(
+            _snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[1]]), _update(3, [], [_KEYS[2]])
+        )
+        assert not client.errors and client.behind == 2
+        fresh_ledger.catch_up_all()  # ...found when applied, before any view is read
+        assert [type(e) for e in client.errors] == [InconsistentUpdate]
+        assert client.view.seq == 2 and client.view.online == {_KEYS[0], _KEYS[1]}
+        await asyncio.sleep(0)
+        assert client._ws.sent == [protocol.get_lobby()]  # type: ignore[attr-defined]
+        # A snapshot makes a client catch up first, as a close or a wait does.
+        other = _unsampled(_snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[0]]))
+        assert not other.errors
+        other._handle_frame(_snapshot(5, [_KEYS[0]]))
+        assert [type(e) for e in other.errors] == [InconsistentUpdate]
+        assert other.view.seq == 5
+
+    asyncio.run(run())
+
+
+def test_a_client_given_another_text_for_a_seq_applies_it_itself(
+    fresh_ledger: load_client.Ledger,
+) -> None:
+    async def run() -> None:
+        a = _unsampled(_snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[1]]))
+        # The same seq with other content (a server that numbers two lobbies alike).
+        b = _unsampled(_snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[2]]))
+        assert a.behind == 1 and b.behind == 0
+        assert b.view.online == {_KEYS[0], _KEYS[2]}
+        fresh_ledger.catch_up_all()
+        assert a.view.online == {_KEYS[0], _KEYS[1]}
+        assert not a.errors and not b.errors
+
+    asyncio.run(run())
+
+
+def test_a_client_catches_up_at_its_bound_and_the_ledger_forgets_what_is_applied(
+    fresh_ledger: load_client.Ledger,
+) -> None:
+    def update(n: int) -> str:  # key n % 2 joins, then leaves, in turns
+        key = [_KEYS[n % 2]]
+        return _update(n, key, []) if n % 4 in (1, 2) else _update(n, [], key)
+
+    async def run() -> None:
+        fresh_ledger.keep = fresh_ledger.trim_at = 4
+        slow = _unsampled(_snapshot(0, []))
+        fast = _unsampled(_snapshot(0, []))
+        slow._behind_limit, fast._behind_limit = 1000, 3
+        for n in range(1, 13):
+            for client in (slow, fast):
+                client._handle_frame(update(n))
+            assert fast.behind < 3  # applies what it noted at its bound
+        assert slow.behind == 12 and not slow.errors and not fast.errors
+        assert fast.view.seq == 12 - fast.behind
+        assert sorted(fresh_ledger.by_seq) == list(range(1, 13))  # slow still needs them
+        slow.catch_up()
+        fresh_ledger.trim()
+        assert min(fresh_ledger.by_seq, default=13) > fast.view.seq  # the rest is gone
+        fast.catch_up()
+        fresh_ledger.trim()
+        assert not fresh_ledger.by_seq
+        assert slow.view.online == fast.view.online == set() and slow.view.seq == 12
+
+    try:
+        asyncio.run(run())
+    finally:
+        fresh_ledger.keep = fresh_ledger.trim_at = 2 * load_client.BEHIND_MAX
+
+
+def test_unsampled_views_are_checked_at_the_end(fresh_ledger: load_client.Ledger) -> None:
+    """The end-of-run check reads every view, unsampled ones caught up first: a view
+    whose updates were each consistent but that ends wrong fails it."""
+    from scripts.loadtest.agent import Agent
+
+    async def run() -> None:
+        agent = Agent(0, "ws://unused", b"salt", sample=0.0)
+        good, bad = agent.pub(1), agent.pub(2)
+        right = _unsampled(_snapshot(1, [good]), _update(2, [bad]), _update(3, [], [bad]))
+        wrong = _unsampled(_snapshot(1, [good]), _update(2, [bad]))  # the leave never came
+        for index, client in ((1, right), (2, wrong)):
+            agent._adopt(index, client, watch=False)
+        assert right.behind == 2 and wrong.behind == 1
+        outcome = await agent.op_wait_views([1], timeout=0.2)
+        assert outcome["checked"] == 2 and outcome["wrong"] == 1
+        assert "1 extra" in outcome["examples"][0]
+
+    asyncio.run(run())
+
+
+def test_agents_sample_at_least_a_few_watchers() -> None:
+    from scripts.loadtest.agent import MIN_SAMPLED, Agent
+
+    agent = Agent(0, "ws://unused", b"salt", sample=0.05)
+    picked = [i for i in range(0, 4000, 2) if agent._is_sampled(i)]
+    assert picked[:MIN_SAMPLED] == [0, 2]
+    assert 60 < len(picked) < 140  # about 5 % of 2000
+    assert all(agent._is_sampled(i) for i in picked)  # stable: a reconnect keeps it
+    none = Agent(0, "ws://unused", b"salt", sample=0.0)
+    assert [i for i in range(100) if none._is_sampled(i)] == list(range(MIN_SAMPLED))
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -340,9 +661,9 @@ def cluster() -> Iterator[Server]:
     assert not any(alive(p) for p in pids), "the cluster outlived stop()"
 
 
-@pytest.fixture
-def ctx(cluster: Server) -> Iterator[scenarios.Context]:
-    with AgentPool(2, cluster.url, os.urandom(16)) as pool:
+@pytest.fixture(params=WS_CLIENTS)
+def ctx(cluster: Server, request: pytest.FixtureRequest) -> Iterator[scenarios.Context]:
+    with AgentPool(2, cluster.url, os.urandom(16), ws_client=request.param) as pool:
         yield scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
 
 
@@ -367,6 +688,27 @@ def test_churn_sees_every_change(ctx: scenarios.Context) -> None:
     assert result.metrics["changes"] > 0
     assert result.metrics["update_latency_samples"] > 0
     assert result.metrics["frames_delivered"] > 0
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("client", WS_CLIENTS)
+def test_churn_with_the_smallest_sample_checks_every_client(cluster: Server, client: str) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), sample=0.0, ws_client=client) as pool:
+        ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+        result = scenarios.churn(ctx, watchers=10, rate=10, duration=1.5, cooldown=0.5)
+    assert_ok(result)
+    assert result.metrics["latency_watchers"] == 4  # two per generator process
+    assert result.metrics["update_latency_samples"] > 0
+    assert result.metrics["updates_applied_later"] > 0
+
+
+@pytest.mark.process
+def test_mass_join_converges_with_a_sample(cluster: Server) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), sample=0.0) as pool:
+        ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+        result = scenarios.mass_join(ctx, 12)
+    assert_ok(result)
+    assert result.metrics["convergence_s"] > 0
 
 
 @pytest.mark.process
@@ -454,19 +796,33 @@ def test_cli_refuses_scenarios_the_bare_server_cannot_serve(tmp_path: Path) -> N
 # --------------------------------------------------------------------------- the checks fail
 
 
+BROKEN_SERVERS = [  # sample 1.0: every client applies updates on arrival; 0.0: the fewest do
+    ("gap", "mass-join", "protocol violations", 1.0),
+    ("gap", "mass-join", "protocol violations", 0.0),
+    ("lose-leave", "churn", "did not settle", 1.0),
+    ("lose-leave", "churn", "did not settle", 0.0),
+]
+DEFAULT_CLIENT = "picows" if fastws.AVAILABLE else "websockets"
+
+
 @pytest.mark.process
 @pytest.mark.parametrize(
-    ("fault", "scenario", "complaint"),
+    ("fault", "scenario", "complaint", "sample", "client"),
     [
-        ("gap", "mass-join", "protocol violations"),
-        ("lose-leave", "churn", "did not settle"),
-        ("lose-message", "messages", "lost"),
+        *(pytest.param(*case, "websockets") for case in BROKEN_SERVERS),
+        *(pytest.param(*case, "picows", marks=NEEDS_PICOWS) for case in BROKEN_SERVERS),
+        # A lost message is found only after the send timeout (about 11 s): once, with
+        # the client the benchmark uses, since finding it is the scenario's, not the
+        # client's, work.
+        ("lose-message", "messages", "lost", 1.0, DEFAULT_CLIENT),
     ],
 )
-def test_checks_fail_against_a_broken_server(fault: str, scenario: str, complaint: str) -> None:
+def test_checks_fail_against_a_broken_server(
+    fault: str, scenario: str, complaint: str, sample: float, client: str
+) -> None:
     server = start_baseline(free_port(), fault=fault)
     try:
-        with AgentPool(2, server.url, os.urandom(16)) as pool:
+        with AgentPool(2, server.url, os.urandom(16), sample=sample, ws_client=client) as pool:
             ctx = scenarios.Context(pool, server, concurrency=20, settle_timeout=2.0, quiet=True)
             if scenario == "mass-join":
                 result = scenarios.mass_join(ctx, 12)
@@ -491,3 +847,132 @@ def test_a_client_that_cannot_connect_fails_the_run() -> None:
         ctx = scenarios.Context(pool, server, concurrency=5, quiet=True, attempts=2)
         with pytest.raises(LoadTestError, match="could not connect"):
             scenarios.connect(ctx, range(2), "x", watch=False)
+
+
+# --------------------------------------------------------------------------- CPU pinning
+
+
+def test_cpu_lists_parse_and_format_as_linux_writes_them() -> None:
+    assert cpus.parse_cpu_list("0") == {0}
+    assert cpus.parse_cpu_list("0-1") == {0, 1}
+    assert cpus.parse_cpu_list("0,2") == {0, 2}
+    assert cpus.parse_cpu_list(" 0-2, 5 ") == {0, 1, 2, 5}
+    assert cpus.format_cpu_list({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
+    assert cpus.format_cpu_list(()) == "-"
+    for bad in ("", "x", "1-", "2-1", "-1", "0,,1"):
+        with pytest.raises(ValueError):
+            cpus.parse_cpu_list(bad)
+
+
+def test_cpu_choices_are_checked_and_the_error_names_the_option() -> None:
+    have = frozenset({0, 1, 2, 3})
+    assert cpus.choose("0", "1-3", have) == ({0}, {1, 2, 3})
+    assert cpus.choose(None, "1", have) == (None, {1})
+    assert cpus.choose(None, None, have) == (None, None)
+    with pytest.raises(ValueError, match="--server-cpus: CPU 4-5 not available"):
+        cpus.choose("4-5", None, have)
+    with pytest.raises(ValueError, match="--client-cpus: empty item"):
+        cpus.choose("0", "", have)
+    with pytest.raises(ValueError, match="--client-cpus: 'a' is not"):
+        cpus.choose(None, "a", have)
+    with pytest.raises(ValueError, match="--server-cpus 0-1 and --client-cpus 1-2 overlap"):
+        cpus.choose("0-1", "1-2", have)
+
+
+def test_the_cli_refuses_overlapping_or_missing_cpus(capsys: pytest.CaptureFixture[str]) -> None:
+    have = sorted(os.sched_getaffinity(0))
+    for argv, complaint in [
+        (["--server-cpus", str(have[0]), "--client-cpus", str(have[0])], "overlap"),
+        (["--client-cpus", str(max(have) + 1)], "--client-cpus: CPU"),
+        (["--server-cpus", str(have[0])], "--server-cpus: with --url"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main([*argv, "mass-join", "1"])
+        assert info.value.code == 2
+        assert complaint in capsys.readouterr().err
+
+
+def _two_cpus() -> tuple[frozenset[int], frozenset[int]]:
+    have = sorted(os.sched_getaffinity(0))
+    if len(have) < 2:
+        pytest.skip("pinning the two sides apart needs two CPUs")
+    return frozenset(have[:1]), frozenset(have[1:2])
+
+
+def _wait_for(condition: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)  # polling with a deadline
+
+
+@pytest.mark.process
+def test_started_servers_and_agents_run_on_the_cpus_asked_for() -> None:
+    server_cpus, client_cpus = _two_cpus()
+    server = start_cluster(2, free_port(), cpus=server_cpus)
+    try:
+        assert server.launcher is not None
+        pids = [server.launcher.pid, *server.pids()]
+        assert len(pids) == 4  # launcher, coordinator, two workers
+        wanted = cpus.format_cpu_list(server_cpus)
+        for pid in pids:
+            assert cpus.affinity(pid) == server_cpus
+            assert cpus.allowed_list(pid) == wanted
+        # A worker restarted by the launcher inherits the set too.
+        worker = server.worker_pids()[0]
+        os.kill(worker, signal.SIGKILL)
+        _wait_for(
+            lambda: worker not in server.worker_pids() and len(server.worker_pids()) == 2,
+            "the launcher to restart the worker",
+        )
+        for pid in server.pids():
+            assert cpus.affinity(pid) == server_cpus
+        with AgentPool(2, server.url, os.urandom(16), cpus=client_cpus) as pool:
+            assert len(pool.pids()) == 2
+            for pid in pool.pids():
+                assert cpus.affinity(pid) == client_cpus
+                assert cpus.allowed_list(pid) == cpus.format_cpu_list(client_cpus)
+    finally:
+        server.stop()
+
+
+@pytest.mark.process
+def test_a_pinned_run_records_which_cpus_each_side_had(tmp_path: Path) -> None:
+    server_cpus, client_cpus = _two_cpus()
+    before = os.sched_getaffinity(0)
+    out = tmp_path / "pinned.json"
+    argv = ["--start", "baseline", "--quiet", "--json", str(out)]
+    argv += ["--server-cpus", cpus.format_cpu_list(server_cpus)]
+    argv += ["--client-cpus", cpus.format_cpu_list(client_cpus), "mass-join", "4"]
+    assert main(argv) == 0
+    assert os.sched_getaffinity(0) == before  # the caller's CPUs are given back
+    placed = json.loads(out.read_text())["cpus"]
+    assert placed["placement"] == "pinned"
+    assert placed["server"] == {
+        "pinned": True,
+        "requested": cpus.format_cpu_list(server_cpus),
+        "observed": cpus.format_cpu_list(server_cpus),
+    }
+    assert placed["generator"]["pinned"] and placed["generator"]["observed"] == (
+        cpus.format_cpu_list(client_cpus)
+    )
+    assert placed["available"] == cpus.format_cpu_list(before)
+
+
+@pytest.mark.process
+def test_an_external_server_is_pinned_by_pid(tmp_path: Path) -> None:
+    server_cpus, _ = _two_cpus()
+    server = start_baseline(free_port())
+    try:
+        assert server.launcher is not None
+        pid = server.launcher.pid
+        assert cpus.affinity(pid) != server_cpus
+        out = tmp_path / "external.json"
+        argv = ["--url", server.url, "--pid", str(pid), "--quiet", "--json", str(out)]
+        argv += ["--server-cpus", cpus.format_cpu_list(server_cpus), "mass-join", "2"]
+        assert main(argv) == 0
+        assert cpus.affinity(pid) == server_cpus
+        placed = json.loads(out.read_text())["cpus"]
+        assert placed["server"]["pinned"] and placed["placement"] == "shared"
+    finally:
+        server.stop()
