@@ -1,0 +1,68 @@
+"""The benchmark suite's plumbing (pure): which runs it makes, how a bare run matches
+its cluster twin's frames, and how targets are judged. Nothing here measures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scripts import bench
+
+
+def test_every_pinned_run_pins_and_no_other_run_does() -> None:
+    for run in bench.suite():
+        pinned = run.name.endswith(" pinned")
+        assert (run.target[-len(bench.PINNED) :] == bench.PINNED) == pinned, run.name
+        assert run.target.count("--server-cpus") == int(pinned), run.name
+
+
+def test_every_bare_run_follows_its_cluster_twin() -> None:
+    names = [run.name for run in bench.suite()]
+    bare = [n for n in names if " bare" in n]
+    assert bare
+    for name in bare:
+        twin = name.replace(" bare", " cluster")
+        assert names.index(twin) < names.index(name), name
+
+
+def test_a_bare_run_pushes_the_frames_its_twin_delivered() -> None:
+    run = next(r for r in bench.suite() if r.name == "churn fanout bare pinned")
+    done = [
+        {"name": "churn fanout cluster", "ok": True, "metrics": {"frame_bytes_mean": 111}},
+        {"name": "churn fanout cluster pinned", "ok": True, "metrics": {"frame_bytes_mean": 222}},
+    ]
+    assert bench.same_frame(run, done).scenario[-2:] == ("--frame-bytes", "222")
+    assert bench.same_frame(run, done[:1]) == run  # no twin measured: unchanged
+
+
+def _result(name: str, **metrics: float) -> dict[str, Any]:
+    return {"name": name, "ok": True, "metrics": metrics, "params": {"clients": 5000}}
+
+
+def test_targets_are_judged_on_the_pinned_runs() -> None:
+    runs = [
+        _result("fanout cluster pinned", cpu_us_per_frame=7.0),
+        _result("fanout bare pinned", cpu_us_per_frame=10.0),
+        _result("fanout cluster", cpu_us_per_frame=20.0),  # shared: would miss
+        _result("fanout bare", cpu_us_per_frame=10.0),
+        _result("messages cluster pinned", messages_per_s=10_240.0, round_trip_p99_ms=60.0),
+        _result("messages cluster", messages_per_s=10_240.0, round_trip_p99_ms=20.0),
+        _result("reconnect-storm cluster", whole_again_s=9.5, retried_1013=0),
+    ]
+    rows = {
+        target: (shown, met) for target, shown, met in bench.targets({r["name"]: r for r in runs})
+    }
+    fanout = next(k for k in rows if k.startswith("fan-out"))
+    assert rows[fanout][1] is True
+    assert "shared CPUs: 2x" in rows[fanout][0]
+    messages = next(k for k in rows if k.startswith("messages"))
+    assert rows[messages][1] is False  # the pinned p99 misses, whatever the shared one did
+    storm = next(k for k in rows if k.startswith("reconnect-storm"))
+    assert rows[storm][1] is True and "5000" in storm
+    idle = next(k for k in rows if k.startswith("idle"))
+    assert rows[idle][1] is None  # not run: neither met nor missed
+
+
+def test_the_plot_has_a_line_for_every_plotted_run() -> None:
+    lines = {label for label, _style in bench.PLOT_LINES}
+    plotted = [r.name.split(" ", 1)[1] for r in bench.suite() if r.group == "plot"]
+    assert set(plotted) == lines
