@@ -2,8 +2,10 @@
 
 One thread, one poll loop, so every worker message is applied in one order. The loop
 drains the ROUTER (worker events) without blocking, handing each message to the core,
-then lets the core do what is due (:meth:`~coordinator.core.CoordinatorCore.tick`), and
-carries out what the core returns. It decides nothing itself.
+then, only when something is due (:attr:`~coordinator.core.CoordinatorCore.due`: a
+flush, a beat, the periodic check for silent workers), lets the core do it
+(:meth:`~coordinator.core.CoordinatorCore.tick`), and carries out what the core returns.
+It decides nothing itself.
 
 Sockets: a ROUTER for events and replies, with ``ROUTER_MANDATORY`` so that a reply that
 cannot be queued (the worker's queue is at its high-water mark, or the worker is gone)
@@ -14,8 +16,8 @@ Drops are counted by the core and summed in the log at most once a second.
 
 Metrics (:mod:`shared.metrics`): the keys of each published update are recorded as it
 is sent; everything else (updates published, lobby size, batch window, flaps, expiries,
-replacements, epoch moves) is read from the core once per turn of the loop, so a
-stream of events costs the metrics almost nothing.
+replacements, epoch moves) is read from the core whenever it ticks (at least every
+:data:`~shared.timings.EXPIRY_CHECK`), so a stream of events costs the metrics nothing.
 """
 
 from __future__ import annotations
@@ -150,25 +152,28 @@ class Coordinator:
             ),
         )
         ready = False
+        core = self.core
         while not self._stopping:
             now = time.monotonic()
-            timeout_ms = max(0, int((self.core.wake_at(now) - now) * 1000) + 1)
+            wait = core.due - now  # (-inf: at once)
+            timeout_ms = int(wait * 1000) + 1 if wait > 0 else 0
             caught_up = self._drain() if poller.poll(timeout_ms) else True
             now = time.monotonic()
-            # Behind on input (after a stall): heartbeats may be waiting in the queue, so
-            # nobody is presumed dead until it is read.
-            self._carry_out(self.core.tick(now, time.time(), expire=caught_up))
-            self._record()
-            self._log_drops(now)
-            if not ready and not self.core.registry.rebuilding(now):
-                ready = True  # every answer is the truth from here on: "offline" too
-                users = len(self.core.lobby)
-                log.info(
-                    "lobby complete: %d users",
-                    users,
-                    extra=logs.event("lobby_complete", users=users),
-                )
-                notify.ready(f"coordinator ready: epoch {self.epoch}")
+            if now >= core.due:
+                # Behind on input (after a stall): heartbeats may be waiting in the queue,
+                # so nobody is presumed dead until it is read.
+                self._carry_out(core.tick(now, time.time(), expire=caught_up))
+                self._record()
+                self._log_drops(now)
+                if not ready and not core.registry.rebuilding(now):
+                    ready = True  # every answer is the truth from here on: "offline" too
+                    users = len(core.lobby)
+                    log.info(
+                        "lobby complete: %d users",
+                        users,
+                        extra=logs.event("lobby_complete", users=users),
+                    )
+                    notify.ready(f"coordinator ready: epoch {self.epoch}")
         notify.stopping("coordinator stopping")
         if not len(self.core.registry):  # every worker said goodbye: nothing to rebuild
             self._lock.record(f"{self._recorded} idle")
