@@ -75,22 +75,26 @@ class FakeCoordinator:
     async def serve_peer(self) -> None:
         """Record what the worker reports to another worker's results endpoint."""
         while True:
-            self.up.append(bb.decode(await self.peer.recv()))
+            messages, errors = bb.decode_batch(await self.peer.recv())
+            assert not errors, errors
+            self.up.extend(messages)
             self.arrived.set()
 
     async def serve(self) -> None:
         while True:
             ident, frame = await self.router.recv_multipart()
             assert ident == WORKER.encode()
-            msg = bb.decode(frame)
-            if isinstance(msg, bb.Heartbeat):
-                continue
-            self.up.append(msg)
-            self.arrived.set()
-            if self.answering and isinstance(msg, bb.Hello):
-                self.send(bb.Welcome(self.epoch))
-            if self.answering and isinstance(msg, bb.SnapshotRequest):
-                self.send(bb.Snapshot(self.epoch, self.seq, sorted(self.users)))
+            messages, errors = bb.decode_batch(frame)  # one message or a batch
+            assert not errors, errors
+            for msg in messages:
+                if isinstance(msg, bb.Heartbeat):
+                    continue
+                self.up.append(msg)
+                self.arrived.set()
+                if self.answering and isinstance(msg, bb.Hello):
+                    self.send(bb.Welcome(self.epoch))
+                if self.answering and isinstance(msg, bb.SnapshotRequest):
+                    self.send(bb.Snapshot(self.epoch, self.seq, sorted(self.users)))
 
     async def beat(self) -> None:
         while True:
