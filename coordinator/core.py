@@ -28,8 +28,10 @@ the beat clock. The rules that join them:
   lobby re-send what was lost (acks of pending sessions, kicks of replaced ones). A lost
   ``Deliver`` or ``RouteDone`` needs no repair: the origin answers ``unavailable`` at
   its deadline, which is the truth. Every loss is counted by kind.
-* **Direct messages are routed by the published lobby** (its sessions were
-  acknowledged, so the recipient's worker knows the connection). A route past its
+* **Direct messages between workers are routed by the published lobby** (its
+  sessions were acknowledged, so the recipient's worker knows the connection; one
+  between two sessions of one worker is delivered there and never seen here). A route
+  past its
   deadline is dropped here and answered ``unavailable``. A recipient the lobby does not
   show is ``offline``, except while the lobby is rebuilding, when it is
   ``unavailable``. The recipient's worker answers the origin directly.

@@ -39,7 +39,16 @@ per turn, not once per message. A message that matters and cannot be queued
 the whole truth) once it can; a ``Route`` that cannot be queued is answered
 ``unavailable`` at once.
 
-Direct messages: a ``send`` becomes a ``Route`` to the coordinator, carrying its
+Direct messages: a ``send`` to a session this worker holds and the coordinator
+acknowledged (``ACKED`` or ``AUTHENTICATED``; the last one acknowledged, if the key has
+several here) is delivered here at once (:meth:`Worker._deliver_here`): the same room
+check, the same recipient bound (``rate_limited``), the same frames and results as the
+long way, which would reach this very connection. The coordinator orders sessions, and
+a newer session of the key elsewhere may already be acknowledged while this one's kick
+is on its way: the message then goes to the key's older connection, which proved the
+key, so ``delivered`` is still the truth (and the coordinator's routing has the same
+window, a route applied just before the replacement). Any other ``send`` becomes a
+``Route`` to the coordinator, carrying its
 deadline on the coordinator's clock (:class:`~workers.routes.CoordinatorClock`). The
 recipient's worker drops a ``Deliver`` past that deadline, and otherwise writes it (or
 refuses it, or finds the connection gone) and answers the origin worker directly on its
@@ -169,6 +178,10 @@ class Group(enum.Enum):
     BEHIND = "behind"  # lagging or stale: may resume with a snapshot
 
 
+_ACKNOWLEDGED: Final = frozenset({Group.ACKED, Group.CURRENT, Group.BEHIND})
+"""The groups of sessions the coordinator acknowledged (and has not kicked)."""
+
+
 def group_of(machine: Connection) -> Group | None:
     if machine.state is State.AUTHENTICATED:
         return Group.CURRENT if machine.flow is Flow.CURRENT else Group.BEHIND
@@ -212,6 +225,9 @@ class Worker:
         self.routes = RouteTable()
         self.clock = CoordinatorClock()
         self.clients: dict[int, Client] = {}
+        # Acknowledged sessions here, by key (the last one acknowledged): a send to one
+        # of them is delivered here, without the coordinator (see _deliver_here).
+        self._sessions: dict[str, Client] = {}
         self._by_ws: dict[ServerConnection, Client] = {}
         self._groups: dict[Group, dict[ServerConnection, Client]] = {g: {} for g in Group}
         self._pressured: set[ServerConnection] = set()  # transports past the write limit
@@ -644,14 +660,26 @@ class Worker:
         return (c for c in list(self.clients.values()) if c.machine.state in states)
 
     def _place(self, client: Client) -> None:
-        """Move ``client`` to the group its machine's state now calls for."""
+        """Move ``client`` to the group its machine's state now calls for (and in or out
+        of the acknowledged sessions)."""
         group = group_of(client.machine)
         if group is not client.group:
+            was = client.group in _ACKNOWLEDGED
             if client.group is not None:
                 del self._groups[client.group][client.ws]
             if group is not None:
                 self._groups[group][client.ws] = client
             client.group = group
+            if (group in _ACKNOWLEDGED) is not was:
+                self._acknowledged(client, now=not was)
+
+    def _acknowledged(self, client: Client, *, now: bool) -> None:
+        key = client.machine.key
+        assert key is not None  # acknowledged sessions have a key
+        if now:
+            self._sessions[key] = client
+        elif self._sessions.get(key) is client:
+            del self._sessions[key]
 
     def _in_group(self, group: Group) -> list[Client]:
         return list(self._groups[group].values())
@@ -742,6 +770,10 @@ class Worker:
             self._result(client, action.msg_id, (SendStatus.REJECTED, reason))
             return
         assert machine.key is not None
+        recipient = self._sessions.get(action.to)
+        if recipient is not None and not self._stopping:
+            self._deliver_here(client, recipient, action)
+            return
         timeout = self.settings.timing.route_timeout
         due, opened = self.now + timeout, time.monotonic()  # (uvloop's time is in ms)
         route = self.routes.open(machine.conn_id, action.msg_id, due, size, opened=opened)
@@ -749,6 +781,21 @@ class Worker:
         msg = bb.Route(route, machine.key, action.to, action.msg_id, action.body, deadline)
         if not self._emit(msg):  # stopping: nothing goes out any more
             self._lost(msg)
+
+    def _deliver_here(self, client: Client, recipient: Client, action: StartRoute) -> None:
+        """Deliver a send to a session acknowledged on this worker, at once: what the
+        recipient's machine decides (written, held for ``auth_ok``, or past its bound:
+        ``rate_limited``) is the result, exactly as it would be by way of the
+        coordinator, which would route it to this very connection."""
+        sender = client.machine.key
+        assert sender is not None
+        actions, delivery = recipient.machine.on_deliver(
+            sender, action.msg_id, action.body, recipient.buffered()
+        )
+        self._perform(recipient, actions)
+        outcome = _ROUTE_STATUS[delivery.value]
+        stats.routed(0.0, outcome[0])
+        self._result(client, action.msg_id, outcome)
 
     def _result(
         self, client: Client, msg_id: str, outcome: tuple[SendStatus, RejectReason | None]
