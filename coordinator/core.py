@@ -28,8 +28,10 @@ the beat clock. The rules that join them:
   lobby re-send what was lost (acks of pending sessions, kicks of replaced ones). A lost
   ``Deliver`` or ``RouteDone`` needs no repair: the origin answers ``unavailable`` at
   its deadline, which is the truth. Every loss is counted by kind.
-* **Direct messages are routed by the published lobby** (its sessions were
-  acknowledged, so the recipient's worker knows the connection). A route past its
+* **Direct messages between workers are routed by the published lobby** (its
+  sessions were acknowledged, so the recipient's worker knows the connection; one
+  between two sessions of one worker is delivered there and never seen here). A route
+  past its
   deadline is dropped here and answered ``unavailable``. A recipient the lobby does not
   show is ``offline``, except while the lobby is rebuilding, when it is
   ``unavailable``. The recipient's worker answers the origin directly.
@@ -107,6 +109,8 @@ class CoordinatorCore:
         self._window = BatchWindow(timing.batch_window, settings.batch_ceiling)
         self._flush_at: float | None = None
         self._next_beat = now
+        self._next_check = now  # silent and unregistered workers
+        self._snapshot: bb.Snapshot | None = None  # of (epoch, lobby.seq), made once
         self.dropped: Counter[str] = Counter()
         """Replies that could not be queued, by message tag."""
         self.expired_routes = 0
@@ -146,8 +150,7 @@ class CoordinatorCore:
                 extra=logs.event("worker_goodbye", worker=worker, sessions=dropped),
             )
         elif isinstance(msg, bb.SnapshotRequest):
-            seq, users = self.lobby.snapshot()
-            out.append(ToWorker(worker, bb.Snapshot(self.epoch, seq, users)))
+            out.append(ToWorker(worker, self.snapshot()))
         elif not state.registered:
             if self.registry.ask(worker, now):
                 log.info(
@@ -255,11 +258,33 @@ class CoordinatorCore:
 
     # ------------------------------------------------------------------ time
 
+    def snapshot(self) -> bb.Snapshot:
+        """The lobby exactly as of ``seq`` (what clients have been told), made once per
+        ``(epoch, seq)``: every worker that asks while nothing is published gets the same
+        message, so the shell encodes it once (a coordinator restart makes every worker
+        ask at about the same time)."""
+        cached = self.current_snapshot
+        if cached is None:
+            seq, users = self.lobby.snapshot()
+            cached = self._snapshot = bb.Snapshot(self.epoch, seq, users)
+        return cached
+
+    @property
+    def current_snapshot(self) -> bb.Snapshot | None:
+        """The snapshot :meth:`snapshot` made, while it is still the current one."""
+        cached = self._snapshot
+        if cached is None or cached.seq != self.lobby.seq or cached.epoch != self.epoch:
+            return None
+        return cached
+
     def tick(self, now: float, wall: float, *, expire: bool = True) -> list[Output]:
         """What is due at ``now``: expiries (unless the caller is still behind on its
         input, which may hold the very heartbeats that prove a worker alive), a flush,
-        a beat, re-registration requests."""
+        a beat, re-registration requests. Nothing happens between :attr:`due` times,
+        so the shell need not call it more often."""
         out: list[Output] = []
+        if expire:
+            self._next_check = now + timings.EXPIRY_CHECK
         for worker in self.registry.expire(now) if expire else ():
             dropped = self.lobby.drop_worker(worker)
             self.workers_expired += 1
@@ -284,12 +309,14 @@ class CoordinatorCore:
             out.append(Publish(bb.Beat(self.epoch, self.lobby.seq, wall)))
         return out
 
-    def wake_at(self, now: float) -> float:
-        """When :meth:`tick` next has something to do (at most an expiry check away)."""
-        wake = min(self._next_beat, now + timings.EXPIRY_CHECK)
-        if self._flush_at is not None:
-            wake = min(wake, self._flush_at)
-        return wake
+    @property
+    def due(self) -> float:
+        """When :meth:`tick` next has something to do: a flush, a beat, or the check for
+        silent workers and for unregistered ones to ask again (every
+        :data:`~shared.timings.EXPIRY_CHECK`, and at once after a lost reply)."""
+        due = min(self._next_beat, self._next_check)
+        flush_at = self._flush_at
+        return due if flush_at is None or flush_at > due else flush_at
 
     def _schedule(self, now: float, wall: float, out: list[Output]) -> None:
         if not self.lobby.pending:
@@ -305,6 +332,7 @@ class CoordinatorCore:
         self._flush_at = None
         result = self.lobby.flush()
         if result.delta is not None:
+            self._snapshot = None  # out of date: not kept in memory until the next ask
             d = result.delta
             out.append(Publish(bb.Update(self.epoch, d.seq, d.joined, d.left, wall)))
             self._window.flushed(now)
@@ -321,6 +349,7 @@ class CoordinatorCore:
         connected). Count it; if it matters, make the worker re-register."""
         self.dropped[msg.TAG] += 1
         if isinstance(msg, _REPAIRED_BY_HELLO) and self.registry.unregister(worker):
+            self._next_check = float("-inf")  # ask it to re-register at the next tick
             log.warning(
                 "lost %s to worker %s; it must re-register to repair its view",
                 msg.TAG,

@@ -2,8 +2,17 @@
 
 One thread, one poll loop, so every worker message is applied in one order. The loop
 drains the ROUTER (worker events) without blocking, handing each message to the core,
-then lets the core do what is due (:meth:`~coordinator.core.CoordinatorCore.tick`), and
-carries out what the core returns. It decides nothing itself.
+then, only when something is due (:attr:`~coordinator.core.CoordinatorCore.due`: a
+flush, a beat, the periodic check for silent workers), lets the core do it
+(:meth:`~coordinator.core.CoordinatorCore.tick`), and carries out what the core returns.
+It decides nothing itself.
+
+One frame per worker per turn: the replies the core addresses to one worker during a
+turn of the loop are sent together, as one batch frame
+(:class:`~shared.backbone.Outbox`), at the end of the turn (the messages to a worker
+keep their order; updates and beats go out on the PUB at once, so an update is always
+sent before the acknowledgements that name it). A reply that must be sent alone, a
+snapshot, is encoded once per ``(epoch, seq)`` however many workers ask for it.
 
 Sockets: a ROUTER for events and replies, with ``ROUTER_MANDATORY`` so that a reply that
 cannot be queued (the worker's queue is at its high-water mark, or the worker is gone)
@@ -14,8 +23,8 @@ Drops are counted by the core and summed in the log at most once a second.
 
 Metrics (:mod:`shared.metrics`): the keys of each published update are recorded as it
 is sent; everything else (updates published, lobby size, batch window, flaps, expiries,
-replacements, epoch moves) is read from the core once per turn of the loop, so a
-stream of events costs the metrics almost nothing.
+replacements, epoch moves) is read from the core whenever it ticks (at least every
+:data:`~shared.timings.EXPIRY_CHECK`), so a stream of events costs the metrics nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ log = logging.getLogger("coordinator")
 DRAIN_BATCH = 10_000
 """Messages applied in a row before the loop looks at its clock (beats, flushes)."""
 DROP_LOG_EVERY = 1.0
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)  # (flag arithmetic on enums is slow)
+_RCVMORE = int(zmq.RCVMORE)
 
 
 class Coordinator:
@@ -74,6 +86,8 @@ class Coordinator:
         self._stopping = False
         self._drops_logged: Counter[str] = Counter()
         self._drops_logged_at = float("-inf")
+        self._out: dict[str, bb.Outbox] = {}  # replies of this turn, by worker
+        self._snapshot: tuple[bb.Snapshot, bytes] | None = None  # the last one, encoded
         try:
             self.router = self._bind(context, zmq.ROUTER, ends.events)
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -150,25 +164,29 @@ class Coordinator:
             ),
         )
         ready = False
+        core = self.core
         while not self._stopping:
             now = time.monotonic()
-            timeout_ms = max(0, int((self.core.wake_at(now) - now) * 1000) + 1)
+            wait = core.due - now  # (-inf: at once)
+            timeout_ms = int(wait * 1000) + 1 if wait > 0 else 0
             caught_up = self._drain() if poller.poll(timeout_ms) else True
             now = time.monotonic()
-            # Behind on input (after a stall): heartbeats may be waiting in the queue, so
-            # nobody is presumed dead until it is read.
-            self._carry_out(self.core.tick(now, time.time(), expire=caught_up))
-            self._record()
-            self._log_drops(now)
-            if not ready and not self.core.registry.rebuilding(now):
-                ready = True  # every answer is the truth from here on: "offline" too
-                users = len(self.core.lobby)
-                log.info(
-                    "lobby complete: %d users",
-                    users,
-                    extra=logs.event("lobby_complete", users=users),
-                )
-                notify.ready(f"coordinator ready: epoch {self.epoch}")
+            if now >= core.due:
+                # Behind on input (after a stall): heartbeats may be waiting in the queue,
+                # so nobody is presumed dead until it is read.
+                self._carry_out(core.tick(now, time.time(), expire=caught_up))
+                self._record()
+                self._log_drops(now)
+                if not ready and not core.registry.rebuilding(now):
+                    ready = True  # every answer is the truth from here on: "offline" too
+                    users = len(core.lobby)
+                    log.info(
+                        "lobby complete: %d users",
+                        users,
+                        extra=logs.event("lobby_complete", users=users),
+                    )
+                    notify.ready(f"coordinator ready: epoch {self.epoch}")
+            self._flush()
         notify.stopping("coordinator stopping")
         if not len(self.core.registry):  # every worker said goodbye: nothing to rebuild
             self._lock.record(f"{self._recorded} idle")
@@ -182,66 +200,105 @@ class Coordinator:
             self._auth.stop()
 
     def _drain(self) -> bool:
-        """Apply up to :data:`DRAIN_BATCH` queued messages (so beats and flushes keep
-        time); returns whether the queue is empty."""
+        """Apply up to about :data:`DRAIN_BATCH` queued messages (so beats and flushes
+        keep time); returns whether the queue is empty."""
         router = self.router
-        for _ in range(DRAIN_BATCH):
+        handled = 0
+        while handled < DRAIN_BATCH:
             try:
-                ident = router.recv(zmq.NOBLOCK)
+                ident = router.recv(_NOBLOCK)
             except zmq.Again:
                 return True
             # Two parts, [identity, frame], or it is not one of ours. (Plain recv calls:
             # recv_multipart's wrapper was a fifth of the coordinator's time.)
-            frame = router.recv(zmq.NOBLOCK) if router.get(zmq.RCVMORE) else b""
-            if router.get(zmq.RCVMORE):
-                while router.get(zmq.RCVMORE):
-                    router.recv(zmq.NOBLOCK)
+            frame = router.recv(_NOBLOCK) if router.get(_RCVMORE) else b""
+            if router.get(_RCVMORE):
+                while router.get(_RCVMORE):
+                    router.recv(_NOBLOCK)
                 continue
-            self.handle(ident.decode("utf-8", "replace"), frame)
+            handled += self.handle(ident.decode("utf-8", "replace"), frame)
         return False
 
-    def handle(self, worker: str, frame: bytes) -> None:
-        """Apply one frame from ``worker``; a frame that is not ours is logged and dropped."""
-        try:
-            msg = bb.decode(frame)
-        except bb.BackboneDecodeError as exc:
+    def handle(self, worker: str, frame: bytes) -> int:
+        """Apply one frame (a message or a batch) from ``worker``; returns how many
+        messages it held. What is not ours is logged and dropped."""
+        messages, errors = bb.decode_batch(frame)
+        for error in errors:
             log.warning(
                 "dropping undecodable frame from worker %s: %s",
                 worker,
-                exc,
-                extra=logs.event("undecodable_frame", worker=worker, error=str(exc)),
+                error,
+                extra=logs.event("undecodable_frame", worker=worker, error=error),
             )
-            return
-        self._carry_out(self.core.handle(worker, msg, time.monotonic(), time.time()))
-        if self.core.epoch != self._recorded:  # moved above an epoch a worker reported
-            self._recorded = self.core.epoch
+        core, now, wall = self.core, time.monotonic(), time.time()
+        for msg in messages:
+            self._carry_out(core.handle(worker, msg, now, wall))
+        if core.epoch != self._recorded:  # moved above an epoch a worker reported
+            self._recorded = core.epoch
             self._lock.record(f"{self._recorded} running")
             logs.identify(self._recorded)
+        return len(messages)
 
     def _carry_out(self, outputs: list[Output]) -> None:
         for out in outputs:
-            if isinstance(out, Publish):
+            if isinstance(out, ToWorker):
+                self._queue(out.worker, out.message)
+            elif isinstance(out, Publish):
                 self.pub.send(bb.encode(out.message))  # PUB never blocks: past the HWM it drops
                 if isinstance(out.message, bb.Update):
                     update = out.message
                     metrics.LOBBY_UPDATE_KEYS.observe(len(update.joined) + len(update.left))
-            elif isinstance(out, ToWorker):
-                self._send_to(out.worker, out.message)
 
-    def _send_to(self, worker: str, msg: bb.DownMessage) -> None:
+    def _queue(self, worker: str, msg: bb.DownMessage) -> None:
+        """Add ``msg`` to the frame ``worker`` gets at the end of this turn."""
+        box = self._out.get(worker)
+        if box is None:
+            box = self._out[worker] = bb.Outbox()
+        frame = self._snapshot_frame(msg) if isinstance(msg, bb.Snapshot) else None
+        for sent in box.add(msg, frame):
+            self._send_to(worker, sent)
+
+    def _snapshot_frame(self, msg: bb.Snapshot) -> bytes:
+        """The encoding of ``msg``, made once: the core hands every worker that asks the
+        same message until the lobby changes."""
+        cached = self._snapshot
+        if cached is None or cached[0] is not msg:
+            cached = self._snapshot = (msg, bb.encode(msg))
+        return cached[1]
+
+    def _flush(self) -> None:
+        """Send each worker the frame of what this turn addressed to it."""
+        if self._out:
+            out, self._out = self._out, {}
+            for worker, box in out.items():
+                if len(box):
+                    self._send_to(worker, box.take())
+        cached = self._snapshot
+        if cached is not None and cached[0] is not self.core.current_snapshot:
+            self._snapshot = None  # out of date: not kept in memory
+
+    def _send_to(self, worker: str, sent: bb.Sent) -> None:
+        frame, messages = sent
         try:
-            self.router.send(worker.encode(), zmq.SNDMORE | zmq.NOBLOCK)
-            self.router.send(bb.encode(msg), zmq.NOBLOCK)
+            self.router.send(worker.encode(), _MORE_NOBLOCK)
+            self.router.send(frame, _NOBLOCK)
         except zmq.ZMQError as exc:  # EAGAIN: its queue is full; EHOSTUNREACH: gone
             log.debug(
-                "cannot queue %s for worker %s: %s",
-                msg.TAG,
+                "cannot queue %d messages for worker %s: %s",
+                len(messages),
                 worker,
                 exc,
-                extra=logs.event("reply_not_queued", worker=worker, kind=msg.TAG, error=str(exc)),
+                extra=logs.event(
+                    "reply_not_queued",
+                    worker=worker,
+                    kinds=sorted({m.TAG for m in messages}),
+                    error=str(exc),
+                ),
             )
-            self.core.undelivered(worker, msg)
-            metrics.BACKBONE_DROPPED.labels("coordinator", msg.TAG).inc()
+            for msg in messages:
+                assert isinstance(msg, bb.DownMessage)
+                self.core.undelivered(worker, msg)
+                metrics.BACKBONE_DROPPED.labels("coordinator", msg.TAG).inc()
 
     def _record(self) -> None:
         """Feed the core's figures to the metrics (a few comparisons; a metric is

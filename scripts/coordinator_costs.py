@@ -439,8 +439,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def frames_of(frame: bytes) -> list[bytes]:
+    """The messages of a backbone frame, each as its own frame: the coordinator sends a
+    worker everything of one turn of its loop as one batch (``[[v, tag, ...], ...]``)."""
+    if len(frame) > 1 and frame[0] & 0xF0 == 0x90 and frame[1] == bb.SCHEMA_VERSION:
+        return [frame]  # one message (a fixarray, then the version)
+    raw = msgpack.unpackb(frame, raw=False)
+    if isinstance(raw, list) and raw and isinstance(raw[0], list):
+        return [msgpack.packb(item, use_bin_type=True) for item in raw]
+    return [frame]
+
+
 def tag_of(frame: bytes) -> str:
-    """The tag of a backbone frame, read from its first bytes (``[2, tag, ...]`` in
+    """The tag of a backbone frame, read from its first bytes (``[v, tag, ...]`` in
     msgpack: a fixarray, the version, a fixstr), so counting replies costs the
     generator little; anything else is decoded in full."""
     if len(frame) > 3 and frame[0] & 0xF0 == 0x90 and frame[2] & 0xE0 == 0xA0:
@@ -583,7 +594,8 @@ class Driver:
                 if sock.socket_type == zmq.SUB:
                     self._on_published(sock, frame)
                 else:
-                    self._on_reply(frame)
+                    for reply in frames_of(frame):
+                        self._on_reply(reply)
         now = time.monotonic()
         for worker, at in self.last_sent.items():
             if now - at > 0.3:

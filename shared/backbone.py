@@ -27,11 +27,14 @@ each coordinator start (:func:`new_epoch`); sequence numbers from different epoc
 never compared; how epochs order sessions across coordinators is explained in
 :mod:`coordinator.lobby`.
 
-Wire form: one ZeroMQ frame per message, a msgpack array
-``[SCHEMA_VERSION, tag, field, ...]``. msgpack decodes to plain data only (never
-objects), and :func:`decode` checks the version, the tag, the field count and every
-field's type before building a message, so a corrupt or foreign frame is a
-:class:`BackboneDecodeError`, not a crash.
+Wire form: a message is a msgpack array ``[SCHEMA_VERSION, tag, field, ...]``, and a
+ZeroMQ frame carries one message or a batch of them (a msgpack array of messages): each
+process gathers what it sends to one peer during one turn of its loop into one frame
+(:class:`Outbox`, at most :data:`MAX_BATCH` messages and :data:`MAX_BATCH_BYTES`), so
+a busy backbone costs one ZeroMQ message per peer per turn, not one per message.
+msgpack decodes to plain data only (never objects), and :func:`decode_batch` checks the
+version, the tag, the field count and every field's type before building a message, so
+a corrupt or foreign element is refused (and reported) on its own, never a crash.
 """
 
 from __future__ import annotations
@@ -40,15 +43,16 @@ import dataclasses
 import secrets
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 import msgpack
 
-SCHEMA_VERSION: Final = 3
-"""Raised whenever a message changes shape (3: ``Update.at``), so processes of
-different versions refuse each other's every message instead of misreading some."""
+SCHEMA_VERSION: Final = 4
+"""Raised whenever a message changes shape (3: ``Update.at``; 4: frames may carry a
+batch of messages), so processes of different versions refuse each other's every
+message instead of misreading some."""
 
 
 class BackboneDecodeError(ValueError):
@@ -242,7 +246,6 @@ PubMessage = Update | Beat
 Message = UpMessage | DownMessage | PubMessage
 
 _CLASSES: Final[tuple[type[Any], ...]] = typing.get_args(Message)
-_BY_TAG: Final[dict[str, type[Any]]] = {cls.TAG: cls for cls in _CLASSES}
 
 
 EPOCH_DIGITS: Final = 20
@@ -285,28 +288,133 @@ def encode(msg: Message) -> bytes:
 
 
 _FIELD_NAMES: dict[type[Any], list[str]] = {}
-_packb = msgpack.Packer(use_bin_type=True).pack
+_packer = msgpack.Packer(use_bin_type=True)
+_packb = _packer.pack
+
+
+def pack(frames: Sequence[bytes]) -> bytes:
+    """One frame that carries the encoded messages ``frames`` (from :func:`encode`), in
+    order: a single message as it is, several as a msgpack array of them (see
+    :class:`Outbox`)."""
+    if len(frames) == 1:
+        return frames[0]
+    header = _packer.pack_array_header(len(frames))
+    assert isinstance(header, bytes)
+    return header + b"".join(frames)
+
+
+MAX_BATCH: Final = 1024
+"""Messages in one batch frame at most."""
+MAX_BATCH_BYTES: Final = 256 * 1024
+"""Bytes of one batch frame at most (a larger message travels alone), far below the
+smallest ``--max-message-bytes`` (1 MiB)."""
+
+Sent = tuple[bytes, list[Message]]
+"""A frame ready to send, with the messages it carries (to account for each if the
+frame cannot be queued)."""
+
+
+class Outbox:
+    """Messages for one destination, gathered into one frame (:func:`pack`).
+
+    A shell adds what it decides to send during one turn of its loop and sends the frame
+    at the end of the turn: one ZeroMQ message (one wake-up of ZeroMQ's I/O thread, one
+    write, one read on the other side) instead of one per message. Order is kept. The
+    outbox never holds more than :data:`MAX_BATCH` messages or :data:`MAX_BATCH_BYTES`
+    (a message past that goes out on its own): :meth:`add` returns the frames that
+    must be sent at once, before anything added later."""
+
+    __slots__ = ("_bytes", "_frames", "_messages")
+
+    def __init__(self) -> None:
+        self._frames: list[bytes] = []
+        self._messages: list[Message] = []
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def add(self, msg: Message, frame: bytes | None = None) -> list[Sent]:
+        """Queue ``msg`` (``frame``: its encoding, if the caller has it); returns the
+        frames that are full and must be sent now, in order (usually none)."""
+        if frame is None:
+            frame = encode(msg)
+        size = len(frame)
+        ready: list[Sent] = []
+        if self._frames and (
+            self._bytes + size > MAX_BATCH_BYTES or len(self._frames) >= MAX_BATCH
+        ):
+            ready.append(self.take())
+        self._frames.append(frame)
+        self._messages.append(msg)
+        self._bytes += size
+        if self._bytes >= MAX_BATCH_BYTES:
+            ready.append(self.take())
+        return ready
+
+    def take(self) -> Sent:
+        """The frame of everything queued (empty the outbox; there must be something)."""
+        sent = pack(self._frames), self._messages
+        self._frames, self._messages, self._bytes = [], [], 0
+        return sent
 
 
 def decode(frame: bytes) -> Message:
-    """Decode one frame; raise :class:`BackboneDecodeError` for anything else."""
+    """Decode a frame that holds one message; raise :class:`BackboneDecodeError` for
+    anything else."""
+    return _from_raw(_unpack(frame))
+
+
+def decode_batch(frame: bytes) -> tuple[list[Message], list[str]]:
+    """Decode a frame of one message or a batch of them (:func:`pack`): the messages,
+    in order, and why each element that is not a message of this schema was refused
+    (the others are kept). A frame that is not msgpack at all is one refusal."""
     try:
-        raw = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
+        raw = _unpack(frame)
+    except BackboneDecodeError as exc:
+        return [], [str(exc)]
+    if type(raw) is not list or not raw or type(raw[0]) is not list:
+        try:
+            return [_from_raw(raw)], []
+        except BackboneDecodeError as exc:
+            return [], [str(exc)]
+    messages: list[Message] = []
+    errors: list[str] = []
+    for item in raw:
+        try:
+            messages.append(_from_raw(item))
+        except BackboneDecodeError as exc:
+            errors.append(str(exc))
+    return messages, errors
+
+
+def _unpack(frame: bytes) -> Any:
+    try:
+        return msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise BackboneDecodeError(f"not msgpack: {exc}") from None
-    if not isinstance(raw, list) or len(raw) < 2:
+
+
+def _from_raw(raw: Any) -> Message:
+    if type(raw) is not list or len(raw) < 2:
         raise BackboneDecodeError("not a message array")
-    version, tag, *values = raw
-    if version != SCHEMA_VERSION:
+    version, tag = raw[0], raw[1]
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise BackboneDecodeError(f"schema version {version!r}, expected {SCHEMA_VERSION}")
-    cls = _BY_TAG.get(tag) if isinstance(tag, str) else None
-    if cls is None:
+    shape = _SHAPES.get(tag) if type(tag) is str else None
+    if shape is None:
         raise BackboneDecodeError(f"unknown tag {tag!r}")
-    checks = _checkers(cls)
-    if len(values) != len(checks):
-        raise BackboneDecodeError(f"{tag}: {len(values)} fields, expected {len(checks)}")
+    values = raw[2:]
+    if len(values) != len(shape.checks):
+        raise BackboneDecodeError(f"{tag}: {len(values)} fields, expected {len(shape.checks)}")
     try:
-        msg: Message = cls(*[check(v) for check, v in zip(checks, values, strict=True)])
+        if shape.scalars is not None:  # every field a plain type: one pass, no copy
+            for value, (kind, what) in zip(values, shape.scalars, strict=True):
+                if type(value) is not kind:  # exact: a bool is not an int here
+                    raise _FieldTypeError(what)
+            msg: Message = shape.cls(*values)
+        else:
+            msg = shape.cls(*[check(v) for check, v in zip(shape.checks, values, strict=True)])
     except _FieldTypeError as exc:
         raise BackboneDecodeError(f"{tag}: expected {exc}") from None
     return msg
@@ -317,17 +425,28 @@ class _FieldTypeError(Exception):
 
 
 Checker = Callable[[Any], Any]
-_CHECKERS: dict[type[Any], list[Checker]] = {}
+_SCALARS: Final = (int, float, str, bool)
 
 
-def _checkers(cls: type[Any]) -> list[Checker]:
-    """One checker per field of ``cls``, built once from its annotations: decoding is
-    on every hot path, so types are not re-inspected per message."""
-    checks = _CHECKERS.get(cls)
-    if checks is None:
-        hints = typing.get_type_hints(cls)
-        checks = _CHECKERS[cls] = [_checker(hints[f.name]) for f in dataclasses.fields(cls)]
-    return checks
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """How to check and build one message class, worked out once from its annotations:
+    decoding is on every hot path, so types are not re-inspected per message."""
+
+    cls: type[Any]
+    checks: list[Checker]
+    scalars: list[tuple[type[Any], str]] | None
+    """``(type, description)`` per field when every field is a plain type (checked by
+    ``type(value) is kind``), else ``None``."""
+
+    @classmethod
+    def of(cls, message: type[Any]) -> _Shape:
+        hints = typing.get_type_hints(message)
+        types = [hints[f.name] for f in dataclasses.fields(message)]
+        scalars = None
+        if all(t in _SCALARS for t in types):
+            scalars = [(t, _describe(t)) for t in types]
+        return cls(message, [_checker(t) for t in types], scalars)
 
 
 def _checker(expected: Any) -> Checker:
@@ -356,12 +475,19 @@ def _checker(expected: Any) -> Checker:
             return tuple(check(v) for check, v in zip(parts, value, strict=True))
 
         return as_tuple
-    name = expected.__name__
-    article = "an" if name[0] in "aeiou" else "a"
-    return lambda value: _expect(value, expected, f"{article} {name}")
+    what = _describe(expected)
+    return lambda value: _expect(value, expected, what)
+
+
+def _describe(kind: type[Any]) -> str:
+    name = kind.__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _expect(value: Any, kind: type[Any], what: str) -> Any:
     if type(value) is not kind:  # exact: a bool is not an int here
         raise _FieldTypeError(what)
     return value
+
+
+_SHAPES: Final[dict[str, _Shape]] = {cls.TAG: _Shape.of(cls) for cls in _CLASSES}

@@ -183,7 +183,7 @@ def test_a_second_coordinator_on_the_same_endpoint_is_refused(tmp_path: Path) ->
             dealer.connect(f"ipc://{tmp_path}/events")
             dealer.send(bb.encode(bb.Hello("w9", "", "", "", [])))
             assert dealer.poll(5000)
-            assert isinstance(bb.decode(dealer.recv()), bb.Welcome)
+            assert isinstance(bb.decode_batch(dealer.recv())[0][0], bb.Welcome)
         finally:
             ctx.destroy(linger=0)
     finally:

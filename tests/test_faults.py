@@ -546,10 +546,10 @@ def burst(ctx: zmq.Context[zmq.Socket[bytes]], cluster: Cluster, n: int) -> str:
     while time.monotonic() < deadline:
         dealer.send(bb.encode(bb.SnapshotRequest()))
         while dealer.poll(200):
-            msg = bb.decode(dealer.recv())
-            if isinstance(msg, bb.Reannounce):
-                truth = bb.Hello("burst", "", "", "", [(n, last, "", 0, False)])
-                dealer.send(bb.encode(truth))
-            if isinstance(msg, bb.Snapshot) and last in msg.users:
-                return last
+            for msg in bb.decode_batch(dealer.recv())[0]:  # a frame may carry a batch
+                if isinstance(msg, bb.Reannounce):
+                    truth = bb.Hello("burst", "", "", "", [(n, last, "", 0, False)])
+                    dealer.send(bb.encode(truth))
+                if isinstance(msg, bb.Snapshot) and last in msg.users:
+                    return last
     raise AssertionError("the burst was never published")

@@ -32,11 +32,24 @@ does not move for ``stall_timeout`` is closed with 4005.
 Backbone: plain ZeroMQ sockets; a reader task waits for a socket's FD and then handles
 up to :data:`READ_BATCH` messages, and sends are non-blocking. (``zmq.asyncio`` costs a
 future and several ``EVENTS`` checks per message: a third of a worker's CPU when
-messaging.) A message that matters and cannot be queued (``Authed``, ``Closed``,
-``Hello``) is counted, and the worker re-registers (``Hello``, the whole truth) once it
-can; a ``Route`` that cannot be queued is answered ``unavailable`` at once.
+messaging.) What one turn of the loop sends to the coordinator, or to one other worker's
+results endpoint, goes out at the end of the turn as one frame
+(:class:`~shared.backbone.Outbox`, bounded), so a busy worker pays ZeroMQ once per peer
+per turn, not once per message. A message that matters and cannot be queued
+(``Authed``, ``Closed``, ``Hello``) is counted, and the worker re-registers (``Hello``,
+the whole truth) once it can; a ``Route`` that cannot be queued is answered
+``unavailable`` at once.
 
-Direct messages: a ``send`` becomes a ``Route`` to the coordinator, carrying its
+Direct messages: a ``send`` to a session this worker holds and the coordinator
+acknowledged (``ACKED`` or ``AUTHENTICATED``; the last one acknowledged, if the key has
+several here) is delivered here at once (:meth:`Worker._deliver_here`): the same room
+check, the same recipient bound (``rate_limited``), the same frames and results as the
+long way, which would reach this very connection. The coordinator orders sessions, and
+a newer session of the key elsewhere may already be acknowledged while this one's kick
+is on its way: the message then goes to the key's older connection, which proved the
+key, so ``delivered`` is still the truth (and the coordinator's routing has the same
+window, a route applied just before the replacement). Any other ``send`` becomes a
+``Route`` to the coordinator, carrying its
 deadline on the coordinator's clock (:class:`~workers.routes.CoordinatorClock`). The
 recipient's worker drops a ``Deliver`` past that deadline, and otherwise writes it (or
 refuses it, or finds the connection gone) and answers the origin worker directly on its
@@ -147,6 +160,7 @@ READ_BATCH: Final = 256
 MAX_PEERS: Final = 64
 """Result sockets to other workers kept open (the least recently used is closed)."""
 
+_NOBLOCK: Final = int(zmq.NOBLOCK)  # (flag arithmetic on pyzmq's enums is slow)
 _ROUTE_STATUS: Final = {
     "delivered": (SendStatus.DELIVERED, None),
     "offline": (SendStatus.OFFLINE, None),
@@ -164,6 +178,10 @@ class Group(enum.Enum):
     ACKED = "acked"  # auth_ok held until the replica catches up
     CURRENT = "current"  # gets the update (broadcast)
     BEHIND = "behind"  # lagging or stale: may resume with a snapshot
+
+
+_ACKNOWLEDGED: Final = frozenset({Group.ACKED, Group.CURRENT, Group.BEHIND})
+"""The groups of sessions the coordinator acknowledged (and has not kicked)."""
 
 
 def group_of(machine: Connection) -> Group | None:
@@ -209,6 +227,9 @@ class Worker:
         self.routes = RouteTable()
         self.clock = CoordinatorClock()
         self.clients: dict[int, Client] = {}
+        # Acknowledged sessions here, by key (the last one acknowledged): a send to one
+        # of them is delivered here, without the coordinator (see _deliver_here).
+        self._sessions: dict[str, Client] = {}
         self._by_ws: dict[ServerConnection, Client] = {}
         self._groups: dict[Group, dict[ServerConnection, Client]] = {g: {} for g in Group}
         self._pressured: set[ServerConnection] = set()  # transports past the write limit
@@ -258,6 +279,12 @@ class Worker:
         self._dealer = self._socket(zmq.DEALER)
         self._results = self._socket(zmq.PULL, server=True)
         self._peers: OrderedDict[str, zmq.Socket[bytes]] = OrderedDict()
+        # What this turn of the loop sends: one frame each to the coordinator and to
+        # each other worker's results endpoint, at the end of the turn (see _flush).
+        self._up = bb.Outbox()
+        self._results_out: dict[zmq.Socket[bytes], bb.Outbox] = {}
+        self._flush_due = False
+        self._closed = False
         # Wake-ups of the readers waiting on each socket (see _readable).
         self._wakers: dict[zmq.Socket[bytes], Callable[[], None]] = {}
         self._handlers: dict[type[bb.Message], Callable[[bb.Message], None]] = {
@@ -403,6 +430,7 @@ class Worker:
         log.info("worker %s stopping", self.worker_id, extra=logs.event("worker_stopping"))
         notify.stopping(f"worker {self.worker_id} stopping")
         self._emit(bb.Goodbye(self.worker_id))
+        self._flush()
         self._stopping = True  # the coordinator dropped all our sessions at once
         for server in servers:
             server.close(code=CloseCode.GOING_AWAY, reason=CLOSE_REASONS[CloseCode.GOING_AWAY])
@@ -416,6 +444,7 @@ class Worker:
         log.info("worker %s stopped", self.worker_id, extra=logs.event("worker_stopped"))
 
     def _close_sockets(self, linger_ms: int) -> None:
+        self._closed = True
         self._sub.close(linger=0)
         self._results.close(linger=0)
         for peer in self._peers.values():
@@ -642,14 +671,26 @@ class Worker:
         return (c for c in list(self.clients.values()) if c.machine.state in states)
 
     def _place(self, client: Client) -> None:
-        """Move ``client`` to the group its machine's state now calls for."""
+        """Move ``client`` to the group its machine's state now calls for (and in or out
+        of the acknowledged sessions)."""
         group = group_of(client.machine)
         if group is not client.group:
+            was = client.group in _ACKNOWLEDGED
             if client.group is not None:
                 del self._groups[client.group][client.ws]
             if group is not None:
                 self._groups[group][client.ws] = client
             client.group = group
+            if (group in _ACKNOWLEDGED) is not was:
+                self._acknowledged(client, now=not was)
+
+    def _acknowledged(self, client: Client, *, now: bool) -> None:
+        key = client.machine.key
+        assert key is not None  # acknowledged sessions have a key
+        if now:
+            self._sessions[key] = client
+        elif self._sessions.get(key) is client:
+            del self._sessions[key]
 
     def _in_group(self, group: Group) -> list[Client]:
         return list(self._groups[group].values())
@@ -657,28 +698,77 @@ class Worker:
     # ------------------------------------------------------------------ backbone out
 
     def _emit(self, msg: bb.UpMessage) -> bool:
-        """Queue ``msg`` for the coordinator without blocking; ``False`` if dropped (a
-        message that matters is then repaired by re-registering)."""
+        """Queue ``msg`` for the coordinator: it goes out with everything else this turn
+        of the loop sends there, in one frame (:meth:`_flush`). ``False`` if refused at
+        once (stopping); a frame that cannot be queued is accounted for message by
+        message (:meth:`_lost`)."""
         if self._stopping:
             return False
+        for sent in self._up.add(msg):
+            self._send_up(sent)
+        self._flush_soon()
+        return True
+
+    def _flush_soon(self) -> None:
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send what this turn of the loop queued: one frame to the coordinator, one to
+        each worker that gets results."""
+        self._flush_due = False
+        if self._closed:
+            return
+        if len(self._up):
+            self._send_up(self._up.take())
+        if self._results_out:
+            out, self._results_out = self._results_out, {}
+            for sock, box in out.items():
+                if len(box):
+                    self._send_result(sock, box.take())
+
+    def _send_up(self, sent: bb.Sent) -> None:
+        frame, messages = sent
         try:
-            self._dealer.send(bb.encode(msg), zmq.DONTWAIT)
+            self._dealer.send(frame, _NOBLOCK)
         except zmq.Again:  # past SNDHWM: the coordinator is not reading
-            self.counters[msg.TAG] += 1
-            stats.dropped(msg.TAG)
-            if isinstance(msg, _REPAIRED_BY_HELLO) and not self._repair:
+            for msg in messages:
+                self._lost(msg)
+        finally:
+            # A send may take in pending input without the (edge-triggered) FD firing.
+            if (wake := self._wakers.get(self._dealer)) is not None:
+                wake()
+
+    def _lost(self, msg: bb.Message) -> None:
+        """``msg`` could not be queued for the coordinator: count it, and repair what it
+        leaves wrong (a message that matters: re-register; a route: ``unavailable``)."""
+        self.counters[msg.TAG] += 1
+        stats.dropped(msg.TAG)
+        if isinstance(msg, _REPAIRED_BY_HELLO):
+            if not self._repair:
                 log.warning(
                     "lost %s to the coordinator; will re-register",
                     msg.TAG,
                     extra=logs.event("event_lost", kind=msg.TAG),
                 )
-                self._repair = True
-            return False
-        finally:
-            # A send may take in pending input without the (edge-triggered) FD firing.
-            if (wake := self._wakers.get(self._dealer)) is not None:
-                wake()
-        return True
+            self._repair = True
+        elif isinstance(msg, bb.Route):
+            pending = self.routes.finish(msg.route)
+            if pending is not None:
+                stats.routed(time.monotonic() - pending.opened, SendStatus.REJECTED)
+                client = self.clients.get(pending.conn)
+                if client is not None:
+                    self._result(client, pending.msg_id, _UNAVAILABLE)
+
+    def _send_result(self, sock: zmq.Socket[bytes], sent: bb.Sent) -> None:
+        frame, messages = sent
+        try:
+            sock.send(frame, _NOBLOCK)
+        except zmq.Again:  # cannot happen: there was room when the first was added
+            self.counters["results"] += len(messages)
+            for _ in messages:
+                stats.dropped(bb.RouteDone.TAG)
 
     def _start_route(self, client: Client, action: StartRoute) -> None:
         machine = client.machine
@@ -691,15 +781,32 @@ class Worker:
             self._result(client, action.msg_id, (SendStatus.REJECTED, reason))
             return
         assert machine.key is not None
+        recipient = self._sessions.get(action.to)
+        if recipient is not None and not self._stopping:
+            self._deliver_here(client, recipient, action)
+            return
         timeout = self.settings.timing.route_timeout
         due, opened = self.now + timeout, time.monotonic()  # (uvloop's time is in ms)
         route = self.routes.open(machine.conn_id, action.msg_id, due, size, opened=opened)
         deadline = self.clock.now(time.time()) + timings.route_ttl(timeout)
         msg = bb.Route(route, machine.key, action.to, action.msg_id, action.body, deadline)
-        if not self._emit(msg):
-            self.routes.finish(route)
-            stats.routed(0.0, SendStatus.REJECTED)
-            self._result(client, action.msg_id, _UNAVAILABLE)
+        if not self._emit(msg):  # stopping: nothing goes out any more
+            self._lost(msg)
+
+    def _deliver_here(self, client: Client, recipient: Client, action: StartRoute) -> None:
+        """Deliver a send to a session acknowledged on this worker, at once: what the
+        recipient's machine decides (written, held for ``auth_ok``, or past its bound:
+        ``rate_limited``) is the result, exactly as it would be by way of the
+        coordinator, which would route it to this very connection."""
+        sender = client.machine.key
+        assert sender is not None
+        actions, delivery = recipient.machine.on_deliver(
+            sender, action.msg_id, action.body, recipient.buffered()
+        )
+        self._perform(recipient, actions)
+        outcome = _ROUTE_STATUS[delivery.value]
+        stats.routed(0.0, outcome[0])
+        self._result(client, action.msg_id, outcome)
 
     def _result(
         self, client: Client, msg_id: str, outcome: tuple[SendStatus, RejectReason | None]
@@ -740,7 +847,11 @@ class Worker:
         self._peers[endpoint] = sock
         if len(self._peers) > MAX_PEERS:
             _, oldest = self._peers.popitem(last=False)
-            oldest.close(linger=0)
+            box = self._results_out.pop(oldest, None)
+            if box is not None and len(box):
+                self._send_result(oldest, box.take())
+            # Linger: results already queued there are still handed over.
+            oldest.close(linger=SHUTDOWN_LINGER_MS)
         return sock
 
     # ------------------------------------------------------------------ backbone in
@@ -748,18 +859,22 @@ class Worker:
     async def _read(self, sock: zmq.Socket[bytes]) -> None:
         while True:
             await self._readable(sock)
-            if self._read_some(sock, READ_BATCH) == READ_BATCH:
+            if self._read_some(sock, READ_BATCH) >= READ_BATCH:
                 await asyncio.sleep(0)  # a full batch: let the clients' frames in
 
     def _read_some(self, sock: zmq.Socket[bytes], limit: int) -> int:
-        """Handle up to ``limit`` waiting messages from ``sock``; returns how many."""
-        for handled in range(limit):
+        """Handle waiting frames from ``sock`` until ``limit`` messages are handled or
+        none is left; returns how many messages were handled (a frame is handled
+        whole)."""
+        peer = sock is self._results
+        handled = 0
+        while handled < limit:
             try:
-                frame = sock.recv(zmq.NOBLOCK)
+                frame = sock.recv(_NOBLOCK)
             except zmq.Again:
                 return handled
-            self._dispatch(frame, from_peer=sock is self._results)
-        return limit
+            handled += self._dispatch(frame, from_peer=peer)
+        return handled
 
     async def _readable(self, sock: zmq.Socket[bytes]) -> None:
         """Return once ``sock`` holds a message. Its FD only signals changes since the
@@ -783,36 +898,40 @@ class Worker:
             loop.remove_reader(fd)
             self._wakers.pop(sock, None)
 
-    def _dispatch(self, frame: bytes, *, from_peer: bool = False) -> None:
-        try:
-            msg = bb.decode(frame)
-        except bb.BackboneDecodeError as exc:
+    def _dispatch(self, frame: bytes, *, from_peer: bool = False) -> int:
+        """Handle one backbone frame (a message or a batch); returns how many messages
+        it held (at least 1, so that a stream of junk still ends a read batch)."""
+        messages, errors = bb.decode_batch(frame)
+        for error in errors:
             log.warning(
                 "dropping undecodable backbone frame: %s",
-                exc,
-                extra=logs.event("undecodable_frame", error=str(exc)),
+                error,
+                extra=logs.event("undecodable_frame", error=error),
             )
-            return
         if from_peer:  # other workers may only report results
-            if isinstance(msg, bb.RouteDone):
-                self._on_route_done(msg)
-            else:
+            for msg in messages:
+                if isinstance(msg, bb.RouteDone):
+                    self._on_route_done(msg)
+                else:
+                    log.warning(
+                        "dropping %s on the results endpoint",
+                        msg.TAG,
+                        extra=logs.event("unexpected_result", kind=msg.TAG),
+                    )
+            return max(1, len(messages))
+        handlers = self._handlers
+        for msg in messages:
+            handler = handlers.get(type(msg))
+            if handler is None:
                 log.warning(
-                    "dropping %s on the results endpoint",
+                    "dropping unexpected backbone message %s",
                     msg.TAG,
-                    extra=logs.event("unexpected_result", kind=msg.TAG),
+                    extra=logs.event("unexpected_message", kind=msg.TAG),
                 )
-            return
-        handler = self._handlers.get(type(msg))
-        if handler is None:
-            log.warning(
-                "dropping unexpected backbone message %s",
-                msg.TAG,
-                extra=logs.event("unexpected_message", kind=msg.TAG),
-            )
-            return
-        self._last_seen = self.now
-        handler(msg)
+                continue
+            self._last_seen = self.now
+            handler(msg)
+        return max(1, len(messages))
 
     def _on_beat(self, msg: bb.Beat) -> None:
         self.clock.beat(msg.epoch, msg.at, time.time())
@@ -838,7 +957,7 @@ class Worker:
             return
         local = msg.origin == self.worker_id
         reply = None if local else self._peer(msg.reply_to, msg.reply_key)
-        if not local and (reply is None or not _can_send(reply)):
+        if not local and (reply is None or not self._can_report(reply)):
             self.counters["unreportable"] += 1  # not delivered: the origin times out
             stats.dropped(bb.RouteDone.TAG)
             return
@@ -854,11 +973,19 @@ class Worker:
         if reply is None:
             self._on_route_done(done)
             return
-        try:
-            reply.send(bb.encode(done), zmq.DONTWAIT)
-        except zmq.Again:  # cannot happen right after POLLOUT, one message later
-            self.counters["results"] += 1
-            stats.dropped(bb.RouteDone.TAG)
+        box = self._results_out.get(reply)
+        if box is None:
+            box = self._results_out[reply] = bb.Outbox()
+        for sent in box.add(done):
+            self._send_result(reply, sent)
+        self._flush_soon()
+
+    def _can_report(self, reply: zmq.Socket[bytes]) -> bool:
+        """Whether a result for the worker behind ``reply`` can be queued: there is room
+        for a message now, or there was when this turn's frame for it was begun (nothing
+        was sent there since, so the one frame still fits)."""
+        box = self._results_out.get(reply)
+        return (box is not None and len(box) > 0) or _can_send(reply)
 
     def _on_route_done(self, msg: bb.RouteDone) -> None:
         pending = self.routes.finish(msg.route)
@@ -906,7 +1033,9 @@ class Worker:
             self._results_key,
             claims,
         )
-        self._repair = not self._emit(hello)
+        self._repair = False  # until the frame with the Hello is lost (see _lost)
+        if not self._emit(hello):
+            self._repair = True
 
     def _fan_out(self, update: Forward) -> None:
         """Frame once, write the same bytes to every current client (:mod:`workers.frames`);
@@ -986,7 +1115,7 @@ class Worker:
         # Read every result already waiting before any route may time out: a result
         # that arrived in time is never overtaken by "unavailable".
         for sock in (self._results, self._dealer):
-            while self._read_some(sock, READ_BATCH) == READ_BATCH:
+            while self._read_some(sock, READ_BATCH) >= READ_BATCH:
                 pass
         now = self.now
         for pending in self.routes.expire(now):

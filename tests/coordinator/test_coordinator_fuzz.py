@@ -63,7 +63,9 @@ class Rig:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if sock.poll(50):
-                return bb.decode(sock.recv())
+                messages, errors = bb.decode_batch(sock.recv())
+                assert len(messages) == 1 and not errors  # one request, one reply
+                return messages[0]
         raise AssertionError("the coordinator did not answer")
 
     def drain(self) -> None:

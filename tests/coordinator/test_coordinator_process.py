@@ -31,14 +31,21 @@ class FakeWorker:
         self.dealer.setsockopt(zmq.LINGER, 0)
         self.dealer.setsockopt(zmq.ROUTING_ID, name.encode())
         self.dealer.connect(events)
+        self._waiting: dict[zmq.Socket[bytes], list[bb.Message]] = {}
 
     def send(self, msg: bb.Message) -> None:
         self.dealer.send(bb.encode(msg))
 
     def _recv(self, sock: zmq.Socket[bytes], timeout: float) -> bb.Message:
-        if not sock.poll(int(timeout * 1000)):
-            raise AssertionError(f"{self.name}: nothing received within {timeout}s")
-        return bb.decode(sock.recv())
+        """The next message (a frame may carry a batch of them: the rest wait here)."""
+        waiting = self._waiting.setdefault(sock, [])
+        if not waiting:
+            if not sock.poll(int(timeout * 1000)):
+                raise AssertionError(f"{self.name}: nothing received within {timeout}s")
+            messages, errors = bb.decode_batch(sock.recv())
+            assert messages and not errors, errors
+            waiting.extend(messages)
+        return waiting.pop(0)
 
     def reply(self, timeout: float = 5.0) -> bb.Message:
         return self._recv(self.dealer, timeout)

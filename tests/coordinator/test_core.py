@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from coordinator.core import CoordinatorCore, Output, Publish, ToWorker
 from coordinator.settings import CoordinatorSettings, Timing
 from shared import backbone as bb
+from shared import timings
 
 A, B = "a" * 64, "b" * 64
 E0 = f"{10**18:020d}-00000000"
@@ -136,6 +137,42 @@ def test_silent_workers_expire_and_their_sessions_leave() -> None:
     assert (c.workers_expired, c.ghosts_reaped) == (1, 1)
 
 
+def test_a_snapshot_is_made_once_per_epoch_and_seq() -> None:
+    """A resync storm (every worker asks at once) costs one snapshot: the same message
+    until the lobby publishes again, then a new one that shows the change."""
+    c = core()
+    c.handle("w1", hello("w1"), now=0.0, wall=0.0)
+    c.handle("w2", hello("w2"), now=0.0, wall=0.0)
+    c.handle("w1", bb.Authed(1, A), now=0.1, wall=0.0)
+    (first,) = to(c.handle("w1", bb.SnapshotRequest(), now=0.2, wall=0.0), "w1")
+    (again,) = to(c.handle("w2", bb.SnapshotRequest(), now=0.2, wall=0.0), "w2")
+    assert first == bb.Snapshot(E0, 1, [A]) and again is first
+    c.handle("w2", bb.Authed(1, B), now=0.3, wall=0.0)  # published at once (no window)
+    (after,) = to(c.handle("w1", bb.SnapshotRequest(), now=0.4, wall=0.0), "w1")
+    assert after == bb.Snapshot(E0, 2, [A, B])
+
+
+def test_tick_is_due_for_a_flush_a_beat_or_the_check_for_silent_workers() -> None:
+    windowed = dataclasses.replace(SETTINGS.timing, batch_window=0.05)
+    c = CoordinatorCore(
+        dataclasses.replace(SETTINGS, timing=windowed), epoch=E0, now=0.0, rebuild=False
+    )
+    c.tick(now=0.0, wall=0.0)  # the first beat
+    assert c.due == timings.EXPIRY_CHECK  # the next check; the next beat is at 1.0
+    c.handle("w1", hello("w1"), now=0.01, wall=0.0)
+    out = c.handle("w1", bb.Authed(1, A), now=0.02, wall=0.0)
+    assert published(out) == [] and c.due == 0.02 + 0.05  # the batch window's flush
+    out = c.tick(now=c.due, wall=0.0)
+    assert published(out) == [bb.Update(E0, 1, [A], [], 0.0)]
+    assert c.due == 0.07 + timings.EXPIRY_CHECK
+    # A lost reply that needs a repair makes the next turn ask for it at once.
+    (ack,) = to(out, "w1")
+    c.undelivered("w1", ack)
+    assert c.due == float("-inf")
+    assert to(c.tick(now=0.08, wall=0.0), "w1") == [bb.Reannounce()]
+    assert c.due == 0.08 + timings.EXPIRY_CHECK
+
+
 def test_counts_for_the_metrics() -> None:
     """What the shell records: each update carries its publication's wall clock; a
     replaced session, a flap and a goodbye (no ghost: it said so) are counted."""
@@ -218,6 +255,7 @@ likely = st.one_of(
     ),
     st.builds(bb.Route, st.integers(0, 9), keys, keys, st.just("m"), st.just("b"), st.floats(0, 9)),
     st.builds(bb.Heartbeat, st.sampled_from(WORKERS)),
+    st.builds(bb.SnapshotRequest),
     st.builds(bb.Goodbye, st.sampled_from(WORKERS)),
 )
 step = st.one_of(
@@ -238,7 +276,14 @@ def test_no_message_sequence_crashes_the_coordinator_or_breaks_the_lobby(
     now = 0.0
     last: list[Output] = []
     snapshot_seq = 0
+    lobby_at: dict[tuple[str, int], list[str]] = {}  # every (epoch, seq) seen, uncached
+
+    def note() -> None:
+        seq, users = c.lobby.snapshot()
+        assert lobby_at.setdefault((c.epoch, seq), users) == users
+
     for kind, *args in steps:
+        note()
         if kind == "msg":
             worker, msg = args
             last = c.handle(worker, msg, now=now, wall=now)
@@ -257,6 +302,8 @@ def test_no_message_sequence_crashes_the_coordinator_or_breaks_the_lobby(
             bb.decode(bb.encode(message))  # whatever it says is well formed
             if isinstance(message, bb.Update | bb.Snapshot):
                 assert message.epoch == c.epoch
+            if isinstance(message, bb.Snapshot):  # exactly the lobby as of its seq
+                assert message.users == lobby_at[message.epoch, message.seq]
             if isinstance(message, bb.Update):
                 assert message.seq == snapshot_seq + 1
                 snapshot_seq = message.seq

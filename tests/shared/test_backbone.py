@@ -79,6 +79,51 @@ def test_arbitrary_bytes_never_raise_anything_else(frame: bytes) -> None:
         bb.decode(frame)
 
 
+@given(st.lists(messages(), max_size=40))
+def test_an_outbox_sends_everything_in_order_within_its_bounds(sent: list[bb.Message]) -> None:
+    box = bb.Outbox()
+    frames: list[bb.Sent] = []
+    for msg in sent:
+        frames += box.add(msg)
+        assert len(box) < bb.MAX_BATCH
+    if len(box):
+        frames.append(box.take())
+    received: list[bb.Message] = []
+    for frame, carried in frames:
+        messages, errors = bb.decode_batch(frame)
+        assert messages == carried and not errors
+        assert len(carried) == 1 or len(frame) <= bb.MAX_BATCH_BYTES  # only one goes alone
+        received += messages
+    assert received == sent
+
+
+def test_an_outbox_sends_a_full_batch_at_once() -> None:
+    box = bb.Outbox()
+    beat = bb.Heartbeat("w1")
+    ready = [s for _ in range(bb.MAX_BATCH + 1) for s in box.add(beat)]
+    assert [len(carried) for _, carried in ready] == [bb.MAX_BATCH] and len(box) == 1
+    big = bb.Snapshot("e", 1, ["a" * 64] * (bb.MAX_BATCH_BYTES // 64))
+    ready = box.add(big)  # what was waiting first, then the big one alone
+    assert [carried for _, carried in ready] == [[beat], [big]] and len(box) == 0
+
+
+def test_a_batch_keeps_its_good_messages_and_reports_the_others() -> None:
+    good = bb.encode(bb.Heartbeat("w1"))
+    junk = msgpack.packb([bb.SCHEMA_VERSION - 1, "hb", "w1"])
+    messages, errors = bb.decode_batch(bb.pack([good, junk, good]))
+    assert messages == [bb.Heartbeat("w1")] * 2 and len(errors) == 1
+    messages, errors = bb.decode_batch(b"\xc1")  # not msgpack at all: one refusal
+    assert messages == [] and len(errors) == 1
+    with pytest.raises(bb.BackboneDecodeError):
+        bb.decode(bb.pack([good, good]))  # a batch is not one message
+
+
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_never_raise_from_decode_batch(frame: bytes) -> None:
+    messages, errors = bb.decode_batch(frame)
+    assert messages or errors
+
+
 def test_epochs_sort_by_generation_and_can_be_made_above_any_other() -> None:
     first = bb.new_epoch()
     second = bb.new_epoch()

@@ -75,22 +75,26 @@ class FakeCoordinator:
     async def serve_peer(self) -> None:
         """Record what the worker reports to another worker's results endpoint."""
         while True:
-            self.up.append(bb.decode(await self.peer.recv()))
+            messages, errors = bb.decode_batch(await self.peer.recv())
+            assert not errors, errors
+            self.up.extend(messages)
             self.arrived.set()
 
     async def serve(self) -> None:
         while True:
             ident, frame = await self.router.recv_multipart()
             assert ident == WORKER.encode()
-            msg = bb.decode(frame)
-            if isinstance(msg, bb.Heartbeat):
-                continue
-            self.up.append(msg)
-            self.arrived.set()
-            if self.answering and isinstance(msg, bb.Hello):
-                self.send(bb.Welcome(self.epoch))
-            if self.answering and isinstance(msg, bb.SnapshotRequest):
-                self.send(bb.Snapshot(self.epoch, self.seq, sorted(self.users)))
+            messages, errors = bb.decode_batch(frame)  # one message or a batch
+            assert not errors, errors
+            for msg in messages:
+                if isinstance(msg, bb.Heartbeat):
+                    continue
+                self.up.append(msg)
+                self.arrived.set()
+                if self.answering and isinstance(msg, bb.Hello):
+                    self.send(bb.Welcome(self.epoch))
+                if self.answering and isinstance(msg, bb.SnapshotRequest):
+                    self.send(bb.Snapshot(self.epoch, self.seq, sorted(self.users)))
 
     async def beat(self) -> None:
         while True:
@@ -585,8 +589,10 @@ def test_deliver_writes_message_or_reports_offline(ipc_dir: Path) -> None:
             # Past its deadline (the coordinator stalled): dropped, never written.
             c.send(deliver(h, 7, a.conn, "late", deadline=time.time() - 0.01))
             await a.quiet()
-            # From this worker to itself: answered without a socket.
-            await a.send({"type": "send", "to": a.key, "id": "self", "body": "me"})
+            # From this worker to itself: answered without a socket. (A send to a session
+            # this worker holds is delivered here at once, see below; the coordinator
+            # routes one back only for a session it knows here and the worker not yet.)
+            await a.send({"type": "send", "to": "f" * 64, "id": "self", "body": "me"})
             route = await c.expect(bb.Route)
             mine = bb.Deliver(
                 WORKER, "", "", route.route, a.conn, a.key, "self", "me", route.deadline
@@ -617,6 +623,78 @@ def test_a_result_is_believed_only_for_a_route_in_flight(ipc_dir: Path) -> None:
             await results.send(bb.encode(bb.RouteDone(route.route, "offline")))
             assert await a.recv() == {"type": "send_result", "id": "r", "status": "offline"}
             results.close()
+
+    run(scenario())
+
+
+async def until_result(session: Session, msg_id: str) -> list[dict[str, Any]]:
+    """Every frame ``session`` gets up to and including the ``send_result`` for ``msg_id``."""
+    frames = [await session.recv()]
+    while not (frames[-1]["type"] == "send_result" and frames[-1]["id"] == msg_id):
+        frames.append(await session.recv())
+    return frames
+
+
+def test_a_send_to_a_session_here_is_delivered_here_exactly_as_through_the_coordinator(
+    ipc_dir: Path,
+) -> None:
+    """Differential: the same sends, once to sessions on this worker (no Route: delivered
+    here) and once the long way (the coordinator's Deliver, the recipient's result
+    reported to the origin, the origin's answer), give the same frames to both ends."""
+
+    async def scenario() -> None:
+        async with worker(ipc_dir, "--max-queue-bytes", "1024") as h:
+            c = h.coord
+            a, b = await h.login(new_key()), await h.login(new_key())
+            assert (await a.recv())["type"] == "lobby_update"  # b joined
+            far = "f" * 64  # a recipient elsewhere: the sender's half of the long way
+            situations = [
+                (b, "hello", "delivered"),
+                (b, "x" * 2000, "rate_limited"),  # past the recipient's bound
+                (a, "me", "delivered"),  # to oneself: the message, then the result
+            ]
+            for n, (to, body, status) in enumerate(situations):
+                msg_id = f"m{n}"
+                send = {"type": "send", "to": to.key.upper(), "id": msg_id, "body": body}
+                # Here.
+                await a.send(send)
+                here_sender = await until_result(a, msg_id)
+                here_recipient = [await b.recv()] if to is b and status == "delivered" else []
+                # The long way: the recipient's worker, then the origin's.
+                c.send(bb.Deliver("w9", f"ipc://{ipc_dir}/{PEER}", "", 900 + n, to.conn,
+                                  a.key, msg_id, body, time.time() + 60))  # fmt: skip
+                done = await c.expect(bb.RouteDone, lambda m, n=n: m.route == 900 + n)
+                assert done.status == status
+                far_recipient = [await to.recv()] if status == "delivered" else []
+                await a.send({**send, "to": far})
+                route = await c.expect(bb.Route)
+                c.send(bb.RouteDone(route.route, done.status))
+                far_sender = await until_result(a, msg_id)
+                if to is a:
+                    assert here_sender == far_recipient + far_sender
+                else:
+                    assert (here_sender, here_recipient) == (far_sender, far_recipient)
+                    if status != "delivered":
+                        await b.quiet()
+            # A newer session of b's key takes the sends here; the end of the older one
+            # (the coordinator kicks it) leaves the newer one in place.
+            b2 = await h.login(b.sk)
+            assert (await a.recv())["type"] == "lobby_update"
+            c.send(bb.Kick(b.conn))
+            assert (await b.closed())[0] == 4002
+            await c.expect(bb.Closed, lambda m: m.conn == b.conn)
+            await a.send({"type": "send", "to": b.key, "id": "new", "body": "hi"})
+            assert await b2.recv() == {"type": "message", "from": a.key, "id": "new", "body": "hi"}
+            assert await a.recv() == {"type": "send_result", "id": "new", "status": "delivered"}
+            assert not c.seen(bb.Route)  # nothing sent here went to the coordinator
+            # Once its last session ends here, a recipient is looked up by the coordinator.
+            await b2.ws.close()
+            await c.expect(bb.Closed, lambda m: m.conn == b2.conn)
+            await a.send({"type": "send", "to": b.key, "id": "gone", "body": ""})
+            route = await c.expect(bb.Route)
+            assert route.to == b.key
+            c.send(bb.RouteDone(route.route, "offline"))
+            assert await a.recv() == {"type": "send_result", "id": "gone", "status": "offline"}
 
     run(scenario())
 
