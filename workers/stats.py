@@ -12,10 +12,11 @@ from __future__ import annotations
 import time
 from typing import Final
 
+from prometheus_client import Counter
 from websockets.asyncio.server import ServerConnection
 
 from shared import metrics, protocol
-from shared.protocol import AuthFailure, SendStatus
+from shared.protocol import AuthFailure, RejectReason, SendStatus
 from workers.admission import Admit
 from workers.connection import AuthOutcome, SendOutcome, SnapshotCause, Write, WriteSnapshot
 from workers.replica import ResyncReason
@@ -52,9 +53,17 @@ def written(action: Write | WriteSnapshot) -> None:
         sent(outcome)
 
 
+_SENT: Final[dict[tuple[SendStatus, RejectReason | None], Counter]] = {}
+"""``presence_direct_messages_total`` by outcome, bound at the first of each (a few)."""
+
+
 def sent(outcome: SendOutcome) -> None:
-    reason = metrics.NO_REASON if outcome.reason is None else outcome.reason.value
-    metrics.DIRECT_MESSAGES.labels(outcome.status.value, reason).inc()
+    key = (outcome.status, outcome.reason)
+    series = _SENT.get(key)
+    if series is None:
+        reason = metrics.NO_REASON if outcome.reason is None else outcome.reason.value
+        series = _SENT[key] = metrics.DIRECT_MESSAGES.labels(outcome.status.value, reason)
+    series.inc()
 
 
 def auth_ended(outcome: AuthOutcome) -> None:
