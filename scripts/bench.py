@@ -435,6 +435,8 @@ SECTIONS = {
             "round_trip_p99_ms",
             "delivery_p50_ms",
             "delivery_p99_ms",
+            "server_cpu_us_per_message",
+            "generator_cpu_s",
         ],
     ),
     "idle": (

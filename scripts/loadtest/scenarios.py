@@ -409,6 +409,7 @@ def messages(
         1 for part in plan for a, b in part if where[a] is not None and where[a] != where[b]
     )
     start = time.time() + START_DELAY
+    cpu0, gen0 = ctx.server_cpu(), ctx.generator_cpu()
     parts = ctx.pool.call(
         "messages",
         lambda a: {
@@ -422,6 +423,7 @@ def messages(
         progress=ctx.progress("messaging", int(duration * rate) * 2 * pairs),
         timeout=duration + 60,
     )
+    cpu1, gen1 = ctx.server_cpu(), ctx.generator_cpu()
     sent = sum(p["sent"] for p in parts)
     received = sum(p["received"] for p in parts)
     lost = sum(p["lost"] for p in parts)
@@ -446,6 +448,11 @@ def messages(
     # falls behind the schedule must show a lower rate.
     span = max([duration, *(p.get("span", 0.0) for p in parts)])
     m["messages_per_s"] = round(received / span, 1)
+    # What one message costs the server, all processes together (the sender's worker,
+    # the coordinator, the recipient's worker); the generator's for comparison.
+    m["server_cpu_s"] = round(cpu1 - cpu0, 2)
+    m["server_cpu_us_per_message"] = round((cpu1 - cpu0) / max(received, 1) * 1e6, 1)
+    m["generator_cpu_s"] = round(gen1 - gen0, 2)
     _latency_metrics(
         result, "round_trip", Histogram.merged(Histogram.from_dict(p["rtt"]) for p in parts)
     )

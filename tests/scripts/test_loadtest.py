@@ -725,6 +725,7 @@ def test_messages_pairs_clients_on_different_workers(ctx: scenarios.Context) -> 
     assert_ok(result)
     assert result.metrics["messages"] == 2 * 2 * 10
     assert result.metrics["cross_worker_pairs"] >= 1  # placement is the kernel's choice
+    assert result.metrics["server_cpu_s"] > 0  # the cluster is measured from /proc
 
 
 def test_pairs_prefer_clients_on_different_workers() -> None:
