@@ -619,6 +619,8 @@ class Worker:
     async def _next_frame(self, client: Client) -> str | bytes | None:
         """The next client frame, or ``None`` when the connection's deadline passed."""
         deadline = client.machine.deadline
+        if deadline is None:  # an online client: no timeout to arm for every frame
+            return await client.ws.recv()
         try:
             async with asyncio.timeout_at(deadline):
                 return await client.ws.recv()
