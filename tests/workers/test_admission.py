@@ -537,9 +537,9 @@ def test_one_source_flooding_leaves_the_reserve_to_everyone_else(
     window: int, reserve: float, share: float, steps: list[str]
 ) -> None:
     """However one source floods (its connections settling or not, the window moving),
-    it holds at most ``max(share, window - reserve)`` in flight, so a newcomer from
-    another source holding less than its share is admitted whenever the window has
-    room."""
+    no admission gives it more than ``max(share, window - reserve)`` in flight, and a
+    newcomer from another source holding less than its share is admitted whenever the
+    window has room."""
     door = Admission(
         AdmissionLimits(
             max_pending_auth=1000, auth_window=window, auth_reserve=reserve, source_share=share
@@ -550,9 +550,9 @@ def test_one_source_flooding_leaves_the_reserve_to_everyone_else(
     for step in steps:
         if step == "flood":
             conn = next(ids)
-            if door.admit(conn, "a").admitted:
+            if door.admit(conn, "a").admitted:  # (a window that shrank since may hold more)
                 mine.append(conn)
-            assert door.flying("a") <= max(door.share, door.window - door.reserve) + 1e-9
+                assert door.flying("a") <= max(door.share, door.window - door.reserve) + 1e-9
         elif step == "settle" and mine:
             door.settled(mine.pop(0))
         elif step in ("lag", "calm"):
