@@ -352,13 +352,13 @@ def test_frame_size_limits_before_and_after_auth(cluster: Cluster) -> None:
 
 @pytest.fixture
 def door_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    # A window of 4 out of a challenge phase of 8, all of it for anyone (no reserve), and
-    # a lag target no test machine misses: the window moves only by demand here.
+    # A window of 16 (its floor) out of a challenge phase of 24, all of it for anyone (no
+    # reserve), and a lag target no test machine misses: the window moves only by demand.
     with Cluster(
         tmp_path,
         workers=1,
         worker_args=(
-            *("--max-pending-auth", "8", "--auth-window", "4", "--auth-reserve", "0"),
+            *("--max-pending-auth", "24", "--auth-window", "16", "--auth-reserve", "0"),
             *("--lag-target", "30"),
         ),
     ) as c:
@@ -386,15 +386,15 @@ def test_the_auth_window_and_the_challenge_phase_refuse_before_the_handshake(
 
     async def scenario() -> None:
         h = await health(port)
-        assert (h["authWindow"], h["inFlight"]) == (4, 0)
-        silent = [await _challenged(url) for _ in range(4)]  # the window is full
+        assert (h["authWindow"], h["inFlight"]) == (16, 0)
+        silent = [await _challenged(url) for _ in range(16)]  # the window is full
         await _refused(url)
         h = await health(port)
-        assert (h["challenged"], h["inFlight"]) == (4, 4)
+        assert (h["challenged"], h["inFlight"]) == (16, 16)
         assert h["refused"] == {"full": 0, "busy": 0, "throttled": 1}
-        # Demand, and a loop within its lag target: the window grows (to the cap of 8).
-        await health_until(port, lambda h: h["authWindow"] == 8, "the window to grow")
-        silent += [await _challenged(url) for _ in range(4)]
+        # Demand, and a loop within its lag target: the window grows (to the cap of 24).
+        await health_until(port, lambda h: h["authWindow"] == 24, "the window to grow")
+        silent += [await _challenged(url) for _ in range(8)]
         await _refused(url)  # now the challenge phase is full
         h = await health(port)
         assert h["refused"] == {"full": 0, "busy": 1, "throttled": 1}
@@ -402,11 +402,11 @@ def test_the_auth_window_and_the_challenge_phase_refuse_before_the_handshake(
         # more gets in, and is out of the window once acknowledged.
         await silent[0].send("{}")
         assert json.loads(await silent[0].recv())["type"] == "auth_failed"
-        await health_until(port, lambda h: h["inFlight"] == 7, "the slot to free")
+        await health_until(port, lambda h: h["inFlight"] == 23, "the slot to free")
         client = await LobbyClient.connect(url)
         other = await LobbyClient.connect(url)
         await client.wait_for_view({client.public_key, other.public_key})
-        assert (await health(port))["inFlight"] == 7
+        assert (await health(port))["inFlight"] == 23
         # The Python client reads the refused upgrade as 1013.
         await _challenged(url)
         with pytest.raises(ConnectionRefusedByServer) as refused:

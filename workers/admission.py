@@ -223,10 +223,13 @@ class Decision:
         return self.verdict is Admit.OK
 
 
-MIN_WINDOW: Final = 4.0
-"""The auth window never shrinks below this: however loaded, a worker keeps admitting a
-few, so a lag that comes from elsewhere (fan-out to its online clients, a neighbour on
-the machine) slows a storm down but never shuts the door."""
+MIN_WINDOW: Final = 16.0
+"""The auth window never shrinks below this: however loaded, a worker keeps a few auths
+going. Most of a storm's lag comes from elsewhere (fan-out of the joins to the clients
+already online, a neighbour on the machine), which a smaller window would not remove,
+only prolong: fan-out costs per update, and updates keep coming at the coordinator's
+batching rate as long as anyone joins. 16 auths in flight cost the loop about a
+millisecond of signature checks."""
 
 DECREASE: Final = 0.75
 """The window's factor for a tick whose lag is over the target. Gentler than halving: a
@@ -266,11 +269,12 @@ class AdmissionLimits:
         check=at_least(1),
     )
     lag_target: float = option(
-        0.1,
+        0.25,
         "event-loop lag in seconds over which the worker admits fewer new connections "
-        "(the auth window shrinks; within it, it grows while there is demand): a tenth "
+        "(the auth window shrinks; within it, it grows while there is demand): a quarter "
         "of a second late is unnoticeable to online clients, whose pings time out after "
-        "many seconds, and leaves room for the fan-out spikes a storm brings",
+        "many seconds, and leaves room for the fan-out spikes a storm brings on a small "
+        "machine",
         check=positive,
     )
     auth_window: int = option(

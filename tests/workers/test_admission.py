@@ -174,7 +174,7 @@ def verdicts(door: Admission, ids: range, source: str) -> list[Admit]:
 def test_default_limits() -> None:
     limits = AdmissionLimits()
     assert (limits.max_connections, limits.max_pending_auth) == (50_000, 1000)
-    assert (limits.lag_target, limits.auth_window) == (0.1, 64)
+    assert (limits.lag_target, limits.auth_window) == (0.25, 64)
     assert (limits.auth_reserve, limits.source_share) == (0.25, 0.1)
     door = Admission()
     assert (door.window, door.reserve, door.share) == (64.0, 16, 6)
@@ -314,22 +314,22 @@ def test_finding_the_heaviest_source_does_not_scan_sources() -> None:
 
 
 def test_the_window_counts_auths_until_they_settle_not_until_they_answer() -> None:
-    door = door_of(auth_window=4)
-    assert verdicts(door, range(1, 6), "a") == [OK, OK, OK, OK, THROTTLED]
+    door = door_of(auth_window=16)
+    assert verdicts(door, range(1, 18), "a") == [OK] * 16 + [THROTTLED]
     door.authenticated(1)  # answered: out of the challenge phase, still in flight
-    assert (door.pending, door.in_flight) == (3, 4)
-    assert door.admit(5, "a") == Decision(THROTTLED)
+    assert (door.pending, door.in_flight) == (15, 16)
+    assert door.admit(100, "a") == Decision(THROTTLED)
     door.settled(1)  # acknowledged: out of the window
-    assert door.admit(6, "a") == Decision(OK)
+    assert door.admit(101, "a") == Decision(OK)
     door.closed(2)  # a connection that ends in flight frees its slot too
-    assert door.admit(7, "a") == Decision(OK)
-    assert (door.in_flight, door.sources, door.refused) == (4, 1, {THROTTLED: 2})
+    assert door.admit(102, "a") == Decision(OK)
+    assert (door.in_flight, door.sources, door.refused) == (16, 1, {THROTTLED: 2})
 
 
 def test_a_lone_source_gets_the_window_less_the_reserve() -> None:
-    door = door_of(auth_window=8, auth_reserve=0.25, source_share=0.25)  # reserve 2, share 2
-    assert verdicts(door, range(0, 8), "a") == [OK] * 6 + [THROTTLED] * 2
-    assert door.flying("a") == 6
+    door = door_of(auth_window=16, auth_reserve=0.25, source_share=0.25)  # reserve 4, share 4
+    assert verdicts(door, range(0, 14), "a") == [OK] * 12 + [THROTTLED] * 2
+    assert door.flying("a") == 12
 
 
 def test_the_reserve_admits_other_sources_up_to_their_share() -> None:
@@ -357,7 +357,7 @@ def test_lag_over_the_target_shrinks_the_window_and_demand_within_it_grows_it() 
     for _ in range(40):
         door.observe(10.0)
     assert door.window == MIN_WINDOW
-    assert verdicts(door, range(0, 6), "a") == [OK] * 4 + [THROTTLED] * 2
+    assert verdicts(door, range(0, 18), "a") == [OK] * 16 + [THROTTLED] * 2
     door.observe(0.05)  # within the target, and someone was turned away
     assert door.window == MIN_WINDOW + INCREASE
     door.observe(0.0)  # nobody since
@@ -371,15 +371,16 @@ def test_lag_over_the_target_shrinks_the_window_and_demand_within_it_grows_it() 
 
 
 def test_a_window_that_shrank_below_its_auths_admits_nobody_until_they_settle() -> None:
-    door = door_of(auth_window=16)
-    verdicts(door, range(0, 16), "a")
+    door = door_of(auth_window=32)
+    verdicts(door, range(0, 32), "a")
     door.observe(1.0)
-    door.observe(1.0)  # 9 now, 16 in flight
+    door.observe(1.0)  # 18 now, 32 in flight
+    assert door.window == 18.0
     assert door.admit(100, "b") == Decision(THROTTLED)
-    for conn in range(0, 7):
+    for conn in range(0, 14):
         door.settled(conn)
-    assert door.admit(101, "b") == Decision(THROTTLED)  # 9 in flight
-    door.settled(7)
+    assert door.admit(101, "b") == Decision(THROTTLED)  # 18 in flight
+    door.settled(14)
     assert door.admit(102, "b") == Decision(OK)
 
 
@@ -409,8 +410,8 @@ ops = st.lists(st.one_of(admits, admits, releases, lags), min_size=10, max_size=
 @settings(max_examples=400, deadline=None)
 @given(
     max_connections=st.integers(1, 30),
-    max_pending=st.integers(1, 12),
-    window=st.integers(1, 12),
+    max_pending=st.integers(1, 24),  # the window moves above MIN_WINDOW (16)
+    window=st.integers(1, 24),
     reserve=st.floats(min_value=0.0, max_value=0.9),
     share=st.floats(min_value=0.05, max_value=1.0),
     steps=ops,
@@ -521,7 +522,7 @@ def test_admission_against_a_model(
         assert door.in_flight == len(flying)
         assert door.connections == len(pending) + len(opened) <= max_connections
         assert door.sources == len(set(flying.values()))
-        assert min(4.0, max_pending) <= door.window <= max_pending
+        assert min(MIN_WINDOW, max_pending) <= door.window <= max_pending
     assert sum(door.refused.values()) == refusals
     assert door.evicted == evictions
 
