@@ -45,8 +45,9 @@ every result already waiting (the ticker drains the sockets first), so ``rejecte
 never followed by a delivery and ``delivered`` always arrived.
 
 Cut off: a worker whose coordinator has been unreachable for ``cutoff_grace`` closes
-its clients with 1013 and refuses new ones before any challenge until it is back;
-``/healthz`` answers 503 as soon as the coordinator is unreachable.
+its clients with 1013 and refuses new ones (HTTP 503 before the handshake, see
+Admission) until it is back; ``/healthz`` answers 503 as soon as the coordinator is
+unreachable.
 
 Admission (per worker, :class:`~workers.admission.Admission`): a new WebSocket is
 admitted into the challenge phase only while the challenge phase has room and the auth
