@@ -171,8 +171,9 @@ DIRECT_MESSAGES: Final = Counter(
 )
 ADMISSION_REFUSALS: Final = Counter(
     "presence_admission_refusals_total",
-    "Connections closed with 1013 before any challenge: full (--max-connections), busy "
-    "(challenge phase full), throttled (--auth-rate), cut_off (no coordinator).",
+    "Connections refused before any challenge (HTTP 503 before the handshake, or 1013 "
+    "after it): full (--max-connections), busy "
+    "(challenge phase full), throttled (auth window full), cut_off (no coordinator).",
     ["reason"],
 )
 ADMISSION_EVICTIONS: Final = Counter(

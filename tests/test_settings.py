@@ -27,7 +27,7 @@ BAD_OPTIONS = [
     ("coordinator", "--max-batch-window", "-1", "--max-batch-window must not be negative"),
     ("coordinator", "--worker-timeout", "0.5", "--worker-timeout must be longer than"),
     ("workers", "--msg-burst", "0.5", "--msg-burst must be at least 1, not 0.5"),
-    ("workers", "--auth-burst", "0", "--auth-burst must be at least 1, not 0"),
+    ("workers", "--lag-target", "0", "--lag-target must be positive, not 0"),
     ("workers", "--msg-rate", "-1", "--msg-rate must not be negative"),
     ("workers", "--lag-bytes", "0", "--lag-bytes must be at least 1"),
     ("workers", "--auth-wait", "0", "--auth-wait must be positive"),
@@ -73,7 +73,7 @@ def test_a_bad_environment_value_is_refused_naming_the_variable() -> None:
     ("make", "error"),
     [
         (lambda: RateLimits(msg_burst=0), "--msg-burst"),
-        (lambda: AdmissionLimits(auth_burst=0.5), "--auth-burst"),
+        (lambda: AdmissionLimits(auth_window=0), "--auth-window"),
         (lambda: Limits(max_queue_bytes=0), "--max-queue-bytes"),
         (lambda: BackboneOptions(hwm=0), "--hwm"),
         (lambda: Network(ping_interval=0.0), "--ping-interval"),

@@ -1,17 +1,17 @@
-"""Rate limits and admission control (sans-I/O: every call takes ``now``).
+"""Rate limits and admission control (sans-I/O: time and lag are the caller's).
 
 Theory of operation
 -------------------
-Everything here is arithmetic on a clock the caller passes in, so it is tested
-exhaustively without sleeping. Nothing here writes a frame or closes a socket: the
-connection state machine (:mod:`workers.connection`) turns a :class:`Verdict` into
-protocol behaviour and the shell (:mod:`workers.server`) turns an :class:`Admit` into a
-close code.
+Everything here is arithmetic on what the caller passes in (a clock, the event loop's
+lag), so it is tested exhaustively without sleeping. Nothing here writes a frame or
+closes a socket: the connection state machine (:mod:`workers.connection`) turns a
+:class:`Verdict` into protocol behaviour and the shell (:mod:`workers.server`) turns an
+:class:`Admit` into an HTTP 503 or a close code.
 
 :class:`TokenBucket`
-    ``rate`` tokens per second, at most ``burst`` saved up; one message or one auth
-    costs one token. A clock that goes backwards refills nothing (never a negative
-    refill, never more than ``burst``).
+    ``rate`` tokens per second, at most ``burst`` saved up; one message costs one
+    token. A clock that goes backwards refills nothing (never a negative refill, never
+    more than ``burst``).
 
 :class:`FloodGuard` (one per authenticated connection)
     A token bucket of messages (default 50/s, burst 100: a human never gets near it, a
@@ -25,7 +25,8 @@ close code.
 
 :class:`Admission` (one per worker)
     Guards the door before a challenge is sent, on three counts, checked in this order
-    (the shell closes every refusal with 1013 ``try_again_later`` before any challenge):
+    (the shell refuses before the WebSocket handshake with HTTP 503 when it can tell in
+    advance, and otherwise closes with 1013 ``try_again_later`` before any challenge):
 
     1. ``max_connections`` connections in any state: past it ``FULL``.
     2. ``max_pending_auth`` connections in the challenge phase (challenge sent, no
@@ -41,43 +42,50 @@ close code.
        Among equally heavy sources the one that reached that count first loses first.
        The heaviest source is found in O(1): sources are kept in buckets by count with
        the largest count tracked (counts change by one, so it moves by one).
-    3. The auth rate: new connections are admitted at ``auth_rate`` per second (burst
-       ``auth_burst``): each has one auth attempt, so the Ed25519 checks, the
-       coordinator's ``Authed`` traffic and the joins' fan-out stay at that steady rate
-       during a reconnect storm. Past it ``THROTTLED``. Fairly, too: the worker's bucket
-       holds ``auth_burst * (1 + auth_reserve)``, and the part above the *reserve*
-       (``auth_burst * auth_reserve``) is free for all, but a token from the reserve
-       goes only to a source whose own *budget* (``source_share`` of the rate and burst)
-       has one. Every admission takes up to one token from its source's budget, so a
-       source that has had its share lately finds its budget empty.
+    3. The *auth window*: at most ``window`` connections *in flight*, that is admitted
+       and not yet settled (challenged, verified, or waiting for the coordinator's
+       ack; a connection settles when it is acknowledged, fails or closes). Past it
+       ``THROTTLED``. Each admission is one auth attempt, so the window bounds the
+       signature checks, ``Authed`` messages and snapshots outstanding at any moment,
+       and the rate follows from how fast the worker gets through them: a storm is
+       admitted as fast as the machine settles auths, not at a fixed rate.
 
-       What this guarantees. A lone source sees the old door exactly: ``auth_burst`` at
-       once, and never more than ``auth_burst + auth_rate * t`` (its budget is spent by
-       its first admissions, long before the bucket reaches the reserve). Within any
-       stretch of time in which the bucket stays in its reserve, a source takes from it
-       at most its budget at the start plus ``source_share * auth_rate`` per second,
-       while the reserve refills at ``auth_rate``. So ``k`` sources flooding together
-       lower the reserve by at most their ``k`` budgets (``source_burst`` each, that
-       is ``max(1, auth_burst * source_share)``) and, if ``k * source_share < 1``, no
-       further: it refills meanwhile. In particular one source, however fast it floods,
-       leaves at least ``auth_burst * auth_reserve - source_burst`` tokens (50 by
-       default), so whenever that is at least one, a client from any other source whose
-       budget has a token (one that has not had ``source_burst`` admissions lately) is
-       admitted at its first attempt. Two sources arriving with full budgets can empty
-       the default reserve for a moment (it refills at half the rate while they flood);
-       four or more flooding together (``k * source_share >= 1``) can keep it empty, and
-       then tokens go to whoever asks first. Against many addresses nothing better is
-       possible within a fixed total: the worker never admits more than
-       ``auth_burst * (1 + auth_reserve) + auth_rate * t``, and that bound, not
-       fairness, is what protects it; the challenge phase stays fair regardless.
+       The window follows capacity (AIMD). Once a tick the shell reports the event
+       loop's *lag* (how late its timers fire: what every online client waits on for
+       its lobby updates and pongs). Lag above ``lag_target`` multiplies the window by
+       :data:`DECREASE` (at most once a tick); lag within it, in a tick in which the
+       window turned someone away, adds :data:`INCREASE`. It never leaves
+       ``[min(MIN_WINDOW, max_pending_auth), max_pending_auth]``, where it starts at
+       ``auth_window``. Additive
+       increase and multiplicative decrease converge rather than oscillate, a window
+       that is not full never grows (idle time proves nothing), and a window full of
+       connections that cost nothing (an attacker's silent ones) grows while the loop
+       keeps up, so they cannot hold the door shut.
 
-    A refusal of any kind takes no token and evicts nothing. Connections are keyed by
-    id and every release is idempotent, so a connection is never counted twice and never
-    leaks a slot; an evicted connection is released at once, and the shell's later
-    ``closed`` changes nothing. Per-source state is bounded: a source is remembered while
-    it holds a pending connection (at most ``max_pending_auth`` of them) or its budget
-    is not full again (at most ``max_sources`` such idle sources; past that the longest
-    idle is forgotten, so its budget starts full again).
+       Fairly: the top ``auth_reserve`` of the window (the *reserve*,
+       ``floor(window * auth_reserve)`` slots) goes only to a source holding fewer than
+       its *share*, ``max(1, floor(window * source_share))`` connections in flight.
+       What this guarantees, for the window at the moment of each admission: a source
+       gains a connection in flight only while fewer than ``window - reserve`` are in
+       flight or while it holds fewer than its share, so one source, however fast it
+       floods, holds at most ``max(share, window - reserve)``: a lone source gets the
+       window less the reserve, which grows with the window while the loop keeps up.
+       With the defaults that leaves a quarter of the window (the reserve, larger than
+       a share) to everyone else: a client from any other source that holds less than
+       its share is admitted at its first attempt whenever fewer than ``window`` are in
+       flight. ``k`` sources flooding together take at most ``k`` shares of the
+       reserve. Against many addresses nothing better is possible within a fixed total:
+       the worker never admits while ``window`` (at most ``max_pending_auth``) auths are
+       in flight, and that bound, which follows the lag, not fairness, is what protects
+       it; the challenge phase stays fair regardless.
+
+    A refusal of any kind changes nothing but the refusal count, and :meth:`check`
+    answers what :meth:`admit` would, committing nothing when it is ``OK`` (the shell's
+    refusal before the handshake). Connections are keyed by id and every release is idempotent,
+    so a connection is never counted twice and never leaks a slot; an evicted
+    connection is released at once, and the shell's later ``closed`` changes nothing.
+    Per-source state is bounded: a source is remembered only while it holds a connection
+    in flight (at most ``max_pending_auth`` of them).
 """
 
 from __future__ import annotations
@@ -192,12 +200,13 @@ class FloodGuard:
 
 
 class Admit(enum.Enum):
-    """The door's answer to a new connection; every refusal is closed with 1013."""
+    """The door's answer to a new connection; every refusal is try-again-later (HTTP 503
+    before the handshake, or 1013 after it)."""
 
     OK = "ok"
     FULL = "full"  # max_connections connections open, in any state
     BUSY = "busy"  # challenge phase full and the newcomer's source already has its share
-    THROTTLED = "throttled"  # auths arriving faster than this source may be admitted
+    THROTTLED = "throttled"  # auth window full (for this source, or for everyone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +221,29 @@ class Decision:
     @property
     def admitted(self) -> bool:
         return self.verdict is Admit.OK
+
+
+MIN_WINDOW: Final = 16.0
+"""The auth window never shrinks below this: however loaded, a worker keeps a few auths
+going. Most of a storm's lag comes from elsewhere (fan-out of the joins to the clients
+already online, a neighbour on the machine), which a smaller window would not remove,
+only prolong: fan-out costs per update, and updates keep coming at the coordinator's
+batching rate as long as anyone joins. 16 auths in flight cost the loop about a
+millisecond of signature checks."""
+
+DECREASE: Final = 0.75
+"""The window's factor for a tick whose lag is over the target. Gentler than halving: a
+fan-out spike is one late tick, and a sustained overload still shrinks the window
+tenfold in eight ticks (under a second)."""
+
+INCREASE: Final = 8.0
+"""Slots added to the window for a tick within the lag target in which the window turned
+someone away: 80 more auths in flight per second of demand, so a window that was cut
+in half regrows within a second or two rather than overshooting."""
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
 def _share(value: float) -> str | None:
@@ -232,101 +264,96 @@ class AdmissionLimits:
     max_pending_auth: int = option(
         1000,
         "connections per worker in the challenge phase (then 1013 before the challenge, "
-        "or the oldest of the heaviest source makes room): auth-rate times the auth "
-        "timeout is larger, so this caps idle half-open connections",
+        "or the oldest of the heaviest source makes room), and the auth window's ceiling: "
+        "caps idle half-open connections",
         check=at_least(1),
     )
-    auth_rate: float = option(
-        200.0,
-        "new connections (each one auth attempt) admitted per second per worker (then "
-        "1013): a storm of 10,000 reconnects is readmitted by 4 workers in about 12 s "
-        "while signature checks and lobby fan-out stay at a steady rate",
-        check=non_negative,
+    lag_target: float = option(
+        0.25,
+        "event-loop lag in seconds over which the worker admits fewer new connections "
+        "(the auth window shrinks; within it, it grows while there is demand): a quarter "
+        "of a second late is unnoticeable to online clients, whose pings time out after "
+        "many seconds, and leaves room for the fan-out spikes a storm brings on a small "
+        "machine",
+        check=positive,
     )
-    auth_burst: float = option(
-        200.0,
-        "connections admitted at once before --auth-rate applies, by one source or all "
-        "of them together while nobody is held to a share",
+    auth_window: int = option(
+        64,
+        "auths in flight per worker (admitted, not yet acknowledged) at the start, "
+        "before the lag adjusts it: enough for several hundred auths per second at the "
+        "round trip of a loaded loopback, few enough that verifying them all at once "
+        "takes a few milliseconds",
         check=at_least(1),
     )
     auth_reserve: float = option(
-        0.5,
-        "fraction of --auth-burst kept on top of it for sources within their own budget "
-        "(--source-share): the room a newcomer finds while another source floods; "
-        "0 turns per-source budgets off",
-        check=non_negative,
+        0.25,
+        "fraction of the auth window kept for sources holding less than their share "
+        "(--source-share): the room a newcomer finds while another source floods; 0 "
+        "turns it off",
+        check=_fraction,
     )
     source_share: float = option(
-        0.25,
-        "a source's own budget as a fraction of --auth-rate and --auth-burst: what it "
-        "may still take from the reserve when tokens are short (a quarter admits a "
-        "NAT'd office at once even under attack)",
+        0.1,
+        "a source's share of the auth window (at least one): what it may still take from "
+        "the reserve; less than the reserve, so one flooding source leaves others room",
         check=_share,
-    )
-    max_sources: int = option(
-        10_000,
-        "sources remembered for their budget alone; past it the longest idle one is "
-        "forgotten (its budget starts full again)",
-        check=at_least(1),
     )
 
     def __post_init__(self) -> None:
         validate(self)
 
-    @property
-    def reserve_tokens(self) -> float:
-        return self.auth_burst * self.auth_reserve
-
-    @property
-    def source_burst(self) -> float:
-        return max(1.0, self.auth_burst * self.source_share)
-
-    @property
-    def source_rate(self) -> float:
-        return self.auth_rate * self.source_share
-
 
 @dataclass(slots=True)
 class _Source:
-    """What the door remembers about one source."""
+    """What the door remembers about one source while it has connections in flight."""
 
-    budget: TokenBucket
     pending: OrderedDict[int, None]  # its connections in the challenge phase, oldest first
+    flying: int = 0  # its connections in flight (challenge phase included)
 
 
 class Admission:
-    """Per-worker door: a cap on connections, a fair challenge phase, a fair auth rate.
+    """Per-worker door: a cap on connections, a fair challenge phase, a fair auth window
+    that follows the event loop's lag.
 
-    ``admit`` when a connection arrives, ``authenticated`` when it leaves the challenge
-    phase (answered, whatever the outcome), ``closed`` when it ends. Connection ids are
-    the shell's: each is counted at most once, every release is idempotent, and an id
-    released (or evicted) is forgotten, so the shell must not reuse ids.
+    ``admit`` when a connection arrives (``check`` first, to refuse before the
+    handshake), ``authenticated`` when it leaves the challenge phase (answered, whatever
+    the outcome), ``settled`` when it is acknowledged or fails, ``closed`` when it ends,
+    and ``observe`` once a tick with the lag. Connection ids are the shell's: each is
+    counted at most once, every release is idempotent, and an id released (or evicted)
+    is forgotten, so the shell must not reuse ids.
     """
 
     __slots__ = (
-        "_bucket",
         "_by_count",
+        "_ceiling",
+        "_floor",
+        "_flying",
         "_heaviest",
-        "_idle",
         "_open",
         "_pending",
         "_sources",
+        "_turned_away",
         "evicted",
         "limits",
         "refused",
+        "window",
     )
 
     def __init__(self, limits: AdmissionLimits | None = None) -> None:
         self.limits = limits if limits is not None else AdmissionLimits()
         lim = self.limits
-        self._bucket = TokenBucket(lim.auth_rate, lim.auth_burst + lim.reserve_tokens)
+        self._ceiling = float(lim.max_pending_auth)
+        self._floor = min(MIN_WINDOW, self._ceiling)
+        self.window = min(max(float(lim.auth_window), self._floor), self._ceiling)
+        """Auths allowed in flight now (see :meth:`observe`)."""
         self._pending: dict[int, str] = {}  # challenge phase: connection -> source
+        self._flying: dict[int, str] = {}  # in flight (challenge phase included)
         self._open: set[int] = set()  # past the challenge phase, not closed yet
         self._sources: dict[str, _Source] = {}
         # Sources by how many pending connections they hold (> 0), and the largest count.
         self._by_count: dict[int, OrderedDict[str, None]] = {}
         self._heaviest = 0
-        self._idle: OrderedDict[str, None] = OrderedDict()  # no pending, longest idle first
+        self._turned_away = False  # the window refused someone since the last observe
         self.refused: dict[Admit, int] = {}
         """Refusals by verdict, since the start (for ``/healthz`` and logs)."""
         self.evicted = 0
@@ -340,79 +367,128 @@ class Admission:
         return len(self._pending)
 
     @property
+    def in_flight(self) -> int:
+        """Connections admitted and not yet settled (challenge phase included)."""
+        return len(self._flying)
+
+    @property
     def connections(self) -> int:
         """Connections counted against ``max_connections`` (any state)."""
         return len(self._pending) + len(self._open)
 
     @property
     def sources(self) -> int:
-        """Sources remembered (holding a pending connection, or a budget not yet full)."""
+        """Sources remembered (holding a connection in flight)."""
         return len(self._sources)
 
-    def tokens(self, now: float) -> float:
-        """Auth tokens the worker holds at ``now``, reserve included."""
-        return self._bucket.level(now)
+    @property
+    def reserve(self) -> int:
+        """Slots at the top of the window kept for sources under their share."""
+        return math.floor(self.window * self.limits.auth_reserve)
+
+    @property
+    def share(self) -> int:
+        """Connections in flight a source may hold and still take from the reserve."""
+        return max(1, math.floor(self.window * self.limits.source_share))
+
+    def flying(self, source: str) -> int:
+        """``source``'s connections in flight."""
+        known = self._sources.get(source)
+        return 0 if known is None else known.flying
 
     # ------------------------------------------------------------------ events
 
-    def admit(self, conn: int, source: str, now: float) -> Decision:
+    def observe(self, lag: float) -> None:
+        """Once a tick: the event loop's lag (seconds its timers fired late). Over the
+        target the window shrinks by :data:`DECREASE`; within it, if the window turned
+        someone away since the last call, it grows by :data:`INCREASE`. A lag that is
+        not a number counts as over the target."""
+        if not lag <= self.limits.lag_target:  # (nan too)
+            self.window = max(self._floor, self.window * DECREASE)
+        elif self._turned_away:
+            self.window = min(self._ceiling, self.window + INCREASE)
+        self._turned_away = False
+
+    def check(self, source: str) -> Admit:
+        """What :meth:`admit` would answer a connection from ``source`` now, for the
+        shell to refuse before the handshake. ``OK`` changes nothing (:meth:`admit`
+        commits it, and may still refuse if the room went to another in between); a
+        refusal is counted as :meth:`admit` counts it, since the shell carries it out."""
+        verdict, _ = self._decide(source)
+        if verdict is not Admit.OK:
+            self._refuse(verdict)
+        return verdict
+
+    def admit(self, conn: int, source: str) -> Decision:
         """Admit connection ``conn`` from ``source`` into the challenge phase, or say why
         not. Checked in order: ``FULL``, the challenge phase (room, else an eviction from
-        the heaviest source, else ``BUSY``), then the rate (``THROTTLED``). A refusal
-        changes nothing but the refusal count: no token, no eviction, no remembered
-        source. A connection already counted is ``OK`` again and costs nothing."""
+        the heaviest source, else ``BUSY``), then the window (``THROTTLED``). A refusal
+        changes nothing but the refusal count: no eviction, no remembered source. A
+        connection already counted is ``OK`` again and costs nothing."""
         if conn in self._pending or conn in self._open:
             return Decision(Admit.OK)
-        self._forget_refilled(now)
-        lim = self.limits
-        if self.connections >= lim.max_connections:
-            return self._refuse(Admit.FULL)
-        known = self._sources.get(source)
-        held = len(known.pending) if known is not None else 0
-        victim: int | None = None
-        if len(self._pending) >= lim.max_pending_auth:
-            if self._heaviest < held + 2:  # evicting would only swap who holds more
-                return self._refuse(Admit.BUSY)
-            heaviest = self._sources[next(iter(self._by_count[self._heaviest]))]
-            victim = next(iter(heaviest.pending))
-        budget = known.budget.level(now) if known is not None else lim.source_burst
-        level = self._bucket.level(now)
-        shared = level >= lim.reserve_tokens + 1.0 - _EPSILON
-        if not (shared or (level >= 1.0 - _EPSILON and budget >= 1.0 - _EPSILON)):
-            return self._refuse(Admit.THROTTLED)
-        # Admitted: commit the eviction, the tokens and the count, in that order.
+        verdict, victim = self._decide(source)
+        if verdict is not Admit.OK:
+            self._refuse(verdict)
+            return Decision(verdict)
         if victim is not None:
             self._release(victim)
+            self._settle(victim)
             self.evicted += 1
-        self._bucket.take(now)
-        entry = known  # (the victim's source keeps a pending connection: nothing forgotten)
+        entry = self._sources.get(source)
         if entry is None:
-            entry = _Source(TokenBucket(lim.source_rate, lim.source_burst), OrderedDict())
-            self._sources[source] = entry
-        # Every admission counts against the source's budget, down to zero at most.
-        entry.budget.take(now, min(1.0, entry.budget.level(now)))
-        self._idle.pop(source, None)
+            entry = self._sources[source] = _Source(OrderedDict())
         self._pending[conn] = source
+        self._flying[conn] = source
+        entry.flying += 1
         entry.pending[conn] = None
         self._recount(source, len(entry.pending) - 1, len(entry.pending))
         return Decision(Admit.OK, () if victim is None else (victim,))
 
     def authenticated(self, conn: int) -> None:
         """``conn`` left the challenge phase (answered its challenge, whatever the
-        outcome) but stays open. Idempotent; unknown or evicted ids change nothing."""
+        outcome) but stays open, and in flight until :meth:`settled`. Idempotent; unknown
+        or evicted ids change nothing."""
         if self._release(conn):
             self._open.add(conn)
+
+    def settled(self, conn: int) -> None:
+        """``conn`` is no longer in flight (acknowledged, or failed). Implies
+        :meth:`authenticated`. Idempotent; unknown or evicted ids change nothing."""
+        self.authenticated(conn)
+        self._settle(conn)
 
     def closed(self, conn: int) -> None:
         """``conn`` ended (in any state). Idempotent; unknown or evicted ids change nothing."""
         self._release(conn)
+        self._settle(conn)
         self._open.discard(conn)
 
     # ------------------------------------------------------------------ internals
 
-    def _refuse(self, verdict: Admit) -> Decision:
+    def _refuse(self, verdict: Admit) -> None:
         self.refused[verdict] = self.refused.get(verdict, 0) + 1
-        return Decision(verdict)
+        if verdict is Admit.THROTTLED:
+            self._turned_away = True
+
+    def _decide(self, source: str) -> tuple[Admit, int | None]:
+        lim = self.limits
+        if self.connections >= lim.max_connections:
+            return Admit.FULL, None
+        known = self._sources.get(source)
+        held = len(known.pending) if known is not None else 0
+        victim: int | None = None
+        if len(self._pending) >= lim.max_pending_auth:
+            if self._heaviest < held + 2:  # evicting would only swap who holds more
+                return Admit.BUSY, None
+            heaviest = self._sources[next(iter(self._by_count[self._heaviest]))]
+            victim = next(iter(heaviest.pending))
+        flying = len(self._flying) - (victim is not None)  # (the victim is not ours)
+        mine = known.flying if known is not None else 0
+        room = flying + 1 <= self.window - self.reserve + _EPSILON
+        if not (room or (flying + 1 <= self.window + _EPSILON and mine < self.share)):
+            return Admit.THROTTLED, None
+        return Admit.OK, victim
 
     def _release(self, conn: int) -> bool:
         """Take ``conn`` out of the challenge phase; ``False`` if it was not there."""
@@ -423,12 +499,17 @@ class Admission:
         del entry.pending[conn]
         held = len(entry.pending)
         self._recount(source, held + 1, held)
-        if held == 0:
-            self._idle[source] = None
-            while len(self._idle) > self.limits.max_sources:
-                forgotten, _ = self._idle.popitem(last=False)
-                del self._sources[forgotten]
         return True
+
+    def _settle(self, conn: int) -> None:
+        """Take ``conn`` out of flight (after :meth:`_release`); forget an empty source."""
+        source = self._flying.pop(conn, None)
+        if source is None:
+            return
+        entry = self._sources[source]
+        entry.flying -= 1
+        if entry.flying == 0:
+            del self._sources[source]
 
     def _recount(self, source: str, before: int, after: int) -> None:
         """Move ``source`` between the count buckets; O(1). Counts change by one, so when
@@ -443,14 +524,3 @@ class Admission:
         if after > 0:
             self._by_count.setdefault(after, OrderedDict())[source] = None
             self._heaviest = max(self._heaviest, after)
-
-    def _forget_refilled(self, now: float) -> None:
-        """Forget idle sources whose budget is full again, longest idle first (each
-        source is forgotten once per idle spell, so O(1) amortised per call)."""
-        full = self.limits.source_burst - _EPSILON
-        while self._idle:
-            source = next(iter(self._idle))
-            if self._sources[source].budget.level(now) < full:
-                return
-            del self._idle[source]
-            del self._sources[source]

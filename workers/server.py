@@ -59,15 +59,20 @@ every result already waiting (the ticker drains the sockets first), so ``rejecte
 never followed by a delivery and ``delivered`` always arrived.
 
 Cut off: a worker whose coordinator has been unreachable for ``cutoff_grace`` closes
-its clients with 1013 and refuses new ones before any challenge until it is back;
-``/healthz`` answers 503 as soon as the coordinator is unreachable.
+its clients with 1013 and refuses new ones (HTTP 503 before the handshake, see
+Admission) until it is back; ``/healthz`` answers 503 as soon as the coordinator is
+unreachable.
 
 Admission (per worker, :class:`~workers.admission.Admission`): a new WebSocket is
 admitted into the challenge phase only while the challenge phase has room and the auth
-rate allows. Otherwise it is closed right after the handshake with 1013
-``try_again_later`` and never gets a challenge (a browser cannot read the status of a
-failed upgrade, but it can read a close code). Refusals are summed in ``/healthz``
-(``refused``) and logged at most once a second.
+window (auths in flight, sized by the event loop's lag: the ticker's lateness, fed to
+the door once a tick) has room for its source. The upgrade request is asked first
+(:meth:`~workers.admission.Admission.check`): a refusal there is an HTTP 503 with
+``Retry-After`` and costs no handshake, no connection handler and no close handshake,
+which is what lets a storm be refused cheaply. A connection refused after all when its
+handler starts (the room went to another in between), or cut off then, is closed right
+after the handshake with 1013 ``try_again_later`` and never gets a challenge.
+Refusals are summed in ``/healthz`` (``refused``) and logged at most once a second.
 
 ``/healthz`` answers GET and HEAD (anything else: 405) from figures the ticker keeps, so
 a request costs the same however many clients are connected.
@@ -155,6 +160,14 @@ SHUTDOWN_LINGER_MS: Final = 1000
 other socket lingers 0: a dead coordinator must never hold a worker up)."""
 LOG_EVERY: Final = 1.0
 """Seconds between log lines summing refusals and drops (a storm must not flood logs)."""
+LISTEN_BACKLOG: Final = 1024
+"""Connections the kernel may hold completed for each worker before it accepts them
+(capped by ``net.core.somaxconn``). websockets' default of 100 overflows in a reconnect
+storm, and a dropped SYN costs the client a retransmit timer of a second or more, which
+is longer than being refused and retrying."""
+RETRY_AFTER: Final = 1
+"""``Retry-After`` seconds of an upgrade refused at capacity: a hint only, as clients
+back off with jitter on their own (a window frees within a round trip or two)."""
 READ_BATCH: Final = 256
 """Backbone messages handled in a row before clients' frames get a turn."""
 MAX_PEERS: Final = 64
@@ -167,6 +180,8 @@ _ROUTE_STATUS: Final = {
     "rate_limited": (SendStatus.REJECTED, RejectReason.RATE_LIMITED),
 }
 _UNAVAILABLE: Final = (SendStatus.REJECTED, RejectReason.UNAVAILABLE)
+_SETTLED: Final = frozenset({State.ACKED, State.AUTHENTICATED, State.CLOSING})
+"""States in which a connection is out of the auth window (acknowledged, or done)."""
 _REPAIRED_BY_HELLO: Final = (bb.Authed, bb.Closed, bb.Hello)
 
 
@@ -349,6 +364,7 @@ class Worker:
                 close_timeout=CLOSE_TIMEOUT,
                 write_limit=write_limit(s.limits.lag_bytes),
                 create_connection=_watched_connection(self._pressured),
+                backlog=LISTEN_BACKLOG,
             )
         except (OSError, zmq.ZMQError) as exc:
             log.error(
@@ -458,7 +474,9 @@ class Worker:
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path == protocol.WS_PATH:
-            return None if request.method == "GET" else _not_allowed(conn, "GET")
+            if request.method != "GET":
+                return _not_allowed(conn, "GET")
+            return self._door(conn, request)
         page = self._pages.get(path)
         if path != protocol.HEALTH_PATH and page is None:
             return conn.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
@@ -468,6 +486,28 @@ class Worker:
         if page is None:
             return self._health(conn, head=head)
         return _page(conn, page, head=head)
+
+    def _door(self, conn: ServerConnection, request: Request) -> Response | None:
+        """Refuse an upgrade the door would refuse, before the handshake: HTTP 503 with
+        ``Retry-After``, which clients treat as 1013 (see docs/PROTOCOL.md). ``None``
+        goes on with the handshake; the handler then admits for real."""
+        if self._cut_off and self._link() is Link.DOWN:
+            stats.refused_cut_off()
+            reason = "cut_off"
+        else:
+            verdict = self.admission.check(self._source_of(conn.remote_address, request))
+            if verdict is Admit.OK:
+                return None
+            stats.refused(verdict)
+            reason = verdict.value
+        log.debug(
+            "upgrade refused: %s",
+            reason,
+            extra=logs.event("conn_refused", reason=reason, before_handshake=True),
+        )
+        response = conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, "try again later\n")
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+        return response
 
     def _api_request(self, conn: ServerConnection, request: Request) -> Response:
         """The backend API (:mod:`workers.api` decides; this only carries it out)."""
@@ -505,6 +545,8 @@ class Worker:
             **self._backlog,
             "lagging": len(self._groups[Group.BEHIND]),
             "challenged": self.admission.pending,
+            "inFlight": self.admission.in_flight,
+            "authWindow": int(self.admission.window),
             "connections": self.admission.connections,
             "refused": {
                 kind.value: refused.get(kind, 0)
@@ -542,7 +584,7 @@ class Worker:
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
             stats.closed(ws)
             return
-        decision = self.admission.admit(conn_id, self._source_of(ws), self.now)
+        decision = self.admission.admit(conn_id, self._source_of(ws.remote_address, ws.request))
         stats.evicted(len(decision.evict))
         for evicted in decision.evict:  # challenge-phase slots of a heavier source
             if (victim := self.clients.get(evicted)) is not None:
@@ -607,13 +649,12 @@ class Worker:
             extra=logs.event("conn_ended", conn=conn_id, states=states),
         )
 
-    def _source_of(self, ws: ServerConnection) -> str:
+    def _source_of(self, peer: Any, request: Request | None) -> str:
         """The admission source: the client's address (from a trusted proxy's header
         when the peer is one), IPv6 by /64."""
-        peer = ws.remote_address
         address = str(peer[0]) if isinstance(peer, tuple) and peer else None
-        if self._trusted and ws.request is not None:
-            address = client_address(address, ws.request.headers, self._trusted)
+        if self._trusted and request is not None:
+            address = client_address(address, request.headers, self._trusted)
         return source_key(address or "")
 
     async def _next_frame(self, client: Client) -> str | bytes | None:
@@ -630,6 +671,8 @@ class Worker:
     def _perform(self, client: Client, actions: list[Action]) -> None:
         """Carry out what the machine returned (called after every machine call)."""
         self._place(client)
+        if client.machine.state in _SETTLED:  # out of the auth window (idempotent)
+            self.admission.settled(client.machine.conn_id)
         for action in actions:
             if isinstance(action, Write):
                 broadcast([client.ws], action.frame)
@@ -1105,8 +1148,12 @@ class Worker:
             await asyncio.sleep(self.settings.timing.heartbeat_interval)
 
     async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            due = loop.time() + TICK
             await asyncio.sleep(TICK)
+            # How late the tick fired: how long anything ready waits for this loop now.
+            self.admission.observe(max(0.0, loop.time() - due))
             self._tick()
 
     def _tick(self) -> None:

@@ -876,8 +876,9 @@ def test_help_documents_every_option_and_its_environment_variable() -> None:
         "hwm", "auth-timeout", "auth-wait", "ping-interval", "ping-timeout",
         "heartbeat-interval", "coordinator-timeout", "route-timeout", "max-frame-bytes",
         "lag-bytes", "max-queue-bytes", "log-level", "pre-auth-frame-bytes", "msg-rate",
-        "msg-burst", "flood-rejects", "flood-window", "max-pending-auth", "auth-rate",
-        "auth-burst", "max-connections", "trusted-proxies", "cutoff-grace", "stall-timeout",
+        "msg-burst", "flood-rejects", "flood-window", "max-pending-auth", "lag-target",
+        "auth-window", "auth-reserve", "source-share", "max-connections", "trusted-proxies",
+        "cutoff-grace", "stall-timeout",
         "max-pipelined", "max-pipelined-bytes", "results-endpoint", "plain-tcp",
         "max-message-bytes",
     ]:  # fmt: skip
@@ -1005,8 +1006,10 @@ def test_a_worker_cut_off_past_its_grace_closes_clients_1013_then_admits_again(
             code, reason, _ = await s.closed(timeout=10)
             assert (code, reason) == (1013, "try_again_later")
             assert await c.expect(bb.Closed) == bb.Closed(s.conn, s.key)
-            late = Session(await connect(h.url), new_key())
-            assert (await late.closed())[0] == 1013  # refused before any challenge
+            with pytest.raises(InvalidStatus) as late:  # refused before the handshake
+                await connect(h.url)
+            assert late.value.response.status_code == 503
+            assert late.value.response.headers["Retry-After"] == "1"
             assert not answers_now(await http(h.port), 200)
             c.answering = c.beating = True
             await until(lambda: answers(h.port, 200), "/healthz to answer 200", 10)

@@ -87,9 +87,11 @@
  * exponential backoff and full jitter, with the same identity: the wait before
  * attempt n (from 0) is `random() * min(max, initial * 2**n)` seconds, and n starts
  * again at 0 once a connection is online. 1001, 1006, 1011 and 1013 are the server's
- * or the network's doing; other codes (1007, 1008, 1009, 4003, 4005) say this
- * connection broke a rule and are logged as warnings, but the next connection starts
- * clean, so it is tried too. `close()` ends it all.
+ * or the network's doing (a server at capacity may refuse the upgrade with HTTP 503,
+ * which a browser reports as 1006: backing off is the right answer to both); other
+ * codes (1007, 1008, 1009, 4003, 4005) say this connection broke a rule and are logged
+ * as warnings, but the next connection starts clean, so it is tried too. `close()`
+ * ends it all.
  *
  * @module lobby
  */
