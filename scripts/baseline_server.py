@@ -45,6 +45,7 @@ from shared.protocol import (
     RejectReason,
     SendStatus,
 )
+from workers.server import LISTEN_BACKLOG
 
 AUTH_TIMEOUT = 10.0
 """Seconds from the challenge to a valid ``auth`` (the protocol's default)."""
@@ -175,6 +176,7 @@ async def run(host: str, port: int, fault: str = "none") -> int:
         process_request=process_request,
         compression=None,
         max_size=protocol.DEFAULT_MAX_FRAME_BYTES,
+        backlog=LISTEN_BACKLOG,  # the workers': a storm meets the same kernel queue
     ) as server:
         print(f"baseline ready at ws://{host}:{port}{protocol.WS_PATH}", flush=True)
         notify.ready(f"baseline ready at ws://{host}:{port}{protocol.WS_PATH}")

@@ -445,7 +445,15 @@ SECTIONS = {
     ),
     "storm": (
         "reconnect-storm",
-        ["whole_again_s", "reconnected", "retried_1013", "retried_other", "failed"],
+        [
+            "whole_again_s",
+            "reconnected",
+            "retried_1013",
+            "retried_other",
+            "failed",
+            "server_cpu_s",
+            "generator_cpu_s",
+        ],
     ),
     "plot": (
         "latency against load (churn, 500 watchers, 8 s per point)",

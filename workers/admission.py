@@ -50,17 +50,21 @@ closes a socket: the connection state machine (:mod:`workers.connection`) turns 
        and the rate follows from how fast the worker gets through them: a storm is
        admitted as fast as the machine settles auths, not at a fixed rate.
 
-       The window follows capacity (AIMD). Once a tick the shell reports the event
-       loop's *lag* (how late its timers fire: what every online client waits on for
-       its lobby updates and pongs). Lag above ``lag_target`` multiplies the window by
-       :data:`DECREASE` (at most once a tick); lag within it, in a tick in which the
-       window turned someone away, adds :data:`INCREASE`. It never leaves
+       The window follows capacity, as TCP's congestion window does. Once a tick the
+       shell reports the event loop's *lag* (how late its timers fire: what every
+       online client waits on for its lobby updates and pongs). Lag above
+       ``lag_target`` multiplies the window by :data:`DECREASE` (at most once a tick)
+       and remembers the result as the *threshold*; lag within it, in a tick in which
+       the window turned someone away, grows the window: doubling it
+       (:data:`SLOW_START`) while it is below the threshold, which starts at the
+       ceiling, so a first storm finds the machine's capacity in a few ticks rather
+       than seconds, and adding :data:`INCREASE` at or above it. It never leaves
        ``[min(MIN_WINDOW, max_pending_auth), max_pending_auth]``, where it starts at
-       ``auth_window``. Additive
-       increase and multiplicative decrease converge rather than oscillate, a window
-       that is not full never grows (idle time proves nothing), and a window full of
-       connections that cost nothing (an attacker's silent ones) grows while the loop
-       keeps up, so they cannot hold the door shut.
+       ``auth_window``. Past the first cut, additive increase and multiplicative
+       decrease converge rather than oscillate; a window that is not full never grows
+       (idle time proves nothing), and a window full of connections that cost nothing
+       (an attacker's silent ones) grows while the loop keeps up, so they cannot hold
+       the door shut.
 
        Fairly: the top ``auth_reserve`` of the window (the *reserve*,
        ``floor(window * auth_reserve)`` slots) goes only to a source holding fewer than
@@ -236,6 +240,12 @@ DECREASE: Final = 0.75
 fan-out spike is one late tick, and a sustained overload still shrinks the window
 tenfold in eight ticks (under a second)."""
 
+SLOW_START: Final = 2.0
+"""The window's factor for a tick within the lag target in which it turned someone
+away, while it is below the threshold (the ceiling until the lag first passes the
+target): a worker that starts at ``auth_window`` reaches a thousand auths in flight in
+four ticks of demand, and the first late tick ends it."""
+
 INCREASE: Final = 8.0
 """Slots added to the window for a tick within the lag target in which the window turned
 someone away: 80 more auths in flight per second of demand, so a window that was cut
@@ -332,6 +342,7 @@ class Admission:
         "_open",
         "_pending",
         "_sources",
+        "_threshold",
         "_turned_away",
         "evicted",
         "limits",
@@ -346,6 +357,7 @@ class Admission:
         self._floor = min(MIN_WINDOW, self._ceiling)
         self.window = min(max(float(lim.auth_window), self._floor), self._ceiling)
         """Auths allowed in flight now (see :meth:`observe`)."""
+        self._threshold = self._ceiling  # where doubling gives way to adding
         self._pending: dict[int, str] = {}  # challenge phase: connection -> source
         self._flying: dict[int, str] = {}  # in flight (challenge phase included)
         self._open: set[int] = set()  # past the challenge phase, not closed yet
@@ -400,13 +412,19 @@ class Admission:
 
     def observe(self, lag: float) -> None:
         """Once a tick: the event loop's lag (seconds its timers fired late). Over the
-        target the window shrinks by :data:`DECREASE`; within it, if the window turned
-        someone away since the last call, it grows by :data:`INCREASE`. A lag that is
-        not a number counts as over the target."""
+        target the window shrinks by :data:`DECREASE`, and that is the threshold from
+        then on; within it, if the window turned someone away since the last call, it
+        doubles up to the threshold (:data:`SLOW_START`), and past it grows by
+        :data:`INCREASE`. A lag that is not a number counts as over the target."""
         if not lag <= self.limits.lag_target:  # (nan too)
-            self.window = max(self._floor, self.window * DECREASE)
+            self.window = self._threshold = max(self._floor, self.window * DECREASE)
         elif self._turned_away:
-            self.window = min(self._ceiling, self.window + INCREASE)
+            window = self.window
+            if window < self._threshold:
+                grown = min(self._threshold, window * SLOW_START)
+            else:
+                grown = window + INCREASE
+            self.window = min(self._ceiling, grown)
         self._turned_away = False
 
     def check(self, source: str) -> Admit:

@@ -170,6 +170,11 @@ RETRY_AFTER: Final = 1
 back off with jitter on their own (a window frees within a round trip or two)."""
 READ_BATCH: Final = 256
 """Backbone messages handled in a row before clients' frames get a turn."""
+COALESCE_BYTES: Final = 64 * 1024
+"""Lobby updates read in one batch (they queued up while the worker was busy) are
+written to each client together, one system call for all of them, up to this many
+bytes of frames: what a write past a client's ``lag_bytes`` check may add to its
+backlog, small beside the default ``lag_bytes``."""
 MAX_PEERS: Final = 64
 """Result sockets to other workers kept open (the least recently used is closed)."""
 
@@ -254,6 +259,11 @@ class Worker:
         self._tls = settings.network.tls_context()
         self._pages = pages.load()
         self._snapshot: SharedFrame | None = None
+        # Updates applied but not yet written: held to the end of the read batch
+        # (see _effects), never across anything else that reads the replica.
+        self._unwritten: list[Forward] = []
+        self._unwritten_bytes = 0
+        self._reading = False
         api = settings.api
         self._api = (
             BackendApi(load_token(api.api_token_file))
@@ -678,7 +688,7 @@ class Worker:
                 broadcast([client.ws], action.frame)
                 stats.written(action)
             elif isinstance(action, WriteSnapshot):
-                write_all((client.ws,), self._snapshot_frame())
+                write_all((client.ws,), (self._snapshot_frame(),))
                 stats.written(action)
             elif isinstance(action, Close):
                 self._begin_close(client, action)
@@ -913,13 +923,18 @@ class Worker:
         whole)."""
         peer = sock is self._results
         handled = 0
-        while handled < limit:
-            try:
-                frame = sock.recv(_NOBLOCK)
-            except zmq.Again:
-                return handled
-            handled += self._dispatch(frame, from_peer=peer)
-        return handled
+        self._reading = True
+        try:
+            while handled < limit:
+                try:
+                    frame = sock.recv(_NOBLOCK)
+                except zmq.Again:
+                    return handled
+                handled += self._dispatch(frame, from_peer=peer)
+            return handled
+        finally:
+            self._reading = False
+            self._write_updates()
 
     async def _readable(self, sock: zmq.Socket[bytes]) -> None:
         """Return once ``sock`` holds a message. Its FD only signals changes since the
@@ -1048,17 +1063,34 @@ class Worker:
     # ------------------------------------------------------------------ replica effects
 
     def _effects(self, effects: list[Effect]) -> None:
+        """Carry out what the replica returned. Updates wait to be written until the
+        read batch ends or anything else is done (so that updates that queued up go to
+        each client in one write); nothing that reads the replica on a client's behalf
+        runs in between, so every client still gets exactly the updates after the
+        state it was shown, in order."""
         for effect in effects:
+            if isinstance(effect, Forward):
+                if self._unwritten_bytes + len(effect.frame) > COALESCE_BYTES:
+                    self._write_updates()
+                self._unwritten.append(effect)
+                self._unwritten_bytes += len(effect.frame)
+                continue
+            self._write_updates()
             if isinstance(effect, Announce):
                 self._announce()
                 self._emit(bb.SnapshotRequest())
             elif isinstance(effect, RequestSnapshot):
                 self._last_request = self.now
                 self._emit(bb.SnapshotRequest())
-            elif isinstance(effect, Forward):
-                self._fan_out(effect)
             elif isinstance(effect, Resynced):
                 self._resynced(effect)
+        if not self._reading:
+            self._write_updates()
+
+    def _write_updates(self) -> None:
+        if self._unwritten:
+            updates, self._unwritten, self._unwritten_bytes = self._unwritten, [], 0
+            self._fan_out(updates)
 
     def _announce(self) -> None:
         """``Hello``: every session that sent ``Authed``, the whole truth about us."""
@@ -1082,9 +1114,11 @@ class Worker:
         if not self._emit(hello):
             self._repair = True
 
-    def _fan_out(self, update: Forward) -> None:
-        """Frame once, write the same bytes to every current client (:mod:`workers.frames`);
-        then give lagging clients that drained their snapshot, and release held auth_oks."""
+    def _fan_out(self, updates: list[Forward]) -> None:
+        """Frame each update once, write the same bytes to every current client, all of
+        ``updates`` in one write (:mod:`workers.frames`); then give lagging clients that
+        drained their snapshot, and release held auth_oks (at the state after the last
+        of ``updates``, which the replica holds)."""
         current = self._groups[Group.CURRENT]
         # Unpaused transports hold at most write_limit <= lag_bytes: the machine would
         # answer UPDATE for them, so only paused ones are asked (SKIP makes them LAGGING).
@@ -1093,12 +1127,15 @@ class Worker:
             if client is not None:
                 client.machine.on_update(client.buffered(), self.replica)
                 self._place(client)
-        frame = SharedFrame(update.frame)
-        write_all(current, frame)
+        frames = [SharedFrame(update.frame) for update in updates]
+        write_all(current, frames)
         if current:
-            stats.fanned_out(len(current), len(frame))
-            if self.clock.knows(self.replica.epoch):
-                stats.update_latency(self.clock.now(time.time()) - update.at)
+            knows = self.clock.knows(self.replica.epoch)
+            now = self.clock.now(time.time()) if knows else 0.0
+            for update, frame in zip(updates, frames, strict=True):
+                stats.fanned_out(len(current), len(frame))
+                if knows:
+                    stats.update_latency(now - update.at)
         # After the broadcast: these start from a snapshot that already holds this update.
         for client in self._in_group(Group.BEHIND):
             self._perform(client, client.machine.on_sweep(client.buffered(), self.replica))

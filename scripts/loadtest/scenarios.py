@@ -331,6 +331,7 @@ def reconnect_storm(ctx: Context, n: int) -> Result:
     settle(ctx, result, range(n))
     pids = ctx.server.pids()
     start = time.time() + START_DELAY
+    cpu0, gen0 = ctx.server_cpu(), ctx.generator_cpu()
     parts = ctx.pool.call(
         "storm",
         {"start_at": start, "target_online": n, "concurrency": ctx.concurrency},
@@ -339,6 +340,7 @@ def reconnect_storm(ctx: Context, n: int) -> Result:
     )
     stats = _merge_connect(parts)
     totals = counters(ctx)
+    cpu1, gen1 = ctx.server_cpu(), ctx.generator_cpu()
     settle(ctx, result, range(n))
     check_errors(result, counters(ctx))
     if stats["failed"]:
@@ -353,6 +355,9 @@ def reconnect_storm(ctx: Context, n: int) -> Result:
     m["retried_1013"] = stats["retried_1013"]
     m["retried_other"] = stats["retried_other"]
     m["failed"] = stats["failed"]
+    # Who had the CPUs during the storm: the server, or the clients it serves.
+    m["server_cpu_s"] = round(cpu1 - cpu0, 2)
+    m["generator_cpu_s"] = round(gen1 - gen0, 2)
     if totals["converged"] < n:
         result.failures.append(f"only {totals['converged']} of {n} views became whole")
     close_all(ctx)

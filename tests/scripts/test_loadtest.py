@@ -717,6 +717,7 @@ def test_reconnect_storm_brings_the_lobby_back(ctx: scenarios.Context) -> None:
     assert_ok(result)
     assert result.metrics["reconnected"] == 10
     assert result.metrics["whole_again_s"] is not None
+    assert result.metrics["server_cpu_s"] >= 0 and result.metrics["generator_cpu_s"] >= 0
 
 
 @pytest.mark.process

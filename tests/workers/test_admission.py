@@ -346,6 +346,26 @@ def test_the_reserve_admits_other_sources_up_to_their_share() -> None:
     assert door.admit(302, "g") == Decision(OK)
 
 
+def test_the_window_doubles_under_demand_until_the_lag_first_passes_the_target() -> None:
+    door = door_of(max_pending_auth=1000, auth_window=64, lag_target=0.05)
+    ids = itertools.count()
+
+    def knock_then_tick(lag: float) -> float:
+        """Knock until turned away, tick, and let the admitted ones settle."""
+        admitted = []
+        while door.admit(conn := next(ids), "a").admitted:
+            admitted.append(conn)
+        door.observe(lag)
+        for conn in admitted:
+            door.settled(conn)
+        return door.window
+
+    assert [knock_then_tick(0.0) for _ in range(5)] == [128.0, 256.0, 512.0, 1000.0, 1000.0]
+    assert knock_then_tick(0.06) == 750.0  # late: cut, and the threshold from now on
+    assert knock_then_tick(0.0) == 750.0 + INCREASE  # past the threshold: additive
+    assert knock_then_tick(0.0) == 750.0 + 2 * INCREASE
+
+
 def test_lag_over_the_target_shrinks_the_window_and_demand_within_it_grows_it() -> None:
     door = door_of(max_pending_auth=100, auth_window=40, lag_target=0.05)
     door.observe(0.0)

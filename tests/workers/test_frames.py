@@ -162,7 +162,7 @@ def test_clients_receive_byte_identical_valid_frames_either_way() -> None:
             expected = 0
             for text in MESSAGES:
                 frame = SharedFrame(text)
-                assert write_all([to_shared], frame) == 1
+                assert write_all([to_shared], [frame]) == 1
                 broadcast([to_normal], text)
                 expected += len(frame.data)
             await shared.read(expected)
@@ -172,6 +172,38 @@ def test_clients_receive_byte_identical_valid_frames_either_way() -> None:
             assert [(f.opcode, f.fin, f.data.decode()) for f in frames] == [
                 (Opcode.TEXT, True, text) for text in MESSAGES
             ]
+            for client in (shared, normal):
+                client.close()
+
+    run(scenario())
+
+
+def test_frames_due_together_arrive_as_if_written_one_by_one() -> None:
+    """Several frames in one write_all: one write of their concatenated bytes to a
+    client that takes the shared path, each frame by broadcast() to one that does not,
+    and both receive exactly the bytes of writing them one after the other."""
+
+    async def scenario() -> None:
+        async with server(compression=None) as s:
+            shared, normal = await RawClient.open(s.port), await RawClient.open(s.port)
+            await s.wait_for(2)
+            to_shared, to_normal = s.connections
+            frames = [SharedFrame(text) for text in MESSAGES]
+            writes: list[bytes] = []
+            write = to_shared.transport.write
+            to_shared.transport.write = lambda data: (writes.append(data), write(data))[1]  # type: ignore[method-assign]
+            assert write_all([to_shared], frames) == 1
+            assert writes == [b"".join(websockets_framing(text) for text in MESSAGES)]
+            for text in MESSAGES:
+                broadcast([to_normal], text)
+            expected = sum(len(f.data) for f in frames)
+            await shared.read(expected)
+            await normal.read(expected)
+            assert shared.received == normal.received
+            assert [(f.opcode, f.fin, f.data.decode()) for f in shared.frames()] == [
+                (Opcode.TEXT, True, text) for text in MESSAGES
+            ]
+            assert write_all([to_shared], []) == 0
             for client in (shared, normal):
                 client.close()
 
@@ -188,8 +220,9 @@ def test_a_client_with_compression_takes_websockets_path_and_decodes() -> None:
             (ws,) = s.connections
             assert ws.protocol.extensions and not takes_shared(ws)
             for text in MESSAGES:
-                assert write_all([ws], SharedFrame(text)) == 0
-            for text in MESSAGES:
+                assert write_all([ws], [SharedFrame(text)]) == 0
+            assert write_all([ws], [SharedFrame(text) for text in MESSAGES]) == 0
+            for text in MESSAGES * 2:
                 assert await asyncio.wait_for(client.recv(), 5) == text
 
     run(scenario())
@@ -215,7 +248,7 @@ def test_nothing_is_written_into_a_fragmented_message_or_a_closing_connection() 
             closing_task = asyncio.create_task(in_closing.close())
             await asyncio.wait_for(_until(lambda: in_closing.protocol.state is State.CLOSING), 5)
             frame = SharedFrame("update")
-            assert write_all([in_fragments, in_closing, in_plain], frame) == 1
+            assert write_all([in_fragments, in_closing, in_plain], [frame]) == 1
             release.set()
             await sending
             await plain.read(len(frame.data))

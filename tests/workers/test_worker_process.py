@@ -451,6 +451,42 @@ def test_lobby_updates_are_forwarded_in_order(ipc_dir: Path) -> None:
     run(scenario())
 
 
+def test_updates_that_queued_up_reach_every_client_in_order_once(ipc_dir: Path) -> None:
+    """Updates published while the worker is stopped are read in one batch and written
+    together; a client online gets each of them in order, and a session acknowledged
+    among them gets its snapshot and then exactly the updates after it."""
+
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            c = h.coord
+            a = await h.login(new_key())
+            b = Session(await connect(h.url), new_key())
+            await b.answer_challenge()
+            authed = await c.expect(bb.Authed, lambda m: m.key == b.key)
+            others = [f"{i:x}" * 64 for i in range(1, 6)]
+            h.proc.signal(signal.SIGSTOP)
+            try:
+                expected = [c.update(joined=[others[0]]), c.update(joined=[others[1]])]
+                c.send(bb.AuthAck(authed.conn, c.epoch, c.seq + 1))
+                expected.append(c.update(joined=[b.key]))
+                expected += [c.update(joined=[key]) for key in others[2:]]
+            finally:
+                h.proc.signal(signal.SIGCONT)
+            for seq in expected:
+                update = await a.recv()
+                assert update["type"] == "lobby_update" and update["seq"] == seq
+            assert await b.recv() == {"type": "auth_ok", "publicKey": b.key}
+            snap = await b.recv()
+            assert snap["type"] == "lobby_snapshot" and b.key in keys(snap["users"])
+            for seq in range(snap["seq"] + 1, c.seq + 1):
+                assert (await b.recv())["seq"] == seq
+            await a.quiet()
+            await b.quiet()
+            assert snap["seq"] <= c.seq
+
+    run(scenario())
+
+
 def test_lost_update_triggers_snapshot_request_and_fresh_snapshot(ipc_dir: Path) -> None:
     async def scenario() -> None:
         async with worker(ipc_dir) as h:
