@@ -11,7 +11,7 @@ import zmq
 
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
-from shared import curve, endpoints, logs, options
+from shared import curve, endpoints, fdlimit, logs, options
 
 DESCRIPTION = (
     "The lobby coordinator: owns who is online, orders every change, and publishes "
@@ -28,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=DESCRIPTION,
     )
     logs.configure(settings.logging, role="coordinator")
+    fdlimit.raise_and_log(logging.getLogger("coordinator"))  # a socket per worker
     # The context is made here, inside the process that uses it, never before a fork.
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
