@@ -76,17 +76,18 @@ import signal
 import socket
 import struct
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 import zmq
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
@@ -515,6 +516,7 @@ class Worker:
         for evicted in decision.evict:  # challenge-phase slots of a heavier source
             if (victim := self.clients.get(evicted)) is not None:
                 self._perform(victim, victim.machine.on_evicted())
+        _forget_handshake(ws)  # the source is known: the headers are not needed again
         if not decision.admitted:
             log.debug(
                 "conn %d refused: %s",
@@ -587,6 +589,8 @@ class Worker:
     async def _next_frame(self, client: Client) -> str | bytes | None:
         """The next client frame, or ``None`` when the connection's deadline passed."""
         deadline = client.machine.deadline
+        if deadline is None:  # authenticated: no timeout to keep (nor its objects)
+            return await client.ws.recv()
         try:
             async with asyncio.timeout_at(deadline):
                 return await client.ws.recv()
@@ -1103,6 +1107,16 @@ async def _close_ws(ws: ServerConnection, code: int, reason: str) -> None:
             ws.transport.abort()
 
 
+def _forget_handshake(ws: ServerConnection) -> None:
+    """Drop the headers of the handshake's request and response, which websockets keeps
+    for the life of the connection (about 1.5 KiB per client); nothing reads them after
+    admission has taken the client's source from them. The request itself stays:
+    websockets tells the handshake from later frames by whether it has one."""
+    for message in (ws.request, ws.response):
+        if message is not None:
+            message.headers = Headers()
+
+
 def _page(conn: ServerConnection, page: pages.Page, *, head: bool) -> Response:
     response = conn.respond(HTTPStatus.OK, "")
     headers = response.headers
@@ -1127,11 +1141,73 @@ def _not_allowed(conn: ServerConnection, allow: str) -> Response:
     return response
 
 
+class LazyDeque(Generic[_T]):
+    """The part of :class:`collections.deque` that websockets uses for a connection's
+    received frames and drain waiters, holding no deque while empty.
+
+    An empty deque still holds one 64-slot block (about 600 bytes); an idle connection
+    has two, empty nearly all the time. This holds ``None`` instead and makes a deque
+    when an item arrives, dropping it when the last one leaves. Same order, same
+    errors, same bounds (websockets' own: ``max_queue`` pauses reading)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: deque[_T] | None = None
+
+    def __len__(self) -> int:
+        return 0 if self._items is None else len(self._items)
+
+    def __bool__(self) -> bool:
+        return self._items is not None
+
+    def __iter__(self) -> Iterator[_T]:
+        return iter(()) if self._items is None else iter(self._items)
+
+    def append(self, item: _T) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+
+    def extendleft(self, items: Iterable[_T]) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.extendleft(items)
+        self._drop_if_empty()
+
+    def popleft(self) -> _T:
+        if self._items is None:
+            raise IndexError("pop from an empty deque")
+        item = self._items.popleft()
+        self._drop_if_empty()
+        return item
+
+    def remove(self, item: _T) -> None:
+        if self._items is None:
+            raise ValueError(f"{item!r} is not in deque")
+        self._items.remove(item)
+        self._drop_if_empty()
+
+    def _drop_if_empty(self) -> None:
+        if not self._items:
+            self._items = None
+
+
 def _watched_connection(pressured: set[ServerConnection]) -> type[ServerConnection]:
     """A connection class that keeps itself in ``pressured`` while websockets has paused
-    writing to it (transport buffer past the high-water mark, until it drains)."""
+    writing to it (transport buffer past the high-water mark, until it drains), and
+    that keeps no empty deques (:class:`LazyDeque`): an idle connection's memory."""
 
     class Watched(ServerConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.drain_waiters = cast("deque[asyncio.Future[None]]", LazyDeque())
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            frames = self.recv_messages.frames
+            frames.queue = cast("deque[Frame]", LazyDeque())
+
         def pause_writing(self) -> None:
             super().pause_writing()
             pressured.add(self)
