@@ -87,8 +87,10 @@ import zmq
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode as WsCloseCode
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State as WsState
 from websockets.server import ServerProtocol
 
 from shared import backbone as bb
@@ -1195,13 +1197,59 @@ class LazyDeque(Generic[_T]):
 
 def _watched_connection(pressured: set[ServerConnection]) -> type[ServerConnection]:
     """A connection class that keeps itself in ``pressured`` while websockets has paused
-    writing to it (transport buffer past the high-water mark, until it drains), and
-    that keeps no empty deques (:class:`LazyDeque`): an idle connection's memory."""
+    writing to it (transport buffer past the high-water mark, until it drains).
+
+    It also trims what an idle connection holds: no empty deques (:class:`LazyDeque`),
+    and no keepalive task between pings. websockets runs a task per connection that
+    sleeps ``ping_interval``, pings, and waits up to ``ping_timeout`` for the pong; here
+    a timer starts that same round (websockets' ``ping``, the same 1011 ``keepalive ping
+    timeout``) as a task only for as long as the round lasts, then sets the next timer,
+    ``ping_interval`` minus the latency later, as websockets does."""
 
     class Watched(ServerConnection):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.drain_waiters = cast("deque[asyncio.Future[None]]", LazyDeque())
+            self.keepalive_timer: asyncio.TimerHandle | None = None
+
+        def start_keepalive(self) -> None:
+            if self.ping_interval is not None:
+                self._next_ping(0.0)
+
+        def _next_ping(self, latency: float) -> None:
+            assert self.ping_interval is not None
+            self.keepalive_timer = self.loop.call_later(
+                self.ping_interval - latency, self._start_ping_round
+            )
+
+        def _start_ping_round(self) -> None:
+            self.keepalive_timer = None
+            if self.protocol.state is WsState.OPEN:
+                # Kept where websockets keeps its keepalive task: connection_lost
+                # cancels it.
+                self.keepalive_task = self.loop.create_task(self._ping_round())
+
+        async def _ping_round(self) -> None:
+            """One turn of websockets' ``keepalive()`` loop, then the next timer."""
+            latency = 0.0
+            try:
+                pong_received = await self.ping()
+                if self.ping_timeout is not None:
+                    try:
+                        async with asyncio.timeout(self.ping_timeout):
+                            latency = await pong_received
+                    except TimeoutError:
+                        async with self.send_context():
+                            self.protocol.fail(WsCloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                        # send_context() waits for connection_lost(), which cancels us.
+                        raise AssertionError("keepalive round outlived its connection") from None
+            except ConnectionClosed:
+                return
+            except Exception:
+                self.logger.error("keepalive ping failed", exc_info=True)
+                return
+            self.keepalive_task = None
+            self._next_ping(latency)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
@@ -1218,6 +1266,9 @@ def _watched_connection(pressured: set[ServerConnection]) -> type[ServerConnecti
 
         def connection_lost(self, exc: Exception | None) -> None:
             pressured.discard(self)
+            if self.keepalive_timer is not None:
+                self.keepalive_timer.cancel()
+                self.keepalive_timer = None
             super().connection_lost(exc)
 
     return Watched

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import os
 import socket
 from collections import deque
@@ -202,3 +203,111 @@ async def _handshake_forgotten() -> None:
 
 def test_a_connection_is_served_after_its_handshake_is_forgotten() -> None:
     uvloop.run(_handshake_forgotten())
+
+
+# ---------------------------------------------------------------------------- keepalive
+
+INTERVAL = 0.05
+
+
+def _counting(pings: list[float]) -> type[ServerConnection]:
+    class Counting(_watched_connection(set())):  # type: ignore[misc]
+        async def ping(self, data: Any = None) -> Any:
+            pings.append(asyncio.get_running_loop().time())
+            return await super().ping(data)
+
+    return Counting
+
+
+async def _keepalive_answered() -> None:
+    """A client that answers pings stays connected, ping after ping, with no
+    keepalive task between rounds; its close cancels the next round."""
+    pings: list[float] = []
+    connected: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: ServerConnection) -> None:
+        connected.set_result(ws)
+        await ws.wait_closed()
+
+    async with serve(
+        handler,
+        "127.0.0.1",
+        0,
+        ping_interval=INTERVAL,
+        ping_timeout=5,
+        create_connection=_counting(pings),
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/", ping_interval=None) as client:
+            ws = await asyncio.wait_for(connected, 5)
+            async with asyncio.timeout(10):
+                while len(pings) < 4:
+                    await asyncio.sleep(0.01)
+            # A round ends at its pong (ping_timeout is 5 s): the next ping follows it.
+            assert ws.protocol.state.name == "OPEN"
+            assert len(ws.pending_pings) <= 1
+            assert all(b - a >= INTERVAL * 0.5 for a, b in itertools.pairwise(pings))
+            async with asyncio.timeout(10):  # between rounds: a timer, no task
+                while not (ws.keepalive_task is None and ws.keepalive_timer is not None):
+                    await asyncio.sleep(0.005)
+            await client.close()
+        async with asyncio.timeout(10):
+            await ws.wait_closed()
+        assert ws.keepalive_timer is None
+        assert ws.keepalive_task is None or ws.keepalive_task.done()
+
+
+async def _keepalive_unanswered() -> None:
+    """A client that never answers is closed with 1011 keepalive ping timeout, as
+    websockets' own keepalive does."""
+    connected: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: ServerConnection) -> None:
+        connected.set_result(ws)
+        await ws.wait_closed()
+
+    async with serve(
+        handler,
+        "127.0.0.1",
+        0,
+        ping_interval=INTERVAL,
+        ping_timeout=INTERVAL,
+        close_timeout=0.2,
+        create_connection=_watched_connection(set()),
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        raw = socket.socket()
+        raw.connect(("127.0.0.1", port))
+        raw.setblocking(False)
+        loop = asyncio.get_running_loop()
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(
+            raw,
+            (
+                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode(),
+        )
+        ws = await asyncio.wait_for(connected, 5)
+        async with asyncio.timeout(10):  # it reads nothing, so answers no ping
+            await ws.wait_closed()
+        close = ws.protocol.close_sent
+        assert close is not None
+        assert (close.code, close.reason) == (1011, "keepalive ping timeout")
+        assert ws.keepalive_timer is None
+        raw.close()
+
+
+@RUNNERS
+def test_keepalive_pings_a_client_that_answers_without_a_task_between_rounds(
+    runner: Callable[[Coroutine[Any, Any, None]], None],
+) -> None:
+    runner(_keepalive_answered())
+
+
+@RUNNERS
+def test_keepalive_closes_a_client_that_does_not_answer_with_1011(
+    runner: Callable[[Coroutine[Any, Any, None]], None],
+) -> None:
+    runner(_keepalive_unanswered())
