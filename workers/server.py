@@ -58,6 +58,13 @@ failed upgrade, but it can read a close code). Refusals are summed in ``/healthz
 ``/healthz`` answers GET and HEAD (anything else: 405) from figures the ticker keeps, so
 a request costs the same however many clients are connected.
 
+Idle clients: most clients are idle most of the time, so what one holds between frames
+is what a worker's memory is made of. The connection class (:func:`_watched_connection`)
+keeps no empty deques (:class:`LazyDeque`) and no keepalive task between pings (a timer
+starts each round); the handshake's headers are dropped once admission has read the
+source (:func:`_forget_handshake`); an authenticated client's ``recv`` has no timeout
+around it. websockets' bounds (``max_queue``, the write limit) are unchanged.
+
 Metrics (:mod:`workers.stats`): what the machines' actions and the replica's effects
 say happened is recorded as the shell carries them out; a fan-out is recorded once per
 broadcast, and the connection counts once per tick.
