@@ -28,7 +28,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=DESCRIPTION,
     )
     logs.configure(settings.logging, role="coordinator")
-    fdlimit.raise_and_log(logging.getLogger("coordinator"))  # a socket per worker
     # The context is made here, inside the process that uses it, never before a fork.
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
@@ -46,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         context.destroy(linger=0)
         return 2
+    # After Coordinator(): its log lines carry the epoch it makes.
+    fdlimit.raise_and_log(logging.getLogger("coordinator"))  # a socket per worker
     signal.signal(signal.SIGTERM, lambda *_: coordinator.stop())
     signal.signal(signal.SIGINT, lambda *_: coordinator.stop())
     coordinator.run()
