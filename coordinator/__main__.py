@@ -11,7 +11,7 @@ import zmq
 
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
-from shared import curve, endpoints, logs, options
+from shared import curve, endpoints, fdlimit, logs, options
 
 DESCRIPTION = (
     "The lobby coordinator: owns who is online, orders every change, and publishes "
@@ -45,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         context.destroy(linger=0)
         return 2
+    # After Coordinator(): its log lines carry the epoch it makes.
+    fdlimit.raise_and_log(logging.getLogger("coordinator"))  # a socket per worker
     signal.signal(signal.SIGTERM, lambda *_: coordinator.stop())
     signal.signal(signal.SIGINT, lambda *_: coordinator.stop())
     coordinator.run()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
-from shared import logs, options
+from shared import fdlimit, logs, options
 from workers.server import main as run_worker
 from workers.settings import WorkerSettings
 
@@ -25,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=DESCRIPTION,
     )
     logs.configure(settings.logging, role="worker", ident=settings.worker_id)
+    fdlimit.raise_and_log(logging.getLogger("workers"))  # a socket per client
     try:
         import uvloop
     except ImportError:

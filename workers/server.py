@@ -77,6 +77,13 @@ Refusals are summed in ``/healthz`` (``refused``) and logged at most once a seco
 ``/healthz`` answers GET and HEAD (anything else: 405) from figures the ticker keeps, so
 a request costs the same however many clients are connected.
 
+Idle clients: most clients are idle most of the time, so what one holds between frames
+is what a worker's memory is made of. The connection class (:func:`_watched_connection`)
+keeps no empty deques (:class:`LazyDeque`) and no keepalive task between pings (a timer
+starts each round); the handshake's headers are dropped once admission has read the
+source (:func:`_forget_handshake`); an authenticated client's ``recv`` has no timeout
+around it. websockets' bounds (``max_queue``, the write limit) are unchanged.
+
 Metrics (:mod:`workers.stats`): what the machines' actions and the replica's effects
 say happened is recorded as the shell carries them out; a fan-out is recorded once per
 broadcast, and the connection counts once per tick.
@@ -95,18 +102,21 @@ import signal
 import socket
 import struct
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 import zmq
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Opcode
+from websockets.frames import CloseCode as WsCloseCode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State as WsState
 from websockets.server import ServerProtocol
 
 from shared import backbone as bb
@@ -599,6 +609,7 @@ class Worker:
         for evicted in decision.evict:  # challenge-phase slots of a heavier source
             if (victim := self.clients.get(evicted)) is not None:
                 self._perform(victim, victim.machine.on_evicted())
+        _forget_handshake(ws)  # the source is known: the headers are not needed again
         if not decision.admitted:
             log.debug(
                 "conn %d refused: %s",
@@ -1330,6 +1341,16 @@ async def _close_ws(ws: ServerConnection, code: int, reason: str) -> None:
             ws.transport.abort()
 
 
+def _forget_handshake(ws: ServerConnection) -> None:
+    """Drop the headers of the handshake's request and response, which websockets keeps
+    for the life of the connection (about 1.5 KiB per client); nothing reads them after
+    admission has taken the client's source from them. The request itself stays:
+    websockets tells the handshake from later frames by whether it has one."""
+    for message in (ws.request, ws.response):
+        if message is not None:
+            message.headers = Headers()
+
+
 def _page(conn: ServerConnection, page: pages.Page, *, head: bool) -> Response:
     response = conn.respond(HTTPStatus.OK, "")
     headers = response.headers
@@ -1354,11 +1375,119 @@ def _not_allowed(conn: ServerConnection, allow: str) -> Response:
     return response
 
 
+class LazyDeque(Generic[_T]):
+    """The part of :class:`collections.deque` that websockets uses for a connection's
+    received frames and drain waiters, holding no deque while empty.
+
+    An empty deque still holds one 64-slot block (about 600 bytes); an idle connection
+    has two, empty nearly all the time. This holds ``None`` instead and makes a deque
+    when an item arrives, dropping it when the last one leaves. Same order, same
+    errors, same bounds (websockets' own: ``max_queue`` pauses reading)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: deque[_T] | None = None
+
+    def __len__(self) -> int:
+        return 0 if self._items is None else len(self._items)
+
+    def __bool__(self) -> bool:
+        return self._items is not None
+
+    def __iter__(self) -> Iterator[_T]:
+        return iter(()) if self._items is None else iter(self._items)
+
+    def append(self, item: _T) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+
+    def extendleft(self, items: Iterable[_T]) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.extendleft(items)
+        self._drop_if_empty()
+
+    def popleft(self) -> _T:
+        if self._items is None:
+            raise IndexError("pop from an empty deque")
+        item = self._items.popleft()
+        self._drop_if_empty()
+        return item
+
+    def remove(self, item: _T) -> None:
+        if self._items is None:
+            raise ValueError(f"{item!r} is not in deque")
+        self._items.remove(item)
+        self._drop_if_empty()
+
+    def _drop_if_empty(self) -> None:
+        if not self._items:
+            self._items = None
+
+
 def _watched_connection(pressured: set[ServerConnection]) -> type[ServerConnection]:
     """A connection class that keeps itself in ``pressured`` while websockets has paused
-    writing to it (transport buffer past the high-water mark, until it drains)."""
+    writing to it (transport buffer past the high-water mark, until it drains).
+
+    It also trims what an idle connection holds: no empty deques (:class:`LazyDeque`),
+    and no keepalive task between pings. websockets runs a task per connection that
+    sleeps ``ping_interval``, pings, and waits up to ``ping_timeout`` for the pong; here
+    a timer starts that same round (websockets' ``ping``, the same 1011 ``keepalive ping
+    timeout``) as a task only for as long as the round lasts, then sets the next timer,
+    ``ping_interval`` minus the latency later, as websockets does."""
 
     class Watched(ServerConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.drain_waiters = cast("deque[asyncio.Future[None]]", LazyDeque())
+            self.keepalive_timer: asyncio.TimerHandle | None = None
+
+        def start_keepalive(self) -> None:
+            if self.ping_interval is not None:
+                self._next_ping(0.0)
+
+        def _next_ping(self, latency: float) -> None:
+            assert self.ping_interval is not None
+            self.keepalive_timer = self.loop.call_later(
+                self.ping_interval - latency, self._start_ping_round
+            )
+
+        def _start_ping_round(self) -> None:
+            self.keepalive_timer = None
+            if self.protocol.state is WsState.OPEN:
+                # Kept where websockets keeps its keepalive task: connection_lost
+                # cancels it.
+                self.keepalive_task = self.loop.create_task(self._ping_round())
+
+        async def _ping_round(self) -> None:
+            """One turn of websockets' ``keepalive()`` loop, then the next timer."""
+            latency = 0.0
+            try:
+                pong_received = await self.ping()
+                if self.ping_timeout is not None:
+                    try:
+                        async with asyncio.timeout(self.ping_timeout):
+                            latency = await pong_received
+                    except TimeoutError:
+                        async with self.send_context():
+                            self.protocol.fail(WsCloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                        # send_context() waits for connection_lost(), which cancels us.
+                        raise AssertionError("keepalive round outlived its connection") from None
+            except ConnectionClosed:
+                return
+            except Exception:
+                self.logger.error("keepalive ping failed", exc_info=True)
+                return
+            self.keepalive_task = None
+            self._next_ping(latency)
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            frames = self.recv_messages.frames
+            frames.queue = cast("deque[Frame]", LazyDeque())
+
         def pause_writing(self) -> None:
             super().pause_writing()
             pressured.add(self)
@@ -1369,6 +1498,9 @@ def _watched_connection(pressured: set[ServerConnection]) -> type[ServerConnecti
 
         def connection_lost(self, exc: Exception | None) -> None:
             pressured.discard(self)
+            if self.keepalive_timer is not None:
+                self.keepalive_timer.cancel()
+                self.keepalive_timer = None
             super().connection_lost(exc)
 
     return Watched
