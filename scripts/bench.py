@@ -63,6 +63,11 @@ MESSAGES = ("messages", "--pairs", "128", "--rate", "40", "--duration", "10")
 """128 pairs, 40 a second each way (under the per-connection rate limit): 10,240
 messages/s offered."""
 FANOUT = ("fanout", "--watchers", "1000", "--changes", "400", "--rate", "100")
+IDLE_CLIENT = ("--ws-client", "websockets")
+"""The idle run's generator library. picows keeps each connection's receive buffer at
+the size of the largest frame it read, here a snapshot of the whole lobby, so 20,000
+picows clients would hold some 20 GB; websockets' client does not, and the idle run
+measures the server's memory, not the generator's CPU per frame."""
 CHURN_FANOUT = ("fanout", "--watchers", "2000", "--changes", "2000", "--rate", "200")
 """Server CPU per delivered frame at the churn target's size (2,000 watchers, 200
 changes/s), against the bare server pushing frames of the same size."""
@@ -98,7 +103,7 @@ def suite() -> list[Run]:
         *_both("churn fanout cluster", CLUSTER, CHURN_FANOUT, "fanout"),
         *_both("churn fanout bare", BARE, CHURN_FANOUT, "fanout"),
         *_both("messages cluster", CLUSTER, MESSAGES, "messages"),
-        Run("idle cluster", CLUSTER, ("idle", "20000", "--hold", "10"), "idle"),
+        Run("idle cluster", (*CLUSTER, *IDLE_CLIENT), ("idle", "20000", "--hold", "10"), "idle"),
         *_both("reconnect-storm cluster", CLUSTER, ("reconnect-storm", "5000"), "storm"),
     ]
     for rate in PLOT_RATES:

@@ -177,7 +177,9 @@ class LobbyView:
 
     def __init__(self) -> None:
         self.seq: int | None = None
-        self._online: set[str] = set()
+        # A frozenset only where a subclass shares one view between clients; the
+        # in-place operators below rebind it then, so this class works either way.
+        self._online: set[str] | frozenset[str] = set()
 
     @property
     def online(self) -> frozenset[str]:

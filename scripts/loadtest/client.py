@@ -95,6 +95,7 @@ from shared import protocol
 from shared.client import (
     ConnectionRefusedByServer,
     DuplicateUpdate,
+    InconsistentSnapshot,
     ListenerFailed,
     LobbyChange,
     LobbyClient,
@@ -319,6 +320,7 @@ class Ledger:
             client.catch_up()
         self.behind.clear()
         self.by_seq.clear()
+        SHARED.forget_catch_ups()
         self.trim_at = self.keep
 
     def trim(self) -> None:
@@ -330,11 +332,59 @@ class Ledger:
         else:
             for seq in [seq for seq in self.by_seq if seq <= low]:
                 del self.by_seq[seq]
+        SHARED.forget_catch_ups()
         self.trim_at = len(self.by_seq) + self.keep
 
 
 LEDGER: Final = Ledger()
 """This process's ledger: all its clients share it."""
+
+
+class SharedViews:
+    """Views that many clients of this process hold alike, kept once.
+
+    Every client receives a ``lobby_snapshot`` of the whole lobby, so N clients joining
+    one by one hold N²/2 keys between them: 20,000 idle clients would need some 18 GiB
+    of sets in the generator. But the snapshots sent at one ``seq`` are equal, and an
+    unsampled client applies its noted updates only later, all from :data:`LEDGER`. So
+    a snapshot's keys are kept once per distinct set (:meth:`snapshot`, an equal
+    frozenset is looked up, not copied), and a client that catches up from a shared
+    set to the same ``seq`` as another one that started from the same set at the same
+    ``seq`` gets that one's result (:meth:`caught_up`), which it would have computed
+    key for key. A view is thawed into a set of its own the first time it is changed
+    in place (an update applied on arrival). Both tables are bounded, and the catch-up
+    table is cleared whenever the ledger forgets updates (a ``seq`` may then come back
+    with another meaning)."""
+
+    def __init__(self, keep: int = 1024) -> None:
+        self.keep = keep
+        self.snapshots: dict[frozenset[str], frozenset[str]] = {}
+        self.catch_ups: dict[tuple[int, int, int], tuple[frozenset[str], frozenset[str]]] = {}
+
+    def snapshot(self, keys: frozenset[str]) -> frozenset[str]:
+        shared = self.snapshots.get(keys)
+        if shared is None:
+            if len(self.snapshots) >= self.keep:
+                self.snapshots.clear()
+            shared = self.snapshots[keys] = keys
+        return shared
+
+    def caught_up(self, base: frozenset[str], seq: int, last: int) -> frozenset[str] | None:
+        """The view that catching up from ``base`` at ``seq`` to ``last`` gave before."""
+        hit = self.catch_ups.get((id(base), seq, last))
+        return hit[1] if hit is not None and hit[0] is base else None
+
+    def remember(self, base: frozenset[str], seq: int, last: int, result: frozenset[str]) -> None:
+        if len(self.catch_ups) >= self.keep:
+            self.catch_ups.clear()
+        self.catch_ups[id(base), seq, last] = (base, result)  # holding base keeps its id
+
+    def forget_catch_ups(self) -> None:
+        self.catch_ups.clear()
+
+
+SHARED: Final = SharedViews()
+"""This process's shared views."""
 
 # --------------------------------------------------------------------------- the view
 
@@ -353,10 +403,25 @@ class LoadView(LobbyView):
     __slots__ = ()
 
     def apply_snapshot(self, seq: int, keys: Iterable[str]) -> None:
-        super().apply_snapshot(seq, map(sys.intern, keys))
+        """The library's snapshot, its keys shared with equal snapshots
+        (:class:`SharedViews`)."""
+        key_list = list(map(sys.intern, keys))
+        new = frozenset(key_list)
+        if len(new) != len(key_list):
+            raise InconsistentSnapshot(f"lobby_snapshot seq {seq} lists a key more than once")
+        self.seq = seq
+        self._online = SHARED.snapshot(new)
 
     def apply_update(self, seq: int, joined: Iterable[str], left: Iterable[str]) -> None:
+        self._thaw()
         super().apply_update(seq, map(sys.intern, joined), left)
+
+    def _thaw(self) -> set[str]:
+        """The view as a set of its own, to change in place."""
+        online = self._online
+        if isinstance(online, frozenset):
+            online = self._online = set(online)
+        return online
 
     def apply_parsed(self, update: Update) -> None:
         online = self._online
@@ -368,11 +433,30 @@ class LoadView(LobbyView):
             and update.left_set <= online
             and online.isdisjoint(update.new)
         ):
+            online = self._thaw()
             online.difference_update(update.left_set)
             online.update(update.joined_set)
             self.seq = update.seq
         else:
             self.apply_update(update.seq, update.joined, update.left)
+
+    def catch_up(self, last: int, by_seq: dict[int, Update]) -> None:
+        """Apply ``by_seq``'s updates after ``seq`` up to ``last`` (raising the first
+        :class:`ViewError`, as on arrival); from a shared view, share the result with
+        the clients that catch up from it alike (:class:`SharedViews`)."""
+        base, start = self._online, self.seq
+        assert start is not None  # noted only after a snapshot
+        if isinstance(base, frozenset):
+            result = SHARED.caught_up(base, start, last)
+            if result is not None:
+                self._online, self.seq = result, last
+                return
+        for seq in range(start + 1, last + 1):
+            self.apply_parsed(by_seq[seq])
+        if isinstance(base, frozenset):
+            result = frozenset(self._online)
+            SHARED.remember(base, start, last, result)
+            self._online = result
 
 
 SharedKeyView = LoadView  # the earlier name
@@ -636,16 +720,11 @@ class LoadClient(LobbyClient):
             return
         self._behind_to = None
         LEDGER.behind.discard(self)
-        view = self.load_view
-        by_seq = LEDGER.by_seq
-        assert view.seq is not None  # noted only after a snapshot
-        for seq in range(view.seq + 1, last + 1):
-            try:
-                view.apply_parsed(by_seq[seq])
-            except ViewError as exc:
-                self._record(exc)
-                self._request_resync()
-                return
+        try:
+            self.load_view.catch_up(last, LEDGER.by_seq)
+        except ViewError as exc:
+            self._record(exc)
+            self._request_resync()
 
     @property
     def size(self) -> int:

@@ -527,6 +527,50 @@ def test_an_unsampled_client_notes_updates_and_applies_them_later(
     asyncio.run(run())
 
 
+def test_clients_alike_share_their_views_and_each_still_holds_what_it_received(
+    fresh_ledger: load_client.Ledger,
+) -> None:
+    """Equal snapshots are one set; clients that catch up alike get one result, equal
+    to what the library's own view makes of the same frames; a client that applies an
+    update on arrival changes its own copy, never the shared one."""
+
+    async def run() -> None:
+        frames = [_snapshot(1, _KEYS[:2]), _update(2, [_KEYS[2]]), _update(3, [], [_KEYS[0]])]
+        a, b = _unsampled(*frames), _unsampled(*frames)
+        assert a.load_view._online is b.load_view._online  # one snapshot set
+        shared = a.load_view._online
+        c = _unsampled(frames[0])
+        c.sampled = True
+        c._handle_frame(frames[1])  # applied on arrival: thawed, the shared set untouched
+        assert shared == frozenset(_KEYS[:2]) and c.view.online == set(_KEYS[:3])
+        fresh_ledger.catch_up_all()
+        assert a.load_view._online is b.load_view._online  # one caught-up set
+        library = LobbyView()
+        library.apply_snapshot(1, _KEYS[:2])
+        library.apply_update(2, [_KEYS[2]], [])
+        library.apply_update(3, [], [_KEYS[0]])
+        for client in (a, b):
+            assert client.view.seq == 3 and client.view.online == library.online
+            assert not client.errors
+        assert not load_client.SHARED.catch_ups  # forgotten with the ledger's updates
+
+    asyncio.run(run())
+
+
+def test_a_client_that_finds_an_error_catching_up_shares_nothing_of_it(
+    fresh_ledger: load_client.Ledger,
+) -> None:
+    async def run() -> None:
+        # "leaves" a key that is not online: an error for each client, found by each.
+        frames = [_snapshot(1, _KEYS[:1]), _update(2, [], [_KEYS[3]])]
+        a, b = _unsampled(*frames), _unsampled(*frames)
+        fresh_ledger.catch_up_all()
+        for client in (a, b):
+            assert [type(e).__name__ for e in client.errors] == ["InconsistentUpdate"]
+
+    asyncio.run(run())
+
+
 def test_an_unsampled_client_finds_a_gap_on_arrival(fresh_ledger: load_client.Ledger) -> None:
     async def run() -> None:
         client = _unsampled(
