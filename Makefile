@@ -57,7 +57,7 @@ help:
 	@echo "             (make test-fast: no lint, only tests that start no process; seconds)"
 	@echo "make load    load-test the server at URL=$(URL): ARGS=\"mass-join 100\""
 	@echo "             (ARGS=\"--start cluster churn\" starts its own; python -m scripts.loadtest -h)"
-	@echo "make bench   run the benchmark suite (~10 min), write BENCHMARKS.md and docs/latency.png"
+	@echo "make bench   run the benchmark suite (~12 min), write BENCHMARKS.md and docs/latency.png"
 	@echo "make test-js the JavaScript client's unit tests (node --test)"
 	@echo "make lint    ruff check, ruff format --check, mypy --strict"
 	@echo "make format  ruff fixes and formatting"
