@@ -13,6 +13,7 @@ fails it otherwise), so that ``make test-fast`` runs only what is quick.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import inspect
 import json
@@ -340,3 +341,22 @@ class Cluster:
         for p in self.processes():
             p.assert_no_traceback()
         assert all(code in (0, -9) for code in codes.values()), codes
+
+
+async def raw_upgrade(port: int, *, rcvbuf: int | None = None) -> socket.socket:
+    """A non-blocking socket to ``127.0.0.1:port`` that has sent a WebSocket upgrade
+    request and read nothing: a client whose reading the test controls (``rcvbuf``
+    shrinks its receive buffer first, so that a server's writes back up sooner)."""
+    raw = socket.socket()
+    if rcvbuf is not None:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    raw.connect(("127.0.0.1", port))
+    raw.setblocking(False)
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await asyncio.get_running_loop().sock_sendall(raw, request.encode())
+    return raw

@@ -4,8 +4,6 @@ fan-out ask the machine only about clients whose transport passed the write limi
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -16,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
+from tests.support import raw_upgrade
 from workers.connection import Connection, Flow, Limits, State
 from workers.server import Group, _watched_connection, group_of, write_limit
 
@@ -71,20 +70,8 @@ async def _paused_rule() -> None:
         create_connection=_watched_connection(pressured),
     ) as server:
         port = server.sockets[0].getsockname()[1]
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.connect(("127.0.0.1", port))
-        raw.setblocking(False)
+        raw = await raw_upgrade(port, rcvbuf=4096)
         loop = asyncio.get_running_loop()
-        key = base64.b64encode(os.urandom(16)).decode()
-        await loop.sock_sendall(
-            raw,
-            (
-                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode(),
-        )
         response = b""
         while b"\r\n\r\n" not in response:
             response += await loop.sock_recv(raw, 4096)

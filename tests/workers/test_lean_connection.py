@@ -5,10 +5,8 @@ behaviour and the same bounds as websockets' own deques."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
-import os
 import socket
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -21,6 +19,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from tests.support import raw_upgrade
 from workers.server import LazyDeque, _forget_handshake, _watched_connection
 
 # ---------------------------------------------------------------------------- LazyDeque
@@ -133,20 +132,8 @@ async def _a_send_waits_for_the_drain_then_completes() -> None:
         create_connection=_watched_connection(set()),
     ) as server:
         port = server.sockets[0].getsockname()[1]
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.connect(("127.0.0.1", port))
-        raw.setblocking(False)
+        raw = await raw_upgrade(port, rcvbuf=4096)
         loop = asyncio.get_running_loop()
-        key = base64.b64encode(os.urandom(16)).decode()
-        await loop.sock_sendall(
-            raw,
-            (
-                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode(),
-        )
         ws = await asyncio.wait_for(connected, 5)
         async with asyncio.timeout(10):  # the client reads nothing: send() must wait
             while not ws.drain_waiters:
@@ -276,19 +263,7 @@ async def _keepalive_unanswered() -> None:
         create_connection=_watched_connection(set()),
     ) as server:
         port = server.sockets[0].getsockname()[1]
-        raw = socket.socket()
-        raw.connect(("127.0.0.1", port))
-        raw.setblocking(False)
-        loop = asyncio.get_running_loop()
-        key = base64.b64encode(os.urandom(16)).decode()
-        await loop.sock_sendall(
-            raw,
-            (
-                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode(),
-        )
+        raw = await raw_upgrade(port)
         ws = await asyncio.wait_for(connected, 5)
         async with asyncio.timeout(10):  # it reads nothing, so answers no ping
             await ws.wait_closed()
