@@ -505,7 +505,8 @@ def write_report(
     """The whole report. The coordinator section is this run's, else ``kept_section``
     (the one the previous report had), else none."""
     by_name = {r["name"]: r for r in results}
-    m = machine()
+    # What was measured: a report rewritten from saved results keeps their commit and date.
+    m = next((r["machine"] for r in results if "machine" in r), None) or machine()
     lines = [
         "# Benchmarks",
         "",
@@ -631,6 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(run_one(same_frame(run, results), Path(tmp)))
             if chosen(COORDINATOR_RUN):
                 results.append(run_coordinator_costs(Path(tmp)))
+        measured_on = machine()  # the commit and date measured, kept with the results
+        for result in results:
+            result["machine"] = measured_on
     if args.results:
         Path(args.results).write_text(json.dumps(results, indent=1) + "\n")
     out, plot = Path(args.out), Path(args.plot)

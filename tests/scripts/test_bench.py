@@ -3,6 +3,7 @@ its cluster twin's frames, and how targets are judged. Nothing here measures."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from scripts import bench
@@ -66,3 +67,13 @@ def test_the_plot_has_a_line_for_every_plotted_run() -> None:
     lines = {label for label, _style in bench.PLOT_LINES}
     plotted = [r.name.split(" ", 1)[1] for r in bench.suite() if r.group == "plot"]
     assert set(plotted) == lines
+
+
+def test_a_report_from_saved_results_names_the_commit_they_measured(tmp_path: Path) -> None:
+    measured = {"cpu": "some CPU", "commit": "abc1234", "date": "2026-01-01 00:00 UTC"}
+    result = {**_result("idle cluster", kib_per_connection=12.0), "group": "idle"}
+    result.update(command="python -m scripts.loadtest idle", wall_s=1.0, machine=measured)
+    out = tmp_path / "BENCHMARKS.md"
+    bench.write_report([result], out, None, "make bench", "")
+    text = out.read_text()
+    assert "| commit | abc1234 |" in text and "| date | 2026-01-01 00:00 UTC |" in text
