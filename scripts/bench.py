@@ -22,9 +22,7 @@ BENCHMARKS.md is replaced; a partial run that does not measure it keeps the one 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -234,12 +232,10 @@ def run_one(run: Run, workdir: Path) -> dict[str, Any]:
 
 
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or "?"
+    """The machine, versions, commit and date (what the coordinator cost report says,
+    plus memory, OS and the libraries the runs use)."""
+    base = coordinator_costs.describe_machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
         mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
         memory = f"{mem_kib / 2**20:.0f} GiB"
     except (OSError, ValueError, IndexError):
@@ -250,21 +246,14 @@ def machine() -> dict[str, str]:
             versions[module] = str(__import__(module).__version__)
         except (ImportError, AttributeError):
             versions[module] = "-"
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
     return {
-        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "cpu": base["cpu"],
         "memory": memory,
         "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
+        "python": base["python"],
         "libraries": ", ".join(f"{k} {v}" for k, v in versions.items()),
-        "commit": commit or "?",
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": base["commit"],
+        "date": base["date"],
     }
 
 
