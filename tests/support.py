@@ -18,6 +18,7 @@ import contextlib
 import inspect
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -360,3 +361,36 @@ async def raw_upgrade(port: int, *, rcvbuf: int | None = None) -> socket.socket:
     )
     await asyncio.get_running_loop().sock_sendall(raw, request.encode())
     return raw
+
+
+class Launched:
+    """``scripts/cluster.py``, as ``make run`` starts it, in a private runtime dir, with
+    ``coordinator``/``worker`` words passed through and ``extra`` launcher options."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        workers: int,
+        *,
+        coordinator: Sequence[str] = (),
+        worker: Sequence[str] = (),
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+        args = ["--workers", str(workers), "--port", str(self.port), *extra]
+        args += [f"--coordinator-arg={a}" for a in coordinator]
+        args += [f"--worker-arg={a}" for a in worker]
+        self.proc = ManagedProcess("scripts.cluster", args, env={"XDG_RUNTIME_DIR": str(tmp)})
+        self.proc.wait_ready(timeout=30)
+
+    def pid(self, name: str) -> int:
+        """The pid of the launcher's child ``name`` (the last one started)."""
+        pids = re.findall(rf"started {re.escape(name)} pid (\d+)", self.proc.output())
+        assert pids, f"{name} was never started:\n{self.proc.output()}"
+        return int(pids[-1])
+
+    def stop(self) -> None:
+        assert self.proc.stop(timeout=20) == 0, self.proc.output()
+        text = self.proc.output()
+        assert "Traceback" not in text, text

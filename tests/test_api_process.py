@@ -27,13 +27,18 @@ def token_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def api_cluster(tmp_path: Path, token_file: Path) -> Iterator[tuple[Cluster, int]]:
-    port = free_port()
-    args = (
+def _api_args(port: int, token_file: Path) -> tuple[str, ...]:
+    """Workers with the API on ``port``, and quick to notice a coordinator gone."""
+    return (
         "--api-port", str(port), "--api-token-file", str(token_file),
         "--heartbeat-interval", "0.2", "--coordinator-timeout", "0.6",
     )  # fmt: skip
+
+
+@pytest.fixture
+def api_cluster(tmp_path: Path, token_file: Path) -> Iterator[tuple[Cluster, int]]:
+    port = free_port()
+    args = _api_args(port, token_file)
     with Cluster(
         tmp_path, workers=2, worker_args=args, coordinator_args=("--heartbeat-interval", "0.2")
     ) as cluster:
@@ -147,10 +152,7 @@ def test_the_api_answers_503_while_the_coordinator_is_away(
     tmp_path: Path, token_file: Path
 ) -> None:
     port = free_port()
-    args = (
-        "--api-port", str(port), "--api-token-file", str(token_file),
-        "--heartbeat-interval", "0.2", "--coordinator-timeout", "0.6",
-    )  # fmt: skip
+    args = _api_args(port, token_file)
     # One worker: with two, which one answers is the kernel's choice.
     with Cluster(
         tmp_path, workers=1, worker_args=args, coordinator_args=("--heartbeat-interval", "0.2")

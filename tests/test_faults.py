@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +27,7 @@ from shared.client import (
     public_key_hex,
 )
 from shared.protocol import CloseCode, SendResult
-from tests.support import Cluster, ManagedProcess, free_port, run, until
+from tests.support import Cluster, Launched, ManagedProcess, run, until
 
 pytestmark = pytest.mark.process
 
@@ -61,31 +60,6 @@ async def close_all(clients: list[LobbyClient]) -> None:
 
 
 # ------------------------------------------------------------ the launcher (make run)
-
-
-class Launched:
-    """``scripts/cluster.py``, as ``make run`` starts it, in a private runtime dir."""
-
-    def __init__(
-        self, tmp: Path, workers: int, coordinator: tuple[str, ...], worker: tuple[str, ...]
-    ):
-        self.port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}/ws"
-        args = ["--workers", str(workers), "--port", str(self.port)]
-        args += [f"--coordinator-arg={a}" for a in coordinator]
-        args += [f"--worker-arg={a}" for a in worker]
-        self.proc = ManagedProcess("scripts.cluster", args, env={"XDG_RUNTIME_DIR": str(tmp)})
-        self.proc.wait_ready(timeout=30)
-
-    def pid(self, name: str) -> int:
-        pids = re.findall(rf"started {re.escape(name)} pid (\d+)", self.proc.output())
-        assert pids, f"{name} was never started:\n{self.proc.output()}"
-        return int(pids[-1])
-
-    def stop(self) -> None:
-        assert self.proc.stop(timeout=20) == 0, self.proc.output()
-        text = self.proc.output()
-        assert "Traceback" not in text, text
 
 
 @pytest.fixture

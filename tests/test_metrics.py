@@ -22,7 +22,8 @@ from websockets.asyncio.client import connect
 from shared import protocol
 from shared.client import LobbyClient, generate_signing_key, public_key_hex
 from shared.protocol import SendStatus
-from tests.support import ManagedProcess, free_port, http, run, until
+from tests import support
+from tests.support import free_port, http, run, until
 
 pytestmark = pytest.mark.process
 
@@ -33,24 +34,13 @@ HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-class Launched:
+class Launched(support.Launched):
     """``scripts/cluster.py`` with a metrics port, in a private runtime dir."""
 
-    def __init__(self, tmp: Path, workers: int, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(self, tmp: Path, workers: int) -> None:
         self.metrics_port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}/ws"
-        args = ["--workers", str(workers), "--port", str(self.port)]
-        args += ["--metrics-port", str(self.metrics_port), *extra]
-        args += [f"--coordinator-arg={a}" for a in COORDINATOR]
-        args += [f"--worker-arg={a}" for a in WORKER]
-        self.proc = ManagedProcess("scripts.cluster", args, env={"XDG_RUNTIME_DIR": str(tmp)})
-        self.proc.wait_ready(timeout=30)
-
-    def pid(self, name: str) -> int:
-        pids = re.findall(rf"started {re.escape(name)} pid (\d+)", self.proc.output())
-        assert pids, f"{name} was never started:\n{self.proc.output()}"
-        return int(pids[-1])
+        extra = ("--metrics-port", str(self.metrics_port))
+        super().__init__(tmp, workers, coordinator=COORDINATOR, worker=WORKER, extra=extra)
 
     async def scrape(self) -> tuple[str, Samples]:
         status, headers, body = await http(self.metrics_port, path="/metrics")
@@ -62,11 +52,6 @@ class Launched:
             for s in family.samples:
                 samples[(s.name, frozenset(s.labels.items()))] = s.value
         return text, samples
-
-    def stop(self) -> None:
-        assert self.proc.stop(timeout=20) == 0, self.proc.output()
-        text = self.proc.output()
-        assert "Traceback" not in text, text
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
