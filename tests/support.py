@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -394,3 +395,18 @@ class Launched:
         assert self.proc.stop(timeout=20) == 0, self.proc.output()
         text = self.proc.output()
         assert "Traceback" not in text, text
+
+
+def tls_files(tmp: Path) -> tuple[Path, Path, ssl.SSLContext]:
+    """A certificate for 127.0.0.1 and localhost from a CA made for the test: the chain
+    and key files (for ``--tls-cert``/``--tls-key``) and a client context trusting it."""
+    import trustme  # only the TLS tests need it
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    chain, key = tmp / "chain.pem", tmp / "key.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    cert.cert_chain_pems[0].write_to_path(str(chain))
+    client_ssl = ssl.create_default_context()
+    ca.configure_trust(client_ssl)
+    return chain, key, client_ssl

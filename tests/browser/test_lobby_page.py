@@ -7,19 +7,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
 from scripts.fake_lobby import FakeLobby, random_keys
 from shared.client import LobbyClient
 from tests.browser.conftest import chromium
-from tests.support import ROOT, Cluster, ManagedProcess, run, until
+from tests.support import ROOT, Cluster, ManagedProcess, run, tls_files, until
 
 pytestmark = pytest.mark.process
 
@@ -256,13 +254,7 @@ def test_a_gap_in_update_numbers_leads_to_a_resync(tmp_path: Path) -> None:
 def test_the_page_over_tls(tmp_path: Path) -> None:
     """Browsers give WebCrypto only to secure contexts: served over https, the page works
     anywhere (here with a certificate from the test's own CA)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
-    cert.private_key_pem.write_to_path(str(key))
-    cert.cert_chain_pems[0].write_to_path(str(chain))
-    client_ssl = ssl.create_default_context()
-    ca.configure_trust(client_ssl)
+    chain, key, client_ssl = tls_files(tmp_path)
     with Cluster(tmp_path, 1, worker_args=("--tls-cert", str(chain), "--tls-key", str(key))) as c:
 
         async def scenario() -> None:

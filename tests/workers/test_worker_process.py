@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import trustme
 import zmq
 import zmq.asyncio
 from nacl.signing import SigningKey
@@ -31,7 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from shared import backbone as bb
 from shared import protocol
-from tests.support import ROOT, ManagedProcess, free_port, health, http, run, until
+from tests.support import ROOT, ManagedProcess, free_port, health, http, run, tls_files, until
 
 pytestmark = pytest.mark.process
 
@@ -810,13 +808,7 @@ def test_the_lobby_page_and_its_files_are_served_with_safe_headers(ipc_dir: Path
 def test_tls_serves_wss_and_https(ipc_dir: Path, tmp_path: Path) -> None:
     """With --tls-cert/--tls-key the same port speaks TLS: the page over https, the
     protocol over wss (certificates made by the test's own CA)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
-    cert.private_key_pem.write_to_path(str(key))
-    cert.cert_chain_pems[0].write_to_path(str(chain))
-    client_ssl = ssl.create_default_context()
-    ca.configure_trust(client_ssl)
+    chain, key, client_ssl = tls_files(tmp_path)
 
     async def scenario() -> None:
         async with worker(ipc_dir, "--tls-cert", str(chain), "--tls-key", str(key)) as h:
