@@ -459,8 +459,6 @@ class LoadView(LobbyView):
             self._online = result
 
 
-SharedKeyView = LoadView  # the earlier name
-
 LobbyHook = Callable[["LoadClient", Update | None], None]
 """Called after every applied update (with it) or snapshot (with None)."""
 
