@@ -69,6 +69,7 @@ def test_pure_part_writes_positive_figures_under_the_expected_keys(tmp_path: Pat
     assert [s["users"] for s in pure["snapshot"]] == [20, 60]
     for snap in pure["snapshot"]:
         assert snap["bytes"] > 64 * snap["users"] and positive(snap["us"])
+        assert positive(snap["cached_us"])  # another worker asking at the same seq
     derived = result["derived"]
     for name in ("pure_join_leave_us", "pure_route_us", "update_bytes_per_key"):
         assert positive(derived[name]), name
