@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts import procfs
 from scripts.cluster import (
     BackoffPolicy,
     Config,
@@ -29,6 +30,7 @@ from scripts.cluster import (
     split_forwarded,
     worker_id,
 )
+from scripts.procfs import environ, listening_ports
 from shared import notify
 from tests.support import ROOT, ManagedProcess, free_port, http, wait_until
 
@@ -277,6 +279,8 @@ def test_a_role_without_what_it_needs_is_refused_naming_it(
 
 FAKE = """\
 import argparse, os, signal, sys, threading
+from scripts import procfs
+from scripts.procfs import environ, listening_ports
 from shared import notify
 parser = argparse.ArgumentParser()
 parser.add_argument("--worker-id")
@@ -318,10 +322,7 @@ def started_pids(launcher: ManagedProcess) -> dict[str, int]:
 def gone(pid: int) -> bool:
     """True once ``pid`` no longer exists (or is a zombie nobody has reaped yet)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+        return procfs.state(pid) in (None, "Z")
     except OSError:
         try:
             os.kill(pid, 0)
@@ -471,30 +472,6 @@ def test_real_cluster_restarts_a_killed_worker_and_stops_cleanly(short_runtime_d
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def listening_ports(pid: int) -> set[int]:
-    """The TCP ports process ``pid`` listens on (Linux /proc)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
-    return {k.decode(): v.decode() for k, _, v in pairs}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
