@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -18,18 +19,9 @@ from pathlib import Path
 import pytest
 
 from scripts import procfs
-from scripts.cluster import (
-    BackoffPolicy,
-    Config,
-    NotifySocket,
-    connect_url,
-    describe_exit,
-    is_ready,
-    notify_supervisor,
-    parse_args,
-    split_forwarded,
-    worker_id,
-)
+from scripts.cluster import parse_args
+from scripts.launcher.config import BackoffPolicy, Config, connect_url, split_forwarded, worker_id
+from scripts.launcher.supervise import describe_exit, is_ready, notify_socket, notify_supervisor
 from scripts.procfs import environ, listening_ports
 from shared import notify
 from tests.support import ROOT, ManagedProcess, free_port, http, wait_until
@@ -60,10 +52,11 @@ def test_worker_ids_are_unique_per_slot_and_generation() -> None:
 
 
 def test_ready_is_the_ready_assignment_not_text_that_contains_it() -> None:
-    assert is_ready(b"READY=1")
-    assert is_ready(b"STATUS=worker w1-1 ready\nREADY=1")
-    assert not is_ready(b"STOPPING=1\nSTATUS=READY=1")
-    assert not is_ready(b"READY=10") and not is_ready(b"worker w1-1 ready")
+    assert is_ready(notify.parse(b"READY=1"))
+    assert is_ready(notify.parse(b"STATUS=worker w1-1 ready\nREADY=1"))
+    assert not is_ready(notify.parse(b"STOPPING=1\nSTATUS=READY=1"))
+    assert not is_ready(notify.parse(b"READY=10"))
+    assert not is_ready(notify.parse(b"worker w1-1 ready"))
 
 
 def test_the_launchers_socket_hears_what_shared_notify_sends(
@@ -71,14 +64,14 @@ def test_the_launchers_socket_hears_what_shared_notify_sends(
 ) -> None:
     """Both ends of the protocol agree: a child using shared.notify reaches the socket
     the launcher hands it, and the launcher's own notification reaches a supervisor."""
-    child = NotifySocket()
+    child = notify_socket()
     supervisor = notify.Listener()
     try:
-        assert child.datagrams() == []  # never blocks
+        assert child.receive(0) == []  # never blocks
         monkeypatch.setenv("NOTIFY_SOCKET", child.address)
         notify.ready("worker w1-1 ready")
         # A local datagram is queued by the time sendto returns: nothing to wait for.
-        assert [is_ready(d) for d in child.datagrams()] == [True]
+        assert [is_ready(n) for n in child.receive(0)] == [True]
         monkeypatch.setenv("NOTIFY_SOCKET", supervisor.address)
         assert notify_supervisor("READY=1", "all 2 processes ready") is None
         assert supervisor.receive(5) == [{"READY": "1", "STATUS": "all 2 processes ready"}]
@@ -443,6 +436,43 @@ def test_children_stop_when_the_launcher_is_killed(fakes: Path) -> None:
         wait_until(lambda: all(gone(pid) for pid in pids.values()), "orphans to exit", 10)
     finally:
         shut_down(launcher)
+
+
+SERVER_LIBRARIES = {
+    *("zmq", "websockets", "msgpack", "nacl", "uvloop", "prometheus_client", "pythonjsonlogger"),
+    *("coordinator", "workers"),
+}
+PROBE = """\
+import runpy, sys
+sys.argv = ["cluster.py", *sys.argv[1:]]
+try:
+    runpy.run_path("scripts/cluster.py", run_name="__main__")
+except SystemExit as exc:
+    print("exit", exc.code)
+print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+@pytest.mark.process
+def test_the_launcher_refuses_bad_options_before_loading_any_server_library() -> None:
+    """It imports shared's standard-library modules (notify, logs, the default port),
+    never the server's libraries nor the server itself: it starts fast, refuses bad
+    options with argparse's message and code 2, and metrics off need nothing more."""
+    for argv, complaint in ((["--workers", "0"], "--workers must be at least 1"), (["-h"], "")):
+        probe = subprocess.run(
+            [sys.executable, "-c", PROBE, *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        exit_line, modules = probe.stdout.splitlines()[-2:]
+        assert exit_line == ("exit 2" if complaint else "exit 0"), probe.stdout + probe.stderr
+        assert complaint in probe.stderr
+        loaded = set(modules.split())
+        assert {"shared", "scripts"} <= loaded  # the probe is not vacuous
+        assert not loaded & SERVER_LIBRARIES, loaded & SERVER_LIBRARIES
 
 
 REAL = (ROOT / "coordinator" / "__main__.py").exists() and (
