@@ -26,7 +26,7 @@ def measure_process(
     fanout_duration: float = 2.0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Every figure of the real coordinator process (see the module docstring)."""
+    """Every figure of the real coordinator process (see ``scripts/coordinator_costs.py``)."""
     result: dict[str, Any] = {
         "rate": rate,
         "duration_s": duration,

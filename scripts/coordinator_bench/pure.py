@@ -193,7 +193,7 @@ def measure_pure(
     batch: int = 100,
     flush_keys: Sequence[int] = (1, 10, 100, 1000, 10000),
 ) -> dict[str, Any]:
-    """Every pure-core figure (see the module docstring), as plain data."""
+    """Every pure-core figure (see ``scripts/coordinator_costs.py``), as plain data."""
     events: dict[str, dict[str, dict[str, float]]] = {kind: {} for kind in EVENT_KINDS}
     snapshots: list[dict[str, Any]] = []
     bench: PureBench | None = None
