@@ -1,6 +1,7 @@
 """What runs where: the launcher's configuration, each child's command line, and when
-a crashed child restarts. Pure: nothing here starts or reads anything but the
-route towards the coordinator (:func:`local_address_towards`)."""
+a crashed child restarts. Nothing here starts anything; it reads only the key directory
+(:meth:`Keys.missing`) and the route towards the coordinator
+(:func:`local_address_towards`)."""
 
 from __future__ import annotations
 
