@@ -29,7 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.loadtest.target import Server, free_port, start_cluster
+from scripts.loadtest.target import Server, start_cluster
+from scripts.procfs import cmdline, free_port
 from shared.client import LobbyClient
 
 
@@ -59,7 +60,7 @@ async def connect(url: str, n: int) -> list[LobbyClient]:
 
 def pid_of(server: Server, needle: bytes) -> int:
     for pid in server.pids():
-        if needle in Path(f"/proc/{pid}/cmdline").read_bytes():
+        if needle in cmdline(pid):
             return pid
     raise SystemExit(f"no process matching {needle!r}")
 

@@ -29,10 +29,12 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import zmq
+from typing import TYPE_CHECKING
 
 from shared.options import at_least, option, validate
+
+if TYPE_CHECKING:
+    import zmq
 
 DEFAULT_PORT = 8765
 DEFAULT_HOST = "127.0.0.1"
@@ -261,6 +263,8 @@ class BackboneOptions:
         it runs again (ZeroMQ's own heartbeats would drop those, and everything queued
         with them). Whatever a dropped connection lost is repaired like any other loss:
         a gap, a re-announcement."""
+        import zmq  # here, not above: the launcher reads DEFAULT_PORT without pyzmq
+
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self.hwm)
         sock.setsockopt(zmq.RCVHWM, self.hwm)

@@ -20,8 +20,10 @@ either format.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
@@ -68,7 +70,7 @@ class _Context(logging.Filter):
         self.ident = ""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.time = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        record.time = timestamp(record.created)
         record.role = self.role
         record.id = self.ident
         if not hasattr(record, "event"):
@@ -108,6 +110,21 @@ def handler(log_format: str, stream: TextIO | None = None) -> logging.Handler:
     else:
         out.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     return out
+
+
+def timestamp(seconds: float) -> str:
+    """The ``time`` of a JSON line: ISO 8601, UTC, milliseconds."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def json_line(
+    level: str, role: str, ident: str, event: str, message: str, logger: str, **fields: Any
+) -> str:
+    """One JSON line written without :mod:`logging`, with the keys (:data:`JSON_KEYS`,
+    in order) and the time of the lines the processes log: for the launcher, which
+    writes its own lines among theirs."""
+    values = (timestamp(time.time()), level, role, ident, event, message, logger)
+    return json.dumps({**dict(zip(JSON_KEYS, values, strict=True)), **fields})
 
 
 def identify(ident: str) -> None:

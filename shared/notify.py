@@ -14,8 +14,9 @@ Sending is best effort: without ``NOTIFY_SOCKET`` it does nothing, and a supervi
 is gone, slow or misconfigured costs a logged warning, never an exception or a blocked
 event loop (the socket is non-blocking; a full queue drops the datagram).
 
-:class:`Listener` is the supervisor's end, for Python supervisors (the tests and the load
-tester; the launcher keeps its own few lines because it imports nothing from here).
+:class:`Listener` is the supervisor's end, for Python supervisors (the launcher, the tests
+and the load tester); :func:`send` is the sending end for one that reports a failure in
+its own words (the launcher, when it tells its own supervisor).
 """
 
 from __future__ import annotations
@@ -48,10 +49,26 @@ def stopping(status: str = "") -> None:
 
 def notify(state: str, status: str = "") -> None:
     """Send ``state`` (and ``STATUS=status`` when given) as one datagram to
-    ``$NOTIFY_SOCKET``; a no-op when it is unset. Never raises."""
+    ``$NOTIFY_SOCKET``; a no-op when it is unset. Never raises: a failure is logged."""
+    exc = send(state, status)
+    if exc is not None:
+        log.warning(
+            "could not notify %s=%s of %s: %s",
+            ENV,
+            os.environ.get(ENV),
+            state,
+            exc,
+            extra=logs.event("notify_failed", state=state, error=str(exc)),
+        )
+
+
+def send(state: str, status: str = "") -> OSError | ValueError | None:
+    """Send ``state`` (and ``STATUS=status`` when given) as one datagram to
+    ``$NOTIFY_SOCKET``, if it is set. Never raises: returns why it could not send
+    (:class:`NotAnAddress` when the variable names no socket), else None."""
     target = os.environ.get(ENV)
     if not target:
-        return
+        return None
     message = state
     if status:
         message += "\nSTATUS=" + " ".join(status.splitlines())
@@ -61,14 +78,12 @@ def notify(state: str, status: str = "") -> None:
             sock.setblocking(False)
             sock.sendto(message.encode("utf-8", "replace"), address)
     except (OSError, ValueError) as exc:
-        log.warning(
-            "could not notify %s=%s of %s: %s",
-            ENV,
-            target,
-            state,
-            exc,
-            extra=logs.event("notify_failed", state=state, error=str(exc)),
-        )
+        return exc
+    return None
+
+
+class NotAnAddress(ValueError):
+    """``NOTIFY_SOCKET`` is neither a path nor an ``@abstract`` name."""
 
 
 def _address(target: str) -> str:
@@ -77,7 +92,7 @@ def _address(target: str) -> str:
         return "\0" + target[1:]
     if target.startswith("/"):
         return target
-    raise ValueError("not a path or an @abstract name (other forms are not supported)")
+    raise NotAnAddress("not a path or an @abstract name (other forms are not supported)")
 
 
 def parse(datagram: bytes) -> dict[str, str]:
@@ -100,13 +115,14 @@ class Listener:
     private temporary directory, removed by :meth:`close`.
     """
 
-    def __init__(self, *, in_file: bool = False) -> None:
+    def __init__(self, *, in_file: bool = False, prefix: str = "presence-notify") -> None:
         """``in_file``: a socket file even on Linux, for a child in another network
-        namespace (abstract sockets belong to the namespace they were made in)."""
+        namespace (abstract sockets belong to the namespace they were made in);
+        ``prefix``: the start of the abstract name (who listens, for ``ss -x``)."""
         self.received: list[dict[str, str]] = []
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._dir: str | None = None
-        name = f"presence-notify-{os.getpid()}-{secrets.token_hex(8)}"
+        name = f"{prefix}-{os.getpid()}-{secrets.token_hex(8)}"
         try:
             if sys.platform.startswith("linux") and not in_file:
                 self._sock.bind("\0" + name)
@@ -133,6 +149,11 @@ class Listener:
             pass
         self.received += got
         return got
+
+    def fileno(self) -> int:
+        """The socket's descriptor, to wait for notifications in an event loop (then
+        :meth:`receive` with a timeout of 0 takes them without blocking)."""
+        return self._sock.fileno()
 
     def count(self, key: str = "READY") -> int:
         """How many of the notifications received so far set ``key=1``."""

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from scripts.procfs import free_port
 from shared.notify import Listener
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,13 +85,6 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) 
 
 
 # --------------------------------------------------------------------------- network
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def http(

@@ -14,6 +14,7 @@ import pytest
 import zmq
 import zmq.auth
 
+from scripts.fake_worker import CurveClient, FakeWorker
 from shared import backbone as bb
 from shared import curve, endpoints
 from shared.client import LobbyClient
@@ -177,13 +178,9 @@ def test_a_second_coordinator_on_the_same_endpoint_is_refused(tmp_path: Path) ->
         # The first still owns its sockets: a worker reaches it.
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
-            dealer = ctx.socket(zmq.DEALER)
-            dealer.setsockopt(zmq.LINGER, 0)
-            dealer.setsockopt(zmq.ROUTING_ID, b"w9")
-            dealer.connect(f"ipc://{tmp_path}/events")
-            dealer.send(bb.encode(bb.Hello("w9", "", "", "", [])))
-            assert dealer.poll(5000)
-            assert isinstance(bb.decode_batch(dealer.recv())[0][0], bb.Welcome)
+            worker = FakeWorker(ctx, "w9", f"ipc://{tmp_path}/events")
+            worker.send(bb.Hello("w9", "", "", "", []))
+            assert isinstance(worker.reply(timeout=5.0), bb.Welcome)
         finally:
             ctx.destroy(linger=0)
     finally:
@@ -264,15 +261,13 @@ def test_curve_admits_only_listed_workers_and_never_logs_secrets(tmp_path: Path)
         try:
             # No CURVE at all, and CURVE with a key the coordinator does not list:
             # neither gets an answer (an unknown worker would be asked to reannounce).
-            plain = ctx.socket(zmq.DEALER)
-            intruder = ctx.socket(zmq.DEALER)
-            curve.make_client(intruder, curve.load_keypair(str(stranger)), server_public)
-            for name, sock in (("plain", plain), ("intruder", intruder)):
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.ROUTING_ID, name.encode())
-                sock.connect(events)
-                sock.send(bb.encode(bb.Heartbeat(name)))
-            assert not plain.poll(1500) and not intruder.poll(10)
+            plain = FakeWorker(ctx, "plain", events)
+            stranger_keys = CurveClient(curve.load_keypair(str(stranger)), server_public)
+            intruder = FakeWorker(ctx, "intruder", events, client=stranger_keys)
+            for fake in (plain, intruder):
+                fake.send(bb.Heartbeat(fake.name))
+            plain.no_reply(1.5)
+            intruder.no_reply(0.01)
             assert coordinator.count("unknown worker plain") == 0
             assert coordinator.count("unknown worker intruder") == 0
         finally:

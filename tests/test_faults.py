@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import zmq
 
+from scripts.fake_worker import FakeWorker
 from shared import backbone as bb
 from shared.client import (
     ConnectionRefusedByServer,
@@ -503,27 +504,23 @@ def test_updates_lost_at_the_high_water_mark_heal_with_a_fresh_snapshot(tmp_path
 def burst(ctx: zmq.Context[zmq.Socket[bytes]], cluster: Cluster, n: int) -> str:
     """Play a worker that authenticates and closes ``n`` sessions, then keeps one;
     returns its key once the coordinator has published it."""
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.ROUTING_ID, b"burst")
-    dealer.connect(cluster.events)
-    dealer.send(bb.encode(bb.Hello("burst", "", "", "", [])))
+    worker = FakeWorker(ctx, "burst", cluster.events)
+    worker.send(bb.Hello("burst", "", "", "", []))
     for i in range(n):
         key = f"{i:064x}"
-        dealer.send(bb.encode(bb.Authed(i, key)))
-        dealer.send(bb.encode(bb.Closed(i, key)))
+        worker.send(bb.Authed(i, key))
+        worker.send(bb.Closed(i, key))
     last = "f" * 64
-    dealer.send(bb.encode(bb.Authed(n, last)))
+    worker.send(bb.Authed(n, last))
     # Replies (acks) pass a high-water mark of 10 too, so most are lost: the coordinator
     # then asks this "worker" to re-register, and it answers with its whole truth, as a
     # worker does. Ask until a snapshot shows the last session.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        dealer.send(bb.encode(bb.SnapshotRequest()))
-        while dealer.poll(200):
-            for msg in bb.decode_batch(dealer.recv())[0]:  # a frame may carry a batch
-                if isinstance(msg, bb.Reannounce):
-                    truth = bb.Hello("burst", "", "", "", [(n, last, "", 0, False)])
-                    dealer.send(bb.encode(truth))
-                if isinstance(msg, bb.Snapshot) and last in msg.users:
-                    return last
+        worker.send(bb.SnapshotRequest())
+        for msg in worker.replies(0.2):  # as they come: a frame may carry a batch
+            if isinstance(msg, bb.Reannounce):
+                worker.send(bb.Hello("burst", "", "", "", [(n, last, "", 0, False)]))
+            if isinstance(msg, bb.Snapshot) and last in msg.users:
+                return last
     raise AssertionError("the burst was never published")

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
+from scripts.procfs import environ
 from shared import protocol
 from shared.client import LobbyClient, generate_signing_key, public_key_hex
 from shared.protocol import SendStatus
@@ -57,12 +58,6 @@ class Launched(support.Launched):
 def value(samples: Samples, name: str, **labels: str) -> float:
     """One sample's value (0 when the series does not exist)."""
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
-    return {k.decode(): v.decode() for k, _, v in pairs}
 
 
 async def failed_auth(url: str) -> str:

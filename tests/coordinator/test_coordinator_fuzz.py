@@ -12,7 +12,6 @@ the same treatment with many more examples in ``test_core.py``.)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scripts.fake_worker import FakeWorker
 from shared import backbone as bb
 from tests.coordinator.test_core import likely, up_messages
 from tests.support import ManagedProcess
@@ -43,42 +43,27 @@ class Rig:
         )
         self.proc.wait_ready()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.fuzzers = {name: self._dealer(name) for name in NAMES}
-        self.probe = self._dealer("probe")
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.connect(self.updates)
-        self.probe.send(bb.encode(bb.Hello("probe", "", "", "", [])))
-        assert isinstance(self.reply(self.probe), bb.Welcome)
+        self.fuzzers = {name: FakeWorker(self.ctx, name, self.events) for name in NAMES}
+        self.probe = FakeWorker(self.ctx, "probe", self.events, self.updates)
+        self.probe.send(bb.Hello("probe", "", "", "", []))
+        assert isinstance(self.reply(), bb.Welcome)
 
-    def _dealer(self, name: str) -> zmq.Socket[bytes]:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTING_ID, name.encode())
-        sock.connect(self.events)
-        return sock
-
-    def reply(self, sock: zmq.Socket[bytes], timeout: float = 5.0) -> bb.Message:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if sock.poll(50):
-                messages, errors = bb.decode_batch(sock.recv())
-                assert len(messages) == 1 and not errors  # one request, one reply
-                return messages[0]
-        raise AssertionError("the coordinator did not answer")
+    def reply(self, timeout: float = 5.0) -> bb.Message:
+        messages = self.probe.next_frame(timeout)
+        assert len(messages) == 1  # one request, one reply
+        return messages[0]
 
     def drain(self) -> None:
-        for sock in (*self.fuzzers.values(), self.sub):
-            while sock.poll(0):
-                sock.recv()
+        for fuzzer in self.fuzzers.values():
+            fuzzer.drain_replies()
+        self.probe.drain_pub()
 
     def snapshot(self) -> bb.Snapshot:
         """A snapshot for the probe; it answers after everything sent before it by the
         probe, and, being one loop, after what the fuzzers sent before too."""
-        self.probe.send(bb.encode(bb.SnapshotRequest()))
+        self.probe.send(bb.SnapshotRequest())
         while True:
-            msg = self.reply(self.probe)
+            msg = self.reply()
             if isinstance(msg, bb.Snapshot):
                 return msg
 
@@ -114,7 +99,7 @@ def test_no_backbone_input_crashes_the_coordinator(
     rig: Rig, sends: list[tuple[str, bytes]]
 ) -> None:
     for name, frame in sends:
-        rig.fuzzers[name].send(frame)
+        rig.fuzzers[name].send_frame(frame)
     snapshot = rig.snapshot()
     assert all(len(u) == 64 and u == u.lower() for u in snapshot.users)
     assert len(set(snapshot.users)) == len(snapshot.users)

@@ -10,67 +10,13 @@ from pathlib import Path
 import pytest
 import zmq
 
+from scripts.fake_worker import FakeWorker
 from shared import backbone as bb
 from tests.support import ManagedProcess, wait_until
 
 pytestmark = pytest.mark.process
 
 A, B, C = ("a" * 64, "b" * 64, "c" * 64)
-
-
-class FakeWorker:
-    """A worker's two backbone sockets: DEALER up (routing id = name), SUB down."""
-
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], name: str, events: str, updates: str):
-        self.name = name
-        self.sub = ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.connect(updates)
-        self.dealer = ctx.socket(zmq.DEALER)
-        self.dealer.setsockopt(zmq.LINGER, 0)
-        self.dealer.setsockopt(zmq.ROUTING_ID, name.encode())
-        self.dealer.connect(events)
-        self._waiting: dict[zmq.Socket[bytes], list[bb.Message]] = {}
-
-    def send(self, msg: bb.Message) -> None:
-        self.dealer.send(bb.encode(msg))
-
-    def _recv(self, sock: zmq.Socket[bytes], timeout: float) -> bb.Message:
-        """The next message (a frame may carry a batch of them: the rest wait here)."""
-        waiting = self._waiting.setdefault(sock, [])
-        if not waiting:
-            if not sock.poll(int(timeout * 1000)):
-                raise AssertionError(f"{self.name}: nothing received within {timeout}s")
-            messages, errors = bb.decode_batch(sock.recv())
-            assert messages and not errors, errors
-            waiting.extend(messages)
-        return waiting.pop(0)
-
-    def reply(self, timeout: float = 5.0) -> bb.Message:
-        return self._recv(self.dealer, timeout)
-
-    def published(self, timeout: float = 5.0, skip_beats: bool = True) -> bb.Message:
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self._recv(self.sub, max(0.0, deadline - time.monotonic()))
-            if not (skip_beats and isinstance(msg, bb.Beat)):
-                return msg
-
-    def wait_subscribed(self) -> None:
-        """Beat until the SUB is connected (the slow-joiner rule): a Beat arrives."""
-        self.published(timeout=5.0, skip_beats=False)
-
-    def drain_pub(self) -> None:
-        while self.sub.poll(0):
-            self.sub.recv()
-
-    def no_reply(self, within: float) -> None:
-        assert not self.dealer.poll(int(within * 1000)), f"{self.name}: unexpected reply"
-
-    def close(self) -> None:
-        self.sub.close(0)
-        self.dealer.close(0)
 
 
 class CoordinatorUnderTest:

@@ -9,7 +9,7 @@ import pytest
 import zmq.auth
 
 from scripts.backbone_keys import main, make_cluster
-from scripts.cluster import Keys
+from scripts.launcher.config import Keys
 
 
 def mode(path: Path) -> int:

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from scripts.loadtest.target import Server, free_port, start_bare, start_baseline
+from scripts.loadtest.target import Server, start_bare, start_baseline
+from scripts.procfs import free_port
 from shared import protocol
 from shared.client import LobbyClient, generate_signing_key, public_key_hex
 from shared.protocol import AuthFailedFrame, AuthFailure, RejectReason, SendStatus

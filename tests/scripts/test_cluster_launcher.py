@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -17,18 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts.cluster import (
-    BackoffPolicy,
-    Config,
-    NotifySocket,
-    connect_url,
-    describe_exit,
-    is_ready,
-    notify_supervisor,
-    parse_args,
-    split_forwarded,
-    worker_id,
-)
+from scripts import procfs
+from scripts.cluster import parse_args
+from scripts.launcher.config import BackoffPolicy, Config, connect_url, split_forwarded, worker_id
+from scripts.launcher.supervise import describe_exit, is_ready, notify_socket, notify_supervisor
+from scripts.procfs import environ, listening_ports
 from shared import notify
 from tests.support import ROOT, ManagedProcess, free_port, http, wait_until
 
@@ -58,10 +52,11 @@ def test_worker_ids_are_unique_per_slot_and_generation() -> None:
 
 
 def test_ready_is_the_ready_assignment_not_text_that_contains_it() -> None:
-    assert is_ready(b"READY=1")
-    assert is_ready(b"STATUS=worker w1-1 ready\nREADY=1")
-    assert not is_ready(b"STOPPING=1\nSTATUS=READY=1")
-    assert not is_ready(b"READY=10") and not is_ready(b"worker w1-1 ready")
+    assert is_ready(notify.parse(b"READY=1"))
+    assert is_ready(notify.parse(b"STATUS=worker w1-1 ready\nREADY=1"))
+    assert not is_ready(notify.parse(b"STOPPING=1\nSTATUS=READY=1"))
+    assert not is_ready(notify.parse(b"READY=10"))
+    assert not is_ready(notify.parse(b"worker w1-1 ready"))
 
 
 def test_the_launchers_socket_hears_what_shared_notify_sends(
@@ -69,14 +64,14 @@ def test_the_launchers_socket_hears_what_shared_notify_sends(
 ) -> None:
     """Both ends of the protocol agree: a child using shared.notify reaches the socket
     the launcher hands it, and the launcher's own notification reaches a supervisor."""
-    child = NotifySocket()
+    child = notify_socket()
     supervisor = notify.Listener()
     try:
-        assert child.datagrams() == []  # never blocks
+        assert child.receive(0) == []  # never blocks
         monkeypatch.setenv("NOTIFY_SOCKET", child.address)
         notify.ready("worker w1-1 ready")
         # A local datagram is queued by the time sendto returns: nothing to wait for.
-        assert [is_ready(d) for d in child.datagrams()] == [True]
+        assert [is_ready(n) for n in child.receive(0)] == [True]
         monkeypatch.setenv("NOTIFY_SOCKET", supervisor.address)
         assert notify_supervisor("READY=1", "all 2 processes ready") is None
         assert supervisor.receive(5) == [{"READY": "1", "STATUS": "all 2 processes ready"}]
@@ -277,6 +272,8 @@ def test_a_role_without_what_it_needs_is_refused_naming_it(
 
 FAKE = """\
 import argparse, os, signal, sys, threading
+from scripts import procfs
+from scripts.procfs import environ, listening_ports
 from shared import notify
 parser = argparse.ArgumentParser()
 parser.add_argument("--worker-id")
@@ -318,10 +315,7 @@ def started_pids(launcher: ManagedProcess) -> dict[str, int]:
 def gone(pid: int) -> bool:
     """True once ``pid`` no longer exists (or is a zombie nobody has reaped yet)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+        return procfs.state(pid) in (None, "Z")
     except OSError:
         try:
             os.kill(pid, 0)
@@ -444,6 +438,43 @@ def test_children_stop_when_the_launcher_is_killed(fakes: Path) -> None:
         shut_down(launcher)
 
 
+SERVER_LIBRARIES = {
+    *("zmq", "websockets", "msgpack", "nacl", "uvloop", "prometheus_client", "pythonjsonlogger"),
+    *("coordinator", "workers"),
+}
+PROBE = """\
+import runpy, sys
+sys.argv = ["cluster.py", *sys.argv[1:]]
+try:
+    runpy.run_path("scripts/cluster.py", run_name="__main__")
+except SystemExit as exc:
+    print("exit", exc.code)
+print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+@pytest.mark.process
+def test_the_launcher_refuses_bad_options_before_loading_any_server_library() -> None:
+    """It imports shared's standard-library modules (notify, logs, the default port),
+    never the server's libraries nor the server itself: it starts fast, refuses bad
+    options with argparse's message and code 2, and metrics off need nothing more."""
+    for argv, complaint in ((["--workers", "0"], "--workers must be at least 1"), (["-h"], "")):
+        probe = subprocess.run(
+            [sys.executable, "-c", PROBE, *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        exit_line, modules = probe.stdout.splitlines()[-2:]
+        assert exit_line == ("exit 2" if complaint else "exit 0"), probe.stdout + probe.stderr
+        assert complaint in probe.stderr
+        loaded = set(modules.split())
+        assert {"shared", "scripts"} <= loaded  # the probe is not vacuous
+        assert not loaded & SERVER_LIBRARIES, loaded & SERVER_LIBRARIES
+
+
 REAL = (ROOT / "coordinator" / "__main__.py").exists() and (
     ROOT / "workers" / "__main__.py"
 ).exists()
@@ -471,30 +502,6 @@ def test_real_cluster_restarts_a_killed_worker_and_stops_cleanly(short_runtime_d
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def listening_ports(pid: int) -> set[int]:
-    """The TCP ports process ``pid`` listens on (Linux /proc)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
-    return {k.decode(): v.decode() for k, _, v in pairs}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from scripts import bench, coordinator_costs
+from scripts.coordinator_bench.pure import EVENT_KINDS
 
 TINY = [
     "--pure-only",
@@ -55,7 +56,7 @@ def test_pure_part_writes_positive_figures_under_the_expected_keys(tmp_path: Pat
     )
     pure = result["pure"]
     assert pure["sizes"] == [20, 60]
-    assert set(pure["events"]) == set(coordinator_costs.EVENT_KINDS)
+    assert set(pure["events"]) == set(EVENT_KINDS)
     for kind, by_size in pure["events"].items():
         assert set(by_size) == {"20", "60"}, kind
         for figures in by_size.values():
