@@ -85,9 +85,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shared import defaults  # constants only: the launcher loads no other project code
+
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PORT = 8765  # shared.endpoints.DEFAULT_PORT; the launcher imports nothing
-DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = defaults.PORT
+DEFAULT_HOST = defaults.HOST
 DEFAULT_METRICS_PORT = 9765
 MULTIPROC_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 COORDINATOR_READY_WAIT = 10.0
@@ -1076,8 +1081,8 @@ class Cluster:
 
 
 def _json_line(level: str, role: str, ident: str, event: str, message: str, **fields: Any) -> str:
-    """One JSON log line with the keys the coordinator and workers write (``shared.logs``;
-    the launcher imports nothing from the project)."""
+    """One JSON log line with the keys the coordinator and workers write (``shared.logs``,
+    which the launcher does not load)."""
     line = {
         "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "level": level,

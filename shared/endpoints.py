@@ -32,10 +32,11 @@ from pathlib import Path
 
 import zmq
 
+from shared import defaults
 from shared.options import at_least, option, validate
 
-DEFAULT_PORT = 8765
-DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = defaults.PORT
+DEFAULT_HOST = defaults.HOST
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from scripts.cluster import (
     split_forwarded,
     worker_id,
 )
-from shared import notify
+from shared import defaults, notify
 from tests.support import ROOT, ManagedProcess, free_port, http, wait_until
 
 # --------------------------------------------------------------------------- pure logic
@@ -172,7 +172,7 @@ def test_parse_args_builds_the_commands() -> None:
 
 def test_parse_args_defaults() -> None:
     config = parse_args([])
-    assert config == Config(workers=os.cpu_count() or 1, host="127.0.0.1", port=8765)
+    assert config == Config(workers=os.cpu_count() or 1, host=defaults.HOST, port=defaults.PORT)
 
 
 def test_log_format_goes_to_every_process() -> None:
