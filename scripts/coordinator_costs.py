@@ -998,7 +998,7 @@ def _slope(points: Sequence[tuple[float, float]]) -> float:
 
 
 def derive(result: dict[str, Any]) -> dict[str, Any]:
-    """The capacity figures the README's paper estimate uses, from the measurements."""
+    """The capacity figures the paper estimate in docs/operating.md uses, from the measurements."""
     pure = result["pure"]
     largest = str(max(pure["sizes"]))
     snap = pure["snapshot"][-1]
@@ -1119,7 +1119,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
         lines += _process_tables(proc)
     lines += [
         "",
-        "### Derived (the inputs of the README's paper estimate)",
+        "### Derived (the inputs of the paper estimate in docs/operating.md)",
         "",
         "| figure | key | value |",
         "|---|---|---|",

@@ -3,7 +3,8 @@ protocol's timers.
 
 Every process, script and client that needs one of these imports it from here (the
 worker's and coordinator's settings, the baseline servers, the client library, the
-launcher and the load generator), and docs/PROTOCOL.md quotes them. A server may be run
+launcher and the load generator), and docs/PROTOCOL.md quotes them (tests/test_docs.py
+checks that the documents agree with the settings built on them). A server may be run
 with other values; these are what a client can expect when the operator changed
 nothing.
 

@@ -1,6 +1,6 @@
 """Several machines: a coordinator host, two worker hosts and a client host, each its own
 network namespace on one bridge (tests/netns.py), started with the launcher's roles
-over a tcp backbone with CURVE, exactly as README "Running on several machines" says.
+over a tcp backbone with CURVE, exactly as docs/operating.md "Running on several machines" says.
 
 Shown here: the lobby and direct messages across hosts; a real partition between one
 worker host and the coordinator (blackhole routes, while clients still reach that
