@@ -21,7 +21,7 @@ LOG_ARGS := $(if $(LOG_FORMAT),--log-format $(LOG_FORMAT))
 API_PORT ?=
 API_TOKEN_FILE ?=
 API_ARGS := $(if $(API_PORT),--api-port $(API_PORT) --api-token-file "$(API_TOKEN_FILE)")
-# One role per machine (README, Running on several machines): all, coordinator, workers.
+# One role per machine (docs/operating.md, Running on several machines): all, coordinator, workers.
 ROLE ?= all
 COORDINATOR ?=
 BACKBONE ?=
@@ -86,7 +86,7 @@ run: $(STAMP)
 	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) \
 	  $(API_ARGS) $(ROLE_ARGS) $(METRICS_ARGS) $(LOG_ARGS) $(ARGS)
 
-# One key directory per machine (README, Running on several machines); never overwrites.
+# One key directory per machine (docs/operating.md, Running on several machines); never overwrites.
 MACHINES ?=
 keys: $(STAMP)
 	@test -n "$(MACHINES)" || { echo 'error: name the worker machines: make keys MACHINES="web1 web2"' >&2; exit 2; }

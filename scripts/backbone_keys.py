@@ -78,7 +78,7 @@ def make_cluster(directory: Path, hosts: Sequence[str]) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring (or README, Running on several machines).",
+        epilog="See the module docstring (or docs/operating.md, Running on several machines).",
     )
     parser.add_argument(
         "--cluster",

@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared import notify
+from shared import defaults, notify
 
 MAX_COUNT = 1_000_000
 """Upper bound on one ``push``: every loop here ends by itself."""
@@ -92,8 +92,8 @@ async def run(host: str, port: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1", help="interface (%(default)s)")
-    parser.add_argument("--port", type=int, default=8765, help="port (%(default)s)")
+    parser.add_argument("--host", default=defaults.HOST, help="interface (%(default)s)")
+    parser.add_argument("--port", type=int, default=defaults.PORT, help="port (%(default)s)")
     args = parser.parse_args(argv)
     try:
         import uvloop

@@ -37,7 +37,7 @@ from websockets.http11 import Request, Response
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared import notify, protocol
+from shared import defaults, notify, protocol
 from shared.protocol import (
     AuthFailure,
     CloseCode,
@@ -47,7 +47,7 @@ from shared.protocol import (
 )
 from workers.server import LISTEN_BACKLOG
 
-AUTH_TIMEOUT = 10.0
+AUTH_TIMEOUT = defaults.AUTH_TIMEOUT
 """Seconds from the challenge to a valid ``auth`` (the protocol's default)."""
 FAULTS = ("none", "gap", "lose-leave", "lose-message")
 """Deliberate bugs for tests: ``gap`` skips a sequence number every 5th update,
@@ -188,8 +188,8 @@ async def run(host: str, port: int, fault: str = "none") -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1", help="interface (%(default)s)")
-    parser.add_argument("--port", type=int, default=8765, help="port (%(default)s)")
+    parser.add_argument("--host", default=defaults.HOST, help="interface (%(default)s)")
+    parser.add_argument("--port", type=int, default=defaults.PORT, help="port (%(default)s)")
     parser.add_argument(
         "--fault",
         choices=FAULTS,

@@ -14,8 +14,8 @@ A run whose correctness checks fail is reported as failed, never as a number.
 
 The suite ends with ``scripts/coordinator_costs.py`` (the run named "coordinator costs":
 the coordinator's measured cost per event, its memory per session, and the figures the
-README's capacity estimate uses), written as the "Coordinator capacity" section between
-markers. When ``--only`` selects that run alone, only that section of an existing
+capacity estimate of docs/operating.md uses), written as the "Coordinator capacity"
+section between markers. When ``--only`` selects that run alone, only that section of an existing
 BENCHMARKS.md is replaced; a partial run that does not measure it keeps the one there.
 """
 
@@ -150,7 +150,7 @@ def coordinator_section(result: dict[str, Any]) -> list[str]:
         "## Coordinator capacity",
         "",
         "What one coordinator costs per event and per session, measured on its own (no",
-        'WebSocket clients): the figures behind the README\'s "Capacity of one coordinator".',
+        'WebSocket clients): the figures behind docs/operating.md, "Capacity of one coordinator".',
         "`make bench` rewrites this section; `python scripts/bench.py --only coordinator`",
         "rewrites only this section.",
         "",

@@ -89,7 +89,8 @@ from scripts.launcher.config import (
     split_forwarded,
 )
 from scripts.launcher.supervise import Cluster
-from shared.endpoints import DEFAULT_HOST, DEFAULT_PORT
+from shared.defaults import HOST as DEFAULT_HOST
+from shared.defaults import PORT as DEFAULT_PORT
 
 
 def parse_args(argv: Sequence[str]) -> Config:

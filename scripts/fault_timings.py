@@ -12,7 +12,7 @@ clients, then
    ``lobby_snapshot`` and its view equals the online set again (full resync).
 
 Correctness is checked, not only time: any sequence error seen by a client fails the
-run. Timings are results, not test assertions; the README's bounds come from here.
+run. Timings are results, not test assertions; the bounds in docs/operating.md come from here.
 """
 
 from __future__ import annotations

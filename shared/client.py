@@ -44,7 +44,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from shared import protocol
+from shared import defaults, protocol
 
 __all__ = [
     "AuthFailed",
@@ -71,7 +71,7 @@ __all__ = [
     "save_signing_key",
 ]
 
-DEFAULT_URL: Final = "ws://127.0.0.1:8765/ws"
+DEFAULT_URL: Final = f"ws://{defaults.HOST}:{defaults.PORT}{protocol.WS_PATH}"
 
 # --------------------------------------------------------------------------- errors
 
@@ -362,8 +362,8 @@ class LobbyClient:
         message_queue_size: int = 10_000,
         resync_on_error: bool = True,
         max_size: int | None = 64 * 2**20,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float | None = 20.0,
+        ping_interval: float | None = defaults.PING_INTERVAL,
+        ping_timeout: float | None = defaults.PING_TIMEOUT,
         compression: str | None = None,
         proxy: str | Literal[True] | None = None,
         ssl: ssl_module.SSLContext | None = None,

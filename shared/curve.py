@@ -74,7 +74,8 @@ def check_exposure(endpoints: list[str], *, curve_on: bool, plain_tcp: bool) -> 
             f"refusing {where} without CURVE: any process that can reach it (on loopback: "
             "any local user) could join the lobby as a worker, read every message and kick "
             "anyone. Give CURVE keys (python scripts/backbone_keys.py makes them; see "
-            "README), use ipc:// endpoints, or pass --plain-tcp on a trusted test machine."
+            "docs/operating.md), use ipc:// endpoints, or pass --plain-tcp on a trusted test "
+            "machine."
         )
     return (
         f"INSECURE: the backbone uses {where} without CURVE (--plain-tcp): anyone who can "

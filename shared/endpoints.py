@@ -31,13 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared import defaults
 from shared.options import at_least, option, validate
 
 if TYPE_CHECKING:
     import zmq
 
-DEFAULT_PORT = 8765
-DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = defaults.PORT
+DEFAULT_HOST = defaults.HOST
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,16 +30,18 @@ from __future__ import annotations
 
 from typing import Final
 
+from shared import defaults
+
 HEARTBEAT_INTERVAL: Final = 1.0
 WORKER_TIMEOUT: Final = 2.5 * HEARTBEAT_INTERVAL
 COORDINATOR_TIMEOUT: Final = 3.0 * HEARTBEAT_INTERVAL
-CUTOFF_GRACE: Final = 10.0
+CUTOFF_GRACE: Final = defaults.CUTOFF_GRACE
 AUTH_WAIT: Final = 5.0
 ROUTE_TIMEOUT: Final = 5.0
 RESULT_ALLOWANCE: Final = 1.0
 EXPIRY_CHECK: Final = 0.2
 """The coordinator's loop checks for silent workers at least this often (seconds)."""
-STALL_TIMEOUT: Final = 30.0
+STALL_TIMEOUT: Final = defaults.STALL_TIMEOUT
 """Protocol 1.1: a client with pending outgoing bytes that made no reading progress for
 this long is closed with 4005 ``slow_consumer`` (whatever others send it)."""
 

@@ -1,6 +1,6 @@
 """Several machines: a coordinator host, two worker hosts and a client host, each its own
 network namespace on one bridge (tests/netns.py), started with the launcher's roles
-over a tcp backbone with CURVE, exactly as README "Running on several machines" says.
+over a tcp backbone with CURVE, exactly as docs/operating.md "Running on several machines" says.
 
 Shown here: the lobby and direct messages across hosts; a real partition between one
 worker host and the coordinator (blackhole routes, while clients still reach that
@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from scripts.backbone_keys import make_cluster
+from shared import defaults
 from shared.client import ConnectionRefusedByServer, LobbyClient
 from shared.protocol import CloseCode, SendStatus
 from tests import netns
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.process
 
 HOSTS = ("coordinator", "w1", "w2", "client")
 BACKBONE_PORT = 7100
-PUBLIC_PORT = 8765
+PUBLIC_PORT = defaults.PORT
 API_PORT = 8766
 TOKEN = "5f0c1e2d3b4a69788796a5b4c3d2e1f0"
 CUTOFF_GRACE = 5.0

@@ -266,7 +266,7 @@ class AdmissionLimits:
 
     max_connections: int = option(
         50_000,
-        "connections per worker in any state (then 1013): at about 18 KiB per idle "
+        "connections per worker in any state (then 1013): at about 13 KiB per idle "
         "connection, 50,000 stay under 1 GiB per worker, so this binds only against a "
         "flood of connections",
         check=at_least(1),

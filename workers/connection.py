@@ -91,7 +91,7 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from shared import backbone as bb
-from shared import protocol, timings
+from shared import defaults, protocol, timings
 from shared.options import at_least, group, option, positive, validate
 from shared.protocol import (
     CLOSE_REASONS,
@@ -303,7 +303,7 @@ class Limits:
     """What one connection may cost and how long each phase may take."""
 
     auth_timeout: float = option(
-        10.0,
+        defaults.AUTH_TIMEOUT,
         "seconds from the challenge to a valid auth (then 4003; the protocol's default)",
         check=positive,
     )

@@ -12,7 +12,7 @@ import secrets
 import ssl
 from dataclasses import dataclass
 
-from shared import endpoints, timings
+from shared import defaults, endpoints, timings
 from shared.endpoints import BackboneOptions
 from shared.logs import Logging
 from shared.options import (
@@ -68,7 +68,7 @@ class Network:
         choices=("none", "deflate"),
     )
     ping_interval: float | None = option(
-        20.0,
+        defaults.PING_INTERVAL,
         "seconds between keepalive pings (the protocol's default); 0 turns them off",
         parse=seconds_or_off,
         check=optional(positive),
@@ -90,7 +90,7 @@ class Network:
     )
     tls_key: str | None = option(None, "PEM private key of --tls-cert")
     ping_timeout: float | None = option(
-        20.0,
+        defaults.PING_TIMEOUT,
         "seconds to wait for a pong before dropping the connection; 0 waits for ever",
         parse=seconds_or_off,
         check=optional(positive),

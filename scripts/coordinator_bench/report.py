@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def derive(result: dict[str, Any]) -> dict[str, Any]:
-    """The capacity figures the README's paper estimate uses, from the measurements."""
+    """The capacity figures the paper estimate in docs/operating.md uses, from the measurements."""
     pure = result["pure"]
     largest = str(max(pure["sizes"]))
     snap = pure["snapshot"][-1]
@@ -137,7 +137,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
         lines += _process_tables(proc)
     lines += [
         "",
-        "### Derived (the inputs of the README's paper estimate)",
+        "### Derived (the inputs of the paper estimate in docs/operating.md)",
         "",
         "| figure | key | value |",
         "|---|---|---|",

@@ -8,7 +8,7 @@
 
 ``scripts/cluster.py`` is the command line. Nothing here imports more than the standard
 library and :mod:`shared`'s standard-library modules (:mod:`shared.notify`,
-:mod:`shared.logs`, :data:`shared.endpoints.DEFAULT_PORT`), and ``prometheus_client``
+:mod:`shared.logs`, :data:`shared.defaults.PORT`), and ``prometheus_client``
 only when metrics are on: the launcher starts fast, says what is wrong with its options
 before anything else happens, and runs without any of the server's dependencies loaded.
 """

@@ -48,8 +48,8 @@ from scripts.loadtest.target import (
     start_baseline,
     start_cluster,
 )
+from shared.client import DEFAULT_URL
 
-DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 DEFAULT_SAMPLE = 0.05
 
 

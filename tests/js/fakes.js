@@ -3,7 +3,7 @@
 
 import { identityFromKeyPair } from "../../workers/static/lobby.js";
 
-/** The key and challenge of the worked example in docs/PROTOCOL.md. */
+/** The key and challenge of the test vector in docs/PROTOCOL.md. */
 export const VECTOR = {
   seed: "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
   publicKey: "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8",
@@ -18,7 +18,7 @@ export const key = (char) => char.repeat(64);
 
 const b64url = (hex) => Buffer.from(hex, "hex").toString("base64url");
 
-/** The worked example's key pair, private key non-extractable, as an identity. */
+/** The test vector's key pair, private key non-extractable, as an identity. */
 export async function vectorIdentity() {
   const { subtle } = globalThis.crypto;
   const jwk = { kty: "OKP", crv: "Ed25519", x: b64url(VECTOR.publicKey) };

@@ -3,7 +3,7 @@
 // This file drives a LobbyClient through a fake WebSocket (tests/js/fakes.js) whose
 // tests play the server's side frame by frame; timers and the backoff's random() are
 // injected, so reconnect delays are exact and nothing sleeps. Signatures are real
-// WebCrypto Ed25519, checked against the protocol's worked example.
+// WebCrypto Ed25519, checked against the protocol's test vector.
 // lobby_view.test.js covers the lobby's rules on their own, identity.test.js the key
 // pairs and what happens without Ed25519.
 

@@ -23,7 +23,7 @@ from scripts.cluster import parse_args
 from scripts.launcher.config import BackoffPolicy, Config, connect_url, split_forwarded, worker_id
 from scripts.launcher.supervise import describe_exit, is_ready, notify_socket, notify_supervisor
 from scripts.procfs import environ, listening_ports
-from shared import notify
+from shared import defaults, notify
 from tests.support import ROOT, ManagedProcess, free_port, http, wait_until
 
 # --------------------------------------------------------------------------- pure logic
@@ -167,7 +167,7 @@ def test_parse_args_builds_the_commands() -> None:
 
 def test_parse_args_defaults() -> None:
     config = parse_args([])
-    assert config == Config(workers=os.cpu_count() or 1, host="127.0.0.1", port=8765)
+    assert config == Config(workers=os.cpu_count() or 1, host=defaults.HOST, port=defaults.PORT)
 
 
 def test_log_format_goes_to_every_process() -> None:

@@ -35,7 +35,7 @@ from shared.protocol import (
     parse_server_frame,
 )
 
-# The worked example of docs/PROTOCOL.md ("Worked example: the signature").
+# The test vector of docs/PROTOCOL.md ("Test vector", under Authentication).
 SEED = bytes.fromhex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
 PK = "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
 NONCE = "f0e1d2c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff"
