@@ -84,7 +84,7 @@ starts each round); the handshake's headers are dropped once admission has read 
 source (:func:`_forget_handshake`); an authenticated client's ``recv`` has no timeout
 around it. websockets' bounds (``max_queue``, the write limit) are unchanged.
 
-Metrics (:mod:`workers.stats`): what the machines' actions and the replica's effects
+Metrics (:mod:`workers.stats`): what the machines' outputs and the replica's outputs
 say happened is recorded as the shell carries them out; a fan-out is recorded once per
 broadcast, and the connection counts once per tick.
 """
@@ -126,29 +126,18 @@ from shared.protocol import CLOSE_REASONS, CloseCode, RejectReason, SendStatus
 from workers import pages, stats
 from workers.admission import Admission, Admit
 from workers.api import ApiTokenError, BackendApi, load_token
-from workers.connection import (
-    Action,
-    Close,
-    Connection,
-    Emit,
-    Flow,
-    FrameLimits,
-    Link,
-    StartRoute,
-    State,
-    Write,
-    WriteSnapshot,
-)
+from workers.connection import Connection, Flow, Link, State
 from workers.frames import SharedFrame, write_all
+from workers.outputs import Close, Emit, FrameLimits, Output, StartRoute, Write, WriteSnapshot
 from workers.replica import (
     Announce,
-    Effect,
     Forward,
     Replica,
     RequestSnapshot,
     Resynced,
     SyncState,
 )
+from workers.replica import Output as ReplicaOutput
 from workers.routes import CoordinatorClock, Room, RouteTable
 from workers.settings import TlsError, WorkerSettings
 from workers.sources import client_address, parse_trusted, source_key
@@ -689,7 +678,7 @@ class Worker:
         except TimeoutError:
             return None
 
-    def _perform(self, client: Client, actions: list[Action]) -> None:
+    def _perform(self, client: Client, actions: list[Output]) -> None:
         """Carry out what the machine returned (called after every machine call)."""
         self._place(client)
         if client.machine.state in _SETTLED:  # out of the auth window (idempotent)
@@ -1073,7 +1062,7 @@ class Worker:
 
     # ------------------------------------------------------------------ replica effects
 
-    def _effects(self, effects: list[Effect]) -> None:
+    def _effects(self, effects: list[ReplicaOutput]) -> None:
         """Carry out what the replica returned. Updates wait to be written until the
         read batch ends or anything else is done (so that updates that queued up go to
         each client in one write); nothing that reads the replica on a client's behalf

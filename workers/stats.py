@@ -1,7 +1,7 @@
 """What a worker records in :mod:`shared.metrics`, one function per fact.
 
 The shell (:mod:`workers.server`) calls these where it carries out what the pure parts
-decided: the actions a :class:`~workers.connection.Connection` returns carry their
+decided: the outputs a :class:`~workers.connection.Connection` returns carry their
 outcome (an authentication's end, a ``send_result``, a snapshot's cause), the replica's
 ``Resynced`` its reason. Labelled series are bound here once, so recording one fact is
 a dictionary lookup and an increment, never a label lookup under a lock.
@@ -18,7 +18,7 @@ from websockets.asyncio.server import ServerConnection
 from shared import metrics, protocol
 from shared.protocol import AuthFailure, RejectReason, SendStatus
 from workers.admission import Admit
-from workers.connection import AuthOutcome, SendOutcome, SnapshotCause, Write, WriteSnapshot
+from workers.outputs import AuthOutcome, SendOutcome, SnapshotCause, Write, WriteSnapshot
 from workers.replica import ResyncReason
 
 _AUTH: Final = {o: metrics.AUTHENTICATIONS.labels(o.value) for o in AuthOutcome}

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from tests.support import raw_upgrade
-from workers.connection import Connection, Flow, Limits, State
+from workers.connection import Connection, Flow, State
+from workers.limits import Limits
 from workers.server import Group, _watched_connection, group_of, write_limit
 
 
