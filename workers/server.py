@@ -24,7 +24,7 @@ Fan-out: the shell keeps its clients grouped by what the machine says they need
 built once, written to the ``CURRENT`` group. A client can only be past ``lag_bytes``
 once its transport passed the write limit, which is kept at or below ``lag_bytes``
 (:func:`write_limit`); websockets then pauses writing, and the machine is asked about
-those clients alone (:func:`_watched_connection`), with the same answer it would give if
+those clients alone (:func:`watched_connection`), with the same answer it would give if
 asked about every client. The same *pressured* set is sampled each tick for reading
 progress: the bytes the peer has acknowledged (``TCP_INFO``), so a client whose backlog
 does not move for ``stall_timeout`` is closed with 4005.
@@ -78,10 +78,10 @@ Refusals are summed in ``/healthz`` (``refused``) and logged at most once a seco
 a request costs the same however many clients are connected.
 
 Idle clients: most clients are idle most of the time, so what one holds between frames
-is what a worker's memory is made of. The connection class (:func:`_watched_connection`)
+is what a worker's memory is made of. The connection class (:func:`watched_connection`)
 keeps no empty deques (:class:`LazyDeque`) and no keepalive task between pings (a timer
 starts each round); the handshake's headers are dropped once admission has read the
-source (:func:`_forget_handshake`); an authenticated client's ``recv`` has no timeout
+source (:func:`forget_handshake`); an authenticated client's ``recv`` has no timeout
 around it. websockets' bounds (``max_queue``, the write limit) are unchanged.
 
 Metrics (:mod:`workers.stats`): what the machines' outputs and the replica's outputs
@@ -99,25 +99,18 @@ import json
 import logging
 import secrets
 import signal
-import socket
-import struct
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import urlsplit
 
 import zmq
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode as WsCloseCode
-from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import State as WsState
-from websockets.server import ServerProtocol
 
 from shared import backbone as bb
 from shared import curve, endpoints, logs, notify, protocol, timings
@@ -127,7 +120,7 @@ from workers import pages, stats
 from workers.admission import Admission, Admit
 from workers.api import ApiTokenError, BackendApi, load_token
 from workers.connection import Connection, Flow, Link, State
-from workers.frames import SharedFrame, write_all
+from workers.frames import SharedFrame
 from workers.outputs import Close, Emit, FrameLimits, Output, StartRoute, Write, WriteSnapshot
 from workers.replica import (
     Announce,
@@ -141,6 +134,14 @@ from workers.replica import Output as ReplicaOutput
 from workers.routes import CoordinatorClock, Room, RouteTable
 from workers.settings import TlsError, WorkerSettings
 from workers.sources import client_address, parse_trusted, source_key
+from workers.wsinternals import (
+    acked_bytes,
+    forget_handshake,
+    limit_frames,
+    watched_connection,
+    write_all,
+    write_limit,
+)
 
 log = logging.getLogger("workers")
 _T = TypeVar("_T")
@@ -211,12 +212,6 @@ def group_of(machine: Connection) -> Group | None:
     if machine.state is State.AUTHENTICATING:
         return Group.AUTHENTICATING
     return Group.VERIFIED if machine.state is State.VERIFIED else None
-
-
-def write_limit(lag_bytes: int) -> int:
-    """The transport high-water mark: it must not exceed ``lag_bytes`` so that fan-out
-    may skip asking about unpaused clients."""
-    return min(lag_bytes, max(1024, lag_bytes // 4))
 
 
 @dataclass(slots=True)
@@ -372,7 +367,7 @@ class Worker:
                 ping_timeout=net.ping_timeout,
                 close_timeout=CLOSE_TIMEOUT,
                 write_limit=write_limit(s.limits.lag_bytes),
-                create_connection=_watched_connection(self._pressured),
+                create_connection=watched_connection(self._pressured),
                 backlog=LISTEN_BACKLOG,
             )
         except (OSError, zmq.ZMQError) as exc:
@@ -598,7 +593,7 @@ class Worker:
         for evicted in decision.evict:  # challenge-phase slots of a heavier source
             if (victim := self.clients.get(evicted)) is not None:
                 self._perform(victim, victim.machine.on_evicted())
-        _forget_handshake(ws)  # the source is known: the headers are not needed again
+        forget_handshake(ws)  # the source is known: the headers are not needed again
         if not decision.admitted:
             log.debug(
                 "conn %d refused: %s",
@@ -699,7 +694,7 @@ class Worker:
             elif isinstance(action, StartRoute):
                 self._start_route(client, action)
             elif isinstance(action, FrameLimits):
-                _limit_frames(client.ws, action)
+                limit_frames(client.ws, action)
 
     def _snapshot_frame(self) -> SharedFrame:
         """The current state's ``lobby_snapshot``, framed once however many clients
@@ -1272,7 +1267,7 @@ class Worker:
         for ws in list(self._pressured):
             client = self._by_ws.get(ws)
             if client is not None:
-                acked = _acked_bytes(ws)
+                acked = acked_bytes(ws)
                 self._perform(client, client.machine.on_progress(acked, client.buffered(), now))
 
     def _log_counts(self, now: float) -> None:
@@ -1291,29 +1286,6 @@ class Worker:
         self._logged, self._logged_at = summary, now
 
 
-class _FirstFrameLimited(ServerProtocol):
-    """websockets' server protocol with one more rule: the first data message may be at
-    most ``max_message_size`` (the pre-auth limit), every later one ``rest``. The switch
-    happens as the first message is parsed, before the frames behind it in the same
-    read, so frames pipelined behind the ``auth`` get the full limit."""
-
-    rest: int | None
-
-    def recv_frame(self, frame: Any) -> None:
-        super().recv_frame(frame)
-        data = frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
-        if data and frame.fin and self.rest is not None:
-            self.max_message_size, self.rest = self.rest, None
-
-
-def _limit_frames(ws: ServerConnection, limits: FrameLimits) -> None:
-    proto: Any = ws.protocol
-    if type(proto) is ServerProtocol:
-        proto.__class__ = _FirstFrameLimited
-    proto.max_message_size = limits.first
-    proto.rest = limits.rest
-
-
 async def _close_ws(ws: ServerConnection, code: int, reason: str) -> None:
     """Close within :data:`CLOSE_TIMEOUT` (plus a little): ``ws.close`` first waits for
     the backlog to drain, which a client that stopped reading never lets happen."""
@@ -1328,16 +1300,6 @@ async def _close_ws(ws: ServerConnection, code: int, reason: str) -> None:
         )
         if ws.transport is not None:
             ws.transport.abort()
-
-
-def _forget_handshake(ws: ServerConnection) -> None:
-    """Drop the headers of the handshake's request and response, which websockets keeps
-    for the life of the connection (about 1.5 KiB per client); nothing reads them after
-    admission has taken the client's source from them. The request itself stays:
-    websockets tells the handshake from later frames by whether it has one."""
-    for message in (ws.request, ws.response):
-        if message is not None:
-            message.headers = Headers()
 
 
 def _page(conn: ServerConnection, page: pages.Page, *, head: bool) -> Response:
@@ -1362,158 +1324,6 @@ def _not_allowed(conn: ServerConnection, allow: str) -> Response:
     response = conn.respond(HTTPStatus.METHOD_NOT_ALLOWED, "Method Not Allowed\n")
     response.headers["Allow"] = allow
     return response
-
-
-class LazyDeque(Generic[_T]):
-    """The part of :class:`collections.deque` that websockets uses for a connection's
-    received frames and drain waiters, holding no deque while empty.
-
-    An empty deque still holds one 64-slot block (about 600 bytes); an idle connection
-    has two, empty nearly all the time. This holds ``None`` instead and makes a deque
-    when an item arrives, dropping it when the last one leaves. Same order, same
-    errors, same bounds (websockets' own: ``max_queue`` pauses reading)."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self) -> None:
-        self._items: deque[_T] | None = None
-
-    def __len__(self) -> int:
-        return 0 if self._items is None else len(self._items)
-
-    def __bool__(self) -> bool:
-        return self._items is not None
-
-    def __iter__(self) -> Iterator[_T]:
-        return iter(()) if self._items is None else iter(self._items)
-
-    def append(self, item: _T) -> None:
-        if self._items is None:
-            self._items = deque()
-        self._items.append(item)
-
-    def extendleft(self, items: Iterable[_T]) -> None:
-        if self._items is None:
-            self._items = deque()
-        self._items.extendleft(items)
-        self._drop_if_empty()
-
-    def popleft(self) -> _T:
-        if self._items is None:
-            raise IndexError("pop from an empty deque")
-        item = self._items.popleft()
-        self._drop_if_empty()
-        return item
-
-    def remove(self, item: _T) -> None:
-        if self._items is None:
-            raise ValueError(f"{item!r} is not in deque")
-        self._items.remove(item)
-        self._drop_if_empty()
-
-    def _drop_if_empty(self) -> None:
-        if not self._items:
-            self._items = None
-
-
-def _watched_connection(pressured: set[ServerConnection]) -> type[ServerConnection]:
-    """A connection class that keeps itself in ``pressured`` while websockets has paused
-    writing to it (transport buffer past the high-water mark, until it drains).
-
-    It also trims what an idle connection holds: no empty deques (:class:`LazyDeque`),
-    and no keepalive task between pings. websockets runs a task per connection that
-    sleeps ``ping_interval``, pings, and waits up to ``ping_timeout`` for the pong; here
-    a timer starts that same round (websockets' ``ping``, the same 1011 ``keepalive ping
-    timeout``) as a task only for as long as the round lasts, then sets the next timer,
-    ``ping_interval`` minus the latency later, as websockets does."""
-
-    class Watched(ServerConnection):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.drain_waiters = cast("deque[asyncio.Future[None]]", LazyDeque())
-            self.keepalive_timer: asyncio.TimerHandle | None = None
-
-        def start_keepalive(self) -> None:
-            if self.ping_interval is not None:
-                self._next_ping(0.0)
-
-        def _next_ping(self, latency: float) -> None:
-            assert self.ping_interval is not None
-            self.keepalive_timer = self.loop.call_later(
-                self.ping_interval - latency, self._start_ping_round
-            )
-
-        def _start_ping_round(self) -> None:
-            self.keepalive_timer = None
-            if self.protocol.state is WsState.OPEN:
-                # Kept where websockets keeps its keepalive task: connection_lost
-                # cancels it.
-                self.keepalive_task = self.loop.create_task(self._ping_round())
-
-        async def _ping_round(self) -> None:
-            """One turn of websockets' ``keepalive()`` loop, then the next timer."""
-            latency = 0.0
-            try:
-                pong_received = await self.ping()
-                if self.ping_timeout is not None:
-                    try:
-                        async with asyncio.timeout(self.ping_timeout):
-                            latency = await pong_received
-                    except TimeoutError:
-                        async with self.send_context():
-                            self.protocol.fail(WsCloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-                        # send_context() waits for connection_lost(), which cancels us.
-                        raise AssertionError("keepalive round outlived its connection") from None
-            except ConnectionClosed:
-                return
-            except Exception:
-                self.logger.error("keepalive ping failed", exc_info=True)
-                return
-            self.keepalive_task = None
-            self._next_ping(latency)
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)
-            frames = self.recv_messages.frames
-            frames.queue = cast("deque[Frame]", LazyDeque())
-
-        def pause_writing(self) -> None:
-            super().pause_writing()
-            pressured.add(self)
-
-        def resume_writing(self) -> None:
-            super().resume_writing()
-            pressured.discard(self)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            pressured.discard(self)
-            if self.keepalive_timer is not None:
-                self.keepalive_timer.cancel()
-                self.keepalive_timer = None
-            super().connection_lost(exc)
-
-    return Watched
-
-
-_TCPI_BYTES_ACKED: Final = struct.Struct("=Q")
-_TCPI_BYTES_ACKED_AT: Final = 120  # offset of tcpi_bytes_acked in Linux's struct tcp_info
-
-
-def _acked_bytes(ws: ServerConnection) -> int | None:
-    """How many bytes the peer has acknowledged on this TCP connection (Linux
-    ``TCP_INFO``), or ``None`` where that cannot be read."""
-    transport = ws.transport
-    sock = None if transport is None else transport.get_extra_info("socket")
-    option = getattr(socket, "TCP_INFO", None)
-    if sock is None or option is None:
-        return None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, option, 256)
-    except OSError:
-        return None
-    if len(info) < _TCPI_BYTES_ACKED_AT + 8:
-        return None
-    return int(_TCPI_BYTES_ACKED.unpack_from(info, _TCPI_BYTES_ACKED_AT)[0])
 
 
 def _has_input(sock: zmq.Socket[bytes]) -> bool:
