@@ -1,7 +1,10 @@
-"""What a client connection's state machine returns (:class:`~workers.connection.Connection`).
+"""What the worker's pure parts return: a client connection's state machine
+(:class:`~workers.connection.Connection`), and the core (:mod:`workers.core`).
 
-The shell carries out the :data:`Output` list a machine call returns, in order: frames
-to write, a close code, backbone messages to emit, a route to start, frame limits.
+The core carries out the :data:`Output` list a machine call returns, in order: frames
+to write, a close code, backbone messages to emit, a route to start, frame limits (it
+routes, and hands the rest to the shell). The core's own outputs (:class:`Broadcast`,
+:class:`Report`, :class:`Synced`, with :class:`Emit`) are its :data:`~workers.core.Output`.
 
 What happened, for the shell's metrics: the outputs say it, so the machine needs no
 clock and no counters. A :class:`Write` or :class:`Close` that ends an authentication
@@ -13,11 +16,18 @@ the shell may pass in (:data:`~workers.connection.Verifier`), so that it can tim
 from __future__ import annotations
 
 import enum
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from shared import backbone as bb
 from shared.protocol import CLOSE_REASONS, AuthFailure, CloseCode, RejectReason, SendStatus
+
+if TYPE_CHECKING:
+    from workers.clients import Client
+    from workers.replica import Forward
+
+H = TypeVar("H", bound=Hashable)
 
 
 class SnapshotCause(enum.Enum):
@@ -105,3 +115,33 @@ class FrameLimits:
 
 
 Output = Write | WriteSnapshot | Close | Emit | StartRoute | FrameLimits
+"""What a machine returns."""
+
+ClientOutput = Write | WriteSnapshot | Close | FrameLimits
+"""What a machine asks of its own connection (the core takes the rest)."""
+
+
+# --------------------------------------------------------------------------- the core's
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast(Generic[H]):
+    """Write ``updates``' frames, in order, to every client of ``clients`` (the
+    ``CURRENT`` group's own mapping, as it stands while this is carried out)."""
+
+    clients: Mapping[H, Client[H]]
+    updates: Sequence[Forward]
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Queue ``result`` for the worker behind ``peer`` (a handle from the shell's
+    :meth:`~workers.core.Shell.peer`, which said it can take it)."""
+
+    peer: object
+    result: bb.RouteDone
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """The replica is live (from a snapshot): the worker is ready to serve."""

@@ -10,16 +10,18 @@ a dictionary lookup and an increment, never a label lookup under a lock.
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import Counter
-from websockets.asyncio.server import ServerConnection
 
 from shared import metrics, protocol
 from shared.protocol import AuthFailure, RejectReason, SendStatus
 from workers.admission import Admit
 from workers.outputs import AuthOutcome, SendOutcome, SnapshotCause, Write, WriteSnapshot
 from workers.replica import ResyncReason
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
 
 _AUTH: Final = {o: metrics.AUTHENTICATIONS.labels(o.value) for o in AuthOutcome}
 _SNAPSHOTS: Final = {c: metrics.SNAPSHOTS.labels(c.value) for c in SnapshotCause}

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from tests.support import raw_upgrade
+from workers.clients import Group, group_of
 from workers.connection import Connection, Flow, State
 from workers.limits import Limits
-from workers.server import Group, group_of
 from workers.wsinternals import watched_connection, write_limit
 
 
