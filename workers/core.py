@@ -352,7 +352,10 @@ class WorkerCore(Generic[H]):
         self.perform(client, client.machine.on_transport_closed())
 
     def perform(self, client: Client[H], outputs: list[MachineOutput]) -> None:
-        """Carry out what a machine returned (called after every machine call)."""
+        """Carry out what a machine returned (called after every machine call), after
+        the updates held back, to the groups as they were before the call."""
+        if self._unwritten:
+            self._write_updates()
         self.clients.place(client)
         machine = client.machine
         if machine.state in _SETTLED:  # out of the auth window (idempotent)
@@ -430,8 +433,14 @@ class WorkerCore(Generic[H]):
         (stopping)."""
         if self.stopping:
             return False
-        self.shell.carry_out(Emit(msg))
+        self.hand(Emit(msg))
         return True
+
+    def hand(self, output: Output) -> None:
+        """Hand ``output`` to the shell, after the updates held back."""
+        if self._unwritten:
+            self._write_updates()
+        self.shell.carry_out(output)
 
     def lost(self, msg: bb.Message) -> None:
         """``msg`` could not be queued for the coordinator: count it, and repair what it
@@ -565,7 +574,7 @@ class WorkerCore(Generic[H]):
                 self.perform(client, outputs)
         self._sweep_flow()
         self._link_changed()
-        self.shell.carry_out(Synced())
+        self.hand(Synced())
 
     # ------------------------------------------------------------------ periodic
 

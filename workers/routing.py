@@ -143,7 +143,7 @@ class Router(Generic[H]):
         if peer is None:
             self.done(done)
             return
-        core.shell.carry_out(Report(peer, done))
+        core.hand(Report(peer, done))
 
     def done(self, msg: bb.RouteDone) -> None:
         core = self.core
