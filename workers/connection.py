@@ -3,11 +3,11 @@
 Theory of operation
 -------------------
 A :class:`Connection` owns everything the wire contract says about one client and
-nothing else: no sockets, no clock, no tasks. The shell feeds it events (a frame, an
-``AuthAck``, a ``Kick``, the replica catching up, a deadline, the coordinator coming
-back, a sample of the transport's progress, the transport ending) and carries out the
-:data:`~workers.outputs.Output` list it returns, in order: frames to write, a close code, backbone
-messages to emit, a route to start.
+nothing else: no sockets, no clock, no tasks. The worker's core (:mod:`workers.core`)
+feeds it events (a frame, an ``AuthAck``, a ``Kick``, the replica catching up, a
+deadline, the coordinator coming back, a sample of the transport's progress, the
+transport ending) and carries out the :data:`~workers.outputs.Output` list it returns,
+in order: frames to write, a close code, backbone messages to emit, a route to start.
 
 Authentication crosses two parties, so it has more states than "in" and "out":
 
@@ -71,7 +71,7 @@ Bounds on what one client can cost, and who pays at the bound:
   ``THROTTLE`` frame is answered and dropped (a well-formed ``send`` gets ``send_result``
   ``rejected``/``rate_limited``, anything else ``error``/``rate_limited``); ``FLOOD``
   closes with 1008 ``policy_violation``. Admission to the challenge phase is the
-  shell's per-worker :class:`~workers.admission.Admission`.
+  core's per-worker :class:`~workers.admission.Admission`.
 * A worker cut off from its coordinator for longer than its grace period closes every
   client with 1013 (:meth:`Connection.on_cutoff`), so they reconnect where the lobby is
   visible instead of showing a frozen view while everyone else sees them gone.
@@ -530,7 +530,7 @@ class Connection:
 
     def on_update(self, buffered: int, replica: ReplicaView) -> Fanout:
         """Lobby update ``replica.seq`` was just applied: what does this client get?
-        A ``CURRENT`` client at or below ``lag_bytes`` always gets ``UPDATE``; the shell
+        A ``CURRENT`` client at or below ``lag_bytes`` always gets ``UPDATE``; the core
         relies on that to ask only clients whose transport passed its write limit."""
         if self.state is not S.AUTHENTICATED:
             return Fanout.SKIP
@@ -542,7 +542,7 @@ class Connection:
         return Fanout.SNAPSHOT if self._resume(buffered, replica) else Fanout.SKIP
 
     def on_sweep(self, buffered: int, replica: ReplicaView) -> list[Output]:
-        """A lagging or stale client that can take a snapshot gets one (the shell asks
+        """A lagging or stale client that can take a snapshot gets one (the core asks
         periodically, and on every update, with the same answer :meth:`on_update` gives
         for such a client, and the cause)."""
         if self.state is not S.AUTHENTICATED or self.flow is Flow.CURRENT:

@@ -20,10 +20,10 @@ streams are independent, so the replica follows the Clone pattern's rules:
   the ROUTER come in order, so earlier snapshots may predate the announcement).
 
 Clients see a clean stream: the replica forwards an update only when it applied it
-while ``LIVE`` in order; after any resync it reports :class:`Resynced` and the shell
+while ``LIVE`` in order; after any resync it reports :class:`Resynced` and the core
 sends every client a fresh snapshot instead (continuity is broken, never gapped).
 
-The class never raises for any message order; it returns the outputs the shell must
+The class never raises for any message order; it returns the outputs the core must
 carry out.
 """
 
@@ -104,7 +104,7 @@ class Forward:
 @dataclass(frozen=True, slots=True)
 class Resynced:
     """The replica is live again from a snapshot; continuity towards clients is broken.
-    ``previous_epoch`` tells the shell whether the coordinator changed, ``reason`` why
+    ``previous_epoch`` tells the core whether the coordinator changed, ``reason`` why
     it synced."""
 
     previous_epoch: str | None

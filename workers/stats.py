@@ -1,7 +1,8 @@
 """What a worker records in :mod:`shared.metrics`, one function per fact.
 
-The shell (:mod:`workers.server`) calls these where it carries out what the pure parts
-decided: the outputs a :class:`~workers.connection.Connection` returns carry their
+The core (:mod:`workers.core`) calls these where it decides (routes, refusals, drops,
+resyncs, connection counts), the shell (:mod:`workers.server`) where it writes what the
+pure parts decided: the outputs a :class:`~workers.connection.Connection` returns carry their
 outcome (an authentication's end, a ``send_result``, a snapshot's cause), the replica's
 ``Resynced`` its reason. Labelled series are bound here once, so recording one fact is
 a dictionary lookup and an increment, never a label lookup under a lock.
