@@ -22,6 +22,11 @@ backlog, whoever filled it, delays the reading of its own frames. A close is a t
 bounded by :data:`CLOSE_TIMEOUT`: ``ws.close`` first waits for the backlog to drain,
 which a client that stopped reading never lets happen.
 
+Idle clients: most clients are idle most of the time, so what one holds between frames
+is what a worker's memory is made of. An authenticated client's ``recv`` has no timeout
+around it (only a connection with a deadline pending arms one); the connection class
+holds no more than it must (:mod:`workers.wsinternals`).
+
 Metrics (:mod:`workers.stats`): what the machines' outputs say was written is recorded
 as the shell writes it (a fan-out once per broadcast); the core records what it decides.
 """
