@@ -5,7 +5,7 @@ Theory of operation
 Everything here is arithmetic on what the caller passes in (a clock, the event loop's
 lag), so it is tested exhaustively without sleeping. Nothing here writes a frame or
 closes a socket: the connection state machine (:mod:`workers.connection`) turns a
-:class:`Verdict` into protocol behaviour and the shell (:mod:`workers.server`) turns an
+:class:`Verdict` into protocol behaviour and the core (:mod:`workers.core`) turns an
 :class:`Admit` into an HTTP 503 or a close code.
 
 :class:`TokenBucket`
@@ -328,9 +328,9 @@ class Admission:
     ``admit`` when a connection arrives (``check`` first, to refuse before the
     handshake), ``authenticated`` when it leaves the challenge phase (answered, whatever
     the outcome), ``settled`` when it is acknowledged or fails, ``closed`` when it ends,
-    and ``observe`` once a tick with the lag. Connection ids are the shell's: each is
+    and ``observe`` once a tick with the lag. Connection ids are the caller's: each is
     counted at most once, every release is idempotent, and an id released (or evicted)
-    is forgotten, so the shell must not reuse ids.
+    is forgotten, so the caller must not reuse ids.
     """
 
     __slots__ = (

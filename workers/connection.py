@@ -3,11 +3,11 @@
 Theory of operation
 -------------------
 A :class:`Connection` owns everything the wire contract says about one client and
-nothing else: no sockets, no clock, no tasks. The shell feeds it events (a frame, an
-``AuthAck``, a ``Kick``, the replica catching up, a deadline, the coordinator coming
-back, a sample of the transport's progress, the transport ending) and carries out the
-:data:`Action` list it returns, in order: frames to write, a close code, backbone
-messages to emit, a route to start.
+nothing else: no sockets, no clock, no tasks. The worker's core (:mod:`workers.core`)
+feeds it events (a frame, an ``AuthAck``, a ``Kick``, the replica catching up, a
+deadline, the coordinator coming back, a sample of the transport's progress, the
+transport ending) and carries out the :data:`~workers.outputs.Output` list it returns,
+in order: frames to write, a close code, backbone messages to emit, a route to start.
 
 Authentication crosses two parties, so it has more states than "in" and "out":
 
@@ -71,16 +71,13 @@ Bounds on what one client can cost, and who pays at the bound:
   ``THROTTLE`` frame is answered and dropped (a well-formed ``send`` gets ``send_result``
   ``rejected``/``rate_limited``, anything else ``error``/``rate_limited``); ``FLOOD``
   closes with 1008 ``policy_violation``. Admission to the challenge phase is the
-  shell's per-worker :class:`~workers.admission.Admission`.
+  core's per-worker :class:`~workers.admission.Admission`.
 * A worker cut off from its coordinator for longer than its grace period closes every
   client with 1013 (:meth:`Connection.on_cutoff`), so they reconnect where the lobby is
   visible instead of showing a frozen view while everyone else sees them gone.
 
-What happened, for the shell's metrics: the actions say it, so the machine needs no
-clock and no counters. A :class:`Write` or :class:`Close` that ends an authentication
-carries its :class:`AuthOutcome`, a ``send_result`` its :class:`SendOutcome`, a
-:class:`WriteSnapshot` its :class:`SnapshotCause`. The auth check itself is a function
-the shell may pass in (:data:`Verifier`), so that it can time it.
+What the machine returns, and what each item carries for the shell's metrics, is in
+:mod:`workers.outputs`; its bounds are :class:`~workers.limits.Limits`.
 """
 
 from __future__ import annotations
@@ -88,13 +85,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from typing import Final
 
 from shared import backbone as bb
-from shared import defaults, protocol, timings
-from shared.options import at_least, group, option, positive, validate
+from shared import protocol
 from shared.protocol import (
-    CLOSE_REASONS,
     AuthFailure,
     CloseCode,
     ErrorCode,
@@ -103,6 +98,19 @@ from shared.protocol import (
     ViolationKind,
 )
 from workers.admission import FloodGuard, RateLimits, Verdict
+from workers.limits import Limits as Limits  # (where the settings have always found it)
+from workers.outputs import (
+    AuthOutcome,
+    Close,
+    Emit,
+    FrameLimits,
+    Output,
+    SendOutcome,
+    SnapshotCause,
+    StartRoute,
+    Write,
+    WriteSnapshot,
+)
 from workers.replica import ReplicaView, SyncState
 
 MAX_HELD_FRAMES: Final = 1024
@@ -158,37 +166,6 @@ class Fanout(enum.Enum):
     SKIP = "skip"
 
 
-class SnapshotCause(enum.Enum):
-    """Why a client gets a ``lobby_snapshot``."""
-
-    JOIN = "join"  # right after auth_ok
-    GET_LOBBY = "get_lobby"  # it asked
-    RESYNC = "resync"  # the replica resynced (continuity broken): a fresh start
-    SLOW_CONSUMER = "slow_consumer"  # it lagged, updates were skipped, and it drained
-
-
-class AuthOutcome(enum.Enum):
-    """How an authentication ended, as the client is told: ``auth_ok``, ``auth_failed``
-    with one of its reasons, 4003 (no valid auth in time) or 1013 (verified, but the
-    coordinator could not record it in time). An auth overtaken by a newer session of
-    the key, a pipeline overflow or a dropped transport has no outcome."""
-
-    OK = "ok"
-    MALFORMED = AuthFailure.MALFORMED.value
-    INVALID_PUBLIC_KEY = AuthFailure.INVALID_PUBLIC_KEY.value
-    INVALID_SIGNATURE = AuthFailure.INVALID_SIGNATURE.value
-    UNEXPECTED_MESSAGE = AuthFailure.UNEXPECTED_MESSAGE.value
-    TIMEOUT = "timeout"
-    UNAVAILABLE = "unavailable"
-
-
-class SendOutcome(NamedTuple):
-    """A ``send_result`` as written to the sender."""
-
-    status: SendStatus
-    reason: RejectReason | None = None
-
-
 Verifier = Callable[[bytes, str, str], AuthFailure | None]
 """The auth check, :func:`shared.protocol.verify_auth` (the shell may wrap it, to time it)."""
 
@@ -240,126 +217,6 @@ TRANSITIONS: Final[dict[tuple[State, Event], frozenset[State]]] = {
 }
 """Every legal ``(state, event) -> next state``. Pairs not listed leave the state alone
 (for example a late ``AuthAck`` after a close, or a frame while ``CLOSING``)."""
-
-
-# --------------------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    frame: str
-    outcome: AuthOutcome | SendOutcome | None = None
-    """What the frame tells the client, when it ends an authentication or answers a
-    ``send``: the shell counts it."""
-
-
-@dataclass(frozen=True, slots=True)
-class WriteSnapshot:
-    """Write the replica's current ``lobby_snapshot`` (encoded once per state)."""
-
-    cause: SnapshotCause
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    code: CloseCode
-    outcome: AuthOutcome | None = None
-    """The authentication this close ends, if it ends one (4003, or 1013 once verified)."""
-
-    @property
-    def reason(self) -> str:
-        return CLOSE_REASONS[self.code]
-
-
-@dataclass(frozen=True, slots=True)
-class Emit:
-    message: bb.UpMessage
-
-
-@dataclass(frozen=True, slots=True)
-class StartRoute:
-    """A well-formed ``send`` to route; ``to`` is already lowercase."""
-
-    to: str
-    msg_id: str
-    body: str
-
-
-@dataclass(frozen=True, slots=True)
-class FrameLimits:
-    """The largest frames the client may send (over them: 1009): ``first`` for its first
-    frame (the ``auth``), ``rest`` for every later one. The switch happens as the first
-    frame is parsed, so frames pipelined behind the ``auth`` get the full limit."""
-
-    first: int
-    rest: int
-
-
-Action = Write | WriteSnapshot | Close | Emit | StartRoute | FrameLimits
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Limits:
-    """What one connection may cost and how long each phase may take."""
-
-    auth_timeout: float = option(
-        defaults.AUTH_TIMEOUT,
-        "seconds from the challenge to a valid auth (then 4003; the protocol's default)",
-        check=positive,
-    )
-    auth_wait: float = option(
-        timings.AUTH_WAIT,
-        "seconds from a verified signature to auth_ok: coordinator reachable, ack, replica "
-        "caught up (then 1013); long enough for a coordinator restart",
-        check=positive,
-    )
-    lag_bytes: int = option(
-        256 * 1024,
-        "client backlog in bytes above which lobby updates are skipped until it drains "
-        "below a quarter of it and gets a fresh snapshot",
-        check=at_least(1),
-    )
-    max_queue_bytes: int = option(
-        4 * 1024 * 1024,
-        "client backlog in bytes that a direct message may not take it past: one that "
-        "would is refused to its sender (rejected/rate_limited), and the recipient stays "
-        "connected",
-        check=at_least(1),
-    )
-    stall_timeout: float = option(
-        timings.STALL_TIMEOUT,
-        "seconds a client with a backlog may make no reading progress (its peer "
-        "acknowledges no bytes) before it is closed with 4005; a phone in a tunnel for a "
-        "few seconds stays connected",
-        check=positive,
-    )
-    max_pipelined: int = option(
-        32,
-        "frames a client may send after its auth before auth_ok (held, then answered in "
-        "order); one more closes it with 1008 (the protocol asks for at least 16)",
-        check=at_least(16),
-    )
-    max_pipelined_bytes: int = option(
-        1024 * 1024,
-        "bytes of frames held that way (then 1008)",
-        check=at_least(64 * 1024),
-    )
-    pre_auth_frame_bytes: int = option(
-        4096,
-        "largest client frame before auth (then 1009): an auth is about 250 bytes, so an "
-        "unauthenticated peer cannot make the worker buffer and parse large frames",
-        check=at_least(256),
-    )
-    max_frame_bytes: int = option(
-        protocol.DEFAULT_MAX_FRAME_BYTES,
-        "largest client frame after auth in bytes (then 1009); the default holds a maximal "
-        "send whose body needs no JSON escaping",
-        check=at_least(1024),
-    )
-    rate: RateLimits = group(RateLimits, "Message rate")
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 # --------------------------------------------------------------------------- checks
@@ -432,7 +289,7 @@ class Connection:
     def challenge(self) -> str:
         return protocol.challenge(self.nonce.hex())
 
-    def greeting(self) -> list[Action]:
+    def greeting(self) -> list[Output]:
         """What to do right after the handshake: the frame limits, the challenge."""
         limits = self.limits
         return [
@@ -455,7 +312,7 @@ class Connection:
 
     def on_frame(
         self, frame: str | bytes, now: float, link: Link, replica: ReplicaView, buffered: int
-    ) -> list[Action]:
+    ) -> list[Output]:
         """A frame from the client; ``buffered`` is its transport backlog."""
         if self.state is S.AUTHENTICATED:
             verdict = self.guard.check(now)
@@ -477,7 +334,7 @@ class Connection:
         now: float,
         link: Link,
         replica: ReplicaView,
-    ) -> list[Action]:
+    ) -> list[Output]:
         if not isinstance(parsed, protocol.Auth):
             return self._fail_auth(_pre_auth_failure(parsed))
         failure = self.verify(self.nonce, parsed.public_key, parsed.signature)
@@ -491,12 +348,12 @@ class Connection:
         self._goto(E.AUTH_VALID, S.AUTHENTICATING)
         return self._authed(replica)
 
-    def _authed(self, replica: ReplicaView) -> list[Action]:
+    def _authed(self, replica: ReplicaView) -> list[Output]:
         assert self.key is not None
         self._sent_at = (replica.epoch or "", replica.seq)
         return [Emit(bb.Authed(self.conn_id, self.key))]
 
-    def _hold(self, frame: str | bytes) -> list[Action]:
+    def _hold(self, frame: str | bytes) -> list[Output]:
         """A frame pipelined behind the ``auth``: keep it for after ``auth_ok``."""
         size = len(frame)
         too_many = len(self._pipelined) >= self.limits.max_pipelined
@@ -506,9 +363,9 @@ class Connection:
         self._pipelined_bytes += size
         return []
 
-    def _fail_auth(self, reason: AuthFailure) -> list[Action]:
-        actions = self._close(E.AUTH_INVALID, CloseCode.AUTH_FAILED)
-        return [Write(protocol.auth_failed(reason), AuthOutcome(reason.value)), *actions]
+    def _fail_auth(self, reason: AuthFailure) -> list[Output]:
+        outputs = self._close(E.AUTH_INVALID, CloseCode.AUTH_FAILED)
+        return [Write(protocol.auth_failed(reason), AuthOutcome(reason.value)), *outputs]
 
     def _frame_authenticated(
         self,
@@ -516,7 +373,7 @@ class Connection:
         link: Link,
         buffered: int,
         replica: ReplicaView,
-    ) -> list[Action]:
+    ) -> list[Output]:
         if isinstance(parsed, protocol.ProtocolViolation):
             return [Write(protocol.error(_ERROR_CODES[parsed.kind], parsed.detail))]
         if isinstance(parsed, protocol.Auth):
@@ -530,7 +387,7 @@ class Connection:
             return [WriteSnapshot(SnapshotCause.GET_LOBBY)]
         return self._send(parsed, link)
 
-    def _send(self, msg: protocol.Send, link: Link) -> list[Action]:
+    def _send(self, msg: protocol.Send, link: Link) -> list[Output]:
         if not (_utf8_ok(msg.id) and _utf8_ok(msg.body)):
             return [Write(protocol.error(ErrorCode.MALFORMED, "id and body must be valid UTF-8"))]
         if len(msg.body.encode("utf-8")) > protocol.MAX_BODY_BYTES:
@@ -543,7 +400,7 @@ class Connection:
 
     # ------------------------------------------------------------------ time and link
 
-    def on_deadline(self, now: float) -> list[Action]:
+    def on_deadline(self, now: float) -> list[Output]:
         if self.deadline is None or now < self.deadline:
             return []
         if self.state is S.CHALLENGED:
@@ -552,13 +409,13 @@ class Connection:
             return self._close(E.DEADLINE, CloseCode.TRY_AGAIN_LATER, AuthOutcome.UNAVAILABLE)
         return []
 
-    def on_link_up(self, replica: ReplicaView) -> list[Action]:
+    def on_link_up(self, replica: ReplicaView) -> list[Output]:
         if self.state is not S.VERIFIED or self.key is None:
             return []
         self._goto(E.LINK_UP, S.AUTHENTICATING)
         return self._authed(replica)
 
-    def on_cutoff(self) -> list[Action]:
+    def on_cutoff(self) -> list[Output]:
         """The worker has been cut off from its coordinator for longer than its grace
         period: go and reconnect where the lobby is visible (1013)."""
         if self.state is S.CLOSING:
@@ -566,7 +423,7 @@ class Connection:
         outcome = AuthOutcome.UNAVAILABLE if self.state in _PENDING else None
         return self._close(E.CUTOFF, CloseCode.TRY_AGAIN_LATER, outcome)
 
-    def on_evicted(self) -> list[Action]:
+    def on_evicted(self) -> list[Output]:
         """The door gave this connection's challenge-phase slot to a client from a
         source holding fewer (see :class:`~workers.admission.Admission`): 1013."""
         if self.state is not S.CHALLENGED:
@@ -577,7 +434,7 @@ class Connection:
 
     def on_ack(
         self, epoch: str, seq: int, replica: ReplicaView, now: float, link: Link
-    ) -> list[Action]:
+    ) -> list[Output]:
         """The coordinator recorded this session as of ``(epoch, seq)``. A second ack
         (re-sent after a lost one, or with a new epoch) replaces the first."""
         if self.state is S.AUTHENTICATING:
@@ -589,7 +446,7 @@ class Connection:
             return self.on_replica(replica, now, link)
         return []  # we already gave up on it
 
-    def on_replica(self, replica: ReplicaView, now: float, link: Link) -> list[Action]:
+    def on_replica(self, replica: ReplicaView, now: float, link: Link) -> list[Output]:
         """The replica changed: release ``auth_ok`` if it now shows this session, then
         the held direct messages, then the pipelined frames' answers."""
         if self.state is not S.ACKED or not self._caught_up(replica):
@@ -598,15 +455,15 @@ class Connection:
         self._goto(E.CAUGHT_UP, S.AUTHENTICATED)
         self.deadline = None
         held, self._held, self._held_bytes = self._held, [], 0
-        actions: list[Action] = [
+        outputs: list[Output] = [
             Write(protocol.auth_ok(self.key), AuthOutcome.OK),
             WriteSnapshot(SnapshotCause.JOIN),
             *map(Write, held),
         ]
         pipelined, self._pipelined, self._pipelined_bytes = self._pipelined, [], 0
         for frame in pipelined:
-            actions += self.on_frame(frame, now, link, replica, 0)  # ignored once closing
-        return actions
+            outputs += self.on_frame(frame, now, link, replica, 0)  # ignored once closing
+        return outputs
 
     def _caught_up(self, replica: ReplicaView) -> bool:
         ack = self._ack
@@ -618,7 +475,7 @@ class Connection:
 
     def on_resync(
         self, replica: ReplicaView, announced: frozenset[int], now: float, link: Link
-    ) -> list[Action]:
+    ) -> list[Output]:
         """The replica is live again from a snapshot (continuity broken). ``announced``
         holds the connections listed in the last ``Hello``."""
         if self.state is S.AUTHENTICATED:
@@ -632,14 +489,14 @@ class Connection:
             self._ack.rebased = True  # restored by our Hello: shows up as our key
         return self.on_replica(replica, now, link)
 
-    def on_kick(self) -> list[Action]:
+    def on_kick(self) -> list[Output]:
         if self.state is S.CLOSING:
             return []
         return self._close(E.KICK, CloseCode.SESSION_REPLACED)
 
     def on_deliver(
         self, sender: str, msg_id: str, body: str, buffered: int
-    ) -> tuple[list[Action], Delivery]:
+    ) -> tuple[list[Output], Delivery]:
         """A direct message for this client; ``buffered`` is its transport backlog. A
         message that would take the backlog (or the messages held for ``auth_ok``) past
         ``max_queue_bytes`` is refused (``FULL``): the sender pays, never the recipient.
@@ -662,7 +519,7 @@ class Connection:
 
     def on_result(
         self, msg_id: str, status: SendStatus, reason: RejectReason | None
-    ) -> list[Action]:
+    ) -> list[Output]:
         """The outcome of one of this client's sends (always written: the shell stops
         reading a client whose backlog is past its write limit, so these stay few)."""
         if self.state is not S.AUTHENTICATED:
@@ -673,7 +530,7 @@ class Connection:
 
     def on_update(self, buffered: int, replica: ReplicaView) -> Fanout:
         """Lobby update ``replica.seq`` was just applied: what does this client get?
-        A ``CURRENT`` client at or below ``lag_bytes`` always gets ``UPDATE``; the shell
+        A ``CURRENT`` client at or below ``lag_bytes`` always gets ``UPDATE``; the core
         relies on that to ask only clients whose transport passed its write limit."""
         if self.state is not S.AUTHENTICATED:
             return Fanout.SKIP
@@ -684,8 +541,8 @@ class Connection:
             return Fanout.UPDATE
         return Fanout.SNAPSHOT if self._resume(buffered, replica) else Fanout.SKIP
 
-    def on_sweep(self, buffered: int, replica: ReplicaView) -> list[Action]:
-        """A lagging or stale client that can take a snapshot gets one (the shell asks
+    def on_sweep(self, buffered: int, replica: ReplicaView) -> list[Output]:
+        """A lagging or stale client that can take a snapshot gets one (the core asks
         periodically, and on every update, with the same answer :meth:`on_update` gives
         for such a client, and the cause)."""
         if self.state is not S.AUTHENTICATED or self.flow is Flow.CURRENT:
@@ -709,7 +566,7 @@ class Connection:
         a loop of snapshots."""
         return max(self.limits.lag_bytes, 2 * replica.snapshot_bytes)
 
-    def on_progress(self, acked: int | None, buffered: int, now: float) -> list[Action]:
+    def on_progress(self, acked: int | None, buffered: int, now: float) -> list[Output]:
         """A sample of the transport: ``acked`` is how many bytes the peer has
         acknowledged so far (``None`` where the platform cannot tell; then a shrinking
         backlog counts as progress), ``buffered`` the backlog. A backlog without
@@ -728,15 +585,15 @@ class Connection:
 
     # ------------------------------------------------------------------ ending
 
-    def on_transport_closed(self) -> list[Action]:
+    def on_transport_closed(self) -> list[Output]:
         return [] if self.state is S.CLOSING else self._end(E.TRANSPORT_CLOSED)
 
     def _close(
         self, event: Event, code: CloseCode, outcome: AuthOutcome | None = None
-    ) -> list[Action]:
+    ) -> list[Output]:
         return [Close(code, outcome), *self._end(event)]
 
-    def _end(self, event: Event) -> list[Action]:
+    def _end(self, event: Event) -> list[Output]:
         """Go to ``CLOSING``; emit ``Closed`` if the coordinator may hold the session."""
         recorded = self.state in _RECORDED
         self._goto(event, S.CLOSING)

@@ -20,10 +20,10 @@ streams are independent, so the replica follows the Clone pattern's rules:
   the ROUTER come in order, so earlier snapshots may predate the announcement).
 
 Clients see a clean stream: the replica forwards an update only when it applied it
-while ``LIVE`` in order; after any resync it reports :class:`Resynced` and the shell
+while ``LIVE`` in order; after any resync it reports :class:`Resynced` and the core
 sends every client a fresh snapshot instead (continuity is broken, never gapped).
 
-The class never raises for any message order; it returns the effects the shell must
+The class never raises for any message order; it returns the outputs the core must
 carry out.
 """
 
@@ -78,7 +78,7 @@ class ReplicaView(Protocol):
     def snapshot_bytes(self) -> int: ...
 
 
-# --------------------------------------------------------------------------- effects
+# --------------------------------------------------------------------------- outputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +104,14 @@ class Forward:
 @dataclass(frozen=True, slots=True)
 class Resynced:
     """The replica is live again from a snapshot; continuity towards clients is broken.
-    ``previous_epoch`` tells the shell whether the coordinator changed, ``reason`` why
+    ``previous_epoch`` tells the core whether the coordinator changed, ``reason`` why
     it synced."""
 
     previous_epoch: str | None
     reason: ResyncReason
 
 
-Effect = Announce | RequestSnapshot | Forward | Resynced
+Output = Announce | RequestSnapshot | Forward | Resynced
 
 
 class EncodedUsers:
@@ -196,7 +196,7 @@ class Replica:
 
     # ------------------------------------------------------------------ inputs
 
-    def start(self) -> list[Effect]:
+    def start(self) -> list[Output]:
         """(Re)announce: used at start-up, on a new epoch and when the coordinator was
         silent (it may have dropped our sessions)."""
         self._sync = SyncState.AWAITING_WELCOME
@@ -204,7 +204,7 @@ class Replica:
         self._lost_updates = False
         return [Announce()]
 
-    def retry(self) -> list[Effect]:
+    def retry(self) -> list[Output]:
         """Called when not live for a while: the request or its answer may be lost."""
         if self._sync is SyncState.AWAITING_WELCOME:
             return self.start()
@@ -212,13 +212,13 @@ class Replica:
             return [RequestSnapshot()]
         return []
 
-    def on_welcome(self, msg: bb.Welcome) -> list[Effect]:
+    def on_welcome(self, msg: bb.Welcome) -> list[Output]:
         if self._sync is SyncState.AWAITING_WELCOME:
             self._sync = SyncState.SYNCING
             self._expected = msg.epoch
         return []
 
-    def on_snapshot(self, msg: bb.Snapshot) -> list[Effect]:
+    def on_snapshot(self, msg: bb.Snapshot) -> list[Output]:
         if self._sync is SyncState.AWAITING_WELCOME:
             return []  # answers a request sent before our Hello
         if self._sync is SyncState.LIVE:
@@ -231,7 +231,7 @@ class Replica:
             return []  # older than what we already applied: a late answer
         return self._apply_snapshot(msg)
 
-    def on_update(self, msg: bb.Update) -> list[Effect]:
+    def on_update(self, msg: bb.Update) -> list[Output]:
         if self._sync is not SyncState.LIVE:
             self._buffer_update(msg)
             return self._check_foreign_epoch(msg.epoch)
@@ -244,7 +244,7 @@ class Replica:
         self._apply(msg)
         return [Forward(msg.seq, protocol.lobby_update(msg.seq, msg.joined, msg.left), msg.at)]
 
-    def on_beat(self, msg: bb.Beat) -> list[Effect]:
+    def on_beat(self, msg: bb.Beat) -> list[Output]:
         if self._sync is not SyncState.LIVE:
             return self._check_foreign_epoch(msg.epoch)
         if msg.epoch != self._epoch:
@@ -253,7 +253,7 @@ class Replica:
             return self._lost(None)
         return []
 
-    def observe_epoch(self, epoch: str) -> list[Effect]:
+    def observe_epoch(self, epoch: str) -> list[Output]:
         """An epoch seen elsewhere (``AuthAck``): a new one means a restart."""
         if self._sync is SyncState.LIVE and epoch != self._epoch:
             return self.start()
@@ -263,14 +263,14 @@ class Replica:
 
     # ------------------------------------------------------------------ internals
 
-    def _check_foreign_epoch(self, epoch: str) -> list[Effect]:
+    def _check_foreign_epoch(self, epoch: str) -> list[Output]:
         """While syncing, an epoch that is neither the old nor the expected one means yet
         another coordinator: announce to it. (Old-epoch messages may still be queued.)"""
         if self._sync is SyncState.SYNCING and epoch not in (self._epoch, self._expected):
             return self.start()
         return []
 
-    def _lost(self, update: bb.Update | None) -> list[Effect]:
+    def _lost(self, update: bb.Update | None) -> list[Output]:
         self._sync = SyncState.SYNCING
         self._lost_updates = True
         self._expected = self._epoch
@@ -284,7 +284,7 @@ class Replica:
             self._buffer.clear()  # designed loss: shows up as a gap, healed by a snapshot
         self._buffer.append(msg)
 
-    def _apply_snapshot(self, msg: bb.Snapshot) -> list[Effect]:
+    def _apply_snapshot(self, msg: bb.Snapshot) -> list[Output]:
         previous = self._epoch
         self._epoch, self._seq, self._users = msg.epoch, msg.seq, set(msg.users)
         self._encoded = EncodedUsers(self._users)

@@ -1,7 +1,8 @@
 """What a worker records in :mod:`shared.metrics`, one function per fact.
 
-The shell (:mod:`workers.server`) calls these where it carries out what the pure parts
-decided: the actions a :class:`~workers.connection.Connection` returns carry their
+The core (:mod:`workers.core`) calls these where it decides (routes, refusals, drops,
+resyncs, connection counts), the shell (:mod:`workers.server`) where it writes what the
+pure parts decided: the outputs a :class:`~workers.connection.Connection` returns carry their
 outcome (an authentication's end, a ``send_result``, a snapshot's cause), the replica's
 ``Resynced`` its reason. Labelled series are bound here once, so recording one fact is
 a dictionary lookup and an increment, never a label lookup under a lock.
@@ -10,16 +11,18 @@ a dictionary lookup and an increment, never a label lookup under a lock.
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import Counter
-from websockets.asyncio.server import ServerConnection
 
 from shared import metrics, protocol
 from shared.protocol import AuthFailure, RejectReason, SendStatus
 from workers.admission import Admit
-from workers.connection import AuthOutcome, SendOutcome, SnapshotCause, Write, WriteSnapshot
+from workers.outputs import AuthOutcome, SendOutcome, SnapshotCause, Write, WriteSnapshot
 from workers.replica import ResyncReason
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
 
 _AUTH: Final = {o: metrics.AUTHENTICATIONS.labels(o.value) for o in AuthOutcome}
 _SNAPSHOTS: Final = {c: metrics.SNAPSHOTS.labels(c.value) for c in SnapshotCause}

@@ -9,7 +9,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from shared import metrics
 from shared.protocol import CloseCode
 from workers.admission import Admit
-from workers.connection import AuthOutcome, SnapshotCause
+from workers.outputs import AuthOutcome, SnapshotCause
 from workers.replica import ResyncReason
 
 DECLARED = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]

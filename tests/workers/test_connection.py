@@ -18,22 +18,24 @@ from workers.admission import RateLimits
 from workers.connection import (
     MAX_HELD_FRAMES,
     TRANSITIONS,
-    Action,
-    AuthOutcome,
-    Close,
     Connection,
     Delivery,
-    Emit,
     Event,
     Fanout,
     Flow,
-    FrameLimits,
-    Limits,
     Link,
+    State,
+)
+from workers.limits import Limits
+from workers.outputs import (
+    AuthOutcome,
+    Close,
+    Emit,
+    FrameLimits,
+    Output,
     SendOutcome,
     SnapshotCause,
     StartRoute,
-    State,
     Write,
     WriteSnapshot,
 )
@@ -71,20 +73,20 @@ def feed(
     link: Link = Link.UP,
     buffered: int = 0,
     replica: FakeReplica | None = None,
-) -> list[Action]:
+) -> list[Output]:
     """A frame from the client (the replica at epoch e1, seq 0 unless given)."""
     return conn.on_frame(frame, now, link, replica or FakeReplica(), buffered)
 
 
-def ack(conn: Connection, epoch: str, seq: int, replica: FakeReplica) -> list[Action]:
+def ack(conn: Connection, epoch: str, seq: int, replica: FakeReplica) -> list[Output]:
     return conn.on_ack(epoch, seq, replica, 101.0, Link.UP)
 
 
-def caught_up(conn: Connection, replica: FakeReplica) -> list[Action]:
+def caught_up(conn: Connection, replica: FakeReplica) -> list[Output]:
     return conn.on_replica(replica, 101.0, Link.UP)
 
 
-def resync(conn: Connection, replica: FakeReplica, announced: frozenset[int]) -> list[Action]:
+def resync(conn: Connection, replica: FakeReplica, announced: frozenset[int]) -> list[Output]:
     return conn.on_resync(replica, announced, 101.0, Link.UP)
 
 
@@ -115,34 +117,34 @@ def reach(state: State, limits: Limits = LIMITS) -> Connection:
     return conn
 
 
-def writes(actions: list[Action]) -> list[dict[str, object]]:
-    return [json.loads(a.frame) for a in actions if isinstance(a, Write)]
+def writes(outputs: list[Output]) -> list[dict[str, object]]:
+    return [json.loads(a.frame) for a in outputs if isinstance(a, Write)]
 
 
-def emitted(actions: list[Action]) -> list[bb.UpMessage]:
-    return [a.message for a in actions if isinstance(a, Emit)]
+def emitted(outputs: list[Output]) -> list[bb.UpMessage]:
+    return [a.message for a in outputs if isinstance(a, Emit)]
 
 
-def closes(actions: list[Action]) -> list[CloseCode]:
-    return [a.code for a in actions if isinstance(a, Close)]
+def closes(outputs: list[Output]) -> list[CloseCode]:
+    return [a.code for a in outputs if isinstance(a, Close)]
 
 
 # --------------------------------------------------------------------------- transition table
 
 
-def stall(conn: Connection) -> list[Action]:
+def stall(conn: Connection) -> list[Output]:
     """A backlog whose peer acknowledges nothing, sampled until past the stall timeout."""
     conn.on_progress(5, 100, 0.0)
     return conn.on_progress(5, 100, LIMITS.stall_timeout)
 
 
-def pipeline_overflow(conn: Connection) -> list[Action]:
+def pipeline_overflow(conn: Connection) -> list[Output]:
     for _ in range(LIMITS.max_pipelined + 1):
-        actions = feed(conn, '{"type":"get_lobby"}')
-    return actions
+        outputs = feed(conn, '{"type":"get_lobby"}')
+    return outputs
 
 
-FIRE: dict[Event, Callable[[Connection], list[Action]]] = {
+FIRE: dict[Event, Callable[[Connection], list[Output]]] = {
     Event.AUTH_VALID: lambda c: feed(c, auth_frame()),
     Event.AUTH_INVALID: lambda c: feed(c, "not json"),
     Event.DEADLINE: lambda c: c.on_deadline(float("inf")),
@@ -160,12 +162,12 @@ FIRE: dict[Event, Callable[[Connection], list[Action]]] = {
 }
 
 
-def flood(conn: Connection, frame: str = '{"type":"dance"}') -> list[Action]:
+def flood(conn: Connection, frame: str = '{"type":"dance"}') -> list[Output]:
     """Send ``frame`` at one instant until the machine does something other than answer."""
     for _ in range(10_000):
-        actions = feed(conn, frame, now=300.0)
-        if not all(isinstance(a, Write) for a in actions):
-            return actions
+        outputs = feed(conn, frame, now=300.0)
+        if not all(isinstance(a, Write) for a in outputs):
+            return outputs
     raise AssertionError("never closed")
 
 
@@ -206,8 +208,8 @@ def test_challenge_carries_the_nonce_as_lowercase_hex() -> None:
 
 def test_valid_auth_emits_authed_with_the_lowercase_key() -> None:
     conn = fresh()
-    actions = feed(conn, auth_frame(PK.upper()))
-    assert actions == [Emit(bb.Authed(7, PK))]
+    outputs = feed(conn, auth_frame(PK.upper()))
+    assert outputs == [Emit(bb.Authed(7, PK))]
     assert conn.state is State.AUTHENTICATING
     assert conn.deadline == 101.0 + LIMITS.auth_wait
 
@@ -265,11 +267,11 @@ AUTH_FAILURES: list[tuple[str, str | bytes, AuthFailure]] = [
 )
 def test_auth_failures_send_reason_then_close_4001(frame: str | bytes, reason: AuthFailure) -> None:
     conn = fresh()
-    actions = feed(conn, frame)
+    outputs = feed(conn, frame)
     failed = Write(protocol.auth_failed(reason), AuthOutcome(reason.value))
-    assert actions == [failed, Close(CloseCode.AUTH_FAILED)]
+    assert outputs == [failed, Close(CloseCode.AUTH_FAILED)]
     assert conn.state is State.CLOSING
-    assert actions[1].reason == "auth_failed"  # type: ignore[union-attr]
+    assert outputs[1].reason == "auth_failed"  # type: ignore[union-attr]
 
 
 def test_an_auth_in_upper_case_hex_is_accepted() -> None:
@@ -287,13 +289,13 @@ def test_frames_pipelined_before_auth_ok_are_answered_in_order_after_it(state: S
         conn.on_link_up(FakeReplica())
     if state is not State.ACKED:
         ack(conn, "e1", 10, FakeReplica(seq=9))
-    actions = caught_up(conn, FakeReplica(seq=10, users={PK}))
-    assert actions[:3] == [*AUTH_OK, *GET_LOBBY]
-    assert writes(actions[3:5]) == [
+    outputs = caught_up(conn, FakeReplica(seq=10, users={PK}))
+    assert outputs[:3] == [*AUTH_OK, *GET_LOBBY]
+    assert writes(outputs[3:5]) == [
         json.loads(protocol.error(ErrorCode.MALFORMED, "already authenticated")),
         json.loads(protocol.error(ErrorCode.MALFORMED, "frame is not valid JSON")),
     ]
-    assert actions[5:] == [StartRoute(OTHER, "m1", "hi")]
+    assert outputs[5:] == [StartRoute(OTHER, "m1", "hi")]
     assert conn.guard.messages.level(101.0) == LIMITS.rate.msg_burst - 4  # they count
 
 
@@ -302,8 +304,8 @@ def test_pipelined_frames_are_bounded_in_count_then_1008(state: State) -> None:
     conn = reach(state)
     for _ in range(LIMITS.max_pipelined):
         assert feed(conn, '{"type":"get_lobby"}') == []
-    actions = feed(conn, '{"type":"get_lobby"}')
-    assert closes(actions) == [CloseCode.POLICY_VIOLATION]
+    outputs = feed(conn, '{"type":"get_lobby"}')
+    assert closes(outputs) == [CloseCode.POLICY_VIOLATION]
     assert conn.trace[-1][1] is Event.PIPELINE_FULL
 
 
@@ -337,11 +339,11 @@ def test_auth_deadline_closes_4003_without_frame() -> None:
 def test_auth_wait_deadline_closes_1013(state: State) -> None:
     conn = reach(state)
     assert conn.on_deadline(101.0 + LIMITS.auth_wait - 0.01) == []
-    actions = conn.on_deadline(101.0 + LIMITS.auth_wait)
-    expected: list[Action] = [Close(CloseCode.TRY_AGAIN_LATER, AuthOutcome.UNAVAILABLE)]
+    outputs = conn.on_deadline(101.0 + LIMITS.auth_wait)
+    expected: list[Output] = [Close(CloseCode.TRY_AGAIN_LATER, AuthOutcome.UNAVAILABLE)]
     if state is not State.VERIFIED:
         expected.append(Emit(bb.Closed(7, PK)))
-    assert actions == expected
+    assert outputs == expected
 
 
 def test_authenticated_connection_has_no_deadline() -> None:
@@ -392,9 +394,9 @@ def test_resync_after_restart_releases_an_announced_ack_once_our_key_is_back() -
 
 def test_resync_after_restart_gives_up_on_an_unannounced_ack() -> None:
     conn = reach(State.ACKED)
-    actions = resync(conn, FakeReplica(epoch="e2"), frozenset())
+    outputs = resync(conn, FakeReplica(epoch="e2"), frozenset())
     unavailable = Close(CloseCode.TRY_AGAIN_LATER, AuthOutcome.UNAVAILABLE)
-    assert actions == [unavailable, Emit(bb.Closed(7, PK))]
+    assert outputs == [unavailable, Emit(bb.Closed(7, PK))]
 
 
 def test_a_stale_client_resumes_with_a_snapshot_caused_by_the_resync() -> None:
@@ -426,24 +428,24 @@ def test_resync_makes_clients_stale_until_their_key_is_in_the_replica() -> None:
 @pytest.mark.parametrize("state", list(State), ids=lambda s: s.value)
 def test_kick_in_every_state(state: State) -> None:
     conn = reach(state)
-    actions = conn.on_kick()
+    outputs = conn.on_kick()
     if state is State.CLOSING:
-        assert actions == []
+        assert outputs == []
         return
-    expected: list[Action] = [Close(CloseCode.SESSION_REPLACED)]
+    expected: list[Output] = [Close(CloseCode.SESSION_REPLACED)]
     if state in (State.AUTHENTICATING, State.ACKED, State.AUTHENTICATED):
         expected.append(Emit(bb.Closed(7, PK)))
-    assert actions == expected
-    assert actions[0].reason == "session_replaced"  # type: ignore[union-attr]
+    assert outputs == expected
+    assert outputs[0].reason == "session_replaced"  # type: ignore[union-attr]
     assert conn.state is State.CLOSING
 
 
 @pytest.mark.parametrize("state", list(State), ids=lambda s: s.value)
 def test_transport_closed_reports_closed_exactly_once(state: State) -> None:
     conn = reach(state)
-    actions = conn.on_transport_closed()
+    outputs = conn.on_transport_closed()
     recorded = state in (State.AUTHENTICATING, State.ACKED, State.AUTHENTICATED)
-    assert actions == ([Emit(bb.Closed(7, PK))] if recorded else [])
+    assert outputs == ([Emit(bb.Closed(7, PK))] if recorded else [])
     assert conn.on_transport_closed() == []
     assert conn.on_kick() == []
 
@@ -467,8 +469,8 @@ def test_every_session_that_sent_authed_is_claimed() -> None:
 
 def test_deliver_to_authenticated_writes_the_message() -> None:
     conn = reach(State.AUTHENTICATED)
-    actions, status = conn.on_deliver(OTHER, "m1", "hi", buffered=0)
-    assert actions == [Write(protocol.message(OTHER, "m1", "hi"))]
+    outputs, status = conn.on_deliver(OTHER, "m1", "hi", buffered=0)
+    assert outputs == [Write(protocol.message(OTHER, "m1", "hi"))]
     assert status is Delivery.DELIVERED
 
 
@@ -494,8 +496,8 @@ def test_held_messages_follow_auth_ok_and_snapshot() -> None:
     conn = reach(State.ACKED)
     assert conn.on_deliver(OTHER, "m1", "one", 0) == ([], Delivery.DELIVERED)
     assert conn.on_deliver(OTHER, "m2", "two", 0) == ([], Delivery.DELIVERED)
-    actions = caught_up(conn, FakeReplica(seq=10))
-    assert actions == [
+    outputs = caught_up(conn, FakeReplica(seq=10))
+    assert outputs == [
         *AUTH_OK,
         Write(protocol.message(OTHER, "m1", "one")),
         Write(protocol.message(OTHER, "m2", "two")),
@@ -524,8 +526,8 @@ def _send(to: str = PK, msg_id: str = "m1", body: str = "hi") -> str:
     return json.dumps({"type": "send", "to": to, "id": msg_id, "body": body})
 
 
-def _error(code: str) -> Callable[[list[Action]], bool]:
-    return lambda actions: [w["code"] for w in writes(actions)] == [code]
+def _error(code: str) -> Callable[[list[Output]], bool]:
+    return lambda outputs: [w["code"] for w in writes(outputs)] == [code]
 
 
 @pytest.mark.parametrize(
@@ -547,10 +549,10 @@ def test_bad_frames_after_auth_get_error_and_keep_the_connection(
     frame: str | bytes, code: str
 ) -> None:
     conn = reach(State.AUTHENTICATED)
-    actions = feed(conn, frame, now=200.0)
-    assert _error(code)(actions)
-    assert writes(actions)[0]["type"] == "error"
-    assert isinstance(writes(actions)[0]["message"], str)
+    outputs = feed(conn, frame, now=200.0)
+    assert _error(code)(outputs)
+    assert writes(outputs)[0]["type"] == "error"
+    assert isinstance(writes(outputs)[0]["message"], str)
     assert conn.state is State.AUTHENTICATED
 
 
@@ -582,16 +584,16 @@ def test_get_lobby_past_the_lag_bound_waits_for_the_backlog_to_drain() -> None:
 )
 def test_send_rejections(frame: str, link: Link, expected: RejectReason) -> None:
     conn = reach(State.AUTHENTICATED)
-    actions = feed(conn, frame, now=200.0, link=link)
+    outputs = feed(conn, frame, now=200.0, link=link)
     frame = protocol.send_result("m1", SendStatus.REJECTED, expected)
-    assert actions == [Write(frame, SendOutcome(SendStatus.REJECTED, expected))]
+    assert outputs == [Write(frame, SendOutcome(SendStatus.REJECTED, expected))]
 
 
 def test_send_routes_to_the_lowercase_key_at_the_body_limit() -> None:
     conn = reach(State.AUTHENTICATED)
     body = "x" * protocol.MAX_BODY_BYTES
-    actions = feed(conn, _send(to=OTHER.upper(), body=body), now=200.0)
-    assert actions == [StartRoute(OTHER, "m1", body)]
+    outputs = feed(conn, _send(to=OTHER.upper(), body=body), now=200.0)
+    assert outputs == [StartRoute(OTHER, "m1", body)]
 
 
 # --------------------------------------------------------------------------- lobby flow
@@ -653,17 +655,17 @@ frames = st.one_of(
 @given(state=st.sampled_from(list(State)), frame=frames, link=st.sampled_from(list(Link)))
 def test_no_frame_raises_in_any_state(state: State, frame: str | bytes, link: Link) -> None:
     conn = reach(state)
-    actions = feed(conn, frame, now=150.0, link=link)
-    for action in actions:
-        if isinstance(action, Write):
-            decoded = json.loads(action.frame)
+    outputs = feed(conn, frame, now=150.0, link=link)
+    for output in outputs:
+        if isinstance(output, Write):
+            decoded = json.loads(output.frame)
             assert decoded["type"] in {"auth_failed", "error", "send_result"}
-            action.frame.encode("utf-8")  # always writable as a text frame
-        elif isinstance(action, Close):
-            assert action.code in (CloseCode.AUTH_FAILED, CloseCode.POLICY_VIOLATION)
-        elif isinstance(action, StartRoute):
-            assert protocol.is_hex_key(action.to) and action.to == action.to.lower()
-            bb.encode(bb.Route(1, PK, action.to, action.msg_id, action.body, 0.0))
+            output.frame.encode("utf-8")  # always writable as a text frame
+        elif isinstance(output, Close):
+            assert output.code in (CloseCode.AUTH_FAILED, CloseCode.POLICY_VIOLATION)
+        elif isinstance(output, StartRoute):
+            assert protocol.is_hex_key(output.to) and output.to == output.to.lower()
+            bb.encode(bb.Route(1, PK, output.to, output.msg_id, output.body, 0.0))
     if state is not State.AUTHENTICATED and state is not State.CLOSING:
         assert conn.state is not State.AUTHENTICATED
 
@@ -700,8 +702,8 @@ def test_frames_over_the_rate_are_answered_then_a_flood_closes_1008() -> None:
     assert feed(conn, bad_id, now) == [limited]  # no id to answer with
     assert conn.state is State.AUTHENTICATED
     # The fourth rejection within the window is a flood.
-    actions = feed(conn, b"\x00", now)
-    assert actions == [Close(CloseCode.POLICY_VIOLATION), Emit(bb.Closed(7, PK))]
+    outputs = feed(conn, b"\x00", now)
+    assert outputs == [Close(CloseCode.POLICY_VIOLATION), Emit(bb.Closed(7, PK))]
     assert conn.trace[-1] == (State.AUTHENTICATED, Event.FLOOD, State.CLOSING)
     assert feed(conn, _send(), now + 100) == []
 
@@ -710,9 +712,9 @@ def test_a_client_that_slows_down_when_told_is_never_closed() -> None:
     conn = reach(State.AUTHENTICATED, SLOW_RATE)
     now = 500.0
     for _ in range(1000):
-        actions = feed(conn, '{"type":"get_lobby"}', now)
-        if actions != GET_LOBBY:
-            assert writes(actions)[0]["code"] == "rate_limited"
+        outputs = feed(conn, '{"type":"get_lobby"}', now)
+        if outputs != GET_LOBBY:
+            assert writes(outputs)[0]["code"] == "rate_limited"
             now += 1.0  # told: waits for one token
     assert conn.state is State.AUTHENTICATED
 
@@ -761,12 +763,12 @@ def test_backlog_never_grows_past_its_bounds(backlogs: list[tuple[str, int]]) ->
             if conn.on_sweep(buffered, replica):
                 assert buffered <= LIMITS.lag_bytes // 4
         else:
-            actions, delivery = conn.on_deliver(OTHER, "m", "x", buffered)
+            outputs, delivery = conn.on_deliver(OTHER, "m", "x", buffered)
             frame = protocol.message(OTHER, "m", "x")
             if delivery is Delivery.DELIVERED:
-                assert buffered + len(frame) <= LIMITS.max_queue_bytes and writes(actions)
+                assert buffered + len(frame) <= LIMITS.max_queue_bytes and writes(outputs)
             else:
-                assert delivery is Delivery.FULL and actions == []
+                assert delivery is Delivery.FULL and outputs == []
         assert conn.state is State.AUTHENTICATED
 
 
@@ -823,13 +825,13 @@ def test_without_tcp_info_a_shrinking_backlog_is_progress() -> None:
 @pytest.mark.parametrize("state", [s for s in State if s is not State.CLOSING])
 def test_a_cut_off_worker_closes_every_client_1013(state: State) -> None:
     conn = reach(state)
-    actions = conn.on_cutoff()
-    assert closes(actions) == [CloseCode.TRY_AGAIN_LATER]
+    outputs = conn.on_cutoff()
+    assert closes(outputs) == [CloseCode.TRY_AGAIN_LATER]
     recorded = state in (State.AUTHENTICATING, State.ACKED, State.AUTHENTICATED)
-    assert emitted(actions) == ([bb.Closed(7, PK)] if recorded else [])
+    assert emitted(outputs) == ([bb.Closed(7, PK)] if recorded else [])
     # Only an authentication under way ends here, unavailable: a verified client.
     pending = state in (State.VERIFIED, State.AUTHENTICATING, State.ACKED)
-    close = actions[0]
+    close = outputs[0]
     assert isinstance(close, Close)
     assert close.outcome is (AuthOutcome.UNAVAILABLE if pending else None)
 

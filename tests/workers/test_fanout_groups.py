@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from tests.support import raw_upgrade
-from workers.connection import Connection, Flow, Limits, State
-from workers.server import Group, _watched_connection, group_of, write_limit
+from workers.clients import Group, group_of
+from workers.connection import Connection, Flow, State
+from workers.limits import Limits
+from workers.wsinternals import watched_connection, write_limit
 
 
 @given(st.integers(min_value=1, max_value=2**40))
@@ -67,7 +69,7 @@ async def _paused_rule() -> None:
         0,
         compression=None,
         write_limit=limit,
-        create_connection=_watched_connection(pressured),
+        create_connection=watched_connection(pressured),
     ) as server:
         port = server.sockets[0].getsockname()[1]
         raw = await raw_upgrade(port, rcvbuf=4096)

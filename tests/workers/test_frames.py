@@ -1,4 +1,4 @@
-"""Pre-framed writes (workers.frames) give the same bytes and guarantees as websockets.
+"""Pre-framed writes (workers.frames, wsinternals.write_all) give websockets' bytes and guarantees.
 
 The pure part checks the frame bytes against websockets' own framing. The rest runs a
 real websockets server in the test's event loop, with raw clients that record every byte
@@ -26,7 +26,8 @@ from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
 from tests.support import run
-from workers.frames import SharedFrame, takes_shared, write_all
+from workers.frames import SharedFrame
+from workers.wsinternals import takes_shared, write_all
 
 T = TypeVar("T")
 SIZES = [0, 1, 125, 126, 127, 65535, 65536, 200_000]

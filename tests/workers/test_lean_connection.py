@@ -1,5 +1,5 @@
 """What the shell trims from a websockets connection to make an idle client cheap
-(workers/server.py: :class:`LazyDeque`, the ``Watched`` connection class): the same
+(workers/wsinternals.py: :class:`LazyDeque`, the ``Watched`` connection class): the same
 behaviour and the same bounds as websockets' own deques."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.support import raw_upgrade
-from workers.server import LazyDeque, _forget_handshake, _watched_connection
+from workers.wsinternals import LazyDeque, forget_handshake, watched_connection
 
 # ---------------------------------------------------------------------------- LazyDeque
 
@@ -83,7 +83,7 @@ async def _received_frames_stay_bounded() -> None:
         0,
         compression=None,
         max_queue=MAX_QUEUE,
-        create_connection=_watched_connection(pressured),
+        create_connection=watched_connection(pressured),
     ) as server:
         port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}/", compression=None) as client:
@@ -129,7 +129,7 @@ async def _a_send_waits_for_the_drain_then_completes() -> None:
         0,
         compression=None,
         write_limit=16 * 1024,
-        create_connection=_watched_connection(set()),
+        create_connection=watched_connection(set()),
     ) as server:
         port = server.sockets[0].getsockname()[1]
         raw = await raw_upgrade(port, rcvbuf=4096)
@@ -173,7 +173,7 @@ async def _handshake_forgotten() -> None:
 
     async def handler(ws: ServerConnection) -> None:
         assert ws.request is not None and ws.request.headers["X-Test"] == "1"
-        _forget_handshake(ws)
+        forget_handshake(ws)
         connected.set_result(ws)
         await ws.send(str(await ws.recv()))
 
@@ -198,7 +198,7 @@ INTERVAL = 0.05
 
 
 def _counting(pings: list[float]) -> type[ServerConnection]:
-    class Counting(_watched_connection(set())):  # type: ignore[misc]
+    class Counting(watched_connection(set())):  # type: ignore[misc]
         async def ping(self, data: Any = None) -> Any:
             pings.append(asyncio.get_running_loop().time())
             return await super().ping(data)
@@ -260,7 +260,7 @@ async def _keepalive_unanswered() -> None:
         ping_interval=INTERVAL,
         ping_timeout=INTERVAL,
         close_timeout=0.2,
-        create_connection=_watched_connection(set()),
+        create_connection=watched_connection(set()),
     ) as server:
         port = server.sockets[0].getsockname()[1]
         raw = await raw_upgrade(port)

@@ -13,9 +13,9 @@ from shared import protocol
 from workers.replica import (
     MAX_BUFFERED_UPDATES,
     Announce,
-    Effect,
     EncodedUsers,
     Forward,
+    Output,
     Replica,
     RequestSnapshot,
     Resynced,
@@ -65,9 +65,9 @@ def test_slow_joiner_drops_buffered_updates_at_or_below_the_snapshot() -> None:
 
 def test_in_order_updates_are_forwarded_once_encoded() -> None:
     r = live()
-    (effect,) = r.on_update(upd(6, (B,), (A,)))
-    assert isinstance(effect, Forward)
-    assert json.loads(effect.frame) == {
+    (output,) = r.on_update(upd(6, (B,), (A,)))
+    assert isinstance(output, Forward)
+    assert json.loads(output.frame) == {
         "type": "lobby_update",
         "seq": 6,
         "joined": [{"publicKey": B}],
@@ -309,21 +309,21 @@ class Client:
         self.users |= {u["publicKey"] for u in msg["joined"]}
 
 
-def run_effects(
-    effects: list[Effect], coord: Coordinator, replica: Replica, client: Client
+def run_outputs(
+    outputs: list[Output], coord: Coordinator, replica: Replica, client: Client
 ) -> None:
-    for effect in effects:
-        if isinstance(effect, Announce):
+    for output in outputs:
+        if isinstance(output, Announce):
             coord.up += ["hello", "snapreq"]
-        elif isinstance(effect, RequestSnapshot):
+        elif isinstance(output, RequestSnapshot):
             coord.up.append("snapreq")
-        elif isinstance(effect, Forward):
-            client.apply(effect.frame)
-        elif isinstance(effect, Resynced):
+        elif isinstance(output, Forward):
+            client.apply(output.frame)
+        elif isinstance(output, Resynced):
             client.apply(replica.snapshot_frame())
 
 
-def deliver(msg: bb.Message, replica: Replica) -> list[Effect]:
+def deliver(msg: bb.Message, replica: Replica) -> list[Output]:
     if isinstance(msg, bb.Welcome):
         return replica.on_welcome(msg)
     if isinstance(msg, bb.Snapshot):
@@ -358,7 +358,7 @@ def round_trip(coord: Coordinator, replica: Replica, client: Client) -> None:
         if coord.up:
             coord.serve_one()
         if coord.down:
-            run_effects(deliver(coord.down.pop(0), replica), coord, replica, client)
+            run_outputs(deliver(coord.down.pop(0), replica), coord, replica, client)
 
 
 @settings(max_examples=500, deadline=None)
@@ -367,7 +367,7 @@ def test_replica_follows_the_coordinator_or_knows_it_does_not(
     steps: list[tuple[str, str, bool]],
 ) -> None:
     coord, replica, client = Coordinator(), Replica(), Client()
-    run_effects(replica.start(), coord, replica, client)
+    run_outputs(replica.start(), coord, replica, client)
     round_trip(coord, replica, client)
     for kind, key, flag in steps:
         if kind == "publish":
@@ -377,15 +377,15 @@ def test_replica_follows_the_coordinator_or_knows_it_does_not(
         elif kind == "serve" and coord.up:
             coord.serve_one()
         elif kind == "down" and coord.down:
-            run_effects(deliver(coord.down.pop(0), replica), coord, replica, client)
+            run_outputs(deliver(coord.down.pop(0), replica), coord, replica, client)
         elif kind == "round_trip":
             round_trip(coord, replica, client)
         elif kind == "pub" and coord.pub:
-            run_effects(deliver(coord.pub.pop(0), replica), coord, replica, client)
+            run_outputs(deliver(coord.pub.pop(0), replica), coord, replica, client)
         elif kind == "restart" and flag:  # half as often as the other kinds
             coord.restart(keep_requests=key == A)
         elif kind == "retry" and replica.sync is not SyncState.LIVE:
-            run_effects(replica.retry(), coord, replica, client)
+            run_outputs(replica.retry(), coord, replica, client)
         check(coord, replica, client)
 
     # Quiesce: periodic Beats, everything delivered, and the retries a stuck worker makes.
@@ -394,13 +394,13 @@ def test_replica_follows_the_coordinator_or_knows_it_does_not(
         coord.pub.append(bb.Beat(coord.tag, coord.seq, 0.0))
         while coord.pub or coord.up or coord.down:
             if coord.pub:
-                run_effects(deliver(coord.pub.pop(0), replica), coord, replica, client)
+                run_outputs(deliver(coord.pub.pop(0), replica), coord, replica, client)
             if coord.up:
                 coord.serve_one()
             if coord.down:
-                run_effects(deliver(coord.down.pop(0), replica), coord, replica, client)
+                run_outputs(deliver(coord.down.pop(0), replica), coord, replica, client)
             check(coord, replica, client)
-        run_effects(replica.retry(), coord, replica, client)
+        run_outputs(replica.retry(), coord, replica, client)
     assert replica.sync is SyncState.LIVE
     assert (replica.epoch, replica.seq, set(replica.users)) == (coord.tag, coord.seq, coord.users)
     assert (client.seq, client.users) == (coord.seq, coord.users)

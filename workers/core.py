@@ -1,0 +1,690 @@
+"""Everything a worker decides, with no sockets (sans-I/O).
+
+Theory of operation
+-------------------
+The shell (:mod:`workers.server`, with :mod:`workers.backbone` and :mod:`workers.door`)
+hands :class:`WorkerCore` what happens, one input at a time, with the time: a client's
+connection, frame, deadline or end; a frame from the coordinator or from another
+worker; a tick (every :data:`TICK`); a heartbeat; a lost message. The core answers
+with :data:`Output` items and the per-client outputs of its machines
+(:data:`ClientOutput`), which it hands to the shell (:class:`Shell`) the moment it
+decides them, in order; the shell carries each out before the core goes on. So a fact
+the core reads next (a client's backlog) already includes what was just written, and a
+fan-out can carry the ``CURRENT`` group's live mapping without a copy. What only I/O
+knows (a transport's buffered bytes, the bytes its peer acknowledged, whether another
+worker's results socket can take a message) the core asks of the same :class:`Shell`,
+about opaque handles.
+
+The parts: the client table (:class:`~workers.clients.ClientTable`, each client's
+:class:`~workers.connection.Connection`), the :class:`~workers.replica.Replica`, the
+:class:`~workers.routes.RouteTable` with the :class:`~workers.routes.CoordinatorClock`,
+and the door's :class:`~workers.admission.Admission`. The rules that join them:
+
+* **Fan-out.** An update the replica forwards is written, framed once, to the
+  ``CURRENT`` group (:class:`Broadcast`). Updates read in one batch of backbone input
+  (they queued up while the worker was busy) are held and go to each client together,
+  up to :data:`COALESCE_BYTES` of frames, and are flushed before any other output:
+  nothing that reads the replica on a client's behalf runs in between, so every
+  client still gets exactly the updates after the state it was shown, in order. Only
+  clients whose transport is past its write limit (*pressured*) can be past
+  ``lag_bytes``, so only they are asked before the broadcast. After it, lagging clients
+  that drained get a snapshot that already holds the update, and held ``auth_ok``\\ s
+  are released at the replica's new state.
+* **Direct messages** (:class:`~workers.routing.Router`): delivered here to a session
+  acknowledged here, else routed by the coordinator and answered by the recipient's
+  worker directly (:class:`~workers.routing.Report`); every ``send`` gets exactly one
+  result, and ``rejected`` is never followed by a delivery.
+* **Lost messages are repaired.** A message that matters and could not be queued for
+  the coordinator (``Authed``, ``Closed``, ``Hello``) is counted, and the worker
+  re-registers (``Hello``, the whole truth) at the next tick; a ``Route`` that could
+  not be queued is answered ``unavailable`` at once.
+* **Link and cut-off.** The coordinator is reachable while the replica is live and it
+  was heard from within ``coordinator_timeout``; silent longer, the worker announces
+  its sessions again (it may have dropped them, or restarted). Unreachable for
+  ``cutoff_grace``, the worker closes its clients with 1013 and refuses new ones (the
+  door's 503, or 1013 right after the handshake) until it is back.
+* **Admission** (:class:`~workers.admission.Admission`, its auth window sized by the
+  event loop's lag, fed once a tick): the upgrade request is asked first
+  (:meth:`WorkerCore.door`, see :mod:`workers.door`); a connection refused after all
+  when its handler starts, or cut off then, is closed right after the handshake with
+  1013. Refusals are summed in ``/healthz`` and logged at most every :data:`LOG_EVERY`.
+* **Health** (:meth:`WorkerCore.health`): counters, and backlog figures kept once a
+  tick over the pressured clients only, so a ``/healthz`` request costs the same however
+  many clients are connected.
+
+Metrics (:mod:`workers.stats`): the core records what it decides (routes, refusals,
+drops, resyncs, the connection counts once a tick); the shell records what it writes.
+The core never raises for any sequence of inputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
+
+from shared import backbone as bb
+from shared import logs, protocol
+from workers import stats
+from workers.admission import Admission, Admit
+from workers.clients import Client, ClientTable, Group
+from workers.connection import Connection, Link, State, Verifier
+from workers.outputs import Broadcast, ClientOutput, Emit, Report, StartRoute, Synced
+from workers.outputs import Output as MachineOutput
+from workers.replica import Announce, Forward, Replica, RequestSnapshot, Resynced, SyncState
+from workers.replica import Output as ReplicaOutput
+from workers.routing import Router
+
+if TYPE_CHECKING:
+    from workers.admission import AdmissionLimits
+    from workers.limits import Limits
+    from workers.settings import Timing
+
+log = logging.getLogger("workers")
+H = TypeVar("H", bound=Hashable)
+_M = TypeVar("_M")
+
+TICK: Final = 0.1
+"""Seconds between ticks: route deadlines, lagging and stalled clients, coordinator
+silence, repairs."""
+COALESCE_BYTES: Final = 64 * 1024
+"""Lobby updates read in one batch (they queued up while the worker was busy) are
+written to each client together, one system call for all of them, up to this many
+bytes of frames: what a write past a client's ``lag_bytes`` check may add to its
+backlog, small beside the default ``lag_bytes``."""
+LOG_EVERY: Final = 1.0
+"""Seconds between log lines summing refusals and drops (a storm must not flood logs)."""
+
+_SETTLED: Final = frozenset({State.ACKED, State.AUTHENTICATED, State.CLOSING})
+"""States in which a connection is out of the auth window (acknowledged, or done)."""
+_REPAIRED_BY_HELLO: Final = (bb.Authed, bb.Closed, bb.Hello)
+
+
+# --------------------------------------------------------------------------- outputs
+
+Output = Emit | Report | Broadcast[Any] | Synced
+"""What the core hands its shell besides clients' outputs; :class:`Emit` goes to the
+coordinator."""
+
+
+class Shell(Protocol[H]):
+    """What the core asks of its shell: to carry out outputs at once, and the facts
+    only I/O knows."""
+
+    def to_client(self, client: Client[H], output: ClientOutput) -> None: ...
+
+    def carry_out(self, output: Output) -> None: ...
+
+    def buffered(self, handle: H) -> int:
+        """Bytes waiting in the connection's transport buffer."""
+        ...
+
+    def acked(self, handle: H) -> int | None:
+        """Bytes the peer has acknowledged on the connection (``None``: unknown)."""
+        ...
+
+    def peer(self, endpoint: str, key: str) -> object | None:
+        """A handle for the results endpoint of another worker if a result can be
+        queued for it now, else ``None``."""
+        ...
+
+
+# --------------------------------------------------------------------------- core
+
+
+class WorkerCore(Generic[H]):
+    """A worker's decisions. ``now`` is the shell's monotonic clock (the event loop's);
+    ``wall`` (the wall clock) serves route deadlines and latency figures, ``timer``
+    the routing times recorded."""
+
+    def __init__(
+        self,
+        shell: Shell[H],
+        *,
+        worker_id: str,
+        timing: Timing,
+        limits: Limits,
+        admission: AdmissionLimits,
+        verify: Verifier = protocol.verify_auth,
+        wall: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.shell = shell
+        self.worker_id = worker_id
+        self.timing = timing
+        self.limits = limits
+        self.results_endpoint = ""
+        """Where other workers report results to this one (set by the shell once bound)."""
+        self.results_key = ""
+        self.replica = Replica()
+        self.router: Router[H] = Router(self, wall=wall, timer=timer)
+        self.routes = self.router.routes
+        self.clock = self.router.clock
+        self.clients: ClientTable[H] = ClientTable()
+        self.admission = Admission(admission)
+        self.counters: Counter[str] = Counter()
+        """Messages dropped, by kind (``/healthz``'s ``dropped``)."""
+        self.cut_off = False
+        self.stopping = False
+        self.now = 0.0
+        """The time of the input being handled."""
+        self._verify = verify
+        self._wall = wall
+        self._logged: Counter[str] = Counter()
+        self._logged_at = float("-inf")
+        self._conn_ids = itertools.count(1)
+        self._announced: frozenset[int] = frozenset()
+        self._last_seen = float("-inf")  # last message from the coordinator
+        self._last_request = 0.0  # last Hello/SnapshotRequest
+        self._repair = False  # a message that matters was lost: re-register
+        self._down_since: float | None = None
+        self._backlog = {"buffered": 0, "maxBuffered": 0}
+        # Updates applied but not yet written: held to the end of the read batch
+        # (see _replica_outputs), never across anything else that reads the replica.
+        self._unwritten: list[Forward] = []
+        self._unwritten_bytes = 0
+        self._reading = False
+        replica, updated = self.replica, self._replica_outputs
+        self._handlers: dict[type[bb.Message], Callable[[bb.Message], None]] = {
+            bb.Welcome: lambda m: updated(replica.on_welcome(_as(m, bb.Welcome))),
+            bb.Reannounce: lambda m: updated(replica.start()),
+            bb.Snapshot: lambda m: updated(replica.on_snapshot(_as(m, bb.Snapshot))),
+            bb.Update: lambda m: updated(replica.on_update(_as(m, bb.Update))),
+            bb.Beat: lambda m: self._on_beat(_as(m, bb.Beat)),
+            bb.AuthAck: lambda m: self._on_ack(_as(m, bb.AuthAck)),
+            bb.Kick: lambda m: self._on_kick(_as(m, bb.Kick)),
+            bb.Deliver: lambda m: self.router.deliver(_as(m, bb.Deliver)),
+            bb.RouteDone: lambda m: self.router.done(_as(m, bb.RouteDone)),
+        }
+
+    # ------------------------------------------------------------------ view
+
+    def link(self, now: float) -> Link:
+        live = self.replica.sync is SyncState.LIVE
+        recent = now - self._last_seen <= self.timing.coordinator_timeout
+        return Link.UP if live and recent else Link.DOWN
+
+    def reachable(self, now: float) -> bool:
+        """Whether the worker serves: the coordinator is reachable, and not stopping."""
+        return self.link(now) is Link.UP and not self.stopping
+
+    def health(self, now: float) -> tuple[bool, dict[str, object]]:
+        """Whether the worker serves, and the ``/healthz`` body. O(1): counters, and the
+        backlog figures kept once a tick."""
+        up, refused = self.reachable(now), self.admission.refused
+        return up, {
+            "status": "ok" if up else "unavailable",
+            "worker": self.worker_id,
+            "sync": self.replica.sync.value,
+            "seq": self.replica.seq,
+            "clients": len(self.clients),
+            **self._backlog,
+            "lagging": len(self.clients.groups[Group.BEHIND]),
+            "challenged": self.admission.pending,
+            "inFlight": self.admission.in_flight,
+            "authWindow": int(self.admission.window),
+            "connections": self.admission.connections,
+            "refused": {
+                kind.value: refused.get(kind, 0)
+                for kind in (Admit.FULL, Admit.BUSY, Admit.THROTTLED)
+            },
+            "evicted": self.admission.evicted,
+            "cutOff": self.cut_off,
+            "dropped": dict(self.counters),
+        }
+
+    def coordinator_now(self) -> float | None:
+        """The coordinator's wall clock now, if known for the replica's epoch (for the
+        latency of updates)."""
+        if not self.clock.knows(self.replica.epoch):
+            return None
+        return self.clock.now(self._wall())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, now: float) -> None:
+        """The worker starts: announce (``Hello``) and ask for a snapshot."""
+        self.now = now
+        self._replica_outputs(self.replica.start())
+
+    def heartbeat(self) -> None:
+        self.emit(bb.Heartbeat(self.worker_id))
+
+    def stop(self) -> None:
+        """Say goodbye: the coordinator drops all our sessions at once, and nothing goes
+        out to it after this."""
+        self.emit(bb.Goodbye(self.worker_id))
+        self.stopping = True
+
+    def loop_lag(self, lag: float) -> None:
+        """Once a tick: how late the tick fired, which sizes the auth window."""
+        self.admission.observe(lag)
+
+    # ------------------------------------------------------------------ clients
+
+    def door(self, source: str, now: float) -> str | None:
+        """Before the handshake: the reason to refuse an upgrade from ``source`` (HTTP
+        503 with ``Retry-After``), or ``None`` to go on with it."""
+        if self.cut_off and self.link(now) is Link.DOWN:
+            stats.refused_cut_off()
+            reason = "cut_off"
+        else:
+            verdict = self.admission.check(source)
+            if verdict is Admit.OK:
+                return None
+            stats.refused(verdict)
+            reason = verdict.value
+        log.debug(
+            "upgrade refused: %s",
+            reason,
+            extra=logs.event("conn_refused", reason=reason, before_handshake=True),
+        )
+        return reason
+
+    def connect(self, handle: H, source: str, peer: str, now: float) -> Client[H] | None:
+        """A WebSocket from ``source`` completed its handshake: the new client (greeted),
+        or ``None`` if it is refused (the shell closes it with 1013)."""
+        self.now = now
+        conn_id = next(self._conn_ids)
+        if self.cut_off and self.link(now) is Link.DOWN:
+            log.debug(
+                "conn %d refused: cut off from the coordinator",
+                conn_id,
+                extra=logs.event("conn_refused", conn=conn_id, reason="cut_off"),
+            )
+            stats.refused_cut_off()
+            return None
+        decision = self.admission.admit(conn_id, source)
+        stats.evicted(len(decision.evict))
+        for evicted in decision.evict:  # challenge-phase slots of a heavier source
+            if (victim := self.clients.get(evicted)) is not None:
+                self.perform(victim, victim.machine.on_evicted())
+        if not decision.admitted:
+            log.debug(
+                "conn %d refused: %s",
+                conn_id,
+                decision.verdict.value,
+                extra=logs.event("conn_refused", conn=conn_id, reason=decision.verdict.value),
+            )
+            stats.refused(decision.verdict)
+            return None
+        nonce = secrets.token_bytes(protocol.NONCE_BYTES)
+        machine = Connection.open(conn_id, nonce, now, self.limits, self._verify)
+        client = Client(handle, machine)
+        self.clients.add(client)
+        log.debug(
+            "conn %d opened from %s",
+            conn_id,
+            peer,
+            extra=logs.event("conn_opened", conn=conn_id, peer=peer),
+        )
+        self.perform(client, machine.greeting())
+        return client
+
+    def frame(self, client: Client[H], frame: str | bytes, now: float) -> None:
+        """A frame from ``client``."""
+        self.now = now
+        machine = client.machine
+        outputs = machine.on_frame(
+            frame, now, self.link(now), self.replica, self.shell.buffered(client.handle)
+        )
+        if machine.state is not State.CHALLENGED:
+            self.admission.authenticated(machine.conn_id)
+        self.perform(client, outputs)
+
+    def deadline(self, client: Client[H], now: float) -> None:
+        """``client``'s deadline (its machine's ``deadline``) passed with no frame."""
+        self.now = now
+        machine = client.machine
+        outputs = machine.on_deadline(now)
+        if machine.state is not State.CHALLENGED:
+            self.admission.authenticated(machine.conn_id)
+        self.perform(client, outputs)
+
+    def closed(self, client: Client[H]) -> None:
+        """``client``'s transport ended (whoever closed it)."""
+        self.admission.closed(client.machine.conn_id)
+        self.clients.remove(client)
+        self.perform(client, client.machine.on_transport_closed())
+
+    def perform(self, client: Client[H], outputs: list[MachineOutput]) -> None:
+        """Carry out what a machine returned (called after every machine call), after
+        the updates held back, to the groups as they were before the call."""
+        if self._unwritten:
+            self._write_updates()
+        self.clients.place(client)
+        machine = client.machine
+        if machine.state in _SETTLED:  # out of the auth window (idempotent)
+            self.admission.settled(machine.conn_id)
+        shell = self.shell
+        for output in outputs:
+            if isinstance(output, Emit):
+                if not self.stopping:
+                    shell.carry_out(output)
+            elif isinstance(output, StartRoute):
+                self.router.send(client, output)
+            else:
+                shell.to_client(client, output)
+
+    # ------------------------------------------------------------------ backbone
+
+    def begin_batch(self) -> None:
+        """The shell starts reading a batch of backbone frames (see :meth:`end_batch`)."""
+        self._reading = True
+
+    def end_batch(self) -> None:
+        """The batch ends: write the updates it held."""
+        self._reading = False
+        self._write_updates()
+
+    def from_coordinator(self, frame: bytes, now: float) -> int:
+        """Handle one frame from the coordinator (DEALER or SUB; a message or a batch);
+        returns how many messages it held (at least 1, so that a stream of junk still
+        ends a read batch)."""
+        self.now = now
+        handlers = self._handlers
+        messages = self._decode(frame)
+        for msg in messages:
+            handler = handlers.get(type(msg))
+            if handler is None:
+                log.warning(
+                    "dropping unexpected backbone message %s",
+                    msg.TAG,
+                    extra=logs.event("unexpected_message", kind=msg.TAG),
+                )
+                continue
+            self._last_seen = now
+            handler(msg)
+        return max(1, len(messages))
+
+    def from_peer(self, frame: bytes, now: float) -> int:
+        """Handle one frame on the results endpoint: other workers may only report
+        results. Returns as :meth:`from_coordinator` does."""
+        self.now = now
+        messages = self._decode(frame)
+        for msg in messages:
+            if isinstance(msg, bb.RouteDone):
+                self.router.done(msg)
+            else:
+                log.warning(
+                    "dropping %s on the results endpoint",
+                    msg.TAG,
+                    extra=logs.event("unexpected_result", kind=msg.TAG),
+                )
+        return max(1, len(messages))
+
+    @staticmethod
+    def _decode(frame: bytes) -> list[bb.Message]:
+        messages, errors = bb.decode_batch(frame)
+        for error in errors:
+            log.warning(
+                "dropping undecodable backbone frame: %s",
+                error,
+                extra=logs.event("undecodable_frame", error=error),
+            )
+        return messages
+
+    def emit(self, msg: bb.UpMessage) -> bool:
+        """Hand ``msg`` for the coordinator to the shell; ``False`` if refused at once
+        (stopping)."""
+        if self.stopping:
+            return False
+        self.hand(Emit(msg))
+        return True
+
+    def hand(self, output: Output) -> None:
+        """Hand ``output`` to the shell, after the updates held back."""
+        if self._unwritten:
+            self._write_updates()
+        self.shell.carry_out(output)
+
+    def lost(self, msg: bb.Message) -> None:
+        """``msg`` could not be queued for the coordinator: count it, and repair what it
+        leaves wrong (a message that matters: re-register; a route: ``unavailable``)."""
+        self.counters[msg.TAG] += 1
+        stats.dropped(msg.TAG)
+        if isinstance(msg, _REPAIRED_BY_HELLO):
+            if not self._repair:
+                log.warning(
+                    "lost %s to the coordinator; will re-register",
+                    msg.TAG,
+                    extra=logs.event("event_lost", kind=msg.TAG),
+                )
+            self._repair = True
+        elif isinstance(msg, bb.Route):
+            self.router.lost(msg)
+
+    def results_lost(self, count: int) -> None:
+        """``count`` results for another worker could not be queued."""
+        self.counters["results"] += count
+        for _ in range(count):
+            stats.dropped(bb.RouteDone.TAG)
+
+    def _on_beat(self, msg: bb.Beat) -> None:
+        self.clock.beat(msg.epoch, msg.at, self._wall())
+        self._replica_outputs(self.replica.on_beat(msg))
+
+    def _on_ack(self, msg: bb.AuthAck) -> None:
+        client = self.clients.get(msg.conn)
+        if client is not None:
+            now = self.now
+            outputs = client.machine.on_ack(msg.epoch, msg.seq, self.replica, now, self.link(now))
+            self.perform(client, outputs)
+        self._replica_outputs(self.replica.observe_epoch(msg.epoch))
+
+    def _on_kick(self, msg: bb.Kick) -> None:
+        client = self.clients.get(msg.conn)
+        if client is not None:
+            self.perform(client, client.machine.on_kick())
+
+    # ------------------------------------------------------------------ replica outputs
+
+    def _replica_outputs(self, outputs: list[ReplicaOutput]) -> None:
+        """Carry out what the replica returned. Updates wait to be written until the
+        read batch ends or anything else is done (so that updates that queued up go to
+        each client in one write); nothing that reads the replica on a client's behalf
+        runs in between, so every client still gets exactly the updates after the
+        state it was shown, in order."""
+        for output in outputs:
+            if isinstance(output, Forward):
+                if self._unwritten_bytes + len(output.frame) > COALESCE_BYTES:
+                    self._write_updates()
+                self._unwritten.append(output)
+                self._unwritten_bytes += len(output.frame)
+                continue
+            self._write_updates()
+            if isinstance(output, Announce):
+                self._announce()
+                self.emit(bb.SnapshotRequest())
+            elif isinstance(output, RequestSnapshot):
+                self._last_request = self.now
+                self.emit(bb.SnapshotRequest())
+            elif isinstance(output, Resynced):
+                self._resynced(output)
+        if not self._reading:
+            self._write_updates()
+
+    def _write_updates(self) -> None:
+        if self._unwritten:
+            updates, self._unwritten, self._unwritten_bytes = self._unwritten, [], 0
+            self._fan_out(updates)
+
+    def _announce(self) -> None:
+        """``Hello``: every session that sent ``Authed``, the whole truth about us."""
+        claims = [c for client in self.clients if (c := client.machine.claim())]
+        self._announced = frozenset(claim[0] for claim in claims)
+        self._last_request = self.now
+        if not self._repair:
+            log.info(
+                "announcing %d sessions to the coordinator",
+                len(claims),
+                extra=logs.event("announcing", sessions=len(claims)),
+            )
+        hello = bb.Hello(
+            self.worker_id,
+            self.replica.epoch or "",
+            self.results_endpoint,
+            self.results_key,
+            claims,
+        )
+        self._repair = False  # until the frame with the Hello is lost (see lost)
+        if not self.emit(hello):
+            self._repair = True
+
+    def _fan_out(self, updates: list[Forward]) -> None:
+        """Write each update to every current client, all of ``updates`` in one write;
+        then give lagging clients that drained their snapshot, and release held
+        auth_oks (at the state after the last of ``updates``, which the replica holds)."""
+        table, shell, replica = self.clients, self.shell, self.replica
+        current = table.groups[Group.CURRENT]
+        # Unpaused transports hold at most write_limit <= lag_bytes: the machine would
+        # answer UPDATE for them, so only paused ones are asked (SKIP makes them LAGGING).
+        for handle in list(table.pressured):
+            client = current.get(handle)
+            if client is not None:
+                client.machine.on_update(shell.buffered(handle), replica)
+                table.place(client)
+        shell.carry_out(Broadcast(current, updates))
+        # After the broadcast: these start from a snapshot that already holds this update.
+        self._sweep_flow()
+        now, link = self.now, self.link(self.now)
+        for client in table.in_group(Group.ACKED):
+            self.perform(client, client.machine.on_replica(replica, now, link))
+
+    def _resynced(self, output: Resynced) -> None:
+        stats.resynced(output.reason)
+        replica = self.replica
+        fields = logs.event(
+            "replica_synced", epoch=replica.epoch, seq=replica.seq, reason=output.reason.value
+        )
+        if output.previous_epoch != replica.epoch:
+            log.info(
+                "replica synced to epoch %s at seq %d", replica.epoch, replica.seq, extra=fields
+            )
+        else:
+            log.info("replica resynced at seq %d after lost updates", replica.seq, extra=fields)
+        now, link = self.now, self.link(self.now)
+        for client in self.clients:
+            if client.machine.state in (State.ACKED, State.AUTHENTICATED):
+                outputs = client.machine.on_resync(replica, self._announced, now, link)
+                self.perform(client, outputs)
+        self._sweep_flow()
+        self._link_changed()
+        self.hand(Synced())
+
+    # ------------------------------------------------------------------ periodic
+
+    def _link_changed(self) -> None:
+        if self.link(self.now) is Link.UP:
+            for client in self.clients.in_group(Group.VERIFIED):
+                self.perform(client, client.machine.on_link_up(self.replica))
+
+    def _sweep_flow(self) -> None:
+        shell = self.shell
+        for client in self.clients.in_group(Group.BEHIND):
+            outputs = client.machine.on_sweep(shell.buffered(client.handle), self.replica)
+            self.perform(client, outputs)
+
+    def tick(self, now: float) -> None:
+        """What is due at ``now`` (the shell calls it every :data:`TICK`, after reading
+        every result already waiting, so that a result that arrived in time is never
+        overtaken by ``unavailable``)."""
+        self.now = now
+        self.router.expire(now)
+        timing = self.timing
+        silent = now - self._last_seen > timing.coordinator_timeout
+        if self.replica.sync is SyncState.LIVE:
+            if silent:  # it may have dropped our sessions, or restarted: announce again
+                log.warning(
+                    "coordinator silent for %.1fs",
+                    timing.coordinator_timeout,
+                    extra=logs.event("coordinator_silent", silent=timing.coordinator_timeout),
+                )
+                self._replica_outputs(self.replica.start())
+            elif self._repair:
+                self._announce()  # the whole truth repairs whatever was lost
+        elif now - self._last_request > timing.coordinator_timeout:
+            self._last_request = now
+            self._replica_outputs(self.replica.retry())
+        self._watch_cutoff(now)
+        self._watch_progress(now)
+        self._sweep_flow()
+        self._link_changed()
+        self._measure_backlog()
+        self._count_connections()
+        self._log_counts(now)
+
+    def _count_connections(self) -> None:
+        groups = self.clients.groups
+        stats.connections(
+            challenged=self.admission.pending,
+            authenticating=sum(
+                len(groups[g]) for g in (Group.VERIFIED, Group.AUTHENTICATING, Group.ACKED)
+            ),
+            online=len(groups[Group.CURRENT]),
+            lagging=len(groups[Group.BEHIND]),
+        )
+
+    def _watch_cutoff(self, now: float) -> None:
+        if self.link(now) is Link.UP:
+            if self.cut_off:
+                log.info(
+                    "coordinator reachable again; admitting clients",
+                    extra=logs.event("coordinator_back"),
+                )
+            self._down_since, self.cut_off = None, False
+            return
+        if self._down_since is None:
+            self._down_since = now
+        grace = self.timing.cutoff_grace
+        if not self.cut_off and now - self._down_since >= grace:
+            self.cut_off = True
+            count = len(self.clients)
+            log.warning(
+                "cut off from the coordinator for %.0fs: closing %d clients with 1013",
+                grace,
+                count,
+                extra=logs.event("cut_off", silent=grace, clients=count, code=1013),
+            )
+            for client in self.clients:
+                self.perform(client, client.machine.on_cutoff())
+
+    def _watch_progress(self, now: float) -> None:
+        """Sample the reading progress of every client whose backlog is past the write
+        limit (the only ones whose backlog can matter)."""
+        shell, by_handle = self.shell, self.clients.by_handle
+        for handle in list(self.clients.pressured):
+            client = by_handle.get(handle)
+            if client is not None:
+                acked, buffered = shell.acked(handle), shell.buffered(handle)
+                self.perform(client, client.machine.on_progress(acked, buffered, now))
+
+    def _measure_backlog(self) -> None:
+        """The backlog figures of ``/healthz``, once a tick: O(pressured clients), as
+        only transports past their write limit hold more than a few KiB."""
+        backlog = [self.shell.buffered(handle) for handle in self.clients.pressured]
+        self._backlog = {"buffered": sum(backlog), "maxBuffered": max(backlog, default=0)}
+
+    def _log_counts(self, now: float) -> None:
+        summary = Counter({f"refused {k.value}": n for k, n in self.admission.refused.items()})
+        summary.update({f"dropped {k}": n for k, n in self.counters.items()})
+        if summary == self._logged or now - self._logged_at < LOG_EVERY:
+            return
+        new = summary - self._logged
+        if new:
+            log.info(
+                "since the last report: %s (%d challenged now)",
+                ", ".join(f"{k} {n}" for k, n in sorted(new.items())),
+                self.admission.pending,
+                extra=logs.event("counts", counts=dict(new), challenged=self.admission.pending),
+            )
+        self._logged, self._logged_at = summary, now
+
+
+def _as(msg: bb.Message, cls: type[_M]) -> _M:
+    assert isinstance(msg, cls)
+    return msg

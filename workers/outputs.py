@@ -1,0 +1,147 @@
+"""What the worker's pure parts return: a client connection's state machine
+(:class:`~workers.connection.Connection`), and the core (:mod:`workers.core`).
+
+The core carries out the :data:`Output` list a machine call returns, in order: frames
+to write, a close code, backbone messages to emit, a route to start, frame limits (it
+routes, and hands the rest to the shell). The core's own outputs (:class:`Broadcast`,
+:class:`Report`, :class:`Synced`, with :class:`Emit`) are its :data:`~workers.core.Output`.
+
+What happened, for the shell's metrics: the outputs say it, so the machine needs no
+clock and no counters. A :class:`Write` or :class:`Close` that ends an authentication
+carries its :class:`AuthOutcome`, a ``send_result`` its :class:`SendOutcome`, a
+:class:`WriteSnapshot` its :class:`SnapshotCause`. The auth check itself is a function
+the shell may pass in (:data:`~workers.connection.Verifier`), so that it can time it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
+
+from shared import backbone as bb
+from shared.protocol import CLOSE_REASONS, AuthFailure, CloseCode, RejectReason, SendStatus
+
+if TYPE_CHECKING:
+    from workers.clients import Client
+    from workers.replica import Forward
+
+H = TypeVar("H", bound=Hashable)
+
+
+class SnapshotCause(enum.Enum):
+    """Why a client gets a ``lobby_snapshot``."""
+
+    JOIN = "join"  # right after auth_ok
+    GET_LOBBY = "get_lobby"  # it asked
+    RESYNC = "resync"  # the replica resynced (continuity broken): a fresh start
+    SLOW_CONSUMER = "slow_consumer"  # it lagged, updates were skipped, and it drained
+
+
+class AuthOutcome(enum.Enum):
+    """How an authentication ended, as the client is told: ``auth_ok``, ``auth_failed``
+    with one of its reasons, 4003 (no valid auth in time) or 1013 (verified, but the
+    coordinator could not record it in time). An auth overtaken by a newer session of
+    the key, a pipeline overflow or a dropped transport has no outcome."""
+
+    OK = "ok"
+    MALFORMED = AuthFailure.MALFORMED.value
+    INVALID_PUBLIC_KEY = AuthFailure.INVALID_PUBLIC_KEY.value
+    INVALID_SIGNATURE = AuthFailure.INVALID_SIGNATURE.value
+    UNEXPECTED_MESSAGE = AuthFailure.UNEXPECTED_MESSAGE.value
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "unavailable"
+
+
+class SendOutcome(NamedTuple):
+    """A ``send_result`` as written to the sender."""
+
+    status: SendStatus
+    reason: RejectReason | None = None
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    frame: str
+    outcome: AuthOutcome | SendOutcome | None = None
+    """What the frame tells the client, when it ends an authentication or answers a
+    ``send``: the shell counts it."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSnapshot:
+    """Write the replica's current ``lobby_snapshot`` (encoded once per state)."""
+
+    cause: SnapshotCause
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: CloseCode
+    outcome: AuthOutcome | None = None
+    """The authentication this close ends, if it ends one (4003, or 1013 once verified)."""
+
+    @property
+    def reason(self) -> str:
+        return CLOSE_REASONS[self.code]
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    message: bb.UpMessage
+
+
+@dataclass(frozen=True, slots=True)
+class StartRoute:
+    """A well-formed ``send`` to route; ``to`` is already lowercase."""
+
+    to: str
+    msg_id: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLimits:
+    """The largest frames the client may send (over them: 1009): ``first`` for its first
+    frame (the ``auth``), ``rest`` for every later one. The switch happens as the first
+    frame is parsed, so frames pipelined behind the ``auth`` get the full limit."""
+
+    first: int
+    rest: int
+
+
+Output = Write | WriteSnapshot | Close | Emit | StartRoute | FrameLimits
+"""What a machine returns."""
+
+ClientOutput = Write | WriteSnapshot | Close | FrameLimits
+"""What a machine asks of its own connection (the core takes the rest)."""
+
+
+# --------------------------------------------------------------------------- the core's
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast(Generic[H]):
+    """Write ``updates``' frames, in order, to every client of ``clients`` (the
+    ``CURRENT`` group's own mapping, as it stands while this is carried out)."""
+
+    clients: Mapping[H, Client[H]]
+    updates: Sequence[Forward]
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Queue ``result`` for the worker behind ``peer`` (a handle from the shell's
+    :meth:`~workers.core.Shell.peer`, which said it can take it)."""
+
+    peer: object
+    result: bb.RouteDone
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """The replica is live (from a snapshot): the worker is ready to serve."""

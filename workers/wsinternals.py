@@ -1,0 +1,319 @@
+"""Everything that reaches into websockets' internals, in one place.
+
+Theory of operation
+-------------------
+websockets 17 is pinned below 18 (pyproject.toml): the worker relies on parts of it
+that are not its public API, and this module is the one place to re-check on an
+upgrade. ``tests/workers/test_wsinternals.py``, ``test_lean_connection.py``,
+``test_fanout_groups.py`` and ``test_frames.py`` pin each assumption made here.
+
+Frame limits (:func:`limit_frames`): the first data message a client sends may be at
+most the pre-auth limit, every later one the full limit. The connection's protocol
+object becomes a :class:`FirstFrameLimited` (a subclass of websockets'
+``ServerProtocol``), which switches ``max_message_size`` as the first message is parsed,
+before the frames behind it in the same read.
+
+Pressure (:func:`watched_connection`, :func:`write_limit`): a client can only be past
+``lag_bytes`` once its transport passed the write limit, which is kept at or below
+``lag_bytes``; websockets then pauses writing (``pause_writing``), and the connection
+class keeps itself in a *pressured* set until it resumes. The worker asks about those
+clients alone, with the same answer it would give if asked about every client. The
+same set is sampled each tick for reading progress: the bytes the peer has
+acknowledged (:func:`acked_bytes`, Linux ``TCP_INFO`` at a fixed offset), so a client
+whose backlog does not move for ``stall_timeout`` is closed with 4005.
+
+Idle clients: most clients are idle most of the time, so what one holds between frames
+is what a worker's memory is made of. The connection class keeps no empty deques
+(:class:`LazyDeque`) and no keepalive task between pings (a timer starts each round);
+the handshake's headers are dropped once admission has read the source
+(:func:`forget_handshake`). websockets' bounds (``max_queue``, the write limit) are
+unchanged.
+
+Pre-framed writes (:func:`write_all`): the bytes of a frame built once
+(:class:`~workers.frames.SharedFrame`) are handed to each client's transport, only where
+``broadcast()`` would produce exactly these bytes and do exactly this write:
+
+* only connections whose protocol is ``OPEN`` get anything (as ``broadcast`` does:
+  one that is closing is skipped);
+* never in the middle of another message: a connection sending a fragmented message
+  (``send_in_progress``), or whose protocol expects a continuation frame, or still
+  holds unsent protocol output (``writes``), takes the normal path, which skips or
+  orders it exactly as before;
+* a connection with extensions (permessage-deflate) frames differently: normal path;
+* when websockets logs frames (its logger at DEBUG), the normal path, so the log shows
+  every frame as before.
+
+Backpressure and lag accounting are untouched: the bytes go into the same transport
+buffer, whose size the worker reads and whose high-water mark pauses the same
+protocol (``pause_writing``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
+
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode as WsCloseCode
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from workers.outputs import FrameLimits
+
+if TYPE_CHECKING:
+    from workers.frames import SharedFrame
+
+_T = TypeVar("_T")
+_OPEN: Final = State.OPEN
+
+
+def write_limit(lag_bytes: int) -> int:
+    """The transport high-water mark: it must not exceed ``lag_bytes`` so that fan-out
+    may skip asking about unpaused clients."""
+    return min(lag_bytes, max(1024, lag_bytes // 4))
+
+
+class FirstFrameLimited(ServerProtocol):
+    """websockets' server protocol with one more rule: the first data message may be at
+    most ``max_message_size`` (the pre-auth limit), every later one ``rest``. The switch
+    happens as the first message is parsed, before the frames behind it in the same
+    read, so frames pipelined behind the ``auth`` get the full limit."""
+
+    rest: int | None
+
+    def recv_frame(self, frame: Any) -> None:
+        super().recv_frame(frame)
+        data = frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+        if data and frame.fin and self.rest is not None:
+            self.max_message_size, self.rest = self.rest, None
+
+
+def limit_frames(ws: ServerConnection, limits: FrameLimits) -> None:
+    proto: Any = ws.protocol
+    if type(proto) is ServerProtocol:
+        proto.__class__ = FirstFrameLimited
+    proto.max_message_size = limits.first
+    proto.rest = limits.rest
+
+
+def forget_handshake(ws: ServerConnection) -> None:
+    """Drop the headers of the handshake's request and response, which websockets keeps
+    for the life of the connection (about 1.5 KiB per client); nothing reads them after
+    admission has taken the client's source from them. The request itself stays:
+    websockets tells the handshake from later frames by whether it has one."""
+    for message in (ws.request, ws.response):
+        if message is not None:
+            message.headers = Headers()
+
+
+class LazyDeque(Generic[_T]):
+    """The part of :class:`collections.deque` that websockets uses for a connection's
+    received frames and drain waiters, holding no deque while empty.
+
+    An empty deque still holds one 64-slot block (about 600 bytes); an idle connection
+    has two, empty nearly all the time. This holds ``None`` instead and makes a deque
+    when an item arrives, dropping it when the last one leaves. Same order, same
+    errors, same bounds (websockets' own: ``max_queue`` pauses reading)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: deque[_T] | None = None
+
+    def __len__(self) -> int:
+        return 0 if self._items is None else len(self._items)
+
+    def __bool__(self) -> bool:
+        return self._items is not None
+
+    def __iter__(self) -> Iterator[_T]:
+        return iter(()) if self._items is None else iter(self._items)
+
+    def append(self, item: _T) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+
+    def extendleft(self, items: Iterable[_T]) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.extendleft(items)
+        self._drop_if_empty()
+
+    def popleft(self) -> _T:
+        if self._items is None:
+            raise IndexError("pop from an empty deque")
+        item = self._items.popleft()
+        self._drop_if_empty()
+        return item
+
+    def remove(self, item: _T) -> None:
+        if self._items is None:
+            raise ValueError(f"{item!r} is not in deque")
+        self._items.remove(item)
+        self._drop_if_empty()
+
+    def _drop_if_empty(self) -> None:
+        if not self._items:
+            self._items = None
+
+
+def watched_connection(pressured: set[ServerConnection]) -> type[ServerConnection]:
+    """A connection class that keeps itself in ``pressured`` while websockets has paused
+    writing to it (transport buffer past the high-water mark, until it drains).
+
+    It also trims what an idle connection holds: no empty deques (:class:`LazyDeque`),
+    and no keepalive task between pings. websockets runs a task per connection that
+    sleeps ``ping_interval``, pings, and waits up to ``ping_timeout`` for the pong; here
+    a timer starts that same round (websockets' ``ping``, the same 1011 ``keepalive ping
+    timeout``) as a task only for as long as the round lasts, then sets the next timer,
+    ``ping_interval`` minus the latency later, as websockets does."""
+
+    class Watched(ServerConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.drain_waiters = cast("deque[asyncio.Future[None]]", LazyDeque())
+            self.keepalive_timer: asyncio.TimerHandle | None = None
+
+        def start_keepalive(self) -> None:
+            if self.ping_interval is not None:
+                self._next_ping(0.0)
+
+        def _next_ping(self, latency: float) -> None:
+            assert self.ping_interval is not None
+            self.keepalive_timer = self.loop.call_later(
+                self.ping_interval - latency, self._start_ping_round
+            )
+
+        def _start_ping_round(self) -> None:
+            self.keepalive_timer = None
+            if self.protocol.state is _OPEN:
+                # Kept where websockets keeps its keepalive task: connection_lost
+                # cancels it.
+                self.keepalive_task = self.loop.create_task(self._ping_round())
+
+        async def _ping_round(self) -> None:
+            """One turn of websockets' ``keepalive()`` loop, then the next timer."""
+            latency = 0.0
+            try:
+                pong_received = await self.ping()
+                if self.ping_timeout is not None:
+                    try:
+                        async with asyncio.timeout(self.ping_timeout):
+                            latency = await pong_received
+                    except TimeoutError:
+                        async with self.send_context():
+                            self.protocol.fail(WsCloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                        # send_context() waits for connection_lost(), which cancels us.
+                        raise AssertionError("keepalive round outlived its connection") from None
+            except ConnectionClosed:
+                return
+            except Exception:
+                self.logger.error("keepalive ping failed", exc_info=True)
+                return
+            self.keepalive_task = None
+            self._next_ping(latency)
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            frames = self.recv_messages.frames
+            frames.queue = cast("deque[Frame]", LazyDeque())
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            pressured.add(self)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            pressured.discard(self)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            pressured.discard(self)
+            if self.keepalive_timer is not None:
+                self.keepalive_timer.cancel()
+                self.keepalive_timer = None
+            super().connection_lost(exc)
+
+    return Watched
+
+
+_TCPI_BYTES_ACKED: Final = struct.Struct("=Q")
+_TCPI_BYTES_ACKED_AT: Final = 120  # offset of tcpi_bytes_acked in Linux's struct tcp_info
+
+
+def acked_bytes(ws: ServerConnection) -> int | None:
+    """How many bytes the peer has acknowledged on this connection's TCP socket (Linux
+    ``TCP_INFO``), or ``None`` where that cannot be read."""
+    transport = ws.transport
+    sock = None if transport is None else transport.get_extra_info("socket")
+    return None if sock is None else tcp_bytes_acked(sock)
+
+
+def tcp_bytes_acked(sock: Any) -> int | None:
+    """``tcpi_bytes_acked`` of ``sock`` (a socket or the transport's socket-like
+    wrapper), or ``None`` where the platform has no ``TCP_INFO`` or it is too short."""
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, 256)
+    except OSError:
+        return None
+    if len(info) < _TCPI_BYTES_ACKED_AT + 8:
+        return None
+    return int(_TCPI_BYTES_ACKED.unpack_from(info, _TCPI_BYTES_ACKED_AT)[0])
+
+
+def takes_shared(ws: ServerConnection) -> bool:
+    """Whether writing a shared frame's bytes to ``ws``'s transport is exactly what
+    ``broadcast()`` would do for it (see the module docstring)."""
+    protocol = ws.protocol
+    return not (
+        protocol.extensions
+        or protocol.writes
+        or protocol.expect_continuation_frame
+        or protocol.debug
+        or ws.send_in_progress is not None
+    )
+
+
+def write_all(connections: Iterable[ServerConnection], frames: Sequence[SharedFrame]) -> int:
+    """Write ``frames``, in order, to every open connection of ``connections``,
+    synchronously: the shared bytes where they are exactly right (several frames as
+    one write of their concatenated bytes, which is what writing them one after the
+    other puts on the wire), and ``broadcast()`` of each elsewhere. Returns how many
+    connections took the shared bytes.
+
+    This loop runs once per client per lobby update, so :func:`takes_shared` is
+    inlined and the protocol's state read without its property (a tenth of the loop's
+    cost); ``tests/workers/test_frames.py`` pins both to websockets' behaviour."""
+    if not frames:
+        return 0
+    shared = 0
+    data = frames[0].data if len(frames) == 1 else b"".join(f.data for f in frames)
+    normal: list[ServerConnection] = []
+    for ws in connections:
+        protocol = ws.protocol
+        if protocol._state is not _OPEN:
+            continue
+        if (
+            protocol.extensions
+            or protocol.writes
+            or protocol.expect_continuation_frame
+            or protocol.debug
+            or ws.send_in_progress is not None
+        ):
+            normal.append(ws)
+        else:
+            ws.transport.write(data)
+            shared += 1
+    for frame in frames if normal else ():
+        broadcast(normal, frame.text)
+    return shared
