@@ -10,9 +10,10 @@ scrape time. A process started without that variable (a test, a bare ``python -m
 workers``) keeps its values in memory, where nobody reads them: recording costs the same
 few hundred nanoseconds either way and nothing else changes.
 
-The pure cores record nothing: they count, or say what happened (an action's outcome,
-an effect's reason), and the shells (``coordinator/service.py``, ``workers/server.py``)
-record it here. Recording is cheap but not free (an mmap write, about 0.7 us per
+The coordinator's core records nothing: it counts, or says what happened, and its
+shell (``coordinator/service.py``) records it here. The worker's core
+(``workers/core.py``) records what it decides through :mod:`workers.stats` (a counter
+write, no I/O of its own), and its shell (``workers/server.py``) what it writes. Recording is cheap but not free (an mmap write, about 0.7 us per
 ``inc()`` in multiprocess mode), so the hot paths record per batch: a lobby update's
 fan-out is two increments per broadcast, whatever the number of clients.
 
