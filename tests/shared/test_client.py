@@ -26,6 +26,7 @@ from shared.client import (
     ConnectionRefusedByServer,
     DuplicateUpdate,
     IncomingMessage,
+    InconsistentSnapshot,
     ListenerFailed,
     LobbyChange,
     LobbyClient,
@@ -452,5 +453,24 @@ def test_a_bad_challenge_is_a_protocol_error(hello: str, fragment: str) -> None:
         async with server:
             with pytest.raises(ProtocolError, match=fragment):
                 await LobbyClient.connect(url)
+
+    run(main(), timeout=30)
+
+
+def test_a_snapshot_listing_a_key_twice_is_refused_and_resynced() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        pk = await welcome(ws, 5)
+        await ws.send(protocol.lobby_snapshot(6, [pk, OTHER, OTHER.upper()]))
+        assert (await recv_json(ws))["type"] == "get_lobby"
+        await ws.send(protocol.lobby_snapshot(7, [pk, OTHER]))
+        await ws.wait_closed()
+
+    async def main() -> None:
+        server, url = await start(handler)
+        async with server, LobbyClient.connect(url) as client:
+            await client.wait_for_view(lambda v: v.seq == 7)
+            assert client.view.online == {client.public_key, OTHER}
+            assert [type(e) for e in client.errors] == [InconsistentSnapshot]
+            assert client.snapshots_received == 3
 
     run(main(), timeout=30)
