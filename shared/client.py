@@ -386,7 +386,7 @@ class LobbyClient:
             return False
         self.status = "reconnecting"
         self._counted = [self.snapshots_received, self.updates_received, self.messages_received]
-        async with self._changed:
+        async with self._changed:  # waiters may watch ``status``
             self._changed.notify_all()
         attempt = 0
         while not policy.gives_up(attempt):
@@ -410,6 +410,8 @@ class LobbyClient:
             self.reconnects += 1
             self._went_online()
             self._notify(change)
+            async with self._changed:  # the view is new: waiters check it again
+                self._changed.notify_all()
             if self._stopping.is_set():  # close() came while this one was opening
                 await ws.close()
             return True
@@ -593,7 +595,8 @@ class LobbyClient:
         """Wait until the view satisfies ``target``: a predicate on the
         :class:`LobbyView`, or a set meaning exactly those keys online.
 
-        Re-checked after every frame (no polling), and across reconnections.
+        Re-checked after every frame and change of ``status`` (no polling), and across
+        reconnections.
         ``timeout`` (10 s) raises :class:`TimeoutError`; a client closed for good
         raises :class:`ConnectionClosedError`.
         """

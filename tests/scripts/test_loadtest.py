@@ -374,6 +374,28 @@ def test_load_clients_handle_frames_in_place_against_a_real_server(ws_client: st
 
 
 @pytest.mark.process
+def test_load_clients_bind_to_the_source_addresses_in_turn(
+    ws_client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(load_client, "_SOURCES", None)  # this process's, restored after
+    server = start_baseline(free_port())
+
+    async def run() -> None:
+        load_client.use_source_addresses(["127.0.0.2", "127.0.0.3"])
+        clients = [await LoadClient.connect(server.url, ping_interval=None) for _ in range(3)]
+        hosts = [client.local_address[0] for client in clients]
+        assert hosts == ["127.0.0.2", "127.0.0.3", "127.0.0.2"]
+        for client in clients:
+            assert not client.errors
+            await client.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()
+
+
+@pytest.mark.process
 def test_load_clients_keep_the_librarys_close_codes_and_messages(ws_client: str) -> None:
     server = start_baseline(free_port())
 
