@@ -447,10 +447,13 @@ class LobbyClient:
             self.record(exc)
             events = []
         for event in events:
-            self._dispatch(event)
+            self.dispatch(event)
         self.flush()
 
-    def _dispatch(self, event: Any) -> None:
+    def dispatch(self, event: Any) -> None:
+        """Act on one of the session's events as the reader does: a
+        :class:`LobbyChange` goes to the listeners, a message to the queue, a send
+        result to its :meth:`send`, an ``error`` frame to ``error_frames``."""
         if isinstance(event, LobbyChange):
             self._notify(event)
         elif isinstance(event, protocol.Message):

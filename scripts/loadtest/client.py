@@ -252,24 +252,26 @@ class LoadSession(Session):
         return out
 
     def receive(self, frame: str | bytes) -> list[Event]:
+        """The core's handling; once open, a ``lobby_update`` is parsed into an
+        :class:`Update`, kept in :data:`UPDATES` for the other clients of the process
+        (:meth:`LoadClient.receive` looks texts up there first), and goes through its
+        client's sampled checking (:meth:`LoadClient.take_update`)."""
         client = self.client
         if client is None or not isinstance(frame, str) or self.state is not State.OPEN:
             return super().receive(frame)
-        update = UPDATES.get(frame)
-        if update is None:
-            try:
-                msg = self.decode(frame)
-            except ProtocolError as exc:  # a malformed update still counts its bytes
-                cause = exc.__cause__
-                if isinstance(cause, protocol.ServerProtocolError) and cause.frame_type == (
-                    protocol.LobbyUpdate.TYPE
-                ):
-                    client.update_bytes += len(frame)
-                raise
-            if not isinstance(msg, protocol.LobbyUpdate):
-                return self.handle(msg)
-            update = Update.of(msg)
-            UPDATES.put(frame, update)
+        try:
+            msg = self.decode(frame)
+        except ProtocolError as exc:  # a malformed update still counts its bytes
+            cause = exc.__cause__
+            if isinstance(cause, protocol.ServerProtocolError) and cause.frame_type == (
+                protocol.LobbyUpdate.TYPE
+            ):
+                client.update_bytes += len(frame)
+            raise
+        if not isinstance(msg, protocol.LobbyUpdate):
+            return self.handle(msg)
+        update = Update.of(msg)
+        UPDATES.put(frame, update)
         client.update_bytes += len(frame)
         self.updates_received += 1
         return client.take_update(update)
@@ -288,6 +290,8 @@ class LoadSession(Session):
             self.client.catch_up()
         return super().connection_closed(code, reason)
 
+
+_OPEN: Final = State.OPEN
 
 LobbyHook = Callable[["LoadClient", Update | None], None]
 """Called after every applied update (with it) or snapshot (with None)."""
@@ -407,11 +411,37 @@ class LoadClient(LobbyClient):
         """True while frames are handled as they are parsed, not queued for the reader."""
         return getattr(self.connection, "handler", None) is not None
 
+    def receive(self, frame: str | bytes) -> None:
+        """The adapter's handling, with a shortcut for an update text this process
+        has parsed before (:data:`UPDATES`): the same checks and effects, without
+        decoding it again or going through the session's event list."""
+        if type(frame) is str:
+            update = UPDATES.get(frame)
+            session = self.load_session
+            if update is not None and session.state is _OPEN:
+                self.update_bytes += len(frame)
+                session.updates_received += 1
+                if not self.sampled and self._defer(update):
+                    return
+                try:
+                    events = self._apply(update)
+                except LobbyClientError as exc:
+                    self.record(exc)
+                    self.flush()  # the resync asked for
+                    return
+                for event in events:
+                    self.dispatch(event)
+                return
+        super().receive(frame)
+
     def take_update(self, update: Update) -> list[Event]:
         """Handle a well-formed update that just arrived: note it (unsampled, see
         :meth:`_defer`) or apply it with the core's checks."""
         if not self.sampled and self._defer(update):
             return []
+        return self._apply(update)
+
+    def _apply(self, update: Update) -> list[Event]:
         self.catch_up()
         try:
             self.load_view.apply_parsed(update)
@@ -424,7 +454,7 @@ class LoadClient(LobbyClient):
         """Note ``update`` instead of applying it, when it is the next ``seq``, clean,
         and the ledger's update for that ``seq`` (which it becomes if there is none);
         False when it must be applied now. Nobody may be watching the view change."""
-        if self.watched or self.lobby_hook is not None or self.lobby_listeners:
+        if self.lobby_hook is not None or self.lobby_listeners or self.watched:
             return False
         last = self._behind_to
         if last is None:
