@@ -279,6 +279,8 @@ class LobbyClient:
           client reconnects after such closes (``status`` is ``reconnecting`` in
           between; sends raise :class:`ConnectionClosedError` then, waits go on). It
           never retries after ``auth_failed``/4001 or 4002 ``session_replaced``.
+          Without ``max_attempts`` this call may wait as long as the server stays
+          away: bound it with ``asyncio.timeout`` if that matters.
         * ``opener`` (None): how to open a connection (an :data:`Opener`); by default
           websockets' client with the options above.
         * ``session_factory`` (None): makes each connection's
@@ -648,9 +650,14 @@ class LobbyClient:
         """Close with 1000, stop reconnecting, and wait for the reader to finish.
         Idempotent."""
         self._stopping.set()
+        reader = self._reader
+        if reader is not None and self.status == "reconnecting":
+            reader.cancel()  # waiting to reconnect, or opening a connection: drop it
+            await asyncio.wait([reader])
+            return
         await self._ws.close()
-        if self._reader is not None:
-            await self._reader
+        if reader is not None:
+            await reader
 
     async def __aenter__(self) -> Self:
         return self

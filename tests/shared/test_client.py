@@ -537,3 +537,31 @@ def test_close_while_waiting_to_reconnect_stops_at_once() -> None:
             assert client.closed and client.attempts == [] and client.close_code == 1013
 
     run(main(), timeout=30)
+
+
+def test_close_while_a_reconnection_is_opening_drops_it() -> None:
+    second_arrived = asyncio.Event()
+    connections = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 1:
+            await welcome(ws, 1)
+            await ws.close(1001, "going away")
+            return
+        second_arrived.set()
+        await ws.wait_closed()  # never challenges: the client must not wait for it
+
+    async def main() -> None:
+        server, url = await start(handler)
+        async with server:
+            policy = ReconnectPolicy(initial=0.01, maximum=0.01)
+            client = await LobbyClient.connect(url, reconnect=policy, open_timeout=3600)
+            await second_arrived.wait()
+            assert client.status == "reconnecting"
+            async with asyncio.timeout(5):  # far below the open timeout
+                await client.close()
+            assert client.closed and client.status == "closed" and client.reconnects == 0
+
+    run(main(), timeout=30)
