@@ -345,6 +345,9 @@ class Session:
     * ``snapshots_received``, ``updates_received``, ``messages_received``: counters.
     * ``resync_requested``: a ``get_lobby`` went out for a resync and no snapshot was
       applied since.
+    * ``epoch``: how many snapshots the view has applied. Each starts a new run of
+      updates numbered from its ``seq`` (which may be lower than before), so
+      ``(epoch, seq)`` orders the states of the view, where ``seq`` alone does not.
     """
 
     def __init__(
@@ -369,6 +372,7 @@ class Session:
         self.updates_received = 0
         self.messages_received = 0
         self.resync_requested = False
+        self.epoch = 0
         self.auth_failure: str | None = None
         """The ``auth_failed`` reason, once the server sent one."""
         self._outbox: list[str] = []
@@ -473,6 +477,7 @@ class Session:
             self.view_refused(exc)
             raise
         self.resync_requested = False
+        self.epoch += 1
         return LobbyChange("snapshot", msg.seq, msg.users, (), len(self.view))
 
     def apply_update(self, msg: protocol.LobbyUpdate) -> LobbyChange:

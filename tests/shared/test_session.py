@@ -140,9 +140,10 @@ def test_a_stale_view_asks_for_one_snapshot_until_one_is_applied() -> None:
     with pytest.raises(InconsistentSnapshot):  # not applied: still waiting for one
         session.receive(protocol.lobby_snapshot(8, [ME, ME]))
     assert session.data_to_send() == [] and session.resync_requested
+    assert session.epoch == 1  # the refused snapshot started nothing
     (change,) = session.receive(protocol.lobby_snapshot(8, [ME]))
     assert change == LobbyChange("snapshot", 8, (ME,), (), 1)
-    assert not session.resync_requested
+    assert not session.resync_requested and session.epoch == 2
     with pytest.raises(SequenceGap):
         session.receive(protocol.lobby_update(10, [OTHER], []))
     assert session.data_to_send() == [protocol.get_lobby()]  # a new break asks again
