@@ -1,20 +1,24 @@
 """An asyncio client for the lobby wire protocol, version 1 (see docs/PROTOCOL.md).
 
-Two layers:
+The protocol itself (the handshake, the view and its checks, pending sends, when to
+resync, when to reconnect) is :mod:`shared.session`, which does no I/O; this module is
+the asyncio adapter around it, over websockets (or any :class:`Transport`):
 
-* :class:`LobbyView` is pure bookkeeping, no I/O: the lobby sequence number and the set
-  of online public keys, with every rule of the contract about snapshots and updates
-  checked (no gap, no duplicate, ``left`` applied before ``joined``, a key online at
-  most once). Whatever it refuses leaves it unchanged.
-* :class:`LobbyClient` is one authenticated connection. ``await LobbyClient.connect(url)``
-  (or ``async with LobbyClient.connect(url) as client``) answers the challenge, waits for
-  ``auth_ok`` and the first ``lobby_snapshot``, then a background reader keeps
+* :class:`LobbyClient` is one user's connection. ``await LobbyClient.connect(url)``
+  (or ``async with LobbyClient.connect(url) as client``) answers the challenge, waits
+  for ``auth_ok`` and the first ``lobby_snapshot``, then a background reader keeps
   :attr:`LobbyClient.view` current, queues incoming direct messages, resolves
   :meth:`LobbyClient.send` calls (each with its typed
   :class:`~shared.protocol.SendResult`) and records the close code.
+* With ``reconnect=True`` (or a :class:`~shared.session.ReconnectPolicy`) the client
+  also outlives its connections: after a close the contract says to retry after (1001,
+  1006, 1013, a refused upgrade with HTTP 503...) it connects again, with exponential
+  backoff and jitter, with the same identity, and the next snapshot replaces the view;
+  after 4001 (bad credentials) or 4002 (replaced by a newer session) it stops. Off by
+  default: a client that reconnects on its own must be one that nobody expects to see
+  a close from (a test instrument does), so a user of a production server turns it on.
 
-Every frame it writes comes from the client encoders of :mod:`shared.protocol`, and
-every frame it reads goes through :func:`shared.protocol.parse_server_frame`; what that
+Every frame it reads goes through :func:`shared.protocol.parse_server_frame`; what that
 refuses becomes a :class:`ProtocolError` here, whose ``__cause__`` is the
 :class:`~shared.protocol.ServerProtocolError`.
 
@@ -22,32 +26,67 @@ The client is also a test instrument, so it never hides a broken contract: every
 violation it sees is appended to :attr:`LobbyClient.errors` (the view stays consistent
 because a refused update changes nothing), and callers assert that list is empty.
 
-Key helpers at the bottom store an identity as the hex of its 32-byte Ed25519 seed.
+The key helpers of :mod:`shared.keys` (re-exported here) store an identity as the hex
+of its 32-byte Ed25519 seed; :mod:`shared.transport` has the connections underneath.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl as ssl_module
+import time
 import uuid
-from collections.abc import Callable, Coroutine, Generator, Iterable
+from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 from nacl.signing import SigningKey
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
 from shared import defaults, protocol
+from shared.keys import (
+    generate_signing_key,
+    load_or_create_signing_key,
+    load_signing_key,
+    public_key_hex,
+    save_signing_key,
+)
+from shared.session import (
+    AuthFailed,
+    ConnectionClosedError,
+    ConnectionRefusedByServer,
+    DuplicateUpdate,
+    InconsistentSnapshot,
+    InconsistentUpdate,
+    ListenerFailed,
+    LobbyChange,
+    LobbyClientError,
+    LobbyView,
+    MessageQueueFull,
+    ProtocolError,
+    ReconnectPolicy,
+    SendAnswered,
+    SequenceGap,
+    Session,
+    State,
+    ViewError,
+    retryable,
+)
+from shared.transport import (
+    Attempt,
+    Connecting,
+    Opener,
+    Transport,
+    connect_first,
+    open_session,
+    websockets_opener,
+)
 
 __all__ = [
     "AuthFailed",
+    "Connecting",
     "ConnectionClosedError",
     "ConnectionRefusedByServer",
     "DuplicateUpdate",
@@ -61,238 +100,40 @@ __all__ = [
     "LobbyListener",
     "LobbyView",
     "MessageQueueFull",
+    "Opener",
     "ProtocolError",
+    "ReconnectPolicy",
     "SequenceGap",
+    "Transport",
     "ViewError",
+    "ViewTarget",
     "generate_signing_key",
     "load_or_create_signing_key",
     "load_signing_key",
     "public_key_hex",
     "save_signing_key",
+    "websockets_opener",
 ]
 
 DEFAULT_URL: Final = f"ws://{defaults.HOST}:{defaults.PORT}{protocol.WS_PATH}"
-
-# --------------------------------------------------------------------------- errors
-
-
-class LobbyClientError(Exception):
-    """Root of every error this module raises or records."""
-
-
-class ProtocolError(LobbyClientError):
-    """The server sent something the contract does not allow (bad JSON, wrong fields,
-    an unknown or out-of-place message type). For a frame
-    :func:`~shared.protocol.parse_server_frame` refused, ``__cause__`` is its
-    :class:`~shared.protocol.ServerProtocolError`."""
-
-
-class ViewError(ProtocolError):
-    """A snapshot or update the :class:`LobbyView` refused; the view is unchanged."""
-
-
-class SequenceGap(ViewError):
-    """An update whose ``seq`` is beyond ``view.seq + 1`` (or arrived before any
-    snapshot, then ``expected`` is None): at least one update was missed."""
-
-    def __init__(self, expected: int | None, received: int) -> None:
-        self.expected = expected
-        self.received = received
-        if expected is None:
-            super().__init__(f"lobby_update seq {received} before any lobby_snapshot")
-        else:
-            super().__init__(f"lobby_update seq {received}, expected {expected}")
-
-
-class DuplicateUpdate(ViewError):
-    """An update whose ``seq`` is at or below the view's: already applied (or older)."""
-
-    def __init__(self, current: int, received: int) -> None:
-        self.current = current
-        self.received = received
-        super().__init__(f"lobby_update seq {received} at or below current seq {current}")
-
-
-class InconsistentUpdate(ViewError):
-    """An update in sequence that contradicts the view: a key ``joined`` while already
-    online (and not also in ``left``), a key ``left`` while not online, a key listed
-    twice in one list, or both lists empty."""
-
-
-class InconsistentSnapshot(ViewError):
-    """A snapshot that lists one key more than once."""
-
-
-class ListenerFailed(LobbyClientError):
-    """A lobby listener raised; the exception is the ``__cause__``. The view is fine."""
-
-
-class MessageQueueFull(LobbyClientError):
-    """A direct message was dropped because the local queue was full (nobody called
-    :meth:`LobbyClient.next_message` fast enough)."""
-
-
-class AuthFailed(LobbyClientError):
-    """The server answered ``auth_failed`` (``reason`` is its reason string)."""
-
-    def __init__(self, reason: str, close_code: int | None) -> None:
-        self.reason = reason
-        self.close_code = close_code
-        super().__init__(f"authentication failed: {reason} (close code {close_code})")
-
-
-class ConnectionRefusedByServer(LobbyClientError):
-    """The server closed the connection before authentication completed (for example
-    1013 ``try_again_later`` or 4003 ``auth_timeout``), or refused the HTTP upgrade
-    (then ``http_status`` is set, and ``code`` is 1013 for a 503, else None)."""
-
-    def __init__(self, code: int | None, reason: str, http_status: int | None = None) -> None:
-        self.code = code
-        self.reason = reason
-        self.http_status = http_status
-        where = f"HTTP {http_status}" if http_status is not None else f"close code {code}"
-        super().__init__(f"server refused the connection: {where} {reason!r}")
-
-
-class ConnectionClosedError(LobbyClientError):
-    """An operation needed an open connection; ``code``/``reason`` are the close's."""
-
-    def __init__(self, code: int | None, reason: str | None) -> None:
-        self.code = code
-        self.reason = reason
-        super().__init__(f"connection closed (code {code}, reason {reason!r})")
-
-
-# --------------------------------------------------------------------------- the view
-
-
-class LobbyView:
-    """The lobby as a client sees it: ``seq`` and the set of online keys. No I/O.
-
-    ``seq`` is None until the first snapshot. Every ``apply_*`` method either applies
-    the whole frame or raises a :class:`ViewError` and changes nothing.
-    """
-
-    __slots__ = ("_online", "seq")
-
-    def __init__(self) -> None:
-        self.seq: int | None = None
-        # A frozenset only where a subclass shares one view between clients; the
-        # in-place operators below rebind it then, so this class works either way.
-        self._online: set[str] | frozenset[str] = set()
-
-    @property
-    def online(self) -> frozenset[str]:
-        """A copy of the online keys (O(n); use ``in`` and ``len`` for cheap checks)."""
-        return frozenset(self._online)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._online
-
-    def __len__(self) -> int:
-        return len(self._online)
-
-    def __repr__(self) -> str:
-        return f"LobbyView(seq={self.seq}, online={len(self._online)})"
-
-    def matches(self, keys: AbstractSet[str]) -> bool:
-        """True when exactly ``keys`` are online."""
-        return self._online == keys
-
-    def apply_snapshot(self, seq: int, keys: Iterable[str]) -> None:
-        """Replace everything: ``keys`` are online at ``seq``."""
-        key_list = list(keys)
-        new = set(key_list)
-        if len(new) != len(key_list):
-            raise InconsistentSnapshot(f"lobby_snapshot seq {seq} lists a key more than once")
-        self.seq = seq
-        self._online = new
-
-    def apply_update(self, seq: int, joined: Iterable[str], left: Iterable[str]) -> None:
-        """Apply the delta ``seq``: remove ``left``, then add ``joined``.
-
-        Raises :class:`SequenceGap` unless ``seq == self.seq + 1`` (and
-        :class:`DuplicateUpdate` when ``seq <= self.seq``), :class:`InconsistentUpdate`
-        when the delta contradicts the view.
-        """
-        if self.seq is None:
-            raise SequenceGap(None, seq)
-        if seq <= self.seq:
-            raise DuplicateUpdate(self.seq, seq)
-        if seq != self.seq + 1:
-            raise SequenceGap(self.seq + 1, seq)
-        joined_list, left_list = list(joined), list(left)
-        joined_set, left_set = set(joined_list), set(left_list)
-        if not joined_list and not left_list:
-            raise InconsistentUpdate(f"lobby_update seq {seq} has empty joined and left")
-        if len(joined_set) != len(joined_list) or len(left_set) != len(left_list):
-            raise InconsistentUpdate(f"lobby_update seq {seq} lists a key twice in one list")
-        not_online = left_set - self._online
-        if not_online:
-            raise InconsistentUpdate(
-                f"lobby_update seq {seq}: left but not online: {sorted(not_online)[:3]}"
-            )
-        already = (joined_set - left_set) & self._online
-        if already:
-            raise InconsistentUpdate(
-                f"lobby_update seq {seq}: joined but already online: {sorted(already)[:3]}"
-            )
-        self._online -= left_set
-        self._online |= joined_set
-        self.seq = seq
-
-
-# --------------------------------------------------------------------------- the client
 
 
 IncomingMessage = protocol.Message
 """A ``message`` frame: a direct message from ``sender`` (lowercase hex key), ``id`` and
 ``body`` as the sender wrote them; the decoder's own type."""
 
-
-@dataclass(frozen=True, slots=True)
-class LobbyChange:
-    """What a lobby listener receives after the view applied a frame: a ``snapshot``
-    (``joined`` holds every online key, ``left`` is empty) or an ``update``. ``online``
-    is the count after applying it."""
-
-    kind: Literal["snapshot", "update"]
-    seq: int
-    joined: tuple[str, ...]
-    left: tuple[str, ...]
-    online: int
-
-
 LobbyListener = Callable[[LobbyChange], None]
-ViewTarget = Callable[[LobbyView], bool] | AbstractSet[str]
-
-
-def _parse_frame(frame: str | bytes) -> protocol.ServerMessage:
-    """:func:`~shared.protocol.parse_server_frame`, refusing with this module's error."""
-    try:
-        return protocol.parse_server_frame(frame)
-    except protocol.ServerProtocolError as exc:
-        raise ProtocolError(f"malformed server frame: {exc}") from exc
-
-
-def _error_dict(frame: protocol.ErrorFrame) -> dict[str, Any]:
-    code = frame.code.value if isinstance(frame.code, protocol.ErrorCode) else frame.code
-    return {"type": frame.TYPE, "code": code, "message": frame.message}
-
-
-def _result_dict(result: protocol.SendResult) -> dict[str, Any]:
-    obj = {"type": result.TYPE, "id": result.id, "status": result.status.value}
-    if result.reason is not None:
-        obj["reason"] = result.reason.value
-    return obj
+ViewTarget = Callable[[Any], bool] | AbstractSet[str]
 
 
 class LobbyClient:
-    """One authenticated lobby connection. Create it with :meth:`connect`.
+    """One user's lobby connection (or, with ``reconnect``, a series of them). Create
+    it with :meth:`connect`.
 
     Public state, all updated by the background reader:
 
     * ``view``: the :class:`LobbyView`; ``wait_for_view`` waits on it.
+    * ``session``: the current connection's :class:`~shared.session.Session`.
     * ``lobby_listeners``: callables given a :class:`LobbyChange` after every applied
       snapshot or update (run in the reader: keep them quick; what they raise is
       recorded as :class:`ListenerFailed`). The first snapshot is applied before
@@ -305,50 +146,82 @@ class LobbyClient:
       (answers to :meth:`send_raw`, or late answers to a :meth:`send` that timed out),
       as dicts likewise (``type``, ``id``, ``status`` and, when rejected, ``reason``).
     * ``snapshots_received``, ``updates_received``, ``messages_received``,
-      ``messages_dropped``: counters.
-    * ``close_code``/``close_reason``: set once the connection is closed (1006 when it
-      ended without a close frame), whoever closed it.
+      ``messages_dropped``: counters, over every connection.
+    * ``close_code``/``close_reason``: set once a connection is closed (1006 when it
+      ended without a close frame), whoever closed it: the last one's.
+    * ``status``: ``online``, ``reconnecting`` (only with ``reconnect``) or
+      ``closed``; ``reconnects`` counts the reconnections that got online, and
+      ``attempts`` keeps the last 100 reconnection :class:`Attempt`\\ s.
     """
 
     def __init__(
         self,
-        ws: ClientConnection,
+        ws: Transport,
         signing_key: SigningKey,
         *,
         message_queue_size: int,
         resync_on_error: bool,
         max_recorded_errors: int = 1000,
         max_error_frames: int = 100,
+        session: Session | None = None,
     ) -> None:
-        """Use :meth:`connect`; this wraps an already authenticated connection."""
+        """Use :meth:`connect`. This wraps the connection ``ws``, whose protocol state
+        is ``session`` (by default a fresh one, open: authenticated elsewhere)."""
         self._ws = ws
         self.signing_key = signing_key
         self.public_key = public_key_hex(signing_key)
-        self.view = LobbyView()
+        if session is None:
+            session = Session(signing_key, resync_on_error=resync_on_error, state=State.OPEN)
+        self.session = session
+        self.view = session.view
         self.errors: list[LobbyClientError] = []
         self.error_count = 0
         self.error_frames: list[dict[str, Any]] = []
         self.unmatched_results: list[dict[str, Any]] = []
-        self.snapshots_received = 0
-        self.updates_received = 0
-        self.messages_received = 0
         self.messages_dropped = 0
         self.close_code: int | None = None
         self.close_reason: str | None = None
+        self.status = "online"
+        self.reconnects = 0
+        self.attempts: list[Attempt] = []
+        self._counted = [0, 0, 0]  # counters of the sessions before this one
         self._max_errors = max_recorded_errors
         self._max_error_frames = max_error_frames
         self._resync_on_error = resync_on_error
-        self._resync_requested = False
         self._messages: asyncio.Queue[IncomingMessage | None] = asyncio.Queue(
             maxsize=message_queue_size
         )
-        self._pending: dict[str, asyncio.Future[protocol.SendResult]] = {}
+        self._futures: dict[str, asyncio.Future[protocol.SendResult]] = {}
         self._changed = asyncio.Condition()
         self._waiting = 0  # coroutines in _wait_until: the reader notifies only then
         self._closed = asyncio.Event()
+        self._stopping = asyncio.Event()  # close() was called
         self._reader: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()  # keeps resync sends alive
+        self._background: set[asyncio.Task[None]] = set()  # keeps writes alive
+        self._reopen: Callable[[Any], Awaitable[tuple[Transport, Session, LobbyChange]]] | None = (
+            None
+        )
+        self._policy: ReconnectPolicy | None = None
         self.lobby_listeners: list[LobbyListener] = []
+
+    # ----------------------------------------------------------------- counters
+
+    @property
+    def snapshots_received(self) -> int:
+        return self._counted[0] + self.session.snapshots_received
+
+    @property
+    def updates_received(self) -> int:
+        return self._counted[1] + self.session.updates_received
+
+    @property
+    def messages_received(self) -> int:
+        return self._counted[2] + self.session.messages_received
+
+    @property
+    def connection(self) -> Transport:
+        """The current connection."""
+        return self._ws
 
     # ----------------------------------------------------------------- connecting
 
@@ -367,7 +240,10 @@ class LobbyClient:
         compression: str | None = None,
         proxy: str | Literal[True] | None = None,
         ssl: ssl_module.SSLContext | None = None,
-    ) -> _Connecting:
+        reconnect: bool | ReconnectPolicy = False,
+        opener: Opener | None = None,
+        session_factory: Callable[[SigningKey], Session] | None = None,
+    ) -> Connecting[Self]:
         """Connect, authenticate and wait for the first snapshot.
 
         Use as ``client = await LobbyClient.connect(url)`` or
@@ -375,9 +251,9 @@ class LobbyClient:
 
         * ``signing_key``: the identity; a fresh one is generated when None.
         * ``open_timeout`` (10 s): covers the TCP/WebSocket handshake and the whole auth
-          exchange; above the server's few seconds before it answers 1013 when the
-          coordinator is unavailable, so that answer is seen rather than a timeout.
-          Raises :class:`TimeoutError` when it passes.
+          exchange of one attempt; above the server's few seconds before it answers
+          1013 when the coordinator is unavailable, so that answer is seen rather than
+          a timeout. Raises :class:`TimeoutError` when it passes.
         * ``message_queue_size`` (10 000): direct messages buffered for
           :meth:`next_message`; beyond it messages are dropped and each drop is
           recorded as :class:`MessageQueueFull` (the reader never blocks, so the view
@@ -395,19 +271,28 @@ class LobbyClient:
           settings, a string names a proxy.
         * ``ssl`` (None): the TLS context for a ``wss://`` URL (None: the system's
           default, which checks the certificate against the system's authorities).
+        * ``reconnect`` (False): True (the default :class:`ReconnectPolicy`: 0.5 s
+          doubling up to 30 s, full jitter, no limit) or a policy of your own. Then
+          this call itself keeps trying while the server refuses in a way worth
+          retrying (1013, HTTP 503, a lost connection), raising only what is not (or
+          the last error once ``max_attempts`` attempts failed); and once online the
+          client reconnects after such closes (``status`` is ``reconnecting`` in
+          between; sends raise :class:`ConnectionClosedError` then, waits go on). It
+          never retries after ``auth_failed``/4001 or 4002 ``session_replaced``.
+          Without ``max_attempts`` this call may wait as long as the server stays
+          away: bound it with ``asyncio.timeout`` if that matters.
+        * ``opener`` (None): how to open a connection (an :data:`Opener`); by default
+          websockets' client with the options above.
+        * ``session_factory`` (None): makes each connection's
+          :class:`~shared.session.Session` (by default ``Session(key)``).
 
         Raises :class:`AuthFailed`, :class:`ConnectionRefusedByServer`,
         :class:`ProtocolError`, :class:`TimeoutError` or :class:`OSError`.
         """
         key = signing_key if signing_key is not None else generate_signing_key()
-
-        async def factory() -> LobbyClient:
-            return await cls._open(
-                url,
-                key,
+        if opener is None:
+            opener = websockets_opener(
                 open_timeout=open_timeout,
-                message_queue_size=message_queue_size,
-                resync_on_error=resync_on_error,
                 max_size=max_size,
                 ping_interval=ping_interval,
                 ping_timeout=ping_timeout,
@@ -415,184 +300,185 @@ class LobbyClient:
                 proxy=proxy,
                 ssl=ssl,
             )
+        policy = ReconnectPolicy() if reconnect is True else reconnect or None
+        make_session = session_factory or (lambda k: Session(k, resync_on_error=resync_on_error))
 
-        return _Connecting(factory)
+        async def open_one(view: Any = None) -> tuple[Transport, Session, LobbyChange]:
+            session = make_session(key)
+            if view is not None:
+                session.view = view  # the next snapshot replaces it
+            return await open_session(url, opener, session, open_timeout)
 
-    @classmethod
-    async def _open(
-        cls,
-        url: str,
-        key: SigningKey,
-        *,
-        open_timeout: float,
-        message_queue_size: int,
-        resync_on_error: bool,
-        max_size: int | None,
-        ping_interval: float | None,
-        ping_timeout: float | None,
-        compression: str | None,
-        proxy: str | Literal[True] | None,
-        ssl: ssl_module.SSLContext | None = None,
-    ) -> LobbyClient:
-        ws: ClientConnection | None = None
-        tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl}
-        try:
-            async with asyncio.timeout(open_timeout):
-                try:
-                    ws = await ws_connect(
-                        url,
-                        open_timeout=open_timeout,
-                        max_size=max_size,
-                        ping_interval=ping_interval,
-                        ping_timeout=ping_timeout,
-                        compression=compression,
-                        proxy=proxy,
-                        **tls,
-                    )
-                except InvalidStatus as exc:
-                    status = exc.response.status_code
-                    code = int(protocol.CloseCode.TRY_AGAIN_LATER) if status == 503 else None
-                    raise ConnectionRefusedByServer(code, f"HTTP {status}", status) from exc
-                client = cls(
-                    ws,
-                    key,
-                    message_queue_size=message_queue_size,
-                    resync_on_error=resync_on_error,
-                )
-                await client._authenticate()
-        except BaseException:
-            if ws is not None:
-                await ws.close()
-            raise
-        client._reader = asyncio.create_task(client._read_loop(), name=f"lobby-reader-{url}")
-        return client
+        async def factory() -> Self:
+            ws, session, _ = await connect_first(open_one, policy)
+            client = cls(
+                ws,
+                key,
+                message_queue_size=message_queue_size,
+                resync_on_error=resync_on_error,
+                session=session,
+            )
+            client._reopen = open_one
+            client._policy = policy
+            client._went_online()
+            client._reader = asyncio.create_task(client._run(), name=f"lobby-reader-{url}")
+            return client
 
-    def _refusal(self, failed_reason: str | None = None) -> LobbyClientError:
-        """The error for a close before authentication completed."""
-        code, reason = self._ws.close_code, self._ws.close_reason or ""
-        if failed_reason is not None or code == protocol.CloseCode.AUTH_FAILED:
-            return AuthFailed(failed_reason or reason, code)
-        return ConnectionRefusedByServer(code, reason)
+        return Connecting(factory)
 
-    async def _recv_during_auth(self, failed_reason: str | None = None) -> protocol.ServerMessage:
-        try:
-            return self._parse(await self._ws.recv())
-        except ConnectionClosed:
-            raise self._refusal(failed_reason) from None
+    def _went_online(self) -> None:
+        """The connection is authenticated and its first snapshot applied."""
+        self.status = "online"
+        self.view = self.session.view
+        handler = getattr(self._ws, "handler", _MISSING)
+        if handler is not _MISSING:
+            self._ws.handler = self._offered  # type: ignore[attr-defined]
 
-    async def _authenticate(self) -> None:
-        hello = await self._recv_during_auth()
-        if not isinstance(hello, protocol.Challenge):
-            raise ProtocolError(f"expected a challenge, got {hello!r:.120}")
-        if hello.version != protocol.VERSION:
-            raise ProtocolError(f"unsupported protocol version {hello.version!r}")
-        signature = protocol.sign_challenge(self.signing_key, hello.nonce)
-        try:
-            await self._ws.send(protocol.auth(self.public_key, signature))
-        except ConnectionClosed:
-            raise self._refusal() from None
-        answer = await self._recv_during_auth()
-        if isinstance(answer, protocol.AuthFailedFrame):
-            reason = answer.reason
-            text = reason.value if isinstance(reason, protocol.AuthFailure) else reason
-            # The server closes with 4001 right after; report that code too.
-            await self._recv_during_auth(failed_reason=text)
-            raise ProtocolError(f"frame after auth_failed instead of a close ({text})")
-        if not isinstance(answer, protocol.AuthOk):
-            raise ProtocolError(f"expected auth_ok, got {answer!r:.120}")
-        if answer.public_key != self.public_key:
-            raise ProtocolError(f"auth_ok names another key: {answer.public_key!r}")
-        snapshot = await self._recv_during_auth()
-        if not isinstance(snapshot, protocol.LobbySnapshot):
-            raise ProtocolError(f"expected lobby_snapshot after auth_ok, got {snapshot!r:.120}")
-        self._handle(snapshot)
-        if self.public_key not in self.view:
-            raise ProtocolError("the first lobby_snapshot does not contain the client itself")
+    def _offered(self, frame: str | bytes) -> bool:
+        """A frame handed over as it arrived: handled here unless someone waits on the
+        view (then the reader takes it, and wakes them)."""
+        if self._waiting:
+            return False
+        self.receive(frame)
+        return True
 
     # ----------------------------------------------------------------- reading
 
-    async def _read_loop(self) -> None:
+    async def _run(self) -> None:
+        """The reader, for the client's whole life: reads each connection to its end,
+        then reconnects when the policy says so."""
         try:
             while True:
-                try:
-                    frame = await self._ws.recv()
-                except ConnectionClosed:
+                await self._read_loop()
+                error = self.session.connection_closed(self.close_code, self.close_reason)
+                self._fail_sends(error)
+                if not await self._reconnect(error):
                     break
-                try:
-                    self._handle_frame(frame)
-                except LobbyClientError as exc:
-                    self._record(exc)
-                if self._waiting:  # nobody waits: skip the lock (a waiter checks first)
-                    async with self._changed:
-                        self._changed.notify_all()
         finally:
-            await self._on_closed()
+            self._finish()
 
-    async def _on_closed(self) -> None:
-        self.close_code = self._ws.close_code
-        self.close_reason = self._ws.close_reason
-        error = ConnectionClosedError(self.close_code, self.close_reason)
-        for future in self._pending.values():
+    async def _read_loop(self) -> None:
+        ws = self._ws
+        while True:
+            try:
+                frame = await ws.recv()
+            except ConnectionClosed:
+                break
+            self.receive(frame)
+            if self._waiting:  # nobody waits: skip the lock (a waiter checks first)
+                async with self._changed:
+                    self._changed.notify_all()
+        self.close_code = ws.close_code
+        self.close_reason = ws.close_reason
+        handler = getattr(ws, "handler", None)
+        if handler is not None:
+            ws.handler = None  # type: ignore[attr-defined]
+
+    def _fail_sends(self, error: LobbyClientError) -> None:
+        for future in self._futures.values():
             if not future.done():
                 future.set_exception(error)
-        self._pending.clear()
+        self._futures.clear()
+
+    async def _reconnect(self, error: LobbyClientError) -> bool:
+        """After a connection ended with ``error``: connect again per the policy;
+        False when the client stops instead."""
+        policy, reopen = self._policy, self._reopen
+        if policy is None or reopen is None or self._stopping.is_set() or not retryable(error):
+            return False
+        self.status = "reconnecting"
+        self._counted = [self.snapshots_received, self.updates_received, self.messages_received]
+        async with self._changed:  # waiters may watch ``status``
+            self._changed.notify_all()
+        attempt = 0
+        while not policy.gives_up(attempt):
+            delay = policy.delay(attempt)
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return False
+            started = time.monotonic()
+            try:
+                ws, session, change = await reopen(self.view)
+            except (LobbyClientError, OSError, TimeoutError) as exc:
+                self._note(Attempt(started, delay, exc))
+                if not retryable(exc):
+                    return False
+                continue
+            self._note(Attempt(started, delay, None))
+            self._ws, self.session = ws, session
+            self.reconnects += 1
+            self._went_online()
+            self._notify(change)
+            async with self._changed:  # the view is new: waiters check it again
+                self._changed.notify_all()
+            if self._stopping.is_set():  # close() came while this one was opening
+                await ws.close()
+            return True
+        return False
+
+    def _note(self, attempt: Attempt) -> None:
+        self.attempts.append(attempt)
+        del self.attempts[:-100]
+
+    def _finish(self) -> None:
+        self.status = "closed"
         self._closed.set()
         # Wake a waiting next_message. Nobody waits on a full queue, and next_message
         # checks _closed before waiting, so a full queue needs no marker.
         with contextlib.suppress(asyncio.QueueFull):
             self._messages.put_nowait(None)
+        if self._waiting:
+            task = asyncio.get_running_loop().create_task(self._wake())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _wake(self) -> None:
         async with self._changed:
             self._changed.notify_all()
 
-    def _handle_frame(self, frame: str | bytes) -> None:
-        """Decode and handle one frame received after authentication (subclasses may
-        handle some frames faster, with the same checks)."""
-        self._handle(self._parse(frame))
+    def receive(self, frame: str | bytes) -> None:
+        """Handle one frame as the reader does: through the session, recording what
+        breaks the contract in ``errors``, and writing what the session answers."""
+        session = self.session
+        try:
+            events = session.receive(frame)
+        except LobbyClientError as exc:
+            self.record(exc)
+            events = []
+        for event in events:
+            self.dispatch(event)
+        self.flush()
 
-    def _parse(self, frame: str | bytes) -> protocol.ServerMessage:
-        """Decode one server frame, raising :class:`ProtocolError` (subclasses may decode
-        some frames faster, to the same result)."""
-        return _parse_frame(frame)
+    def dispatch(self, event: Any) -> None:
+        """Act on one of the session's events as the reader does: a
+        :class:`LobbyChange` goes to the listeners, a message to the queue, a send
+        result to its :meth:`send`, an ``error`` frame to ``error_frames``."""
+        if isinstance(event, LobbyChange):
+            self._notify(event)
+        elif isinstance(event, protocol.Message):
+            try:
+                self._messages.put_nowait(event)
+            except asyncio.QueueFull:
+                self.messages_dropped += 1
+                self.record(MessageQueueFull(f"dropped message {event.id!r}"))
+        elif isinstance(event, SendAnswered):
+            future = self._futures.pop(event.result.id, None)
+            if future is None or future.done():
+                self.unmatched_results.append(_result_dict(event.result))
+            else:
+                future.set_result(event.result)
+        elif isinstance(event, protocol.ErrorFrame):
+            self.error_frames.append(_error_dict(event))
+            del self.error_frames[: -self._max_error_frames]
 
-    def _record(self, error: LobbyClientError) -> None:
+    def record(self, error: LobbyClientError) -> None:
+        """Note a contract violation (or a failed listener) in ``errors``."""
         self.error_count += 1
         if len(self.errors) < self._max_errors:
             self.errors.append(error)
-
-    def _handle(self, msg: protocol.ServerMessage) -> None:
-        if isinstance(msg, protocol.LobbyUpdate):
-            self.updates_received += 1
-            try:
-                self.view.apply_update(msg.seq, msg.joined, msg.left)
-            except DuplicateUpdate:
-                raise
-            except ViewError:
-                self._request_resync()
-                raise
-            self._notify(LobbyChange("update", msg.seq, msg.joined, msg.left, len(self.view)))
-        elif isinstance(msg, protocol.LobbySnapshot):
-            self.snapshots_received += 1
-            self._resync_requested = False
-            self.view.apply_snapshot(msg.seq, msg.users)
-            self._notify(LobbyChange("snapshot", msg.seq, msg.users, (), len(self.view)))
-        elif isinstance(msg, protocol.Message):
-            self.messages_received += 1
-            try:
-                self._messages.put_nowait(msg)
-            except asyncio.QueueFull:
-                self.messages_dropped += 1
-                raise MessageQueueFull(f"dropped message {msg.id!r}") from None
-        elif isinstance(msg, protocol.SendResult):
-            future = self._pending.pop(msg.id, None)
-            if future is None or future.done():
-                self.unmatched_results.append(_result_dict(msg))
-            else:
-                future.set_result(msg)
-        elif isinstance(msg, protocol.ErrorFrame):
-            self.error_frames.append(_error_dict(msg))
-            del self.error_frames[: -self._max_error_frames]
-        else:
-            raise ProtocolError(f"unexpected {msg.TYPE!r} frame after authentication")
 
     def _notify(self, change: LobbyChange) -> None:
         for listener in self.lobby_listeners:
@@ -601,24 +487,38 @@ class LobbyClient:
             except Exception as exc:
                 failure = ListenerFailed(f"lobby listener {listener!r} raised {exc!r}")
                 failure.__cause__ = exc
-                self._record(failure)
+                self.record(failure)
 
-    def _request_resync(self) -> None:
-        if self._resync_on_error and not self._resync_requested and not self._closed.is_set():
-            self._resync_requested = True
-            task = asyncio.get_running_loop().create_task(self._send_quietly(protocol.get_lobby()))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+    def flush(self) -> None:
+        """Write, in the background, what the session has to send (a resync asked for
+        outside :meth:`receive`)."""
+        out = self.session.data_to_send()
+        if out:
+            self._write_soon(out)
 
-    async def _send_quietly(self, text: str) -> None:
+    @property
+    def watched(self) -> bool:
+        """True while someone waits on the view (:meth:`wait_for_view`,
+        :meth:`get_lobby`): frames then go through the reader, which wakes them."""
+        return self._waiting > 0
+
+    def _write_soon(self, frames: list[str]) -> None:
+        task = asyncio.get_running_loop().create_task(self._write_quietly(self._ws, frames))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _write_quietly(ws: Transport, frames: list[str]) -> None:
         with contextlib.suppress(ConnectionClosed):
-            await self._ws.send(text)
+            for frame in frames:
+                await ws.send(frame)
 
     # ----------------------------------------------------------------- API
 
     @property
     def closed(self) -> bool:
-        """True once the connection has ended (the reader has recorded the close)."""
+        """True once the client has ended for good (the reader recorded the close and
+        will not reconnect)."""
         return self._closed.is_set()
 
     async def send_raw(self, frame: str | bytes) -> None:
@@ -626,10 +526,13 @@ class LobbyClient:
 
         Raises :class:`ConnectionClosedError` when the connection is closed.
         """
+        ws = self._ws
+        if self.status != "online":
+            raise ConnectionClosedError(self.close_code, self.close_reason)
         try:
-            await self._ws.send(frame)
+            await ws.send(frame)
         except ConnectionClosed:
-            raise ConnectionClosedError(self._ws.close_code, self._ws.close_reason) from None
+            raise ConnectionClosedError(ws.close_code, ws.close_reason) from None
 
     async def send(
         self, to: str, body: str, msg_id: str | None = None, timeout: float = 10.0
@@ -643,32 +546,33 @@ class LobbyClient:
         ``result.delivered`` and ``result.outcome``). A rejection is an answer, not an
         exception. ``timeout`` (10 s) bounds the wait for the answer; raises
         :class:`TimeoutError` then, :class:`ConnectionClosedError` if the connection
-        ends first.
+        ends first (or there is none: closed, or reconnecting).
         """
         if msg_id is None:
             msg_id = uuid.uuid4().hex
-        if not 1 <= len(msg_id) <= protocol.MAX_ID_CHARS:
-            raise ValueError(f"msg_id must be 1-{protocol.MAX_ID_CHARS} characters")
-        if msg_id in self._pending:
-            raise ValueError(f"a send with id {msg_id!r} is already waiting for its result")
-        if self._closed.is_set():
-            raise ConnectionClosedError(self.close_code, self.close_reason)
-        future: asyncio.Future[protocol.SendResult] = asyncio.get_running_loop().create_future()
-        self._pending[msg_id] = future
+        session = self.session
         try:
-            await self.send_raw(protocol.send(to, msg_id, body))
+            session.send(to, body, msg_id)
+        except ConnectionClosedError:
+            raise ConnectionClosedError(self.close_code, self.close_reason) from None
+        future: asyncio.Future[protocol.SendResult] = asyncio.get_running_loop().create_future()
+        self._futures[msg_id] = future
+        try:
+            for frame in session.data_to_send():
+                await self.send_raw(frame)
             async with asyncio.timeout(timeout):
                 return await future
         finally:
-            if self._pending.get(msg_id) is future:
-                del self._pending[msg_id]
+            if self._futures.get(msg_id) is future:
+                del self._futures[msg_id]
+                session.forget(msg_id)
 
     async def next_message(self, timeout: float | None = 10.0) -> IncomingMessage:
         """The next direct message, in arrival order.
 
         Waits up to ``timeout`` (10 s; None waits for ever) and raises
-        :class:`TimeoutError`; raises :class:`ConnectionClosedError` once the connection
-        is closed and every message that arrived before has been returned.
+        :class:`TimeoutError`; raises :class:`ConnectionClosedError` once the client is
+        closed and every message that arrived before has been returned.
         """
         if self._closed.is_set() and self._messages.empty():
             raise ConnectionClosedError(self.close_code, self.close_reason)
@@ -696,14 +600,16 @@ class LobbyClient:
         """Wait until the view satisfies ``target``: a predicate on the
         :class:`LobbyView`, or a set meaning exactly those keys online.
 
-        Re-checked after every frame (no polling). ``timeout`` (10 s) raises
-        :class:`TimeoutError`; a closed connection raises :class:`ConnectionClosedError`.
+        Re-checked after every frame and change of ``status`` (no polling), and across
+        reconnections.
+        ``timeout`` (10 s) raises :class:`TimeoutError`; a client closed for good
+        raises :class:`ConnectionClosedError`.
         """
         if isinstance(target, AbstractSet):
             wanted = target
 
             def condition() -> bool:
-                return self.view.matches(wanted)
+                return bool(self.view.matches(wanted))
 
             what = f"a view of exactly {len(wanted)} keys"
         else:
@@ -724,20 +630,34 @@ class LobbyClient:
         before = self.snapshots_received
         await self.send_raw(protocol.get_lobby())
         await self._wait_until(lambda: self.snapshots_received > before, timeout, "a snapshot")
-        return self.view.online
+        online: frozenset[str] = self.view.online
+        return online
 
     async def wait_closed(self, timeout: float | None = 10.0) -> int | None:
-        """Wait until the connection has ended (default up to 10 s, then
-        :class:`TimeoutError`; None waits for ever); returns the close code."""
+        """Wait until the client has ended for good (default up to 10 s, then
+        :class:`TimeoutError`; None waits for ever); returns the last close code."""
         async with asyncio.timeout(timeout):
             await self._closed.wait()
         return self.close_code
 
+    def drop(self) -> None:
+        """End the connection without a close frame (TCP FIN/RST, no WebSocket close),
+        the way a phone losing its network does; for tests (a client with
+        ``reconnect`` then reconnects)."""
+        self._ws.transport.abort()
+
     async def close(self) -> None:
-        """Close with 1000 and wait for the reader to finish. Idempotent."""
+        """Close with 1000, stop reconnecting, and wait for the reader to finish.
+        Idempotent."""
+        self._stopping.set()
+        reader = self._reader
+        if reader is not None and self.status == "reconnecting":
+            reader.cancel()  # waiting to reconnect, or opening a connection: drop it
+            await asyncio.wait([reader])
+            return
         await self._ws.close()
-        if self._reader is not None:
-            await self._reader
+        if reader is not None:
+            await reader
 
     async def __aenter__(self) -> Self:
         return self
@@ -751,71 +671,16 @@ class LobbyClient:
         await self.close()
 
 
-class _Connecting:
-    """What :meth:`LobbyClient.connect` returns: awaitable, or an async context manager
-    that closes the client on exit."""
-
-    def __init__(self, factory: Callable[[], Coroutine[Any, Any, LobbyClient]]) -> None:
-        self._factory = factory
-        self._client: LobbyClient | None = None
-
-    def __await__(self) -> Generator[Any, None, LobbyClient]:
-        return self._factory().__await__()
-
-    async def __aenter__(self) -> LobbyClient:
-        self._client = await self._factory()
-        return self._client
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._client is not None:
-            await self._client.close()
+_MISSING: Final = object()
 
 
-# --------------------------------------------------------------------------- keys
+def _error_dict(frame: protocol.ErrorFrame) -> dict[str, Any]:
+    code = frame.code.value if isinstance(frame.code, protocol.ErrorCode) else frame.code
+    return {"type": frame.TYPE, "code": code, "message": frame.message}
 
 
-def generate_signing_key() -> SigningKey:
-    """A fresh Ed25519 identity."""
-    return SigningKey.generate()
-
-
-def public_key_hex(signing_key: SigningKey) -> str:
-    """The identity's public key as the protocol writes it: 64 lowercase hex chars."""
-    return bytes(signing_key.verify_key).hex()
-
-
-def save_signing_key(signing_key: SigningKey, path: str | os.PathLike[str]) -> None:
-    """Write the 32-byte seed as hex to ``path`` with mode 0600 (only the owner can
-    read a secret key), replacing any existing file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(bytes(signing_key).hex() + "\n")
-
-
-def load_signing_key(path: str | os.PathLike[str]) -> SigningKey:
-    """Read a key written by :func:`save_signing_key` (64 hex chars; whitespace ignored).
-
-    Raises :class:`ValueError` naming the file when the contents are not a seed.
-    """
-    text = Path(path).read_text(encoding="ascii", errors="replace").strip()
-    if not protocol.is_hex_key(text):
-        raise ValueError(f"{path}: expected the 64-hex seed of an Ed25519 key")
-    return SigningKey(bytes.fromhex(text))
-
-
-def load_or_create_signing_key(path: str | os.PathLike[str]) -> tuple[SigningKey, bool]:
-    """Load the key at ``path``, or create and save a new one; returns (key, created)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return load_signing_key(path), False
-    key = generate_signing_key()
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(bytes(key).hex() + "\n")
-    return key, True
+def _result_dict(result: protocol.SendResult) -> dict[str, Any]:
+    obj = {"type": result.TYPE, "id": result.id, "status": result.status.value}
+    if result.reason is not None:
+        obj["reason"] = result.reason.value
+    return obj

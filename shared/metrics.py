@@ -13,9 +13,10 @@ few hundred nanoseconds either way and nothing else changes.
 The coordinator's core records nothing: it counts, or says what happened, and its
 shell (``coordinator/service.py``) records it here. The worker's core
 (``workers/core.py``) records what it decides through :mod:`workers.stats` (a counter
-write, no I/O of its own), and its shell (``workers/server.py``) what it writes. Recording is cheap but not free (an mmap write, about 0.7 us per
-``inc()`` in multiprocess mode), so the hot paths record per batch: a lobby update's
-fan-out is two increments per broadcast, whatever the number of clients.
+write, no I/O of its own), and its shell (``workers/server.py``) what it writes.
+Recording is cheap but not free (an mmap write, about 0.7 us per ``inc()`` in
+multiprocess mode), so the hot paths record per batch: a lobby update's fan-out is two
+increments per broadcast, whatever the number of clients.
 
 Naming: one prefix (``presence_``), base units (seconds, bytes), ``_total`` for
 counters. Labels take values from small closed sets only (the tuples below): never a

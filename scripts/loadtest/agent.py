@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-import websockets
 from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import WebSocketException
@@ -49,20 +48,22 @@ from scripts.loadtest.client import (
     use_source_addresses,
     use_ws_client,
 )
+from scripts.loadtest.messaging import MessageOps, sleep_until
 from scripts.loadtest.stats import Histogram
 from shared.client import (
     AuthFailed,
-    ConnectionClosedError,
     ConnectionRefusedByServer,
     LobbyClientError,
 )
+from shared.session import backoff_delay
 
 TRY_AGAIN_LATER = 1013
 MAX_ATTEMPTS = 40
 """Connection attempts per client before it counts as failed (1013, timeouts, resets)."""
 BACKOFF_BASE, BACKOFF_CAP = 0.05, 2.0
-"""Retry delay: full jitter over ``min(cap, base * 2**attempt)`` seconds, so a storm of
-refused clients spreads out instead of coming back in lock step."""
+"""Retry delay: the core's backoff (:func:`shared.session.backoff_delay`), full jitter
+over ``min(cap, base * 2**attempt)`` seconds, so a storm of refused clients spreads out
+instead of coming back in lock step."""
 PROGRESS_EVERY = 0.25
 """Seconds between progress reports to the parent."""
 GC_THRESHOLDS = (10_000, 20, 20)
@@ -97,12 +98,6 @@ def signing_key(salt: bytes, index: int) -> SigningKey:
 
 def _discard(keys: set[int], key: int, _task: object) -> None:
     keys.discard(key)
-
-
-async def _sleep_until(wall: float) -> None:
-    delay = wall - time.time()
-    if delay > 0:
-        await asyncio.sleep(delay)
 
 
 @dataclass(slots=True)
@@ -161,7 +156,7 @@ class Totals:
         self.errors.extend(str(e) for e in client.errors[: 5 - len(self.errors)])
 
 
-class Agent:
+class Agent(MessageOps):
     """The clients of one generator process and the ops the parent can run on them."""
 
     def __init__(self, index: int, url: str, salt: bytes, sample: float = 1.0) -> None:
@@ -355,8 +350,7 @@ class Agent:
                 stats.first_ok = stats.first_ok or now
                 stats.last_ok = now
                 return client
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
-            await asyncio.sleep(random.uniform(0, delay))
+            await asyncio.sleep(backoff_delay(attempt, random.random(), BACKOFF_BASE, BACKOFF_CAP))
         stats.failed += 1
         return None
 
@@ -394,7 +388,7 @@ class Agent:
         self.attempts = attempts
         if target_online != self.target_online:
             self._aim(target_online)
-        await _sleep_until(start_at)
+        await sleep_until(start_at)
         return (await self._connect_many(indices, watch)).result()
 
     async def op_reset(self, target_online: int | None = None) -> dict[str, Any]:
@@ -504,7 +498,7 @@ class Agent:
     ) -> dict[str, Any]:
         """At ``start_at`` drop every client at once, then reconnect them all (same
         keys), retrying 1013 with jitter; convergence counts from the drop."""
-        await _sleep_until(start_at)
+        await sleep_until(start_at)
         gc.unfreeze()  # what drops now must be collectable
         indices = list(self.clients)
         for i in indices:
@@ -577,7 +571,7 @@ class Agent:
         self.counting = True
         for n in range(total):
             due = start_at + n / rate
-            await _sleep_until(due)
+            await sleep_until(due)
             now = time.time()
             lag.add(now - due)
             # A free key, uniformly: a few random draws usually find one, else a scan.
@@ -619,143 +613,6 @@ class Agent:
             "watchers": len(self.watching),
             "measuring": len(self.measuring),
         }
-
-    async def op_messages(
-        self,
-        pairs: list[tuple[int, int]],
-        duration: float,
-        start_at: float,
-        rate: float = 40.0,
-        window: int = 8,
-        body_bytes: int = 64,
-        drain: float = 10.0,
-    ) -> dict[str, Any]:
-        """Both clients of each pair send each other direct messages for ``duration``
-        seconds, ``rate`` a second per direction, ``window`` unanswered at most.
-        Measures the round trip (send to ``send_result``) and the delivery (send to the
-        peer's ``message``), and checks every message arrives exactly once."""
-        body = os.urandom(body_bytes // 2 + 1).hex()[:body_bytes]
-        sent_at: dict[str, float] = {}
-        rtt, delivery = Histogram(), Histogram()
-        status: Counter[str] = Counter()
-        problems: Counter[str] = Counter()
-        received = 0
-        last_answer = start_at
-        ids = iter(range(10**12))
-
-        async def one(client: LoadClient, to: str, msg_id: str) -> None:
-            nonlocal last_answer
-            started = time.perf_counter()
-            sent_at[msg_id] = time.time()
-            try:
-                result = await client.send(to, body, msg_id, timeout=10.0)
-            except (TimeoutError, ConnectionClosedError) as exc:
-                problems[f"send {type(exc).__name__}"] += 1
-                return
-            rtt.add(time.perf_counter() - started)
-            status[result.status.value] += 1
-            last_answer = max(last_answer, time.time())
-
-        async def sender(a: int, b: int) -> None:
-            # Paced at ``rate`` a second (under the server's per-connection limit),
-            # at most ``window`` unanswered.
-            client, to = self.clients[a], self.pub(b)
-            gate = asyncio.Semaphore(window)
-            tasks: set[asyncio.Task[None]] = set()
-            # Each direction at its own phase: real senders are not synchronised, and
-            # a common schedule would measure the drain time of one artificial burst.
-            phase = random.random() / rate
-            for n in range(int(duration * rate)):
-                await _sleep_until(start_at + phase + n / rate)
-                await gate.acquire()
-                task = asyncio.create_task(one(client, to, f"{self.index}.{a}.{next(ids)}"))
-                task.add_done_callback(lambda _t: gate.release())
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                self.progress += 1
-            if tasks:
-                await asyncio.wait(tasks)
-
-        async def receiver(index: int, expected_from: str) -> None:
-            nonlocal received
-            client = self.clients[index]
-            while True:  # until cancelled once every send is answered and drained
-                try:
-                    msg = await client.next_message(timeout=duration + 30.0)
-                except (TimeoutError, ConnectionClosedError):
-                    return
-                at = sent_at.pop(msg.id, None)
-                if at is None:
-                    problems["duplicate or unknown id"] += 1
-                elif msg.sender != expected_from or msg.body != body:
-                    problems["wrong sender or body"] += 1
-                else:
-                    delivery.add(time.time() - at)
-                received += 1
-
-        await _sleep_until(start_at)
-        senders = [sender(a, b) for a, b in pairs] + [sender(b, a) for a, b in pairs]
-        receivers = [receiver(b, self.pub(a)) for a, b in pairs]
-        receivers += [receiver(a, self.pub(b)) for a, b in pairs]
-        recv_tasks = [asyncio.create_task(r) for r in receivers]
-        await asyncio.gather(*senders)
-        sent = sum(status.values()) + sum(problems.values())
-        # Everything answered ``delivered`` must arrive; stragglers get ``drain`` seconds.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain):
-                while sent_at:
-                    await asyncio.sleep(0.05)
-        for task in recv_tasks:
-            task.cancel()
-        await asyncio.gather(*recv_tasks, return_exceptions=True)
-        return {
-            "sent": sent,
-            "received": received,
-            "status": dict(status),
-            "problems": dict(problems),
-            "lost": len(sent_at),
-            "rtt": rtt.to_dict(),
-            "delivery": delivery.to_dict(),
-            "elapsed": time.time() - start_at,
-            "span": last_answer - start_at,
-        }
-
-    # ------------------------------------------------------------------ ops: bare websockets
-
-    async def op_raw_connect(self, url: str, count: int) -> dict[str, Any]:
-        """Open ``count`` plain WebSocket connections that only count frames."""
-        gate = asyncio.Semaphore(self.concurrency)
-        failed = 0
-
-        async def reader(ws: ClientConnection) -> None:
-            with contextlib.suppress(WebSocketException):
-                async for _ in ws:
-                    self.raw_frames += 1
-
-        async def one() -> None:
-            nonlocal failed
-            async with gate:
-                try:
-                    ws = await websockets.connect(url, ping_interval=None, compression=None)
-                except (OSError, TimeoutError, WebSocketException):
-                    failed += 1
-                    return
-            self.raw.append(ws)
-            task = asyncio.create_task(reader(ws))
-            self._raw_tasks.add(task)
-            task.add_done_callback(self._raw_tasks.discard)
-            self.progress += 1
-
-        await asyncio.gather(*(one() for _ in range(count)))
-        return {"ok": len(self.raw), "failed": failed}
-
-    async def op_raw_count(self) -> int:
-        return self.raw_frames
-
-    async def op_raw_close(self) -> dict[str, Any]:
-        await asyncio.gather(*(ws.close() for ws in self.raw), return_exceptions=True)
-        self.raw.clear()
-        return {}
 
     # ------------------------------------------------------------------ serving the parent
 

@@ -3,10 +3,11 @@
 A generator process reads every lobby update once per client, and with websockets
 most of its CPU per frame goes to websockets' own frame parsing, written in Python.
 picows (the ``bench`` extra) parses frames in C and hands each complete frame to a
-callback, where a load client handles it on the spot. :class:`PicowsConnection` is the
-part of websockets' ``ClientConnection`` that :class:`~shared.client.LobbyClient`
-uses (``recv``, ``send``, ``close``, ``close_code``, ``close_reason``, ``transport``,
-``local_address``), with the same meaning:
+callback, where a load client handles it on the spot. :class:`PicowsConnection` is a
+:class:`shared.client.Transport` (the part of websockets' ``ClientConnection`` that
+:class:`~shared.client.LobbyClient` uses: ``recv``, ``send``, ``close``,
+``close_code``, ``close_reason``, ``transport``; and ``local_address``), with the same
+meaning:
 
 * ``recv()`` returns each text frame as ``str`` and each binary frame as ``bytes``, in
   order, and raises websockets' ``ConnectionClosed`` once the connection has ended and
@@ -16,7 +17,7 @@ uses (``recv``, ``send``, ``close``, ``close_code``, ``close_reason``, ``transpo
   had none, 1006 when the connection ended without one), ``close_reason`` its reason;
 * a text frame that is not valid UTF-8 fails the connection with 1007, as websockets
   does;
-* a ``handler`` (set by the load client after authentication) is offered each
+* a ``handler`` (set by the client once it is online) is offered each
   complete frame first, while nothing is queued; it answers False to have the frame
   queued for ``recv()`` instead (as when someone waits on the view).
 

@@ -1,16 +1,22 @@
 // Test doubles for lobby.js: a scriptable WebSocket, a manual clock and a quiet logger.
 // Not a test file itself (node --test picks only *.test.js here).
 
+import { readFileSync } from "node:fs";
+
 import { identityFromKeyPair } from "../../workers/static/lobby.js";
 
-/** The key and challenge of the test vector in docs/PROTOCOL.md. */
+/**
+ * The key and challenge of the worked example in docs/PROTOCOL.md: the first case of
+ * tests/vectors/auth.json, which the Python tests read too.
+ */
+const WORKED_EXAMPLE = JSON.parse(
+  readFileSync(new URL("../vectors/auth.json", import.meta.url)),
+).cases[0];
 export const VECTOR = {
-  seed: "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
-  publicKey: "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8",
-  nonce: "f0e1d2c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff",
-  signature:
-    "bf097020b5fecefb08050a4c33a58a9e4bebf11a68cb87de81940197beeea72e" +
-    "fb3a04ba3b758169ba8efa235b1f614cb0b595e47113e6fc4722c4517eb54b03",
+  seed: WORKED_EXAMPLE.seed,
+  publicKey: WORKED_EXAMPLE.publicKey,
+  nonce: WORKED_EXAMPLE.challenge.nonce,
+  signature: WORKED_EXAMPLE.signature,
 };
 
 /** Other users' keys: "aa…aa", "bb…bb" and so on. */
@@ -18,12 +24,30 @@ export const key = (char) => char.repeat(64);
 
 const b64url = (hex) => Buffer.from(hex, "hex").toString("base64url");
 
-/** The test vector's key pair, private key non-extractable, as an identity. */
+/** The worked example's key pair, private key non-extractable, as an identity. */
 export async function vectorIdentity() {
   const { subtle } = globalThis.crypto;
   const jwk = { kty: "OKP", crv: "Ed25519", x: b64url(VECTOR.publicKey) };
   const privateKey = await subtle.importKey("jwk", { ...jwk, d: b64url(VECTOR.seed) },
     { name: "Ed25519" }, false, ["sign"]);
+  const publicKey = await subtle.importKey("jwk", jwk, { name: "Ed25519" }, true, ["verify"]);
+  return identityFromKeyPair({ publicKey, privateKey });
+}
+
+/** PKCS #8 of an Ed25519 private key: this DER prefix, then the 32-byte seed. */
+const PKCS8_ED25519 = "302e020100300506032b657004220420";
+
+/**
+ * The identity of a 32-byte seed (hex), its public key derived by WebCrypto from the
+ * seed alone, private key non-extractable.
+ */
+export async function identityFromSeed(seed) {
+  const { subtle } = globalThis.crypto;
+  const der = Buffer.from(PKCS8_ED25519 + seed, "hex");
+  const extractable = await subtle.importKey("pkcs8", der, { name: "Ed25519" }, true, ["sign"]);
+  const { x } = await subtle.exportKey("jwk", extractable);
+  const jwk = { kty: "OKP", crv: "Ed25519", x };
+  const privateKey = await subtle.importKey("pkcs8", der, { name: "Ed25519" }, false, ["sign"]);
   const publicKey = await subtle.importKey("jwk", jwk, { name: "Ed25519" }, true, ["verify"]);
   return identityFromKeyPair({ publicKey, privateKey });
 }

@@ -14,6 +14,7 @@ import {
   AuthFailed,
   ConnectionLost,
   DuplicateUpdate,
+  InconsistentSnapshot,
   InconsistentUpdate,
   LobbyClient,
   ProtocolError,
@@ -307,6 +308,21 @@ test("a refused update asks for one snapshot and keeps the view right", async (t
       assert.equal(ws.sentOfType("get_lobby").length, 2, "a new break asks again");
     });
   }
+});
+
+test("a snapshot that lists a key twice is refused whole and a fresh one asked for", async () => {
+  const { client, ws } = await online();
+  const events = recordEvents(client, ["error", "sync"]);
+  ws.receive(snapshot(20, [ME, B, B.toUpperCase()]));
+  assert.deepEqual(online_(client), [ME, A]);
+  assert.equal(client.view.seq, 10);
+  assert.deepEqual(events.map(([type]) => type), ["error"], "no sync");
+  assert.ok(events[0][1].error instanceof InconsistentSnapshot);
+  assert.equal(ws.sentOfType("get_lobby").length, 1);
+  ws.receive(update(21, [C], [])); // numbered from the refused snapshot: ignored
+  assert.deepEqual(online_(client), [ME, A]);
+  ws.receive(snapshot(21, [ME, B, C]));
+  assert.deepEqual(online_(client), [ME, B, C]);
 });
 
 test("a resync's get_lobby refused as rate_limited is asked again a second later", async () => {

@@ -200,7 +200,7 @@ def _state(client: LobbyClient, changes: list[LobbyChange]) -> tuple[Any, ...]:
         client.view.online,
         client.updates_received,
         client.snapshots_received,
-        client._resync_requested,
+        client.session.resync_requested,
         [(type(e), str(e)) for e in client.errors],
         list(changes),
     )
@@ -217,7 +217,7 @@ def _same_verdict_later(deferred: LoadClient, reference: LobbyClient) -> None:
     assert deferred.view.online == reference.view.online
     assert deferred.updates_received == reference.updates_received
     assert deferred.snapshots_received == reference.snapshots_received
-    assert deferred._resync_requested == reference._resync_requested
+    assert deferred.session.resync_requested == reference.session.resync_requested
     assert bool(deferred.errors) == bool(reference.errors)
 
     def described(errors: list[LobbyClientError], views: bool) -> list[tuple[type, str]]:
@@ -250,10 +250,7 @@ def test_the_fast_path_reaches_the_librarys_verdict_on_every_frame(
         update_chars = 0
         for frame in frames:
             for client in [*clients, deferred]:
-                try:
-                    client._handle_frame(frame)
-                except LobbyClientError as exc:  # what the reader records
-                    client._record(exc)
+                client.receive(frame)  # what the reader does: faults go to errors
             if isinstance(frame, str) and '"type":"lobby_update"' in frame:
                 update_chars += len(frame)
             expected = _state(reference, seen[0])
@@ -263,7 +260,7 @@ def test_the_fast_path_reaches_the_librarys_verdict_on_every_frame(
             assert client.update_bytes == update_chars
         _same_verdict_later(deferred, reference)
         await asyncio.sleep(0)  # let resync requests go out
-        sent = [ws.sent for ws in (c._ws for c in [*clients, deferred])]  # type: ignore[attr-defined]
+        sent = [ws.sent for ws in (c.connection for c in [*clients, deferred])]  # type: ignore[attr-defined]
         assert sent[1] == sent[0] and sent[2] == sent[0] and sent[3] == sent[0]
 
     default = load_client.loads
@@ -312,12 +309,12 @@ def test_the_fast_path_parses_each_update_text_once() -> None:
             {"type": "lobby_update", "seq": 2, "joined": [{"publicKey": _KEYS[0]}], "left": []}
         )
         for client in clients:
-            client._handle_frame(snapshot)
-            client._handle_frame(update)
+            client.receive(snapshot)
+            client.receive(update)
             assert client.view.online == {_KEYS[0]} and client.view.seq == 2
             assert not client.errors
-            with pytest.raises(DuplicateUpdate):
-                client._handle_frame(update)  # the same text again
+            client.receive(update)  # the same text again
+            assert [type(e) for e in client.errors] == [DuplicateUpdate]
 
     asyncio.run(run())
     assert load_client.UPDATES.hits - hits == 5
@@ -355,7 +352,7 @@ def test_load_clients_handle_frames_in_place_against_a_real_server(ws_client: st
         # Polled, not awaited with wait_for_view: a waiter would route frames via the reader.
         a = await LoadClient.connect(server.url, ping_interval=None)
         assert isinstance(a, LoadClient) and a.in_place
-        assert isinstance(a._ws, fastws.PicowsConnection) == (ws_client == "picows")
+        assert isinstance(a.connection, fastws.PicowsConnection) == (ws_client == "picows")
         b = await LoadClient.connect(server.url, ping_interval=None)
         await until(lambda: b.public_key in a.view, "b to join", 10)
         await b.close()
@@ -369,6 +366,28 @@ def test_load_clients_handle_frames_in_place_against_a_real_server(ws_client: st
         await a.wait_for_view({a.public_key})
         assert a.updates_received == 4 and not a.errors
         await a.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()
+
+
+@pytest.mark.process
+def test_load_clients_bind_to_the_source_addresses_in_turn(
+    ws_client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(load_client, "_SOURCES", None)  # this process's, restored after
+    server = start_baseline(free_port())
+
+    async def run() -> None:
+        load_client.use_source_addresses(["127.0.0.2", "127.0.0.3"])
+        clients = [await LoadClient.connect(server.url, ping_interval=None) for _ in range(3)]
+        hosts = [client.local_address[0] for client in clients]
+        assert hosts == ["127.0.0.2", "127.0.0.3", "127.0.0.2"]
+        for client in clients:
+            assert not client.errors
+            await client.close()
 
     try:
         asyncio.run(run())
@@ -492,10 +511,7 @@ def _unsampled(*frames: str) -> LoadClient:
     client = LoadClient(_FakeWs(), _SEED, message_queue_size=10, resync_on_error=True)
     client.sampled = False
     for frame in frames:
-        try:
-            client._handle_frame(frame)
-        except LobbyClientError as exc:
-            client._record(exc)
+        client.receive(frame)  # what the reader does: faults go to errors
     return client
 
 
@@ -541,7 +557,7 @@ def test_clients_alike_share_their_views_and_each_still_holds_what_it_received(
         shared = a.load_view._online
         c = _unsampled(frames[0])
         c.sampled = True
-        c._handle_frame(frames[1])  # applied on arrival: thawed, the shared set untouched
+        c.receive(frames[1])  # applied on arrival: thawed, the shared set untouched
         assert shared == frozenset(_KEYS[:2]) and c.view.online == set(_KEYS[:3])
         fresh_ledger.catch_up_all()
         assert a.load_view._online is b.load_view._online  # one caught-up set
@@ -583,7 +599,7 @@ def test_an_unsampled_client_finds_a_gap_on_arrival(fresh_ledger: load_client.Le
         )
         assert [type(e) for e in duplicate.errors] == [DuplicateUpdate]
         await asyncio.sleep(0)
-        assert client._ws.sent == [protocol.get_lobby()]  # type: ignore[attr-defined]
+        assert client.connection.sent == [protocol.get_lobby()]  # type: ignore[attr-defined]
 
     asyncio.run(run())
 
@@ -601,11 +617,11 @@ def test_an_unsampled_client_finds_an_inconsistent_update_when_it_catches_up(
         assert [type(e) for e in client.errors] == [InconsistentUpdate]
         assert client.view.seq == 2 and client.view.online == {_KEYS[0], _KEYS[1]}
         await asyncio.sleep(0)
-        assert client._ws.sent == [protocol.get_lobby()]  # type: ignore[attr-defined]
+        assert client.connection.sent == [protocol.get_lobby()]  # type: ignore[attr-defined]
         # A snapshot makes a client catch up first, as a close or a wait does.
         other = _unsampled(_snapshot(1, [_KEYS[0]]), _update(2, [_KEYS[0]]))
         assert not other.errors
-        other._handle_frame(_snapshot(5, [_KEYS[0]]))
+        other.receive(_snapshot(5, [_KEYS[0]]))
         assert [type(e) for e in other.errors] == [InconsistentUpdate]
         assert other.view.seq == 5
 
@@ -639,10 +655,10 @@ def test_a_client_catches_up_at_its_bound_and_the_ledger_forgets_what_is_applied
         fresh_ledger.keep = fresh_ledger.trim_at = 4
         slow = _unsampled(_snapshot(0, []))
         fast = _unsampled(_snapshot(0, []))
-        slow._behind_limit, fast._behind_limit = 1000, 3
+        slow.behind_limit, fast.behind_limit = 1000, 3
         for n in range(1, 13):
             for client in (slow, fast):
-                client._handle_frame(update(n))
+                client.receive(update(n))
             assert fast.behind < 3  # applies what it noted at its bound
         assert slow.behind == 12 and not slow.errors and not fast.errors
         assert fast.view.seq == 12 - fast.behind

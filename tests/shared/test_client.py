@@ -26,11 +26,13 @@ from shared.client import (
     ConnectionRefusedByServer,
     DuplicateUpdate,
     IncomingMessage,
+    InconsistentSnapshot,
     ListenerFailed,
     LobbyChange,
     LobbyClient,
     MessageQueueFull,
     ProtocolError,
+    ReconnectPolicy,
     SequenceGap,
     generate_signing_key,
     load_or_create_signing_key,
@@ -452,5 +454,114 @@ def test_a_bad_challenge_is_a_protocol_error(hello: str, fragment: str) -> None:
         async with server:
             with pytest.raises(ProtocolError, match=fragment):
                 await LobbyClient.connect(url)
+
+    run(main(), timeout=30)
+
+
+def test_a_snapshot_listing_a_key_twice_is_refused_and_resynced() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        pk = await welcome(ws, 5)
+        await ws.send(protocol.lobby_snapshot(6, [pk, OTHER, OTHER.upper()]))
+        assert (await recv_json(ws))["type"] == "get_lobby"
+        await ws.send(protocol.lobby_snapshot(7, [pk, OTHER]))
+        await ws.wait_closed()
+
+    async def main() -> None:
+        server, url = await start(handler)
+        async with server, LobbyClient.connect(url) as client:
+            await client.wait_for_view(lambda v: v.seq == 7)
+            assert client.view.online == {client.public_key, OTHER}
+            assert [type(e) for e in client.errors] == [InconsistentSnapshot]
+            assert client.snapshots_received == 3
+
+    run(main(), timeout=30)
+
+
+def test_reconnect_fails_pending_sends_refuses_new_ones_and_replaces_the_view() -> None:
+    second_may_start = asyncio.Event()
+    connections = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 1:
+            await welcome(ws, 5)
+            assert (await recv_json(ws))["type"] == "send"
+            await ws.close(1011, "internal error")  # retried: the server's doing
+            return
+        await second_may_start.wait()
+        await welcome(ws, 40, OTHER)
+        await ws.send(protocol.lobby_update(41, [THIRD], []))
+        await ws.wait_closed()
+
+    async def main() -> None:
+        server, url = await start(handler)
+        policy = ReconnectPolicy(initial=0.01, maximum=0.01)
+        async with server, LobbyClient.connect(url, reconnect=policy) as client:
+            changes: list[LobbyChange] = []
+            client.lobby_listeners.append(changes.append)
+            with pytest.raises(ConnectionClosedError) as lost:
+                await client.send(OTHER, "in flight")
+            assert lost.value.code == 1011
+            assert client.status == "reconnecting" and not client.closed
+            with pytest.raises(ConnectionClosedError):
+                await client.send(OTHER, "while away")
+            second_may_start.set()
+            await client.wait_for_view(lambda v: v.seq == 41)
+            assert client.view.online == {client.public_key, OTHER, THIRD}
+            assert [c.kind for c in changes] == ["snapshot", "update"]
+            assert (client.reconnects, client.snapshots_received, client.updates_received) == (
+                1,
+                2,
+                1,
+            )
+            assert client.status == "online" and client.errors == []
+        assert client.closed and client.status == "closed"
+
+    run(main(), timeout=30)
+
+
+def test_close_while_waiting_to_reconnect_stops_at_once() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await welcome(ws, 1)
+        await ws.close(1013, "try_again_later")
+
+    async def main() -> None:
+        server, url = await start(handler)
+        async with server:
+            policy = ReconnectPolicy(initial=3600.0, maximum=3600.0, random=lambda: 1.0)
+            client = await LobbyClient.connect(url, reconnect=policy)
+            await client.wait_for_view(lambda v: client.status == "reconnecting")
+            async with asyncio.timeout(5):  # far below the hour it would wait
+                await client.close()
+            assert client.closed and client.attempts == [] and client.close_code == 1013
+
+    run(main(), timeout=30)
+
+
+def test_close_while_a_reconnection_is_opening_drops_it() -> None:
+    second_arrived = asyncio.Event()
+    connections = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 1:
+            await welcome(ws, 1)
+            await ws.close(1001, "going away")
+            return
+        second_arrived.set()
+        await ws.wait_closed()  # never challenges: the client must not wait for it
+
+    async def main() -> None:
+        server, url = await start(handler)
+        async with server:
+            policy = ReconnectPolicy(initial=0.01, maximum=0.01)
+            client = await LobbyClient.connect(url, reconnect=policy, open_timeout=3600)
+            await second_arrived.wait()
+            assert client.status == "reconnecting"
+            async with asyncio.timeout(5):  # far below the open timeout
+                await client.close()
+            assert client.closed and client.status == "closed" and client.reconnects == 0
 
     run(main(), timeout=30)

@@ -54,12 +54,21 @@
  *   `getLobby()`, `close()`; `status`, `view`, `publicKey`; events `status`, `sync`,
  *   `join`, `leave`, `update`, `message`, `error` (all `CustomEvent`s; see the class).
  * - `LobbyView`: the lobby as a set of keys, with the protocol's rules for applying
- *   snapshots and updates. Pure; the client keeps one, and tests or servers can too.
+ *   snapshots and updates, and `applyLobbyFrame(view, frame)`, which checks a lobby
+ *   frame and applies it. Pure; the client keeps one, and tests or servers can too.
  * - `authPayload(nonceHex)`: the exact bytes a client signs to answer a challenge.
- * - Errors, all `LobbyError`s: `SequenceGap`, `DuplicateUpdate`, `InconsistentUpdate`
- *   (the view refused an update), `Ed25519Unsupported`, `ConnectionLost` (a send had
+ * - `reconnects(code)`, `backoffDelay(attempt, jitter, initial, max)`: the reconnect
+ *   policy the client follows.
+ * - Errors, all `LobbyError`s: `SequenceGap`, `DuplicateUpdate`, `InconsistentUpdate`,
+ *   `InconsistentSnapshot` (the view refused a frame), `Ed25519Unsupported`,
+ *   `ConnectionLost` (a send had
  *   no result, or there was no connection), `AuthFailed`, `ProtocolError` (the server
  *   broke the contract), `ServerError` (the server's `error` frame: we broke it).
+ *
+ * The pure parts live in lobby_core.js (errors, view, frame checks, auth payload,
+ * reconnect policy) and identity.js (key pairs); this module re-exports them and adds
+ * the client. The view's rules are held to tests/vectors/view.json, as the Python
+ * client's are, so the two cannot disagree.
  *
  * ## Theory of operation
  *
@@ -96,326 +105,51 @@
  * @module lobby
  */
 
-const PROTOCOL_VERSION = 1;
-const AUTH_PREFIX = new TextEncoder().encode("lobby-auth-v1:");
-const HEX64 = /^[0-9a-f]{64}$/i;
-/** Frames the contract lets any server hold between `auth` and `auth_ok`. */
-const PIPELINE_LIMIT = 16;
-const MAX_ID_LENGTH = 64;
-/** Close codes after which the contract tells clients to come back. */
-const SERVER_SIDE_CLOSES = new Set([1001, 1006, 1011, 1013]);
+
+import {
+  HEX64,
+  LobbyError,
+  LobbyView,
+  MAX_ID_LENGTH,
+  PIPELINE_LIMIT,
+  PROTOCOL_VERSION,
+  SERVER_SIDE_CLOSES,
+  AuthFailed,
+  ConnectionLost,
+  ProtocolError,
+  ServerError,
+  applyLobbyFrame,
+  authPayload,
+  backoffDelay,
+  toHex,
+} from "./lobby_core.js";
+import { sign } from "./identity.js";
+
+export {
+  AuthFailed,
+  ConnectionLost,
+  DuplicateUpdate,
+  Ed25519Unsupported,
+  InconsistentSnapshot,
+  InconsistentUpdate,
+  LobbyError,
+  LobbyView,
+  ProtocolError,
+  SequenceGap,
+  ServerError,
+  applyLobbyFrame,
+  authPayload,
+  backoffDelay,
+  reconnects,
+} from "./lobby_core.js";
+export { identityFromKeyPair, loadOrCreateIdentity } from "./identity.js";
+
 const REPLACED = "this identity was opened elsewhere (another tab or device)";
-const ADVICE =
-  "Use a current Chromium, Firefox or Safari, and serve the page over https " +
-  "or from localhost (http://localhost or http://127.0.0.1).";
-
-// ---------------------------------------------------------------------------------
-// Errors
-
-/** The base class of every error this module throws or reports. */
-export class LobbyError extends Error {
-  constructor(message, options) {
-    super(message, options);
-    this.name = new.target.name;
-  }
-}
-
-/** An update whose `seq` skips ahead of the view's (or comes before any snapshot). */
-export class SequenceGap extends LobbyError {}
-
-/** An update whose `seq` the view has already reached. */
-export class DuplicateUpdate extends LobbyError {}
-
-/** An update that does not follow from the view's state, or names no change. */
-export class InconsistentUpdate extends LobbyError {}
-
-/** WebCrypto cannot make or use Ed25519 keys here; the message says what to do. */
-export class Ed25519Unsupported extends LobbyError {}
-
-/**
- * No connection: a `send` made while there is none, a `send` whose connection ended
- * before its result came (the message may or may not have been delivered), or a
- * `connect()` that ended without getting online. `code` is the close code, if any.
- */
-export class ConnectionLost extends LobbyError {
-  constructor(message, { code = null, ...options } = {}) {
-    super(message, options);
-    this.code = code;
-  }
-}
-
-/** The server refused our authentication; `reason` is its `auth_failed` reason. */
-export class AuthFailed extends LobbyError {
-  constructor(reason) {
-    super(`authentication failed (${reason})`);
-    this.reason = reason;
-  }
-}
-
-/** The server sent something the protocol does not allow. */
-export class ProtocolError extends LobbyError {}
-
-/** The server's `error` frame: it could not act on a frame of ours. */
-export class ServerError extends LobbyError {
-  constructor(code, message) {
-    super(`server error ${code}: ${message}`);
-    this.code = code;
-  }
-}
-
-// ---------------------------------------------------------------------------------
-// The lobby as a set of keys
-
-/** A Set that callers cannot change; `LobbyView` changes it through Set.prototype. */
-class ReadOnlySet extends Set {
-  add() {
-    throw new TypeError("LobbyView.online is read-only");
-  }
-  delete() {
-    throw new TypeError("LobbyView.online is read-only");
-  }
-  clear() {
-    throw new TypeError("LobbyView.online is read-only");
-  }
-}
-
-const setAdd = Set.prototype.add;
-const setDelete = Set.prototype.delete;
-const setClear = Set.prototype.clear;
-
-/**
- * Who is online, kept by the protocol's rules (docs/PROTOCOL.md, "The lobby").
- * No I/O: feed it snapshots and updates. A refused update throws and changes nothing.
- */
-export class LobbyView {
-  /** @type {number | null} the seq of the last snapshot or update applied. */
-  seq = null;
-  #online = new ReadOnlySet();
-
-  /** @returns {ReadonlySet<string>} the online keys, lowercase hex; do not change it. */
-  get online() {
-    return this.#online;
-  }
-
-  /**
-   * Replaces the whole view. A snapshot's seq may be anything, even lower than before.
-   * @param {number} seq
-   * @param {Iterable<string>} keys
-   */
-  applySnapshot(seq, keys) {
-    setClear.call(this.#online);
-    for (const key of keys) setAdd.call(this.#online, key.toLowerCase());
-    this.seq = seq;
-  }
-
-  /**
-   * Applies one update: removes `left`, then adds `joined`, so a key in both (a
-   * reconnection) stays online.
-   * @param {number} seq must be exactly this.seq + 1
-   * @param {string[]} joined
-   * @param {string[]} left
-   * @throws {SequenceGap | DuplicateUpdate | InconsistentUpdate} and changes nothing
-   */
-  applyUpdate(seq, joined, left) {
-    this.#checkSeq(seq);
-    const leaving = distinctKeys(left, "left");
-    const joining = distinctKeys(joined, "joined");
-    if (leaving.size === 0 && joining.size === 0) {
-      throw new InconsistentUpdate(`update ${seq} has neither joined nor left keys`);
-    }
-    for (const key of leaving) {
-      if (!this.#online.has(key)) {
-        throw new InconsistentUpdate(`update ${seq}: ${key} left but was not online`);
-      }
-    }
-    for (const key of joining) {
-      if (this.#online.has(key) && !leaving.has(key)) {
-        throw new InconsistentUpdate(`update ${seq}: ${key} joined but was already online`);
-      }
-    }
-    for (const key of leaving) setDelete.call(this.#online, key);
-    for (const key of joining) setAdd.call(this.#online, key);
-    this.seq = seq;
-  }
-
-  #checkSeq(seq) {
-    if (this.seq === null) throw new SequenceGap(`update ${seq} before any snapshot`);
-    if (seq <= this.seq) {
-      throw new DuplicateUpdate(`update ${seq} repeats: the view is at ${this.seq}`);
-    }
-    if (seq !== this.seq + 1) {
-      throw new SequenceGap(`update ${seq} skips ahead: expected ${this.seq + 1}`);
-    }
-  }
-}
-
-/** The keys of one list, lowercase; a key listed twice makes the update inconsistent. */
-function distinctKeys(keys, listName) {
-  const distinct = new Set();
-  for (const key of keys) {
-    const lower = key.toLowerCase();
-    if (distinct.has(lower)) {
-      throw new InconsistentUpdate(`${lower} is twice in ${listName}`);
-    }
-    distinct.add(lower);
-  }
-  return distinct;
-}
-
-// ---------------------------------------------------------------------------------
-// Identity: an Ed25519 key pair made and used through WebCrypto
-
-const DB_STORE = "identity";
-const DB_RECORD = "keyPair";
-
-/**
- * The identity kept under `name`, created on first use.
- *
- * In a browser with `storage: "indexeddb"` (the default) the key pair lives in the
- * IndexedDB database `name`, so a reload gets the same identity back; two pages
- * racing to create it end up with the same one. `storage: "memory"`, and any runtime
- * without IndexedDB (Node), make a fresh identity on every call. The private key is
- * never extractable.
- *
- * @param {{ name?: string, storage?: "indexeddb" | "memory" }} [options]
- * @returns {Promise<{ publicKey: string, privateKey: CryptoKey, keyPair: CryptoKeyPair,
- *   persisted: boolean }>}
- * @throws {Ed25519Unsupported}
- */
-export async function loadOrCreateIdentity({ name = "presence-lobby", storage = "indexeddb" } = {}) {
-  if (storage !== "indexeddb" && storage !== "memory") {
-    throw new TypeError(`storage must be "indexeddb" or "memory", not ${JSON.stringify(storage)}`);
-  }
-  subtleCrypto(); // fail before touching storage when there is no WebCrypto at all
-  if (storage === "memory" || typeof indexedDB === "undefined") {
-    return { ...(await identityFromKeyPair(await generateKeyPair())), persisted: false };
-  }
-  const db = await idbResult(openDatabase(name));
-  try {
-    const keyPair = (await loadKeyPair(db)) ?? (await storeNewKeyPair(db));
-    return { ...(await identityFromKeyPair(keyPair)), persisted: true };
-  } finally {
-    db.close();
-  }
-}
-
-/**
- * The identity of a key pair of the app's own (an Ed25519 `CryptoKeyPair`).
- * @param {CryptoKeyPair} keyPair
- * @returns {Promise<{ publicKey: string, privateKey: CryptoKey, keyPair: CryptoKeyPair }>}
- */
-export async function identityFromKeyPair(keyPair) {
-  if (keyPair?.privateKey?.algorithm?.name !== "Ed25519") {
-    throw new TypeError("identityFromKeyPair needs an Ed25519 CryptoKeyPair");
-  }
-  const raw = await subtleCrypto().exportKey("raw", keyPair.publicKey);
-  return { publicKey: toHex(raw), privateKey: keyPair.privateKey, keyPair };
-}
-
-/**
- * The bytes that answer a challenge: "lobby-auth-v1:" and the 32 raw nonce bytes.
- * @param {string} nonceHex the challenge's nonce, 64 hex characters
- * @returns {Uint8Array} 46 bytes
- */
-export function authPayload(nonceHex) {
-  const nonce = fromHex(nonceHex);
-  const payload = new Uint8Array(AUTH_PREFIX.length + nonce.length);
-  payload.set(AUTH_PREFIX, 0);
-  payload.set(nonce, AUTH_PREFIX.length);
-  return payload;
-}
-
-/** WebCrypto, looked up at each use; browsers leave it out of insecure contexts. */
-function subtleCrypto() {
-  const subtle = globalThis.crypto?.subtle;
-  if (!subtle) {
-    throw new Ed25519Unsupported(
-      "WebCrypto is not available here (crypto.subtle is missing); browsers offer it " +
-        "only to pages from a secure context. " + ADVICE,
-    );
-  }
-  return subtle;
-}
-
-/** Ed25519 errors from WebCrypto say "not supported"; say what to do instead. */
-function explainUnsupported(error) {
-  if (error?.name !== "NotSupportedError") return error;
-  return new Ed25519Unsupported(`This browser's WebCrypto has no Ed25519. ${ADVICE}`, {
-    cause: error,
-  });
-}
-
-async function generateKeyPair() {
-  const subtle = subtleCrypto();
-  try {
-    return await subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
-  } catch (error) {
-    throw explainUnsupported(error);
-  }
-}
-
-async function sign(privateKey, payload) {
-  const subtle = subtleCrypto();
-  try {
-    return await subtle.sign({ name: "Ed25519" }, privateKey, payload);
-  } catch (error) {
-    throw explainUnsupported(error);
-  }
-}
-
-function openDatabase(name) {
-  const request = indexedDB.open(name, 1);
-  request.onupgradeneeded = () => request.result.createObjectStore(DB_STORE);
-  return request;
-}
-
-function loadKeyPair(db) {
-  return idbResult(db.transaction(DB_STORE).objectStore(DB_STORE).get(DB_RECORD));
-}
-
-/** Stores a new pair unless another page stored one first, and returns the one kept. */
-async function storeNewKeyPair(db) {
-  const { publicKey, privateKey } = await generateKeyPair();
-  const transaction = db.transaction(DB_STORE, "readwrite");
-  transaction.objectStore(DB_STORE).add({ publicKey, privateKey }, DB_RECORD);
-  try {
-    await idbCommit(transaction);
-    return { publicKey, privateKey };
-  } catch (error) {
-    if (error?.name !== "ConstraintError") throw error;
-    return loadKeyPair(db);
-  }
-}
-
-function idbResult(request) {
-  return new Promise((resolve, reject) => {
-    request.onsuccess = () => resolve(request.result);
-    request.onerror = () => reject(request.error);
-  });
-}
-
-function idbCommit(transaction) {
-  return new Promise((resolve, reject) => {
-    transaction.oncomplete = () => resolve();
-    transaction.onabort = () => reject(transaction.error);
-  });
-}
-
-function toHex(buffer) {
-  return Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function fromHex(hex) {
-  return Uint8Array.from(hex.match(/../g) ?? [], (pair) => parseInt(pair, 16));
-}
 
 /** A fresh 32-hex id for a send: 128 random bits never repeat in practice. */
 function randomId() {
   return toHex(globalThis.crypto.getRandomValues(new Uint8Array(16)));
 }
-
-// ---------------------------------------------------------------------------------
-// The client
 
 /**
  * One user's connection to the lobby, kept up across network trouble.
@@ -639,8 +373,7 @@ export class LobbyClient extends EventTarget {
   }
 
   #reconnect(code, reason) {
-    const ceiling = Math.min(this.#maxDelay, this.#initialDelay * 2 ** this.#attempt);
-    const retryIn = this.#random() * ceiling;
+    const retryIn = backoffDelay(this.#attempt, this.#random(), this.#initialDelay, this.#maxDelay);
     this.#attempt += 1;
     const why = `closed with ${code}${reason ? ` (${reason})` : ""}`;
     if (SERVER_SIDE_CLOSES.has(code)) {
@@ -799,14 +532,12 @@ export class LobbyClient extends EventTarget {
 
   #onSnapshot(conn, frame) {
     if (!conn.authOk) throw new ProtocolError("a lobby snapshot came before auth_ok");
-    let keys;
     try {
-      keys = lobbyKeys(frame.users, "users");
-      checkSeq(frame.seq);
+      applyLobbyFrame(this.#view, frame); // a key listed twice: refused, as malformed
     } catch (error) {
+      if (!(error instanceof LobbyError)) throw error;
       return this.#resync(conn, error);
     }
-    this.#view.applySnapshot(frame.seq, keys);
     conn.synced = true;
     conn.snapshotRequested = false;
     this.#emit("sync", { seq: frame.seq, online: [...this.#view.online].sort() });
@@ -827,18 +558,14 @@ export class LobbyClient extends EventTarget {
 
   #onUpdate(conn, frame) {
     if (!conn.synced) return; // a snapshot is on its way and will supersede this
-    let joined;
-    let left;
+    let change;
     try {
-      checkSeq(frame.seq);
-      joined = lobbyKeys(frame.joined, "joined");
-      left = lobbyKeys(frame.left, "left");
-      this.#view.applyUpdate(frame.seq, joined, left);
+      change = applyLobbyFrame(this.#view, frame);
     } catch (error) {
       if (!(error instanceof LobbyError)) throw error;
       return this.#resync(conn, error);
     }
-    const { seq } = frame;
+    const { seq, joined, left } = change;
     for (const key of left) this.#emit("leave", { key, seq });
     for (const key of joined) this.#emit("join", { key, seq });
     this.#emit("update", { seq, joined, left });
@@ -896,16 +623,3 @@ export class LobbyClient extends EventTarget {
 }
 
 /** The keys of a lobby frame's list of `{ publicKey }`, lowercase. */
-function lobbyKeys(users, field) {
-  if (!Array.isArray(users)) throw new ProtocolError(`the lobby frame's ${field} is not an array`);
-  return users.map((user) => {
-    if (typeof user?.publicKey !== "string" || !HEX64.test(user.publicKey)) {
-      throw new ProtocolError(`the lobby frame's ${field} holds something that is not a key`);
-    }
-    return user.publicKey.toLowerCase();
-  });
-}
-
-function checkSeq(seq) {
-  if (!Number.isSafeInteger(seq)) throw new ProtocolError(`a lobby frame's seq is ${seq}`);
-}
