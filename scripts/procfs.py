@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -23,6 +24,28 @@ def _stat_fields(path: str) -> list[str]:
     parentheses, hence the last ``)``): field 3 of proc(5) is the first."""
     stat = Path(path).read_text()
     return stat[stat.rindex(")") + 2 :].split()
+
+
+def alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a zombie still does)."""
+    return Path(f"/proc/{pid}").exists()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid``: children, grandchildren... (scans /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int(_stat_fields(f"/proc/{entry}/stat")[1])
+                parents.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
 
 
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
@@ -42,6 +65,24 @@ def machine_cpu_seconds() -> float:
 def rss_bytes(pid: int) -> int:
     """Resident memory of ``pid`` in bytes (/proc/PID/statm)."""
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def total_cpu_seconds(pids: Iterable[int]) -> float:
+    """:func:`cpu_seconds` summed over ``pids``; a process that is gone counts 0."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def total_rss_bytes(pids: Iterable[int]) -> int:
+    """:func:`rss_bytes` summed over ``pids``; a process that is gone counts 0."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += rss_bytes(pid)
+    return total
 
 
 def state(pid: int) -> str | None:
@@ -65,23 +106,55 @@ def cmdline(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets ``pid`` holds open (empty when it is gone)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def _tcp_table() -> list[list[str]]:
+    """The rows of /proc/net/tcp and tcp6, split into columns."""
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            rows += [line.split() for line in Path(table).read_text().splitlines()[1:]]
+    return rows
+
+
 def listening_ports(pid: int) -> set[int]:
     """The TCP ports process ``pid`` listens on (its sockets' inodes, found in
     /proc/net/tcp and tcp6 in state LISTEN)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+    inodes = socket_inodes(pid)
+    return {
+        int(cols[1].rsplit(":", 1)[1], 16)
+        for cols in _tcp_table()
+        if cols[3] == "0A" and cols[9] in inodes  # LISTEN
+    }
+
+
+def _address(hex_addr: str) -> tuple[str, int]:
+    """An address of /proc/net/tcp (little-endian words) as (ip, port)."""
+    host, port = hex_addr.split(":")
+    if len(host) == 8:
+        ip = socket.inet_ntop(socket.AF_INET, bytes.fromhex(host)[::-1])
+    else:
+        raw = bytes.fromhex(host)
+        words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+        ip = socket.inet_ntop(socket.AF_INET6, words)
+    return ip, int(port, 16)
+
+
+def peers_by_process(pids: Sequence[int]) -> dict[tuple[str, int], int]:
+    """Map each TCP peer (address, port) connected to one of ``pids`` to that pid: on
+    a cluster this tells which worker holds a client's connection."""
+    owner = {inode: pid for pid in pids for inode in socket_inodes(pid)}
+    return {_address(cols[2]): owner[cols[9]] for cols in _tcp_table() if cols[9] in owner}
 
 
 def free_port() -> int:

@@ -43,11 +43,11 @@ from scripts.loadtest.report import table, write_json
 from scripts.loadtest.target import (
     Server,
     external,
-    free_port,
     start_bare,
     start_baseline,
     start_cluster,
 )
+from scripts.procfs import free_port
 from shared.client import DEFAULT_URL
 
 DEFAULT_SAMPLE = 0.05

@@ -21,7 +21,10 @@ from typing import Any
 
 from scripts.loadtest.pool import AgentPool, LoadTestError, Progress
 from scripts.loadtest.stats import Histogram
-from scripts.loadtest.target import Server, alive, cpu_seconds, peers_by_process, rss_bytes
+from scripts.loadtest.target import Server
+from scripts.procfs import alive, peers_by_process
+from scripts.procfs import total_cpu_seconds as cpu_seconds
+from scripts.procfs import total_rss_bytes as rss_bytes
 
 START_DELAY = 0.5
 """Seconds between sending a timed op and its start, so every process starts together."""

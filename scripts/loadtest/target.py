@@ -15,106 +15,19 @@ import contextlib
 import functools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scripts import procfs
 from scripts.loadtest.cpus import CpuSet, pin_process
 from shared.notify import Listener
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-# --------------------------------------------------------------------------- /proc
-
-
-def children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (scans /proc, so it sees grandchildren too)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            parents.setdefault(ppid, []).append(int(entry))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        kids = parents.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def cpu_seconds(pids: Iterable[int]) -> float:
-    """User + system CPU seconds of ``pids`` (vanished processes count 0)."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK_TCK
-
-
-def rss_bytes(pids: Iterable[int]) -> int:
-    """Resident memory of ``pids`` in bytes, from /proc/PID/statm."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-    return total
-
-
-def alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-    return inodes
-
-
-def _addr(hex_addr: str) -> tuple[str, int]:
-    host, port = hex_addr.split(":")
-    if len(host) == 8:  # IPv4, little-endian
-        ip = socket.inet_ntop(socket.AF_INET, bytes.fromhex(host)[::-1])
-    else:
-        raw = bytes.fromhex(host)
-        ip = socket.inet_ntop(
-            socket.AF_INET6, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-        )
-    return ip, int(port, 16)
-
-
-def peers_by_process(pids: Sequence[int]) -> dict[tuple[str, int], int]:
-    """Map each TCP peer (address, port) connected to one of ``pids`` to that pid: on
-    a cluster this tells which worker holds a client's connection."""
-    owner = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
-    peers: dict[tuple[str, int], int] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                cols = line.split()
-                pid = owner.get(cols[9])
-                if pid is not None:
-                    peers[_addr(cols[2])] = pid
-    return peers
-
 
 # --------------------------------------------------------------------------- servers
 
@@ -135,9 +48,9 @@ class Server:
         """The serving processes: a launcher's descendants (not the launcher, which
         only relays logs), or the named pids and their descendants."""
         if self.launcher is not None:
-            kids = children(self.launcher.pid)
+            kids = procfs.descendants(self.launcher.pid)
             return kids or [self.launcher.pid]
-        return [p for pid in self.external_pids for p in (pid, *children(pid))]
+        return [p for pid in self.external_pids for p in (pid, *procfs.descendants(pid))]
 
     def worker_pids(self) -> list[int]:
         """The processes that hold client connections (cluster workers, else all)."""
@@ -183,15 +96,9 @@ class Server:
 
 def _cmdline(pid: int) -> bytes:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
+        return procfs.cmdline(pid)
     except OSError:
         return b""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(name: str, command: list[str], url: str, cpus: CpuSet | None = None) -> Server:

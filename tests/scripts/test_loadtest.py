@@ -27,7 +27,8 @@ from scripts.loadtest.__main__ import main
 from scripts.loadtest.client import LoadClient
 from scripts.loadtest.pool import AgentPool, LoadTestError
 from scripts.loadtest.stats import Histogram
-from scripts.loadtest.target import Server, alive, free_port, start_baseline, start_cluster
+from scripts.loadtest.target import Server, start_baseline, start_cluster
+from scripts.procfs import alive, free_port
 from shared import protocol
 from shared.client import (
     DuplicateUpdate,

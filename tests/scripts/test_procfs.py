@@ -41,6 +41,24 @@ def test_a_listening_port_is_found_and_a_missing_pid_has_no_state() -> None:
     assert procfs.state(pid_max + 1) is None
 
 
+@linux
+def test_a_connection_is_mapped_to_its_process_and_sums_skip_missing_pids() -> None:
+    me = os.getpid()
+    with open("/proc/sys/kernel/pid_max") as f:
+        gone = int(f.read()) + 1
+    assert not procfs.alive(gone) and procfs.alive(me)
+    assert procfs.total_rss_bytes([me, gone]) == procfs.total_rss_bytes([me]) > 0
+    assert procfs.total_cpu_seconds([gone]) == 0.0
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, peer = server.accept()
+        with client, accepted:
+            peers = procfs.peers_by_process([me])
+            assert peers[peer] == me  # the client's end, seen from the accepted socket
+            assert peers[server.getsockname()] == me  # and the other way round
+            assert procfs.peers_by_process([gone]) == {}
+
+
 def test_a_frame_of_one_message_or_a_batch_is_decoded_and_sized() -> None:
     ack, kick = bb.AuthAck(7, "e", 3), bb.Kick(7)
     alone = bb.encode(ack)
