@@ -59,6 +59,8 @@ from shared import logs, timings
 from shared.protocol import is_hex_key
 
 log = logging.getLogger("coordinator")
+noisy = logs.Limited(log)
+"""Lines a worker can make the coordinator write over and over: at most a few a second."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,10 +167,11 @@ class CoordinatorCore:
             if is_hex_key(msg.key):
                 self.lobby.add_user(msg.key.lower(), Session(worker, msg.conn))
             else:
-                log.warning(
+                noisy.warning(
+                    "malformed_key",
                     "worker %s sent an auth for a malformed key; ignored",
                     worker,
-                    extra=logs.event("malformed_key", worker=worker),
+                    worker=worker,
                 )
         elif isinstance(msg, bb.Closed):
             if is_hex_key(msg.key):
@@ -176,11 +179,13 @@ class CoordinatorCore:
         elif isinstance(msg, bb.Route):
             self._on_route(worker, msg, now, wall, out)
         elif not isinstance(msg, bb.Heartbeat):
-            log.warning(
+            noisy.warning(
+                "unexpected_message",
                 "dropping %s from worker %s: not an event",
                 msg.TAG,
                 worker,
-                extra=logs.event("unexpected_message", worker=worker, kind=msg.TAG),
+                worker=worker,
+                kind=msg.TAG,
             )
         self._schedule(now, wall, out)
         return out

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from workers.core import WorkerCore
 
 log = logging.getLogger("workers")
+noisy = logs.Limited(log)
+"""Lines the coordinator's messages can make the worker write over and over."""
 
 READ_BATCH: Final = 256
 """Backbone messages handled in a row before clients' frames get a turn."""
@@ -217,11 +219,13 @@ class Backbone:
                 curve.make_client(sock, self._curve[0], key.encode())
             sock.connect(endpoint)
         except (zmq.ZMQError, endpoints.UnsafeDirectory, ValueError) as exc:
-            log.warning(
+            noisy.warning(
+                "peer_unreachable",
                 "cannot reach worker results endpoint %s: %s",
                 endpoint,
                 exc,
-                extra=logs.event("peer_unreachable", endpoint=endpoint, error=str(exc)),
+                endpoint=endpoint,
+                error=str(exc),
             )
             return None
         self._peers[endpoint] = sock

@@ -85,6 +85,8 @@ if TYPE_CHECKING:
     from workers.settings import Timing
 
 log = logging.getLogger("workers")
+noisy = logs.Limited(log)
+"""Lines a peer can make the worker write over and over: at most a few a second."""
 H = TypeVar("H", bound=Hashable)
 _M = TypeVar("_M")
 
@@ -391,10 +393,11 @@ class WorkerCore(Generic[H]):
         for msg in messages:
             handler = handlers.get(type(msg))
             if handler is None:
-                log.warning(
+                noisy.warning(
+                    "unexpected_message",
                     "dropping unexpected backbone message %s",
                     msg.TAG,
-                    extra=logs.event("unexpected_message", kind=msg.TAG),
+                    kind=msg.TAG,
                 )
                 continue
             self._last_seen = now
@@ -410,10 +413,11 @@ class WorkerCore(Generic[H]):
             if isinstance(msg, bb.RouteDone):
                 self.router.done(msg)
             else:
-                log.warning(
+                noisy.warning(
+                    "unexpected_result",
                     "dropping %s on the results endpoint",
                     msg.TAG,
-                    extra=logs.event("unexpected_result", kind=msg.TAG),
+                    kind=msg.TAG,
                 )
         return max(1, len(messages))
 
@@ -421,10 +425,8 @@ class WorkerCore(Generic[H]):
     def _decode(frame: bytes) -> list[bb.Message]:
         messages, errors = bb.decode_batch(frame)
         for error in errors:
-            log.warning(
-                "dropping undecodable backbone frame: %s",
-                error,
-                extra=logs.event("undecodable_frame", error=error),
+            noisy.warning(
+                "undecodable_frame", "dropping undecodable backbone frame: %s", error, error=error
             )
         return messages
 

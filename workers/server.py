@@ -340,6 +340,7 @@ class Worker:
             self.core.loop_lag(max(0.0, loop.time() - due))
             self.backbone.drain()
             self.core.tick(loop.time())
+            logs.flush_suppressed()
 
     # ------------------------------------------------------------------ clients
 
