@@ -24,6 +24,8 @@ COORDINATOR_READY_WAIT = 10.0
 (workers cope with a coordinator that is not there yet; waiting only makes start-up
 quieter)."""
 NAME_WIDTH = 12
+IGNORED_SHOWN = 5
+"""Lines a second about notifications from strangers (the rest are counted)."""
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -118,6 +120,8 @@ class Cluster:
         self._env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._preexec = _die_with_parent(os.getpid())
         self._metrics: MetricsEndpoint | None = None
+        self._ignored_since = float("-inf")
+        self._ignored_shown = self._ignored_held = 0
 
     # ------------------------------------------------------------------ output
 
@@ -376,17 +380,19 @@ class Cluster:
         loop = asyncio.get_running_loop()
         loop.add_reader(listener.fileno(), self._on_notify, slot, listener)
         try:
-            return await self._run_child(slot, command, listener.address)
+            return await self._run_child(slot, command, listener)
         finally:
             loop.remove_reader(listener.fileno())
             listener.close()
 
-    async def _run_child(self, slot: Slot, command: list[str], notify: str) -> int | None:
+    async def _run_child(
+        self, slot: Slot, command: list[str], listener: notify.Listener
+    ) -> int | None:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *command,
                 cwd=ROOT,
-                env=dict(self._env, NOTIFY_SOCKET=notify),
+                env=dict(self._env, NOTIFY_SOCKET=listener.address),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -400,6 +406,7 @@ class Cluster:
             )
             return None
         slot.proc = proc
+        listener.expect(proc.pid)  # nobody else may say it is ready
         self.log(
             f"started {slot.name} pid {proc.pid}",
             "process_started",
@@ -442,6 +449,36 @@ class Cluster:
         for notification in listener.receive(0):
             if is_ready(notification) and not slot.ready:
                 self._on_ready(slot)
+        while listener.ignored:
+            pid, uid = listener.ignored.pop(0)
+            self._ignored(slot, pid, uid)
+
+    def _ignored(self, slot: Slot, pid: int, uid: int) -> None:
+        """Say that a stranger wrote to ``slot``'s notify socket: a few lines a second at
+        most, then how many more there were (anyone can send as many as they like)."""
+        now = time.monotonic()
+        if now - self._ignored_since >= 1.0:
+            if self._ignored_held:
+                self.log(
+                    f"ignored {self._ignored_held} more notifications from other processes",
+                    "notify_ignored",
+                    "WARNING",
+                    count=self._ignored_held,
+                )
+            self._ignored_since, self._ignored_shown, self._ignored_held = now, 0, 0
+        if self._ignored_shown >= IGNORED_SHOWN:
+            self._ignored_held += 1
+            return
+        self._ignored_shown += 1
+        self.log(
+            f"ignored a notification from pid {pid} uid {uid} on the notify socket of "
+            f"{slot.name}: only that process may say it is ready",
+            "notify_ignored",
+            "WARNING",
+            process=slot.name,
+            sender_pid=pid,
+            sender_uid=uid,
+        )
 
     def _on_ready(self, slot: Slot) -> None:
         slot.ready = slot.ever_ready = True

@@ -24,7 +24,15 @@ from scripts.launcher.config import BackoffPolicy, Config, connect_url, split_fo
 from scripts.launcher.supervise import describe_exit, is_ready, notify_socket, notify_supervisor
 from scripts.procfs import environ, listening_ports
 from shared import defaults, notify
-from tests.support import ROOT, ManagedProcess, free_port, http, wait_until
+from tests.support import (
+    AS_ROOT,
+    ROOT,
+    ManagedProcess,
+    another_user,
+    free_port,
+    http,
+    wait_until,
+)
 
 # --------------------------------------------------------------------------- pure logic
 
@@ -289,7 +297,8 @@ print("argv", " ".join(sys.argv[1:]), flush=True)
 if os.environ.get("FAKE_REFUSE") and args.worker_id:
     print("error: argument --bad: refused", flush=True)
     sys.exit(2)
-notify.ready(STATUS)
+if not (os.environ.get("FAKE_SILENT") and args.worker_id):
+    notify.ready(STATUS)
 if ignore:
     threading.Event().wait()
 signal.sigwait({signal.SIGTERM})
@@ -403,6 +412,50 @@ def test_a_child_refusing_its_options_stops_the_launcher_with_code_2(fakes: Path
         assert "w1-2" not in output and "w2-2" not in output  # never restarted
         assert output.count("| bye") == 1  # the coordinator was stopped, not left behind
         launcher.assert_no_traceback()
+    finally:
+        shut_down(launcher)
+
+
+def _say_ready_to_every_notify_socket_of(launcher_pid: int) -> str:
+    """As another user: send ``READY=1`` to every notify socket the launcher has open
+    (their abstract names are public in /proc/net/unix). Returns how many it reached."""
+    prefix = f"@presence-cluster-{launcher_pid}-"
+    with open("/proc/net/unix") as table:
+        names = {line.split()[-1] for line in table if line.split()[-1].startswith(prefix)}
+    sent = 0
+    for name in names:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"READY=1\nSTATUS=fake", "\0" + name[1:])
+            sent += 1
+    return str(sent)
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="acting as another user needs root (as in CI)")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract sockets are Linux's")
+@pytest.mark.process
+def test_only_the_launchers_own_children_can_say_they_are_ready(fakes: Path) -> None:
+    """Another local user who finds the notify sockets (abstract names, listed in
+    /proc/net/unix for anyone) and sends READY=1 must not make the launcher announce a
+    cluster whose workers never became ready."""
+    env = {"PYTHONPATH": str(fakes), "FAKE_SILENT": "1"}  # the workers never say ready
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    launcher = launch(2, free_port(), extra, env)
+    try:
+        launcher.wait_for_line("started w2-1 pid", timeout=30)
+        with another_user(lambda: _say_ready_to_every_notify_socket_of(launcher.proc.pid)) as sent:
+            assert sent == "3", sent  # the coordinator's socket and both workers'
+        wait_until(
+            lambda: (
+                "processes ready" in launcher.output()
+                or launcher.output().count("ignored a notification from pid") == 3
+            ),
+            "the launcher to take the three datagrams",
+        )
+        output = launcher.output()
+        assert "processes ready" not in output, output
+        assert "uid 65534" in output
+        launcher.notify.receive(0)
+        assert launcher.notify.count() == 0  # nor did it tell its own supervisor
     finally:
         shut_down(launcher)
 
