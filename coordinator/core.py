@@ -124,6 +124,9 @@ class CoordinatorCore:
         """Sessions removed because their worker was presumed dead."""
         self.flaps = FlapCounter()
         """Keys that left and joined again soon after, counted at publication."""
+        self.peer_keys: list[str] = []
+        """The CURVE public keys (Z85) of the workers admitted, told to each worker in
+        its ``Welcome`` so that its results socket takes them alone (set by the shell)."""
 
     @property
     def epoch(self) -> str:
@@ -233,7 +236,7 @@ class CoordinatorCore:
                 "worker_registered", worker=worker, sessions=done.claimed, ended=done.removed
             ),
         )
-        out.append(ToWorker(worker, bb.Welcome(self.epoch)))
+        out.append(ToWorker(worker, bb.Welcome(self.epoch, self.peer_keys)))
 
     def _on_route(
         self, worker: str, msg: bb.Route, now: float, wall: float, out: list[Output]

@@ -59,6 +59,7 @@ class Coordinator:
     def __init__(self, settings: CoordinatorSettings, context: zmq.Context[zmq.Socket[bytes]]):
         self.settings = settings
         ends = settings.backbone_endpoints
+        self._admitted: list[str] = []
         endpoints.prepare(ends.events, port=settings.port)
         self._lock = endpoints.Lock.take(ends.events, "coordinator")
         try:
@@ -77,6 +78,7 @@ class Coordinator:
             previous=previous,
             rebuild=state != "idle",
         )
+        self.core.peer_keys = self._admitted
         self._recorded = self.core.epoch
         self._lock.record(f"{self._recorded} running")
         logs.identify(self._recorded)
@@ -135,6 +137,7 @@ class Coordinator:
         self._auth = ThreadAuthenticator(context, log=logging.getLogger("coordinator.zap"))
         self._auth.start()
         self._auth.configure_curve(location=curve.authorised_dir(clients))
+        self._admitted = curve.authorised_keys(clients)
         log.info(
             "CURVE on: workers must hold a key from %s",
             clients,

@@ -97,6 +97,13 @@ def make_client(
     sock.curve_serverkey = server_public
 
 
+def authorised_keys(path: str) -> list[str]:
+    """The public keys (Z85 text) of the ``*.key`` files in ``path``, sorted: the
+    workers the coordinator admits (what its authenticator loads)."""
+    keys = zmq.auth.load_certificates(path)
+    return sorted(key.decode("ascii") for key in keys)
+
+
 def authorised_dir(path: str) -> str:
     """Check the directory of authorised worker public keys exists and holds some."""
     directory = Path(path)

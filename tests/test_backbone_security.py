@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from scripts.fake_worker import CurveClient, FakeWorker
 from shared import backbone as bb
 from shared import curve, endpoints
 from shared.client import LobbyClient
-from tests.support import ROOT, ManagedProcess, free_port
+from tests.support import ROOT, ManagedProcess, free_port, wait_until
 
 NOBODY = 65534
 
@@ -277,6 +278,115 @@ def test_curve_admits_only_listed_workers_and_never_logs_secrets(tmp_path: Path)
             _, secret = zmq.auth.load_certificate(secret_file)
             assert secret is not None and secret.decode() not in logs
     finally:
+        for proc in (worker, coordinator):
+            if proc is not None:
+                assert proc.stop() == 0
+                proc.assert_no_traceback()
+
+
+def _handshake(sock: zmq.Socket[bytes], endpoint: str, timeout: float = 10.0) -> int:
+    """Connect ``sock`` to ``endpoint`` and return how its CURVE handshake ended: the
+    monitor event ``HANDSHAKE_SUCCEEDED`` or one of the ``HANDSHAKE_FAILED_*``."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    monitor = sock.get_monitor_socket()
+    try:
+        sock.connect(endpoint)
+        ended = {
+            zmq.EVENT_HANDSHAKE_SUCCEEDED,
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+        }
+        while monitor.poll(int(timeout * 1000)):
+            event = int(recv_monitor_message(monitor)["event"])
+            if event in ended:
+                return event
+        raise AssertionError(f"no handshake with {endpoint} within {timeout}s")
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
+
+
+JUNK_FRAMES = 20_000
+
+
+@pytest.mark.process
+def test_results_sockets_take_only_the_workers_the_coordinator_admits(tmp_path: Path) -> None:
+    """A key the coordinator lists nowhere must not even complete a CURVE handshake with
+    a worker's results socket; an admitted one that sends junk gets a few log lines a
+    second, and the count of the rest, not one line per frame."""
+    keys, admitted, stranger = _keys(tmp_path)
+    subprocess.run(
+        [sys.executable, "scripts/backbone_keys.py", str(keys), "w2"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    (admitted / "w2.key").write_bytes((keys / "w2.key").read_bytes())
+    p1, p2, p3, web = free_port(), free_port(), free_port(), free_port()
+    events, updates = f"tcp://127.0.0.1:{p1}", f"tcp://127.0.0.1:{p2}"
+    results = f"tcp://127.0.0.1:{p3}"
+    backbone = ["--events-endpoint", events, "--updates-endpoint", updates]
+    coordinator = ManagedProcess(
+        "coordinator",
+        [
+            *backbone,
+            "--curve-secret-key",
+            str(keys / "coordinator.key_secret"),
+            "--curve-clients",
+            str(admitted),
+        ],
+    )
+    worker: ManagedProcess | None = None
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        coordinator.wait_ready()
+        worker = ManagedProcess(
+            "workers",
+            [
+                *backbone,
+                "--port",
+                str(web),
+                "--worker-id",
+                "w1",
+                "--curve-secret-key",
+                str(keys / "w1.key_secret"),
+                "--curve-server-key",
+                str(keys / "coordinator.key"),
+                "--results-endpoint",
+                results,
+            ],
+        )
+        worker.wait_ready()
+        w1_public = curve.load_public(str(keys / "w1.key"))
+
+        def pusher(key_file: Path) -> zmq.Socket[bytes]:
+            sock = ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            curve.make_client(sock, curve.load_keypair(str(key_file)), w1_public)
+            return sock
+
+        assert _handshake(pusher(stranger), results) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        admitted_peer = pusher(keys / "w2.key_secret")
+        assert _handshake(admitted_peer, results) == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        for _ in range(JUNK_FRAMES):
+            admitted_peer.send(b"\xc1 not msgpack")
+
+        def accounted() -> tuple[int, int]:
+            """(lines about junk frames, frames they account for)."""
+            output = worker.output() if worker is not None else ""
+            lines = output.count("dropping undecodable backbone frame")
+            held = re.findall(r"(\d+) more undecodable_frame lines suppressed", output)
+            return lines + len(held), lines + sum(int(n) for n in held)
+
+        wait_until(lambda: accounted()[1] >= JUNK_FRAMES, "every junk frame to be counted", 30)
+        lines, frames = accounted()
+        assert frames == JUNK_FRAMES
+        assert lines < 200, f"{lines} log lines for {JUNK_FRAMES} junk frames"
+    finally:
+        ctx.destroy(linger=0)
         for proc in (worker, coordinator):
             if proc is not None:
                 assert proc.stop() == 0

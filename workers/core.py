@@ -73,7 +73,15 @@ from workers import stats
 from workers.admission import Admission, Admit
 from workers.clients import Client, ClientTable, Group
 from workers.connection import Connection, Link, State, Verifier
-from workers.outputs import Broadcast, ClientOutput, Emit, Report, StartRoute, Synced
+from workers.outputs import (
+    AdmitPeers,
+    Broadcast,
+    ClientOutput,
+    Emit,
+    Report,
+    StartRoute,
+    Synced,
+)
 from workers.outputs import Output as MachineOutput
 from workers.replica import Announce, Forward, Replica, RequestSnapshot, Resynced, SyncState
 from workers.replica import Output as ReplicaOutput
@@ -108,7 +116,7 @@ _REPAIRED_BY_HELLO: Final = (bb.Authed, bb.Closed, bb.Hello)
 
 # --------------------------------------------------------------------------- outputs
 
-Output = Emit | Report | Broadcast[Any] | Synced
+Output = Emit | Report | Broadcast[Any] | Synced | AdmitPeers
 """What the core hands its shell besides clients' outputs; :class:`Emit` goes to the
 coordinator."""
 
@@ -192,7 +200,7 @@ class WorkerCore(Generic[H]):
         self._reading = False
         replica, updated = self.replica, self._replica_outputs
         self._handlers: dict[type[bb.Message], Callable[[bb.Message], None]] = {
-            bb.Welcome: lambda m: updated(replica.on_welcome(_as(m, bb.Welcome))),
+            bb.Welcome: lambda m: self._on_welcome(_as(m, bb.Welcome)),
             bb.Reannounce: lambda m: updated(replica.start()),
             bb.Snapshot: lambda m: updated(replica.on_snapshot(_as(m, bb.Snapshot))),
             bb.Update: lambda m: updated(replica.on_update(_as(m, bb.Update))),
@@ -465,6 +473,10 @@ class WorkerCore(Generic[H]):
         self.counters["results"] += count
         for _ in range(count):
             stats.dropped(bb.RouteDone.TAG)
+
+    def _on_welcome(self, msg: bb.Welcome) -> None:
+        self.hand(AdmitPeers(frozenset(msg.peers)))
+        self._replica_outputs(self.replica.on_welcome(msg))
 
     def _on_beat(self, msg: bb.Beat) -> None:
         self.clock.beat(msg.epoch, msg.at, self._wall())

@@ -145,3 +145,11 @@ class Report:
 @dataclass(frozen=True, slots=True)
 class Synced:
     """The replica is live (from a snapshot): the worker is ready to serve."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitPeers:
+    """The coordinator's list of worker keys (:class:`~shared.backbone.Welcome`): from
+    now on the results socket takes those workers alone."""
+
+    keys: frozenset[str]

@@ -55,6 +55,7 @@ from workers.core import TICK, Output, WorkerCore
 from workers.door import Door
 from workers.frames import SharedFrame
 from workers.outputs import (
+    AdmitPeers,
     Broadcast,
     ClientOutput,
     Close,
@@ -163,6 +164,8 @@ class Worker:
             self._broadcast(output)
         elif isinstance(output, Synced):
             self._ready.set()
+        elif isinstance(output, AdmitPeers):
+            self.backbone.admit(output.keys)
 
     def buffered(self, handle: ServerConnection) -> int:
         transport = handle.transport
