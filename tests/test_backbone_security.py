@@ -9,6 +9,8 @@ import re
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -134,21 +136,92 @@ def test_both_processes_refuse_an_ipc_directory_others_could_enter(tmp_path: Pat
             assert "cannot start the backbone" in error and str(directory) in error
 
 
+@pytest.fixture
+def planted_tmp() -> Iterator[Path]:
+    """A TMPDIR (short, for ipc paths) in which another user created ``presence-UID``
+    first, open to all, as anyone may in /tmp."""
+    with tempfile.TemporaryDirectory(prefix="pl-") as tmp:
+        planted = Path(tmp) / f"presence-{os.getuid()}"
+        planted.mkdir()
+        planted.chmod(0o777)
+        os.chown(planted, NOBODY, NOBODY)
+        yield Path(tmp)
+
+
 @pytest.mark.process
 @pytest.mark.skipif(os.getuid() != 0, reason="making a directory owned by another user")
-def test_a_default_directory_planted_by_another_user_is_refused(tmp_path: Path) -> None:
+def test_a_default_directory_planted_by_another_user_is_passed_by(planted_tmp: Path) -> None:
     """With XDG_RUNTIME_DIR unset the default lives under /tmp/presence-UID; another
-    user who creates it first must not get the sockets."""
-    planted = tmp_path / f"presence-{os.getuid()}"
-    planted.mkdir()
-    planted.chmod(0o777)
-    os.chown(planted, NOBODY, NOBODY)
-    env = {"TMPDIR": str(tmp_path), "XDG_RUNTIME_DIR": ""}
-    for module in ("coordinator", "workers"):
-        error = _refused(module, "--port", "4343", env=env)
-        assert f"belongs to uid {NOBODY}" in error
-    assert not (planted / "presence-4343").exists()
+    user who creates it first must neither get the sockets nor keep the server from
+    starting: each process takes the same private directory of this user's, and says
+    where."""
+    planted = planted_tmp / f"presence-{os.getuid()}"
+    env = {"TMPDIR": str(planted_tmp), "XDG_RUNTIME_DIR": ""}
+    port = free_port()
+    coordinator = ManagedProcess("coordinator", ["--port", str(port)], env=env)
+    worker: ManagedProcess | None = None
+    try:
+        coordinator.wait_ready()
+        said = re.search(r"using the private directory (\S+) instead", coordinator.output())
+        assert said, coordinator.output()
+        assert f"{planted} belongs to uid {NOBODY}" in coordinator.output()
+        private = Path(said.group(1))
+        assert private.parent == planted_tmp
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700
+        assert private.stat().st_uid == os.getuid()
+        assert (private / f"presence-{port}" / "events").exists()
+        # A worker started on its own finds the same directory: it joins (it is ready
+        # only once the coordinator has sent it the lobby).
+        worker = ManagedProcess("workers", ["--port", str(port), "--worker-id", "w1"], env=env)
+        worker.wait_ready()
+        assert f"using the private directory {private} instead" in worker.output()
+    finally:
+        for proc in (worker, coordinator):
+            if proc is not None:
+                assert proc.stop() == 0
+                proc.assert_no_traceback()
+    assert list(planted.iterdir()) == []  # nothing of ours in the other user's directory
     assert stat.S_IMODE(planted.stat().st_mode) == 0o777  # never chmod-ed
+
+
+def test_the_default_directory_is_made_private_when_missing(tmp_path: Path) -> None:
+    base, notice = endpoints._private_base(str(tmp_path), 4321)
+    assert base == tmp_path / "presence-4321" and notice is None
+    assert stat.S_IMODE(base.stat().st_mode) == 0o700
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a directory owned by another user")
+def test_a_planted_default_directory_gives_way_to_a_private_one_all_processes_agree_on(
+    tmp_path: Path,
+) -> None:
+    uid = os.getuid()
+    planted = tmp_path / f"presence-{uid}"
+    planted.mkdir()
+    os.chown(planted, NOBODY, NOBODY)
+    # Another user's look-alikes are passed by too.
+    (tmp_path / f"presence-{uid}-aaaa").mkdir(mode=0o700)
+    os.chown(tmp_path / f"presence-{uid}-aaaa", NOBODY, NOBODY)
+    (tmp_path / f"presence-{uid}-bbbb").symlink_to(tmp_path)
+    first, notice = endpoints._private_base.__wrapped__(str(tmp_path), uid)
+    assert first.parent == tmp_path and first.name.startswith(f"presence-{uid}-")
+    assert first.name not in (f"presence-{uid}-aaaa", f"presence-{uid}-bbbb")
+    assert stat.S_IMODE(first.stat().st_mode) == 0o700
+    assert notice == (
+        f"ipc directory {planted} belongs to uid {NOBODY}, not to this user ({uid}): another "
+        "user could read and inject backbone messages; using the private directory "
+        f"{first} instead"
+    )
+    # Another process (the same work done afresh) picks the same one.
+    again, _ = endpoints._private_base.__wrapped__(str(tmp_path), uid)
+    assert again == first
+
+
+def test_the_launchers_choice_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    assert endpoints.runtime_dir(9) == tmp_path / "xdg" / "presence-9"
+    monkeypatch.setenv(endpoints.RUNTIME_ENV, str(tmp_path / "shared"))
+    assert endpoints.runtime_dir(9) == tmp_path / "shared" / "presence-9"
+    assert endpoints.fallback_notice() is None
 
 
 @pytest.mark.process

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from scripts.launcher.config import USAGE_ERROR, Config, connect_url, tcp
 from scripts.launcher.metrics import MULTIPROC_ENV, MetricsEndpoint
-from shared import logs, notify
+from shared import endpoints, logs, notify
 
 ROOT = Path(__file__).resolve().parents[2]
 COORDINATOR_READY_WAIT = 10.0
@@ -237,6 +237,8 @@ class Cluster:
                 host=config.host,
                 port=config.port,
             )
+        if config.role == "all":
+            self._share_runtime_dir()
         if config.runs_coordinator:
             await self._start_coordinator()
         if not self._stop.is_set():
@@ -247,6 +249,20 @@ class Cluster:
         await self._shutdown()
         self.log("stopped", "stopped")
         return self.exit_code
+
+    def _share_runtime_dir(self) -> None:
+        """Pick the directory of the ipc backbone once, for every child: they must all
+        use the same one, and when another user holds ``/tmp/presence-UID`` it is one of
+        this user's own (:func:`shared.endpoints.runtime_base`), which says so."""
+        try:
+            base = endpoints.runtime_base()
+        except OSError as exc:
+            self.log(f"no private directory for the backbone: {exc}", "ipc_dir", "ERROR")
+            return  # the children refuse it too, naming it
+        self._env[endpoints.RUNTIME_ENV] = str(base)
+        notice = endpoints.fallback_notice()
+        if notice is not None:
+            self.log(notice, "ipc_dir_fallback", "WARNING", directory=str(base))
 
     async def _start_coordinator(self) -> None:
         """Start the coordinator and give it a moment to be ready before the workers."""

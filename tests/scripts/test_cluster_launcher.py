@@ -26,6 +26,7 @@ from scripts.procfs import environ, listening_ports
 from shared import defaults, notify
 from tests.support import (
     AS_ROOT,
+    NOBODY,
     ROOT,
     ManagedProcess,
     another_user,
@@ -552,6 +553,37 @@ def test_real_cluster_restarts_a_killed_worker_and_stops_cleanly(short_runtime_d
         exercise_restart_and_stop(launcher, 2, signal.SIGTERM)
     finally:
         shut_down(launcher)
+
+
+@pytest.mark.skipif(not REAL, reason="python -m coordinator / workers not written yet")
+@pytest.mark.skipif(not AS_ROOT, reason="making a directory owned by another user")
+@pytest.mark.process
+def test_a_cluster_starts_when_another_user_holds_its_default_directory() -> None:
+    """Without XDG_RUNTIME_DIR the backbone's default is under /tmp/presence-UID, which
+    anyone can create first: the launcher picks a private directory of its own instead,
+    says where, and gives it to every child, so that they still find each other."""
+    with tempfile.TemporaryDirectory(prefix="pl-") as tmp:
+        planted = Path(tmp) / f"presence-{os.getuid()}"
+        planted.mkdir()
+        planted.chmod(0o777)
+        os.chown(planted, NOBODY, NOBODY)
+        launcher = launch(2, free_port(), [], {"TMPDIR": tmp, "XDG_RUNTIME_DIR": ""})
+        try:
+            status = launcher.wait_ready(timeout=60)
+            assert status.startswith("all 3 processes ready"), status
+            output = launcher.output()
+            said = re.search(
+                r"^cluster +\| .*using the private directory (\S+) instead", output, re.M
+            )
+            assert said, output
+            private = Path(said.group(1))
+            assert private.parent == Path(tmp) and private.stat().st_uid == os.getuid()
+            pids = started_pids(launcher)
+            for name in ("coordinator", "w1-1", "w2-1"):
+                assert environ(pids[name]).get("PRESENCE_RUNTIME_DIR") == str(private)
+            assert list(planted.iterdir()) == []
+        finally:
+            shut_down(launcher)
 
 
 # --------------------------------------------------------------------------- metrics
