@@ -464,3 +464,38 @@ def test_results_sockets_take_only_the_workers_the_coordinator_admits(tmp_path: 
             if proc is not None:
                 assert proc.stop() == 0
                 proc.assert_no_traceback()
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_secret_key_other_users_can_read_is_refused_naming_it(tmp_path: Path, mode: int) -> None:
+    """Anyone who reads a .key_secret can join the backbone as its owner: like the API's
+    token file, one open to other users (a copy made without care) is refused."""
+    keys, admitted, _ = _keys(tmp_path)
+    secret = keys / "coordinator.key_secret"
+    secret.chmod(mode)
+    p1, p2 = free_port(), free_port()
+    backbone = ["--events-endpoint", f"tcp://127.0.0.1:{p1}"]
+    backbone += ["--updates-endpoint", f"tcp://127.0.0.1:{p2}"]
+    error = _refused(
+        "coordinator",
+        *backbone,
+        "--curve-secret-key",
+        str(secret),
+        "--curve-clients",
+        str(admitted),
+    )
+    assert f"{secret} is open to other users (mode {mode:04o})" in error
+    worker_secret = keys / "w1.key_secret"
+    worker_secret.chmod(mode)
+    error = _refused(
+        "workers",
+        *backbone,
+        "--curve-secret-key",
+        str(worker_secret),
+        "--curve-server-key",
+        str(keys / "coordinator.key"),
+        "--results-endpoint",
+        f"tcp://127.0.0.1:{free_port()}",
+    )
+    assert f"{worker_secret} is open to other users (mode {mode:04o})" in error
