@@ -138,7 +138,8 @@ def prepare(endpoint: str, *, port: int | None = None) -> None:
     if path is None:
         return
     directory = path.parent
-    if port is not None and directory == runtime_dir(port):
+    default = port is not None and directory.name == f"presence-{port}"
+    if default and port is not None and directory == runtime_dir(port):
         notice = fallback_notice()
         if notice is not None and notice not in _told:
             _told.add(notice)
@@ -254,6 +255,8 @@ class EndpointInUse(Exception):
 
 def resolve(port: int, events: str | None, updates: str | None) -> Endpoints:
     """Endpoints from explicit values, falling back to the defaults for ``port``."""
+    if events and updates:
+        return Endpoints(events=events, updates=updates)  # no default directory made
     default = default_endpoints(port)
     return Endpoints(events=events or default.events, updates=updates or default.updates)
 
