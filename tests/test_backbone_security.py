@@ -438,6 +438,7 @@ def test_results_sockets_take_only_the_workers_the_coordinator_admits(tmp_path: 
         def pusher(key_file: Path) -> zmq.Socket[bytes]:
             sock = ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDTIMEO, 10_000)  # a worker that stopped reading fails
             curve.make_client(sock, curve.load_keypair(str(key_file)), w1_public)
             return sock
 
