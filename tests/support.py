@@ -401,6 +401,7 @@ def tls_files(tmp: Path) -> tuple[Path, Path, ssl.SSLContext]:
     cert = ca.issue_cert("127.0.0.1", "localhost")
     chain, key = tmp / "chain.pem", tmp / "key.pem"
     cert.private_key_pem.write_to_path(str(key))
+    key.chmod(0o600)  # one every user can read is refused
     cert.cert_chain_pems[0].write_to_path(str(chain))
     client_ssl = ssl.create_default_context()
     ca.configure_trust(client_ssl)
