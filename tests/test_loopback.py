@@ -24,7 +24,8 @@ HAS_IPV6_LOOPBACK = listen.ipv6_loopback()
         ("::1", True, ["127.0.0.1", "::1"]),
         ("127.0.0.1", False, ["127.0.0.1"]),  # no IPv6 loopback: nothing to squat
         ("localhost", False, ["127.0.0.1"]),
-        ("0.0.0.0", True, ["0.0.0.0"]),
+        ("0.0.0.0", True, ["0.0.0.0", "::1"]),  # every IPv4 address, loopback too
+        ("0.0.0.0", False, ["0.0.0.0"]),
         ("::", True, ["::"]),
         ("192.0.2.7", True, ["192.0.2.7"]),
     ],
@@ -93,7 +94,7 @@ def test_a_worker_on_loopback_answers_on_both_loopback_addresses() -> None:
             assert f"ws://127.0.0.1:{port}/ws" in status, status
 
             async def both() -> None:
-                for host in ("127.0.0.1", "::1"):
+                for host in ("127.0.0.1", "::1", "localhost"):
                     status, _, body = await http(port, host=host)
                     assert status == 200, (host, body)
 

@@ -6,8 +6,10 @@ local user listening there got the visitors (and could relay them to the real se
 acting as them). So on a loopback host (``127.0.0.1``, ``localhost``, ``::1``) every
 worker holds both loopback addresses of its port, and a worker that cannot bind one of
 them (another user holds it: ``SO_REUSEPORT`` shares a port with the same user alone)
-refuses to start, naming it. A machine without an IPv6 loopback has nothing there to
-take, and the worker holds ``127.0.0.1`` alone. Other hosts are taken as given."""
+refuses to start, naming it. ``0.0.0.0`` (every IPv4 address, loopback included) gets
+``::1`` beside it for the same reason. A machine without an IPv6 loopback has nothing
+there to take, and the worker holds the IPv4 address alone. Other hosts (``::``, which
+on Linux takes IPv4 too, or one address) are taken as given."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ NO_IPV6: Final = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EPROT
 
 def hosts(host: str, *, ipv6_loopback: bool) -> list[str]:
     """The addresses to listen on for ``host`` (see the module docstring)."""
+    if host == "0.0.0.0":
+        return [host, "::1"] if ipv6_loopback else [host]
     if host not in LOOPBACK_HOSTS:
         return [host]
     return ["127.0.0.1", "::1"] if ipv6_loopback else ["127.0.0.1"]
