@@ -10,8 +10,8 @@ import tempfile
 
 import pytest
 
+from shared import listen
 from tests.support import AS_ROOT, ManagedProcess, another_user, free_port, http, wait_until
-from workers import listen
 
 HAS_IPV6_LOOPBACK = listen.ipv6_loopback()
 

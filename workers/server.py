@@ -43,10 +43,10 @@ import zmq
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
-from shared import curve, endpoints, logs, notify, protocol
+from shared import curve, endpoints, listen, logs, notify, protocol
 from shared.options import SettingsError
 from shared.protocol import CLOSE_REASONS, CloseCode
-from workers import listen, stats
+from workers import stats
 from workers.api import ApiTokenError, BackendApi, load_token
 from workers.backbone import SHUTDOWN_LINGER_MS, Backbone
 from workers.clients import Client

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from scripts.launcher.config import USAGE_ERROR, Config, connect_url, tcp
-from scripts.launcher.metrics import MULTIPROC_ENV, MetricsEndpoint
+from scripts.launcher.metrics import MULTIPROC_ENV, MetricsEndpoint, PortTaken
 from shared import endpoints, logs, notify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,6 +188,15 @@ class Cluster:
                 "no metrics: prometheus_client is not installed (--metrics-port 0 to hush)",
                 "metrics_off",
                 "WARNING",
+            )
+            return
+        except PortTaken as exc:
+            self.log(
+                f"no metrics: {exc.strerror}",
+                "metrics_off",
+                "WARNING",
+                port=port,
+                error=str(exc),
             )
             return
         except OSError as exc:

@@ -23,7 +23,7 @@ from scripts.cluster import parse_args
 from scripts.launcher.config import BackoffPolicy, Config, connect_url, split_forwarded, worker_id
 from scripts.launcher.supervise import describe_exit, is_ready, notify_socket, notify_supervisor
 from scripts.procfs import environ, listening_ports
-from shared import defaults, notify
+from shared import defaults, listen, notify
 from tests.support import (
     AS_ROOT,
     NOBODY,
@@ -653,6 +653,50 @@ def test_a_taken_metrics_port_leaves_the_cluster_running_without_metrics(fakes: 
         finally:
             shut_down(launcher)
     launcher.assert_no_traceback()
+
+
+def _squat_ipv6_loopback(port: int) -> str:
+    """As another user: listen on [::1]:port (kept until the child exits)."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind(("::1", port))
+    sock.listen()
+    _held.append(sock)
+    return "listening"
+
+
+_held: list[socket.socket] = []
+
+
+@pytest.mark.skipif(not listen.ipv6_loopback(), reason="this machine has no IPv6 loopback")
+@pytest.mark.skipif(not AS_ROOT, reason="acting as another user needs root (as in CI)")
+@pytest.mark.process
+def test_metrics_are_not_left_to_whoever_holds_the_ipv6_loopback(fakes: Path) -> None:
+    """localhost:PORT/metrics is [::1] first: the launcher holds it beside 127.0.0.1, or
+    serves no metrics at all and says which address was taken."""
+    env = {"PYTHONPATH": str(fakes)}
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    port = free_port()
+    with another_user(lambda: _squat_ipv6_loopback(port)) as squatting:
+        assert squatting == "listening", squatting
+        launcher = launch(1, free_port(), [*extra, "--metrics-port", str(port)], env)
+        try:
+            launcher.wait_ready(timeout=30)
+            assert f"no metrics: cannot serve [::1]:{port}" in launcher.output()
+        finally:
+            shut_down(launcher)
+    launcher = launch(1, free_port(), [*extra, "--metrics-port", str(port)], env)
+    try:
+        launcher.wait_ready(timeout=30)
+
+        async def scrape() -> None:
+            for host in ("127.0.0.1", "::1"):
+                status, _, _ = await http(port, path="/metrics", host=host)
+                assert status == 200, host
+
+        asyncio.run(scrape())
+    finally:
+        shut_down(launcher)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
