@@ -94,6 +94,13 @@ def configure(settings: Logging, *, role: str, ident: str = "") -> None:
     # websockets logs client mistakes (bad handshakes) with tracebacks at DEBUG, and
     # every refused request at INFO: keep its own logger to warnings.
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    # What clients can make those libraries repeat, a few lines a second at most.
+    limited = Limited(logging.getLogger("logs"))
+    for name in FLOODED_LIBRARIES:
+        library = logging.getLogger(name)
+        for old in [f for f in library.filters if isinstance(f, FloodFilter)]:
+            library.removeFilter(old)
+        library.addFilter(FloodFilter(limited))
 
 
 def handler(log_format: str, stream: TextIO | None = None) -> logging.Handler:
@@ -165,8 +172,14 @@ class Limited:
     def log(self, level: int, name: str, msg: str, *args: Any, **fields: Any) -> bool:
         """Log ``msg % args`` at ``level`` as event ``name`` with ``fields``, unless this
         event is over its budget (then it is counted); returns whether it was logged."""
-        if not self.logger.isEnabledFor(level):
+        if not self.logger.isEnabledFor(level) or not self.admit(name):
             return False
+        self.logger.log(level, msg, *args, extra=event(name, **fields))
+        return True
+
+    def admit(self, name: str) -> bool:
+        """Whether one more line of event ``name`` fits its budget now (if not, it is
+        counted): for lines written by someone else (:class:`FloodFilter`)."""
         now = self._clock()
         start, lines = self._windows.get(name, (float("-inf"), 0))
         if now - start >= self.every:
@@ -177,7 +190,6 @@ class Limited:
             self._windows[name] = (start, lines)
             return False
         self._windows[name] = (start, lines + 1)
-        self.logger.log(level, msg, *args, extra=event(name, **fields))
         return True
 
     def warning(self, name: str, msg: str, *args: Any, **fields: Any) -> bool:
@@ -208,6 +220,23 @@ class Limited:
 
 
 _limiters: list[Limited] = []
+
+
+class FloodFilter(logging.Filter):
+    """The same bound on a library's logger, whose calls this code does not make: each
+    message template (its unformatted text) is an event of ``limited``, whose logger
+    writes the counts. On ``asyncio`` (``socket.send() raised exception.`` for every
+    write to a connection a client dropped) and ``websockets``."""
+
+    def __init__(self, limited: Limited) -> None:
+        super().__init__()
+        self.limited = limited
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.limited.admit(f"{record.name}: {record.msg}")
+
+
+FLOODED_LIBRARIES: Final = ("asyncio", "websockets")
 
 
 def flush_suppressed() -> None:

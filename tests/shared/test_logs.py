@@ -141,3 +141,27 @@ def test_a_disabled_level_is_neither_logged_nor_counted() -> None:
     for _ in range(10):
         assert not limited.log(logging.DEBUG, "quiet", "quiet")
     assert records == [] and not limited.suppressed
+
+
+def test_a_librarys_repeated_line_is_bounded_and_counted_by_our_logger() -> None:
+    limited, records, clock = _limited(burst=2)
+    library = logging.getLogger("test.library.flood")
+    library.propagate = False
+    passed: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            passed.append(record.getMessage())
+
+    library.addHandler(Keep())
+    library.addFilter(logs.FloodFilter(limited))
+    for _ in range(1000):
+        library.warning("socket.send() raised exception.")
+    library.warning("something else")
+    assert passed == ["socket.send() raised exception."] * 2 + ["something else"]
+    clock.now += 1.0
+    limited.flush()
+    assert records[-1].getMessage() == (
+        "998 more test.library.flood: socket.send() raised exception. lines suppressed "
+        "in the last 1.0s"
+    )
