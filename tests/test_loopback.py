@@ -5,13 +5,18 @@ be the one listening there (issue 15, item 5)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 
 from shared import listen
-from tests.support import AS_ROOT, ManagedProcess, another_user, free_port, http, wait_until
+from tests import netns
+from tests.support import AS_ROOT, ROOT, ManagedProcess, another_user, free_port, http, wait_until
 
 HAS_IPV6_LOOPBACK = listen.ipv6_loopback()
 
@@ -99,6 +104,58 @@ def test_a_worker_on_loopback_answers_on_both_loopback_addresses() -> None:
                     assert status == 200, (host, body)
 
             asyncio.run(both())
+        finally:
+            for proc in (worker, coordinator):
+                if proc is not None:
+                    assert proc.stop() == 0
+
+
+@pytest.fixture
+def without_ipv6() -> Iterator[list[str]]:
+    """A network namespace whose only interface is an IPv4 loopback (IPv6 disabled):
+    the ``ip netns exec`` prefix that runs a process there."""
+    why = netns.unavailable()
+    if why is not None:
+        pytest.skip(why)
+    name = f"presence-nov6-{os.getpid()}"
+    netns.ip("netns", "add", name)
+    try:
+        prefix = ["ip", "netns", "exec", name]
+        disable = [f"net.ipv6.conf.{i}.disable_ipv6=1" for i in ("all", "default", "lo")]
+        subprocess.run([*prefix, "sysctl", "-qw", *disable], check=True, timeout=30)
+        subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], check=True, timeout=30)
+        yield prefix
+    finally:
+        netns.ip("netns", "del", name)
+
+
+@pytest.mark.process
+def test_without_an_ipv6_loopback_a_worker_holds_127_0_0_1_alone(without_ipv6: list[str]) -> None:
+    """Nothing to squat, nothing to refuse: the cluster starts as before."""
+    probe = subprocess.run(
+        [
+            *without_ipv6,
+            sys.executable,
+            "-c",
+            "from shared import listen as l; print(l.ipv6_loopback())",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert probe.stdout.strip() == "False", probe.stderr
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="lo-") as runtime:
+        env = {"XDG_RUNTIME_DIR": runtime}
+        coordinator = ManagedProcess("coordinator", ["--port", str(port)], env, prefix=without_ipv6)
+        worker: ManagedProcess | None = None
+        try:
+            coordinator.wait_ready()
+            args = ["--port", str(port), "--worker-id", "w1"]
+            worker = ManagedProcess("workers", args, env, prefix=without_ipv6)
+            status = worker.wait_ready()
+            assert f"ready at ws://127.0.0.1:{port}/ws" in status, status
         finally:
             for proc in (worker, coordinator):
                 if proc is not None:
