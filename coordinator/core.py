@@ -59,6 +59,8 @@ from shared import logs, timings
 from shared.protocol import is_hex_key
 
 log = logging.getLogger("coordinator")
+noisy = logs.Limited(log)
+"""Lines a worker can make the coordinator write over and over: at most a few a second."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,9 @@ class CoordinatorCore:
         """Sessions removed because their worker was presumed dead."""
         self.flaps = FlapCounter()
         """Keys that left and joined again soon after, counted at publication."""
+        self.peer_keys: list[str] = []
+        """The CURVE public keys (Z85) of the workers admitted, told to each worker in
+        its ``Welcome`` so that its results socket takes them alone (set by the shell)."""
 
     @property
     def epoch(self) -> str:
@@ -165,10 +170,11 @@ class CoordinatorCore:
             if is_hex_key(msg.key):
                 self.lobby.add_user(msg.key.lower(), Session(worker, msg.conn))
             else:
-                log.warning(
+                noisy.warning(
+                    "malformed_key",
                     "worker %s sent an auth for a malformed key; ignored",
                     worker,
-                    extra=logs.event("malformed_key", worker=worker),
+                    worker=worker,
                 )
         elif isinstance(msg, bb.Closed):
             if is_hex_key(msg.key):
@@ -176,11 +182,13 @@ class CoordinatorCore:
         elif isinstance(msg, bb.Route):
             self._on_route(worker, msg, now, wall, out)
         elif not isinstance(msg, bb.Heartbeat):
-            log.warning(
+            noisy.warning(
+                "unexpected_message",
                 "dropping %s from worker %s: not an event",
                 msg.TAG,
                 worker,
-                extra=logs.event("unexpected_message", worker=worker, kind=msg.TAG),
+                worker=worker,
+                kind=msg.TAG,
             )
         self._schedule(now, wall, out)
         return out
@@ -228,7 +236,7 @@ class CoordinatorCore:
                 "worker_registered", worker=worker, sessions=done.claimed, ended=done.removed
             ),
         )
-        out.append(ToWorker(worker, bb.Welcome(self.epoch)))
+        out.append(ToWorker(worker, bb.Welcome(self.epoch, self.peer_keys)))
 
     def _on_route(
         self, worker: str, msg: bb.Route, now: float, wall: float, out: list[Output]

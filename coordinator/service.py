@@ -42,6 +42,8 @@ from shared import backbone as bb
 from shared import curve, endpoints, logs, metrics, notify
 
 log = logging.getLogger("coordinator")
+noisy = logs.Limited(log)
+"""Lines a worker can make the coordinator write over and over: at most a few a second."""
 
 DRAIN_BATCH = 10_000
 """Messages applied in a row before the loop looks at its clock (beats, flushes)."""
@@ -57,6 +59,7 @@ class Coordinator:
     def __init__(self, settings: CoordinatorSettings, context: zmq.Context[zmq.Socket[bytes]]):
         self.settings = settings
         ends = settings.backbone_endpoints
+        self._admitted: list[str] = []
         endpoints.prepare(ends.events, port=settings.port)
         self._lock = endpoints.Lock.take(ends.events, "coordinator")
         try:
@@ -75,6 +78,7 @@ class Coordinator:
             previous=previous,
             rebuild=state != "idle",
         )
+        self.core.peer_keys = self._admitted
         self._recorded = self.core.epoch
         self._lock.record(f"{self._recorded} running")
         logs.identify(self._recorded)
@@ -133,6 +137,7 @@ class Coordinator:
         self._auth = ThreadAuthenticator(context, log=logging.getLogger("coordinator.zap"))
         self._auth.start()
         self._auth.configure_curve(location=curve.authorised_dir(clients))
+        self._admitted = curve.authorised_keys(clients)
         log.info(
             "CURVE on: workers must hold a key from %s",
             clients,
@@ -177,6 +182,7 @@ class Coordinator:
                 self._carry_out(core.tick(now, time.time(), expire=caught_up))
                 self._record()
                 self._log_drops(now)
+                logs.flush_suppressed()
                 if not ready and not core.registry.rebuilding(now):
                     ready = True  # every answer is the truth from here on: "offline" too
                     users = len(core.lobby)
@@ -224,11 +230,13 @@ class Coordinator:
         messages it held. What is not ours is logged and dropped."""
         messages, errors = bb.decode_batch(frame)
         for error in errors:
-            log.warning(
+            noisy.warning(
+                "undecodable_frame",
                 "dropping undecodable frame from worker %s: %s",
                 worker,
                 error,
-                extra=logs.event("undecodable_frame", worker=worker, error=error),
+                worker=worker,
+                error=error,
             )
         core, now, wall = self.core, time.monotonic(), time.time()
         for msg in messages:

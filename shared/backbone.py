@@ -145,8 +145,13 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
+    """The coordinator registered the worker. ``peers``: the CURVE public keys (Z85) of
+    every worker it admits, the only ones whose results the worker's results socket
+    takes (empty without CURVE: an ipc backbone is private to its user)."""
+
     TAG: ClassVar[str] = "welcome"
     epoch: str
+    peers: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

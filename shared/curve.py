@@ -16,6 +16,8 @@ never logged.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,19 @@ class KeyPair:
 
 
 def load_keypair(path: str) -> KeyPair:
-    """Read a ``.key_secret`` certificate (public and secret key)."""
+    """Read a ``.key_secret`` certificate (public and secret key). Refused, like the
+    API's token file, when other users could read or write it (mode bits for group or
+    others): whoever reads it can join the backbone as this process."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise BackboneSecurityError(f"cannot read the key pair {path}: {exc}") from None
+    if mode & 0o077:
+        raise BackboneSecurityError(
+            f"{path} is open to other users (mode {stat.S_IMODE(mode):04o}): anyone who "
+            "read it can join the backbone as this process; chmod 600 it (and make new "
+            "keys if others may have read it)"
+        )
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
@@ -95,6 +109,13 @@ def make_client(
     sock.curve_secretkey = keys.secret
     sock.curve_publickey = keys.public
     sock.curve_serverkey = server_public
+
+
+def authorised_keys(path: str) -> list[str]:
+    """The public keys (Z85 text) of the ``*.key`` files in ``path``, sorted: the
+    workers the coordinator admits (what its authenticator loads)."""
+    keys = zmq.auth.load_certificates(path)
+    return sorted(key.decode("ascii") for key in keys)
 
 
 def authorised_dir(path: str) -> str:

@@ -13,7 +13,16 @@ closed to other users (no group or other permission bits), and every directory a
 it owned by this user or root and not writable by others unless sticky (``/tmp``), so
 nobody can swap it for their own. A directory that fails is refused with
 :class:`UnsafeDirectory` naming it; nothing is ever chmod-ed or created except the
-default directories, which are created private. One coordinator per endpoint: the
+default directories, which are created private.
+
+Where the default directory is: under ``$PRESENCE_RUNTIME_DIR`` when set (the launcher
+sets it for its children, so that they all agree), else under ``$XDG_RUNTIME_DIR``,
+else under ``/tmp/presence-UID``. Anyone can create that last one first (``/tmp`` is
+writable by all, and sticky, so its owner alone can remove it): then a process does not
+give up but takes a private directory of its own, ``/tmp/presence-UID-XXXXXXXX``, the
+first such one that is safe (owned by this user, mode 0700) or a new one, and says so
+(:func:`fallback_notice`). Every process of the cluster picks the same one that way, and
+the launcher picks it once for all its children. One coordinator per endpoint: the
 coordinator holds an exclusive lock (:class:`Lock`) beside its events socket for its
 whole life, so a second one fails at start instead of silently taking over the sockets.
 """
@@ -23,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
+import logging
 import math
 import os
 import stat
@@ -31,11 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared import defaults
+from shared import defaults, logs
 from shared.options import at_least, option, validate
 
 if TYPE_CHECKING:
     import zmq
+
+log = logging.getLogger("endpoints")
 
 DEFAULT_PORT = defaults.PORT
 DEFAULT_HOST = defaults.HOST
@@ -47,12 +60,56 @@ class Endpoints:
     updates: str  # coordinator PUB -> worker SUBs
 
 
+RUNTIME_ENV = "PRESENCE_RUNTIME_DIR"
+"""The directory the processes of one cluster share, set by the launcher."""
+
+
 def runtime_dir(port: int) -> Path:
     """The private directory for the ipc endpoints of the cluster on ``port``."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(
-        tempfile.gettempdir(), f"presence-{os.getuid()}"
-    )
-    return Path(base) / f"presence-{port}"
+    return runtime_base() / f"presence-{port}"
+
+
+def runtime_base() -> Path:
+    """Where the default directories live: see the module docstring. Without
+    ``$PRESENCE_RUNTIME_DIR`` and ``$XDG_RUNTIME_DIR`` this creates ``/tmp/presence-UID``
+    (mode 0700) when it is missing, or a private directory of this user's when another
+    user holds that name (:func:`fallback_notice` then says which and why)."""
+    given = os.environ.get(RUNTIME_ENV) or os.environ.get("XDG_RUNTIME_DIR")
+    if given:
+        return Path(given)
+    return _private_base(tempfile.gettempdir(), os.getuid())[0]
+
+
+def fallback_notice() -> str | None:
+    """Why the default directory is not ``/tmp/presence-UID`` and where it is instead
+    (for the log), or None when it is (or when an environment variable chose it)."""
+    if os.environ.get(RUNTIME_ENV) or os.environ.get("XDG_RUNTIME_DIR"):
+        return None
+    return _private_base(tempfile.gettempdir(), os.getuid())[1]
+
+
+@functools.cache
+def _private_base(tmp: str, uid: int) -> tuple[Path, str | None]:
+    """``tmp/presence-UID``, made private when missing, if it is safe; else the first
+    safe ``tmp/presence-UID-*`` or a new one (made by :func:`tempfile.mkdtemp`, mode
+    0700), with the reason. Worked out once per process."""
+    default = Path(tmp) / f"presence-{uid}"
+    _make_private(default)
+    try:
+        check_private_dir(default)
+        return default, None
+    except UnsafeDirectory as exc:
+        why = str(exc)
+    for candidate in sorted(Path(tmp).glob(f"presence-{uid}-*")):
+        try:
+            check_private_dir(candidate)
+        except (UnsafeDirectory, OSError):
+            continue  # another user's, or not private: never ours to use
+        chosen = candidate
+        break
+    else:
+        chosen = Path(tempfile.mkdtemp(prefix=f"presence-{uid}-", dir=tmp))
+    return chosen, f"{why}; using the private directory {chosen} instead"
 
 
 def default_endpoints(port: int) -> Endpoints:
@@ -81,13 +138,19 @@ def prepare(endpoint: str, *, port: int | None = None) -> None:
     if path is None:
         return
     directory = path.parent
-    if port is not None and directory == runtime_dir(port):
+    default = port is not None and directory.name == f"presence-{port}"
+    if default and port is not None and directory == runtime_dir(port):
+        notice = fallback_notice()
+        if notice is not None and notice not in _told:
+            _told.add(notice)
+            log.warning("%s", notice, extra=logs.event("ipc_dir_fallback", notice=notice))
         base = directory.parent
-        if not os.environ.get("XDG_RUNTIME_DIR"):
-            _make_private(base)
         check_private_dir(base)  # before anything is made inside it
         _make_private(directory)
     check_private_dir(directory)
+
+
+_told: set[str] = set()  # fallback notices logged (once per process)
 
 
 def _make_private(directory: Path) -> None:
@@ -192,6 +255,8 @@ class EndpointInUse(Exception):
 
 def resolve(port: int, events: str | None, updates: str | None) -> Endpoints:
     """Endpoints from explicit values, falling back to the defaults for ``port``."""
+    if events and updates:
+        return Endpoints(events=events, updates=updates)  # no default directory made
     default = default_endpoints(port)
     return Endpoints(events=events or default.events, updates=updates or default.updates)
 

@@ -26,6 +26,7 @@ import os
 import secrets
 import shutil
 import socket
+import struct
 import sys
 import tempfile
 
@@ -34,6 +35,7 @@ from shared import logs
 log = logging.getLogger("notify")
 
 ENV = "NOTIFY_SOCKET"
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 MAX_DATAGRAM = 4096
 
 
@@ -113,6 +115,13 @@ class Listener:
     own, checking that the child still runs. On Linux the socket lives in the abstract
     namespace under a random name (nothing to clean up); elsewhere it is a file in a
     private temporary directory, removed by :meth:`close`.
+
+    Only the child may speak. An abstract name has no permissions and is listed in
+    ``/proc/net/unix`` for anyone to read, so on Linux the kernel attaches the sender's
+    credentials to every datagram (``SO_PASSCRED``) and one from another user, or from
+    another process than :attr:`pid` once it is set (the child's, by :meth:`expect`), is
+    not taken: it goes to :attr:`ignored` as ``(pid, uid)``. Elsewhere the socket file's
+    directory is mode 0700, which keeps other users out.
     """
 
     def __init__(self, *, in_file: bool = False, prefix: str = "presence-notify") -> None:
@@ -120,8 +129,14 @@ class Listener:
         namespace (abstract sockets belong to the namespace they were made in);
         ``prefix``: the start of the abstract name (who listens, for ``ss -x``)."""
         self.received: list[dict[str, str]] = []
+        self.ignored: list[tuple[int, int]] = []
+        """``(pid, uid)`` of each datagram not taken (see the class docstring)."""
+        self.pid: int | None = None
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._dir: str | None = None
+        self._creds = hasattr(socket, "SO_PASSCRED") and hasattr(socket, "SCM_CREDENTIALS")
+        if self._creds:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         name = f"{prefix}-{os.getpid()}-{secrets.token_hex(8)}"
         try:
             if sys.platform.startswith("linux") and not in_file:
@@ -143,12 +158,37 @@ class Listener:
         self._sock.settimeout(max(timeout, 0.0))
         try:
             while True:
-                got.append(parse(self._sock.recv(MAX_DATAGRAM)))
+                datagram = self._take()
+                if datagram is not None:
+                    got.append(parse(datagram))
                 self._sock.settimeout(0.0)
         except (BlockingIOError, TimeoutError):
             pass
         self.received += got
         return got
+
+    def expect(self, pid: int) -> None:
+        """From now on take notifications from process ``pid`` alone (the child)."""
+        self.pid = pid
+
+    def _take(self) -> bytes | None:
+        """One datagram, or None when its sender may not speak (then in :attr:`ignored`)."""
+        if not self._creds:
+            return self._sock.recv(MAX_DATAGRAM)
+        data, ancillary, _, _ = self._sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(_UCRED.size))
+        sender: tuple[int, int] | None = None
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid, uid, _gid = _UCRED.unpack_from(value)
+                sender = (pid, uid)
+        if sender is None:
+            self.ignored.append((0, -1))
+            return None
+        pid, uid = sender
+        if uid != os.getuid() or (self.pid is not None and pid != self.pid):
+            self.ignored.append(sender)
+            return None
+        return data
 
     def fileno(self) -> int:
         """The socket's descriptor, to wait for notifications in an event loop (then

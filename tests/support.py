@@ -19,6 +19,7 @@ import inspect
 import json
 import os
 import re
+import select
 import signal
 import socket
 import ssl
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -400,7 +401,53 @@ def tls_files(tmp: Path) -> tuple[Path, Path, ssl.SSLContext]:
     cert = ca.issue_cert("127.0.0.1", "localhost")
     chain, key = tmp / "chain.pem", tmp / "key.pem"
     cert.private_key_pem.write_to_path(str(key))
+    key.chmod(0o600)  # one every user can read is refused
     cert.cert_chain_pems[0].write_to_path(str(chain))
     client_ssl = ssl.create_default_context()
     ca.configure_trust(client_ssl)
     return chain, key, client_ssl
+
+
+# --------------------------------------------------------------------------- other users
+
+NOBODY = 65534
+AS_ROOT = os.getuid() == 0
+"""Whether a test can act as another local user (it forks and drops to ``nobody``):
+as root, which the developers' machines and CI are."""
+
+
+@contextlib.contextmanager
+def another_user(action: Callable[[], str], timeout: float = 30.0) -> Iterator[str]:
+    """Run ``action`` in a forked child that became uid and gid ``nobody`` (an attacker
+    with a local shell) and yield the line of text it returned (``error: ...`` if it
+    raised) while the child lives on, holding whatever it opened (a listening socket);
+    the child exits when the block ends. Needs root (:data:`AS_ROOT`). ``action`` runs
+    in a fork of the test process: plain sockets and files only."""
+    results, result_end = os.pipe()
+    hold_end, hold = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the other user
+        try:
+            os.close(results)
+            os.close(hold)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                text = action()
+            except BaseException as exc:
+                text = f"error: {exc!r}"
+            os.write(result_end, " ".join(text.splitlines()).encode()[:4000] + b"\n")
+            os.read(hold_end, 1)  # until the test closes its end
+        finally:
+            os._exit(0)
+    os.close(result_end)
+    os.close(hold_end)
+    try:
+        ready, _, _ = select.select([results], [], [], timeout)
+        assert ready, f"the other user's action did not finish within {timeout}s"
+        yield os.read(results, 4096).decode().strip()
+    finally:
+        os.close(results)
+        os.close(hold)
+        os.waitpid(pid, 0)

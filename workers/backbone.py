@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from shared import backbone as bb
 from shared import curve, endpoints, logs
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from workers.core import WorkerCore
 
 log = logging.getLogger("workers")
+noisy = logs.Limited(log)
+"""Lines the coordinator's messages can make the worker write over and over."""
 
 READ_BATCH: Final = 256
 """Backbone messages handled in a row before clients' frames get a turn."""
@@ -73,6 +76,13 @@ class Backbone:
         self._lock = endpoints.Lock.take(self.results_endpoint, f"worker {settings.worker_id}")
         self.results_key = "" if self._curve is None else self._curve[0].public.decode()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._admitted: frozenset[str] = frozenset()
+        self._auth: ThreadAuthenticator | None = None
+        if self._curve is not None:
+            # The results socket is a CURVE server: without this any key would do.
+            self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("workers.zap"))
+            self._auth.start()
+            self._auth.configure_curve_callback("*", credentials_provider=self)
         self.sub = self._socket(zmq.SUB)
         self.dealer = self._socket(zmq.DEALER)
         self.results = self._socket(zmq.PULL, server=True)
@@ -99,6 +109,16 @@ class Backbone:
                 curve.make_client(sock, *self._curve)
         return sock
 
+    def admit(self, keys: frozenset[str]) -> None:
+        """Take results from the workers with these public keys (Z85) alone: the ones
+        the coordinator admits, as its ``Welcome`` said. Until then, from none."""
+        self._admitted = keys | {self.results_key}
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """The authenticator's question (from its thread): may the client with public
+        key ``key`` (Z85) connect to the results socket?"""
+        return key.decode("ascii", "replace") in self._admitted
+
     def connect(self) -> None:
         """Connect to the coordinator (see :meth:`bind` for the results endpoint)."""
         ends = self.settings.backbone_endpoints
@@ -122,6 +142,8 @@ class Backbone:
         for peer in self._peers.values():
             peer.close(linger=0)
         self.dealer.close(linger=linger_ms)
+        if self._auth is not None:
+            self._auth.stop()
         self._ctx.term()
         self._lock.release(remove=True)  # the results socket is named after this worker
 
@@ -217,11 +239,13 @@ class Backbone:
                 curve.make_client(sock, self._curve[0], key.encode())
             sock.connect(endpoint)
         except (zmq.ZMQError, endpoints.UnsafeDirectory, ValueError) as exc:
-            log.warning(
+            noisy.warning(
+                "peer_unreachable",
                 "cannot reach worker results endpoint %s: %s",
                 endpoint,
                 exc,
-                extra=logs.event("peer_unreachable", endpoint=endpoint, error=str(exc)),
+                endpoint=endpoint,
+                error=str(exc),
             )
             return None
         self._peers[endpoint] = sock

@@ -73,7 +73,15 @@ from workers import stats
 from workers.admission import Admission, Admit
 from workers.clients import Client, ClientTable, Group
 from workers.connection import Connection, Link, State, Verifier
-from workers.outputs import Broadcast, ClientOutput, Emit, Report, StartRoute, Synced
+from workers.outputs import (
+    AdmitPeers,
+    Broadcast,
+    ClientOutput,
+    Emit,
+    Report,
+    StartRoute,
+    Synced,
+)
 from workers.outputs import Output as MachineOutput
 from workers.replica import Announce, Forward, Replica, RequestSnapshot, Resynced, SyncState
 from workers.replica import Output as ReplicaOutput
@@ -85,6 +93,8 @@ if TYPE_CHECKING:
     from workers.settings import Timing
 
 log = logging.getLogger("workers")
+noisy = logs.Limited(log)
+"""Lines a peer can make the worker write over and over: at most a few a second."""
 H = TypeVar("H", bound=Hashable)
 _M = TypeVar("_M")
 
@@ -106,7 +116,7 @@ _REPAIRED_BY_HELLO: Final = (bb.Authed, bb.Closed, bb.Hello)
 
 # --------------------------------------------------------------------------- outputs
 
-Output = Emit | Report | Broadcast[Any] | Synced
+Output = Emit | Report | Broadcast[Any] | Synced | AdmitPeers
 """What the core hands its shell besides clients' outputs; :class:`Emit` goes to the
 coordinator."""
 
@@ -190,7 +200,7 @@ class WorkerCore(Generic[H]):
         self._reading = False
         replica, updated = self.replica, self._replica_outputs
         self._handlers: dict[type[bb.Message], Callable[[bb.Message], None]] = {
-            bb.Welcome: lambda m: updated(replica.on_welcome(_as(m, bb.Welcome))),
+            bb.Welcome: lambda m: self._on_welcome(_as(m, bb.Welcome)),
             bb.Reannounce: lambda m: updated(replica.start()),
             bb.Snapshot: lambda m: updated(replica.on_snapshot(_as(m, bb.Snapshot))),
             bb.Update: lambda m: updated(replica.on_update(_as(m, bb.Update))),
@@ -391,10 +401,11 @@ class WorkerCore(Generic[H]):
         for msg in messages:
             handler = handlers.get(type(msg))
             if handler is None:
-                log.warning(
+                noisy.warning(
+                    "unexpected_message",
                     "dropping unexpected backbone message %s",
                     msg.TAG,
-                    extra=logs.event("unexpected_message", kind=msg.TAG),
+                    kind=msg.TAG,
                 )
                 continue
             self._last_seen = now
@@ -410,10 +421,11 @@ class WorkerCore(Generic[H]):
             if isinstance(msg, bb.RouteDone):
                 self.router.done(msg)
             else:
-                log.warning(
+                noisy.warning(
+                    "unexpected_result",
                     "dropping %s on the results endpoint",
                     msg.TAG,
-                    extra=logs.event("unexpected_result", kind=msg.TAG),
+                    kind=msg.TAG,
                 )
         return max(1, len(messages))
 
@@ -421,10 +433,8 @@ class WorkerCore(Generic[H]):
     def _decode(frame: bytes) -> list[bb.Message]:
         messages, errors = bb.decode_batch(frame)
         for error in errors:
-            log.warning(
-                "dropping undecodable backbone frame: %s",
-                error,
-                extra=logs.event("undecodable_frame", error=error),
+            noisy.warning(
+                "undecodable_frame", "dropping undecodable backbone frame: %s", error, error=error
             )
         return messages
 
@@ -463,6 +473,10 @@ class WorkerCore(Generic[H]):
         self.counters["results"] += count
         for _ in range(count):
             stats.dropped(bb.RouteDone.TAG)
+
+    def _on_welcome(self, msg: bb.Welcome) -> None:
+        self.hand(AdmitPeers(frozenset(msg.peers)))
+        self._replica_outputs(self.replica.on_welcome(msg))
 
     def _on_beat(self, msg: bb.Beat) -> None:
         self.clock.beat(msg.epoch, msg.at, self._wall())

@@ -4,7 +4,8 @@
 The core carries out the :data:`Output` list a machine call returns, in order: frames
 to write, a close code, backbone messages to emit, a route to start, frame limits (it
 routes, and hands the rest to the shell). The core's own outputs (:class:`Broadcast`,
-:class:`Report`, :class:`Synced`, with :class:`Emit`) are its :data:`~workers.core.Output`.
+:class:`Report`, :class:`Synced`, :class:`AdmitPeers`, with :class:`Emit`) are its
+:data:`~workers.core.Output`.
 
 What happened, for the shell's metrics: the outputs say it, so the machine needs no
 clock and no counters. A :class:`Write` or :class:`Close` that ends an authentication
@@ -145,3 +146,11 @@ class Report:
 @dataclass(frozen=True, slots=True)
 class Synced:
     """The replica is live (from a snapshot): the worker is ready to serve."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitPeers:
+    """The coordinator's list of worker keys (:class:`~shared.backbone.Welcome`): from
+    now on the results socket takes those workers alone."""
+
+    keys: frozenset[str]

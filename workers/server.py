@@ -37,13 +37,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import zmq
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
-from shared import curve, endpoints, logs, notify, protocol
+from shared import curve, endpoints, listen, logs, notify, protocol
 from shared.options import SettingsError
 from shared.protocol import CLOSE_REASONS, CloseCode
 from workers import stats
@@ -55,6 +55,7 @@ from workers.core import TICK, Output, WorkerCore
 from workers.door import Door
 from workers.frames import SharedFrame
 from workers.outputs import (
+    AdmitPeers,
     Broadcast,
     ClientOutput,
     Close,
@@ -163,6 +164,8 @@ class Worker:
             self._broadcast(output)
         elif isinstance(output, Synced):
             self._ready.set()
+        elif isinstance(output, AdmitPeers):
+            self.backbone.admit(output.keys)
 
     def buffered(self, handle: ServerConnection) -> int:
         transport = handle.transport
@@ -213,13 +216,15 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set; returns the process exit code."""
         s, net = self.settings, self.settings.network
+        hosts = listen.hosts(net.host, ipv6_loopback=listen.ipv6_loopback())
         self.backbone.connect()
         try:
             self.backbone.bind()
             self.core.results_endpoint = self.backbone.results_endpoint
             server = await serve(
                 self._serve_client,
-                net.host,
+                # A list, as asyncio's create_server takes (websockets passes it on).
+                cast(Any, hosts),
                 net.port,
                 reuse_port=True,
                 process_request=self.door.process_request,
@@ -234,25 +239,27 @@ class Worker:
                 backlog=LISTEN_BACKLOG,
             )
         except (OSError, zmq.ZMQError) as exc:
+            taken = isinstance(exc, OSError)  # the public port: an error at start
+            where = listen.unbindable(hosts, net.port) if taken else f"{net.host}:{net.port}"
             log.error(
-                "worker %s cannot listen on %s:%d: %s",
+                "worker %s cannot listen on %s: %s",
                 s.worker_id,
-                net.host,
-                net.port,
+                where,
                 exc,
-                extra=logs.event("listen_failed", host=net.host, port=net.port, error=str(exc)),
+                extra=logs.event("listen_failed", host=where, port=net.port, error=str(exc)),
             )
             self.backbone.close(linger_ms=0)
-            return 1
+            return 2 if taken else 1
         servers = [server]
         if s.api.enabled and s.api.api_token_file is not None:
             api = s.api
             host = api.api_host or net.host
+            api_hosts = listen.hosts(host, ipv6_loopback=listen.ipv6_loopback())
             try:
                 servers.append(
                     await serve(
                         _never_upgraded,
-                        host,
+                        cast(Any, api_hosts),  # as above
                         api.api_port,
                         reuse_port=True,
                         process_request=self.door.api_request,
@@ -262,20 +269,20 @@ class Worker:
                     )
                 )
             except OSError as exc:
+                where = listen.unbindable(api_hosts, api.api_port or 0)
                 log.error(
-                    "worker %s cannot serve the API on %s:%s: %s",
+                    "worker %s cannot serve the API on %s: %s",
                     s.worker_id,
-                    host,
-                    api.api_port,
+                    where,
                     exc,
                     extra=logs.event(
-                        "api_listen_failed", host=host, port=api.api_port, error=str(exc)
+                        "api_listen_failed", host=where, port=api.api_port, error=str(exc)
                     ),
                 )
                 server.close()
                 await server.wait_closed()
                 self.backbone.close(linger_ms=0)
-                return 1
+                return 2
         stats.started()
         self.core.start(self._now())
         backbone = self.backbone
@@ -303,7 +310,7 @@ class Worker:
     async def _announce_ready(self, server: Server) -> None:
         await self._ready.wait()
         host, port = server.sockets[0].getsockname()[:2]
-        url = f"{'wss' if self._tls else 'ws'}://{host}:{port}{protocol.WS_PATH}"
+        url = f"{'wss' if self._tls else 'ws'}://{listen.address(host, port)}{protocol.WS_PATH}"
         log.info(
             "worker %s ready at %s", self.worker_id, url, extra=logs.event("worker_ready", url=url)
         )
@@ -340,6 +347,7 @@ class Worker:
             self.core.loop_lag(max(0.0, loop.time() - due))
             self.backbone.drain()
             self.core.tick(loop.time())
+            logs.flush_suppressed()
 
     # ------------------------------------------------------------------ clients
 

@@ -8,8 +8,11 @@ shell. Every default is written once, where its option is declared.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import ssl
+import stat
 from dataclasses import dataclass
 
 from shared import defaults, endpoints, timings
@@ -108,6 +111,14 @@ class Network:
         naming the file when the certificate or key cannot be used."""
         if self.tls_cert is None or self.tls_key is None:
             return None
+        with contextlib.suppress(OSError):  # (a missing key is named below)
+            mode = os.stat(self.tls_key).st_mode
+            if mode & 0o007:  # a group may read it (Debian's ssl-cert): not everyone
+                raise TlsError(
+                    f"--tls-key {self.tls_key} is open to every user (mode "
+                    f"{stat.S_IMODE(mode):04o}): anyone on this machine could pose as the "
+                    "server; chmod 600 it (or 640 for a group)"
+                )
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:

@@ -40,6 +40,8 @@ class Keys:
         clients.mkdir(mode=0o700)
         _, secret = zmq.auth.create_certificates(str(directory), "coordinator")
         _, worker_secret = zmq.auth.create_certificates(str(clients), "worker")
+        for private in (secret, worker_secret):
+            os.chmod(private, 0o600)  # a secret key others could read is refused
         return cls(
             coordinator_secret=str(secret),
             clients=str(clients),

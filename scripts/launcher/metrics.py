@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+from typing import Any
 
 from scripts.launcher.config import connect_url
+from shared import listen
 
 MULTIPROC_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 
@@ -21,19 +24,27 @@ class MetricsEndpoint:
     it when metrics are off."""
 
     def __init__(self, host: str, port: int) -> None:
-        """Raises :class:`ImportError` without ``prometheus_client``, :class:`OSError`
-        when the port cannot be bound."""
+        """Raises :class:`ImportError` without ``prometheus_client``,
+        :class:`PortTaken` when the port cannot be bound on one of the addresses. On a
+        loopback host that is both loopback addresses, as for the workers
+        (:mod:`shared.listen`): ``localhost`` is ``[::1]`` first."""
         from prometheus_client import CollectorRegistry, start_http_server
         from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
         self._mark_dead = mark_process_dead
         self.directory = tempfile.mkdtemp(prefix="presence-metrics-")  # mode 0700
+        self._served: list[tuple[Any, threading.Thread]] = []
         try:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self.directory)  # type: ignore[no-untyped-call]
-            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+            for addr in listen.hosts(host, ipv6_loopback=listen.ipv6_loopback()):
+                try:
+                    served = start_http_server(port, addr=addr, registry=registry)
+                except OSError as exc:
+                    raise PortTaken(listen.address(addr, port), exc) from None
+                self._served.append(served)
         except BaseException:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            self.close()
             raise
         self.url = connect_url(host, port, page=True) + "metrics"
 
@@ -43,7 +54,17 @@ class MetricsEndpoint:
         self._mark_dead(pid, self.directory)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        for server, thread in self._served:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+        self._served = []
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class PortTaken(OSError):
+    """The metrics port cannot be bound on :attr:`where` (``host:port``)."""
+
+    def __init__(self, where: str, error: OSError) -> None:
+        super().__init__(error.errno, f"cannot serve {where}: {error.strerror or error}")
+        self.where = where

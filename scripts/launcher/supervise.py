@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from scripts.launcher.config import USAGE_ERROR, Config, connect_url, tcp
-from scripts.launcher.metrics import MULTIPROC_ENV, MetricsEndpoint
-from shared import logs, notify
+from scripts.launcher.metrics import MULTIPROC_ENV, MetricsEndpoint, PortTaken
+from shared import endpoints, logs, notify
 
 ROOT = Path(__file__).resolve().parents[2]
 COORDINATOR_READY_WAIT = 10.0
@@ -24,6 +24,8 @@ COORDINATOR_READY_WAIT = 10.0
 (workers cope with a coordinator that is not there yet; waiting only makes start-up
 quieter)."""
 NAME_WIDTH = 12
+IGNORED_SHOWN = 5
+"""Lines a second about notifications from strangers (the rest are counted)."""
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -118,6 +120,8 @@ class Cluster:
         self._env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._preexec = _die_with_parent(os.getpid())
         self._metrics: MetricsEndpoint | None = None
+        self._ignored_since = float("-inf")
+        self._ignored_shown = self._ignored_held = 0
 
     # ------------------------------------------------------------------ output
 
@@ -186,6 +190,15 @@ class Cluster:
                 "WARNING",
             )
             return
+        except PortTaken as exc:
+            self.log(
+                f"no metrics: {exc.strerror}",
+                "metrics_off",
+                "WARNING",
+                port=port,
+                error=str(exc),
+            )
+            return
         except OSError as exc:
             self.log(
                 f"no metrics: cannot serve {self.config.host}:{port}: {exc}",
@@ -233,6 +246,8 @@ class Cluster:
                 host=config.host,
                 port=config.port,
             )
+        if config.role == "all":
+            self._share_runtime_dir()
         if config.runs_coordinator:
             await self._start_coordinator()
         if not self._stop.is_set():
@@ -243,6 +258,20 @@ class Cluster:
         await self._shutdown()
         self.log("stopped", "stopped")
         return self.exit_code
+
+    def _share_runtime_dir(self) -> None:
+        """Pick the directory of the ipc backbone once, for every child: they must all
+        use the same one, and when another user holds ``/tmp/presence-UID`` it is one of
+        this user's own (:func:`shared.endpoints.runtime_base`), which says so."""
+        try:
+            base = endpoints.runtime_base()
+        except OSError as exc:
+            self.log(f"no private directory for the backbone: {exc}", "ipc_dir", "ERROR")
+            return  # the children refuse it too, naming it
+        self._env[endpoints.RUNTIME_ENV] = str(base)
+        notice = endpoints.fallback_notice()
+        if notice is not None:
+            self.log(notice, "ipc_dir_fallback", "WARNING", directory=str(base))
 
     async def _start_coordinator(self) -> None:
         """Start the coordinator and give it a moment to be ready before the workers."""
@@ -376,17 +405,19 @@ class Cluster:
         loop = asyncio.get_running_loop()
         loop.add_reader(listener.fileno(), self._on_notify, slot, listener)
         try:
-            return await self._run_child(slot, command, listener.address)
+            return await self._run_child(slot, command, listener)
         finally:
             loop.remove_reader(listener.fileno())
             listener.close()
 
-    async def _run_child(self, slot: Slot, command: list[str], notify: str) -> int | None:
+    async def _run_child(
+        self, slot: Slot, command: list[str], listener: notify.Listener
+    ) -> int | None:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *command,
                 cwd=ROOT,
-                env=dict(self._env, NOTIFY_SOCKET=notify),
+                env=dict(self._env, NOTIFY_SOCKET=listener.address),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -400,6 +431,7 @@ class Cluster:
             )
             return None
         slot.proc = proc
+        listener.expect(proc.pid)  # nobody else may say it is ready
         self.log(
             f"started {slot.name} pid {proc.pid}",
             "process_started",
@@ -442,6 +474,36 @@ class Cluster:
         for notification in listener.receive(0):
             if is_ready(notification) and not slot.ready:
                 self._on_ready(slot)
+        while listener.ignored:
+            pid, uid = listener.ignored.pop(0)
+            self._ignored(slot, pid, uid)
+
+    def _ignored(self, slot: Slot, pid: int, uid: int) -> None:
+        """Say that a stranger wrote to ``slot``'s notify socket: a few lines a second at
+        most, then how many more there were (anyone can send as many as they like)."""
+        now = time.monotonic()
+        if now - self._ignored_since >= 1.0:
+            if self._ignored_held:
+                self.log(
+                    f"ignored {self._ignored_held} more notifications from other processes",
+                    "notify_ignored",
+                    "WARNING",
+                    count=self._ignored_held,
+                )
+            self._ignored_since, self._ignored_shown, self._ignored_held = now, 0, 0
+        if self._ignored_shown >= IGNORED_SHOWN:
+            self._ignored_held += 1
+            return
+        self._ignored_shown += 1
+        self.log(
+            f"ignored a notification from pid {pid} uid {uid} on the notify socket of "
+            f"{slot.name}: only that process may say it is ready",
+            "notify_ignored",
+            "WARNING",
+            process=slot.name,
+            sender_pid=pid,
+            sender_uid=uid,
+        )
 
     def _on_ready(self, slot: Slot) -> None:
         slot.ready = slot.ever_ready = True

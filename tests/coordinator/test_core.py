@@ -309,3 +309,12 @@ def test_no_message_sequence_crashes_the_coordinator_or_breaks_the_lobby(
                 snapshot_seq = message.seq
         seq, users = c.lobby.snapshot()
         assert seq == snapshot_seq and all(len(u) == 64 and u == u.lower() for u in users)
+
+
+def test_the_welcome_lists_the_worker_keys_the_coordinator_admits() -> None:
+    """Each worker's results socket takes these keys alone (issue 15, item 7)."""
+    c = core()
+    c.peer_keys = ["K1" * 20, "K2" * 20]
+    out = c.handle("w1", hello("w1"), now=0.1, wall=0.0)
+    assert to(out, "w1") == [bb.Welcome(E0, ["K1" * 20, "K2" * 20])]
+    assert bb.decode(bb.encode(to(out, "w1")[0])) == to(out, "w1")[0]

@@ -23,8 +23,17 @@ from scripts.cluster import parse_args
 from scripts.launcher.config import BackoffPolicy, Config, connect_url, split_forwarded, worker_id
 from scripts.launcher.supervise import describe_exit, is_ready, notify_socket, notify_supervisor
 from scripts.procfs import environ, listening_ports
-from shared import defaults, notify
-from tests.support import ROOT, ManagedProcess, free_port, http, wait_until
+from shared import defaults, listen, notify
+from tests.support import (
+    AS_ROOT,
+    NOBODY,
+    ROOT,
+    ManagedProcess,
+    another_user,
+    free_port,
+    http,
+    wait_until,
+)
 
 # --------------------------------------------------------------------------- pure logic
 
@@ -289,7 +298,8 @@ print("argv", " ".join(sys.argv[1:]), flush=True)
 if os.environ.get("FAKE_REFUSE") and args.worker_id:
     print("error: argument --bad: refused", flush=True)
     sys.exit(2)
-notify.ready(STATUS)
+if not (os.environ.get("FAKE_SILENT") and args.worker_id):
+    notify.ready(STATUS)
 if ignore:
     threading.Event().wait()
 signal.sigwait({signal.SIGTERM})
@@ -407,6 +417,50 @@ def test_a_child_refusing_its_options_stops_the_launcher_with_code_2(fakes: Path
         shut_down(launcher)
 
 
+def _say_ready_to_every_notify_socket_of(launcher_pid: int) -> str:
+    """As another user: send ``READY=1`` to every notify socket the launcher has open
+    (their abstract names are public in /proc/net/unix). Returns how many it reached."""
+    prefix = f"@presence-cluster-{launcher_pid}-"
+    with open("/proc/net/unix") as table:
+        names = {line.split()[-1] for line in table if line.split()[-1].startswith(prefix)}
+    sent = 0
+    for name in names:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"READY=1\nSTATUS=fake", "\0" + name[1:])
+            sent += 1
+    return str(sent)
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="acting as another user needs root (as in CI)")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract sockets are Linux's")
+@pytest.mark.process
+def test_only_the_launchers_own_children_can_say_they_are_ready(fakes: Path) -> None:
+    """Another local user who finds the notify sockets (abstract names, listed in
+    /proc/net/unix for anyone) and sends READY=1 must not make the launcher announce a
+    cluster whose workers never became ready."""
+    env = {"PYTHONPATH": str(fakes), "FAKE_SILENT": "1"}  # the workers never say ready
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    launcher = launch(2, free_port(), extra, env)
+    try:
+        launcher.wait_for_line("started w2-1 pid", timeout=30)
+        with another_user(lambda: _say_ready_to_every_notify_socket_of(launcher.proc.pid)) as sent:
+            assert sent == "3", sent  # the coordinator's socket and both workers'
+        wait_until(
+            lambda: (
+                "processes ready" in launcher.output()
+                or launcher.output().count("ignored a notification from pid") == 3
+            ),
+            "the launcher to take the three datagrams",
+        )
+        output = launcher.output()
+        assert "processes ready" not in output, output
+        assert "uid 65534" in output
+        launcher.notify.receive(0)
+        assert launcher.notify.count() == 0  # nor did it tell its own supervisor
+    finally:
+        shut_down(launcher)
+
+
 @pytest.mark.process
 def test_launcher_kills_children_that_ignore_sigterm(fakes: Path) -> None:
     env = {"PYTHONPATH": str(fakes), "FAKE_IGNORE_TERM": "1"}
@@ -501,6 +555,37 @@ def test_real_cluster_restarts_a_killed_worker_and_stops_cleanly(short_runtime_d
         shut_down(launcher)
 
 
+@pytest.mark.skipif(not REAL, reason="python -m coordinator / workers not written yet")
+@pytest.mark.skipif(not AS_ROOT, reason="making a directory owned by another user")
+@pytest.mark.process
+def test_a_cluster_starts_when_another_user_holds_its_default_directory() -> None:
+    """Without XDG_RUNTIME_DIR the backbone's default is under /tmp/presence-UID, which
+    anyone can create first: the launcher picks a private directory of its own instead,
+    says where, and gives it to every child, so that they still find each other."""
+    with tempfile.TemporaryDirectory(prefix="pl-") as tmp:
+        planted = Path(tmp) / f"presence-{os.getuid()}"
+        planted.mkdir()
+        planted.chmod(0o777)
+        os.chown(planted, NOBODY, NOBODY)
+        launcher = launch(2, free_port(), [], {"TMPDIR": tmp, "XDG_RUNTIME_DIR": ""})
+        try:
+            status = launcher.wait_ready(timeout=60)
+            assert status.startswith("all 3 processes ready"), status
+            output = launcher.output()
+            said = re.search(
+                r"^cluster +\| .*using the private directory (\S+) instead", output, re.M
+            )
+            assert said, output
+            private = Path(said.group(1))
+            assert private.parent == Path(tmp) and private.stat().st_uid == os.getuid()
+            pids = started_pids(launcher)
+            for name in ("coordinator", "w1-1", "w2-1"):
+                assert environ(pids[name]).get("PRESENCE_RUNTIME_DIR") == str(private)
+            assert list(planted.iterdir()) == []
+        finally:
+            shut_down(launcher)
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -568,6 +653,50 @@ def test_a_taken_metrics_port_leaves_the_cluster_running_without_metrics(fakes: 
         finally:
             shut_down(launcher)
     launcher.assert_no_traceback()
+
+
+def _squat_ipv6_loopback(port: int) -> str:
+    """As another user: listen on [::1]:port (kept until the child exits)."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind(("::1", port))
+    sock.listen()
+    _held.append(sock)
+    return "listening"
+
+
+_held: list[socket.socket] = []
+
+
+@pytest.mark.skipif(not listen.ipv6_loopback(), reason="this machine has no IPv6 loopback")
+@pytest.mark.skipif(not AS_ROOT, reason="acting as another user needs root (as in CI)")
+@pytest.mark.process
+def test_metrics_are_not_left_to_whoever_holds_the_ipv6_loopback(fakes: Path) -> None:
+    """localhost:PORT/metrics is [::1] first: the launcher holds it beside 127.0.0.1, or
+    serves no metrics at all and says which address was taken."""
+    env = {"PYTHONPATH": str(fakes)}
+    extra = ["--coordinator-module", "fake_coordinator", "--workers-module", "fake_workers"]
+    port = free_port()
+    with another_user(lambda: _squat_ipv6_loopback(port)) as squatting:
+        assert squatting == "listening", squatting
+        launcher = launch(1, free_port(), [*extra, "--metrics-port", str(port)], env)
+        try:
+            launcher.wait_ready(timeout=30)
+            assert f"no metrics: cannot serve [::1]:{port}" in launcher.output()
+        finally:
+            shut_down(launcher)
+    launcher = launch(1, free_port(), [*extra, "--metrics-port", str(port)], env)
+    try:
+        launcher.wait_ready(timeout=30)
+
+        async def scrape() -> None:
+            for host in ("127.0.0.1", "::1"):
+                status, _, _ = await http(port, path="/metrics", host=host)
+                assert status == 200, host
+
+        asyncio.run(scrape())
+    finally:
+        shut_down(launcher)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shared import notify
+from tests.support import AS_ROOT, NOBODY, another_user, wait_until
 
 
 @pytest.fixture
@@ -74,3 +77,42 @@ def test_receive_takes_everything_queued(listener: notify.Listener) -> None:
     assert [g["STATUS"] for g in got] == ["0", "1", "2"]
     assert listener.receive(0) == []
     assert listener.count() == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PASSCRED is Linux's")
+def test_once_it_expects_a_pid_a_listener_takes_that_process_alone() -> None:
+    listener = notify.Listener()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            target = "\0" + listener.address[1:]
+            sock.sendto(b"READY=1", target)
+            assert listener.receive(5) == [{"READY": "1"}]  # no pid expected yet: the user's
+            listener.expect(os.getpid() + 1)
+            sock.sendto(b"READY=1", target)
+            wait_until(lambda: bool(listener.receive(0.01) or listener.ignored), "the datagram")
+            assert listener.ignored == [(os.getpid(), os.getuid())]
+            listener.expect(os.getpid())
+            sock.sendto(b"READY=1", target)
+            assert listener.receive(5) == [{"READY": "1"}]
+    finally:
+        listener.close()
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="acting as another user needs root (as in CI)")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PASSCRED is Linux's")
+@pytest.mark.process
+def test_a_listener_takes_nothing_from_another_user() -> None:
+    listener = notify.Listener()
+
+    def say_ready() -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"READY=1", "\0" + listener.address[1:])
+        return str(os.getpid())
+
+    try:
+        with another_user(say_ready) as pid:
+            wait_until(lambda: bool(listener.receive(0.01) or listener.ignored), "the datagram")
+        assert listener.ignored == [(int(pid), NOBODY)]
+        assert listener.count() == 0
+    finally:
+        listener.close()

@@ -25,6 +25,7 @@ from workers.connection import State
 from workers.core import COALESCE_BYTES, Output, WorkerCore
 from workers.limits import Limits
 from workers.outputs import (
+    AdmitPeers,
     Broadcast,
     ClientOutput,
     Close,
@@ -283,6 +284,17 @@ def test_start_announces_asks_for_a_snapshot_and_is_ready_once_live() -> None:
     w.live((A,))
     assert w.shell.synced == 1
     assert w.core.health(w.now)[0] is True
+
+
+def test_the_coordinators_welcome_says_whose_results_to_take() -> None:
+    """The results socket takes the worker keys the coordinator admits, as its Welcome
+    says, each time it says it (issue 15, item 7)."""
+    w = Worker()
+    assert not [o for _, o in w.shell.log if isinstance(o, AdmitPeers)]
+    w.batch(bb.Welcome(E1, ["K1", "K2"]))
+    w.batch(bb.Welcome(E1, ["K3"]))
+    admitted = [o for _, o in w.shell.log if isinstance(o, AdmitPeers)]
+    assert admitted == [AdmitPeers(frozenset({"K1", "K2"})), AdmitPeers(frozenset({"K3"}))]
 
 
 def test_auth_ok_waits_for_the_replica_to_show_the_clients_join() -> None:

@@ -856,6 +856,25 @@ def test_a_tls_key_that_cannot_be_read_is_refused_at_start(tmp_path: Path) -> No
     assert alone.returncode == 2 and "--tls-cert and --tls-key go together" in alone.stderr
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o604])
+def test_a_tls_key_every_user_can_read_is_refused_at_start(tmp_path: Path, mode: int) -> None:
+    """Anyone who reads the key can pose as the server: one readable by every user is
+    refused, naming it (a group, as Debian's ssl-cert, may read it)."""
+    chain, key, _ = tls_files(tmp_path)
+    key.chmod(mode)
+    args = ["--tls-cert", str(chain), "--tls-key", str(key)]
+    result = subprocess.run(
+        [sys.executable, "-m", "workers", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"--tls-key {key} is open to every user (mode {mode:04o})" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_sigterm_closes_clients_1001_and_says_goodbye(ipc_dir: Path) -> None:
     async def scenario() -> None:
         async with worker(ipc_dir) as h:
