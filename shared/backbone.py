@@ -49,10 +49,10 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 """Raised whenever a message changes shape (3: ``Update.at``; 4: frames may carry a
-batch of messages), so processes of different versions refuse each other's every
-message instead of misreading some."""
+batch of messages; 5: ``Welcome.peers``), so processes of different versions refuse
+each other's every message instead of misreading some."""
 
 
 class BackboneDecodeError(ValueError):
