@@ -73,7 +73,16 @@ from workers import stats
 from workers.admission import Admission, Admit
 from workers.clients import Client, ClientTable, Group
 from workers.connection import Connection, Link, State, Verifier
-from workers.outputs import Broadcast, ClientOutput, Emit, Report, StartRoute, Synced
+from workers.outputs import (
+    Answer,
+    Broadcast,
+    ClientOutput,
+    Emit,
+    Lesser,
+    Report,
+    StartRoute,
+    Synced,
+)
 from workers.outputs import Output as MachineOutput
 from workers.replica import Announce, Forward, Replica, RequestSnapshot, Resynced, SyncState
 from workers.replica import Output as ReplicaOutput
@@ -335,6 +344,19 @@ class WorkerCore(Generic[H]):
         if machine.state is not State.CHALLENGED:
             self.admission.authenticated(machine.conn_id)
         self.perform(client, outputs)
+
+    def lesser(self, client: Client[H], kind: Lesser, now: float) -> Answer:
+        """A ping, a pong or a fragment from ``client``, as the WebSocket layer parses it
+        (its transport may outlive the client's place in the table by the close
+        timeout): what to do with it."""
+        self.now = now
+        machine = client.machine
+        pressured = client.handle in self.clients.pressured
+        outputs, answer = machine.on_lesser(kind, now, pressured)
+        if machine.state is not State.CHALLENGED:
+            self.admission.authenticated(machine.conn_id)
+        self.perform(client, outputs)
+        return answer
 
     def deadline(self, client: Client[H], now: float) -> None:
         """``client``'s deadline (its machine's ``deadline``) passed with no frame."""

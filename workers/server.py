@@ -71,6 +71,8 @@ from workers.wsinternals import (
     acked_bytes,
     forget_handshake,
     limit_frames,
+    note_close,
+    watch_lesser,
     watched_connection,
     write_all,
     write_limit,
@@ -198,6 +200,7 @@ class Worker:
     def _begin_close(self, client: Client[ServerConnection], close: Close) -> None:
         conn = client.machine.conn_id
         if conn not in self._closing:
+            note_close(client.handle, close.code, close.reason)
             log.debug(
                 "conn %d closing with %d",
                 conn,
@@ -352,6 +355,7 @@ class Worker:
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
             stats.closed(ws)
             return
+        watch_lesser(ws, lambda kind: core.lesser(client, kind, self._now()))
         machine = client.machine
         conn_id = machine.conn_id
         try:

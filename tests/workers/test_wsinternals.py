@@ -1,7 +1,8 @@
 """Assumptions :mod:`workers.wsinternals` makes about websockets' internals that the
 other tests of it do not pin (test_lean_connection: the lazy deques, the keepalive
 timers, the forgotten handshake; test_fanout_groups: the pressured set; test_frames:
-pre-framed writes): the first-frame limit and the ``TCP_INFO`` offset."""
+pre-framed writes): the first-frame limit, pings, pongs and fragments going to the
+core before websockets answers them, and the ``TCP_INFO`` offset."""
 
 from __future__ import annotations
 
@@ -15,8 +16,16 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from workers.outputs import FrameLimits
-from workers.wsinternals import FirstFrameLimited, limit_frames, tcp_bytes_acked
+from workers.outputs import Answer, FrameLimits, Lesser
+from workers.wsinternals import (
+    Guarded,
+    guard,
+    limit_frames,
+    note_close,
+    release_pong,
+    tcp_bytes_acked,
+    watch_lesser,
+)
 
 FIRST, REST = 16, 256
 
@@ -36,9 +45,9 @@ def _sizes(proto: ServerProtocol) -> list[int]:
     return [len(e.data) for e in proto.events_received() if isinstance(e, Frame)]
 
 
-def test_the_protocol_becomes_first_frame_limited_with_the_pre_auth_limit() -> None:
+def test_the_protocol_becomes_guarded_with_the_pre_auth_limit() -> None:
     proto = _limited()
-    assert type(proto) is FirstFrameLimited
+    assert type(proto) is Guarded
     assert proto.max_message_size == FIRST
 
 
@@ -74,6 +83,118 @@ def test_a_protocol_of_another_class_is_left_as_it_is() -> None:
     proto = Other(state=State.OPEN)
     limit_frames(SimpleNamespace(protocol=proto), FrameLimits(FIRST, REST))  # type: ignore[arg-type]
     assert type(proto) is Other
+
+
+# --------------------------------------------------------------------- lesser frames
+
+
+class Hook:
+    """A core's decisions, scripted: ``answers`` in turn (then the last one again)."""
+
+    def __init__(self, *answers: Answer) -> None:
+        self.answers = list(answers)
+        self.seen: list[Lesser] = []
+
+    def __call__(self, kind: Lesser) -> Answer:
+        self.seen.append(kind)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def _guarded(hook: Hook | None = None) -> tuple[ServerProtocol, SimpleNamespace]:
+    proto = ServerProtocol(state=State.OPEN, max_size=4096)
+    guard(proto)
+    ws = SimpleNamespace(protocol=proto, send_data=lambda: None)
+    if hook is not None:
+        watch_lesser(ws, hook)  # type: ignore[arg-type]
+    return proto, ws
+
+
+def _sent(proto: ServerProtocol) -> list[Frame]:
+    """The frames the server wrote since last asked (short, unmasked ones)."""
+    frames = []
+    for data in proto.data_to_send():
+        rest = bytearray(data)
+        while rest:
+            size = rest[1] & 0x7F
+            frames.append(Frame(Opcode(rest[0] & 0x0F), bytes(rest[2 : 2 + size])))
+            del rest[: 2 + size]
+    return frames
+
+
+def _ping(payload: bytes) -> bytes:
+    return Frame(Opcode.PING, payload).serialize(mask=True, extensions=[])
+
+
+def test_pings_pongs_and_fragments_go_to_the_core_and_whole_messages_do_not() -> None:
+    hook = Hook(Answer.NONE)
+    proto, _ = _guarded(hook)
+    proto.receive_data(
+        _frame(3, Opcode.PONG)
+        + _frame(5, fin=False)
+        + _frame(5, Opcode.CONT, fin=False)
+        + _frame(5, Opcode.CONT)
+        + _frame(7)
+    )
+    assert hook.seen == [Lesser.PONG, Lesser.FRAGMENT, Lesser.FRAGMENT]
+    # websockets still sees them all: the message is whole, the pong settles keepalive.
+    assert [e.opcode for e in proto.events_received() if isinstance(e, Frame)] == [
+        Opcode.PONG,
+        Opcode.TEXT,
+        Opcode.CONT,
+        Opcode.CONT,
+        Opcode.TEXT,
+    ]
+
+
+def test_a_ping_is_answered_only_as_the_core_says() -> None:
+    hook = Hook(Answer.PONG, Answer.NONE)
+    proto, _ = _guarded(hook)
+    proto.receive_data(_ping(b"one") + _ping(b"two"))
+    assert hook.seen == [Lesser.PING, Lesser.PING]
+    assert [(f.opcode, f.data) for f in _sent(proto)] == [(Opcode.PONG, b"one")]
+
+
+def test_pings_held_for_later_get_one_pong_for_the_latest_once_released() -> None:
+    hook = Hook(Answer.LATER)
+    proto, ws = _guarded(hook)
+    proto.receive_data(_ping(b"one") + _ping(b"two") + _ping(b"three"))
+    assert _sent(proto) == []
+    release_pong(ws)  # type: ignore[arg-type]
+    release_pong(ws)  # type: ignore[arg-type]
+    assert [(f.opcode, f.data) for f in _sent(proto)] == [(Opcode.PONG, b"three")]
+
+
+def test_a_ping_answered_at_once_drops_the_older_held_one() -> None:
+    hook = Hook(Answer.LATER, Answer.PONG)
+    proto, ws = _guarded(hook)
+    proto.receive_data(_ping(b"old") + _ping(b"new"))
+    release_pong(ws)  # type: ignore[arg-type]
+    assert [(f.opcode, f.data) for f in _sent(proto)] == [(Opcode.PONG, b"new")]
+
+
+def test_stop_sends_the_close_the_worker_decided_and_reads_nothing_more() -> None:
+    hook = Hook(Answer.PONG, Answer.STOP)
+    proto, ws = _guarded(hook)
+    note_close(ws, 1008, "policy_violation")  # type: ignore[arg-type]
+    note_close(ws, 1013, "later")  # type: ignore[arg-type]  # the first decision counts
+    proto.receive_data(_ping(b"a") + _ping(b"b") + _ping(b"c") + _frame(5))
+    assert hook.seen == [Lesser.PING, Lesser.PING]  # nothing after the stop
+    assert proto.close_sent is not None
+    assert (proto.close_sent.code, proto.close_sent.reason) == (1008, "policy_violation")
+    assert proto.eof_sent
+    assert [e for e in proto.events_received() if isinstance(e, Frame)][-1].data == b"a"
+    proto.receive_data(_ping(b"d"))  # discarded
+    assert hook.seen == [Lesser.PING, Lesser.PING]
+
+
+def test_a_ping_before_the_core_is_wired_in_is_held_then_decided() -> None:
+    proto, ws = _guarded()
+    proto.receive_data(_ping(b"early") + _frame(3, Opcode.PONG))
+    assert _sent(proto) == []
+    hook = Hook(Answer.PONG)
+    watch_lesser(ws, hook)  # type: ignore[arg-type]
+    assert hook.seen == [Lesser.PING]
+    assert [(f.opcode, f.data) for f in _sent(proto)] == [(Opcode.PONG, b"early")]
 
 
 def _poll(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
