@@ -13,6 +13,19 @@ object becomes a :class:`FirstFrameLimited` (a subclass of websockets'
 ``ServerProtocol``), which switches ``max_message_size`` as the first message is parsed,
 before the frames behind it in the same read.
 
+Pings, pongs and fragments (:class:`Guarded`, :func:`watch_lesser`): websockets answers
+every ping in ``recv_frame``, at once, and parses a flood for as long as it comes; one
+connection pinging fast and reading a trickle grew a worker by hundreds of MiB and held
+its loop for seconds. So the connection's protocol is made :class:`Guarded` before its
+first byte is read (:func:`watched_connection`), and each ping, pong and fragment goes to
+the core as it is parsed (:meth:`~workers.core.WorkerCore.lesser`, the connection's
+machine deciding): a pong now, a pong once the transport drains (only the latest ping's,
+held here and written by :func:`release_pong` from ``resume_writing``), nothing, or stop
+reading (a flood: the protocol fails with the close the worker decided,
+:func:`note_close`, and discards the rest of its input as websockets does after a close
+frame). Pongs from the client still reach websockets, which settles its keepalive with
+them.
+
 Pressure (:func:`watched_connection`, :func:`write_limit`): a client can only be past
 ``lag_bytes`` once its transport passed the write limit, which is kept at or below
 ``lag_bytes``; websockets then pauses writing (``pause_writing``), and the connection
