@@ -1,8 +1,10 @@
-"""A WebSocket ping flooder as its own process, for the control-frame abuse tests.
+"""A WebSocket flooder as its own process, for the control-frame abuse tests.
 
 It opens a connection to a worker (and authenticates with a fresh key with ``--auth``),
-prints ``FLOODING``, then sends 125-byte pings as fast as the socket takes them while
-reading what comes back at ``--read-rate`` bytes a second: a trickle, so that the
+prints ``FLOODING``, then sends 125-byte pings (``--kind``: or unsolicited 125-byte
+pongs, a message that never ends in 1-byte fragments, or tiny whole messages) as fast
+as the socket takes them while reading what comes back at ``--read-rate`` bytes a
+second: a trickle, so that the
 server always sees some reading progress. The flood ends when the server drops the
 connection (a send fails) or after ``--seconds``; then it reads whatever is left (up to
 ``--drain`` seconds) and prints one line::
@@ -35,15 +37,15 @@ from nacl.signing import SigningKey
 
 from shared import protocol
 
-PING, PONG, TEXT, CLOSE = 0x9, 0xA, 0x1, 0x8
+CONT, TEXT, CLOSE, PING, PONG = 0x0, 0x1, 0x8, 0x9, 0xA
 PAYLOAD = 125  # the largest control frame payload RFC 6455 allows
 
 
-def masked(opcode: int, payload: bytes) -> bytes:
-    """One client frame (FIN set, masked, payload below 126 bytes or 16-bit length)."""
+def masked(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """One client frame (masked, payload below 126 bytes or 16-bit length)."""
     mask = os.urandom(4)
     size = len(payload)
-    head = bytes([0x80 | opcode])
+    head = bytes([(0x80 if fin else 0) | opcode])
     head += bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack("!H", size)
     key = (mask * (size // 4 + 1))[:size]
     body = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
@@ -121,6 +123,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="longest flood")
     parser.add_argument("--read-rate", type=float, default=2048.0, help="bytes a second")
     parser.add_argument("--drain", type=float, default=5.0, help="seconds to read the rest")
+    parser.add_argument("--kind", choices=("ping", "pong", "fragment", "tiny"), default="ping")
     args = parser.parse_args()
 
     sock = socket.create_connection(("127.0.0.1", args.port))
@@ -142,12 +145,22 @@ def main() -> None:
     sent = [0]
     stop = threading.Event()
 
+    def frame() -> bytes:
+        if args.kind == "ping":
+            stamp = struct.pack("!d", time.monotonic() - start)
+            return masked(PING, stamp + b"p" * (PAYLOAD - 8))
+        if args.kind == "pong":
+            return masked(PONG, b"p" * PAYLOAD)
+        if args.kind == "fragment":
+            return masked(CONT, b"x", fin=False)
+        return masked(TEXT, b"{}")  # "tiny": whole (tiny, malformed) messages
+
     def flood() -> None:
-        filler = b"p" * (PAYLOAD - 8)
+        if args.kind == "fragment":  # one message that never ends, a byte a frame
+            sock.sendall(masked(TEXT, b"x", fin=False))
         try:
             while not stop.is_set():
-                stamp = struct.pack("!d", time.monotonic() - start)
-                batch = b"".join(masked(PING, stamp + filler) for _ in range(256))
+                batch = b"".join(frame() for _ in range(256))
                 sock.sendall(batch)
                 sent[0] += len(batch)
         except OSError:

@@ -1,15 +1,16 @@
-"""Control-frame abuse against real processes: one connection's ping flood, with an
-account or without, must hurt nobody but itself.
+"""Control-frame abuse against real processes: one connection's flood of pings (with an
+account or without) or of unsolicited pongs must hurt nobody but itself.
 
 A real coordinator and one worker (so every client is on the flooded worker), two
 innocent users on it, and a flooder in its own process (:mod:`tests.flooder`) that
-pings as fast as it can while reading 2 KB/s. While it floods, the innocents keep
-measuring their own ping round trip and sending each other direct messages, and the
-worker's resident memory is sampled. The checks: no innocent is ever shown as having
-left, no message between them is answered anything but ``delivered``, their round trip
-stays under 200 ms, the worker grows by less than 64 MiB, and the flooder is closed with
-1008. The innocents go on for longer than the coordinator's worker timeout after the
-flood ends, so a heartbeat the flood delayed would show as a false leave.
+sends 125-byte control frames as fast as it can while reading 2 KB/s. While it floods,
+the innocents keep measuring their own ping round trip and sending each other direct
+messages, and the worker's resident memory is sampled. The checks: no innocent is ever
+shown as having left, no message between them is answered anything but ``delivered``,
+their round trip stays under 200 ms, the worker grows by less than 64 MiB, and the
+flooder is closed with 1008. The innocents go on for longer than the coordinator's
+worker timeout after the flood ends, so a heartbeat the flood delayed would show as a
+false leave.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ async def _probe(a: LobbyClient, b: LobbyClient, stop: asyncio.Event) -> tuple[f
     return worst, wrong
 
 
-async def _flood(cluster: Cluster, authenticated: bool) -> None:
+async def _flood(cluster: Cluster, authenticated: bool, kind: str = "ping") -> None:
     worker = cluster.workers[0]
     a = await LobbyClient.connect(cluster.url, ping_interval=None)
     b = await LobbyClient.connect(cluster.url, ping_interval=None)
@@ -84,6 +85,8 @@ async def _flood(cluster: Cluster, authenticated: bool) -> None:
             str(cluster.port),
             "--seconds",
             str(FLOOD_SECONDS),
+            "--kind",
+            kind,
             *(["--auth"] if authenticated else []),
         ],
     )
@@ -128,7 +131,16 @@ async def _flood(cluster: Cluster, authenticated: bool) -> None:
     await b.close()
 
 
-@pytest.mark.parametrize("authenticated", [True, False], ids=["account", "no-account"])
-def test_ping_flood_hurts_only_the_flooder(tmp_path: Path, authenticated: bool) -> None:
+@pytest.mark.parametrize(
+    ("kind", "authenticated"),
+    [("ping", True), ("ping", False), ("pong", False)],
+    ids=["ping-account", "ping-no-account", "pong-no-account"],
+)
+def test_a_control_frame_flood_hurts_only_the_flooder(
+    tmp_path: Path, kind: str, authenticated: bool
+) -> None:
+    """Pings (each of which websockets answered at once, whatever the backlog) and
+    unsolicited pongs (which it parsed for ever without answering, at the cost of every
+    other client's round trip) from one connection."""
     with Cluster(tmp_path, workers=1) as cluster:
-        run(_flood(cluster, authenticated), timeout=60)
+        run(_flood(cluster, authenticated, kind), timeout=60)
