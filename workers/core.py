@@ -5,7 +5,8 @@ Theory of operation
 The shell (:mod:`workers.server`, with :mod:`workers.backbone` and :mod:`workers.door`)
 hands :class:`WorkerCore` what happens, one input at a time, with the time: a client's
 connection, frame, deadline or end; a frame from the coordinator or from another
-worker; a tick (every :data:`TICK`); a heartbeat; a lost message. The core answers
+worker; a tick (every :data:`TICK`); a lost message. (Heartbeats are the backbone's
+own, from a thread: :mod:`workers.backbone`.) The core answers
 with :data:`Output` items and the per-client outputs of its machines
 (:data:`ClientOutput`), which it hands to the shell (:class:`Shell`) the moment it
 decides them, in order; the shell carries each out before the core goes on. So a fact
@@ -259,9 +260,6 @@ class WorkerCore(Generic[H]):
         """The worker starts: announce (``Hello``) and ask for a snapshot."""
         self.now = now
         self._replica_outputs(self.replica.start())
-
-    def heartbeat(self) -> None:
-        self.emit(bb.Heartbeat(self.worker_id))
 
     def stop(self) -> None:
         """Say goodbye: the coordinator drops all our sessions at once, and nothing goes

@@ -6,7 +6,9 @@ One event loop, so every input is handled to completion before the next one star
 client frames (one handler task per connection), coordinator replies on the DEALER,
 updates and beats on the SUB, results from other workers on the results PULL socket
 (:mod:`workers.backbone`), HTTP requests before any upgrade (:mod:`workers.door`),
-heartbeats, and a ticker every :data:`~workers.core.TICK`. The shell decides nothing
+and a ticker every :data:`~workers.core.TICK`. The worker's heartbeats alone come from
+a thread of their own (:meth:`~workers.backbone.Backbone.start_pulse`), so that no
+amount of work on the loop delays them. The shell decides nothing
 itself: it hands each input to the :class:`~workers.core.WorkerCore`, carries out the
 outputs the core hands back, at once and in order, and answers the core's questions
 about I/O (a transport's backlog, the bytes its peer acknowledged, whether another
@@ -281,12 +283,12 @@ class Worker:
                 return 1
         stats.started()
         self.core.start(self._now())
+        self.backbone.start_pulse()  # heartbeats, whatever the loop is doing
         backbone = self.backbone
         tasks = [
             asyncio.create_task(backbone.read(backbone.dealer), name="dealer"),
             asyncio.create_task(backbone.read(backbone.sub), name="sub"),
             asyncio.create_task(backbone.read(backbone.results), name="results"),
-            asyncio.create_task(self._heartbeats(), name="heartbeat"),
             asyncio.create_task(self._ticker(), name="ticker"),
             asyncio.create_task(self._announce_ready(server), name="ready"),
         ]
@@ -316,6 +318,7 @@ class Worker:
     async def _shutdown(self, servers: list[Server], tasks: list[asyncio.Task[Any]]) -> None:
         log.info("worker %s stopping", self.worker_id, extra=logs.event("worker_stopping"))
         notify.stopping(f"worker {self.worker_id} stopping")
+        self.backbone.stop_pulse()  # no heartbeat after the Goodbye
         self.core.stop()  # Goodbye: the coordinator drops all our sessions at once
         self.backbone.flush()
         for server in servers:
@@ -328,11 +331,6 @@ class Worker:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.backbone.close(linger_ms=SHUTDOWN_LINGER_MS)
         log.info("worker %s stopped", self.worker_id, extra=logs.event("worker_stopped"))
-
-    async def _heartbeats(self) -> None:
-        while True:
-            self.core.heartbeat()
-            await asyncio.sleep(self.settings.timing.heartbeat_interval)
 
     async def _ticker(self) -> None:
         loop = asyncio.get_running_loop()
