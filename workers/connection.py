@@ -80,8 +80,10 @@ Bounds on what one client can cost, and who pays at the bound:
   not the rest of the read. A ping's pong is the answer the client made the server
   write, so it is bounded like any other: written at once while the transport is below
   its write limit, else held (only the latest ping is answered, which RFC 6455 allows)
-  and written once it drains. A backlog of pongs is then at most the write limit, and
-  the stall rule applies to it as to any backlog. (Before, websockets answered every
+  and written once it drains. A backlog of pongs is then at most the write limit plus
+  the pongs of one read (the transport is paused only after a read's answers are
+  written; the guard allows at most ``msg_burst + flood_rejects`` of them), and the
+  stall rule applies to it as to any backlog. (Before, websockets answered every
   ping at once, outside every bound: one connection pinging fast and reading a trickle
   grew a worker by hundreds of MiB and held its loop for seconds.)
 * A worker cut off from its coordinator for longer than its grace period closes every
