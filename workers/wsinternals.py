@@ -197,8 +197,8 @@ def release_pong(ws: ServerConnection) -> None:
     """Write the held ping's pong (the transport is below its write limit again)."""
     proto: Any = ws.protocol
     held = getattr(proto, "held", None)
-    if held is None or proto.state not in (State.OPEN, State.CLOSING):
-        return
+    if held is None or proto.state not in (State.OPEN, State.CLOSING) or proto.eof_sent:
+        return  # nothing held, or nothing may be written any more
     proto.held = None
     proto.send_pong(held)
     try:

@@ -164,6 +164,16 @@ def test_pings_held_for_later_get_one_pong_for_the_latest_once_released() -> Non
     assert [(f.opcode, f.data) for f in _sent(proto)] == [(Opcode.PONG, b"three")]
 
 
+def test_a_held_pong_is_not_written_after_the_connection_failed() -> None:
+    hook = Hook(Answer.LATER)
+    proto, ws = _guarded(hook)
+    proto.receive_data(_ping(b"held") + _frame(5000))  # then a frame over the limit: 1009
+    assert proto.close_sent is not None and proto.close_sent.code == 1009
+    _sent(proto)
+    release_pong(ws)  # type: ignore[arg-type]
+    assert _sent(proto) == []
+
+
 def test_a_ping_answered_at_once_drops_the_older_held_one() -> None:
     hook = Hook(Answer.LATER, Answer.PONG)
     proto, ws = _guarded(hook)
