@@ -6,16 +6,20 @@ core before websockets answers them, and the ``TCP_INFO`` offset."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
+import uvloop
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from tests.support import raw_upgrade
 from workers.outputs import Answer, FrameLimits, Lesser
 from workers.wsinternals import (
     Guarded,
@@ -25,6 +29,7 @@ from workers.wsinternals import (
     release_pong,
     tcp_bytes_acked,
     watch_lesser,
+    watched_connection,
 )
 
 FIRST, REST = 16, 256
@@ -234,3 +239,90 @@ def test_tcp_info_offset_reads_the_bytes_the_peer_acknowledged() -> None:
                 got += len(receiver.recv(1 << 16))
             assert _poll(lambda: tcp_bytes_acked(sender) == before + size)
             assert tcp_bytes_acked(sender) == before + size
+
+
+# ----------------------------------------------------- held pongs on a real connection
+
+WRITE_LIMIT = 1024
+BATCH, BATCHES = 100, 60
+
+
+async def _pings_without_reading() -> tuple[list[bytes], list[int]]:
+    """A real server (the worker's connection class, a small write limit, a core that
+    holds pongs while the transport is pressured) and a client that sends batches of
+    pings and reads nothing until the end. Returns the pongs' payloads the client got
+    and the server's backlog after each batch."""
+    pressured: set[ServerConnection] = set()
+    seen: list[Lesser] = []
+    opened: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: ServerConnection) -> None:
+        sock = ws.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # back up soon
+
+        def hook(kind: Lesser) -> Answer:
+            seen.append(kind)
+            return Answer.LATER if ws in pressured else Answer.PONG
+
+        watch_lesser(ws, hook)
+        opened.set_result(ws)
+        await ws.wait_closed()
+
+    async with serve(
+        handler,
+        "127.0.0.1",
+        0,
+        ping_interval=None,
+        write_limit=WRITE_LIMIT,
+        create_connection=watched_connection(pressured),
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        raw = await raw_upgrade(port, rcvbuf=4096)
+        loop = asyncio.get_running_loop()
+        try:
+            ws = await asyncio.wait_for(opened, 5)
+            backlog = []
+            for batch in range(BATCHES):
+                pings = b"".join(_ping(f"{batch * BATCH + i:06d}".encode()) for i in range(BATCH))
+                await loop.sock_sendall(raw, pings)
+                async with asyncio.timeout(10):
+                    while len(seen) < (batch + 1) * BATCH:
+                        await asyncio.sleep(0.002)  # polling with a deadline
+                backlog.append(ws.transport.get_write_buffer_size())
+            data = bytearray()
+            async with asyncio.timeout(10):  # read it all: the held pong comes last
+                while True:
+                    data += await loop.sock_recv(raw, 65536)
+                    pongs = _pongs(data)
+                    if pongs and pongs[-1] == f"{BATCH * BATCHES - 1:06d}".encode():
+                        return pongs, backlog
+        finally:
+            raw.close()
+
+
+def _pongs(data: bytearray) -> list[bytes]:
+    """The payloads of the pongs in ``data`` (the server's bytes after its upgrade)."""
+    _, _, frames = bytes(data).partition(b"\r\n\r\n")
+    payloads, at = [], 0
+    while at + 2 <= len(frames):
+        size = frames[at + 1] & 0x7F
+        if at + 2 + size > len(frames):
+            break
+        if frames[at] & 0x0F == Opcode.PONG:
+            payloads.append(frames[at + 2 : at + 2 + size])
+        at += 2 + size
+    return payloads
+
+
+def test_a_client_that_pings_and_does_not_read_holds_one_pong_past_the_write_limit() -> None:
+    pongs, backlog = uvloop.run(_pings_without_reading())
+    # Answered in order while the transport took them, then held: one pong, the
+    # latest ping's, once the client read and the transport drained.
+    # (The kernel's buffers take a few hundred KiB first: enough pings to pass them.)
+    total = BATCH * BATCHES
+    assert pongs[:-1] == [f"{i:06d}".encode() for i in range(len(pongs) - 1)]
+    assert pongs[-1] == f"{total - 1:06d}".encode()
+    assert len(pongs) < total - BATCH, len(pongs)  # the pings of whole batches were held
+    # The backlog never passes the write limit by more than the pongs of one read.
+    pong = len(_ping(b"000000")) - 4  # a server frame has no mask
+    assert max(backlog) <= WRITE_LIMIT + BATCH * pong, backlog
