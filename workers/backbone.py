@@ -10,6 +10,18 @@ a socket's FD and then hands up to :data:`READ_BATCH` messages to the core
 written together); sends are non-blocking. (``zmq.asyncio`` costs a future and several
 ``EVENTS`` checks per message: a third of a worker's CPU when messaging.)
 
+The heartbeat does not wait for the loop (:meth:`Backbone.start_pulse`): a thread sends
+each ``Heartbeat`` on the DEALER itself, between the loop's own uses of it (a lock
+serialises every use of that socket, which is what ZeroMQ asks of a socket shared by
+threads, and the thread wakes the DEALER's reader afterwards, as its edge-triggered FD
+may not fire after another thread's send). So however much work the clients push at the
+loop, and however late its turns come, the coordinator hears the worker every
+``heartbeat_interval`` and never gives up a worker that is only busy: its users are not
+shown as gone, nor answered ``offline``, while they are connected. A loop that has not
+turned for ``cutoff_grace`` is not serving anyone, though, so the thread beats only while
+the loop turned within that time (its ticker stamps each turn); a worker stuck for
+longer is given up as dead, as it should be.
+
 What one turn of the loop sends to the coordinator, or to one other worker's results
 endpoint, goes out at the end of the turn as one frame (:class:`~shared.backbone.Outbox`,
 bounded), so a busy worker pays ZeroMQ once per peer per turn, not once per message.
@@ -20,7 +32,10 @@ which decides what repairs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -95,6 +110,11 @@ class Backbone:
         self._closed = False
         # Wake-ups of the readers waiting on each socket (see _readable).
         self._wakers: dict[zmq.Socket[bytes], Callable[[], None]] = {}
+        # The DEALER is shared with the heartbeat thread (see start_pulse).
+        self._dealer_lock = threading.Lock()
+        self._turned = time.monotonic()  # the loop's last turn (see drain)
+        self._pulse: threading.Thread | None = None
+        self._pulse_stop = threading.Event()
 
     def _socket(self, kind: int, *, server: bool = False) -> zmq.Socket[bytes]:
         timing = self.settings.timing
@@ -135,7 +155,57 @@ class Backbone:
         # The address actually bound: a port of * (the system's pick) becomes a number.
         self.results_endpoint = self.results.getsockopt_string(zmq.LAST_ENDPOINT)
 
+    def start_pulse(self) -> None:
+        """Start the heartbeat thread (see the module's docstring); :meth:`close` stops
+        it."""
+        loop = asyncio.get_running_loop()
+        self._pulse = threading.Thread(
+            target=self._beat, args=(loop,), name="heartbeat", daemon=True
+        )
+        self._pulse.start()
+
+    def _beat(self, loop: asyncio.AbstractEventLoop) -> None:
+        timing = self.settings.timing
+        beat = bb.Heartbeat(self.settings.worker_id)
+        frame = bb.encode(beat)
+        while not self._pulse_stop.wait(timing.heartbeat_interval):
+            if time.monotonic() - self._turned > timing.cutoff_grace:
+                continue  # the loop is stuck, not busy: let the coordinator know
+            lost = False
+            with self._dealer_lock:
+                if self._closed:
+                    return
+                try:
+                    self.dealer.send(frame, _NOBLOCK)
+                except zmq.Again:  # past SNDHWM: the coordinator is not reading
+                    lost = True
+            with contextlib.suppress(RuntimeError):  # the loop has closed: we are stopping
+                loop.call_soon_threadsafe(self._after_beat, beat if lost else None)
+
+    def _after_beat(self, lost: bb.Heartbeat | None) -> None:
+        """On the loop, after a beat: count it if it was lost (as the core counts every
+        message it could not queue), and wake the DEALER's reader."""
+        if lost is not None and self.core is not None:
+            self.core.lost(lost)
+        self._wake_dealer()
+
+    def turned(self) -> None:
+        """The loop has turned (once a tick, from :meth:`drain`): beats may go on."""
+        self._turned = time.monotonic()
+
+    def _wake_dealer(self) -> None:
+        if (wake := self._wakers.get(self.dealer)) is not None:
+            wake()
+
+    def stop_pulse(self) -> None:
+        """Stop the heartbeat thread (before ``Goodbye``: nothing may follow it)."""
+        self._pulse_stop.set()
+        if self._pulse is not None:
+            self._pulse.join()
+            self._pulse = None
+
     def close(self, linger_ms: int) -> None:
+        self.stop_pulse()
         self._closed = True
         self.sub.close(linger=0)
         self.results.close(linger=0)
@@ -188,7 +258,8 @@ class Backbone:
     def _send_up(self, sent: bb.Sent) -> None:
         frame, messages = sent
         try:
-            self.dealer.send(frame, _NOBLOCK)
+            with self._dealer_lock:
+                self.dealer.send(frame, _NOBLOCK)
         except zmq.Again:  # past SNDHWM: the coordinator is not reading
             assert self.core is not None
             for msg in messages:
@@ -270,7 +341,9 @@ class Backbone:
         """Before a tick: wake every reader (a safety net for the edge-triggered FD: a
         wake-up it failed to signal costs at most one tick, never a stalled backbone),
         then read every result and reply already waiting, so that a result that
-        arrived in time is never overtaken by ``unavailable``."""
+        arrived in time is never overtaken by ``unavailable``. It stamps the loop's
+        turn for the heartbeat thread."""
+        self.turned()
         for wake in list(self._wakers.values()):
             wake()
         for sock in (self.results, self.dealer):
@@ -284,16 +357,18 @@ class Backbone:
         core = self.core
         assert core is not None
         handle = core.from_peer if sock is self.results else core.from_coordinator
-        time = asyncio.get_running_loop().time
+        clock = asyncio.get_running_loop().time
+        lock = self._dealer_lock if sock is self.dealer else contextlib.nullcontext()
         handled = 0
         core.begin_batch()
         try:
             while handled < limit:
                 try:
-                    frame = sock.recv(_NOBLOCK)
+                    with lock:
+                        frame = sock.recv(_NOBLOCK)
                 except zmq.Again:
                     return handled
-                handled += handle(frame, time())
+                handled += handle(frame, clock())
             return handled
         finally:
             core.end_batch()
@@ -301,16 +376,23 @@ class Backbone:
     async def _readable(self, sock: zmq.Socket[bytes]) -> None:
         """Return once ``sock`` holds a message. Its FD only signals changes since the
         last look at ``EVENTS``, so ``EVENTS`` is checked first and on every wake-up."""
-        if _has_input(sock):
-            return
+        lock = self._dealer_lock if sock is self.dealer else contextlib.nullcontext()
+        with lock:
+            if _has_input(sock):
+                return
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
 
         def wake() -> None:
-            if not ready.done() and _has_input(sock):
+            if ready.done():
+                return
+            with lock:
+                waiting = _has_input(sock)
+            if waiting:
                 ready.set_result(None)
 
-        fd = sock.fileno()
+        with lock:
+            fd = sock.fileno()
         loop.add_reader(fd, wake)
         self._wakers[sock] = wake
         try:

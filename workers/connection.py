@@ -72,6 +72,20 @@ Bounds on what one client can cost, and who pays at the bound:
   ``rejected``/``rate_limited``, anything else ``error``/``rate_limited``); ``FLOOD``
   closes with 1008 ``policy_violation``. Admission to the challenge phase is the
   core's per-worker :class:`~workers.admission.Admission`.
+* Control frames and fragments (:meth:`Connection.on_lesser`, in every state, with or
+  without an account): a ping, a pong, and a data frame that does not end its message
+  each take a token from the same guard as a message, as the WebSocket layer parses
+  them, before anything is done for them. ``FLOOD`` closes with 1008 and the layer reads
+  nothing more from the connection, so a flood costs the worker a few hundred frames,
+  not the rest of the read. A ping's pong is the answer the client made the server
+  write, so it is bounded like any other: written at once while the transport is below
+  its write limit, else held (only the latest ping is answered, which RFC 6455 allows)
+  and written once it drains. A backlog of pongs is then at most the write limit plus
+  the pongs of one read (the transport is paused only after a read's answers are
+  written; the guard allows at most ``msg_burst + flood_rejects`` of them), and the
+  stall rule applies to it as to any backlog. (Before, websockets answered every
+  ping at once, outside every bound: one connection pinging fast and reading a trickle
+  grew a worker by hundreds of MiB and held its loop for seconds.)
 * A worker cut off from its coordinator for longer than its grace period closes every
   client with 1013 (:meth:`Connection.on_cutoff`), so they reconnect where the lobby is
   visible instead of showing a frozen view while everyone else sees them gone.
@@ -100,10 +114,12 @@ from shared.protocol import (
 from workers.admission import FloodGuard, RateLimits, Verdict
 from workers.limits import Limits as Limits  # (where the settings have always found it)
 from workers.outputs import (
+    Answer,
     AuthOutcome,
     Close,
     Emit,
     FrameLimits,
+    Lesser,
     Output,
     SendOutcome,
     SnapshotCause,
@@ -189,18 +205,21 @@ TRANSITIONS: Final[dict[tuple[State, Event], frozenset[State]]] = {
     (S.CHALLENGED, E.KICK): frozenset({S.CLOSING}),
     (S.CHALLENGED, E.CUTOFF): frozenset({S.CLOSING}),
     (S.CHALLENGED, E.EVICTED): frozenset({S.CLOSING}),
+    (S.CHALLENGED, E.FLOOD): frozenset({S.CLOSING}),
     (S.CHALLENGED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
     (S.VERIFIED, E.LINK_UP): frozenset({S.AUTHENTICATING}),
     (S.VERIFIED, E.PIPELINE_FULL): frozenset({S.CLOSING}),
     (S.VERIFIED, E.DEADLINE): frozenset({S.CLOSING}),
     (S.VERIFIED, E.KICK): frozenset({S.CLOSING}),
     (S.VERIFIED, E.CUTOFF): frozenset({S.CLOSING}),
+    (S.VERIFIED, E.FLOOD): frozenset({S.CLOSING}),
     (S.VERIFIED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
     (S.AUTHENTICATING, E.ACK): frozenset({S.ACKED}),
     (S.AUTHENTICATING, E.PIPELINE_FULL): frozenset({S.CLOSING}),
     (S.AUTHENTICATING, E.DEADLINE): frozenset({S.CLOSING}),
     (S.AUTHENTICATING, E.KICK): frozenset({S.CLOSING}),
     (S.AUTHENTICATING, E.CUTOFF): frozenset({S.CLOSING}),
+    (S.AUTHENTICATING, E.FLOOD): frozenset({S.CLOSING}),
     (S.AUTHENTICATING, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
     (S.ACKED, E.CAUGHT_UP): frozenset({S.AUTHENTICATED}),
     (S.ACKED, E.PIPELINE_FULL): frozenset({S.CLOSING}),
@@ -208,6 +227,7 @@ TRANSITIONS: Final[dict[tuple[State, Event], frozenset[State]]] = {
     (S.ACKED, E.UNANNOUNCED): frozenset({S.CLOSING}),
     (S.ACKED, E.KICK): frozenset({S.CLOSING}),
     (S.ACKED, E.CUTOFF): frozenset({S.CLOSING}),
+    (S.ACKED, E.FLOOD): frozenset({S.CLOSING}),
     (S.ACKED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
     (S.AUTHENTICATED, E.KICK): frozenset({S.CLOSING}),
     (S.AUTHENTICATED, E.STALL): frozenset({S.CLOSING}),
@@ -327,6 +347,20 @@ class Connection:
         if self.state in _PENDING:
             return self._hold(frame)
         return []
+
+    def on_lesser(self, kind: Lesser, now: float, pressured: bool) -> tuple[list[Output], Answer]:
+        """A ping, a pong or a fragment, as it is parsed (in any state, closing too);
+        ``pressured``: the transport is past its write limit. It takes a token of the
+        message rate; a flood closes with 1008 and stops the reading
+        (:data:`Answer.STOP`); a ping is answered at once, or once the backlog drains
+        (:data:`Answer.LATER`)."""
+        if self.guard.check(now) is Verdict.FLOOD:
+            if self.state is S.CLOSING:
+                return [], Answer.STOP
+            return self._close(E.FLOOD, CloseCode.POLICY_VIOLATION), Answer.STOP
+        if kind is not Lesser.PING:
+            return [], Answer.NONE
+        return [], Answer.LATER if pressured else Answer.PONG
 
     def _frame_challenged(
         self,

@@ -5,7 +5,8 @@ Theory of operation
 The shell (:mod:`workers.server`, with :mod:`workers.backbone` and :mod:`workers.door`)
 hands :class:`WorkerCore` what happens, one input at a time, with the time: a client's
 connection, frame, deadline or end; a frame from the coordinator or from another
-worker; a tick (every :data:`TICK`); a heartbeat; a lost message. The core answers
+worker; a tick (every :data:`TICK`); a lost message. (Heartbeats are the backbone's
+own, from a thread: :mod:`workers.backbone`.) The core answers
 with :data:`Output` items and the per-client outputs of its machines
 (:data:`ClientOutput`), which it hands to the shell (:class:`Shell`) the moment it
 decides them, in order; the shell carries each out before the core goes on. So a fact
@@ -75,9 +76,11 @@ from workers.clients import Client, ClientTable, Group
 from workers.connection import Connection, Link, State, Verifier
 from workers.outputs import (
     AdmitPeers,
+    Answer,
     Broadcast,
     ClientOutput,
     Emit,
+    Lesser,
     Report,
     StartRoute,
     Synced,
@@ -261,9 +264,6 @@ class WorkerCore(Generic[H]):
         self.now = now
         self._replica_outputs(self.replica.start())
 
-    def heartbeat(self) -> None:
-        self.emit(bb.Heartbeat(self.worker_id))
-
     def stop(self) -> None:
         """Say goodbye: the coordinator drops all our sessions at once, and nothing goes
         out to it after this."""
@@ -345,6 +345,19 @@ class WorkerCore(Generic[H]):
         if machine.state is not State.CHALLENGED:
             self.admission.authenticated(machine.conn_id)
         self.perform(client, outputs)
+
+    def lesser(self, client: Client[H], kind: Lesser, now: float) -> Answer:
+        """A ping, a pong or a fragment from ``client``, as the WebSocket layer parses it
+        (its transport may outlive the client's place in the table by the close
+        timeout): what to do with it."""
+        self.now = now
+        machine = client.machine
+        pressured = client.handle in self.clients.pressured
+        outputs, answer = machine.on_lesser(kind, now, pressured)
+        if machine.state is not State.CHALLENGED:
+            self.admission.authenticated(machine.conn_id)
+        self.perform(client, outputs)
+        return answer
 
     def deadline(self, client: Client[H], now: float) -> None:
         """``client``'s deadline (its machine's ``deadline``) passed with no frame."""

@@ -115,6 +115,25 @@ class FrameLimits:
     rest: int
 
 
+class Lesser(enum.Enum):
+    """A frame read from a client that is not a whole message: what the WebSocket layer
+    hands the machine as it parses (:meth:`~workers.connection.Connection.on_lesser`)."""
+
+    PING = "ping"
+    PONG = "pong"
+    FRAGMENT = "fragment"  # a data frame that does not end its message
+
+
+class Answer(enum.Enum):
+    """What the WebSocket layer does with a :class:`Lesser` frame, as the machine
+    decided."""
+
+    PONG = "pong"  # a ping: answer it now
+    LATER = "later"  # a ping while the backlog is past the write limit: its pong waits
+    NONE = "none"  # nothing to answer (a pong, a fragment)
+    STOP = "stop"  # a flood: no answer, and nothing more is read from the connection
+
+
 Output = Write | WriteSnapshot | Close | Emit | StartRoute | FrameLimits
 """What a machine returns."""
 

@@ -6,7 +6,9 @@ One event loop, so every input is handled to completion before the next one star
 client frames (one handler task per connection), coordinator replies on the DEALER,
 updates and beats on the SUB, results from other workers on the results PULL socket
 (:mod:`workers.backbone`), HTTP requests before any upgrade (:mod:`workers.door`),
-heartbeats, and a ticker every :data:`~workers.core.TICK`. The shell decides nothing
+and a ticker every :data:`~workers.core.TICK`. The worker's heartbeats alone come from
+a thread of their own (:meth:`~workers.backbone.Backbone.start_pulse`), so that no
+amount of work on the loop delays them. The shell decides nothing
 itself: it hands each input to the :class:`~workers.core.WorkerCore`, carries out the
 outputs the core hands back, at once and in order, and answers the core's questions
 about I/O (a transport's backlog, the bytes its peer acknowledged, whether another
@@ -72,6 +74,8 @@ from workers.wsinternals import (
     acked_bytes,
     forget_handshake,
     limit_frames,
+    note_close,
+    watch_lesser,
     watched_connection,
     write_all,
     write_limit,
@@ -201,6 +205,7 @@ class Worker:
     def _begin_close(self, client: Client[ServerConnection], close: Close) -> None:
         conn = client.machine.conn_id
         if conn not in self._closing:
+            note_close(client.handle, close.code, close.reason)
             log.debug(
                 "conn %d closing with %d",
                 conn,
@@ -285,12 +290,12 @@ class Worker:
                 return 2
         stats.started()
         self.core.start(self._now())
+        self.backbone.start_pulse()  # heartbeats, whatever the loop is doing
         backbone = self.backbone
         tasks = [
             asyncio.create_task(backbone.read(backbone.dealer), name="dealer"),
             asyncio.create_task(backbone.read(backbone.sub), name="sub"),
             asyncio.create_task(backbone.read(backbone.results), name="results"),
-            asyncio.create_task(self._heartbeats(), name="heartbeat"),
             asyncio.create_task(self._ticker(), name="ticker"),
             asyncio.create_task(self._announce_ready(server), name="ready"),
         ]
@@ -320,6 +325,7 @@ class Worker:
     async def _shutdown(self, servers: list[Server], tasks: list[asyncio.Task[Any]]) -> None:
         log.info("worker %s stopping", self.worker_id, extra=logs.event("worker_stopping"))
         notify.stopping(f"worker {self.worker_id} stopping")
+        self.backbone.stop_pulse()  # no heartbeat after the Goodbye
         self.core.stop()  # Goodbye: the coordinator drops all our sessions at once
         self.backbone.flush()
         for server in servers:
@@ -332,11 +338,6 @@ class Worker:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.backbone.close(linger_ms=SHUTDOWN_LINGER_MS)
         log.info("worker %s stopped", self.worker_id, extra=logs.event("worker_stopped"))
-
-    async def _heartbeats(self) -> None:
-        while True:
-            self.core.heartbeat()
-            await asyncio.sleep(self.settings.timing.heartbeat_interval)
 
     async def _ticker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -360,6 +361,7 @@ class Worker:
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
             stats.closed(ws)
             return
+        watch_lesser(ws, lambda kind: core.lesser(client, kind, self._now()))
         machine = client.machine
         conn_id = machine.conn_id
         try:

@@ -13,6 +13,19 @@ object becomes a :class:`FirstFrameLimited` (a subclass of websockets'
 ``ServerProtocol``), which switches ``max_message_size`` as the first message is parsed,
 before the frames behind it in the same read.
 
+Pings, pongs and fragments (:class:`Guarded`, :func:`watch_lesser`): websockets answers
+every ping in ``recv_frame``, at once, and parses a flood for as long as it comes; one
+connection pinging fast and reading a trickle grew a worker by hundreds of MiB and held
+its loop for seconds. So the connection's protocol is made :class:`Guarded` before its
+first byte is read (:func:`watched_connection`), and each ping, pong and fragment goes to
+the core as it is parsed (:meth:`~workers.core.WorkerCore.lesser`, the connection's
+machine deciding): a pong now, a pong once the transport drains (only the latest ping's,
+held here and written by :func:`release_pong` from ``resume_writing``), nothing, or stop
+reading (a flood: the protocol fails with the close the worker decided,
+:func:`note_close`, and discards the rest of its input as websockets does after a close
+frame). Pongs from the client still reach websockets, which settles its keepalive with
+them.
+
 Pressure (:func:`watched_connection`, :func:`write_limit`): a client can only be past
 ``lag_bytes`` once its transport passed the write limit, which is kept at or below
 ``lag_bytes``; websockets then pauses writing (``pause_writing``), and the connection
@@ -54,7 +67,7 @@ import asyncio
 import socket
 import struct
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 from websockets.asyncio.server import ServerConnection, broadcast
@@ -65,7 +78,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from workers.outputs import FrameLimits
+from workers.outputs import Answer, FrameLimits, Lesser
 
 if TYPE_CHECKING:
     from workers.frames import SharedFrame
@@ -80,27 +93,118 @@ def write_limit(lag_bytes: int) -> int:
     return min(lag_bytes, max(1024, lag_bytes // 4))
 
 
-class FirstFrameLimited(ServerProtocol):
-    """websockets' server protocol with one more rule: the first data message may be at
-    most ``max_message_size`` (the pre-auth limit), every later one ``rest``. The switch
-    happens as the first message is parsed, before the frames behind it in the same
-    read, so frames pipelined behind the ``auth`` get the full limit."""
+LesserHook = Callable[[Lesser], Answer]
+"""What the worker does with a ping, a pong or a fragment: its core's decision."""
 
-    rest: int | None
+_LESSER: Final = {Opcode.PING: Lesser.PING, Opcode.PONG: Lesser.PONG}
+_DATA: Final = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+
+
+class Guarded(ServerProtocol):
+    """websockets' server protocol with two more rules.
+
+    * The first data message may be at most ``max_message_size`` (the pre-auth limit),
+      every later one ``rest``. The switch happens as the first message is parsed,
+      before the frames behind it in the same read, so frames pipelined behind the
+      ``auth`` get the full limit.
+    * Every ping, pong and fragment goes to ``lesser`` (the core) as it is parsed, before
+      websockets does anything with it (websockets would answer a ping at once, outside
+      every bound). The answer says what to do: a pong now; a pong later (``held``: only
+      the latest ping's payload, written by :func:`release_pong` once the transport
+      drains); nothing; or stop reading (a flood: the rest of the input is discarded,
+      as websockets does after a close frame). Until the core is wired in (the
+      handshake's few turns of the loop) a ping is held."""
+
+    rest: int | None = None
+    lesser: LesserHook | None = None
+    held: bytes | None = None
+    closing: tuple[int, str] | None = None
+    """The close the worker decided (:func:`note_close`), for :meth:`stop`."""
+
+    def stop(self) -> None:
+        """Read nothing more: fail the connection with the close the worker decided
+        (its close frame, unless one went out already, then the end of the stream; the
+        rest of the input is discarded, as websockets does after a close frame)."""
+        self.held = None
+        # A stop always follows a close the worker decided; 1011 is only a safety net.
+        self.fail(*(self.closing or (WsCloseCode.INTERNAL_ERROR, "")))
 
     def recv_frame(self, frame: Any) -> None:
+        opcode = frame.opcode
+        kind = _LESSER.get(opcode)
+        if kind is None and not frame.fin and opcode in _DATA:
+            kind = Lesser.FRAGMENT
+        if kind is not None:
+            hook = self.lesser
+            if hook is not None:
+                answer = hook(kind)
+            else:
+                answer = Answer.LATER if kind is Lesser.PING else Answer.NONE
+            if answer is Answer.STOP:
+                self.stop()
+                return
+            if kind is not Lesser.FRAGMENT:
+                if answer is Answer.PONG:
+                    self.held = None
+                    self.send_frame(Frame(Opcode.PONG, frame.data))
+                elif answer is Answer.LATER:
+                    self.held = bytes(frame.data)
+                self.events.append(frame)  # a pong still settles websockets' keepalive
+                return
         super().recv_frame(frame)
-        data = frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
-        if data and frame.fin and self.rest is not None:
+        if self.rest is not None and frame.fin and opcode in _DATA:
             self.max_message_size, self.rest = self.rest, None
+
+
+def guard(proto: Any) -> None:
+    """Make ``proto`` (websockets' ``ServerProtocol``) a :class:`Guarded` one."""
+    if type(proto) is ServerProtocol:
+        proto.__class__ = Guarded
 
 
 def limit_frames(ws: ServerConnection, limits: FrameLimits) -> None:
     proto: Any = ws.protocol
-    if type(proto) is ServerProtocol:
-        proto.__class__ = FirstFrameLimited
+    guard(proto)
     proto.max_message_size = limits.first
     proto.rest = limits.rest
+
+
+def note_close(ws: ServerConnection, code: int, reason: str) -> None:
+    """The worker decided to close ``ws`` with ``code`` (the first such decision
+    counts): what :meth:`Guarded.stop` sends if it stops reading before the closing
+    handshake has begun."""
+    proto: Any = ws.protocol
+    if isinstance(proto, Guarded) and proto.closing is None:
+        proto.closing = (code, reason)
+
+
+def watch_lesser(ws: ServerConnection, hook: LesserHook) -> None:
+    """From now on ``hook`` decides about ``ws``'s pings, pongs and fragments; a ping
+    held until now is decided at once."""
+    proto: Any = ws.protocol
+    guard(proto)
+    proto.lesser = hook
+    if proto.held is not None:
+        answer = hook(Lesser.PING)
+        if answer is Answer.PONG:
+            release_pong(ws)
+        elif answer is Answer.STOP:
+            proto.stop()
+            ws.send_data()
+
+
+def release_pong(ws: ServerConnection) -> None:
+    """Write the held ping's pong (the transport is below its write limit again)."""
+    proto: Any = ws.protocol
+    held = getattr(proto, "held", None)
+    if held is None or proto.state not in (State.OPEN, State.CLOSING) or proto.eof_sent:
+        return  # nothing held, or nothing may be written any more
+    proto.held = None
+    proto.send_pong(held)
+    try:
+        ws.send_data()
+    except Exception as exc:  # as websockets' data_received: the connection ends
+        ws.set_connection_exc(exc)
 
 
 def forget_handshake(ws: ServerConnection) -> None:
@@ -222,6 +326,7 @@ def watched_connection(pressured: set[ServerConnection]) -> type[ServerConnectio
             self._next_ping(latency)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            guard(self.protocol)  # before any byte is read: every ping goes through it
             super().connection_made(transport)
             frames = self.recv_messages.frames
             frames.queue = cast("deque[Frame]", LazyDeque())
@@ -233,6 +338,7 @@ def watched_connection(pressured: set[ServerConnection]) -> type[ServerConnectio
         def resume_writing(self) -> None:
             super().resume_writing()
             pressured.discard(self)
+            release_pong(self)
 
         def connection_lost(self, exc: Exception | None) -> None:
             pressured.discard(self)

@@ -28,10 +28,12 @@ from workers.connection import (
 )
 from workers.limits import Limits
 from workers.outputs import (
+    Answer,
     AuthOutcome,
     Close,
     Emit,
     FrameLimits,
+    Lesser,
     Output,
     SendOutcome,
     SnapshotCause,
@@ -158,7 +160,7 @@ FIRE: dict[Event, Callable[[Connection], list[Output]]] = {
     Event.CUTOFF: lambda c: c.on_cutoff(),
     Event.EVICTED: lambda c: c.on_evicted(),
     Event.TRANSPORT_CLOSED: lambda c: c.on_transport_closed(),
-    Event.FLOOD: lambda c: flood(c),
+    Event.FLOOD: lambda c: flood(c) if c.state is State.AUTHENTICATED else ping_flood(c),
 }
 
 
@@ -168,6 +170,16 @@ def flood(conn: Connection, frame: str = '{"type":"dance"}') -> list[Output]:
         outputs = feed(conn, frame, now=300.0)
         if not all(isinstance(a, Write) for a in outputs):
             return outputs
+    raise AssertionError("never closed")
+
+
+def ping_flood(conn: Connection, kind: Lesser = Lesser.PING) -> list[Output]:
+    """Ping at one instant until the machine closes (a flood in any state)."""
+    for _ in range(10_000):
+        outputs, answer = conn.on_lesser(kind, 300.0, pressured=False)
+        if answer is Answer.STOP:
+            return outputs
+        assert outputs == []
     raise AssertionError("never closed")
 
 
@@ -724,6 +736,90 @@ def test_rate_limit_applies_only_after_auth_ok() -> None:
     for _ in range(5):
         assert conn.guard.messages.level(500.0) == 2.0  # untouched before auth
     assert closes(feed(conn, "nope", 500.0)) == [CloseCode.AUTH_FAILED]
+
+
+# ------------------------------------------------------------- pings, pongs, fragments
+
+
+def test_a_ping_is_answered_at_once_unless_the_backlog_is_past_the_write_limit() -> None:
+    conn = reach(State.AUTHENTICATED)
+    assert conn.on_lesser(Lesser.PING, 500.0, pressured=False) == ([], Answer.PONG)
+    assert conn.on_lesser(Lesser.PING, 501.0, pressured=True) == ([], Answer.LATER)
+
+
+@pytest.mark.parametrize("kind", [Lesser.PONG, Lesser.FRAGMENT])
+def test_pongs_and_fragments_get_no_answer_but_count(kind: Lesser) -> None:
+    conn = reach(State.AUTHENTICATED, SLOW_RATE)
+    assert conn.on_lesser(kind, 500.0, pressured=False) == ([], Answer.NONE)
+    assert conn.guard.messages.level(500.0) == 1.0
+
+
+def test_pings_and_messages_share_one_budget() -> None:
+    conn = reach(State.AUTHENTICATED, SLOW_RATE)
+    for _ in range(2):  # the burst
+        assert conn.on_lesser(Lesser.PING, 500.0, pressured=False) == ([], Answer.PONG)
+    assert writes(feed(conn, '{"type":"get_lobby"}', 500.0))[0]["code"] == "rate_limited"
+
+
+@pytest.mark.parametrize("state", [s for s in State if s is not State.CLOSING])
+@pytest.mark.parametrize("kind", list(Lesser))
+def test_a_flood_of_control_frames_or_fragments_closes_1008_in_any_state(
+    state: State, kind: Lesser
+) -> None:
+    """With an account or without: a flood closes with 1008 (telling the coordinator if
+    it holds the session), and nothing more is read from the connection."""
+    conn = reach(state, SLOW_RATE)
+    recorded = conn.claim() is not None
+    outputs = ping_flood(conn, kind)
+    assert outputs[0] == Close(CloseCode.POLICY_VIOLATION)
+    assert outputs[1:] == ([Emit(bb.Closed(7, PK))] if recorded else [])
+    assert conn.trace[-1] == (state, Event.FLOOD, State.CLOSING)
+    # Still flooding while the close goes out: still not read, and closed only once.
+    assert conn.on_lesser(kind, 300.0, pressured=False) == ([], Answer.STOP)
+
+
+def test_the_default_budget_closes_a_ping_flood_within_two_hundred_pings() -> None:
+    """The default path (the process test runs with the default limits too): a burst,
+    then the rejections a flood is allowed, then 1008."""
+    conn = reach(State.CHALLENGED, Limits())
+    rate = Limits().rate
+    allowed = int(rate.msg_burst + rate.flood_rejects)
+    for _ in range(allowed):
+        assert conn.on_lesser(Lesser.PING, 300.0, pressured=False) == ([], Answer.PONG)
+    outputs, answer = conn.on_lesser(Lesser.PING, 300.0, pressured=False)
+    assert (closes(outputs), answer) == ([CloseCode.POLICY_VIOLATION], Answer.STOP)
+
+
+def test_a_closing_connection_still_answers_pings_within_the_rate() -> None:
+    """RFC 6455 allows control frames during the closing handshake."""
+    conn = reach(State.CLOSING)
+    assert conn.on_lesser(Lesser.PING, 500.0, pressured=False) == ([], Answer.PONG)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    gaps=st.lists(st.floats(1.0, 30.0), max_size=200),
+    kinds=st.lists(st.sampled_from(list(Lesser)), min_size=1),
+    pressured=st.booleans(),
+)
+def test_control_frames_within_the_rate_never_close(
+    gaps: list[float], kinds: list[Lesser], pressured: bool
+) -> None:
+    """A keepalive (or anything no faster than the rate) is never closed, in any state,
+    and every ping is answered: at once, or once the backlog drains."""
+    for state in (State.CHALLENGED, State.AUTHENTICATED):
+        conn = reach(state, SLOW_RATE)
+        now = 500.0
+        for i, gap in enumerate(gaps):
+            now += gap
+            kind = kinds[i % len(kinds)]
+            outputs, answer = conn.on_lesser(kind, now, pressured)
+            assert outputs == []
+            if kind is Lesser.PING:
+                assert answer is (Answer.LATER if pressured else Answer.PONG)
+            else:
+                assert answer is Answer.NONE
+        assert conn.state is state
 
 
 def test_send_result_is_always_written_after_auth_ok() -> None:

@@ -19,6 +19,7 @@ from nacl.signing import SigningKey
 
 from shared import backbone as bb
 from shared import protocol, timings
+from shared.protocol import CloseCode
 from workers.admission import AdmissionLimits
 from workers.clients import Client, Group
 from workers.connection import State
@@ -26,10 +27,12 @@ from workers.core import COALESCE_BYTES, Output, WorkerCore
 from workers.limits import Limits
 from workers.outputs import (
     AdmitPeers,
+    Answer,
     Broadcast,
     ClientOutput,
     Close,
     Emit,
+    Lesser,
     Report,
     Synced,
     Write,
@@ -412,6 +415,35 @@ def test_a_pressured_client_without_reading_progress_is_closed_4005() -> None:
     w.tick(LIMITS.stall_timeout)
     assert w.seen(client).closed == 4005
     assert w.up(bb.Closed) == [bb.Closed(client.machine.conn_id, A)]
+
+
+def test_a_ping_is_answered_later_while_its_transport_is_pressured() -> None:
+    w = Worker()
+    w.live()
+    client = w.online(SKS[0])
+    assert w.core.lesser(client, Lesser.PING, w.now) is Answer.PONG
+    w.core.clients.pressured.add(client.handle)
+    assert w.core.lesser(client, Lesser.PING, w.now) is Answer.LATER
+
+
+@pytest.mark.parametrize("account", [True, False])
+def test_a_ping_flood_is_closed_1008_and_leaves_the_auth_window(account: bool) -> None:
+    """The flooder's session ends for the coordinator too, and a flooder that never
+    authenticated stops holding a place in the challenge phase."""
+    w = Worker()
+    w.live()
+    client = w.online(SKS[0]) if account else w.connect()
+    assert w.core.admission.pending == (0 if account else 1)
+    answers = [w.core.lesser(client, Lesser.PING, w.now) for _ in range(1000)]
+    assert Answer.STOP in answers
+    stopped = answers.index(Answer.STOP)
+    assert set(answers[stopped:]) == {Answer.STOP}  # nothing is read after the close
+    assert w.seen(client).closed == CloseCode.POLICY_VIOLATION
+    assert w.core.admission.pending == 0
+    assert w.up(bb.Closed) == ([bb.Closed(client.machine.conn_id, A)] if account else [])
+    w.core.closed(client)  # its transport ends: later frames change nothing
+    assert w.core.lesser(client, Lesser.PING, w.now) is Answer.STOP
+    w.core.clients.check()
 
 
 # --------------------------------------------------------------------------- direct messages
