@@ -708,6 +708,7 @@ def test_no_sequence_of_inputs_breaks_the_worker(script: list[tuple[Any, ...]]) 
     clients: dict[int, Client[str]] = {}
     sent: dict[str, Client[str]] = {}  # msg id -> sender
     msg_ids = iter(range(1_000_000))
+    restarts = 0
 
     def open_client(i: int) -> Client[str] | None:
         client = clients.get(i)
@@ -786,7 +787,9 @@ def test_no_sequence_of_inputs_breaks_the_worker(script: list[tuple[Any, ...]]) 
         elif kind == "kick" and (client := open_client(step[1])):
             w.batch(bb.Kick(client.machine.conn_id))
         elif kind == "restart":
-            coord.epoch = E2 if coord.epoch == E1 else f"{3 * 10**18:020d}-00000003"
+            # A new coordinator: a new epoch, above every one before (never reused).
+            restarts += 1
+            coord.epoch = f"{(restarts + 1) * 10**18:020d}-{restarts + 1:08d}"
             coord.users, coord.pending, coord.sub, coord.dealer = {}, [], [], []
             coord.seq = 0
             w.batch(bb.Reannounce())
