@@ -145,3 +145,9 @@ class Report:
 @dataclass(frozen=True, slots=True)
 class Synced:
     """The replica is live (from a snapshot): the worker is ready to serve."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trim:
+    """The buffers' load has left: give the memory the allocator keeps back to the
+    system (see :mod:`workers.budget`)."""

@@ -62,6 +62,7 @@ from workers.outputs import (
     FrameLimits,
     Report,
     Synced,
+    Trim,
     Write,
     WriteSnapshot,
 )
@@ -71,6 +72,8 @@ from workers.wsinternals import (
     acked_bytes,
     forget_handshake,
     limit_frames,
+    send_buffer,
+    trim_memory,
     watched_connection,
     write_all,
     write_limit,
@@ -113,6 +116,7 @@ class Worker:
             timing=settings.timing,
             limits=settings.limits,
             admission=settings.admission,
+            memory=settings.memory,
             verify=stats.timed_verify,
         )
         self.door = Door(
@@ -163,6 +167,8 @@ class Worker:
             self._broadcast(output)
         elif isinstance(output, Synced):
             self._ready.set()
+        elif isinstance(output, Trim):
+            trim_memory()
 
     def buffered(self, handle: ServerConnection) -> int:
         transport = handle.transport
@@ -170,6 +176,9 @@ class Worker:
 
     def acked(self, handle: ServerConnection) -> int | None:
         return acked_bytes(handle)
+
+    def send_buffer(self, handle: ServerConnection) -> int:
+        return send_buffer(handle)
 
     def peer(self, endpoint: str, key: str) -> zmq.Socket[bytes] | None:
         return self.backbone.peer(endpoint, key)
@@ -179,7 +188,9 @@ class Worker:
         them in one write (:mod:`workers.frames`)."""
         clients = output.clients
         frames = [SharedFrame(update.frame) for update in output.updates]
-        write_all(clients, frames)
+        left: list[ServerConnection] = []
+        write_all(clients, frames, left)
+        self.core.observed(left)
         if clients:
             now = self.core.coordinator_now()
             for update, frame in zip(output.updates, frames, strict=True):
@@ -230,7 +241,9 @@ class Worker:
                 ping_timeout=net.ping_timeout,
                 close_timeout=CLOSE_TIMEOUT,
                 write_limit=write_limit(s.limits.lag_bytes),
-                create_connection=watched_connection(self.core.clients.pressured),
+                create_connection=watched_connection(
+                    self.core.clients.pressured, s.memory.send_buffer_bytes
+                ),
                 backlog=LISTEN_BACKLOG,
             )
         except (OSError, zmq.ZMQError) as exc:
