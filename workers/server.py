@@ -87,6 +87,10 @@ network sends it at once)."""
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds a closing handshake may take before the TCP connection is dropped; short,
 so a slow consumer's close and a shutdown stay prompt."""
+INCOMING_FRAMES: Final = 4
+"""Frames websockets may hold received and not yet handled, per connection, before it
+stops reading (websockets' default is 16): the handler takes each at once, so a few are
+enough, and at most this many of ``--max-frame-bytes`` wait per connection."""
 LISTEN_BACKLOG: Final = 1024
 """Connections the kernel may hold completed for each worker before it accepts them
 (capped by ``net.core.somaxconn``). websockets' default of 100 overflows in a reconnect
@@ -237,6 +241,7 @@ class Worker:
                 compression=None if net.compression == "none" else net.compression,
                 ssl=self._tls,
                 max_size=s.limits.pre_auth_frame_bytes,  # see FrameLimits
+                max_queue=INCOMING_FRAMES,
                 ping_interval=net.ping_interval,
                 ping_timeout=net.ping_timeout,
                 close_timeout=CLOSE_TIMEOUT,
