@@ -15,9 +15,10 @@ and says who gets what at the bound. It is exact about what it charges:
   worker cannot see small, so the lag limit means what it says. Each connection
   *reserves* its granted buffer when it is accepted (:meth:`reserve`) and frees it
   when it ends (:meth:`release`). Reservations may take at most
-  :data:`CONNECTION_SHARE` of the budget: past that a new connection is refused (HTTP
-  503 at the door, 1013 if it got past the door meanwhile), so the rest is always
-  there for backlogs.
+  :data:`CONNECTION_SHARE` of the budget: past that, or while the backlogs are past
+  half the pool (below), a new connection is refused (HTTP 503 at the door, 1013 if it
+  got past the door meanwhile), so the rest is always there for backlogs, and a flood
+  of newcomers (each gets a snapshot at once) cannot take it from those served.
 * **Backlogs.** The shell tells the budget a connection's backlog after every write to
   it and, once a tick, for every connection that still has one (:meth:`observe`), so
   a byte is charged when it is written and released when the tick sees the transport
@@ -116,8 +117,12 @@ class MemoryBudget(Generic[H]):
     # ------------------------------------------------------------------ connections
 
     def admits(self, reserve: int) -> bool:
-        """Whether a new connection reserving ``reserve`` bytes fits."""
-        return self._reserved_total + reserve <= self.limit * CONNECTION_SHARE
+        """Whether a new connection reserving ``reserve`` bytes fits, and the backlogs
+        are not past half the pool: a newcomer gets a snapshot at once, which under
+        pressure would come out of the share of those already served."""
+        reserved = self._reserved_total + reserve
+        pool = self.limit - reserved
+        return reserved <= self.limit * CONNECTION_SHARE and self._backlog_total <= pool // 2
 
     def reserve(self, handle: H, reserve: int) -> bool:
         """Reserve ``handle``'s kernel send buffer; ``False`` (nothing reserved) if it

@@ -327,9 +327,16 @@ class Connection:
     # ------------------------------------------------------------------ client frames
 
     def on_frame(
-        self, frame: str | bytes, now: float, link: Link, replica: ReplicaView, buffered: int
+        self,
+        frame: str | bytes,
+        now: float,
+        link: Link,
+        replica: ReplicaView,
+        buffered: int,
+        allowance: int | None = None,
     ) -> list[Output]:
-        """A frame from the client; ``buffered`` is its transport backlog."""
+        """A frame from the client; ``buffered`` is its transport backlog, ``allowance``
+        what the memory budget still allows it (``None``: no limit)."""
         if self.state is S.AUTHENTICATED:
             verdict = self.guard.check(now)
             parsed = protocol.parse_client_frame(frame)
@@ -337,7 +344,7 @@ class Connection:
                 return self._close(E.FLOOD, CloseCode.POLICY_VIOLATION)
             if verdict is Verdict.THROTTLE:
                 return [_throttled(parsed)]
-            return self._frame_authenticated(parsed, link, buffered, replica)
+            return self._frame_authenticated(parsed, link, buffered, replica, allowance)
         if self.state is S.CHALLENGED:
             return self._frame_challenged(protocol.parse_client_frame(frame), now, link, replica)
         if self.state in _PENDING:
@@ -389,6 +396,7 @@ class Connection:
         link: Link,
         buffered: int,
         replica: ReplicaView,
+        allowance: int | None = None,
     ) -> list[Output]:
         if isinstance(parsed, protocol.ProtocolViolation):
             return [Write(protocol.error(_ERROR_CODES[parsed.kind], parsed.detail))]
@@ -396,8 +404,9 @@ class Connection:
             # Not unknown_type (auth is a known type) and not fatal: the session stands.
             return [Write(protocol.error(ErrorCode.MALFORMED, "already authenticated"))]
         if isinstance(parsed, protocol.GetLobby):
-            if buffered > self._lag_limit(replica):
-                self.flow = Flow.LAGGING  # a fresh snapshot comes once it drains
+            over_budget = allowance is not None and replica.snapshot_bytes > allowance
+            if buffered > self._lag_limit(replica) or over_budget:
+                self.flow = Flow.LAGGING  # a fresh snapshot comes once it drains (and fits)
                 return []
             self.flow = Flow.CURRENT  # the snapshot is the current state: updates follow on
             return [WriteSnapshot(SnapshotCause.GET_LOBBY)]

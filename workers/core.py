@@ -377,8 +377,14 @@ class WorkerCore(Generic[H]):
         """A frame from ``client``."""
         self.now = now
         machine = client.machine
+        handle = client.handle
         outputs = machine.on_frame(
-            frame, now, self.link(now), self.replica, self.shell.buffered(client.handle)
+            frame,
+            now,
+            self.link(now),
+            self.replica,
+            self.shell.buffered(handle),
+            self.budget.allowance(handle),
         )
         if machine.state is not State.CHALLENGED:
             self.admission.authenticated(machine.conn_id)

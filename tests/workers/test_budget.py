@@ -106,3 +106,12 @@ def test_memory_is_given_back_once_after_a_load_leaves() -> None:
     budget.release("a")
     assert budget.drained()  # once
     assert not budget.drained()
+
+
+def test_while_backlogs_are_past_half_the_pool_newcomers_wait() -> None:
+    budget: MemoryBudget[str] = MemoryBudget(4 * MIB)
+    assert budget.admits(16384)
+    budget.observe("heavy", 3 * MIB)
+    assert not budget.admits(16384) and not budget.reserve("new", 16384)
+    budget.observe("heavy", MIB)
+    assert budget.reserve("new", 16384)

@@ -954,3 +954,14 @@ def test_the_lobby_is_never_stuck_behind_messages(events: list[tuple[str, str, i
         else:
             backlog = max(0, backlog - size)
         assert conn.state is State.AUTHENTICATED
+
+
+def test_get_lobby_past_the_budget_waits_for_a_snapshot_that_fits() -> None:
+    """A client asking for snapshots it does not read cannot make the worker hold them
+    past its allowance: it lags, and the snapshot comes once it fits."""
+    conn = reach(State.AUTHENTICATED)
+    get = '{"type":"get_lobby"}'
+    assert feed(conn, get, replica=LIVE) == GET_LOBBY
+    assert conn.on_frame(get, 101.0, Link.UP, LIVE, 0, LIVE.snapshot_bytes - 1) == []
+    assert conn.flow is Flow.LAGGING
+    assert conn.on_sweep(0, LIVE, LIVE.snapshot_bytes) == DRAINED

@@ -444,9 +444,16 @@ def test_past_the_budget_the_heaviest_are_refused_and_collapsed_a_light_one_serv
     w.frame(a, send(C, "m2", "x"))
     assert w.results(a) == [("m1", "rejected", "rate_limited"), ("m2", "delivered", None)]
     assert w.core.health(w.now)[1]["memory"]["refusedMessages"] == 1
-    w.online(SigningKey(bytes([9]) * 32))  # an update: the heavy view collapses
+    # A newcomer would get a snapshot at once: under pressure it waits (503).
+    assert w.core.door("10.9.9.9", w.now) == "memory"
+    other = SigningKey(bytes([9]) * 32).verify_key.encode().hex()
+    epoch, seq = w.core.replica.epoch or "", w.core.replica.seq
+    w.batch(bb.Update(epoch, seq + 1, [other], [], w.wall))  # the heavy view collapses
     assert heavy.machine.flow is not Flow.CURRENT and light.machine.flow is Flow.CURRENT
+    assert w.core.health(w.now)[1]["memory"]["collapsed"] == 1
     # Reservations: the door refuses once half the budget is reserved.
+    w.shell.buffers[heavy.handle] = 100
+    w.tick()
     w.shell.send_buffers = {f"h{i}": 256 * 1024 for i in range(100)}
     for _ in range(4):
         w.connect()
