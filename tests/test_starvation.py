@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,6 +138,16 @@ def budget_cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
 
 
+async def _next_of(client: RawClient, kind: str) -> dict[str, Any]:
+    """The client's next frame of ``kind`` (lobby frames meanwhile are applied)."""
+    async with asyncio.timeout(10):
+        while True:
+            obj = json.loads(await client.ws.recv())
+            if obj["type"] == kind:
+                return dict(obj)
+            client.apply(obj)
+
+
 async def _settled(port: int) -> None:
     """Until the worker's backlog figure stops changing (the sends were all handled)."""
     seen: list[int] = []
@@ -159,41 +170,46 @@ def test_memory_has_a_ceiling_and_returns_after_the_load_leaves(
     pid = budget_cluster.workers[0].proc.pid
 
     async def scenario() -> None:
-        async with LobbyClient.connect(url) as alice, LobbyClient.connect(url) as bob:
-            await alice.wait_for_view({alice.public_key, bob.public_key})
-            before = rss_bytes(pid)
-            fillers = await asyncio.gather(*(RawClient.login(url) for _ in range(FILLERS)))
+        # Two light users from other addresses than the fillers' (fair by address).
+        alice = await RawClient.login(url, local_addr="127.0.0.2")
+        bob = await RawClient.login(url, local_addr="127.0.0.3")
+        before = rss_bytes(pid)
+        fillers = await asyncio.gather(*(RawClient.login(url) for _ in range(FILLERS)))
 
-            async def fill(filler: RawClient) -> None:
-                for n in range(FILL_SENDS):
-                    frame = {"type": "send", "to": filler.key, "id": f"x{n}", "body": FILL_BODY}
-                    await filler.ws.send(json.dumps(frame))
+        async def fill(filler: RawClient) -> None:
+            for n in range(FILL_SENDS):
+                frame = {"type": "send", "to": filler.key, "id": f"x{n}", "body": FILL_BODY}
+                await filler.ws.send(json.dumps(frame))
 
-            await asyncio.gather(*(fill(f) for f in fillers))
-            await _settled(port)
-            grown = rss_bytes(pid) - before
-            sent = FILLERS * FILL_SENDS * len(FILL_BODY)
-            figures = await health(port)
-            memory = figures.get("memory", {})
-            # A light user is still served.
-            result = await bob.send(alice.public_key, "still here?", msg_id="light")
-            assert result.delivered, result
-            assert (await alice.next_message()).body == "still here?"
-            assert grown < 24 * 1024 * 1024, f"RSS grew {grown >> 20} MiB for {sent >> 20} MB"
-            assert memory["used"] <= BUDGET, memory
-            assert memory["refusedMessages"] > 0, memory
-            # The load leaves: the accounting is back to the two users, and the memory.
-            for filler in fillers:
-                filler.ws.transport.abort()
-            await health_until(port, lambda h: h["clients"] == 2, "the fillers to be gone")
-            after = await health(port)
-            assert after["memory"]["backlog"] == 0, after["memory"]
-            assert after["memory"]["reserved"] <= 2 * 64 * 1024, after["memory"]
-            await until(
-                lambda: rss_bytes(pid) - before < 12 * 1024 * 1024,
-                f"the RSS to come back (grown {grown >> 20} MiB)",
-                10,
-            )
+        await asyncio.gather(*(fill(f) for f in fillers))
+        await _settled(port)
+        grown = rss_bytes(pid) - before
+        sent = FILLERS * FILL_SENDS * len(FILL_BODY)
+        figures = await health(port)
+        memory = figures.get("memory", {})
+        # A light user is still served.
+        light = {"type": "send", "to": alice.key, "id": "light", "body": "still here?"}
+        await bob.ws.send(json.dumps(light))
+        answer = await _next_of(bob, "send_result")
+        assert answer["status"] == "delivered", answer
+        assert (await _next_of(alice, "message"))["body"] == "still here?"
+        assert grown < 24 * 1024 * 1024, f"RSS grew {grown >> 20} MiB for {sent >> 20} MB"
+        assert memory["used"] <= BUDGET, memory
+        assert memory["refusedMessages"] > 0, memory
+        # The load leaves: the accounting is back to the two users, and the memory.
+        for filler in fillers:
+            filler.ws.transport.abort()
+        await health_until(port, lambda h: h["clients"] == 2, "the fillers to be gone")
+        after = await health(port)
+        assert after["memory"]["backlog"] == 0, after["memory"]
+        assert after["memory"]["reserved"] <= 2 * 64 * 1024, after["memory"]
+        await until(
+            lambda: rss_bytes(pid) - before < 12 * 1024 * 1024,
+            f"the RSS to come back (grown {grown >> 20} MiB)",
+            10,
+        )
+        for client in (alice, bob):
+            client.ws.transport.abort()
 
     run(scenario())
 

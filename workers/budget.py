@@ -27,13 +27,15 @@ and says who gets what at the bound. It is exact about what it charges:
 
 Past the bound the budget refuses new work, heaviest first: the *pool* is what the
 reservations leave. While backlogs take at most half of the pool, a connection may
-grow its backlog by whatever the pool has left. Past half (*pressure*), a connection
-may hold at most an equal share of half the pool (``pool / 2 / connections with a
-backlog``), so the heaviest are refused first and a light connection is still
-served until the pool is full. :meth:`allowance` is that figure, which the
-connection's machine compares with what it is about to write: a direct message over
-it is refused to its sender (``rate_limited``), a lobby update or a snapshot over it
-is skipped, so the view collapses to a later snapshot.
+grow its backlog by whatever the pool has left. Past half (*pressure*), the
+connections of one *source* (a client address, as the door's admission sees it) may
+hold at most an equal share of half the pool (``pool / 2 / sources with a
+backlog``), so the heaviest are refused first and a light client is still served
+until the pool is full. Sources, not connections: keys are free, so one address with
+a thousand keys must count as one user of the pool, not a thousand. :meth:`allowance`
+is that figure, which the connection's machine compares with what it is about to
+write: a direct message over it is refused to its sender (``rate_limited``), a lobby
+update or a snapshot over it is skipped, so the view collapses to a later snapshot.
 
 Memory coming back: the C allocator keeps freed memory mapped (the buffers, and what
 parsing a load's frames took), so when the backlogs fall from above a 64th of the
@@ -109,6 +111,8 @@ class MemoryBudget(Generic[H]):
         self.limit = limit
         self._reserved: dict[H, int] = {}
         self._backlog: dict[H, int] = {}  # only connections with a backlog
+        self._sources: dict[H, object] = {}  # a connection's source (else itself)
+        self._by_source: dict[object, int] = {}  # only sources with a backlog
         self._reserved_total = 0
         self._backlog_total = 0
         self._peaked = False
@@ -116,41 +120,56 @@ class MemoryBudget(Generic[H]):
 
     # ------------------------------------------------------------------ connections
 
-    def admits(self, reserve: int) -> bool:
-        """Whether a new connection reserving ``reserve`` bytes fits, and the backlogs
-        are not past half the pool: a newcomer gets a snapshot at once, which under
-        pressure would come out of the share of those already served."""
+    def admits(self, reserve: int, source: object = None) -> bool:
+        """Whether a new connection from ``source`` reserving ``reserve`` bytes fits,
+        and, while the backlogs are past half the pool, whether its source holds less
+        than its share: a newcomer gets a snapshot at once, which under pressure must
+        not come out of the share of those already served, nor let a heavy source in."""
         reserved = self._reserved_total + reserve
-        pool = self.limit - reserved
-        return reserved <= self.limit * CONNECTION_SHARE and self._backlog_total <= pool // 2
+        if reserved > self.limit * CONNECTION_SHARE:
+            return False
+        return self._source_room(object() if source is None else source) > 0
 
-    def reserve(self, handle: H, reserve: int) -> bool:
+    def reserve(self, handle: H, reserve: int, source: object = None) -> bool:
         """Reserve ``handle``'s kernel send buffer; ``False`` (nothing reserved) if it
-        does not fit."""
+        does not fit. ``source`` is the client's address (as admission sees it): the
+        budget is shared fairly between sources, not connections, so that many keys
+        from one address count as one (without one, the connection is its own)."""
         if handle in self._reserved:
             return True
-        if not self.admits(reserve):
+        if not self.admits(reserve, source):
             self.refused_connections += 1
             return False
         self._reserved[handle] = reserve
         self._reserved_total += reserve
+        if source is not None:
+            self._sources[handle] = source
         return True
 
     def release(self, handle: H) -> None:
         """``handle`` ended: its reservation and backlog are free."""
         self._reserved_total -= self._reserved.pop(handle, 0)
         self.observe(handle, 0)
+        self._sources.pop(handle, None)
 
     # ------------------------------------------------------------------ backlogs
 
     def observe(self, handle: H, buffered: int) -> None:
         """``handle``'s transport holds ``buffered`` bytes now."""
         was = self._backlog.get(handle, 0)
+        if buffered == was:
+            return
         if buffered > 0:
             self._backlog[handle] = buffered
-        elif was:
+        else:
             del self._backlog[handle]
         self._backlog_total += buffered - was
+        source = self._sources.get(handle, handle)
+        held = self._by_source.get(source, 0) + buffered - was
+        if held > 0:
+            self._by_source[source] = held
+        else:
+            del self._by_source[source]
         if self._backlog_total > self.limit * TRIM_ABOVE:
             self._peaked = True
 
@@ -160,12 +179,18 @@ class MemoryBudget(Generic[H]):
 
     def allowance(self, handle: H) -> int:
         """How many more bytes ``handle``'s backlog may take now (may be negative)."""
+        return self._source_room(self._sources.get(handle, handle))
+
+    def _source_room(self, source: object) -> int:
+        """What the backlogs of ``source`` may still grow by: the pool's free bytes,
+        and past half the pool no more than an equal share of that half per source
+        holding a backlog, less what it holds."""
         pool = self.limit - self._reserved_total
         free = pool - self._backlog_total
         if self._backlog_total <= pool // 2:
             return free
-        own = self._backlog.get(handle, 0)
-        holders = len(self._backlog) + (handle not in self._backlog)
+        own = self._by_source.get(source, 0)
+        holders = len(self._by_source) + (source not in self._by_source)
         return min(free, pool // 2 // holders - own)
 
     def drained(self) -> bool:
@@ -191,4 +216,9 @@ class MemoryBudget(Generic[H]):
         assert self._reserved_total == sum(self._reserved.values())
         assert self._backlog_total == sum(self._backlog.values())
         assert all(v > 0 for v in self._backlog.values())
+        by_source: dict[object, int] = {}
+        for handle, held in self._backlog.items():
+            source = self._sources.get(handle, handle)
+            by_source[source] = by_source.get(source, 0) + held
+        assert by_source == self._by_source
         assert self._reserved_total <= self.limit * CONNECTION_SHARE

@@ -307,7 +307,7 @@ class WorkerCore(Generic[H]):
         if self.cut_off and self.link(now) is Link.DOWN:
             stats.refused_cut_off()
             reason = "cut_off"
-        elif not self.budget.admits(2 * self.memory.send_buffer_bytes):
+        elif not self.budget.admits(2 * self.memory.send_buffer_bytes, source):
             self.budget.refused_connections += 1
             stats.refused(Admit.FULL)
             reason = "memory"
@@ -337,7 +337,7 @@ class WorkerCore(Generic[H]):
             )
             stats.refused_cut_off()
             return None
-        if not self.budget.reserve(handle, self.shell.send_buffer(handle)):
+        if not self.budget.reserve(handle, self.shell.send_buffer(handle), source):
             log.debug(
                 "conn %d refused: memory budget",
                 conn_id,

@@ -110,8 +110,29 @@ def test_memory_is_given_back_once_after_a_load_leaves() -> None:
 
 def test_while_backlogs_are_past_half_the_pool_newcomers_wait() -> None:
     budget: MemoryBudget[str] = MemoryBudget(4 * MIB)
-    assert budget.admits(16384)
+    assert budget.reserve("heavy", 16384, source="10.6.6.6")
     budget.observe("heavy", 3 * MIB)
-    assert not budget.admits(16384) and not budget.reserve("new", 16384)
+    assert not budget.admits(16384, "10.6.6.6")
+    assert not budget.reserve("new", 16384, source="10.6.6.6")
+    assert budget.reserve("light", 16384, source="10.1.1.1")  # another address
     budget.observe("heavy", MIB)
-    assert budget.reserve("new", 16384)
+    assert budget.reserve("new", 16384, source="10.6.6.6")
+
+
+def test_one_address_with_many_keys_counts_as_one_user_of_the_pool() -> None:
+    """Keys are free: under pressure a source's connections share one equal share, so
+    an address holding most of the pool is refused and another address is served."""
+    budget: MemoryBudget[str] = MemoryBudget(4 * MIB)
+    for i in range(40):
+        assert budget.reserve(f"bot{i}", 8192, source="10.6.6.6")
+    for i in range(40):
+        budget.observe(f"bot{i}", 64 * 1024)  # 2.5 MiB from one address
+    assert budget.reserve("alice", 8192, source="10.1.1.1")
+    budget.observe("alice", 1000)
+    assert budget.allowance("bot0") <= 0 and budget.allowance("alice") > 100_000
+    assert not budget.admits(8192, "10.6.6.6") and budget.admits(8192, "10.2.2.2")
+    budget.check()
+    for i in range(40):
+        budget.release(f"bot{i}")
+    assert budget.admits(8192, "10.6.6.6")
+    budget.check()
