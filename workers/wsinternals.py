@@ -293,7 +293,7 @@ def send_buffer(ws: ServerConnection) -> int:
         return 0
     try:
         return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: uvloop's socket of a closed transport
         return 0
 
 
@@ -317,7 +317,7 @@ def tcp_bytes_acked(sock: Any) -> int | None:
         return None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, option, 256)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: uvloop's socket of a closed transport
         return None
     if len(info) < _TCPI_BYTES_ACKED_AT + 8:
         return None

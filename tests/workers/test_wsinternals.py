@@ -103,3 +103,15 @@ def test_tcp_info_offset_reads_the_bytes_the_peer_acknowledged() -> None:
                 got += len(receiver.recv(1 << 16))
             assert _poll(lambda: tcp_bytes_acked(sender) == before + size)
             assert tcp_bytes_acked(sender) == before + size
+
+
+def test_a_closed_transports_socket_reads_as_unknown() -> None:
+    """uvloop's pseudo-socket of a transport that was just closed raises ValueError (a
+    negative descriptor): the tick samples such a client before its handler has ended,
+    and must take it as unknown, not fail."""
+
+    class Closed:
+        def getsockopt(self, *args: object) -> bytes:
+            raise ValueError("negative file descriptor")
+
+    assert tcp_bytes_acked(Closed()) is None
