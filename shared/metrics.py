@@ -137,6 +137,14 @@ CONNECTIONS: Final = Gauge(
     # workers alive (a dead worker's clients are gone with it).
     multiprocess_mode="livesum",
 )
+MEMORY_BYTES: Final = Gauge(
+    "presence_memory_budget_bytes",
+    "A worker's memory budget for connection buffers (--memory-budget), by part: limit, "
+    "reserved (the kernel send buffers of its connections), backlog (bytes written to "
+    "clients and not yet sent).",
+    ["part"],
+    multiprocess_mode="livesum",
+)
 AUTHENTICATIONS: Final = Counter(
     "presence_authentications_total",
     "Authentications by result: ok, an auth_failed reason, timeout (4003) or "

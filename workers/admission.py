@@ -266,9 +266,10 @@ class AdmissionLimits:
 
     max_connections: int = option(
         50_000,
-        "connections per worker in any state (then 1013): at about 13 KiB per idle "
-        "connection, 50,000 stay under 1 GiB per worker, so this binds only against a "
-        "flood of connections",
+        "connections per worker in any state (then 503, or 1013 after the handshake): "
+        "each idle connection costs about 13 KiB of the worker's objects, so 50,000 are "
+        "about 650 MiB; their buffers are bounded by --memory-budget, which also admits "
+        "only as many connections as half of it can reserve kernel send buffers for",
         check=at_least(1),
     )
     max_pending_auth: int = option(

@@ -53,10 +53,24 @@ Bounds on what one client can cost, and who pays at the bound:
 
 * Lobby state is re-sendable, so a lagging client's updates are dropped (above) and its
   backlog stops growing at about ``lag_bytes``.
-* Direct messages are the senders' to pay for (protocol 1.1): one that would take the
-  recipient's backlog past ``max_queue_bytes`` is not written, and its sender is told
-  ``rejected``/``rate_limited`` (:data:`Delivery.FULL`). The recipient is never closed
-  for what others send it.
+* Lobby state has priority over direct messages. A view stays fresh while the backlog
+  in front of it is at most the lag limit, so messages may fill only the *message room*:
+  half the lag limit (and at most ``max_queue_bytes``), leaving the other half to lobby
+  updates. A message that would take the backlog past the room, or arrives while the
+  client's view is ``LAGGING`` or ``STALE`` (its catch-up snapshot comes first), is not
+  written, and its sender is told ``rejected``/``rate_limited`` (protocol 1.1,
+  :data:`Delivery.FULL`). So the backlog in front of any lobby frame is at most the lag
+  limit (plus the kernel's send buffer, which the shell keeps small): at the client's
+  own reading rate, a view is never more than that far behind.
+* One sender gets a fair share of a recipient's room: the bytes of the backlog are
+  attributed to their senders (drained in proportion as the backlog shrinks), and a
+  sender already holding bytes may hold at most ``room / (other senders holding bytes
+  + 2)``, so one sender never holds more than half of it (or one message) and a
+  newcomer always finds room.
+* The worker-wide memory budget (:mod:`workers.budget`) may allow a recipient less
+  than its own rules would (``allowance``): then a message is refused the same way,
+  and a lobby update or snapshot that does not fit is skipped (the view collapses to a
+  later snapshot). The recipient is never closed for what others send it.
 * Answers to the client's own frames are written with backpressure by the shell (it
   reads the next frame only once the backlog is below the write limit), so a client that
   does not read stalls only itself.
@@ -286,6 +300,8 @@ class Connection:
     _pipelined: list[str | bytes] = field(default_factory=list)  # frames before auth_ok
     _pipelined_bytes: int = 0
     _progress: tuple[int, float] | None = None  # (acked or -buffered, since when)
+    _senders: dict[str, int] = field(default_factory=dict)  # backlog bytes by sender
+    _attributed: int = 0  # their sum
     verify: Verifier = protocol.verify_auth
 
     @classmethod
@@ -331,9 +347,16 @@ class Connection:
     # ------------------------------------------------------------------ client frames
 
     def on_frame(
-        self, frame: str | bytes, now: float, link: Link, replica: ReplicaView, buffered: int
+        self,
+        frame: str | bytes,
+        now: float,
+        link: Link,
+        replica: ReplicaView,
+        buffered: int,
+        allowance: int | None = None,
     ) -> list[Output]:
-        """A frame from the client; ``buffered`` is its transport backlog."""
+        """A frame from the client; ``buffered`` is its transport backlog, ``allowance``
+        what the memory budget still allows it (``None``: no limit)."""
         if self.state is S.AUTHENTICATED:
             verdict = self.guard.check(now)
             parsed = protocol.parse_client_frame(frame)
@@ -341,7 +364,7 @@ class Connection:
                 return self._close(E.FLOOD, CloseCode.POLICY_VIOLATION)
             if verdict is Verdict.THROTTLE:
                 return [_throttled(parsed)]
-            return self._frame_authenticated(parsed, link, buffered, replica)
+            return self._frame_authenticated(parsed, link, buffered, replica, allowance)
         if self.state is S.CHALLENGED:
             return self._frame_challenged(protocol.parse_client_frame(frame), now, link, replica)
         if self.state in _PENDING:
@@ -407,6 +430,7 @@ class Connection:
         link: Link,
         buffered: int,
         replica: ReplicaView,
+        allowance: int | None = None,
     ) -> list[Output]:
         if isinstance(parsed, protocol.ProtocolViolation):
             return [Write(protocol.error(_ERROR_CODES[parsed.kind], parsed.detail))]
@@ -414,8 +438,9 @@ class Connection:
             # Not unknown_type (auth is a known type) and not fatal: the session stands.
             return [Write(protocol.error(ErrorCode.MALFORMED, "already authenticated"))]
         if isinstance(parsed, protocol.GetLobby):
-            if buffered > self._lag_limit(replica):
-                self.flow = Flow.LAGGING  # a fresh snapshot comes once it drains
+            over_budget = allowance is not None and replica.snapshot_bytes > allowance
+            if buffered > self._lag_limit(replica) or over_budget:
+                self.flow = Flow.LAGGING  # a fresh snapshot comes once it drains (and fits)
                 return []
             self.flow = Flow.CURRENT  # the snapshot is the current state: updates follow on
             return [WriteSnapshot(SnapshotCause.GET_LOBBY)]
@@ -529,27 +554,70 @@ class Connection:
         return self._close(E.KICK, CloseCode.SESSION_REPLACED)
 
     def on_deliver(
-        self, sender: str, msg_id: str, body: str, buffered: int
+        self,
+        sender: str,
+        msg_id: str,
+        body: str,
+        buffered: int,
+        replica: ReplicaView,
+        allowance: int | None = None,
     ) -> tuple[list[Output], Delivery]:
-        """A direct message for this client; ``buffered`` is its transport backlog. A
-        message that would take the backlog (or the messages held for ``auth_ok``) past
-        ``max_queue_bytes`` is refused (``FULL``): the sender pays, never the recipient.
-        Sizes are counted in characters, which is bytes for the ASCII (base64 or hex)
-        bodies that end-to-end encrypting clients send."""
+        """A direct message for this client; ``buffered`` is its transport backlog,
+        ``allowance`` what the worker's memory budget still allows it (``None``: no
+        limit). A message is refused (``FULL``: the sender pays, never the recipient)
+        when it would take the backlog (or the messages held for ``auth_ok``) past the
+        :meth:`message_room`, when the view is behind (its snapshot comes first), when
+        its sender would hold more than its fair share of the room, or when it is more
+        than the allowance. Sizes are counted in characters, which is bytes for the
+        ASCII (base64 or hex) bodies that end-to-end encrypting clients send."""
         frame = protocol.message(sender, msg_id, body)
         size = len(frame)
+        if self.state not in (S.AUTHENTICATED, S.ACKED):
+            return [], Delivery.OFFLINE
+        room = self.message_room(replica)
+        if allowance is not None and size > allowance:
+            return [], Delivery.FULL
         if self.state is S.AUTHENTICATED:
-            if buffered + size > self.limits.max_queue_bytes:
+            if self.flow is not Flow.CURRENT or buffered + size > room:
                 return [], Delivery.FULL
+            self._drain_senders(buffered)
+            held = self._senders.get(sender, 0)
+            others = len(self._senders) - (sender in self._senders)
+            if held and held + size > room // (others + 2):
+                return [], Delivery.FULL
+            self._senders[sender] = held + size
+            self._attributed += size
             return [Write(frame)], Delivery.DELIVERED
-        if self.state is S.ACKED:
-            over_bytes = self._held_bytes + size > self.limits.max_queue_bytes
-            if over_bytes or len(self._held) >= MAX_HELD_FRAMES:
-                return [], Delivery.FULL
-            self._held.append(frame)
-            self._held_bytes += size
-            return [], Delivery.DELIVERED
-        return [], Delivery.OFFLINE
+        if self._held_bytes + size > room or len(self._held) >= MAX_HELD_FRAMES:
+            return [], Delivery.FULL
+        self._held.append(frame)
+        self._held_bytes += size
+        return [], Delivery.DELIVERED
+
+    def message_room(self, replica: ReplicaView) -> int:
+        """The backlog direct messages may fill: half the lag limit (the other half is
+        the lobby's), and at most ``max_queue_bytes``."""
+        return min(self.limits.max_queue_bytes, self._lag_limit(replica) // 2)
+
+    def _drain_senders(self, buffered: int) -> None:
+        """The backlog shrank to ``buffered``: what each sender holds shrinks in
+        proportion (the lobby's bytes drain too, so this only ever over-counts)."""
+        if buffered >= self._attributed:
+            return
+        if buffered <= 0:
+            self._senders.clear()
+            self._attributed = 0
+            return
+        kept: dict[str, int] = {}
+        for sender, held in self._senders.items():
+            if (share := held * buffered // self._attributed) > 0:
+                kept[sender] = share
+        self._senders = kept
+        self._attributed = sum(kept.values())
+
+    def senders(self) -> dict[str, int]:
+        """The backlog's bytes attributed to each sender (for tests and figures)."""
+        return dict(self._senders)
 
     def on_result(
         self, msg_id: str, status: SendStatus, reason: RejectReason | None
@@ -562,31 +630,40 @@ class Connection:
 
     # ------------------------------------------------------------------ lobby flow
 
-    def on_update(self, buffered: int, replica: ReplicaView) -> Fanout:
+    def on_update(
+        self, buffered: int, replica: ReplicaView, allowance: int | None = None
+    ) -> Fanout:
         """Lobby update ``replica.seq`` was just applied: what does this client get?
         A ``CURRENT`` client at or below ``lag_bytes`` always gets ``UPDATE``; the core
-        relies on that to ask only clients whose transport passed its write limit."""
+        relies on that to ask only clients whose transport passed its write limit.
+        ``allowance`` is what the memory budget still allows the client (``None``: no
+        limit); with none left its view collapses to a later snapshot (``LAGGING``)."""
         if self.state is not S.AUTHENTICATED:
             return Fanout.SKIP
         if self.flow is Flow.CURRENT:
-            if buffered > self._lag_limit(replica):
+            if buffered > self._lag_limit(replica) or (allowance is not None and allowance <= 0):
                 self.flow = Flow.LAGGING
                 return Fanout.SKIP
             return Fanout.UPDATE
-        return Fanout.SNAPSHOT if self._resume(buffered, replica) else Fanout.SKIP
+        return Fanout.SNAPSHOT if self._resume(buffered, replica, allowance) else Fanout.SKIP
 
-    def on_sweep(self, buffered: int, replica: ReplicaView) -> list[Output]:
+    def on_sweep(
+        self, buffered: int, replica: ReplicaView, allowance: int | None = None
+    ) -> list[Output]:
         """A lagging or stale client that can take a snapshot gets one (the core asks
         periodically, and on every update, with the same answer :meth:`on_update` gives
-        for such a client, and the cause)."""
+        for such a client, and the cause): once its backlog drained below a quarter of
+        the lag limit, and the snapshot fits the memory budget's ``allowance``."""
         if self.state is not S.AUTHENTICATED or self.flow is Flow.CURRENT:
             return []
         cause = SnapshotCause.RESYNC if self.flow is Flow.STALE else SnapshotCause.SLOW_CONSUMER
-        return [WriteSnapshot(cause)] if self._resume(buffered, replica) else []
+        return [WriteSnapshot(cause)] if self._resume(buffered, replica, allowance) else []
 
-    def _resume(self, buffered: int, replica: ReplicaView) -> bool:
+    def _resume(self, buffered: int, replica: ReplicaView, allowance: int | None) -> bool:
         if replica.sync is not SyncState.LIVE or buffered > self._lag_limit(replica) // 4:
             return False
+        if allowance is not None and replica.snapshot_bytes > allowance:
+            return False  # no room for the snapshot now: a later one
         if self.flow is Flow.STALE and self.key not in replica.users:
             return False  # wait for the rebuilt lobby to include us (or for a Kick)
         self.flow = Flow.CURRENT

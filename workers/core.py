@@ -72,8 +72,9 @@ from shared import backbone as bb
 from shared import logs, protocol
 from workers import stats
 from workers.admission import Admission, Admit
+from workers.budget import MemoryBudget, MemoryLimits
 from workers.clients import Client, ClientTable, Group
-from workers.connection import Connection, Link, State, Verifier
+from workers.connection import Connection, Flow, Link, State, Verifier
 from workers.outputs import (
     AdmitPeers,
     Answer,
@@ -84,6 +85,9 @@ from workers.outputs import (
     Report,
     StartRoute,
     Synced,
+    Trim,
+    Write,
+    WriteSnapshot,
 )
 from workers.outputs import Output as MachineOutput
 from workers.replica import Announce, Forward, Replica, RequestSnapshot, Resynced, SyncState
@@ -119,7 +123,7 @@ _REPAIRED_BY_HELLO: Final = (bb.Authed, bb.Closed, bb.Hello)
 
 # --------------------------------------------------------------------------- outputs
 
-Output = Emit | Report | Broadcast[Any] | Synced | AdmitPeers
+Output = Emit | Report | Broadcast[Any] | Synced | AdmitPeers | Trim
 """What the core hands its shell besides clients' outputs; :class:`Emit` goes to the
 coordinator."""
 
@@ -138,6 +142,11 @@ class Shell(Protocol[H]):
 
     def acked(self, handle: H) -> int | None:
         """Bytes the peer has acknowledged on the connection (``None``: unknown)."""
+        ...
+
+    def send_buffer(self, handle: H) -> int:
+        """The kernel send buffer the connection's socket was granted (its reservation
+        in the memory budget)."""
         ...
 
     def peer(self, endpoint: str, key: str) -> object | None:
@@ -162,6 +171,7 @@ class WorkerCore(Generic[H]):
         timing: Timing,
         limits: Limits,
         admission: AdmissionLimits,
+        memory: MemoryLimits | None = None,
         verify: Verifier = protocol.verify_auth,
         wall: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.monotonic,
@@ -179,7 +189,11 @@ class WorkerCore(Generic[H]):
         self.clock = self.router.clock
         self.clients: ClientTable[H] = ClientTable()
         self.admission = Admission(admission)
+        self.memory = memory or MemoryLimits()
+        self.budget: MemoryBudget[H] = MemoryBudget(self.memory.memory_budget)
         self.counters: Counter[str] = Counter()
+        self.counters_budget: Counter[str] = Counter()
+        """What the memory budget refused: messages, and views collapsed."""
         """Messages dropped, by kind (``/healthz``'s ``dropped``)."""
         self.cut_off = False
         self.stopping = False
@@ -246,8 +260,22 @@ class WorkerCore(Generic[H]):
                 for kind in (Admit.FULL, Admit.BUSY, Admit.THROTTLED)
             },
             "evicted": self.admission.evicted,
+            "memory": self._memory_figures(),
             "cutOff": self.cut_off,
             "dropped": dict(self.counters),
+        }
+
+    def _memory_figures(self) -> dict[str, int]:
+        figures = self.budget.figures()
+        return {
+            "budget": figures.limit,
+            "used": figures.used,
+            "reserved": figures.reserved,
+            "backlog": figures.backlog,
+            "backlogged": figures.backlogged,
+            "refusedConnections": self.budget.refused_connections,
+            "refusedMessages": self.counters_budget["messages"],
+            "collapsed": self.counters_budget["collapsed"],
         }
 
     def coordinator_now(self) -> float | None:
@@ -282,6 +310,10 @@ class WorkerCore(Generic[H]):
         if self.cut_off and self.link(now) is Link.DOWN:
             stats.refused_cut_off()
             reason = "cut_off"
+        elif not self.budget.admits(2 * self.memory.send_buffer_bytes, source):
+            self.budget.refused_connections += 1
+            stats.refused(Admit.FULL)
+            reason = "memory"
         else:
             verdict = self.admission.check(source)
             if verdict is Admit.OK:
@@ -308,12 +340,21 @@ class WorkerCore(Generic[H]):
             )
             stats.refused_cut_off()
             return None
+        if not self.budget.reserve(handle, self.shell.send_buffer(handle), source):
+            log.debug(
+                "conn %d refused: memory budget",
+                conn_id,
+                extra=logs.event("conn_refused", conn=conn_id, reason="memory"),
+            )
+            stats.refused(Admit.FULL)
+            return None
         decision = self.admission.admit(conn_id, source)
         stats.evicted(len(decision.evict))
         for evicted in decision.evict:  # challenge-phase slots of a heavier source
             if (victim := self.clients.get(evicted)) is not None:
                 self.perform(victim, victim.machine.on_evicted())
         if not decision.admitted:
+            self.budget.release(handle)
             log.debug(
                 "conn %d refused: %s",
                 conn_id,
@@ -339,8 +380,14 @@ class WorkerCore(Generic[H]):
         """A frame from ``client``."""
         self.now = now
         machine = client.machine
+        handle = client.handle
         outputs = machine.on_frame(
-            frame, now, self.link(now), self.replica, self.shell.buffered(client.handle)
+            frame,
+            now,
+            self.link(now),
+            self.replica,
+            self.shell.buffered(handle),
+            self.budget.allowance(handle),
         )
         if machine.state is not State.CHALLENGED:
             self.admission.authenticated(machine.conn_id)
@@ -372,6 +419,7 @@ class WorkerCore(Generic[H]):
         """``client``'s transport ended (whoever closed it)."""
         self.admission.closed(client.machine.conn_id)
         self.clients.remove(client)
+        self.budget.release(client.handle)
         self.perform(client, client.machine.on_transport_closed())
 
     def perform(self, client: Client[H], outputs: list[MachineOutput]) -> None:
@@ -392,6 +440,19 @@ class WorkerCore(Generic[H]):
                 self.router.send(client, output)
             else:
                 shell.to_client(client, output)
+                if isinstance(output, Write | WriteSnapshot):  # charged as written
+                    self.budget.observe(client.handle, shell.buffered(client.handle))
+
+    def allowance(self, client: Client[H]) -> int:
+        """What the memory budget still allows ``client``'s backlog."""
+        return self.budget.allowance(client.handle)
+
+    def observed(self, handles: list[H]) -> None:
+        """The shell wrote to ``handles`` and left them with a backlog: charge it."""
+        budget, shell = self.budget, self.shell
+        for handle in handles:
+            if handle in self.clients.by_handle:
+                budget.observe(handle, shell.buffered(handle))
 
     # ------------------------------------------------------------------ backbone
 
@@ -570,10 +631,13 @@ class WorkerCore(Generic[H]):
         current = table.groups[Group.CURRENT]
         # Unpaused transports hold at most write_limit <= lag_bytes: the machine would
         # answer UPDATE for them, so only paused ones are asked (SKIP makes them LAGGING).
+        budget = self.budget
         for handle in list(table.pressured):
             client = current.get(handle)
             if client is not None:
-                client.machine.on_update(shell.buffered(handle), replica)
+                client.machine.on_update(shell.buffered(handle), replica, budget.allowance(handle))
+                if client.machine.flow is not Flow.CURRENT:
+                    self.counters_budget["collapsed"] += budget.allowance(handle) <= 0
                 table.place(client)
         shell.carry_out(Broadcast(current, updates))
         # After the broadcast: these start from a snapshot that already holds this update.
@@ -612,8 +676,12 @@ class WorkerCore(Generic[H]):
 
     def _sweep_flow(self) -> None:
         shell = self.shell
+        budget = self.budget
         for client in self.clients.in_group(Group.BEHIND):
-            outputs = client.machine.on_sweep(shell.buffered(client.handle), self.replica)
+            handle = client.handle
+            outputs = client.machine.on_sweep(
+                shell.buffered(handle), self.replica, budget.allowance(handle)
+            )
             self.perform(client, outputs)
 
     def tick(self, now: float) -> None:
@@ -639,6 +707,7 @@ class WorkerCore(Generic[H]):
             self._replica_outputs(self.replica.retry())
         self._watch_cutoff(now)
         self._watch_progress(now)
+        self._watch_memory()
         self._sweep_flow()
         self._link_changed()
         self._measure_backlog()
@@ -681,14 +750,25 @@ class WorkerCore(Generic[H]):
                 self.perform(client, client.machine.on_cutoff())
 
     def _watch_progress(self, now: float) -> None:
-        """Sample the reading progress of every client whose backlog is past the write
-        limit (the only ones whose backlog can matter)."""
+        """Sample the reading progress of every client with a backlog: those past the
+        write limit, and those the memory budget charges (any backlog at all)."""
         shell, by_handle = self.shell, self.clients.by_handle
-        for handle in list(self.clients.pressured):
+        for handle in {*self.clients.pressured, *self.budget.backlogged()}:
             client = by_handle.get(handle)
             if client is not None:
                 acked, buffered = shell.acked(handle), shell.buffered(handle)
                 self.perform(client, client.machine.on_progress(acked, buffered, now))
+
+    def _watch_memory(self) -> None:
+        """Charge every backlog as it stands now (released as transports drain), and
+        give memory back to the system once the load has left."""
+        budget, shell, by_handle = self.budget, self.shell, self.clients.by_handle
+        for handle in {*budget.backlogged(), *self.clients.pressured}:
+            if handle in by_handle:
+                budget.observe(handle, shell.buffered(handle))
+        stats.memory(budget.figures())
+        if budget.drained():
+            self.hand(Trim())
 
     def _measure_backlog(self) -> None:
         """The backlog figures of ``/healthz``, once a tick: O(pressured clients), as

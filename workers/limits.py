@@ -32,10 +32,10 @@ class Limits:
         check=at_least(1),
     )
     max_queue_bytes: int = option(
-        4 * 1024 * 1024,
-        "client backlog in bytes that a direct message may not take it past: one that "
-        "would is refused to its sender (rejected/rate_limited), and the recipient stays "
-        "connected",
+        128 * 1024,
+        "client backlog in bytes that a direct message may not take it past, and at most "
+        "half the lag limit (the other half is the lobby's): one that would is refused "
+        "to its sender (rejected/rate_limited), and the recipient stays connected",
         check=at_least(1),
     )
     stall_timeout: float = option(

@@ -173,3 +173,9 @@ class AdmitPeers:
     now on the results socket takes those workers alone."""
 
     keys: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Trim:
+    """The buffers' load has left: give the memory the allocator keeps back to the
+    system (see :mod:`workers.budget`)."""

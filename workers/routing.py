@@ -35,6 +35,7 @@ from shared import logs, timings
 from shared.protocol import RejectReason, SendStatus
 from workers import stats
 from workers.clients import Client
+from workers.connection import Delivery
 from workers.outputs import Report, StartRoute
 from workers.routes import CoordinatorClock, Room, RouteTable
 
@@ -95,16 +96,25 @@ class Router(Generic[H]):
         recipient's machine decides (written, held for ``auth_ok``, or past its bound:
         ``rate_limited``) is the result, exactly as it would be by way of the
         coordinator, which would route it to this very connection."""
-        core = self.core
         sender = client.machine.key
         assert sender is not None
-        outputs, delivery = recipient.machine.on_deliver(
-            sender, send.msg_id, send.body, core.shell.buffered(recipient.handle)
-        )
-        core.perform(recipient, outputs)
+        delivery = self._hand_over(recipient, sender, send.msg_id, send.body)
         outcome = _ROUTE_STATUS[delivery.value]
         stats.routed(0.0, outcome[0])
         self._result(client, send.msg_id, outcome)
+
+    def _hand_over(self, recipient: Client[H], sender: str, msg_id: str, body: str) -> Delivery:
+        """What ``recipient``'s machine makes of a message, within what the memory
+        budget allows it."""
+        core = self.core
+        allowance = core.allowance(recipient)
+        outputs, delivery = recipient.machine.on_deliver(
+            sender, msg_id, body, core.shell.buffered(recipient.handle), core.replica, allowance
+        )
+        core.perform(recipient, outputs)
+        if delivery is Delivery.FULL and allowance < len(body):
+            core.counters_budget["messages"] += 1
+        return delivery
 
     def _result(
         self, client: Client[H], msg_id: str, outcome: tuple[SendStatus, RejectReason | None]
@@ -134,11 +144,7 @@ class Router(Generic[H]):
         client = core.clients.get(msg.conn)
         status = "offline"
         if client is not None:
-            outputs, delivery = client.machine.on_deliver(
-                msg.sender, msg.msg_id, msg.body, core.shell.buffered(client.handle)
-            )
-            core.perform(client, outputs)
-            status = delivery.value
+            status = self._hand_over(client, msg.sender, msg.msg_id, msg.body).value
         done = bb.RouteDone(msg.route, status)
         if peer is None:
             self.done(done)

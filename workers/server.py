@@ -65,6 +65,7 @@ from workers.outputs import (
     FrameLimits,
     Report,
     Synced,
+    Trim,
     Write,
     WriteSnapshot,
 )
@@ -75,6 +76,8 @@ from workers.wsinternals import (
     forget_handshake,
     limit_frames,
     note_close,
+    send_buffer,
+    trim_memory,
     watch_lesser,
     watched_connection,
     write_all,
@@ -89,6 +92,10 @@ network sends it at once)."""
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds a closing handshake may take before the TCP connection is dropped; short,
 so a slow consumer's close and a shutdown stay prompt."""
+INCOMING_FRAMES: Final = 4
+"""Frames websockets may hold received and not yet handled, per connection, before it
+stops reading (websockets' default is 16): the handler takes each at once, so a few are
+enough, and at most this many of ``--max-frame-bytes`` wait per connection."""
 LISTEN_BACKLOG: Final = 1024
 """Connections the kernel may hold completed for each worker before it accepts them
 (capped by ``net.core.somaxconn``). websockets' default of 100 overflows in a reconnect
@@ -118,6 +125,7 @@ class Worker:
             timing=settings.timing,
             limits=settings.limits,
             admission=settings.admission,
+            memory=settings.memory,
             verify=stats.timed_verify,
         )
         self.door = Door(
@@ -170,6 +178,8 @@ class Worker:
             self._ready.set()
         elif isinstance(output, AdmitPeers):
             self.backbone.admit(output.keys)
+        elif isinstance(output, Trim):
+            trim_memory()
 
     def buffered(self, handle: ServerConnection) -> int:
         transport = handle.transport
@@ -177,6 +187,9 @@ class Worker:
 
     def acked(self, handle: ServerConnection) -> int | None:
         return acked_bytes(handle)
+
+    def send_buffer(self, handle: ServerConnection) -> int:
+        return send_buffer(handle)
 
     def peer(self, endpoint: str, key: str) -> zmq.Socket[bytes] | None:
         return self.backbone.peer(endpoint, key)
@@ -186,7 +199,9 @@ class Worker:
         them in one write (:mod:`workers.frames`)."""
         clients = output.clients
         frames = [SharedFrame(update.frame) for update in output.updates]
-        write_all(clients, frames)
+        left: list[ServerConnection] = []
+        write_all(clients, frames, left)
+        self.core.observed(left)
         if clients:
             now = self.core.coordinator_now()
             for update, frame in zip(output.updates, frames, strict=True):
@@ -236,11 +251,14 @@ class Worker:
                 compression=None if net.compression == "none" else net.compression,
                 ssl=self._tls,
                 max_size=s.limits.pre_auth_frame_bytes,  # see FrameLimits
+                max_queue=INCOMING_FRAMES,
                 ping_interval=net.ping_interval,
                 ping_timeout=net.ping_timeout,
                 close_timeout=CLOSE_TIMEOUT,
                 write_limit=write_limit(s.limits.lag_bytes),
-                create_connection=watched_connection(self.core.clients.pressured),
+                create_connection=watched_connection(
+                    self.core.clients.pressured, s.memory.send_buffer_bytes
+                ),
                 backlog=LISTEN_BACKLOG,
             )
         except (OSError, zmq.ZMQError) as exc:

@@ -30,6 +30,7 @@ from shared.options import (
 )
 from workers.admission import AdmissionLimits
 from workers.api import ApiOptions
+from workers.budget import MemoryLimits
 from workers.connection import Limits
 from workers.sources import parse_trusted
 
@@ -220,6 +221,7 @@ class WorkerSettings:
     timing: Timing = group(Timing, "Timeouts")
     limits: Limits = group(Limits, "Limits")
     admission: AdmissionLimits = group(AdmissionLimits, "Admission")
+    memory: MemoryLimits = group(MemoryLimits, "Memory")
     api: ApiOptions = group(ApiOptions, "Backend API")
     logging: Logging = group(Logging, "Logging")
 

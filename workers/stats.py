@@ -24,6 +24,8 @@ from workers.replica import ResyncReason
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
+    from workers.budget import Figures
+
 _AUTH: Final = {o: metrics.AUTHENTICATIONS.labels(o.value) for o in AuthOutcome}
 _SNAPSHOTS: Final = {c: metrics.SNAPSHOTS.labels(c.value) for c in SnapshotCause}
 _RESYNCS: Final = {r: metrics.RESYNCS.labels(r.value) for r in ResyncReason}
@@ -33,6 +35,9 @@ _REFUSED: Final = {
     Admit.THROTTLED: metrics.ADMISSION_REFUSALS.labels("throttled"),
 }
 _CUT_OFF: Final = metrics.ADMISSION_REFUSALS.labels("cut_off")
+_MEMORY: Final = {
+    part: metrics.MEMORY_BYTES.labels(part) for part in ("limit", "reserved", "backlog")
+}
 _STATES: Final = {state: metrics.CONNECTIONS.labels(state) for state in metrics.CONNECTION_STATES}
 _ROUTED: Final = {s: metrics.ROUTE_SECONDS.labels(s.value) for s in SendStatus}
 _API: Final = {int(status): metrics.API_REQUESTS.labels(status) for status in metrics.API_STATUSES}
@@ -118,6 +123,13 @@ def connections(challenged: int, authenticating: int, online: int, lagging: int)
     _STATES["authenticating"].set(authenticating)
     _STATES["online"].set(online)
     _STATES["lagging"].set(lagging)
+
+
+def memory(figures: Figures) -> None:
+    """The memory budget's state, once a tick."""
+    _MEMORY["limit"].set(figures.limit)
+    _MEMORY["reserved"].set(figures.reserved)
+    _MEMORY["backlog"].set(figures.backlog)
 
 
 def closed(ws: ServerConnection) -> None:

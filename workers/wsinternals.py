@@ -64,6 +64,8 @@ protocol (``pause_writing``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import socket
 import struct
 from collections import deque
@@ -269,9 +271,23 @@ class LazyDeque(Generic[_T]):
             self._items = None
 
 
-def watched_connection(pressured: set[ServerConnection]) -> type[ServerConnection]:
+HANDSHAKE_BYTES: Final = 16 * 1024
+"""Bytes a connection may send before its handshake completes (the upgrade request: a
+browser's is under 2 KiB). websockets alone would hold up to 128 header lines of 8 KiB
+each, 1 MiB, for every connection that never finishes; past this the connection is
+dropped."""
+
+
+def watched_connection(
+    pressured: set[ServerConnection], send_buffer_bytes: int | None = None
+) -> type[ServerConnection]:
     """A connection class that keeps itself in ``pressured`` while websockets has paused
     writing to it (transport buffer past the high-water mark, until it drains).
+
+    Its socket gets a fixed kernel send buffer of ``send_buffer_bytes`` (``SO_SNDBUF``;
+    ``None`` leaves the kernel's autotuning, which grows it to megabytes for a slow
+    reader), and it is dropped once it sent :data:`HANDSHAKE_BYTES` without completing
+    its handshake.
 
     It also trims what an idle connection holds: no empty deques (:class:`LazyDeque`),
     and no keepalive task between pings. websockets runs a task per connection that
@@ -327,9 +343,22 @@ def watched_connection(pressured: set[ServerConnection]) -> type[ServerConnectio
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             guard(self.protocol)  # before any byte is read: every ping goes through it
+            self.handshake_bytes = 0
+            sock = transport.get_extra_info("socket")
+            if send_buffer_bytes is not None and sock is not None:
+                with contextlib.suppress(OSError):  # else the kernel's own buffer
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
             super().connection_made(transport)
             frames = self.recv_messages.frames
             frames.queue = cast("deque[Frame]", LazyDeque())
+
+        def data_received(self, data: bytes) -> None:
+            if self.protocol.state is State.CONNECTING:
+                self.handshake_bytes += len(data)
+                if self.handshake_bytes > HANDSHAKE_BYTES:
+                    self.transport.abort()  # websockets would hold up to 1 MiB of headers
+                    return
+            super().data_received(data)
 
         def pause_writing(self) -> None:
             super().pause_writing()
@@ -362,6 +391,30 @@ def acked_bytes(ws: ServerConnection) -> int | None:
     return None if sock is None else tcp_bytes_acked(sock)
 
 
+def send_buffer(ws: ServerConnection) -> int:
+    """The kernel send buffer granted to ``ws``'s socket (0 where it cannot be read)."""
+    transport = ws.transport
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+    except (OSError, ValueError):  # ValueError: uvloop's socket of a closed transport
+        return 0
+
+
+def trim_memory() -> None:
+    """Give the memory the C allocator keeps after frees back to the system (glibc's
+    ``malloc_trim``; nothing elsewhere). Freed buffers of a load that has left would
+    otherwise stay in the worker's RSS."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
 def tcp_bytes_acked(sock: Any) -> int | None:
     """``tcpi_bytes_acked`` of ``sock`` (a socket or the transport's socket-like
     wrapper), or ``None`` where the platform has no ``TCP_INFO`` or it is too short."""
@@ -370,7 +423,7 @@ def tcp_bytes_acked(sock: Any) -> int | None:
         return None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, option, 256)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: uvloop's socket of a closed transport
         return None
     if len(info) < _TCPI_BYTES_ACKED_AT + 8:
         return None
@@ -390,12 +443,17 @@ def takes_shared(ws: ServerConnection) -> bool:
     )
 
 
-def write_all(connections: Iterable[ServerConnection], frames: Sequence[SharedFrame]) -> int:
+def write_all(
+    connections: Iterable[ServerConnection],
+    frames: Sequence[SharedFrame],
+    left: list[ServerConnection] | None = None,
+) -> int:
     """Write ``frames``, in order, to every open connection of ``connections``,
     synchronously: the shared bytes where they are exactly right (several frames as
     one write of their concatenated bytes, which is what writing them one after the
     other puts on the wire), and ``broadcast()`` of each elsewhere. Returns how many
-    connections took the shared bytes.
+    connections took the shared bytes. ``left``, if given, gets every connection whose
+    transport holds a backlog after the write (for the memory budget).
 
     This loop runs once per client per lobby update, so :func:`takes_shared` is
     inlined and the protocol's state read without its property (a tenth of the loop's
@@ -418,8 +476,13 @@ def write_all(connections: Iterable[ServerConnection], frames: Sequence[SharedFr
         ):
             normal.append(ws)
         else:
-            ws.transport.write(data)
+            transport = ws.transport
+            transport.write(data)
             shared += 1
+            if left is not None and transport.get_write_buffer_size():
+                left.append(ws)
     for frame in frames if normal else ():
         broadcast(normal, frame.text)
+    if left is not None:
+        left.extend(ws for ws in normal if ws.transport.get_write_buffer_size())
     return shared

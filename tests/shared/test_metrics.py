@@ -17,7 +17,7 @@ IDENTIFYING = {"key", "public_key", "user", "conn", "connection", "worker", "wor
 
 
 def test_every_metric_is_named_by_the_rules() -> None:
-    assert len(DECLARED) == 24  # a new metric: add it to docs/operating.md
+    assert len(DECLARED) == 25  # a new metric: add it to docs/operating.md
     names = [m._name for m in DECLARED]
     assert len(set(names)) == len(names)
     for metric in DECLARED:
@@ -30,7 +30,7 @@ def test_every_metric_is_named_by_the_rules() -> None:
             assert name.endswith(("_seconds", "_keys")), name
         else:
             assert isinstance(metric, Gauge)
-            assert name.endswith(("_seconds", "_users")) or name == "presence_connections"
+            assert name.endswith(("_seconds", "_users", "_bytes")) or name == "presence_connections"
 
 
 def test_no_label_can_name_a_user_a_connection_or_a_process() -> None:
@@ -44,6 +44,7 @@ def test_every_gauge_chooses_how_processes_combine() -> None:
         "presence_lobby_users": "livemostrecent",
         "presence_lobby_batch_window_seconds": "livemostrecent",
         "presence_connections": "livesum",
+        "presence_memory_budget_bytes": "livesum",
     }
 
 

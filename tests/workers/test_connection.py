@@ -479,9 +479,12 @@ def test_every_session_that_sent_authed_is_claimed() -> None:
 # --------------------------------------------------------------------------- direct messages
 
 
+LIVE = FakeReplica(seq=11, users={PK})
+
+
 def test_deliver_to_authenticated_writes_the_message() -> None:
     conn = reach(State.AUTHENTICATED)
-    outputs, status = conn.on_deliver(OTHER, "m1", "hi", buffered=0)
+    outputs, status = conn.on_deliver(OTHER, "m1", "hi", 0, LIVE)
     assert outputs == [Write(protocol.message(OTHER, "m1", "hi"))]
     assert status is Delivery.DELIVERED
 
@@ -489,25 +492,24 @@ def test_deliver_to_authenticated_writes_the_message() -> None:
 def test_a_message_over_the_recipients_bound_is_refused_and_the_recipient_stays() -> None:
     conn = reach(State.AUTHENTICATED)
     frame = protocol.message(OTHER, "m1", "hi")
-    fits = LIMITS.max_queue_bytes - len(frame)
-    assert conn.on_deliver(OTHER, "m1", "hi", buffered=fits) == (
-        [Write(frame)],
-        Delivery.DELIVERED,
-    )
-    assert conn.on_deliver(OTHER, "m1", "hi", buffered=fits + 1) == ([], Delivery.FULL)
+    # The message room: half the lag limit (the other half is the lobby's).
+    assert conn.message_room(LIVE) == LIMITS.lag_bytes // 2 < LIMITS.max_queue_bytes
+    fits = conn.message_room(LIVE) - len(frame)
+    assert conn.on_deliver(OTHER, "m1", "hi", fits + 1, LIVE) == ([], Delivery.FULL)
+    assert conn.on_deliver(OTHER, "m1", "hi", fits, LIVE) == ([Write(frame)], Delivery.DELIVERED)
     assert conn.state is State.AUTHENTICATED
     assert Delivery.FULL.value == "rate_limited"  # what the sender is told
 
 
 @pytest.mark.parametrize("state", [State.CHALLENGED, State.VERIFIED, State.AUTHENTICATING])
 def test_deliver_before_ack_is_offline(state: State) -> None:
-    assert reach(state).on_deliver(OTHER, "m", "b", 0) == ([], Delivery.OFFLINE)
+    assert reach(state).on_deliver(OTHER, "m", "b", 0, LIVE) == ([], Delivery.OFFLINE)
 
 
 def test_held_messages_follow_auth_ok_and_snapshot() -> None:
     conn = reach(State.ACKED)
-    assert conn.on_deliver(OTHER, "m1", "one", 0) == ([], Delivery.DELIVERED)
-    assert conn.on_deliver(OTHER, "m2", "two", 0) == ([], Delivery.DELIVERED)
+    assert conn.on_deliver(OTHER, "m1", "one", 0, LIVE) == ([], Delivery.DELIVERED)
+    assert conn.on_deliver(OTHER, "m2", "two", 0, LIVE) == ([], Delivery.DELIVERED)
     outputs = caught_up(conn, FakeReplica(seq=10))
     assert outputs == [
         *AUTH_OK,
@@ -518,16 +520,16 @@ def test_held_messages_follow_auth_ok_and_snapshot() -> None:
 
 def test_held_messages_are_bounded_in_bytes() -> None:
     conn = reach(State.ACKED)
-    assert conn.on_deliver(OTHER, "m1", "x" * 3000, 0)[1] is Delivery.DELIVERED
-    assert conn.on_deliver(OTHER, "m2", "x" * 1000, 0) == ([], Delivery.FULL)
+    assert conn.on_deliver(OTHER, "m1", "x" * 300, 0, LIVE)[1] is Delivery.DELIVERED
+    assert conn.on_deliver(OTHER, "m2", "x" * 100, 0, LIVE) == ([], Delivery.FULL)
     assert conn.state is State.ACKED
 
 
 def test_held_messages_are_bounded_in_count() -> None:
-    conn = reach(State.ACKED, Limits(max_queue_bytes=10**9))
+    conn = reach(State.ACKED, Limits(max_queue_bytes=10**9, lag_bytes=10**9))
     for i in range(MAX_HELD_FRAMES):
-        assert conn.on_deliver(OTHER, str(i), "", 0)[1] is Delivery.DELIVERED
-    assert conn.on_deliver(OTHER, "last", "", 0)[1] is Delivery.FULL
+        assert conn.on_deliver(OTHER, str(i), "", 0, LIVE)[1] is Delivery.DELIVERED
+    assert conn.on_deliver(OTHER, "last", "", 0, LIVE)[1] is Delivery.FULL
     assert conn.state is State.ACKED
 
 
@@ -844,8 +846,8 @@ def test_send_result_before_auth_ok_or_after_close_is_dropped(state: State) -> N
 def test_backlog_never_grows_past_its_bounds(backlogs: list[tuple[str, int]]) -> None:
     """Whatever the backlog does, a frame is only written within the bound that applies
     to it: lobby traffic below lag_bytes (or a quarter of it to resume), a direct message
-    only if it fits below max_queue_bytes; past that it is refused, and the recipient
-    is never closed for it."""
+    only to a current view and if it fits in the message room (half the lag limit);
+    past that it is refused, and the recipient is never closed for it."""
     conn = reach(State.AUTHENTICATED)
     replica = FakeReplica(seq=11, users={PK})
     for kind, buffered in backlogs:
@@ -859,10 +861,12 @@ def test_backlog_never_grows_past_its_bounds(backlogs: list[tuple[str, int]]) ->
             if conn.on_sweep(buffered, replica):
                 assert buffered <= LIMITS.lag_bytes // 4
         else:
-            outputs, delivery = conn.on_deliver(OTHER, "m", "x", buffered)
+            current = conn.flow is Flow.CURRENT
+            outputs, delivery = conn.on_deliver(OTHER, "m", "x", buffered, replica)
             frame = protocol.message(OTHER, "m", "x")
             if delivery is Delivery.DELIVERED:
-                assert buffered + len(frame) <= LIMITS.max_queue_bytes and writes(outputs)
+                assert current and writes(outputs)
+                assert buffered + len(frame) <= LIMITS.lag_bytes // 2
             else:
                 assert delivery is Delivery.FULL and outputs == []
         assert conn.state is State.AUTHENTICATED
@@ -948,3 +952,112 @@ def test_the_auth_check_is_the_one_given() -> None:
     conn = Connection.open(7, NONCE, now=100.0, limits=LIMITS, verify=verify)
     assert feed(conn, auth_frame()) == [Emit(bb.Authed(7, PK))]
     assert calls == [(NONCE, PK)]
+
+
+# --------------------------------------------------------------------------- lobby first
+
+
+THIRD = SigningKey(bytes(range(3, 35))).verify_key.encode().hex()
+
+
+def test_no_message_is_written_while_the_view_is_behind() -> None:
+    """A lagging or stale client gets its snapshot before any more messages: otherwise
+    messages could keep its backlog above the point where the snapshot is sent."""
+    conn = reach(State.AUTHENTICATED)
+    assert conn.on_update(LIMITS.lag_bytes + 1, LIVE) is Fanout.SKIP
+    assert conn.flow is Flow.LAGGING
+    assert conn.on_deliver(OTHER, "m1", "hi", 0, LIVE) == ([], Delivery.FULL)
+    assert conn.on_sweep(0, LIVE) == DRAINED
+    assert conn.on_deliver(OTHER, "m2", "hi", 0, LIVE)[1] is Delivery.DELIVERED
+    resync(conn, LIVE, frozenset())
+    assert conn.flow is Flow.STALE
+    assert conn.on_deliver(OTHER, "m3", "hi", 0, LIVE) == ([], Delivery.FULL)
+
+
+def test_one_sender_gets_at_most_half_the_room_and_another_still_finds_room() -> None:
+    limits = Limits(lag_bytes=4000, max_queue_bytes=10**6)
+    conn = reach(State.AUTHENTICATED, limits)
+    room = conn.message_room(LIVE)
+    assert room == 2000
+    buffered, delivered = 0, 0
+    while conn.on_deliver(OTHER, "a", "x" * 200, buffered, LIVE)[1] is Delivery.DELIVERED:
+        buffered += len(protocol.message(OTHER, "a", "x" * 200))
+        delivered += 1
+    assert 0 < buffered <= room // 2 + 400  # half the room (the first always fits)
+    # Another sender finds room, up to its share with one other sender holding bytes.
+    assert conn.on_deliver(THIRD, "b", "y" * 200, buffered, LIVE)[1] is Delivery.DELIVERED
+    assert conn.senders()[THIRD] > 0 and conn.senders()[OTHER] == buffered
+    # The backlog drains: what each holds shrinks in proportion, the first sends again.
+    assert conn.on_deliver(OTHER, "a", "x" * 200, 0, LIVE)[1] is Delivery.DELIVERED
+    assert set(conn.senders()) == {OTHER}
+
+
+def test_the_memory_budget_can_allow_less() -> None:
+    conn = reach(State.AUTHENTICATED)
+    frame = protocol.message(OTHER, "m1", "hi")
+    assert conn.on_deliver(OTHER, "m1", "hi", 0, LIVE, len(frame) - 1)[1] is Delivery.FULL
+    assert conn.on_deliver(OTHER, "m1", "hi", 0, LIVE, len(frame))[1] is Delivery.DELIVERED
+    # No allowance left: the view collapses to a later snapshot, which waits to fit.
+    assert conn.on_update(0, LIVE, 0) is Fanout.SKIP and conn.flow is Flow.LAGGING
+    assert conn.on_sweep(0, LIVE, LIVE.snapshot_bytes - 1) == []
+    assert conn.on_sweep(0, LIVE, LIVE.snapshot_bytes) == DRAINED
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(
+        st.one_of(
+            st.tuples(st.just("deliver"), st.sampled_from([OTHER, THIRD, PK]), st.integers(0, 400)),
+            st.tuples(st.just("update"), st.just(""), st.integers(0, 300)),
+            st.tuples(st.just("sweep"), st.just(""), st.just(0)),
+            st.tuples(st.just("drain"), st.just(""), st.integers(0, 2000)),
+        ),
+        max_size=80,
+    )
+)
+def test_the_lobby_is_never_stuck_behind_messages(events: list[tuple[str, str, int]]) -> None:
+    """A model of the backlog (what is written adds to it, the reader drains it) under
+    any order of messages from several senders, lobby updates and sweeps: messages
+    never fill more than the message room, so every lobby frame is written behind at
+    most the lag limit; once a client lags, no message is written until its snapshot;
+    no sender holds more than half the room plus one message."""
+    conn = reach(State.AUTHENTICATED)
+    room, lag = conn.message_room(LIVE), LIMITS.lag_bytes
+    backlog = 0
+    for kind, sender, size in events:
+        if kind == "deliver":
+            behind = conn.flow is not Flow.CURRENT
+            outputs, delivery = conn.on_deliver(sender, "m", "x" * size, backlog, LIVE)
+            if delivery is Delivery.DELIVERED:
+                assert not behind
+                (write,) = outputs
+                assert isinstance(write, Write)
+                backlog += len(write.frame)
+                assert backlog <= room
+                one = len(protocol.message(sender, "m", "x" * 400))
+                assert conn.senders()[sender] <= room // 2 + one
+            else:
+                assert delivery is Delivery.FULL and outputs == []
+        elif kind == "update":
+            fanout = conn.on_update(backlog, LIVE)
+            if fanout is not Fanout.SKIP:
+                assert backlog <= lag  # never behind more than the lag limit
+                backlog += size if fanout is Fanout.UPDATE else LIVE.snapshot_bytes
+        elif kind == "sweep":
+            if conn.on_sweep(backlog, LIVE):
+                assert backlog <= lag // 4
+                backlog += LIVE.snapshot_bytes
+        else:
+            backlog = max(0, backlog - size)
+        assert conn.state is State.AUTHENTICATED
+
+
+def test_get_lobby_past_the_budget_waits_for_a_snapshot_that_fits() -> None:
+    """A client asking for snapshots it does not read cannot make the worker hold them
+    past its allowance: it lags, and the snapshot comes once it fits."""
+    conn = reach(State.AUTHENTICATED)
+    get = '{"type":"get_lobby"}'
+    assert feed(conn, get, replica=LIVE) == GET_LOBBY
+    assert conn.on_frame(get, 101.0, Link.UP, LIVE, 0, LIVE.snapshot_bytes - 1) == []
+    assert conn.flow is Flow.LAGGING
+    assert conn.on_sweep(0, LIVE, LIVE.snapshot_bytes) == DRAINED

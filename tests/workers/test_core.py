@@ -21,8 +21,9 @@ from shared import backbone as bb
 from shared import protocol, timings
 from shared.protocol import CloseCode
 from workers.admission import AdmissionLimits
+from workers.budget import MemoryLimits
 from workers.clients import Client, Group
-from workers.connection import State
+from workers.connection import Flow, State
 from workers.core import COALESCE_BYTES, Output, WorkerCore
 from workers.limits import Limits
 from workers.outputs import (
@@ -35,6 +36,7 @@ from workers.outputs import (
     Lesser,
     Report,
     Synced,
+    Trim,
     Write,
     WriteSnapshot,
 )
@@ -82,6 +84,7 @@ class FakeShell:
         self.buffers: dict[str, int] = {}
         self.acks: dict[str, int | None] = {}
         self.peers: set[str] = set()
+        self.send_buffers: dict[str, int] = {}
         self.synced = 0
 
     def to_client(self, client: Client[str], output: ClientOutput) -> None:
@@ -118,6 +121,9 @@ class FakeShell:
     def peer(self, endpoint: str, key: str) -> object | None:
         return f"peer {endpoint}" if endpoint in self.peers else None
 
+    def send_buffer(self, handle: str) -> int:
+        return self.send_buffers.get(handle, 0)
+
     @staticmethod
     def _receive(seen: Seen, text: str) -> None:
         frame = json.loads(text)
@@ -136,7 +142,9 @@ class FakeShell:
 class Worker:
     """A core with a fake shell and a clock the test moves."""
 
-    def __init__(self, limits: Limits = LIMITS, **admission: Any) -> None:
+    def __init__(
+        self, limits: Limits = LIMITS, memory: MemoryLimits | None = None, **admission: Any
+    ) -> None:
         self.shell = FakeShell()
         self.now, self.wall = 100.0, 1_000_000.0
         self.core: WorkerCore[str] = WorkerCore(
@@ -145,6 +153,7 @@ class Worker:
             timing=TIMING,
             limits=limits,
             admission=AdmissionLimits(**admission),
+            memory=memory,
             wall=lambda: self.wall,
             timer=lambda: self.now,
         )
@@ -444,6 +453,65 @@ def test_a_ping_flood_is_closed_1008_and_leaves_the_auth_window(account: bool) -
     w.core.closed(client)  # its transport ends: later frames change nothing
     assert w.core.lesser(client, Lesser.PING, w.now) is Answer.STOP
     w.core.clients.check()
+
+
+def test_a_client_with_any_backlog_and_no_reading_progress_is_closed_4005() -> None:
+    """Below the write limit too: the memory budget charges every backlog, and every
+    charged client is sampled for progress."""
+    w = Worker()
+    w.live()
+    client = w.online(SKS[0])
+    w.shell.buffers[client.handle], w.shell.acks[client.handle] = 300, 500
+    w.frame(client, '{"type":"get_lobby"}')  # a write: its backlog is charged
+    assert client.handle not in w.core.clients.pressured
+    w.tick()
+    w.tick(LIMITS.stall_timeout)
+    assert w.seen(client).closed == 4005
+
+
+def test_past_the_budget_the_heaviest_are_refused_and_collapsed_a_light_one_served() -> None:
+    """Worker-wide: once backlogs take half the pool, a recipient heavier than an equal
+    share gets no message (rate_limited) and its view collapses to a later snapshot,
+    while a light one is still served; a new connection past the reservations is
+    refused at the door; when the load leaves, the budget is back to nothing and the
+    shell is told to give the memory back."""
+    mib = 1024 * 1024
+    limits = Limits(lag_bytes=4 * mib, max_queue_bytes=mib)  # the budget binds first
+    w = Worker(limits, MemoryLimits(memory_budget=2 * mib, send_buffer_bytes=4096))
+    w.live()
+    a, heavy, light = w.online(SKS[0]), w.online(SKS[1]), w.online(SKS[2])
+    w.shell.buffers[heavy.handle] = int(1.5 * mib)  # past half the pool alone
+    w.core.clients.pressured.add(heavy.handle)
+    w.tick()  # every backlog is charged once a tick
+    assert w.core.budget.figures().backlog == int(1.5 * mib)
+    w.frame(a, send(B, "m1", "x"))
+    w.frame(a, send(C, "m2", "x"))
+    assert w.results(a) == [("m1", "rejected", "rate_limited"), ("m2", "delivered", None)]
+    assert w.core.health(w.now)[1]["memory"]["refusedMessages"] == 1
+    # A newcomer gets a snapshot at once: under pressure one from the heavy address
+    # waits (503), one from elsewhere is let in.
+    assert w.core.door("10.0.0.2", w.now) == "memory"
+    assert w.core.door("10.9.9.9", w.now) is None
+    other = SigningKey(bytes([9]) * 32).verify_key.encode().hex()
+    epoch, seq = w.core.replica.epoch or "", w.core.replica.seq
+    w.batch(bb.Update(epoch, seq + 1, [other], [], w.wall))  # the heavy view collapses
+    assert heavy.machine.flow is not Flow.CURRENT and light.machine.flow is Flow.CURRENT
+    assert w.core.health(w.now)[1]["memory"]["collapsed"] == 1
+    # Reservations: the door refuses once half the budget is reserved.
+    w.shell.buffers[heavy.handle] = 100
+    w.tick()
+    w.shell.send_buffers = {f"h{i}": 256 * 1024 for i in range(100)}
+    for _ in range(4):
+        w.connect()
+    assert w.core.door("10.9.9.9", w.now) == "memory"
+    # The load leaves: nothing charged, and the memory goes back once.
+    w.shell.buffers[heavy.handle] = 0
+    for client in list(w.core.clients):
+        w.core.closed(client)
+    w.tick()
+    assert w.core.budget.figures().used == 0
+    assert sum(isinstance(o, Trim) for _, o in w.shell.log) == 1
+    w.core.budget.check()
 
 
 # --------------------------------------------------------------------------- direct messages

@@ -326,3 +326,15 @@ def test_a_client_that_pings_and_does_not_read_holds_one_pong_past_the_write_lim
     # The backlog never passes the write limit by more than the pongs of one read.
     pong = len(_ping(b"000000")) - 4  # a server frame has no mask
     assert max(backlog) <= WRITE_LIMIT + BATCH * pong, backlog
+
+
+def test_a_closed_transports_socket_reads_as_unknown() -> None:
+    """uvloop's pseudo-socket of a transport that was just closed raises ValueError (a
+    negative descriptor): the tick samples such a client before its handler has ended,
+    and must take it as unknown, not fail."""
+
+    class Closed:
+        def getsockopt(self, *args: object) -> bytes:
+            raise ValueError("negative file descriptor")
+
+    assert tcp_bytes_acked(Closed()) is None
