@@ -50,6 +50,9 @@ RESYNC_REASONS: Final = ("start", "gap", "new_epoch")
 """``workers.replica.ResyncReason``'s values."""
 REFUSAL_REASONS: Final = ("full", "busy", "throttled", "cut_off")
 """``workers.admission.Admit``'s refusals, and a worker cut off from its coordinator."""
+EVICTION_RULES: Final = ("heavier_source", "waited")
+"""Why ``workers.admission`` evicted a challenged connection: its source held more, or
+it waited past ``--challenge-grace`` while the door was full."""
 EPOCH_REASONS: Final = ("start", "move")
 API_STATUSES: Final = ("200", "400", "401", "404", "405", "503")
 """The statuses the backend API answers with (``workers.api``; a test checks them)."""
@@ -181,7 +184,9 @@ ADMISSION_REFUSALS: Final = Counter(
 ADMISSION_EVICTIONS: Final = Counter(
     "presence_admission_evictions_total",
     "Challenged connections closed (1013) to give their place to a newcomer from a source "
-    "holding fewer.",
+    "holding fewer, by rule: heavier_source (their source held at least two more), "
+    "waited (the oldest, silent past --challenge-grace while the door was full).",
+    ["rule"],
 )
 PUBLISH_TO_WRITTEN: Final = Histogram(
     "presence_lobby_update_latency_seconds",
@@ -272,5 +277,7 @@ def start_worker() -> None:
         ROUTE_SECONDS.labels(status)
     for reason in REFUSAL_REASONS:
         ADMISSION_REFUSALS.labels(reason)
+    for rule in EVICTION_RULES:
+        ADMISSION_EVICTIONS.labels(rule)
     for kind in WORKER_SENDS:
         BACKBONE_DROPPED.labels("worker", kind)

@@ -233,6 +233,7 @@ class WorkerCore(Generic[H]):
                 for kind in (Admit.FULL, Admit.BUSY, Admit.THROTTLED)
             },
             "evicted": self.admission.evicted,
+            "replaced": self.admission.replaced,
             "cutOff": self.cut_off,
             "dropped": dict(self.counters),
         }
@@ -273,7 +274,7 @@ class WorkerCore(Generic[H]):
             stats.refused_cut_off()
             reason = "cut_off"
         else:
-            verdict = self.admission.check(source)
+            verdict = self.admission.check(source, now)
             if verdict is Admit.OK:
                 return None
             stats.refused(verdict)
@@ -298,9 +299,9 @@ class WorkerCore(Generic[H]):
             )
             stats.refused_cut_off()
             return None
-        decision = self.admission.admit(conn_id, source)
-        stats.evicted(len(decision.evict))
-        for evicted in decision.evict:  # challenge-phase slots of a heavier source
+        decision = self.admission.admit(conn_id, source, now)
+        stats.evicted(len(decision.evict), waited=decision.waited)
+        for evicted in decision.evict:  # a heavier source's, or one that waited too long
             if (victim := self.clients.get(evicted)) is not None:
                 self.perform(victim, victim.machine.on_evicted())
         if not decision.admitted:

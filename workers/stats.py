@@ -33,6 +33,7 @@ _REFUSED: Final = {
     Admit.THROTTLED: metrics.ADMISSION_REFUSALS.labels("throttled"),
 }
 _CUT_OFF: Final = metrics.ADMISSION_REFUSALS.labels("cut_off")
+_HEAVIER, _WAITED = (metrics.ADMISSION_EVICTIONS.labels(r) for r in metrics.EVICTION_RULES)
 _STATES: Final = {state: metrics.CONNECTIONS.labels(state) for state in metrics.CONNECTION_STATES}
 _ROUTED: Final = {s: metrics.ROUTE_SECONDS.labels(s.value) for s in SendStatus}
 _API: Final = {int(status): metrics.API_REQUESTS.labels(status) for status in metrics.API_STATUSES}
@@ -103,9 +104,11 @@ def refused_cut_off() -> None:
     _CUT_OFF.inc()
 
 
-def evicted(count: int) -> None:
+def evicted(count: int, *, waited: bool) -> None:
+    """``count`` challenged connections evicted: by the waiting rule (they waited past
+    ``challenge_grace``), or for a newcomer from a source holding fewer."""
     if count:
-        metrics.ADMISSION_EVICTIONS.inc(count)
+        (_WAITED if waited else _HEAVIER).inc(count)
 
 
 def dropped(kind: str) -> None:

@@ -12,6 +12,8 @@ from workers.admission import (
     DECREASE,
     INCREASE,
     MIN_WINDOW,
+    SUSPECT_FOR,
+    SUSPECTS_PER_SLOT,
     Admission,
     AdmissionLimits,
     Admit,
@@ -176,6 +178,7 @@ def test_default_limits() -> None:
     assert (limits.max_connections, limits.max_pending_auth) == (50_000, 1000)
     assert (limits.lag_target, limits.auth_window) == (0.25, 64)
     assert (limits.auth_reserve, limits.source_share) == (0.25, 0.1)
+    assert limits.challenge_grace == 0.5
     door = Admission()
     assert (door.window, door.reserve, door.share) == (64.0, 16, 6)
     assert door.share < door.reserve  # one flooding source leaves others room
@@ -187,6 +190,8 @@ def test_default_limits() -> None:
         ("max_connections", 0, "--max-connections must be at least 1"),
         ("max_pending_auth", 0, "--max-pending-auth must be at least 1"),
         ("lag_target", 0.0, "--lag-target must be positive"),
+        ("challenge_grace", 0.0, "--challenge-grace must be positive"),
+        ("challenge_grace", float("nan"), "--challenge-grace must be positive"),
         ("lag_target", float("nan"), "--lag-target must be positive"),
         ("auth_window", 0, "--auth-window must be at least 1"),
         ("auth_reserve", -0.1, "--auth-reserve must be in"),
@@ -635,3 +640,216 @@ def test_many_addresses_cannot_make_the_worker_take_more_than_its_loop_can() -> 
         door.observe(0.5)  # late: the knocking does not grow it
     assert door.window == MIN_WINDOW
     assert door.in_flight == 64  # nobody admitted until they settle or time out
+
+
+# ---------------------------------------------------------------- the waiting rule
+
+GRACE = AdmissionLimits().challenge_grace
+
+
+def test_a_room_of_one_silent_connection_per_source_gives_way_once_the_oldest_waited() -> None:
+    """Issue 15, item 4: every source holds one waiting connection, so no source is
+    heavier. A newcomer is refused while they are all younger than the grace, and takes
+    the place of the oldest once it has waited that long."""
+    door = Admission(AdmissionLimits(max_pending_auth=4))
+    for n in range(4):
+        assert door.admit(n, f"s{n}", now=n * 0.1) == Decision(OK)
+    assert door.check("new", now=0.49) is BUSY
+    assert door.admit(10, "new", now=0.49) == Decision(BUSY)
+    assert door.check("new", now=0.5) is OK
+    assert door.admit(10, "new", now=0.5) == Decision(OK, (0,), waited=True)
+    assert (door.evicted, door.replaced, door.pending) == (1, 1, 4)
+    # The replaced source reopens at once: it may take free room, but not replace anyone
+    # by this rule for SUSPECT_FOR, so it cannot sweep away what waited long enough.
+    assert door.admit(11, "s0", now=0.7) == Decision(BUSY)
+    assert door.admit(12, "other", now=0.7) == Decision(OK, (1,), waited=True)
+    assert door.admit(13, "s0", now=0.7 + SUSPECT_FOR) == Decision(OK, (2,), waited=True)
+    # The newcomer answered: it is out of the challenge phase, nobody can take its slot.
+    door.authenticated(10)
+    assert door.admit(14, "late", now=100.0) == Decision(OK, (3,), waited=True)
+    assert door.admit(15, "later", now=100.0) == Decision(OK, (12,), waited=True)
+    assert 10 not in door.admit(16, "latest", now=100.0).evict
+
+
+def test_the_waiting_rule_never_moves_a_slot_to_a_source_holding_as_many() -> None:
+    """It looks at the oldest waiting connection only, and takes it only for a source
+    holding fewer than the oldest one's source (a swap at worst, never less fair)."""
+    door = Admission(AdmissionLimits(max_pending_auth=3))
+    for conn, source in enumerate("bba"):
+        door.admit(conn, source, now=0.0)
+    # Full: b holds 2, a holds 1, nobody two more than another. "a" (1) may replace b's
+    # oldest (2 > 1) once it has waited...
+    assert door.admit(3, "a", now=GRACE / 2) == Decision(BUSY)
+    assert door.admit(3, "a", now=GRACE) == Decision(OK, (0,), waited=True)
+    # ...but now the oldest is b's only one: neither b (1, its own) nor a (2) may take it.
+    assert door.admit(4, "b", now=2 * GRACE) == Decision(BUSY)
+    assert door.admit(5, "a", now=2 * GRACE) == Decision(BUSY)
+    # A newcomer: a holds two more than it, so the heavier-source rule comes first.
+    assert door.admit(6, "c", now=2 * GRACE) == Decision(OK, (2,))
+    assert door.admit(7, "d", now=2 * GRACE) == Decision(OK, (1,), waited=True)
+    assert (door.evicted, door.replaced) == (3, 2)
+
+
+def test_the_waiting_rule_frees_an_auth_window_full_of_silent_connections() -> None:
+    """A window cut to its floor by lag, full of silent connections from as many
+    sources: the challenge phase has room, the window has none. A newcomer is
+    throttled while they are young, then takes the oldest one's place."""
+    door = Admission()
+    for _ in range(20):
+        door.observe(1.0)
+    assert door.window == MIN_WINDOW
+    for n in range(16):
+        door.admit(n, f"s{n}", now=0.0)
+    assert door.admit(100, "new", now=GRACE / 2) == Decision(THROTTLED)
+    assert door.admit(100, "new", now=GRACE) == Decision(OK, (0,), waited=True)
+    assert door.in_flight == 16
+    # Answered connections (being verified, waiting for the coordinator) are never
+    # evicted: a window full of them throttles, as before.
+    for n in range(1, 16):
+        door.authenticated(n)
+    door.authenticated(100)
+    assert door.admit(101, "new2", now=100.0) == Decision(THROTTLED)
+
+
+def test_suspects_are_bounded_and_forgotten_after_suspect_for() -> None:
+    door = Admission(AdmissionLimits(max_pending_auth=1))
+    now = 0.0
+    door.admit(0, "s0", now=now)
+    for n in range(1, 3 * SUSPECTS_PER_SLOT):
+        now += GRACE
+        assert door.admit(n, f"s{n}", now=now).evict == (n - 1,)
+        assert door.suspects <= SUSPECTS_PER_SLOT
+    assert door.suspects == SUSPECTS_PER_SLOT
+    now += SUSPECT_FOR  # every mark expired: the next look forgets them
+    assert door.admit(10**6, "fresh", now=now).waited
+    assert door.suspects == 1  # (the one just made)
+
+
+def test_at_the_defaults_a_thousand_silent_addresses_cannot_keep_a_newcomer_out() -> None:
+    """The reported attack at the default limits: 1,000 addresses, each holding one
+    connection that never answers, reopened the moment it is closed, fill the
+    challenge phase (the window grows to it under their demand). A newcomer from a new
+    address is admitted at once; the address it displaced cannot displace in turn, and
+    every later newcomer is admitted at once too."""
+    door = Admission()
+    ids = itertools.count()
+    now = 0.0
+    holding: dict[int, str] = {}
+    while door.pending < 1000:  # they knock, a tick at a time, until all hold one
+        for n in range(1000):
+            source = f"10.0.{n // 256}.{n % 256}"
+            if door.flying(source) == 0 and door.admit(conn := next(ids), source, now).admitted:
+                holding[conn] = source
+        door.observe(0.001)
+        now += 0.1
+    assert door.window == 1000.0 and door.sources == 1000
+    now += GRACE
+    for k in range(200):  # a newcomer every 10 ms for two seconds
+        now += 0.01
+        decision = door.admit(conn := next(ids), f"192.0.2.{k}", now)
+        assert decision.admitted and decision.waited, (k, decision)
+        # The displaced address reopens at once: it may not displace anyone in turn...
+        (victim,) = decision.evict
+        source = holding.pop(victim)
+        assert door.admit(next(ids), source, now) == Decision(BUSY)
+        # ...but once the newcomer has answered, it gets the room that left, as anyone
+        # would: the room is full of silent connections again.
+        door.settled(conn)
+        reopened = next(ids)
+        assert door.admit(reopened, source, now) == Decision(OK)
+        holding[reopened] = source
+        assert door.pending == 1000
+    assert door.replaced == 200 and door.suspects == 200
+
+
+attacks = st.lists(
+    st.one_of(
+        st.tuples(st.just("knock"), st.integers(0, 10**6)),  # an attacker (any of them)
+        st.tuples(st.just("knock"), st.integers(0, 10**6)),
+        st.tuples(st.just("churn"), st.integers(0, 10**6)),  # it closes one of its own
+        st.tuples(st.just("wait"), st.floats(min_value=0.0, max_value=0.4)),
+        st.tuples(st.just("lag"), st.sampled_from([0.0, 1.0])),
+        st.tuples(st.just("newcomer"), st.floats(min_value=0.0, max_value=0.99)),
+    ),
+    min_size=20,
+    max_size=400,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    room=st.integers(1, 24),
+    window=st.integers(1, 40),
+    attackers=st.integers(1, 60),
+    grace=st.floats(min_value=0.05, max_value=1.0),
+    steps=attacks,
+)
+def test_a_newcomer_waits_only_while_the_attack_renews_the_whole_room_within_the_grace(
+    room: int, window: int, attackers: int, grace: float, steps: list[tuple[str, float]]
+) -> None:
+    """Any number of attacking sources knocking in any pattern, holding what they get
+    silently, closing their own connections to reopen them (churn), under any lag;
+    between them, real clients from new addresses, each answering within a fraction
+    of the grace of being admitted. Then:
+
+    * a newcomer is refused only if every connection waiting to answer was admitted
+      within the grace before it (or the window is full of connections that answered):
+      to keep newcomers out the attacker must renew the whole room every grace, that is
+      ``max_pending_auth / challenge_grace`` handshakes a second, however many sources
+      it has;
+    * a real client that answers within the grace is never evicted;
+    * the waiting rule only takes a slot from a source holding more than the newcomer's.
+    """
+    door = Admission(
+        AdmissionLimits(max_pending_auth=room, auth_window=window, challenge_grace=grace)
+    )
+    now = 0.0
+    ids = itertools.count()
+    since: dict[int, float] = {}  # waiting to answer -> admitted at
+    silent: dict[int, str] = {}  # the attackers' connections -> source
+    answers: dict[int, float] = {}  # real clients admitted -> when they answer
+    fresh = itertools.count()
+    for kind, value in steps:
+        if kind == "wait":
+            now += value
+            for conn, due in sorted(answers.items(), key=lambda item: item[1]):
+                if due <= now:  # it answers (and is acknowledged at once)
+                    door.settled(conn)
+                    del answers[conn], since[conn]
+        elif kind == "lag":
+            door.observe(value)
+        elif kind == "churn":
+            if not silent:
+                continue
+            conn = sorted(silent)[int(value) % len(silent)]
+            door.closed(conn)
+            del silent[conn], since[conn]
+        else:
+            newcomer = kind == "newcomer"
+            source = f"new{next(fresh)}" if newcomer else f"a{int(value) % attackers}"
+            held = {s: 0 for s in silent.values()}
+            for s in silent.values():
+                held[s] += 1
+            oldest = min(since.values(), default=None)
+            flying = door.in_flight
+            decision = door.admit(conn := next(ids), source, now)
+            for victim in decision.evict:
+                assert victim not in answers, "a real client was evicted"
+                victim_source = silent.pop(victim)
+                del since[victim]
+                if decision.waited:
+                    assert held[victim_source] > held.get(source, 0)
+            if decision.admitted:
+                event(f"{kind} admitted{' by the waiting rule' if decision.waited else ''}")
+                since[conn] = now
+                if newcomer:
+                    answers[conn] = now + value * grace
+                else:
+                    silent[conn] = source
+            elif newcomer:
+                event("newcomer refused")
+                young = oldest is None or now - oldest < grace
+                assert young or flying > door.window, (now, oldest, flying, door.window)
+            else:
+                event("attacker refused")
+        assert door.pending == len(since)

@@ -327,6 +327,25 @@ def test_a_full_challenge_phase_evicts_the_heaviest_sources_oldest_with_1013() -
     w.core.clients.check()
 
 
+def test_a_full_door_of_silent_connections_gives_the_oldest_one_to_a_newcomer() -> None:
+    """Each source holds one silent connection: past the grace, a newcomer from another
+    address takes the oldest one's place (1013), at the door and at the handler."""
+    w = Worker(max_pending_auth=2, challenge_grace=0.5)
+    w.live()
+    first, second = w.connect(), w.connect()  # 10.0.0.1, 10.0.0.2
+    assert w.core.door("10.0.0.3", w.now) == "busy"
+    w.tick(0.5)
+    assert w.core.door("10.0.0.3", w.now) is None
+    third = w.core.connect("h3", "10.0.0.3", "peer", w.now)
+    assert third is not None
+    assert [h for h, o in w.shell.log if isinstance(o, Close)] == [first.handle]
+    assert first.machine.state is State.CLOSING and second.machine.state is State.CHALLENGED
+    w.core.closed(first)
+    _, figures = w.core.health(w.now)
+    assert (figures["evicted"], figures["replaced"], figures["challenged"]) == (1, 1, 2)
+    w.core.clients.check()
+
+
 # --------------------------------------------------------------------------- fan-out
 
 
