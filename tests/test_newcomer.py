@@ -47,11 +47,17 @@ def crowded_cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 async def _hold(
-    url: str, source: str, stop: asyncio.Event, counts: dict[str, int], holders: set[str]
+    url: str,
+    source: str,
+    stop: asyncio.Event,
+    counts: dict[str, int],
+    holders: set[str],
+    churn: float | None = None,
 ) -> None:
-    """One attacking address: hold one silent connection, reopen it when it closes,
-    retry a refusal after :data:`RETRY`, until ``stop``. ``holders``: the addresses
-    that have held a connection."""
+    """One attacking address: hold one silent connection, reopen it when it closes (or,
+    with ``churn``, close it after that many seconds and reopen it, so that it never
+    waits long), retry a refusal after :data:`RETRY`, until ``stop``. ``holders``: the
+    addresses that have held a connection."""
     while not stop.is_set():
         try:
             ws = await connect(url, local_addr=(source, 0), open_timeout=10)
@@ -66,11 +72,12 @@ async def _hold(
         counts["held"] += 1
         holders.add(source)
         try:
-            stopped = asyncio.ensure_future(stop.wait())
-            closed = asyncio.ensure_future(ws.wait_closed())
-            await asyncio.wait([stopped, closed], return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            closed.cancel()
+            ends = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(ws.wait_closed())]
+            if churn is not None:
+                ends.append(asyncio.ensure_future(asyncio.sleep(churn)))  # its pacing
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+            for end in ends:
+                end.cancel()
         finally:
             await ws.close()
 
@@ -142,6 +149,47 @@ def test_many_addresses_holding_silent_connections_cannot_keep_a_newcomer_out(
             print(f"newcomers (seconds, attempts): {results}; attackers: {counts}")
             assert all(took <= BOUND for took, _ in results), results
             assert counts["refused"] > 0 and counts["held"] >= len(ATTACKERS)
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*attack, return_exceptions=True), 15)
+
+    run(scenario(), timeout=90)
+
+
+CHURN = 0.2
+"""Seconds a churning attacker keeps a connection before closing and reopening it: well
+inside the grace (0.5 s), so none of its connections is ever old enough to give way."""
+
+
+def test_addresses_that_churn_their_silent_connections_cannot_keep_a_newcomer_out(
+    crowded_cluster: Cluster,
+) -> None:
+    """As many addresses as the room has places, each closing its silent connection
+    before it has waited the grace and reopening it at once (40 handshakes a second
+    here): no connection is ever old enough to give way. An address that leaves a
+    connection silent may not take the top quarter of the room for a while, so a
+    newcomer finds it."""
+    url, port = crowded_cluster.url, crowded_cluster.port
+    churners = ATTACKERS[:ROOM]
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        counts = {"held": 0, "refused": 0, "failed": 0}
+        holders: set[str] = set()
+        attack = [
+            asyncio.create_task(_hold(url, s, stop, counts, holders, churn=CHURN)) for s in churners
+        ]
+        try:
+            await until(lambda: holders == set(churners), "every churner to hold")
+            await until(lambda: counts["held"] >= 3 * ROOM, "the churn to go round")
+            results = []
+            for n in range(3):
+                results.append(await _newcomer(url, f"127.0.0.{110 + n}"))
+            print(f"newcomers (seconds, attempts): {results}; churners: {counts}")
+            assert all(took <= BOUND for took, _ in results), results
+            assert counts["held"] >= 3 * ROOM
+            assert (await health(port))["challenged"] >= ROOM // 2  # still churning
         finally:
             stop.set()
             with contextlib.suppress(Exception):

@@ -46,20 +46,24 @@ closes a socket: the connection state machine (:mod:`workers.connection`) turns 
        Otherwise the *waiting rule*: the newcomer takes the place of the connection that
        has waited longest, if it has waited ``challenge_grace`` (default 0.5 s) and its
        source holds more pending connections than the newcomer's (``m >= h + 1``: at
-       worst a swap, never a less fair room), unless the newcomer's source was itself
-       replaced by this rule within :data:`SUSPECT_FOR`. Counting cannot help against
-       many sources holding one silent connection each (nobody is heavier by two); time
-       can, since a real client answers within a round trip and leaves the challenge
-       phase long before the grace is out. The mark on a replaced source keeps an
+       worst a swap, never a less fair room), unless the newcomer's source is *marked*:
+       one of its connections was replaced by this rule, or closed by its client before
+       answering, within :data:`SUSPECT_FOR`. A marked source may not take the top
+       :data:`CHALLENGE_RESERVE` of the challenge phase either (free or not). Counting
+       cannot help against many sources holding one silent connection each (nobody is
+       heavier by two); time can, since a real client answers within a round trip and
+       leaves the challenge phase long before the grace is out. The marks keep an
        attacker's reopened connections from sweeping away, one after the other, every
-       connection old enough to give way before a newcomer gets to one; marks are
-       bounded (:data:`SUSPECTS_PER_SLOT` per slot, oldest forgotten first). What this
-       guarantees, whatever the number of sources: a newcomer from a source holding
-       nothing is refused only while every pending connection arrived within the last
-       ``challenge_grace``, so keeping newcomers out takes renewing the whole challenge
-       phase every grace (``max_pending_auth / challenge_grace`` handshakes a second),
-       by sources not marked or by closing one's own connections early; merely holding
-       connections does not. Only the oldest connection is looked at: O(1).
+       connection old enough to give way before a newcomer gets to one, and keep an
+       attacker that closes its connections young and reopens them out of the reserve;
+       they are bounded (:data:`SUSPECTS_PER_SLOT` per slot, oldest forgotten first).
+       What this guarantees, whatever the number of sources: a newcomer from a source
+       that holds nothing and is not marked is refused only while every pending
+       connection arrived within the last ``challenge_grace``, and the reserve can only
+       be renewed by sources not marked, each marked once its connection is replaced or
+       closed unanswered. So keeping newcomers out takes fresh sources, a reserve's
+       worth every grace; holding connections, or churning them, does not. Only the
+       oldest connection is looked at: O(1).
     3. The *auth window*: at most ``window`` connections *in flight*, that is admitted
        and not yet settled (challenged, verified, or waiting for the coordinator's
        ack; a connection settles when it is acknowledged, fails or closes). Past it
@@ -276,11 +280,21 @@ in half regrows within a second or two rather than overshooting."""
 
 
 SUSPECT_FOR: Final = 30.0
-"""Seconds a source whose connection was replaced under the waiting rule (it waited past
-``challenge_grace`` without answering while the door was full) may not replace anyone
-by that rule itself: a silent address evicted once cannot come back and evict in turn,
+"""Seconds a source is *marked* after one of its connections left the challenge phase
+without answering: replaced under the waiting rule (it waited past ``challenge_grace``
+while the door was full), or closed by its client before answering. A marked source
+may not replace anyone by the waiting rule, nor take the top of the challenge phase
+(:data:`CHALLENGE_RESERVE`): a silent address evicted once cannot come back and evict in turn,
 so an attacker's reopened connections do not sweep the room of everything that became
 old enough, and what became old enough waits for a newcomer."""
+
+CHALLENGE_RESERVE: Final = 0.25
+"""The top of the challenge phase that a marked source (see :data:`SUSPECT_FOR`) may not
+take, free or not: a quarter of ``max_pending_auth``, rounded down. An attacker that
+closes its own silent connections before they have waited ``challenge_grace`` and
+reopens them (so that none is ever old enough to give way) is marked at its first such
+close, and then keeps at most the rest of the room young: the reserve stays for
+sources that have not left a connection silent, or is renewed with fresh addresses."""
 
 SUSPECTS_PER_SLOT: Final = 32
 """Sources remembered that way, per slot of the challenge phase (32,000 at the defaults,
@@ -383,6 +397,7 @@ class Admission:
         "_floor",
         "_flying",
         "_heaviest",
+        "_held_back",
         "_open",
         "_pending",
         "_since",
@@ -405,6 +420,7 @@ class Admission:
         self.window = min(max(float(lim.auth_window), self._floor), self._ceiling)
         """Auths allowed in flight now (see :meth:`observe`)."""
         self._threshold = self._ceiling  # where doubling gives way to adding
+        self._held_back = math.floor(lim.max_pending_auth * CHALLENGE_RESERVE)
         self._pending: dict[int, str] = {}  # challenge phase: connection -> source, oldest first
         self._since: dict[int, float] = {}  # challenge phase: connection -> admitted at
         # Sources replaced under the waiting rule -> until when they may not replace by it.
@@ -540,8 +556,13 @@ class Admission:
         self.authenticated(conn)
         self._settle(conn)
 
-    def closed(self, conn: int) -> None:
-        """``conn`` ended (in any state). Idempotent; unknown or evicted ids change nothing."""
+    def closed(self, conn: int, now: float | None = None) -> None:
+        """``conn`` ended (in any state) at ``now``. One that ends in the challenge phase
+        left without answering: its source is marked (:data:`SUSPECT_FOR`), unless
+        ``now`` is not given. Idempotent; unknown or evicted ids change nothing."""
+        source = self._pending.get(conn)
+        if source is not None and now is not None:
+            self._suspect(source, now)
         self._release(conn)
         self._settle(conn)
         self._open.discard(conn)
@@ -562,7 +583,11 @@ class Admission:
         held = len(known.pending) if known is not None else 0
         victim: int | None = None
         waited = False
-        if len(self._pending) >= lim.max_pending_auth:
+        pending = len(self._pending)
+        if lim.max_pending_auth - self._held_back <= pending < lim.max_pending_auth:
+            if self._suspected(source, now):  # the reserve is for unmarked sources
+                return Admit.BUSY, None, False
+        elif pending >= lim.max_pending_auth:
             if self._heaviest >= held + 2:
                 heaviest = self._sources[next(iter(self._by_count[self._heaviest]))]
                 victim = next(iter(heaviest.pending))
@@ -614,7 +639,8 @@ class Admission:
 
     def _suspected(self, source: str, now: float) -> bool:
         self._forget(now)
-        return source in self._suspects
+        until = self._suspects.get(source)
+        return until is not None and until > now
 
     def _forget(self, now: float) -> None:
         """Forget the marks expired at ``now``: they are kept in the order they expire,

@@ -348,7 +348,7 @@ class WorkerCore(Generic[H]):
 
     def closed(self, client: Client[H]) -> None:
         """``client``'s transport ended (whoever closed it)."""
-        self.admission.closed(client.machine.conn_id)
+        self.admission.closed(client.machine.conn_id, self.now)
         self.clients.remove(client)
         self.perform(client, client.machine.on_transport_closed())
 

@@ -9,6 +9,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from workers.admission import (
+    CHALLENGE_RESERVE,
     DECREASE,
     INCREASE,
     MIN_WINDOW,
@@ -727,10 +728,12 @@ def test_suspects_are_bounded_and_forgotten_after_suspect_for() -> None:
 
 def test_at_the_defaults_a_thousand_silent_addresses_cannot_keep_a_newcomer_out() -> None:
     """The reported attack at the default limits: 1,000 addresses, each holding one
-    connection that never answers, reopened the moment it is closed, fill the
-    challenge phase (the window grows to it under their demand). A newcomer from a new
-    address is admitted at once; the address it displaced cannot displace in turn, and
-    every later newcomer is admitted at once too."""
+    connection that never answers, fill the challenge phase (the window grows to it
+    under their demand). Newcomers from new addresses come every 10 ms for two seconds,
+    answer at once, and are each admitted at once. A displaced address that reopens at
+    once gets nothing, and whatever place a newcomer leaves by answering, a fresh
+    attacking address takes first: the room stays full of silent connections, and
+    still every newcomer gets in."""
     door = Admission()
     ids = itertools.count()
     now = 0.0
@@ -744,20 +747,17 @@ def test_at_the_defaults_a_thousand_silent_addresses_cannot_keep_a_newcomer_out(
         now += 0.1
     assert door.window == 1000.0 and door.sources == 1000
     now += GRACE
-    for k in range(200):  # a newcomer every 10 ms for two seconds
+    for k in range(200):
         now += 0.01
         decision = door.admit(conn := next(ids), f"192.0.2.{k}", now)
         assert decision.admitted and decision.waited, (k, decision)
-        # The displaced address reopens at once: it may not displace anyone in turn...
-        (victim,) = decision.evict
-        source = holding.pop(victim)
-        assert door.admit(next(ids), source, now) == Decision(BUSY)
-        # ...but once the newcomer has answered, it gets the room that left, as anyone
-        # would: the room is full of silent connections again.
-        door.settled(conn)
-        reopened = next(ids)
-        assert door.admit(reopened, source, now) == Decision(OK)
-        holding[reopened] = source
+        (victim,) = decision.evict  # the displaced address reopens at once: refused
+        assert door.admit(next(ids), holding.pop(victim), now) == Decision(BUSY)
+        door.settled(conn)  # the newcomer answers; a fresh attacking address is first
+        fresh = f"10.1.{k // 256}.{k % 256}"
+        conn = next(ids)
+        assert door.admit(conn, fresh, now).admitted
+        holding[conn] = fresh
         assert door.pending == 1000
     assert door.replaced == 200 and door.suspects == 200
 
@@ -798,7 +798,12 @@ def test_a_newcomer_waits_only_while_the_attack_renews_the_whole_room_within_the
       ``max_pending_auth / challenge_grace`` handshakes a second, however many sources
       it has;
     * a real client that answers within the grace is never evicted;
-    * the waiting rule only takes a slot from a source holding more than the newcomer's.
+    * the waiting rule only takes a slot from a source holding more than the newcomer's;
+    * a source marked (one of its connections left the challenge phase silent, by
+      the waiting rule or by closing) takes neither a place by the waiting rule nor
+      one in the top :data:`CHALLENGE_RESERVE` of the challenge phase for
+      :data:`SUSPECT_FOR`: churning its own connections keeps at most the rest of the
+      room young.
     """
     door = Admission(
         AdmissionLimits(max_pending_auth=room, auth_window=window, challenge_grace=grace)
@@ -808,6 +813,8 @@ def test_a_newcomer_waits_only_while_the_attack_renews_the_whole_room_within_the
     since: dict[int, float] = {}  # waiting to answer -> admitted at
     silent: dict[int, str] = {}  # the attackers' connections -> source
     answers: dict[int, float] = {}  # real clients admitted -> when they answer
+    marked: dict[str, float] = {}  # source -> marked until
+    held_back = int(room * CHALLENGE_RESERVE)
     fresh = itertools.count()
     for kind, value in steps:
         if kind == "wait":
@@ -822,8 +829,9 @@ def test_a_newcomer_waits_only_while_the_attack_renews_the_whole_room_within_the
             if not silent:
                 continue
             conn = sorted(silent)[int(value) % len(silent)]
-            door.closed(conn)
-            del silent[conn], since[conn]
+            door.closed(conn, now)
+            marked[silent.pop(conn)] = now + SUSPECT_FOR
+            del since[conn]
         else:
             newcomer = kind == "newcomer"
             source = f"new{next(fresh)}" if newcomer else f"a{int(value) % attackers}"
@@ -831,7 +839,8 @@ def test_a_newcomer_waits_only_while_the_attack_renews_the_whole_room_within_the
             for s in silent.values():
                 held[s] += 1
             oldest = min(since.values(), default=None)
-            flying = door.in_flight
+            flying, pending = door.in_flight, door.pending
+            suspect = marked.get(source, -1.0) > now
             decision = door.admit(conn := next(ids), source, now)
             for victim in decision.evict:
                 assert victim not in answers, "a real client was evicted"
@@ -839,6 +848,10 @@ def test_a_newcomer_waits_only_while_the_attack_renews_the_whole_room_within_the
                 del since[victim]
                 if decision.waited:
                     assert held[victim_source] > held.get(source, 0)
+                    assert not suspect
+                    marked[victim_source] = now + SUSPECT_FOR
+            if decision.admitted and suspect and not decision.evict:
+                assert pending < room - held_back
             if decision.admitted:
                 event(f"{kind} admitted{' by the waiting rule' if decision.waited else ''}")
                 since[conn] = now
@@ -853,3 +866,30 @@ def test_a_newcomer_waits_only_while_the_attack_renews_the_whole_room_within_the
             else:
                 event("attacker refused")
         assert door.pending == len(since)
+
+
+def test_a_source_that_leaves_a_connection_silent_may_not_take_the_top_of_the_room() -> None:
+    """Churn: an attacker closes its own silent connections before they have waited
+    the grace and reopens them at once, so none is ever old enough to give way. Its
+    first such close marks its address: it keeps at most the room less the reserve,
+    and a newcomer finds the reserve."""
+    door = Admission(AdmissionLimits(max_pending_auth=8))  # the reserve: 2
+    now = 0.0
+    for n in range(8):
+        door.admit(n, f"a{n}", now)
+    for n in range(8):  # each churns once: closed while waiting, then reopens
+        now += 0.01
+        door.closed(n, now)
+        # The first two find the room in its top quarter: what they left stays free.
+        assert door.admit(100 + n, f"a{n}", now).admitted == (n >= 2), n
+    assert door.pending == 6 and door.suspects == 8
+    assert door.admit(200, "new", now) == Decision(OK)
+    assert door.admit(201, "new2", now) == Decision(OK)
+    door.closed(200)  # (no time given: no mark; the room is for anyone)
+    assert door.admit(202, "a0", now) == Decision(BUSY)  # it lost its place by churning
+    assert door.admit(203, "a0", now + SUSPECT_FOR) == Decision(OK)
+    # Closing after answering marks nothing.
+    assert door.suspects == 0  # all expired, and forgotten at that look
+    door.authenticated(201)
+    door.closed(201, now + SUSPECT_FOR)
+    assert door.suspects == 0
