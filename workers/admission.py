@@ -49,7 +49,7 @@ closes a socket: the connection state machine (:mod:`workers.connection`) turns 
        worst a swap, never a less fair room), unless the newcomer's source is *marked*:
        one of its connections was replaced by this rule, or closed by its client before
        answering, within :data:`SUSPECT_FOR`. A marked source may not take the top
-       :data:`CHALLENGE_RESERVE` of the challenge phase either (free or not). Counting
+       :data:`CHALLENGE_RESERVE` of the challenge phase but by the count rule. Counting
        cannot help against many sources holding one silent connection each (nobody is
        heavier by two); time can, since a real client answers within a round trip and
        leaves the challenge phase long before the grace is out. The marks keep an
@@ -289,8 +289,9 @@ so an attacker's reopened connections do not sweep the room of everything that b
 old enough, and what became old enough waits for a newcomer."""
 
 CHALLENGE_RESERVE: Final = 0.25
-"""The top of the challenge phase that a marked source (see :data:`SUSPECT_FOR`) may not
-take, free or not: a quarter of ``max_pending_auth``, rounded down. An attacker that
+"""The top of the challenge phase that a marked source (see :data:`SUSPECT_FOR`) may
+enter only by the count rule (from a source holding two more), as if the room were
+full: a quarter of ``max_pending_auth``, rounded down. An attacker that
 closes its own silent connections before they have waited ``challenge_grace`` and
 reopens them (so that none is ever old enough to give way) is marked at its first such
 close, and then keeps at most the rest of the room young: the reserve stays for
@@ -584,10 +585,10 @@ class Admission:
         victim: int | None = None
         waited = False
         pending = len(self._pending)
-        if lim.max_pending_auth - self._held_back <= pending < lim.max_pending_auth:
-            if self._suspected(source, now):  # the reserve is for unmarked sources
-                return Admit.BUSY, None, False
-        elif pending >= lim.max_pending_auth:
+        full = pending >= lim.max_pending_auth
+        if not full and pending >= lim.max_pending_auth - self._held_back:
+            full = self._suspected(source, now)  # for it the reserve is full: by count only
+        if full:
             if self._heaviest >= held + 2:
                 heaviest = self._sources[next(iter(self._by_count[self._heaviest]))]
                 victim = next(iter(heaviest.pending))

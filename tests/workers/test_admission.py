@@ -893,3 +893,21 @@ def test_a_source_that_leaves_a_connection_silent_may_not_take_the_top_of_the_ro
     door.authenticated(201)
     door.closed(201, now + SUSPECT_FOR)
     assert door.suspects == 0
+
+
+def test_a_marked_source_still_gets_the_top_of_the_room_by_the_count_rule() -> None:
+    """A user who closed a connection before answering (a reload) and comes back while
+    one address floods: the top quarter is not for it, but the flooder holds two more,
+    so it takes the flooder's oldest place, as it would in a full room."""
+    door = Admission(AdmissionLimits(max_pending_auth=8))
+    door.admit(0, "user", 0.0)
+    door.closed(0, 0.0)  # marked
+    for n in range(1, 7):
+        door.admit(n, "flood", 0.0)
+    assert door.pending == 6  # the top quarter begins
+    assert door.admit(10, "user", 0.1) == Decision(OK, (1,))
+    # By count it goes on until the two are level, and no further.
+    assert door.admit(11, "user", 0.1) == Decision(OK, (2,))
+    assert door.admit(12, "user", 0.1) == Decision(OK, (3,))
+    assert door.admit(13, "user", 0.1) == Decision(BUSY)
+    assert door.admit(14, "other", 0.1) == Decision(OK)  # unmarked: the top is free
