@@ -430,12 +430,14 @@ admits = st.tuples(
 )
 releases = st.tuples(st.sampled_from(["authenticated", "settled", "closed"]), st.integers(0, 60))
 lags = st.tuples(st.just("observe"), st.sampled_from([0.0, 0.01, 0.2, float("nan")]))
-ops = st.lists(st.one_of(admits, admits, releases, lags), min_size=10, max_size=250)
+# Time passing: nothing, less than the grace, more, past every mark.
+waits = st.tuples(st.just("wait"), st.sampled_from([0.0, 0.2, 0.6, SUSPECT_FOR + 1]))
+ops = st.lists(st.one_of(admits, admits, admits, releases, lags, waits), min_size=10, max_size=250)
 
 
 @settings(max_examples=400, deadline=None)
 @given(
-    max_connections=st.integers(1, 30),
+    max_connections=st.integers(1, 60),
     max_pending=st.integers(1, 24),  # the window moves above MIN_WINDOW (16)
     window=st.integers(1, 24),
     reserve=st.floats(min_value=0.0, max_value=0.9),
@@ -458,7 +460,11 @@ def test_admission_against_a_model(
     reserve, for a source at its share) has no room; ``check`` answers what ``admit``
     does; no admission ever puts more than the window in flight, or gives one source
     more than ``max(share, window - reserve)``; the window stays within its bounds;
-    per-source state is only for sources in flight."""
+    per-source state is only for sources in flight. With time passing, the waiting
+    rule evicts exactly when the model says (the oldest, past the grace, of a source
+    holding more, for a source not marked), marks are made and expire as modelled (a
+    connection replaced by the rule, or closed while waiting), and a marked source
+    finds the top of the challenge phase full."""
     limits = AdmissionLimits(
         max_connections=max_connections,
         max_pending_auth=max_pending,
@@ -468,20 +474,28 @@ def test_admission_against_a_model(
         source_share=share,
     )
     door = Admission(limits)
+    grace, top = limits.challenge_grace, max_pending - int(max_pending * CHALLENGE_RESERVE)
+    now = 0.0
     pending: dict[int, str] = {}  # in admission order
+    since: dict[int, float] = {}
+    marked: dict[str, float] = {}  # source -> until
     flying: dict[int, str] = {}
     opened: set[int] = set()
     used: list[int] = []  # ids handed out, for steps that name one
     next_id = itertools.count(1000)
-    refusals = evictions = 0
+    refusals = evictions = replaced = 0
     for step in steps:
         if step[0] == "observe":
             door.observe(step[1])  # type: ignore[arg-type]
+        elif step[0] == "wait":
+            now += step[1]  # type: ignore[operator]
         elif step[0] != "admit":
             _, index = step
             conn = used[int(index) % len(used)] if used else int(index)
             if step[0] == "closed":
-                door.closed(conn)
+                door.closed(conn, now)
+                if conn in pending:  # it left without answering
+                    marked[pending[conn]] = now + SUSPECT_FOR
                 pending.pop(conn, None)
                 flying.pop(conn, None)
                 opened.discard(conn)
@@ -501,17 +515,37 @@ def test_admission_against_a_model(
             heaviest = max(held.values())
             counted = conn in pending or conn in opened
             full = len(pending) + len(opened) >= max_connections
-            room = len(pending) < max_pending
+            suspect = marked.get(source, -1.0) > now
+            room = len(pending) < max_pending and not (suspect and len(pending) >= top)
             owed = not room and heaviest >= held[source] + 2
+            oldest = next(iter(pending), None)
+            ripe = (  # what the waiting rule would take
+                oldest
+                if oldest is not None
+                and now - since[oldest] >= grace
+                and held[pending[oldest]] > held[source]
+                and not suspect
+                else None
+            )
             mine = sum(1 for s in flying.values() if s == source)
-            after = len(flying) + (0 if room else -1) + 1
             cap = door.window - door.reserve
-            fits = after <= cap + 1e-9 or (after <= door.window + 1e-9 and mine < door.share)
+
+            def fits(after: int, mine: int = mine, cap: float = cap) -> bool:
+                return after <= cap + 1e-9 or (after <= door.window + 1e-9 and mine < door.share)
+
+            by_room = room or owed or ripe is not None
+            evicting = not room  # (by count, or by the waiting rule)
+            in_window = fits(len(flying) - evicting + 1)
+            by_window = not in_window and not evicting and ripe is not None
+            by_window = by_window and fits(len(flying))
             w, r, sh = door.window, door.reserve, door.share
 
-            answer = None if counted else door.check(source)
-            decision = door.admit(conn, source)
-            event(f"{decision.verdict.value}{' evicting' if decision.evict else ''}")
+            answer = None if counted else door.check(source, now)
+            decision = door.admit(conn, source, now)
+            event(
+                f"{decision.verdict.value}{' evicting' if decision.evict else ''}"
+                f"{' (waited)' if decision.waited else ''}"
+            )
 
             if counted:
                 assert decision == Decision(OK)
@@ -521,25 +555,32 @@ def test_admission_against_a_model(
                 assert decision.evict == ()
                 if full:
                     assert decision.verdict is FULL
-                elif not room and not owed:
+                elif not by_room:
                     assert decision.verdict is BUSY
                 else:
                     assert decision.verdict is THROTTLED
-                    assert not fits
+                    assert not in_window and not by_window
             else:
                 assert answer is OK
-                assert not full and (room or owed) and fits
-                if room:
+                assert not full and by_room and (in_window or by_window)
+                if room and not by_window:
                     assert decision.evict == ()
                 else:
                     (victim,) = decision.evict
                     victim_source = pending[victim]
-                    assert held[victim_source] == heaviest  # of a heaviest source,
-                    assert victim == next(c for c, s in pending.items() if s == victim_source)
-                    del pending[victim]  # its oldest, gone from every count
+                    if owed:
+                        assert not decision.waited
+                        assert held[victim_source] == heaviest  # of a heaviest source,
+                        assert victim == next(c for c, s in pending.items() if s == victim_source)
+                    else:  # the waiting rule: the oldest, which waited the grace
+                        assert decision.waited and victim == ripe
+                        marked[victim_source] = now + SUSPECT_FOR
+                        replaced += 1
+                    del pending[victim]  # gone from every count
                     del flying[victim]
                     evictions += 1
                 pending[conn] = source
+                since[conn] = now
                 flying[conn] = source
                 # What the window guarantees, at the moment of the admission:
                 assert len(flying) <= w + 1e-9
@@ -549,6 +590,7 @@ def test_admission_against_a_model(
         assert door.connections == len(pending) + len(opened) <= max_connections
         assert door.sources == len(set(flying.values()))
         assert min(MIN_WINDOW, max_pending) <= door.window <= max_pending
+    assert door.replaced == replaced
     assert sum(door.refused.values()) == refusals
     assert door.evicted == evictions
 
