@@ -53,11 +53,13 @@ async def _hold(
     counts: dict[str, int],
     holders: set[str],
     churn: float | None = None,
+    garbage: bool = False,
 ) -> None:
     """One attacking address: hold one silent connection, reopen it when it closes (or,
     with ``churn``, close it after that many seconds and reopen it, so that it never
-    waits long), retry a refusal after :data:`RETRY`, until ``stop``. ``holders``: the
-    addresses that have held a connection."""
+    waits long; with ``garbage``, answer its challenge with a bad frame instead, which
+    the server closes), retry a refusal after :data:`RETRY`, until ``stop``.
+    ``holders``: the addresses that have held a connection."""
     while not stop.is_set():
         try:
             ws = await connect(url, local_addr=(source, 0), open_timeout=10)
@@ -78,6 +80,10 @@ async def _hold(
             await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
             for end in ends:
                 end.cancel()
+            if garbage and not stop.is_set():
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send("{}")  # auth_failed and 4001 follow
+                    await asyncio.wait_for(ws.wait_closed(), 10)
         finally:
             await ws.close()
 
@@ -162,14 +168,15 @@ CHURN = 0.2
 inside the grace (0.5 s), so none of its connections is ever old enough to give way."""
 
 
+@pytest.mark.parametrize("garbage", [False, True], ids=["closing", "answering-garbage"])
 def test_addresses_that_churn_their_silent_connections_cannot_keep_a_newcomer_out(
-    crowded_cluster: Cluster,
+    crowded_cluster: Cluster, garbage: bool
 ) -> None:
     """As many addresses as the room has places, each closing its silent connection
-    before it has waited the grace and reopening it at once (40 handshakes a second
-    here): no connection is ever old enough to give way. An address that leaves a
-    connection silent may not take the top quarter of the room for a while, so a
-    newcomer finds it."""
+    (or answering it with garbage) before it has waited the grace and reopening it at
+    once (40 handshakes a second here): no connection is ever old enough to give way.
+    An address that leaves a connection without a valid answer may not take the top
+    quarter of the room for a while, so a newcomer finds it."""
     url, port = crowded_cluster.url, crowded_cluster.port
     churners = ATTACKERS[:ROOM]
 
@@ -178,7 +185,8 @@ def test_addresses_that_churn_their_silent_connections_cannot_keep_a_newcomer_ou
         counts = {"held": 0, "refused": 0, "failed": 0}
         holders: set[str] = set()
         attack = [
-            asyncio.create_task(_hold(url, s, stop, counts, holders, churn=CHURN)) for s in churners
+            asyncio.create_task(_hold(url, s, stop, counts, holders, churn=CHURN, garbage=garbage))
+            for s in churners
         ]
         try:
             await until(lambda: holders == set(churners), "every churner to hold")

@@ -47,23 +47,23 @@ closes a socket: the connection state machine (:mod:`workers.connection`) turns 
        has waited longest, if it has waited ``challenge_grace`` (default 0.5 s) and its
        source holds more pending connections than the newcomer's (``m >= h + 1``: at
        worst a swap, never a less fair room), unless the newcomer's source is *marked*:
-       one of its connections was replaced by this rule, or closed by its client before
-       answering, within :data:`SUSPECT_FOR`. A marked source may not take the top
-       :data:`CHALLENGE_RESERVE` of the challenge phase but by the count rule. Counting
-       cannot help against many sources holding one silent connection each (nobody is
-       heavier by two); time can, since a real client answers within a round trip and
-       leaves the challenge phase long before the grace is out. The marks keep an
-       attacker's reopened connections from sweeping away, one after the other, every
-       connection old enough to give way before a newcomer gets to one, and keep an
-       attacker that closes its connections young and reopens them out of the reserve;
-       they are bounded (:data:`SUSPECTS_PER_SLOT` per slot, oldest forgotten first).
-       What this guarantees, whatever the number of sources: a newcomer from a source
-       that holds nothing and is not marked is refused only while every pending
-       connection arrived within the last ``challenge_grace``, and the reserve can only
-       be renewed by sources not marked, each marked once its connection is replaced or
-       closed unanswered. So keeping newcomers out takes fresh sources, a reserve's
-       worth every grace; holding connections, or churning them, does not. Only the
-       oldest connection is looked at: O(1).
+       one of its connections was replaced by this rule, or left without a valid answer
+       (closed, answered wrongly, silent to its deadline), within :data:`SUSPECT_FOR`. A
+       marked source may not take the top :data:`CHALLENGE_RESERVE` of the challenge
+       phase but by the count rule. Counting cannot help against many sources holding
+       one silent connection each (nobody is heavier by two); time can, since a real
+       client answers within a round trip and leaves the challenge phase long before the
+       grace is out. The marks keep an attacker's reopened connections from sweeping
+       away, one after the other, every connection old enough to give way before a
+       newcomer gets to one, and keep an attacker that closes its connections young and
+       reopens them out of the reserve; they are bounded (:data:`SUSPECTS_PER_SLOT` per
+       slot, oldest forgotten first). What this guarantees, whatever the number of
+       sources: a newcomer from a source that holds nothing and is not marked is refused
+       only while every pending connection arrived within the last ``challenge_grace``,
+       and the reserve can only be renewed by sources not marked, each marked once its
+       connection is replaced or leaves without a valid answer. So keeping newcomers out
+       takes fresh sources, a reserve's worth every grace; holding connections, or
+       churning them, does not. Only the oldest connection is looked at: O(1).
     3. The *auth window*: at most ``window`` connections *in flight*, that is admitted
        and not yet settled (challenged, verified, or waiting for the coordinator's
        ack; a connection settles when it is acknowledged, fails or closes). Past it
@@ -281,8 +281,9 @@ in half regrows within a second or two rather than overshooting."""
 
 SUSPECT_FOR: Final = 30.0
 """Seconds a source is *marked* after one of its connections left the challenge phase
-without answering: replaced under the waiting rule (it waited past ``challenge_grace``
-while the door was full), or closed by its client before answering. A marked source
+without a valid answer: replaced under the waiting rule (it waited past
+``challenge_grace`` while the door was full), closed by its client, answered wrongly,
+or silent to its deadline (:meth:`Admission.closed`, :meth:`Admission.unanswered`). A marked source
 may not replace anyone by the waiting rule, nor take the top of the challenge phase
 (:data:`CHALLENGE_RESERVE`): a silent address evicted once cannot come back and evict in turn,
 so an attacker's reopened connections do not sweep the room of everything that became
@@ -556,6 +557,17 @@ class Admission:
         :meth:`authenticated`. Idempotent; unknown or evicted ids change nothing."""
         self.authenticated(conn)
         self._settle(conn)
+
+    def unanswered(self, conn: int, now: float) -> None:
+        """``conn`` leaves the challenge phase at ``now`` without a valid answer (a bad
+        frame, or its deadline): its source is marked, as for a connection closed while
+        waiting, and it is released as by :meth:`settled`. Otherwise a client could keep
+        its connections young by sending garbage just before the grace, unmarked.
+        Idempotent; unknown or evicted ids change nothing."""
+        source = self._pending.get(conn)
+        if source is not None:
+            self._suspect(source, now)
+        self.settled(conn)
 
     def closed(self, conn: int, now: float | None = None) -> None:
         """``conn`` ended (in any state) at ``now``. One that ends in the challenge phase

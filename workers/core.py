@@ -72,7 +72,7 @@ from shared import logs, protocol
 from workers import stats
 from workers.admission import Admission, Admit
 from workers.clients import Client, ClientTable, Group
-from workers.connection import Connection, Link, State, Verifier
+from workers.connection import Connection, Event, Link, State, Verifier
 from workers.outputs import Broadcast, ClientOutput, Emit, Report, StartRoute, Synced
 from workers.outputs import Output as MachineOutput
 from workers.replica import Announce, Forward, Replica, RequestSnapshot, Resynced, SyncState
@@ -100,6 +100,9 @@ LOG_EVERY: Final = 1.0
 """Seconds between log lines summing refusals and drops (a storm must not flood logs)."""
 
 _SETTLED: Final = frozenset({State.ACKED, State.AUTHENTICATED, State.CLOSING})
+_UNANSWERED: Final = frozenset({Event.AUTH_INVALID, Event.DEADLINE})
+"""How a connection leaves the challenge phase without a valid answer (a bad frame, or
+silence until its deadline): its source is marked as one that closed unanswered."""
 """States in which a connection is out of the auth window (acknowledged, or done)."""
 _REPAIRED_BY_HELLO: Final = (bb.Authed, bb.Closed, bb.Hello)
 
@@ -334,7 +337,7 @@ class WorkerCore(Generic[H]):
             frame, now, self.link(now), self.replica, self.shell.buffered(client.handle)
         )
         if machine.state is not State.CHALLENGED:
-            self.admission.authenticated(machine.conn_id)
+            self._left_challenge(machine)
         self.perform(client, outputs)
 
     def deadline(self, client: Client[H], now: float) -> None:
@@ -343,8 +346,17 @@ class WorkerCore(Generic[H]):
         machine = client.machine
         outputs = machine.on_deadline(now)
         if machine.state is not State.CHALLENGED:
-            self.admission.authenticated(machine.conn_id)
+            self._left_challenge(machine)
         self.perform(client, outputs)
+
+    def _left_challenge(self, machine: Connection) -> None:
+        """``machine`` is out of the challenge phase: answered, or (a bad frame, or
+        silence to its deadline) not, which marks its source."""
+        trace = machine.trace
+        if trace and trace[-1][0] is State.CHALLENGED and trace[-1][1] in _UNANSWERED:
+            self.admission.unanswered(machine.conn_id, self.now)
+        else:
+            self.admission.authenticated(machine.conn_id)
 
     def closed(self, client: Client[H]) -> None:
         """``client``'s transport ended (whoever closed it)."""

@@ -346,6 +346,29 @@ def test_a_full_door_of_silent_connections_gives_the_oldest_one_to_a_newcomer() 
     w.core.clients.check()
 
 
+def test_a_connection_that_leaves_the_challenge_phase_without_a_valid_answer_marks_its_source() -> (
+    None
+):
+    """A bad frame (4001), silence to the deadline (4003) or a close while waiting marks
+    the address (it may not take the top of the room or replace anyone for a while); a
+    valid answer, or the worker closing it for its own reasons, does not."""
+    w = Worker(max_pending_auth=4)
+    w.live()
+    garbage, silent, gone = w.connect(), w.connect(), w.connect()
+    w.frame(garbage, "{}")
+    assert garbage.machine.state is State.CLOSING
+    assert w.core.admission.suspects == 1
+    assert silent.machine.deadline is not None
+    w.core.deadline(silent, silent.machine.deadline)
+    assert silent.machine.state is State.CLOSING
+    assert w.core.admission.suspects == 2
+    w.core.closed(gone)
+    assert w.core.admission.suspects == 3
+    w.online(SKS[0])
+    w.core.closed(garbage)  # (already counted)
+    assert w.core.admission.suspects == 3
+
+
 # --------------------------------------------------------------------------- fan-out
 
 
