@@ -100,10 +100,10 @@ LOG_EVERY: Final = 1.0
 """Seconds between log lines summing refusals and drops (a storm must not flood logs)."""
 
 _SETTLED: Final = frozenset({State.ACKED, State.AUTHENTICATED, State.CLOSING})
+"""States in which a connection is out of the auth window (acknowledged, or done)."""
 _UNANSWERED: Final = frozenset({Event.AUTH_INVALID, Event.DEADLINE})
 """How a connection leaves the challenge phase without a valid answer (a bad frame, or
 silence until its deadline): its source is marked as one that closed unanswered."""
-"""States in which a connection is out of the auth window (acknowledged, or done)."""
 _REPAIRED_BY_HELLO: Final = (bb.Authed, bb.Closed, bb.Hello)
 
 
