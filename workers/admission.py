@@ -386,11 +386,13 @@ class Admission:
     that follows the event loop's lag.
 
     ``admit`` when a connection arrives (``check`` first, to refuse before the
-    handshake), ``authenticated`` when it leaves the challenge phase (answered, whatever
-    the outcome), ``settled`` when it is acknowledged or fails, ``closed`` when it ends,
-    and ``observe`` once a tick with the lag. Connection ids are the caller's: each is
-    counted at most once, every release is idempotent, and an id released (or evicted)
-    is forgotten, so the caller must not reuse ids.
+    handshake), ``authenticated`` when it leaves the challenge phase with a valid answer
+    (whatever the coordinator then says), ``unanswered`` when it leaves it without one
+    (a bad frame, its deadline), ``settled`` when it is acknowledged or fails,
+    ``closed`` when it ends, and ``observe`` once a tick with the lag. Times are the
+    caller's monotonic clock. Connection ids are the caller's: each is counted at most
+    once, every release is idempotent, and an id released (or evicted) is forgotten, so
+    the caller must not reuse ids.
     """
 
     __slots__ = (
