@@ -548,9 +548,9 @@ class Admission:
         return Decision(Admit.OK, () if victim is None else (victim,), waited)
 
     def authenticated(self, conn: int) -> None:
-        """``conn`` left the challenge phase (answered its challenge, whatever the
-        outcome) but stays open, and in flight until :meth:`settled`. Idempotent; unknown
-        or evicted ids change nothing."""
+        """``conn`` left the challenge phase (answered its challenge; without a valid
+        answer it is :meth:`unanswered`) but stays open, and in flight until
+        :meth:`settled`. Idempotent; unknown or evicted ids change nothing."""
         if self._release(conn):
             self._open.add(conn)
 
