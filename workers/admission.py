@@ -560,27 +560,32 @@ class Admission:
         self.authenticated(conn)
         self._settle(conn)
 
-    def unanswered(self, conn: int, now: float) -> None:
+    def unanswered(self, conn: int, now: float) -> bool:
         """``conn`` leaves the challenge phase at ``now`` without a valid answer (a bad
         frame, or its deadline): its source is marked, as for a connection closed while
         waiting, and it is released as by :meth:`settled`. Otherwise a client could keep
         its connections young by sending garbage just before the grace, unmarked.
-        Idempotent; unknown or evicted ids change nothing."""
+        Idempotent; unknown or evicted ids change nothing. Whether it marked."""
         source = self._pending.get(conn)
         if source is not None:
             self._suspect(source, now)
         self.settled(conn)
+        return source is not None
 
-    def closed(self, conn: int, now: float | None = None) -> None:
+    def closed(self, conn: int, now: float | None = None) -> bool:
         """``conn`` ended (in any state) at ``now``. One that ends in the challenge phase
         left without answering: its source is marked (:data:`SUSPECT_FOR`), unless
-        ``now`` is not given. Idempotent; unknown or evicted ids change nothing."""
+        ``now`` is not given. Idempotent; unknown or evicted ids change nothing. Whether
+        it marked."""
         source = self._pending.get(conn)
         if source is not None and now is not None:
             self._suspect(source, now)
+        else:
+            source = None
         self._release(conn)
         self._settle(conn)
         self._open.discard(conn)
+        return source is not None
 
     # ------------------------------------------------------------------ internals
 

@@ -304,6 +304,8 @@ class WorkerCore(Generic[H]):
             return None
         decision = self.admission.admit(conn_id, source, now)
         stats.evicted(len(decision.evict), waited=decision.waited)
+        if decision.waited:
+            stats.marked("replaced")
         for evicted in decision.evict:  # a heavier source's, or one that waited too long
             if (victim := self.clients.get(evicted)) is not None:
                 self.perform(victim, victim.machine.on_evicted())
@@ -354,13 +356,15 @@ class WorkerCore(Generic[H]):
         silence to its deadline) not, which marks its source."""
         trace = machine.trace
         if trace and trace[-1][0] is State.CHALLENGED and trace[-1][1] in _UNANSWERED:
-            self.admission.unanswered(machine.conn_id, self.now)
+            if self.admission.unanswered(machine.conn_id, self.now):
+                stats.marked("unanswered")
         else:
             self.admission.authenticated(machine.conn_id)
 
     def closed(self, client: Client[H]) -> None:
         """``client``'s transport ended (whoever closed it)."""
-        self.admission.closed(client.machine.conn_id, self.now)
+        if self.admission.closed(client.machine.conn_id, self.now):
+            stats.marked("closed")
         self.clients.remove(client)
         self.perform(client, client.machine.on_transport_closed())
 

@@ -34,6 +34,7 @@ _REFUSED: Final = {
 }
 _CUT_OFF: Final = metrics.ADMISSION_REFUSALS.labels("cut_off")
 _HEAVIER, _WAITED = (metrics.ADMISSION_EVICTIONS.labels(r) for r in metrics.EVICTION_RULES)
+_MARKS: Final = {why: metrics.ADMISSION_MARKS.labels(why) for why in metrics.MARK_REASONS}
 _STATES: Final = {state: metrics.CONNECTIONS.labels(state) for state in metrics.CONNECTION_STATES}
 _ROUTED: Final = {s: metrics.ROUTE_SECONDS.labels(s.value) for s in SendStatus}
 _API: Final = {int(status): metrics.API_REQUESTS.labels(status) for status in metrics.API_STATUSES}
@@ -109,6 +110,11 @@ def evicted(count: int, *, waited: bool) -> None:
     ``challenge_grace``), or for a newcomer from a source holding fewer."""
     if count:
         (_WAITED if waited else _HEAVIER).inc(count)
+
+
+def marked(why: str) -> None:
+    """A source marked (``why``: one of ``metrics.MARK_REASONS``)."""
+    _MARKS[why].inc()
 
 
 def dropped(kind: str) -> None:

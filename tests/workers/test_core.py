@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from shared import backbone as bb
-from shared import protocol, timings
+from shared import metrics, protocol, timings
 from workers.admission import AdmissionLimits
 from workers.clients import Client, Group
 from workers.connection import State
@@ -352,6 +352,8 @@ def test_a_connection_that_leaves_the_challenge_phase_without_a_valid_answer_mar
     """A bad frame (4001), silence to the deadline (4003) or a close while waiting marks
     the address (it may not take the top of the room or replace anyone for a while); a
     valid answer, or the worker closing it for its own reasons, does not."""
+    marks = {why: metrics.ADMISSION_MARKS.labels(why) for why in metrics.MARK_REASONS}
+    before = {why: m._value.get() for why, m in marks.items()}
     w = Worker(max_pending_auth=4)
     w.live()
     garbage, silent, gone = w.connect(), w.connect(), w.connect()
@@ -367,6 +369,8 @@ def test_a_connection_that_leaves_the_challenge_phase_without_a_valid_answer_mar
     w.online(SKS[0])
     w.core.closed(garbage)  # (already counted)
     assert w.core.admission.suspects == 3
+    counted = {why: m._value.get() - before[why] for why, m in marks.items()}
+    assert counted == {"replaced": 0, "unanswered": 2, "closed": 1}
 
 
 # --------------------------------------------------------------------------- fan-out
