@@ -50,6 +50,12 @@ RESYNC_REASONS: Final = ("start", "gap", "new_epoch")
 """``workers.replica.ResyncReason``'s values."""
 REFUSAL_REASONS: Final = ("full", "busy", "throttled", "cut_off")
 """``workers.admission.Admit``'s refusals, and a worker cut off from its coordinator."""
+EVICTION_RULES: Final = ("heavier_source", "waited")
+"""Why ``workers.admission`` evicted a challenged connection: its source held more, or
+it waited past ``--challenge-grace`` while the door was full."""
+MARK_REASONS: Final = ("replaced", "unanswered", "closed")
+"""Why ``workers.admission`` marked a source: its connection was replaced by the waiting
+rule, answered wrongly or not before its deadline, or was closed while waiting."""
 EPOCH_REASONS: Final = ("start", "move")
 API_STATUSES: Final = ("200", "400", "401", "404", "405", "503")
 """The statuses the backend API answers with (``workers.api``; a test checks them)."""
@@ -189,7 +195,16 @@ ADMISSION_REFUSALS: Final = Counter(
 ADMISSION_EVICTIONS: Final = Counter(
     "presence_admission_evictions_total",
     "Challenged connections closed (1013) to give their place to a newcomer from a source "
-    "holding fewer.",
+    "holding fewer, by rule: heavier_source (their source held at least two more), "
+    "waited (the oldest, silent past --challenge-grace while the door was full).",
+    ["rule"],
+)
+ADMISSION_MARKS: Final = Counter(
+    "presence_admission_marks_total",
+    "Sources marked for 30 s (no waiting rule, no top quarter of the challenge phase) "
+    "because a connection of theirs left the challenge phase without a valid answer: "
+    "replaced (by the waiting rule), unanswered (a bad frame, or the deadline), closed.",
+    ["why"],
 )
 PUBLISH_TO_WRITTEN: Final = Histogram(
     "presence_lobby_update_latency_seconds",
@@ -280,5 +295,9 @@ def start_worker() -> None:
         ROUTE_SECONDS.labels(status)
     for reason in REFUSAL_REASONS:
         ADMISSION_REFUSALS.labels(reason)
+    for rule in EVICTION_RULES:
+        ADMISSION_EVICTIONS.labels(rule)
+    for why in MARK_REASONS:
+        ADMISSION_MARKS.labels(why)
     for kind in WORKER_SENDS:
         BACKBONE_DROPPED.labels("worker", kind)

@@ -32,6 +32,7 @@ from shared.client import (
     public_key_hex,
 )
 from shared.protocol import CloseCode, RejectReason
+from shared.transport import websockets_opener
 from tests.support import Cluster, health, health_until, run, until
 
 pytestmark = pytest.mark.process
@@ -358,12 +359,13 @@ def test_frame_size_limits_before_and_after_auth(cluster: Cluster) -> None:
 def door_cluster(tmp_path: Path) -> Iterator[Cluster]:
     # A window of 16 (its floor) out of a challenge phase of 24, all of it for anyone (no
     # reserve), and a lag target no test machine misses: the window moves only by demand.
+    # Silent connections keep their places however slow the machine (no waiting rule).
     with Cluster(
         tmp_path,
         workers=1,
         worker_args=(
             *("--max-pending-auth", "24", "--auth-window", "16", "--auth-reserve", "0"),
-            *("--lag-target", "30"),
+            *("--lag-target", "30", "--challenge-grace", "30"),
         ),
     ) as c:
         yield c
@@ -403,16 +405,21 @@ def test_the_auth_window_and_the_challenge_phase_refuse_before_the_handshake(
         h = await health(port)
         assert h["refused"] == {"full": 0, "busy": 1, "throttled": 1}
         # One answers (wrongly): it leaves the challenge phase and the window, so one
-        # more gets in, and is out of the window once acknowledged.
+        # more gets in, and is out of the window once acknowledged. (From another
+        # address: the one that answered wrongly is marked, and the top of the
+        # challenge phase is not for it for a while.)
         await silent[0].send("{}")
         assert json.loads(await silent[0].recv())["type"] == "auth_failed"
         await health_until(port, lambda h: h["inFlight"] == 23, "the slot to free")
-        client = await LobbyClient.connect(url)
-        other = await LobbyClient.connect(url)
+        elsewhere = websockets_opener(local_addr=lambda: ("127.0.0.5", 0))
+        client = await LobbyClient.connect(url, opener=elsewhere)
+        other = await LobbyClient.connect(url, opener=elsewhere)
         await client.wait_for_view({client.public_key, other.public_key})
         assert (await health(port))["inFlight"] == 23
         # The Python client reads the refused upgrade as 1013.
-        await _challenged(url)
+        last = await _door(url, "127.0.0.5")  # the challenge phase is full again
+        assert not isinstance(last, int)
+        silent.append(last)
         with pytest.raises(ConnectionRefusedByServer) as refused:
             await LobbyClient.connect(url)
         assert (refused.value.code, refused.value.http_status) == (1013, 503)

@@ -42,6 +42,28 @@ closes a socket: the connection state machine (:mod:`workers.connection`) turns 
        Among equally heavy sources the one that reached that count first loses first.
        The heaviest source is found in O(1): sources are kept in buckets by count with
        the largest count tracked (counts change by one, so it moves by one).
+
+       Otherwise the *waiting rule*: the newcomer takes the place of the connection that
+       has waited longest, if it has waited ``challenge_grace`` (default 0.5 s) and its
+       source holds more pending connections than the newcomer's (``m >= h + 1``: at
+       worst a swap, never a less fair room), unless the newcomer's source is *marked*:
+       one of its connections was replaced by this rule, or left without a valid answer
+       (closed, answered wrongly, silent to its deadline), within :data:`SUSPECT_FOR`. A
+       marked source may not take the top :data:`CHALLENGE_RESERVE` of the challenge
+       phase but by the count rule. Counting cannot help against many sources holding
+       one silent connection each (nobody is heavier by two); time can, since a real
+       client answers within a round trip and leaves the challenge phase long before the
+       grace is out. The marks keep an attacker's reopened connections from sweeping
+       away, one after the other, every connection old enough to give way before a
+       newcomer gets to one, and keep an attacker that closes its connections young and
+       reopens them out of the reserve; they are bounded (:data:`SUSPECTS_PER_SLOT` per
+       slot, oldest forgotten first). What this guarantees, whatever the number of
+       sources: a newcomer from a source that holds nothing and is not marked is refused
+       only while every pending connection arrived within the last ``challenge_grace``,
+       and the reserve can only be renewed by sources not marked, each marked once its
+       connection is replaced or leaves without a valid answer. So keeping newcomers out
+       takes fresh sources, a reserve's worth every grace; holding connections, or
+       churning them, does not. Only the oldest connection is looked at: O(1).
     3. The *auth window*: at most ``window`` connections *in flight*, that is admitted
        and not yet settled (challenged, verified, or waiting for the coordinator's
        ack; a connection settles when it is acknowledged, fails or closes). Past it
@@ -81,7 +103,9 @@ closes a socket: the connection state machine (:mod:`workers.connection`) turns 
        reserve. Against many addresses nothing better is possible within a fixed total:
        the worker never admits while ``window`` (at most ``max_pending_auth``) auths are
        in flight, and that bound, which follows the lag, not fairness, is what protects
-       it; the challenge phase stays fair regardless.
+       it; the challenge phase stays fair regardless. A window full of connections that
+       have not answered gives way by the waiting rule, as the challenge phase does (one
+       eviction frees a place in both); connections that answered never give way.
 
     A refusal of any kind changes nothing but the refusal count, and :meth:`check`
     answers what :meth:`admit` would, committing nothing when it is ``OK`` (the shell's
@@ -221,6 +245,9 @@ class Decision:
 
     verdict: Admit
     evict: tuple[int, ...] = ()
+    waited: bool = False
+    """The eviction is by the waiting rule (the oldest waiting connection, past
+    ``challenge_grace``), not by the heavier-source rule."""
 
     @property
     def admitted(self) -> bool:
@@ -252,6 +279,30 @@ someone away: 80 more auths in flight per second of demand, so a window that was
 in half regrows within a second or two rather than overshooting."""
 
 
+SUSPECT_FOR: Final = 30.0
+"""Seconds a source is *marked* after one of its connections left the challenge phase
+without a valid answer: replaced under the waiting rule (it waited past
+``challenge_grace`` while the door was full), closed by its client, answered wrongly,
+or silent to its deadline (:meth:`Admission.closed`, :meth:`Admission.unanswered`). A marked source
+may not replace anyone by the waiting rule, nor take the top of the challenge phase
+(:data:`CHALLENGE_RESERVE`): a silent address evicted once cannot come back and evict in turn,
+so an attacker's reopened connections do not sweep the room of everything that became
+old enough, and what became old enough waits for a newcomer."""
+
+CHALLENGE_RESERVE: Final = 0.25
+"""The top of the challenge phase that a marked source (see :data:`SUSPECT_FOR`) may
+enter only by the count rule (from a source holding two more), as if the room were
+full: a quarter of ``max_pending_auth``, rounded down. An attacker that
+closes its own silent connections before they have waited ``challenge_grace`` and
+reopens them (so that none is ever old enough to give way) is marked at its first such
+close, and then keeps at most the rest of the room young: the reserve stays for
+sources that have not left a connection silent, or is renewed with fresh addresses."""
+
+SUSPECTS_PER_SLOT: Final = 32
+"""Sources remembered that way, per slot of the challenge phase (32,000 at the defaults,
+a few MiB); past it the oldest mark is forgotten first."""
+
+
 def _fraction(value: float) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
@@ -278,6 +329,15 @@ class AdmissionLimits:
         "or the oldest of the heaviest source makes room), and the auth window's ceiling: "
         "caps idle half-open connections",
         check=at_least(1),
+    )
+    challenge_grace: float = option(
+        0.5,
+        "seconds a connection in the challenge phase is safe from being replaced: once "
+        "the challenge phase or the auth window is full, a newcomer from an address "
+        "holding fewer waiting connections takes the place of the connection that has "
+        "waited longest, if it has waited this long without answering (1013); a real "
+        "client answers within one round trip",
+        check=positive,
     )
     lag_target: float = option(
         0.25,
@@ -327,11 +387,13 @@ class Admission:
     that follows the event loop's lag.
 
     ``admit`` when a connection arrives (``check`` first, to refuse before the
-    handshake), ``authenticated`` when it leaves the challenge phase (answered, whatever
-    the outcome), ``settled`` when it is acknowledged or fails, ``closed`` when it ends,
-    and ``observe`` once a tick with the lag. Connection ids are the caller's: each is
-    counted at most once, every release is idempotent, and an id released (or evicted)
-    is forgotten, so the caller must not reuse ids.
+    handshake), ``authenticated`` when it leaves the challenge phase with a valid answer
+    (whatever the coordinator then says), ``unanswered`` when it leaves it without one
+    (a bad frame, its deadline), ``settled`` when it is acknowledged or fails,
+    ``closed`` when it ends, and ``observe`` once a tick with the lag. Times are the
+    caller's monotonic clock. Connection ids are the caller's: each is counted at most
+    once, every release is idempotent, and an id released (or evicted) is forgotten, so
+    the caller must not reuse ids.
     """
 
     __slots__ = (
@@ -340,14 +402,18 @@ class Admission:
         "_floor",
         "_flying",
         "_heaviest",
+        "_held_back",
         "_open",
         "_pending",
+        "_since",
         "_sources",
+        "_suspects",
         "_threshold",
         "_turned_away",
         "evicted",
         "limits",
         "refused",
+        "replaced",
         "window",
     )
 
@@ -359,7 +425,11 @@ class Admission:
         self.window = min(max(float(lim.auth_window), self._floor), self._ceiling)
         """Auths allowed in flight now (see :meth:`observe`)."""
         self._threshold = self._ceiling  # where doubling gives way to adding
-        self._pending: dict[int, str] = {}  # challenge phase: connection -> source
+        self._held_back = math.floor(lim.max_pending_auth * CHALLENGE_RESERVE)
+        self._pending: dict[int, str] = {}  # challenge phase: connection -> source, oldest first
+        self._since: dict[int, float] = {}  # challenge phase: connection -> admitted at
+        # Sources replaced under the waiting rule -> until when they may not replace by it.
+        self._suspects: OrderedDict[str, float] = OrderedDict()
         self._flying: dict[int, str] = {}  # in flight (challenge phase included)
         self._open: set[int] = set()  # past the challenge phase, not closed yet
         self._sources: dict[str, _Source] = {}
@@ -371,6 +441,8 @@ class Admission:
         """Refusals by verdict, since the start (for ``/healthz`` and logs)."""
         self.evicted = 0
         """Pending connections evicted to make room for other sources, since the start."""
+        self.replaced = 0
+        """Of those, the ones evicted by the waiting rule (past ``challenge_grace``)."""
 
     # ------------------------------------------------------------------ figures
 
@@ -393,6 +465,12 @@ class Admission:
     def sources(self) -> int:
         """Sources remembered (holding a connection in flight)."""
         return len(self._sources)
+
+    @property
+    def suspects(self) -> int:
+        """Sources remembered as replaced under the waiting rule (expired ones included
+        until they are next looked at)."""
+        return len(self._suspects)
 
     @property
     def reserve(self) -> int:
@@ -428,29 +506,34 @@ class Admission:
             self.window = min(self._ceiling, grown)
         self._turned_away = False
 
-    def check(self, source: str) -> Admit:
-        """What :meth:`admit` would answer a connection from ``source`` now, for the
-        shell to refuse before the handshake. ``OK`` changes nothing (:meth:`admit`
+    def check(self, source: str, now: float = 0.0) -> Admit:
+        """What :meth:`admit` would answer a connection from ``source`` at ``now``, for
+        the shell to refuse before the handshake. ``OK`` changes nothing (:meth:`admit`
         commits it, and may still refuse if the room went to another in between); a
         refusal is counted as :meth:`admit` counts it, since the shell carries it out."""
-        verdict, _ = self._decide(source)
+        verdict, _, _ = self._decide(source, now)
         if verdict is not Admit.OK:
             self._refuse(verdict)
         return verdict
 
-    def admit(self, conn: int, source: str) -> Decision:
-        """Admit connection ``conn`` from ``source`` into the challenge phase, or say why
-        not. Checked in order: ``FULL``, the challenge phase (room, else an eviction from
-        the heaviest source, else ``BUSY``), then the window (``THROTTLED``). A refusal
-        changes nothing but the refusal count: no eviction, no remembered source. A
-        connection already counted is ``OK`` again and costs nothing."""
+    def admit(self, conn: int, source: str, now: float = 0.0) -> Decision:
+        """Admit connection ``conn`` from ``source`` into the challenge phase at ``now``
+        (the caller's clock, which must not go backwards), or say why not. Checked in
+        order: ``FULL``, the challenge phase (room, else an eviction from the heaviest
+        source, else one by the waiting rule, else ``BUSY``), then the window (room, else
+        an eviction by the waiting rule, else ``THROTTLED``). A refusal changes nothing
+        but the refusal count: no eviction, no remembered source. A connection already
+        counted is ``OK`` again and costs nothing."""
         if conn in self._pending or conn in self._open:
             return Decision(Admit.OK)
-        verdict, victim = self._decide(source)
+        verdict, victim, waited = self._decide(source, now)
         if verdict is not Admit.OK:
             self._refuse(verdict)
             return Decision(verdict)
         if victim is not None:
+            if waited:
+                self._suspect(self._pending[victim], now)
+                self.replaced += 1
             self._release(victim)
             self._settle(victim)
             self.evicted += 1
@@ -458,16 +541,17 @@ class Admission:
         if entry is None:
             entry = self._sources[source] = _Source(OrderedDict())
         self._pending[conn] = source
+        self._since[conn] = now
         self._flying[conn] = source
         entry.flying += 1
         entry.pending[conn] = None
         self._recount(source, len(entry.pending) - 1, len(entry.pending))
-        return Decision(Admit.OK, () if victim is None else (victim,))
+        return Decision(Admit.OK, () if victim is None else (victim,), waited)
 
     def authenticated(self, conn: int) -> None:
-        """``conn`` left the challenge phase (answered its challenge, whatever the
-        outcome) but stays open, and in flight until :meth:`settled`. Idempotent; unknown
-        or evicted ids change nothing."""
+        """``conn`` left the challenge phase (answered its challenge; without a valid
+        answer it is :meth:`unanswered`) but stays open, and in flight until
+        :meth:`settled`. Idempotent; unknown or evicted ids change nothing."""
         if self._release(conn):
             self._open.add(conn)
 
@@ -477,11 +561,32 @@ class Admission:
         self.authenticated(conn)
         self._settle(conn)
 
-    def closed(self, conn: int) -> None:
-        """``conn`` ended (in any state). Idempotent; unknown or evicted ids change nothing."""
+    def unanswered(self, conn: int, now: float) -> bool:
+        """``conn`` leaves the challenge phase at ``now`` without a valid answer (a bad
+        frame, or its deadline): its source is marked, as for a connection closed while
+        waiting, and it is released as by :meth:`settled`. Otherwise a client could keep
+        its connections young by sending garbage just before the grace, unmarked.
+        Idempotent; unknown or evicted ids change nothing. Whether it marked."""
+        source = self._pending.get(conn)
+        if source is not None:
+            self._suspect(source, now)
+        self.settled(conn)
+        return source is not None
+
+    def closed(self, conn: int, now: float | None = None) -> bool:
+        """``conn`` ended (in any state) at ``now``. One that ends in the challenge phase
+        left without answering: its source is marked (:data:`SUSPECT_FOR`), unless
+        ``now`` is not given. Idempotent; unknown or evicted ids change nothing. Whether
+        it marked."""
+        source = self._pending.get(conn)
+        if source is not None and now is not None:
+            self._suspect(source, now)
+        else:
+            source = None
         self._release(conn)
         self._settle(conn)
         self._open.discard(conn)
+        return source is not None
 
     # ------------------------------------------------------------------ internals
 
@@ -490,30 +595,90 @@ class Admission:
         if verdict is Admit.THROTTLED:
             self._turned_away = True
 
-    def _decide(self, source: str) -> tuple[Admit, int | None]:
+    def _decide(self, source: str, now: float) -> tuple[Admit, int | None, bool]:
+        """The verdict, the connection to evict for it, and whether by the waiting rule."""
         lim = self.limits
         if self.connections >= lim.max_connections:
-            return Admit.FULL, None
+            return Admit.FULL, None, False
         known = self._sources.get(source)
         held = len(known.pending) if known is not None else 0
         victim: int | None = None
-        if len(self._pending) >= lim.max_pending_auth:
-            if self._heaviest < held + 2:  # evicting would only swap who holds more
-                return Admit.BUSY, None
-            heaviest = self._sources[next(iter(self._by_count[self._heaviest]))]
-            victim = next(iter(heaviest.pending))
-        flying = len(self._flying) - (victim is not None)  # (the victim is not ours)
+        waited = False
+        pending = len(self._pending)
+        full = pending >= lim.max_pending_auth
+        if not full and pending >= lim.max_pending_auth - self._held_back:
+            full = self._suspected(source, now)  # for it the reserve is full: by count only
+        if full:
+            if self._heaviest >= held + 2:
+                heaviest = self._sources[next(iter(self._by_count[self._heaviest]))]
+                victim = next(iter(heaviest.pending))
+            else:  # evicting by count would only swap who holds more: by time, then
+                victim = self._waited(source, held, now)
+                if victim is None:
+                    return Admit.BUSY, None, False
+                waited = True
         mine = known.flying if known is not None else 0
-        room = flying + 1 <= self.window - self.reserve + _EPSILON
-        if not (room or (flying + 1 <= self.window + _EPSILON and mine < self.share)):
-            return Admit.THROTTLED, None
-        return Admit.OK, victim
+        if self._fits(len(self._flying) - (victim is not None), mine):  # (not ours)
+            return Admit.OK, victim, waited
+        if victim is None and (victim := self._waited(source, held, now)) is not None:
+            self._turned_away = True  # the window was full: demand, as for a refusal
+            if self._fits(len(self._flying) - 1, mine):
+                return Admit.OK, victim, True
+        return Admit.THROTTLED, None, False
+
+    def _fits(self, flying: int, mine: int) -> bool:
+        """Whether one more fits in the window with ``flying`` in flight, ``mine`` of
+        them the newcomer's source's."""
+        if flying + 1 <= self.window - self.reserve + _EPSILON:
+            return True
+        return flying + 1 <= self.window + _EPSILON and mine < self.share
+
+    def _waited(self, source: str, held: int, now: float) -> int | None:
+        """The waiting rule: the connection that has waited longest in the challenge
+        phase, if it has waited ``challenge_grace`` and its source holds more waiting
+        connections than ``source`` (``held``), and ``source`` was not itself replaced
+        by this rule within :data:`SUSPECT_FOR`. O(1): only the oldest is looked at."""
+        oldest = next(iter(self._pending), None)
+        if oldest is None or now - self._since[oldest] < self.limits.challenge_grace:
+            return None
+        if len(self._sources[self._pending[oldest]].pending) <= held:
+            return None
+        if self._suspected(source, now):
+            return None
+        return oldest
+
+    def _suspect(self, source: str, now: float) -> None:
+        """Remember ``source`` as replaced under the waiting rule until ``SUSPECT_FOR``
+        from ``now``; the oldest mark goes first past the bound."""
+        self._forget(now)
+        suspects = self._suspects
+        suspects[source] = now + SUSPECT_FOR
+        suspects.move_to_end(source)
+        bound = SUSPECTS_PER_SLOT * self.limits.max_pending_auth
+        while len(suspects) > bound:
+            suspects.popitem(last=False)
+
+    def _suspected(self, source: str, now: float) -> bool:
+        self._forget(now)
+        until = self._suspects.get(source)
+        return until is not None and until > now
+
+    def _forget(self, now: float) -> None:
+        """Forget the marks expired at ``now``: they are kept in the order they expire,
+        so this costs one look plus one per mark forgotten."""
+        suspects = self._suspects
+        while suspects:
+            first, until = next(iter(suspects.items()))
+            if until > now:
+                break
+            del suspects[first]
 
     def _release(self, conn: int) -> bool:
         """Take ``conn`` out of the challenge phase; ``False`` if it was not there."""
         source = self._pending.pop(conn, None)
         if source is None:
             return False
+        del self._since[conn]
         entry = self._sources[source]
         del entry.pending[conn]
         held = len(entry.pending)

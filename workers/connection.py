@@ -171,7 +171,7 @@ class Event(enum.Enum):
     STALL = "stall"  # a backlog and no reading progress for stall_timeout
     FLOOD = "flood"  # over the message rate for too long
     CUTOFF = "cutoff"  # the worker lost its coordinator for longer than the grace
-    EVICTED = "evicted"  # challenge phase full: a heavier source's oldest makes room
+    EVICTED = "evicted"  # door full: a heavier source's oldest, or one that waited, makes room
     TRANSPORT_CLOSED = "transport_closed"
 
 

@@ -74,7 +74,7 @@ from workers import stats
 from workers.admission import Admission, Admit
 from workers.budget import MemoryBudget, MemoryLimits
 from workers.clients import Client, ClientTable, Group
-from workers.connection import Connection, Flow, Link, State, Verifier
+from workers.connection import Connection, Event, Flow, Link, State, Verifier
 from workers.outputs import (
     AdmitPeers,
     Answer,
@@ -118,6 +118,10 @@ LOG_EVERY: Final = 1.0
 
 _SETTLED: Final = frozenset({State.ACKED, State.AUTHENTICATED, State.CLOSING})
 """States in which a connection is out of the auth window (acknowledged, or done)."""
+_UNANSWERED: Final = frozenset({Event.AUTH_INVALID, Event.DEADLINE, Event.FLOOD})
+"""How a connection leaves the challenge phase without a valid answer (a bad frame,
+silence until its deadline, or a flood of control frames): its source is marked as one
+that closed unanswered."""
 _REPAIRED_BY_HELLO: Final = (bb.Authed, bb.Closed, bb.Hello)
 
 
@@ -260,6 +264,7 @@ class WorkerCore(Generic[H]):
                 for kind in (Admit.FULL, Admit.BUSY, Admit.THROTTLED)
             },
             "evicted": self.admission.evicted,
+            "replaced": self.admission.replaced,
             "memory": self._memory_figures(),
             "cutOff": self.cut_off,
             "dropped": dict(self.counters),
@@ -315,7 +320,7 @@ class WorkerCore(Generic[H]):
             stats.refused(Admit.FULL)
             reason = "memory"
         else:
-            verdict = self.admission.check(source)
+            verdict = self.admission.check(source, now)
             if verdict is Admit.OK:
                 return None
             stats.refused(verdict)
@@ -348,9 +353,11 @@ class WorkerCore(Generic[H]):
             )
             stats.refused(Admit.FULL)
             return None
-        decision = self.admission.admit(conn_id, source)
-        stats.evicted(len(decision.evict))
-        for evicted in decision.evict:  # challenge-phase slots of a heavier source
+        decision = self.admission.admit(conn_id, source, now)
+        stats.evicted(len(decision.evict), waited=decision.waited)
+        if decision.waited:
+            stats.marked("replaced")
+        for evicted in decision.evict:  # a heavier source's, or one that waited too long
             if (victim := self.clients.get(evicted)) is not None:
                 self.perform(victim, victim.machine.on_evicted())
         if not decision.admitted:
@@ -390,7 +397,7 @@ class WorkerCore(Generic[H]):
             self.budget.allowance(handle),
         )
         if machine.state is not State.CHALLENGED:
-            self.admission.authenticated(machine.conn_id)
+            self._left_challenge(machine)
         self.perform(client, outputs)
 
     def lesser(self, client: Client[H], kind: Lesser, now: float) -> Answer:
@@ -402,7 +409,7 @@ class WorkerCore(Generic[H]):
         pressured = client.handle in self.clients.pressured
         outputs, answer = machine.on_lesser(kind, now, pressured)
         if machine.state is not State.CHALLENGED:
-            self.admission.authenticated(machine.conn_id)
+            self._left_challenge(machine)
         self.perform(client, outputs)
         return answer
 
@@ -412,12 +419,23 @@ class WorkerCore(Generic[H]):
         machine = client.machine
         outputs = machine.on_deadline(now)
         if machine.state is not State.CHALLENGED:
-            self.admission.authenticated(machine.conn_id)
+            self._left_challenge(machine)
         self.perform(client, outputs)
+
+    def _left_challenge(self, machine: Connection) -> None:
+        """``machine`` is out of the challenge phase: answered, or (a bad frame, or
+        silence to its deadline) not, which marks its source."""
+        trace = machine.trace
+        if trace and trace[-1][0] is State.CHALLENGED and trace[-1][1] in _UNANSWERED:
+            if self.admission.unanswered(machine.conn_id, self.now):
+                stats.marked("unanswered")
+        else:
+            self.admission.authenticated(machine.conn_id)
 
     def closed(self, client: Client[H]) -> None:
         """``client``'s transport ended (whoever closed it)."""
-        self.admission.closed(client.machine.conn_id)
+        if self.admission.closed(client.machine.conn_id, self.now):
+            stats.marked("closed")
         self.clients.remove(client)
         self.budget.release(client.handle)
         self.perform(client, client.machine.on_transport_closed())

@@ -38,6 +38,8 @@ _CUT_OFF: Final = metrics.ADMISSION_REFUSALS.labels("cut_off")
 _MEMORY: Final = {
     part: metrics.MEMORY_BYTES.labels(part) for part in ("limit", "reserved", "backlog")
 }
+_HEAVIER, _WAITED = (metrics.ADMISSION_EVICTIONS.labels(r) for r in metrics.EVICTION_RULES)
+_MARKS: Final = {why: metrics.ADMISSION_MARKS.labels(why) for why in metrics.MARK_REASONS}
 _STATES: Final = {state: metrics.CONNECTIONS.labels(state) for state in metrics.CONNECTION_STATES}
 _ROUTED: Final = {s: metrics.ROUTE_SECONDS.labels(s.value) for s in SendStatus}
 _API: Final = {int(status): metrics.API_REQUESTS.labels(status) for status in metrics.API_STATUSES}
@@ -108,9 +110,16 @@ def refused_cut_off() -> None:
     _CUT_OFF.inc()
 
 
-def evicted(count: int) -> None:
+def evicted(count: int, *, waited: bool) -> None:
+    """``count`` challenged connections evicted: by the waiting rule (they waited past
+    ``challenge_grace``), or for a newcomer from a source holding fewer."""
     if count:
-        metrics.ADMISSION_EVICTIONS.inc(count)
+        (_WAITED if waited else _HEAVIER).inc(count)
+
+
+def marked(why: str) -> None:
+    """A source marked (``why``: one of ``metrics.MARK_REASONS``)."""
+    _MARKS[why].inc()
 
 
 def dropped(kind: str) -> None:

@@ -17,7 +17,7 @@ IDENTIFYING = {"key", "public_key", "user", "conn", "connection", "worker", "wor
 
 
 def test_every_metric_is_named_by_the_rules() -> None:
-    assert len(DECLARED) == 25  # a new metric: add it to docs/operating.md
+    assert len(DECLARED) == 26  # a new metric: add it to docs/operating.md
     names = [m._name for m in DECLARED]
     assert len(set(names)) == len(names)
     for metric in DECLARED:

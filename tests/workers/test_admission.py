@@ -9,9 +9,12 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from workers.admission import (
+    CHALLENGE_RESERVE,
     DECREASE,
     INCREASE,
     MIN_WINDOW,
+    SUSPECT_FOR,
+    SUSPECTS_PER_SLOT,
     Admission,
     AdmissionLimits,
     Admit,
@@ -176,6 +179,7 @@ def test_default_limits() -> None:
     assert (limits.max_connections, limits.max_pending_auth) == (50_000, 1000)
     assert (limits.lag_target, limits.auth_window) == (0.25, 64)
     assert (limits.auth_reserve, limits.source_share) == (0.25, 0.1)
+    assert limits.challenge_grace == 0.5
     door = Admission()
     assert (door.window, door.reserve, door.share) == (64.0, 16, 6)
     assert door.share < door.reserve  # one flooding source leaves others room
@@ -187,6 +191,8 @@ def test_default_limits() -> None:
         ("max_connections", 0, "--max-connections must be at least 1"),
         ("max_pending_auth", 0, "--max-pending-auth must be at least 1"),
         ("lag_target", 0.0, "--lag-target must be positive"),
+        ("challenge_grace", 0.0, "--challenge-grace must be positive"),
+        ("challenge_grace", float("nan"), "--challenge-grace must be positive"),
         ("lag_target", float("nan"), "--lag-target must be positive"),
         ("auth_window", 0, "--auth-window must be at least 1"),
         ("auth_reserve", -0.1, "--auth-reserve must be in"),
@@ -424,12 +430,14 @@ admits = st.tuples(
 )
 releases = st.tuples(st.sampled_from(["authenticated", "settled", "closed"]), st.integers(0, 60))
 lags = st.tuples(st.just("observe"), st.sampled_from([0.0, 0.01, 0.2, float("nan")]))
-ops = st.lists(st.one_of(admits, admits, releases, lags), min_size=10, max_size=250)
+# Time passing: nothing, less than the grace, more, past every mark.
+waits = st.tuples(st.just("wait"), st.sampled_from([0.0, 0.2, 0.6, SUSPECT_FOR + 1]))
+ops = st.lists(st.one_of(admits, admits, admits, releases, lags, waits), min_size=10, max_size=250)
 
 
 @settings(max_examples=400, deadline=None)
 @given(
-    max_connections=st.integers(1, 30),
+    max_connections=st.integers(1, 60),
     max_pending=st.integers(1, 24),  # the window moves above MIN_WINDOW (16)
     window=st.integers(1, 24),
     reserve=st.floats(min_value=0.0, max_value=0.9),
@@ -452,7 +460,11 @@ def test_admission_against_a_model(
     reserve, for a source at its share) has no room; ``check`` answers what ``admit``
     does; no admission ever puts more than the window in flight, or gives one source
     more than ``max(share, window - reserve)``; the window stays within its bounds;
-    per-source state is only for sources in flight."""
+    per-source state is only for sources in flight. With time passing, the waiting
+    rule evicts exactly when the model says (the oldest, past the grace, of a source
+    holding more, for a source not marked), marks are made and expire as modelled (a
+    connection replaced by the rule, or closed while waiting), and a marked source
+    finds the top of the challenge phase full."""
     limits = AdmissionLimits(
         max_connections=max_connections,
         max_pending_auth=max_pending,
@@ -462,20 +474,28 @@ def test_admission_against_a_model(
         source_share=share,
     )
     door = Admission(limits)
+    grace, top = limits.challenge_grace, max_pending - int(max_pending * CHALLENGE_RESERVE)
+    now = 0.0
     pending: dict[int, str] = {}  # in admission order
+    since: dict[int, float] = {}
+    marked: dict[str, float] = {}  # source -> until
     flying: dict[int, str] = {}
     opened: set[int] = set()
     used: list[int] = []  # ids handed out, for steps that name one
     next_id = itertools.count(1000)
-    refusals = evictions = 0
+    refusals = evictions = replaced = 0
     for step in steps:
         if step[0] == "observe":
             door.observe(step[1])  # type: ignore[arg-type]
+        elif step[0] == "wait":
+            now += step[1]  # type: ignore[operator]
         elif step[0] != "admit":
             _, index = step
             conn = used[int(index) % len(used)] if used else int(index)
             if step[0] == "closed":
-                door.closed(conn)
+                door.closed(conn, now)
+                if conn in pending:  # it left without answering
+                    marked[pending[conn]] = now + SUSPECT_FOR
                 pending.pop(conn, None)
                 flying.pop(conn, None)
                 opened.discard(conn)
@@ -495,17 +515,37 @@ def test_admission_against_a_model(
             heaviest = max(held.values())
             counted = conn in pending or conn in opened
             full = len(pending) + len(opened) >= max_connections
-            room = len(pending) < max_pending
+            suspect = marked.get(source, -1.0) > now
+            room = len(pending) < max_pending and not (suspect and len(pending) >= top)
             owed = not room and heaviest >= held[source] + 2
+            oldest = next(iter(pending), None)
+            ripe = (  # what the waiting rule would take
+                oldest
+                if oldest is not None
+                and now - since[oldest] >= grace
+                and held[pending[oldest]] > held[source]
+                and not suspect
+                else None
+            )
             mine = sum(1 for s in flying.values() if s == source)
-            after = len(flying) + (0 if room else -1) + 1
             cap = door.window - door.reserve
-            fits = after <= cap + 1e-9 or (after <= door.window + 1e-9 and mine < door.share)
+
+            def fits(after: int, mine: int = mine, cap: float = cap) -> bool:
+                return after <= cap + 1e-9 or (after <= door.window + 1e-9 and mine < door.share)
+
+            by_room = room or owed or ripe is not None
+            evicting = not room  # (by count, or by the waiting rule)
+            in_window = fits(len(flying) - evicting + 1)
+            by_window = not in_window and not evicting and ripe is not None
+            by_window = by_window and fits(len(flying))
             w, r, sh = door.window, door.reserve, door.share
 
-            answer = None if counted else door.check(source)
-            decision = door.admit(conn, source)
-            event(f"{decision.verdict.value}{' evicting' if decision.evict else ''}")
+            answer = None if counted else door.check(source, now)
+            decision = door.admit(conn, source, now)
+            event(
+                f"{decision.verdict.value}{' evicting' if decision.evict else ''}"
+                f"{' (waited)' if decision.waited else ''}"
+            )
 
             if counted:
                 assert decision == Decision(OK)
@@ -515,25 +555,32 @@ def test_admission_against_a_model(
                 assert decision.evict == ()
                 if full:
                     assert decision.verdict is FULL
-                elif not room and not owed:
+                elif not by_room:
                     assert decision.verdict is BUSY
                 else:
                     assert decision.verdict is THROTTLED
-                    assert not fits
+                    assert not in_window and not by_window
             else:
                 assert answer is OK
-                assert not full and (room or owed) and fits
-                if room:
+                assert not full and by_room and (in_window or by_window)
+                if room and not by_window:
                     assert decision.evict == ()
                 else:
                     (victim,) = decision.evict
                     victim_source = pending[victim]
-                    assert held[victim_source] == heaviest  # of a heaviest source,
-                    assert victim == next(c for c, s in pending.items() if s == victim_source)
-                    del pending[victim]  # its oldest, gone from every count
+                    if owed:
+                        assert not decision.waited
+                        assert held[victim_source] == heaviest  # of a heaviest source,
+                        assert victim == next(c for c, s in pending.items() if s == victim_source)
+                    else:  # the waiting rule: the oldest, which waited the grace
+                        assert decision.waited and victim == ripe
+                        marked[victim_source] = now + SUSPECT_FOR
+                        replaced += 1
+                    del pending[victim]  # gone from every count
                     del flying[victim]
                     evictions += 1
                 pending[conn] = source
+                since[conn] = now
                 flying[conn] = source
                 # What the window guarantees, at the moment of the admission:
                 assert len(flying) <= w + 1e-9
@@ -543,6 +590,7 @@ def test_admission_against_a_model(
         assert door.connections == len(pending) + len(opened) <= max_connections
         assert door.sources == len(set(flying.values()))
         assert min(MIN_WINDOW, max_pending) <= door.window <= max_pending
+    assert door.replaced == replaced
     assert sum(door.refused.values()) == refusals
     assert door.evicted == evictions
 
@@ -635,3 +683,273 @@ def test_many_addresses_cannot_make_the_worker_take_more_than_its_loop_can() -> 
         door.observe(0.5)  # late: the knocking does not grow it
     assert door.window == MIN_WINDOW
     assert door.in_flight == 64  # nobody admitted until they settle or time out
+
+
+# ---------------------------------------------------------------- the waiting rule
+
+GRACE = AdmissionLimits().challenge_grace
+
+
+def test_a_room_of_one_silent_connection_per_source_gives_way_once_the_oldest_waited() -> None:
+    """Issue 15, item 4: every source holds one waiting connection, so no source is
+    heavier. A newcomer is refused while they are all younger than the grace, and takes
+    the place of the oldest once it has waited that long."""
+    door = Admission(AdmissionLimits(max_pending_auth=4))
+    for n in range(4):
+        assert door.admit(n, f"s{n}", now=n * 0.1) == Decision(OK)
+    assert door.check("new", now=0.49) is BUSY
+    assert door.admit(10, "new", now=0.49) == Decision(BUSY)
+    assert door.check("new", now=0.5) is OK
+    assert door.admit(10, "new", now=0.5) == Decision(OK, (0,), waited=True)
+    assert (door.evicted, door.replaced, door.pending) == (1, 1, 4)
+    # The replaced source reopens at once: it may take free room, but not replace anyone
+    # by this rule for SUSPECT_FOR, so it cannot sweep away what waited long enough.
+    assert door.admit(11, "s0", now=0.7) == Decision(BUSY)
+    assert door.admit(12, "other", now=0.7) == Decision(OK, (1,), waited=True)
+    assert door.admit(13, "s0", now=0.7 + SUSPECT_FOR) == Decision(OK, (2,), waited=True)
+    # The newcomer answered: it is out of the challenge phase, nobody can take its slot.
+    door.authenticated(10)
+    assert door.admit(14, "late", now=100.0) == Decision(OK, (3,), waited=True)
+    assert door.admit(15, "later", now=100.0) == Decision(OK, (12,), waited=True)
+    assert 10 not in door.admit(16, "latest", now=100.0).evict
+
+
+def test_the_waiting_rule_never_moves_a_slot_to_a_source_holding_as_many() -> None:
+    """It looks at the oldest waiting connection only, and takes it only for a source
+    holding fewer than the oldest one's source (a swap at worst, never less fair)."""
+    door = Admission(AdmissionLimits(max_pending_auth=3))
+    for conn, source in enumerate("bba"):
+        door.admit(conn, source, now=0.0)
+    # Full: b holds 2, a holds 1, nobody two more than another. "a" (1) may replace b's
+    # oldest (2 > 1) once it has waited...
+    assert door.admit(3, "a", now=GRACE / 2) == Decision(BUSY)
+    assert door.admit(3, "a", now=GRACE) == Decision(OK, (0,), waited=True)
+    # ...but now the oldest is b's only one: neither b (1, its own) nor a (2) may take it.
+    assert door.admit(4, "b", now=2 * GRACE) == Decision(BUSY)
+    assert door.admit(5, "a", now=2 * GRACE) == Decision(BUSY)
+    # A newcomer: a holds two more than it, so the heavier-source rule comes first.
+    assert door.admit(6, "c", now=2 * GRACE) == Decision(OK, (2,))
+    assert door.admit(7, "d", now=2 * GRACE) == Decision(OK, (1,), waited=True)
+    assert (door.evicted, door.replaced) == (3, 2)
+
+
+def test_the_waiting_rule_frees_an_auth_window_full_of_silent_connections() -> None:
+    """A window cut to its floor by lag, full of silent connections from as many
+    sources: the challenge phase has room, the window has none. A newcomer is
+    throttled while they are young, then takes the oldest one's place."""
+    door = Admission()
+    for _ in range(20):
+        door.observe(1.0)
+    assert door.window == MIN_WINDOW
+    for n in range(16):
+        door.admit(n, f"s{n}", now=0.0)
+    assert door.admit(100, "new", now=GRACE / 2) == Decision(THROTTLED)
+    assert door.admit(100, "new", now=GRACE) == Decision(OK, (0,), waited=True)
+    assert door.in_flight == 16
+    # Answered connections (being verified, waiting for the coordinator) are never
+    # evicted: a window full of them throttles, as before.
+    for n in range(1, 16):
+        door.authenticated(n)
+    door.authenticated(100)
+    assert door.admit(101, "new2", now=100.0) == Decision(THROTTLED)
+
+
+def test_suspects_are_bounded_and_forgotten_after_suspect_for() -> None:
+    door = Admission(AdmissionLimits(max_pending_auth=1))
+    now = 0.0
+    door.admit(0, "s0", now=now)
+    for n in range(1, 3 * SUSPECTS_PER_SLOT):
+        now += GRACE
+        assert door.admit(n, f"s{n}", now=now).evict == (n - 1,)
+        assert door.suspects <= SUSPECTS_PER_SLOT
+    assert door.suspects == SUSPECTS_PER_SLOT
+    now += SUSPECT_FOR  # every mark expired: the next look forgets them
+    assert door.admit(10**6, "fresh", now=now).waited
+    assert door.suspects == 1  # (the one just made)
+
+
+def test_at_the_defaults_a_thousand_silent_addresses_cannot_keep_a_newcomer_out() -> None:
+    """The reported attack at the default limits: 1,000 addresses, each holding one
+    connection that never answers, fill the challenge phase (the window grows to it
+    under their demand). Newcomers from new addresses come every 10 ms for two seconds,
+    answer at once, and are each admitted at once. A displaced address that reopens at
+    once gets nothing, and whatever place a newcomer leaves by answering, a fresh
+    attacking address takes first: the room stays full of silent connections, and
+    still every newcomer gets in."""
+    door = Admission()
+    ids = itertools.count()
+    now = 0.0
+    holding: dict[int, str] = {}
+    while door.pending < 1000:  # they knock, a tick at a time, until all hold one
+        for n in range(1000):
+            source = f"10.0.{n // 256}.{n % 256}"
+            if door.flying(source) == 0 and door.admit(conn := next(ids), source, now).admitted:
+                holding[conn] = source
+        door.observe(0.001)
+        now += 0.1
+    assert door.window == 1000.0 and door.sources == 1000
+    now += GRACE
+    for k in range(200):
+        now += 0.01
+        decision = door.admit(conn := next(ids), f"192.0.2.{k}", now)
+        assert decision.admitted and decision.waited, (k, decision)
+        (victim,) = decision.evict  # the displaced address reopens at once: refused
+        assert door.admit(next(ids), holding.pop(victim), now) == Decision(BUSY)
+        door.settled(conn)  # the newcomer answers; a fresh attacking address is first
+        fresh = f"10.1.{k // 256}.{k % 256}"
+        conn = next(ids)
+        assert door.admit(conn, fresh, now).admitted
+        holding[conn] = fresh
+        assert door.pending == 1000
+    assert door.replaced == 200 and door.suspects == 200
+
+
+attacks = st.lists(
+    st.one_of(
+        st.tuples(st.just("knock"), st.integers(0, 10**6)),  # an attacker (any of them)
+        st.tuples(st.just("knock"), st.integers(0, 10**6)),
+        st.tuples(st.just("churn"), st.integers(0, 10**6)),  # it closes one of its own
+        st.tuples(st.just("wait"), st.floats(min_value=0.0, max_value=0.4)),
+        st.tuples(st.just("lag"), st.sampled_from([0.0, 1.0])),
+        st.tuples(st.just("newcomer"), st.floats(min_value=0.0, max_value=0.99)),
+    ),
+    min_size=20,
+    max_size=400,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    room=st.integers(1, 24),
+    window=st.integers(1, 40),
+    attackers=st.integers(1, 60),
+    grace=st.floats(min_value=0.05, max_value=1.0),
+    steps=attacks,
+)
+def test_a_newcomer_waits_only_while_the_attack_renews_the_whole_room_within_the_grace(
+    room: int, window: int, attackers: int, grace: float, steps: list[tuple[str, float]]
+) -> None:
+    """Any number of attacking sources knocking in any pattern, holding what they get
+    silently, closing their own connections to reopen them (churn), under any lag;
+    between them, real clients from new addresses, each answering within a fraction
+    of the grace of being admitted. Then:
+
+    * a newcomer is refused only if every connection waiting to answer was admitted
+      within the grace before it (or the window is full of connections that answered):
+      to keep newcomers out the attacker must renew the whole room every grace, that is
+      ``max_pending_auth / challenge_grace`` handshakes a second, however many sources
+      it has;
+    * a real client that answers within the grace is never evicted;
+    * the waiting rule only takes a slot from a source holding more than the newcomer's;
+    * a source marked (one of its connections left the challenge phase silent, by
+      the waiting rule or by closing) takes neither a place by the waiting rule nor
+      one in the top :data:`CHALLENGE_RESERVE` of the challenge phase for
+      :data:`SUSPECT_FOR`: churning its own connections keeps at most the rest of the
+      room young.
+    """
+    door = Admission(
+        AdmissionLimits(max_pending_auth=room, auth_window=window, challenge_grace=grace)
+    )
+    now = 0.0
+    ids = itertools.count()
+    since: dict[int, float] = {}  # waiting to answer -> admitted at
+    silent: dict[int, str] = {}  # the attackers' connections -> source
+    answers: dict[int, float] = {}  # real clients admitted -> when they answer
+    marked: dict[str, float] = {}  # source -> marked until
+    held_back = int(room * CHALLENGE_RESERVE)
+    fresh = itertools.count()
+    for kind, value in steps:
+        if kind == "wait":
+            now += value
+            for conn, due in sorted(answers.items(), key=lambda item: item[1]):
+                if due <= now:  # it answers (and is acknowledged at once)
+                    door.settled(conn)
+                    del answers[conn], since[conn]
+        elif kind == "lag":
+            door.observe(value)
+        elif kind == "churn":
+            if not silent:
+                continue
+            conn = sorted(silent)[int(value) % len(silent)]
+            door.closed(conn, now)
+            marked[silent.pop(conn)] = now + SUSPECT_FOR
+            del since[conn]
+        else:
+            newcomer = kind == "newcomer"
+            source = f"new{next(fresh)}" if newcomer else f"a{int(value) % attackers}"
+            held = {s: 0 for s in silent.values()}
+            for s in silent.values():
+                held[s] += 1
+            oldest = min(since.values(), default=None)
+            flying, pending = door.in_flight, door.pending
+            suspect = marked.get(source, -1.0) > now
+            decision = door.admit(conn := next(ids), source, now)
+            for victim in decision.evict:
+                assert victim not in answers, "a real client was evicted"
+                victim_source = silent.pop(victim)
+                del since[victim]
+                if decision.waited:
+                    assert held[victim_source] > held.get(source, 0)
+                    assert not suspect
+                    marked[victim_source] = now + SUSPECT_FOR
+            if decision.admitted and suspect and not decision.evict:
+                assert pending < room - held_back
+            if decision.admitted:
+                event(f"{kind} admitted{' by the waiting rule' if decision.waited else ''}")
+                since[conn] = now
+                if newcomer:
+                    answers[conn] = now + value * grace
+                else:
+                    silent[conn] = source
+            elif newcomer:
+                event("newcomer refused")
+                young = oldest is None or now - oldest < grace
+                assert young or flying > door.window, (now, oldest, flying, door.window)
+            else:
+                event("attacker refused")
+        assert door.pending == len(since)
+
+
+def test_a_source_that_leaves_a_connection_silent_may_not_take_the_top_of_the_room() -> None:
+    """Churn: an attacker closes its own silent connections before they have waited
+    the grace and reopens them at once, so none is ever old enough to give way. Its
+    first such close marks its address: it keeps at most the room less the reserve,
+    and a newcomer finds the reserve."""
+    door = Admission(AdmissionLimits(max_pending_auth=8))  # the reserve: 2
+    now = 0.0
+    for n in range(8):
+        door.admit(n, f"a{n}", now)
+    for n in range(8):  # each churns once: closed while waiting, then reopens
+        now += 0.01
+        door.closed(n, now)
+        # The first two find the room in its top quarter: what they left stays free.
+        assert door.admit(100 + n, f"a{n}", now).admitted == (n >= 2), n
+    assert door.pending == 6 and door.suspects == 8
+    assert door.admit(200, "new", now) == Decision(OK)
+    assert door.admit(201, "new2", now) == Decision(OK)
+    door.closed(200)  # (no time given: no mark; the room is for anyone)
+    assert door.admit(202, "a0", now) == Decision(BUSY)  # it lost its place by churning
+    assert door.admit(203, "a0", now + SUSPECT_FOR) == Decision(OK)
+    # Closing after answering marks nothing.
+    assert door.suspects == 0  # all expired, and forgotten at that look
+    door.authenticated(201)
+    door.closed(201, now + SUSPECT_FOR)
+    assert door.suspects == 0
+
+
+def test_a_marked_source_still_gets_the_top_of_the_room_by_the_count_rule() -> None:
+    """A user who closed a connection before answering (a reload) and comes back while
+    one address floods: the top quarter is not for it, but the flooder holds two more,
+    so it takes the flooder's oldest place, as it would in a full room."""
+    door = Admission(AdmissionLimits(max_pending_auth=8))
+    door.admit(0, "user", 0.0)
+    door.closed(0, 0.0)  # marked
+    for n in range(1, 7):
+        door.admit(n, "flood", 0.0)
+    assert door.pending == 6  # the top quarter begins
+    assert door.admit(10, "user", 0.1) == Decision(OK, (1,))
+    # By count it goes on until the two are level, and no further.
+    assert door.admit(11, "user", 0.1) == Decision(OK, (2,))
+    assert door.admit(12, "user", 0.1) == Decision(OK, (3,))
+    assert door.admit(13, "user", 0.1) == Decision(BUSY)
+    assert door.admit(14, "other", 0.1) == Decision(OK)  # unmarked: the top is free

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from shared import backbone as bb
-from shared import protocol, timings
+from shared import metrics, protocol, timings
 from shared.protocol import CloseCode
 from workers.admission import AdmissionLimits
 from workers.budget import MemoryLimits
@@ -349,6 +349,52 @@ def test_a_full_challenge_phase_evicts_the_heaviest_sources_oldest_with_1013() -
     w.core.closed(first)
     assert sorted(w.core.clients.by_handle) == ["h2", "h3"]
     w.core.clients.check()
+
+
+def test_a_full_door_of_silent_connections_gives_the_oldest_one_to_a_newcomer() -> None:
+    """Each source holds one silent connection: past the grace, a newcomer from another
+    address takes the oldest one's place (1013), at the door and at the handler."""
+    w = Worker(max_pending_auth=2, challenge_grace=0.5)
+    w.live()
+    first, second = w.connect(), w.connect()  # 10.0.0.1, 10.0.0.2
+    assert w.core.door("10.0.0.3", w.now) == "busy"
+    w.tick(0.5)
+    assert w.core.door("10.0.0.3", w.now) is None
+    third = w.core.connect("h3", "10.0.0.3", "peer", w.now)
+    assert third is not None
+    assert [h for h, o in w.shell.log if isinstance(o, Close)] == [first.handle]
+    assert first.machine.state is State.CLOSING and second.machine.state is State.CHALLENGED
+    w.core.closed(first)
+    _, figures = w.core.health(w.now)
+    assert (figures["evicted"], figures["replaced"], figures["challenged"]) == (1, 1, 2)
+    w.core.clients.check()
+
+
+def test_a_connection_that_leaves_the_challenge_phase_without_a_valid_answer_marks_its_source() -> (
+    None
+):
+    """A bad frame (4001), silence to the deadline (4003) or a close while waiting marks
+    the address (it may not take the top of the room or replace anyone for a while); a
+    valid answer, or the worker closing it for its own reasons, does not."""
+    marks = {why: metrics.ADMISSION_MARKS.labels(why) for why in metrics.MARK_REASONS}
+    before = {why: m._value.get() for why, m in marks.items()}
+    w = Worker(max_pending_auth=4)
+    w.live()
+    garbage, silent, gone = w.connect(), w.connect(), w.connect()
+    w.frame(garbage, "{}")
+    assert garbage.machine.state is State.CLOSING
+    assert w.core.admission.suspects == 1
+    assert silent.machine.deadline is not None
+    w.core.deadline(silent, silent.machine.deadline)
+    assert silent.machine.state is State.CLOSING
+    assert w.core.admission.suspects == 2
+    w.core.closed(gone)
+    assert w.core.admission.suspects == 3
+    w.online(SKS[0])
+    w.core.closed(garbage)  # (already counted)
+    assert w.core.admission.suspects == 3
+    counted = {why: m._value.get() - before[why] for why, m in marks.items()}
+    assert counted == {"replaced": 0, "unanswered": 2, "closed": 1}
 
 
 # --------------------------------------------------------------------------- fan-out

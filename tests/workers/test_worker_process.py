@@ -925,6 +925,7 @@ def test_help_documents_every_option_and_its_environment_variable() -> None:
         "lag-bytes", "max-queue-bytes", "log-level", "pre-auth-frame-bytes", "msg-rate",
         "msg-burst", "flood-rejects", "flood-window", "max-pending-auth", "lag-target",
         "auth-window", "auth-reserve", "source-share", "max-connections", "trusted-proxies",
+        "challenge-grace",
         "cutoff-grace", "stall-timeout",
         "max-pipelined", "max-pipelined-bytes", "results-endpoint", "plain-tcp",
         "max-message-bytes",
