@@ -54,7 +54,9 @@ class MessageOps:
         """Both clients of each pair send each other direct messages for ``duration``
         seconds, ``rate`` a second per direction, ``window`` unanswered at most.
         Measures the round trip (send to ``send_result``) and the delivery (send to the
-        peer's ``message``), and checks every message arrives exactly once."""
+        peer's ``message``), and checks every message arrives exactly once: a send is
+        given ``drain`` seconds for its answer, and a delivered message as long to
+        arrive once the sending is over."""
         body = os.urandom(body_bytes // 2 + 1).hex()[:body_bytes]
         sent_at: dict[str, float] = {}
         rtt, delivery = Histogram(), Histogram()
@@ -69,7 +71,7 @@ class MessageOps:
             started = time.perf_counter()
             sent_at[msg_id] = time.time()
             try:
-                result = await client.send(to, body, msg_id, timeout=10.0)
+                result = await client.send(to, body, msg_id, timeout=drain)
             except (TimeoutError, ConnectionClosedError) as exc:
                 problems[f"send {type(exc).__name__}"] += 1
                 return

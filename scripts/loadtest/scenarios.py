@@ -387,12 +387,21 @@ def _pair(
 
 
 def messages(
-    ctx: Context, pairs: int, duration: float, rate: float, window: int, body_bytes: int
+    ctx: Context,
+    pairs: int,
+    duration: float,
+    rate: float,
+    window: int,
+    body_bytes: int,
+    *,
+    answer_timeout: float = 10.0,
 ) -> Result:
     """Pairs of clients, on different workers where the server's processes are known,
     message each other for ``duration`` seconds, ``rate`` a second per direction with
     at most ``window`` unanswered. Round trip: send to ``send_result``; delivery: send to the peer's
-    ``message``. Every message must arrive exactly once and be ``delivered``."""
+    ``message``. Every message must arrive exactly once and be ``delivered``; a send
+    unanswered, or a delivered message not arrived, after ``answer_timeout`` seconds
+    (10: far past any server's deadline) counts as lost."""
     procs = ctx.pool.size
     result = Result(
         "messages",
@@ -427,6 +436,7 @@ def messages(
             "rate": rate,
             "window": window,
             "body_bytes": body_bytes,
+            "drain": answer_timeout,
         },
         progress=ctx.progress("messaging", int(duration * rate) * 2 * pairs),
         timeout=duration + 60,
