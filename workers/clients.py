@@ -24,7 +24,8 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-from workers.connection import Connection, Flow, State
+from workers.connection import Connection
+from workers.states import Flow, State
 
 H = TypeVar("H", bound=Hashable)
 """The shell's handle of a connection (opaque here: a key and a thing to pass back)."""

@@ -9,24 +9,8 @@ deadline, the coordinator coming back, a sample of the transport's progress, the
 transport ending) and carries out the :data:`~workers.outputs.Output` list it returns,
 in order: frames to write, a close code, backbone messages to emit, a route to start.
 
-Authentication crosses two parties, so it has more states than "in" and "out":
-
-``CHALLENGED``
-    Challenge sent; the client has ``auth_timeout`` (10 s) to answer. A bad answer is
-    ``auth_failed`` + 4001; silence is 4003.
-``VERIFIED``
-    Signature good, but the coordinator is unreachable, so ``Authed`` is not sent yet.
-``AUTHENTICATING``
-    ``Authed`` sent; waiting for ``AuthAck`` (recorded) or ``Kick``.
-``ACKED``
-    Recorded as of ``(epoch, seq)``; ``auth_ok`` is held until the replica has applied
-    that ``seq``, so the snapshot that follows ``auth_ok`` already contains the client.
-    (Sending it from the coordinator's live-but-unpublished state would let the client
-    later see its own ``joined`` twice.) Direct messages for it are held, bounded.
-``AUTHENTICATED``
-    Normal service. Lobby fan-out goes through a :class:`Flow` sub-state.
-``CLOSING``
-    A close was decided; every further event is ignored.
+Authentication crosses two parties, so it has more states than "in" and "out"
+(:mod:`workers.states` describes each, and holds the transition table).
 
 From ``VERIFIED`` to ``ACKED`` one deadline applies: ``auth_wait`` (5 s) from the
 verified signature, then 1013 (the server's fault, so "try again later", not 4003).
@@ -110,7 +94,6 @@ What the machine returns, and what each item carries for the shell's metrics, is
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -142,6 +125,7 @@ from workers.outputs import (
     WriteSnapshot,
 )
 from workers.replica import ReplicaView, SyncState
+from workers.states import TRANSITIONS, Delivery, Event, Fanout, Flow, Link, State
 
 MAX_HELD_FRAMES: Final = 1024
 """Direct messages held for a client between ``AuthAck`` and ``auth_ok`` (also bounded
@@ -149,108 +133,12 @@ by ``max_queue_bytes``). Past either bound a new one is refused to its sender
 (:data:`Delivery.FULL`)."""
 
 
-class State(enum.Enum):
-    CHALLENGED = "challenged"
-    VERIFIED = "verified"
-    AUTHENTICATING = "authenticating"
-    ACKED = "acked"
-    AUTHENTICATED = "authenticated"
-    CLOSING = "closing"
-
-
-class Event(enum.Enum):
-    AUTH_VALID = "auth_valid"
-    AUTH_INVALID = "auth_invalid"  # bad frame before auth_ok
-    DEADLINE = "deadline"
-    LINK_UP = "link_up"
-    ACK = "ack"
-    CAUGHT_UP = "caught_up"
-    UNANNOUNCED = "unannounced"  # acked by a coordinator that restarted without us
-    KICK = "kick"
-    PIPELINE_FULL = "pipeline_full"  # more frames before auth_ok than are held
-    STALL = "stall"  # a backlog and no reading progress for stall_timeout
-    FLOOD = "flood"  # over the message rate for too long
-    CUTOFF = "cutoff"  # the worker lost its coordinator for longer than the grace
-    EVICTED = "evicted"  # door full: a heavier source's oldest, or one that waited, makes room
-    TRANSPORT_CLOSED = "transport_closed"
-
-
-class Link(enum.Enum):
-    """Whether the coordinator is reachable (recent message and replica live)."""
-
-    UP = "up"
-    DOWN = "down"
-
-
-class Flow(enum.Enum):
-    CURRENT = "current"
-    LAGGING = "lagging"
-    STALE = "stale"
-
-
-class Fanout(enum.Enum):
-    """What one authenticated client gets for one lobby update."""
-
-    UPDATE = "update"
-    SNAPSHOT = "snapshot"
-    SKIP = "skip"
-
-
 Verifier = Callable[[bytes, str, str], AuthFailure | None]
 """The auth check, :func:`shared.protocol.verify_auth` (the shell may wrap it, to time it)."""
-
-
-class Delivery(enum.Enum):
-    """What became of a direct message for this client (the ``RouteDone`` status)."""
-
-    DELIVERED = "delivered"  # handed to the connection (or held for auth_ok)
-    OFFLINE = "offline"  # no session here any more
-    FULL = "rate_limited"  # over the recipient's bound: the sender is told rate_limited
-
 
 S, E = State, Event
 _PENDING: Final = (S.VERIFIED, S.AUTHENTICATING, S.ACKED)
 _RECORDED: Final = (S.AUTHENTICATING, S.ACKED, S.AUTHENTICATED)  # Authed was emitted
-
-TRANSITIONS: Final[dict[tuple[State, Event], frozenset[State]]] = {
-    (S.CHALLENGED, E.AUTH_VALID): frozenset({S.VERIFIED, S.AUTHENTICATING}),
-    (S.CHALLENGED, E.AUTH_INVALID): frozenset({S.CLOSING}),
-    (S.CHALLENGED, E.DEADLINE): frozenset({S.CLOSING}),
-    (S.CHALLENGED, E.KICK): frozenset({S.CLOSING}),
-    (S.CHALLENGED, E.CUTOFF): frozenset({S.CLOSING}),
-    (S.CHALLENGED, E.EVICTED): frozenset({S.CLOSING}),
-    (S.CHALLENGED, E.FLOOD): frozenset({S.CLOSING}),
-    (S.CHALLENGED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
-    (S.VERIFIED, E.LINK_UP): frozenset({S.AUTHENTICATING}),
-    (S.VERIFIED, E.PIPELINE_FULL): frozenset({S.CLOSING}),
-    (S.VERIFIED, E.DEADLINE): frozenset({S.CLOSING}),
-    (S.VERIFIED, E.KICK): frozenset({S.CLOSING}),
-    (S.VERIFIED, E.CUTOFF): frozenset({S.CLOSING}),
-    (S.VERIFIED, E.FLOOD): frozenset({S.CLOSING}),
-    (S.VERIFIED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
-    (S.AUTHENTICATING, E.ACK): frozenset({S.ACKED}),
-    (S.AUTHENTICATING, E.PIPELINE_FULL): frozenset({S.CLOSING}),
-    (S.AUTHENTICATING, E.DEADLINE): frozenset({S.CLOSING}),
-    (S.AUTHENTICATING, E.KICK): frozenset({S.CLOSING}),
-    (S.AUTHENTICATING, E.CUTOFF): frozenset({S.CLOSING}),
-    (S.AUTHENTICATING, E.FLOOD): frozenset({S.CLOSING}),
-    (S.AUTHENTICATING, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
-    (S.ACKED, E.CAUGHT_UP): frozenset({S.AUTHENTICATED}),
-    (S.ACKED, E.PIPELINE_FULL): frozenset({S.CLOSING}),
-    (S.ACKED, E.DEADLINE): frozenset({S.CLOSING}),
-    (S.ACKED, E.UNANNOUNCED): frozenset({S.CLOSING}),
-    (S.ACKED, E.KICK): frozenset({S.CLOSING}),
-    (S.ACKED, E.CUTOFF): frozenset({S.CLOSING}),
-    (S.ACKED, E.FLOOD): frozenset({S.CLOSING}),
-    (S.ACKED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
-    (S.AUTHENTICATED, E.KICK): frozenset({S.CLOSING}),
-    (S.AUTHENTICATED, E.STALL): frozenset({S.CLOSING}),
-    (S.AUTHENTICATED, E.FLOOD): frozenset({S.CLOSING}),
-    (S.AUTHENTICATED, E.CUTOFF): frozenset({S.CLOSING}),
-    (S.AUTHENTICATED, E.TRANSPORT_CLOSED): frozenset({S.CLOSING}),
-}
-"""Every legal ``(state, event) -> next state``. Pairs not listed leave the state alone
-(for example a late ``AuthAck`` after a close, or a frame while ``CLOSING``)."""
 
 
 # --------------------------------------------------------------------------- checks

@@ -35,23 +35,18 @@ and the door's :class:`~workers.admission.Admission`. The rules that join them:
   acknowledged here, else routed by the coordinator and answered by the recipient's
   worker directly (:class:`~workers.routing.Report`); every ``send`` gets exactly one
   result, and ``rejected`` is never followed by a delivery.
-* **Lost messages are repaired.** A message that matters and could not be queued for
-  the coordinator (``Authed``, ``Closed``, ``Hello``) is counted, and the worker
-  re-registers (``Hello``, the whole truth) at the next tick; a ``Route`` that could
-  not be queued is answered ``unavailable`` at once.
-* **Link and cut-off.** The coordinator is reachable while the replica is live and it
-  was heard from within ``coordinator_timeout``; silent longer, the worker announces
-  its sessions again (it may have dropped them, or restarted). Unreachable for
-  ``cutoff_grace``, the worker closes its clients with 1013 and refuses new ones (the
-  door's 503, or 1013 right after the handshake) until it is back.
+* **The coordinator link** (:mod:`workers.link`): silence, the repair of lost messages
+  (``Hello``, the whole truth, at the next tick; a ``Route`` that could not be queued
+  is answered ``unavailable`` at once) and the cut-off (1013 to every client).
+* **Memory** (:mod:`workers.budget`): every write is charged to the budget and
+  released as transports drain; past it the heaviest addresses are refused first.
 * **Admission** (:class:`~workers.admission.Admission`, its auth window sized by the
   event loop's lag, fed once a tick): the upgrade request is asked first
   (:meth:`WorkerCore.door`, see :mod:`workers.door`); a connection refused after all
   when its handler starts, or cut off then, is closed right after the handshake with
-  1013. Refusals are summed in ``/healthz`` and logged at most every :data:`LOG_EVERY`.
-* **Health** (:meth:`WorkerCore.health`): counters, and backlog figures kept once a
-  tick over the pressured clients only, so a ``/healthz`` request costs the same however
-  many clients are connected.
+  1013. Refusals are summed in ``/healthz`` and logged at most every
+  :data:`~workers.health.LOG_EVERY`.
+* **Health** (:mod:`workers.health`): ``/healthz`` costs the same whatever the load.
 
 Metrics (:mod:`workers.stats`): the core records what it decides (routes, refusals,
 drops, resyncs, the connection counts once a tick); the shell records what it writes.
@@ -64,9 +59,8 @@ import itertools
 import logging
 import secrets
 import time
-from collections import Counter
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from shared import backbone as bb
 from shared import logs, protocol
@@ -74,15 +68,17 @@ from workers import stats
 from workers.admission import Admission, Admit
 from workers.budget import MemoryBudget, MemoryLimits
 from workers.clients import Client, ClientTable, Group
-from workers.connection import Connection, Event, Flow, Link, State, Verifier
+from workers.connection import Connection, Verifier
+from workers.health import Health
+from workers.link import Change, CoordinatorLink, Due
 from workers.outputs import (
     AdmitPeers,
     Answer,
     Broadcast,
-    ClientOutput,
+    CoreOutput,
     Emit,
     Lesser,
-    Report,
+    Shell,
     StartRoute,
     Synced,
     Trim,
@@ -93,6 +89,7 @@ from workers.outputs import Output as MachineOutput
 from workers.replica import Announce, Forward, Replica, RequestSnapshot, Resynced, SyncState
 from workers.replica import Output as ReplicaOutput
 from workers.routing import Router
+from workers.states import Event, Flow, Link, State
 
 if TYPE_CHECKING:
     from workers.admission import AdmissionLimits
@@ -113,8 +110,6 @@ COALESCE_BYTES: Final = 64 * 1024
 written to each client together, one system call for all of them, up to this many
 bytes of frames: what a write past a client's ``lag_bytes`` check may add to its
 backlog, small beside the default ``lag_bytes``."""
-LOG_EVERY: Final = 1.0
-"""Seconds between log lines summing refusals and drops (a storm must not flood logs)."""
 
 _SETTLED: Final = frozenset({State.ACKED, State.AUTHENTICATED, State.CLOSING})
 """States in which a connection is out of the auth window (acknowledged, or done)."""
@@ -125,38 +120,8 @@ that closed unanswered."""
 _REPAIRED_BY_HELLO: Final = (bb.Authed, bb.Closed, bb.Hello)
 
 
-# --------------------------------------------------------------------------- outputs
-
-Output = Emit | Report | Broadcast[Any] | Synced | AdmitPeers | Trim
-"""What the core hands its shell besides clients' outputs; :class:`Emit` goes to the
-coordinator."""
-
-
-class Shell(Protocol[H]):
-    """What the core asks of its shell: to carry out outputs at once, and the facts
-    only I/O knows."""
-
-    def to_client(self, client: Client[H], output: ClientOutput) -> None: ...
-
-    def carry_out(self, output: Output) -> None: ...
-
-    def buffered(self, handle: H) -> int:
-        """Bytes waiting in the connection's transport buffer."""
-        ...
-
-    def acked(self, handle: H) -> int | None:
-        """Bytes the peer has acknowledged on the connection (``None``: unknown)."""
-        ...
-
-    def send_buffer(self, handle: H) -> int:
-        """The kernel send buffer the connection's socket was granted (its reservation
-        in the memory budget)."""
-        ...
-
-    def peer(self, endpoint: str, key: str) -> object | None:
-        """A handle for the results endpoint of another worker if a result can be
-        queued for it now, else ``None``."""
-        ...
+Output = CoreOutput
+"""What the core hands its shell besides clients' outputs (:mod:`workers.outputs`)."""
 
 
 # --------------------------------------------------------------------------- core
@@ -195,25 +160,17 @@ class WorkerCore(Generic[H]):
         self.admission = Admission(admission)
         self.memory = memory or MemoryLimits()
         self.budget: MemoryBudget[H] = MemoryBudget(self.memory.memory_budget)
-        self.counters: Counter[str] = Counter()
-        self.counters_budget: Counter[str] = Counter()
-        """What the memory budget refused: messages, and views collapsed."""
-        """Messages dropped, by kind (``/healthz``'s ``dropped``)."""
-        self.cut_off = False
+        self.figures = Health()
+        self.counters = self.figures.dropped
+        self.counters_budget = self.figures.refused_by_budget
         self.stopping = False
         self.now = 0.0
         """The time of the input being handled."""
         self._verify = verify
         self._wall = wall
-        self._logged: Counter[str] = Counter()
-        self._logged_at = float("-inf")
         self._conn_ids = itertools.count(1)
         self._announced: frozenset[int] = frozenset()
-        self._last_seen = float("-inf")  # last message from the coordinator
-        self._last_request = 0.0  # last Hello/SnapshotRequest
-        self._repair = False  # a message that matters was lost: re-register
-        self._down_since: float | None = None
-        self._backlog = {"buffered": 0, "maxBuffered": 0}
+        self.coordinator = CoordinatorLink(timing)
         # Updates applied but not yet written: held to the end of the read batch
         # (see _replica_outputs), never across anything else that reads the replica.
         self._unwritten: list[Forward] = []
@@ -234,54 +191,22 @@ class WorkerCore(Generic[H]):
 
     # ------------------------------------------------------------------ view
 
+    @property
+    def cut_off(self) -> bool:
+        """Whether the worker is cut off from its coordinator (:mod:`workers.link`)."""
+        return self.coordinator.cut_off
+
     def link(self, now: float) -> Link:
-        live = self.replica.sync is SyncState.LIVE
-        recent = now - self._last_seen <= self.timing.coordinator_timeout
-        return Link.UP if live and recent else Link.DOWN
+        return self.coordinator.state(now, self.replica.sync is SyncState.LIVE)
 
     def reachable(self, now: float) -> bool:
         """Whether the worker serves: the coordinator is reachable, and not stopping."""
         return self.link(now) is Link.UP and not self.stopping
 
     def health(self, now: float) -> tuple[bool, dict[str, object]]:
-        """Whether the worker serves, and the ``/healthz`` body. O(1): counters, and the
-        backlog figures kept once a tick."""
-        up, refused = self.reachable(now), self.admission.refused
-        return up, {
-            "status": "ok" if up else "unavailable",
-            "worker": self.worker_id,
-            "sync": self.replica.sync.value,
-            "seq": self.replica.seq,
-            "clients": len(self.clients),
-            **self._backlog,
-            "lagging": len(self.clients.groups[Group.BEHIND]),
-            "challenged": self.admission.pending,
-            "inFlight": self.admission.in_flight,
-            "authWindow": int(self.admission.window),
-            "connections": self.admission.connections,
-            "refused": {
-                kind.value: refused.get(kind, 0)
-                for kind in (Admit.FULL, Admit.BUSY, Admit.THROTTLED)
-            },
-            "evicted": self.admission.evicted,
-            "replaced": self.admission.replaced,
-            "memory": self._memory_figures(),
-            "cutOff": self.cut_off,
-            "dropped": dict(self.counters),
-        }
-
-    def _memory_figures(self) -> dict[str, int]:
-        figures = self.budget.figures()
-        return {
-            "budget": figures.limit,
-            "used": figures.used,
-            "reserved": figures.reserved,
-            "backlog": figures.backlog,
-            "backlogged": figures.backlogged,
-            "refusedConnections": self.budget.refused_connections,
-            "refusedMessages": self.counters_budget["messages"],
-            "collapsed": self.counters_budget["collapsed"],
-        }
+        """Whether the worker serves, and the ``/healthz`` body (:mod:`workers.health`)."""
+        up = self.reachable(now)
+        return up, self.figures.body(self, up)
 
     def coordinator_now(self) -> float | None:
         """The coordinator's wall clock now, if known for the replica's epoch (for the
@@ -500,7 +425,7 @@ class WorkerCore(Generic[H]):
                     kind=msg.TAG,
                 )
                 continue
-            self._last_seen = now
+            self.coordinator.last_seen = now
             handler(msg)
         return max(1, len(messages))
 
@@ -550,13 +475,13 @@ class WorkerCore(Generic[H]):
         self.counters[msg.TAG] += 1
         stats.dropped(msg.TAG)
         if isinstance(msg, _REPAIRED_BY_HELLO):
-            if not self._repair:
+            if not self.coordinator.repair:
                 log.warning(
                     "lost %s to the coordinator; will re-register",
                     msg.TAG,
                     extra=logs.event("event_lost", kind=msg.TAG),
                 )
-            self._repair = True
+            self.coordinator.repair = True
         elif isinstance(msg, bb.Route):
             self.router.lost(msg)
 
@@ -607,7 +532,7 @@ class WorkerCore(Generic[H]):
                 self._announce()
                 self.emit(bb.SnapshotRequest())
             elif isinstance(output, RequestSnapshot):
-                self._last_request = self.now
+                self.coordinator.last_request = self.now
                 self.emit(bb.SnapshotRequest())
             elif isinstance(output, Resynced):
                 self._resynced(output)
@@ -623,8 +548,8 @@ class WorkerCore(Generic[H]):
         """``Hello``: every session that sent ``Authed``, the whole truth about us."""
         claims = [c for client in self.clients if (c := client.machine.claim())]
         self._announced = frozenset(claim[0] for claim in claims)
-        self._last_request = self.now
-        if not self._repair:
+        self.coordinator.last_request = self.now
+        if not self.coordinator.repair:
             log.info(
                 "announcing %d sessions to the coordinator",
                 len(claims),
@@ -637,9 +562,9 @@ class WorkerCore(Generic[H]):
             self.results_key,
             claims,
         )
-        self._repair = False  # until the frame with the Hello is lost (see lost)
+        self.coordinator.repair = False  # until the frame with the Hello is lost (see lost)
         if not self.emit(hello):
-            self._repair = True
+            self.coordinator.repair = True
 
     def _fan_out(self, updates: list[Forward]) -> None:
         """Write each update to every current client, all of ``updates`` in one write;
@@ -708,56 +633,36 @@ class WorkerCore(Generic[H]):
         overtaken by ``unavailable``)."""
         self.now = now
         self.router.expire(now)
-        timing = self.timing
-        silent = now - self._last_seen > timing.coordinator_timeout
-        if self.replica.sync is SyncState.LIVE:
-            if silent:  # it may have dropped our sessions, or restarted: announce again
-                log.warning(
-                    "coordinator silent for %.1fs",
-                    timing.coordinator_timeout,
-                    extra=logs.event("coordinator_silent", silent=timing.coordinator_timeout),
-                )
-                self._replica_outputs(self.replica.start())
-            elif self._repair:
-                self._announce()  # the whole truth repairs whatever was lost
-        elif now - self._last_request > timing.coordinator_timeout:
-            self._last_request = now
+        due = self.coordinator.due(now, self.replica.sync is SyncState.LIVE)
+        if due is Due.REANNOUNCE:  # it may have dropped our sessions, or restarted
+            silent = self.timing.coordinator_timeout
+            log.warning(
+                "coordinator silent for %.1fs",
+                silent,
+                extra=logs.event("coordinator_silent", silent=silent),
+            )
+            self._replica_outputs(self.replica.start())
+        elif due is Due.REPAIR:
+            self._announce()  # the whole truth repairs whatever was lost
+        elif due is Due.RETRY:
             self._replica_outputs(self.replica.retry())
         self._watch_cutoff(now)
         self._watch_progress(now)
         self._watch_memory()
         self._sweep_flow()
         self._link_changed()
-        self._measure_backlog()
-        self._count_connections()
-        self._log_counts(now)
-
-    def _count_connections(self) -> None:
-        groups = self.clients.groups
-        stats.connections(
-            challenged=self.admission.pending,
-            authenticating=sum(
-                len(groups[g]) for g in (Group.VERIFIED, Group.AUTHENTICATING, Group.ACKED)
-            ),
-            online=len(groups[Group.CURRENT]),
-            lagging=len(groups[Group.BEHIND]),
-        )
+        shell = self.shell
+        self.figures.tick(self, (shell.buffered(h) for h in self.clients.pressured), now)
 
     def _watch_cutoff(self, now: float) -> None:
-        if self.link(now) is Link.UP:
-            if self.cut_off:
-                log.info(
-                    "coordinator reachable again; admitting clients",
-                    extra=logs.event("coordinator_back"),
-                )
-            self._down_since, self.cut_off = None, False
-            return
-        if self._down_since is None:
-            self._down_since = now
-        grace = self.timing.cutoff_grace
-        if not self.cut_off and now - self._down_since >= grace:
-            self.cut_off = True
-            count = len(self.clients)
+        change = self.coordinator.watch(now, self.replica.sync is SyncState.LIVE)
+        if change is Change.BACK:
+            log.info(
+                "coordinator reachable again; admitting clients",
+                extra=logs.event("coordinator_back"),
+            )
+        elif change is Change.CUT:
+            grace, count = self.timing.cutoff_grace, len(self.clients)
             log.warning(
                 "cut off from the coordinator for %.0fs: closing %d clients with 1013",
                 grace,
@@ -787,27 +692,6 @@ class WorkerCore(Generic[H]):
         stats.memory(budget.figures())
         if budget.drained():
             self.hand(Trim())
-
-    def _measure_backlog(self) -> None:
-        """The backlog figures of ``/healthz``, once a tick: O(pressured clients), as
-        only transports past their write limit hold more than a few KiB."""
-        backlog = [self.shell.buffered(handle) for handle in self.clients.pressured]
-        self._backlog = {"buffered": sum(backlog), "maxBuffered": max(backlog, default=0)}
-
-    def _log_counts(self, now: float) -> None:
-        summary = Counter({f"refused {k.value}": n for k, n in self.admission.refused.items()})
-        summary.update({f"dropped {k}": n for k, n in self.counters.items()})
-        if summary == self._logged or now - self._logged_at < LOG_EVERY:
-            return
-        new = summary - self._logged
-        if new:
-            log.info(
-                "since the last report: %s (%d challenged now)",
-                ", ".join(f"{k} {n}" for k, n in sorted(new.items())),
-                self.admission.pending,
-                extra=logs.event("counts", counts=dict(new), challenged=self.admission.pending),
-            )
-        self._logged, self._logged_at = summary, now
 
 
 def _as(msg: bb.Message, cls: type[_M]) -> _M:

@@ -4,8 +4,9 @@
 The core carries out the :data:`Output` list a machine call returns, in order: frames
 to write, a close code, backbone messages to emit, a route to start, frame limits (it
 routes, and hands the rest to the shell). The core's own outputs (:class:`Broadcast`,
-:class:`Report`, :class:`Synced`, :class:`AdmitPeers`, with :class:`Emit`) are its
-:data:`~workers.core.Output`.
+:class:`Report`, :class:`Synced`, :class:`AdmitPeers`, :class:`Trim`, with
+:class:`Emit`) are :data:`CoreOutput`, which it hands to its :class:`Shell`, the
+protocol of what the core asks of the I/O around it.
 
 What happened, for the shell's metrics: the outputs say it, so the machine needs no
 clock and no counters. A :class:`Write` or :class:`Close` that ends an authentication
@@ -19,7 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 from shared import backbone as bb
 from shared.protocol import CLOSE_REASONS, AuthFailure, CloseCode, RejectReason, SendStatus
@@ -179,3 +180,35 @@ class AdmitPeers:
 class Trim:
     """The buffers' load has left: give the memory the allocator keeps back to the
     system (see :mod:`workers.budget`)."""
+
+
+CoreOutput = Emit | Report | Broadcast[Any] | Synced | AdmitPeers | Trim
+"""What the core hands its shell besides clients' outputs (:data:`ClientOutput`);
+:class:`Emit` goes to the coordinator. :mod:`workers.core` calls it ``Output``."""
+
+
+class Shell(Protocol[H]):
+    """What the core asks of its shell: to carry out outputs at once, and the facts
+    only I/O knows."""
+
+    def to_client(self, client: Client[H], output: ClientOutput) -> None: ...
+
+    def carry_out(self, output: CoreOutput) -> None: ...
+
+    def buffered(self, handle: H) -> int:
+        """Bytes waiting in the connection's transport buffer."""
+        ...
+
+    def acked(self, handle: H) -> int | None:
+        """Bytes the peer has acknowledged on the connection (``None``: unknown)."""
+        ...
+
+    def send_buffer(self, handle: H) -> int:
+        """The kernel send buffer the connection's socket was granted (its reservation
+        in the memory budget)."""
+        ...
+
+    def peer(self, endpoint: str, key: str) -> object | None:
+        """A handle for the results endpoint of another worker if a result can be
+        queued for it now, else ``None``."""
+        ...

@@ -35,9 +35,9 @@ from shared import logs, timings
 from shared.protocol import RejectReason, SendStatus
 from workers import stats
 from workers.clients import Client
-from workers.connection import Delivery
 from workers.outputs import Report, StartRoute
 from workers.routes import CoordinatorClock, Room, RouteTable
+from workers.states import Delivery
 
 if TYPE_CHECKING:
     from workers.core import WorkerCore

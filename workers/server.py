@@ -52,7 +52,6 @@ from workers import stats
 from workers.api import ApiTokenError, BackendApi, load_token
 from workers.backbone import SHUTDOWN_LINGER_MS, Backbone
 from workers.clients import Client
-from workers.connection import State
 from workers.core import TICK, Output, WorkerCore
 from workers.door import Door
 from workers.frames import SharedFrame
@@ -71,6 +70,7 @@ from workers.outputs import (
 )
 from workers.settings import TlsError, WorkerSettings
 from workers.sources import parse_trusted
+from workers.states import State
 from workers.wsinternals import (
     acked_bytes,
     forget_handshake,

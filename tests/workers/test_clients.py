@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from workers.clients import Client, ClientTable, Group
-from workers.connection import Connection, Flow, State
+from workers.connection import Connection
 from workers.limits import Limits
+from workers.states import Flow, State
 
 KEY = "a" * 64
 

@@ -15,17 +15,7 @@ from shared import backbone as bb
 from shared import protocol
 from shared.protocol import AuthFailure, CloseCode, ErrorCode, RejectReason, SendStatus
 from workers.admission import RateLimits
-from workers.connection import (
-    MAX_HELD_FRAMES,
-    TRANSITIONS,
-    Connection,
-    Delivery,
-    Event,
-    Fanout,
-    Flow,
-    Link,
-    State,
-)
+from workers.connection import MAX_HELD_FRAMES, Connection
 from workers.limits import Limits
 from workers.outputs import (
     Answer,
@@ -42,6 +32,7 @@ from workers.outputs import (
     WriteSnapshot,
 )
 from workers.replica import SyncState
+from workers.states import TRANSITIONS, Delivery, Event, Fanout, Flow, Link, State
 
 NONCE = bytes(range(32))
 LIMITS = Limits(auth_timeout=10.0, auth_wait=5.0, lag_bytes=1000, max_queue_bytes=4000)

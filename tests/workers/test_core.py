@@ -23,7 +23,6 @@ from shared.protocol import CloseCode
 from workers.admission import AdmissionLimits
 from workers.budget import MemoryLimits
 from workers.clients import Client, Group
-from workers.connection import Flow, State
 from workers.core import COALESCE_BYTES, Output, WorkerCore
 from workers.limits import Limits
 from workers.outputs import (
@@ -41,6 +40,7 @@ from workers.outputs import (
     WriteSnapshot,
 )
 from workers.settings import Timing
+from workers.states import Flow, State
 
 E1 = f"{10**18:020d}-00000001"
 E2 = f"{2 * 10**18:020d}-00000002"

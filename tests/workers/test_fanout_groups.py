@@ -16,8 +16,9 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from tests.support import raw_upgrade
 from workers.clients import Group, group_of
-from workers.connection import Connection, Flow, State
+from workers.connection import Connection
 from workers.limits import Limits
+from workers.states import Flow, State
 from workers.wsinternals import watched_connection, write_limit
 
 
