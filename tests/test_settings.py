@@ -13,8 +13,9 @@ from coordinator.settings import Timing as CoordinatorTiming
 from shared import options, timings
 from shared.endpoints import BackboneOptions
 from tests.support import ROOT
-from workers.admission import AdmissionLimits, RateLimits
+from workers.admission import AdmissionLimits
 from workers.connection import Limits
+from workers.ratelimit import RateLimits
 from workers.settings import Network, WorkerSettings
 
 BAD_OPTIONS = [

@@ -65,7 +65,7 @@ Bounds on what one client can cost, and who pays at the bound:
   the first frame, then ``max_frame_bytes`` (:class:`FrameLimits`). Over the limit the
   WebSocket layer closes with 1009 (the machine then sees the transport end).
 * Incoming rate (``AUTHENTICATED``): every frame goes through a
-  :class:`~workers.admission.FloodGuard` first. ``PASS`` frames are handled as usual; a
+  :class:`~workers.ratelimit.FloodGuard` first. ``PASS`` frames are handled as usual; a
   ``THROTTLE`` frame is answered and dropped (a well-formed ``send`` gets ``send_result``
   ``rejected``/``rate_limited``, anything else ``error``/``rate_limited``); ``FLOOD``
   closes with 1008 ``policy_violation``. Admission to the challenge phase is the
@@ -108,7 +108,6 @@ from shared.protocol import (
     SendStatus,
     ViolationKind,
 )
-from workers.admission import FloodGuard, RateLimits, Verdict
 from workers.limits import Limits as Limits  # (where the settings have always found it)
 from workers.outputs import (
     Answer,
@@ -124,6 +123,7 @@ from workers.outputs import (
     Write,
     WriteSnapshot,
 )
+from workers.ratelimit import FloodGuard, RateLimits, Verdict
 from workers.replica import ReplicaView, SyncState
 from workers.states import TRANSITIONS, Delivery, Event, Fanout, Flow, Link, State
 

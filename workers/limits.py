@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from shared import defaults, protocol, timings
 from shared.options import at_least, group, option, positive, validate
-from workers.admission import RateLimits
+from workers.ratelimit import RateLimits
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,7 @@
 """Every knob of a worker, grouped as on its command line (``python -m workers --help``).
 
 Each group is the settings of the core that uses it: :class:`~workers.connection.Limits`
-(with :class:`~workers.admission.RateLimits`) for one connection's state machine,
+(with :class:`~workers.ratelimit.RateLimits`) for one connection's state machine,
 :class:`~workers.admission.AdmissionLimits` for the door; the groups here belong to the
 shell. Every default is written once, where its option is declared.
 """

@@ -19,11 +19,8 @@ from workers.admission import (
     AdmissionLimits,
     Admit,
     Decision,
-    FloodGuard,
-    RateLimits,
-    TokenBucket,
-    Verdict,
 )
+from workers.ratelimit import FloodGuard, RateLimits, TokenBucket, Verdict
 
 rates = st.floats(min_value=0.0, max_value=1000.0, allow_nan=False)
 bursts = st.floats(min_value=1.0, max_value=500.0, allow_nan=False)

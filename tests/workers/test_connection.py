@@ -14,7 +14,6 @@ from nacl.signing import SigningKey
 from shared import backbone as bb
 from shared import protocol
 from shared.protocol import AuthFailure, CloseCode, ErrorCode, RejectReason, SendStatus
-from workers.admission import RateLimits
 from workers.connection import MAX_HELD_FRAMES, Connection
 from workers.limits import Limits
 from workers.outputs import (
@@ -31,6 +30,7 @@ from workers.outputs import (
     Write,
     WriteSnapshot,
 )
+from workers.ratelimit import RateLimits
 from workers.replica import SyncState
 from workers.states import TRANSITIONS, Delivery, Event, Fanout, Flow, Link, State
 
