@@ -334,6 +334,9 @@ class Cluster:
         return [p for p in [self.coordinator, *self.workers] if p is not None]
 
     def stop(self) -> None:
+        """Workers first, all told at once (as the launcher does), then the coordinator."""
+        for worker in self.workers:
+            worker.signal(signal.SIGTERM)
         codes = {p.module + str(i): p.stop() for i, p in enumerate(reversed(self.processes()))}
         for p in self.processes():
             p.assert_no_traceback()

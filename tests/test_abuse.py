@@ -196,6 +196,7 @@ def test_one_user_cannot_knock_another_offline(slow_cluster: Cluster) -> None:
             await victim.read_until(lambda: victim.messages[-1]["id"] == "again")
             for c in (watcher, sender):
                 assert c.errors == [] and c.error_frames == []
+            await victim.ws.close()
 
     run(scenario())
 
@@ -502,6 +503,8 @@ def test_one_address_cannot_lock_everyone_out(fair_cluster: Cluster) -> None:
             assert client.key in client.view
         for ws in held:
             await ws.close()
+        for client in (first, second, third):  # they read nothing more: no close handshake
+            client.ws.transport.abort()
 
     run(scenario(), timeout=120)
 
