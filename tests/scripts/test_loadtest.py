@@ -886,7 +886,7 @@ def test_checks_fail_against_a_broken_server(
     server = start_baseline(free_port(), fault=fault)
     try:
         with AgentPool(2, server.url, os.urandom(16), sample=sample, ws_client=client) as pool:
-            ctx = scenarios.Context(pool, server, concurrency=20, settle_timeout=2.0, quiet=True)
+            ctx = scenarios.Context(pool, server, concurrency=20, settle_timeout=1.0, quiet=True)
             if scenario == "mass-join":
                 result = scenarios.mass_join(ctx, 12)
             elif scenario == "churn":
