@@ -390,12 +390,13 @@ class WorkerCore(Generic[H]):
         """What the memory budget still allows ``client``'s backlog."""
         return self.budget.allowance(client.handle)
 
-    def observed(self, handles: list[H]) -> None:
-        """The shell wrote to ``handles`` and left them with a backlog: charge it."""
-        budget, shell = self.budget, self.shell
-        for handle in handles:
-            if handle in self.clients.by_handle:
-                budget.observe(handle, shell.buffered(handle))
+    def observed(self, backlogs: list[tuple[H, int]]) -> None:
+        """The shell wrote to these connections and left each with the backlog given:
+        charge it."""
+        budget, by_handle = self.budget, self.clients.by_handle
+        for handle, backlog in backlogs:
+            if handle in by_handle:
+                budget.observe(handle, backlog)
 
     # ------------------------------------------------------------------ backbone
 

@@ -199,7 +199,7 @@ class Worker:
         them in one write (:mod:`workers.frames`)."""
         clients = output.clients
         frames = [SharedFrame(update.frame) for update in output.updates]
-        left: list[ServerConnection] = []
+        left: list[tuple[ServerConnection, int]] = []
         write_all(clients, frames, left)
         self.core.observed(left)
         if clients:

@@ -446,14 +446,15 @@ def takes_shared(ws: ServerConnection) -> bool:
 def write_all(
     connections: Iterable[ServerConnection],
     frames: Sequence[SharedFrame],
-    left: list[ServerConnection] | None = None,
+    left: list[tuple[ServerConnection, int]] | None = None,
 ) -> int:
     """Write ``frames``, in order, to every open connection of ``connections``,
     synchronously: the shared bytes where they are exactly right (several frames as
     one write of their concatenated bytes, which is what writing them one after the
     other puts on the wire), and ``broadcast()`` of each elsewhere. Returns how many
     connections took the shared bytes. ``left``, if given, gets every connection whose
-    transport holds a backlog after the write (for the memory budget).
+    transport holds a backlog after the write, with that backlog (for the memory
+    budget, which is then charged without asking the transport again).
 
     This loop runs once per client per lobby update, so :func:`takes_shared` is
     inlined and the protocol's state read without its property (a tenth of the loop's
@@ -479,10 +480,12 @@ def write_all(
             transport = ws.transport
             transport.write(data)
             shared += 1
-            if left is not None and transport.get_write_buffer_size():
-                left.append(ws)
+            if left is not None and (backlog := transport.get_write_buffer_size()):
+                left.append((ws, backlog))
     for frame in frames if normal else ():
         broadcast(normal, frame.text)
     if left is not None:
-        left.extend(ws for ws in normal if ws.transport.get_write_buffer_size())
+        for ws in normal:
+            if backlog := ws.transport.get_write_buffer_size():
+                left.append((ws, backlog))
     return shared
