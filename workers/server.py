@@ -38,14 +38,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from typing import Any, Final, cast
 
 import zmq
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
-from shared import curve, endpoints, listen, logs, notify, protocol
+from shared import curve, endpoints, listen, logs, notify, protocol, stopping
 from shared.options import SettingsError
 from shared.protocol import CLOSE_REASONS, CloseCode
 from workers import stats
@@ -450,8 +449,14 @@ async def main(settings: WorkerSettings) -> int:
     """Run a worker until SIGTERM/SIGINT; returns the exit code."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stopping.on_stop_signals(loop, lambda _: stop.set())
+    try:
+        return await _run(settings, stop)
+    finally:
+        stopping.settle(loop)
+
+
+async def _run(settings: WorkerSettings, stop: asyncio.Event) -> int:
     try:
         worker = Worker(settings)
     except (

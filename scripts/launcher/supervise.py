@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from scripts.launcher.config import USAGE_ERROR, Config, connect_url, tcp
 from scripts.launcher.metrics import MULTIPROC_ENV, MetricsEndpoint, PortTaken
-from shared import endpoints, logs, notify
+from shared import endpoints, logs, notify, stopping
 
 ROOT = Path(__file__).resolve().parents[2]
 COORDINATOR_READY_WAIT = 10.0
@@ -165,12 +165,12 @@ class Cluster:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_signal, sig)
+        stopping.on_stop_signals(loop, self._on_signal)
         self._start_metrics()
         try:
             return await self._run()
         finally:
+            stopping.settle(loop)
             if self._metrics is not None:
                 self._metrics.close()
 

@@ -888,6 +888,22 @@ def test_sigterm_closes_clients_1001_and_says_goodbye(ipc_dir: Path) -> None:
     run(scenario())
 
 
+def test_sigterm_repeated_while_stopping_still_ends_in_a_clean_exit(ipc_dir: Path) -> None:
+    """An operator's second Ctrl-C, or a supervisor that signals twice, must not turn a
+    clean exit into death by signal, however late in the shutdown it lands."""
+
+    async def scenario() -> None:
+        async with worker(ipc_dir) as h:
+            await h.login(new_key())
+            deadline = time.monotonic() + 10
+            while h.proc.proc.poll() is None and time.monotonic() < deadline:
+                h.proc.signal(signal.SIGTERM)
+                await asyncio.sleep(0.0005)  # pacing the signals, not waiting for anything
+            assert h.proc.proc.poll() == 0, h.proc.proc.returncode
+
+    run(scenario())
+
+
 # --------------------------------------------------------------------------- helpers
 
 PEER = "peer-w9"
