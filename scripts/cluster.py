@@ -26,7 +26,8 @@ This is what ``make run`` starts. It
   then ``w3-2``), because the coordinator must treat it as a new worker: the old one's
   sessions are gone;
 * serves Prometheus metrics of every process on this machine at
-  ``http://H:M/metrics`` (``--metrics-port``, default 9765; 0 turns it off):
+  ``http://H:M/metrics`` (``--metrics-port``, default 9765, and 9766 with ``--role
+  coordinator`` so that a machine running both roles has both; 0 turns it off):
   ``prometheus_client``'s multiprocess mode, through a private directory (mode 0700,
   removed at exit) given to the children in ``PROMETHEUS_MULTIPROC_DIR``, read by a
   ``MultiProcessCollector`` served from a thread; a child that exits is marked dead
@@ -78,12 +79,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.launcher.config import (
+    COORDINATOR_METRICS_PORT,
     DEFAULT_BACKBONE,
     DEFAULT_METRICS_PORT,
     ROLES,
     BackoffPolicy,
     Config,
     Keys,
+    default_metrics_port,
     host_port,
     local_address_towards,
     split_forwarded,
@@ -180,9 +183,9 @@ def parse_args(argv: Sequence[str]) -> Config:
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=DEFAULT_METRICS_PORT,
         help="serve GET /metrics (Prometheus) for every process of this machine on this "
-        "port of --host; 0 turns it off (%(default)s)",
+        f"port of --host; 0 turns it off ({DEFAULT_METRICS_PORT}; "
+        f"{COORDINATOR_METRICS_PORT} with --role coordinator)",
     )
     parser.add_argument(
         "--grace",
@@ -233,6 +236,8 @@ def parse_args(argv: Sequence[str]) -> Config:
         parser.error("--workers must be at least 1")
     if not 0 < args.port < 65536:
         parser.error("--port must be 1-65535")
+    if args.metrics_port is None:
+        args.metrics_port = default_metrics_port(args.role)
     if not 0 <= args.metrics_port < 65536:
         parser.error("--metrics-port must be 0 (off) or 1-65535")
     if args.grace < 0 or args.restart_delay < 0 or args.max_restart_delay < 0:

@@ -10,8 +10,8 @@ What counts as quoting a default, in README.md and docs/*.md:
 * in a table with a ``default`` column, every option named in the row's first cells.
   A table whose first header cell names a process (``worker option``, ``coordinator
   option``, ``launcher option``) is checked against that process alone, and
-  docs/operating.md must list every option of the worker and of the coordinator in such
-  tables.
+  docs/operating.md must list every option of the worker, the coordinator and the
+  launcher (``scripts/cluster.py --help``) in such tables.
 
 Values are read with their units (ms, s, min, KiB, MiB, GiB, %, /s, thousands commas);
 ``off`` and ``none`` stand for an option that is off, ``on`` for a switch that is on.
@@ -90,6 +90,8 @@ def _launcher_defaults() -> dict[str, Any]:
         cluster.parse_args([])
     found = _parser_defaults(parsers[0])
     found["--workers"] = COMPUTED  # the number of CPUs of this machine
+    found["--metrics-port"] = cluster.DEFAULT_METRICS_PORT  # with --role all or workers
+    del found["--help"]
     return found
 
 
@@ -243,7 +245,7 @@ def test_every_default_quoted_in_the_documents_is_the_settings_default() -> None
     assert not problems, "documents disagree with the settings:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("process", ["worker", "coordinator"])
+@pytest.mark.parametrize("process", ["worker", "coordinator", "launcher"])
 def test_the_operating_guide_lists_every_option(process: str) -> None:
     listed = {q.flag for q in quotes(OPERATING) if q.process == process}
     missing = sorted(set(PROCESSES[process]) - listed)
