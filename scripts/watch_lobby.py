@@ -28,6 +28,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import scripts  # noqa: F401  (first: this Python has the dependencies, or it says so)
+
+# isort: split
 from nacl.signing import SigningKey
 
 from shared.client import (
