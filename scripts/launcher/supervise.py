@@ -127,6 +127,7 @@ class Cluster:
         count = config.workers if config.runs_workers else 0
         self.workers = [Slot(i) for i in range(1, count + 1)]
         self.exit_code = 0
+        self._refusal = ""
         tls = config.tls_cert is not None
         self.url = connect_url(config.host, config.port, tls=tls)
         self.page = connect_url(config.host, config.port, tls=tls, page=True)
@@ -272,7 +273,10 @@ class Cluster:
         await self._stop.wait()
         self._notify("STOPPING=1", "stopping")
         await self._shutdown()
-        self.log("stopped", "stopped")
+        if self._refusal:  # said again last, where an operator looks first
+            self.log(f"stopped (exit code {self.exit_code}): {self._refusal}", "stopped")
+        else:
+            self.log("stopped", "stopped")
         return self.exit_code
 
     def _share_runtime_dir(self) -> None:
@@ -385,6 +389,7 @@ class Cluster:
                     reason=reason,
                 )
                 self.exit_code = USAGE_ERROR
+                self._refusal = f"{slot.name} did not start: {reason}"
                 self._stop.set()
                 return
             slot.fast_crashes = self.config.backoff.fast_crashes(slot.fast_crashes, uptime)

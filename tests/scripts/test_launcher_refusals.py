@@ -139,6 +139,8 @@ def test_a_cluster_that_cannot_start_stops_saying_why(
     said = next((line for line in lines if "refused its options" in line), "")
     assert expected.format(port=port) in said, launcher.output()
     assert said.endswith("restarting cannot help: stopping")
+    reason = said.split(" (exit code 2): ", 1)[1].removesuffix("; restarting cannot help: stopping")
+    assert lines[-1].endswith(f"stopped (exit code 2): {said.split()[2]} did not start: {reason}")
     if setup is port_taken:
         assert "address already in use" in said
     if setup is cluster_running:
