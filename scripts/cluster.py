@@ -55,11 +55,13 @@ joining the coordinator at ``--coordinator HOST:PORT`` with ``--keys DIR``
 (``coordinator.key`` and ``worker.key_secret``), each binding its results socket on
 ``--advertise ADDR`` (default: this machine's address towards the coordinator) and
 named ``NAME-wSLOT-GEN`` after ``--name`` (default: the host name) so worker ids are
-unique across machines. ``python scripts/backbone_keys.py --cluster DIR HOST...``
+unique across machines. ``make keys`` (``scripts/backbone_keys.py --cluster DIR HOST...``)
 makes one such key directory per machine.
 
-A child that exits with code 2 before it was ever ready refused its options: restarting
-it cannot help, so the launcher stops everything and exits with code 2 too.
+A child that exits with code 2 before it was ever ready refused its options or could not
+listen (a taken port, a host that does not resolve, a backbone another cluster holds):
+restarting it cannot help, so the launcher stops everything and exits with code 2 too,
+quoting the child's last line as the reason, and again as its own last line.
 
 Children run in their own session so a terminal's Ctrl-C reaches only the launcher,
 which then stops them in order; on Linux they also get SIGTERM if the launcher itself
@@ -269,7 +271,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         if missing:
             parser.error(
                 f"--keys {args.keys} lacks {', '.join(missing)} for --role {args.role} "
-                "(python scripts/backbone_keys.py --cluster DIR HOST... makes them)"
+                "(make keys, or .venv/bin/python scripts/backbone_keys.py --cluster DIR HOST...)"
             )
     if coordinator is not None and advertise is None:
         try:
