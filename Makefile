@@ -33,6 +33,18 @@ ROLE_ARGS := --role $(ROLE) $(if $(filter-out all,$(ROLE)),--keys $(KEYS)) \
 ARGS ?=
 PYTEST_ARGS ?=
 
+# Half a TLS or API configuration is refused before anything starts, naming the variables.
+ifneq ($(filter run,$(MAKECMDGOALS)),)
+  ifeq ($(if $(TLS_CERT),x)$(if $(TLS_KEY),x),x)
+    $(error TLS_CERT and TLS_KEY go together: give both (make run TLS_CERT=cert.pem TLS_KEY=key.pem) or neither)
+  endif
+  ifneq ($(API_PORT),)
+    ifeq ($(API_TOKEN_FILE),)
+      $(error API_PORT needs API_TOKEN_FILE: the backend API never starts without a token (make run API_PORT=$(API_PORT) API_TOKEN_FILE=path))
+    endif
+  endif
+endif
+
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -52,7 +64,8 @@ help:
 	@echo "             ROLE=coordinator [BACKBONE=0.0.0.0:7100] KEYS=dir: this machine runs the"
 	@echo "             coordinator alone; ROLE=workers COORDINATOR=host:7100 KEYS=dir: the workers"
 	@echo "make keys    CURVE keys for several machines: MACHINES=\"web1 web2\" [KEYS=keys]"
-	@echo "make watch   join the lobby at URL=$(URL) and watch (ARGS=\"--key-file k\")"
+	@echo "make watch   join the lobby at URL=$(URL) and watch, as the same identity every run"
+	@echo "             (ARGS=\"--key-file k\" or ARGS=--throwaway; see its --help)"
 	@echo "make test    lint, then run the tests (PYTEST_ARGS=\"...\")"
 	@echo "             (make test-fast: no lint, only tests that start no process; seconds)"
 	@echo "make load    load-test the server at URL=$(URL): ARGS=\"mass-join 100\""
@@ -64,15 +77,17 @@ help:
 	@echo "make clean   remove $(VENV) and caches"
 	@echo "The first run creates $(VENV) with $(PYTHON) (3.11+ required; PYTHON=... to choose)."
 
-# The stamp is newer than pyproject.toml once the environment matches it.
+# The stamp is newer than pyproject.toml once the environment matches it. What installing
+# says goes to stderr: the standard output of `make run` is the cluster's alone.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
 	  echo "error: $(PYTHON) is missing or older than Python 3.11, which this project needs." >&2; \
 	  echo "       Install 3.11+ and run e.g. make PYTHON=python3.11 ... (then make clean first" >&2; \
 	  echo "       if $(VENV) was made with an older one)." >&2; \
 	  exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet -e '.[test]'
+	@echo "installing into $(VENV) (first run; make install)" >&2
+	@$(PYTHON) -m venv $(VENV) >&2
+	@$(VPY) -m pip install --quiet -e '.[test]' >&2
 	@touch $@
 
 install: $(STAMP)
@@ -83,7 +98,7 @@ $(BENCH_STAMP): $(STAMP)
 	@touch $@
 
 run: $(STAMP)
-	$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) \
+	@$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) \
 	  $(API_ARGS) $(ROLE_ARGS) $(METRICS_ARGS) $(LOG_ARGS) $(ARGS)
 
 # One key directory per machine (docs/operating.md, Running on several machines); never overwrites.

@@ -38,10 +38,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         endpoints.UnsafeDirectory,
         endpoints.EndpointInUse,
     ) as exc:
+        hint = ""
+        if isinstance(exc, endpoints.EndpointInUse) and settings.backbone.events_endpoint is None:
+            hint = (
+                f": a cluster already runs on port {settings.port} (its backbone follows "
+                "from the port); stop it first, or start this one on another port "
+                "(make run PORT=...)"
+            )
         logging.getLogger("coordinator").error(
-            "cannot start the backbone: %s",
+            "cannot start the backbone: %s%s",
             exc,
-            extra=logs.event("backbone_failed", error=str(exc)),
+            hint,
+            extra=logs.event("backbone_failed", error=f"{exc}{hint}"),
         )
         context.destroy(linger=0)
         return 2

@@ -39,6 +39,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import scripts  # noqa: F401  (first: this Python has the dependencies, or it says so)
+
+# isort: split
 import zmq.auth
 
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")

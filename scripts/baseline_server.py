@@ -29,13 +29,16 @@ from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import urlsplit
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import scripts  # noqa: F401  (first: this Python has the dependencies, or it says so)
+
+# isort: split
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared import defaults, notify, protocol
 from shared.protocol import (

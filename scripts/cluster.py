@@ -26,7 +26,8 @@ This is what ``make run`` starts. It
   then ``w3-2``), because the coordinator must treat it as a new worker: the old one's
   sessions are gone;
 * serves Prometheus metrics of every process on this machine at
-  ``http://H:M/metrics`` (``--metrics-port``, default 9765; 0 turns it off):
+  ``http://H:M/metrics`` (``--metrics-port``, default 9765, and 9766 with ``--role
+  coordinator`` so that a machine running both roles has both; 0 turns it off):
   ``prometheus_client``'s multiprocess mode, through a private directory (mode 0700,
   removed at exit) given to the children in ``PROMETHEUS_MULTIPROC_DIR``, read by a
   ``MultiProcessCollector`` served from a thread; a child that exits is marked dead
@@ -54,11 +55,13 @@ joining the coordinator at ``--coordinator HOST:PORT`` with ``--keys DIR``
 (``coordinator.key`` and ``worker.key_secret``), each binding its results socket on
 ``--advertise ADDR`` (default: this machine's address towards the coordinator) and
 named ``NAME-wSLOT-GEN`` after ``--name`` (default: the host name) so worker ids are
-unique across machines. ``python scripts/backbone_keys.py --cluster DIR HOST...``
+unique across machines. ``make keys`` (``scripts/backbone_keys.py --cluster DIR HOST...``)
 makes one such key directory per machine.
 
-A child that exits with code 2 before it was ever ready refused its options: restarting
-it cannot help, so the launcher stops everything and exits with code 2 too.
+A child that exits with code 2 before it was ever ready refused its options or could not
+listen (a taken port, a host that does not resolve, a backbone another cluster holds):
+restarting it cannot help, so the launcher stops everything and exits with code 2 too,
+quoting the child's last line as the reason, and again as its own last line.
 
 Children run in their own session so a terminal's Ctrl-C reaches only the launcher,
 which then stops them in order; on Linux they also get SIGTERM if the launcher itself
@@ -78,12 +81,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.launcher.config import (
+    COORDINATOR_METRICS_PORT,
     DEFAULT_BACKBONE,
     DEFAULT_METRICS_PORT,
     ROLES,
     BackoffPolicy,
     Config,
     Keys,
+    default_metrics_port,
     host_port,
     local_address_towards,
     split_forwarded,
@@ -180,9 +185,9 @@ def parse_args(argv: Sequence[str]) -> Config:
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=DEFAULT_METRICS_PORT,
         help="serve GET /metrics (Prometheus) for every process of this machine on this "
-        "port of --host; 0 turns it off (%(default)s)",
+        f"port of --host; 0 turns it off ({DEFAULT_METRICS_PORT}; "
+        f"{COORDINATOR_METRICS_PORT} with --role coordinator)",
     )
     parser.add_argument(
         "--grace",
@@ -233,6 +238,8 @@ def parse_args(argv: Sequence[str]) -> Config:
         parser.error("--workers must be at least 1")
     if not 0 < args.port < 65536:
         parser.error("--port must be 1-65535")
+    if args.metrics_port is None:
+        args.metrics_port = default_metrics_port(args.role)
     if not 0 <= args.metrics_port < 65536:
         parser.error("--metrics-port must be 0 (off) or 1-65535")
     if args.grace < 0 or args.restart_delay < 0 or args.max_restart_delay < 0:
@@ -264,7 +271,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         if missing:
             parser.error(
                 f"--keys {args.keys} lacks {', '.join(missing)} for --role {args.role} "
-                "(python scripts/backbone_keys.py --cluster DIR HOST... makes them)"
+                "(make keys, or .venv/bin/python scripts/backbone_keys.py --cluster DIR HOST...)"
             )
     if coordinator is not None and advertise is None:
         try:

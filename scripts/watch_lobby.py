@@ -5,10 +5,11 @@
                                   [--send PUBLIC_KEY BODY]
 
 Prints who is online when it joins, then every join and leave with a timestamp and the
-online count, and every direct message that arrives. ``--key-file`` keeps the same
-identity across runs (the file holds the hex seed of an Ed25519 key and is created with
-mode 0600 if missing); without it a throwaway identity is generated. ``--send`` sends
-one direct message once connected and prints its result. Ctrl-C leaves cleanly.
+online count, and every direct message that arrives. It keeps the same identity across
+runs: the hex seed of an Ed25519 key in ``--key-file``, by default
+``$XDG_CONFIG_HOME/presence-lobby/watch.key`` (``~/.config/...``), created with mode 0600
+if missing; ``--throwaway`` uses a new identity, saved nowhere. ``--send`` sends one
+direct message once connected and prints its result. Ctrl-C leaves cleanly.
 
 Exit status: 0 after Ctrl-C, 1 when the server closes the connection or refuses it.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -25,6 +27,11 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import scripts  # noqa: F401  (first: this Python has the dependencies, or it says so)
+
+# isort: split
+from nacl.signing import SigningKey
 
 from shared.client import (
     DEFAULT_URL,
@@ -46,6 +53,24 @@ def printable(text: str) -> str:
     if len(text) > MAX_SHOWN_BODY:
         shown += f"... ({len(text)} characters)"
     return shown
+
+
+def default_key_file() -> Path:
+    """Where the watcher keeps its identity between runs."""
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "presence-lobby" / "watch.key"
+
+
+def identity(key_file: Path | None) -> SigningKey:
+    """The key in ``key_file`` (made if missing, with its directory); a new, unsaved
+    one when ``key_file`` is None."""
+    if key_file is None:
+        return generate_signing_key()
+    key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key, created = load_or_create_signing_key(key_file)
+    if created:
+        say(f"created a new identity in {key_file}")
+    return key
 
 
 def stamp() -> str:
@@ -100,12 +125,7 @@ class Watcher:
 
 
 async def watch(url: str, key_file: Path | None, send: Sequence[str] | None) -> int:
-    if key_file is None:
-        key = generate_signing_key()
-    else:
-        key, created = load_or_create_signing_key(key_file)
-        if created:
-            say(f"created a new identity in {key_file}")
+    key = identity(key_file)
     try:
         client = await LobbyClient.connect(url, key)
     except (LobbyClientError, OSError, TimeoutError) as exc:
@@ -161,8 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--key-file",
         type=Path,
-        help="identity file (hex seed), created with mode 0600 if missing; "
-        "default: a new identity every run",
+        help="identity file (hex seed), created with mode 0600 if missing "
+        "(default: $XDG_CONFIG_HOME/presence-lobby/watch.key, ~/.config/... without it)",
+    )
+    parser.add_argument(
+        "--throwaway",
+        action="store_true",
+        help="a new identity for this run, saved nowhere (not with --key-file)",
     )
     parser.add_argument(
         "--send",
@@ -171,8 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="send one direct message once connected",
     )
     args = parser.parse_args(argv)
+    if args.throwaway and args.key_file is not None:
+        parser.error("--throwaway and --key-file exclude each other")
+    key_file = None if args.throwaway else (args.key_file or default_key_file())
     try:
-        return asyncio.run(watch(args.url, args.key_file, args.send))
+        return asyncio.run(watch(args.url, key_file, args.send))
     except KeyboardInterrupt:  # Ctrl-C before the lobby was joined
         return 0
     except (ValueError, OSError) as exc:  # an unreadable or unwritable key file

@@ -137,6 +137,16 @@ def test_strangers_get_401_and_bad_requests_a_clear_answer(
         writer.write(b"POST /v1/lobby HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
+        # HTTP/1.0 is answered as HTTP/1.1 is (docs/API.md says so); other versions are not.
+        for version, answered in ((b"HTTP/1.0", True), (b"HTTP/2.0", False)):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+            writer.write(b"GET /v1/lobby " + version + b"\r\n" + auth + b"\r\n")
+            raw = await asyncio.wait_for(reader.read(), 5)
+            assert raw.startswith(b"HTTP/1.1 200 ") if answered else raw == b"", (version, raw)
+            writer.close()
+        guide = (Path(__file__).parent.parent / "docs" / "API.md").read_text(encoding="utf-8")
+        assert "that is not HTTP/1.1 or HTTP/1.0, is not answered" in guide
         # The public port knows nothing of the API, and the API port serves no lobby.
         status, _, _ = await http(cluster.port, path="/v1/lobby", headers=AUTH)
         assert status == 404

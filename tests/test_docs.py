@@ -10,8 +10,8 @@ What counts as quoting a default, in README.md and docs/*.md:
 * in a table with a ``default`` column, every option named in the row's first cells.
   A table whose first header cell names a process (``worker option``, ``coordinator
   option``, ``launcher option``) is checked against that process alone, and
-  docs/operating.md must list every option of the worker and of the coordinator in such
-  tables.
+  docs/operating.md must list every option of the worker, the coordinator and the
+  launcher (``scripts/cluster.py --help``) in such tables.
 
 Values are read with their units (ms, s, min, KiB, MiB, GiB, %, /s, thousands commas);
 ``off`` and ``none`` stand for an option that is off, ``on`` for a switch that is on.
@@ -90,6 +90,8 @@ def _launcher_defaults() -> dict[str, Any]:
         cluster.parse_args([])
     found = _parser_defaults(parsers[0])
     found["--workers"] = COMPUTED  # the number of CPUs of this machine
+    found["--metrics-port"] = cluster.DEFAULT_METRICS_PORT  # with --role all or workers
+    del found["--help"]
     return found
 
 
@@ -243,7 +245,7 @@ def test_every_default_quoted_in_the_documents_is_the_settings_default() -> None
     assert not problems, "documents disagree with the settings:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("process", ["worker", "coordinator"])
+@pytest.mark.parametrize("process", ["worker", "coordinator", "launcher"])
 def test_the_operating_guide_lists_every_option(process: str) -> None:
     listed = {q.flag for q in quotes(OPERATING) if q.process == process}
     missing = sorted(set(PROCESSES[process]) - listed)
@@ -340,3 +342,104 @@ def test_every_link_between_the_documents_resolves() -> None:
             elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
                 broken.append(f"{path.relative_to(ROOT)}: {link} (no such heading)")
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+# --------------------------------------------------------------------------- make variables
+
+MAKEFILE = ROOT / "Makefile"
+ENVIRONMENT = {"NOTIFY_SOCKET", "READY", "STOPPING", "STATUS", "UPDATE_SCREENSHOT"}
+"""Names in the documents' code that are environment variables or notification fields,
+not make variables (and any ``PRESENCE_*``, ``XDG_*``, ``PROMETHEUS_*``)."""
+ASSIGNED = re.compile(r"(?<![\w$-])([A-Z][A-Z0-9_]*[A-Z0-9])=")
+
+
+def _make_variables() -> dict[str, str]:
+    """The Makefile's ``NAME ?= value`` variables (what a user may set)."""
+    text = MAKEFILE.read_text(encoding="utf-8")
+    return dict(re.findall(r"^([A-Z][A-Z0-9_]*) \?=[ \t]*(.*)$", text, flags=re.MULTILINE))
+
+
+def _code(path: Path) -> Iterator[tuple[str, str]]:
+    """(where, text) of every code span and code-block line of a document."""
+    in_code = False
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        where = f"{path.relative_to(ROOT).as_posix()}:{number}"
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        elif in_code:
+            yield where, line
+        else:
+            for span in re.findall(r"`([^`]+)`", line):
+                yield where, span
+
+
+def test_every_make_variable_the_documents_set_is_the_makefiles() -> None:
+    known = _make_variables()
+    unknown = [
+        f"{where}: {name}= is no variable of the Makefile"
+        for path in DOCUMENTS
+        for where, text in _code(path)
+        for name in ASSIGNED.findall(text)
+        if name not in known
+        and name not in ENVIRONMENT
+        and not name.startswith(("PRESENCE_", "XDG_", "PROMETHEUS_"))
+    ]
+    assert not unknown, "\n".join(unknown)
+
+
+def _make_rows() -> Iterator[tuple[str, str, str, str]]:
+    """(where, variable, quoted default, the row's launcher option or "") of the
+    operating guide's ``make variable`` table."""
+    header: list[str] | None = None
+    for number, line in enumerate(OPERATING.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = _cells(line)
+        if header is None:
+            header = [cell.lower() for cell in cells]
+        elif header[0] == "make variable" and not set("".join(cells)) <= set("-: "):
+            names = re.findall(r"`([A-Z][A-Z0-9_]*)`", cells[0])
+            values = cells[1].split(", ")
+            flags = FLAG.findall(cells[2])
+            for i, name in enumerate(names):
+                value = values[i] if len(values) == len(names) else cells[1]
+                flag = flags[i] if len(flags) == len(names) else ""
+                yield f"docs/operating.md:{number}", name, value, flag
+
+
+def test_the_operating_guide_lists_every_make_variable_with_its_default() -> None:
+    known = _make_variables()
+    rows = list(_make_rows())
+    problems = [f"no make variable table row for {name}" for name in sorted(
+        set(known) - {name for _, name, _, _ in rows}
+    )]  # fmt: skip
+    for where, name, quoted, flag in rows:
+        if name not in known:
+            problems.append(f"{where}: {name} is no variable of the Makefile")
+            continue
+        value = re.sub(r"\$\((\w+)\)", r"\1", known[name])
+        if "$(" in value:
+            continue  # computed by make (the number of CPUs)
+        word = _clean(quoted).split(" ")[0]
+        if value:
+            if word != value:
+                problems.append(f"{where}: {name} quoted as {word!r}, the Makefile has {value!r}")
+        elif word.lower() not in OFF:  # empty: the launcher's own default
+            why = disagreement(quoted, PROCESSES["launcher"][flag]) if flag else "no option"
+            if why:
+                problems.append(f"{where}: {name} (empty in the Makefile, so {flag}): {why}")
+    assert not problems, "docs/operating.md disagrees with the Makefile:\n" + "\n".join(problems)
+
+
+def test_commands_in_the_documents_use_the_projects_python() -> None:
+    """``python scripts/X.py`` with whatever ``python`` is first on the PATH lacks the
+    dependencies: the documents say ``.venv/bin/python``."""
+    bare = re.compile(r"(?<![/\w.-])python3? (?:-m |scripts/)")
+    found = [
+        f"{where}: {text.strip()}"
+        for path in DOCUMENTS
+        for where, text in _code(path)
+        if bare.search(text)
+    ]
+    assert not found, "commands that need .venv/bin/python:\n" + "\n".join(found)

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_METRICS_PORT = 9765
+COORDINATOR_METRICS_PORT = DEFAULT_METRICS_PORT + 1
+"""The metrics port of ``--role coordinator``: a machine may also run ``--role
+workers``, and both must have their metrics by default."""
 FORWARD_OPTIONS = ("--coordinator-arg", "--worker-arg")
 
 
@@ -97,6 +100,11 @@ ROLES = ("all", "coordinator", "workers")
 DEFAULT_BACKBONE = "0.0.0.0:7100"
 USAGE_ERROR = 2
 """The exit code of a process that refused its options (argparse's)."""
+
+
+def default_metrics_port(role: str) -> int:
+    """The metrics port of ``role`` when ``--metrics-port`` is not given."""
+    return COORDINATOR_METRICS_PORT if role == "coordinator" else DEFAULT_METRICS_PORT
 
 
 def host_port(text: str, what: str) -> tuple[str, int]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import re
 import signal
 import sys
 import time
@@ -24,6 +26,8 @@ COORDINATOR_READY_WAIT = 10.0
 (workers cope with a coordinator that is not there yet; waiting only makes start-up
 quieter)."""
 NAME_WIDTH = 12
+LOGGED = re.compile(r"^\d{4}-\d\d-\d\d \S+ [A-Z]+ \S+: (.*)$")
+"""A text log line of a child: its time, level and logger, then the message."""
 IGNORED_SHOWN = 5
 """Lines a second about notifications from strangers (the rest are counted)."""
 
@@ -38,6 +42,16 @@ def describe_exit(returncode: int | None) -> str:
         except ValueError:
             return f"signal {-returncode}"
     return f"exit code {returncode}"
+
+
+def last_words(line: str) -> str:
+    """What a child's output line says, without its time and level (text) or as its
+    ``message`` (JSON): a reason to quote in the launcher's own line."""
+    if line.startswith("{"):
+        with contextlib.suppress(ValueError, AttributeError):
+            return str(json.loads(line).get("message", line))
+    match = LOGGED.match(line)
+    return match.group(1) if match else line.strip()
 
 
 def is_ready(notification: dict[str, str]) -> bool:
@@ -97,6 +111,8 @@ class Slot:
     proc: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+    last_words: str = ""
+    """The last line this generation printed: why it refused to start, when it did."""
 
     @property
     def is_coordinator(self) -> bool:
@@ -111,6 +127,7 @@ class Cluster:
         count = config.workers if config.runs_workers else 0
         self.workers = [Slot(i) for i in range(1, count + 1)]
         self.exit_code = 0
+        self._refusal = ""
         tls = config.tls_cert is not None
         self.url = connect_url(config.host, config.port, tls=tls)
         self.page = connect_url(config.host, config.port, tls=tls, page=True)
@@ -256,7 +273,10 @@ class Cluster:
         await self._stop.wait()
         self._notify("STOPPING=1", "stopping")
         await self._shutdown()
-        self.log("stopped", "stopped")
+        if self._refusal:  # said again last, where an operator looks first
+            self.log(f"stopped (exit code {self.exit_code}): {self._refusal}", "stopped")
+        else:
+            self.log("stopped", "stopped")
         return self.exit_code
 
     def _share_runtime_dir(self) -> None:
@@ -357,15 +377,19 @@ class Cluster:
                 )
                 return
             if returncode == USAGE_ERROR and not slot.ever_ready:
+                reason = slot.last_words or "see above"
                 self.log(
-                    f"{slot.name} refused its options ({describe_exit(returncode)}, see "
-                    "above); restarting cannot help: stopping",
+                    f"{slot.name} refused its options or could not listen "
+                    f"({describe_exit(returncode)}): {reason}; restarting cannot help: "
+                    "stopping",
                     "process_refused_options",
                     "ERROR",
                     process=slot.name,
                     exit=describe_exit(returncode),
+                    reason=reason,
                 )
                 self.exit_code = USAGE_ERROR
+                self._refusal = f"{slot.name} did not start: {reason}"
                 self._stop.set()
                 return
             slot.fast_crashes = self.config.backoff.fast_crashes(slot.fast_crashes, uptime)
@@ -431,6 +455,7 @@ class Cluster:
             )
             return None
         slot.proc = proc
+        slot.last_words = ""
         listener.expect(proc.pid)  # nobody else may say it is ready
         self.log(
             f"started {slot.name} pid {proc.pid}",
@@ -467,6 +492,8 @@ class Cluster:
             except asyncio.LimitOverrunError as exc:
                 raw = await stream.readexactly(exc.consumed)
             line = raw.decode(errors="replace").rstrip("\r\n")
+            if line.strip():
+                slot.last_words = last_words(line)
             self.emit(name, line)
 
     def _on_notify(self, slot: Slot, listener: notify.Listener) -> None:
@@ -509,6 +536,8 @@ class Cluster:
         slot.ready = slot.ever_ready = True
         slot.ready_event.set()
         everyone = self.slots
+        if self._stop.is_set():
+            return  # stopping: a process that just came up makes nothing ready again
         if self._whole or not all(s.ready for s in everyone):
             return
         self._whole = True

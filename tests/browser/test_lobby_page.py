@@ -32,10 +32,15 @@ def page_url(cluster: Cluster, *, tls: bool = False) -> str:
     return f"{'https' if tls else 'http'}://127.0.0.1:{cluster.port}/"
 
 
-async def open_page(context: Any, url: str, key: str = "memory") -> Any:
-    """A page of the lobby, once it is online with the lobby drawn."""
+async def open_page(
+    context: Any, url: str, key: str = "memory", console: list[str] | None = None
+) -> Any:
+    """A page of the lobby, once it is online with the lobby drawn; its console's errors
+    (a resource that failed to load, say) go to ``console``."""
     page = await context.new_page()
     page.on("pageerror", lambda exc: pytest.fail(f"page error: {exc}"))
+    if console is not None:
+        page.on("console", lambda m: m.type == "error" and console.append(m.text))
     await page.goto(f"{url}?key={key}")
     await page.wait_for_function("window.lobby && window.lobby.ready")
     await page.evaluate("window.lobby.ready")
@@ -76,7 +81,8 @@ async def browser_context(**kw: Any) -> AsyncIterator[Any]:
 def test_two_pages_see_each_other_join_and_leave(cluster: Cluster) -> None:
     async def scenario() -> None:
         async with browser_context() as context:
-            one = await open_page(context, page_url(cluster))
+            console: list[str] = []
+            one = await open_page(context, page_url(cluster), console=console)
             two = await open_page(context, page_url(cluster))
             a, b = await key_of(one), await key_of(two)
             assert a != b
@@ -86,6 +92,7 @@ def test_two_pages_see_each_other_join_and_leave(cluster: Cluster) -> None:
             assert await one.text_content("#me") == a
             await two.close()
             await until_shown(one, {a}, "the second page to leave")
+            assert console == [], "the page's console had errors"  # no /favicon.ico 404
 
     run(scenario())
 
