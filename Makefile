@@ -58,7 +58,7 @@ help:
 	@echo "make run     start a local cluster: WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT)"
 	@echo "             and open http://$(HOST):$(PORT)/ (TLS_CERT=... TLS_KEY=... for https)"
 	@echo "             (ARGS=\"...\" is passed to scripts/cluster.py, see its --help)"
-	@echo "             metrics at http://$(HOST):$(or $(METRICS_PORT),9765)/metrics (METRICS_PORT=0: off)"
+	@echo "             metrics at http://$(HOST):$(or $(METRICS_PORT),$(if $(filter coordinator,$(ROLE)),9766,9765))/metrics (METRICS_PORT=0: off)"
 	@echo "             LOG_FORMAT=json: one JSON object per log line"
 	@echo "             API_PORT=... API_TOKEN_FILE=...: the backend API (docs/API.md)"
 	@echo "             ROLE=coordinator [BACKBONE=0.0.0.0:7100] KEYS=dir: this machine runs the"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts.launcher.config import default_metrics_port
 from tests.support import ROOT
 
 pytestmark = pytest.mark.process
@@ -89,3 +90,10 @@ def test_installing_on_the_first_run_writes_nothing_to_stdout(tmp_path: Path) ->
     assert result.stdout == "ran scripts/cluster.py\n"
     assert "ran -m" in result.stderr  # the venv and pip ran, and said so on stderr
     assert stamp.exists()
+
+
+@pytest.mark.parametrize("role", ["all", "coordinator", "workers"])
+def test_make_help_names_the_metrics_port_the_launcher_takes_for_the_role(role: str) -> None:
+    result = make("help", f"ROLE={role}")
+    assert result.returncode == 0, result
+    assert f":{default_metrics_port(role)}/metrics" in result.stdout, result.stdout
