@@ -116,8 +116,12 @@ load: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(VPY) scripts/bench.py $(ARGS)
 
+# The pure tests on every core (pytest-xdist), then the process tests one at a time: those
+# hold real processes to deadlines, so they get the machine to themselves. Exit status 5
+# is pytest's "no test selected" (PYTEST_ARGS naming tests of one kind only).
 test: lint test-js
-	$(VPY) -m pytest $(PYTEST_ARGS)
+	$(VPY) -m pytest -m "not process" -n auto $(PYTEST_ARGS) || [ $$? = 5 ]
+	$(VPY) -m pytest -m process $(PYTEST_ARGS) || [ $$? = 5 ]
 
 # The JavaScript client's unit tests (Node.js 20+, no npm packages).
 test-js:
@@ -131,7 +135,7 @@ test-js:
 
 # Unit and property tests only: those marked `process` start real processes and are slow.
 test-fast: $(STAMP)
-	$(VPY) -m pytest -m "not process" $(PYTEST_ARGS)
+	$(VPY) -m pytest -m "not process" -n auto $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VPY) -m ruff check $(LINTED)

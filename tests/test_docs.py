@@ -287,8 +287,10 @@ def test_the_makefile_runs_on_the_default_host_and_port() -> None:
     assignments = dict(re.findall(r"^(\w+) \?= (.*)$", makefile, flags=re.MULTILINE))
     assert assignments["PORT"] == str(defaults.PORT), "Makefile PORT ?= is not defaults.PORT"
     assert assignments["HOST"] == defaults.HOST, "Makefile HOST ?= is not defaults.HOST"
-    metrics = re.search(r"\$\(or \$\(METRICS_PORT\),(\d+)\)", makefile)
-    assert metrics is not None and int(metrics.group(1)) == cluster.DEFAULT_METRICS_PORT
+    metrics = re.search(r"\$\(filter coordinator,\$\(ROLE\)\),(\d+),(\d+)\)", makefile)
+    assert metrics is not None, "make help no longer names the metrics ports"
+    assert int(metrics.group(1)) == cluster.COORDINATOR_METRICS_PORT
+    assert int(metrics.group(2)) == cluster.DEFAULT_METRICS_PORT
 
 
 def test_the_reader_finds_both_forms_and_both_kinds_of_drift() -> None:

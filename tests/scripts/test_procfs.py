@@ -25,7 +25,7 @@ def test_this_process_as_proc_describes_it() -> None:
     assert procfs.machine_cpu_seconds() >= busy
     assert procfs.rss_bytes(me) > 1 << 20
     assert procfs.environ(me)["PATH"]  # as this process was started
-    assert b"pytest" in procfs.cmdline(me)
+    assert procfs.cmdline(me) == b"".join(os.fsencode(arg) + b"\0" for arg in sys.orig_argv)
 
 
 @linux
