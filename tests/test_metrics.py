@@ -25,6 +25,7 @@ from shared.client import LobbyClient, generate_signing_key, public_key_hex
 from shared.protocol import SendStatus
 from tests import support
 from tests.support import free_port, http, run, until
+from workers.admission import AdmissionLimits
 
 pytestmark = pytest.mark.process
 
@@ -138,6 +139,11 @@ async def scenario(launched: Launched) -> None:
     assert value(s, "presence_auth_verify_seconds_count") == 6
     assert value(s, "presence_direct_message_route_seconds_count", status="delivered") == 1
     assert 0 < value(s, "presence_lobby_batch_window_seconds") <= 0.05
+    # What the alerts compare (docs/deploy/alerts.yml): the lag and its target, the link.
+    assert value(s, "presence_lag_target_seconds") == AdmissionLimits().lag_target
+    assert ("presence_event_loop_lag_seconds", frozenset()) in s
+    assert ("presence_workers_coordinator_unreachable", frozenset()) in s
+    assert value(s, "presence_workers_coordinator_unreachable") == 0
     # Each process's own figures, as a Prometheus client exports them, by position.
     pids = {"launcher": launched.proc.pid, "coordinator": launched.pid("coordinator")}
     pids |= {"w1": launched.pid("w1-1"), "w2": launched.pid("w2-1")}
