@@ -21,15 +21,15 @@ from tests.support import ROOT, ManagedProcess, free_port, http, run
 
 pytestmark = pytest.mark.process
 
-TEST_ONLY = ("pytest", "hypothesis", "mypy", "ruff", "trustme", "playwright", "picows")
+TEST_ONLY = ("pytest", "hypothesis", "mypy", "ruff", "trustme", "playwright", "picows", "yaml")
 """The test extra's packages (pyproject.toml): none may be needed to serve."""
 
 
 def test_the_runtime_install_serves_without_any_test_package(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
+    make = ["make", "--no-print-directory", f"VENV={venv}", f"PYTHON={sys.executable}"]
     made = subprocess.run(
-        ["make", "--no-print-directory", f"VENV={venv}", f"PYTHON={sys.executable}"]
-        + ["install-runtime"],
+        [*make, "install-runtime"],
         cwd=ROOT,
         capture_output=True,
         text=True,
