@@ -1,7 +1,7 @@
 """The production install: ``make install-runtime`` (what ``make run`` depends on) makes
 a virtualenv with the project and its runtime dependencies alone, and the launcher
 started from it serves the page, the metrics and an authenticated client, with no test
-package importable there.
+package importable there (``make watch`` and ``make keys`` use it too).
 
 The virtualenv is made by the Makefile's own rule, in the test's directory (pip's cache
 makes it a few seconds once ``make install`` ran).
@@ -43,6 +43,15 @@ def test_the_runtime_install_serves_without_any_test_package(tmp_path: Path) -> 
     )
     assert found.returncode == 0, found.stderr
     assert found.stdout.split() == [], "test packages in the runtime install"
+    for script in ("watch_lobby.py", "backbone_keys.py"):  # make watch, make keys
+        helped = subprocess.run(
+            [python, f"scripts/{script}", "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert helped.returncode == 0, helped.stderr
 
     port, metrics = free_port(), free_port()
     env = {"XDG_RUNTIME_DIR": str(tmp_path)}
