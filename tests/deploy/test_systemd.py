@@ -18,8 +18,6 @@ from shared.endpoints import RUNTIME_ENV
 from tests.deploy.conftest import DEPLOY, tool
 from tests.support import ROOT
 
-pytestmark = pytest.mark.process
-
 UNITS = ("presence.service", "presence-coordinator.service", "presence-workers.service")
 INSTALLED = "/opt/presence-lobby"
 EXPOSURE = 20
@@ -44,6 +42,7 @@ def settings(name: str) -> dict[str, list[str]]:
     return found
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("name", UNITS)
 def test_the_unit_is_valid_and_hardened(name: str, tmp_path: Path) -> None:
     analyze = tool("systemd-analyze", "systemd")
