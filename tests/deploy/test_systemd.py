@@ -14,9 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.settings import CoordinatorSettings
+from scripts import cluster
+from scripts.backbone_keys import make_cluster
+from shared import options
 from shared.endpoints import RUNTIME_ENV
 from tests.deploy.conftest import DEPLOY, tool
 from tests.support import ROOT
+from workers.settings import WorkerSettings
 
 UNITS = ("presence.service", "presence-coordinator.service", "presence-workers.service")
 INSTALLED = "/opt/presence-lobby"
@@ -79,3 +84,38 @@ def test_the_unit_runs_the_launcher_as_it_expects(name: str) -> None:
     words = s["ExecStart"][0].split()
     expected = role.get(name, "workers")
     assert (words[words.index("--role") + 1] if "--role" in words else "all") == expected
+
+
+ROLES = {
+    "presence.service": ("all", None),
+    "presence-coordinator.service": ("coordinator", "coordinator"),
+    "presence-workers.service": ("workers", "web1"),
+}
+"""Each unit's role, and the key directory its machine gets from ``make keys``."""
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_the_launcher_accepts_the_units_command_line_and_environment(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ``ExecStart=`` is a command line the launcher takes (with key directories
+    made here, and this machine's address for the example's), and each ``PRESENCE_``
+    variable is an option of the workers or the coordinator that they accept."""
+    role, machine = ROLES[name]
+    make_cluster(tmp_path / "keys", ["web1"])
+    line = settings(name)["ExecStart"][0]
+    if machine is not None:
+        line = line.replace("/etc/presence/keys", str(tmp_path / "keys" / machine))
+    words = line.replace("10.0.0.1", "127.0.0.1").split()
+    config = cluster.parse_args(words[words.index("scripts/cluster.py") + 1 :])
+    assert config.role == role
+    names = {options.env_name(f.name) for _, f in options._options(WorkerSettings)}
+    names |= {options.env_name(f.name) for _, f in options._options(CoordinatorSettings)}
+    for assignment in settings(name)["Environment"]:
+        variable, _, value = assignment.partition("=")
+        if variable.startswith("PRESENCE_") and variable != RUNTIME_ENV:
+            assert variable in names, f"{variable} is no option"
+        monkeypatch.setenv(variable, value)
+    if role != "coordinator":
+        worker, _ = options.parse_args(WorkerSettings, [], prog="workers", description="")
+        assert worker.network.trusted_proxies  # the proxy's address is believed
