@@ -46,13 +46,16 @@ ifneq ($(filter run,$(MAKECMDGOALS)),)
 endif
 
 VPY := $(VENV)/bin/python
+# Two stamps in one virtualenv: the runtime (what `make run` needs, the project and its
+# dependencies alone) and, on top of it, the test extra (`make test`).
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 TYPED := coordinator workers shared scripts
 LINTED := $(TYPED) tests
 
 .DEFAULT_GOAL := help
-.PHONY: help install run keys watch test test-fast test-js lint format clean load bench
+.PHONY: help install install-runtime run keys watch test test-fast test-js lint format clean load bench
 
 help:
 	@echo "make run     start a local cluster: WORKERS=$(WORKERS) HOST=$(HOST) PORT=$(PORT)"
@@ -75,39 +78,49 @@ help:
 	@echo "make lint    ruff check, ruff format --check, mypy --strict"
 	@echo "make format  ruff fixes and formatting"
 	@echo "make clean   remove $(VENV) and caches"
-	@echo "The first run creates $(VENV) with $(PYTHON) (3.11+ required; PYTHON=... to choose)."
+	@echo "The first run creates $(VENV) with $(PYTHON) (3.11+ required; PYTHON=... to choose);"
+	@echo "make run installs the server alone there (make install-runtime), make test adds the"
+	@echo "test extra."
 
-# The stamp is newer than pyproject.toml once the environment matches it. What installing
+# A stamp is newer than pyproject.toml once the environment matches it. What installing
 # says goes to stderr: the standard output of `make run` is the cluster's alone.
-$(STAMP): pyproject.toml
+$(RUNTIME_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
 	  echo "error: $(PYTHON) is missing or older than Python 3.11, which this project needs." >&2; \
 	  echo "       Install 3.11+ and run e.g. make PYTHON=python3.11 ... (then make clean first" >&2; \
 	  echo "       if $(VENV) was made with an older one)." >&2; \
 	  exit 1; }
-	@echo "installing into $(VENV) (first run; make install)" >&2
+	@echo "installing into $(VENV) (first run; make install-runtime)" >&2
 	@$(PYTHON) -m venv $(VENV) >&2
+	@$(VPY) -m pip install --quiet -e . >&2
+	@touch $@
+
+$(STAMP): $(RUNTIME_STAMP)
+	@echo "installing the test extra into $(VENV) (make install)" >&2
 	@$(VPY) -m pip install --quiet -e '.[test]' >&2
 	@touch $@
 
 install: $(STAMP)
+
+# The server alone (docs/operating.md, Production install): no test or bench extra.
+install-runtime: $(RUNTIME_STAMP)
 
 # The benchmark extra (matplotlib for the plot) only when `make bench` needs it.
 $(BENCH_STAMP): $(STAMP)
 	$(VPY) -m pip install --quiet -e '.[test,bench]'
 	@touch $@
 
-run: $(STAMP)
+run: $(RUNTIME_STAMP)
 	@$(VPY) scripts/cluster.py --workers $(WORKERS) --host $(HOST) --port $(PORT) $(TLS_ARGS) \
 	  $(API_ARGS) $(ROLE_ARGS) $(METRICS_ARGS) $(LOG_ARGS) $(ARGS)
 
 # One key directory per machine (docs/operating.md, Running on several machines); never overwrites.
 MACHINES ?=
-keys: $(STAMP)
+keys: $(RUNTIME_STAMP)
 	@test -n "$(MACHINES)" || { echo 'error: name the worker machines: make keys MACHINES="web1 web2"' >&2; exit 2; }
 	$(VPY) scripts/backbone_keys.py --cluster $(KEYS) $(MACHINES)
 
-watch: $(STAMP)
+watch: $(RUNTIME_STAMP)
 	$(VPY) scripts/watch_lobby.py --url $(URL) $(ARGS)
 
 load: $(STAMP)

@@ -67,6 +67,34 @@ def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 
 
+def start_time(pid: int) -> float:
+    """When ``pid`` started, in seconds since the epoch (/proc/PID/stat's start time in
+    ticks since boot, plus the boot time of /proc/stat)."""
+    ticks = int(_stat_fields(f"/proc/{pid}/stat")[19])
+    return _boot_time() + ticks / CLK_TCK
+
+
+def _boot_time() -> float:
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise OSError("no btime in /proc/stat")
+
+
+def open_fds(pid: int) -> int:
+    """File descriptors ``pid`` holds open (/proc/PID/fd)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def max_fds(pid: int) -> float:
+    """``pid``'s soft limit on open files (/proc/PID/limits; ``inf`` when unlimited)."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft = line[len("Max open files") :].split()[0]
+            return float("inf") if soft == "unlimited" else float(soft)
+    raise OSError(f"no open-file limit in /proc/{pid}/limits")
+
+
 def total_cpu_seconds(pids: Iterable[int]) -> float:
     """:func:`cpu_seconds` summed over ``pids``; a process that is gone counts 0."""
     total = 0.0

@@ -151,6 +151,23 @@ MEMORY_BYTES: Final = Gauge(
     ["part"],
     multiprocess_mode="livesum",
 )
+LOOP_LAG: Final = Gauge(
+    "presence_event_loop_lag_seconds",
+    "How late a worker's last tick fired (its event loop's lag, which sizes the auth "
+    "window): the worst worker's.",
+    multiprocess_mode="livemax",
+)
+LAG_TARGET: Final = Gauge(
+    "presence_lag_target_seconds",
+    "The workers' --lag-target: lag above it shrinks the auth window.",
+    multiprocess_mode="livemax",
+)
+COORDINATOR_UNREACHABLE: Final = Gauge(
+    "presence_workers_coordinator_unreachable",
+    "Workers that cannot reach the coordinator (their /healthz answers 503); past "
+    "--cutoff-grace they close their clients.",
+    multiprocess_mode="livesum",
+)
 AUTHENTICATIONS: Final = Counter(
     "presence_authentications_total",
     "Authentications by result: ok, an auth_failed reason, timeout (4003) or "

@@ -171,9 +171,11 @@ class ManagedProcess:
         env: dict[str, str] | None = None,
         *,
         prefix: Sequence[str] = (),
+        python: str = sys.executable,
     ):
         """``prefix``: words before ``python -m module`` (``ip netns exec NS`` runs it
-        in a network namespace; its notify socket is then a file, reachable from there)."""
+        in a network namespace; its notify socket is then a file, reachable from there).
+        ``python``: another interpreter (another virtualenv's) than the tests' own."""
         self.notify = Listener(in_file=bool(prefix))
         full_env = dict(os.environ)
         full_env.update(env or {})
@@ -182,7 +184,7 @@ class ManagedProcess:
         self.module = module
         try:
             self.proc = subprocess.Popen(
-                [*prefix, sys.executable, "-m", module, *args],
+                [*prefix, python, "-m", module, *args],
                 cwd=ROOT,
                 env=full_env,
                 stdout=subprocess.PIPE,

@@ -20,7 +20,8 @@ the port) are listed but their value is not compared.
 
 Also checked: the defaults the contract itself states (docs/PROTOCOL.md, its port and
 its "Limits and timers") against :mod:`shared.defaults` and :mod:`shared.protocol`; the
-Makefile's ``PORT ?=`` and ``HOST ?=``; and every link between the documents.
+Makefile's ``PORT ?=`` and ``HOST ?=``; and every link between the documents. The
+shipped configuration files (docs/deploy/) are read for quoted defaults too.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from workers.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DEPLOYED = sorted(p for p in (ROOT / "docs" / "deploy").rglob("*") if p.is_file())
+"""The shipped configuration files: their comments quote defaults too."""
 OPERATING = ROOT / "docs" / "operating.md"
 COMPUTED = object()
 """A default computed when the process starts: named in the docs, not compared."""
@@ -230,7 +233,7 @@ def _defaults_of(quote: Quote) -> dict[str, Any]:
 
 def test_every_default_quoted_in_the_documents_is_the_settings_default() -> None:
     problems = []
-    for path in DOCUMENTS:
+    for path in [*DOCUMENTS, *DEPLOYED]:
         for quote in quotes(path):
             found = _defaults_of(quote)
             if not found:

@@ -44,7 +44,7 @@ def test_half_a_configuration_is_refused_naming_the_make_variables(
 ) -> None:
     # A stand-in for the venv's python: were make to get as far as running it, the
     # test would see what it was given instead of a cluster starting.
-    result = make("run", *given, f"VPY={stand_in(tmp_path)}", f"STAMP={fresh(tmp_path)}")
+    result = make("run", *given, f"VPY={stand_in(tmp_path)}", f"RUNTIME_STAMP={fresh(tmp_path)}")
     assert result.returncode != 0, result
     for name in named:
         assert name in result.stderr, result.stderr
@@ -72,7 +72,7 @@ def test_make_run_writes_only_the_clusters_lines_to_stdout(tmp_path: Path) -> No
     """With LOG_FORMAT=json every line of stdout must be the launcher's: make echoes no
     command there."""
     python = stand_in(tmp_path)
-    result = make("run", "LOG_FORMAT=json", f"VPY={python}", f"STAMP={fresh(tmp_path)}")
+    result = make("run", "LOG_FORMAT=json", f"VPY={python}", f"RUNTIME_STAMP={fresh(tmp_path)}")
     assert result.returncode == 0, result
     assert result.stdout == "ran scripts/cluster.py\n"
 
@@ -84,7 +84,7 @@ def test_installing_on_the_first_run_writes_nothing_to_stdout(tmp_path: Path) ->
     venv = tmp_path / "venv"
     result = make(
         "run", "LOG_FORMAT=json", f"PYTHON={python}", f"VPY={python}", f"VENV={venv}",
-        f"STAMP={stamp}",
+        f"RUNTIME_STAMP={stamp}",
     )  # fmt: skip
     assert result.returncode == 0, result
     assert result.stdout == "ran scripts/cluster.py\n"

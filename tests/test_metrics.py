@@ -19,12 +19,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from scripts.procfs import environ
+from scripts.procfs import environ, start_time
 from shared import protocol
 from shared.client import LobbyClient, generate_signing_key, public_key_hex
 from shared.protocol import SendStatus
 from tests import support
 from tests.support import free_port, http, run, until
+from workers.admission import AdmissionLimits
 
 pytestmark = pytest.mark.process
 
@@ -138,6 +139,20 @@ async def scenario(launched: Launched) -> None:
     assert value(s, "presence_auth_verify_seconds_count") == 6
     assert value(s, "presence_direct_message_route_seconds_count", status="delivered") == 1
     assert 0 < value(s, "presence_lobby_batch_window_seconds") <= 0.05
+    # What the alerts compare (docs/deploy/alerts.yml): the lag and its target, the link.
+    assert value(s, "presence_lag_target_seconds") == AdmissionLimits().lag_target
+    assert ("presence_event_loop_lag_seconds", frozenset()) in s
+    assert ("presence_workers_coordinator_unreachable", frozenset()) in s
+    assert value(s, "presence_workers_coordinator_unreachable") == 0
+    # Each process's own figures, as a Prometheus client exports them, by position.
+    pids = {"launcher": launched.proc.pid, "coordinator": launched.pid("coordinator")}
+    pids |= {"w1": launched.pid("w1-1"), "w2": launched.pid("w2-1")}
+    for name, pid in pids.items():
+        assert value(s, "process_start_time_seconds", process=name) == start_time(pid), name
+        assert value(s, "process_cpu_seconds_total", process=name) > 0, name
+        assert value(s, "process_resident_memory_bytes", process=name) > 10 << 20, name
+        assert 3 <= value(s, "process_open_fds", process=name) < 1000, name
+        assert value(s, "process_max_fds", process=name) >= 1024, name
 
     await clients[4].close()
     s = await scraped(

@@ -21,6 +21,7 @@ from shared import logs
 from workers import stats
 from workers.admission import Admit
 from workers.clients import Group
+from workers.states import Link
 
 if TYPE_CHECKING:
     from workers.core import WorkerCore
@@ -97,6 +98,7 @@ class Health:
             online=len(groups[Group.CURRENT]),
             lagging=len(groups[Group.BEHIND]),
         )
+        stats.coordinator_reachable(core.link(now) is Link.UP)
         summary = Counter({f"refused {k.value}": n for k, n in admission.refused.items()})
         summary.update({f"dropped {k}": n for k, n in self.dropped.items()})
         if summary == self._logged or now - self._logged_at < LOG_EVERY:

@@ -305,7 +305,7 @@ class Worker:
                 await server.wait_closed()
                 self.backbone.close(linger_ms=0)
                 return 2
-        stats.started()
+        stats.started(self.settings.admission.lag_target)
         self.core.start(self._now())
         self.backbone.start_pulse()  # heartbeats, whatever the loop is doing
         backbone = self.backbone
@@ -362,7 +362,9 @@ class Worker:
             due = loop.time() + TICK
             await asyncio.sleep(TICK)
             # How late the tick fired: how long anything ready waits for this loop now.
-            self.core.loop_lag(max(0.0, loop.time() - due))
+            lag = max(0.0, loop.time() - due)
+            stats.loop_lag(lag)
+            self.core.loop_lag(lag)
             self.backbone.drain()
             self.core.tick(loop.time())
             logs.flush_suppressed()

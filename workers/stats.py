@@ -45,8 +45,19 @@ _ROUTED: Final = {s: metrics.ROUTE_SECONDS.labels(s.value) for s in SendStatus}
 _API: Final = {int(status): metrics.API_REQUESTS.labels(status) for status in metrics.API_STATUSES}
 
 
-def started() -> None:
+def started(lag_target: float) -> None:
     metrics.start_worker()
+    metrics.LAG_TARGET.set(lag_target)
+
+
+def loop_lag(seconds: float) -> None:
+    """How late this tick fired."""
+    metrics.LOOP_LAG.set(seconds)
+
+
+def coordinator_reachable(reachable: bool) -> None:
+    """Once a tick: whether the coordinator is reachable (``/healthz`` 200)."""
+    metrics.COORDINATOR_UNREACHABLE.set(0 if reachable else 1)
 
 
 def written(action: Write | WriteSnapshot) -> None:

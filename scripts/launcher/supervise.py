@@ -199,7 +199,7 @@ class Cluster:
         if not port:
             return
         try:
-            self._metrics = MetricsEndpoint(self.config.host, port)
+            self._metrics = MetricsEndpoint(self.config.host, port, self._processes)
         except ImportError:
             self.log(
                 "no metrics: prometheus_client is not installed (--metrics-port 0 to hush)",
@@ -227,6 +227,16 @@ class Cluster:
             return
         self._env[MULTIPROC_ENV[0]] = self._metrics.directory
         self.log(f"metrics at {self._metrics.url}", "metrics_serving", url=self._metrics.url)
+
+    def _processes(self) -> list[tuple[str, int]]:
+        """This machine's processes for the metrics, each by its position (the
+        launcher's metrics thread reads this)."""
+        found = [("launcher", os.getpid())]
+        for slot in self.slots:
+            proc = slot.proc
+            if proc is not None:
+                found.append(("coordinator" if slot.is_coordinator else f"w{slot.index}", proc.pid))
+        return found
 
     async def _run(self) -> int:
         config = self.config

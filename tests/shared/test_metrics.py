@@ -17,7 +17,7 @@ IDENTIFYING = {"key", "public_key", "user", "conn", "connection", "worker", "wor
 
 
 def test_every_metric_is_named_by_the_rules() -> None:
-    assert len(DECLARED) == 26  # a new metric: add it to docs/operating.md
+    assert len(DECLARED) == 29  # a new metric: add it to docs/operating.md
     names = [m._name for m in DECLARED]
     assert len(set(names)) == len(names)
     for metric in DECLARED:
@@ -30,7 +30,8 @@ def test_every_metric_is_named_by_the_rules() -> None:
             assert name.endswith(("_seconds", "_keys")), name
         else:
             assert isinstance(metric, Gauge)
-            assert name.endswith(("_seconds", "_users", "_bytes")) or name == "presence_connections"
+            counts = ("presence_connections", "presence_workers_coordinator_unreachable")
+            assert name.endswith(("_seconds", "_users", "_bytes")) or name in counts, name
 
 
 def test_no_label_can_name_a_user_a_connection_or_a_process() -> None:
@@ -45,6 +46,9 @@ def test_every_gauge_chooses_how_processes_combine() -> None:
         "presence_lobby_batch_window_seconds": "livemostrecent",
         "presence_connections": "livesum",
         "presence_memory_budget_bytes": "livesum",
+        "presence_event_loop_lag_seconds": "livemax",
+        "presence_lag_target_seconds": "livemax",
+        "presence_workers_coordinator_unreachable": "livesum",
     }
 
 

@@ -685,12 +685,16 @@ def test_a_lost_authed_makes_the_worker_re_register_at_the_next_tick() -> None:
 
 
 def test_coordinator_silence_reannounces_and_the_cut_off_closes_clients_1013() -> None:
+    unreachable = metrics.COORDINATOR_UNREACHABLE
     w = Worker()
     w.live()
     client = w.online(SKS[0])
+    w.tick()
+    assert unreachable._value.get() == 0
     w.shell.up.clear()
     w.tick(TIMING.coordinator_timeout + 0.1)
     assert w.up(bb.Hello) and w.core.health(w.now)[0] is False
+    assert unreachable._value.get() == 1  # as /healthz says: the metric alerts act on
     assert w.core.door("10.1.1.1", w.now) is None  # not cut off yet
     for _ in range(int(TIMING.cutoff_grace / 0.5) + 1):
         w.tick(0.5)
@@ -701,6 +705,7 @@ def test_coordinator_silence_reannounces_and_the_cut_off_closes_clients_1013() -
     w.live(epoch=E1, seq=7)
     w.tick()
     assert not w.core.cut_off and w.core.door("10.1.1.1", w.now) is None
+    assert unreachable._value.get() == 0
 
 
 def test_health_figures() -> None:
