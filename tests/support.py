@@ -308,23 +308,29 @@ class Cluster:
         return ["--events-endpoint", self.events, "--updates-endpoint", self.updates]
 
     def start(self) -> Cluster:
+        """Every process is started at once, then each is waited for (a worker connects
+        before its coordinator binds and waits for it, as a machine's workers may): the
+        cluster is up in the time of its slowest process, not the sum of all."""
         self.coordinator = ManagedProcess(
             "coordinator",
             [*self._backbone(), "--port", str(self.port), *self.coordinator_args],
         )
-        self.coordinator.wait_ready()
-        for i in range(self.n_workers):
-            self.add_worker(f"w{i + 1}")
+        self.workers.extend(self._spawn_worker(f"w{i + 1}") for i in range(self.n_workers))
+        for process in self.processes():
+            process.wait_ready()
         return self
 
     def add_worker(self, name: str) -> ManagedProcess:
-        worker = ManagedProcess(
+        worker = self._spawn_worker(name)
+        self.workers.append(worker)
+        worker.wait_ready()
+        return worker
+
+    def _spawn_worker(self, name: str) -> ManagedProcess:
+        return ManagedProcess(
             "workers",
             [*self._backbone(), "--port", str(self.port), "--worker-id", name, *self.worker_args],
         )
-        worker.wait_ready()
-        self.workers.append(worker)
-        return worker
 
     def __enter__(self) -> Cluster:
         return self.start()
