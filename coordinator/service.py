@@ -296,13 +296,15 @@ class Coordinator:
             self._skip_rest()
             return 0
         worker, _ = bb.split_routing_id(ident)
+        if body is None:  # not one of ours: logged as undecodable, and it claims nothing
+            return self.handle(worker, b"")
         peer = Peer(ident, *self._origin(body))
         verdict = self._claims.claim(worker, peer, live=worker in self.core.registry)
         if verdict.accepted:
             if verdict.other is not None:
                 self._peers.pop(verdict.other.routing, None)
             self._peers[ident] = worker
-            return self.handle(worker, b"" if body is None else body.bytes)
+            return self.handle(worker, body.bytes)
         refusals.warning(
             "worker_id_in_use",
             "refusing worker %s from %s: a live worker from %s holds that id (two machines "
@@ -322,13 +324,13 @@ class Coordinator:
             pass  # it is gone, or not reading: it hears nothing, as before it asked
         return 1
 
-    def _origin(self, frame: zmq.Frame | None) -> tuple[str, str]:
+    def _origin(self, frame: zmq.Frame) -> tuple[str, str]:
         """Where a frame's connection comes from, and its key (the name of the key's file
         when known): "" for what the transport does not tell."""
         found = []
         for prop in ("Peer-Address", "User-Id"):
             try:
-                found.append(str(frame.get(prop)) if frame is not None else "")
+                found.append(str(frame.get(prop)))
             except zmq.ZMQError:
                 found.append("")
         address, key = found
