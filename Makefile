@@ -67,6 +67,7 @@ help:
 	@echo "             ROLE=coordinator [BACKBONE=0.0.0.0:7100] KEYS=dir: this machine runs the"
 	@echo "             coordinator alone; ROLE=workers COORDINATOR=host:7100 KEYS=dir: the workers"
 	@echo "make keys    CURVE keys for several machines: MACHINES=\"web1 web2\" [KEYS=keys]"
+	@echo "             (again with MACHINES=web3 on the same KEYS: adds web3, keeps the rest)"
 	@echo "make watch   join the lobby at URL=$(URL) and watch, as the same identity every run"
 	@echo "             (ARGS=\"--key-file k\" or ARGS=--throwaway; see its --help)"
 	@echo "make test    lint, then run the tests (PYTEST_ARGS=\"...\")"

@@ -21,6 +21,14 @@ is an error the core hears about instead of a silent drop; a PUB for updates and
 Every socket refuses messages over ``--max-message-bytes`` and queues at most ``--hwm``.
 Drops are counted by the core and summed in the log at most once a second.
 
+Who speaks for a worker id (:mod:`coordinator.claims`): a routing id the loop has not
+seen is checked once, its first frame read with its connection's address and CURVE key;
+a process whose worker id another live process holds is answered
+:class:`~shared.backbone.Refused` and logged, naming both, and its messages are dropped.
+With CURVE, a worker key that is not admitted is logged with its address (by the
+authenticator's thread), and so is a handshake that was not encrypted to this
+coordinator's key (a socket monitor on the ROUTER: such a peer pins another key).
+
 Metrics (:mod:`shared.metrics`): the keys of each published update are recorded as it
 is sent; everything else (updates published, lobby size, batch window, flaps, expiries,
 replacements, epoch moves) is read from the core whenever it ticks (at least every
@@ -34,8 +42,9 @@ import time
 from collections import Counter
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
+from coordinator.claims import Claims, Peer
 from coordinator.core import CoordinatorCore, Output, Publish, ToWorker
 from coordinator.settings import CoordinatorSettings
 from shared import backbone as bb
@@ -44,10 +53,18 @@ from shared import curve, endpoints, logs, metrics, notify
 log = logging.getLogger("coordinator")
 noisy = logs.Limited(log)
 """Lines a worker can make the coordinator write over and over: at most a few a second."""
+refusals = logs.Limited(log, every=10.0, burst=1)
+"""Lines of a misconfiguration that lasts (a worker id in use, a key not admitted): one
+every ten seconds for each, while it lasts."""
+gate = logs.Limited(log, every=10.0, burst=2)
+"""The authenticator thread's own (a limiter is used by one thread)."""
 
 DRAIN_BATCH = 10_000
 """Messages applied in a row before the loop looks at its clock (beats, flushes)."""
 DROP_LOG_EVERY = 1.0
+RELEASE_EVERY = 1.0
+"""How often worker ids whose holders are gone are released (see Claims.release)."""
+HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)  # (flag arithmetic on enums is slow)
 _RCVMORE = int(zmq.RCVMORE)
@@ -60,6 +77,10 @@ class Coordinator:
         self.settings = settings
         ends = settings.backbone_endpoints
         self._admitted: list[str] = []
+        self._key_names: dict[str, str] = {}
+        self._claims = Claims()
+        self._peers: dict[bytes, str] = {}  # routing id -> worker id, of accepted holders
+        self._released_at = float("-inf")
         endpoints.prepare(ends.events, port=settings.port)
         self._lock = endpoints.Lock.take(ends.events, "coordinator")
         try:
@@ -96,6 +117,9 @@ class Coordinator:
             self.router = self._bind(context, zmq.ROUTER, ends.events)
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self.pub = self._bind(context, zmq.PUB, ends.updates)
+            self._monitor = (
+                self.router.get_monitor_socket(HANDSHAKE_EVENTS) if self._keys is not None else None
+            )
         except zmq.ZMQError:
             self._stop_auth()
             self._lock.release()
@@ -134,16 +158,34 @@ class Coordinator:
         if secret is None or clients is None:
             return None
         keys = curve.load_keypair(secret)
-        self._auth = ThreadAuthenticator(context, log=logging.getLogger("coordinator.zap"))
+        self._auth = curve.Gatekeeper(
+            context, logging.getLogger("coordinator.zap"), refused=self._key_refused
+        )
         self._auth.start()
         self._auth.configure_curve(location=curve.authorised_dir(clients))
         self._admitted = curve.authorised_keys(clients)
+        self._key_names = curve.key_names(clients)
         log.info(
             "CURVE on: workers must hold a key from %s",
             clients,
             extra=logs.event("curve_on", keys=clients),
         )
         return keys
+
+    def _key_refused(self, address: str, key: str) -> None:
+        """The authenticator turned a worker away (on its thread)."""
+        clients = self.settings.backbone.curve_clients
+        gate.warning(
+            "worker_key_refused",
+            "refusing a worker at %s: its public key %s is not in --curve-clients %s (a new "
+            "machine? copy its KEYS/coordinator/workers/NAME.key there and restart the "
+            "coordinator)",
+            address,
+            key,
+            clients,
+            address=address,
+            key=key,
+        )
 
     # ------------------------------------------------------------------ loop
 
@@ -158,6 +200,8 @@ class Coordinator:
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         ends = self.settings.backbone_endpoints
         log.info(
             "coordinator ready: events=%s updates=%s epoch=%s",
@@ -174,8 +218,16 @@ class Coordinator:
             now = time.monotonic()
             wait = core.due - now  # (-inf: at once)
             timeout_ms = int(wait * 1000) + 1 if wait > 0 else 0
-            caught_up = self._drain() if poller.poll(timeout_ms) else True
+            polled = poller.poll(timeout_ms)
+            if self._monitor is not None and polled:
+                self._watch(self._monitor)
+            caught_up = self._drain() if polled else True
             now = time.monotonic()
+            if now >= self._released_at + RELEASE_EVERY:
+                self._released_at = now
+                registry = core.registry
+                for routing in self._claims.release(registry.__contains__):
+                    self._peers.pop(routing, None)
             if now >= core.due:
                 # Behind on input (after a stall): heartbeats may be waiting in the queue,
                 # so nobody is presumed dead until it is read.
@@ -196,6 +248,9 @@ class Coordinator:
         notify.stopping("coordinator stopping")
         if not len(self.core.registry):  # every worker said goodbye: nothing to rebuild
             self._lock.record(f"{self._recorded} idle")
+        if self._monitor is not None:
+            self.router.disable_monitor()
+            self._monitor.close(0)
         self.router.close(0)
         self.pub.close(0)
         self._stop_auth()
@@ -208,22 +263,98 @@ class Coordinator:
     def _drain(self) -> bool:
         """Apply up to about :data:`DRAIN_BATCH` queued messages (so beats and flushes
         keep time); returns whether the queue is empty."""
-        router = self.router
+        router, peers = self.router, self._peers
         handled = 0
         while handled < DRAIN_BATCH:
             try:
                 ident = router.recv(_NOBLOCK)
             except zmq.Again:
                 return True
+            worker = peers.get(ident)
+            if worker is None:
+                handled += self._stranger(ident)
+                continue
             # Two parts, [identity, frame], or it is not one of ours. (Plain recv calls:
             # recv_multipart's wrapper was a fifth of the coordinator's time.)
             frame = router.recv(_NOBLOCK) if router.get(_RCVMORE) else b""
             if router.get(_RCVMORE):
-                while router.get(_RCVMORE):
-                    router.recv(_NOBLOCK)
+                self._skip_rest()
                 continue
-            handled += self.handle(ident.decode("utf-8", "replace"), frame)
+            handled += self.handle(worker, frame)
         return False
+
+    def _skip_rest(self) -> None:
+        while self.router.get(_RCVMORE):
+            self.router.recv(_NOBLOCK)
+
+    def _stranger(self, ident: bytes) -> int:
+        """The first frame from routing id ``ident`` (or one from a process refused so
+        far): may it speak for its worker id? Returns how many messages were applied."""
+        router = self.router
+        body = router.recv(_NOBLOCK, copy=False) if router.get(_RCVMORE) else None
+        if router.get(_RCVMORE):
+            self._skip_rest()
+            return 0
+        worker, _ = bb.split_routing_id(ident)
+        if body is None:  # not one of ours: logged as undecodable, and it claims nothing
+            return self.handle(worker, b"")
+        peer = Peer(ident, *self._origin(body))
+        verdict = self._claims.claim(worker, peer, live=worker in self.core.registry)
+        if verdict.accepted:
+            if verdict.other is not None:
+                self._peers.pop(verdict.other.routing, None)
+            self._peers[ident] = worker
+            return self.handle(worker, body.bytes)
+        refusals.warning(
+            "worker_id_in_use",
+            "refusing worker %s from %s: a live worker from %s holds that id (two machines "
+            "with one name: give each its own key directory, or --name)",
+            worker,
+            peer,
+            verdict.other,
+            worker=worker,
+            refused=str(peer),
+            holder=str(verdict.other),
+        )
+        refused = bb.Refused(worker, str(verdict.other))
+        try:
+            router.send(ident, _MORE_NOBLOCK)
+            router.send(bb.encode(refused), _NOBLOCK)
+        except zmq.ZMQError:
+            pass  # it is gone, or not reading: it hears nothing, as before it asked
+        return 1
+
+    def _origin(self, frame: zmq.Frame) -> tuple[str, str]:
+        """Where a frame's connection comes from, and its key (the name of the key's file
+        when known): "" for what the transport does not tell."""
+        found = []
+        for prop in ("Peer-Address", "User-Id"):
+            try:
+                found.append(str(frame.get(prop)))
+            except zmq.ZMQError:
+                found.append("")
+        address, key = found
+        return address, self._key_names.get(key, key)
+
+    def _watch(self, monitor: zmq.Socket[bytes]) -> None:
+        """Log the handshakes that failed on the ROUTER (its monitor's events)."""
+        while True:
+            try:
+                event = recv_monitor_message(monitor, _NOBLOCK)
+            except zmq.Again:
+                return
+            why = curve.handshake_failure(int(event["event"]), int(event["value"]))
+            if why is not None:
+                where = event["endpoint"].decode("utf-8", "replace")
+                refusals.warning(
+                    "worker_handshake_failed",
+                    "a worker's CURVE handshake on %s failed: %s; its coordinator.key must "
+                    "be this coordinator's public key (from the same key directory)",
+                    where,
+                    why,
+                    endpoint=where,
+                    error=why,
+                )
 
     def handle(self, worker: str, frame: bytes) -> int:
         """Apply one frame (a message or a batch) from ``worker``; returns how many
@@ -288,7 +419,7 @@ class Coordinator:
     def _send_to(self, worker: str, sent: bb.Sent) -> None:
         frame, messages = sent
         try:
-            self.router.send(worker.encode(), _MORE_NOBLOCK)
+            self.router.send(self._claims.routing(worker) or worker.encode(), _MORE_NOBLOCK)
             self.router.send(frame, _NOBLOCK)
         except zmq.ZMQError as exc:  # EAGAIN: its queue is full; EHOSTUNREACH: gone
             log.debug(

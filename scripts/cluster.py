@@ -54,9 +54,10 @@ authorised workers' public keys in ``workers/``); ``workers`` runs only the work
 joining the coordinator at ``--coordinator HOST:PORT`` with ``--keys DIR``
 (``coordinator.key`` and ``worker.key_secret``), each binding its results socket on
 ``--advertise ADDR`` (default: this machine's address towards the coordinator) and
-named ``NAME-wSLOT-GEN`` after ``--name`` (default: the host name) so worker ids are
-unique across machines. ``make keys`` (``scripts/backbone_keys.py --cluster DIR HOST...``)
-makes one such key directory per machine.
+named ``NAME-wSLOT-GEN`` after ``--name`` (default: the machine name that ``make keys``
+wrote in the key directory's ``name`` file, else the host name) so worker ids are unique
+across machines. ``make keys`` (``scripts/backbone_keys.py --cluster DIR HOST...``)
+makes one such key directory per machine, and adds machines to an existing DIR.
 
 A child that exits with code 2 before it was ever ready refused its options or could not
 listen (a taken port, a host that does not resolve, a backbone another cluster holds):
@@ -160,7 +161,7 @@ def parse_args(argv: Sequence[str]) -> Config:
     parser.add_argument(
         "--name",
         help="--role workers: prefix of this machine's worker ids, unique per machine "
-        "(default: the host name)",
+        "(default: the machine name in --keys DIR/name, else the host name)",
     )
     parser.add_argument(
         "--api-port",
@@ -273,6 +274,13 @@ def parse_args(argv: Sequence[str]) -> Config:
                 f"--keys {args.keys} lacks {', '.join(missing)} for --role {args.role} "
                 "(make keys, or .venv/bin/python scripts/backbone_keys.py --cluster DIR HOST...)"
             )
+    name = args.name or ""
+    if args.role == "workers" and not name:
+        assert keys is not None
+        try:
+            name = keys.machine_name() or socket.gethostname().split(".")[0]
+        except ValueError as exc:
+            parser.error(f"--keys {args.keys}: {exc}; give --name NAME")
     if coordinator is not None and advertise is None:
         try:
             advertise = local_address_towards(*coordinator)
@@ -293,7 +301,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         keys=keys,
         advertise=advertise,
         results_port_base=args.results_port_base,
-        name=args.name or (socket.gethostname().split(".")[0] if args.role == "workers" else ""),
+        name=name,
         api_port=args.api_port,
         api_token_file=args.api_token_file,
         log_level=args.log_level,

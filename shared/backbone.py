@@ -3,14 +3,16 @@
 Theory of operation (after the ZeroMQ Guide's Clone pattern):
 
 * **Events up.** Each worker holds one DEALER socket connected to the coordinator's
-  ROUTER (the *events* endpoint). Its ZeroMQ routing id is its worker id, so the
-  coordinator can answer one worker. Up go :class:`Hello`, :class:`Heartbeat`,
-  :class:`Authed`, :class:`Closed`, :class:`Goodbye`, :class:`SnapshotRequest` and
-  :class:`Route`. Messages from one worker arrive in the order it sent them; the
-  coordinator applies all of them in one order.
+  ROUTER (the *events* endpoint). Its ZeroMQ routing id is its worker id and a token
+  fresh per process (:func:`routing_id`), so the coordinator can answer one worker, and
+  tell a second process claiming a worker id that another holds from the one that holds
+  it (a ROUTER would silently ignore a second peer with the same routing id). Up go
+  :class:`Hello`, :class:`Heartbeat`, :class:`Authed`, :class:`Closed`, :class:`Goodbye`,
+  :class:`SnapshotRequest` and :class:`Route`. Messages from one worker arrive in the
+  order it sent them; the coordinator applies all of them in one order.
 * **Replies down, to one worker**, on the same ROUTER: :class:`Welcome`,
   :class:`Reannounce`, :class:`AuthAck`, :class:`Kick`, :class:`Deliver`, :class:`RouteDone`,
-  :class:`Snapshot`.
+  :class:`Snapshot`, and :class:`Refused` to a process whose worker id is taken.
 * **Results across, worker to worker**: the recipient's worker answers a
   :class:`Deliver` with a :class:`RouteDone` straight to the origin worker's *results*
   endpoint (a PULL socket it announced in :class:`Hello`), so a coordinator that stalls
@@ -218,6 +220,17 @@ class Snapshot:
     users: list[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The coordinator ignores this process: another live process holds its worker id
+    ``worker`` (two machines with one name). ``holder`` says where that one is from, for
+    the log; the process may try again (its ``Hello``) once the holder is gone."""
+
+    TAG: ClassVar[str] = "refused"
+    worker: str
+    holder: str
+
+
 # ------------------------------------------------------------ coordinator -> all (PUB)
 
 
@@ -246,11 +259,29 @@ class Beat:
 
 
 UpMessage = Hello | Heartbeat | Authed | Closed | Goodbye | SnapshotRequest | Route
-DownMessage = Welcome | Reannounce | AuthAck | Kick | Deliver | RouteDone | Snapshot
+DownMessage = Welcome | Reannounce | AuthAck | Kick | Deliver | RouteDone | Snapshot | Refused
 PubMessage = Update | Beat
 Message = UpMessage | DownMessage | PubMessage
 
 _CLASSES: Final[tuple[type[Any], ...]] = typing.get_args(Message)
+
+
+INSTANCE_SEPARATOR: Final = b"\x00"
+"""Between the worker id and the process's token in a routing id (no worker id holds it:
+a command line cannot)."""
+
+
+def routing_id(worker: str) -> bytes:
+    """The routing id of the DEALER of a worker process with id ``worker``: the id and a
+    token fresh per process (the same across reconnections of the process)."""
+    return worker.encode() + INSTANCE_SEPARATOR + secrets.token_hex(4).encode()
+
+
+def split_routing_id(routing: bytes) -> tuple[str, str]:
+    """(worker id, process token) of a routing id; the token is "" for a peer that gives
+    its worker id alone (a test's stand-in)."""
+    worker, _, token = routing.partition(INSTANCE_SEPARATOR)
+    return worker.decode("utf-8", "replace"), token.decode("ascii", "replace")
 
 
 EPOCH_DIGITS: Final = 20

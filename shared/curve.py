@@ -16,8 +16,10 @@ never logged.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 
 class BackboneSecurityError(Exception):
@@ -116,6 +120,61 @@ def authorised_keys(path: str) -> list[str]:
     workers the coordinator admits (what its authenticator loads)."""
     keys = zmq.auth.load_certificates(path)
     return sorted(key.decode("ascii") for key in keys)
+
+
+def key_names(path: str) -> dict[str, str]:
+    """The name of each public key (Z85 text) in ``path``: its file's name without
+    ``.key`` (the machine's name in a directory made by ``backbone_keys.py --cluster``)."""
+    names: dict[str, str] = {}
+    for file in sorted(Path(path).glob("*.key")):
+        try:
+            public, _ = zmq.auth.load_certificate(str(file))
+        except (OSError, ValueError):
+            continue
+        names[public.decode("ascii", "replace")] = file.stem
+    return names
+
+
+class Gatekeeper(ThreadAuthenticator):
+    """pyzmq's authenticator thread, telling whom it turns away: ``refused(address,
+    key)`` is called on its thread for each CURVE client whose public key (Z85) it does
+    not admit, with the address the connection comes from."""
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        log: logging.Logger,
+        refused: Callable[[str, str], None],
+    ) -> None:
+        super().__init__(context, log=log)
+        self._refused = refused
+        self._address = ""
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        self._address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else ""
+        await super().handle_zap_message(msg)
+
+    async def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:
+        allowed, reason = await super()._authenticate_curve(domain, client_key)
+        if not allowed:
+            self._refused(self._address, z85.encode(client_key).decode("ascii", "replace"))
+        return allowed, reason
+
+
+def handshake_failure(event: int, value: int) -> str | None:
+    """What a socket monitor's event says about a CURVE handshake that failed (``None``
+    for any other event), from the side that saw it: a client refused by the server's
+    authenticator, a client whose server did not answer as the key it pins, a server
+    whose client did not encrypt to its key."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"refused by the authenticator (status {value}: the key is not admitted)"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return "the peer closed the handshake (it does not hold the key pinned here)"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+            return "the peer's handshake was not encrypted to this key (it pins another)"
+        return f"protocol error {value:#x}"
+    return None
 
 
 def authorised_dir(path: str) -> str:

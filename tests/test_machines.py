@@ -1,6 +1,9 @@
-"""Several machines: a coordinator host, two worker hosts and a client host, each its own
-network namespace on one bridge (tests/netns.py), started with the launcher's roles
-over a tcp backbone with CURVE, exactly as docs/operating.md "Running on several machines" says.
+"""Several machines: a coordinator host, three worker hosts and a client host, each its
+own network namespace on one bridge (tests/netns.py), started with the launcher's roles
+over a tcp backbone with CURVE, exactly as docs/operating.md "Running on several machines"
+says: keys made as ``make keys`` makes them, and no ``--name``. The namespaces share the
+machine's host name, as two machines named alike do: the worker ids come from the names
+the key directories carry, so they differ all the same.
 
 Shown here: the lobby and direct messages across hosts; a real partition between one
 worker host and the coordinator (blackhole routes, while clients still reach that
@@ -8,6 +11,8 @@ worker): the others see its users leave within 3 s and sends to them are answere
 ``offline``; past the cut-off grace its clients are closed with 1013 and reconnect to
 the other worker host, and it refuses new ones; after the heal every view is whole
 again within 2 s and no key is online twice (the backend API lists each key once).
+Then a third worker host is added later, the documented way (``make keys`` on the same
+directory, the coordinator restarted), and joins.
 
 Needs root for the namespaces: skipped, saying so, elsewhere (CI runs as root).
 """
@@ -21,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.backbone_keys import make_cluster
+from scripts import backbone_keys
 from shared import defaults
 from shared.client import ConnectionRefusedByServer, LobbyClient
 from shared.protocol import CloseCode, SendStatus
@@ -30,7 +35,7 @@ from tests.support import ManagedProcess, http, until
 
 pytestmark = pytest.mark.process
 
-HOSTS = ("coordinator", "w1", "w2", "client")
+HOSTS = ("coordinator", "w1", "w2", "w3", "client")
 BACKBONE_PORT = 7100
 PUBLIC_PORT = defaults.PORT
 API_PORT = 8766
@@ -50,45 +55,79 @@ def hosts() -> Iterator[netns.Machines]:
         yield made
 
 
-def launch(hosts: netns.Machines, host: str, args: list[str]) -> ManagedProcess:
+def launch(
+    hosts: netns.Machines, host: str, args: list[str], *, wait: bool = True
+) -> ManagedProcess:
     launcher = ManagedProcess("scripts.cluster", args, prefix=hosts.prefix(host))
-    launcher.wait_ready(timeout=30)
+    if wait:
+        launcher.wait_ready(timeout=30)
     return launcher
 
 
 def test_a_partitioned_worker_host_loses_its_users_then_comes_back_whole(
     hosts: netns.Machines, tmp_path: Path
 ) -> None:
-    coordinator_keys, w1_keys, w2_keys = make_cluster(tmp_path / "keys", ["w1", "w2"])
+    keys = tmp_path / "keys"
+    assert backbone_keys.main(["--cluster", str(keys), "w1", "w2"]) == 0  # make keys
+    coordinator = ["--role", "coordinator", "--backbone", backbone_of(hosts)]
+    coordinator += ["--keys", str(keys / "coordinator")]
     token = tmp_path / "token"
     token.write_text(TOKEN)
     token.chmod(0o600)
-    backbone = f"{hosts.address('coordinator')}:{BACKBONE_PORT}"
-    launchers = [
-        launch(
-            hosts,
-            "coordinator",
-            ["--role", "coordinator", "--backbone", backbone, "--keys", str(coordinator_keys)],
-        )
-    ]
+    launchers = [launch(hosts, "coordinator", coordinator)]
+
+    def worker_host(name: str, *, wait: bool = True) -> None:
+        args = [
+            "--role", "workers", "--coordinator", backbone_of(hosts), "--keys", str(keys / name),
+            "--workers", "1", "--host", hosts.address(name), "--port", str(PUBLIC_PORT),
+            "--api-port", str(API_PORT), "--api-token-file", str(token),
+            "--worker-arg", "--cutoff-grace", "--worker-arg", str(CUTOFF_GRACE),
+        ]  # fmt: skip
+        launchers.append(launch(hosts, name, args, wait=wait))
+
     try:
-        for name, keys in (("w1", w1_keys), ("w2", w2_keys)):
-            args = [
-                "--role", "workers", "--coordinator", backbone, "--keys", str(keys),
-                "--name", name, "--workers", "1",
-                "--host", hosts.address(name), "--port", str(PUBLIC_PORT),
-                "--api-port", str(API_PORT), "--api-token-file", str(token),
-                "--worker-arg", "--cutoff-grace", "--worker-arg", str(CUTOFF_GRACE),
-            ]  # fmt: skip
-            launchers.append(launch(hosts, name, args))
+        for name in ("w1", "w2"):
+            worker_host(name)
         hosts.run_on("client", lambda: scenario(hosts), timeout=120)
+        # A machine added later: its keys join the same directory (make keys KEYS=keys
+        # MACHINES=w3; the coordinator uses keys/coordinator itself, so its new
+        # workers/w3.key is in place), and the coordinator is restarted.
+        assert backbone_keys.main(["--cluster", str(keys), "w3"]) == 0
+        assert launchers[0].stop(timeout=30) == 0
+        launchers.append(launch(hosts, "coordinator", coordinator, wait=False))
+        # The coordinator is ready one worker timeout after a restart (it rebuilds the
+        # lobby meanwhile); w3 is ready once it has joined, which is what counts here.
+        worker_host("w3")
+        hosts.run_on("client", lambda: added_later(hosts), timeout=60)
     finally:
         for launcher in reversed(launchers):
             launcher.stop(timeout=30)
         for launcher in launchers:
             launcher.assert_no_traceback()
     output = "\n".join(launcher.output() for launcher in launchers)
-    assert "started w1-w1-1" in output and "started w2-w1-1" in output
+    for name in ("w1", "w2", "w3"):  # named after their keys, not the shared host name
+        assert f"started {name}-w1-1" in output
+    assert "refuses this worker" not in output and "handshake with the coordinator" not in output
+
+
+def backbone_of(hosts: netns.Machines) -> str:
+    return f"{hosts.address('coordinator')}:{BACKBONE_PORT}"
+
+
+async def added_later(hosts: netns.Machines) -> None:
+    """A client of the machine added later and one of the first see each other, and a
+    message goes across."""
+    old = await LobbyClient.connect(f"ws://{hosts.address('w1')}:{PUBLIC_PORT}/ws")
+    new = await LobbyClient.connect(f"ws://{hosts.address('w3')}:{PUBLIC_PORT}/ws")
+    both = {old.public_key, new.public_key}
+    for client in (old, new):
+        await client.wait_for_view(lambda view: both <= view.online)
+    result = await new.send(old.public_key, "from the new machine")
+    assert result.status is SendStatus.DELIVERED
+    assert (await old.next_message(timeout=5)).body == "from the new machine"
+    for client in (old, new):
+        assert client.errors == []
+        await client.close()
 
 
 async def scenario(hosts: netns.Machines) -> None:

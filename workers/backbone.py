@@ -27,6 +27,12 @@ endpoint, goes out at the end of the turn as one frame (:class:`~shared.backbone
 bounded), so a busy worker pays ZeroMQ once per peer per turn, not once per message.
 A message that cannot be queued is handed back to the core (:meth:`WorkerCore.lost`),
 which decides what repairs it.
+
+What the coordinator cannot say itself is logged here, at most once in ten seconds each
+while it lasts: that it refuses this process because another holds its worker id
+(:class:`~shared.backbone.Refused`), and, with CURVE, that the handshake with it failed
+(a socket monitor on the DEALER, read by the heartbeat thread): the coordinator does
+not admit this machine's key, or is not the one whose key this worker pins.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from shared import backbone as bb
 from shared import curve, endpoints, logs
@@ -53,6 +60,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("workers")
 noisy = logs.Limited(log)
 """Lines the coordinator's messages can make the worker write over and over."""
+refusals = logs.Limited(log, every=10.0, burst=1)
+"""A refusal that lasts (the worker id in use): one line every ten seconds."""
+handshakes = logs.Limited(log, every=10.0, burst=1)
+"""The heartbeat thread's (a limiter is used by one thread): failed handshakes."""
 
 READ_BATCH: Final = 256
 """Backbone messages handled in a row before clients' frames get a turn."""
@@ -63,6 +74,11 @@ SHUTDOWN_LINGER_MS: Final = 1000
 other socket lingers 0: a dead coordinator must never hold a worker up)."""
 
 _NOBLOCK: Final = int(zmq.NOBLOCK)  # (flag arithmetic on pyzmq's enums is slow)
+HANDSHAKE_EVENTS: Final = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+)
 
 
 class Backbone:
@@ -100,6 +116,11 @@ class Backbone:
             self._auth.configure_curve_callback("*", credentials_provider=self)
         self.sub = self._socket(zmq.SUB)
         self.dealer = self._socket(zmq.DEALER)
+        self._monitor = (
+            self.dealer.get_monitor_socket(HANDSHAKE_EVENTS) if self._curve is not None else None
+        )
+        self.refused: str | None = None
+        """Why the coordinator refuses this process (its worker id is held), if it does."""
         self.results = self._socket(zmq.PULL, server=True)
         self._peers: OrderedDict[str, zmq.Socket[bytes]] = OrderedDict()
         # What this turn of the loop sends: one frame each to the coordinator and to
@@ -146,7 +167,7 @@ class Backbone:
         # ask for next covers everything before (slow-joiner rule).
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.connect(ends.updates)
-        self.dealer.setsockopt(zmq.ROUTING_ID, self.settings.worker_id.encode())
+        self.dealer.setsockopt(zmq.ROUTING_ID, bb.routing_id(self.settings.worker_id))
         self.dealer.connect(ends.events)
 
     def bind(self) -> None:
@@ -169,6 +190,7 @@ class Backbone:
         beat = bb.Heartbeat(self.settings.worker_id)
         frame = bb.encode(beat)
         while not self._pulse_stop.wait(timing.heartbeat_interval):
+            self._watch()
             if time.monotonic() - self._turned > timing.cutoff_grace:
                 continue  # the loop is stuck, not busy: let the coordinator know
             lost = False
@@ -181,6 +203,62 @@ class Backbone:
                     lost = True
             with contextlib.suppress(RuntimeError):  # the loop has closed: we are stopping
                 loop.call_soon_threadsafe(self._after_beat, beat if lost else None)
+
+    def _watch(self) -> None:
+        """Log the handshakes with the coordinator that failed (its DEALER's monitor;
+        on the heartbeat thread, the monitor's only reader)."""
+        if self._monitor is None:
+            return
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, _NOBLOCK)
+            except zmq.ZMQError:  # none waiting (or closed: stopping)
+                return
+            kind, value = int(event["event"]), int(event["value"])
+            why = curve.handshake_failure(kind, value)
+            if why is None:
+                continue
+            backbone = self.settings.backbone
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                advice = (
+                    f"this machine's public key {self.results_key} is not among the "
+                    "coordinator's workers/ (add the machine to the cluster's key directory "
+                    "with make keys, copy its .key there and restart the coordinator)"
+                )
+            else:
+                advice = (
+                    f"--curve-server-key {backbone.curve_server_key} must be the "
+                    "coordinator's public key (the coordinator.key of the key directory the "
+                    "coordinator's keys came from)"
+                )
+            where = event["endpoint"].decode("utf-8", "replace")
+            handshakes.log(
+                logging.ERROR,
+                "coordinator_handshake_failed",
+                "the CURVE handshake with the coordinator at %s failed: %s; %s",
+                where,
+                why,
+                advice,
+                endpoint=where,
+                error=why,
+            )
+
+    def on_refused(self, msg: bb.Message) -> None:
+        """The coordinator refuses this process: another holds its worker id."""
+        assert isinstance(msg, bb.Refused)
+        self.refused = f"worker id {msg.worker} is held by a live worker from {msg.holder}"
+        if self.core is not None:
+            self.core.figures.join_refused = self.refused
+        refusals.log(
+            logging.ERROR,
+            "worker_id_in_use",
+            "the coordinator refuses this worker: %s; two machines have one name: give "
+            "each its own key directory (make keys names it) or its own --name. Serving "
+            "nobody; trying again while it lasts",
+            self.refused,
+            worker=msg.worker,
+            holder=msg.holder,
+        )
 
     def _after_beat(self, lost: bb.Heartbeat | None) -> None:
         """On the loop, after a beat: count it if it was lost (as the core counts every
@@ -207,6 +285,9 @@ class Backbone:
     def close(self, linger_ms: int) -> None:
         self.stop_pulse()
         self._closed = True
+        if self._monitor is not None:
+            self.dealer.disable_monitor()
+            self._monitor.close(linger=0)
         self.sub.close(linger=0)
         self.results.close(linger=0)
         for peer in self._peers.values():

@@ -177,7 +177,7 @@ class WorkerCore(Generic[H]):
         self._unwritten_bytes = 0
         self._reading = False
         replica, updated = self.replica, self._replica_outputs
-        self._handlers: dict[type[bb.Message], Callable[[bb.Message], None]] = {
+        self.handlers: dict[type[bb.Message], Callable[[bb.Message], None]] = {
             bb.Welcome: lambda m: self._on_welcome(_as(m, bb.Welcome)),
             bb.Reannounce: lambda m: updated(replica.start()),
             bb.Snapshot: lambda m: updated(replica.on_snapshot(_as(m, bb.Snapshot))),
@@ -414,7 +414,7 @@ class WorkerCore(Generic[H]):
         returns how many messages it held (at least 1, so that a stream of junk still
         ends a read batch)."""
         self.now = now
-        handlers = self._handlers
+        handlers = self.handlers
         messages = self._decode(frame)
         for msg in messages:
             handler = handlers.get(type(msg))

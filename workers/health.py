@@ -21,6 +21,7 @@ from shared import logs
 from workers import stats
 from workers.admission import Admit
 from workers.clients import Group
+from workers.replica import SyncState
 from workers.states import Link
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class Health:
         ``dropped``)."""
         self.refused_by_budget: Counter[str] = Counter()
         """What the memory budget refused: ``messages``, and views ``collapsed``."""
+        self.join_refused: str | None = None
+        """Why the coordinator refuses this worker (its id is held by another), while
+        it does (``/healthz``'s ``joinRefused``; cleared once the worker is welcomed)."""
         self._backlog = {"buffered": 0, "maxBuffered": 0}
         self._logged: Counter[str] = Counter()
         self._logged_at = float("-inf")
@@ -69,6 +73,7 @@ class Health:
             "memory": self._memory(core),
             "cutOff": core.cut_off,
             "dropped": dict(self.dropped),
+            "joinRefused": self.join_refused,
         }
 
     def _memory(self, core: WorkerCore[Any]) -> dict[str, int]:
@@ -87,6 +92,8 @@ class Health:
     def tick(self, core: WorkerCore[Any], pressured: Iterable[int], now: float) -> None:
         """Once a tick: the backlog figures (``pressured``: the buffered bytes of each
         pressured client), the connection counts, and the log line if one is due."""
+        if core.replica.sync is not SyncState.AWAITING_WELCOME:
+            self.join_refused = None
         backlog = list(pressured)
         self._backlog = {"buffered": sum(backlog), "maxBuffered": max(backlog, default=0)}
         groups, admission = core.clients.groups, core.admission

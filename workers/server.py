@@ -44,6 +44,7 @@ import zmq
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
+from shared import backbone as bb
 from shared import curve, endpoints, listen, logs, notify, protocol, stopping
 from shared.options import SettingsError
 from shared.protocol import CLOSE_REASONS, CloseCode
@@ -135,6 +136,7 @@ class Worker:
         )
         self.backbone = Backbone(settings)
         self.backbone.core = self.core
+        self.core.handlers[bb.Refused] = self.backbone.on_refused
         self.core.results_endpoint = self.backbone.results_endpoint
         self.core.results_key = self.backbone.results_key
         self._snapshot: SharedFrame | None = None

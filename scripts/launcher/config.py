@@ -5,6 +5,7 @@ a crashed child restarts. Nothing here starts anything; it reads only the key di
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 from collections.abc import Sequence
@@ -131,6 +132,12 @@ def local_address_towards(host: str, port: int) -> str:
         return str(probe.getsockname()[0])
 
 
+MACHINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+"""What may name a worker machine (its key directory, the prefix of its worker ids)."""
+MACHINE_NAME_FILE = "name"
+"""The file of a worker machine's key directory that names the machine."""
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     """The CURVE files of one machine's role, under ``--keys DIR``."""
@@ -152,6 +159,21 @@ class Keys:
     @property
     def worker_secret(self) -> Path:
         return self.directory / "worker.key_secret"
+
+    def machine_name(self) -> str | None:
+        """The machine's name recorded in the directory by ``backbone_keys.py --cluster``
+        (``None`` in a directory without one); :class:`ValueError` for a file that does
+        not hold a name."""
+        path = self.directory / MACHINE_NAME_FILE
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from None
+        if not MACHINE_NAME.fullmatch(text):
+            raise ValueError(f"{path} does not hold a machine name ({text[:40]!r})")
+        return text
 
     def missing(self, role: str) -> list[str]:
         """What ``role`` needs that is not there (empty when all is)."""

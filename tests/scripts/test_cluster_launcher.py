@@ -253,7 +253,22 @@ def test_role_workers_join_the_coordinator_with_ids_unique_across_machines(tmp_p
     fixed = parse_args([*argv, "--advertise", "198.18.0.2", "--results-port-base", "7300"])
     assert "--results-endpoint" in (command := fixed.worker_command("x", 2))
     assert command[command.index("--results-endpoint") + 1] == "tcp://198.18.0.2:7301"
-    assert parse_args(argv).name  # the host name by default
+    assert parse_args(argv).name  # the host name by default, in a directory without a name
+
+
+def test_role_workers_are_named_after_the_machine_their_key_directory_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, keys = key_dirs(tmp_path)
+    argv = ["--role", "workers", "--coordinator", "127.0.0.1:7100", "--keys", str(keys)]
+    (keys / "name").write_text("web2\n")  # as backbone_keys.py --cluster writes it
+    assert parse_args(argv).worker_name(1, 1) == "web2-w1-1"
+    assert parse_args([*argv, "--name", "other"]).worker_name(1, 1) == "other-w1-1"
+    (keys / "name").write_text("../web2")
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+    assert exited.value.code == 2
+    assert "does not hold a machine name" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

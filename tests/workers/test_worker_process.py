@@ -69,6 +69,8 @@ class FakeCoordinator:
     up: list[bb.Message] = field(default_factory=list)
     taken: set[int] = field(default_factory=set)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    routing: bytes = b""
+    """The worker's routing id (its worker id and its process's token), once heard."""
 
     async def serve_peer(self) -> None:
         """Record what the worker reports to another worker's results endpoint."""
@@ -81,7 +83,9 @@ class FakeCoordinator:
     async def serve(self) -> None:
         while True:
             ident, frame = await self.router.recv_multipart()
-            assert ident == WORKER.encode()
+            assert bb.split_routing_id(ident)[0] == WORKER
+            assert self.routing in (b"", ident)  # one process, one routing id
+            self.routing = ident
             messages, errors = bb.decode_batch(frame)  # one message or a batch
             assert not errors, errors
             for msg in messages:
@@ -101,7 +105,7 @@ class FakeCoordinator:
             await asyncio.sleep(BEAT_EVERY)  # a clock, not synchronisation
 
     def send(self, msg: bb.Message) -> None:
-        self.router.send_multipart([WORKER.encode(), bb.encode(msg)])
+        self.router.send_multipart([self.routing, bb.encode(msg)])
 
     def publish(self, msg: bb.Message) -> None:
         self.pub.send(bb.encode(msg))
