@@ -51,9 +51,10 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 """Raised whenever a message changes shape (3: ``Update.at``; 4: frames may carry a
-batch of messages; 5: ``Welcome.peers``), so processes of different versions refuse
+batch of messages; 5: ``Welcome.peers``; 6: ``Refused``, and a worker's routing id
+carries a token of its process), so processes of different versions refuse
 each other's every message instead of misreading some."""
 
 
