@@ -187,7 +187,10 @@ class Lobby:
         return True
 
     def drop_worker(self, worker: str) -> int:
-        """Every session on ``worker`` ended (it stopped or died). Returns how many."""
+        """Every session on ``worker`` ended (it stopped or died). Returns how many.
+
+        The worker is then unknown to the coordinator, which applies none of its events
+        until it re-registers: the next call about ``worker`` is :meth:`reconcile`."""
         conns = self._by_worker.get(worker, set())
         sessions = [Session(worker, conn) for conn in conns]
         for session in sessions:

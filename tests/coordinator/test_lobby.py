@@ -390,6 +390,10 @@ class World:
     clock: int = 0
     conn_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     epochs_made: int = 0
+    unregistered: set[str] = field(default_factory=set)
+    """Workers the coordinator does not know (given up for dead, or a coordinator that
+    started since): it applies none of their events, and asks them to re-register
+    (coordinator.core), so the next thing of theirs the lobby sees is a reconcile."""
 
     def claims(self, worker: str) -> list[Claim]:
         return [
@@ -462,7 +466,7 @@ def test_restarts_partitions_and_lost_messages_end_in_one_true_lobby(
             world.workers[worker][conn] = Conn(
                 key, world.clock, (world.lobby.epoch, world.lobby.seq)
             )
-            if not lost:
+            if not lost and worker not in world.unregistered:
                 world.lobby.add_user(key, Session(worker, conn))
         elif kind == "close":
             worker, pick, lost = str(step[1]), int(str(step[2])), bool(step[3])
@@ -470,17 +474,19 @@ def test_restarts_partitions_and_lost_messages_end_in_one_true_lobby(
             if conns:
                 conn = conns[pick % len(conns)]
                 gone = world.workers[worker].pop(conn)
-                if not lost:
+                if not lost and worker not in world.unregistered:
                     world.lobby.remove_user(gone.key, Session(worker, conn))
         elif kind == "flush":
             flush(bool(step[1]), bool(step[2]))
         elif kind == "expire":
             world.lobby.drop_worker(str(step[1]))  # partitioned: its connections stay open
+            world.unregistered.add(str(step[1]))
         elif kind == "hello":  # a worker re-registers (and Hello carries its epoch)
             worker = str(step[1])
             for claim in world.claims(worker):
                 world.lobby.observe_epoch(claim.stamp[0], make_epoch)
             world.lobby.reconcile(worker, world.claims(worker))
+            world.unregistered.discard(worker)
         elif kind == "restart":
             previous = world.lobby.epoch
             skew = int(str(step[1])) * 700  # the new clock: behind, same or ahead
@@ -488,6 +494,7 @@ def test_restarts_partitions_and_lost_messages_end_in_one_true_lobby(
             if step[2]:  # the lock file's last epoch (else: another host, or state lost)
                 fresh.observe_epoch(previous, make_epoch)
             world.lobby = fresh
+            world.unregistered = set(WORLD_WORKERS)  # a new coordinator knows no worker yet
         world.lobby.check()
 
     # Of a key's open connections, when all of them hold an ack, the last one accepted
