@@ -308,7 +308,8 @@ class Coordinator:
         refusals.warning(
             "worker_id_in_use",
             "refusing worker %s from %s: a live worker from %s holds that id (two machines "
-            "with one name: give each its own key directory, or --name)",
+            "with one name: give each its own key directory, or --name; or the holder's "
+            "machine restarted and the id is free once it is silent for --worker-timeout)",
             worker,
             peer,
             verdict.other,

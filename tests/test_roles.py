@@ -101,7 +101,7 @@ def test_a_second_machine_with_the_same_name_is_refused_loudly_on_both_sides(
         "refusing worker host-a-w1-1 from 127.0.0.1 with key host-a: a live worker from "
         "127.0.0.1 with key host-a holds that id (two machines with one name"
     )
-    assert "give each its own key directory (make keys names it) or its own --name" in (
+    assert "give each its own key directory, which make keys names, or its own --name" in (
         twin.output()
     )
     assert machines.coordinator.count("worker host-a-w1-1 registered") == 1

@@ -252,9 +252,11 @@ class Backbone:
         refusals.log(
             logging.ERROR,
             "worker_id_in_use",
-            "the coordinator refuses this worker: %s; two machines have one name: give "
-            "each its own key directory (make keys names it) or its own --name. Serving "
-            "nobody; trying again while it lasts",
+            "the coordinator refuses this worker: %s. Either two machines have one name "
+            "(give each its own key directory, which make keys names, or its own --name), "
+            "or this machine restarted and its previous workers are not yet presumed dead "
+            "(that clears within the coordinator's --worker-timeout). Serving nobody; "
+            "trying again while it lasts",
             self.refused,
             worker=msg.worker,
             holder=msg.holder,
