@@ -1,14 +1,20 @@
 """Tests of the shipped deployment files (docs/deploy/). Those that run a tool (nginx,
-promtool, systemd-analyze) skip where it is missing, saying why, except under CI
-(``PRESENCE_REQUIRE_TOOLS=1``, set by ``.ci/run``, which installs them), where they fail."""
+haproxy, promtool, systemd-analyze) skip where it is missing, saying why, except under
+CI (``PRESENCE_REQUIRE_TOOLS=1``, set by ``.ci/run``, which installs them), where they
+fail. The reverse proxies' tests share :func:`door` and :func:`evicted`."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
+import ssl
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.support import ROOT
 
@@ -31,3 +37,25 @@ def deploy_file(name: str) -> Path:
     path = DEPLOY / name
     assert path.is_file(), path
     return path
+
+
+async def door(
+    url: str, client_ssl: ssl.SSLContext, source: str, **headers: str
+) -> ClientConnection | int:
+    """An upgrade from ``source`` through the proxy: the connection once it holds a
+    challenge, or the HTTP status that refused it."""
+    try:
+        ws = await connect(
+            url, ssl=client_ssl, local_addr=(source, 0), additional_headers=headers or None
+        )
+    except InvalidStatus as exc:
+        return exc.response.status_code
+    frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert frame["type"] == "challenge"
+    return ws
+
+
+async def evicted(ws: ClientConnection) -> bool:
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(ws.recv(), 10)
+    return (ws.close_code, ws.close_reason) == (1013, "try_again_later")

@@ -15,8 +15,6 @@ waited. Clients pick their source among loopback addresses: 127.0.0.1 is the pro
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import socket
 import ssl
@@ -25,11 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shared.client import LobbyClient
-from tests.deploy.conftest import deploy_file, tool
+from tests.deploy.conftest import deploy_file, door, evicted, tool
 from tests.support import Launched, free_port, health, health_until, run, tls_files, until
 
 pytestmark = pytest.mark.process
@@ -109,28 +105,6 @@ def proxied(tmp_path: Path) -> Iterator[tuple[Launched, Nginx, ssl.SSLContext]]:
         if proxy is not None:
             proxy.stop()
         launched.stop()
-
-
-async def door(
-    url: str, client_ssl: ssl.SSLContext, source: str, **headers: str
-) -> ClientConnection | int:
-    """An upgrade from ``source`` through the proxy: the connection once it holds a
-    challenge, or the HTTP status that refused it."""
-    try:
-        ws = await connect(
-            url, ssl=client_ssl, local_addr=(source, 0), additional_headers=headers or None
-        )
-    except InvalidStatus as exc:
-        return exc.response.status_code
-    frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
-    assert frame["type"] == "challenge"
-    return ws
-
-
-async def evicted(ws: ClientConnection) -> bool:
-    with pytest.raises(ConnectionClosed):
-        await asyncio.wait_for(ws.recv(), 10)
-    return (ws.close_code, ws.close_reason) == (1013, "try_again_later")
 
 
 def test_through_nginx_a_client_signs_in_and_admission_sees_its_own_address(
