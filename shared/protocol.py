@@ -151,6 +151,13 @@ def verify_auth(nonce: bytes, public_key: str, signature: str) -> AuthFailure | 
     group) is ``invalid_public_key``; a ``signature`` that is not 128 hex or does not
     verify is ``invalid_signature``. The key is checked first, so a bad key is named as
     such whatever the signature."""
+    return verify_signed(AUTH_CONTEXT + nonce, public_key, signature)
+
+
+def verify_signed(payload: bytes, public_key: str, signature: str) -> AuthFailure | None:
+    """Why ``signature`` is not ``public_key``'s signature of ``payload``, or None when
+    it is: the check of :func:`verify_auth`, for any signed payload (protocol version 2
+    signs other bytes). Never raises."""
     if not is_hex_key(public_key):
         return AuthFailure.INVALID_PUBLIC_KEY
     key_bytes = bytes.fromhex(public_key)
@@ -161,7 +168,7 @@ def verify_auth(nonce: bytes, public_key: str, signature: str) -> AuthFailure | 
     if not is_hex_key(signature, 128):
         return AuthFailure.INVALID_SIGNATURE
     try:
-        VerifyKey(key_bytes).verify(AUTH_CONTEXT + nonce, bytes.fromhex(signature))
+        VerifyKey(key_bytes).verify(payload, bytes.fromhex(signature))
     except BadSignatureError:
         return AuthFailure.INVALID_SIGNATURE
     except (CryptoError, ValueError, TypeError):
