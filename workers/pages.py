@@ -2,7 +2,7 @@
 
 ``GET /`` is the lobby page (``workers/static/index.html``), which loads ``/lobby.js``
 (the JavaScript client, an ES module that imports ``/lobby_core.js`` and
-``/identity.js``) and ``/lobby.css``. They are read once when the
+``/identity.js``, which imports ``/protocol_v2.js``) and ``/lobby.css``. They are read once when the
 worker starts and served from memory; anything else but ``/ws`` and ``/healthz`` is 404.
 Every answer carries headers that keep a browser from reading more into it than it is:
 the exact content type with ``nosniff``, a content security policy that lets the page run

@@ -6,6 +6,7 @@
  */
 
 import { Ed25519Unsupported, toHex } from "./lobby_core.js";
+import { signedPayloadV2 } from "./protocol_v2.js";
 
 const ADVICE =
   "Use a current Chromium, Firefox or Safari, and serve the page over https " +
@@ -100,6 +101,19 @@ export async function sign(privateKey, payload) {
   } catch (error) {
     throw explainUnsupported(error);
   }
+}
+
+/**
+ * The `signature` of a protocol version 2 `auth`: the identity's signature of
+ * `signedPayloadV2(serverId, nonceHex)`, as 128 lowercase hex.
+ * @param {CryptoKey} privateKey
+ * @param {string} serverId the server's identity (`serverIdentity(url)`)
+ * @param {string} nonceHex the challenge's nonce
+ * @returns {Promise<string>}
+ * @throws {Ed25519Unsupported}
+ */
+export async function signV2(privateKey, serverId, nonceHex) {
+  return toHex(await sign(privateKey, signedPayloadV2(serverId, nonceHex)));
 }
 
 function openDatabase(name) {
