@@ -77,7 +77,10 @@ def server_identity(url: str) -> str:
         raise ValueError(f"server URL {url!r}: the scheme must be ws or wss, not {scheme!r}")
     netloc = parts.netloc.rpartition("@")[2]
     if netloc.startswith("["):
-        host = _ipv6_host(netloc[1 : netloc.find("]")], url)
+        end = netloc.find("]")
+        if netloc[end + 1 : end + 2] not in ("", ":"):
+            raise ValueError(f"server URL {url!r}: text after the IPv6 address")
+        host = _ipv6_host(netloc[1:end], url)
     else:
         host = _domain_host(netloc.rpartition(":")[0] if ":" in netloc else netloc, url)
     if port is None:
@@ -114,7 +117,10 @@ def _ipv6_host(text: str, url: str) -> str:
 
 
 def _domain_host(text: str, url: str) -> str:
-    host = unquote(text, errors="strict").lower()
+    try:
+        host = unquote(text, errors="strict").lower()
+    except UnicodeDecodeError:
+        raise ValueError(f"server URL {url!r}: the host is not UTF-8") from None
     if _DEVIATIONS.intersection(host):
         raise ValueError(
             f"server URL {url!r}: the host has a character IDNA versions map differently "
@@ -134,7 +140,19 @@ def _domain_host(text: str, url: str) -> str:
     labels = host.split(".")
     if _is_number(labels[-1]):
         return _ipv4(labels, url)
+    for label in labels:
+        if label.startswith("xn--") and not _is_punycode(label):
+            raise ValueError(f"server URL {url!r}: {label!r} is not valid punycode")
     return host
+
+
+def _is_punycode(label: str) -> bool:
+    """True when an ``xn--`` label decodes to a name that encodes back to it."""
+    try:
+        name = label[4:].encode("ascii").decode("punycode")
+        return bool(name) and name.encode("idna").decode("ascii") == label
+    except UnicodeError:
+        return False
 
 
 def _is_number(label: str) -> bool:
