@@ -24,7 +24,7 @@ STATUS_NAMES: Final = {code: name for name, code in STATUS_CODES.items()}
 MAX_STATUS_BYTES: Final = 32
 MAX_DATA_BYTES: Final = 255
 EMPTY_DATA: Final = "{}"
-_CONTROL: Final = re.compile("[\x00-\x1f\x7f]")
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
@@ -65,7 +65,7 @@ class RecordChange:
 
 def check_status(value: object) -> str | None:
     """Why ``value`` is not a status, or None when it is one: a string of 1-32 bytes of
-    UTF-8 with no control characters (U+0000-U+001F, U+007F)."""
+    UTF-8 with no control characters (U+0000-U+001F, U+007F-U+009F)."""
     if not isinstance(value, str):
         return "status must be a string"
     try:

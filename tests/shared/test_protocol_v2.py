@@ -20,8 +20,8 @@ from shared.protocol import Challenge
 keys = st.binary(min_size=32, max_size=32).map(bytes.hex)
 seqs = st.integers(min_value=0, max_value=2**53 - 1)
 epochs = st.text(alphabet=string.printable[:94], min_size=1, max_size=255)
-_status_chars = st.characters(blacklist_categories=["Cs"], blacklist_characters="\x7f").filter(
-    lambda c: c >= " "
+_status_chars = st.characters(blacklist_categories=["Cs"]).filter(
+    lambda c: c >= " " and not "\x7f" <= c <= "\x9f"
 )
 custom_statuses = st.text(_status_chars, min_size=1, max_size=32).filter(
     lambda s: len(s.encode()) <= 32
@@ -261,6 +261,9 @@ def test_verify_auth_v2_never_raises(nonce: bytes, key: str, signature: str, ser
         ("", False),
         ("a\x1fb", False),
         ("a\x7fb", False),
+        ("a\x80b", False),  # C1 controls too
+        ("a\x9fb", False),
+        ("a\xa0b", True),
         ("a\tb", False),
         ("\ud800", False),
         ("away", True),
@@ -295,7 +298,7 @@ def test_status_rule(status: str) -> None:
         size = len(status.encode())
     except UnicodeEncodeError:
         size = -1
-    expected = 1 <= size <= 32 and not any(c < " " or c == "\x7f" for c in status)
+    expected = 1 <= size <= 32 and not any(c < " " or "\x7f" <= c <= "\x9f" for c in status)
     assert (v2.check_status(status) is None) is expected
 
 

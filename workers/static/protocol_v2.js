@@ -118,12 +118,12 @@ export function signedPayloadV2(identity, nonceHex) {
 // ---------------------------------------------------------------------------------
 // Records
 
-const CONTROL = /[\u0000-\u001f\u007f]/;
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
 const LONE_SURROGATE = /[\ud800-\udfff]/u;
 
 /**
  * Why `value` is not a status, or null: a string of 1-32 bytes of UTF-8 without
- * control characters (U+0000-U+001F, U+007F). "online", "away" and "busy" are named.
+ * control characters (U+0000-U+001F, U+007F-U+009F). "online", "away" and "busy" are named.
  * @param {unknown} value
  * @returns {string | null}
  */
