@@ -146,10 +146,10 @@ def test_a_snapshot_is_made_once_per_epoch_and_seq() -> None:
     c.handle("w1", bb.Authed(1, A), now=0.1, wall=0.0)
     (first,) = to(c.handle("w1", bb.SnapshotRequest(), now=0.2, wall=0.0), "w1")
     (again,) = to(c.handle("w2", bb.SnapshotRequest(), now=0.2, wall=0.0), "w2")
-    assert first == bb.Snapshot(E0, 1, [A]) and again is first
+    assert first == bb.Snapshot(E0, 1, 1, [A]) and again is first
     c.handle("w2", bb.Authed(1, B), now=0.3, wall=0.0)  # published at once (no window)
     (after,) = to(c.handle("w1", bb.SnapshotRequest(), now=0.4, wall=0.0), "w1")
-    assert after == bb.Snapshot(E0, 2, [A, B])
+    assert after == bb.Snapshot(E0, 2, 2, [A, B])
 
 
 def test_tick_is_due_for_a_flush_a_beat_or_the_check_for_silent_workers() -> None:
@@ -163,7 +163,7 @@ def test_tick_is_due_for_a_flush_a_beat_or_the_check_for_silent_workers() -> Non
     out = c.handle("w1", bb.Authed(1, A), now=0.02, wall=0.0)
     assert published(out) == [] and c.due == 0.02 + 0.05  # the batch window's flush
     out = c.tick(now=c.due, wall=0.0)
-    assert published(out) == [bb.Update(E0, 1, [A], [], 0.0)]
+    assert published(out) == [bb.Update(E0, 1, 1, [A], [], 0.0)]
     assert c.due == 0.07 + timings.EXPIRY_CHECK
     # A lost reply that needs a repair makes the next turn ask for it at once.
     (ack,) = to(out, "w1")
@@ -279,7 +279,7 @@ def test_no_message_sequence_crashes_the_coordinator_or_breaks_the_lobby(
     lobby_at: dict[tuple[str, int], list[str]] = {}  # every (epoch, seq) seen, uncached
 
     def note() -> None:
-        seq, users = c.lobby.snapshot()
+        seq, _, users, _ = c.lobby.snapshot()
         assert lobby_at.setdefault((c.epoch, seq), users) == users
 
     for kind, *args in steps:
@@ -307,7 +307,7 @@ def test_no_message_sequence_crashes_the_coordinator_or_breaks_the_lobby(
             if isinstance(message, bb.Update):
                 assert message.seq == snapshot_seq + 1
                 snapshot_seq = message.seq
-        seq, users = c.lobby.snapshot()
+        seq, _, users, _ = c.lobby.snapshot()
         assert seq == snapshot_seq and all(len(u) == 64 and u == u.lower() for u in users)
 
 

@@ -102,7 +102,7 @@ def test_an_outbox_sends_a_full_batch_at_once() -> None:
     beat = bb.Heartbeat("w1")
     ready = [s for _ in range(bb.MAX_BATCH + 1) for s in box.add(beat)]
     assert [len(carried) for _, carried in ready] == [bb.MAX_BATCH] and len(box) == 1
-    big = bb.Snapshot("e", 1, ["a" * 64] * (bb.MAX_BATCH_BYTES // 64))
+    big = bb.Snapshot("e", 1, 1, ["a" * 64] * (bb.MAX_BATCH_BYTES // 64))
     ready = box.add(big)  # what was waiting first, then the big one alone
     assert [carried for _, carried in ready] == [[beat], [big]] and len(box) == 0
 

@@ -96,7 +96,7 @@ class FakeCoordinator:
                 if self.answering and isinstance(msg, bb.Hello):
                     self.send(bb.Welcome(self.epoch))
                 if self.answering and isinstance(msg, bb.SnapshotRequest):
-                    self.send(bb.Snapshot(self.epoch, self.seq, sorted(self.users)))
+                    self.send(bb.Snapshot(self.epoch, self.seq, self.seq, sorted(self.users)))
 
     async def beat(self) -> None:
         while True:
@@ -116,7 +116,9 @@ class FakeCoordinator:
         self.users -= set(left)
         self.users |= set(joined)
         if not lose:
-            self.publish(bb.Update(self.epoch, self.seq, list(joined), list(left), time.time()))
+            self.publish(
+                bb.Update(self.epoch, self.seq, self.seq, list(joined), list(left), time.time())
+            )
         return self.seq
 
     async def expect(
