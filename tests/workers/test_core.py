@@ -327,6 +327,25 @@ def test_auth_ok_waits_for_the_replica_to_show_the_clients_join() -> None:
     w.core.clients.check()
 
 
+def test_an_ack_at_an_update_of_records_alone_releases_auth_ok_with_no_update_frame() -> None:
+    """A session the coordinator re-acknowledges in a window that changed records alone
+    is acked at that update's seq: reaching it releases auth_ok, and clients already in
+    the lobby are written nothing (protocol 1 never sees such an update)."""
+    w = Worker()
+    w.live(users=(A,))  # the coordinator holds A's session already (it re-registered)
+    other = w.online(SKS[1], seq=6)
+    client = w.connect()
+    w.auth(client, SKS[0])
+    w.batch(bb.AuthAck(client.machine.conn_id, E1, 7))
+    frames = len(w.seen(other).frames)
+    w.batch(bb.Update(E1, 7, 6, [], [], w.wall, [(B, "away", "{}")]))
+    assert len(w.seen(client).of("auth_ok")) == 1
+    assert w.seen(client).frames[-1]["type"] == "lobby_snapshot" and w.seen(client).seq == 6
+    assert w.seen(client).users == {A, B}
+    assert len(w.seen(other).frames) == frames  # nothing for protocol 1
+    assert w.core.replica.record_of(B) == ("away", "{}")
+
+
 def test_a_connection_past_max_connections_is_refused_and_is_no_client() -> None:
     w = Worker(max_connections=1)
     w.live()

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared import backbone as bb
-from shared import protocol
+from shared import protocol, records
 from workers.replica import (
     MAX_BUFFERED_UPDATES,
     Announce,
@@ -111,6 +111,46 @@ def test_a_reannouncement_in_the_same_epoch_resyncs_as_a_start() -> None:
     update = bb.Update("e1", 8, 8, [B], [], 1234.5)
     (forward,) = r.on_update(update)
     assert isinstance(forward, Forward) and (forward.seq, forward.at) == (8, 1234.5)
+
+
+AWAY = ("away", '{"note":"back at 5"}')
+
+
+def test_a_change_of_records_alone_sends_protocol_1_clients_nothing() -> None:
+    """It moves the replica to its seq (auth_oks held for that seq are released) with no
+    protocol 1 frame: their seq is mseq, which it keeps, so their snapshot is the same."""
+    r = live(seq=5, users=(A, B))
+    before = r.snapshot_frame()
+    change = bb.Update("e1", 6, 5, [], [], 2.5, [(A, *AWAY)])
+    assert r.on_update(change) == [Forward(6, "", 2.5)]
+    assert (r.seq, r.mseq, r.record_of(A), r.record_of(B)) == (6, 5, AWAY, records.DEFAULT)
+    assert r.snapshot_frame() is before  # the same frame: seq 5, as before
+    assert json.loads(before)["seq"] == 5
+    # The next membership update is protocol 1's next one.
+    (forward,) = r.on_update(bb.Update("e1", 7, 6, [C], [], 0.0))
+    assert isinstance(forward, Forward)
+    assert forward.frame == protocol.lobby_update(6, [C], [])
+    assert json.loads(r.snapshot_frame())["seq"] == 6
+    # Back to the default, and a gap in seq is a gap even if mseq follows on.
+    r.on_update(bb.Update("e1", 8, 6, [], [], 0.0, [(A, *records.DEFAULT)]))
+    assert r.record_of(A) == records.DEFAULT
+    assert r.on_update(bb.Update("e1", 10, 7, [B], [], 0.0)) == [RequestSnapshot()]
+
+
+def test_records_come_with_snapshots_and_joins_and_go_with_sessions() -> None:
+    r = Replica()
+    r.start()
+    r.on_welcome(bb.Welcome("e1"))
+    r.on_snapshot(bb.Snapshot("e1", 9, 4, [A, B], [(B, *AWAY)]))
+    assert (r.seq, r.mseq, r.record_of(A), r.record_of(B)) == (9, 4, records.DEFAULT, AWAY)
+    assert json.loads(r.snapshot_frame())["seq"] == 4
+    (forward,) = r.on_update(bb.Update("e1", 10, 5, [C], [], 0.0, [], [(C, "busy", "{}")]))
+    assert isinstance(forward, Forward) and forward.frame == protocol.lobby_update(5, [C], [])
+    assert r.record_of(C) == ("busy", "{}")
+    r.on_update(bb.Update("e1", 11, 6, [B], [B], 0.0))  # a new session of B: its own record
+    assert r.record_of(B) == records.DEFAULT
+    r.on_update(bb.Update("e1", 12, 7, [], [C], 0.0))
+    assert r.record_of(C) == records.DEFAULT and C not in r.users
 
 
 def test_a_late_older_snapshot_does_not_rewind() -> None:
