@@ -109,7 +109,7 @@ RecordEntry = tuple[str, str, str]
 """``(key, status, data)``."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made once per publication, where frozen costs a third
 class Delta:
     """One published change of the lobby: the net effect since ``seq - 1``. ``mseq``
     is the membership number: one more than the previous delta's when ``joined`` or
@@ -416,41 +416,40 @@ class Lobby:
         left: list[str] = []
         updated: list[RecordEntry] = []
         entries: list[RecordEntry] = []
+        published, live = self._published, self._live
         live_records, published_records = self._records, self._published_records
         for key in sorted(keys):
-            before, after = self._published.get(key), self._live.get(key)
+            before, after = published.get(key), live.get(key)
             if before == after:
                 if after is not None:
                     record = live_records.get(key)
                     if record != published_records.get(key):
-                        self._publish_record(key, record)
-                        updated.append((key, *(record or records.DEFAULT)))
+                        if record is None:
+                            del published_records[key]
+                            record = records.DEFAULT
+                        else:
+                            published_records[key] = record
+                        updated.append((key, *record))
                 continue
             if before is not None:
                 left.append(key)
+                if published_records:  # (a lobby of default records skips the lookup)
+                    published_records.pop(key, None)
             if after is None:
-                del self._published[key]
-                published_records.pop(key, None)
+                del published[key]
             else:
-                self._published[key] = after
+                published[key] = after
                 joined.append(key)
-                record = live_records.get(key)
-                self._publish_record(key, record)
-                if record is not None:
+                if live_records and (record := live_records.get(key)) is not None:
+                    published_records[key] = record
                     entries.append((key, *record))
         return joined, left, updated, entries
-
-    def _publish_record(self, key: str, record: Record | None) -> None:
-        if record is None:
-            self._published_records.pop(key, None)
-        else:
-            self._published_records[key] = record
 
     # ------------------------------------------------------------------ internals
 
     def _bind(self, key: str, session: Session, stamp: Stamp, record: Record) -> None:
         self._live[key] = session
-        if record != records.DEFAULT:
+        if record is not records.DEFAULT and record != records.DEFAULT:
             self._records[key] = record
         self._keys[session] = key
         self._stamps[session] = stamp
