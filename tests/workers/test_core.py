@@ -706,6 +706,24 @@ def test_a_lost_authed_makes_the_worker_re_register_at_the_next_tick() -> None:
     assert len(w.up(bb.Hello)) == 1  # repaired: once
 
 
+def test_a_lost_record_change_is_repaired_by_a_hello_that_lists_the_record() -> None:
+    """A session's record goes in its Authed and in every Hello (only when it is not the
+    default), so a lost change, or a coordinator that restarted, gets it back."""
+    w = Worker()
+    w.live()
+    plain = w.online(SKS[1])
+    client = w.connect()
+    client.machine.record = ("away", '{"n":1}')
+    w.auth(client, SKS[0])
+    assert w.up(bb.Authed)[-1] == bb.Authed(client.machine.conn_id, A, "away", '{"n":1}')
+    w.shell.up.clear()
+    w.core.lost(bb.SetRecord(client.machine.conn_id, A, "away", '{"n":1}'))
+    w.tick()
+    (hello,) = w.up(bb.Hello)
+    assert [conn for conn, *_ in hello.sessions] == [plain.machine.conn_id, client.machine.conn_id]
+    assert hello.records == [(client.machine.conn_id, "away", '{"n":1}')]
+
+
 def test_coordinator_silence_reannounces_and_the_cut_off_closes_clients_1013() -> None:
     unreachable = metrics.COORDINATOR_UNREACHABLE
     w = Worker()
