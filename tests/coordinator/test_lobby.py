@@ -7,7 +7,7 @@ import itertools
 import typing
 from dataclasses import dataclass, field
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from coordinator.lobby import Claim, Delta, Flush, Lobby, Session, Stamp
@@ -526,6 +526,7 @@ class Conn:
     sent_at: Stamp
     acked: Stamp | None = None
     got_auth_ok: bool = False
+    record: Record = records.DEFAULT
 
 
 @dataclass
@@ -546,7 +547,7 @@ class World:
 
     def claims(self, worker: str) -> list[Claim]:
         return [
-            Claim(conn, c.key, c.acked or c.sent_at, c.acked is not None)
+            Claim(conn, c.key, c.acked or c.sent_at, c.acked is not None, c.record)
             for conn, c in self.workers[worker].items()
         ]
 
@@ -569,6 +570,13 @@ world_op = st.one_of(
         st.just("auth"), st.sampled_from(WORLD_WORKERS), st.sampled_from(WORLD_KEYS), st.booleans()
     ),
     st.tuples(st.just("close"), st.sampled_from(WORLD_WORKERS), st.integers(0, 20), st.booleans()),
+    st.tuples(
+        st.just("record"),
+        st.sampled_from(WORLD_WORKERS),
+        st.integers(0, 20),
+        st.sampled_from(RECORDS),
+        st.booleans(),
+    ),
     st.tuples(st.just("flush"), st.booleans(), st.booleans()),
     st.tuples(st.just("expire"), st.sampled_from(WORLD_WORKERS)),
     st.tuples(st.just("hello"), st.sampled_from(WORLD_WORKERS)),
@@ -578,6 +586,7 @@ world_op = st.one_of(
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(world_op, max_size=60))
+@example([("auth", W1, KEYS[0], False), ("flush", False, False), ("record", W1, 0, AWAY, True)])
 def test_restarts_partitions_and_lost_messages_end_in_one_true_lobby(
     ops: list[tuple[object, ...]],
 ) -> None:
@@ -625,6 +634,15 @@ def test_restarts_partitions_and_lost_messages_end_in_one_true_lobby(
                 gone = world.workers[worker].pop(conn)
                 if not lost and worker not in world.unregistered:
                     world.lobby.remove_user(gone.key, Session(worker, conn))
+        elif kind == "record":  # a session changes its record (the SetRecord may be lost)
+            worker, pick, lost = str(step[1]), int(str(step[2])), bool(step[4])
+            conns = sorted(world.workers[worker])
+            if conns:
+                conn = conns[pick % len(conns)]
+                changed = world.workers[worker][conn]
+                changed.record = typing.cast(Record, step[3])
+                if not lost and worker not in world.unregistered:
+                    world.lobby.set_record(changed.key, Session(worker, conn), changed.record)
         elif kind == "flush":
             flush(bool(step[1]), bool(step[2]))
         elif kind == "expire":
@@ -678,6 +696,10 @@ def test_restarts_partitions_and_lost_messages_end_in_one_true_lobby(
     for session, conn in open_sessions.items():
         assert world.lobby.get_user(conn.key) == session
         assert conn.acked is not None  # everyone still open was acknowledged in the end
+        assert world.lobby.record_of(conn.key) == conn.record, "a record lost or stale"
+    published = {key: (status, data) for key, status, data in world.lobby.snapshot()[3]}
+    for conn in open_sessions.values():
+        assert published.get(conn.key, records.DEFAULT) == conn.record
     for key, winner in winners.items():
         assert world.lobby.get_user(key) == winner, "an older acknowledged session won"
 
