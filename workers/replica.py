@@ -318,7 +318,8 @@ class Replica:
         previous = self._epoch
         self._epoch, self._seq, self._mseq = msg.epoch, msg.seq, msg.mseq
         self._users = set(msg.users)
-        self._records = {key: (status, data) for key, status, data in msg.records}
+        users = self._users
+        self._records = {key: (status, data) for key, status, data in msg.records if key in users}
         self._encoded = EncodedUsers(self._users)
         pending, self._buffer = self._buffer, deque()
         for update in pending:
