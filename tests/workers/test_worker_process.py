@@ -542,7 +542,7 @@ def test_new_epoch_reannounces_sessions_and_sends_fresh_snapshot(ipc_dir: Path) 
         async with worker(ipc_dir) as h:
             c = h.coord
             a = await h.login(new_key())
-            c.epoch, c.seq, c.users = "e2", 3, {a.key, "9" * 64}  # restarted, rebuilt
+            c.epoch, c.seq, c.mseq, c.users = "e2", 3, 3, {a.key, "9" * 64}  # restarted, rebuilt
             hello = await c.expect(bb.Hello)
             # Each session carries the stamp of its ack, from the first coordinator.
             assert hello.sessions == [(a.conn, a.key, a.ack_epoch, a.ack_seq, True)]
