@@ -55,8 +55,9 @@ from coordinator.lobby import Claim, Lobby, Session
 from coordinator.registry import WorkerRegistry
 from coordinator.settings import CoordinatorSettings
 from shared import backbone as bb
-from shared import logs, timings
+from shared import logs, records, timings
 from shared.protocol import is_hex_key
+from shared.records import Record
 
 log = logging.getLogger("coordinator")
 noisy = logs.Limited(log)
@@ -168,7 +169,8 @@ class CoordinatorCore:
                 out.append(ToWorker(worker, bb.RouteDone(msg.route, "unavailable")))
         elif isinstance(msg, bb.Authed):
             if is_hex_key(msg.key):
-                self.lobby.add_user(msg.key.lower(), Session(worker, msg.conn))
+                record = self._record(worker, msg.status, msg.data)
+                self.lobby.add_user(msg.key.lower(), Session(worker, msg.conn), record)
             else:
                 noisy.warning(
                     "malformed_key",
@@ -176,6 +178,13 @@ class CoordinatorCore:
                     worker,
                     worker=worker,
                 )
+        elif isinstance(msg, bb.SetRecord):
+            if is_hex_key(msg.key) and records.is_record(msg.status, msg.data):
+                self.lobby.set_record(
+                    msg.key.lower(), Session(worker, msg.conn), (msg.status, msg.data)
+                )
+            else:
+                self._malformed_record(worker)
         elif isinstance(msg, bb.Closed):
             if is_hex_key(msg.key):
                 self.lobby.remove_user(msg.key.lower(), Session(worker, msg.conn))
@@ -193,6 +202,24 @@ class CoordinatorCore:
         self._schedule(now, wall, out)
         return out
 
+    def _record(self, worker: str, status: str, data: str) -> Record:
+        """The record a worker sent; the default if it is not one (and a warning)."""
+        if status == records.DEFAULT_STATUS and data == records.DEFAULT_DATA:
+            return records.DEFAULT
+        if records.is_record(status, data):
+            return (status, data)
+        self._malformed_record(worker)
+        return records.DEFAULT
+
+    @staticmethod
+    def _malformed_record(worker: str) -> None:
+        noisy.warning(
+            "malformed_record",
+            "worker %s sent a malformed key or record; the default record is kept",
+            worker,
+            worker=worker,
+        )
+
     def _on_hello(self, worker: str, msg: bb.Hello, now: float, out: list[Output]) -> None:
         reported = {msg.epoch, *(epoch for _, _, epoch, _, _ in msg.sessions)} - {""}
         if reported - self.lobby.own_epochs:
@@ -209,8 +236,9 @@ class CoordinatorCore:
                         "epoch_moved", worker=worker, reported=epoch, epoch=self.epoch
                     ),
                 )
+        kept = {conn: self._record(worker, status, data) for conn, status, data in msg.records}
         claims = [
-            Claim(conn, key.lower(), (epoch, seq), acked)
+            Claim(conn, key.lower(), (epoch, seq), acked, kept.get(conn, records.DEFAULT))
             for conn, key, epoch, seq, acked in msg.sessions
             if is_hex_key(key)
         ]
@@ -273,8 +301,8 @@ class CoordinatorCore:
         ask at about the same time)."""
         cached = self.current_snapshot
         if cached is None:
-            seq, users = self.lobby.snapshot()
-            cached = self._snapshot = bb.Snapshot(self.epoch, seq, users)
+            seq, mseq, users, entries = self.lobby.snapshot()
+            cached = self._snapshot = bb.Snapshot(self.epoch, seq, mseq, users, entries)
         return cached
 
     @property
@@ -342,9 +370,13 @@ class CoordinatorCore:
         if result.delta is not None:
             self._snapshot = None  # out of date: not kept in memory until the next ask
             d = result.delta
-            out.append(Publish(bb.Update(self.epoch, d.seq, d.joined, d.left, wall)))
+            update = bb.Update(
+                self.epoch, d.seq, d.mseq, d.joined, d.left, wall, d.updated, d.records
+            )
+            out.append(Publish(update))
             self._window.flushed(now)
-            self.flaps.published(d.joined, d.left, now)
+            if d.joined or d.left:
+                self.flaps.published(d.joined, d.left, now)
         for session, (epoch, seq) in result.acks:
             out.append(ToWorker(session.worker, bb.AuthAck(session.conn, epoch, seq)))
         for session in result.kicks:

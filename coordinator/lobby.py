@@ -30,6 +30,23 @@ that lost their key to a newer one.
 Batching is the caller's choice of when to call :meth:`Lobby.flush`: after every event
 (no batching) or once per window; the deltas are net effects either way.
 
+Presence records
+----------------
+Each live session has a record (:mod:`shared.records`; the default until it sets one),
+and ``published`` holds each key's record as of ``seq`` beside its session. The record
+belongs to the session: :meth:`Lobby.set_record` from a session that is not the key's
+current one changes nothing, and a new session of a key starts with its own record. A
+flush compares records too, so the net effect of a window is, per key: a session that
+is the same before and after with another record is *updated* (with the last record;
+changed and changed back is nothing); a new session is *joined* with its record, never
+also updated; a session that left is *left* only.
+
+A delta that changes only records takes the next ``seq`` but keeps ``mseq``, the number
+of deltas with at least one joined or left key: protocol 1 clients are numbered by
+``mseq`` and never see such a delta (see :mod:`shared.backbone`). Records equal to the
+default are not stored (the maps hold the others only), so a lobby of protocol 1
+sessions costs what it did before records.
+
 Ordering sessions across coordinator restarts
 ---------------------------------------------
 Every live session carries a *stamp*, ``(epoch, seq)``: the coordinator epoch and the
@@ -60,7 +77,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from shared import records
 from shared.backbone import epoch_generation
+from shared.records import Record
 
 
 class Session(NamedTuple):
@@ -83,15 +102,27 @@ class Claim(NamedTuple):
     """The ack's stamp; for a session still waiting for its ack, the ``(epoch, seq)``
     the worker's replica was at when it sent ``Authed``."""
     acked: bool
+    record: Record = records.DEFAULT
 
 
-@dataclass(frozen=True, slots=True)
+RecordEntry = tuple[str, str, str]
+"""``(key, status, data)``."""
+
+
+@dataclass(slots=True)  # not frozen: made once per publication, where frozen costs a third
 class Delta:
-    """One published change of the lobby: the net effect since ``seq - 1``."""
+    """One published change of the lobby: the net effect since ``seq - 1``. ``mseq``
+    is the membership number: one more than the previous delta's when ``joined`` or
+    ``left`` is not empty, else the same."""
 
     seq: int
+    mseq: int
     joined: list[str]
     left: list[str]
+    updated: list[RecordEntry] = field(default_factory=list)
+    """The new record of each key whose session is unchanged and whose record is not."""
+    records: list[RecordEntry] = field(default_factory=list)
+    """The record of each ``joined`` key that has not the default one."""
 
 
 @dataclass(slots=True)
@@ -118,19 +149,23 @@ class Reconciled:
 class Lobby:
     """Public key -> live session, with race resolution, batching and numbering.
 
-    ``seq`` is the number of the last published delta (``0`` before any); ``epoch`` is
-    the coordinator's current epoch, one of :attr:`own_epochs`.
+    ``seq`` is the number of the last published delta (``0`` before any), ``mseq`` the
+    number of the last one that changed who is online; ``epoch`` is the coordinator's
+    current epoch, one of :attr:`own_epochs`.
     """
 
     def __init__(self, epoch: str = "", seq: int = 0) -> None:
         self.epoch = epoch
         self.seq = seq
+        self.mseq = seq
         self.own_epochs: set[str] = {epoch}
         self._live: dict[str, Session] = {}
         self._keys: dict[Session, str] = {}
         self._by_worker: dict[str, set[int]] = {}
         self._stamps: dict[Session, Stamp] = {}
         self._published: dict[str, Session] = {}
+        self._records: dict[str, Record] = {}  # live key -> record, if not the default
+        self._published_records: dict[str, Record] = {}  # the same as of seq
         self._dirty: set[str] = set()
         self._unacked: set[Session] = set()
         self._reack: set[Session] = set()
@@ -141,9 +176,10 @@ class Lobby:
 
     # ------------------------------------------------------------------ events
 
-    def add_user(self, key: str, session: Session) -> None:
-        """``session`` authenticated as ``key``: it becomes the key's session, and a
-        previous session of the key is replaced (kicked at the next flush)."""
+    def add_user(self, key: str, session: Session, record: Record = records.DEFAULT) -> None:
+        """``session`` authenticated as ``key`` with ``record``: it becomes the key's
+        session, and a previous session of the key is replaced (kicked at the next
+        flush)."""
         if self._live.get(key) == session:
             return  # the same event twice: nothing new happened
         if session in self._replaced:
@@ -152,15 +188,33 @@ class Lobby:
         old = self._live.get(key)
         if old is not None:
             self._replace(old)
-        self._bind(key, session, (self.epoch, self.seq + 1))
+        self._bind(key, session, (self.epoch, self.seq + 1), record)
         self._unacked.add(session)
 
-    def restore_user(self, key: str, session: Session, stamp: Stamp) -> None:
+    def set_record(self, key: str, session: Session, record: Record) -> bool:
+        """``session`` of ``key`` changed its record. Returns whether it applied: a
+        session that is not the key's current one changes nothing."""
+        if self._live.get(key) != session:
+            return False
+        if record == records.DEFAULT:
+            if self._records.pop(key, None) is None:
+                return True  # the record it had: nothing to publish
+        elif self._records.get(key) == record:
+            return True
+        else:
+            self._records[key] = record
+        self._dirty.add(key)
+        return True
+
+    def restore_user(
+        self, key: str, session: Session, stamp: Stamp, record: Record = records.DEFAULT
+    ) -> None:
         """Re-register a session that was authenticated and acknowledged with ``stamp``
         (by this or an earlier coordinator). Of it and the key's current session, the
         newer by :meth:`rank` stays and the other is kicked."""
         current = self._live.get(key)
         if current == session:
+            self.set_record(key, session, record)  # the worker's is the latest
             return
         if session in self._replaced:  # it lost its key in this life: kick it (again)
             self._kicks.append(session)
@@ -175,7 +229,7 @@ class Lobby:
         if stamp[0] in self.own_epochs and stamp[0] != self.epoch:
             stamp = (self.epoch, stamp[1])  # ours, from before a move: same place in line
             self._reack.add(session)
-        self._bind(key, session, stamp)
+        self._bind(key, session, stamp, record)
 
     def remove_user(self, key: str, session: Session) -> bool:
         """``session`` of ``key`` ended. Returns whether the lobby changed: a session
@@ -236,12 +290,13 @@ class Lobby:
         for claim in first.values():
             session = Session(worker, claim.conn)
             if claim.acked:
-                self.restore_user(claim.key, session, claim.stamp)
+                self.restore_user(claim.key, session, claim.stamp, claim.record)
             elif self._live.get(claim.key) == session:
+                self.set_record(claim.key, session, claim.record)
                 if session not in self._unacked:
                     self._reack.add(session)
             else:
-                self.restore_user(claim.key, session, claim.stamp)
+                self.restore_user(claim.key, session, claim.stamp, claim.record)
                 if self._live.get(claim.key) == session:
                     self._unacked.add(session)  # it never had an ack: it gets one now
         return Reconciled(len(first), removed, duplicates)
@@ -287,6 +342,12 @@ class Lobby:
         """The key's session as of ``seq``: the one clients have been told about."""
         return self._published.get(key)
 
+    def record_of(self, key: str) -> Record | None:
+        """The live record of ``key`` (``None``: offline)."""
+        if key not in self._live:
+            return None
+        return self._records.get(key, records.DEFAULT)
+
     def sessions_of(self, worker: str) -> dict[int, str]:
         """Connection id -> key for the live sessions on ``worker``."""
         return {conn: self._keys[Session(worker, conn)] for conn in self._by_worker.get(worker, ())}
@@ -304,9 +365,12 @@ class Lobby:
         """Whether a flush would publish, acknowledge or kick anything."""
         return bool(self._dirty or self._unacked or self._reack or self._kicks)
 
-    def snapshot(self) -> tuple[int, list[str]]:
-        """The online keys exactly as of ``seq`` (sorted), with ``seq``."""
-        return self.seq, sorted(self._published)
+    def snapshot(self) -> tuple[int, int, list[str], list[RecordEntry]]:
+        """The lobby exactly as of ``seq``: ``seq``, ``mseq``, the online keys (sorted)
+        and the ``(key, status, data)`` of those whose record is not the default."""
+        pub = self._published_records
+        entries = [(key, *pub[key]) for key in sorted(pub)]
+        return self.seq, self.mseq, sorted(self._published), entries
 
     def check(self) -> None:
         """Assert the internal invariants (for tests: every map agrees with the others)."""
@@ -318,17 +382,25 @@ class Lobby:
         assert {Session(w, c) for w, cs in self._by_worker.items() for c in cs} == set(self._keys)
         assert self._unacked <= set(self._keys) and self._reack <= set(self._keys)
         assert not self._replaced & set(self._keys)
+        assert self._records.keys() <= self._live.keys()
+        assert self._published_records.keys() <= self._published.keys()
+        assert records.DEFAULT not in self._records.values()
+        assert records.DEFAULT not in self._published_records.values()
 
     # ------------------------------------------------------------------ publishing
 
     def flush(self) -> Flush:
         """Publish the net effect of everything since the last flush."""
-        joined, left = self._net_changes(self._dirty)
+        joined, left, updated, entries = self._net_changes(self._dirty)
         self._dirty.clear()
         delta = None
         if joined or left:
             self.seq += 1
-            delta = Delta(self.seq, joined, left)
+            self.mseq += 1
+            delta = Delta(self.seq, self.mseq, joined, left, updated, entries)
+        elif updated:
+            self.seq += 1
+            delta = Delta(self.seq, self.mseq, joined, left, updated)
         for session in self._unacked:
             self._stamps[session] = (self.epoch, self.seq)  # the seq that shows it
         acks = [(s, self._stamps[s]) for s in sorted(self._unacked | self._reack)]
@@ -336,26 +408,49 @@ class Lobby:
         self._unacked, self._reack, self._kicks = set(), set(), []
         return Flush(delta, acks, kicks)
 
-    def _net_changes(self, keys: Iterable[str]) -> tuple[list[str], list[str]]:
+    def _net_changes(
+        self, keys: Iterable[str]
+    ) -> tuple[list[str], list[str], list[RecordEntry], list[RecordEntry]]:
+        """(joined, left, updated, records of joined) since the last flush."""
         joined: list[str] = []
         left: list[str] = []
+        updated: list[RecordEntry] = []
+        entries: list[RecordEntry] = []
+        published, live = self._published, self._live
+        live_records, published_records = self._records, self._published_records
         for key in sorted(keys):
-            before, after = self._published.get(key), self._live.get(key)
+            before, after = published.get(key), live.get(key)
             if before == after:
+                if after is not None:
+                    record = live_records.get(key)
+                    if record != published_records.get(key):
+                        if record is None:
+                            del published_records[key]
+                            record = records.DEFAULT
+                        else:
+                            published_records[key] = record
+                        updated.append((key, *record))
                 continue
             if before is not None:
                 left.append(key)
+                if published_records:  # (a lobby of default records skips the lookup)
+                    published_records.pop(key, None)
             if after is None:
-                del self._published[key]
+                del published[key]
             else:
-                self._published[key] = after
+                published[key] = after
                 joined.append(key)
-        return joined, left
+                if live_records and (record := live_records.get(key)) is not None:
+                    published_records[key] = record
+                    entries.append((key, *record))
+        return joined, left, updated, entries
 
     # ------------------------------------------------------------------ internals
 
-    def _bind(self, key: str, session: Session, stamp: Stamp) -> None:
+    def _bind(self, key: str, session: Session, stamp: Stamp, record: Record) -> None:
         self._live[key] = session
+        if record is not records.DEFAULT and record != records.DEFAULT:
+            self._records[key] = record
         self._keys[session] = key
         self._stamps[session] = stamp
         self._by_worker.setdefault(session.worker, set()).add(session.conn)
@@ -367,6 +462,7 @@ class Lobby:
         if key is None:
             return
         del self._live[key]
+        self._records.pop(key, None)
         del self._stamps[session]
         conns = self._by_worker[session.worker]
         conns.discard(session.conn)

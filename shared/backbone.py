@@ -7,9 +7,10 @@ Theory of operation (after the ZeroMQ Guide's Clone pattern):
   fresh per process (:func:`routing_id`), so the coordinator can answer one worker, and
   tell a second process claiming a worker id that another holds from the one that holds
   it (a ROUTER would silently ignore a second peer with the same routing id). Up go
-  :class:`Hello`, :class:`Heartbeat`, :class:`Authed`, :class:`Closed`, :class:`Goodbye`,
-  :class:`SnapshotRequest` and :class:`Route`. Messages from one worker arrive in the
-  order it sent them; the coordinator applies all of them in one order.
+  :class:`Hello`, :class:`Heartbeat`, :class:`Authed`, :class:`SetRecord`,
+  :class:`Closed`, :class:`Goodbye`, :class:`SnapshotRequest` and :class:`Route`.
+  Messages from one worker arrive in the order it sent them; the coordinator applies
+  all of them in one order.
 * **Replies down, to one worker**, on the same ROUTER: :class:`Welcome`,
   :class:`Reannounce`, :class:`AuthAck`, :class:`Kick`, :class:`Deliver`, :class:`RouteDone`,
   :class:`Snapshot`, and :class:`Refused` to a process whose worker id is taken.
@@ -24,10 +25,22 @@ Theory of operation (after the ZeroMQ Guide's Clone pattern):
   worker that missed the last update notices the gap without waiting for the next one).
 
 A worker subscribes first, then asks for a :class:`Snapshot`, then drops the updates at
-or below its ``seq`` (the slow-joiner rule). An ``epoch`` is a token chosen afresh by
-each coordinator start (:func:`new_epoch`); sequence numbers from different epochs are
-never compared; how epochs order sessions across coordinators is explained in
-:mod:`coordinator.lobby`.
+or below its ``seq`` (the slow-joiner rule).
+
+Two sequences number the updates. ``seq`` counts every update; ``mseq`` counts those
+that change who is online (at least one joined or left key): an update that only
+changes records takes the next ``seq`` and keeps ``mseq``. Protocol 1 clients are shown
+``mseq`` alone (their updates are consecutive and never empty), protocol 2 clients
+``seq``; the backbone's gap detection, stamps and acknowledgements use ``seq``.
+
+Presence records (:mod:`shared.records`) travel as ``(status, data)`` strings, and
+only where they differ from the default record: a message that lists keys or sessions
+lists beside them the records of those that have another one (``records``), so a
+lobby of protocol 1 clients, which all have the default, sends no more than before.
+
+An ``epoch`` is a token chosen afresh by each coordinator start (:func:`new_epoch`);
+sequence numbers from different epochs are never compared; how epochs order sessions
+across coordinators is explained in :mod:`coordinator.lobby`.
 
 Wire form: a message is a msgpack array ``[SCHEMA_VERSION, tag, field, ...]``, and a
 ZeroMQ frame carries one message or a batch of them (a msgpack array of messages): each
@@ -37,6 +50,11 @@ a busy backbone costs one ZeroMQ message per peer per turn, not one per message.
 msgpack decodes to plain data only (never objects), and :func:`decode_batch` checks the
 version, the tag, the field count and every field's type before building a message, so
 a corrupt or foreign element is refused (and reported) on its own, never a crash.
+
+No process modifies a message it made or received. Messages are frozen dataclasses,
+except the two made or decoded once per event on the busiest paths, :class:`Authed`
+and :class:`Update`: a frozen dataclass sets each field through
+``object.__setattr__``, which costs more than the rest of making an ``Update``.
 """
 
 from __future__ import annotations
@@ -51,11 +69,13 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
-SCHEMA_VERSION: Final = 6
+from shared import records
+
+SCHEMA_VERSION: Final = 7
 """Raised whenever a message changes shape (3: ``Update.at``; 4: frames may carry a
 batch of messages; 5: ``Welcome.peers``; 6: ``Refused``, and a worker's routing id
-carries a token of its process), so processes of different versions refuse
-each other's every message instead of misreading some."""
+carries a token of its process; 7: presence records and ``mseq``), so processes of
+different versions refuse each other's every message instead of misreading some."""
 
 
 class BackboneDecodeError(ValueError):
@@ -85,6 +105,9 @@ class Hello:
     """(connection id, public key, epoch, seq, acked) per session that sent ``Authed``:
     acked ones with the stamp of their ``AuthAck``, the others with the replica's
     ``(epoch, seq)`` when ``Authed`` was sent."""
+    records: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
+    """(connection id, status, data) of each of ``sessions`` whose record is not the
+    default, so a restarted coordinator keeps records too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +116,28 @@ class Heartbeat:
     worker: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, for speed alone (see the module's wire form)
 class Authed:
-    """Connection ``conn`` proved it holds ``key`` (signature verified by the worker)."""
+    """Connection ``conn`` proved it holds ``key`` (signature verified by the worker);
+    its session starts with the record ``(status, data)``."""
 
     TAG: ClassVar[str] = "authed"
     conn: int
     key: str
+    status: str = records.DEFAULT_STATUS
+    data: str = records.DEFAULT_DATA
+
+
+@dataclass(frozen=True, slots=True)
+class SetRecord:
+    """The session of connection ``conn`` (as ``key``) changed its record. A session
+    that is no longer the key's current one changes nothing."""
+
+    TAG: ClassVar[str] = "setrec"
+    conn: int
+    key: str
+    status: str
+    data: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,10 +253,15 @@ class RouteDone:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """The lobby as of update ``seq`` (``mseq``): the online keys, sorted, and the
+    ``(key, status, data)`` of those whose record is not the default."""
+
     TAG: ClassVar[str] = "snap"
     epoch: str
     seq: int
+    mseq: int
     users: list[str]
+    records: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,17 +278,27 @@ class Refused:
 # ------------------------------------------------------------ coordinator -> all (PUB)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, for speed alone (see the module's wire form)
 class Update:
+    """The net effect of one batching window: ``seq`` is the previous update's plus one;
+    ``mseq`` is the previous one's plus one when ``joined`` or ``left`` is not empty,
+    else the same. A key may be in both ``left`` and ``joined`` (a new session of it)."""
+
     TAG: ClassVar[str] = "upd"
     epoch: str
     seq: int
+    mseq: int
     joined: list[str]
     left: list[str]
     at: float
     """The coordinator's wall clock when it published this update: a worker measures
     publication-to-written latency from it, on its estimate of that clock (no two
     machines' clocks need agree)."""
+    updated: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    """(key, status, data): the new record of each key online before and after whose
+    record changed (default or not)."""
+    records: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    """(key, status, data) of each ``joined`` key whose record is not the default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +312,7 @@ class Beat:
     at: float
 
 
-UpMessage = Hello | Heartbeat | Authed | Closed | Goodbye | SnapshotRequest | Route
+UpMessage = Hello | Heartbeat | Authed | SetRecord | Closed | Goodbye | SnapshotRequest | Route
 DownMessage = Welcome | Reannounce | AuthAck | Kick | Deliver | RouteDone | Snapshot | Refused
 PubMessage = Update | Beat
 Message = UpMessage | DownMessage | PubMessage

@@ -7,10 +7,13 @@ whether to send a push notification, say). Every worker can answer them from its
 replica of the lobby, which is the coordinator's lobby exactly as of the replica's
 ``seq``; so the API is served by the workers, on a port of its own (``--api-port``,
 shared by all workers through SO_REUSEPORT like the public one), and each answer names
-the ``seq`` it is exact as of:
+the ``seq`` it is exact as of (protocol 1's: the replica's ``mseq``, which a change of
+records alone leaves as it is):
 
-* ``GET /v1/users/{publicKey}`` -> ``{"publicKey": KEY, "online": BOOL, "seq": N}``
-* ``GET /v1/lobby`` -> ``{"seq": N, "users": [{"publicKey": KEY}, ...]}`` (sorted)
+* ``GET /v1/users/{publicKey}`` -> ``{"publicKey": KEY, "online": BOOL, "seq": N}``,
+  and the user's ``"status"`` and ``"data"`` (a JSON object) when online
+* ``GET /v1/lobby`` -> ``{"seq": N, "users": [{"publicKey": KEY, "status": S,
+  "data": {...}}, ...]}`` (sorted)
 
 An answer is only given while it is the truth: while the replica is not ``LIVE``
 (starting, resyncing) or the worker cannot hear its coordinator, every request gets
@@ -39,8 +42,9 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 
-from shared import protocol
+from shared import protocol, records
 from shared.options import SettingsError, option, optional, port_number, validate
+from shared.records import Record
 from workers.replica import ReplicaView, SyncState
 
 API_PREFIX: Final = "/v1/"
@@ -214,14 +218,28 @@ class BackendApi:
         if key is None:
             return self._lobby(replica)
         key = protocol.normalise_key(key)
-        return _json(
-            HTTPStatus.OK,
-            {"publicKey": key, "online": key in replica.users, "seq": replica.seq},
-        )
+        answer: dict[str, object] = {"publicKey": key, "online": key in replica.users}
+        answer["seq"] = replica.mseq
+        if answer["online"]:
+            answer.update(_record(replica.record_of(key)))
+        return _json(HTTPStatus.OK, answer)
 
     def _lobby(self, replica: ReplicaView) -> Answer:
-        state = (replica.epoch, replica.seq)
+        state = (replica.epoch, replica.seq)  # every update, records too
         if self._lobby_cache is None or self._lobby_cache[0] != state:
-            users = [{"publicKey": key} for key in sorted(replica.users)]
-            self._lobby_cache = (state, _json(HTTPStatus.OK, {"seq": state[1], "users": users}))
+            record_of = replica.record_of
+            users = [{"publicKey": key, **_record(record_of(key))} for key in sorted(replica.users)]
+            answer = _json(HTTPStatus.OK, {"seq": replica.mseq, "users": users})
+            self._lobby_cache = (state, answer)
         return self._lobby_cache[1]
+
+
+_DEFAULT_RECORD: Final[dict[str, object]] = {"status": records.DEFAULT_STATUS, "data": {}}
+
+
+def _record(record: Record) -> dict[str, object]:
+    """A record's fields in an answer: ``data`` as the JSON object it is."""
+    if record == records.DEFAULT:
+        return _DEFAULT_RECORD
+    status, data = record
+    return {"status": status, "data": json.loads(data)}

@@ -94,12 +94,12 @@ What the machine returns, and what each item carries for the shell's metrics, is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from shared import backbone as bb
-from shared import protocol
+from shared import protocol, records
 from shared.protocol import (
     AuthFailure,
     CloseCode,
@@ -108,6 +108,7 @@ from shared.protocol import (
     SendStatus,
     ViolationKind,
 )
+from shared.records import Record
 from workers.limits import Limits as Limits  # (where the settings have always found it)
 from workers.outputs import (
     Answer,
@@ -179,6 +180,7 @@ class Connection:
     state: State = State.CHALLENGED
     flow: Flow = Flow.CURRENT
     key: str | None = None
+    record: Record = records.DEFAULT  # the session's presence record (protocol 1: the default)
     trace: list[tuple[State, Event, State]] = field(default_factory=list)
     guard: FloodGuard = field(default_factory=lambda: FloodGuard.of(RateLimits()))
     _ack: _Ack | None = None
@@ -296,7 +298,7 @@ class Connection:
     def _authed(self, replica: ReplicaView) -> list[Output]:
         assert self.key is not None
         self._sent_at = (replica.epoch or "", replica.seq)
-        return [Emit(bb.Authed(self.conn_id, self.key))]
+        return [Emit(bb.Authed(self.conn_id, self.key, *self.record))]
 
     def _hold(self, frame: str | bytes) -> list[Output]:
         """A frame pipelined behind the ``auth``: keep it for after ``auth_ok``."""
@@ -636,3 +638,24 @@ _ERROR_CODES: Final = {
     ViolationKind.MALFORMED: ErrorCode.MALFORMED,
     ViolationKind.UNKNOWN_TYPE: ErrorCode.UNKNOWN_TYPE,
 }
+
+
+class Announcement(NamedTuple):
+    """What ``Hello`` lists about the sessions (its last two fields, in order)."""
+
+    sessions: list[tuple[int, str, str, int, bool]]
+    records: list[tuple[int, str, str]]
+    """``(conn, status, data)`` of the listed sessions whose record is not the default."""
+
+
+def announcement(machines: Iterable[Connection]) -> Announcement:
+    """Every session that sent ``Authed`` (:meth:`Connection.claim`), with its record."""
+    sessions: list[tuple[int, str, str, int, bool]] = []
+    kept: list[tuple[int, str, str]] = []
+    for machine in machines:
+        claim = machine.claim()
+        if claim is not None:
+            sessions.append(claim)
+            if machine.record != records.DEFAULT:
+                kept.append((machine.conn_id, *machine.record))
+    return Announcement(sessions, kept)

@@ -68,7 +68,7 @@ from workers import stats
 from workers.admission import Admission, Admit
 from workers.budget import MemoryBudget, MemoryLimits
 from workers.clients import Client, ClientTable, Group
-from workers.connection import Connection, Verifier
+from workers.connection import Connection, Verifier, announcement
 from workers.health import Health
 from workers.link import Change, CoordinatorLink, Due
 from workers.outputs import (
@@ -117,7 +117,7 @@ _UNANSWERED: Final = frozenset({Event.AUTH_INVALID, Event.DEADLINE, Event.FLOOD}
 """How a connection leaves the challenge phase without a valid answer (a bad frame,
 silence until its deadline, or a flood of control frames): its source is marked as one
 that closed unanswered."""
-_REPAIRED_BY_HELLO: Final = (bb.Authed, bb.Closed, bb.Hello)
+_REPAIRED_BY_HELLO: Final = (bb.Authed, bb.SetRecord, bb.Closed, bb.Hello)
 
 
 Output = CoreOutput
@@ -547,21 +547,21 @@ class WorkerCore(Generic[H]):
 
     def _announce(self) -> None:
         """``Hello``: every session that sent ``Authed``, the whole truth about us."""
-        claims = [c for client in self.clients if (c := client.machine.claim())]
-        self._announced = frozenset(claim[0] for claim in claims)
+        announced = announcement(client.machine for client in self.clients)
+        self._announced = frozenset(claim[0] for claim in announced.sessions)
         self.coordinator.last_request = self.now
         if not self.coordinator.repair:
             log.info(
                 "announcing %d sessions to the coordinator",
-                len(claims),
-                extra=logs.event("announcing", sessions=len(claims)),
+                len(announced.sessions),
+                extra=logs.event("announcing", sessions=len(announced.sessions)),
             )
         hello = bb.Hello(
             self.worker_id,
             self.replica.epoch or "",
             self.results_endpoint,
             self.results_key,
-            claims,
+            *announced,
         )
         self.coordinator.repair = False  # until the frame with the Hello is lost (see lost)
         if not self.emit(hello):

@@ -23,6 +23,13 @@ Clients see a clean stream: the replica forwards an update only when it applied 
 while ``LIVE`` in order; after any resync it reports :class:`Resynced` and the core
 sends every client a fresh snapshot instead (continuity is broken, never gapped).
 
+The replica holds each online key's presence record too (only those that are not the
+default, as the backbone sends them), and both numbers of the state: ``seq`` (every
+update: gaps, acknowledgements and stamps use it) and ``mseq`` (updates that changed who
+is online). Protocol 1 frames are numbered by ``mseq``: an update that changes only
+records is forwarded without a protocol 1 frame (``Forward.frame`` is empty), so those
+clients see what they always saw, consecutive and never empty.
+
 The class never raises for any message order; it returns the outputs the core must
 carry out.
 """
@@ -38,7 +45,8 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from shared import backbone as bb
-from shared import protocol
+from shared import protocol, records
+from shared.records import Record
 
 MAX_BUFFERED_UPDATES: Final = 10_000
 """Updates kept while waiting for a snapshot. Past it the buffer is dropped: the next
@@ -71,11 +79,14 @@ class ReplicaView(Protocol):
     @property
     def seq(self) -> int: ...
     @property
+    def mseq(self) -> int: ...
+    @property
     def sync(self) -> SyncState: ...
     @property
     def users(self) -> AbstractSet[str]: ...
     @property
     def snapshot_bytes(self) -> int: ...
+    def record_of(self, key: str) -> Record: ...
 
 
 # --------------------------------------------------------------------------- outputs
@@ -93,8 +104,10 @@ class RequestSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Update ``seq`` was applied in order while live: fan ``frame`` out. ``at`` is the
-    coordinator's wall clock when it published the update."""
+    """Update ``seq`` was applied in order while live: fan ``frame`` out (the protocol 1
+    ``lobby_update``; empty when the update changed only records, which protocol 1
+    clients are not shown: the core still learns that the replica moved on). ``at`` is
+    the coordinator's wall clock when it published the update."""
 
     seq: int
     frame: str
@@ -149,12 +162,15 @@ class EncodedUsers:
 
 
 class Replica:
-    """Epoch, seq and online keys as of the last applied coordinator state."""
+    """Epoch, seq, mseq, online keys and their records as of the last applied
+    coordinator state."""
 
     def __init__(self) -> None:
         self._epoch: str | None = None
         self._seq = 0
+        self._mseq = 0
         self._users: set[str] = set()
+        self._records: dict[str, Record] = {}  # online keys whose record is not the default
         self._encoded = EncodedUsers()  # mirrors _users
         self._sync = SyncState.AWAITING_WELCOME
         self._expected: str | None = None  # epoch the next snapshot must carry
@@ -174,6 +190,11 @@ class Replica:
         return self._seq
 
     @property
+    def mseq(self) -> int:
+        """The number of the last update that changed who is online: protocol 1's seq."""
+        return self._mseq
+
+    @property
     def sync(self) -> SyncState:
         return self._sync
 
@@ -186,11 +207,16 @@ class Replica:
         """About how many bytes a ``lobby_snapshot`` of the current state takes."""
         return 64 + USER_BYTES * len(self._users)
 
+    def record_of(self, key: str) -> Record:
+        """The record of an online ``key`` (the default for one that is not online)."""
+        return self._records.get(key, records.DEFAULT)
+
     def snapshot_frame(self) -> str:
-        """The ``lobby_snapshot`` frame of the current state, encoded once per state."""
-        key = (self._epoch, self._seq)
+        """The ``lobby_snapshot`` frame of the current state, encoded once per state
+        (per ``mseq``: a change of records alone leaves it as it is)."""
+        key = (self._epoch, self._mseq)
         if key != self._cache_key:
-            self._cache_frame = self._encoded.frame(self._seq)
+            self._cache_frame = self._encoded.frame(self._mseq)
             self._cache_key = key
         return self._cache_frame
 
@@ -242,7 +268,11 @@ class Replica:
         if msg.seq != self._seq + 1:
             return self._lost(msg)
         self._apply(msg)
-        return [Forward(msg.seq, protocol.lobby_update(msg.seq, msg.joined, msg.left), msg.at)]
+        if msg.joined or msg.left:
+            frame = protocol.lobby_update(msg.mseq, msg.joined, msg.left)
+        else:
+            frame = ""  # records only: nothing for protocol 1 clients
+        return [Forward(msg.seq, frame, msg.at)]
 
     def on_beat(self, msg: bb.Beat) -> list[Output]:
         if self._sync is not SyncState.LIVE:
@@ -286,7 +316,10 @@ class Replica:
 
     def _apply_snapshot(self, msg: bb.Snapshot) -> list[Output]:
         previous = self._epoch
-        self._epoch, self._seq, self._users = msg.epoch, msg.seq, set(msg.users)
+        self._epoch, self._seq, self._mseq = msg.epoch, msg.seq, msg.mseq
+        self._users = set(msg.users)
+        users = self._users
+        self._records = {key: (status, data) for key, status, data in msg.records if key in users}
         self._encoded = EncodedUsers(self._users)
         pending, self._buffer = self._buffer, deque()
         for update in pending:
@@ -307,10 +340,20 @@ class Replica:
         return [Resynced(previous, reason)]
 
     def _apply(self, msg: bb.Update) -> None:
+        kept = self._records
         self._users.difference_update(msg.left)
         self._users.update(msg.joined)
         for key in msg.left:
             self._encoded.discard(key)
+            kept.pop(key, None)
         for key in msg.joined:
             self._encoded.add(key)
-        self._seq = msg.seq
+            kept.pop(key, None)  # a new session: the default unless listed below
+        for key, status, data in msg.records:
+            kept[key] = (status, data)
+        for key, status, data in msg.updated:
+            if (status, data) == records.DEFAULT:
+                kept.pop(key, None)
+            else:
+                kept[key] = (status, data)
+        self._seq, self._mseq = msg.seq, msg.mseq

@@ -199,13 +199,14 @@ class Worker:
         """Frame each update once, write the same bytes to every current client, all of
         them in one write (:mod:`workers.frames`)."""
         clients = output.clients
-        frames = [SharedFrame(update.frame) for update in output.updates]
+        updates = [update for update in output.updates if update.frame]  # records only: none
+        frames = [SharedFrame(update.frame) for update in updates]
         left: list[tuple[ServerConnection, int]] = []
         write_all(clients, frames, left)
         self.core.observed(left)
         if clients:
             now = self.core.coordinator_now()
-            for update, frame in zip(output.updates, frames, strict=True):
+            for update, frame in zip(updates, frames, strict=True):
                 stats.fanned_out(len(clients), len(frame))
                 if now is not None:
                     stats.update_latency(now - update.at)

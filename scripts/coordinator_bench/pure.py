@@ -133,7 +133,8 @@ class PureBench:
                 self.core.handle(W1, bb.Authed(i, key_of(i)), NOW, WALL)
             join_ns.append(self._timed_publish())
             joined = [key_of(i) for i in ids]
-            update = bb.Update(self.core.epoch, self.core.lobby.seq, joined, [], WALL)
+            lobby = self.core.lobby
+            update = bb.Update(self.core.epoch, lobby.seq, lobby.mseq, joined, [], WALL)
             start = time.perf_counter_ns()
             size = len(bb.encode(update))
             encode_ns.append(time.perf_counter_ns() - start)

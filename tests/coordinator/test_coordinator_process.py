@@ -113,6 +113,23 @@ def test_newest_session_wins_across_workers_and_stale_close_is_ignored(
     assert isinstance(snap, bb.Snapshot) and (snap.seq, snap.users) == (2, [A])
 
 
+def test_records_are_published_and_a_change_alone_keeps_mseq(
+    coord: CoordinatorUnderTest,
+) -> None:
+    w = coord.worker("w1")
+    w.send(bb.Authed(1, A, "busy", '{"n":1}'))
+    update = expect_update(w, 1, [A], [])
+    assert (update.mseq, update.records) == (1, [(A, "busy", '{"n":1}')])
+    assert isinstance(w.reply(), bb.AuthAck)
+    w.send(bb.SetRecord(1, A, "away", "not json"))  # refused (logged), no traceback
+    w.send(bb.SetRecord(1, A, "away", '{"n":2}'))
+    update = expect_update(w, 2, [], [])
+    assert (update.mseq, update.updated) == (1, [(A, "away", '{"n":2}')])
+    w.send(bb.SnapshotRequest())
+    assert w.reply() == bb.Snapshot(update.epoch, 2, 1, [A], [(A, "away", '{"n":2}')])
+    wait_until(lambda: coord.proc.count("malformed key or record") == 1, "the warning", 5)
+
+
 def test_close_of_current_session_leaves(coord: CoordinatorUnderTest) -> None:
     w = coord.worker("w1")
     w.send(bb.Authed(4, B))

@@ -7,13 +7,14 @@ import dataclasses
 import typing
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator.core import CoordinatorCore, Output, Publish, ToWorker
 from coordinator.settings import CoordinatorSettings, Timing
 from shared import backbone as bb
-from shared import timings
+from shared import records, timings
 
 A, B = "a" * 64, "b" * 64
 E0 = f"{10**18:020d}-00000000"
@@ -32,8 +33,13 @@ def published(outputs: list[Output]) -> list[bb.Message]:
     return [o.message for o in outputs if isinstance(o, Publish)]
 
 
-def hello(name: str, *sessions: tuple[int, str, str, int, bool], epoch: str = "") -> bb.Hello:
-    return bb.Hello(name, epoch, f"ipc:///r/{name}", "", list(sessions))
+def hello(
+    name: str,
+    *sessions: tuple[int, str, str, int, bool],
+    epoch: str = "",
+    records: list[tuple[int, str, str]] | None = None,
+) -> bb.Hello:
+    return bb.Hello(name, epoch, f"ipc:///r/{name}", "", list(sessions), records or [])
 
 
 def route(n: int, to_key: str, deadline: float = 100.0) -> bb.Route:
@@ -146,10 +152,10 @@ def test_a_snapshot_is_made_once_per_epoch_and_seq() -> None:
     c.handle("w1", bb.Authed(1, A), now=0.1, wall=0.0)
     (first,) = to(c.handle("w1", bb.SnapshotRequest(), now=0.2, wall=0.0), "w1")
     (again,) = to(c.handle("w2", bb.SnapshotRequest(), now=0.2, wall=0.0), "w2")
-    assert first == bb.Snapshot(E0, 1, [A]) and again is first
+    assert first == bb.Snapshot(E0, 1, 1, [A]) and again is first
     c.handle("w2", bb.Authed(1, B), now=0.3, wall=0.0)  # published at once (no window)
     (after,) = to(c.handle("w1", bb.SnapshotRequest(), now=0.4, wall=0.0), "w1")
-    assert after == bb.Snapshot(E0, 2, [A, B])
+    assert after == bb.Snapshot(E0, 2, 2, [A, B])
 
 
 def test_tick_is_due_for_a_flush_a_beat_or_the_check_for_silent_workers() -> None:
@@ -163,7 +169,7 @@ def test_tick_is_due_for_a_flush_a_beat_or_the_check_for_silent_workers() -> Non
     out = c.handle("w1", bb.Authed(1, A), now=0.02, wall=0.0)
     assert published(out) == [] and c.due == 0.02 + 0.05  # the batch window's flush
     out = c.tick(now=c.due, wall=0.0)
-    assert published(out) == [bb.Update(E0, 1, [A], [], 0.0)]
+    assert published(out) == [bb.Update(E0, 1, 1, [A], [], 0.0)]
     assert c.due == 0.07 + timings.EXPIRY_CHECK
     # A lost reply that needs a repair makes the next turn ask for it at once.
     (ack,) = to(out, "w1")
@@ -191,6 +197,46 @@ def test_counts_for_the_metrics() -> None:
     assert c.flaps.total == 2
     c.handle("w1", bb.Goodbye("w1"), now=5.0, wall=0.0)
     assert (c.workers_expired, c.ghosts_reaped, c.lobby.online) == (0, 0, 0)
+
+
+def test_records_reach_the_workers_and_a_change_alone_keeps_mseq() -> None:
+    c = core()
+    c.handle("w1", hello("w1"), now=0.0, wall=0.0)
+    out = c.handle("w1", bb.Authed(1, A, "busy", '{"a":1}'), now=0.1, wall=7.0)
+    assert published(out) == [bb.Update(E0, 1, 1, [A], [], 7.0, [], [(A, "busy", '{"a":1}')])]
+    out = c.handle("w1", bb.SetRecord(1, A, "away", "{}"), now=0.2, wall=8.0)
+    assert published(out) == [bb.Update(E0, 2, 1, [], [], 8.0, [(A, "away", "{}")])]
+    assert to(out, "w1") == []  # nothing to acknowledge
+    (snap,) = to(c.handle("w1", bb.SnapshotRequest(), now=0.3, wall=0.0), "w1")
+    assert snap == bb.Snapshot(E0, 2, 1, [A], [(A, "away", "{}")])
+    # Another connection's change for the key changes nothing.
+    assert published(c.handle("w1", bb.SetRecord(2, A, "busy", "{}"), now=0.4, wall=0.0)) == []
+
+
+def test_a_malformed_record_from_a_worker_changes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker checks records before it sends them: one that is not a record (a bug,
+    or a foreign peer) is refused with a warning, and an auth keeps the default."""
+    c = core()
+    c.handle("w1", hello("w1"), now=0.0, wall=0.0)
+    out = c.handle("w1", bb.Authed(1, A, "away", '{"a": 1}'), now=0.1, wall=0.0)
+    assert published(out) == [bb.Update(E0, 1, 1, [A], [], 0.0)]
+    for bad in [bb.SetRecord(1, A, "", "{}"), bb.SetRecord(1, A, "away", "[]")]:
+        assert published(c.handle("w1", bad, now=0.2, wall=0.0)) == []
+    assert published(c.handle("w1", bb.SetRecord(1, "k", "away", "{}"), now=0.3, wall=0.0)) == []
+    assert c.lobby.record_of(A) == records.DEFAULT
+    assert "malformed key or record" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_a_restarted_coordinator_keeps_the_records_its_workers_announce() -> None:
+    c = core(previous=f"{10**15:020d}-abcdef01")
+    session = (1, A, f"{10**15:020d}-abcdef01", 3, True)
+    c.handle("w1", hello("w1", session, records=[(1, "busy", '{"x":[]}')]), now=0.0, wall=0.0)
+    (snap,) = to(c.handle("w1", bb.SnapshotRequest(), now=0.1, wall=0.0), "w1")
+    assert isinstance(snap, bb.Snapshot)
+    assert (snap.users, snap.records) == ([A], [(A, "busy", '{"x":[]}')])
 
 
 # ------------------------------------------------------------ fuzz
@@ -242,8 +288,19 @@ conns = st.integers(0, 3)
 keys = st.sampled_from([A, B, "c" * 64, "C" * 64])
 stamps = st.tuples(st.sampled_from(EPOCHS), st.integers(0, 5))
 claims = st.tuples(conns, keys, st.sampled_from(EPOCHS), st.integers(0, 5), st.booleans())
+RECORDS = [
+    records.DEFAULT,
+    ("away", "{}"),
+    ("busy", '{"a":1}'),
+    ("", "{}"),  # the rest are not records: a worker never sends them
+    ("away", "{bad"),
+    ("away", '{"a": 1}'),
+    ("x" * 33, "{}"),
+]
+some_record = st.sampled_from(RECORDS)
 likely = st.one_of(
-    st.builds(bb.Authed, conns, keys),
+    st.builds(lambda c, k, r: bb.Authed(c, k, *r), conns, keys, some_record),
+    st.builds(lambda c, k, r: bb.SetRecord(c, k, *r), conns, keys, some_record),
     st.builds(bb.Closed, conns, keys),
     st.builds(
         bb.Hello,
@@ -252,6 +309,7 @@ likely = st.one_of(
         st.just("ipc:///r"),
         st.just(""),
         st.lists(claims, max_size=4),
+        st.lists(st.builds(lambda c, r: (c, *r), conns, some_record), max_size=3),
     ),
     st.builds(bb.Route, st.integers(0, 9), keys, keys, st.just("m"), st.just("b"), st.floats(0, 9)),
     st.builds(bb.Heartbeat, st.sampled_from(WORKERS)),
@@ -275,11 +333,11 @@ def test_no_message_sequence_crashes_the_coordinator_or_breaks_the_lobby(
     c = CoordinatorCore(SETTINGS, epoch=E0, now=0.0, previous=previous)
     now = 0.0
     last: list[Output] = []
-    snapshot_seq = 0
+    snapshot_seq = snapshot_mseq = 0
     lobby_at: dict[tuple[str, int], list[str]] = {}  # every (epoch, seq) seen, uncached
 
     def note() -> None:
-        seq, users = c.lobby.snapshot()
+        seq, _, users, _ = c.lobby.snapshot()
         assert lobby_at.setdefault((c.epoch, seq), users) == users
 
     for kind, *args in steps:
@@ -307,7 +365,14 @@ def test_no_message_sequence_crashes_the_coordinator_or_breaks_the_lobby(
             if isinstance(message, bb.Update):
                 assert message.seq == snapshot_seq + 1
                 snapshot_seq = message.seq
-        seq, users = c.lobby.snapshot()
+                if message.joined or message.left:  # what protocol 1 sees: consecutive
+                    assert message.mseq == snapshot_mseq + 1
+                else:
+                    assert message.mseq == snapshot_mseq and message.updated
+                snapshot_mseq = message.mseq
+                entries = message.updated + message.records
+                assert all(records.is_record(status, data) for _, status, data in entries)
+        seq, _, users, _ = c.lobby.snapshot()
         assert seq == snapshot_seq and all(len(u) == 64 and u == u.lower() for u in users)
 
 

@@ -4,12 +4,15 @@ re-registration and the order of sessions across coordinator lives."""
 from __future__ import annotations
 
 import itertools
+import typing
 from dataclasses import dataclass, field
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from coordinator.lobby import Claim, Delta, Flush, Lobby, Session, Stamp
+from shared import records
+from shared.records import Record
 
 A = "a" * 64
 B = "b" * 64
@@ -28,9 +31,9 @@ def test_add_user_new_entry() -> None:
     lobby.add_user(A, Session(W1, 1))
     assert lobby.get_user(A) == Session(W1, 1)
     flush = lobby.flush()
-    assert flush.delta == Delta(1, [A], [])
+    assert flush.delta == Delta(1, 1, [A], [])
     assert flush.acks == [(Session(W1, 1), (E1, 1))]
-    assert lobby.snapshot() == (1, [A])
+    assert lobby.snapshot()[:3] == (1, 1, [A])
 
 
 def test_add_user_reconnection_replaces() -> None:
@@ -42,7 +45,7 @@ def test_add_user_reconnection_replaces() -> None:
     assert len(lobby) == 1
     flush = lobby.flush()
     # A reconnection is in both lists of one update, and the old connection is kicked.
-    assert flush.delta == Delta(2, [A], [A])
+    assert flush.delta == Delta(2, 2, [A], [A])
     assert flush.kicks == [Session(W1, 1)]
     assert flush.acks == [(Session(W2, 7), (E1, 2))]
     # The replaced connection's close, arriving late, must not remove the new session.
@@ -57,8 +60,8 @@ def test_remove_user_deletes_entry() -> None:
     lobby.flush()
     assert lobby.remove_user(A, Session(W1, 1)) is True
     assert lobby.get_user(A) is None
-    assert lobby.flush().delta == Delta(2, [], [A])
-    assert lobby.snapshot() == (2, [])
+    assert lobby.flush().delta == Delta(2, 2, [], [A])
+    assert lobby.snapshot()[:3] == (2, 2, [])
 
 
 def test_remove_nonexistent_user_safe() -> None:
@@ -94,7 +97,7 @@ def test_concurrent_add_remove_safe() -> None:
     assert lobby.get_user(B) is None
     flush = lobby.flush()
     # Net effect only: B joined and left inside the batch, so it never appears.
-    assert flush.delta == Delta(1, [A], [])
+    assert flush.delta == Delta(1, 1, [A], [])
     assert flush.kicks == [Session(W1, 1)]
     assert flush.acks == [(Session(W2, 1), (E1, 1))]
 
@@ -104,7 +107,7 @@ def test_snapshot_is_as_of_seq_not_live() -> None:
     lobby.add_user(A, Session(W1, 1))
     lobby.flush()
     lobby.add_user(B, Session(W1, 2))  # unpublished
-    assert lobby.snapshot() == (1, [A])
+    assert lobby.snapshot()[:3] == (1, 1, [A])
 
 
 def test_drop_worker_removes_all_its_sessions_in_one_update() -> None:
@@ -113,7 +116,7 @@ def test_drop_worker_removes_all_its_sessions_in_one_update() -> None:
     lobby.add_user(B, Session(W2, 1))
     lobby.flush()
     assert lobby.drop_worker(W1) == 1
-    assert lobby.flush().delta == Delta(2, [], [A])
+    assert lobby.flush().delta == Delta(2, 2, [], [A])
     assert lobby.drop_worker(W1) == 0
 
 
@@ -122,7 +125,7 @@ def test_replaced_before_publication_is_kicked_not_acked() -> None:
     lobby.add_user(A, Session(W1, 1))
     lobby.add_user(A, Session(W1, 2))
     flush = lobby.flush()
-    assert flush.delta == Delta(1, [A], [])
+    assert flush.delta == Delta(1, 1, [A], [])
     assert flush.acks == [(Session(W1, 2), (E1, 1))]
     assert flush.kicks == [Session(W1, 1)]
 
@@ -154,7 +157,7 @@ def test_restore_keeps_the_newer_authentication() -> None:
     assert lobby.get_user(A) == Session(W1, 1) and lobby.get_user(B) == Session(W1, 2)
     assert flush.kicks == [Session(W2, 1), Session(W2, 2)]
     assert flush.acks == []  # restored sessions were acknowledged long ago
-    assert flush.delta == Delta(1, [A, B], [])
+    assert flush.delta == Delta(1, 1, [A, B], [])
 
 
 def test_fresh_auth_is_newer_than_any_restored_session() -> None:
@@ -186,7 +189,7 @@ def test_reconcile_is_the_whole_truth_about_a_worker() -> None:
     lobby.flush()
     done = lobby.reconcile(W1, [Claim(2, B, (E1, 1), True)])  # conn 1 ended, Closed lost
     assert (done.claimed, done.removed, done.duplicates) == (1, 1, 0)
-    assert lobby.flush().delta == Delta(2, [], [A])
+    assert lobby.flush().delta == Delta(2, 2, [], [A])
 
 
 def test_reconcile_keeps_an_auth_in_flight_and_acks_it() -> None:
@@ -204,7 +207,7 @@ def test_reconcile_keeps_an_auth_in_flight_and_acks_it() -> None:
     # An Authed this coordinator never saw (lost, or sent to one that died).
     lobby.reconcile(W2, [Claim(4, B, (E1, 1), False)])
     flush = lobby.flush()
-    assert flush.delta == Delta(2, [B], []) and flush.acks == [(Session(W2, 4), (E1, 2))]
+    assert flush.delta == Delta(2, 2, [B], []) and flush.acks == [(Session(W2, 4), (E1, 2))]
 
 
 def test_reconcile_kicks_again_a_session_replaced_in_this_life() -> None:
@@ -253,19 +256,99 @@ def test_moving_above_a_reported_epoch_re_acknowledges_our_sessions() -> None:
     assert lobby.flush().acks == [(Session(W1, 1), (lobby.epoch, 1))]
 
 
+# ------------------------------------------------------------ presence records
+
+AWAY: Record = ("away", "{}")
+BUSY: Record = ("busy", '{"until":"5pm"}')
+
+
+def online(lobby: Lobby, *users: tuple[str, Session, Record]) -> Lobby:
+    """``lobby`` with ``users`` joined and published (seq 1, mseq 1)."""
+    for key, session, record in users:
+        lobby.add_user(key, session, record)
+    lobby.flush()
+    return lobby
+
+
+def test_a_record_change_takes_a_seq_but_not_an_mseq() -> None:
+    lobby = online(Lobby(E1), (A, Session(W1, 1), records.DEFAULT))
+    assert lobby.set_record(A, Session(W1, 1), AWAY) is True
+    assert lobby.flush().delta == Delta(2, 1, [], [], [(A, *AWAY)])
+    assert lobby.snapshot() == (2, 1, [A], [(A, *AWAY)])
+    lobby.add_user(B, Session(W1, 2))
+    assert lobby.flush().delta == Delta(3, 2, [B], [])
+
+
+def test_two_changes_in_one_window_publish_the_last() -> None:
+    lobby = online(Lobby(E1), (A, Session(W1, 1), records.DEFAULT))
+    lobby.set_record(A, Session(W1, 1), AWAY)
+    lobby.set_record(A, Session(W1, 1), BUSY)
+    assert lobby.flush().delta == Delta(2, 1, [], [], [(A, *BUSY)])
+
+
+def test_a_change_back_to_the_published_record_publishes_nothing() -> None:
+    lobby = online(Lobby(E1), (A, Session(W1, 1), BUSY))
+    lobby.set_record(A, Session(W1, 1), AWAY)
+    lobby.set_record(A, Session(W1, 1), BUSY)
+    assert lobby.flush().delta is None and lobby.seq == 1
+    lobby.set_record(A, Session(W1, 1), records.DEFAULT)  # back to the default: updated
+    assert lobby.flush().delta == Delta(2, 1, [], [], [(A, *records.DEFAULT)])
+    assert lobby.snapshot() == (2, 1, [A], [])
+
+
+def test_a_change_then_a_leave_publishes_the_leave_only() -> None:
+    lobby = online(Lobby(E1), (A, Session(W1, 1), records.DEFAULT))
+    lobby.set_record(A, Session(W1, 1), AWAY)
+    lobby.remove_user(A, Session(W1, 1))
+    assert lobby.flush().delta == Delta(2, 2, [], [A])
+    assert lobby.snapshot() == (2, 2, [], [])
+
+
+def test_a_join_then_a_change_publishes_the_join_with_the_last_record() -> None:
+    lobby = Lobby(E1)
+    lobby.add_user(A, Session(W1, 1), AWAY)
+    lobby.set_record(A, Session(W1, 1), BUSY)
+    assert lobby.flush().delta == Delta(1, 1, [A], [], [], [(A, *BUSY)])
+
+
+def test_a_reconnection_joins_with_the_new_sessions_record() -> None:
+    lobby = online(Lobby(E1), (A, Session(W1, 1), BUSY))
+    lobby.add_user(A, Session(W2, 5))  # a new session starts with its own record
+    flush = lobby.flush()
+    assert flush.delta == Delta(2, 2, [A], [A]) and flush.kicks == [Session(W1, 1)]
+    assert lobby.snapshot() == (2, 2, [A], [])
+    assert lobby.set_record(A, Session(W1, 1), AWAY) is False  # the old one's: nothing
+    assert lobby.flush().delta is None and lobby.record_of(A) == records.DEFAULT
+
+
+def test_a_restored_session_keeps_the_record_its_worker_announces() -> None:
+    lobby = online(Lobby(E1), (A, Session(W1, 1), records.DEFAULT))
+    lobby.drop_worker(W1)
+    lobby.reconcile(W1, [Claim(1, A, (E1, 1), True, AWAY)])
+    assert lobby.flush().delta == Delta(2, 1, [], [], [(A, *AWAY)])
+    # A re-registration of a worker the lobby still holds: its record is the truth
+    lobby.reconcile(W1, [Claim(1, A, (E1, 1), True, BUSY)])
+    assert lobby.flush().delta == Delta(3, 1, [], [], [(A, *BUSY)])
+
+
 # ------------------------------------------------------------ property tests
 
 KEYS = [c * 64 for c in "0123456"]
 WORKERS = ["w1", "w2", "w3"]
 
 
+RECORDS = [records.DEFAULT, ("away", "{}"), ("busy", '{"m":1}'), ("online", '{"m":2}')]
+
+
 @dataclass
 class Model:
-    """What really exists: connections that are open, by the workers holding them."""
+    """What really exists: connections that are open, by the workers holding them, and
+    the record each of them last set."""
 
     next_conn: int = 0
     open: dict[Session, str] = field(default_factory=dict)
     authed_at: dict[Session, int] = field(default_factory=dict)
+    records: dict[Session, Record] = field(default_factory=dict)
     clock: int = 0
 
     def expected(self) -> dict[str, Session]:
@@ -275,24 +358,60 @@ class Model:
                 newest[key] = session
         return newest
 
+    def expected_records(self) -> dict[str, Record]:
+        return {key: self.records[session] for key, session in self.expected().items()}
+
 
 op = st.one_of(
-    st.tuples(st.just("auth"), st.sampled_from(WORKERS), st.sampled_from(KEYS)),
+    st.tuples(
+        st.just("auth"),
+        st.sampled_from(WORKERS),
+        st.sampled_from(KEYS),
+        st.sampled_from(RECORDS),
+    ),
     st.tuples(st.just("close"), st.integers(0, 50)),
     st.tuples(st.just("stale_close"), st.integers(0, 50)),
+    st.tuples(st.just("record"), st.integers(0, 50), st.sampled_from(RECORDS)),
+    st.tuples(st.just("stale_record"), st.integers(0, 50), st.sampled_from(RECORDS)),
     st.tuples(st.just("drop"), st.sampled_from(WORKERS)),
     st.tuples(st.just("flush")),
     st.tuples(st.just("snapshot")),
 )
 
+View = dict[str, Record]
+LobbySnapshot = tuple[int, int, list[str], list[tuple[str, str, str]]]
 
-def apply_delta(view: set[str], delta: Delta) -> None:
+
+def view_of(snapshot: LobbySnapshot) -> View:
+    _, _, users, entries = snapshot
+    view = dict.fromkeys(users, records.DEFAULT)
+    for key, status, data in entries:
+        assert view[key] == records.DEFAULT and (status, data) != records.DEFAULT
+        view[key] = (status, data)
+    return view
+
+
+def apply_delta(view: View, delta: Delta) -> None:
+    """Apply one delta as a protocol 2 client does (every ``seq``, records too)."""
     for key in delta.left:
         assert key in view, "left for a key that was not online"
-        view.remove(key)
+        del view[key]
+    joined_records = {key: (status, data) for key, status, data in delta.records}
+    assert joined_records.keys() <= set(delta.joined)
+    assert records.DEFAULT not in joined_records.values()
     for key in delta.joined:
         assert key not in view, "joined for a key that was already online"
-        view.add(key)
+        view[key] = joined_records.get(key, records.DEFAULT)
+    for key, status, data in delta.updated:
+        assert key in view and key not in delta.joined, "updated for a key not online before"
+        assert view[key] != (status, data), "an update that changes nothing"
+        view[key] = (status, data)
+
+
+def apply_membership(users: set[str], delta: Delta) -> None:
+    """Apply one delta as a protocol 1 client does (only those numbered by ``mseq``)."""
+    users.difference_update(delta.left)
+    users.update(delta.joined)
 
 
 @settings(max_examples=400, deadline=None)
@@ -302,15 +421,20 @@ def test_random_interleavings_keep_invariants(ops: list[tuple[object, ...]]) -> 
     model = Model()
     closed: list[tuple[Session, str]] = []
     deltas: list[Delta] = []
-    snapshots: list[tuple[int, list[str]]] = [lobby.snapshot()]
+    snapshots: list[LobbySnapshot] = [lobby.snapshot()]
 
     def flush() -> None:
         result = lobby.flush()
-        if result.delta is not None:
-            assert result.delta.seq == (deltas[-1].seq if deltas else 0) + 1
-            assert result.delta.joined or result.delta.left
-            deltas.append(result.delta)
-        published = set(lobby.snapshot()[1])
+        delta = result.delta
+        if delta is not None:
+            previous = deltas[-1] if deltas else Delta(0, 0, [], [])
+            assert delta.seq == previous.seq + 1
+            if delta.joined or delta.left:  # protocol 1 sees it: the next mseq
+                assert delta.mseq == previous.mseq + 1
+            else:  # records only: protocol 1 sees nothing, and it is not empty
+                assert delta.mseq == previous.mseq and delta.updated and not delta.records
+            deltas.append(delta)
+        published = view_of(lobby.snapshot())
         for session, stamp in result.acks:
             assert stamp == (lobby.epoch, lobby.seq)
             assert lobby.get_published(model.open[session]) == session
@@ -319,7 +443,7 @@ def test_random_interleavings_keep_invariants(ops: list[tuple[object, ...]]) -> 
                 key = model.open.pop(session)
                 closed.append((session, key))
                 assert lobby.get_user(key) != session
-        assert published == set(lobby.snapshot()[1])
+        assert published == view_of(lobby.snapshot())
 
     for step in ops:
         if step[0] == "auth":
@@ -328,7 +452,9 @@ def test_random_interleavings_keep_invariants(ops: list[tuple[object, ...]]) -> 
             model.clock += 1
             model.open[session] = str(step[2])
             model.authed_at[session] = model.clock
-            lobby.add_user(str(step[2]), session)
+            record = typing.cast(Record, step[3])
+            model.records[session] = record
+            lobby.add_user(str(step[2]), session, record)
         elif step[0] == "close" and model.open:
             session = sorted(model.open)[int(str(step[1])) % len(model.open)]
             key = model.open.pop(session)
@@ -337,6 +463,15 @@ def test_random_interleavings_keep_invariants(ops: list[tuple[object, ...]]) -> 
         elif step[0] == "stale_close" and closed:
             session, key = closed[int(str(step[1])) % len(closed)]
             assert lobby.remove_user(key, session) is False
+        elif step[0] == "record" and model.open:
+            session = sorted(model.open)[int(str(step[1])) % len(model.open)]
+            record = typing.cast(Record, step[2])
+            model.records[session] = record
+            current = lobby.get_user(model.open[session]) == session
+            assert lobby.set_record(model.open[session], session, record) is current
+        elif step[0] == "stale_record" and closed:
+            session, key = closed[int(str(step[1])) % len(closed)]
+            assert lobby.set_record(key, session, typing.cast(Record, step[2])) is False
         elif step[0] == "drop":
             for session in [s for s in model.open if s.worker == step[1]]:
                 closed.append((session, model.open.pop(session)))
@@ -354,14 +489,28 @@ def test_random_interleavings_keep_invariants(ops: list[tuple[object, ...]]) -> 
     # Every key online at most once, and exactly the newest open session per key.
     expected = model.expected()
     assert {k: lobby.get_user(k) for k in KEYS if lobby.get_user(k)} == expected
+    assert {k: lobby.record_of(k) for k in expected} == model.expected_records()
     assert len(lobby) == len(expected)
-    # Replaying the published deltas onto any snapshot reproduces the lobby.
-    for seq, users in snapshots:
-        view = set(users)
+    # Replaying the published deltas onto any snapshot reproduces the lobby, records
+    # included (protocol 2: every seq); and its keys (protocol 1: every mseq).
+    membership = [d for d in deltas if d.joined or d.left]
+    assert [d.mseq for d in membership] == list(range(1, len(membership) + 1))
+    for snapshot in snapshots:
+        seq, mseq, users, _ = snapshot
+        view = view_of(snapshot)
         for delta in deltas[seq:]:
             apply_delta(view, delta)
-        assert view == set(expected)
-    assert lobby.snapshot() == (len(deltas), sorted(expected))
+        assert view == model.expected_records()
+        keys = set(users)
+        for delta in membership[mseq:]:
+            apply_membership(keys, delta)
+        assert keys == set(expected)
+    assert lobby.snapshot() == (
+        len(deltas),
+        len(membership),
+        sorted(expected),
+        sorted((k, *r) for k, r in model.expected_records().items() if r != records.DEFAULT),
+    )
 
 
 # ------------------------------------------------------------ restarts, partitions, losses
@@ -377,6 +526,7 @@ class Conn:
     sent_at: Stamp
     acked: Stamp | None = None
     got_auth_ok: bool = False
+    record: Record = records.DEFAULT
 
 
 @dataclass
@@ -397,7 +547,7 @@ class World:
 
     def claims(self, worker: str) -> list[Claim]:
         return [
-            Claim(conn, c.key, c.acked or c.sent_at, c.acked is not None)
+            Claim(conn, c.key, c.acked or c.sent_at, c.acked is not None, c.record)
             for conn, c in self.workers[worker].items()
         ]
 
@@ -420,6 +570,13 @@ world_op = st.one_of(
         st.just("auth"), st.sampled_from(WORLD_WORKERS), st.sampled_from(WORLD_KEYS), st.booleans()
     ),
     st.tuples(st.just("close"), st.sampled_from(WORLD_WORKERS), st.integers(0, 20), st.booleans()),
+    st.tuples(
+        st.just("record"),
+        st.sampled_from(WORLD_WORKERS),
+        st.integers(0, 20),
+        st.sampled_from(RECORDS),
+        st.booleans(),
+    ),
     st.tuples(st.just("flush"), st.booleans(), st.booleans()),
     st.tuples(st.just("expire"), st.sampled_from(WORLD_WORKERS)),
     st.tuples(st.just("hello"), st.sampled_from(WORLD_WORKERS)),
@@ -429,6 +586,7 @@ world_op = st.one_of(
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(world_op, max_size=60))
+@example([("auth", W1, KEYS[0], False), ("flush", False, False), ("record", W1, 0, AWAY, True)])
 def test_restarts_partitions_and_lost_messages_end_in_one_true_lobby(
     ops: list[tuple[object, ...]],
 ) -> None:
@@ -476,6 +634,15 @@ def test_restarts_partitions_and_lost_messages_end_in_one_true_lobby(
                 gone = world.workers[worker].pop(conn)
                 if not lost and worker not in world.unregistered:
                     world.lobby.remove_user(gone.key, Session(worker, conn))
+        elif kind == "record":  # a session changes its record (the SetRecord may be lost)
+            worker, pick, lost = str(step[1]), int(str(step[2])), bool(step[4])
+            conns = sorted(world.workers[worker])
+            if conns:
+                conn = conns[pick % len(conns)]
+                changed = world.workers[worker][conn]
+                changed.record = typing.cast(Record, step[3])
+                if not lost and worker not in world.unregistered:
+                    world.lobby.set_record(changed.key, Session(worker, conn), changed.record)
         elif kind == "flush":
             flush(bool(step[1]), bool(step[2]))
         elif kind == "expire":
@@ -529,6 +696,10 @@ def test_restarts_partitions_and_lost_messages_end_in_one_true_lobby(
     for session, conn in open_sessions.items():
         assert world.lobby.get_user(conn.key) == session
         assert conn.acked is not None  # everyone still open was acknowledged in the end
+        assert world.lobby.record_of(conn.key) == conn.record, "a record lost or stale"
+    published = {key: (status, data) for key, status, data in world.lobby.snapshot()[3]}
+    for conn in open_sessions.values():
+        assert published.get(conn.key, records.DEFAULT) == conn.record
     for key, winner in winners.items():
         assert world.lobby.get_user(key) == winner, "an older acknowledged session won"
 

@@ -60,9 +60,16 @@ def test_every_message_type_has_a_unique_tag() -> None:
         [bb.SCHEMA_VERSION, "hb"],  # a field missing
         [bb.SCHEMA_VERSION, "hb", "w1", "extra"],
         [bb.SCHEMA_VERSION, "hb", 7],  # wrong type
-        [bb.SCHEMA_VERSION, "upd", "e", True, [], []],  # a bool is not an int
-        [bb.SCHEMA_VERSION, "upd", "e", 1, ["a", 5], []],  # a list of str with an int
-        [bb.SCHEMA_VERSION, "hello", "w", "", "", "", [[1, "k", "e", 2]]],  # 4-tuple, not 5
+        [bb.SCHEMA_VERSION, "upd", "e", True, 0, [], [], 0.0, [], []],  # a bool is not an int
+        [bb.SCHEMA_VERSION, "upd", "e", 1, 0, ["a", 5], [], 0.0, [], []],  # a str list, an int
+        [bb.SCHEMA_VERSION, "upd", "e", 1, 1, [], [], 0.0, [["k", "away"]], []],  # 2-tuple
+        [bb.SCHEMA_VERSION, "upd", "e", 1, 1, ["k"], [], 0.0, [], [["k", 1, "{}"]]],
+        [bb.SCHEMA_VERSION, "upd", "e", 1, ["k"], [], 0.0],  # schema 6's shape: no mseq
+        [bb.SCHEMA_VERSION, "snap", "e", 1, 1, ["k"], [["k", "away", None]]],
+        [bb.SCHEMA_VERSION, "hello", "w", "", "", "", [[1, "k", "e", 2]], []],  # 4-tuple, not 5
+        [bb.SCHEMA_VERSION, "hello", "w", "", "", "", [], [[1, "away"]]],  # a record without data
+        [bb.SCHEMA_VERSION, "authed", 1, "k"],  # schema 6's shape: no record
+        [bb.SCHEMA_VERSION, "setrec", 1, "k", "away", {}],  # data is the JSON text, not a map
         [bb.SCHEMA_VERSION, "beat", "e", 1, 3],  # an int where the schema says float
         {"type": "hb"},
         "hb",
@@ -71,6 +78,24 @@ def test_every_message_type_has_a_unique_tag() -> None:
 def test_frames_not_of_this_schema_are_refused(raw: Any) -> None:
     with pytest.raises(bb.BackboneDecodeError):
         bb.decode(msgpack.packb(raw))
+
+
+def test_records_travel_in_every_message_that_carries_them() -> None:
+    """The shapes of schema 7: records where they are not the default, mseq beside seq."""
+    away = ("k1", "away", '{"note":"é"}')
+    sent: list[bb.Message] = [
+        bb.Authed(1, "k1", "busy", '{"a":[1,2]}'),
+        bb.Authed(2, "k2"),  # the default record
+        bb.SetRecord(1, "k1", "away", "{}"),
+        bb.Update("e", 9, 4, ["k1"], ["k2"], 1.5, [("k3", "online", "{}")], [away]),
+        bb.Snapshot("e", 9, 4, ["k1", "k3"], [away]),
+        bb.Hello("w", "e", "r", "", [(1, "k1", "e", 9, True)], [(1, "away", '{"x":1}')]),
+    ]
+    for msg in sent:
+        assert bb.decode(bb.encode(msg)) == msg
+    assert bb.decode(bb.encode(bb.Authed(2, "k2"))) == bb.Authed(2, "k2", "online", "{}")
+    messages, errors = bb.decode_batch(bb.pack([bb.encode(m) for m in sent]))
+    assert messages == sent and not errors
 
 
 @given(st.binary(max_size=64))
@@ -102,7 +127,7 @@ def test_an_outbox_sends_a_full_batch_at_once() -> None:
     beat = bb.Heartbeat("w1")
     ready = [s for _ in range(bb.MAX_BATCH + 1) for s in box.add(beat)]
     assert [len(carried) for _, carried in ready] == [bb.MAX_BATCH] and len(box) == 1
-    big = bb.Snapshot("e", 1, ["a" * 64] * (bb.MAX_BATCH_BYTES // 64))
+    big = bb.Snapshot("e", 1, 1, ["a" * 64] * (bb.MAX_BATCH_BYTES // 64))
     ready = box.add(big)  # what was waiting first, then the big one alone
     assert [carried for _, carried in ready] == [[beat], [big]] and len(box) == 0
 

@@ -14,7 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared import records
 from shared.options import SettingsError, parse_args
+from shared.records import Record
 from workers.api import (
     LOBBY_PATH,
     Answer,
@@ -33,13 +35,26 @@ A, B, C = "a" * 64, "b" * 64, "c" * 64
 
 @dataclass
 class View:
-    """A replica view: what the API reads."""
+    """A replica view: what the API reads. ``mseq`` is ``seq`` unless the test sets
+    ``record_updates`` (updates that changed records alone)."""
 
     users: AbstractSet[str] = field(default_factory=set)
     seq: int = 0
     epoch: str | None = "e1"
     sync: SyncState = SyncState.LIVE
     snapshot_bytes: int = 0
+    records: dict[str, Record] = field(default_factory=dict)
+    record_updates: int = 0
+
+    @property
+    def mseq(self) -> int:
+        return self.seq - self.record_updates
+
+    def record_of(self, key: str) -> Record:
+        return self.records.get(key, records.DEFAULT)
+
+
+ONLINE = {"status": "online", "data": {}}
 
 
 def body(answer: Answer) -> Any:
@@ -66,7 +81,7 @@ def test_user_online_and_offline_with_the_seq_of_the_view() -> None:
     api, view = BackendApi(TOKEN), View({A, B}, seq=7)
     on = ask(api, f"/v1/users/{A}", view)
     assert on.status == HTTPStatus.OK
-    assert body(on) == {"publicKey": A, "online": True, "seq": 7}
+    assert body(on) == {"publicKey": A, "online": True, "seq": 7, **ONLINE}
     assert body(ask(api, f"/v1/users/{C}", view)) == {"publicKey": C, "online": False, "seq": 7}
 
 
@@ -79,16 +94,31 @@ def test_a_key_in_capitals_is_answered_in_its_canonical_spelling() -> None:
 def test_lobby_lists_every_user_sorted_with_its_seq() -> None:
     api, view = BackendApi(TOKEN), View({C, A, B}, seq=3)
     got = body(ask(api, LOBBY_PATH, view))
-    assert got == {"seq": 3, "users": [{"publicKey": k} for k in (A, B, C)]}
+    assert got == {"seq": 3, "users": [{"publicKey": k, **ONLINE} for k in (A, B, C)]}
+
+
+def test_answers_show_records_and_protocol_1s_seq() -> None:
+    """A record change takes a seq of its own and no protocol 1 seq: the answers show
+    the new record with the seq they showed before (a lobby_update's numbering)."""
+    api, view = BackendApi(TOKEN), View({A, B}, seq=4)
+    assert body(ask(api, LOBBY_PATH, view))["users"][0] == {"publicKey": A, **ONLINE}
+    view.records[A] = ("away", '{"note":"back at 5 \u00e9","n":[1,2]}')
+    view.seq, view.record_updates = 5, 1
+    user = {"publicKey": A, "status": "away", "data": {"note": "back at 5 é", "n": [1, 2]}}
+    assert body(ask(api, f"/v1/users/{A}", view)) == {**user, "online": True, "seq": 4}
+    assert body(ask(api, LOBBY_PATH, view)) == {
+        "seq": 4,
+        "users": [user, {"publicKey": B, **ONLINE}],
+    }
 
 
 def test_the_cached_lobby_follows_every_change_of_seq_or_epoch() -> None:
     api, view = BackendApi(TOKEN), View({A}, seq=1)
-    assert body(ask(api, LOBBY_PATH, view))["users"] == [{"publicKey": A}]
+    assert body(ask(api, LOBBY_PATH, view))["users"] == [{"publicKey": A, **ONLINE}]
     view.users, view.seq = {A, B}, 2
     assert body(ask(api, LOBBY_PATH, view)) == {
         "seq": 2,
-        "users": [{"publicKey": A}, {"publicKey": B}],
+        "users": [{"publicKey": A, **ONLINE}, {"publicKey": B, **ONLINE}],
     }
     view.users, view.seq, view.epoch = set(), 2, "e2"  # same seq, new coordinator life
     assert body(ask(api, LOBBY_PATH, view)) == {"seq": 2, "users": []}
@@ -105,7 +135,7 @@ def test_every_answer_is_the_view_exactly_as_of_its_seq(
     for seq, (users, epoch) in enumerate(states):
         view.users, view.seq, view.epoch = users, seq, epoch
         lobby = body(ask(api, LOBBY_PATH, view))
-        assert lobby == {"seq": seq, "users": [{"publicKey": k} for k in sorted(users)]}
+        assert lobby == {"seq": seq, "users": [{"publicKey": k, **ONLINE} for k in sorted(users)]}
         for key in (A, B, C):
             assert body(ask(api, f"/v1/users/{key}", view))["online"] == (key in users)
 

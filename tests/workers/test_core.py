@@ -108,7 +108,8 @@ class FakeShell:
         elif isinstance(output, Broadcast):
             for handle in output.clients:
                 for update in output.updates:
-                    self._receive(self.seen[handle], update.frame)
+                    if update.frame:  # as the server: none for a change of records alone
+                        self._receive(self.seen[handle], update.frame)
         elif isinstance(output, Synced):
             self.synced += 1
 
@@ -178,7 +179,7 @@ class Worker:
 
     def live(self, users: tuple[str, ...] = (), seq: int = 5, epoch: str = E1) -> None:
         self.batch(bb.Welcome(epoch))
-        self.batch(bb.Snapshot(epoch, seq, list(users)))
+        self.batch(bb.Snapshot(epoch, seq, seq, list(users)))
 
     def connect(self) -> Client[str]:
         self.handles += 1
@@ -202,7 +203,7 @@ class Worker:
         self.auth(client, sk)
         key = sk.verify_key.encode().hex()
         seq = self.core.replica.seq + 1 if seq is None else seq
-        self.batch(bb.Update(self.core.replica.epoch or "", seq, [key], [], self.wall))
+        self.batch(bb.Update(self.core.replica.epoch or "", seq, seq, [key], [], self.wall))
         self.batch(bb.AuthAck(client.machine.conn_id, self.core.replica.epoch or "", seq))
         assert client.machine.state is State.AUTHENTICATED
         return client
@@ -318,12 +319,31 @@ def test_auth_ok_waits_for_the_replica_to_show_the_clients_join() -> None:
     assert w.up(bb.Authed) == [bb.Authed(client.machine.conn_id, A)]
     w.batch(bb.AuthAck(client.machine.conn_id, E1, 6))  # acked before the update arrives
     assert not w.seen(client).of("auth_ok")
-    w.batch(bb.Update(E1, 6, [A], [], w.wall))
+    w.batch(bb.Update(E1, 6, 6, [A], [], w.wall))
     assert len(w.seen(client).of("auth_ok")) == 1
     assert w.seen(client).frames[-1]["type"] == "lobby_snapshot"
     assert w.seen(client).users == {A} and w.seen(client).seq == 6
     assert client.group is Group.CURRENT and w.core.clients.sessions[A] is client
     w.core.clients.check()
+
+
+def test_an_ack_at_an_update_of_records_alone_releases_auth_ok_with_no_update_frame() -> None:
+    """A session the coordinator re-acknowledges in a window that changed records alone
+    is acked at that update's seq: reaching it releases auth_ok, and clients already in
+    the lobby are written nothing (protocol 1 never sees such an update)."""
+    w = Worker()
+    w.live(users=(A,))  # the coordinator holds A's session already (it re-registered)
+    other = w.online(SKS[1], seq=6)
+    client = w.connect()
+    w.auth(client, SKS[0])
+    w.batch(bb.AuthAck(client.machine.conn_id, E1, 7))
+    frames = len(w.seen(other).frames)
+    w.batch(bb.Update(E1, 7, 6, [], [], w.wall, [(B, "away", "{}")]))
+    assert len(w.seen(client).of("auth_ok")) == 1
+    assert w.seen(client).frames[-1]["type"] == "lobby_snapshot" and w.seen(client).seq == 6
+    assert w.seen(client).users == {A, B}
+    assert len(w.seen(other).frames) == frames  # nothing for protocol 1
+    assert w.core.replica.record_of(B) == ("away", "{}")
 
 
 def test_a_connection_past_max_connections_is_refused_and_is_no_client() -> None:
@@ -405,7 +425,7 @@ def test_updates_read_in_one_batch_go_to_each_client_in_one_broadcast() -> None:
     w.live()
     a, b = w.online(SKS[0]), w.online(SKS[1])
     w.shell.log.clear()
-    w.batch(*(bb.Update(E1, s, [STRANGER[:-1] + str(s)], [], w.wall) for s in (8, 9, 10)))
+    w.batch(*(bb.Update(E1, s, s, [STRANGER[:-1] + str(s)], [], w.wall) for s in (8, 9, 10)))
     (broadcast,) = [o for _, o in w.shell.log if isinstance(o, Broadcast)]
     assert [u.seq for u in broadcast.updates] == [8, 9, 10]
     assert broadcast.clients is w.core.clients.groups[Group.CURRENT]  # no copy
@@ -419,7 +439,9 @@ def test_coalesced_updates_are_flushed_at_coalesce_bytes() -> None:
     w.shell.log.clear()
     many = [f"{n:064x}" for n in range(1, 2001)]
     per = 500  # about 40 KiB of frame per update: two do not fit in one write
-    updates = [bb.Update(E1, 7 + i, many[i * per : (i + 1) * per], [], w.wall) for i in range(4)]
+    updates = [
+        bb.Update(E1, 7 + i, 7 + i, many[i * per : (i + 1) * per], [], w.wall) for i in range(4)
+    ]
     assert len(protocol.lobby_update(7, many[:per], [])) * 2 > COALESCE_BYTES
     w.batch(*updates)
     sent = [[u.seq for u in o.updates] for _, o in w.shell.log if isinstance(o, Broadcast)]
@@ -436,7 +458,7 @@ def test_held_updates_are_written_before_any_other_output() -> None:
     late = w.connect()
     w.auth(late, SKS[1])
     w.shell.log.clear()
-    w.batch(bb.Update(E1, 7, [B], [], w.wall), bb.AuthAck(late.machine.conn_id, E1, 7))
+    w.batch(bb.Update(E1, 7, 7, [B], [], w.wall), bb.AuthAck(late.machine.conn_id, E1, 7))
     kinds = [type(o).__name__ for _, o in w.shell.log]
     assert kinds.index("Broadcast") < kinds.index("Write")
     assert w.seen(late).seq == 7 and not w.seen(late).of("lobby_update")
@@ -447,10 +469,10 @@ def test_only_pressured_clients_are_asked_and_a_lagging_one_resumes_with_a_snaps
     w.live()
     slow, fast = w.online(SKS[0]), w.online(SKS[1])
     w.shell.buffers[slow.handle] = LIMITS.lag_bytes + 1  # not pressured: never asked
-    w.batch(bb.Update(E1, 8, [C], [], w.wall))
+    w.batch(bb.Update(E1, 8, 8, [C], [], w.wall))
     assert w.seen(slow).seq == 8 and slow.group is Group.CURRENT
     w.core.clients.pressured.add(slow.handle)
-    w.batch(bb.Update(E1, 9, [], [C], w.wall))
+    w.batch(bb.Update(E1, 9, 9, [], [C], w.wall))
     assert slow.group is Group.BEHIND and w.seen(slow).seq == 8
     assert w.seen(fast).seq == 9
     w.shell.buffers[slow.handle] = 0
@@ -540,7 +562,7 @@ def test_past_the_budget_the_heaviest_are_refused_and_collapsed_a_light_one_serv
     assert w.core.door("10.9.9.9", w.now) is None
     other = SigningKey(bytes([9]) * 32).verify_key.encode().hex()
     epoch, seq = w.core.replica.epoch or "", w.core.replica.seq
-    w.batch(bb.Update(epoch, seq + 1, [other], [], w.wall))  # the heavy view collapses
+    w.batch(bb.Update(epoch, seq + 1, seq + 1, [other], [], w.wall))  # the heavy view collapses
     assert heavy.machine.flow is not Flow.CURRENT and light.machine.flow is Flow.CURRENT
     assert w.core.health(w.now)[1]["memory"]["collapsed"] == 1
     # Reservations: the door refuses once half the budget is reserved.
@@ -684,6 +706,24 @@ def test_a_lost_authed_makes_the_worker_re_register_at_the_next_tick() -> None:
     assert len(w.up(bb.Hello)) == 1  # repaired: once
 
 
+def test_a_lost_record_change_is_repaired_by_a_hello_that_lists_the_record() -> None:
+    """A session's record goes in its Authed and in every Hello (only when it is not the
+    default), so a lost change, or a coordinator that restarted, gets it back."""
+    w = Worker()
+    w.live()
+    plain = w.online(SKS[1])
+    client = w.connect()
+    client.machine.record = ("away", '{"n":1}')
+    w.auth(client, SKS[0])
+    assert w.up(bb.Authed)[-1] == bb.Authed(client.machine.conn_id, A, "away", '{"n":1}')
+    w.shell.up.clear()
+    w.core.lost(bb.SetRecord(client.machine.conn_id, A, "away", '{"n":1}'))
+    w.tick()
+    (hello,) = w.up(bb.Hello)
+    assert [conn for conn, *_ in hello.sessions] == [plain.machine.conn_id, client.machine.conn_id]
+    assert hello.records == [(client.machine.conn_id, "away", '{"n":1}')]
+
+
 def test_coordinator_silence_reannounces_and_the_cut_off_closes_clients_1013() -> None:
     unreachable = metrics.COORDINATOR_UNREACHABLE
     w = Worker()
@@ -714,7 +754,7 @@ def test_health_figures() -> None:
     a = w.online(SKS[0])
     w.core.clients.pressured.add(a.handle)
     w.shell.buffers[a.handle] = 3000
-    w.batch(bb.Update(E1, 7, [B], [], w.wall))  # past lag_bytes: skipped, lagging
+    w.batch(bb.Update(E1, 7, 7, [B], [], w.wall))  # past lag_bytes: skipped, lagging
     w.tick()
     up, body = w.core.health(w.now)
     assert up is True
@@ -735,6 +775,7 @@ class Model:
 
     epoch: str = E1
     seq: int = 5
+    mseq: int = 5  # the last update with a joined or left key: protocol 1's seq
     users: dict[str, int] = field(default_factory=dict)  # key -> conn
     pending: list[bb.Authed] = field(default_factory=list)
     sub: list[bb.Message] = field(default_factory=list)
@@ -755,7 +796,7 @@ class Model:
                 self.pending += [bb.Authed(conn, key) for conn, key, *_ in msg.sessions]
                 self.publish()
             elif isinstance(msg, bb.SnapshotRequest):
-                self.dealer.append(bb.Snapshot(self.epoch, self.seq, sorted(self.users)))
+                self.dealer.append(bb.Snapshot(self.epoch, self.seq, self.mseq, sorted(self.users)))
             elif isinstance(msg, bb.Authed):
                 self.pending.append(msg)
             elif isinstance(msg, bb.Closed):
@@ -763,7 +804,8 @@ class Model:
                 if self.users.get(msg.key) == msg.conn:
                     del self.users[msg.key]
                     self.seq += 1
-                    self.sub.append(bb.Update(self.epoch, self.seq, [], [msg.key], 0.0))
+                    self.mseq += 1
+                    self.sub.append(bb.Update(self.epoch, self.seq, self.mseq, [], [msg.key], 0.0))
             elif isinstance(msg, bb.Route):
                 conn = self.users.get(msg.to)
                 if conn is None:
@@ -788,14 +830,23 @@ class Model:
             return
         self.seq += 1
         joined = sorted({m.key for m in self.pending} - set(self.users))
+        self.mseq += bool(joined)
         for msg in self.pending:
             old = self.users.get(msg.key)
             if old is not None and old != msg.conn:
                 self.dealer.append(bb.Kick(old))
             self.users[msg.key] = msg.conn
-        self.sub.append(bb.Update(self.epoch, self.seq, joined, [], 0.0))
+        self.sub.append(bb.Update(self.epoch, self.seq, self.mseq, joined, [], 0.0))
         self.dealer += [bb.AuthAck(m.conn, self.epoch, self.seq) for m in self.pending]
         self.pending.clear()
+
+    def change_record(self, which: int) -> None:
+        """An update that changes one online key's record alone: no protocol 1 seq."""
+        if self.users:
+            key = sorted(self.users)[which % len(self.users)]
+            self.seq += 1
+            change = [(key, "away", f'{{"n":{self.seq}}}')]
+            self.sub.append(bb.Update(self.epoch, self.seq, self.mseq, [], [], 0.0, change))
 
 
 steps = st.one_of(
@@ -809,6 +860,7 @@ steps = st.one_of(
     st.tuples(st.just("close"), st.integers(0, N_CLIENTS - 1)),
     st.tuples(st.just("pressure"), st.integers(0, N_CLIENTS - 1), st.integers(0, 20_000)),
     st.tuples(st.just("publish")),
+    st.tuples(st.just("record"), st.integers(0, N_CLIENTS - 1)),
     st.tuples(st.just("sub"), st.integers(1, 4), st.booleans()),
     st.tuples(st.just("dealer"), st.integers(1, 3)),
     st.tuples(st.just("beat")),
@@ -893,6 +945,8 @@ def test_no_sequence_of_inputs_breaks_the_worker(script: list[tuple[Any, ...]]) 
             w.shell.acks[client.handle] = step[2] % 3
         elif kind == "publish":
             coord.publish()
+        elif kind == "record":
+            coord.change_record(step[1])
         elif kind == "sub" and coord.sub:
             batch, coord.sub = coord.sub[: step[1]], coord.sub[step[1] :]
             if step[2] and len(batch) > 1:
@@ -910,7 +964,7 @@ def test_no_sequence_of_inputs_breaks_the_worker(script: list[tuple[Any, ...]]) 
             restarts += 1
             coord.epoch = f"{(restarts + 1) * 10**18:020d}-{restarts + 1:08d}"
             coord.users, coord.pending, coord.sub, coord.dealer = {}, [], [], []
-            coord.seq = 0
+            coord.seq = coord.mseq = 0
             w.batch(bb.Reannounce())
         elif kind == "lose_next":
             coord.lose_next = True
@@ -936,8 +990,9 @@ def check(w: Worker) -> None:
     for handle in core.clients.groups[Group.CURRENT]:
         seen = w.shell.seen[handle]
         # A current client was shown exactly the replica's state (every update once,
-        # in order, since its snapshot), and its own key is in it.
-        assert (seen.seq, seen.users) == (replica.seq, set(replica.users)), handle
+        # in order, since its snapshot: protocol 1 numbers them by mseq), and its own key
+        # is in it.
+        assert (seen.seq, seen.users) == (replica.mseq, set(replica.users)), handle
     for seen in w.shell.seen.values():
         oks = seen.of("auth_ok")
         assert len(oks) <= 1

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared import backbone as bb
-from shared import protocol
+from shared import protocol, records
 from workers.replica import (
     MAX_BUFFERED_UPDATES,
     Announce,
@@ -30,7 +30,7 @@ def live(epoch: str = "e1", seq: int = 5, users: tuple[str, ...] = (A,)) -> Repl
     r = Replica()
     assert r.start() == [Announce()]
     r.on_welcome(bb.Welcome(epoch))
-    assert r.on_snapshot(bb.Snapshot(epoch, seq, list(users))) == [
+    assert r.on_snapshot(bb.Snapshot(epoch, seq, seq, list(users))) == [
         Resynced(None, ResyncReason.START)
     ]
     return r
@@ -39,17 +39,17 @@ def live(epoch: str = "e1", seq: int = 5, users: tuple[str, ...] = (A,)) -> Repl
 def upd(
     seq: int, joined: tuple[str, ...] = (), left: tuple[str, ...] = (), epoch: str = "e1"
 ) -> bb.Update:
-    return bb.Update(epoch, seq, list(joined), list(left), 0.0)
+    return bb.Update(epoch, seq, seq, list(joined), list(left), 0.0)
 
 
 def test_snapshot_before_welcome_is_ignored() -> None:
     r = Replica()
     r.start()
-    assert r.on_snapshot(bb.Snapshot("e1", 3, [A])) == []
+    assert r.on_snapshot(bb.Snapshot("e1", 3, 3, [A])) == []
     assert r.sync is SyncState.AWAITING_WELCOME
     r.on_welcome(bb.Welcome("e1"))
     assert r.sync is SyncState.SYNCING
-    assert r.on_snapshot(bb.Snapshot("e1", 3, [A])) == [Resynced(None, ResyncReason.START)]
+    assert r.on_snapshot(bb.Snapshot("e1", 3, 3, [A])) == [Resynced(None, ResyncReason.START)]
     assert (r.epoch, r.seq, set(r.users), r.sync) == ("e1", 3, {A}, SyncState.LIVE)
 
 
@@ -59,7 +59,7 @@ def test_slow_joiner_drops_buffered_updates_at_or_below_the_snapshot() -> None:
     r.on_welcome(bb.Welcome("e1"))
     for u in (upd(4, (B,)), upd(5, (C,)), upd(6, (), (A,))):
         assert r.on_update(u) == []
-    assert r.on_snapshot(bb.Snapshot("e1", 5, [A, B, C])) == [Resynced(None, ResyncReason.START)]
+    assert r.on_snapshot(bb.Snapshot("e1", 5, 5, [A, B, C])) == [Resynced(None, ResyncReason.START)]
     assert (r.seq, set(r.users)) == (6, {B, C})
 
 
@@ -88,7 +88,7 @@ def test_gap_asks_for_a_snapshot_and_resyncs() -> None:
     assert r.on_update(upd(7, (C,))) == [RequestSnapshot()]
     assert r.sync is SyncState.SYNCING
     assert r.on_update(upd(8, (), (C,))) == []
-    assert r.on_snapshot(bb.Snapshot("e1", 6, [A, B])) == [Resynced("e1", ResyncReason.GAP)]
+    assert r.on_snapshot(bb.Snapshot("e1", 6, 6, [A, B])) == [Resynced("e1", ResyncReason.GAP)]
     assert (r.seq, set(r.users), r.sync) == (8, {A, B}, SyncState.LIVE)
 
 
@@ -96,7 +96,7 @@ def test_gap_inside_the_buffer_asks_again() -> None:
     r = live()
     r.on_update(upd(7))
     r.on_update(upd(9))
-    assert r.on_snapshot(bb.Snapshot("e1", 6, [A])) == [RequestSnapshot()]
+    assert r.on_snapshot(bb.Snapshot("e1", 6, 6, [A])) == [RequestSnapshot()]
     assert r.sync is SyncState.SYNCING
 
 
@@ -107,17 +107,57 @@ def test_a_reannouncement_in_the_same_epoch_resyncs_as_a_start() -> None:
     r.on_update(upd(7, (C,)))  # a gap, healed below by a re-announcement
     assert r.start() == [Announce()]
     r.on_welcome(bb.Welcome("e1"))
-    assert r.on_snapshot(bb.Snapshot("e1", 7, [A, C])) == [Resynced("e1", ResyncReason.START)]
-    update = bb.Update("e1", 8, [B], [], 1234.5)
+    assert r.on_snapshot(bb.Snapshot("e1", 7, 7, [A, C])) == [Resynced("e1", ResyncReason.START)]
+    update = bb.Update("e1", 8, 8, [B], [], 1234.5)
     (forward,) = r.on_update(update)
     assert isinstance(forward, Forward) and (forward.seq, forward.at) == (8, 1234.5)
+
+
+AWAY = ("away", '{"note":"back at 5"}')
+
+
+def test_a_change_of_records_alone_sends_protocol_1_clients_nothing() -> None:
+    """It moves the replica to its seq (auth_oks held for that seq are released) with no
+    protocol 1 frame: their seq is mseq, which it keeps, so their snapshot is the same."""
+    r = live(seq=5, users=(A, B))
+    before = r.snapshot_frame()
+    change = bb.Update("e1", 6, 5, [], [], 2.5, [(A, *AWAY)])
+    assert r.on_update(change) == [Forward(6, "", 2.5)]
+    assert (r.seq, r.mseq, r.record_of(A), r.record_of(B)) == (6, 5, AWAY, records.DEFAULT)
+    assert r.snapshot_frame() is before  # the same frame: seq 5, as before
+    assert json.loads(before)["seq"] == 5
+    # The next membership update is protocol 1's next one.
+    (forward,) = r.on_update(bb.Update("e1", 7, 6, [C], [], 0.0))
+    assert isinstance(forward, Forward)
+    assert forward.frame == protocol.lobby_update(6, [C], [])
+    assert json.loads(r.snapshot_frame())["seq"] == 6
+    # Back to the default, and a gap in seq is a gap even if mseq follows on.
+    r.on_update(bb.Update("e1", 8, 6, [], [], 0.0, [(A, *records.DEFAULT)]))
+    assert r.record_of(A) == records.DEFAULT
+    assert r.on_update(bb.Update("e1", 10, 7, [B], [], 0.0)) == [RequestSnapshot()]
+
+
+def test_records_come_with_snapshots_and_joins_and_go_with_sessions() -> None:
+    r = Replica()
+    r.start()
+    r.on_welcome(bb.Welcome("e1"))
+    r.on_snapshot(bb.Snapshot("e1", 9, 4, [A, B], [(B, *AWAY)]))
+    assert (r.seq, r.mseq, r.record_of(A), r.record_of(B)) == (9, 4, records.DEFAULT, AWAY)
+    assert json.loads(r.snapshot_frame())["seq"] == 4
+    (forward,) = r.on_update(bb.Update("e1", 10, 5, [C], [], 0.0, [], [(C, "busy", "{}")]))
+    assert isinstance(forward, Forward) and forward.frame == protocol.lobby_update(5, [C], [])
+    assert r.record_of(C) == ("busy", "{}")
+    r.on_update(bb.Update("e1", 11, 6, [B], [B], 0.0))  # a new session of B: its own record
+    assert r.record_of(B) == records.DEFAULT
+    r.on_update(bb.Update("e1", 12, 7, [], [C], 0.0))
+    assert r.record_of(C) == records.DEFAULT and C not in r.users
 
 
 def test_a_late_older_snapshot_does_not_rewind() -> None:
     r = live(seq=5)
     r.on_beat(bb.Beat("e1", 7, 0.0))
-    assert r.on_snapshot(bb.Snapshot("e1", 4, [])) == []
-    assert r.on_snapshot(bb.Snapshot("e1", 7, [B])) == [Resynced("e1", ResyncReason.GAP)]
+    assert r.on_snapshot(bb.Snapshot("e1", 4, 4, [])) == []
+    assert r.on_snapshot(bb.Snapshot("e1", 7, 7, [B])) == [Resynced("e1", ResyncReason.GAP)]
 
 
 def test_beat_ahead_means_lost_updates() -> None:
@@ -131,7 +171,7 @@ def test_new_epoch_anywhere_means_announce_again() -> None:
     for poke in (
         lambda r: r.on_update(upd(1, epoch="e2")),
         lambda r: r.on_beat(bb.Beat("e2", 0, 0.0)),
-        lambda r: r.on_snapshot(bb.Snapshot("e2", 0, [])),
+        lambda r: r.on_snapshot(bb.Snapshot("e2", 0, 0, [])),
         lambda r: r.observe_epoch("e2"),
     ):
         r = live()
@@ -145,7 +185,7 @@ def test_old_epoch_leftovers_while_syncing_to_a_new_one_are_ignored() -> None:
     r.on_welcome(bb.Welcome("e2"))
     assert r.on_beat(bb.Beat("e1", 9, 0.0)) == []
     assert r.on_update(upd(6, epoch="e1")) == []
-    assert r.on_snapshot(bb.Snapshot("e1", 9, [])) == []
+    assert r.on_snapshot(bb.Snapshot("e1", 9, 9, [])) == []
     assert r.on_beat(bb.Beat("e3", 0, 0.0)) == [Announce()]
 
 
@@ -154,7 +194,7 @@ def test_snapshot_of_the_new_epoch_completes_the_restart() -> None:
     r.observe_epoch("e2")
     r.on_welcome(bb.Welcome("e2"))
     r.on_update(upd(1, (B,), epoch="e2"))
-    assert r.on_snapshot(bb.Snapshot("e2", 0, [A])) == [Resynced("e1", ResyncReason.NEW_EPOCH)]
+    assert r.on_snapshot(bb.Snapshot("e2", 0, 0, [A])) == [Resynced("e1", ResyncReason.NEW_EPOCH)]
     assert (r.epoch, r.seq, set(r.users)) == ("e2", 1, {A, B})
 
 
@@ -164,7 +204,7 @@ def test_retry_resends_what_is_missing() -> None:
     assert r.retry() == [Announce()]
     r.on_welcome(bb.Welcome("e1"))
     assert r.retry() == [RequestSnapshot()]
-    r.on_snapshot(bb.Snapshot("e1", 0, []))
+    r.on_snapshot(bb.Snapshot("e1", 0, 0, []))
     assert r.retry() == []
 
 
@@ -234,9 +274,9 @@ def test_update_buffer_is_bounded_and_overflow_heals_by_resync() -> None:
     r.on_update(upd(2))  # gap: syncing
     for seq in range(3, MAX_BUFFERED_UPDATES + 4):
         r.on_update(upd(seq))
-    assert r.on_snapshot(bb.Snapshot("e1", 1, [])) == [RequestSnapshot()]
+    assert r.on_snapshot(bb.Snapshot("e1", 1, 1, [])) == [RequestSnapshot()]
     last = MAX_BUFFERED_UPDATES + 3
-    assert r.on_snapshot(bb.Snapshot("e1", last, [])) == [Resynced("e1", ResyncReason.GAP)]
+    assert r.on_snapshot(bb.Snapshot("e1", last, last, [])) == [Resynced("e1", ResyncReason.GAP)]
     assert r.seq == last
 
 
@@ -271,14 +311,14 @@ class Coordinator:
         self.seq += 1
         self.record()
         if not lost:
-            self.pub.append(bb.Update(self.tag, self.seq, joined, left, 0.0))
+            self.pub.append(bb.Update(self.tag, self.seq, self.seq, joined, left, 0.0))
 
     def serve_one(self) -> None:
         request = self.up.pop(0)
         if request == "hello":
             self.down.append(bb.Welcome(self.tag))
         else:
-            self.down.append(bb.Snapshot(self.tag, self.seq, sorted(self.users)))
+            self.down.append(bb.Snapshot(self.tag, self.seq, self.seq, sorted(self.users)))
 
     def restart(self, keep_requests: bool) -> None:
         self.epoch += 1
@@ -412,6 +452,6 @@ def test_the_snapshot_size_estimate_is_close_to_the_frame(users: set[str]) -> No
     r = Replica()
     r.start()
     r.on_welcome(bb.Welcome("e1"))
-    r.on_snapshot(bb.Snapshot("e1", 12345, sorted(users)))
+    r.on_snapshot(bb.Snapshot("e1", 12345, 12345, sorted(users)))
     actual = len(r.snapshot_frame())
     assert actual - 64 <= r.snapshot_bytes <= actual + 64

@@ -63,6 +63,7 @@ class FakeCoordinator:
     """A PULL socket playing another worker's results endpoint (:data:`PEER`)."""
     epoch: str = "e1"
     seq: int = 10
+    mseq: int = 10  # the last update that changed who is online: protocol 1's seq
     users: set[str] = field(default_factory=set)
     answering: bool = True
     beating: bool = True
@@ -96,7 +97,7 @@ class FakeCoordinator:
                 if self.answering and isinstance(msg, bb.Hello):
                     self.send(bb.Welcome(self.epoch))
                 if self.answering and isinstance(msg, bb.SnapshotRequest):
-                    self.send(bb.Snapshot(self.epoch, self.seq, sorted(self.users)))
+                    self.send(bb.Snapshot(self.epoch, self.seq, self.mseq, sorted(self.users)))
 
     async def beat(self) -> None:
         while True:
@@ -111,13 +112,25 @@ class FakeCoordinator:
         self.pub.send(bb.encode(msg))
 
     def update(self, joined: list[str] = (), left: list[str] = (), lose: bool = False) -> int:  # type: ignore[assignment]
-        """Change the truth as the next seq; publish it unless ``lose``."""
+        """Change the truth as the next seq; publish it unless ``lose``. Returns the
+        protocol 1 seq (mseq) that shows it."""
         self.seq += 1
+        self.mseq += 1
         self.users -= set(left)
         self.users |= set(joined)
         if not lose:
-            self.publish(bb.Update(self.epoch, self.seq, list(joined), list(left), time.time()))
-        return self.seq
+            update = bb.Update(
+                self.epoch, self.seq, self.mseq, list(joined), list(left), time.time()
+            )
+            self.publish(update)
+        return self.mseq
+
+    def change_record(self, key: str, status: str, data: str) -> None:
+        """Publish a change of ``key``'s record alone: the next seq, the same mseq."""
+        self.seq += 1
+        self.publish(
+            bb.Update(self.epoch, self.seq, self.mseq, [], [], time.time(), [(key, status, data)])
+        )
 
     async def expect(
         self, cls: type[M], where: Callable[[M], bool] = lambda m: True, timeout: float = 5.0
@@ -442,7 +455,11 @@ def test_lobby_updates_are_forwarded_in_order(ipc_dir: Path) -> None:
             b = await h.login(new_key())
             assert await a.recv() == json.loads(protocol.lobby_update(b.seq, [b.key], []))
             other = "c" * 64
+            # A change of records alone: protocol 1 clients get nothing for it, and the
+            # next update is their next seq (byte for byte what they always got).
+            c.change_record(a.key, "away", '{"note":"back at 5"}')
             seq = c.update(joined=[other], left=[b.key])
+            assert seq == b.seq + 1 and c.seq == seq + 1
             expected = json.loads(protocol.lobby_update(seq, [other], [b.key]))
             assert await a.recv() == expected
             assert await b.recv() == expected
@@ -525,7 +542,7 @@ def test_new_epoch_reannounces_sessions_and_sends_fresh_snapshot(ipc_dir: Path) 
         async with worker(ipc_dir) as h:
             c = h.coord
             a = await h.login(new_key())
-            c.epoch, c.seq, c.users = "e2", 3, {a.key, "9" * 64}  # restarted, rebuilt
+            c.epoch, c.seq, c.mseq, c.users = "e2", 3, 3, {a.key, "9" * 64}  # restarted, rebuilt
             hello = await c.expect(bb.Hello)
             # Each session carries the stamp of its ack, from the first coordinator.
             assert hello.sessions == [(a.conn, a.key, a.ack_epoch, a.ack_seq, True)]
