@@ -1,0 +1,236 @@
+"""A connection in protocol version 2, without sockets: the auth check's order, auth_ok
+and the record it carries, the frames after it, and the binary lobby frames the worker
+builds (workers/speaking_v2.py, workers/lobby_v2.py, and their place in the machine)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from shared import backbone as bb
+from shared import v2
+from shared.protocol import CloseCode
+from tests.workers.test_connection import LIMITS, NONCE, PK, SK, FakeReplica, ack, feed
+from workers.clients import Group, group_of
+from workers.connection import Connection
+from workers.lobby_v2 import snapshot_frame, update_frame
+from workers.outputs import AuthOutcome, Close, Emit, SnapshotCause, Write, WriteSnapshot
+from workers.replica import Replica
+from workers.speaking_v2 import V2Config
+from workers.states import State
+
+HERE = "ws://127.0.0.1:8765/ws"
+ELSEWHERE = "wss://relay.example:443/ws"
+CONFIG = V2Config(frozenset({HERE, "ws://localhost:8765/ws"}), record_rate=1.0, record_burst=2)
+OTHER_SK = SigningKey(bytes(range(3, 35)))
+
+
+def fresh() -> Connection:
+    return Connection.open(7, NONCE, now=100.0, limits=LIMITS, v2=CONFIG)
+
+
+def auth(
+    *, server: str = HERE, signed_for: str | None = None, sk: SigningKey = SK, **extra: Any
+) -> str:
+    signature = v2.sign_challenge_v2(sk, signed_for or server, NONCE.hex())
+    obj = {"type": "auth", "publicKey": PK, "signature": signature, "server": server, **extra}
+    return json.dumps(obj)
+
+
+def refused(frame: str | bytes) -> str:
+    conn = fresh()
+    outputs = feed(conn, frame)
+    assert conn.state is State.CLOSING
+    assert isinstance(outputs[0], Write) and isinstance(outputs[1], Close)
+    assert outputs[1].code == CloseCode.AUTH_FAILED
+    answer = v2.decode_server_frame_v2(outputs[0].frame)
+    assert isinstance(answer, v2.AuthFailedV2)
+    assert isinstance(answer.reason, v2.AuthFailureV2)
+    assert outputs[0].outcome is AuthOutcome(answer.reason.value)  # counted by reason
+    return answer.reason.value
+
+
+def online(replica: FakeReplica, frame: str | None = None) -> tuple[Connection, list[Any]]:
+    conn = fresh()
+    feed(conn, frame or auth(), replica=replica)
+    replica.seq += 1
+    replica.users.add(PK)
+    return conn, ack(conn, "e1", replica.seq, replica)
+
+
+# --------------------------------------------------------------------------- auth
+
+
+def test_the_challenge_is_version_2() -> None:
+    challenge = json.loads(fresh().challenge())
+    assert challenge == {"type": "challenge", "version": 2, "nonce": NONCE.hex()}
+
+
+BAD_RECORD = {"record": {"status": ""}}
+BAD_FOLLOW = {"follow": {"scope": "everyone"}}
+BAD_RESUME = {"resume": {"epoch": "", "seq": -1}}
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"binary", "malformed"),
+        ('{"type":"auth","publicKey":"' + PK + '","signature":"00"}', "malformed"),
+        ('{"type":"get_lobby"}', "unexpected_message"),
+        (auth(server=ELSEWHERE, **BAD_RECORD, **BAD_FOLLOW), "wrong_server"),
+        (auth(server="ws://127.0.0.1:8766/ws"), "wrong_server"),
+        (auth(sk=OTHER_SK, **BAD_RECORD).replace(PK, "zz" * 32), "invalid_public_key"),
+        (auth(sk=OTHER_SK, **BAD_RECORD, **BAD_RESUME), "invalid_signature"),
+        (auth(signed_for=ELSEWHERE), "invalid_signature"),  # signed for another, names us
+        (auth(**BAD_RECORD, **BAD_FOLLOW, **BAD_RESUME), "bad_record"),
+        (auth(**BAD_FOLLOW, **BAD_RESUME), "bad_follow"),
+        (auth(**BAD_RESUME), "bad_resume"),
+        (auth(follow={"scope": "count"}), "bad_follow"),  # not served yet
+        (auth(follow={"scope": "watch", "keys": [PK]}), "bad_follow"),
+    ],
+)
+def test_auth_is_checked_in_the_contracts_order(frame: str | bytes, reason: str) -> None:
+    assert refused(frame) == reason
+
+
+@given(wrong=st.booleans(), bad_sig=st.booleans(), record=st.booleans(), follow=st.booleans())
+def test_the_first_failing_check_is_the_one_reported(
+    wrong: bool, bad_sig: bool, record: bool, follow: bool
+) -> None:
+    extra: dict[str, Any] = {**(BAD_RECORD if record else {}), **(BAD_FOLLOW if follow else {})}
+    frame = auth(server=ELSEWHERE if wrong else HERE, sk=OTHER_SK if bad_sig else SK, **extra)
+    expected = ["wrong_server", "invalid_signature", "bad_record", "bad_follow"]
+    flags = [wrong, bad_sig, record, follow]
+    if any(flags):
+        assert refused(frame) == expected[flags.index(True)]
+    else:
+        assert feed(fresh(), frame) == [Emit(bb.Authed(7, PK))]
+
+
+def test_the_claimed_server_is_kept_for_the_log() -> None:
+    conn = fresh()
+    feed(conn, auth(server=ELSEWHERE))
+    assert conn.v2 is not None and conn.v2.claimed == ELSEWHERE
+
+
+def test_a_good_auth_carries_its_record_and_auth_ok_names_the_state_shown() -> None:
+    replica = FakeReplica(seq=4)
+    record = {"status": "away", "data": {"b": 1, "a": "é"}}
+    conn = fresh()
+    outputs = feed(conn, auth(record=record, resume={"epoch": "e1", "seq": 2}), replica=replica)
+    assert outputs == [Emit(bb.Authed(7, PK, "away", '{"b":1,"a":"é"}'))]
+    replica.seq, replica.users = 5, {PK}
+    outputs = ack(conn, "e1", 5, replica)
+    assert outputs[0] == Write(v2.auth_ok_v2(PK, "e1", 5, False), AuthOutcome.OK)  # no resume
+    assert outputs[1] == WriteSnapshot(SnapshotCause.JOIN)
+    assert group_of(conn) is Group.CURRENT_V2
+
+
+def test_a_version_1_connection_is_in_the_version_1_group() -> None:
+    conn = Connection.open(7, NONCE, now=100.0, limits=LIMITS)
+    assert conn.v2 is None and json.loads(conn.challenge())["version"] == 1
+
+
+# --------------------------------------------------------------------------- after auth
+
+
+def errors(outputs: list[Any]) -> list[str]:
+    codes = []
+    for output in outputs:
+        assert isinstance(output, Write)
+        answer = v2.decode_server_frame_v2(output.frame)
+        assert isinstance(answer, v2.ErrorV2)
+        codes.append(getattr(answer.code, "value", answer.code))
+    return codes
+
+
+def test_set_record_is_sent_to_the_coordinator_within_its_rate() -> None:
+    replica = FakeReplica()
+    conn, _ = online(replica, auth(record={"status": "busy"}))
+    first = feed(conn, v2.set_record(data={"x": 1}), now=101.0, replica=replica)
+    assert first == [Emit(bb.SetRecord(7, PK, "busy", '{"x":1}'))]  # status kept
+    second = feed(conn, v2.set_record(status="away"), now=101.0, replica=replica)
+    assert second == [Emit(bb.SetRecord(7, PK, "away", '{"x":1}'))]
+    assert errors(feed(conn, v2.set_record(status="x"), now=101.0, replica=replica)) == [
+        "rate_limited"
+    ]
+    assert conn.record == ("away", '{"x":1}')  # the refused change is not applied
+    assert feed(conn, v2.set_record(status="x"), now=102.0, replica=replica) != []  # refilled
+    assert conn.record == ("x", '{"x":1}')
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ('{"type":"set_record"}', "bad_record"),
+        ('{"type":"set_record","data":[]}', "bad_record"),
+        ('{"type":"follow","scope":"count"}', "bad_follow"),
+        ('{"type":"follow","scope":"watch","keys":[]}', "bad_follow"),
+        ('{"type":"follow"}', "bad_follow"),
+        ('{"type":"watch","keys":[]}', "not_watching"),
+        ('{"type":"unwatch","keys":[]}', "not_watching"),
+        ('{"type":"nope"}', "unknown_type"),
+        ("[]", "malformed"),
+        (b"\x01", "malformed"),
+    ],
+)
+def test_what_is_not_served_or_not_valid_is_an_error_and_the_session_stays(
+    frame: str | bytes, code: str
+) -> None:
+    replica = FakeReplica()
+    conn, _ = online(replica)
+    assert errors(feed(conn, frame, replica=replica)) == [code]
+    assert conn.state is State.AUTHENTICATED and conn.record == ("online", "{}")
+
+
+def test_a_follow_of_the_lobby_and_get_lobby_get_a_fresh_snapshot() -> None:
+    replica = FakeReplica()
+    conn, _ = online(replica)
+    for frame in ('{"type":"follow","scope":"lobby"}', '{"type":"get_lobby"}'):
+        assert feed(conn, frame, replica=replica) == [WriteSnapshot(SnapshotCause.GET_LOBBY)]
+
+
+# --------------------------------------------------------------------------- lobby frames
+
+K1, K2, K3 = ("11" * 32, "22" * 32, "33" * 32)
+
+
+def test_an_update_is_framed_from_the_backbones_update() -> None:
+    update = bb.Update(
+        "e1", 9, 4, [K1, K2], [K3], 0.0, [(K3, "away", "{}")], [(K2, "busy", '{"a":1}')]
+    )
+    decoded = v2.decode_server_frame_v2(update_frame(update))
+    assert isinstance(decoded, v2.Update)
+    assert (decoded.seq, decoded.prev) == (9, 8)  # seq, not protocol 1's mseq
+    assert [(e.key, e.record) for e in decoded.joined] == [
+        (K1, v2.Record()),
+        (K2, v2.Record("busy", '{"a":1}')),
+    ]
+    assert [(e.key, e.record) for e in decoded.updated] == [(K3, v2.Record("away"))]
+    assert decoded.left == (K3,)
+
+
+def test_a_change_of_records_alone_is_an_update_too() -> None:
+    update = bb.Update("e1", 10, 4, [], [], 0.0, [(K1, "online", '{"n":2}')])
+    decoded = v2.decode_server_frame_v2(update_frame(update))
+    assert isinstance(decoded, v2.Update) and decoded.prev == 9
+    assert not decoded.joined and not decoded.left and len(decoded.updated) == 1
+
+
+def test_a_snapshot_lists_every_online_key_with_its_record_at_seq() -> None:
+    replica = Replica()
+    replica.on_welcome(bb.Welcome("e1"))
+    replica.on_snapshot(bb.Snapshot("e1", 7, 3, [K1, K2], [(K2, "busy", '{"z":0}')]))
+    replica.on_update(bb.Update("e1", 8, 3, [], [], 0.0, [(K1, "away", "{}")]))
+    decoded = v2.decode_server_frame_v2(snapshot_frame(replica))
+    assert isinstance(decoded, v2.Snapshot)
+    assert (decoded.epoch, decoded.seq, decoded.scope) == ("e1", 8, v2.Scope.LOBBY)
+    assert {e.key: e.record for e in decoded.entries} == {
+        K1: v2.Record("away"),
+        K2: v2.Record("busy", '{"z":0}'),
+    }
