@@ -16,10 +16,20 @@ from shared import backbone as bb
 from shared import v2
 from shared.protocol import CloseCode
 from tests.workers.test_connection import LIMITS, NONCE, PK, SK, FakeReplica, ack, feed
-from workers.clients import Group, group_of
+from tests.workers.test_core import E1, E2, SKS, A, C, Seen, Worker
+from tests.workers.test_core import LIMITS as CORE_LIMITS
+from workers.clients import Client, Group, group_of
 from workers.connection import Connection
 from workers.lobby_v2 import snapshot_frame, update_frame
-from workers.outputs import AuthOutcome, Close, Emit, SnapshotCause, Write, WriteSnapshot
+from workers.outputs import (
+    AuthOutcome,
+    Broadcast,
+    Close,
+    Emit,
+    SnapshotCause,
+    Write,
+    WriteSnapshot,
+)
 from workers.replica import Replica
 from workers.speaking_v2 import V2Config
 from workers.states import State
@@ -234,3 +244,66 @@ def test_a_snapshot_lists_every_online_key_with_its_record_at_seq() -> None:
         K1: v2.Record("away"),
         K2: v2.Record("busy", '{"z":0}'),
     }
+
+
+# --------------------------------------------------------------------------- in the core
+
+
+def v2_online(w: Worker, sk: SigningKey) -> Client[str]:
+    """A version 2 client authenticated and acknowledged at the next seq."""
+    w.handles += 1
+    handle = f"h{w.handles}"
+    w.shell.seen[handle] = Seen()
+    client = w.core.connect(handle, f"10.0.1.{w.handles}", "peer", w.now, CONFIG)
+    assert client is not None
+    nonce = client.machine.nonce.hex()
+    key = sk.verify_key.encode().hex()
+    signature = v2.sign_challenge_v2(sk, HERE, nonce)
+    w.frame(client, v2.auth_v2(key, signature, HERE))
+    seq = w.core.replica.seq + 1
+    w.batch(bb.Update(E1, seq, seq, [key], [], w.wall))
+    w.batch(bb.AuthAck(client.machine.conn_id, E1, seq))
+    assert client.machine.state is State.AUTHENTICATED
+    return client
+
+
+def broadcasts(w: Worker) -> list[Broadcast[str]]:
+    return [o for _, o in w.shell.log if isinstance(o, Broadcast)]
+
+
+def snapshots(w: Worker, client: Client[str]) -> list[SnapshotCause]:
+    return [o.cause for h, o in w.shell.log if h == client.handle and isinstance(o, WriteSnapshot)]
+
+
+def test_updates_go_to_each_version_in_its_own_group_records_alone_too() -> None:
+    w = Worker()
+    w.live()
+    old, new = w.online(SKS[0]), v2_online(w, SKS[1])
+    assert (old.group, new.group) == (Group.CURRENT, Group.CURRENT_V2)
+    w.shell.log.clear()
+    w.batch(bb.Update(E1, 8, 7, [], [], w.wall, [(A, "away", "{}")]))
+    [sent] = broadcasts(w)
+    assert list(sent.clients) == [old.handle] and list(sent.clients_v2) == [new.handle]
+    assert sent.updates[0].frame == "" and sent.updates[0].update is not None
+    w.core.clients.check()
+
+
+def test_a_lagging_version_2_client_resumes_with_a_snapshot_and_a_new_epoch_sends_one() -> None:
+    w = Worker()
+    w.live()
+    slow = v2_online(w, SKS[0])
+    w.core.clients.pressured.add(slow.handle)
+    w.shell.buffers[slow.handle] = CORE_LIMITS.lag_bytes + 1
+    w.batch(bb.Update(E1, 7, 7, [C], [], w.wall))
+    assert slow.group is Group.BEHIND
+    assert slow.handle not in broadcasts(w)[-1].clients_v2
+    w.shell.buffers[slow.handle] = 0
+    w.tick()
+    assert slow.group is Group.CURRENT_V2
+    assert snapshots(w, slow) == [SnapshotCause.JOIN, SnapshotCause.SLOW_CONSUMER]
+    w.batch(bb.Welcome(E2))  # a new coordinator: resync, and a fresh snapshot once it shows us
+    w.tick(3.5)
+    w.batch(bb.Welcome(E2), bb.Snapshot(E2, 1, 1, [A]))
+    w.tick()
+    assert snapshots(w, slow)[-1] is SnapshotCause.RESYNC
+    w.core.clients.check()
