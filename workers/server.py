@@ -58,7 +58,7 @@ from workers.core import TICK, Output, WorkerCore
 from workers.door import Door
 from workers.frames import SharedFrame
 from workers.identities import identities, machine_names
-from workers.lobby_v2 import snapshot_frame, update_frame
+from workers.lobby_v2 import Entries, update_frame
 from workers.outputs import (
     AdmitPeers,
     AuthOutcome,
@@ -148,6 +148,7 @@ class Worker:
         self.core.results_key = self.backbone.results_key
         self._snapshot: SharedFrame | None = None
         self._snapshot_v2: tuple[tuple[str | None, int], SharedFrame] | None = None
+        self._entries_v2 = Entries()
         v2 = settings.v2
         self._v2 = (
             V2Config(
@@ -257,7 +258,7 @@ class Worker:
         replica = self.core.replica
         state = (replica.epoch, replica.seq)
         if self._snapshot_v2 is None or self._snapshot_v2[0] != state:
-            self._snapshot_v2 = (state, SharedFrame(snapshot_frame(replica)))
+            self._snapshot_v2 = (state, SharedFrame(self._entries_v2.snapshot(replica)))
         return self._snapshot_v2[1]
 
     def _snapshot_frame(self) -> SharedFrame:

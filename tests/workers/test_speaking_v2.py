@@ -20,7 +20,7 @@ from tests.workers.test_core import E1, E2, SKS, A, C, Seen, Worker
 from tests.workers.test_core import LIMITS as CORE_LIMITS
 from workers.clients import Client, Group, group_of
 from workers.connection import Connection
-from workers.lobby_v2 import snapshot_frame, update_frame
+from workers.lobby_v2 import Entries, snapshot_frame, update_frame
 from workers.outputs import (
     AuthOutcome,
     Broadcast,
@@ -307,3 +307,17 @@ def test_a_lagging_version_2_client_resumes_with_a_snapshot_and_a_new_epoch_send
     w.tick()
     assert snapshots(w, slow)[-1] is SnapshotCause.RESYNC
     w.core.clients.check()
+
+
+def test_entries_kept_between_snapshots_follow_every_change_of_record() -> None:
+    replica = Replica()
+    replica.on_welcome(bb.Welcome("e1"))
+    replica.on_snapshot(bb.Snapshot("e1", 1, 1, [K1, K2], []))
+    entries = Entries()
+    assert entries.snapshot(replica) == snapshot_frame(replica)
+    replica.on_update(bb.Update("e1", 2, 1, [], [], 0.0, [(K1, "busy", "{}")]))
+    replica.on_update(bb.Update("e1", 3, 2, [K3], [K2], 0.0, [], [(K3, "x", '{"a":1}')]))
+    assert entries.snapshot(replica) == snapshot_frame(replica)
+    decoded = v2.decode_server_frame_v2(entries.snapshot(replica))
+    assert isinstance(decoded, v2.Snapshot)
+    assert {e.key: e.record.status for e in decoded.entries} == {K1: "busy", K3: "x"}
