@@ -27,6 +27,7 @@ from workers.outputs import (
     Close,
     Emit,
     SnapshotCause,
+    StartRoute,
     Write,
     WriteSnapshot,
 )
@@ -321,3 +322,40 @@ def test_entries_kept_between_snapshots_follow_every_change_of_record() -> None:
     decoded = v2.decode_server_frame_v2(entries.snapshot(replica))
     assert isinstance(decoded, v2.Snapshot)
     assert {e.key: e.record.status for e in decoded.entries} == {K1: "busy", K3: "x"}
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+TYPES = ["auth", "set_record", "follow", "watch", "unwatch", "get_lobby", "send", "x"]
+FIELDS = ["status", "data", "scope", "keys", "record", "follow", "resume", "server", "to"]
+
+
+@st.composite
+def hostile(draw: st.DrawFn) -> str | bytes:
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=40) | st.text(max_size=40))
+    obj = draw(st.dictionaries(st.sampled_from(FIELDS), JSONISH, max_size=4))
+    obj["type"] = draw(st.sampled_from(TYPES))
+    return json.dumps(obj)
+
+
+@given(frames=st.lists(hostile(), max_size=12), first=hostile())
+def test_no_frame_crashes_a_version_2_connection(frames: list[str | bytes], first: str) -> None:
+    """Before auth: one frame, refused with a reason or taken; after: each is answered,
+    emits a record, asks for a snapshot or routes a send; the session stays."""
+    conn = fresh()
+    feed(conn, first)
+    replica = FakeReplica()
+    conn, _ = online(replica)
+    for i, frame in enumerate(frames):
+        outputs = feed(conn, frame, now=200.0 + i, replica=replica)
+        assert len(outputs) == 1, outputs
+        assert conn.state is State.AUTHENTICATED
+        (output,) = outputs
+        if isinstance(output, Write):
+            assert json.loads(output.frame)["type"] in ("error", "send_result")
+        else:
+            assert isinstance(output, Emit | WriteSnapshot | StartRoute), output
