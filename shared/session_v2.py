@@ -266,10 +266,13 @@ class SessionV2(Session):
 
     def resume_point(self) -> Resume | None:
         """What a reconnection's ``auth`` may resume from: the view's epoch and seq,
-        while the view is live (not stale, a snapshot or count applied)."""
+        while the view is live (not stale, a snapshot or count applied) and of the
+        scope followed."""
         view = self.view
         if view.epoch is None or view.seq is None or view.stale:
             return None
+        if view.scope is not (self.follow or Follow()).scope:
+            return None  # a change of scope is on its way
         return Resume(view.epoch, view.seq)
 
     def set_record(self, status: str | None = None, data: dict[str, Any] | None = None) -> None:
@@ -454,5 +457,6 @@ class SessionV2(Session):
 
     def apply_count_frame(self, msg: Count) -> CountChange:
         self.view.apply_count(msg)
+        self.snapshots_received += 1  # the count scope's snapshot
         self.resync_requested = False
         return CountChange(msg.epoch, msg.seq, msg.online)
