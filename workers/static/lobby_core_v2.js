@@ -28,9 +28,16 @@ import {
   SequenceGap,
 } from "./lobby_core.js";
 import { signV2 } from "./identity.js";
-import { MAX_WATCH_KEYS, checkRecord, encodeAuthV2, serverIdentity } from "./protocol_v2.js";
+import {
+  MAX_WATCH_KEYS,
+  PROTOCOL_VERSION_2,
+  SUBPROTOCOL,
+  checkRecord,
+  encodeAuthV2,
+  serverIdentity,
+} from "./protocol_v2.js";
 
-export { SUBPROTOCOL } from "./protocol_v2.js";
+export { SUBPROTOCOL };
 
 /** The lobby of a version 2 client (see the module comment). Changed only by apply*. */
 export class RecordView {
@@ -179,6 +186,23 @@ export class WantedV2 {
     if (problem) throw new TypeError(`record: ${problem}`);
     if (record !== undefined) this.record = { ...record };
     if (follow !== undefined) this.follow = checkFollow(follow);
+  }
+
+  /**
+   * The WantedV2 of a client made with `{ version, record, follow }`; null for version 1.
+   * @throws {TypeError} for another version, or record/follow without version 2
+   */
+  static forVersion(version, url, { record, follow }) {
+    if (version !== 1 && version !== 2) throw new TypeError(`version must be 1 or 2, not ${version}`);
+    if (version === 2) return new WantedV2(url, { record, follow });
+    if ((record ?? follow) !== undefined) throw new TypeError("record and follow need version 2");
+    return null;
+  }
+
+  /** Why a challenge on a socket with subprotocol `selected` is refused, or null. */
+  refusal(selected, version) {
+    if (selected !== SUBPROTOCOL) return "the server does not speak protocol version 2";
+    return version === PROTOCOL_VERSION_2 ? null : `the server speaks protocol ${version}, not 2`;
   }
 
   /** Checks `{status?, data?}` (at least one) and returns the `set_record` frame. */
