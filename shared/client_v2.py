@@ -23,6 +23,7 @@ reconnection) around a :class:`shared.session_v2.SessionV2` per connection. What
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Self
 
@@ -108,11 +109,9 @@ class _Wanted:
 
     def session(self, key: SigningKey) -> SessionV2:
         client, resume, view = self.client, None, None
-        if client is not None:  # a reconnection: continue from the last session
-            old = client.session
-            self.record, self.follow = old.record, old.follow
-            resume = old.resume_point()
-            view = None if resume is None else old.view
+        if client is not None:  # a reconnection: continue from the last session's view
+            resume = client.session.resume_point()
+            view = None if resume is None else client.session.view
         return SessionV2(
             key,
             self.url,
@@ -129,6 +128,7 @@ class LobbyClientV2(LobbyClient):
     module docstring). Create it with :meth:`connect`."""
 
     session: SessionV2
+    _wanted: _Wanted | None = None  # set once the first connection is online
 
     @classmethod
     def connect(
@@ -170,6 +170,7 @@ class LobbyClientV2(LobbyClient):
         async def factory() -> Self:
             client = await base
             wanted.client = client
+            client._wanted = wanted
             return client
 
         return Connecting(factory)
@@ -232,8 +233,26 @@ class LobbyClientV2(LobbyClient):
         self.session.unwatch(keys)
         await self._write_asked()
 
+    def _went_online(self) -> None:
+        """Online again: ask for what was asked while this connection was opening
+        (its ``auth`` was written before)."""
+        super()._went_online()
+        wanted, session = self._wanted, self.session
+        if wanted is None:
+            return
+        record = wanted.record
+        if record is not None and record != session.record:
+            data = None if record.data_json is None else json.loads(record.data_json)
+            session.set_record(record.status, data)
+        if wanted.follow is not None and wanted.follow != session.follow:
+            session.follow_as(wanted.follow)
+        self.flush()
+
     async def _write_asked(self) -> None:
-        frames = self.session.data_to_send()
+        session, wanted = self.session, self._wanted
+        if wanted is not None:  # what later connections ask for
+            wanted.record, wanted.follow = session.record, session.follow
+        frames = session.data_to_send()
         if self.status != "online":
             return  # the next connection's auth asks for it
         for frame in frames:

@@ -287,13 +287,13 @@ class SessionV2(Session):
         self._outbox.append(codec.set_record(status, data))
 
     def follow_lobby(self) -> None:
-        self._follow(Follow(Scope.LOBBY))
+        self.follow_as(Follow(Scope.LOBBY))
 
     def follow_count(self) -> None:
-        self._follow(Follow(Scope.COUNT))
+        self.follow_as(Follow(Scope.COUNT))
 
     def follow_watch(self, keys: Iterable[str]) -> None:
-        self._follow(Follow(Scope.WATCH, check_keys(keys, "follow_watch")))
+        self.follow_as(Follow(Scope.WATCH, check_keys(keys, "follow_watch")))
 
     def watch(self, keys: Iterable[str]) -> None:
         """Add ``keys`` to the watchlist (only while following one)."""
@@ -317,7 +317,9 @@ class SessionV2(Session):
     def _change_watchlist(self, what: str, keys: tuple[str, ...]) -> None:
         self.follow = Follow(Scope.WATCH, check_keys(keys, what))
 
-    def _follow(self, follow: Follow) -> None:
+    def follow_as(self, follow: Follow) -> None:
+        """Write ``follow`` for a scope already checked (``keys`` lowercase, distinct,
+        at most 1,000), as another session asked for it."""
         self.follow = follow
         self._outbox.append(codec.follow(follow))
 

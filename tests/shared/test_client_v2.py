@@ -176,3 +176,46 @@ def test_bad_options_are_refused_before_dialing(
 def test_a_url_that_is_no_server_identity_is_refused_before_dialing() -> None:
     with pytest.raises(ValueError, match="ftp://x/ws"):
         LobbyClientV2.connect("ftp://x/ws")
+
+
+def test_what_is_asked_while_a_reconnection_opens_is_asked_once_online() -> None:
+    opened, go, caught_up = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    frames: list[dict[str, Any]] = []
+    connections = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 2:
+            opened.set()  # the client made this connection's session already
+            await go.wait()
+        pk, auth = await handshake(ws)
+        frames.append(auth)
+        await ws.send(v2.auth_ok_v2(pk, "e1", 5, False))
+        await ws.send(snapshot(5, (pk, Record())))
+        if connections == 1:
+            await ws.close(1001, "going away")
+            return
+        frames.append(await recv_json(ws))
+        frames.append(await recv_json(ws))
+        caught_up.set()
+        await ws.wait_closed()
+
+    async def main() -> None:
+        server, url = await start(handler)
+        policy = ReconnectPolicy(initial=0.01, maximum=0.01)
+        async with server, LobbyClientV2.connect(url, reconnect=policy) as client:
+            await opened.wait()
+            assert client.status == "reconnecting"
+            await client.set_record(status="busy")
+            await client.follow_count()
+            go.set()
+            await caught_up.wait()
+            assert client.errors == [] and client.reconnects == 1
+        assert "record" not in frames[1] and "follow" not in frames[1]
+        assert frames[2:] == [
+            {"type": "set_record", "status": "busy"},
+            {"type": "follow", "scope": "count"},
+        ]
+
+    run(main(), timeout=30)
