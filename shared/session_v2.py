@@ -266,13 +266,13 @@ class SessionV2(Session):
 
     def resume_point(self) -> Resume | None:
         """What a reconnection's ``auth`` may resume from: the view's epoch and seq,
-        while the view is live (not stale, a snapshot or count applied) and of the
-        scope followed."""
+        while the view is live (not stale, a snapshot applied) and of the scope
+        followed, the whole lobby or a watchlist."""
         view = self.view
         if view.epoch is None or view.seq is None or view.stale:
             return None
-        if view.scope is not (self.follow or Follow()).scope:
-            return None  # a change of scope is on its way
+        if view.scope is Scope.COUNT or view.scope is not (self.follow or Follow()).scope:
+            return None  # a count has no updates to resume; or a change of scope is on its way
         return Resume(view.epoch, view.seq)
 
     def set_record(self, status: str | None = None, data: dict[str, Any] | None = None) -> None:
@@ -384,7 +384,7 @@ class SessionV2(Session):
                 ),
                 event,
             ]
-        if not isinstance(msg, Snapshot) or self.resumed:
+        if not isinstance(msg, Snapshot):  # a snapshot also replaces a resumed view
             wanted = "an update (resumed)" if self.resumed else "a snapshot or a count"
             raise ProtocolError(f"expected {wanted} after auth_ok, got {msg!r:.120}")
         change = self.apply_snapshot(msg)

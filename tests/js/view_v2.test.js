@@ -72,3 +72,19 @@ test("WantedV2 refuses bad records, scopes and keys with a TypeError naming them
   });
   assert.equal(wanted.follow.keys.length, 999);
 });
+
+test("WantedV2 resumes from a live view of the scope it follows, never from a count", () => {
+  const wanted = new WantedV2("ws://127.0.0.1:8765/ws");
+  const view = new RecordView();
+  assert.equal(wanted.resumeFrom(view), undefined, "no view yet");
+  applyFrameV2(view, { type: "snapshot", epoch: "e1", seq: 5, scope: "lobby", entries: [] });
+  assert.deepEqual(wanted.resumeFrom(view), { epoch: "e1", seq: 5 });
+  wanted.setFollow({ scope: "watch", keys: [] });
+  assert.equal(wanted.resumeFrom(view), undefined, "a change of scope is on its way");
+  wanted.setFollow({ scope: "lobby" });
+  assert.throws(() => applyFrameV2(view, { type: "update", seq: 9, prev: 8, joined: [], updated: [], left: [] }));
+  assert.equal(wanted.resumeFrom(view), undefined, "stale");
+  wanted.setFollow({ scope: "count" });
+  applyFrameV2(view, { type: "count", epoch: "e1", seq: 9, online: 3 });
+  assert.equal(wanted.resumeFrom(view), undefined, "a count has no updates to resume");
+});

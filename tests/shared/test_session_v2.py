@@ -236,3 +236,13 @@ def test_a_watchlist_may_not_grow_past_its_bound() -> None:
     with pytest.raises(ValueError, match="at most 1000"):
         session.watch([OTHER])
     assert session.data_to_send() == [] and len(session.follow.keys) == 1000  # type: ignore[union-attr]
+
+
+def test_a_count_is_not_resumed_and_a_snapshot_may_answer_a_resume() -> None:
+    session = authenticated(follow=v2.Follow(Scope.COUNT))
+    session.receive(v2.auth_ok_v2(ME, "e1", 9, False))
+    session.receive(v2.count("e1", 9, 3))
+    assert session.resume_point() is None
+    resumed = _resuming(7)
+    (event,) = resumed.receive(snapshot(9, ME))
+    assert isinstance(event, Online) and resumed.view.records == {ME: Record()}

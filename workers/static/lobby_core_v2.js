@@ -232,10 +232,11 @@ export class WantedV2 {
     return { type, keys: changed };
   }
 
-  /** Where a new connection may resume from: the view's epoch and seq, if live. */
+  /** Where a new connection may resume from: the view's epoch and seq, if live (a count has none). */
   resumeFrom(view) {
-    const live = view instanceof RecordView && view.seq !== null && !view.stale;
-    return live && view.scope === (this.follow?.scope ?? "lobby") ? { epoch: view.epoch, seq: view.seq } : undefined;
+    const live = view instanceof RecordView && view.seq !== null && !view.stale && view.scope !== "count";
+    const same = live && view.scope === (this.follow?.scope ?? "lobby"); // else: a change is on its way
+    return same ? { epoch: view.epoch, seq: view.seq } : undefined;
   }
 
   /** The `auth` text answering `nonce`, for `identity`, resuming from `view` if it can. */
