@@ -27,7 +27,13 @@ const ME = VECTOR.publicKey;
 const A = key("a");
 const B = key("b");
 const challenge = { type: "challenge", version: 2, nonce: VECTOR.nonce };
-const authOk = (seq, resumed = false) => ({ type: "auth_ok", publicKey: ME, epoch: "e1", seq, resumed });
+const authOk = (seq, resumed = false) => ({
+  type: "auth_ok",
+  publicKey: ME,
+  epoch: "e1",
+  seq,
+  resumed,
+});
 
 async function setup(options = {}, selects = ["presence.v2"]) {
   const { FakeWebSocket, sockets } = fakeWebSocketClass({ selects });
@@ -61,14 +67,26 @@ async function handshake(sockets, first = snapshotV2("e1", 10, [{ key: ME }, { k
 
 test("fakes: the test encoder writes frames the codec reads back", () => {
   const data = { name: "Ada" };
-  const snap = decodeServerFrameV2(snapshotV2("e1", 7, [{ key: A, status: "in a call", data }], "watch"));
+  const snap = decodeServerFrameV2(
+    snapshotV2("e1", 7, [{ key: A, status: "in a call", data }], "watch"),
+  );
   assert.deepEqual(snap, {
-    type: "snapshot", epoch: "e1", seq: 7, scope: "watch",
+    type: "snapshot",
+    epoch: "e1",
+    seq: 7,
+    scope: "watch",
     entries: [{ key: A, status: "in a call", data }],
   });
-  const update = decodeServerFrameV2(updateV2(9, 7, { updated: [{ key: A, status: "away" }], left: [B] }));
+  const update = decodeServerFrameV2(
+    updateV2(9, 7, { updated: [{ key: A, status: "away" }], left: [B] }),
+  );
   assert.deepEqual(update, {
-    type: "update", seq: 9, prev: 7, joined: [], updated: [{ key: A, status: "away", data: {} }], left: [B],
+    type: "update",
+    seq: 9,
+    prev: 7,
+    joined: [],
+    updated: [{ key: A, status: "away", data: {} }],
+    left: [B],
   });
 });
 
@@ -85,16 +103,36 @@ test("v2: offers presence.v2, signs for the URL's server identity, keeps records
   assert.deepEqual(auth.record, { status: "busy", data: { name: "Me" } });
   assert.equal(auth.follow, undefined);
   const publicKey = await crypto.subtle.importKey(
-    "raw", Buffer.from(ME, "hex"), { name: "Ed25519" }, false, ["verify"]);
+    "raw",
+    Buffer.from(ME, "hex"),
+    { name: "Ed25519" },
+    false,
+    ["verify"],
+  );
   const payload = signedPayloadV2(SERVER, VECTOR.nonce);
-  assert.ok(await crypto.subtle.verify({ name: "Ed25519" }, publicKey, Buffer.from(auth.signature, "hex"), payload));
+  assert.ok(
+    await crypto.subtle.verify(
+      { name: "Ed25519" },
+      publicKey,
+      Buffer.from(auth.signature, "hex"),
+      payload,
+    ),
+  );
 
   assert.ok(client.view instanceof RecordView);
   assert.equal(client.status, "online");
-  ws.receiveBinary(updateV2(11, 10, { joined: [{ key: B, data: { name: "Bo" } }], updated: [{ key: A, status: "away" }] }));
+  ws.receiveBinary(
+    updateV2(11, 10, {
+      joined: [{ key: B, data: { name: "Bo" } }],
+      updated: [{ key: A, status: "away" }],
+    }),
+  );
   assert.deepEqual(client.view.records.get(B), { status: "online", data: { name: "Bo" } });
   assert.deepEqual(client.view.records.get(A), { status: "away", data: {} });
-  assert.deepEqual(events.map(([type]) => type), ["sync", "join", "update"]);
+  assert.deepEqual(
+    events.map(([type]) => type),
+    ["sync", "join", "update"],
+  );
   assert.deepEqual(events[2][1], { seq: 11, joined: [B], left: [], updated: [A] });
 
   client.setRecord({ status: "away" });
@@ -116,8 +154,14 @@ test("v2: offers presence.v2, signs for the URL's server identity, keeps records
 });
 
 test("v2: bad requests throw a TypeError and write nothing", async () => {
-  assert.throws(() => new LobbyClient(URL, { identity: { publicKey: ME }, WebSocket: class {}, version: 3 }), /version must be 1 or 2/);
-  assert.throws(() => new LobbyClient(URL, { identity: { publicKey: ME }, WebSocket: class {}, record: {} }), /need version 2/);
+  assert.throws(
+    () => new LobbyClient(URL, { identity: { publicKey: ME }, WebSocket: class {}, version: 3 }),
+    /version must be 1 or 2/,
+  );
+  assert.throws(
+    () => new LobbyClient(URL, { identity: { publicKey: ME }, WebSocket: class {}, record: {} }),
+    /need version 2/,
+  );
   const { client, sockets } = await setup();
   const connected = client.connect();
   const { ws } = await handshake(sockets);
@@ -133,7 +177,11 @@ test("v2: a server that selects no subprotocol is refused, and not retried", asy
   const { client, sockets, clock } = await setup({}, []);
   const connected = client.connect();
   sockets[0].receive(challenge);
-  await assert.rejects(connected, (error) => error instanceof ProtocolError && /does not speak protocol version 2/.test(error.message));
+  await assert.rejects(
+    connected,
+    (error) =>
+      error instanceof ProtocolError && /does not speak protocol version 2/.test(error.message),
+  );
   assert.equal(client.status, "closed");
   assert.deepEqual(clock.pending(), []);
   assert.equal(sockets[0].sentOfType("auth").length, 0);

@@ -82,7 +82,9 @@ test("WantedV2 resumes from a live view of the scope it follows, never from a co
   wanted.setFollow({ scope: "watch", keys: [] });
   assert.equal(wanted.resumeFrom(view), undefined, "a change of scope is on its way");
   wanted.setFollow({ scope: "lobby" });
-  assert.throws(() => applyFrameV2(view, { type: "update", seq: 9, prev: 8, joined: [], updated: [], left: [] }));
+  assert.throws(() =>
+    applyFrameV2(view, { type: "update", seq: 9, prev: 8, joined: [], updated: [], left: [] }),
+  );
   assert.equal(wanted.resumeFrom(view), undefined, "stale");
   wanted.setFollow({ scope: "count" });
   applyFrameV2(view, { type: "count", epoch: "e1", seq: 9, online: 3 });

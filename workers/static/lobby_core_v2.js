@@ -99,23 +99,30 @@ export class RecordView {
       throw new SequenceGap(`update ${seq}: no view to apply it to`);
     }
     if (prev !== this.seq) {
-      if (seq <= this.seq) throw new DuplicateUpdate(`update ${seq} repeats: the view is at ${this.seq}`);
+      if (seq <= this.seq)
+        throw new DuplicateUpdate(`update ${seq} repeats: the view is at ${this.seq}`);
       throw new SequenceGap(`update ${seq} follows ${prev}, but the view is at ${this.seq}`);
     }
     const leaving = new Set(left);
     const joining = new Set(joined.map((entry) => entry.key));
     const changing = new Set(updated.map((entry) => entry.key));
-    if (leaving.size !== left.length || joining.size !== joined.length || changing.size !== updated.length) {
+    if (
+      leaving.size !== left.length ||
+      joining.size !== joined.length ||
+      changing.size !== updated.length
+    ) {
       throw new InconsistentUpdate(`update ${seq} lists a key twice in one list`);
     }
     for (const key of changing) {
       if (joining.has(key) || leaving.has(key)) {
         throw new InconsistentUpdate(`update ${seq} lists an updated key twice`);
       }
-      if (!this.#records.has(key)) throw new InconsistentUpdate(`update ${seq}: ${key} updated but not online`);
+      if (!this.#records.has(key))
+        throw new InconsistentUpdate(`update ${seq}: ${key} updated but not online`);
     }
     for (const key of leaving) {
-      if (!this.#records.has(key)) throw new InconsistentUpdate(`update ${seq}: ${key} left but not online`);
+      if (!this.#records.has(key))
+        throw new InconsistentUpdate(`update ${seq}: ${key} left but not online`);
     }
     for (const key of joining) {
       if (this.#records.has(key) && !leaving.has(key)) {
@@ -143,7 +150,13 @@ export function applyFrameV2(view, frame) {
   if (frame?.type === "update") {
     view.applyUpdate(frame);
     const keys = (entries) => entries.map((entry) => entry.key);
-    return { kind: "update", seq: frame.seq, joined: keys(frame.joined), left: frame.left, updated: keys(frame.updated) };
+    return {
+      kind: "update",
+      seq: frame.seq,
+      joined: keys(frame.joined),
+      left: frame.left,
+      updated: keys(frame.updated),
+    };
   }
   throw new ProtocolError(`not a lobby frame: ${frame?.type}`);
 }
@@ -161,14 +174,18 @@ function checkKeys(keys, what) {
 }
 
 function checkFollow(follow) {
-  const fields = Object.keys(follow ?? {}).sort().join();
+  const fields = Object.keys(follow ?? {})
+    .sort()
+    .join();
   if (fields === "scope" && (follow.scope === "lobby" || follow.scope === "count")) {
     return { scope: follow.scope };
   }
   if (fields === "keys,scope" && follow.scope === "watch") {
     return { scope: "watch", keys: checkKeys(follow.keys, "follow") };
   }
-  throw new TypeError('follow must be {scope: "lobby"}, {scope: "count"} or {scope: "watch", keys}');
+  throw new TypeError(
+    'follow must be {scope: "lobby"}, {scope: "count"} or {scope: "watch", keys}',
+  );
 }
 
 /** What a version 2 client asks for, and the frames that ask (see the module comment). */
@@ -193,7 +210,8 @@ export class WantedV2 {
    * @throws {TypeError} for another version, or record/follow without version 2
    */
   static forVersion(version, url, { record, follow }) {
-    if (version !== 1 && version !== 2) throw new TypeError(`version must be 1 or 2, not ${version}`);
+    if (version !== 1 && version !== 2)
+      throw new TypeError(`version must be 1 or 2, not ${version}`);
     if (version === 2) return new WantedV2(url, { record, follow });
     if ((record ?? follow) !== undefined) throw new TypeError("record and follow need version 2");
     return null;
@@ -207,7 +225,9 @@ export class WantedV2 {
 
   /** Checks `{status?, data?}` (at least one) and returns the `set_record` frame. */
   setRecord({ status, data } = {}) {
-    const record = Object.fromEntries(Object.entries({ status, data }).filter(([, v]) => v !== undefined));
+    const record = Object.fromEntries(
+      Object.entries({ status, data }).filter(([, v]) => v !== undefined),
+    );
     const problem = checkRecord(record);
     if (problem) throw new TypeError(`setRecord: ${problem}`);
     if (Object.keys(record).length === 0) throw new TypeError("setRecord: needs status or data");
@@ -223,18 +243,21 @@ export class WantedV2 {
 
   /** Adds (`watch`) or removes (`unwatch`) keys of the watchlist; returns the frame. */
   changeWatchlist(type, keys) {
-    if (this.follow?.scope !== "watch") throw new TypeError(`${type}: needs a watchlist: followWatch first`);
+    if (this.follow?.scope !== "watch")
+      throw new TypeError(`${type}: needs a watchlist: followWatch first`);
     const changed = checkKeys(keys, type);
-    const kept = type === "watch"
-      ? [...this.follow.keys, ...changed]
-      : this.follow.keys.filter((key) => !changed.includes(key));
+    const kept =
+      type === "watch"
+        ? [...this.follow.keys, ...changed]
+        : this.follow.keys.filter((key) => !changed.includes(key));
     this.follow = { scope: "watch", keys: checkKeys(kept, type) };
     return { type, keys: changed };
   }
 
   /** Where a new connection may resume from: the view's epoch and seq, if live (a count has none). */
   resumeFrom(view) {
-    const live = view instanceof RecordView && view.seq !== null && !view.stale && view.scope !== "count";
+    const live =
+      view instanceof RecordView && view.seq !== null && !view.stale && view.scope !== "count";
     const same = live && view.scope === (this.follow?.scope ?? "lobby"); // else: a change is on its way
     return same ? { epoch: view.epoch, seq: view.seq } : undefined;
   }
@@ -244,6 +267,13 @@ export class WantedV2 {
     const signature = await signV2(identity.privateKey, this.server, nonce);
     const { record, follow } = this;
     const resume = this.resumeFrom(view);
-    return encodeAuthV2({ publicKey: identity.publicKey, signature, server: this.server, record, follow, resume });
+    return encodeAuthV2({
+      publicKey: identity.publicKey,
+      signature,
+      server: this.server,
+      record,
+      follow,
+      resume,
+    });
   }
 }
