@@ -263,6 +263,9 @@ def connect_version(version: int, arguments: dict[str, Any]) -> Connecting[Lobby
     """:meth:`LobbyClient.connect` for a ``version`` other than 1 (``arguments`` are
     its own)."""
     extra = arguments.pop("v2")
+    unknown = sorted(set(extra) - {"record", "follow"})
+    if unknown:
+        raise TypeError(f"LobbyClient.connect() got unexpected keyword arguments {unknown}")
     if version == 1:
         raise TypeError(f"{sorted(extra)}: these options need version=2")
     if version != 2:

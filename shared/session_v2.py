@@ -136,11 +136,18 @@ class RecordView:
         current = self.seq if self.scope is not Scope.COUNT else None
         try:
             if current is None or self.stale:
-                raise SequenceGap(None, upd.seq)  # no view to apply it to
+                why = (
+                    "the view is stale: waiting for a snapshot"
+                    if self.stale
+                    else "before any snapshot"
+                    if self.seq is None
+                    else "the count scope has no updates"
+                )
+                raise _gap(None, upd, why)
             if upd.prev != current:
                 if upd.seq <= current:
                     raise DuplicateUpdate(current, upd.seq)
-                raise SequenceGap(current, upd.prev)
+                raise _gap(current, upd, f"prev {upd.prev}, but the view is at {current}")
             self._apply(upd)
         except ViewError as exc:
             if not isinstance(exc, DuplicateUpdate):
@@ -168,6 +175,12 @@ class RecordView:
         for entry in (*upd.joined, *upd.updated):
             self.records[entry.key] = entry.record
         self.seq = upd.seq
+
+
+def _gap(current: int | None, upd: Update, why: str) -> SequenceGap:
+    gap = SequenceGap(current, upd.prev)
+    gap.args = (f"update seq {upd.seq}: {why}",)
+    return gap
 
 
 # --------------------------------------------------------------------------- events

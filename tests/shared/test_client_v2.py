@@ -219,3 +219,9 @@ def test_what_is_asked_while_a_reconnection_opens_is_asked_once_online() -> None
         ]
 
     run(main(), timeout=30)
+
+
+def test_a_misspelt_option_is_named() -> None:
+    for version in (1, 2):
+        with pytest.raises(TypeError, match="unexpected keyword arguments \\['recrod'\\]"):
+            LobbyClient.connect("ws://127.0.0.1:9/ws", version=version, recrod={})
