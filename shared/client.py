@@ -243,6 +243,8 @@ class LobbyClient:
         reconnect: bool | ReconnectPolicy = False,
         opener: Opener | None = None,
         session_factory: Callable[[SigningKey], Session] | None = None,
+        version: int = 1,
+        **v2: Any,
     ) -> Connecting[Self]:
         """Connect, authenticate and wait for the first snapshot.
 
@@ -285,10 +287,17 @@ class LobbyClient:
           websockets' client with the options above.
         * ``session_factory`` (None): makes each connection's
           :class:`~shared.session.Session` (by default ``Session(key)``).
+        * ``version`` (1): 2 speaks protocol version 2, and takes ``record`` and
+          ``follow`` too (:meth:`shared.client_v2.LobbyClientV2.connect`).
 
         Raises :class:`AuthFailed`, :class:`ConnectionRefusedByServer`,
         :class:`ProtocolError`, :class:`TimeoutError` or :class:`OSError`.
         """
+        if version != 1 or v2:
+            arguments = dict(locals())
+            from shared.client_v2 import connect_version  # imports this module
+
+            return connect_version(version, arguments)  # type: ignore[return-value]
         key = signing_key if signing_key is not None else generate_signing_key()
         if opener is None:
             opener = websockets_opener(

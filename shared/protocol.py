@@ -503,16 +503,22 @@ def parse_server_frame(frame: str | bytes) -> ServerMessage:
     """
     if not isinstance(frame, str):
         raise ServerProtocolError("a binary frame: the protocol sends text frames only")
+    return decode_json_frame(frame, _SERVER_DECODERS)
+
+
+def decode_json_frame(frame: str, decoders: Mapping[str, Callable[[_Fields], _T]]) -> _T:
+    """The typed message a server's text frame holds, by its ``type`` and ``decoders``
+    (version 1's, or version 2's); raises :class:`ServerProtocolError` and nothing else."""
     try:
         obj = json.loads(frame)
     except (ValueError, RecursionError) as exc:
-        raise ServerProtocolError(f"not JSON ({exc}): {frame[:80]!r}") from exc
+        raise ServerProtocolError(f"not JSON ({exc}): {frame[:80]!r}") from None
     if not isinstance(obj, dict):
         raise ServerProtocolError(f"not a JSON object: {frame[:80]!r}")
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ServerProtocolError(f"field 'type' missing or not a string: {frame[:80]!r}")
-    decode = _SERVER_DECODERS.get(kind)
+    decode = decoders.get(kind)
     if decode is None:
         raise ServerProtocolError(f"unknown frame type {kind[:40]!r}", kind)
     return decode(_Fields(kind, obj))
@@ -581,6 +587,7 @@ _JSON_NAMES: Final[dict[type, str]] = {
 }
 
 _E = TypeVar("_E", bound=enum.Enum)
+_T = TypeVar("_T")
 
 
 def _members(enum_type: type[_E]) -> dict[str, _E]:

@@ -21,6 +21,7 @@ where it is parsed.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 
 Record = tuple[str, str]
@@ -37,27 +38,57 @@ MAX_STATUS_BYTES: Final = 32
 MAX_DATA_BYTES: Final = 255
 """Bytes of UTF-8 of a record's compact ``data`` at most (it fits a length byte)."""
 
-_CONTROL: Final = frozenset([*map(chr, range(0x20)), "\x7f"])
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""C0 and C1 control characters and DEL: never in a status (shown to every watcher)."""
+
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def status_problem(value: object) -> str | None:
+    """Why ``value`` is not a status a record may hold, or None when it is one: a string
+    of 1 to :data:`MAX_STATUS_BYTES` bytes of UTF-8 without control characters
+    (U+0000-U+001F, U+007F-U+009F)."""
+    if not isinstance(value, str):
+        return "status must be a string"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "status is not valid Unicode (a lone surrogate)"
+    if not 1 <= size <= MAX_STATUS_BYTES:
+        return f"status must be 1-{MAX_STATUS_BYTES} bytes of UTF-8, not {size}"
+    if _CONTROL.search(value):
+        return "status holds a control character"
+    return None
 
 
 def is_status(status: str) -> bool:
     """Whether ``status`` is a status a record may hold."""
+    return status_problem(status) is None
+
+
+def compact_data(value: object) -> str:
+    """The compact JSON encoding of a data object, as the server holds and sends it (no
+    spaces, text beyond ASCII as UTF-8). Raises :class:`ValueError`, saying why, when
+    ``value`` is not a JSON object within :data:`MAX_DATA_BYTES`."""
+    if not isinstance(value, dict):
+        raise ValueError("data must be a JSON object")
     try:
-        size = len(status.encode())
-    except UnicodeEncodeError:  # a lone surrogate: not UTF-8 at all
-        return False
-    return 0 < size <= MAX_STATUS_BYTES and _CONTROL.isdisjoint(status)
+        text = _compact(value)
+        size = len(text.encode("utf-8"))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise ValueError(f"data cannot be encoded as JSON: {exc}") from None
+    # UnicodeEncodeError is a ValueError: a lone surrogate lands above.
+    if size > MAX_DATA_BYTES:
+        raise ValueError(f"data must encode to at most {MAX_DATA_BYTES} bytes, not {size}")
+    return text
 
 
 def encode_data(obj: dict[str, Any]) -> str | None:
-    """The compact encoding of a JSON object (what the server stores and sends), or
-    ``None`` when it cannot be data: too long, or not encodable as UTF-8 JSON."""
+    """:func:`compact_data`, or ``None`` when ``obj`` cannot be data."""
     try:
-        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        size = len(text.encode())
-    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+        return compact_data(obj)
+    except ValueError:
         return None
-    return text if size <= MAX_DATA_BYTES else None
 
 
 def is_data(text: str) -> bool:

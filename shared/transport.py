@@ -75,11 +75,15 @@ def websockets_opener(
     proxy: str | Literal[True] | None = None,
     ssl: ssl_module.SSLContext | None = None,
     local_addr: Callable[[], tuple[str, int] | None] | None = None,
+    subprotocols: list[str] | None = None,
 ) -> Opener:
     """The default :data:`Opener`: websockets' client with these options (see
     :meth:`LobbyClient.connect`); ``local_addr`` names the source address of each
-    new connection (None: any)."""
+    new connection (None: any); ``subprotocols`` are offered in the upgrade (the
+    connection's ``subprotocol`` is then the one the server selected, or None)."""
     tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl}
+    if subprotocols is not None:
+        tls["subprotocols"] = subprotocols  # passed along with the TLS options
 
     async def open_websocket(url: str) -> Transport:
         bind = None if local_addr is None else local_addr()

@@ -231,40 +231,47 @@ def test_4005_only_for_a_client_that_made_no_reading_progress_for_long(
                 break
         return statuses
 
-    async def scenario() -> None:
-        async with LobbyClient.connect(url) as sender:
-            slow = await RawClient.login(url)
-            stop = asyncio.Event()
-            flooding = asyncio.create_task(flood(sender, slow.key, stop))
-            # Reads a frame every 50 ms (a slow link) for three stall timeouts.
-            loop = asyncio.get_running_loop()
-            until_time = loop.time() + 4.5
-            while loop.time() < until_time:
-                slow.apply(json.loads(await asyncio.wait_for(slow.ws.recv(), 5)))
-                await asyncio.sleep(0.05)  # the slow link's pace, not synchronisation
-            assert slow.ws.close_code is None
-            stop.set()
-            statuses = await flooding
-            assert "delivered" in statuses and set(statuses) <= {"delivered", "rejected"}
+    async def reads_slowly(sender: LobbyClient) -> None:
+        slow = await RawClient.login(url)
+        stop = asyncio.Event()
+        flooding = asyncio.create_task(flood(sender, slow.key, stop))
+        # Reads a frame every 50 ms (a slow link) for three stall timeouts.
+        loop = asyncio.get_running_loop()
+        until_time = loop.time() + 4.5
+        while loop.time() < until_time:
+            slow.apply(json.loads(await asyncio.wait_for(slow.ws.recv(), 5)))
+            await asyncio.sleep(0.05)  # the slow link's pace, not synchronisation
+        assert slow.ws.close_code is None
+        stop.set()
+        statuses = await flooding
+        assert "delivered" in statuses and set(statuses) <= {"delivered", "rejected"}
+        slow.ws.transport.abort()  # a close handshake would wait behind its backlog
 
-            stalled = await RawClient.login(url)
-            await sender.wait_for_view(lambda v: stalled.key in v)
-            start = loop.time()
-            refused = 0
-            while stalled.ws.close_code is None and loop.time() - start < 10:
-                result = await sender.send(stalled.key, BODY)
-                refused += result.rejected
-                if refused >= 10:
-                    break  # its backlog is at the bound: now it only has to not read
-                await asyncio.sleep(0.02)  # the sender's pace: let the backlog settle
-            # It does not read: the server gives up on it after the stall timeout, and
-            # everyone sees it leave. It then reads, and finds the close code.
-            await sender.wait_for_view(lambda v: stalled.key not in v, timeout=10)
-            took = loop.time() - start
-            code, reason = await stalled.read_to_close(timeout=10)
-            assert (code, reason) == (CloseCode.SLOW_CONSUMER, "slow_consumer")
-            assert 1.5 <= took < 6, took
-            slow.ws.transport.abort()  # a close handshake would wait behind its backlog
+    async def stops_reading(sender: LobbyClient) -> None:
+        loop = asyncio.get_running_loop()
+        stalled = await RawClient.login(url)
+        await sender.wait_for_view(lambda v: stalled.key in v)
+        start = loop.time()
+        refused = 0
+        while stalled.ws.close_code is None and loop.time() - start < 10:
+            result = await sender.send(stalled.key, BODY)
+            refused += result.rejected
+            if refused >= 10:
+                break  # its backlog is at the bound: now it only has to not read
+            await asyncio.sleep(0.02)  # the sender's pace: let the backlog settle
+        # It does not read: the server gives up on it after the stall timeout, and
+        # everyone sees it leave. It then reads, and finds the close code.
+        await sender.wait_for_view(lambda v: stalled.key not in v, timeout=10)
+        took = loop.time() - start
+        code, reason = await stalled.read_to_close(timeout=10)
+        assert (code, reason) == (CloseCode.SLOW_CONSUMER, "slow_consumer")
+        assert 1.5 <= took < 6, took
+
+    async def scenario() -> None:
+        # Both at once, each with a sender of its own: the slow reader is kept busy (and
+        # must stay connected) while the stalled one is closed beside it.
+        async with LobbyClient.connect(url) as one, LobbyClient.connect(url) as other:
+            await asyncio.gather(reads_slowly(one), stops_reading(other))
 
     run(scenario())
 

@@ -1,6 +1,8 @@
 """Presence records in protocol version 2: a status and a small JSON object of data.
 
-A record is validated once, where it enters (a client's ``auth`` or ``set_record``, or
+The rules (bounds, what a status may hold, the compact encoding of data) are
+:mod:`shared.records`'s, which every process checks records by. A record is validated
+once, where it enters (a client's ``auth`` or ``set_record``, or
 a server's binary entry), and held in its wire form from then on: the status as text,
 the data as its compact JSON encoding (``data_json``), the exact bytes a binary entry
 carries, so the server never re-encodes a record to frame it.
@@ -9,24 +11,23 @@ carries, so the server never re-encodes a record to frame it.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-ONLINE: Final = "online"
-AWAY: Final = "away"
-BUSY: Final = "busy"
-STATUS_CODES: Final = {ONLINE: 0, AWAY: 1, BUSY: 2}
+from shared import records as rules
+
+ONLINE, AWAY, BUSY = rules.STATUS_NAMES
+STATUS_CODES: Final = {name: code for code, name in enumerate(rules.STATUS_NAMES)}
 """The named statuses' codes in a binary entry's flags (bits 0-1)."""
 CUSTOM_STATUS: Final = 3
 """The code of a custom status: its UTF-8 bytes follow in the entry."""
 STATUS_NAMES: Final = {code: name for name, code in STATUS_CODES.items()}
-MAX_STATUS_BYTES: Final = 32
-MAX_DATA_BYTES: Final = 255
-EMPTY_DATA: Final = "{}"
-_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+MAX_STATUS_BYTES: Final = rules.MAX_STATUS_BYTES
+MAX_DATA_BYTES: Final = rules.MAX_DATA_BYTES
+EMPTY_DATA: Final = rules.DEFAULT_DATA
 
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+check_status = rules.status_problem
+compact_data = rules.compact_data
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,39 +62,6 @@ class RecordChange:
             record.status if self.status is None else self.status,
             record.data_json if self.data_json is None else self.data_json,
         )
-
-
-def check_status(value: object) -> str | None:
-    """Why ``value`` is not a status, or None when it is one: a string of 1-32 bytes of
-    UTF-8 with no control characters (U+0000-U+001F, U+007F-U+009F)."""
-    if not isinstance(value, str):
-        return "status must be a string"
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "status is not valid Unicode (a lone surrogate)"
-    if not 1 <= size <= MAX_STATUS_BYTES:
-        return f"status must be 1-{MAX_STATUS_BYTES} bytes of UTF-8, not {size}"
-    if _CONTROL.search(value):
-        return "status holds a control character"
-    return None
-
-
-def compact_data(value: object) -> str:
-    """The compact JSON encoding of a data object, as the server re-encodes it (no
-    spaces, text beyond ASCII as UTF-8). Raises :class:`ValueError` when ``value`` is
-    not a JSON object within the limit of :data:`MAX_DATA_BYTES`."""
-    if not isinstance(value, dict):
-        raise ValueError("data must be a JSON object")
-    try:
-        text = _compact(value)
-        size = len(text.encode("utf-8"))
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise ValueError(f"data cannot be encoded as JSON: {exc}") from None
-    # UnicodeEncodeError is a ValueError: a lone surrogate lands above.
-    if size > MAX_DATA_BYTES:
-        raise ValueError(f"data must encode to at most {MAX_DATA_BYTES} bytes, not {size}")
-    return text
 
 
 def parse_record_change(obj: object, *, require_one: bool) -> RecordChange | str:

@@ -30,6 +30,7 @@ from shared.protocol import (
     _known,
     _members,
     _send_result,
+    decode_json_frame,
 )
 from shared.v2.client import SEQ_LIMIT, Scope, check_epoch, check_seq
 from shared.v2.identity import AuthFailureV2
@@ -373,19 +374,7 @@ def _is_json_object(text: str) -> bool:
 
 
 def _decode_json(frame: str) -> ServerMessageV2:
-    try:
-        obj = json.loads(frame)
-    except (ValueError, RecursionError) as exc:
-        raise ServerProtocolError(f"not JSON ({exc}): {frame[:80]!r}") from None
-    if not isinstance(obj, dict):
-        raise ServerProtocolError(f"not a JSON object: {frame[:80]!r}")
-    kind = obj.get("type")
-    if not isinstance(kind, str):
-        raise ServerProtocolError(f"field 'type' missing or not a string: {frame[:80]!r}")
-    decode = _JSON_DECODERS.get(kind)
-    if decode is None:
-        raise ServerProtocolError(f"unknown frame type {kind[:40]!r}", kind)
-    return decode(_Fields(kind, obj))
+    return decode_json_frame(frame, _JSON_DECODERS)
 
 
 def _epoch(f: _Fields) -> str:

@@ -1,6 +1,7 @@
 // Test doubles for lobby.js: a scriptable WebSocket, a manual clock and a quiet logger.
 // Not a test file itself (node --test picks only *.test.js here).
 
+import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 
 import { identityFromKeyPair } from "../../workers/static/lobby.js";
@@ -56,11 +57,15 @@ export async function identityFromSeed(seed) {
  * A WebSocket class whose instances the test drives as the server would. Each call
  * makes a class with its own list of sockets, so tests do not share state.
  */
-export function fakeWebSocketClass() {
+export function fakeWebSocketClass({ selects = [] } = {}) {
   const sockets = [];
   class FakeWebSocket {
-    constructor(url) {
+    /** `selects`: the subprotocols this fake server selects, when a client offers one. */
+    constructor(url, protocols = []) {
       this.url = url;
+      this.protocols = protocols;
+      this.protocol = protocols.find((name) => selects.includes(name)) ?? "";
+      this.binaryType = "blob";
       /** Frames the client wrote, parsed. */
       this.sent = [];
       /** [code, reason] of each close() the client made. */
@@ -76,6 +81,12 @@ export function fakeWebSocketClass() {
     /** The server writes a frame (an object, or raw text). */
     receive(frame) {
       this.onmessage({ data: typeof frame === "string" ? frame : JSON.stringify(frame) });
+    }
+    /** The server writes a binary frame (bytes or hex), delivered as the client asked. */
+    receiveBinary(frame) {
+      const bytes = typeof frame === "string" ? Buffer.from(frame, "hex") : frame;
+      assert.equal(this.binaryType, "arraybuffer", "binary frames need binaryType arraybuffer");
+      this.onmessage({ data: new Uint8Array(bytes).buffer });
     }
     /** The connection ends with this close code. */
     drop(code, reason = "") {
@@ -143,4 +154,35 @@ export function recordEvents(target, types) {
     target.addEventListener(type, (event) => events.push([type, event.detail]));
   }
   return events;
+}
+
+/**
+ * Binary lobby frames of protocol version 2, as a server writes them (for tests; the
+ * layouts of docs/PROTOCOL.md). An entry is `{ key, status = "online", data }`.
+ */
+const NAMED = { online: 0, away: 1, busy: 2 };
+const u32 = (n) => [(n >>> 24) & 255, (n >>> 16) & 255, (n >>> 8) & 255, n & 255];
+const u64 = (n) => [...u32(Math.floor(n / 2 ** 32)), ...u32(n % 2 ** 32)];
+const utf8 = (text) => [...new TextEncoder().encode(text)];
+
+function entryBytes({ key: hex, status = "online", data }) {
+  const custom = !(status in NAMED);
+  const flags = (custom ? 3 : NAMED[status]) | (data ? 0x80 : 0);
+  const out = [...Buffer.from(hex, "hex"), flags];
+  if (custom) out.push(utf8(status).length, ...utf8(status));
+  if (data) out.push(utf8(JSON.stringify(data)).length, ...utf8(JSON.stringify(data)));
+  return out;
+}
+
+const list = (entries) => [...u32(entries.length), ...entries.flatMap(entryBytes)];
+
+export function snapshotV2(epoch, seq, entries, scope = "lobby") {
+  const head = [1, epoch.length, ...utf8(epoch), ...u64(seq), scope === "watch" ? 1 : 0];
+  return new Uint8Array([...head, ...list(entries)]);
+}
+
+export function updateV2(seq, prev, { joined = [], updated = [], left = [] } = {}) {
+  const gone = left.flatMap((hex) => [...Buffer.from(hex, "hex")]);
+  const body = [...list(joined), ...list(updated), ...u32(left.length), ...gone];
+  return new Uint8Array([2, ...u64(seq), ...u64(prev), ...body]);
 }

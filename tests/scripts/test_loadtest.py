@@ -722,10 +722,23 @@ def cluster() -> Iterator[Server]:
     assert not any(alive(p) for p in pids), "the cluster outlived stop()"
 
 
-@pytest.fixture(params=WS_CLIENTS)
+PICOWS_OR_WEBSOCKETS = "picows" if fastws.AVAILABLE else "websockets"
+
+
+@pytest.fixture
 def ctx(cluster: Server, request: pytest.FixtureRequest) -> Iterator[scenarios.Context]:
+    """A context whose clients use the library a test names (``with_client``)."""
     with AgentPool(2, cluster.url, os.urandom(16), ws_client=request.param) as pool:
         yield scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+
+
+def with_client(name: str) -> pytest.MarkDecorator:
+    """Run a scenario test with one client library. Each scenario runs once, the
+    libraries taking turns across scenarios: both meet every kind of frame (the fast
+    path's own tests compare them frame by frame), and the suite does not pay for every
+    scenario twice."""
+    client = PICOWS_OR_WEBSOCKETS if name == "picows" else name
+    return pytest.mark.parametrize("ctx", [client], indirect=True)
 
 
 def assert_ok(result: scenarios.Result) -> None:
@@ -733,6 +746,7 @@ def assert_ok(result: scenarios.Result) -> None:
 
 
 @pytest.mark.process
+@with_client("websockets")
 def test_mass_join_reports_convergence_and_frames(ctx: scenarios.Context) -> None:
     result = scenarios.mass_join(ctx, 12)
     assert_ok(result)
@@ -743,6 +757,7 @@ def test_mass_join_reports_convergence_and_frames(ctx: scenarios.Context) -> Non
 
 
 @pytest.mark.process
+@with_client("picows")
 def test_churn_sees_every_change(ctx: scenarios.Context) -> None:
     result = scenarios.churn(ctx, watchers=6, rate=10, duration=1.5, cooldown=0.5)
     assert_ok(result)
@@ -752,9 +767,9 @@ def test_churn_sees_every_change(ctx: scenarios.Context) -> None:
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("client", WS_CLIENTS)
-def test_churn_with_the_smallest_sample_checks_every_client(cluster: Server, client: str) -> None:
-    with AgentPool(2, cluster.url, os.urandom(16), sample=0.0, ws_client=client) as pool:
+def test_churn_with_the_smallest_sample_checks_every_client(cluster: Server) -> None:
+    # websockets here, as picows watches every change in test_churn_sees_every_change.
+    with AgentPool(2, cluster.url, os.urandom(16), sample=0.0, ws_client="websockets") as pool:
         ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
         result = scenarios.churn(ctx, watchers=10, rate=10, duration=1.5, cooldown=0.5)
     assert_ok(result)
@@ -773,6 +788,7 @@ def test_mass_join_converges_with_a_sample(cluster: Server) -> None:
 
 
 @pytest.mark.process
+@with_client("websockets")
 def test_reconnect_storm_brings_the_lobby_back(ctx: scenarios.Context) -> None:
     result = scenarios.reconnect_storm(ctx, 10)
     assert_ok(result)
@@ -782,6 +798,7 @@ def test_reconnect_storm_brings_the_lobby_back(ctx: scenarios.Context) -> None:
 
 
 @pytest.mark.process
+@with_client("picows")
 def test_messages_pairs_clients_on_different_workers(ctx: scenarios.Context) -> None:
     result = scenarios.messages(ctx, pairs=2, duration=1.0, rate=10, window=4, body_bytes=32)
     assert_ok(result)
@@ -800,6 +817,7 @@ def test_pairs_prefer_clients_on_different_workers() -> None:
 
 
 @pytest.mark.process
+@with_client("picows")
 def test_idle_measures_memory_per_connection(ctx: scenarios.Context) -> None:
     result = scenarios.idle(ctx, 8, hold=0.5)
     assert_ok(result)
@@ -808,6 +826,7 @@ def test_idle_measures_memory_per_connection(ctx: scenarios.Context) -> None:
 
 
 @pytest.mark.process
+@with_client("websockets")
 def test_fanout_against_the_cluster(ctx: scenarios.Context) -> None:
     result = scenarios.fanout(ctx, watchers=5, changes=6, rate=12, frame_bytes=120, bare=False)
     assert_ok(result)

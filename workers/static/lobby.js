@@ -33,18 +33,12 @@
  *
  * ## In Node.js
  *
- * Node 20 has WebCrypto's Ed25519 but no global WebSocket, so pass a constructor, for
- * example the `ws` package's (a global `WebSocket` is used when there is one):
- *
- *     import WebSocket from "ws";
- *     import { LobbyClient, loadOrCreateIdentity } from "./lobby.js";
- *
- *     const identity = await loadOrCreateIdentity();       // fresh: Node has no IndexedDB
- *     const client = new LobbyClient("ws://127.0.0.1:8765/ws", { identity, WebSocket });
- *
- * To keep an identity in Node, generate an extractable pair, store
- * `exportKey("pkcs8", privateKey)` somewhere safe, and later import it (with the raw
- * public key) and pass the pair to `identityFromKeyPair`.
+ * Node 20 has WebCrypto's Ed25519 but no global WebSocket: pass one, for example the
+ * `ws` package's (`import WebSocket from "ws"`), as `new LobbyClient(url, { identity,
+ * WebSocket })`. `loadOrCreateIdentity()` makes a fresh identity there (no IndexedDB);
+ * to keep one, generate an extractable pair, store `exportKey("pkcs8", privateKey)`
+ * safely, later import it (with the raw public key) and pass the pair to
+ * `identityFromKeyPair`.
  *
  * ## Public API
  *
@@ -53,22 +47,18 @@
  * - `LobbyClient`: one user's connection. `connect()`, `send(to, body, { id })`,
  *   `getLobby()`, `close()`; `status`, `view`, `publicKey`; events `status`, `sync`,
  *   `join`, `leave`, `update`, `message`, `error` (all `CustomEvent`s; see the class).
- * - `LobbyView`: the lobby as a set of keys, with the protocol's rules for applying
- *   snapshots and updates, and `applyLobbyFrame(view, frame)`, which checks a lobby
- *   frame and applies it. Pure; the client keeps one, and tests or servers can too.
- * - `authPayload(nonceHex)`: the exact bytes a client signs to answer a challenge.
- * - `reconnects(code)`, `backoffDelay(attempt, jitter, initial, max)`: the reconnect
- *   policy the client follows.
+ *   With `{ version: 2 }` (and `record`, `follow`): protocol version 2 (binary lobby
+ *   frames, records, scopes, resume; lobby_core_v2.js), `view` is a `RecordView` and
+ *   `setRecord`, `follow`, `watch`, `unwatch` change what is asked for.
+ * - `LobbyView` (a set of keys) and `applyLobbyFrame(view, frame)`: the lobby's rules,
+ *   pure (tests/vectors/view.json, as the Python client's); `authPayload(nonceHex)`:
+ *   the bytes a client signs; `reconnects(code)`, `backoffDelay(...)`: the reconnect
+ *   policy. All live in lobby_core.js, key pairs in identity.js; this module adds the
+ *   client.
  * - Errors, all `LobbyError`s: `SequenceGap`, `DuplicateUpdate`, `InconsistentUpdate`,
  *   `InconsistentSnapshot` (the view refused a frame), `Ed25519Unsupported`,
- *   `ConnectionLost` (a send had
- *   no result, or there was no connection), `AuthFailed`, `ProtocolError` (the server
- *   broke the contract), `ServerError` (the server's `error` frame: we broke it).
- *
- * The pure parts live in lobby_core.js (errors, view, frame checks, auth payload,
- * reconnect policy) and identity.js (key pairs); this module re-exports them and adds
- * the client. The view's rules are held to tests/vectors/view.json, as the Python
- * client's are, so the two cannot disagree.
+ *   `ConnectionLost` (a send had no result, or there was no connection), `AuthFailed`,
+ *   `ProtocolError` (the server broke the contract), `ServerError` (its `error` frame).
  *
  * ## Theory of operation
  *
@@ -102,6 +92,11 @@
  * as warnings, but the next connection starts clean, so it is tried too. `close()`
  * ends it all.
  *
+ * Version 2 differs only in what WantedV2 and RecordView (lobby_core_v2.js) decide:
+ * the auth (bound to the URL's server identity, with record, scope and a resume from
+ * the view held) and the view's rules. A resumed connection is online on its first
+ * update. Record and scope asked for while no auth is out go into the next auth.
+ *
  * @module lobby
  */
 
@@ -110,10 +105,8 @@ import {
   HEX64,
   LobbyError,
   LobbyView,
-  MAX_ID_LENGTH,
   PIPELINE_LIMIT,
   PROTOCOL_VERSION,
-  SERVER_SIDE_CLOSES,
   AuthFailed,
   ConnectionLost,
   ProtocolError,
@@ -121,9 +114,14 @@ import {
   applyLobbyFrame,
   authPayload,
   backoffDelay,
+  checkSend,
+  randomId,
+  reconnectNotice,
   toHex,
 } from "./lobby_core.js";
 import { sign } from "./identity.js";
+import { RecordView, SUBPROTOCOL, WantedV2, applyFrameV2 } from "./lobby_core_v2.js";
+import { decodeServerFrameV2 } from "./protocol_v2.js";
 
 export {
   AuthFailed,
@@ -143,13 +141,9 @@ export {
   reconnects,
 } from "./lobby_core.js";
 export { identityFromKeyPair, loadOrCreateIdentity } from "./identity.js";
+export { RecordView } from "./lobby_core_v2.js";
 
 const REPLACED = "this identity was opened elsewhere (another tab or device)";
-
-/** A fresh 32-hex id for a send: 128 random bits never repeat in practice. */
-function randomId() {
-  return toHex(globalThis.crypto.getRandomValues(new Uint8Array(16)));
-}
 
 /**
  * One user's connection to the lobby, kept up across network trouble.
@@ -177,7 +171,9 @@ export class LobbyClient extends EventTarget {
   #setTimeout;
   #clearTimeout;
   #logger;
-  #view = new LobbyView();
+  /** Version 2 only: what we ask for (record, scope); null in version 1. */
+  #wanted = null;
+  #view;
   #status = "closed";
   /** The current connection's state, or null while there is none. */
   #conn = null;
@@ -198,6 +194,7 @@ export class LobbyClient extends EventTarget {
    * @param {Function} [options.setTimeout]
    * @param {Function} [options.clearTimeout]
    * @param {{ info: Function, warn: Function, error: Function }} [options.logger]
+   * @param {1 | 2} [options.version] 2: protocol version 2, with `record` and `follow`
    */
   constructor(
     url,
@@ -210,6 +207,9 @@ export class LobbyClient extends EventTarget {
       setTimeout = globalThis.setTimeout,
       clearTimeout = globalThis.clearTimeout,
       logger = console,
+      version = 1,
+      record,
+      follow,
     } = {},
   ) {
     super();
@@ -230,6 +230,8 @@ export class LobbyClient extends EventTarget {
     this.#setTimeout = (callback, ms) => setTimeout(callback, ms);
     this.#clearTimeout = (timer) => clearTimeout(timer);
     this.#logger = logger;
+    this.#wanted = WantedV2.forVersion(version, url, { record, follow });
+    this.#view = this.#wanted ? new RecordView() : new LobbyView();
   }
 
   /** @returns {"connecting" | "online" | "reconnecting" | "replaced" | "closed"} */
@@ -237,7 +239,7 @@ export class LobbyClient extends EventTarget {
     return this.#status;
   }
 
-  /** @returns {LobbyView} the lobby as last seen; live while `status` is "online". */
+  /** @returns {LobbyView | RecordView} the lobby as last seen; live while "online". */
   get view() {
     return this.#view;
   }
@@ -286,13 +288,7 @@ export class LobbyClient extends EventTarget {
    */
   async send(to, body, { id = randomId() } = {}) {
     const conn = this.#requireConnection("send");
-    if (typeof to !== "string") throw new TypeError("send: `to` must be a string");
-    if (typeof body !== "string" || !body.isWellFormed()) {
-      throw new TypeError("send: `body` must be a well-formed string");
-    }
-    if (typeof id !== "string" || id.length < 1 || id.length > MAX_ID_LENGTH || !id.isWellFormed()) {
-      throw new TypeError(`send: \`id\` must be 1 to ${MAX_ID_LENGTH} characters`);
-    }
+    checkSend(to, body, id);
     // Results are matched by id, so two sends awaiting results may not share one.
     if (conn.pending.has(id)) throw new TypeError(`send: id ${id} is already awaiting a result`);
     return new Promise((resolve, reject) => {
@@ -307,6 +303,34 @@ export class LobbyClient extends EventTarget {
    */
   getLobby() {
     this.#write(this.#requireConnection("getLobby"), { type: "get_lobby" });
+  }
+
+  /** Version 2: changes our record (`{status?, data?}`), now and for later connections. */
+  setRecord(record) {
+    this.#ask(this.#v2("setRecord").setRecord(record));
+  }
+
+  /** Version 2: follows `{scope: "lobby"}`, `{scope: "watch", keys}` or `{scope: "count"}`. */
+  follow(choice) {
+    this.#ask(this.#v2("follow").setFollow(choice));
+  }
+
+  /** Version 2: adds keys to the watchlist followed (`unwatch`: removes them). */
+  watch(keys) {
+    this.#ask(this.#v2("watch").changeWatchlist("watch", keys));
+  }
+
+  unwatch(keys) {
+    this.#ask(this.#v2("unwatch").changeWatchlist("unwatch", keys));
+  }
+
+  #v2(what) {
+    if (!this.#wanted) throw new TypeError(`${what} needs protocol version 2: { version: 2 }`);
+    return this.#wanted;
+  }
+
+  #ask(frame) {
+    if (this.#conn?.authWritten) this.#write(this.#conn, frame); // else the next auth asks
   }
 
   /** Closes the connection (code 1000) for good: status "closed", no reconnecting. */
@@ -325,7 +349,9 @@ export class LobbyClient extends EventTarget {
     this.#retryTimer = null;
     let ws;
     try {
-      ws = new this.#WebSocket(this.#url);
+      const v2 = this.#wanted !== null;
+      ws = v2 ? new this.#WebSocket(this.#url, [SUBPROTOCOL]) : new this.#WebSocket(this.#url);
+      if (v2) ws.binaryType = "arraybuffer"; // the lobby frames of version 2 are binary
     } catch (error) {
       this.#fatal(error); // a bad URL, or a page not allowed to open it: retrying won't help
       return;
@@ -375,17 +401,8 @@ export class LobbyClient extends EventTarget {
   #reconnect(code, reason) {
     const retryIn = backoffDelay(this.#attempt, this.#random(), this.#initialDelay, this.#maxDelay);
     this.#attempt += 1;
-    const why = `closed with ${code}${reason ? ` (${reason})` : ""}`;
-    if (SERVER_SIDE_CLOSES.has(code)) {
-      this.#logger.info(`lobby: ${why}; reconnecting in ${retryIn.toFixed(1)} s`);
-    } else {
-      // 1007, 1008, 1009, 4003, 4005...: this connection broke a rule or fell behind,
-      // which a fresh connection does not inherit; the identity is fine.
-      this.#logger.warn(
-        `lobby: ${why}: not a close the protocol says to retry after, but a new ` +
-          `connection starts clean; reconnecting in ${retryIn.toFixed(1)} s`,
-      );
-    }
+    const [level, text] = reconnectNotice(code, reason, retryIn);
+    this.#logger[level](text);
     this.#retryTimer = this.#setTimeout(() => this.#open(), retryIn * 1000);
     this.#setStatus("reconnecting", {
       code,
@@ -418,12 +435,8 @@ export class LobbyClient extends EventTarget {
 
   #failPending(conn, why, code) {
     for (const [id, { reject }] of conn.pending) {
-      reject(
-        new ConnectionLost(
-          `${why} before the result of send ${id} came; it may or may not have been delivered`,
-          { code },
-        ),
-      );
+      const lost = `${why} before the result of send ${id} came; it may or may not have been delivered`;
+      reject(new ConnectionLost(lost, { code }));
     }
     conn.pending.clear();
   }
@@ -454,9 +467,10 @@ export class LobbyClient extends EventTarget {
   #onFrame(conn, data) {
     let frame;
     try {
-      frame = typeof data === "string" ? JSON.parse(data) : undefined;
-    } catch {
-      // handled below, as a frame that is not an object
+      if (this.#wanted) frame = decodeServerFrameV2(data);
+      else if (typeof data === "string") frame = JSON.parse(data);
+    } catch (error) {
+      if (error instanceof ProtocolError) return this.#report(error); // else: not JSON, below
     }
     if (typeof frame?.type !== "string") {
       this.#report(new ProtocolError("the server sent a frame that is not a JSON object with a type"));
@@ -480,8 +494,11 @@ export class LobbyClient extends EventTarget {
         conn.authFailure = String(frame.reason); // close 4001 follows and ends it
         return;
       case "lobby_snapshot":
+      case "snapshot":
+      case "count": // the count scope's snapshot
         return this.#onSnapshot(conn, frame);
       case "lobby_update":
+      case "update":
         return this.#onUpdate(conn, frame);
       case "message":
         return this.#onMessage(frame);
@@ -497,9 +514,10 @@ export class LobbyClient extends EventTarget {
   #onChallenge(conn, { version, nonce }) {
     if (conn.challenged) throw new ProtocolError("the server sent a second challenge");
     conn.challenged = true;
-    if (version !== PROTOCOL_VERSION) {
-      return this.#fatal(new ProtocolError(`the server speaks protocol ${version}, not 1`));
-    }
+    const refusal = this.#wanted
+      ? this.#wanted.refusal(conn.ws.protocol, version)
+      : version !== PROTOCOL_VERSION && `the server speaks protocol ${version}, not 1`;
+    if (refusal) return this.#fatal(new ProtocolError(refusal));
     if (typeof nonce !== "string" || !HEX64.test(nonce)) {
       return this.#fatal(new ProtocolError("the challenge's nonce is not 64 hex characters"));
     }
@@ -508,32 +526,36 @@ export class LobbyClient extends EventTarget {
 
   /** Signs the nonce and writes the auth, then whatever waited for it. */
   async #answerChallenge(conn, nonce) {
-    let signature;
+    let auth;
     try {
-      signature = await sign(this.#identity.privateKey, authPayload(nonce));
+      const { publicKey, privateKey } = this.#identity;
+      const signature = () => sign(privateKey, authPayload(nonce)).then(toHex);
+      auth = this.#wanted
+        ? await this.#wanted.auth(this.#identity, nonce, this.#view)
+        : JSON.stringify({ type: "auth", publicKey, signature: await signature() });
     } catch (error) {
       if (this.#conn === conn) this.#fatal(error);
       return;
     }
     if (this.#conn !== conn) return; // closed while we were signing
-    const { publicKey } = this.#identity;
-    conn.ws.send(JSON.stringify({ type: "auth", publicKey, signature: toHex(signature) }));
+    conn.ws.send(auth);
     conn.authWritten = true;
     this.#flush(conn);
   }
 
-  #onAuthOk(conn, { publicKey }) {
+  #onAuthOk(conn, { publicKey, resumed }) {
     if (publicKey !== this.#identity.publicKey) {
       return this.#fatal(new ProtocolError(`auth_ok names ${publicKey}, not our key`));
     }
     conn.authOk = true;
+    conn.synced = resumed === true; // version 2: an update continues the view we hold
     this.#flush(conn);
   }
 
   #onSnapshot(conn, frame) {
     if (!conn.authOk) throw new ProtocolError("a lobby snapshot came before auth_ok");
     try {
-      applyLobbyFrame(this.#view, frame); // a key listed twice: refused, as malformed
+      (this.#wanted ? applyFrameV2 : applyLobbyFrame)(this.#view, frame); // a key twice: refused
     } catch (error) {
       if (!(error instanceof LobbyError)) throw error;
       return this.#resync(conn, error);
@@ -541,7 +563,8 @@ export class LobbyClient extends EventTarget {
     conn.synced = true;
     conn.snapshotRequested = false;
     this.#emit("sync", { seq: frame.seq, online: [...this.#view.online].sort() });
-    if (!this.#view.online.has(this.#identity.publicKey)) {
+    const lobby = (this.#view.scope ?? "lobby") === "lobby"; // a watchlist need not list us
+    if (lobby && !this.#view.online.has(this.#identity.publicKey)) {
       this.#report(new ProtocolError(`snapshot ${frame.seq} does not list us`));
     }
     // A listener may have closed the client meanwhile; then it must stay closed.
@@ -560,15 +583,16 @@ export class LobbyClient extends EventTarget {
     if (!conn.synced) return; // a snapshot is on its way and will supersede this
     let change;
     try {
-      change = applyLobbyFrame(this.#view, frame);
+      change = (this.#wanted ? applyFrameV2 : applyLobbyFrame)(this.#view, frame);
     } catch (error) {
       if (!(error instanceof LobbyError)) throw error;
       return this.#resync(conn, error);
     }
-    const { seq, joined, left } = change;
-    for (const key of left) this.#emit("leave", { key, seq });
-    for (const key of joined) this.#emit("join", { key, seq });
-    this.#emit("update", { seq, joined, left });
+    const { kind, ...detail } = change;
+    for (const key of detail.left) this.#emit("leave", { key, seq: detail.seq });
+    for (const key of detail.joined) this.#emit("join", { key, seq: detail.seq });
+    this.#emit("update", detail);
+    if (this.#conn === conn && !conn.online) this.#goOnline(conn); // a resumed view
   }
 
   /** Reports a refused lobby frame, stops applying updates, asks once for a snapshot. */

@@ -288,6 +288,45 @@ export function backoffDelay(attempt, jitter, initial, max) {
   return jitter * Math.min(max, initial * 2 ** Math.min(attempt, 64));
 }
 
+/**
+ * What to log before reconnecting after a close: `[level, text]`. 1001, 1006, 1011 and
+ * 1013 are routine (info); 1007, 1008, 1009, 4003, 4005... say this connection broke a
+ * rule or fell behind, which a fresh connection does not inherit (warn).
+ * @param {number} code
+ * @param {string} reason
+ * @param {number} retryIn seconds
+ * @returns {["info" | "warn", string]}
+ */
+export function reconnectNotice(code, reason, retryIn) {
+  const why = `closed with ${code}${reason ? ` (${reason})` : ""}`;
+  const when = `reconnecting in ${retryIn.toFixed(1)} s`;
+  if (SERVER_SIDE_CLOSES.has(code)) return ["info", `lobby: ${why}; ${when}`];
+  const advice = "not a close the protocol says to retry after, but a new connection starts clean";
+  return ["warn", `lobby: ${why}: ${advice}; ${when}`];
+}
+
+// ---------------------------------------------------------------------------------
+// Sends
+
+/** A fresh 32-hex id for a send: 128 random bits never repeat in practice. */
+export function randomId() {
+  return toHex(globalThis.crypto.getRandomValues(new Uint8Array(16)));
+}
+
+/**
+ * Checks the arguments of a send: the server could not answer others.
+ * @throws {TypeError} naming the argument
+ */
+export function checkSend(to, body, id) {
+  if (typeof to !== "string") throw new TypeError("send: `to` must be a string");
+  if (typeof body !== "string" || !body.isWellFormed()) {
+    throw new TypeError("send: `body` must be a well-formed string");
+  }
+  if (typeof id !== "string" || id.length < 1 || id.length > MAX_ID_LENGTH || !id.isWellFormed()) {
+    throw new TypeError(`send: \`id\` must be 1 to ${MAX_ID_LENGTH} characters`);
+  }
+}
+
 // ---------------------------------------------------------------------------------
 // Hex
 
