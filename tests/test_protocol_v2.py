@@ -21,6 +21,7 @@ from websockets.typing import Subprotocol
 from scripts.procfs import free_port
 from shared import protocol, v2
 from shared.client import LobbyClient
+from shared.client_v2 import LobbyClientV2
 from tests.support import ManagedProcess, http, run, until
 from tests.v2support import SUBPROTOCOL, Refused, V2Client
 
@@ -260,5 +261,24 @@ def test_a_relay_acts_as_a_v1_victim_but_not_as_a_v2_one(cluster: V2Cluster) -> 
             assert not any(e.key == victim_key for u in observer.updates() for e in u.joined)
             await late.close()
         await observer.close()
+
+    run(scenario(), timeout=20)
+
+
+def test_the_bundled_v2_client_works_with_the_worker(cluster: V2Cluster) -> None:
+    """shared.client_v2 (written from the contract) against the real thing."""
+
+    async def scenario() -> None:
+        async with (
+            LobbyClientV2.connect(cluster.url, record={"status": "away"}) as me,
+            LobbyClient.connect(cluster.url) as old,
+        ):
+            await me.wait_for_view({me.public_key, old.public_key})
+            assert me.records[me.public_key] == v2.Record("away")
+            await me.set_record(data={"n": 1})
+            await until(
+                lambda: me.records[me.public_key] == v2.Record("away", '{"n":1}'), "echo", 5
+            )
+            assert me.errors == [] and me.error_frames == [] and old.errors == []
 
     run(scenario(), timeout=20)
