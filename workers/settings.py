@@ -225,8 +225,8 @@ class ProtocolV2:
     )
     public_url: tuple[str, ...] = option(
         (),
-        "comma-separated URLs clients dial (e.g. wss://lobby.example/ws behind a reverse "
-        "proxy): a version 2 auth must name one of them",
+        "URLs clients dial, comma-separated or repeated (e.g. wss://lobby.example/ws behind a "
+        "reverse proxy): a version 2 auth must name one of them",
         parse=split_list,
         check=check_public_urls,
         shown="ws[s]://HOST:PORT/ws, every name of a loopback or wildcard HOST",

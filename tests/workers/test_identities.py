@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared.options import SettingsError
+from shared.options import SettingsError, parse_args
 from workers.identities import identities, machine_names
-from workers.settings import ProtocolV2
+from workers.settings import ProtocolV2, WorkerSettings
 
 MACHINE = ["vm", "vm.example", "192.0.2.2", "fd00::2", "127.0.0.1", "::1", "localhost"]
 
@@ -63,3 +63,18 @@ def test_a_bad_public_url_is_refused_at_start_naming_it(url: str) -> None:
     with pytest.raises(SettingsError, match="--public-url") as caught:
         ProtocolV2(public_url=("ws://fine/ws", url))
     assert url in str(caught.value)
+
+
+def test_public_url_is_repeatable_and_each_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    def parsed(*argv: str) -> tuple[str, ...]:
+        return parse_args(WorkerSettings, list(argv), prog="w", description="")[0].v2.public_url
+
+    assert parsed() == ()
+    assert parsed("--public-url", "ws://a/ws", "--public-url", "ws://b/ws, ws://c/ws") == (
+        "ws://a/ws",
+        "ws://b/ws",
+        "ws://c/ws",
+    )
+    monkeypatch.setenv("PRESENCE_PUBLIC_URL", "ws://env/ws,ws://env2/ws")
+    assert parsed() == ("ws://env/ws", "ws://env2/ws")
+    assert parsed("--public-url", "ws://b/ws") == ("ws://b/ws",)  # the command line wins
