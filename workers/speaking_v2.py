@@ -163,9 +163,12 @@ def _error(code: ErrorCodeV2, text: str) -> Write:
 
 
 def _without_options(frame: str | bytes) -> str:
-    """An ``auth`` frame without its ``record``, ``follow`` and ``resume`` (only called
-    for a frame the parser read as an ``auth`` object)."""
-    obj = json.loads(frame)
-    for name in ("record", "follow", "resume"):
-        obj.pop(name, None)
-    return json.dumps(obj)
+    """An ``auth`` frame without its ``record``, ``follow`` and ``resume`` (called for
+    a frame the parser read as a JSON object; anything else stays malformed)."""
+    try:
+        obj = json.loads(frame)
+        for name in ("record", "follow", "resume"):
+            obj.pop(name, None)
+        return json.dumps(obj)
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return ""
