@@ -25,6 +25,7 @@ import {
   shortKey,
   staleness,
 } from "./page_state.js";
+import { lacksVersion2 } from "./version_probe.js";
 
 const FLASH_MS = 1500;
 const HEX64 = /^[0-9a-f]{64}$/;
@@ -286,6 +287,7 @@ function watchLobby(client) {
     }),
   );
   client.addEventListener("status", current(showStatus));
+  client.addEventListener("status", current((detail) => probeVersion(client, detail)));
   client.addEventListener("message", current(showMessage));
   client.addEventListener("error", current(({ error }) => onClientError(client, error)));
 }
@@ -532,6 +534,23 @@ function useClient() {
   client.connect().catch((error) => client === lobby.client && showFailure(error));
 }
 
+let probing = false;
+
+/**
+ * A v2 connection that failed before any frame (1006) may be a server without version
+ * 2, which a browser cannot tell from one that is down (version_probe.js): ask, once
+ * at a time, at the pace of the client's reconnects.
+ */
+async function probeVersion(client, { status, code }) {
+  if (lobby.version !== 2 || status !== "reconnecting" || code !== 1006 || probing) return;
+  probing = true;
+  try {
+    if (await lacksVersion2(socketUrl())) fallBackToVersion1(client);
+  } finally {
+    probing = false;
+  }
+}
+
 /** The server has no version 2: version 1 from now on, for this page's life. */
 function fallBackToVersion1(client) {
   if (client !== lobby.client || lobby.version === 1) return;
@@ -539,6 +558,7 @@ function fallBackToVersion1(client) {
   document.documentElement.dataset.protocol = "1";
   disableProfile();
   useClient();
+  client.close(); // after the switch: its "closed" is no longer shown
 }
 
 async function start() {

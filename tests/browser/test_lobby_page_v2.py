@@ -1,0 +1,86 @@
+"""The lobby page in protocol version 2 (real Chromium, a real cluster whose workers run
+with ``--protocol-v2``): a display name and a status set in one page reach another,
+shown as text next to the key prefix. Skipped while the workers have no such option."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.browser.test_lobby_page import browser_context, key_of, open_page, page_url
+from tests.support import ROOT, Cluster, run, until
+
+
+@functools.cache
+def _server_offers_v2() -> bool:
+    """Whether the workers have the option ``--protocol-v2`` (asked once, when needed)."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "workers", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    ).stdout
+    return "--protocol-v2" in help_text
+
+
+# A string condition is evaluated when a test is set up, not when it is collected.
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.skipif("not _server_offers_v2()", reason="the workers have no --protocol-v2"),
+]
+
+NAME = '<img src=x onerror="window.pwned=1"> \u202eAda'
+"""Markup and a right-to-left override: shown as these characters, never as HTML."""
+
+
+@pytest.fixture(scope="module")
+def cluster_v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    path: Path = tmp_path_factory.mktemp("v2")
+    with Cluster(path, 1, worker_args=("--protocol-v2",)) as c:
+        yield c
+
+
+def test_a_name_and_a_status_reach_another_page_as_text(cluster_v2: Cluster) -> None:
+    async def scenario() -> None:
+        async with browser_context() as context:
+            one = await open_page(context, page_url(cluster_v2))
+            two = await open_page(context, page_url(cluster_v2))
+            a = await key_of(one)
+            assert await one.get_attribute("html", "data-protocol") == "2"
+            assert not await one.is_disabled("#profile-name")
+            # A custom status over 32 bytes is refused in the form: nothing is sent.
+            await one.select_option("#profile-status", "custom")
+            await one.fill("#profile-custom", "é" * 17)
+            await one.click("#profile-button")
+            assert "32 bytes" in (await one.text_content("#profile-error") or "")
+            # A name with markup in it, and a status.
+            await one.fill("#profile-name", NAME)
+            await one.select_option("#profile-status", "busy")
+            await one.click("#profile-button")
+            assert await one.is_hidden("#profile-error")
+            entry = f'#users li[data-key="{a}"]'
+
+            async def shows(status: str) -> bool:
+                return await two.text_content(f"{entry} .presence") == status
+
+            await until(lambda: shows("busy"), "the status on the other page", 10)
+            assert await two.text_content(f"{entry} bdi.name") == NAME
+            assert await two.text_content(f"{entry} .key") == f"{a[:8]}…"
+            assert await two.query_selector("#users img") is None
+            assert await two.evaluate("window.pwned") is None
+            stored = await one.evaluate(f"localStorage.getItem('presence-lobby:profile:{a}')")
+            assert "busy" in stored  # sent again in the auth of each connection
+            # A change of status arrives as an update.
+            await one.select_option("#profile-status", "custom")
+            await one.fill("#profile-custom", "in a meeting")
+            await one.click("#profile-button")
+            await until(lambda: shows("in a meeting"), "the new status", 10)
+
+    run(scenario())
