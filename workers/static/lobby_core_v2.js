@@ -225,7 +225,8 @@ export class WantedV2 {
 
   /** Why a challenge on a socket with subprotocol `selected` is refused (an error), or null. */
   refusal(selected, version) {
-    if (selected !== SUBPROTOCOL) return new NoVersion2("the server does not speak protocol version 2");
+    if (selected !== SUBPROTOCOL)
+      return new NoVersion2("the server does not speak protocol version 2");
     if (version === PROTOCOL_VERSION_2) return null;
     return new ProtocolError(`the server speaks protocol ${version}, not 2`);
   }

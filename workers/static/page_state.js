@@ -82,7 +82,7 @@ export function parseProfile(text) {
   } catch {
     return null;
   }
-  if (profile === null || typeof profile !== "object") return null;
+  if (profile === null || typeof profile !== "object" || Array.isArray(profile)) return null;
   const { name = "", choice = "online", custom = "" } = profile;
   const fields = { name, choice, custom };
   if (![name, choice, custom].every((value) => typeof value === "string")) return null;
