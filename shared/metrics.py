@@ -36,14 +36,16 @@ from typing import Final, get_args
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared import backbone as bb
-from shared.protocol import AuthFailure, CloseCode, RejectReason, SendStatus
+from shared.protocol import CloseCode, RejectReason, SendStatus
+from shared.v2.identity import AuthFailureV2
 
 # ------------------------------------------------------------------ closed label sets
 
 ROLES: Final = ("coordinator", "worker")
 CONNECTION_STATES: Final = ("challenged", "authenticating", "online", "lagging")
-AUTH_RESULTS: Final = ("ok", *(f.value for f in AuthFailure), "timeout", "unavailable")
-"""``workers.connection.AuthOutcome``'s values (a test checks that they agree)."""
+AUTH_RESULTS: Final = ("ok", *(f.value for f in AuthFailureV2), "timeout", "unavailable")
+"""``workers.connection.AuthOutcome``'s values (a test checks that they agree): version 2's
+``auth_failed`` reasons are version 1's and ``wrong_server``, ``bad_record``, ...."""
 SNAPSHOT_CAUSES: Final = ("join", "get_lobby", "resync", "slow_consumer")
 """``workers.connection.SnapshotCause``'s values."""
 RESYNC_REASONS: Final = ("start", "gap", "new_epoch")
@@ -170,7 +172,8 @@ COORDINATOR_UNREACHABLE: Final = Gauge(
 )
 AUTHENTICATIONS: Final = Counter(
     "presence_authentications_total",
-    "Authentications by result: ok, an auth_failed reason, timeout (4003) or "
+    "Authentications by result: ok, an auth_failed reason (wrong_server: a protocol 2 "
+    "auth signed for another server, a relay or a client given the wrong URL), timeout (4003) or "
     "unavailable (1013: verified, but the lobby could not record it in time).",
     ["result"],
 )

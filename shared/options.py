@@ -192,12 +192,30 @@ def build_parser(cls: type[Any], *, prog: str, description: str) -> argparse.Arg
         text = f"{f.metadata['help']} (env {env}; default {shown})"
         if isinstance(f.default, bool):
             where.add_argument(flag(f.name), action="store_true", default=default, help=text)
+        elif isinstance(f.default, tuple):  # a list: repeatable, each a comma list
+            where.add_argument(flag(f.name), type=parse, default=default, help=text, action=_More)
         else:
             choices = f.metadata.get("choices")
             where.add_argument(
                 flag(f.name), type=parse, default=default, choices=choices, help=text
             )
     return parser
+
+
+class _More(argparse.Action):
+    """A list option given more than once: the first replaces the default, the next
+    ones add to it (``--public-url A --public-url B,C`` is A, B and C)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        given = getattr(namespace, self.dest)
+        before = () if given is self.default else tuple(given)
+        setattr(namespace, self.dest, before + tuple(values))
 
 
 def from_args(cls: type[T], args: argparse.Namespace) -> T:

@@ -38,16 +38,19 @@ class Group(enum.Enum):
     AUTHENTICATING = "authenticating"  # Authed sent, waiting for the ack (counted only)
     ACKED = "acked"  # auth_ok held until the replica catches up
     CURRENT = "current"  # gets the update (broadcast)
+    CURRENT_V2 = "current_v2"  # the same, in protocol version 2 (its own frame)
     BEHIND = "behind"  # lagging or stale: may resume with a snapshot
 
 
-ACKNOWLEDGED: Final = frozenset({Group.ACKED, Group.CURRENT, Group.BEHIND})
+ACKNOWLEDGED: Final = frozenset({Group.ACKED, Group.CURRENT, Group.CURRENT_V2, Group.BEHIND})
 """The groups of sessions the coordinator acknowledged (and has not kicked)."""
 
 
 def group_of(machine: Connection) -> Group | None:
     if machine.state is State.AUTHENTICATED:
-        return Group.CURRENT if machine.flow is Flow.CURRENT else Group.BEHIND
+        if machine.flow is not Flow.CURRENT:
+            return Group.BEHIND
+        return Group.CURRENT if machine.v2 is None else Group.CURRENT_V2
     if machine.state is State.ACKED:
         return Group.ACKED
     if machine.state is State.AUTHENTICATING:

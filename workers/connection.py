@@ -109,6 +109,7 @@ from shared.protocol import (
     ViolationKind,
 )
 from shared.records import Record
+from shared.v2 import AuthFailureV2, auth_failed_v2, auth_ok_v2, challenge_v2
 from workers.limits import Limits as Limits  # (where the settings have always found it)
 from workers.outputs import (
     Answer,
@@ -126,6 +127,7 @@ from workers.outputs import (
 )
 from workers.ratelimit import FloodGuard, RateLimits, Verdict
 from workers.replica import ReplicaView, SyncState
+from workers.speaking_v2 import Parsed, Speaker, V2Config
 from workers.states import TRANSITIONS, Delivery, Event, Fanout, Flow, Link, State
 
 MAX_HELD_FRAMES: Final = 1024
@@ -193,6 +195,7 @@ class Connection:
     _senders: dict[str, int] = field(default_factory=dict)  # backlog bytes by sender
     _attributed: int = 0  # their sum
     verify: Verifier = protocol.verify_auth
+    v2: Speaker | None = None  # protocol version 2 (workers.speaking_v2), else 1
 
     @classmethod
     def open(
@@ -202,6 +205,7 @@ class Connection:
         now: float,
         limits: Limits,
         verify: Verifier = protocol.verify_auth,
+        v2: V2Config | None = None,
     ) -> Connection:
         return cls(
             conn_id=conn_id,
@@ -210,10 +214,11 @@ class Connection:
             deadline=now + limits.auth_timeout,
             guard=FloodGuard.of(limits.rate),
             verify=verify,
+            v2=None if v2 is None else Speaker(v2),
         )
 
     def challenge(self) -> str:
-        return protocol.challenge(self.nonce.hex())
+        return (protocol.challenge if self.v2 is None else challenge_v2)(self.nonce.hex())
 
     def greeting(self) -> list[Output]:
         """What to do right after the handshake: the frame limits, the challenge."""
@@ -247,14 +252,24 @@ class Connection:
     ) -> list[Output]:
         """A frame from the client; ``buffered`` is its transport backlog, ``allowance``
         what the memory budget still allows it (``None``: no limit)."""
+        v2 = self.v2
         if self.state is S.AUTHENTICATED:
             verdict = self.guard.check(now)
-            parsed = protocol.parse_client_frame(frame)
+            parsed = protocol.parse_client_frame(frame) if v2 is None else v2.parse(frame)
             if verdict is Verdict.FLOOD:
                 return self._close(E.FLOOD, CloseCode.POLICY_VIOLATION)
             if verdict is Verdict.THROTTLE:
                 return [_throttled(parsed)]
-            return self._frame_authenticated(parsed, link, buffered, replica, allowance)
+            if isinstance(parsed, protocol.ClientMessage | protocol.ProtocolViolation):
+                return self._frame_authenticated(parsed, link, buffered, replica, allowance)
+            assert v2 is not None  # only version 2 parses to anything else
+            return self._answer_v2(v2, parsed, now)
+        if self.state is S.CHALLENGED and v2 is not None:
+            auth = v2.check_auth(frame, self.nonce)
+            if isinstance(auth, AuthFailureV2):
+                return self._fail_auth(auth)
+            self.record = (auth.record.status, auth.record.data_json)
+            return self._verified(auth.public_key, now, link, replica)
         if self.state is S.CHALLENGED:
             return self._frame_challenged(protocol.parse_client_frame(frame), now, link, replica)
         if self.state in _PENDING:
@@ -287,7 +302,10 @@ class Connection:
         failure = self.verify(self.nonce, parsed.public_key, parsed.signature)
         if failure is not None:
             return self._fail_auth(failure)
-        self.key = protocol.normalise_key(parsed.public_key)
+        return self._verified(parsed.public_key, now, link, replica)
+
+    def _verified(self, key: str, now: float, link: Link, replica: ReplicaView) -> list[Output]:
+        self.key = protocol.normalise_key(key)
         self.deadline = now + self.limits.auth_wait
         if link is Link.DOWN:
             self._goto(E.AUTH_VALID, S.VERIFIED)
@@ -310,9 +328,19 @@ class Connection:
         self._pipelined_bytes += size
         return []
 
-    def _fail_auth(self, reason: AuthFailure) -> list[Output]:
+    def _fail_auth(self, reason: AuthFailure | AuthFailureV2) -> list[Output]:
         outputs = self._close(E.AUTH_INVALID, CloseCode.AUTH_FAILED)
+        if isinstance(reason, AuthFailureV2):
+            return [Write(auth_failed_v2(reason), AuthOutcome(reason.value)), *outputs]
         return [Write(protocol.auth_failed(reason), AuthOutcome(reason.value)), *outputs]
+
+    def _answer_v2(self, v2: Speaker, parsed: Parsed, now: float) -> list[Output]:
+        answer = v2.answer(parsed, self.record, now)
+        if isinstance(answer, Write):
+            return [answer]
+        assert self.key is not None
+        self.record = answer  # it comes back to everyone as an updated entry
+        return [Emit(bb.SetRecord(self.conn_id, self.key, *answer))]
 
     def _frame_authenticated(
         self,
@@ -404,8 +432,12 @@ class Connection:
         self._goto(E.CAUGHT_UP, S.AUTHENTICATED)
         self.deadline = None
         held, self._held, self._held_bytes = self._held, [], 0
+        if self.v2 is None:
+            ok = protocol.auth_ok(self.key)
+        else:
+            ok = auth_ok_v2(self.key, replica.epoch or "", replica.seq, False)  # no resume yet
         outputs: list[Output] = [
-            Write(protocol.auth_ok(self.key), AuthOutcome.OK),
+            Write(ok, AuthOutcome.OK),
             WriteSnapshot(SnapshotCause.JOIN),
             *map(Write, held),
         ]
@@ -622,7 +654,7 @@ def _pre_auth_failure(parsed: protocol.ClientMessage | protocol.ProtocolViolatio
     return AuthFailure.UNEXPECTED_MESSAGE
 
 
-def _throttled(parsed: protocol.ClientMessage | protocol.ProtocolViolation) -> Write:
+def _throttled(parsed: object) -> Write:
     """The answer to a frame over the rate: a ``send`` still gets its one result."""
     if isinstance(parsed, protocol.Send) and _utf8_ok(parsed.id):
         return _result(parsed.id, RejectReason.RATE_LIMITED)

@@ -21,16 +21,13 @@ The parts: the client table (:class:`~workers.clients.ClientTable`, each client'
 :class:`~workers.routes.RouteTable` with the :class:`~workers.routes.CoordinatorClock`,
 and the door's :class:`~workers.admission.Admission`. The rules that join them:
 
-* **Fan-out.** An update the replica forwards is written, framed once, to the
-  ``CURRENT`` group (:class:`Broadcast`). Updates read in one batch of backbone input
-  (they queued up while the worker was busy) are held and go to each client together,
-  up to :data:`COALESCE_BYTES` of frames, and are flushed before any other output:
-  nothing that reads the replica on a client's behalf runs in between, so every
-  client still gets exactly the updates after the state it was shown, in order. Only
-  clients whose transport is past its write limit (*pressured*) can be past
-  ``lag_bytes``, so only they are asked before the broadcast. After it, lagging clients
-  that drained get a snapshot that already holds the update, and held ``auth_ok``\\ s
-  are released at the replica's new state.
+* **Fan-out** (:mod:`workers.fanout`). An update the replica forwards is written,
+  framed once per protocol version, to the clients whose view is current
+  (:class:`Broadcast`). Updates read in one batch of backbone input (they queued up
+  while the worker was busy) are held and go to each client together, up to
+  :data:`COALESCE_BYTES` of frames, and are flushed before any other output: nothing
+  that reads the replica on a client's behalf runs in between, so every client still
+  gets exactly the updates after the state it was shown, in order.
 * **Direct messages** (:class:`~workers.routing.Router`): delivered here to a session
   acknowledged here, else routed by the coordinator and answered by the recipient's
   worker directly (:class:`~workers.routing.Report`); every ``send`` gets exactly one
@@ -69,12 +66,12 @@ from workers.admission import Admission, Admit
 from workers.budget import MemoryBudget, MemoryLimits
 from workers.clients import Client, ClientTable, Group
 from workers.connection import Connection, Verifier, announcement
+from workers.fanout import fan_out
 from workers.health import Health
 from workers.link import Change, CoordinatorLink, Due
 from workers.outputs import (
     AdmitPeers,
     Answer,
-    Broadcast,
     CoreOutput,
     Emit,
     Lesser,
@@ -89,12 +86,13 @@ from workers.outputs import Output as MachineOutput
 from workers.replica import Announce, Forward, Replica, RequestSnapshot, Resynced, SyncState
 from workers.replica import Output as ReplicaOutput
 from workers.routing import Router
-from workers.states import Event, Flow, Link, State
+from workers.states import Event, Link, State
 
 if TYPE_CHECKING:
     from workers.admission import AdmissionLimits
     from workers.limits import Limits
     from workers.settings import Timing
+    from workers.speaking_v2 import V2Config
 
 log = logging.getLogger("workers")
 noisy = logs.Limited(log)
@@ -257,9 +255,12 @@ class WorkerCore(Generic[H]):
         )
         return reason
 
-    def connect(self, handle: H, source: str, peer: str, now: float) -> Client[H] | None:
-        """A WebSocket from ``source`` completed its handshake: the new client (greeted),
-        or ``None`` if it is refused (the shell closes it with 1013)."""
+    def connect(
+        self, handle: H, source: str, peer: str, now: float, v2: V2Config | None = None
+    ) -> Client[H] | None:
+        """A WebSocket from ``source`` completed its handshake (``v2``: in protocol
+        version 2): the new client (greeted), or ``None`` if it is refused (the shell
+        closes it with 1013)."""
         self.now = now
         conn_id = next(self._conn_ids)
         if self.cut_off and self.link(now) is Link.DOWN:
@@ -296,7 +297,7 @@ class WorkerCore(Generic[H]):
             stats.refused(decision.verdict)
             return None
         nonce = secrets.token_bytes(protocol.NONCE_BYTES)
-        machine = Connection.open(conn_id, nonce, now, self.limits, self._verify)
+        machine = Connection.open(conn_id, nonce, now, self.limits, self._verify, v2)
         client = Client(handle, machine)
         self.clients.add(client)
         log.debug(
@@ -543,7 +544,7 @@ class WorkerCore(Generic[H]):
     def _write_updates(self) -> None:
         if self._unwritten:
             updates, self._unwritten, self._unwritten_bytes = self._unwritten, [], 0
-            self._fan_out(updates)
+            fan_out(self, updates)
 
     def _announce(self) -> None:
         """``Hello``: every session that sent ``Authed``, the whole truth about us."""
@@ -567,29 +568,6 @@ class WorkerCore(Generic[H]):
         if not self.emit(hello):
             self.coordinator.repair = True
 
-    def _fan_out(self, updates: list[Forward]) -> None:
-        """Write each update to every current client, all of ``updates`` in one write;
-        then give lagging clients that drained their snapshot, and release held
-        auth_oks (at the state after the last of ``updates``, which the replica holds)."""
-        table, shell, replica = self.clients, self.shell, self.replica
-        current = table.groups[Group.CURRENT]
-        # Unpaused transports hold at most write_limit <= lag_bytes: the machine would
-        # answer UPDATE for them, so only paused ones are asked (SKIP makes them LAGGING).
-        budget = self.budget
-        for handle in list(table.pressured):
-            client = current.get(handle)
-            if client is not None:
-                client.machine.on_update(shell.buffered(handle), replica, budget.allowance(handle))
-                if client.machine.flow is not Flow.CURRENT:
-                    self.counters_budget["collapsed"] += budget.allowance(handle) <= 0
-                table.place(client)
-        shell.carry_out(Broadcast(current, updates))
-        # After the broadcast: these start from a snapshot that already holds this update.
-        self._sweep_flow()
-        now, link = self.now, self.link(self.now)
-        for client in table.in_group(Group.ACKED):
-            self.perform(client, client.machine.on_replica(replica, now, link))
-
     def _resynced(self, output: Resynced) -> None:
         stats.resynced(output.reason)
         replica = self.replica
@@ -607,7 +585,7 @@ class WorkerCore(Generic[H]):
             if client.machine.state in (State.ACKED, State.AUTHENTICATED):
                 outputs = client.machine.on_resync(replica, self._announced, now, link)
                 self.perform(client, outputs)
-        self._sweep_flow()
+        self.sweep_flow()
         self._link_changed()
         self.hand(Synced())
 
@@ -618,7 +596,7 @@ class WorkerCore(Generic[H]):
             for client in self.clients.in_group(Group.VERIFIED):
                 self.perform(client, client.machine.on_link_up(self.replica))
 
-    def _sweep_flow(self) -> None:
+    def sweep_flow(self) -> None:
         shell = self.shell
         budget = self.budget
         for client in self.clients.in_group(Group.BEHIND):
@@ -650,7 +628,7 @@ class WorkerCore(Generic[H]):
         self._watch_cutoff(now)
         self._watch_progress(now)
         self._watch_memory()
-        self._sweep_flow()
+        self.sweep_flow()
         self._link_changed()
         shell = self.shell
         self.figures.tick(self, (shell.buffered(h) for h in self.clients.pressured), now)

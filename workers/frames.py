@@ -30,13 +30,18 @@ __all__ = ["SharedFrame"]
 
 
 class SharedFrame:
-    """One Text frame: ``text`` and its serialized, unmasked, uncompressed bytes."""
+    """One Text frame (or Binary, for ``bytes``: protocol version 2's lobby frames):
+    ``text``, its payload, and its serialized, unmasked, uncompressed bytes."""
 
     __slots__ = ("data", "text")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str | bytes) -> None:
         self.text = text
-        self.data = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
+        if isinstance(text, str):
+            frame = Frame(Opcode.TEXT, text.encode())
+        else:
+            frame = Frame(Opcode.BINARY, text)
+        self.data = frame.serialize(mask=False, extensions=[])
 
     def __len__(self) -> int:
         return len(self.data)

@@ -102,7 +102,7 @@ class Health:
             authenticating=sum(
                 len(groups[g]) for g in (Group.VERIFIED, Group.AUTHENTICATING, Group.ACKED)
             ),
-            online=len(groups[Group.CURRENT]),
+            online=len(groups[Group.CURRENT]) + len(groups[Group.CURRENT_V2]),
             lagging=len(groups[Group.BEHIND]),
         )
         stats.coordinator_reachable(core.link(now) is Link.UP)

@@ -17,6 +17,7 @@ the shell may pass in (:data:`~workers.connection.Verifier`), so that it can tim
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,10 @@ class AuthOutcome(enum.Enum):
     INVALID_PUBLIC_KEY = AuthFailure.INVALID_PUBLIC_KEY.value
     INVALID_SIGNATURE = AuthFailure.INVALID_SIGNATURE.value
     UNEXPECTED_MESSAGE = AuthFailure.UNEXPECTED_MESSAGE.value
+    WRONG_SERVER = "wrong_server"  # protocol version 2's reasons (shared.v2.AuthFailureV2)
+    BAD_RECORD = "bad_record"
+    BAD_FOLLOW = "bad_follow"
+    BAD_RESUME = "bad_resume"
     TIMEOUT = "timeout"
     UNAVAILABLE = "unavailable"
 
@@ -148,10 +153,13 @@ ClientOutput = Write | WriteSnapshot | Close | FrameLimits
 @dataclass(frozen=True, slots=True)
 class Broadcast(Generic[H]):
     """Write ``updates``' frames, in order, to every client of ``clients`` (the
-    ``CURRENT`` group's own mapping, as it stands while this is carried out)."""
+    ``CURRENT`` group's own mapping, as it stands while this is carried out), and
+    their version 2 frames to every client of ``clients_v2``."""
 
     clients: Mapping[H, Client[H]]
     updates: Sequence[Forward]
+    clients_v2: Mapping[H, Client[H]] = dataclasses.field(default_factory=dict)
+    """The ``CURRENT_V2`` group's mapping: the same updates, in protocol version 2."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,11 +107,14 @@ class Forward:
     """Update ``seq`` was applied in order while live: fan ``frame`` out (the protocol 1
     ``lobby_update``; empty when the update changed only records, which protocol 1
     clients are not shown: the core still learns that the replica moved on). ``at`` is
-    the coordinator's wall clock when it published the update."""
+    the coordinator's wall clock when it published the update; ``update`` is the update
+    itself, from which protocol version 2's frame is built (:mod:`workers.lobby_v2`)
+    when a version 2 client is there to get it."""
 
     seq: int
     frame: str
     at: float
+    update: bb.Update | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +275,7 @@ class Replica:
             frame = protocol.lobby_update(msg.mseq, msg.joined, msg.left)
         else:
             frame = ""  # records only: nothing for protocol 1 clients
-        return [Forward(msg.seq, frame, msg.at)]
+        return [Forward(msg.seq, frame, msg.at, msg)]
 
     def on_beat(self, msg: bb.Beat) -> list[Output]:
         if self._sync is not SyncState.LIVE:

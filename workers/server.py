@@ -38,11 +38,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any, Final, cast
 
 import zmq
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from shared import backbone as bb
 from shared import curve, endpoints, listen, logs, notify, protocol, stopping
@@ -55,8 +57,11 @@ from workers.clients import Client
 from workers.core import TICK, Output, WorkerCore
 from workers.door import Door
 from workers.frames import SharedFrame
+from workers.identities import identities, machine_names
+from workers.lobby_v2 import Entries, update_frame
 from workers.outputs import (
     AdmitPeers,
+    AuthOutcome,
     Broadcast,
     ClientOutput,
     Close,
@@ -70,6 +75,7 @@ from workers.outputs import (
 )
 from workers.settings import TlsError, WorkerSettings
 from workers.sources import parse_trusted
+from workers.speaking_v2 import SUBPROTOCOL, V2Config
 from workers.states import State
 from workers.wsinternals import (
     acked_bytes,
@@ -85,6 +91,7 @@ from workers.wsinternals import (
 )
 
 log = logging.getLogger("workers")
+_noisy = logs.Limited(log)
 
 API_OPEN_TIMEOUT: Final = 5.0
 """Seconds an API connection may take to send its request (a caller on the backend
@@ -140,6 +147,24 @@ class Worker:
         self.core.results_endpoint = self.backbone.results_endpoint
         self.core.results_key = self.backbone.results_key
         self._snapshot: SharedFrame | None = None
+        self._snapshot_v2: tuple[tuple[str | None, int], SharedFrame] | None = None
+        self._entries_v2 = Entries()
+        v2 = settings.v2
+        self._v2 = (
+            V2Config(
+                identities(
+                    v2.public_url,
+                    settings.network.host,
+                    settings.network.port,
+                    self._tls is not None,
+                    machine_names() if not v2.public_url else (),
+                ),
+                v2.record_rate,
+                v2.record_burst,
+            )
+            if v2.protocol_v2
+            else None
+        )
         self._closing: dict[int, asyncio.Task[None]] = {}
         self._ready = asyncio.Event()
 
@@ -157,8 +182,17 @@ class Worker:
         if isinstance(output, Write):
             broadcast([client.handle], output.frame)
             stats.written(output)
+            if output.outcome is AuthOutcome.WRONG_SERVER and client.machine.v2 is not None:
+                _noisy.warning(
+                    "wrong_server",
+                    "auth for another server refused (a relay, or a client given the wrong "
+                    "URL; see --public-url): it signed for %r",
+                    client.machine.v2.claimed,
+                    claimed=client.machine.v2.claimed,
+                )
         elif isinstance(output, WriteSnapshot):
-            write_all((client.handle,), (self._snapshot_frame(),))
+            frame = self._snapshot_frame() if client.machine.v2 is None else self._v2_snapshot()
+            write_all((client.handle,), (frame,))
             stats.written(output)
         elif isinstance(output, Close):
             self._begin_close(client, output)
@@ -210,6 +244,22 @@ class Worker:
                 stats.fanned_out(len(clients), len(frame))
                 if now is not None:
                     stats.update_latency(now - update.at)
+        clients_v2 = output.clients_v2
+        if clients_v2:  # every update, records alone too (see workers.lobby_v2)
+            frames = [SharedFrame(update_frame(u.update)) for u in output.updates if u.update]
+            left = []
+            write_all(clients_v2, frames, left)
+            self.core.observed(left)
+            for frame in frames:
+                stats.fanned_out(len(clients_v2), len(frame))
+
+    def _v2_snapshot(self) -> SharedFrame:
+        """The current state's version 2 ``snapshot``, framed once per state."""
+        replica = self.core.replica
+        state = (replica.epoch, replica.seq)
+        if self._snapshot_v2 is None or self._snapshot_v2[0] != state:
+            self._snapshot_v2 = (state, SharedFrame(self._entries_v2.snapshot(replica)))
+        return self._snapshot_v2[1]
 
     def _snapshot_frame(self) -> SharedFrame:
         """The current state's ``lobby_snapshot``, framed once however many clients
@@ -262,6 +312,7 @@ class Worker:
                     self.core.clients.pressured, s.memory.send_buffer_bytes
                 ),
                 backlog=LISTEN_BACKLOG,
+                select_subprotocol=None if self._v2 is None else _select_v2,
             )
         except (OSError, zmq.ZMQError) as exc:
             taken = isinstance(exc, OSError)  # the public port: an error at start
@@ -377,7 +428,8 @@ class Worker:
     async def _serve_client(self, ws: ServerConnection) -> None:
         core = self.core
         source = self.door.source_of(ws.remote_address, ws.request)
-        client = core.connect(ws, source, str(ws.remote_address), self._now())
+        v2 = self._v2 if ws.subprotocol == SUBPROTOCOL else None
+        client = core.connect(ws, source, str(ws.remote_address), self._now(), v2)
         forget_handshake(ws)  # the source is known: the headers are not needed again
         if client is None:
             await _close_ws(ws, CloseCode.TRY_AGAIN_LATER, CLOSE_REASONS[CloseCode.TRY_AGAIN_LATER])
@@ -426,6 +478,12 @@ class Worker:
                 return await client.handle.recv()
         except TimeoutError:
             return None
+
+
+def _select_v2(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """With ``--protocol-v2``: version 2 for a client that offers it; any other client
+    (no subprotocol, or only others) goes on in version 1 with none selected."""
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 
 
 async def _close_ws(ws: ServerConnection, code: int, reason: str) -> None:

@@ -20,6 +20,7 @@ from shared.endpoints import BackboneOptions
 from shared.logs import Logging
 from shared.options import (
     SettingsError,
+    at_least,
     group,
     option,
     optional,
@@ -32,6 +33,7 @@ from workers.admission import AdmissionLimits
 from workers.api import ApiOptions
 from workers.budget import MemoryLimits
 from workers.connection import Limits
+from workers.identities import check_public_urls
 from workers.sources import parse_trusted
 
 
@@ -215,6 +217,32 @@ class Timing:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProtocolV2:
+    protocol_v2: bool = option(
+        False,
+        "experimental: offer protocol version 2 (draft) to clients that ask for it (the "
+        "subprotocol presence.v2); every other client gets version 1 as before",
+    )
+    public_url: tuple[str, ...] = option(
+        (),
+        "URLs clients dial, comma-separated or repeated (e.g. wss://lobby.example/ws behind a "
+        "reverse proxy): a version 2 auth must name one of them",
+        parse=split_list,
+        check=check_public_urls,
+        shown="ws[s]://HOST:PORT/ws, every name of a loopback or wildcard HOST",
+    )
+    record_rate: float = option(
+        1.0, "presence record changes a version 2 client may make per second", check=positive
+    )
+    record_burst: int = option(
+        5, "record changes it may make at once before that rate applies", check=at_least(1)
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerSettings:
     network: Network = group(Network, "Network")
     backbone: Backbone = group(Backbone, "Backbone")
@@ -223,6 +251,7 @@ class WorkerSettings:
     admission: AdmissionLimits = group(AdmissionLimits, "Admission")
     memory: MemoryLimits = group(MemoryLimits, "Memory")
     api: ApiOptions = group(ApiOptions, "Backend API")
+    v2: ProtocolV2 = group(ProtocolV2, "Protocol version 2 (experimental)")
     logging: Logging = group(Logging, "Logging")
 
     def __post_init__(self) -> None:

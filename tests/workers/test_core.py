@@ -247,6 +247,8 @@ def _imports(module: str) -> set[str]:
 def _runtime_imports(module: str) -> set[str]:
     """What ``module`` imports when it runs (not what it names for type checking)."""
     path = Path(__file__).parents[2] / (module.replace(".", "/") + ".py")
+    if not path.exists():  # a package
+        path = path.with_suffix("") / "__init__.py"
     tree = ast.parse(path.read_text())
     checking = [
         node

@@ -54,6 +54,16 @@ def test_any_text_frames_the_same(text: str) -> None:
     assert SharedFrame(text).data == websockets_framing(text)
 
 
+@pytest.mark.parametrize("size", SIZES)
+def test_a_shared_binary_frame_is_the_frame_websockets_writes(size: int) -> None:
+    """Protocol version 2's lobby frames are binary."""
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    protocol = ServerProtocol(state=State.OPEN)
+    protocol.send_binary(payload)
+    (data,) = protocol.data_to_send()
+    assert SharedFrame(payload).data == data
+
+
 # --------------------------------------------------------------------------- real sockets
 
 

@@ -26,6 +26,7 @@ import zmq.asyncio
 from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
 
 from shared import backbone as bb
 from shared import protocol
@@ -798,6 +799,11 @@ def test_http_paths(ipc_dir: Path) -> None:
             # permessage-deflate is off unless the operator turns it on.
             async with connect(h.url, compression="deflate") as ws:
                 assert "Sec-WebSocket-Extensions" not in ws.response.headers
+            # Without --protocol-v2 a client offering it gets version 1, none selected.
+            async with connect(h.url, subprotocols=[Subprotocol("presence.v2")]) as ws:
+                assert ws.subprotocol is None
+                assert "Sec-WebSocket-Protocol" not in ws.response.headers
+                assert json.loads(await ws.recv())["version"] == 1
 
     run(scenario())
 

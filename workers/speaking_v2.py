@@ -1,0 +1,174 @@
+"""What a connection does differently when it speaks protocol version 2 (pure).
+
+Theory of operation
+-------------------
+A connection is version 2 when its handshake selected the subprotocol ``presence.v2``
+(only with ``--protocol-v2``); its :class:`~workers.connection.Connection` then holds a
+:class:`Speaker`, and everything else about it (states, deadlines, pipelining, flow
+control, direct messages, ``get_lobby``) is version 1's. This module holds the parts
+that differ: the ``auth`` check, and the answers to the frames version 1 does not have.
+
+The ``auth`` check follows the contract's order, so a client learns the first thing
+wrong with its ``auth`` whatever else is: the frame's shape (``malformed``); the
+``server`` it signed for is one of this worker's identities (``wrong_server``, never
+``invalid_signature``: an operator must tell a relay or a misconfigured client from a
+broken one); the key; the signature over the payload built with that ``server``; then
+``record``, ``follow`` and ``resume``. The parser (:func:`shared.v2.parse_client_frame_v2`)
+refuses a bad ``record``, ``follow`` or ``resume`` before it looks at anything else, so
+for those the frame is parsed again without them, and the earlier checks run first.
+
+What this server serves of version 2 so far: the whole lobby. An ``auth`` that follows a
+watchlist or the count is refused ``bad_follow``, a ``follow`` frame for them gets
+``error`` ``bad_follow`` (a ``follow`` of the lobby gets a fresh snapshot, as
+``get_lobby``), ``watch`` and ``unwatch`` get ``not_watching`` (the client never follows
+a watchlist), and a ``resume`` is never covered: ``resumed`` is false and a snapshot
+follows.
+
+A ``set_record`` costs a token of the connection's record bucket (``--record-rate``,
+``--record-burst``) besides its message token; over it the change is refused with
+``error`` ``rate_limited`` and not applied.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Final
+
+from shared.protocol import GetLobby
+from shared.v2 import (
+    AuthFailureV2,
+    AuthV2,
+    ClientMessageV2,
+    ErrorCodeV2,
+    FollowFrame,
+    Scope,
+    SetRecord,
+    Unwatch,
+    Violation,
+    ViolationV2,
+    Watch,
+    error_v2,
+    parse_client_frame_v2,
+    verify_auth_v2,
+)
+from shared.v2 import Record as RecordV2
+from workers.outputs import Write
+from workers.ratelimit import TokenBucket
+
+SUBPROTOCOL: Final = "presence.v2"
+"""The WebSocket subprotocol a version 2 client offers."""
+
+_LATER_CHECKS: Final = {
+    ViolationV2.BAD_RECORD: AuthFailureV2.BAD_RECORD,
+    ViolationV2.BAD_FOLLOW: AuthFailureV2.BAD_FOLLOW,
+    ViolationV2.BAD_RESUME: AuthFailureV2.BAD_RESUME,
+}
+"""Refusals of an ``auth`` that come after its signature is checked."""
+_ERRORS: Final = {
+    ViolationV2.MALFORMED: ErrorCodeV2.MALFORMED,
+    ViolationV2.UNKNOWN_TYPE: ErrorCodeV2.UNKNOWN_TYPE,
+    ViolationV2.BAD_RECORD: ErrorCodeV2.BAD_RECORD,
+    ViolationV2.BAD_FOLLOW: ErrorCodeV2.BAD_FOLLOW,
+    ViolationV2.BAD_RESUME: ErrorCodeV2.MALFORMED,  # (resume exists in auth alone)
+    ViolationV2.WATCHLIST_FULL: ErrorCodeV2.WATCHLIST_FULL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class V2Config:
+    """What every version 2 connection of a worker shares: the worker's public
+    identities (:mod:`workers.identities`) and the record rate."""
+
+    identities: frozenset[str]
+    record_rate: float = 1.0
+    record_burst: int = 5
+
+
+Record = tuple[str, str]
+"""A record as the backbone carries it: ``(status, data)`` (:mod:`shared.records`)."""
+Parsed = ClientMessageV2 | Violation
+
+
+@dataclass(slots=True)
+class Speaker:
+    """One version 2 connection's own state: its record bucket, and the ``server`` its
+    ``auth`` named (for the log of a ``wrong_server``)."""
+
+    config: V2Config
+    bucket: TokenBucket = field(init=False)
+    claimed: str = ""
+
+    def __post_init__(self) -> None:
+        self.bucket = TokenBucket(self.config.record_rate, self.config.record_burst)
+
+    # ------------------------------------------------------------------ auth
+
+    def check_auth(self, frame: str | bytes, nonce: bytes) -> AuthV2 | AuthFailureV2:
+        """The first frame: an ``auth`` the worker accepts (its ``follow`` the lobby),
+        or why not, in the contract's order."""
+        parsed = parse_client_frame_v2(frame)
+        later: AuthFailureV2 | None = None
+        if isinstance(parsed, Violation) and parsed.kind in _LATER_CHECKS:
+            later = _LATER_CHECKS[parsed.kind]
+            parsed = parse_client_frame_v2(_without_options(frame))
+        if isinstance(parsed, Violation):
+            return AuthFailureV2.MALFORMED
+        if not isinstance(parsed, AuthV2):
+            return AuthFailureV2.UNEXPECTED_MESSAGE
+        self.claimed = parsed.server
+        if parsed.server not in self.config.identities:
+            return AuthFailureV2.WRONG_SERVER
+        failure = verify_auth_v2(nonce, parsed.public_key, parsed.signature, parsed.server)
+        if failure is not None:
+            return failure
+        if later is not None:
+            return later
+        if parsed.follow.scope is not Scope.LOBBY:
+            return AuthFailureV2.BAD_FOLLOW  # not served yet: see the module docstring
+        return parsed
+
+    # ------------------------------------------------------------------ after auth
+
+    @staticmethod
+    def parse(frame: str | bytes) -> Parsed | GetLobby:
+        """A frame after ``auth_ok``; a ``follow`` of the lobby asks for what
+        ``get_lobby`` asks for (a fresh snapshot)."""
+        parsed = parse_client_frame_v2(frame)
+        if isinstance(parsed, FollowFrame) and parsed.follow.scope is Scope.LOBBY:
+            return GetLobby()
+        return parsed
+
+    def answer(self, parsed: Parsed, record: Record, now: float) -> Record | Write:
+        """Answer a frame version 1 does not have (or a refused one): the session's new
+        record (nothing is written: the change comes back as an ``updated`` entry), or
+        what to write."""
+        if isinstance(parsed, SetRecord):
+            if not self.bucket.take(now):
+                return _error(ErrorCodeV2.RATE_LIMITED, "too many record changes; slow down")
+            new = parsed.change.apply(RecordV2(*record))
+            return (new.status, new.data_json)
+        if isinstance(parsed, Violation):
+            return _error(_ERRORS[parsed.kind], parsed.detail)
+        if isinstance(parsed, AuthV2):
+            return _error(ErrorCodeV2.MALFORMED, "already authenticated")
+        if isinstance(parsed, Watch | Unwatch):
+            return _error(ErrorCodeV2.NOT_WATCHING, "this connection follows no watchlist")
+        # FollowFrame of a watchlist or the count (the lobby's is get_lobby)
+        return _error(ErrorCodeV2.BAD_FOLLOW, "this server serves the whole lobby only")
+
+
+def _error(code: ErrorCodeV2, text: str) -> Write:
+    return Write(error_v2(code, text))
+
+
+def _without_options(frame: str | bytes) -> str:
+    """An ``auth`` frame without its ``record``, ``follow`` and ``resume`` (called for
+    a frame the parser read as a JSON object; anything else stays malformed)."""
+    try:
+        obj = json.loads(frame)
+        for name in ("record", "follow", "resume"):
+            obj.pop(name, None)
+        return json.dumps(obj)
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return ""
