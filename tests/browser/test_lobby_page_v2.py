@@ -50,7 +50,7 @@ def cluster_v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def test_a_name_and_a_status_reach_another_page_as_text(cluster_v2: Cluster) -> None:
     async def scenario() -> None:
         async with browser_context() as context:
-            one = await open_page(context, page_url(cluster_v2))
+            one = await open_page(context, page_url(cluster_v2), key="named")
             two = await open_page(context, page_url(cluster_v2))
             a = await key_of(one)
             assert await one.get_attribute("html", "data-protocol") == "2"
@@ -82,5 +82,17 @@ def test_a_name_and_a_status_reach_another_page_as_text(cluster_v2: Cluster) -> 
             await one.fill("#profile-custom", "in a meeting")
             await one.press("#profile-custom", "Enter")
             await until(lambda: shows("in a meeting"), "the new status", 10)
+            # Reloaded, the page sends the stored profile in its auth: the new session
+            # has it from the start, and the form shows it.
+            await one.reload()
+            await one.wait_for_function("window.lobby && window.lobby.ready")
+            await one.evaluate("window.lobby.ready")
+            assert await one.input_value("#profile-name") == NAME
+            assert await one.text_content(f"{entry} .presence") == "in a meeting"
+            assert await one.text_content(f"{entry} .name") == NAME
+            # Changes over the server's rate are refused, and the form says so.
+            for _ in range(8):
+                await one.press("#profile-custom", "Enter")
+            await one.wait_for_selector("#profile-error:has-text('rate_limited')")
 
     run(scenario())
