@@ -8,7 +8,7 @@ import { test } from "node:test";
 
 import {
   LobbyClient,
-  NoVersion2,
+  NotVersion2,
   ProtocolError,
   RecordView,
   SequenceGap,
@@ -186,7 +186,7 @@ test("v2: a server that selects no subprotocol is refused, and not retried", asy
   await assert.rejects(
     connected,
     (error) =>
-      error instanceof NoVersion2 &&
+      error instanceof NotVersion2 &&
       error instanceof ProtocolError &&
       /does not speak protocol version 2/.test(error.message),
   );

@@ -43,7 +43,7 @@ export { SUBPROTOCOL };
  * The server selected no `presence.v2`: it has no version 2. A client that speaks
  * version 1 may continue in it (a new `LobbyClient` without `version: 2`).
  */
-export class NoVersion2 extends ProtocolError {}
+export class NotVersion2 extends ProtocolError {}
 
 /** The lobby of a version 2 client (see the module comment). Changed only by apply*. */
 export class RecordView {
@@ -226,7 +226,7 @@ export class WantedV2 {
   /** Why a challenge on a socket with subprotocol `selected` is refused (an error), or null. */
   refusal(selected, version) {
     if (selected !== SUBPROTOCOL)
-      return new NoVersion2("the server does not speak protocol version 2");
+      return new NotVersion2("the server does not speak protocol version 2");
     if (version === PROTOCOL_VERSION_2) return null;
     return new ProtocolError(`the server speaks protocol ${version}, not 2`);
   }

@@ -8,7 +8,7 @@ import {
   InconsistentSnapshot,
   InconsistentUpdate,
   LobbyClient,
-  NoVersion2,
+  NotVersion2,
   SequenceGap,
   ServerError,
   loadOrCreateIdentity,
@@ -293,7 +293,7 @@ function watchLobby(client) {
 }
 
 function onClientError(client, error) {
-  if (error instanceof NoVersion2) {
+  if (error instanceof NotVersion2) {
     fallBackToVersion1(client);
   } else if (VIEW_ERRORS.some((kind) => error instanceof kind)) {
     resyncing = true; // a snapshot is asked for; its sync ends this
