@@ -5,7 +5,6 @@ for what no real server does (skipping an update number), a scripted server."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +16,7 @@ import pytest
 from scripts.fake_lobby import FakeLobby, random_keys
 from shared.client import LobbyClient
 from tests.browser.conftest import chromium
-from tests.support import ROOT, Cluster, ManagedProcess, run, tls_files, until
+from tests.support import Cluster, ManagedProcess, run, tls_files, until
 
 pytestmark = pytest.mark.process
 
@@ -316,26 +315,3 @@ def test_the_page_over_tls(tmp_path: Path) -> None:
                     assert result.delivered
 
         run(scenario())
-
-
-def test_a_screenshot_of_the_lobby(cluster: Cluster, tmp_path: Path) -> None:
-    """The picture in the README: the page with a few users online and a message. Taken
-    on every run; written to docs/lobby.png when UPDATE_SCREENSHOT=1."""
-
-    async def scenario() -> None:
-        async with browser_context(viewport={"width": 1000, "height": 640}) as context:
-            others = [await LobbyClient.connect(cluster.url) for _ in range(4)]
-            page = await open_page(context, page_url(cluster))
-            me = await key_of(page)
-            await until_shown(page, {me, *(o.public_key for o in others)}, "five users")
-            await others[0].send(me, "Hello from a Python client", msg_id="hello")
-            await page.wait_for_selector('#thread li[data-id="hello"]')
-            path = tmp_path / "lobby.png"
-            await page.screenshot(path=str(path))
-            assert path.stat().st_size > 10_000
-            if os.environ.get("UPDATE_SCREENSHOT") == "1":
-                (ROOT / "docs" / "lobby.png").write_bytes(path.read_bytes())
-            for other in others:
-                await other.close()
-
-    run(scenario())

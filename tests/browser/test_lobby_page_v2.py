@@ -1,10 +1,12 @@
-"""The lobby page in protocol version 2 (real Chromium, a real cluster whose workers run
+"""The lobby page in protocol version 2 (real Chromium, one real cluster whose workers run
 with ``--protocol-v2``): a display name and a status set in one page reach another,
-shown as text next to the key prefix. Skipped while the workers have no such option."""
+shown as text next to the key prefix; and the README's picture. Skipped while the
+workers have no such option."""
 
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.test_lobby_page import browser_context, key_of, open_page, page_url
+from shared.client_v2 import LobbyClientV2
+from tests.browser.test_lobby_page import (
+    browser_context,
+    key_of,
+    open_page,
+    page_url,
+    until_shown,
+)
 from tests.support import ROOT, Cluster, run, until
 
 
@@ -94,5 +103,45 @@ def test_a_name_and_a_status_reach_another_page_as_text(cluster_v2: Cluster) -> 
             for _ in range(8):
                 await one.press("#profile-custom", "Enter")
             await one.wait_for_selector("#profile-error:has-text('rate_limited')")
+
+    run(scenario())
+
+
+def test_a_screenshot_of_the_lobby(cluster_v2: Cluster, tmp_path: Path) -> None:
+    """The picture in the README: the page with a few named users online, a conversation
+    and an unread message. Taken on every run; written to docs/lobby.png when
+    UPDATE_SCREENSHOT=1."""
+    people = [("Ada", "online"), ("Grace", "away"), ("Alan", "busy"), ("Edsger", "reviewing")]
+
+    async def scenario() -> None:
+        async with browser_context(viewport={"width": 1000, "height": 720}) as context:
+            others = [
+                await LobbyClientV2.connect(
+                    cluster_v2.url, record={"status": status, "data": {"name": name}}
+                )
+                for name, status in people
+            ]
+            page = await open_page(context, page_url(cluster_v2))
+            me = await key_of(page)
+            await until_shown(page, {me, *(o.public_key for o in others)}, "five users")
+            await page.fill("#profile-name", "Barbara")
+            await page.press("#profile-name", "Enter")
+            await others[0].send(me, "Hello from a Python client", msg_id="hello")
+            await page.wait_for_selector('#thread li[data-id="hello"]')
+            await page.fill("#send-body", "Hello Ada!")
+            await page.press("#send-body", "Enter")
+            await page.wait_for_selector('#thread li.out[data-status="delivered"]')
+            await others[1].send(me, "Lunch?", msg_id="lunch")
+            await page.wait_for_selector(
+                f'#users li[data-key="{others[1].public_key}"][data-unread]'
+            )
+            await page.wait_for_selector(f'#users li[data-key="{me}"] bdi:has-text("Barbara")')
+            path = tmp_path / "lobby.png"
+            await page.screenshot(path=str(path))
+            assert path.stat().st_size > 10_000
+            if os.environ.get("UPDATE_SCREENSHOT") == "1":
+                (ROOT / "docs" / "lobby.png").write_bytes(path.read_bytes())
+            for other in others:
+                await other.close()
 
     run(scenario())
