@@ -130,27 +130,39 @@ itemTemplate.setAttribute("aria-selected", "false");
 for (const part of ["name", "key", "presence", "you", "unread"]) {
   const element = document.createElement(part === "name" ? "bdi" : "span");
   element.className = part;
-  itemTemplate.append(element, " ");
+  itemTemplate.append(element, " "); // spaced as text too: read aloud and copied as words
 }
 
 const record = (key) => lobby.client?.view.records?.get(key); // version 2 only
+
+/** Sets a text only when it differs: a new item's many empty parts cost nothing. */
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text; // never parsed as HTML
+}
 
 /** Brings an item's text in line with the key's record and conversation. */
 function fill(item) {
   const key = item.dataset.key;
   const text = entryText(key, record(key), lobby.client.publicKey);
   const [name, keyPart, presence, you, unread] = item.children;
-  name.textContent = text.name; // untrusted: never parsed as HTML
-  keyPart.textContent = text.key;
-  presence.textContent = text.status;
-  you.textContent = text.mine ? "(you)" : "";
+  setText(name, text.name); // untrusted, as the status: text only
+  setText(keyPart, text.key);
+  setText(presence, text.status);
+  setText(you, text.mine ? "(you)" : "");
   const count = conversations.unread(key);
-  unread.textContent = count ? String(count) : "";
-  unread.title = count ? `${count} unread` : "";
-  if (count) item.dataset.unread = String(count);
-  else delete item.dataset.unread;
-  item.setAttribute("aria-selected", String(key === conversations.selected));
-  if (key === conversations.selected) showRecipient();
+  setText(unread, count ? String(count) : "");
+  if (count) {
+    unread.title = `${count} unread`;
+    item.dataset.unread = String(count);
+  } else if (item.dataset.unread !== undefined) {
+    unread.title = "";
+    delete item.dataset.unread;
+  }
+  const selected = key === conversations.selected;
+  if (selected || item.getAttribute("aria-selected") !== "false") {
+    item.setAttribute("aria-selected", String(selected));
+  }
+  if (selected) showRecipient();
 }
 
 function newItem(key, me) {
