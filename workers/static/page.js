@@ -352,7 +352,7 @@ function threadItem(key, entry) {
   const item = document.createElement("li");
   item.className = entry.way;
   item.dataset.id = entry.id;
-  const body = document.createElement("span");
+  const body = document.createElement("bdi"); // a right-to-left body stays inside it
   body.className = "body";
   body.textContent = entry.body; // untrusted: never parsed as HTML
   if (entry.way === "in") {
