@@ -66,7 +66,10 @@ class FakeLobby:
 
     async def _serve(self, ws: ServerConnection) -> None:
         await ws.send(protocol.challenge(secrets.token_hex(protocol.NONCE_BYTES)))
-        auth = json.loads(await ws.recv())
+        try:
+            auth = json.loads(await ws.recv())
+        except ConnectionClosed:
+            return  # gone before its auth: the lobby page's probe for version 2 does that
         key = str(auth["publicKey"]).lower()
         self.users.add(key)
         self.clients[key] = ws

@@ -6,7 +6,13 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { LobbyClient, ProtocolError, RecordView, SequenceGap } from "../../workers/static/lobby.js";
+import {
+  LobbyClient,
+  NotVersion2,
+  ProtocolError,
+  RecordView,
+  SequenceGap,
+} from "../../workers/static/lobby.js";
 import { decodeServerFrameV2, signedPayloadV2 } from "../../workers/static/protocol_v2.js";
 import {
   VECTOR,
@@ -180,7 +186,9 @@ test("v2: a server that selects no subprotocol is refused, and not retried", asy
   await assert.rejects(
     connected,
     (error) =>
-      error instanceof ProtocolError && /does not speak protocol version 2/.test(error.message),
+      error instanceof NotVersion2 &&
+      error instanceof ProtocolError &&
+      /does not speak protocol version 2/.test(error.message),
   );
   assert.equal(client.status, "closed");
   assert.deepEqual(clock.pending(), []);

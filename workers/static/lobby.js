@@ -49,7 +49,12 @@
  *   `join`, `leave`, `update`, `message`, `error` (all `CustomEvent`s; see the class).
  *   With `{ version: 2 }` (and `record`, `follow`): protocol version 2 (binary lobby
  *   frames, records, scopes, resume; lobby_core_v2.js), `view` is a `RecordView` and
- *   `setRecord`, `follow`, `watch`, `unwatch` change what is asked for.
+ *   `setRecord`, `follow`, `watch`, `unwatch` change what is asked for. A server
+ *   without version 2 (no `presence.v2` selected) ends it with `NotVersion2` (a
+ *   `ProtocolError`): `connect()` rejects with it, and it is the `error` event's. But
+ *   browsers (and the ws package) fail such a handshake themselves: there it is a close
+ *   1006, as for a server that is down, and the client reconnects; version_probe.js
+ *   tells the two apart.
  * - `LobbyView` (a set of keys) and `applyLobbyFrame(view, frame)`: the lobby's rules,
  *   pure (tests/vectors/view.json, as the Python client's); `authPayload(nonceHex)`:
  *   the bytes a client signs; `reconnects(code)`, `backoffDelay(...)`: the reconnect
@@ -141,7 +146,7 @@ export {
   reconnects,
 } from "./lobby_core.js";
 export { identityFromKeyPair, loadOrCreateIdentity } from "./identity.js";
-export { RecordView } from "./lobby_core_v2.js";
+export { NotVersion2, RecordView } from "./lobby_core_v2.js";
 
 const REPLACED = "this identity was opened elsewhere (another tab or device)";
 
@@ -516,8 +521,8 @@ export class LobbyClient extends EventTarget {
     conn.challenged = true;
     const refusal = this.#wanted
       ? this.#wanted.refusal(conn.ws.protocol, version)
-      : version !== PROTOCOL_VERSION && `the server speaks protocol ${version}, not 1`;
-    if (refusal) return this.#fatal(new ProtocolError(refusal));
+      : version !== PROTOCOL_VERSION && new ProtocolError(`the server speaks protocol ${version}, not 1`);
+    if (refusal) return this.#fatal(refusal);
     if (typeof nonce !== "string" || !HEX64.test(nonce)) {
       return this.#fatal(new ProtocolError("the challenge's nonce is not 64 hex characters"));
     }

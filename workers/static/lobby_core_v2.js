@@ -39,6 +39,12 @@ import {
 
 export { SUBPROTOCOL };
 
+/**
+ * The server selected no `presence.v2`: it has no version 2. A client that speaks
+ * version 1 may continue in it (a new `LobbyClient` without `version: 2`).
+ */
+export class NotVersion2 extends ProtocolError {}
+
 /** The lobby of a version 2 client (see the module comment). Changed only by apply*. */
 export class RecordView {
   /** @type {string | null} */ epoch = null;
@@ -217,10 +223,12 @@ export class WantedV2 {
     return null;
   }
 
-  /** Why a challenge on a socket with subprotocol `selected` is refused, or null. */
+  /** Why a challenge on a socket with subprotocol `selected` is refused (an error), or null. */
   refusal(selected, version) {
-    if (selected !== SUBPROTOCOL) return "the server does not speak protocol version 2";
-    return version === PROTOCOL_VERSION_2 ? null : `the server speaks protocol ${version}, not 2`;
+    if (selected !== SUBPROTOCOL)
+      return new NotVersion2("the server does not speak protocol version 2");
+    if (version === PROTOCOL_VERSION_2) return null;
+    return new ProtocolError(`the server speaks protocol ${version}, not 2`);
   }
 
   /** Checks `{status?, data?}` (at least one) and returns the `set_record` frame. */

@@ -1,16 +1,42 @@
 // The lobby page's script (loaded by index.html as a module, so that the page's
 // content security policy can forbid inline scripts). See index.html for what the page
-// shows, its query parameters and what tests may rely on.
-import { Ed25519Unsupported, LobbyClient, loadOrCreateIdentity } from "./lobby.js";
+// shows, its query parameters and what tests may rely on. What needs no DOM (entries'
+// text, the profile's rules, conversations, staleness) is in page_state.js.
+import {
+  DuplicateUpdate,
+  Ed25519Unsupported,
+  InconsistentSnapshot,
+  InconsistentUpdate,
+  LobbyClient,
+  NotVersion2,
+  SequenceGap,
+  ServerError,
+  loadOrCreateIdentity,
+} from "./lobby.js";
+import {
+  Conversations,
+  entryText,
+  parseProfile,
+  profileProblem,
+  profileRecord,
+  recipientText,
+  recordErrorText,
+  resultText,
+  shortKey,
+  staleness,
+} from "./page_state.js";
+import { lacksVersion2 } from "./version_probe.js";
 
-const MAX_LOG_ITEMS = 500;
 const FLASH_MS = 1500;
+const HEX64 = /^[0-9a-f]{64}$/;
+/** The view errors after which the client asks for a snapshot: the list is stale till then. */
+const VIEW_ERRORS = [SequenceGap, DuplicateUpdate, InconsistentUpdate, InconsistentSnapshot];
 
 const $ = (id) => document.getElementById(id);
 const statusLine = $("status");
 const usersList = $("users");
+const thread = $("thread");
 const params = new URLSearchParams(location.search);
-const short = (key) => (key.length > 8 ? `${key.slice(0, 8)}…` : key);
 
 let markReady;
 let failReady;
@@ -19,10 +45,15 @@ const ready = new Promise((resolve, reject) => {
   failReady = reject;
 });
 ready.catch(() => {}); // shown on the page; tests that await it still see it fail
-const lobby = { client: null, ready, applied: 0 };
+/** `version`: 2 until a server without version 2 is met, then 1 for the page's life. */
+const lobby = { client: null, ready, applied: 0, version: 2 };
 const timings = { loadToOnlineMs: null, lastApplyMs: null };
 window.lobby = lobby;
 window.lobbyTimings = timings;
+
+const conversations = new Conversations();
+let identity = null;
+let resyncing = false;
 
 // -- Status ------------------------------------------------------------------
 
@@ -53,6 +84,17 @@ function showStatus(detail) {
   if (detail.status === "reconnecting") {
     countdown = setInterval(() => (statusLine.textContent = statusText(detail)), 1000);
   }
+  showStaleness();
+}
+
+/** Dims what is shown while it is not live, and says why. */
+function showStaleness() {
+  const stale = staleness(lobby.client?.status ?? "connecting", resyncing);
+  const main = document.querySelector("main");
+  if (stale) main.dataset.stale = stale.why;
+  else delete main.dataset.stale;
+  $("stale-note").textContent = stale?.note ?? "";
+  $("stale-note").hidden = !stale;
 }
 
 /** connect() or the start failed; once there is a client, its status says why. */
@@ -78,19 +120,58 @@ const items = new Map(); // key → li
 let sortedKeys = [];
 let snapshotKeys = null; // a snapshot not yet rendered, sorted
 const touched = new Set(); // keys that joined or left since the last pass
+const changed = new Set(); // keys whose record (version 2) or unread count changed
 let framesPending = 0;
 let scheduled = false;
 const itemTemplate = document.createElement("li");
-itemTemplate.append(document.createElement("button"));
-itemTemplate.firstChild.type = "button";
+itemTemplate.setAttribute("role", "option");
+itemTemplate.tabIndex = 0;
+itemTemplate.setAttribute("aria-selected", "false");
+for (const part of ["name", "key", "presence", "you", "unread"]) {
+  const element = document.createElement(part === "name" ? "bdi" : "span");
+  element.className = part;
+  itemTemplate.append(element, " "); // spaced as text too: read aloud and copied as words
+}
+
+const record = (key) => lobby.client?.view.records?.get(key); // version 2 only
+
+/** Sets a text only when it differs: a new item's many empty parts cost nothing. */
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text; // never parsed as HTML
+}
+
+/** Brings an item's text in line with the key's record and conversation. */
+function fill(item) {
+  const key = item.dataset.key;
+  const text = entryText(key, record(key), lobby.client.publicKey);
+  const [name, keyPart, presence, you, unread] = item.children;
+  setText(name, text.name); // untrusted, as the status: text only
+  setText(keyPart, text.key);
+  setText(presence, text.status);
+  setText(you, text.mine ? "(you)" : "");
+  const count = conversations.unread(key);
+  setText(unread, count ? String(count) : "");
+  if (count) {
+    unread.title = `${count} unread`;
+    item.dataset.unread = String(count);
+  } else if (item.dataset.unread !== undefined) {
+    unread.title = "";
+    delete item.dataset.unread;
+  }
+  const selected = key === conversations.selected;
+  if (selected || item.getAttribute("aria-selected") !== "false") {
+    item.setAttribute("aria-selected", String(selected));
+  }
+  if (selected) showRecipient();
+}
 
 function newItem(key, me) {
   const item = itemTemplate.cloneNode(true);
   item.dataset.key = key;
   item.title = key;
-  item.firstChild.textContent = short(key);
   if (key === me) item.className = "me";
   items.set(key, item);
+  fill(item);
   return item;
 }
 
@@ -134,7 +215,7 @@ function flash(flashed) {
 
 function showActivity(joined, left) {
   if (joined.length + left.length === 0) return;
-  const names = (keys, sign) => keys.map((key) => sign + short(key));
+  const names = (keys, sign) => keys.map((key) => sign + shortKey(key));
   const counts = [
     ...(joined.length ? [`+${joined.length} joined`] : []),
     ...(left.length ? [`−${left.length} left`] : []),
@@ -160,6 +241,7 @@ function render() {
   if (snapshotKeys) {
     renderAll(snapshotKeys, client.publicKey);
     snapshotKeys = null;
+    changed.clear(); // every item was just filled
   }
   const joined = [];
   const left = [];
@@ -175,9 +257,15 @@ function render() {
       left.push(key);
     }
   }
+  for (const key of [...changed, ...touched]) {
+    const item = items.get(key);
+    if (item) fill(item);
+  }
   touched.clear();
+  changed.clear();
   flash(flashed);
   showActivity(joined, left);
+  showRecipient();
   $("count").textContent = String(sortedKeys.length);
   lobby.applied += framesPending;
   framesPending = 0;
@@ -189,80 +277,232 @@ function render() {
 }
 
 function watchLobby(client) {
-  client.addEventListener("sync", ({ detail }) => {
-    snapshotKeys = detail.online;
-    touched.clear(); // the snapshot already holds these changes
-    schedule();
-  });
-  client.addEventListener("join", ({ detail }) => touched.add(detail.key));
-  client.addEventListener("leave", ({ detail }) => touched.add(detail.key));
-  client.addEventListener("update", () => {
-    framesPending += 1;
-    schedule();
-  });
+  const current = (listener) => (event) => client === lobby.client && listener(event.detail);
+  client.addEventListener(
+    "sync",
+    current((detail) => {
+      snapshotKeys = detail.online;
+      touched.clear(); // the snapshot already holds these changes
+      resyncing = false;
+      showStaleness();
+      schedule();
+    }),
+  );
+  client.addEventListener("join", current(({ key }) => touched.add(key)));
+  client.addEventListener("leave", current(({ key }) => touched.add(key)));
+  client.addEventListener(
+    "update",
+    current(({ updated = [] }) => {
+      for (const key of updated) changed.add(key);
+      framesPending += 1;
+      schedule();
+    }),
+  );
+  client.addEventListener("status", current(showStatus));
+  client.addEventListener("status", current((detail) => probeVersion(client, detail)));
+  client.addEventListener("message", current(showMessage));
+  client.addEventListener("error", current(({ error }) => onClientError(client, error)));
 }
 
-usersList.addEventListener("click", (event) => {
-  const item = event.target.closest("li[data-key]");
-  if (!item) return;
-  $("send-to").value = item.dataset.key;
-  $("send-body").focus();
-});
-
-// -- Messages --------------------------------------------------------------------
-
-function appendLogItem(list, item) {
-  list.append(item);
-  if (list.children.length > MAX_LOG_ITEMS) list.firstElementChild.remove();
-  list.scrollTop = list.scrollHeight;
+function onClientError(client, error) {
+  if (error instanceof NotVersion2) {
+    fallBackToVersion1(client);
+  } else if (VIEW_ERRORS.some((kind) => error instanceof kind)) {
+    resyncing = true; // a snapshot is asked for; its sync ends this
+    showStaleness();
+  } else if (error instanceof ServerError && recordErrorText(error.code)) {
+    showProfileError(recordErrorText(error.code));
+  }
 }
 
-function keySpan(key) {
-  const span = document.createElement("span");
-  span.className = "key";
-  span.title = key;
-  span.textContent = short(key);
-  return span;
+// -- Selection and conversations --------------------------------------------------
+
+function select(key) {
+  const before = conversations.selected;
+  if (conversations.select(key)) showSelection(before);
 }
 
-function showResult(to, { id, status, reason }) {
+/** Marks the selected entry, fills the send box, draws its conversation. */
+function showSelection(before) {
+  const key = conversations.selected;
+  for (const other of [before, key]) {
+    const item = other === null ? undefined : items.get(other);
+    if (item) fill(item);
+  }
+  if ($("send-to").value.trim().toLowerCase() !== key) $("send-to").value = key ?? "";
+  showRecipient();
+  showThread();
+}
+
+/** The send box says who it writes to. */
+function showRecipient() {
+  const key = conversations.selected;
+  const line = $("recipient");
+  if (key === null) {
+    line.textContent = "Pick someone in the list, or paste a key.";
+    return;
+  }
+  const to = document.createElement("bdi");
+  to.textContent = recipientText(key, record(key), items.has(key));
+  line.replaceChildren("To ", to);
+  line.title = key;
+}
+
+function threadItem(key, entry) {
   const item = document.createElement("li");
-  item.dataset.id = id;
+  item.className = entry.way;
+  item.dataset.id = entry.id;
+  const body = document.createElement("bdi"); // a right-to-left body stays inside it
+  body.className = "body";
+  body.textContent = entry.body; // untrusted: never parsed as HTML
+  if (entry.way === "in") {
+    item.dataset.from = key;
+    item.append(body);
+  } else {
+    const result = document.createElement("span");
+    result.className = "result";
+    item.append(body, " ", result);
+    showResultIn(item, entry);
+  }
+  return item;
+}
+
+function showResultIn(item, { status, reason }) {
   item.dataset.status = status;
-  if (reason !== undefined) item.dataset.reason = reason;
-  item.append("to ", keySpan(to), `: ${status}${reason === undefined ? "" : ` (${reason})`}`);
-  appendLogItem($("results"), item);
+  if (reason === undefined) delete item.dataset.reason;
+  else item.dataset.reason = reason;
+  item.querySelector(".result").textContent = resultText({ status, reason });
+}
+
+/** Draws the selected conversation. */
+function showThread() {
+  const key = conversations.selected;
+  thread.dataset.with = key ?? "";
+  thread.replaceChildren(...(key ? conversations.thread(key).map((e) => threadItem(key, e)) : []));
+  thread.scrollTop = thread.scrollHeight;
+}
+
+function appendToThread(key, entry) {
+  if (key !== conversations.selected) return;
+  thread.append(threadItem(key, entry));
+  if (thread.children.length > conversations.thread(key).length) thread.firstElementChild.remove();
+  thread.scrollTop = thread.scrollHeight;
 }
 
 function showMessage({ from, id, body }) {
-  const item = document.createElement("li");
-  item.dataset.from = from;
-  item.dataset.id = id;
-  const text = document.createElement("span");
-  text.className = "body";
-  text.textContent = body; // untrusted: never parsed as HTML
-  item.append(keySpan(from), ": ", text);
-  appendLogItem($("messages"), item);
+  const before = conversations.selected;
+  const entry = conversations.received(from, id, body);
+  if (before !== conversations.selected) showSelection(before); // the first one selects
+  else appendToThread(from, entry);
+  if (from !== conversations.selected) {
+    changed.add(from); // its unread count
+    schedule();
+  }
 }
 
 async function sendFromForm(event) {
   event.preventDefault();
   if (!lobby.client) return; // the identity is still loading
   const to = $("send-to").value.trim().toLowerCase();
+  if (!HEX64.test(to)) {
+    $("send-error").textContent = "Pick someone in the list, or paste a 64-hex key.";
+    $("send-error").hidden = false;
+    return;
+  }
+  $("send-error").hidden = true;
+  select(to);
   const body = $("send-body").value;
   $("send-body").value = "";
   const id = crypto.randomUUID().replaceAll("-", "");
+  const entry = conversations.sent(to, id, body);
+  appendToThread(to, entry);
+  let result;
   try {
-    showResult(to, await lobby.client.send(to, body, { id }));
+    result = await lobby.client.send(to, body, { id });
   } catch (error) {
-    showResult(to, { id, status: "failed", reason: error.message });
+    result = { id, status: "failed", reason: error.message };
+  }
+  conversations.result(to, id, result.status, result.reason);
+  const item = to === conversations.selected && thread.querySelector(`li[data-id="${id}"]`);
+  if (item) showResultIn(item, entry);
+}
+
+usersList.addEventListener("click", (event) => {
+  const item = event.target.closest("li[data-key]");
+  if (!item) return;
+  select(item.dataset.key);
+  $("send-body").focus();
+});
+usersList.addEventListener("keydown", (event) => {
+  const item = event.target.closest("li[data-key]");
+  if (!item || (event.key !== "Enter" && event.key !== " ")) return;
+  event.preventDefault();
+  select(item.dataset.key);
+});
+$("send-to").addEventListener("input", () => {
+  const key = $("send-to").value.trim().toLowerCase();
+  if (HEX64.test(key)) select(key);
+});
+
+// -- Display name and status (version 2) ----------------------------------------------
+
+const profileStore = () => `presence-lobby:profile:${identity.publicKey}`;
+
+function storedProfile() {
+  try {
+    return parseProfile(localStorage.getItem(profileStore()));
+  } catch {
+    return null; // no storage here (a sandbox, a privacy setting)
   }
 }
 
-$("messages").addEventListener("click", (event) => {
-  const item = event.target.closest("li[data-from]");
-  if (item) $("send-to").value = item.dataset.from;
-});
+function formProfile() {
+  return {
+    name: $("profile-name").value.trim(),
+    choice: $("profile-status").value,
+    custom: $("profile-custom").value.trim(),
+  };
+}
+
+function showProfile({ name, choice, custom }) {
+  $("profile-name").value = name;
+  $("profile-status").value = choice;
+  $("profile-custom").value = custom;
+  $("profile-custom").hidden = choice !== "custom";
+}
+
+function showProfileError(text) {
+  $("profile-error").textContent = text ?? "";
+  $("profile-error").hidden = !text;
+}
+
+function setProfile(event) {
+  event.preventDefault();
+  if (!lobby.client) return;
+  const profile = formProfile();
+  const problem = profileProblem(profile);
+  showProfileError(problem);
+  if (problem) return;
+  try {
+    lobby.client.setRecord(profileRecord(profile)); // or with the next auth, if not connected
+  } catch (error) {
+    showProfileError(error.message);
+    return;
+  }
+  try {
+    localStorage.setItem(profileStore(), JSON.stringify(profile));
+  } catch {
+    // kept for this page's life only
+  }
+}
+
+/** Version 1 has no records: the form stays, disabled, and says why. */
+function disableProfile() {
+  $("profile-fields").disabled = true;
+  $("profile-note").textContent =
+    "This server speaks protocol version 1 only: names and statuses need version 2.";
+  $("profile-note").hidden = false;
+}
 
 // -- Our key -----------------------------------------------------------------------
 
@@ -293,19 +533,60 @@ function identityOptions() {
   return key ? { name: `presence-lobby:${key}` } : {};
 }
 
-async function start() {
-  const identity = await loadOrCreateIdentity(identityOptions());
-  const client = new LobbyClient(socketUrl(), { identity });
+/** A client of the version chosen, watched by the page, connecting. */
+function useClient() {
+  const options = { identity };
+  if (lobby.version === 2) {
+    const profile = storedProfile();
+    Object.assign(options, { version: 2, record: profile ? profileRecord(profile) : undefined });
+  }
+  const client = new LobbyClient(socketUrl(), options);
   lobby.client = client;
-  $("me").textContent = client.publicKey;
+  watchLobby(client);
+  client.connect().catch((error) => client === lobby.client && showFailure(error));
+}
+
+let probing = false;
+
+/**
+ * A v2 connection that failed before any frame (1006) may be a server without version
+ * 2, which a browser cannot tell from one that is down (version_probe.js): ask, once
+ * at a time, at the pace of the client's reconnects.
+ */
+async function probeVersion(client, { status, code }) {
+  if (lobby.version !== 2 || status !== "reconnecting" || code !== 1006 || probing) return;
+  probing = true;
+  try {
+    if (await lacksVersion2(socketUrl())) fallBackToVersion1(client);
+  } finally {
+    probing = false;
+  }
+}
+
+/** The server has no version 2: version 1 from now on, for this page's life. */
+function fallBackToVersion1(client) {
+  if (client !== lobby.client || lobby.version === 1) return;
+  lobby.version = 1;
+  document.documentElement.dataset.protocol = "1";
+  disableProfile();
+  useClient();
+  client.close(); // after the switch: its "closed" is no longer shown
+}
+
+async function start() {
+  identity = await loadOrCreateIdentity(identityOptions());
+  $("me").textContent = identity.publicKey;
   $("copy-key").disabled = false;
   $("copy-key").addEventListener("click", copyKey);
-  $("reconnect").addEventListener("click", () => client.connect().catch(showFailure));
-  client.addEventListener("status", ({ detail }) => showStatus(detail));
-  client.addEventListener("message", ({ detail }) => showMessage(detail));
-  watchLobby(client);
-  await client.connect();
+  $("reconnect").addEventListener("click", () => lobby.client.connect().catch(showFailure));
+  showProfile(storedProfile() ?? { name: "", choice: "online", custom: "" });
+  document.documentElement.dataset.protocol = "2";
+  useClient();
 }
 
 $("send-form").addEventListener("submit", sendFromForm);
+$("profile-form").addEventListener("submit", setProfile);
+$("profile-status").addEventListener("change", () => {
+  $("profile-custom").hidden = $("profile-status").value !== "custom";
+});
 start().catch(showFailure);
