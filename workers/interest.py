@@ -29,7 +29,7 @@ with tracemalloc in the tests).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
@@ -79,9 +79,20 @@ class Changes:
 
     seq: int
     prev: int
-    joined: Sequence[Entry] = ()
-    updated: Sequence[Entry] = ()
-    left: Sequence[str] = ()
+    joined: tuple[Entry, ...] = ()
+    updated: tuple[Entry, ...] = ()
+    left: tuple[str, ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        seq: int,
+        prev: int,
+        joined: Iterable[Entry] = (),
+        updated: Iterable[Entry] = (),
+        left: Iterable[str] = (),
+    ) -> Changes:
+        return cls(seq, prev, tuple(joined), tuple(updated), tuple(left))
 
     def __bool__(self) -> bool:
         return bool(self.joined or self.updated or self.left)
@@ -229,7 +240,9 @@ class Interest(Generic[C]):
             if prev is None or prev >= seq:
                 continue  # awaiting its snapshot, or the snapshot already holds it
             prevs[client] = seq
-            routed[client] = Changes(seq, prev, got.joined, got.updated, got.left)
+            routed[client] = Changes(
+                seq, prev, tuple(got.joined), tuple(got.updated), tuple(got.left)
+            )
         return routed
 
     # ------------------------------------------------------------------ internals
