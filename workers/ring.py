@@ -146,9 +146,10 @@ class Ring:
         updated: Iterable[Entry] = (),
         left: Iterable[str] = (),
     ) -> None:
-        """Update ``seq`` of the current epoch was applied at ``at``. A duplicate or older
-        one is ignored; one that does not follow on starts the ring afresh before it.
-        Then the oldest go while past either bound."""
+        """Update ``seq`` of the current epoch was applied at ``at`` (on the clock
+        :meth:`trim` and :meth:`covers` are given). Before the first :meth:`reset`, or
+        for a duplicate or older one, nothing happens; one that does not follow on
+        starts the ring afresh before it. Then the oldest go while past either bound."""
         if self._epoch is None or seq <= self.newest:
             return
         if seq != self.newest + 1:
@@ -185,7 +186,8 @@ class Ring:
     def since(self, epoch: str, seq: int, keys: AbstractSet[str] | None = None) -> Changes | None:
         """The net effect from view ``(epoch, seq)`` to ``newest`` as one update
         (``prev`` = ``seq``), for the whole lobby or restricted to ``keys``; ``None`` when
-        the ring does not cover the view (call :meth:`covers` first to apply the age)."""
+        the ring does not cover the view (call :meth:`covers` first to apply the age).
+        A watch client resumed so has been sent ``newest``: tell the interest index."""
         if epoch != self._epoch or not self._base <= seq <= self.newest:
             return None
         net = self._net(seq)
