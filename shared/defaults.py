@@ -36,3 +36,10 @@ its clients with 1013 (far longer than a coordinator restart takes)."""
 STALL_TIMEOUT: Final = 30.0
 """Protocol 1.1: a client with pending outgoing bytes that made no reading progress for
 this long is closed with 4005 ``slow_consumer`` (whatever others send it)."""
+
+COUNT_INTERVAL: Final = 1.0
+"""Protocol 2: seconds between two ``count`` frames to one client, at least."""
+RESUME_RING_AGE: Final = 60.0
+"""Protocol 2: seconds of updates a worker keeps to resume a client from."""
+RESUME_RING_BYTES: Final = 8 * 1024 * 1024
+"""Protocol 2: bytes of updates a worker keeps to resume a client from, at most."""

@@ -448,3 +448,13 @@ def test_commands_in_the_documents_use_the_projects_python() -> None:
         if bare.search(text)
     ]
     assert not found, "commands that need .venv/bin/python:\n" + "\n".join(found)
+
+
+def test_the_contract_states_the_version_2_timers_the_code_has() -> None:
+    """The count's interval and how far back a resume reaches, as version 2 quotes them."""
+    text = " ".join((ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8").split())
+    assert defaults.COUNT_INTERVAL == 1.0, "docs/PROTOCOL.md says a count at most once per second"
+    assert "whenever the number changed, at most once per second" in text
+    ring = re.search(r"\*This server\*: (\S+ s), bounded in bytes", text)
+    assert ring is not None, "docs/PROTOCOL.md no longer says how far back a resume reaches"
+    assert disagreement(ring.group(1), defaults.RESUME_RING_AGE) is None
