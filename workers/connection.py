@@ -214,7 +214,7 @@ class Connection:
             deadline=now + limits.auth_timeout,
             guard=FloodGuard.of(limits.rate),
             verify=verify,
-            v2=None if v2 is None else Speaker(v2),
+            v2=None if v2 is None else Speaker(v2, conn_id),
         )
 
     def challenge(self) -> str:
@@ -260,6 +260,8 @@ class Connection:
                 return self._close(E.FLOOD, CloseCode.POLICY_VIOLATION)
             if verdict is Verdict.THROTTLE:
                 return [_throttled(parsed)]
+            if v2 is not None:
+                parsed = v2.choose(parsed)  # a follow, watch or unwatch: made here
             if isinstance(parsed, protocol.ClientMessage | protocol.ProtocolViolation):
                 return self._frame_authenticated(parsed, link, buffered, replica, allowance)
             assert v2 is not None  # only version 2 parses to anything else
@@ -629,6 +631,8 @@ class Connection:
     def _end(self, event: Event) -> list[Output]:
         """Go to ``CLOSING``; emit ``Closed`` if the coordinator may hold the session."""
         recorded = self.state in _RECORDED
+        if self.v2 is not None:
+            self.v2.forget()
         self._goto(event, S.CLOSING)
         self.deadline = None
         self._held, self._held_bytes = [], 0
