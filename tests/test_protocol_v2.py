@@ -21,7 +21,7 @@ from websockets.typing import Subprotocol
 
 from scripts.procfs import free_port
 from shared import protocol, v2
-from shared.client import LobbyClient
+from shared.client import LobbyClient, ReconnectPolicy
 from shared.client_v2 import LobbyClientV2
 from tests.support import ManagedProcess, http, run, until
 from tests.v2support import SUBPROTOCOL, Refused, V2Client
@@ -220,6 +220,40 @@ def test_a_count_follower_sees_the_count_change_at_most_once_a_second(
         times = c.received
         assert all(b - a > 0.9 for a, b in itertools.pairwise(times)), times
         await c.close()
+
+    run(scenario(), timeout=20)
+
+
+def test_a_dropped_client_resumes_and_its_view_is_what_a_snapshot_shows(
+    cluster: V2Cluster,
+) -> None:
+    async def scenario() -> None:
+        policy = ReconnectPolicy(initial=0.3, maximum=0.3, random=lambda: 1.0)
+        other, gone = await asyncio.gather(*(V2Client.connect(cluster.url) for _ in range(2)))
+        async with LobbyClientV2.connect(cluster.url, reconnect=policy) as me:
+            await me.wait_for_view({me.public_key, other.public_key, gone.public_key})
+            me.drop()  # the network goes: no close frame; 0.3 s later it comes back
+            newcomer = await V2Client.connect(cluster.url)
+            await other.send(v2.set_record(status="away"))
+            await gone.close()
+            await other.until(lambda: other.view.get(other.public_key) == v2.Record("away"))
+            await until(lambda: me.reconnects == 1 and me.status == "online", "back", 5)
+            assert me.session.resumed is True
+            fresh = await V2Client.connect(cluster.url)
+            await until(lambda: me.records == fresh.view, "the same view", 5)
+            assert fresh.view[other.public_key] == v2.Record("away")
+            assert gone.public_key not in fresh.view and newcomer.public_key in fresh.view
+            assert me.errors == [] and me.error_frames == []
+        for client in (other, newcomer, fresh):
+            await client.close()
+
+        # A view of another epoch, or newer than the worker's, gets a snapshot.
+        assert fresh.auth_ok is not None
+        for view in (v2.Resume("another", 1), v2.Resume(fresh.auth_ok.epoch, 2**40)):
+            late = await V2Client.connect(cluster.url, resume=view)
+            assert late.auth_ok is not None and not late.auth_ok.resumed
+            assert isinstance(late.frames[0], v2.Snapshot)
+            await late.close()
 
     run(scenario(), timeout=20)
 

@@ -109,7 +109,7 @@ from shared.protocol import (
     ViolationKind,
 )
 from shared.records import Record
-from shared.v2 import AuthFailureV2, auth_failed_v2, auth_ok_v2, challenge_v2
+from shared.v2 import AuthFailureV2, auth_failed_v2, challenge_v2
 from workers.limits import Limits as Limits  # (where the settings have always found it)
 from workers.outputs import (
     Answer,
@@ -436,13 +436,10 @@ class Connection:
         held, self._held, self._held_bytes = self._held, [], 0
         if self.v2 is None:
             ok = protocol.auth_ok(self.key)
-        else:
-            ok = auth_ok_v2(self.key, replica.epoch or "", replica.seq, False)  # no resume yet
-        outputs: list[Output] = [
-            Write(ok, AuthOutcome.OK),
-            WriteSnapshot(SnapshotCause.JOIN),
-            *map(Write, held),
-        ]
+            outputs: list[Output] = [Write(ok, AuthOutcome.OK), WriteSnapshot(SnapshotCause.JOIN)]
+        else:  # a snapshot, or a resume's update (workers.speaking_v2)
+            outputs = [*self.v2.welcome(self.key, replica, now)]
+        outputs += map(Write, held)
         pipelined, self._pipelined, self._pipelined_bytes = self._pipelined, [], 0
         for frame in pipelined:
             outputs += self.on_frame(frame, now, link, replica, 0)  # ignored once closing

@@ -18,7 +18,10 @@ and by the shell, which tells it:
   state (every client then gets a fresh snapshot or count, as its flow allows);
 * **each tick** (:meth:`Scopes.due`): the counts due (cost proportional to them);
 * **each snapshot** a watch or count client is to get (:meth:`Scopes.fresh`): its
-  watchlist's snapshot (and the index records it as sent), or its ``count``.
+  watchlist's snapshot (and the index records it as sent), or its ``count``;
+* **each resume** an ``auth`` asks for (:meth:`Scopes.resume`): the one update with the
+  net effect since the client's view, for its scope, when the ring holds every update
+  since that view up to the replica's state (else the client gets a snapshot).
 
 A watch or count client never gets the whole lobby's frames: it is in the client
 table's ``SCOPED`` group, whose lagging and resync rules are those of every client.
@@ -33,7 +36,7 @@ from typing import Final
 
 from shared import backbone as bb
 from shared.defaults import RESUME_RING_AGE, RESUME_RING_BYTES
-from shared.v2 import Follow, Record, Scope, encode_entry, snapshot_of, update_of
+from shared.v2 import Follow, Record, Resume, Scope, encode_entry, snapshot_of, update_of
 from shared.v2 import count as count_frame
 from shared.v2.client import MAX_WATCH_KEYS
 from shared.v2.server import key_bytes
@@ -124,6 +127,24 @@ class Scopes:
         ]
         self.interest.sent(conn, replica.seq)
         return snapshot_of(replica.epoch or "", replica.seq, Scope.WATCH, entries)
+
+    def resume(
+        self, conn: int, scope: Scope, view: Resume, replica: ReplicaView, now: float
+    ) -> bytes | None:
+        """The one ``update`` that brings ``conn``'s view ``view`` (of its watchlist or
+        the lobby) to the replica's state, when the ring holds every update since, up
+        to that state; else ``None`` (a snapshot, or a count: the count has no view)."""
+        ring = self.ring
+        if scope is Scope.COUNT or ring.epoch != replica.epoch or ring.newest != replica.seq:
+            return None  # (the ring is behind the replica, or of another epoch)
+        if not ring.covers(view.epoch, view.seq, now):
+            return None
+        watched = self.interest.keys_of(conn) if scope is Scope.WATCH else None
+        changes = ring.since(view.epoch, view.seq, watched)
+        if changes is None:
+            return None
+        self.interest.sent(conn, changes.seq)
+        return update_frame(changes)
 
     def published(self, updates: Iterable[Forward], online: int, now: float) -> dict[int, bytes]:
         """Updates the replica applied in order (``online`` users after the last): held

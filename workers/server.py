@@ -153,7 +153,7 @@ class Worker:
         self._snapshot_v2: tuple[tuple[str | None, int], SharedFrame] | None = None
         self._entries_v2 = Entries()
         v2 = settings.v2
-        self._scopes = Scopes()
+        self._scopes = Scopes(ring_bytes=v2.resume_ring_bytes, ring_age=v2.resume_ring_age)
         self.core.budget.indexes = lambda: self._scopes.memory
         self._scopes.room = self.core.budget.admits_index
         self._v2 = (

@@ -41,20 +41,23 @@ from shared.v2 import (
     ClientMessageV2,
     ErrorCodeV2,
     FollowFrame,
+    Resume,
     Scope,
     SetRecord,
     Unwatch,
     Violation,
     ViolationV2,
     Watch,
+    auth_ok_v2,
     error_v2,
     parse_client_frame_v2,
     verify_auth_v2,
 )
 from shared.v2 import Record as RecordV2
 from workers.interest import InterestError, NotWatching
-from workers.outputs import Write
+from workers.outputs import AuthOutcome, SnapshotCause, Write, WriteSnapshot
 from workers.ratelimit import TokenBucket
+from workers.replica import ReplicaView
 from workers.scopes import Refused, Scopes
 
 SUBPROTOCOL: Final = "presence.v2"
@@ -113,6 +116,7 @@ class Speaker:
     bucket: TokenBucket = field(init=False)
     claimed: str = ""
     scope: Scope = Scope.LOBBY
+    resume: Resume | None = None  # the view the auth asked to resume, until auth_ok
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(self.config.record_rate, self.config.record_burst)
@@ -141,7 +145,21 @@ class Speaker:
             return later
         self.scope = parsed.follow.scope
         self.config.scopes.choose(self.conn, parsed.follow, checked=False)
+        self.resume = parsed.resume
         return parsed
+
+    def welcome(self, key: str, replica: ReplicaView, now: float) -> list[Write | WriteSnapshot]:
+        """``auth_ok`` at the replica's state, then the update from the view the
+        ``auth`` resumes when the ring covers it, else a snapshot (or a count)."""
+        resume, self.resume = self.resume, None
+        epoch = replica.epoch or ""
+        if resume is not None:
+            update = self.config.scopes.resume(self.conn, self.scope, resume, replica, now)
+            if update is not None:
+                ok = auth_ok_v2(key, epoch, replica.seq, True)
+                return [Write(ok, AuthOutcome.OK), Write(update)]
+        ok = auth_ok_v2(key, epoch, replica.seq, False)
+        return [Write(ok, AuthOutcome.OK), WriteSnapshot(SnapshotCause.JOIN)]
 
     # ------------------------------------------------------------------ after auth
 
