@@ -38,7 +38,6 @@ from shared import backbone as bb
 from shared.defaults import RESUME_RING_AGE, RESUME_RING_BYTES
 from shared.v2 import Follow, Record, Resume, Scope, encode_entry, snapshot_of, update_of
 from shared.v2 import count as count_frame
-from shared.v2.client import MAX_WATCH_KEYS
 from shared.v2.server import key_bytes
 from workers.counts import Count, CountFeed
 from workers.interest import CLIENT_BYTES, KEY_BYTES, PAIR_BYTES, Changes, Entry, Interest
@@ -90,12 +89,10 @@ class Scopes:
     def watch(self, conn: int, keys: Iterable[str]) -> None:
         """Add ``keys`` to ``conn``'s watchlist; raises :class:`Refused`, or the
         index's :class:`~workers.interest.InterestError`."""
-        wanted = set(keys) - self.interest.keys_of(conn)
+        wanted = set(keys)
         if self.interest.follows(conn):
-            if len(self.interest.keys_of(conn)) + len(wanted) > MAX_WATCH_KEYS:
-                raise Refused(f"a watchlist holds at most {MAX_WATCH_KEYS} keys")
             self._check_room(conn, wanted)
-        self.interest.watch(conn, wanted)
+        self.interest.watch(conn, wanted)  # raises NotWatching, or WatchlistFull
 
     def unwatch(self, conn: int, keys: Iterable[str]) -> None:
         self.interest.unwatch(conn, keys)
