@@ -240,7 +240,7 @@ class ProtocolV2:
     resume_ring_bytes: int = option(
         defaults.RESUME_RING_BYTES,
         "bytes of recent lobby updates kept to resume a reconnecting version 2 client "
-        "from (charged to --memory-budget; 0: never resume)",
+        "from (charged to --memory-budget; 0: none)",
         check=at_least(0),
     )
     resume_ring_age: float = option(
