@@ -244,11 +244,24 @@ def test_a_dropped_client_resumes_and_its_view_is_what_a_snapshot_shows(
             assert fresh.view[other.public_key] == v2.Record("away")
             assert gone.public_key not in fresh.view and newcomer.public_key in fresh.view
             assert me.errors == [] and me.error_frames == []
-        for client in (other, newcomer, fresh):
+        # A watchlist's view resumes with the changes of its keys alone.
+        watching = v2.Follow(v2.Scope.WATCH, (other.public_key, gone.public_key))
+        w = await V2Client.connect(cluster.url, follow=watching)
+        await w.close()
+        await other.send(v2.set_record(status="busy"))
+        await newcomer.send(v2.set_record(status="busy"))
+        await newcomer.until(lambda: newcomer.view.get(other.public_key) == v2.Record("busy"))
+        assert fresh.auth_ok is not None
+        view = v2.Resume(fresh.auth_ok.epoch, w.seq)
+        back = await V2Client.connect(cluster.url, follow=watching, resume=view)
+        assert back.auth_ok is not None and back.auth_ok.resumed
+        update = back.frames[0]
+        assert isinstance(update, v2.Update) and update.prev == w.seq  # (back held no view)
+        assert back.view == {other.public_key: v2.Record("busy")}  # newcomer's: not watched
+        for client in (other, newcomer, fresh, back):
             await client.close()
 
         # A view of another epoch, or newer than the worker's, gets a snapshot.
-        assert fresh.auth_ok is not None
         for view in (v2.Resume("another", 1), v2.Resume(fresh.auth_ok.epoch, 2**40)):
             late = await V2Client.connect(cluster.url, resume=view)
             assert late.auth_ok is not None and not late.auth_ok.resumed
