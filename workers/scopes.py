@@ -36,11 +36,12 @@ from typing import Final
 
 from shared import backbone as bb
 from shared.defaults import RESUME_RING_AGE, RESUME_RING_BYTES
-from shared.v2 import Follow, Record, Resume, Scope, encode_entry, snapshot_of, update_of
+from shared.v2 import Follow, Record, Resume, Scope, encode_entry, update_of
 from shared.v2 import count as count_frame
 from shared.v2.server import key_bytes
 from workers.counts import Count, CountFeed
 from workers.interest import CLIENT_BYTES, KEY_BYTES, PAIR_BYTES, Changes, Entry, Interest
+from workers.lobby_v2 import Entries
 from workers.replica import Forward, ReplicaView
 from workers.ring import Ring
 
@@ -64,6 +65,7 @@ class Scopes:
         self.interest: Interest[int] = Interest()
         self.counts: CountFeed[int] = CountFeed()
         self.ring = Ring(max_bytes=ring_bytes, max_age=ring_age)
+        self.entries = Entries()  # encoded entries, kept between watch snapshots
         self.room: Callable[[int], bool] = _always
         """Whether the indexes may grow by so many bytes (the memory budget's say)."""
 
@@ -116,14 +118,8 @@ class Scopes:
             self.counts.changed(len(replica.users), replica.seq)  # a resync may be news
             counted = self.counts.follow(conn, now)
             return count_frame(replica.epoch or "", counted.seq, counted.online)
-        users = replica.users
-        entries = [
-            encode_entry(key, Record(*replica.record_of(key)))
-            for key in self.interest.keys_of(conn)
-            if key in users
-        ]
         self.interest.sent(conn, replica.seq)
-        return snapshot_of(replica.epoch or "", replica.seq, Scope.WATCH, entries)
+        return self.entries.watched(replica, self.interest.keys_of(conn))
 
     def resume(
         self, conn: int, scope: Scope, view: Resume, replica: ReplicaView, now: float
@@ -156,8 +152,11 @@ class Scopes:
             last = update.seq
             joined, updated, left = entries_of(update)
             self.ring.append(update.seq, now, joined, updated, left)
-            for conn, changes in self.interest.route(update.seq, joined, updated, left).items():
-                out.setdefault(conn, []).append(update_frame(changes))
+            routed = self.interest.route(update.seq, joined, updated, left)
+            if routed:
+                encoded = _Encoded()  # each entry encoded once, however many watch it
+                for conn, changes in routed.items():
+                    out.setdefault(conn, []).append(encoded.frame(changes))
         if last:
             self.counts.changed(online, last)
         return {conn: b"".join(frames) for conn, frames in out.items()}
@@ -189,10 +188,35 @@ def entries_of(update: bb.Update) -> tuple[list[Entry], list[Entry], list[str]]:
 
 def update_frame(changes: Changes) -> bytes:
     """The binary ``update`` for one client."""
-    return update_of(
-        changes.seq,
-        changes.prev,
-        [encode_entry(key, Record(*record)) for key, record in changes.joined],
-        [encode_entry(key, Record(*record)) for key, record in changes.updated],
-        [key_bytes(key) for key in changes.left],
-    )
+    return _Encoded().frame(changes)
+
+
+class _Encoded:
+    """Entries and keys of one update, encoded once for all the clients it goes to."""
+
+    __slots__ = ("_entries", "_keys")
+
+    def __init__(self) -> None:
+        self._entries: dict[Entry, bytes] = {}
+        self._keys: dict[str, bytes] = {}
+
+    def frame(self, changes: Changes) -> bytes:
+        return update_of(
+            changes.seq,
+            changes.prev,
+            [self._entry(entry) for entry in changes.joined],
+            [self._entry(entry) for entry in changes.updated],
+            [self._key(key) for key in changes.left],
+        )
+
+    def _entry(self, entry: Entry) -> bytes:
+        done = self._entries.get(entry)
+        if done is None:
+            done = self._entries[entry] = encode_entry(entry[0], Record(*entry[1]))
+        return done
+
+    def _key(self, key: str) -> bytes:
+        done = self._keys.get(key)
+        if done is None:
+            done = self._keys[key] = key_bytes(key)
+        return done
