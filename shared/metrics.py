@@ -149,7 +149,7 @@ MEMORY_BYTES: Final = Gauge(
     "presence_memory_budget_bytes",
     "A worker's memory budget for connection buffers (--memory-budget), by part: limit, "
     "reserved (the kernel send buffers of its connections), backlog (bytes written to "
-    "clients and not yet sent).",
+    "clients and not yet sent), indexes (protocol 2's watchlists and resume ring).",
     ["part"],
     multiprocess_mode="livesum",
 )

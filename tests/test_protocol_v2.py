@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from websockets.typing import Subprotocol
 
 from scripts.procfs import free_port
 from shared import protocol, v2
-from shared.client import LobbyClient
+from shared.client import LobbyClient, ReconnectPolicy
 from shared.client_v2 import LobbyClientV2
 from tests.support import ManagedProcess, http, run, until
 from tests.v2support import SUBPROTOCOL, Refused, V2Client
@@ -144,7 +145,7 @@ def test_set_record_refusals_keep_the_connection(cluster: V2Cluster) -> None:
     async def scenario() -> None:
         a = await V2Client.connect(cluster.url)
         await a.send({"type": "set_record", "status": "x" * 33})
-        await a.send({"type": "follow", "scope": "count"})
+        await a.send({"type": "follow", "scope": "everything"})
         await a.send({"type": "watch", "keys": [a.public_key]})
         for i in range(6):  # the burst is 5
             await a.send(v2.set_record(data={"i": i}))
@@ -155,6 +156,117 @@ def test_set_record_refusals_keep_the_connection(cluster: V2Cluster) -> None:
         await a.send(v2.follow(v2.Follow()))  # the lobby: a fresh snapshot
         await a.until(lambda: isinstance(a.frames[-1], v2.Snapshot))
         await a.close()
+
+    run(scenario(), timeout=20)
+
+
+def test_a_watcher_sees_only_its_watched_keys_each_update_after_its_last(
+    cluster: V2Cluster,
+) -> None:
+    async def scenario() -> None:
+        key_a, key_b = SigningKey.generate(), SigningKey.generate()
+        a_key, b_key = (k.verify_key.encode().hex() for k in (key_a, key_b))
+        w = await V2Client.connect(cluster.url, follow=v2.Follow(v2.Scope.WATCH, (a_key,)))
+        first = w.frames[0]
+        assert isinstance(first, v2.Snapshot) and first.scope is v2.Scope.WATCH
+        assert first.entries == ()  # A is not online yet; nobody else is listed
+        observer = await V2Client.connect(cluster.url)
+        a = await V2Client.connect(cluster.url, key=key_a)
+        b = await V2Client.connect(cluster.url, key=key_b)
+        await w.until(lambda: a_key in w.view)
+        await a.send(v2.set_record(status="busy"))
+        await w.until(lambda: w.view[a_key] == v2.Record("busy"))
+        await b.send(v2.set_record(status="away"))  # between A's updates: not for w
+        await observer.until(lambda: observer.view.get(b_key) == v2.Record("away"))
+        await a.close()
+        await w.until(lambda: a_key not in w.view)
+        updates = w.updates()
+        assert w.gaps == [] and len(updates) == 3, w.frames  # join, record, leave
+        assert updates[-1].prev < updates[-1].seq - 1  # B's change came between
+        touched = {e.key for u in updates for e in (*u.joined, *u.updated)}
+        assert touched == {a_key} and all(u.left == (a_key,) for u in updates[-1:])
+
+        await w.send(v2.watch([b_key]))  # a fresh snapshot of the new watchlist
+        await w.until(lambda: b_key in w.view)
+        assert isinstance(w.frames[-1], v2.Snapshot) and set(w.view) == {b_key}
+        await w.send(v2.unwatch([b_key, a_key]))
+        await w.until(lambda: isinstance(w.frames[-1], v2.Snapshot) and not w.view)
+        too_many = [f"{i:064x}" for i in range(1001)]
+        await w.send({"type": "watch", "keys": too_many})
+        await w.until(lambda: len(w.errors()) == 1)
+        assert getattr(w.errors()[0].code, "value", None) == "watchlist_full"
+        await w.send(v2.follow(v2.Follow()))  # back to the whole lobby
+        await w.until(lambda: isinstance(w.frames[-1], v2.Snapshot) and b_key in w.view)
+        for client in (w, observer, b):
+            await client.close()
+
+    run(scenario(), timeout=20)
+
+
+def test_a_count_follower_sees_the_count_change_at_most_once_a_second(
+    cluster: V2Cluster,
+) -> None:
+    async def scenario() -> None:
+        c = await V2Client.connect(cluster.url, follow=v2.Follow(v2.Scope.COUNT))
+        first = c.counts()[0]
+        assert c.frames == [first]  # at once, and no snapshot
+        x, y = await asyncio.gather(*(V2Client.connect(cluster.url) for _ in range(2)))
+        await c.until(lambda: c.counts()[-1].online == first.online + 2)
+        await asyncio.gather(x.close(), y.close())
+        await c.until(lambda: c.counts()[-1].online == first.online)
+        assert c.frames == c.counts()  # never a lobby frame
+        numbers = [count.online for count in c.counts()]
+        assert all(a != b for a, b in itertools.pairwise(numbers)), numbers
+        times = c.received
+        assert all(b - a > 0.9 for a, b in itertools.pairwise(times)), times
+        await c.close()
+
+    run(scenario(), timeout=20)
+
+
+def test_a_dropped_client_resumes_and_its_view_is_what_a_snapshot_shows(
+    cluster: V2Cluster,
+) -> None:
+    async def scenario() -> None:
+        policy = ReconnectPolicy(initial=0.3, maximum=0.3, random=lambda: 1.0)
+        other, gone = await asyncio.gather(*(V2Client.connect(cluster.url) for _ in range(2)))
+        async with LobbyClientV2.connect(cluster.url, reconnect=policy) as me:
+            await me.wait_for_view({me.public_key, other.public_key, gone.public_key})
+            me.drop()  # the network goes: no close frame; 0.3 s later it comes back
+            newcomer = await V2Client.connect(cluster.url)
+            await other.send(v2.set_record(status="away"))
+            await gone.close()
+            await other.until(lambda: other.view.get(other.public_key) == v2.Record("away"))
+            await until(lambda: me.reconnects == 1 and me.status == "online", "back", 5)
+            assert me.session.resumed is True
+            fresh = await V2Client.connect(cluster.url)
+            await until(lambda: me.records == fresh.view, "the same view", 5)
+            assert fresh.view[other.public_key] == v2.Record("away")
+            assert gone.public_key not in fresh.view and newcomer.public_key in fresh.view
+            assert me.errors == [] and me.error_frames == []
+        # A watchlist's view resumes with the changes of its keys alone.
+        watching = v2.Follow(v2.Scope.WATCH, (other.public_key, gone.public_key))
+        w = await V2Client.connect(cluster.url, follow=watching)
+        await w.close()
+        await other.send(v2.set_record(status="busy"))
+        await newcomer.send(v2.set_record(status="busy"))
+        await newcomer.until(lambda: newcomer.view.get(other.public_key) == v2.Record("busy"))
+        assert fresh.auth_ok is not None
+        view = v2.Resume(fresh.auth_ok.epoch, w.seq)
+        back = await V2Client.connect(cluster.url, follow=watching, resume=view)
+        assert back.auth_ok is not None and back.auth_ok.resumed
+        update = back.frames[0]
+        assert isinstance(update, v2.Update) and update.prev == w.seq  # (back held no view)
+        assert back.view == {other.public_key: v2.Record("busy")}  # newcomer's: not watched
+        for client in (other, newcomer, fresh, back):
+            await client.close()
+
+        # A view of another epoch, or newer than the worker's, gets a snapshot.
+        for view in (v2.Resume("another", 1), v2.Resume(fresh.auth_ok.epoch, 2**40)):
+            late = await V2Client.connect(cluster.url, resume=view)
+            assert late.auth_ok is not None and not late.auth_ok.resumed
+            assert isinstance(late.frames[0], v2.Snapshot)
+            await late.close()
 
     run(scenario(), timeout=20)
 

@@ -43,6 +43,8 @@ class V2Client:
     """Every frame after ``auth_ok``, decoded, in order."""
     gaps: list[tuple[int, int]] = field(default_factory=list)
     """``(prev, view seq)`` of each update that did not follow on."""
+    received: list[float] = field(default_factory=list)
+    """When each of ``frames`` arrived (the event loop's clock)."""
     _reader: asyncio.Task[None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -58,10 +60,12 @@ class V2Client:
         server: str | None = None,
         key: SigningKey | None = None,
         record: v2.RecordChange | None = None,
+        follow: v2.Follow | None = None,
+        resume: v2.Resume | None = None,
     ) -> V2Client:
         """Dial ``url`` offering ``presence.v2``, sign for ``server`` (by default the
         identity of ``url``, as an honest client does), wait for ``auth_ok`` and the
-        first snapshot. Raises :class:`Refused` on ``auth_failed``."""
+        first snapshot, update or count. Raises :class:`Refused` on ``auth_failed``."""
         ws = await connect(url, subprotocols=[SUBPROTOCOL], max_size=None)
         assert ws.subprotocol == SUBPROTOCOL, "the server did not select presence.v2"
         key = key or SigningKey.generate()
@@ -70,7 +74,7 @@ class V2Client:
         assert challenge["type"] == "challenge" and challenge["version"] == 2, challenge
         identity = server or v2.server_identity(url)
         signature = v2.sign_challenge_v2(key, identity, challenge["nonce"])
-        await ws.send(v2.auth_v2(client.public_key, signature, identity, record))
+        await ws.send(v2.auth_v2(client.public_key, signature, identity, record, follow, resume))
         first = v2.decode_server_frame_v2(await ws.recv())
         if isinstance(first, v2.AuthFailedV2):
             reason = getattr(first.reason, "value", first.reason)
@@ -80,7 +84,7 @@ class V2Client:
         assert isinstance(first, AuthOkV2), first
         client.auth_ok = first
         client._reader = asyncio.create_task(client._read())
-        await client.until(lambda: client.seq >= 0)
+        await client.until(lambda: bool(client.frames))
         return client
 
     async def _read(self) -> None:
@@ -88,6 +92,7 @@ class V2Client:
             async for frame in self.ws:
                 message = v2.decode_server_frame_v2(frame)
                 self.frames.append(message)
+                self.received.append(asyncio.get_running_loop().time())
                 if isinstance(message, Snapshot):
                     self.view = {e.key: e.record for e in message.entries}
                     self.seq = message.seq
@@ -113,6 +118,9 @@ class V2Client:
 
     def updates(self) -> list[Update]:
         return [f for f in self.frames if isinstance(f, Update)]
+
+    def counts(self) -> list[v2.Count]:
+        return [f for f in self.frames if isinstance(f, v2.Count)]
 
     def errors(self) -> list[v2.ErrorV2]:
         return [f for f in self.frames if isinstance(f, v2.ErrorV2)]

@@ -50,7 +50,7 @@ connection before it stops reading, and the handler takes each at once.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
@@ -63,6 +63,10 @@ CONNECTION_SHARE: Final = 0.5
 TRIM_ABOVE: Final = 1 / 64
 """Backlogs above this share of the budget, and then almost none: give memory back."""
 TRIM_BELOW: Final = 1 / 256
+
+
+def _nothing() -> int:
+    return 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,10 +102,11 @@ class Figures:
     backlog: int
     connections: int
     backlogged: int
+    indexes: int = 0
 
     @property
     def used(self) -> int:
-        return self.reserved + self.backlog
+        return self.reserved + self.backlog + self.indexes
 
 
 class MemoryBudget(Generic[H]):
@@ -117,6 +122,15 @@ class MemoryBudget(Generic[H]):
         self._backlog_total = 0
         self._peaked = False
         self.refused_connections = 0
+        self.indexes: Callable[[], int] = _nothing
+        """The bytes the worker's version 2 indexes hold (watchlists, the resume ring):
+        charged before any backlog (:mod:`workers.scopes`)."""
+
+    def admits_index(self, extra: int) -> bool:
+        """Whether the indexes may grow by ``extra`` bytes: not while the backlogs are
+        past half the pool (pressure), nor past the pool."""
+        pool = self.limit - self._reserved_total - self.indexes() - extra
+        return self._backlog_total <= pool // 2
 
     # ------------------------------------------------------------------ connections
 
@@ -185,7 +199,7 @@ class MemoryBudget(Generic[H]):
         """What the backlogs of ``source`` may still grow by: the pool's free bytes,
         and past half the pool no more than an equal share of that half per source
         holding a backlog, less what it holds."""
-        pool = self.limit - self._reserved_total
+        pool = self.limit - self._reserved_total - self.indexes()
         free = pool - self._backlog_total
         if self._backlog_total <= pool // 2:
             return free
@@ -209,6 +223,7 @@ class MemoryBudget(Generic[H]):
             backlog=self._backlog_total,
             connections=len(self._reserved),
             backlogged=len(self._backlog),
+            indexes=self.indexes(),
         )
 
     def check(self) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
+from shared.v2 import Scope
 from workers.connection import Connection
 from workers.states import Flow, State
 
@@ -39,10 +40,13 @@ class Group(enum.Enum):
     ACKED = "acked"  # auth_ok held until the replica catches up
     CURRENT = "current"  # gets the update (broadcast)
     CURRENT_V2 = "current_v2"  # the same, in protocol version 2 (its own frame)
+    SCOPED = "scoped"  # protocol 2, a watchlist or the count: routed (workers.scopes)
     BEHIND = "behind"  # lagging or stale: may resume with a snapshot
 
 
-ACKNOWLEDGED: Final = frozenset({Group.ACKED, Group.CURRENT, Group.CURRENT_V2, Group.BEHIND})
+ACKNOWLEDGED: Final = frozenset(
+    {Group.ACKED, Group.CURRENT, Group.CURRENT_V2, Group.SCOPED, Group.BEHIND}
+)
 """The groups of sessions the coordinator acknowledged (and has not kicked)."""
 
 
@@ -50,7 +54,9 @@ def group_of(machine: Connection) -> Group | None:
     if machine.state is State.AUTHENTICATED:
         if machine.flow is not Flow.CURRENT:
             return Group.BEHIND
-        return Group.CURRENT if machine.v2 is None else Group.CURRENT_V2
+        if machine.v2 is None:
+            return Group.CURRENT
+        return Group.CURRENT_V2 if machine.v2.scope is Scope.LOBBY else Group.SCOPED
     if machine.state is State.ACKED:
         return Group.ACKED
     if machine.state is State.AUTHENTICATING:

@@ -109,7 +109,7 @@ from shared.protocol import (
     ViolationKind,
 )
 from shared.records import Record
-from shared.v2 import AuthFailureV2, auth_failed_v2, auth_ok_v2, challenge_v2
+from shared.v2 import AuthFailureV2, auth_failed_v2, challenge_v2
 from workers.limits import Limits as Limits  # (where the settings have always found it)
 from workers.outputs import (
     Answer,
@@ -214,7 +214,7 @@ class Connection:
             deadline=now + limits.auth_timeout,
             guard=FloodGuard.of(limits.rate),
             verify=verify,
-            v2=None if v2 is None else Speaker(v2),
+            v2=None if v2 is None else Speaker(v2, conn_id),
         )
 
     def challenge(self) -> str:
@@ -260,6 +260,8 @@ class Connection:
                 return self._close(E.FLOOD, CloseCode.POLICY_VIOLATION)
             if verdict is Verdict.THROTTLE:
                 return [_throttled(parsed)]
+            if v2 is not None:
+                parsed = v2.choose(parsed)  # a follow, watch or unwatch: made here
             if isinstance(parsed, protocol.ClientMessage | protocol.ProtocolViolation):
                 return self._frame_authenticated(parsed, link, buffered, replica, allowance)
             assert v2 is not None  # only version 2 parses to anything else
@@ -434,13 +436,10 @@ class Connection:
         held, self._held, self._held_bytes = self._held, [], 0
         if self.v2 is None:
             ok = protocol.auth_ok(self.key)
-        else:
-            ok = auth_ok_v2(self.key, replica.epoch or "", replica.seq, False)  # no resume yet
-        outputs: list[Output] = [
-            Write(ok, AuthOutcome.OK),
-            WriteSnapshot(SnapshotCause.JOIN),
-            *map(Write, held),
-        ]
+            outputs: list[Output] = [Write(ok, AuthOutcome.OK), WriteSnapshot(SnapshotCause.JOIN)]
+        else:  # a snapshot, or a resume's update (workers.speaking_v2)
+            outputs = [*self.v2.welcome(self.key, replica, now)]
+        outputs += map(Write, held)
         pipelined, self._pipelined, self._pipelined_bytes = self._pipelined, [], 0
         for frame in pipelined:
             outputs += self.on_frame(frame, now, link, replica, 0)  # ignored once closing
@@ -629,6 +628,8 @@ class Connection:
     def _end(self, event: Event) -> list[Output]:
         """Go to ``CLOSING``; emit ``Closed`` if the coordinator may hold the session."""
         recorded = self.state in _RECORDED
+        if self.v2 is not None:
+            self.v2.forget()
         self._goto(event, S.CLOSING)
         self.deadline = None
         self._held, self._held_bytes = [], 0

@@ -5,7 +5,9 @@ Theory of operation
 An update the replica forwards is written, framed once, to the clients whose view is
 current: the ``CURRENT`` group (protocol 1's ``lobby_update``) and the ``CURRENT_V2``
 group (version 2's binary ``update``, the same bytes for every whole-lobby client, with
-``prev`` = ``seq - 1``), in one :class:`~workers.outputs.Broadcast`. Only clients whose
+``prev`` = ``seq - 1``), in one :class:`~workers.outputs.Broadcast`; the ``SCOPED``
+group (version 2 clients of a watchlist or the count) gets what :mod:`workers.scopes`
+routes to each. Only clients whose
 transport is past its write limit (*pressured*) can be past ``lag_bytes``, so only they
 are asked first (a ``SKIP`` makes them lagging). After the broadcast, lagging clients
 that drained get a snapshot that already holds the update, and held ``auth_ok``\\ s are
@@ -34,11 +36,12 @@ def fan_out(core: WorkerCore[H], updates: list[Forward]) -> None:
     auth_oks (at the state after the last of ``updates``, which the replica holds)."""
     table, shell, replica = core.clients, core.shell, core.replica
     current, current_v2 = table.groups[Group.CURRENT], table.groups[Group.CURRENT_V2]
+    scoped = table.groups[Group.SCOPED]
     # Unpaused transports hold at most write_limit <= lag_bytes: the machine would
     # answer UPDATE for them, so only paused ones are asked (SKIP makes them LAGGING).
     budget = core.budget
     for handle in list(table.pressured):
-        client = current.get(handle) or current_v2.get(handle)
+        client = current.get(handle) or current_v2.get(handle) or scoped.get(handle)
         if client is not None:
             client.machine.on_update(shell.buffered(handle), replica, budget.allowance(handle))
             if client.machine.flow is not Flow.CURRENT:

@@ -83,6 +83,7 @@ class Health:
             "used": figures.used,
             "reserved": figures.reserved,
             "backlog": figures.backlog,
+            "indexes": figures.indexes,
             "backlogged": figures.backlogged,
             "refusedConnections": core.budget.refused_connections,
             "refusedMessages": self.refused_by_budget["messages"],
@@ -102,7 +103,7 @@ class Health:
             authenticating=sum(
                 len(groups[g]) for g in (Group.VERIFIED, Group.AUTHENTICATING, Group.ACKED)
             ),
-            online=len(groups[Group.CURRENT]) + len(groups[Group.CURRENT_V2]),
+            online=sum(len(groups[g]) for g in (Group.CURRENT, Group.CURRENT_V2, Group.SCOPED)),
             lagging=len(groups[Group.BEHIND]),
         )
         stats.coordinator_reachable(core.link(now) is Link.UP)

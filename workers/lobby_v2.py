@@ -18,6 +18,8 @@ compact JSON text, which is what a binary entry carries.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from shared import backbone as bb
 from shared.v2 import Record, Scope, encode_entry, snapshot_of, update_of
 from shared.v2.server import key_bytes
@@ -56,6 +58,20 @@ class Entries:
                 known = by_key[key] = (record, encode_entry(key, Record(*record)))
             entries.append(known[1])
         return snapshot_of(replica.epoch or "", replica.seq, Scope.LOBBY, entries)
+
+    def watched(self, replica: ReplicaView, keys: Iterable[str]) -> bytes:
+        """The binary ``snapshot`` of a watchlist: those of ``keys`` online now."""
+        by_key, users, entries = self._by_key, replica.users, []
+        if len(by_key) > 2 * len(users) + 1024:
+            by_key.clear()  # keys that left: forget them now and then
+        for key in keys:
+            if key in users:
+                record = replica.record_of(key)
+                known = by_key.get(key)
+                if known is None or known[0] != record:
+                    known = by_key[key] = (record, encode_entry(key, Record(*record)))
+                entries.append(known[1])
+        return snapshot_of(replica.epoch or "", replica.seq, Scope.WATCH, entries)
 
 
 def snapshot_frame(replica: ReplicaView) -> bytes:

@@ -73,7 +73,7 @@ class SendOutcome(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    frame: str
+    frame: str | bytes  # bytes: a binary frame (protocol 2's resumed update)
     outcome: AuthOutcome | SendOutcome | None = None
     """What the frame tells the client, when it ends an authentication or answers a
     ``send``: the shell counts it."""

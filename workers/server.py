@@ -50,10 +50,11 @@ from shared import backbone as bb
 from shared import curve, endpoints, listen, logs, notify, protocol, stopping
 from shared.options import SettingsError
 from shared.protocol import CLOSE_REASONS, CloseCode
+from shared.v2 import Scope
 from workers import stats
 from workers.api import ApiTokenError, BackendApi, load_token
 from workers.backbone import SHUTDOWN_LINGER_MS, Backbone
-from workers.clients import Client
+from workers.clients import Client, Group
 from workers.core import TICK, Output, WorkerCore
 from workers.door import Door
 from workers.frames import SharedFrame
@@ -73,6 +74,8 @@ from workers.outputs import (
     Write,
     WriteSnapshot,
 )
+from workers.replica import Forward
+from workers.scopes import Scopes
 from workers.settings import TlsError, WorkerSettings
 from workers.sources import parse_trusted
 from workers.speaking_v2 import SUBPROTOCOL, V2Config
@@ -150,6 +153,9 @@ class Worker:
         self._snapshot_v2: tuple[tuple[str | None, int], SharedFrame] | None = None
         self._entries_v2 = Entries()
         v2 = settings.v2
+        self._scopes = Scopes(ring_bytes=v2.resume_ring_bytes, ring_age=v2.resume_ring_age)
+        self.core.budget.indexes = lambda: self._scopes.memory
+        self._scopes.room = self.core.budget.admits_index
         self._v2 = (
             V2Config(
                 identities(
@@ -161,6 +167,7 @@ class Worker:
                 ),
                 v2.record_rate,
                 v2.record_burst,
+                self._scopes,
             )
             if v2.protocol_v2
             else None
@@ -191,7 +198,14 @@ class Worker:
                     claimed=client.machine.v2.claimed,
                 )
         elif isinstance(output, WriteSnapshot):
-            frame = self._snapshot_frame() if client.machine.v2 is None else self._v2_snapshot()
+            speaker = client.machine.v2
+            if speaker is None:
+                frame = self._snapshot_frame()
+            elif speaker.scope is Scope.LOBBY:
+                frame = self._v2_snapshot()
+            else:
+                replica, now = self.core.replica, self._now()
+                frame = SharedFrame(self._scopes.fresh(speaker.conn, speaker.scope, replica, now))
             write_all((client.handle,), (frame,))
             stats.written(output)
         elif isinstance(output, Close):
@@ -210,6 +224,7 @@ class Worker:
         elif isinstance(output, Broadcast):
             self._broadcast(output)
         elif isinstance(output, Synced):
+            self._scopes.resynced(self.core.replica)
             self._ready.set()
         elif isinstance(output, AdmitPeers):
             self.backbone.admit(output.keys)
@@ -252,6 +267,34 @@ class Worker:
             self.core.observed(left)
             for frame in frames:
                 stats.fanned_out(len(clients_v2), len(frame))
+        self._write_scoped(output.updates)
+
+    def _write_scoped(self, updates: Sequence[Forward]) -> None:
+        """Each watch client touched by ``updates`` gets its own (written once, after
+        the broadcast); the resume ring and the count learn of them all."""
+        if self._v2 is None:
+            return
+        table, replica = self.core.clients, self.core.replica
+        routed = self._scopes.published(updates, len(replica.users), self._now())
+        left: list[tuple[ServerConnection, int]] = []
+        for conn, data in routed.items():
+            client = table.by_conn.get(conn)
+            if client is not None and client.group is Group.SCOPED:
+                write_all((client.handle,), (SharedFrame(data),), left)
+                stats.fanned_out(1, len(data))
+        self.core.observed(left)
+
+    def _write_counts(self) -> None:
+        """The ``count`` frames due now."""
+        if self._v2 is None:
+            return
+        table, epoch = self.core.clients, self.core.replica.epoch or ""
+        left: list[tuple[ServerConnection, int]] = []
+        for conn, text in self._scopes.due(epoch, self._now()):
+            client = table.by_conn.get(conn)
+            if client is not None and client.group is Group.SCOPED:
+                write_all((client.handle,), (SharedFrame(text),), left)
+        self.core.observed(left)
 
     def _v2_snapshot(self) -> SharedFrame:
         """The current state's version 2 ``snapshot``, framed once per state."""
@@ -421,6 +464,7 @@ class Worker:
             self.core.loop_lag(lag)
             self.backbone.drain()
             self.core.tick(loop.time())
+            self._write_counts()
             logs.flush_suppressed()
 
     # ------------------------------------------------------------------ clients

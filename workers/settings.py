@@ -237,6 +237,17 @@ class ProtocolV2:
     record_burst: int = option(
         5, "record changes it may make at once before that rate applies", check=at_least(1)
     )
+    resume_ring_bytes: int = option(
+        defaults.RESUME_RING_BYTES,
+        "bytes of recent lobby updates kept to resume a reconnecting version 2 client "
+        "from (charged to --memory-budget; 0: none)",
+        check=at_least(0),
+    )
+    resume_ring_age: float = option(
+        defaults.RESUME_RING_AGE,
+        "seconds of recent lobby updates kept to resume a version 2 client from",
+        check=at_least(0),
+    )
 
     def __post_init__(self) -> None:
         validate(self)

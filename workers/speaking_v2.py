@@ -17,12 +17,11 @@ broken one); the key; the signature over the payload built with that ``server``;
 refuses a bad ``record``, ``follow`` or ``resume`` before it looks at anything else, so
 for those the frame is parsed again without them, and the earlier checks run first.
 
-What this server serves of version 2 so far: the whole lobby. An ``auth`` that follows a
-watchlist or the count is refused ``bad_follow``, a ``follow`` frame for them gets
-``error`` ``bad_follow`` (a ``follow`` of the lobby gets a fresh snapshot, as
-``get_lobby``), ``watch`` and ``unwatch`` get ``not_watching`` (the client never follows
-a watchlist), and a ``resume`` is never covered: ``resumed`` is false and a snapshot
-follows.
+What a connection follows (its *scope*) is kept here, its watchlist in the worker's
+shared :class:`~workers.scopes.Scopes` (by connection id). A ``follow`` frame, a
+``watch`` or an ``unwatch`` that changes it asks for what ``get_lobby`` asks for: a
+fresh snapshot of the new choice (or a ``count``), which the shell builds for the
+scope; one that is refused (``watchlist_full``, ``not_watching``) changes nothing.
 
 A ``set_record`` costs a token of the connection's record bucket (``--record-rate``,
 ``--record-burst``) besides its message token; over it the change is refused with
@@ -33,7 +32,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 from shared.protocol import GetLobby
 from shared.v2 import (
@@ -42,19 +41,24 @@ from shared.v2 import (
     ClientMessageV2,
     ErrorCodeV2,
     FollowFrame,
+    Resume,
     Scope,
     SetRecord,
     Unwatch,
     Violation,
     ViolationV2,
     Watch,
+    auth_ok_v2,
     error_v2,
     parse_client_frame_v2,
     verify_auth_v2,
 )
 from shared.v2 import Record as RecordV2
-from workers.outputs import Write
+from workers.interest import InterestError, NotWatching
+from workers.outputs import AuthOutcome, SnapshotCause, Write, WriteSnapshot
 from workers.ratelimit import TokenBucket
+from workers.replica import ReplicaView
+from workers.scopes import Refused, Scopes
 
 SUBPROTOCOL: Final = "presence.v2"
 """The WebSocket subprotocol a version 2 client offers."""
@@ -78,26 +82,41 @@ _ERRORS: Final = {
 @dataclass(frozen=True, slots=True)
 class V2Config:
     """What every version 2 connection of a worker shares: the worker's public
-    identities (:mod:`workers.identities`) and the record rate."""
+    identities (:mod:`workers.identities`), the record rate, and the indexes of who
+    follows what (:mod:`workers.scopes`)."""
 
     identities: frozenset[str]
     record_rate: float = 1.0
     record_burst: int = 5
+    scopes: Scopes = field(default_factory=Scopes, compare=False)
 
 
 Record = tuple[str, str]
 """A record as the backbone carries it: ``(status, data)`` (:mod:`shared.records`)."""
-Parsed = ClientMessageV2 | Violation
+
+
+@dataclass(frozen=True, slots=True)
+class _NotWatching:
+    """A ``watch`` or ``unwatch`` from a connection that follows no watchlist."""
+
+    detail: str
+
+
+Parsed = ClientMessageV2 | Violation | _NotWatching
+P = TypeVar("P")
 
 
 @dataclass(slots=True)
 class Speaker:
-    """One version 2 connection's own state: its record bucket, and the ``server`` its
-    ``auth`` named (for the log of a ``wrong_server``)."""
+    """One version 2 connection's own state: its record bucket, the ``server`` its
+    ``auth`` named (for the log of a ``wrong_server``), and what it follows."""
 
     config: V2Config
+    conn: int = 0
     bucket: TokenBucket = field(init=False)
     claimed: str = ""
+    scope: Scope = Scope.LOBBY
+    resume: Resume | None = None  # the view the auth asked to resume, until auth_ok
 
     def __post_init__(self) -> None:
         self.bucket = TokenBucket(self.config.record_rate, self.config.record_burst)
@@ -124,20 +143,58 @@ class Speaker:
             return failure
         if later is not None:
             return later
-        if parsed.follow.scope is not Scope.LOBBY:
-            return AuthFailureV2.BAD_FOLLOW  # not served yet: see the module docstring
+        self.scope = parsed.follow.scope
+        self.config.scopes.choose(self.conn, parsed.follow, checked=False)
+        self.resume = parsed.resume
         return parsed
+
+    def welcome(self, key: str, replica: ReplicaView, now: float) -> list[Write | WriteSnapshot]:
+        """``auth_ok`` at the replica's state, then the update from the view the
+        ``auth`` resumes when the ring covers it, else a snapshot (or a count)."""
+        resume, self.resume = self.resume, None
+        epoch = replica.epoch or ""
+        if resume is not None:
+            update = self.config.scopes.resume(self.conn, self.scope, resume, replica, now)
+            if update is not None:
+                ok = auth_ok_v2(key, epoch, replica.seq, True)
+                return [Write(ok, AuthOutcome.OK), Write(update)]
+        ok = auth_ok_v2(key, epoch, replica.seq, False)
+        return [Write(ok, AuthOutcome.OK), WriteSnapshot(SnapshotCause.JOIN)]
 
     # ------------------------------------------------------------------ after auth
 
     @staticmethod
-    def parse(frame: str | bytes) -> Parsed | GetLobby:
-        """A frame after ``auth_ok``; a ``follow`` of the lobby asks for what
-        ``get_lobby`` asks for (a fresh snapshot)."""
-        parsed = parse_client_frame_v2(frame)
-        if isinstance(parsed, FollowFrame) and parsed.follow.scope is Scope.LOBBY:
-            return GetLobby()
+    def parse(frame: str | bytes) -> Parsed:
+        """A frame after ``auth_ok`` (see :meth:`choose` once it is let through)."""
+        return parse_client_frame_v2(frame)
+
+    def choose(self, parsed: P) -> P | GetLobby | Violation | _NotWatching:
+        """A frame let through the rate: a change of choice or watchlist is made here,
+        and asks for what ``get_lobby`` asks for (a fresh snapshot of the new choice); a
+        refused one is answered by :meth:`answer`, and changes nothing."""
+        scopes = self.config.scopes
+        try:
+            if isinstance(parsed, FollowFrame):
+                scopes.choose(self.conn, parsed.follow)
+                self.scope = parsed.follow.scope
+                return GetLobby()
+            if isinstance(parsed, Watch):
+                scopes.watch(self.conn, parsed.keys)
+                return GetLobby()
+            if isinstance(parsed, Unwatch):
+                scopes.unwatch(self.conn, parsed.keys)
+                return GetLobby()
+        except Refused as refused:
+            return Violation(ViolationV2.WATCHLIST_FULL, str(refused))
+        except NotWatching as refused:
+            return _NotWatching(str(refused))
+        except InterestError as refused:  # WatchlistFull
+            return Violation(ViolationV2.WATCHLIST_FULL, str(refused))
         return parsed
+
+    def forget(self) -> None:
+        """The connection ended: it follows nothing any more."""
+        self.config.scopes.forget(self.conn)
 
     def answer(self, parsed: Parsed, record: Record, now: float) -> Record | Write:
         """Answer a frame version 1 does not have (or a refused one): the session's new
@@ -152,10 +209,10 @@ class Speaker:
             return _error(_ERRORS[parsed.kind], parsed.detail)
         if isinstance(parsed, AuthV2):
             return _error(ErrorCodeV2.MALFORMED, "already authenticated")
-        if isinstance(parsed, Watch | Unwatch):
-            return _error(ErrorCodeV2.NOT_WATCHING, "this connection follows no watchlist")
-        # FollowFrame of a watchlist or the count (the lobby's is get_lobby)
-        return _error(ErrorCodeV2.BAD_FOLLOW, "this server serves the whole lobby only")
+        if isinstance(parsed, _NotWatching):
+            return _error(ErrorCodeV2.NOT_WATCHING, parsed.detail)
+        # parse answers every other frame of version 2 (as get_lobby)
+        return _error(ErrorCodeV2.MALFORMED, "unexpected frame")
 
 
 def _error(code: ErrorCodeV2, text: str) -> Write:

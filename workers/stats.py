@@ -36,7 +36,7 @@ _REFUSED: Final = {
 }
 _CUT_OFF: Final = metrics.ADMISSION_REFUSALS.labels("cut_off")
 _MEMORY: Final = {
-    part: metrics.MEMORY_BYTES.labels(part) for part in ("limit", "reserved", "backlog")
+    part: metrics.MEMORY_BYTES.labels(part) for part in ("limit", "reserved", "backlog", "indexes")
 }
 _HEAVIER, _WAITED = (metrics.ADMISSION_EVICTIONS.labels(r) for r in metrics.EVICTION_RULES)
 _MARKS: Final = {why: metrics.ADMISSION_MARKS.labels(why) for why in metrics.MARK_REASONS}
@@ -150,6 +150,7 @@ def memory(figures: Figures) -> None:
     _MEMORY["limit"].set(figures.limit)
     _MEMORY["reserved"].set(figures.reserved)
     _MEMORY["backlog"].set(figures.backlog)
+    _MEMORY["indexes"].set(figures.indexes)
 
 
 def closed(ws: ServerConnection) -> None:

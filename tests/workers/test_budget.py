@@ -61,6 +61,19 @@ def test_past_half_the_pool_the_heaviest_are_refused_and_a_light_client_is_serve
     assert budget.allowance("light") <= 0  # and no more
 
 
+def test_the_indexes_are_charged_first_and_refused_growth_under_pressure() -> None:
+    budget: MemoryBudget[str] = MemoryBudget(4 * MIB)
+    held = MIB
+    budget.indexes = lambda: held
+    assert budget.allowance("a") == 3 * MIB  # what the indexes hold is not in the pool
+    assert budget.figures().indexes == MIB and budget.figures().used == MIB
+    assert budget.admits_index(1024)
+    budget.observe("a", 3 * MIB // 2)  # half the pool left by the indexes
+    assert not budget.admits_index(1024)  # pressure: the watchlists may not grow
+    held = 0
+    assert budget.admits_index(1024)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     events=st.lists(

@@ -101,8 +101,6 @@ BAD_RESUME = {"resume": {"epoch": "", "seq": -1}}
         (auth(**BAD_RECORD, **BAD_FOLLOW, **BAD_RESUME), "bad_record"),
         (auth(**BAD_FOLLOW, **BAD_RESUME), "bad_follow"),
         (auth(**BAD_RESUME), "bad_resume"),
-        (auth(follow={"scope": "count"}), "bad_follow"),  # not served yet
-        (auth(follow={"scope": "watch", "keys": [PK]}), "bad_follow"),
     ],
 )
 def test_auth_is_checked_in_the_contracts_order(frame: str | bytes, reason: str) -> None:
@@ -180,8 +178,6 @@ def test_set_record_is_sent_to_the_coordinator_within_its_rate() -> None:
     [
         ('{"type":"set_record"}', "bad_record"),
         ('{"type":"set_record","data":[]}', "bad_record"),
-        ('{"type":"follow","scope":"count"}', "bad_follow"),
-        ('{"type":"follow","scope":"watch","keys":[]}', "bad_follow"),
         ('{"type":"follow"}', "bad_follow"),
         ('{"type":"watch","keys":[]}', "not_watching"),
         ('{"type":"unwatch","keys":[]}', "not_watching"),
@@ -197,6 +193,42 @@ def test_what_is_not_served_or_not_valid_is_an_error_and_the_session_stays(
     conn, _ = online(replica)
     assert errors(feed(conn, frame, replica=replica)) == [code]
     assert conn.state is State.AUTHENTICATED and conn.record == ("online", "{}")
+
+
+@pytest.mark.parametrize("follow", [{"scope": "count"}, {"scope": "watch", "keys": [PK]}])
+def test_an_auth_may_follow_a_watchlist_or_the_count(follow: dict[str, Any]) -> None:
+    conn = fresh()
+    assert feed(conn, auth(follow=follow)) == [Emit(bb.Authed(7, PK))]
+    assert conn.v2 is not None and conn.v2.scope.value == follow["scope"]
+    assert CONFIG.scopes.interest.follows(7) is (follow["scope"] == "watch")
+    conn.on_transport_closed()  # gone before auth_ok: it follows nothing any more
+    assert not CONFIG.scopes.interest.follows(7) and 7 not in CONFIG.scopes.counts
+
+
+def test_a_change_of_choice_or_watchlist_gets_a_fresh_snapshot_and_a_refused_one_none() -> None:
+    replica = FakeReplica()
+    conn, _ = online(replica)
+    fresh_one = [WriteSnapshot(SnapshotCause.GET_LOBBY)]
+    interest = CONFIG.scopes.interest
+    assert feed(conn, v2.follow(v2.Follow(v2.Scope.WATCH, (K1,))), replica=replica) == fresh_one
+    assert feed(conn, v2.watch([K2]), replica=replica) == fresh_one
+    assert set(interest.keys_of(7)) == {K1, K2}
+    many = [f"{i:064x}" for i in range(999)]
+    assert errors(feed(conn, v2.watch(many), replica=replica)) == ["watchlist_full"]
+    assert set(interest.keys_of(7)) == {K1, K2}  # nothing changed
+    assert feed(conn, v2.unwatch([K1]), replica=replica) == fresh_one
+    assert set(interest.keys_of(7)) == {K2}
+    room, CONFIG.scopes.room = CONFIG.scopes.room, lambda extra: False  # under pressure
+    try:
+        assert errors(feed(conn, v2.watch([K3]), replica=replica)) == ["watchlist_full"]
+        assert feed(conn, v2.unwatch([K2]), replica=replica) == fresh_one  # shrinking is fine
+    finally:
+        CONFIG.scopes.room = room
+    assert feed(conn, v2.follow(v2.Follow(v2.Scope.COUNT)), replica=replica) == fresh_one
+    assert conn.v2 is not None and conn.v2.scope is v2.Scope.COUNT and not interest.follows(7)
+    assert errors(feed(conn, v2.watch([K1]), replica=replica)) == ["not_watching"]
+    conn.on_transport_closed()
+    assert 7 not in CONFIG.scopes.counts
 
 
 def test_a_follow_of_the_lobby_and_get_lobby_get_a_fresh_snapshot() -> None:
