@@ -1,4 +1,4 @@
-"""Protocol version 2 (experimental, ``--protocol-v2``) on a real cluster started as
+"""Protocol version 2 (offered unless ``--v1-only``) on a real cluster started as
 ``make run`` starts it: raw v2 clients (websockets + shared.v2), a raw v1 client beside
 them, and a relay that passes a victim's authentication on to the real server."""
 
@@ -36,7 +36,7 @@ class V2Cluster:
     def __init__(self, tmp: Path) -> None:
         self.port, self.metrics_port = free_port(), free_port()
         self.url = f"ws://127.0.0.1:{self.port}/ws"
-        worker = ["--protocol-v2", f"--public-url={self.url},ws://localhost:{self.port}/ws"]
+        worker = [f"--public-url={self.url},ws://localhost:{self.port}/ws"]
         args = ["--workers", "2", "--port", str(self.port)]
         args += ["--metrics-port", str(self.metrics_port)]
         args += [f"--worker-arg={a}" for a in worker]

@@ -169,7 +169,7 @@ class Worker:
                 v2.record_burst,
                 self._scopes,
             )
-            if v2.protocol_v2
+            if not v2.v1_only
             else None
         )
         self._closing: dict[int, asyncio.Task[None]] = {}
@@ -525,7 +525,7 @@ class Worker:
 
 
 def _select_v2(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """With ``--protocol-v2``: version 2 for a client that offers it; any other client
+    """Unless ``--v1-only``: version 2 for a client that offers it; any other client
     (no subprotocol, or only others) goes on in version 1 with none selected."""
     return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 

@@ -218,10 +218,11 @@ class Timing:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProtocolV2:
-    protocol_v2: bool = option(
+    v1_only: bool = option(
         False,
-        "experimental: offer protocol version 2 (draft) to clients that ask for it (the "
-        "subprotocol presence.v2); every other client gets version 1 as before",
+        "offer protocol version 1 alone: a client asking for version 2 (the subprotocol "
+        "presence.v2) gets version 1, as from a server without version 2 (by default, "
+        "version 2 goes to the clients that ask for it, version 1 to every other)",
     )
     public_url: tuple[str, ...] = option(
         (),
@@ -262,7 +263,7 @@ class WorkerSettings:
     admission: AdmissionLimits = group(AdmissionLimits, "Admission")
     memory: MemoryLimits = group(MemoryLimits, "Memory")
     api: ApiOptions = group(ApiOptions, "Backend API")
-    v2: ProtocolV2 = group(ProtocolV2, "Protocol version 2 (experimental)")
+    v2: ProtocolV2 = group(ProtocolV2, "Protocol version 2")
     logging: Logging = group(Logging, "Logging")
 
     def __post_init__(self) -> None:

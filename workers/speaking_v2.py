@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A connection is version 2 when its handshake selected the subprotocol ``presence.v2``
-(only with ``--protocol-v2``); its :class:`~workers.connection.Connection` then holds a
+(unless ``--v1-only``); its :class:`~workers.connection.Connection` then holds a
 :class:`Speaker`, and everything else about it (states, deadlines, pipelining, flow
 control, direct messages, ``get_lobby``) is version 1's. This module holds the parts
 that differ: the ``auth`` check, and the answers to the frames version 1 does not have.

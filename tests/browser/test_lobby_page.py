@@ -1,12 +1,13 @@
 """The lobby page and lobby.js in a real browser (headless Chromium) against real
-processes: a cluster of coordinator and workers, Python clients beside the pages, and,
-for what no real server does (skipping an update number), a scripted server."""
+processes: a cluster of coordinator and workers that offer version 1 alone (the page falls
+back to it), Python clients beside the pages, and, for what no real server does
+(skipping an update number), a scripted server."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ from tests.support import Cluster, ManagedProcess, run, tls_files, until
 pytestmark = pytest.mark.process
 
 FAST_COORDINATOR = ("--heartbeat-interval", "0.1", "--worker-timeout", "0.6")
-FAST_WORKER = ("--heartbeat-interval", "0.1", "--coordinator-timeout", "0.6")
+FAST_WORKER = ("--heartbeat-interval", "0.1", "--coordinator-timeout", "0.6", "--v1-only")
+"""These pages meet a server without version 2 (--v1-only): they fall back to version 1,
+which is what most of this module checks; tests/browser/test_lobby_page_v2.py has the
+default server, which offers version 2."""
 QUIET = 1.5
 """Seconds a page is watched for something that must not happen (three times the
 client's first reconnect delay)."""
@@ -153,6 +157,13 @@ def test_a_page_and_a_python_client_exchange_direct_messages(cluster: Cluster) -
             )
 
     run(scenario())
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Two workers and a coordinator, as the suite's own, but offering version 1 alone."""
+    with Cluster(tmp_path, workers=2, worker_args=("--v1-only",)) as c:
+        yield c
 
 
 @pytest.fixture
@@ -308,6 +319,9 @@ def test_the_page_over_tls(tmp_path: Path) -> None:
                 page = await open_page(context, page_url(c, tls=True))
                 me = await key_of(page)
                 assert page.url.startswith("https://")
+                # By default the server offers version 2, and the page signs for the
+                # wss:// URL it dialed, one of the server's default identities.
+                assert await page.get_attribute("html", "data-protocol") == "2"
                 url = f"wss://127.0.0.1:{c.port}/ws"
                 async with LobbyClient.connect(url, ssl=client_ssl) as python:
                     await until_shown(page, {me, python.public_key}, "a wss client")

@@ -785,7 +785,7 @@ def test_errors_after_auth_keep_the_connection_and_oversize_closes_1009(ipc_dir:
 
 def test_http_paths(ipc_dir: Path) -> None:
     async def scenario() -> None:
-        async with worker(ipc_dir) as h:
+        async with worker(ipc_dir, "--v1-only") as h:
             assert (await http(h.port))[0] == 200
             with pytest.raises(InvalidStatus) as refused:
                 await connect(f"ws://127.0.0.1:{h.port}/elsewhere")
@@ -799,7 +799,7 @@ def test_http_paths(ipc_dir: Path) -> None:
             # permessage-deflate is off unless the operator turns it on.
             async with connect(h.url, compression="deflate") as ws:
                 assert "Sec-WebSocket-Extensions" not in ws.response.headers
-            # Without --protocol-v2 a client offering it gets version 1, none selected.
+            # With --v1-only a client offering version 2 gets version 1, none selected.
             async with connect(h.url, subprotocols=[Subprotocol("presence.v2")]) as ws:
                 assert ws.subprotocol is None
                 assert "Sec-WebSocket-Protocol" not in ws.response.headers

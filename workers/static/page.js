@@ -3,6 +3,7 @@
 // shows, its query parameters and what tests may rely on. What needs no DOM (entries'
 // text, the profile's rules, conversations, staleness) is in page_state.js.
 import {
+  AuthFailed,
   DuplicateUpdate,
   Ed25519Unsupported,
   InconsistentSnapshot,
@@ -307,6 +308,8 @@ function watchLobby(client) {
 function onClientError(client, error) {
   if (error instanceof NotVersion2) {
     fallBackToVersion1(client);
+  } else if (wrongServer(error)) {
+    fallBackToVersion1(client, WRONG_SERVER_NOTE);
   } else if (VIEW_ERRORS.some((kind) => error instanceof kind)) {
     resyncing = true; // a snapshot is asked for; its sync ends this
     showStaleness();
@@ -497,10 +500,9 @@ function setProfile(event) {
 }
 
 /** Version 1 has no records: the form stays, disabled, and says why. */
-function disableProfile() {
+function disableProfile(why = "This server speaks protocol version 1 only") {
   $("profile-fields").disabled = true;
-  $("profile-note").textContent =
-    "This server speaks protocol version 1 only: names and statuses need version 2.";
+  $("profile-note").textContent = `${why}: names and statuses need version 2.`;
   $("profile-note").hidden = false;
 }
 
@@ -543,7 +545,24 @@ function useClient() {
   const client = new LobbyClient(socketUrl(), options);
   lobby.client = client;
   watchLobby(client);
-  client.connect().catch((error) => client === lobby.client && showFailure(error));
+  client.connect().catch((error) => {
+    if (client !== lobby.client) return;
+    if (wrongServer(error)) fallBackToVersion1(client, WRONG_SERVER_NOTE);
+    else showFailure(error);
+  });
+}
+
+const WRONG_SERVER_NOTE =
+  "This server does not know the address this page was loaded from (its operator's " +
+  "--public-url), so the page uses protocol version 1";
+
+/**
+ * A version 2 auth refused `wrong_server`: the server's --public-url does not list the
+ * URL this page dialed (a reverse proxy its operator did not name). The page's key is
+ * bound to its origin, which no relay can use, so version 1 is safe here; it says why.
+ */
+function wrongServer(error) {
+  return lobby.version === 2 && error instanceof AuthFailed && error.reason === "wrong_server";
 }
 
 let probing = false;
@@ -563,12 +582,12 @@ async function probeVersion(client, { status, code }) {
   }
 }
 
-/** The server has no version 2: version 1 from now on, for this page's life. */
-function fallBackToVersion1(client) {
+/** The server has no version 2 (or refuses ours): version 1 from now on, for this page's life. */
+function fallBackToVersion1(client, why = undefined) {
   if (client !== lobby.client || lobby.version === 1) return;
   lobby.version = 1;
   document.documentElement.dataset.protocol = "1";
-  disableProfile();
+  disableProfile(why);
   useClient();
   client.close(); // after the switch: its "closed" is no longer shown
 }
