@@ -85,21 +85,28 @@ help:
 
 # A stamp is newer than pyproject.toml once the environment matches it. What installing
 # says goes to stderr: the standard output of `make run` is the cluster's alone.
-$(RUNTIME_STAMP): pyproject.toml
+define new_venv
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
 	  echo "error: $(PYTHON) is missing or older than Python 3.11, which this project needs." >&2; \
 	  echo "       Install 3.11+ and run e.g. make PYTHON=python3.11 ... (then make clean first" >&2; \
 	  echo "       if $(VENV) was made with an older one)." >&2; \
 	  exit 1; }
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV) >&2
+endef
+
+$(RUNTIME_STAMP): pyproject.toml
 	@echo "installing into $(VENV) (first run; make install-runtime)" >&2
-	@$(PYTHON) -m venv $(VENV) >&2
+	$(new_venv)
 	@$(VPY) -m pip install --quiet -e . >&2
 	@touch $@
 
-$(STAMP): $(RUNTIME_STAMP)
-	@echo "installing the test extra into $(VENV) (make install)" >&2
+# The runtime and the test extra in one pip run (a fresh clone's make test resolves
+# once, not twice); both stamps are then fresh.
+$(STAMP): pyproject.toml
+	@echo "installing into $(VENV) with the test extra (make install)" >&2
+	$(new_venv)
 	@$(VPY) -m pip install --quiet -e '.[test]' >&2
-	@touch $@
+	@touch $@ $(RUNTIME_STAMP)
 
 install: $(STAMP)
 
