@@ -333,7 +333,18 @@ async def _bad_input_after_auth(url: str, watcher: LobbyClient) -> None:
     assert watcher.view.seq == (seq or 0) + 1
 
 
-def test_healthz_answers_on_the_public_port(cluster: Cluster) -> None:
+def test_healthz_answers_on_the_public_port(tmp_path: Path) -> None:
+    # Beats every 0.1 s and 0.6 s of silence, so the coordinator's death shows at once.
+    with Cluster(
+        tmp_path,
+        2,
+        coordinator_args=("--heartbeat-interval", "0.1", "--worker-timeout", "0.6"),
+        worker_args=("--heartbeat-interval", "0.1", "--coordinator-timeout", "0.6"),
+    ) as cluster:
+        _healthz_follows_the_coordinator(cluster)
+
+
+def _healthz_follows_the_coordinator(cluster: Cluster) -> None:
     url = f"http://127.0.0.1:{cluster.port}/healthz"
     with urllib.request.urlopen(url, timeout=5) as resp:
         assert resp.status == 200
