@@ -59,3 +59,19 @@ async def evicted(ws: ClientConnection) -> bool:
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(ws.recv(), 10)
     return (ws.close_code, ws.close_reason) == (1013, "try_again_later")
+
+
+async def forged_forwarded_for_is_not_believed(url: str, client_ssl: ssl.SSLContext) -> None:
+    """A client on the proxy's own (trusted) address writes X-Forwarded-For naming
+    others. A proxy that replaces the header leaves both connections 127.0.0.1's, so a
+    newcomer from elsewhere evicts one; had the proxy appended to it, the worker would
+    have believed the addresses written there, and refused the newcomer with 503.
+    Needs a door of two places, empty."""
+    c1 = await door(url, client_ssl, "127.0.0.1", **{"X-Forwarded-For": "198.51.100.3"})
+    c2 = await door(url, client_ssl, "127.0.0.1", **{"X-Forwarded-For": "198.51.100.4"})
+    assert not isinstance(c1, int) and not isinstance(c2, int)
+    d1 = await door(url, client_ssl, "127.0.0.3")
+    assert not isinstance(d1, int), f"refused with {d1}: a client's header was believed"
+    assert await evicted(c1)
+    for ws in (c2, d1):
+        await ws.close()

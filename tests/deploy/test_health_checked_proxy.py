@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from shared.client import LobbyClient
-from tests.deploy.conftest import deploy_file, door, evicted, tool
+from tests.deploy.conftest import deploy_file, forged_forwarded_for_is_not_believed, tool
 from tests.support import (
     Launched,
     ManagedProcess,
@@ -179,15 +179,7 @@ def test_haproxy_takes_the_unhealthy_machine_out_and_sets_forwarded_for(
             for client in clients:
                 await client.wait_for_view(keys)
         await health_until(launched.port, lambda h: h["challenged"] == 0, "no handshake open")
-        # From the proxy's own (trusted) address, each naming another in the header.
-        c1 = await door(url, client_ssl, "127.0.0.1", **{"X-Forwarded-For": "198.51.100.3"})
-        c2 = await door(url, client_ssl, "127.0.0.1", **{"X-Forwarded-For": "198.51.100.4"})
-        assert not isinstance(c1, int) and not isinstance(c2, int)
-        d1 = await door(url, client_ssl, "127.0.0.3")
-        assert not isinstance(d1, int), f"refused with {d1}: a client's header was believed"
-        assert await evicted(c1)
-        for ws in (c2, d1):
-            await ws.close()
+        await forged_forwarded_for_is_not_believed(url, client_ssl)
 
     run(scenario(), timeout=30)
     assert proxy.states() == wanted
