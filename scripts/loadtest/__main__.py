@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(auto: picows when installed) (%(default)s)",
     )
     gen.add_argument(
+        "--protocol",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="the protocol version the clients speak: 2 offers presence.v2 and follows "
+        "the whole lobby in binary frames (%(default)s)",
+    )
+    gen.add_argument(
         "--settle-timeout",
         type=float,
         default=30.0,
@@ -278,7 +286,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server = start_server(args, server_cpus)
         with AgentPool(
-            procs, server.url, os.urandom(16), sources, client_cpus, args.verify_sample, ws_client
+            procs,
+            server.url,
+            os.urandom(16),
+            sources,
+            client_cpus,
+            args.verify_sample,
+            ws_client,
+            args.protocol,
         ) as pool:
             ctx = scenarios.Context(pool, server, args.concurrency, args.settle_timeout, args.quiet)
             try:
@@ -297,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpus": cpu_info,
             "verify_sample": args.verify_sample,
             "ws_client": ws_client,
+            "protocol": args.protocol,
         }
     except LoadTestError as exc:
         print(f"load test failed: {exc}", file=sys.stderr)

@@ -48,6 +48,7 @@ from scripts.loadtest.client import (
     use_source_addresses,
     use_ws_client,
 )
+from scripts.loadtest.clientv2 import LoadClientV2
 from scripts.loadtest.messaging import MessageOps, sleep_until
 from scripts.loadtest.stats import Histogram
 from shared.client import (
@@ -143,6 +144,8 @@ class Totals:
 
     updates: int = 0
     update_bytes: int = 0
+    frames: int = 0
+    frame_bytes: int = 0
     snapshots: int = 0
     error_count: int = 0
     errors: list[str] = field(default_factory=list)
@@ -151,6 +154,8 @@ class Totals:
         client.catch_up()  # what it noted and did not apply yet is checked now
         self.updates += client.updates_received
         self.update_bytes += client.update_bytes
+        self.frames += client.frames
+        self.frame_bytes += client.frame_bytes
         self.snapshots += client.snapshots_received
         self.error_count += client.error_count
         self.errors.extend(str(e) for e in client.errors[: 5 - len(self.errors)])
@@ -159,8 +164,13 @@ class Totals:
 class Agent(MessageOps):
     """The clients of one generator process and the ops the parent can run on them."""
 
-    def __init__(self, index: int, url: str, salt: bytes, sample: float = 1.0) -> None:
+    def __init__(
+        self, index: int, url: str, salt: bytes, sample: float = 1.0, protocol: int = 1
+    ) -> None:
         self.index = index
+        # LoadClientV2 offers all that this agent reads of a LoadClient.
+        self.client_class: Any = LoadClientV2 if protocol == 2 else LoadClient
+        """The load client of the protocol version spoken (``--protocol``)."""
         self.url = url
         self.salt = salt
         self.sample = sample
@@ -322,7 +332,7 @@ class Agent(MessageOps):
         for attempt in range(self.attempts):
             started = time.perf_counter()
             try:
-                client = await LoadClient.connect(
+                client: LoadClient = await self.client_class.connect(
                     self.url,
                     self.key(index),
                     open_timeout=self.open_timeout,
@@ -343,7 +353,6 @@ class Agent(MessageOps):
                 stats.retried_other += 1
                 stats.reasons[type(exc).__name__] += 1
             else:
-                assert isinstance(client, LoadClient)
                 now = time.time()
                 stats.duration.add(time.perf_counter() - started)
                 stats.ok += 1
@@ -413,7 +422,14 @@ class Agent(MessageOps):
         totals = Totals(
             **{
                 k: getattr(self.retired, k)
-                for k in ("updates", "update_bytes", "snapshots", "error_count")
+                for k in (
+                    "updates",
+                    "update_bytes",
+                    "frames",
+                    "frame_bytes",
+                    "snapshots",
+                    "error_count",
+                )
             }
         )
         totals.errors = list(self.retired.errors)
@@ -422,6 +438,8 @@ class Agent(MessageOps):
         return {
             "updates": totals.updates,
             "update_bytes": totals.update_bytes,
+            "frames": totals.frames,
+            "frame_bytes": totals.frame_bytes,
             "snapshots": totals.snapshots,
             "error_count": totals.error_count,
             "errors": totals.errors,
@@ -655,18 +673,19 @@ def agent_main(
     cpus: frozenset[int] | None = None,
     sample: float = 1.0,
     ws_client: str = "websockets",
+    protocol: int = 1,
 ) -> None:
     """Entry point of a generator process (uvloop when installed); ``cpus``: pin this
     process to them (it inherits its parent's set otherwise); ``sample``: see
     :attr:`Agent.sample`; ``ws_client``: the WebSocket library of its clients
-    (:func:`~scripts.loadtest.client.use_ws_client`)."""
+    (:func:`~scripts.loadtest.client.use_ws_client`); ``protocol``: 1 or 2."""
     if cpus is not None:
         os.sched_setaffinity(0, cpus)  # before any thread starts: they inherit it
     raise_fd_limit()
     use_source_addresses(sources)
     use_ws_client(ws_client)
     gc.set_threshold(*GC_THRESHOLDS)
-    agent = Agent(index, url, salt, sample)
+    agent = Agent(index, url, salt, sample, protocol)
     with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):
         try:
             import uvloop

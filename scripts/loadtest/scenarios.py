@@ -143,6 +143,8 @@ def counters(ctx: Context) -> dict[str, Any]:
         for k in (
             "updates",
             "update_bytes",
+            "frames",
+            "frame_bytes",
             "snapshots",
             "error_count",
             "observed",
@@ -232,6 +234,7 @@ def mass_join(ctx: Context, n: int) -> Result:
     _latency_metrics(result, "join_to_seen", totals["latency"])
     m["update_frames"] = totals["updates"]
     m["update_bytes"] = totals["update_bytes"]
+    m["frame_bytes_per_client"] = round(totals["frame_bytes"] / max(stats["ok"], 1))
     m["retried_1013"] = stats["retried_1013"]
     m["retried_other"] = stats["retried_other"]
     m["server_cpu_s"] = round(cpu1 - cpu0, 2)
@@ -301,6 +304,9 @@ def churn(
     m["changes_per_s"] = round(actions / max(issued, 1e-9), 1)
     _latency_metrics(result, "update_latency", after["latency"])
     m["frames_delivered"] = frames
+    received = during["frame_bytes"] - before["frame_bytes"]
+    m["bytes_received"] = received
+    m["bytes_per_change_per_watcher"] = round(received / max(actions * watchers, 1), 1)
     m["frames_per_s"] = round(frames / max(elapsed, 1e-9), 1)
     m["changes_per_update"] = round(after["changes_seen"] / max(after["updates_seen"], 1), 2)
     m["server_cpu_s"] = round(cpu1 - cpu0, 2)

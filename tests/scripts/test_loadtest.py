@@ -788,6 +788,19 @@ def test_mass_join_converges_with_a_sample(cluster: Server) -> None:
 
 
 @pytest.mark.process
+def test_protocol_2_mass_join_and_churn_check_out(cluster: Server) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), ws_client="websockets", protocol=2) as pool:
+        ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+        joined = scenarios.mass_join(ctx, 8)
+        churned = scenarios.churn(ctx, watchers=4, rate=10, duration=1.0, cooldown=0.5)
+    assert_ok(joined)
+    assert joined.metrics["frame_bytes_per_client"] > 0
+    assert_ok(churned)
+    assert churned.metrics["update_latency_samples"] > 0
+    assert churned.metrics["bytes_per_change_per_watcher"] > 0
+
+
+@pytest.mark.process
 @with_client("websockets")
 def test_reconnect_storm_brings_the_lobby_back(ctx: scenarios.Context) -> None:
     result = scenarios.reconnect_storm(ctx, 10)
