@@ -49,6 +49,7 @@ from scripts.loadtest.target import (
 )
 from scripts.procfs import free_port
 from shared.client import DEFAULT_URL
+from shared.v2 import MAX_WATCH_KEYS
 
 DEFAULT_SAMPLE = 0.05
 
@@ -171,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watchers", type=int, default=2000, help="(%(default)s)")
     p.add_argument("--rate", type=float, default=200.0, help="changes per second (%(default)s)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds (%(default)s)")
+    p.add_argument(
+        "--watch",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --protocol 2: each watcher follows a watchlist of K keys of the "
+        "changing clients (0: the whole lobby) (%(default)s)",
+    )
     p = sub.add_parser("reconnect-storm", help="N clients drop and reconnect at once")
     p.add_argument("clients", type=int)
     p = sub.add_parser("messages", help="direct messages between pairs on different workers")
@@ -225,7 +234,7 @@ def run_scenario(ctx: scenarios.Context, args: argparse.Namespace) -> scenarios.
     if name == "mass-join":
         return scenarios.mass_join(ctx, args.clients)
     if name == "churn":
-        return scenarios.churn(ctx, args.watchers, args.rate, args.duration)
+        return scenarios.churn(ctx, args.watchers, args.rate, args.duration, watch=args.watch)
     if name == "reconnect-storm":
         return scenarios.reconnect_storm(ctx, args.clients)
     if name == "messages":
@@ -268,6 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     server_cpus, client_cpus = choose_cpus(parser, args)
     procs = args.procs if args.procs is not None else default_procs(client_cpus)
+    watch = getattr(args, "watch", 0)
+    if watch and args.protocol != 2:
+        parser.error("--watch: watchlists need --protocol 2")
+    if not 0 <= watch <= MAX_WATCH_KEYS:
+        parser.error(f"--watch: from 0 to {MAX_WATCH_KEYS} keys")
     if not 0.0 <= args.verify_sample <= 1.0:
         parser.error("--verify-sample: a fraction from 0 to 1")
     try:

@@ -33,7 +33,6 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -51,6 +50,7 @@ from scripts.loadtest.client import (
 from scripts.loadtest.clientv2 import LoadClientV2
 from scripts.loadtest.messaging import MessageOps, sleep_until
 from scripts.loadtest.stats import Histogram
+from scripts.loadtest.tallies import Cause, ConnectStats, Totals
 from shared.client import (
     AuthFailed,
     ConnectionRefusedByServer,
@@ -101,66 +101,6 @@ def _discard(keys: set[int], key: int, _task: object) -> None:
     keys.discard(key)
 
 
-@dataclass(slots=True)
-class Cause:
-    """The last change a client of this agent caused to its key: it shows in
-    ``joined`` (a join or reconnect) or in ``left``, at ``at`` (wall clock).
-    ``waiting``: this agent's watchers yet to see it (None: not counted, kept)."""
-
-    joined: bool
-    at: float
-    waiting: int | None
-
-
-@dataclass(slots=True)
-class ConnectStats:
-    """What connecting a batch of clients took."""
-
-    ok: int = 0
-    failed: int = 0
-    retried_1013: int = 0
-    retried_other: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-    duration: Histogram = field(default_factory=Histogram)
-    first_ok: float = 0.0
-    last_ok: float = 0.0
-
-    def result(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "failed": self.failed,
-            "retried_1013": self.retried_1013,
-            "retried_other": self.retried_other,
-            "reasons": dict(self.reasons.most_common(5)),
-            "duration": self.duration.to_dict(),
-            "first_ok": self.first_ok,
-            "last_ok": self.last_ok,
-        }
-
-
-@dataclass(slots=True)
-class Totals:
-    """Counters of clients that are gone, so phase totals include them."""
-
-    updates: int = 0
-    update_bytes: int = 0
-    frames: int = 0
-    frame_bytes: int = 0
-    snapshots: int = 0
-    error_count: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def add(self, client: LoadClient) -> None:
-        client.catch_up()  # what it noted and did not apply yet is checked now
-        self.updates += client.updates_received
-        self.update_bytes += client.update_bytes
-        self.frames += client.frames
-        self.frame_bytes += client.frame_bytes
-        self.snapshots += client.snapshots_received
-        self.error_count += client.error_count
-        self.errors.extend(str(e) for e in client.errors[: 5 - len(self.errors)])
-
-
 class Agent(MessageOps):
     """The clients of one generator process and the ops the parent can run on them."""
 
@@ -169,6 +109,8 @@ class Agent(MessageOps):
     ) -> None:
         self.index = index
         # LoadClientV2 offers all that this agent reads of a LoadClient.
+        self.watchlists: dict[int, frozenset[str]] = {}
+        """The keys each watcher with a watchlist follows (``--watch``; version 2)."""
         self.client_class: Any = LoadClientV2 if protocol == 2 else LoadClient
         """The load client of the protocol version spoken (``--protocol``)."""
         self.url = url
@@ -223,7 +165,7 @@ class Agent(MessageOps):
 
     def _cause(self, public_key: str, joined: bool, at: float) -> None:
         # A reconnect shows as ``left`` and ``joined``: only the ``joined`` is its own.
-        waiting = len(self.measuring) if self.counting else None
+        waiting = self._watchers_of(public_key) if self.counting else None
         self.causes[public_key] = Cause(joined, at, waiting)
         self._causes_version += 1
 
@@ -232,6 +174,11 @@ class Agent(MessageOps):
 
     def _mark_leave(self, index: int) -> None:
         self._cause(self.pub(index), False, time.time())
+
+    def _watchers_of(self, public_key: str) -> int:
+        """How many measuring watchers follow ``public_key`` (all but watchlists without it)."""
+        lists = self.watchlists
+        return sum(1 for i in self.measuring if i not in lists or public_key in lists[i])
 
     def _settled(self, index: int, now: float) -> bool:
         """True unless watchers are still to see the last change of key ``index``."""
@@ -332,9 +279,12 @@ class Agent(MessageOps):
         for attempt in range(self.attempts):
             started = time.perf_counter()
             try:
+                watchlist = self.watchlists.get(index)
+                follow = None if watchlist is None else {"scope": "watch", "keys": [*watchlist]}
                 client: LoadClient = await self.client_class.connect(
                     self.url,
                     self.key(index),
+                    **({} if follow is None else {"follow": follow}),
                     open_timeout=self.open_timeout,
                     ping_interval=None,
                     ping_timeout=None,
@@ -388,11 +338,18 @@ class Agent(MessageOps):
         concurrency: int = 100,
         open_timeout: float = 30.0,
         attempts: int = MAX_ATTEMPTS,
+        watch_keys: int = 0,
+        watch_from: list[int] | None = None,
     ) -> dict[str, Any]:
         """Connect ``indices`` (from ``start_at``, wall clock), ``concurrency`` in flight.
 
         With ``target_online`` set, note when each watching client's view first holds
-        that many keys (convergence)."""
+        that many keys (convergence). With ``watch_keys``, each watcher follows a
+        watchlist of that many keys of ``watch_from`` (drawn by its index)."""
+        if watch and watch_keys:
+            pool = [self.pub(i) for i in watch_from or ()]
+            for i in indices:
+                self.watchlists[i] = frozenset(random.Random(i).sample(pool, watch_keys))
         self.concurrency, self.open_timeout = concurrency, open_timeout
         self.attempts = attempts
         if target_online != self.target_online:
@@ -468,14 +425,17 @@ class Agent(MessageOps):
         LEDGER.catch_up_all()
         keys = frozenset(self.pub(i) for i in truth)
         closed = {i: c.close_code for i, c in self.clients.items() if c.closed}
-        open_clients = [c for c in self.clients.values() if not c.closed]
+        open_clients = [(i, c) for i, c in self.clients.items() if not c.closed]
+        lists = self.watchlists
+        wants = [keys & lists[i] if i in lists else keys for i, _ in open_clients]
         outcomes = await asyncio.gather(
-            *(c.wait_for_view(keys, timeout) for c in open_clients), return_exceptions=True
+            *(c.wait_for_view(w, timeout) for (_, c), w in zip(open_clients, wants, strict=True)),
+            return_exceptions=True,
         )
         wrong: list[str] = []
-        for client, outcome in zip(open_clients, outcomes, strict=True):
+        for (_, client), want, outcome in zip(open_clients, wants, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                online = client.view.online
+                online, keys = client.view.online, want
                 wrong.append(
                     f"{client.public_key[:8]}: {len(online)} online, "
                     f"{len(keys - online)} missing, {len(online - keys)} extra"
@@ -550,6 +510,7 @@ class Agent(MessageOps):
         busy: set[int] = set()  # keys with a change still in flight: never two at once
         actions: Counter[str] = Counter()
         failures: Counter[str] = Counter()
+        owed: Counter[str] = Counter()  # "seen": the sightings the changes made owe
         stats = ConnectStats()
         tasks: set[asyncio.Task[None]] = set()
         lag = Histogram()
@@ -562,6 +523,7 @@ class Agent(MessageOps):
             old = self.clients.get(index)
             self._adopt(index, client, watch=False)
             actions[kind] += 1
+            owed["seen"] += self._watchers_of(self.pub(index))
             if old is not None:  # the server closes the replaced session with 4002
                 with contextlib.suppress(TimeoutError):
                     await old.wait_closed(10.0)
@@ -580,6 +542,7 @@ class Agent(MessageOps):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.close(), 10.0)
             actions[kind] += 1
+            owed["seen"] += self._watchers_of(self.pub(index))
 
         def free(i: int, now: float) -> bool:
             return i not in busy and rest_until.get(i, 0.0) <= now and self._settled(i, now)
@@ -625,6 +588,7 @@ class Agent(MessageOps):
         return {
             "issued_last": issued_last,
             "actions": dict(actions),
+            "expected": owed["seen"],
             "failures": dict(failures),
             "connect": stats.result(),
             "schedule_lag": lag.to_dict(),

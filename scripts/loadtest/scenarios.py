@@ -111,8 +111,10 @@ def connect(
     watch: bool = True,
     target_online: int | None = None,
     start_at: float = 0.0,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Connect ``indices`` spread over the generators; fails the run if any could not."""
+    """Connect ``indices`` spread over the generators (``extra``: more arguments of the
+    agents' ``connect``); fails the run if any could not."""
     stats = _merge_connect(
         ctx.pool.call(
             "connect",
@@ -123,6 +125,7 @@ def connect(
                 "target_online": target_online,
                 "concurrency": ctx.concurrency,
                 "attempts": ctx.attempts,
+                **(extra or {}),
             },
             progress=ctx.progress(label, len(indices)),
             timeout=120.0 + len(indices) / 20,
@@ -244,16 +247,31 @@ def mass_join(ctx: Context, n: int) -> Result:
 
 
 def churn(
-    ctx: Context, watchers: int, rate: float, duration: float, cooldown: float = 3.0
+    ctx: Context,
+    watchers: int,
+    rate: float,
+    duration: float,
+    cooldown: float = 3.0,
+    watch: int = 0,
 ) -> Result:
     """W watchers stay; a pool of other keys joins, leaves, drops without a close frame
     and reconnects, ``rate`` changes a second for ``duration`` seconds. The pool is
-    sized so each key rests ``cooldown`` seconds between its changes."""
+    sized so each key rests ``cooldown`` seconds between its changes. ``watch``
+    (version 2): each watcher follows a watchlist of that many keys of the pool, and
+    sees, and is checked against, only those."""
     procs = ctx.pool.size
     result = Result("churn", {"watchers": watchers, "rate": rate, "duration": duration})
-    per_agent = max(8, math.ceil(rate / procs * cooldown * 2.5))
+    per_agent = max(8, math.ceil(rate / procs * cooldown * 2.5), watch)
     pool_indices = range(watchers, watchers + per_agent * procs)
-    connect(ctx, range(watchers), "watchers", target_online=None)
+    if watch:
+        result.params["watch"] = watch
+    connect(
+        ctx,
+        range(watchers),
+        "watchers",
+        target_online=None,
+        extra={"watch_keys": watch, "watch_from": list(pool_indices)},
+    )
     settle(ctx, result, range(watchers))
     ctx.pool.call("reset")
     before = counters(ctx)
@@ -280,7 +298,7 @@ def churn(
     after = counters(ctx)
     check_errors(result, after)
     actions = sum(sum(p["actions"].values()) for p in parts)
-    expected = sum(sum(p["actions"].values()) * p["measuring"] for p in parts)
+    expected = sum(p["expected"] for p in parts)
     frames = during["updates"] - before["updates"]
     joins = sum(p["actions"].get("join", 0) + p["actions"].get("reconnect", 0) for p in parts)
     extra_snapshots = after["snapshots"] - before["snapshots"] - joins  # joins get one each
@@ -307,6 +325,7 @@ def churn(
     received = during["frame_bytes"] - before["frame_bytes"]
     m["bytes_received"] = received
     m["bytes_per_change_per_watcher"] = round(received / max(actions * watchers, 1), 1)
+    m["bytes_per_sighting"] = round(received / max(after["observed"], 1), 1)
     m["frames_per_s"] = round(frames / max(elapsed, 1e-9), 1)
     m["changes_per_update"] = round(after["changes_seen"] / max(after["updates_seen"], 1), 2)
     m["server_cpu_s"] = round(cpu1 - cpu0, 2)

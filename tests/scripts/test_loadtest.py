@@ -801,6 +801,15 @@ def test_protocol_2_mass_join_and_churn_check_out(cluster: Server) -> None:
 
 
 @pytest.mark.process
+def test_protocol_2_watchers_see_only_their_watchlists(cluster: Server) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), ws_client="websockets", protocol=2) as pool:
+        ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+        result = scenarios.churn(ctx, watchers=4, rate=10, duration=1.0, cooldown=0.5, watch=3)
+    assert_ok(result)
+    assert 0 < result.metrics["update_latency_samples"] < result.metrics["changes"] * 4
+
+
+@pytest.mark.process
 @with_client("websockets")
 def test_reconnect_storm_brings_the_lobby_back(ctx: scenarios.Context) -> None:
     result = scenarios.reconnect_storm(ctx, 10)
