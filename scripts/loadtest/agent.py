@@ -111,6 +111,8 @@ class Agent(MessageOps):
         # LoadClientV2 offers all that this agent reads of a LoadClient.
         self.watchlists: dict[int, frozenset[str]] = {}
         """The keys each watcher with a watchlist follows (``--watch``; version 2)."""
+        self.resume_from: dict[int, LoadClientV2] = {}
+        """Dropped clients whose views the next connection of their key resumes."""
         self.client_class: Any = LoadClientV2 if protocol == 2 else LoadClient
         """The load client of the protocol version spoken (``--protocol``)."""
         self.url = url
@@ -281,10 +283,13 @@ class Agent(MessageOps):
             try:
                 watchlist = self.watchlists.get(index)
                 follow = None if watchlist is None else {"scope": "watch", "keys": [*watchlist]}
+                v2: dict[str, Any] = {} if follow is None else {"follow": follow}
+                if index in self.resume_from:
+                    v2["resume_from"] = self.resume_from[index]
                 client: LoadClient = await self.client_class.connect(
                     self.url,
                     self.key(index),
-                    **({} if follow is None else {"follow": follow}),
+                    **v2,
                     open_timeout=self.open_timeout,
                     ping_interval=None,
                     ping_timeout=None,
@@ -475,7 +480,8 @@ class Agent(MessageOps):
         self, start_at: float, target_online: int, concurrency: int = 100
     ) -> dict[str, Any]:
         """At ``start_at`` drop every client at once, then reconnect them all (same
-        keys), retrying 1013 with jitter; convergence counts from the drop."""
+        keys), retrying 1013 with jitter; convergence counts from the drop. Version 2
+        clients resume the views they held; ``resumed`` counts those the server let."""
         await sleep_until(start_at)
         gc.unfreeze()  # what drops now must be collectable
         indices = list(self.clients)
@@ -483,10 +489,14 @@ class Agent(MessageOps):
             client = self._retire(i)
             if client is not None:
                 client.drop()
+                if isinstance(client, LoadClientV2):
+                    self.resume_from[i] = client
         self.concurrency = concurrency
         self._forget(target_online)
         stats = await self._connect_many(indices, watch=True)
-        return stats.result()
+        self.resume_from.clear()
+        resumed = sum(getattr(self.clients.get(i), "resumed", False) for i in indices)
+        return {**stats.result(), "resumed": resumed}
 
     async def op_churn(
         self,

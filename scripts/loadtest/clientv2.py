@@ -22,7 +22,7 @@ is the same for both protocols.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from nacl.signing import SigningKey
@@ -31,9 +31,9 @@ from scripts.loadtest.client import LoadClient, _next_source
 from scripts.loadtest.views import Update
 from shared import protocol
 from shared.client import Connecting, ListenerFailed, Transport, websockets_opener
-from shared.client_v2 import LobbyClientV2
+from shared.client_v2 import LobbyClientV2, parse_follow, version2_opener
 from shared.session import Online
-from shared.session_v2 import SUBPROTOCOL, ViewChange
+from shared.session_v2 import SUBPROTOCOL, SessionV2, ViewChange
 from shared.v2.server import UPDATE
 
 UPDATE_TAG = bytes((UPDATE,))
@@ -95,9 +95,14 @@ class LoadClientV2(LobbyClientV2):
         open_timeout: float = 10.0,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
+        follow: Mapping[str, Any] | None = None,
+        resume_from: LoadClientV2 | None = None,
         **kwargs: Any,
     ) -> Connecting[LoadClientV2]:
-        """:meth:`LobbyClientV2.connect` over websockets, counting every frame."""
+        """:meth:`LobbyClientV2.connect` over websockets, counting every frame, with no
+        record (the server's default) and ``follow``. ``resume_from``: a client of the
+        same key whose connection is gone; this one's ``auth`` resumes from its view,
+        when that view is live (:meth:`~shared.session_v2.SessionV2.resume_point`)."""
         key = signing_key if signing_key is not None else SigningKey.generate()
         public_key = key.verify_key.encode().hex()
         tally = Tally()
@@ -112,7 +117,24 @@ class LoadClientV2(LobbyClientV2):
         async def opener(url: str) -> Transport:
             return cast(Transport, Counted(await plain(url), tally, public_key))
 
-        base = super().connect(url, signing_key, open_timeout=open_timeout, opener=opener, **kwargs)
+        scope = parse_follow(follow)
+
+        def session(key: SigningKey) -> SessionV2:
+            resume = view = None
+            if resume_from is not None:
+                resume = resume_from.session.resume_point()
+                view = None if resume is None else resume_from.session.view
+            return SessionV2(key, url, follow=scope, resume=resume, view=view)
+
+        # LobbyClient's connect with these sessions: the one-connection client this is.
+        base = super(LobbyClientV2, cls).connect(
+            url,
+            key,
+            open_timeout=open_timeout,
+            opener=version2_opener(opener),
+            session_factory=session,
+            **kwargs,
+        )
 
         async def factory() -> LoadClientV2:
             client = await base
@@ -129,6 +151,11 @@ class LoadClientV2(LobbyClientV2):
         self.target: int | None = None
         self.reached_at = 0.0
         self.lobby_hook: Callable[[Any, Update | None], None] | None = None
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this client's connection resumed a view (``auth_ok``'s ``resumed``)."""
+        return self.session.resumed is True
 
     @property
     def frames(self) -> int:

@@ -359,6 +359,7 @@ def reconnect_storm(ctx: Context, n: int) -> Result:
     settle(ctx, result, range(n))
     pids = ctx.server.pids()
     start = time.time() + START_DELAY
+    before = counters(ctx)
     cpu0, gen0 = ctx.server_cpu(), ctx.generator_cpu()
     parts = ctx.pool.call(
         "storm",
@@ -380,6 +381,11 @@ def reconnect_storm(ctx: Context, n: int) -> Result:
     whole = max(totals["converged_last"], stats["last_ok"]) - start
     m["whole_again_s"] = round(whole, 3) if totals["converged"] >= n else None
     m["reconnected"] = stats["ok"]
+    # What recovering cost the clients: resumed views (version 2) against snapshots.
+    m["resumed"] = sum(p["resumed"] for p in parts)
+    m["recovery_snapshots"] = totals["snapshots"] - before["snapshots"]
+    m["recovery_bytes"] = totals["frame_bytes"] - before["frame_bytes"]
+    m["recovery_bytes_per_client"] = round(m["recovery_bytes"] / max(stats["ok"], 1))
     m["retried_1013"] = stats["retried_1013"]
     m["retried_other"] = stats["retried_other"]
     m["failed"] = stats["failed"]

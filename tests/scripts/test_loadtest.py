@@ -810,6 +810,17 @@ def test_protocol_2_watchers_see_only_their_watchlists(cluster: Server) -> None:
 
 
 @pytest.mark.process
+def test_protocol_2_reconnect_storm_resumes(cluster: Server) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), ws_client="websockets", protocol=2) as pool:
+        ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+        result = scenarios.reconnect_storm(ctx, 6)
+    assert_ok(result)
+    m = result.metrics
+    assert m["resumed"] > 0 and m["resumed"] + m["recovery_snapshots"] >= 6
+    assert m["recovery_bytes_per_client"] > 0
+
+
+@pytest.mark.process
 @with_client("websockets")
 def test_reconnect_storm_brings_the_lobby_back(ctx: scenarios.Context) -> None:
     result = scenarios.reconnect_storm(ctx, 10)
