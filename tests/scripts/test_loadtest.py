@@ -791,8 +791,8 @@ def test_mass_join_converges_with_a_sample(cluster: Server) -> None:
 def test_protocol_2_mass_join_and_churn_check_out(cluster: Server) -> None:
     with AgentPool(2, cluster.url, os.urandom(16), ws_client="websockets", protocol=2) as pool:
         ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
-        joined = scenarios.mass_join(ctx, 8)
-        churned = scenarios.churn(ctx, watchers=4, rate=10, duration=1.0, cooldown=0.5)
+        joined = scenarios.mass_join(ctx, 6)
+        churned = scenarios.churn(ctx, watchers=4, rate=10, duration=0.8, cooldown=0.5)
     assert_ok(joined)
     assert joined.metrics["frame_bytes_per_client"] > 0
     assert_ok(churned)
