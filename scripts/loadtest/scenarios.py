@@ -322,10 +322,11 @@ def churn(
     m["changes_per_s"] = round(actions / max(issued, 1e-9), 1)
     _latency_metrics(result, "update_latency", after["latency"])
     m["frames_delivered"] = frames
+    # Everything every client received (the changing ones' handshakes included), per
+    # change and watcher: what one watcher costs the network per change, roughly.
     received = during["frame_bytes"] - before["frame_bytes"]
     m["bytes_received"] = received
     m["bytes_per_change_per_watcher"] = round(received / max(actions * watchers, 1), 1)
-    m["bytes_per_sighting"] = round(received / max(after["observed"], 1), 1)
     m["frames_per_s"] = round(frames / max(elapsed, 1e-9), 1)
     m["changes_per_update"] = round(after["changes_seen"] / max(after["updates_seen"], 1), 2)
     m["server_cpu_s"] = round(cpu1 - cpu0, 2)
