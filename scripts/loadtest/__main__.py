@@ -284,8 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--watch: from 0 to {MAX_WATCH_KEYS} keys")
     if not 0.0 <= args.verify_sample <= 1.0:
         parser.error("--verify-sample: a fraction from 0 to 1")
+    if args.protocol == 2 and args.ws_client == "picows":
+        parser.error("--ws-client picows: version 2 clients use websockets")
     try:
-        ws_client = resolve_ws_client(args.ws_client)
+        ws_client = "websockets" if args.protocol == 2 else resolve_ws_client(args.ws_client)
     except ValueError as exc:
         parser.error(f"--ws-client: {exc}")
     signal.signal(signal.SIGTERM, _terminate)

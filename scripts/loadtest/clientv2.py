@@ -152,6 +152,8 @@ class LoadClientV2(LobbyClientV2):
         self.reached_at = 0.0
         self.lobby_hook: Callable[[Any, Update | None], None] | None = None
 
+    local_address = LoadClient.local_address
+
     @property
     def resumed(self) -> bool:
         """Whether this client's connection resumed a view (``auth_ok``'s ``resumed``)."""

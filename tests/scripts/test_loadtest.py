@@ -1012,6 +1012,20 @@ def test_the_cli_refuses_overlapping_or_missing_cpus(capsys: pytest.CaptureFixtu
         assert complaint in capsys.readouterr().err
 
 
+def test_the_cli_refuses_version_2_options_it_cannot_honour(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for argv, complaint in [
+        (["churn", "--watch", "3"], "--watch: watchlists need --protocol 2"),
+        (["--protocol", "2", "churn", "--watch", "-1"], "--watch: from 0 to"),
+        (["--protocol", "2", "--ws-client", "picows", "idle", "1"], "--ws-client picows:"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        assert complaint in capsys.readouterr().err
+
+
 def _two_cpus() -> tuple[frozenset[int], frozenset[int]]:
     have = sorted(os.sched_getaffinity(0))
     if len(have) < 2:
