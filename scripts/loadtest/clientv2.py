@@ -2,7 +2,8 @@
 instrumented like :class:`~scripts.loadtest.client.LoadClient`.
 
 It offers ``presence.v2``, signs for the URL it dials and decodes the binary
-``snapshot``/``update`` frames with the library (:mod:`shared.session_v2`, whose
+``snapshot``/``update`` frames with the library, once per process and frame
+(:class:`Decoded`), and applies them with the library's session (:mod:`shared.session_v2`, whose
 :class:`~shared.session_v2.RecordView` applies an update only when its ``prev`` is the
 view's ``seq``). What it adds is what the generator's agent reads of a load client:
 
@@ -33,10 +34,37 @@ from shared import protocol
 from shared.client import Connecting, ListenerFailed, Transport, websockets_opener
 from shared.client_v2 import LobbyClientV2, parse_follow, version2_opener
 from shared.session import Online
-from shared.session_v2 import SUBPROTOCOL, SessionV2, ViewChange
+from shared.session_v2 import SUBPROTOCOL, SessionV2, ViewChange, parse_frame_v2
 from shared.v2.server import UPDATE
 
 UPDATE_TAG = bytes((UPDATE,))
+
+
+class Decoded:
+    """This process's decoded binary lobby frames, by their bytes: every follower of
+    the whole lobby receives the very same bytes for one update, so a process decodes
+    them once (:func:`shared.session_v2.parse_frame_v2`, whose result is immutable) and
+    each client applies the result with its own view's checks. Bounded; text frames
+    and refused frames are decoded each time."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.keep = keep
+        self.frames: dict[bytes, Any] = {}
+
+    def decode(self, frame: str | bytes) -> Any:
+        if isinstance(frame, str):
+            return parse_frame_v2(frame)
+        frames = self.frames
+        msg = frames.get(frame)
+        if msg is None:
+            msg = parse_frame_v2(frame)
+            if len(frames) >= self.keep:
+                frames.clear()
+            frames[frame] = msg
+        return msg
+
+
+DECODED = Decoded()
 
 
 class Tally:
@@ -124,7 +152,9 @@ class LoadClientV2(LobbyClientV2):
             if resume_from is not None:
                 resume = resume_from.session.resume_point()
                 view = None if resume is None else resume_from.session.view
-            return SessionV2(key, url, follow=scope, resume=resume, view=view)
+            session = SessionV2(key, url, follow=scope, resume=resume, view=view)
+            session.decode = DECODED.decode
+            return session
 
         # LobbyClient's connect with these sessions: the one-connection client this is.
         base = super(LobbyClientV2, cls).connect(

@@ -1012,6 +1012,26 @@ def test_the_cli_refuses_overlapping_or_missing_cpus(capsys: pytest.CaptureFixtu
         assert complaint in capsys.readouterr().err
 
 
+def test_v2_lobby_frames_are_decoded_once_per_process_as_the_library_decodes_them() -> None:
+    from scripts.loadtest.clientv2 import Decoded
+    from shared import v2
+    from shared.session import ProtocolError
+    from shared.session_v2 import parse_frame_v2
+
+    frame = v2.update_of(7, 6, [v2.encode_entry("ab" * 32, v2.DEFAULT_RECORD)], [], [])
+    decoded = Decoded(keep=2)
+    first = decoded.decode(frame)
+    assert first == parse_frame_v2(frame) and decoded.decode(bytes(frame)) is first
+    for bad in (frame[:-1], b"\x09"):
+        with pytest.raises(ProtocolError):
+            decoded.decode(bad)
+    assert len(decoded.frames) == 1  # refused frames are not kept
+    decoded.decode(frame + b"")
+    decoded.decode(v2.update_of(8, 7, [], [], []))
+    decoded.decode(v2.update_of(9, 8, [], [], []))
+    assert len(decoded.frames) <= 2
+
+
 def test_the_cli_refuses_version_2_options_it_cannot_honour(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
