@@ -49,6 +49,7 @@ from scripts.loadtest.target import (
 )
 from scripts.procfs import free_port
 from shared.client import DEFAULT_URL
+from shared.v2 import MAX_WATCH_KEYS
 
 DEFAULT_SAMPLE = 0.05
 
@@ -149,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(auto: picows when installed) (%(default)s)",
     )
     gen.add_argument(
+        "--protocol",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="the protocol version the clients speak: 2 offers presence.v2 and follows "
+        "the whole lobby in binary frames (%(default)s)",
+    )
+    gen.add_argument(
         "--settle-timeout",
         type=float,
         default=30.0,
@@ -163,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watchers", type=int, default=2000, help="(%(default)s)")
     p.add_argument("--rate", type=float, default=200.0, help="changes per second (%(default)s)")
     p.add_argument("--duration", type=float, default=30.0, help="seconds (%(default)s)")
+    p.add_argument(
+        "--watch",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --protocol 2: each watcher follows a watchlist of K keys of the "
+        "changing clients (0: the whole lobby) (%(default)s)",
+    )
     p = sub.add_parser("reconnect-storm", help="N clients drop and reconnect at once")
     p.add_argument("clients", type=int)
     p = sub.add_parser("messages", help="direct messages between pairs on different workers")
@@ -217,7 +234,7 @@ def run_scenario(ctx: scenarios.Context, args: argparse.Namespace) -> scenarios.
     if name == "mass-join":
         return scenarios.mass_join(ctx, args.clients)
     if name == "churn":
-        return scenarios.churn(ctx, args.watchers, args.rate, args.duration)
+        return scenarios.churn(ctx, args.watchers, args.rate, args.duration, watch=args.watch)
     if name == "reconnect-storm":
         return scenarios.reconnect_storm(ctx, args.clients)
     if name == "messages":
@@ -260,10 +277,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     server_cpus, client_cpus = choose_cpus(parser, args)
     procs = args.procs if args.procs is not None else default_procs(client_cpus)
+    watch = getattr(args, "watch", 0)
+    if watch and args.protocol != 2:
+        parser.error("--watch: watchlists need --protocol 2")
+    if not 0 <= watch <= MAX_WATCH_KEYS:
+        parser.error(f"--watch: from 0 to {MAX_WATCH_KEYS} keys")
     if not 0.0 <= args.verify_sample <= 1.0:
         parser.error("--verify-sample: a fraction from 0 to 1")
+    if args.protocol == 2 and args.ws_client == "picows":
+        parser.error("--ws-client picows: version 2 clients use websockets")
     try:
-        ws_client = resolve_ws_client(args.ws_client)
+        ws_client = "websockets" if args.protocol == 2 else resolve_ws_client(args.ws_client)
     except ValueError as exc:
         parser.error(f"--ws-client: {exc}")
     signal.signal(signal.SIGTERM, _terminate)
@@ -278,7 +302,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server = start_server(args, server_cpus)
         with AgentPool(
-            procs, server.url, os.urandom(16), sources, client_cpus, args.verify_sample, ws_client
+            procs,
+            server.url,
+            os.urandom(16),
+            sources,
+            client_cpus,
+            args.verify_sample,
+            ws_client,
+            args.protocol,
         ) as pool:
             ctx = scenarios.Context(pool, server, args.concurrency, args.settle_timeout, args.quiet)
             try:
@@ -297,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpus": cpu_info,
             "verify_sample": args.verify_sample,
             "ws_client": ws_client,
+            "protocol": args.protocol,
         }
     except LoadTestError as exc:
         print(f"load test failed: {exc}", file=sys.stderr)

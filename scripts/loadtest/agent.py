@@ -33,7 +33,6 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -48,8 +47,10 @@ from scripts.loadtest.client import (
     use_source_addresses,
     use_ws_client,
 )
+from scripts.loadtest.clientv2 import LoadClientV2
 from scripts.loadtest.messaging import MessageOps, sleep_until
 from scripts.loadtest.stats import Histogram
+from scripts.loadtest.tallies import Cause, ConnectStats, Totals
 from shared.client import (
     AuthFailed,
     ConnectionRefusedByServer,
@@ -100,67 +101,20 @@ def _discard(keys: set[int], key: int, _task: object) -> None:
     keys.discard(key)
 
 
-@dataclass(slots=True)
-class Cause:
-    """The last change a client of this agent caused to its key: it shows in
-    ``joined`` (a join or reconnect) or in ``left``, at ``at`` (wall clock).
-    ``waiting``: this agent's watchers yet to see it (None: not counted, kept)."""
-
-    joined: bool
-    at: float
-    waiting: int | None
-
-
-@dataclass(slots=True)
-class ConnectStats:
-    """What connecting a batch of clients took."""
-
-    ok: int = 0
-    failed: int = 0
-    retried_1013: int = 0
-    retried_other: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-    duration: Histogram = field(default_factory=Histogram)
-    first_ok: float = 0.0
-    last_ok: float = 0.0
-
-    def result(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "failed": self.failed,
-            "retried_1013": self.retried_1013,
-            "retried_other": self.retried_other,
-            "reasons": dict(self.reasons.most_common(5)),
-            "duration": self.duration.to_dict(),
-            "first_ok": self.first_ok,
-            "last_ok": self.last_ok,
-        }
-
-
-@dataclass(slots=True)
-class Totals:
-    """Counters of clients that are gone, so phase totals include them."""
-
-    updates: int = 0
-    update_bytes: int = 0
-    snapshots: int = 0
-    error_count: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def add(self, client: LoadClient) -> None:
-        client.catch_up()  # what it noted and did not apply yet is checked now
-        self.updates += client.updates_received
-        self.update_bytes += client.update_bytes
-        self.snapshots += client.snapshots_received
-        self.error_count += client.error_count
-        self.errors.extend(str(e) for e in client.errors[: 5 - len(self.errors)])
-
-
 class Agent(MessageOps):
     """The clients of one generator process and the ops the parent can run on them."""
 
-    def __init__(self, index: int, url: str, salt: bytes, sample: float = 1.0) -> None:
+    def __init__(
+        self, index: int, url: str, salt: bytes, sample: float = 1.0, protocol: int = 1
+    ) -> None:
         self.index = index
+        # LoadClientV2 offers all that this agent reads of a LoadClient.
+        self.watchlists: dict[int, frozenset[str]] = {}
+        """The keys each watcher with a watchlist follows (``--watch``; version 2)."""
+        self.resume_from: dict[int, LoadClientV2] = {}
+        """Dropped clients whose views the next connection of their key resumes."""
+        self.client_class: Any = LoadClientV2 if protocol == 2 else LoadClient
+        """The load client of the protocol version spoken (``--protocol``)."""
         self.url = url
         self.salt = salt
         self.sample = sample
@@ -213,7 +167,7 @@ class Agent(MessageOps):
 
     def _cause(self, public_key: str, joined: bool, at: float) -> None:
         # A reconnect shows as ``left`` and ``joined``: only the ``joined`` is its own.
-        waiting = len(self.measuring) if self.counting else None
+        waiting = self._watchers_of(public_key) if self.counting else None
         self.causes[public_key] = Cause(joined, at, waiting)
         self._causes_version += 1
 
@@ -222,6 +176,11 @@ class Agent(MessageOps):
 
     def _mark_leave(self, index: int) -> None:
         self._cause(self.pub(index), False, time.time())
+
+    def _watchers_of(self, public_key: str) -> int:
+        """How many measuring watchers follow ``public_key`` (all but watchlists without it)."""
+        lists = self.watchlists
+        return sum(1 for i in self.measuring if i not in lists or public_key in lists[i])
 
     def _settled(self, index: int, now: float) -> bool:
         """True unless watchers are still to see the last change of key ``index``."""
@@ -322,9 +281,15 @@ class Agent(MessageOps):
         for attempt in range(self.attempts):
             started = time.perf_counter()
             try:
-                client = await LoadClient.connect(
+                watchlist = self.watchlists.get(index)
+                follow = None if watchlist is None else {"scope": "watch", "keys": [*watchlist]}
+                v2: dict[str, Any] = {} if follow is None else {"follow": follow}
+                if index in self.resume_from:
+                    v2["resume_from"] = self.resume_from[index]
+                client: LoadClient = await self.client_class.connect(
                     self.url,
                     self.key(index),
+                    **v2,
                     open_timeout=self.open_timeout,
                     ping_interval=None,
                     ping_timeout=None,
@@ -343,7 +308,6 @@ class Agent(MessageOps):
                 stats.retried_other += 1
                 stats.reasons[type(exc).__name__] += 1
             else:
-                assert isinstance(client, LoadClient)
                 now = time.time()
                 stats.duration.add(time.perf_counter() - started)
                 stats.ok += 1
@@ -379,11 +343,18 @@ class Agent(MessageOps):
         concurrency: int = 100,
         open_timeout: float = 30.0,
         attempts: int = MAX_ATTEMPTS,
+        watch_keys: int = 0,
+        watch_from: list[int] | None = None,
     ) -> dict[str, Any]:
         """Connect ``indices`` (from ``start_at``, wall clock), ``concurrency`` in flight.
 
         With ``target_online`` set, note when each watching client's view first holds
-        that many keys (convergence)."""
+        that many keys (convergence). With ``watch_keys``, each watcher follows a
+        watchlist of that many keys of ``watch_from`` (drawn by its index)."""
+        if watch and watch_keys:
+            pool = [self.pub(i) for i in watch_from or ()]
+            for i in indices:
+                self.watchlists[i] = frozenset(random.Random(i).sample(pool, watch_keys))
         self.concurrency, self.open_timeout = concurrency, open_timeout
         self.attempts = attempts
         if target_online != self.target_online:
@@ -413,7 +384,14 @@ class Agent(MessageOps):
         totals = Totals(
             **{
                 k: getattr(self.retired, k)
-                for k in ("updates", "update_bytes", "snapshots", "error_count")
+                for k in (
+                    "updates",
+                    "update_bytes",
+                    "frames",
+                    "frame_bytes",
+                    "snapshots",
+                    "error_count",
+                )
             }
         )
         totals.errors = list(self.retired.errors)
@@ -422,6 +400,8 @@ class Agent(MessageOps):
         return {
             "updates": totals.updates,
             "update_bytes": totals.update_bytes,
+            "frames": totals.frames,
+            "frame_bytes": totals.frame_bytes,
             "snapshots": totals.snapshots,
             "error_count": totals.error_count,
             "errors": totals.errors,
@@ -450,14 +430,17 @@ class Agent(MessageOps):
         LEDGER.catch_up_all()
         keys = frozenset(self.pub(i) for i in truth)
         closed = {i: c.close_code for i, c in self.clients.items() if c.closed}
-        open_clients = [c for c in self.clients.values() if not c.closed]
+        open_clients = [(i, c) for i, c in self.clients.items() if not c.closed]
+        lists = self.watchlists
+        wants = [keys & lists[i] if i in lists else keys for i, _ in open_clients]
         outcomes = await asyncio.gather(
-            *(c.wait_for_view(keys, timeout) for c in open_clients), return_exceptions=True
+            *(c.wait_for_view(w, timeout) for (_, c), w in zip(open_clients, wants, strict=True)),
+            return_exceptions=True,
         )
         wrong: list[str] = []
-        for client, outcome in zip(open_clients, outcomes, strict=True):
+        for (_, client), want, outcome in zip(open_clients, wants, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                online = client.view.online
+                online, keys = client.view.online, want
                 wrong.append(
                     f"{client.public_key[:8]}: {len(online)} online, "
                     f"{len(keys - online)} missing, {len(online - keys)} extra"
@@ -497,7 +480,8 @@ class Agent(MessageOps):
         self, start_at: float, target_online: int, concurrency: int = 100
     ) -> dict[str, Any]:
         """At ``start_at`` drop every client at once, then reconnect them all (same
-        keys), retrying 1013 with jitter; convergence counts from the drop."""
+        keys), retrying 1013 with jitter; convergence counts from the drop. Version 2
+        clients resume the views they held; ``resumed`` counts those the server let."""
         await sleep_until(start_at)
         gc.unfreeze()  # what drops now must be collectable
         indices = list(self.clients)
@@ -505,10 +489,14 @@ class Agent(MessageOps):
             client = self._retire(i)
             if client is not None:
                 client.drop()
+                if isinstance(client, LoadClientV2):
+                    self.resume_from[i] = client
         self.concurrency = concurrency
         self._forget(target_online)
         stats = await self._connect_many(indices, watch=True)
-        return stats.result()
+        self.resume_from.clear()
+        resumed = sum(getattr(self.clients.get(i), "resumed", False) for i in indices)
+        return {**stats.result(), "resumed": resumed}
 
     async def op_churn(
         self,
@@ -532,6 +520,7 @@ class Agent(MessageOps):
         busy: set[int] = set()  # keys with a change still in flight: never two at once
         actions: Counter[str] = Counter()
         failures: Counter[str] = Counter()
+        owed: Counter[str] = Counter()  # "seen": the sightings the changes made owe
         stats = ConnectStats()
         tasks: set[asyncio.Task[None]] = set()
         lag = Histogram()
@@ -544,6 +533,7 @@ class Agent(MessageOps):
             old = self.clients.get(index)
             self._adopt(index, client, watch=False)
             actions[kind] += 1
+            owed["seen"] += self._watchers_of(self.pub(index))
             if old is not None:  # the server closes the replaced session with 4002
                 with contextlib.suppress(TimeoutError):
                     await old.wait_closed(10.0)
@@ -562,6 +552,7 @@ class Agent(MessageOps):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.close(), 10.0)
             actions[kind] += 1
+            owed["seen"] += self._watchers_of(self.pub(index))
 
         def free(i: int, now: float) -> bool:
             return i not in busy and rest_until.get(i, 0.0) <= now and self._settled(i, now)
@@ -607,6 +598,7 @@ class Agent(MessageOps):
         return {
             "issued_last": issued_last,
             "actions": dict(actions),
+            "expected": owed["seen"],
             "failures": dict(failures),
             "connect": stats.result(),
             "schedule_lag": lag.to_dict(),
@@ -655,18 +647,19 @@ def agent_main(
     cpus: frozenset[int] | None = None,
     sample: float = 1.0,
     ws_client: str = "websockets",
+    protocol: int = 1,
 ) -> None:
     """Entry point of a generator process (uvloop when installed); ``cpus``: pin this
     process to them (it inherits its parent's set otherwise); ``sample``: see
     :attr:`Agent.sample`; ``ws_client``: the WebSocket library of its clients
-    (:func:`~scripts.loadtest.client.use_ws_client`)."""
+    (:func:`~scripts.loadtest.client.use_ws_client`); ``protocol``: 1 or 2."""
     if cpus is not None:
         os.sched_setaffinity(0, cpus)  # before any thread starts: they inherit it
     raise_fd_limit()
     use_source_addresses(sources)
     use_ws_client(ws_client)
     gc.set_threshold(*GC_THRESHOLDS)
-    agent = Agent(index, url, salt, sample)
+    agent = Agent(index, url, salt, sample, protocol)
     with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):
         try:
             import uvloop

@@ -242,6 +242,10 @@ class LoadSession(Session):
     def __init__(self, signing_key: SigningKey, **kwargs: Any) -> None:
         super().__init__(signing_key, view=LoadView(), decode=decode, **kwargs)
         self.client: LoadClient | None = None
+        self.frames = 0
+        self.frame_bytes = 0
+        """Every frame received, the handshake's included, and its bytes (characters:
+        the server's JSON is ASCII), to compare protocols."""
 
     def data_to_send(self) -> list[str]:
         out = super().data_to_send()
@@ -256,6 +260,8 @@ class LoadSession(Session):
         :class:`Update`, kept in :data:`UPDATES` for the other clients of the process
         (:meth:`LoadClient.receive` looks texts up there first), and goes through its
         client's sampled checking (:meth:`LoadClient.take_update`)."""
+        self.frames += 1
+        self.frame_bytes += len(frame)
         client = self.client
         if client is None or not isinstance(frame, str) or self.state is not State.OPEN:
             return super().receive(frame)
@@ -407,6 +413,14 @@ class LoadClient(LobbyClient):
         return connecting
 
     @property
+    def frames(self) -> int:
+        return self.load_session.frames
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.load_session.frame_bytes
+
+    @property
     def in_place(self) -> bool:
         """True while frames are handled as they are parsed, not queued for the reader."""
         return getattr(self.connection, "handler", None) is not None
@@ -419,6 +433,8 @@ class LoadClient(LobbyClient):
             update = UPDATES.get(frame)
             session = self.load_session
             if update is not None and session.state is _OPEN:
+                session.frames += 1
+                session.frame_bytes += len(frame)
                 self.update_bytes += len(frame)
                 session.updates_received += 1
                 if not self.sampled and self._defer(update):

@@ -66,12 +66,13 @@ class AgentPool:
         cpus: CpuSet | None = None,
         sample: float = 1.0,
         ws_client: str = "websockets",
+        protocol: int = 1,
     ) -> None:
         """``cpus``: the CPUs every generator process runs on (default: any);
         ``sample``: the fraction of watchers that apply and time every update on arrival
         (:attr:`~scripts.loadtest.agent.Agent.sample`; 1.0: every client);
         ``ws_client``: the clients' WebSocket library (``websockets``, ``picows`` or
-        ``auto``: picows when installed)."""
+        ``auto``: picows when installed); ``protocol``: the version the clients speak."""
         self.ws_client = resolve_ws_client(ws_client)
         ctx = multiprocessing.get_context("fork")
         self.conns: list[Connection] = []
@@ -80,7 +81,7 @@ class AgentPool:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=agent_main,
-                args=(child, i, url, salt, list(sources), cpus, sample, self.ws_client),
+                args=(child, i, url, salt, list(sources), cpus, sample, self.ws_client, protocol),
                 name=f"loadgen-{i}",
                 daemon=True,
             )

@@ -111,8 +111,10 @@ def connect(
     watch: bool = True,
     target_online: int | None = None,
     start_at: float = 0.0,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Connect ``indices`` spread over the generators; fails the run if any could not."""
+    """Connect ``indices`` spread over the generators (``extra``: more arguments of the
+    agents' ``connect``); fails the run if any could not."""
     stats = _merge_connect(
         ctx.pool.call(
             "connect",
@@ -123,6 +125,7 @@ def connect(
                 "target_online": target_online,
                 "concurrency": ctx.concurrency,
                 "attempts": ctx.attempts,
+                **(extra or {}),
             },
             progress=ctx.progress(label, len(indices)),
             timeout=120.0 + len(indices) / 20,
@@ -143,6 +146,8 @@ def counters(ctx: Context) -> dict[str, Any]:
         for k in (
             "updates",
             "update_bytes",
+            "frames",
+            "frame_bytes",
             "snapshots",
             "error_count",
             "observed",
@@ -232,6 +237,7 @@ def mass_join(ctx: Context, n: int) -> Result:
     _latency_metrics(result, "join_to_seen", totals["latency"])
     m["update_frames"] = totals["updates"]
     m["update_bytes"] = totals["update_bytes"]
+    m["frame_bytes_per_client"] = round(totals["frame_bytes"] / max(stats["ok"], 1))
     m["retried_1013"] = stats["retried_1013"]
     m["retried_other"] = stats["retried_other"]
     m["server_cpu_s"] = round(cpu1 - cpu0, 2)
@@ -241,16 +247,31 @@ def mass_join(ctx: Context, n: int) -> Result:
 
 
 def churn(
-    ctx: Context, watchers: int, rate: float, duration: float, cooldown: float = 3.0
+    ctx: Context,
+    watchers: int,
+    rate: float,
+    duration: float,
+    cooldown: float = 3.0,
+    watch: int = 0,
 ) -> Result:
     """W watchers stay; a pool of other keys joins, leaves, drops without a close frame
     and reconnects, ``rate`` changes a second for ``duration`` seconds. The pool is
-    sized so each key rests ``cooldown`` seconds between its changes."""
+    sized so each key rests ``cooldown`` seconds between its changes. ``watch``
+    (version 2): each watcher follows a watchlist of that many keys of the pool, and
+    sees, and is checked against, only those."""
     procs = ctx.pool.size
     result = Result("churn", {"watchers": watchers, "rate": rate, "duration": duration})
-    per_agent = max(8, math.ceil(rate / procs * cooldown * 2.5))
+    per_agent = max(8, math.ceil(rate / procs * cooldown * 2.5), watch)
     pool_indices = range(watchers, watchers + per_agent * procs)
-    connect(ctx, range(watchers), "watchers", target_online=None)
+    if watch:
+        result.params["watch"] = watch
+    connect(
+        ctx,
+        range(watchers),
+        "watchers",
+        target_online=None,
+        extra={"watch_keys": watch, "watch_from": list(pool_indices)},
+    )
     settle(ctx, result, range(watchers))
     ctx.pool.call("reset")
     before = counters(ctx)
@@ -277,7 +298,7 @@ def churn(
     after = counters(ctx)
     check_errors(result, after)
     actions = sum(sum(p["actions"].values()) for p in parts)
-    expected = sum(sum(p["actions"].values()) * p["measuring"] for p in parts)
+    expected = sum(p["expected"] for p in parts)
     frames = during["updates"] - before["updates"]
     joins = sum(p["actions"].get("join", 0) + p["actions"].get("reconnect", 0) for p in parts)
     extra_snapshots = after["snapshots"] - before["snapshots"] - joins  # joins get one each
@@ -301,6 +322,11 @@ def churn(
     m["changes_per_s"] = round(actions / max(issued, 1e-9), 1)
     _latency_metrics(result, "update_latency", after["latency"])
     m["frames_delivered"] = frames
+    # Everything every client received (the changing ones' handshakes included), per
+    # change and watcher: what one watcher costs the network per change, roughly.
+    received = during["frame_bytes"] - before["frame_bytes"]
+    m["bytes_received"] = received
+    m["bytes_per_change_per_watcher"] = round(received / max(actions * watchers, 1), 1)
     m["frames_per_s"] = round(frames / max(elapsed, 1e-9), 1)
     m["changes_per_update"] = round(after["changes_seen"] / max(after["updates_seen"], 1), 2)
     m["server_cpu_s"] = round(cpu1 - cpu0, 2)
@@ -334,6 +360,7 @@ def reconnect_storm(ctx: Context, n: int) -> Result:
     settle(ctx, result, range(n))
     pids = ctx.server.pids()
     start = time.time() + START_DELAY
+    before = counters(ctx)
     cpu0, gen0 = ctx.server_cpu(), ctx.generator_cpu()
     parts = ctx.pool.call(
         "storm",
@@ -355,6 +382,11 @@ def reconnect_storm(ctx: Context, n: int) -> Result:
     whole = max(totals["converged_last"], stats["last_ok"]) - start
     m["whole_again_s"] = round(whole, 3) if totals["converged"] >= n else None
     m["reconnected"] = stats["ok"]
+    # What recovering cost the clients: resumed views (version 2) against snapshots.
+    m["resumed"] = sum(p["resumed"] for p in parts)
+    m["recovery_snapshots"] = totals["snapshots"] - before["snapshots"]
+    m["recovery_bytes"] = totals["frame_bytes"] - before["frame_bytes"]
+    m["recovery_bytes_per_client"] = round(m["recovery_bytes"] / max(stats["ok"], 1))
     m["retried_1013"] = stats["retried_1013"]
     m["retried_other"] = stats["retried_other"]
     m["failed"] = stats["failed"]

@@ -788,6 +788,39 @@ def test_mass_join_converges_with_a_sample(cluster: Server) -> None:
 
 
 @pytest.mark.process
+def test_protocol_2_mass_join_and_churn_check_out(cluster: Server) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), ws_client="websockets", protocol=2) as pool:
+        ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+        joined = scenarios.mass_join(ctx, 6)
+        churned = scenarios.churn(ctx, watchers=4, rate=10, duration=0.8, cooldown=0.5)
+    assert_ok(joined)
+    assert joined.metrics["frame_bytes_per_client"] > 0
+    assert_ok(churned)
+    assert churned.metrics["update_latency_samples"] > 0
+    assert churned.metrics["bytes_per_change_per_watcher"] > 0
+
+
+@pytest.mark.process
+def test_protocol_2_watchers_see_only_their_watchlists(cluster: Server) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), ws_client="websockets", protocol=2) as pool:
+        ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+        result = scenarios.churn(ctx, watchers=4, rate=10, duration=1.0, cooldown=0.5, watch=3)
+    assert_ok(result)
+    assert 0 < result.metrics["update_latency_samples"] < result.metrics["changes"] * 4
+
+
+@pytest.mark.process
+def test_protocol_2_reconnect_storm_resumes(cluster: Server) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), ws_client="websockets", protocol=2) as pool:
+        ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+        result = scenarios.reconnect_storm(ctx, 6)
+    assert_ok(result)
+    m = result.metrics
+    assert m["resumed"] > 0 and m["resumed"] + m["recovery_snapshots"] >= 6
+    assert m["recovery_bytes_per_client"] > 0
+
+
+@pytest.mark.process
 @with_client("websockets")
 def test_reconnect_storm_brings_the_lobby_back(ctx: scenarios.Context) -> None:
     result = scenarios.reconnect_storm(ctx, 10)
@@ -975,6 +1008,40 @@ def test_the_cli_refuses_overlapping_or_missing_cpus(capsys: pytest.CaptureFixtu
     ]:
         with pytest.raises(SystemExit) as info:
             main([*argv, "mass-join", "1"])
+        assert info.value.code == 2
+        assert complaint in capsys.readouterr().err
+
+
+def test_v2_lobby_frames_are_decoded_once_per_process_as_the_library_decodes_them() -> None:
+    from scripts.loadtest.clientv2 import Decoded
+    from shared import v2
+    from shared.session import ProtocolError
+    from shared.session_v2 import parse_frame_v2
+
+    frame = v2.update_of(7, 6, [v2.encode_entry("ab" * 32, v2.DEFAULT_RECORD)], [], [])
+    decoded = Decoded(keep=2)
+    first = decoded.decode(frame)
+    assert first == parse_frame_v2(frame) and decoded.decode(bytes(frame)) is first
+    for bad in (frame[:-1], b"\x09"):
+        with pytest.raises(ProtocolError):
+            decoded.decode(bad)
+    assert len(decoded.frames) == 1  # refused frames are not kept
+    decoded.decode(frame + b"")
+    decoded.decode(v2.update_of(8, 7, [], [], []))
+    decoded.decode(v2.update_of(9, 8, [], [], []))
+    assert len(decoded.frames) <= 2
+
+
+def test_the_cli_refuses_version_2_options_it_cannot_honour(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for argv, complaint in [
+        (["churn", "--watch", "3"], "--watch: watchlists need --protocol 2"),
+        (["--protocol", "2", "churn", "--watch", "-1"], "--watch: from 0 to"),
+        (["--protocol", "2", "--ws-client", "picows", "idle", "1"], "--ws-client picows:"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
         assert info.value.code == 2
         assert complaint in capsys.readouterr().err
 
