@@ -47,6 +47,7 @@ from zmq.utils.monitor import recv_monitor_message
 from coordinator.claims import Claims, Peer
 from coordinator.core import CoordinatorCore, Output, Publish, ToWorker
 from coordinator.settings import CoordinatorSettings
+from coordinator.webhook_sender import WebhookSender
 from shared import backbone as bb
 from shared import curve, endpoints, logs, metrics, notify
 
@@ -73,8 +74,16 @@ _RCVMORE = int(zmq.RCVMORE)
 class Coordinator:
     """Owns the core and the two backbone sockets."""
 
-    def __init__(self, settings: CoordinatorSettings, context: zmq.Context[zmq.Socket[bytes]]):
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        context: zmq.Context[zmq.Socket[bytes]],
+        *,
+        webhooks: WebhookSender | None = None,
+    ):
+        """``webhooks``: the sender that every published update is offered to, if any."""
         self.settings = settings
+        self._webhooks = webhooks
         ends = settings.backbone_endpoints
         self._admitted: list[str] = []
         self._key_names: dict[str, str] = {}
@@ -214,6 +223,8 @@ class Coordinator:
         )
         ready = False
         core = self.core
+        if self._webhooks is not None:
+            self._webhooks.start()
         while not self._stopping:
             now = time.monotonic()
             wait = core.due - now  # (-inf: at once)
@@ -246,6 +257,8 @@ class Coordinator:
                     notify.ready(f"coordinator ready: epoch {self.epoch}")
             self._flush()
         notify.stopping("coordinator stopping")
+        if self._webhooks is not None:
+            self._webhooks.stop()
         if not len(self.core.registry):  # every worker said goodbye: nothing to rebuild
             self._lock.record(f"{self._recorded} idle")
         if self._monitor is not None:
@@ -388,6 +401,8 @@ class Coordinator:
                 if isinstance(out.message, bb.Update):
                     update = out.message
                     metrics.LOBBY_UPDATE_KEYS.observe(len(update.joined) + len(update.left))
+                    if self._webhooks is not None:
+                        self._webhooks.offer(update)
 
     def _queue(self, worker: str, msg: bb.DownMessage) -> None:
         """Add ``msg`` to the frame ``worker`` gets at the end of this turn."""
