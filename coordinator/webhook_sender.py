@@ -50,7 +50,8 @@ USER_AGENT: Final = "presence-lobby-webhooks"
 REPORT_EVERY: Final = 1.0
 """Seconds between two updates of the lag and outbox gauges while the sender waits."""
 FAILURE_LOG_EVERY: Final = 10.0
-"""A receiver that keeps failing is logged at its first failure, then this often."""
+"""A receiver that keeps failing is logged at its first failure, then this often, and
+whenever the way it fails changes (a status, a refused connection, a timeout...)."""
 STOP_WAIT: Final = 2.0
 
 
@@ -152,6 +153,7 @@ class WebhookSender:
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
         self._tally = metrics.Tally()
         self._failing_logged = float("-inf")
+        self._failing_as: tuple[str, int | None] = ("", None)  # the last failure logged
         self._loss_logged = 0  # the number of the last delivery whose loss was logged
 
     # ------------------------------------------------------------------ the coordinator's side
@@ -247,10 +249,11 @@ class WebhookSender:
 
     def _log_failure(self, delivery: Delivery, attempt: Attempt, delay: float) -> None:
         now = time.monotonic()
-        if self._retry.failures > 1 and now - self._failing_logged < FAILURE_LOG_EVERY:
-            return
-        self._failing_logged = now
         outcome, status, detail = attempt
+        same = (outcome, status) == self._failing_as
+        if self._retry.failures > 1 and same and now - self._failing_logged < FAILURE_LOG_EVERY:
+            return
+        self._failing_logged, self._failing_as = now, (outcome, status)
         what = (
             f"status {status} {detail}".rstrip() if status is not None else f"{outcome}: {detail}"
         )
