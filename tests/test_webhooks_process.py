@@ -85,7 +85,10 @@ def test_deliveries_arrive_signed_in_order_through_failures_and_restarts(tmp_pat
     old_epoch = [r for r in first[2:] + second if r["epoch"] == first[2]["epoch"]]
     applied = [seq for r in old_epoch for seq in r["applied"]]
     assert applied == list(range(1, len(applied) + 1)) and len(applied) >= 4
-    assert [r["verdict"] for r in old_epoch] == ["reset"] + ["applied"] * (len(old_epoch) - 1)
+    # (A delivery applied just before the receiver stopped may not have had its answer:
+    # it comes again, and is a duplicate.)
+    assert old_epoch[0]["verdict"] == "reset"
+    assert {r["verdict"] for r in old_epoch[1:]} <= {"applied", "duplicate"}
     # The coordinator restart: the new epoch starts at its seq 1 from an empty lobby.
     new_epoch = [r for r in second if r["epoch"] != first[2]["epoch"]]
     assert new_epoch[0]["verdict"] == "reset" and new_epoch[0]["applied"][0] == 1

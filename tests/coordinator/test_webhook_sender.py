@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from coordinator.webhook_sender import Attempt, WebhookSender, post
 from coordinator.webhooks import SIGNATURE_HEADER, Target, WebhookOptions, signature
@@ -137,6 +138,7 @@ def update(seq: int, key: str) -> bb.Update:
 
 
 def test_the_sender_delivers_in_order_through_failures_and_offers_never_wait() -> None:
+    before = {name: sample(name, labels) for name, labels in COUNTED}
     with receiver(fail_first=2) as server:
         options = WebhookOptions(
             webhook_url=f"http://127.0.0.1:{server.server_port}/hook",
@@ -152,9 +154,31 @@ def test_the_sender_delivers_in_order_through_failures_and_offers_never_wait() -
             for seq in range(1, 41):
                 sender.offer(update(seq, f"{seq:064x}"))
             offered = time.perf_counter() - began
-            asyncio.run(until(lambda: server.follower.seq == 40, "all 40 delivered", 10))
+
+            def all_delivered() -> bool:  # applied, and the sender heard the answers
+                told = sample(*COUNTED[1]) - before[COUNTED[1][0]]
+                return server.follower.seq == 40 and told == 40
+
+            asyncio.run(until(all_delivered, "all 40 delivered", 10))
         finally:
             sender.stop()
     assert len(server.follower.users) == 40 and server.failures_left == 0  # 2 retried
     assert sender.outbox.delivered == 40 and sender.outbox.dropped == 0
     assert offered < 0.5, f"40 offers took {offered:.3f} s"
+    counted = {name: sample(name, labels) - before[name] for name, labels in COUNTED}
+    assert counted["presence_webhook_deliveries_total"] == 2  # the two 500s
+    assert counted["presence_webhook_events_total"] == 40
+    assert sample("presence_webhook_outbox_events", {}) == 0
+    assert sample("presence_webhook_lag_seconds", {}) == 0
+
+
+COUNTED = [
+    ("presence_webhook_deliveries_total", {"outcome": "status"}),
+    ("presence_webhook_events_total", {"result": "delivered"}),
+]
+
+
+def sample(name: str, labels: dict[str, str]) -> float:
+    """A metric's value in this process's registry (the tests run without multiprocess
+    mode, so the sender's figures land there)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
