@@ -29,6 +29,11 @@ With CURVE, a worker key that is not admitted is logged with its address (by the
 authenticator's thread), and so is a handshake that was not encrypted to this
 coordinator's key (a socket monitor on the ROUTER: such a peer pins another key).
 
+Webhooks (``--webhook-url``): each update published is offered to the
+:class:`~coordinator.webhook_sender.WebhookSender`, which only queues its event in a
+bounded outbox; the HTTP happens on the sender's own thread, so a receiver never delays
+this loop.
+
 Metrics (:mod:`shared.metrics`): the keys of each published update are recorded as it
 is sent; everything else (updates published, lobby size, batch window, flaps, expiries,
 replacements, epoch moves) is read from the core whenever it ticks (at least every
