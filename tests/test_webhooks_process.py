@@ -149,3 +149,23 @@ def run_scenario(
 
         asyncio.run(asyncio.wait_for(scenario(), 30))
         coordinator.assert_no_traceback()
+
+
+def test_a_coordinator_refuses_a_webhook_secret_other_users_can_read_at_start(
+    tmp_path: Path,
+) -> None:
+    open_secret = tmp_path / "open-secret"
+    open_secret.write_text(SECRET)
+    open_secret.chmod(0o644)
+    coordinator = ManagedProcess(
+        "coordinator",
+        [
+            "--events-endpoint", f"ipc://{tmp_path}/events",
+            "--updates-endpoint", f"ipc://{tmp_path}/updates",
+            "--webhook-url", "http://127.0.0.1:9/", "--webhook-secret-file", str(open_secret),
+        ],
+    )  # fmt: skip
+    assert coordinator.proc.wait(timeout=15) == 2
+    coordinator.stop()
+    assert f"--webhook-secret-file {open_secret} is open to other users" in coordinator.output()
+    coordinator.assert_no_traceback()
