@@ -119,12 +119,6 @@ class ApiOptions:
     events_ring_age: float = option(
         feed.RING_AGE, "seconds of recent events kept to resume consumers from", check=positive
     )
-    events_consumer_bytes: int = option(
-        feed.CONSUMER_BYTES,
-        "bytes of events one event-stream consumer may have unwritten before it is cut off "
-        "(slow_consumer)",
-        check=at_least(1024),
-    )
     events_max_consumers: int = option(
         feed.MAX_CONSUMERS,
         "event-stream consumers one worker serves at once (then 503 too_many_consumers)",

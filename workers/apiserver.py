@@ -17,9 +17,9 @@ can raise out of a handler (every way a connection can fail ends it quietly).
   :data:`KICK_TIMEOUT` without one: ``unavailable``) is the answer.
 * The event stream (:class:`~workers.api.OpenStream`): :class:`~workers.feed.Feed`
   decides what each consumer is due; one task per consumer writes it. While the
-  consumer's transport holds more than :data:`TRANSPORT_HIGH` unsent bytes, frames wait
-  in the consumer's bounded queue instead, and a consumer that fills that queue is cut
-  off (the feed decides). Every :attr:`~workers.api.ApiOptions.events_keepalive`
+  consumer's transport holds more than :data:`TRANSPORT_HIGH` unsent bytes, its events
+  wait in the ring, and a consumer the ring leaves behind is cut off (the feed
+  decides). Every :attr:`~workers.api.ApiOptions.events_keepalive`
   seconds without a frame, a comment line keeps proxies from closing the stream.
 
 The worker's shell (:mod:`workers.server`) hands every update applied in order
@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import ssl
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -54,8 +55,9 @@ KICK_TIMEOUT: Final = 2.0
 """Seconds to wait for the coordinator's answer to a kick before answering 503."""
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds a stream's last bytes may take to leave before the connection is dropped."""
-TRANSPORT_HIGH: Final = 256 * 1024
-"""Unsent bytes a consumer's transport may hold before frames wait in its queue."""
+TRANSPORT_HIGH: Final = 64 * 1024
+"""Unsent bytes a consumer's transport may hold before its events wait in the ring
+(a quarter of ``--events-ring-bytes`` when that is less)."""
 LISTEN_BACKLOG: Final = 128
 
 _STREAM_HEAD: Final = (
@@ -75,18 +77,21 @@ class ApiServer:
         replica: ReplicaView,
         reachable: Any,
         up: Any,
+        send_buffer: int,
     ) -> None:
         """``reachable(now)``: whether the worker hears its coordinator; ``up(msg)``:
-        queue a message for the coordinator."""
+        queue a message for the coordinator; ``send_buffer``: the kernel send buffer to
+        ask for each consumer's socket (``--send-buffer-bytes``, as for clients)."""
         self.backend = backend
         self.options = options
         self._replica = replica
         self._reachable = reachable
         self._up = up
+        self._send_buffer = send_buffer
+        self._high = min(TRANSPORT_HIGH, options.events_ring_bytes // 4)
         self.feed = Feed(
             ring_bytes=options.events_ring_bytes,
             ring_age=options.events_ring_age,
-            consumer_bytes=options.events_consumer_bytes,
             max_consumers=options.events_max_consumers,
         )
         self._wake: dict[Consumer, asyncio.Event] = {}
@@ -142,7 +147,7 @@ class ApiServer:
             self._wake_all(self.feed.resynced(epoch, self._replica.seq))
 
     def tick(self, now: float) -> None:
-        self.feed.trim(now)
+        self._wake_all(self.feed.trim(now))
 
     def on_eject_done(self, msg: bb.Message) -> None:
         assert isinstance(msg, bb.EjectDone)
@@ -250,6 +255,10 @@ class ApiServer:
         self._record()
         gone = asyncio.create_task(_until_eof(reader, wake))
         transport = writer.transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and self._send_buffer:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
         try:
             writer.write(_STREAM_HEAD)
             await self._follow(consumer, wake, transport, writer, gone)
@@ -258,11 +267,6 @@ class ApiServer:
             self.feed.close(consumer)
             del self._wake[consumer]
             metrics.EVENTS_CONSUMERS.set(len(self.feed.consumers))
-        log.debug(
-            "event-stream consumer ended: %s",
-            consumer.cut_off or "closed",
-            extra=logs.event("events_consumer_ended", reason=consumer.cut_off or "closed"),
-        )
 
     async def _follow(
         self,
@@ -273,27 +277,38 @@ class ApiServer:
         gone: asyncio.Task[None],
     ) -> None:
         keepalive = self.options.events_keepalive
+        high = self._high
+        transport.set_write_buffer_limits(high=high)  # drain() waits while above it
         while not gone.done() and not transport.is_closing():
-            full = transport.get_write_buffer_size() > TRANSPORT_HIGH
-            if consumer.cut_off is not None or not full:
-                frames = consumer.take()
+            room = high - transport.get_write_buffer_size()
+            if consumer.cut_off is not None or room > 0:
+                frames = consumer.take(max(room, 0))
                 if frames:
                     writer.write(b"".join(frames))
                     metrics.EVENTS_SENT.inc(sum(1 for f in frames if f.startswith(b"id: ")))
             if consumer.cut_off is not None:
-                with contextlib.suppress(TimeoutError):
+                log.info(
+                    "event-stream consumer cut off: %s",
+                    consumer.cut_off,
+                    extra=logs.event("events_cut_off", reason=consumer.cut_off),
+                )
+                writer.close()  # once what it holds is written, if that is soon
+                with contextlib.suppress(TimeoutError, OSError):
                     async with asyncio.timeout(CLOSE_TIMEOUT):
-                        await writer.drain()
+                        await writer.wait_closed()
                 return
+            if consumer.due and transport.get_write_buffer_size() < high:
+                await asyncio.sleep(0)  # more to write at once: let the loop breathe
+                continue
             wake.clear()
             try:
                 async with asyncio.timeout(keepalive):
-                    if full:
+                    if transport.get_write_buffer_size() >= high:
                         await _first(writer.drain(), wake.wait())
                     else:
                         await wake.wait()
             except TimeoutError:
-                if transport.get_write_buffer_size() <= TRANSPORT_HIGH:
+                if transport.get_write_buffer_size() < high:
                     writer.write(KEEPALIVE_FRAME)
 
 

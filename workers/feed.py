@@ -5,17 +5,19 @@ Theory of operation
 -------------------
 Every lobby update the worker applies in order becomes one event
 (:mod:`shared.events`), framed once as Server-Sent Events bytes (:func:`event_frame`) and
-kept in the :class:`Feed`'s ring; each consumer of the stream is a :class:`Consumer`
-that holds the frames due to it until the shell writes them.
+kept in the :class:`Feed`'s ring; each consumer of the stream is a :class:`Consumer`,
+which holds nothing but its place in the ring (and a reset or cut-off frame due to it):
+every consumer is written the same bytes, from the ring itself.
 
 * **The ring** holds the frames of the current epoch's updates after ``base`` up to
   ``newest``, each with the time it was applied, at most ``ring_bytes`` of frames and
-  none older than ``ring_age``: past either bound the oldest go and ``base`` moves past
-  them. A resync that moved the worker's state anywhere but ``newest`` (a gap healed by
-  a snapshot, a new epoch) starts the ring afresh at the new state.
+  :data:`RING_EVENTS` of them, none older than ``ring_age``: past any bound the oldest
+  go and ``base`` moves past them. A resync that moved the worker's state anywhere
+  but ``newest`` (a gap healed by a snapshot, a new epoch) starts the ring afresh at
+  the new state.
 * **Where a consumer starts** (:meth:`Feed.open`), from its ``Last-Event-ID``
   ``(epoch, seq)``: in the ring's epoch with ``base <= seq <= newest``, the frames after
-  ``seq`` are queued and it continues from there with no reset. In the ring's epoch
+  ``seq`` are its due and it continues from there with no reset. In the ring's epoch
   with ``seq`` above ``newest`` (it read ``/v1/lobby`` from a worker a step ahead), it
   waits for the worker to get there and is sent what follows ``seq``. Otherwise it is
   sent a **reset**: ``event: reset`` whose data is ``{"epoch", "seq", "reason"}``,
@@ -25,16 +27,17 @@ that holds the frames due to it until the shell writes them.
   ``epoch`` (another epoch: the coordinator restarted), ``gap`` (the worker itself lost
   updates and resynced). A reset carries no ``id``, so a consumer that reconnects before
   it repaired its view still names its old id and is told again.
-* **Later**, each event goes to every consumer whose position it follows
-  (:meth:`Feed.published`); a resync that started the ring afresh sends every consumer
-  a reset. So a consumer sees each event of an epoch once, in order, with no gap, or a
-  reset that says where it must repair from.
-* **A slow consumer** holds at most ``consumer_bytes`` and ``consumer_events`` frames
-  not yet written: the frame that would go past either bound cuts it off instead
-  (:attr:`Consumer.cut_off` says why; its queue is replaced by a final ``event:
+* **Later**, :meth:`Consumer.take` hands out the events after the consumer's position,
+  in order, as much as its transport has room for; a resync that started the ring
+  afresh sends every consumer a reset. So a consumer sees each event of an epoch
+  once, in order, with no gap, or a reset that says where it must repair from.
+* **A slow consumer** is one the ring leaves behind: when the ring drops an event a
+  consumer has not been handed yet (past its bytes, count or age), the consumer is cut
+  off (:attr:`Consumer.cut_off` says why; all it is due then is a final ``event:
   cut_off`` naming the reason, and the shell closes the connection once that is
-  written). It never grows the worker: what it holds is charged to the memory budget
-  (:attr:`Feed.memory`) and bounded.
+  written). So its backlog is bounded like the ring, in bytes, count and age, and it
+  never grows the worker: the ring is charged to the memory budget
+  (:attr:`Feed.memory`) once, however many consumers read it.
 * **At most** ``max_consumers`` at once per worker (:meth:`Feed.open` returns
   ``None`` past it: the shell answers 503 naming the reason).
 
@@ -47,7 +50,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Final
 
 from shared import events
@@ -56,10 +61,8 @@ RING_BYTES: Final = 8 * 1024 * 1024
 """Bytes of event frames a worker keeps to resume consumers from, by default."""
 RING_AGE: Final = 300.0
 """Seconds an event is kept to resume consumers from, by default."""
-CONSUMER_BYTES: Final = 4 * 1024 * 1024
-"""Bytes of frames one consumer may have waiting to be written, by default."""
-CONSUMER_EVENTS: Final = 10_000
-"""Frames one consumer may have waiting to be written."""
+RING_EVENTS: Final = 100_000
+"""Events the ring holds at most, whatever their size."""
 MAX_CONSUMERS: Final = 16
 """Consumers of the stream one worker serves at once, by default."""
 KEEPALIVE: Final = 15.0
@@ -108,71 +111,59 @@ class _Held:
 
 
 class Consumer:
-    """One consumer's place in the stream and the frames due to it."""
+    """One consumer's place in the stream: the seq of the last event handed to it, and
+    the reset or cut-off frame it is due first, if any."""
 
-    __slots__ = ("_bytes", "_frames", "cut_off", "epoch", "feed", "position")
+    __slots__ = ("_control", "cut_off", "epoch", "feed", "position")
 
     def __init__(self, feed: Feed, epoch: str, position: int) -> None:
         self.feed = feed
         self.epoch = epoch
         self.position = position
-        """The seq of the last event queued (or the reset's)."""
-        self._frames: deque[bytes] = deque()
-        self._bytes = 0
+        """The seq of the last event handed out (or of the reset)."""
+        self._control: bytes | None = None
         self.cut_off: str | None = None
         """Why it was cut off (its last frame says so), or None."""
 
     @property
-    def pending_bytes(self) -> int:
-        return self._bytes
+    def due(self) -> bool:
+        """Whether :meth:`take` has something for it now."""
+        feed = self.feed
+        return self._control is not None or (
+            self.epoch == feed.epoch and self.position < feed.newest
+        )
 
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def take(self) -> list[bytes]:
-        """The frames to write now, in order (the queue empties)."""
-        frames = list(self._frames)
-        self._frames.clear()
-        self.feed.charged -= self._bytes
-        self._bytes = 0
+    def take(self, budget: int) -> list[bytes]:
+        """The frames to write now, in order: a reset or cut-off first, then the events
+        after its position, about ``budget`` bytes of them (at least one)."""
+        frames = [] if self._control is None else [self._control]
+        self._control = None
+        if self.cut_off is not None:
+            return frames
+        feed = self.feed
+        if self.epoch != feed.epoch or self.position >= feed.newest:
+            return frames
+        size = 0
+        for held in feed.after(self.position):
+            if frames and size + len(held.frame) > budget:
+                break
+            frames.append(held.frame)
+            size += len(held.frame)
+            self.position = held.seq
         return frames
 
-    def _queue(self, frame: bytes) -> None:
-        if self.cut_off is not None:
-            return
-        feed = self.feed
-        size = len(frame) + FRAME_OVERHEAD
-        if self._bytes + size > feed.consumer_bytes or len(self._frames) >= feed.consumer_events:
-            self.stop(CutOff.SLOW_CONSUMER)
-            return
-        self._frames.append(frame)
-        self._bytes += size
-        feed.charged += size
-
     def stop(self, reason: str) -> None:
-        """Cut it off: what it holds is dropped for the final frame naming ``reason``."""
-        if self.cut_off is not None:
-            return
-        self.take()
-        self.cut_off = reason
-        self.feed.cut_offs[reason] += 1
-        frame = cut_off_frame(reason)
-        self._frames.append(frame)
-        self._bytes = len(frame)
-        self.feed.charged += self._bytes
+        """Cut it off: all it is due now is the final frame naming ``reason``."""
+        if self.cut_off is None:
+            self.cut_off = reason
+            self.feed.cut_offs[reason] += 1
+            self._control = cut_off_frame(reason)
 
     def _reset(self, epoch: str, seq: int, reason: str) -> None:
-        self.epoch, self.position = epoch, seq
-        self.feed.resets[reason] += 1
-        self._queue(reset_frame(epoch, seq, reason))
-
-    def _offer(self, epoch: str, held: _Held) -> None:
-        if epoch != self.epoch or held.seq <= self.position:
-            return  # another epoch (a reset comes first), or it waits for a later one
-        if held.seq != self.position + 1:
-            self._reset(epoch, held.seq - 1, Reset.GAP)  # never happens: the ring follows on
-        self.position = held.seq
-        self._queue(held.frame)
+        if self.cut_off is None:
+            self.epoch, self.position = epoch, seq
+            self.feed.resets[reason] += 1
+            self._control = reset_frame(epoch, seq, reason)
 
 
 class Feed:
@@ -184,22 +175,18 @@ class Feed:
         *,
         ring_bytes: int = RING_BYTES,
         ring_age: float = RING_AGE,
-        consumer_bytes: int = CONSUMER_BYTES,
-        consumer_events: int = CONSUMER_EVENTS,
+        ring_events: int = RING_EVENTS,
         max_consumers: int = MAX_CONSUMERS,
     ) -> None:
-        self.ring_bytes, self.ring_age = ring_bytes, ring_age
-        self.consumer_bytes, self.consumer_events = consumer_bytes, consumer_events
+        self.ring_bytes, self.ring_age, self.ring_events = ring_bytes, ring_age, ring_events
         self.max_consumers = max_consumers
         self.epoch: str | None = None
         self.base = 0
         self._held: deque[_Held] = deque()
         self.held_bytes = 0
-        self.charged = 0
-        """Bytes the consumers' queues hold."""
         self.consumers: set[Consumer] = set()
         self.resets: Counter[str] = Counter()
-        """Resets queued, by reason (:class:`Reset`)."""
+        """Resets sent, by reason (:class:`Reset`)."""
         self.cut_offs: Counter[str] = Counter()
         """Consumers cut off, by reason (:class:`CutOff`)."""
 
@@ -209,8 +196,13 @@ class Feed:
 
     @property
     def memory(self) -> int:
-        """Bytes to charge to the worker's memory budget: the ring and the queues."""
-        return self.held_bytes + self.charged
+        """Bytes to charge to the worker's memory budget: the ring (consumers hold none
+        of their own, only their place in it)."""
+        return self.held_bytes + FRAME_OVERHEAD * len(self.consumers)
+
+    def after(self, seq: int) -> Iterator[_Held]:
+        """The events held after ``seq`` (which must be at least ``base``), in order."""
+        return islice(self._held, seq - self.base, None)
 
     # ------------------------------------------------------------------ the worker's state
 
@@ -229,40 +221,55 @@ class Feed:
         return list(self.consumers)
 
     def published(self, event: events.Event, now: float) -> list[Consumer]:
-        """The worker applied ``event`` in order: keep its frame, queue it for every
-        consumer it follows; returns the consumers given something to write."""
+        """The worker applied ``event`` in order: keep its frame; returns the consumers
+        with something new to write (a consumer the ring no longer covers is cut off:
+        it was too slow)."""
         if event.epoch == self.epoch and event.seq <= self.newest:
             return []  # a duplicate (never happens: the replica forwards each once)
-        touched = []
         if event.epoch != self.epoch or event.seq != self.newest + 1:
-            touched = self.resynced(event.epoch, event.seq - 1)  # never happens in order
+            self.resynced(event.epoch, event.seq - 1)  # never happens in order
         held = _Held(event.seq, now, event_frame(event))
         self._held.append(held)
         self.held_bytes += len(held.frame) + FRAME_OVERHEAD
-        while self._held and self.held_bytes > self.ring_bytes:
-            self._drop_oldest()
+        while len(self._held) > 1 and (
+            self.held_bytes > self.ring_bytes or len(self._held) > self.ring_events
+        ):
+            self._drop_oldest()  # the newest stays, however large: prompt ones get it
         self.trim(now)
-        for consumer in self.consumers:
-            consumer._offer(event.epoch, held)
-        return list(self.consumers) if self.consumers else touched
+        self._cut_behind()
+        return list(self.consumers)
 
-    def trim(self, now: float) -> None:
-        """Drop the events older than ``ring_age`` at ``now``."""
+    def trim(self, now: float) -> list[Consumer]:
+        """Drop the events older than ``ring_age`` at ``now``; returns the consumers cut
+        off because the ring no longer holds what they are due."""
         oldest = now - self.ring_age
         while self._held and self._held[0].at < oldest:
             self._drop_oldest()
+        return self._cut_behind()
 
     def _drop_oldest(self) -> None:
         gone = self._held.popleft()
         self.held_bytes -= len(gone.frame) + FRAME_OVERHEAD
         self.base = gone.seq
 
+    def _cut_behind(self) -> list[Consumer]:
+        cut = []
+        for consumer in self.consumers:
+            if (
+                consumer.cut_off is None
+                and consumer.epoch == self.epoch
+                and consumer.position < self.base
+            ):
+                consumer.stop(CutOff.SLOW_CONSUMER)
+                cut.append(consumer)
+        return cut
+
     # ------------------------------------------------------------------ consumers
 
     def open(self, after: tuple[str, int] | None, now: float) -> Consumer | None:
-        """A new consumer that last saw event ``after`` (``None``: none), queued what it
-        is due first; ``None`` when ``max_consumers`` are connected already. Call only
-        while the worker is live (after :meth:`resynced`)."""
+        """A new consumer that last saw event ``after`` (``None``: none); ``None`` when
+        ``max_consumers`` are connected already. Call only while the worker is live
+        (after :meth:`resynced`)."""
         if len(self.consumers) >= self.max_consumers:
             return None
         assert self.epoch is not None
@@ -277,14 +284,11 @@ class Feed:
         elif after[1] < self.base:
             consumer._reset(epoch, newest, Reset.TOO_OLD)
         else:
-            consumer.position = after[1]
-            for held in self._held:
-                consumer._offer(epoch, held)
+            consumer.position = after[1]  # covered, or ahead: it waits for the worker
         return consumer
 
     def close(self, consumer: Consumer) -> None:
-        """The consumer's connection ended: forget it and what it held."""
-        consumer.take()
+        """The consumer's connection ended: forget it."""
         self.consumers.discard(consumer)
 
     def stop_all(self, reason: str) -> list[Consumer]:

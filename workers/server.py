@@ -152,6 +152,7 @@ class Worker:
                 replica=self.core.replica,
                 reachable=self.core.reachable,
                 up=self.backbone.up,
+                send_buffer=settings.memory.send_buffer_bytes,
             )
         )
         if self.api is not None:
