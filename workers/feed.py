@@ -235,8 +235,7 @@ class Feed:
             self.held_bytes > self.ring_bytes or len(self._held) > self.ring_events
         ):
             self._drop_oldest()  # the newest stays, however large: prompt ones get it
-        self.trim(now)
-        self._cut_behind()
+        self.trim(now)  # and cuts off the consumers left behind
         return list(self.consumers)
 
     def trim(self, now: float) -> list[Consumer]:
