@@ -201,8 +201,12 @@ class Feed:
         return self.held_bytes + FRAME_OVERHEAD * len(self.consumers)
 
     def after(self, seq: int) -> Iterator[_Held]:
-        """The events held after ``seq`` (which must be at least ``base``), in order."""
-        return islice(self._held, seq - self.base, None)
+        """The events held after ``seq`` (which must be at least ``base``), in order.
+        A deque is walked from its nearer end: consumers are mostly at the newest."""
+        held, start = self._held, seq - self.base
+        if start < len(held) // 2:
+            return islice(held, start, None)
+        return (held[i] for i in range(start, len(held)))
 
     # ------------------------------------------------------------------ the worker's state
 
