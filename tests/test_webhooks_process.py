@@ -1,6 +1,8 @@
 """Webhooks on a real cluster, through the real example receiver
 (scripts/webhook_receiver.py): signed, in order, no gap, through a wrong secret, failing
-answers, a receiver down and restarted, and a coordinator restart (a new epoch)."""
+answers, a receiver down and restarted, and a coordinator restart (a new epoch) whose
+outbox overflows while the receiver is down (the loss is reported and repaired from
+GET /v1/lobby)."""
 
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ def test_deliveries_arrive_signed_in_order_through_failures_and_restarts(tmp_pat
             run.stop()
     for run in impostor.runs:
         assert {r["verdict"] for r in Receiver.reports(run)} == {"bad_signature"}
-    first, second = (Receiver.reports(run) for run in receiver.runs)
+    first, second, third = (Receiver.reports(run) for run in receiver.runs)
     assert [r["verdict"] for r in first[:2]] == ["failing", "failing"]
     # Every event of the first epoch, once and in order, across the receiver's restart.
     old_epoch = [r for r in first[2:] + second if r["epoch"] == first[2]["epoch"]]
@@ -89,10 +91,10 @@ def test_deliveries_arrive_signed_in_order_through_failures_and_restarts(tmp_pat
     # it comes again, and is a duplicate.)
     assert old_epoch[0]["verdict"] == "reset"
     assert {r["verdict"] for r in old_epoch[1:]} <= {"applied", "duplicate"}
-    # The coordinator restart: the new epoch starts at its seq 1 from an empty lobby.
-    new_epoch = [r for r in second if r["epoch"] != first[2]["epoch"]]
-    assert new_epoch[0]["verdict"] == "reset" and new_epoch[0]["applied"][0] == 1
-    assert "repaired" not in {r["verdict"] for r in new_epoch}
+    # The coordinator restart: the new epoch starts at its seq 1 from an empty lobby;
+    # the event its outbox dropped is reported, and repaired from GET /v1/lobby.
+    assert third[0]["verdict"] == "reset" and third[0]["applied"][0] == 1
+    assert "repaired" in {r["verdict"] for r in third[1:]}
     for run in receiver.runs + impostor.runs:
         run.assert_no_traceback()
 
@@ -134,16 +136,28 @@ def run_scenario(
             await until(lambda: received(receiver), "the restarted receiver to catch up", 5)
 
             epoch = receiver.view()[0]
-            coordinator.stop()  # a new coordinator: a new epoch, its lobby rebuilt
-            cluster.coordinator = ManagedProcess(
+            receiver.stop()  # down while the next coordinator's events pile up
+            coordinator.stop()  # a new coordinator: a new epoch, its lobby rebuilt,
+            cluster.coordinator = restarted = ManagedProcess(  # with room for 1 event
                 "coordinator",
-                [*cluster._backbone(), "--port", str(cluster.port), *FAST_COORDINATOR, *hooks],
-            )
+                [
+                    *cluster._backbone(), "--port", str(cluster.port), *FAST_COORDINATOR,
+                    *hooks, "--webhook-outbox-events", "1",
+                ],
+            )  # fmt: skip
+            restarted.wait_for_line("unreachable", timeout=5)  # its seq 1 waits, in flight
+            await others.pop(0).close()  # seq 2, dropped for...
+            await until(lambda: len(watcher.view) == 2, "the leave", 5)
+            others.append(await LobbyClient.connect(cluster.url))  # ...seq 3
+            await until(lambda: len(watcher.view) == 3, "the join", 5)
+            third = receiver.start()
 
-            async def rebuilt() -> bool:
-                return receiver.view()[0] not in (None, epoch) and await received(receiver)
+            async def repaired() -> bool:
+                new = receiver.view()[0] not in (None, epoch)
+                return new and third.count('"repaired"') > 0 and await received(receiver)
 
-            await until(rebuilt, "the new epoch's lobby at the receiver", 5)
+            await until(repaired, "the receiver to repair the new epoch from the lobby", 5)
+            restarted.wait_for_line("webhook outbox full", timeout=5)
             for client in [watcher, *others]:
                 await client.close()
 
