@@ -8,12 +8,13 @@ keys (18 MB: within the outbox's bytes), offered as fast as possible, to measure
 an update costs the coordinator's thread (the offer) and how many events a second one
 sender delivers. Then it runs the load generator's churn scenario (``python -m
 scripts.loadtest --start cluster churn``) twice: with webhooks off, then on, to a
-receiver in this process that checks every delivery's signature (as ``scripts/webhook_receiver.py`` does) and the order of
-its events. Reports, for the run with webhooks: events and deliveries received, events
-per delivery, events a second, the delivery lag (from an event's publication, its
-``at``, to its delivery being read here: p50, p99, max), and any gap or loss (there
-must be none); for both runs, the load generator's lobby update latency and the
-server's CPU, so the webhooks' cost shows.
+receiver in this process that checks every delivery's signature (as
+``scripts/webhook_receiver.py`` does) and the order of its events. Reports, for the
+run with webhooks: events and deliveries received, events per delivery, events a
+second, the delivery lag (from an event's publication, its ``at``, to its delivery
+being read here: p50, p99, max), and any gap or loss (there must be none); for both
+runs, the load generator's lobby update latency and the server's CPU, so the webhooks'
+cost shows.
 """
 
 from __future__ import annotations
