@@ -12,10 +12,15 @@ reconnection) around a :class:`shared.session_v2.SessionV2` per connection. What
   :meth:`~LobbyClientV2.follow_watch`, :meth:`~LobbyClientV2.follow_count`,
   :meth:`~LobbyClientV2.watch` and :meth:`~LobbyClientV2.unwatch` check their arguments
   (:class:`ValueError` before anything is written) and write the frame when online.
-  While reconnecting they only change what the next ``auth`` asks for.
-* With ``reconnect``, each new connection's ``auth`` carries the record and the scope
-  last asked for, and ``resume`` with the epoch and seq of the view it holds (unless
-  that view is stale or of another scope), so a short blip costs one small update.
+  While reconnecting, a record goes into the next ``auth``, and a scope request is
+  written once the next connection is online. :attr:`LobbyClientV2.following` is the
+  choice asked for; a request the server refuses is taken back.
+* With ``reconnect``, each new connection's ``auth`` carries the record last asked
+  for, and ``resume`` with the epoch and seq of the view it holds (unless that view is
+  stale or a count) with ``follow`` the choice that view is of; the scope requests the
+  view did not reflect are asked again after ``auth_ok``
+  (:meth:`~shared.session_v2.SessionV2.next_connection`). Without a resume, ``follow``
+  is the choice asked for. A short blip costs one small update.
 
 ``LobbyClient.connect(url, version=2, record=..., follow=...)`` is the same as
 ``LobbyClientV2.connect(url, record=..., follow=...)``.

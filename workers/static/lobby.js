@@ -100,7 +100,10 @@
  * Version 2 differs only in what WantedV2 and RecordView (lobby_core_v2.js) decide:
  * the auth (bound to the URL's server identity, with record, scope and a resume from
  * the view held) and the view's rules. A resumed connection is online on its first
- * update. Record and scope asked for while no auth is out go into the next auth.
+ * update. A record asked for while no auth is out goes into the next auth. A resuming
+ * auth states the choice its view is of; the scope requests that view did not reflect,
+ * and those asked for before auth_ok, are written once auth_ok came; a refused one is
+ * taken back (`following` is the choice asked for).
  *
  * @module lobby
  */
