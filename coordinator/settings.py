@@ -45,6 +45,13 @@ class Timing:
         "to it, or below it, for a fixed window)",
         check=non_negative,
     )
+    batch_window_clients: int = option(
+        500,
+        "lobby size at which a busy window may widen all the way to --max-batch-window: "
+        "a smaller lobby's widens in proportion (each update costs a frame per client, "
+        "so only a large lobby's is worth the wait); 0 widens any lobby's all the way",
+        check=non_negative,
+    )
     heartbeat_interval: float = option(
         timings.HEARTBEAT_INTERVAL,
         "seconds between liveness beats to workers (workers send theirs as often)",
