@@ -16,6 +16,8 @@ ONE_WORKER = ("--start", "cluster", "--workers", "1")
 NO_BATCH = ("--start", "cluster", "--workers", "2", "--batch-window", "0")
 BASELINE = ("--start", "baseline")
 BARE = ("--start", "bare")
+NODE = ("--start", "node")
+"""The Node.js peer (``../shared/peers/node-ws-lobby``, its window fixed at 20 ms)."""
 PINNED = ("--server-cpus", "0", "--client-cpus", "1")
 """The server on CPU 0, the generator on CPU 1: what the server costs and how fast it
 answers without the generator's work queued on the same cores. A run's name ends in

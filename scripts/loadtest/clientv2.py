@@ -177,6 +177,9 @@ class LoadClientV2(LobbyClientV2):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tally = Tally()
+        self.changes_received = 0
+        """The keys of every update applied (joined, left, updated), as the v1 client
+        counts its ``lobby_update`` keys."""
         self.index = -1
         self.sampled = True
         self.target: int | None = None
@@ -210,6 +213,7 @@ class LoadClientV2(LobbyClientV2):
             update = None
             if event.kind == "update":
                 update = Update.of(protocol.LobbyUpdate(event.seq, event.joined, event.left))
+                self.changes_received += update.size + len(event.updated)
             self._changed_to(update)
 
     def _changed_to(self, update: Update | None) -> None:
