@@ -169,6 +169,8 @@ class CoordinatorCore:
                 out.append(ToWorker(worker, bb.Reannounce()))
             if isinstance(msg, bb.Route):
                 out.append(ToWorker(worker, bb.RouteDone(msg.route, "unavailable")))
+            elif isinstance(msg, bb.Eject):
+                out.append(ToWorker(worker, bb.EjectDone(msg.request, "unavailable")))
         elif isinstance(msg, bb.Authed):
             if is_hex_key(msg.key):
                 record = self._record(worker, msg.status, msg.data)
@@ -192,6 +194,8 @@ class CoordinatorCore:
                 self.lobby.remove_user(msg.key.lower(), Session(worker, msg.conn))
         elif isinstance(msg, bb.Route):
             self._on_route(worker, msg, now, wall, out)
+        elif isinstance(msg, bb.Eject):
+            self._on_eject(worker, msg, now, out)
         elif not isinstance(msg, bb.Heartbeat):
             noisy.warning(
                 "unexpected_message",
@@ -293,6 +297,24 @@ class CoordinatorCore:
             msg.deadline,
         )
         out.append(ToWorker(target.worker, deliver))
+
+    def _on_eject(self, worker: str, msg: bb.Eject, now: float, out: list[Output]) -> None:
+        """A kick: the key's current session (published or not yet) is told to close
+        (4006); its close removes it from the lobby in order, as any close does."""
+        key = msg.key.lower() if is_hex_key(msg.key) else None
+        session = None if key is None else self.lobby.get_user(key)
+        if session is None:
+            outcome = "unavailable" if self.registry.rebuilding(now) else "offline"
+        else:
+            outcome = "kicked"
+            out.append(ToWorker(session.worker, bb.EjectSession(session.conn, msg.reason)))
+            log.info(
+                "kicking %s at worker %s's request",
+                key,
+                worker,
+                extra=logs.event("kick", key=key, worker=worker, reason=msg.reason),
+            )
+        out.append(ToWorker(worker, bb.EjectDone(msg.request, outcome)))
 
     # ------------------------------------------------------------------ time
 

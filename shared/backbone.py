@@ -8,12 +8,14 @@ Theory of operation (after the ZeroMQ Guide's Clone pattern):
   tell a second process claiming a worker id that another holds from the one that holds
   it (a ROUTER would silently ignore a second peer with the same routing id). Up go
   :class:`Hello`, :class:`Heartbeat`, :class:`Authed`, :class:`SetRecord`,
-  :class:`Closed`, :class:`Goodbye`, :class:`SnapshotRequest` and :class:`Route`.
+  :class:`Closed`, :class:`Goodbye`, :class:`SnapshotRequest`, :class:`Route` and
+  :class:`Eject`.
   Messages from one worker arrive in the order it sent them; the coordinator applies
   all of them in one order.
 * **Replies down, to one worker**, on the same ROUTER: :class:`Welcome`,
   :class:`Reannounce`, :class:`AuthAck`, :class:`Kick`, :class:`Deliver`, :class:`RouteDone`,
-  :class:`Snapshot`, and :class:`Refused` to a process whose worker id is taken.
+  :class:`Snapshot`, :class:`EjectSession`, :class:`EjectDone`, and :class:`Refused` to a
+  process whose worker id is taken.
 * **Results across, worker to worker**: the recipient's worker answers a
   :class:`Deliver` with a :class:`RouteDone` straight to the origin worker's *results*
   endpoint (a PULL socket it announced in :class:`Hello`), so a coordinator that stalls
@@ -71,10 +73,11 @@ import msgpack
 
 from shared import records
 
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 """Raised whenever a message changes shape (3: ``Update.at``; 4: frames may carry a
 batch of messages; 5: ``Welcome.peers``; 6: ``Refused``, and a worker's routing id
-carries a token of its process; 7: presence records and ``mseq``), so processes of
+carries a token of its process; 7: presence records and ``mseq``; 8: ``Eject``,
+``EjectSession`` and ``EjectDone``, the backend API's kick), so processes of
 different versions refuse each other's every message instead of misreading some."""
 
 
@@ -181,6 +184,18 @@ class Route:
     deadline: float
 
 
+@dataclass(frozen=True, slots=True)
+class Eject:
+    """The backend API was asked to close the session of ``key`` wherever it is (a
+    kick); ``request`` is the asking worker's number for the answer (:class:`EjectDone`),
+    ``reason`` the caller's words, for the logs."""
+
+    TAG: ClassVar[str] = "eject"
+    request: int
+    key: str
+    reason: str
+
+
 # ------------------------------------------------------------ coordinator -> one worker
 
 
@@ -220,6 +235,31 @@ class Kick:
 
     TAG: ClassVar[str] = "kick"
     conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class EjectSession:
+    """Close ``conn`` with 4006 ``kicked`` (an :class:`Eject`): its close then removes the
+    session from the lobby as any close does."""
+
+    TAG: ClassVar[str] = "ejectsess"
+    conn: int
+    reason: str
+
+
+EJECT_OUTCOMES: Final = ("kicked", "offline", "unavailable")
+""":attr:`EjectDone.outcome`: the session was told to close; the key has no session; the
+coordinator cannot tell now (it is rebuilding its lobby, or does not know the worker)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EjectDone:
+    """The answer to the origin worker's :class:`Eject` ``request``: one of
+    :data:`EJECT_OUTCOMES`."""
+
+    TAG: ClassVar[str] = "ejectdone"
+    request: int
+    outcome: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,8 +352,21 @@ class Beat:
     at: float
 
 
-UpMessage = Hello | Heartbeat | Authed | SetRecord | Closed | Goodbye | SnapshotRequest | Route
-DownMessage = Welcome | Reannounce | AuthAck | Kick | Deliver | RouteDone | Snapshot | Refused
+UpMessage = (
+    Hello | Heartbeat | Authed | SetRecord | Closed | Goodbye | SnapshotRequest | Route | Eject
+)
+DownMessage = (
+    Welcome
+    | Reannounce
+    | AuthAck
+    | Kick
+    | Deliver
+    | RouteDone
+    | Snapshot
+    | Refused
+    | EjectSession
+    | EjectDone
+)
 PubMessage = Update | Beat
 Message = UpMessage | DownMessage | PubMessage
 

@@ -14,8 +14,8 @@ the asyncio adapter around it, over websockets (or any :class:`Transport`):
   also outlives its connections: after a close the contract says to retry after (1001,
   1006, 1013, a refused upgrade with HTTP 503...) it connects again, with exponential
   backoff and jitter, with the same identity, and the next snapshot replaces the view;
-  after 4001 (bad credentials) or 4002 (replaced by a newer session) it stops. Off by
-  default: a client that reconnects on its own must be one that nobody expects to see
+  after 4001 (bad credentials), 4002 (replaced by a newer session) or 4006 (kicked) it
+  stops. Off by default: a client that reconnects on its own must be one that nobody expects to see
   a close from (a test instrument does), so a user of a production server turns it on.
 
 Every frame it reads goes through :func:`shared.protocol.parse_server_frame`; what that
@@ -280,7 +280,7 @@ class LobbyClient:
           the last error once ``max_attempts`` attempts failed); and once online the
           client reconnects after such closes (``status`` is ``reconnecting`` in
           between; sends raise :class:`ConnectionClosedError` then, waits go on). It
-          never retries after ``auth_failed``/4001 or 4002 ``session_replaced``.
+          never retries after ``auth_failed``/4001, 4002 ``session_replaced`` or 4006 ``kicked``.
           Without ``max_attempts`` this call may wait as long as the server stays
           away: bound it with ``asyncio.timeout`` if that matters.
         * ``opener`` (None): how to open a connection (an :data:`Opener`); by default

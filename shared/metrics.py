@@ -60,6 +60,11 @@ MARK_REASONS: Final = ("replaced", "unanswered", "closed")
 rule, answered wrongly or not before its deadline, or was closed while waiting."""
 EPOCH_REASONS: Final = ("start", "move")
 API_STATUSES: Final = ("200", "400", "401", "404", "405", "503")
+EVENTS_RESETS: Final = ("start", "too_old", "epoch", "gap")
+"""Why an event-stream consumer was sent a reset (``workers.feed.Reset``)."""
+EVENTS_CUT_OFF: Final = ("slow_consumer", "going_away")
+"""Why an event-stream consumer was cut off (``workers.feed.CutOff``)."""
+KICK_OUTCOMES: Final = bb.EJECT_OUTCOMES
 """The statuses the backend API answers with (``workers.api``; a test checks them)."""
 CLOSE_CODES: Final = tuple(
     str(code) for code in sorted({1000, 1002, 1005, 1006, 1007, 1011, *(int(c) for c in CloseCode)})
@@ -245,6 +250,39 @@ API_REQUESTS: Final = Counter(
     "callers without the token.",
     ["status"],
 )
+EVENTS_CONSUMERS: Final = Gauge(
+    "presence_events_consumers",
+    "Consumers of the backend API's event stream (GET /v1/events) connected now.",
+    multiprocess_mode="livesum",  # each worker's own consumers; a dead worker has none
+)
+EVENTS_SENT: Final = Counter(
+    "presence_events_sent_total",
+    "Events written to event-stream consumers (one per consumer per event).",
+)
+EVENTS_RESET: Final = Counter(
+    "presence_events_resets_total",
+    "Resets sent to event-stream consumers, by reason: start (no Last-Event-ID), too_old "
+    "(the ring no longer held what followed it), epoch (coordinator restart), gap (the "
+    "worker resynced).",
+    ["reason"],
+)
+EVENTS_CUT: Final = Counter(
+    "presence_events_cut_off_total",
+    "Event-stream consumers cut off, by reason (slow_consumer, going_away).",
+    ["reason"],
+)
+LOOKUPS: Final = Counter(
+    "presence_api_lookups_total", "Bulk lookups answered (POST /v1/users:lookup)."
+)
+LOOKUP_KEYS: Final = Counter(
+    "presence_api_lookup_keys_total", "Keys asked about in bulk lookups answered."
+)
+KICKS: Final = Counter(
+    "presence_kicks_total",
+    "Kicks asked through the backend API, by outcome: kicked, offline, unavailable (the "
+    "coordinator could not tell, or did not answer in time).",
+    ["outcome"],
+)
 VERIFY_SECONDS: Final = Histogram(
     "presence_auth_verify_seconds",
     "Time to check one auth: the key's point check and the Ed25519 signature verification.",
@@ -321,3 +359,10 @@ def start_worker() -> None:
         ADMISSION_MARKS.labels(why)
     for kind in WORKER_SENDS:
         BACKBONE_DROPPED.labels("worker", kind)
+    EVENTS_CONSUMERS.set(0)
+    for reason in EVENTS_RESETS:
+        EVENTS_RESET.labels(reason)
+    for reason in EVENTS_CUT_OFF:
+        EVENTS_CUT.labels(reason)
+    for outcome in KICK_OUTCOMES:
+        KICKS.labels(outcome)

@@ -64,6 +64,7 @@ class CloseCode(enum.IntEnum):
     SESSION_REPLACED = 4002
     AUTH_TIMEOUT = 4003
     SLOW_CONSUMER = 4005
+    KICKED = 4006
 
 
 CLOSE_REASONS: Final[dict[CloseCode, str]] = {
@@ -75,6 +76,7 @@ CLOSE_REASONS: Final[dict[CloseCode, str]] = {
     CloseCode.SESSION_REPLACED: "session_replaced",
     CloseCode.AUTH_TIMEOUT: "auth_timeout",
     CloseCode.SLOW_CONSUMER: "slow_consumer",
+    CloseCode.KICKED: "kicked",
 }
 
 

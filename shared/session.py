@@ -525,10 +525,11 @@ def http_refusal(status: int) -> ConnectionRefusedByServer:
 
 # --------------------------------------------------------------------------- reconnecting
 
-FINAL_CLOSE_CODES: Final = frozenset({4001, 4002})
+FINAL_CLOSE_CODES: Final = frozenset({4001, 4002, 4006})
 """Close codes after which a client must not reconnect on its own: 4001 (its
-credentials are refused, and would be again) and 4002 (a newer session of the same key
-exists, which a reconnect would knock out)."""
+credentials are refused, and would be again), 4002 (a newer session of the same key
+exists, which a reconnect would knock out) and 4006 (the operator's backend closed the
+session on purpose: a kick)."""
 
 RETRIED_HTTP_STATUSES: Final = frozenset({429, 502, 503, 504})
 """Refused upgrades worth another attempt later: the server (or a proxy in front of

@@ -131,16 +131,29 @@ def test_strangers_get_401_and_bad_requests_a_clear_answer(
         assert await api(port, "/v1/elsewhere") == (404, {"error": "not_found"})
         status, headers, _ = await http(port, "DELETE", "/v1/lobby", headers=AUTH)
         assert (status, headers["allow"]) == (405, "GET")
-        # A request with a body is not HTTP the API speaks: the connection is simply
-        # closed, and nothing is logged (checked below).
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /v1/lobby HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
-        assert await asyncio.wait_for(reader.read(), 5) == b""
-        writer.close()
+        # A body is read (up to its bound) and the request answered; one too large is
+        # refused unread, and a request cut short is simply closed; nothing is logged
+        # (checked below).
+        auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+        for request, answer in (
+            (b"POST /v1/lobby HTTP/1.1\r\n" + auth + b"Content-Length: 5\r\n\r\nhello", b" 405 "),
+            (b"GET /v1/lobby HTTP/1.1\r\n" + auth + b"Content-Length: 2\r\n\r\n{}", b" 400 "),
+            (
+                b"POST /v1/users:lookup HTTP/1.1\r\n" + auth + b"Content-Length: 999999\r\n\r\n",
+                b" 400 ",
+            ),
+            (b"POST /v1/users:lookup HTTP/1.1\r\n" + auth + b"Content-Length: 9\r\n\r\n{", b""),
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            if not answer:
+                writer.write_eof()
+            raw = await asyncio.wait_for(reader.read(), 5)
+            assert raw[8:13] == answer if answer else raw == b"", (request, raw)
+            writer.close()
         # HTTP/1.0 is answered as HTTP/1.1 is (docs/API.md says so); other versions are not.
         for version, answered in ((b"HTTP/1.0", True), (b"HTTP/2.0", False)):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
             writer.write(b"GET /v1/lobby " + version + b"\r\n" + auth + b"\r\n")
             raw = await asyncio.wait_for(reader.read(), 5)
             assert raw.startswith(b"HTTP/1.1 200 ") if answered else raw == b"", (version, raw)

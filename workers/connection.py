@@ -469,10 +469,10 @@ class Connection:
             self._ack.rebased = True  # restored by our Hello: shows up as our key
         return self.on_replica(replica, now, link)
 
-    def on_kick(self) -> list[Output]:
+    def on_kick(self, code: CloseCode = CloseCode.SESSION_REPLACED) -> list[Output]:
         if self.state is S.CLOSING:
             return []
-        return self._close(E.KICK, CloseCode.SESSION_REPLACED)
+        return self._close(E.KICK, code)
 
     def on_deliver(
         self,

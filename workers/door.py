@@ -13,8 +13,7 @@ loop's lag) has room for its source (:class:`~workers.admission.Admission`).
 ``/healthz`` answers GET and HEAD (anything else: 405) with the core's
 figures (:meth:`~workers.core.WorkerCore.health`), 503 as soon as the coordinator is
 unreachable; the lobby page and its files are served with safe headers; anything else
-is 404. The backend API, on its own port, answers every request here too
-(:mod:`workers.api` decides).
+is 404. The backend API has a port and a shell of its own (:mod:`workers.apiserver`).
 
 The admission source of a request is the client's address, from a trusted proxy's
 header when the peer is one (:mod:`workers.sources`), IPv6 by /64.
@@ -32,8 +31,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from shared import protocol
-from workers import pages, stats
-from workers.api import BackendApi
+from workers import pages
 from workers.core import WorkerCore
 from workers.sources import IPNetwork, client_address, source_key
 
@@ -43,7 +41,7 @@ back off with jitter on their own (a window frees within a round trip or two).""
 
 
 class Door:
-    """The answers of the public port (and of the API port, when it is on)."""
+    """The answers of the public port."""
 
     def __init__(
         self,
@@ -51,13 +49,11 @@ class Door:
         now: Callable[[], float],
         *,
         trusted: tuple[IPNetwork, ...],
-        api: BackendApi | None,
     ) -> None:
         self.core = core
         self._now = now
         self._trusted = trusted
         self._pages = pages.load()
-        self._api = api
 
     def source_of(self, peer: Any, request: Request | None) -> str:
         """The admission source: the client's address (from a trusted proxy's header
@@ -91,29 +87,6 @@ class Door:
             return None
         response = conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, "try again later\n")
         response.headers["Retry-After"] = str(RETRY_AFTER)
-        return response
-
-    def api_request(self, conn: ServerConnection, request: Request) -> Response:
-        """The backend API (:mod:`workers.api` decides; this only carries it out)."""
-        assert self._api is not None
-        given = request.headers.get_all("Authorization")
-        answer = self._api.answer(
-            request.method,
-            urlsplit(request.path).path,
-            given[0] if len(given) == 1 else None,
-            self.core.replica,
-            reachable=self.core.reachable(self._now()),
-        )
-        stats.api_answered(answer.status)
-        response = conn.respond(answer.status, "")
-        headers = response.headers
-        del headers["Content-Type"], headers["Content-Length"]
-        headers["Content-Type"] = "application/json"
-        headers["Content-Length"] = str(len(answer.body))
-        headers["Cache-Control"] = "no-store"
-        for name, value in answer.headers:
-            headers[name] = value
-        response.body = answer.body
         return response
 
     def _health(self, conn: ServerConnection, *, head: bool) -> Response:

@@ -54,6 +54,7 @@ from shared.v2 import Scope
 from shared.v2.server import with_applied
 from workers import stats
 from workers.api import ApiTokenError, BackendApi, load_token
+from workers.apiserver import ApiServer
 from workers.backbone import SHUTDOWN_LINGER_MS, Backbone
 from workers.clients import Client, Group
 from workers.core import TICK, Output, WorkerCore
@@ -97,9 +98,6 @@ from workers.wsinternals import (
 log = logging.getLogger("workers")
 _noisy = logs.Limited(log)
 
-API_OPEN_TIMEOUT: Final = 5.0
-"""Seconds an API connection may take to send its request (a caller on the backend
-network sends it at once)."""
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds a closing handshake may take before the TCP connection is dropped; short,
 so a slow consumer's close and a shutdown stay prompt."""
@@ -140,14 +138,26 @@ class Worker:
             verify=stats.timed_verify,
         )
         self.door = Door(
-            self.core,
-            self._now,
-            trusted=parse_trusted(settings.network.trusted_proxies),
-            api=backend,
+            self.core, self._now, trusted=parse_trusted(settings.network.trusted_proxies)
         )
         self.backbone = Backbone(settings)
         self.backbone.core = self.core
         self.core.handlers[bb.Refused] = self.backbone.on_refused
+        self.core.handlers[bb.EjectSession] = self._eject
+        self.api = (
+            None
+            if backend is None
+            else ApiServer(
+                backend,
+                api,
+                replica=self.core.replica,
+                reachable=self.core.reachable,
+                up=self.backbone.up,
+                send_buffer=settings.memory.send_buffer_bytes,
+            )
+        )
+        if self.api is not None:
+            self.core.handlers[bb.EjectDone] = self.api.on_eject_done
         self.core.results_endpoint = self.backbone.results_endpoint
         self.core.results_key = self.backbone.results_key
         self._snapshot: SharedFrame | None = None
@@ -155,7 +165,8 @@ class Worker:
         self._entries_v2 = Entries()
         v2 = settings.v2
         self._scopes = Scopes(ring_bytes=v2.resume_ring_bytes, ring_age=v2.resume_ring_age)
-        self.core.budget.indexes = lambda: self._scopes.memory
+        events = self.api.feed if self.api is not None else None
+        self.core.budget.indexes = lambda: self._scopes.memory + (events.memory if events else 0)
         self._scopes.room = self.core.budget.admits_index
         self._v2 = (
             V2Config(
@@ -230,6 +241,8 @@ class Worker:
             self._broadcast(output)
         elif isinstance(output, Synced):
             self._scopes.resynced(self.core.replica)
+            if self.api is not None:
+                self.api.resynced()
             self._ready.set()
         elif isinstance(output, AdmitPeers):
             self.backbone.admit(output.keys)
@@ -273,6 +286,20 @@ class Worker:
             for frame in frames:
                 stats.fanned_out(len(clients_v2), len(frame))
         self._write_scoped(output.updates)
+        if self.api is not None:
+            self.api.published(output.updates)
+
+    def _eject(self, msg: bb.Message) -> None:
+        """A kick: close the connection with 4006 (its close leaves the lobby as any does)."""
+        assert isinstance(msg, bb.EjectSession)
+        client = self.core.clients.get(msg.conn)
+        if client is not None:
+            log.info(
+                "conn %d kicked by the backend API",
+                msg.conn,
+                extra=logs.event("kicked", conn=msg.conn, reason=msg.reason),
+            )
+            self.core.perform(client, client.machine.on_kick(CloseCode.KICKED))
 
     def _write_scoped(self, updates: Sequence[Forward]) -> None:
         """Each watch client touched by ``updates`` gets its own (written once, after
@@ -375,23 +402,12 @@ class Worker:
             self.backbone.close(linger_ms=0)
             return 2 if taken else 1
         servers = [server]
-        if s.api.enabled and s.api.api_token_file is not None:
+        if self.api is not None:
             api = s.api
             host = api.api_host or net.host
             api_hosts = listen.hosts(host, ipv6_loopback=listen.ipv6_loopback())
             try:
-                servers.append(
-                    await serve(
-                        _never_upgraded,
-                        cast(Any, api_hosts),  # as above
-                        api.api_port,
-                        reuse_port=True,
-                        process_request=self.door.api_request,
-                        ssl=self._tls,
-                        compression=None,
-                        open_timeout=API_OPEN_TIMEOUT,
-                    )
-                )
+                await self.api.listen(api_hosts, api.api_port or 0, self._tls)
             except OSError as exc:
                 where = listen.unbindable(api_hosts, api.api_port or 0)
                 log.error(
@@ -447,6 +463,8 @@ class Worker:
         self.backbone.stop_pulse()  # no heartbeat after the Goodbye
         self.core.stop()  # Goodbye: the coordinator drops all our sessions at once
         self.backbone.flush()
+        if self.api is not None:
+            await self.api.stop()
         for server in servers:
             server.close(code=CloseCode.GOING_AWAY, reason=CLOSE_REASONS[CloseCode.GOING_AWAY])
         with contextlib.suppress(TimeoutError):
@@ -469,6 +487,8 @@ class Worker:
             self.core.loop_lag(lag)
             self.backbone.drain()
             self.core.tick(loop.time())
+            if self.api is not None:
+                self.api.tick(loop.time())
             self._write_counts()
             logs.flush_suppressed()
 
@@ -549,12 +569,6 @@ async def _close_ws(ws: ServerConnection, code: int, reason: str) -> None:
         )
         if ws.transport is not None:
             ws.transport.abort()
-
-
-async def _never_upgraded(ws: ServerConnection) -> None:
-    """The API port's connection handler: never called, as every API request gets an
-    HTTP answer before any WebSocket handshake could complete."""
-    await ws.close(CloseCode.POLICY_VIOLATION)
 
 
 async def main(settings: WorkerSettings) -> int:

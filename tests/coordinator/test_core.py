@@ -93,6 +93,30 @@ def test_offline_only_once_the_lobby_is_rebuilt() -> None:
     assert to(c.handle("w1", route(3, B), now=3.2, wall=0.0), "w1") == [bb.RouteDone(3, "offline")]
 
 
+def test_a_kick_tells_the_sessions_worker_to_close_it_and_answers_the_asker() -> None:
+    c = core()
+    c.handle("w1", hello("w1"), now=0.0, wall=0.0)
+    c.handle("w2", hello("w2"), now=0.0, wall=0.0)
+    c.handle("w2", bb.Authed(4, B), now=0.0, wall=0.0)
+    out = c.handle("w1", bb.Eject(9, B.upper(), "spam"), now=0.1, wall=0.0)
+    assert to(out, "w2") == [bb.EjectSession(4, "spam")]
+    assert to(out, "w1") == [bb.EjectDone(9, "kicked")]
+    assert c.lobby.get_user(B) is not None  # it leaves when its worker says it closed
+    out = c.handle("w1", bb.Eject(10, A, ""), now=0.2, wall=0.0)
+    assert to(out, "w1") == [bb.EjectDone(10, "offline")]
+    out = c.handle("w1", bb.Eject(11, "xyz", ""), now=0.2, wall=0.0)
+    assert to(out, "w1") == [bb.EjectDone(11, "offline")]
+    out = c.handle("stranger", bb.Eject(12, B, ""), now=0.3, wall=0.0)
+    assert bb.EjectDone(12, "unavailable") in to(out, "stranger")
+
+
+def test_a_kick_while_the_lobby_rebuilds_is_unavailable_not_offline() -> None:
+    c = core(previous=f"{10**17:020d}-11111111")
+    c.handle("w1", hello("w1", epoch=f"{10**17:020d}-11111111"), now=0.1, wall=0.0)
+    out = c.handle("w1", bb.Eject(1, B, ""), now=0.2, wall=0.0)
+    assert to(out, "w1") == [bb.EjectDone(1, "unavailable")]
+
+
 def test_a_first_start_has_nothing_to_rebuild() -> None:
     c = core()
     c.handle("w1", hello("w1"), now=0.1, wall=0.0)
@@ -315,6 +339,7 @@ likely = st.one_of(
     st.builds(bb.Heartbeat, st.sampled_from(WORKERS)),
     st.builds(bb.SnapshotRequest),
     st.builds(bb.Goodbye, st.sampled_from(WORKERS)),
+    st.builds(bb.Eject, st.integers(0, 9), keys, st.just("r")),
 )
 step = st.one_of(
     st.tuples(st.just("msg"), st.sampled_from(WORKERS), likely),

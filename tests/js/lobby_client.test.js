@@ -373,7 +373,7 @@ test("drops reconnect with exponential backoff and full jitter, reset once onlin
   assert.deepEqual(clock.pending(), [0.5 * 0.5 * 1000], "attempts start again from 0");
 });
 
-test("every close code but 4001 and 4002 reconnects; rule-breaking ones warn", async (t) => {
+test("every close code but 4001, 4002 and 4006 reconnects; rule-breaking ones warn", async (t) => {
   const codes = { 1001: "info", 1006: "info", 1011: "info", 1013: "info",
     1007: "warn", 1008: "warn", 1009: "warn", 4003: "warn", 4005: "warn" };
   for (const [code, level] of Object.entries(codes)) {
@@ -408,6 +408,14 @@ test("4002: status replaced, and no reconnect", async () => {
   assert.equal(detail.code, 4002);
   assert.match(detail.reason, /opened elsewhere/);
   await assert.rejects(client.send(A, "x"), ConnectionLost);
+});
+
+test("4006 (kicked): status closed, and no reconnect", async () => {
+  const { client, clock, ws, logger } = await online();
+  ws.drop(4006, "kicked");
+  assert.equal(client.status, "closed");
+  assert.deepEqual(clock.pending(), []);
+  assert.match(logger.lines.error.at(-1), /closed with 4006 \(kicked\); not reconnecting/);
 });
 
 test("4002 before online rejects connect(); connect() again starts anew", async () => {

@@ -9,6 +9,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from shared import metrics
 from shared.protocol import CloseCode
 from workers.admission import Admit
+from workers.feed import CutOff, Reset
 from workers.outputs import AuthOutcome, SnapshotCause
 from workers.replica import ResyncReason
 
@@ -17,7 +18,7 @@ IDENTIFYING = {"key", "public_key", "user", "conn", "connection", "worker", "wor
 
 
 def test_every_metric_is_named_by_the_rules() -> None:
-    assert len(DECLARED) == 29  # a new metric: add it to docs/operating.md
+    assert len(DECLARED) == 36  # a new metric: add it to docs/operating.md
     names = [m._name for m in DECLARED]
     assert len(set(names)) == len(names)
     for metric in DECLARED:
@@ -30,7 +31,11 @@ def test_every_metric_is_named_by_the_rules() -> None:
             assert name.endswith(("_seconds", "_keys")), name
         else:
             assert isinstance(metric, Gauge)
-            counts = ("presence_connections", "presence_workers_coordinator_unreachable")
+            counts = (
+                "presence_connections",
+                "presence_workers_coordinator_unreachable",
+                "presence_events_consumers",
+            )
             assert name.endswith(("_seconds", "_users", "_bytes")) or name in counts, name
 
 
@@ -49,6 +54,7 @@ def test_every_gauge_chooses_how_processes_combine() -> None:
         "presence_event_loop_lag_seconds": "livemax",
         "presence_lag_target_seconds": "livemax",
         "presence_workers_coordinator_unreachable": "livesum",
+        "presence_events_consumers": "livesum",
     }
 
 
@@ -56,6 +62,8 @@ def test_the_closed_label_sets_are_the_enums_values() -> None:
     assert set(metrics.AUTH_RESULTS) == {o.value for o in AuthOutcome}
     assert set(metrics.SNAPSHOT_CAUSES) == {c.value for c in SnapshotCause}
     assert set(metrics.RESYNC_REASONS) == {r.value for r in ResyncReason}
+    assert set(metrics.EVENTS_RESETS) == {v for k, v in vars(Reset).items() if k.isupper()}
+    assert set(metrics.EVENTS_CUT_OFF) == {v for k, v in vars(CutOff).items() if k.isupper()}
     refusals = {a.value for a in Admit if a is not Admit.OK}
     assert refusals | {"cut_off"} == set(metrics.REFUSAL_REASONS)
     assert {str(int(c)) for c in CloseCode} <= set(metrics.CLOSE_CODES)

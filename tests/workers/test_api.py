@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared import records
+from shared import events, records
 from shared.options import SettingsError, parse_args
 from shared.records import Record
 from workers.api import (
@@ -23,7 +24,11 @@ from workers.api import (
     ApiOptions,
     ApiTokenError,
     BackendApi,
+    KickAsked,
+    OpenStream,
+    body_length,
     load_token,
+    parse_head,
 )
 from workers.replica import SyncState
 from workers.settings import WorkerSettings
@@ -58,8 +63,14 @@ ONLINE = {"status": "online", "data": {}}
 
 
 def body(answer: Answer) -> Any:
+    """The answer's JSON; a lobby's ``lastEventId`` is checked here (the view's epoch
+    and seq) and left out, so the tests compare what they are about."""
+    assert not isinstance(answer, OpenStream | KickAsked), answer
     assert answer.body.endswith(b"\n")
-    return json.loads(answer.body)
+    decoded = json.loads(answer.body)
+    if isinstance(decoded, dict) and "users" in decoded:
+        assert events.parse_event_id(decoded.pop("lastEventId"))
+    return decoded
 
 
 def ask(
@@ -70,8 +81,18 @@ def ask(
     authorization: str | None = AUTH,
     method: str = "GET",
     reachable: bool = True,
-) -> Answer:
-    return api.answer(method, path, authorization, view, reachable=reachable)
+    body: bytes = b"",
+    last_event_id: str | None = None,
+) -> Any:
+    return api.answer(
+        method,
+        path,
+        authorization,
+        view,
+        reachable=reachable,
+        body=body,
+        last_event_id=last_event_id,
+    )
 
 
 # --------------------------------------------------------------------------- answers
@@ -303,3 +324,166 @@ def test_every_status_the_api_answers_has_its_metric_label() -> None:
     answers = [v for v in vars(api).values() if isinstance(v, Answer)]
     statuses = {str(int(a.status)) for a in answers} | {str(int(HTTPStatus.OK))}
     assert statuses == set(API_STATUSES)
+
+
+# --------------------------------------------------------------------------- lookup, kick, events
+
+
+def lookup(api: BackendApi, view: View, payload: object) -> Any:
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return ask(api, "/v1/users:lookup", view, method="POST", body=raw)
+
+
+def test_a_lookup_answers_each_distinct_key_in_order_as_of_one_seq() -> None:
+    view = View({A, B}, seq=9, records={A: ("away", '{"n":1}')}, record_updates=2)
+    answer = lookup(BackendApi(TOKEN), view, {"publicKeys": [C, A.upper(), A, B]})
+    assert answer.status == HTTPStatus.OK
+    got = json.loads(answer.body)
+    assert got == {
+        "seq": 7,
+        "lastEventId": "e1:9",
+        "users": [
+            {"publicKey": C, "online": False},
+            {"publicKey": A, "online": True, "status": "away", "data": {"n": 1}},
+            {"publicKey": B, "online": True, **ONLINE},
+        ],
+    }
+    empty = json.loads(lookup(BackendApi(TOKEN), view, {"publicKeys": []}).body)
+    assert empty["users"] == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "error", "detail"),
+    [
+        (b"not json", "invalid_json", "not JSON"),
+        (b"\xff\xfe", "invalid_json", "not JSON"),
+        (b"[" * 50_000, "invalid_json", "not JSON"),
+        ([A], "invalid_body", "publicKeys"),
+        ({"keys": [A]}, "invalid_body", "publicKeys"),
+        ({"publicKeys": A}, "invalid_body", "publicKeys"),
+        ({"publicKeys": [A], "more": 1}, "invalid_body", "publicKeys"),
+        ({"publicKeys": [A] * 1001}, "too_many_keys", "at most 1000"),
+        ({"publicKeys": [A, "xyz"]}, "invalid_public_key", r"publicKeys\[1\]"),
+        ({"publicKeys": [A, 5]}, "invalid_public_key", r"publicKeys\[1\]"),
+    ],
+)
+def test_a_bad_lookup_is_400_naming_the_problem(payload: object, error: str, detail: str) -> None:
+    answer = lookup(BackendApi(TOKEN), View({A}), payload)
+    assert answer.status == HTTPStatus.BAD_REQUEST
+    got = json.loads(answer.body)
+    assert got["error"] == error and re.search(detail, got["detail"]), got
+
+
+def test_a_lookup_is_post_only_and_needs_a_live_view() -> None:
+    api = BackendApi(TOKEN)
+    answer = ask(api, "/v1/users:lookup", View())
+    assert answer.status == HTTPStatus.METHOD_NOT_ALLOWED and ("Allow", "POST") in answer.headers
+    body = json.dumps({"publicKeys": [A]}).encode()
+    answer = ask(api, "/v1/users:lookup", View(), method="POST", body=body, reachable=False)
+    assert answer.status == HTTPStatus.SERVICE_UNAVAILABLE
+
+
+def test_a_kick_is_asked_of_the_coordinator_with_its_reason() -> None:
+    api, view = BackendApi(TOKEN), View({A})
+    path = f"/v1/users/{A.upper()}:kick"
+    assert ask(api, path, view, method="POST") == KickAsked(A, "")
+    raw = json.dumps({"reason": "spam é"}).encode()
+    assert ask(api, path, view, method="POST", body=raw) == KickAsked(A, "spam é")
+    assert ask(api, path, view, method="GET").status == HTTPStatus.METHOD_NOT_ALLOWED
+    assert ask(api, "/v1/users/xyz:kick", view, method="POST").status == HTTPStatus.BAD_REQUEST
+    assert ask(api, path, View(sync=SyncState.SYNCING), method="POST").status == 503
+    assert json.loads(api.kicked(A, "kicked").body) == {"publicKey": A, "kicked": True}
+    assert json.loads(api.kicked(A, "offline").body) == {"publicKey": A, "kicked": False}
+    assert api.kicked(A, "unavailable").status == HTTPStatus.SERVICE_UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[]",
+        b'{"why": "x"}',
+        b'{"reason": 5}',
+        b'{"reason": "a\\nb"}',
+        b'{"reason": "' + b"x" * 201 + b'"}',
+        b"{",
+    ],
+)
+def test_a_bad_kick_body_is_400(raw: bytes) -> None:
+    answer = ask(BackendApi(TOKEN), f"/v1/users/{A}:kick", View({A}), method="POST", body=raw)
+    assert answer.status == HTTPStatus.BAD_REQUEST and json.loads(answer.body)["detail"]
+
+
+def test_the_event_stream_opens_from_the_last_event_id_or_says_what_is_wrong() -> None:
+    api, view = BackendApi(TOKEN), View({A})
+    assert ask(api, "/v1/events", view) == OpenStream(None)
+    assert ask(api, "/v1/events", view, last_event_id="") == OpenStream(None)
+    assert ask(api, "/v1/events", view, last_event_id="e1:12") == OpenStream(("e1", 12))
+    bad = ask(api, "/v1/events", view, last_event_id="e1:-3")
+    assert bad.status == HTTPStatus.BAD_REQUEST
+    assert json.loads(bad.body)["error"] == "invalid_last_event_id"
+    assert ask(api, "/v1/events", view, method="POST").status == HTTPStatus.METHOD_NOT_ALLOWED
+    assert ask(api, "/v1/events", view, reachable=False).status == 503
+    assert ask(api, "/v1/events", view, authorization=None).status == HTTPStatus.UNAUTHORIZED
+
+
+def test_a_get_with_a_body_is_400() -> None:
+    answer = ask(BackendApi(TOKEN), LOBBY_PATH, View(), body=b"{}")
+    assert (answer.status, json.loads(answer.body)["error"]) == (400, "unexpected_body")
+
+
+# --------------------------------------------------------------------------- reading requests
+
+
+def test_a_request_head_is_read_with_its_headers_in_order() -> None:
+    head = parse_head(
+        b"GET /v1/events?x=1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\n"
+        b"last-event-id:  e:1 \r\nX: 1\r\nx: 2"
+    )
+    assert head is not None
+    assert (head.method, head.path) == ("GET", "/v1/events")
+    assert head.one("authorization") == "Bearer t" and head.one("last-event-id") == "e:1"
+    assert head.all("x") == ["1", "2"] and head.one("x") is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /v1/lobby HTTP/2.0",
+        b"GET /v1/lobby",
+        b"GET  /v1/lobby HTTP/1.1",
+        b"GET v1/lobby HTTP/1.1",
+        b"G(T /v1/lobby HTTP/1.1",
+        b"GET /v1/lobby HTTP/1.1\r\nno colon",
+        b"GET /v1/lobby HTTP/1.1\r\n folded: x",
+        b"GET /v1/lobby HTTP/1.1\r\nName : x",
+        b"\x00\xff",
+    ],
+)
+def test_anything_but_http_1_is_not_answered(raw: bytes) -> None:
+    assert parse_head(raw) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (b"", 0),
+        (b"\r\nContent-Length: 12", 12),
+        (b"\r\nContent-Length: 131072", 131072),
+        (b"\r\nContent-Length: 131073", "body_too_large"),
+        (b"\r\nContent-Length: 99999999999999999999", "body_too_large"),
+        (b"\r\nContent-Length: -1", "invalid_content_length"),
+        (b"\r\nContent-Length: \xd9\xa1", "invalid_content_length"),
+        (b"\r\nContent-Length: 1\r\nContent-Length: 1", "invalid_content_length"),
+        (b"\r\nTransfer-Encoding: chunked", "unsupported_transfer_encoding"),
+    ],
+)
+def test_a_body_is_read_only_with_one_content_length_within_the_bound(
+    headers: bytes, expected: int | str
+) -> None:
+    head = parse_head(b"POST /v1/users:lookup HTTP/1.1" + headers)
+    assert head is not None
+    length = body_length(head)
+    if isinstance(expected, int):
+        assert length == expected
+    else:
+        assert isinstance(length, Answer) and json.loads(length.body)["error"] == expected

@@ -86,8 +86,9 @@
  * seen; `status` says whether it is live.
  *
  * When a connection ends, the close code decides what follows. 4002 (this key was
- * opened elsewhere) and 4001 (authentication failed) are final: reconnecting would
- * knock out the newer session or fail again. Every other ending reconnects with
+ * opened elsewhere), 4001 (authentication failed) and 4006 (kicked by the operator's
+ * backend) are final: reconnecting would knock out the newer session, fail again, or
+ * undo the kick. Every other ending reconnects with
  * exponential backoff and full jitter, with the same identity: the wait before
  * attempt n (from 0) is `random() * min(max, initial * 2**n)` seconds, and n starts
  * again at 0 once a connection is online. 1001, 1006, 1011 and 1013 are the server's
@@ -125,6 +126,7 @@ import {
   checkSend,
   randomId,
   reconnectNotice,
+  reconnects,
   toHex,
 } from "./lobby_core.js";
 import { sign } from "./identity.js";
@@ -412,6 +414,12 @@ export class LobbyClient extends EventTarget {
       const failure = new AuthFailed(conn.authFailure ?? reason);
       this.#logger.error(`lobby: ${failure.message}; not reconnecting`);
       this.#stop("closed", failure, { code, reason: failure.message });
+    } else if (!reconnects(code)) {
+      this.#logger.error(`lobby: closed with ${code} (${reason}); not reconnecting`);
+      this.#stop("closed", new ConnectionLost(`closed with ${code} (${reason})`, { code }), {
+        code,
+        reason,
+      });
     } else {
       this.#reconnect(code, reason);
     }

@@ -26,10 +26,11 @@ export const MAX_ID_LENGTH = 64;
 export const SERVER_SIDE_CLOSES = new Set([1001, 1006, 1011, 1013]);
 /**
  * Close codes after which a client must not reconnect on its own: 4001 (its
- * credentials were refused and would be again) and 4002 (a newer session of the same
- * key exists, which reconnecting would knock out).
+ * credentials were refused and would be again), 4002 (a newer session of the same
+ * key exists, which reconnecting would knock out) and 4006 (the operator's backend
+ * closed this session on purpose).
  */
-export const FINAL_CLOSES = new Set([4001, 4002]);
+export const FINAL_CLOSES = new Set([4001, 4002, 4006]);
 
 // ---------------------------------------------------------------------------------
 // Errors
