@@ -109,7 +109,9 @@ class CoordinatorCore:
         if previous:
             self.registry.restarted = rebuild
             self.lobby.observe_epoch(previous, bb.new_epoch)
-        self._window = BatchWindow(timing.batch_window, settings.batch_ceiling)
+        self._window = BatchWindow(
+            timing.batch_window, settings.batch_ceiling, timing.batch_window_clients
+        )
         self._flush_at: float | None = None
         self._next_beat = now
         self._next_check = now  # silent and unregistered workers
@@ -379,10 +381,12 @@ class CoordinatorCore:
     def _schedule(self, now: float, wall: float, out: list[Output]) -> None:
         if not self.lobby.pending:
             return
-        if self._window.current <= 0:
+        if self._window.floor <= 0:
             self.publish(now, wall, out)
         elif self._flush_at is None:
-            self._flush_at = now + self._window.current
+            # Every online session may follow the whole lobby: its size is the most
+            # clients an update can go to (see coordinator.batching).
+            self._flush_at = now + self._window.opened(now, self.lobby.online)
 
     def publish(self, now: float, wall: float, out: list[Output]) -> None:
         """Publish everything pending: the delta first, then acks and kicks. ``wall``

@@ -41,9 +41,17 @@ class Timing:
     )
     max_batch_window: float = option(
         0.05,
-        "seconds the window may widen to while changes keep coming, so clients get at "
-        "most 1/this updates a second under any load; never below --batch-window (equal "
-        "to it, or below it, for a fixed window)",
+        "seconds the window may widen to while changes keep coming (in a lobby of "
+        "--batch-window-clients or more), so its clients get at most 1/this updates a "
+        "second under any load; never below --batch-window (equal to it, or below it, "
+        "for a fixed window)",
+        check=non_negative,
+    )
+    batch_window_clients: int = option(
+        500,
+        "lobby size at which a busy window may widen all the way to --max-batch-window: "
+        "a smaller lobby's widens in proportion (each update costs a frame per client, "
+        "so only a large lobby's is worth the wait); 0 widens any lobby's all the way",
         check=non_negative,
     )
     heartbeat_interval: float = option(

@@ -29,24 +29,29 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts import coordinator_costs  # noqa: E402  (after the path that finds it)
+from scripts import bench_peer, coordinator_costs  # noqa: E402  (after the path that finds it)
+from scripts.benchkit import (  # noqa: E402
+    BARE,
+    BASELINE,
+    CLUSTER,
+    NO_BATCH,
+    ONE_WORKER,
+    PINNED,
+    Row,
+    Run,
+    both,
+    fmt,
+    metric,
+    ratio_row,
+    with_shared,
+)
 
-CLUSTER = ("--start", "cluster", "--workers", "2")
-ONE_WORKER = ("--start", "cluster", "--workers", "1")
-NO_BATCH = ("--start", "cluster", "--workers", "2", "--batch-window", "0")
-BASELINE = ("--start", "baseline")
-BARE = ("--start", "bare")
-PINNED = ("--server-cpus", "0", "--client-cpus", "1")
-"""The server on CPU 0, the generator on CPU 1: what the server costs and how fast it
-answers without the generator's work queued on the same cores. A run's name ends in
-"pinned" when it is run so; the others share both CPUs."""
 PLOT_RATES = (50, 100, 200)
 """Changes per second of the latency-against-load runs (500 watchers, 8 s each)."""
 PLOT_LINES = (
@@ -71,38 +76,37 @@ CHURN_FANOUT = ("fanout", "--watchers", "2000", "--changes", "2000", "--rate", "
 changes/s), against the bare server pushing frames of the same size."""
 
 
-@dataclass(frozen=True)
-class Run:
-    name: str
-    target: tuple[str, ...]
-    scenario: tuple[str, ...]
-    group: str
+class BenchSet(Protocol):
+    """A benchmark set of its own module (``scripts/bench_*.py``): its runs, its target
+    rows and the sections of BENCHMARKS.md its runs' groups land in."""
+
+    SECTIONS: dict[str, tuple[str, list[str]]]
+
+    def runs(self) -> list[Run]: ...
+
+    def targets(self, res: dict[str, dict[str, Any]]) -> list[Row]: ...
 
 
-def _both(name: str, target: tuple[str, ...], scenario: tuple[str, ...], group: str) -> list[Run]:
-    """The run sharing the CPUs with the generator, and the same run pinned apart."""
-    return [
-        Run(name, target, scenario, group),
-        Run(f"{name} pinned", (*target, *PINNED), scenario, group),
-    ]
+SETS: tuple[BenchSet, ...] = (bench_peer,)
+"""The sets run after the suite's own runs, in this order."""
 
 
 def suite() -> list[Run]:
     """The fixed suite; ``group`` names the section of BENCHMARKS.md it lands in."""
     churn = ("churn", "--watchers", "2000", "--rate", "200", "--duration", "30")
     runs = [
-        *_both("mass-join cluster", CLUSTER, ("mass-join", "2000"), "mass-join"),
-        *_both("mass-join baseline", BASELINE, ("mass-join", "2000"), "mass-join"),
+        *both("mass-join cluster", CLUSTER, ("mass-join", "2000"), "mass-join"),
+        *both("mass-join baseline", BASELINE, ("mass-join", "2000"), "mass-join"),
         Run("mass-join 1 worker", ONE_WORKER, ("mass-join", "2000"), "mass-join"),
         Run("mass-join no batching", NO_BATCH, ("mass-join", "2000"), "mass-join"),
-        *_both("churn cluster", CLUSTER, churn, "churn"),
-        *_both("fanout cluster", CLUSTER, FANOUT, "fanout"),
-        *_both("fanout bare", BARE, FANOUT, "fanout"),
-        *_both("churn fanout cluster", CLUSTER, CHURN_FANOUT, "fanout"),
-        *_both("churn fanout bare", BARE, CHURN_FANOUT, "fanout"),
-        *_both("messages cluster", CLUSTER, MESSAGES, "messages"),
+        *both("churn cluster", CLUSTER, churn, "churn"),
+        *both("fanout cluster", CLUSTER, FANOUT, "fanout"),
+        *both("fanout bare", BARE, FANOUT, "fanout"),
+        *both("churn fanout cluster", CLUSTER, CHURN_FANOUT, "fanout"),
+        *both("churn fanout bare", BARE, CHURN_FANOUT, "fanout"),
+        *both("messages cluster", CLUSTER, MESSAGES, "messages"),
         Run("idle cluster", (*CLUSTER, *IDLE_CLIENT), ("idle", "20000", "--hold", "10"), "idle"),
-        *_both("reconnect-storm cluster", CLUSTER, ("reconnect-storm", "5000"), "storm"),
+        *both("reconnect-storm cluster", CLUSTER, ("reconnect-storm", "5000"), "storm"),
     ]
     for rate in PLOT_RATES:
         scenario = ("churn", "--watchers", "500", "--rate", str(rate), "--duration", "8")
@@ -112,6 +116,8 @@ def suite() -> list[Run]:
             Run(f"churn@{rate} baseline pinned", (*BASELINE, *PINNED), scenario, "plot"),
             Run(f"churn@{rate} cluster", CLUSTER, scenario, "plot"),
         ]
+    for extra in SETS:
+        runs += extra.runs()
     return runs
 
 
@@ -257,84 +263,33 @@ def machine() -> dict[str, str]:
     }
 
 
-def metric(results: dict[str, dict[str, Any]], name: str, key: str) -> Any:
-    r = results.get(name)
-    if r is None or not r.get("ok"):
-        return None
-    return r["metrics"].get(key)
-
-
-def _v(value: Any, unit: str = "") -> str:
-    if value is None:
-        return "failed"
-    if isinstance(value, float):
-        return f"{value:,.3g}{unit}" if value < 100 else f"{value:,.0f}{unit}"
-    if isinstance(value, int):
-        return f"{value:,}{unit}"
-    return f"{value}{unit}"
-
-
-def _ratio(a: Any, b: Any) -> float | None:
-    if a is None or b is None or not b:
-        return None
-    return float(a) / float(b)
-
-
-def _ratio_row(
-    res: dict[str, dict[str, Any]],
-    label: str,
-    top: str,
-    bottom: str,
-    key: str,
-    unit: str,
-    at_least: float | None,
-    at_most: float | None = None,
-) -> tuple[str, str, bool | None]:
-    """A target row for ``key`` of run ``top`` over run ``bottom``: the ratio, both values
-    (the cluster's first), and whether the ratio is ``at_least``/``at_most`` its bound."""
-    a, b = metric(res, top, key), metric(res, bottom, key)
-    ratio = _ratio(a, b)
-    cluster, other = (b, a) if at_least is not None else (a, b)
-    shown = _v(ratio, "x") + f" ({_v(cluster, unit)} vs {_v(other, unit)})"
-    if ratio is None:
-        return label, shown, None
-    ok = ratio >= at_least if at_least is not None else ratio <= (at_most or 0)
-    return label, shown, ok
-
-
-def _with_shared(row: tuple[str, str, bool | None], shared: str) -> tuple[str, str, bool | None]:
-    """``row`` (measured pinned, where the target is judged) with the same measure of
-    the runs sharing the CPUs beside it."""
-    return row[0], f"{row[1]}; shared CPUs: {shared}", row[2]
-
-
-def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
+def targets(res: dict[str, dict[str, Any]]) -> list[Row]:
     """(target, measured, met) for every target of the issue. Targets are judged on the
     pinned runs (the generator on a CPU of its own), except the storm and idle, which
     are judged as a deployment runs them: the server on both CPUs."""
-    rows: list[tuple[str, str, bool | None]] = []
+    rows: list[Row] = []
     for pinned in (" pinned", ""):
         rows += [
-            _ratio_row(res, "fan-out CPU per delivered frame <= 0.8x bare broadcast()",
+            ratio_row(res, "fan-out CPU per delivered frame <= 0.8x bare broadcast()",
                        f"fanout cluster{pinned}", f"fanout bare{pinned}",
                        "cpu_us_per_frame", " µs", None, 0.8),
-            _ratio_row(res, "churn (2000 watchers, 200/s): CPU per frame <= 1.0x bare",
+            ratio_row(res, "churn (2000 watchers, 200/s): CPU per frame <= 1.0x bare",
                        f"churn fanout cluster{pinned}", f"churn fanout bare{pinned}",
                        "cpu_us_per_frame", " µs", None, 1.0),
-            _ratio_row(res, "mass-join 2000 converges >= 8x faster than the baseline",
+            ratio_row(res, "mass-join 2000 converges >= 8x faster than the baseline",
                        f"mass-join baseline{pinned}", f"mass-join cluster{pinned}",
                        "convergence_s", " s", 8),
-            _ratio_row(res, "mass-join 2000 delivers >= 20x fewer lobby_update frames",
+            ratio_row(res, "mass-join 2000 delivers >= 20x fewer lobby_update frames",
                        f"mass-join baseline{pinned}", f"mass-join cluster{pinned}",
                        "update_frames", "", 20),
         ]  # fmt: skip
     judged, shared = rows[:4], rows[4:]
-    rows = [_with_shared(row, other[1]) for row, other in zip(judged, shared, strict=True)]
+    rows = [with_shared(row, other[1]) for row, other in zip(judged, shared, strict=True)]
 
     def churn(name: str) -> tuple[str, bool | None]:
         p99 = metric(res, name, "update_latency_p99_ms")
         ok = res.get(name, {}).get("ok")
-        shown = f"p99 {_v(p99, ' ms')}, checks {'passed' if ok else 'FAILED'}"
+        shown = f"p99 {fmt(p99, ' ms')}, checks {'passed' if ok else 'FAILED'}"
         return shown, None if p99 is None else (p99 <= 200 and bool(ok))
 
     shown, met = churn("churn cluster pinned")
@@ -349,7 +304,7 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]
     def storm(name: str) -> str:
         whole = metric(res, name, "whole_again_s")
         retried = metric(res, name, "retried_1013")
-        return f"{_v(whole, ' s')} ({_v(retried)} retried after 1013)"
+        return f"{fmt(whole, ' s')} ({fmt(retried)} retried after 1013)"
 
     whole = metric(res, "reconnect-storm cluster", "whole_again_s")
     storm_n = res.get("reconnect-storm cluster", {}).get("params", {}).get("clients", "?")
@@ -366,7 +321,7 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]
     rows.append(
         (
             f"idle: {idle_n} connections at <= 16 KiB of server memory each",
-            _v(kib, " KiB"),
+            fmt(kib, " KiB"),
             None if kib is None else kib <= 16,
         )
     )
@@ -374,7 +329,7 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]
     def messages(name: str) -> tuple[str, bool | None]:
         rate = metric(res, name, "messages_per_s")
         p99 = metric(res, name, "round_trip_p99_ms")
-        shown = f"{_v(rate, '/s')}, round-trip p99 {_v(p99, ' ms')}"
+        shown = f"{fmt(rate, '/s')}, round-trip p99 {fmt(p99, ' ms')}"
         return shown, None if rate is None or p99 is None else rate >= 10_000 and p99 < 50
 
     shown, met = messages("messages cluster pinned")
@@ -385,6 +340,8 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]
             met,
         )
     )
+    for extra in SETS:
+        rows += extra.targets(res)
     return rows
 
 
@@ -463,8 +420,16 @@ SECTIONS = {
 }
 
 
+def all_sections() -> dict[str, tuple[str, list[str]]]:
+    """The suite's sections, then each set's, in the order BENCHMARKS.md shows them."""
+    sections = dict(SECTIONS)
+    for extra in SETS:
+        sections.update(extra.SECTIONS)
+    return sections
+
+
 def section(group: str, rows: list[dict[str, Any]]) -> list[str]:
-    title, keys = SECTIONS[group]
+    title, keys = all_sections()[group]
     lines = [
         f"### {title}",
         "",
@@ -472,7 +437,7 @@ def section(group: str, rows: list[dict[str, Any]]) -> list[str]:
         "|---" * (len(keys) + 2) + "|",
     ]
     for r in rows:
-        cells = [_v(r["metrics"].get(k)) if r.get("ok") else "failed" for k in keys]
+        cells = [fmt(r["metrics"].get(k)) if r.get("ok") else "failed" for k in keys]
         checks = "passed" if r.get("ok") else "FAILED: " + "; ".join(r["failures"])[:200]
         lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {checks} |")
     lines += ["", "Commands:", ""]
@@ -528,7 +493,7 @@ def write_report(
     lines += ["", "## Results", ""]
     if plot is not None:
         lines += [f"![latency against load]({plot.relative_to(out.parent).as_posix()})", ""]
-    for group in SECTIONS:
+    for group in all_sections():
         rows = [r for r in results if r["group"] == group]
         if rows:
             lines += section(group, rows)

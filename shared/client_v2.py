@@ -12,10 +12,15 @@ reconnection) around a :class:`shared.session_v2.SessionV2` per connection. What
   :meth:`~LobbyClientV2.follow_watch`, :meth:`~LobbyClientV2.follow_count`,
   :meth:`~LobbyClientV2.watch` and :meth:`~LobbyClientV2.unwatch` check their arguments
   (:class:`ValueError` before anything is written) and write the frame when online.
-  While reconnecting they only change what the next ``auth`` asks for.
-* With ``reconnect``, each new connection's ``auth`` carries the record and the scope
-  last asked for, and ``resume`` with the epoch and seq of the view it holds (unless
-  that view is stale or of another scope), so a short blip costs one small update.
+  While reconnecting, a record goes into the next ``auth``, and a scope request is
+  written once the next connection is online. :attr:`LobbyClientV2.following` is the
+  choice asked for; a request the server refuses is taken back.
+* With ``reconnect``, each new connection's ``auth`` carries the record last asked
+  for, and ``resume`` with the epoch and seq of the view it holds (unless that view is
+  stale or a count) with ``follow`` the choice that view is of; the scope requests the
+  view did not reflect are asked again after ``auth_ok``
+  (:meth:`~shared.session_v2.SessionV2.next_connection`). Without a resume, ``follow``
+  is the choice asked for. A short blip costs one small update.
 
 ``LobbyClient.connect(url, version=2, record=..., follow=...)`` is the same as
 ``LobbyClientV2.connect(url, record=..., follow=...)``.
@@ -24,14 +29,14 @@ reconnection) around a :class:`shared.session_v2.SessionV2` per connection. What
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Self
 
 from nacl.signing import SigningKey
 
 from shared import protocol, v2
 from shared.client import DEFAULT_URL, LobbyClient, _error_dict
-from shared.session import ProtocolError
+from shared.session import ProtocolError, State
 from shared.session_v2 import (
     SUBPROTOCOL,
     CountChange,
@@ -41,6 +46,7 @@ from shared.session_v2 import (
     record_change,
 )
 from shared.transport import Connecting, Opener, Transport, websockets_opener
+from shared.v2.following import Request, apply_all
 
 __all__ = ["SUBPROTOCOL", "CountChange", "LobbyClientV2", "NotVersion2", "RecordView"]
 
@@ -106,19 +112,23 @@ class _Wanted:
         self.follow = parse_follow(follow)
         self.resync_on_error = resync_on_error
         self.client: LobbyClientV2 | None = None
+        self.held: list[Request] = []
+        """Scope requests asked for while offline: sent once the next connection is."""
 
     def session(self, key: SigningKey) -> SessionV2:
-        client, resume, view = self.client, None, None
+        client, follow, resume, view = self.client, self.follow, None, None
+        resend: list[Request] = []
         if client is not None:  # a reconnection: continue from the last session's view
-            resume = client.session.resume_point()
+            follow, resume, resend = client.session.next_connection()
             view = None if resume is None else client.session.view
         return SessionV2(
             key,
             self.url,
             record=self.record,
-            follow=self.follow,
+            follow=follow,
             resume=resume,
             view=view,
+            resend=resend,
             resync_on_error=self.resync_on_error,
         )
 
@@ -210,28 +220,47 @@ class LobbyClientV2(LobbyClient):
 
     async def follow_lobby(self) -> None:
         """Follow the whole lobby; a fresh snapshot follows."""
-        self.session.follow_lobby()
+        self._scoped(lambda session: session.follow_lobby())
         await self._write_asked()
 
     async def follow_watch(self, keys: Iterable[str]) -> None:
         """Follow exactly ``keys`` (at most 1,000); a fresh snapshot follows."""
-        self.session.follow_watch(keys)
+        self._scoped(lambda session: session.follow_watch(keys))
         await self._write_asked()
 
     async def follow_count(self) -> None:
         """Follow only the number of users online; a count frame follows."""
-        self.session.follow_count()
+        self._scoped(lambda session: session.follow_count())
         await self._write_asked()
 
     async def watch(self, keys: Iterable[str]) -> None:
         """Add ``keys`` to the watchlist followed; a fresh snapshot follows."""
-        self.session.watch(keys)
+        self._scoped(lambda session: session.watch(keys))
         await self._write_asked()
 
     async def unwatch(self, keys: Iterable[str]) -> None:
         """Remove ``keys`` from the watchlist followed; a fresh snapshot follows."""
-        self.session.unwatch(keys)
+        self._scoped(lambda session: session.unwatch(keys))
         await self._write_asked()
+
+    def _scoped(self, ask: Callable[[SessionV2], None]) -> None:
+        """Ask for a change of scope: now while online, else once the next connection
+        is (a session that is not live records it, for the asking)."""
+        session, wanted = self.session, self._wanted
+        if self.status == "online" or wanted is None:
+            ask(session)
+            return
+        spare = SessionV2(session.signing_key, session.url, follow=self.following, state=State.AUTH)
+        ask(spare)  # checked against the choice asked for, kept to send later
+        wanted.held += spare.unsent
+
+    @property
+    def following(self) -> v2.Follow | None:
+        """The choice asked for (the view's, with the requests not yet reflected)."""
+        wanted, follow = self._wanted, self.session.follow
+        if wanted is None or not wanted.held:
+            return follow
+        return apply_all(follow or v2.Follow(), wanted.held)
 
     def _went_online(self) -> None:
         """Online again: ask for what was asked while this connection was opening
@@ -244,14 +273,15 @@ class LobbyClientV2(LobbyClient):
         if record is not None and record != session.record:
             data = None if record.data_json is None else json.loads(record.data_json)
             session.set_record(record.status, data)
-        if wanted.follow is not None and wanted.follow != session.follow:
-            session.follow_as(wanted.follow)
+        held, wanted.held = wanted.held, []
+        for request in held:
+            session.request(request)
         self.flush()
 
     async def _write_asked(self) -> None:
         session, wanted = self.session, self._wanted
         if wanted is not None:  # what later connections ask for
-            wanted.record, wanted.follow = session.record, session.follow
+            wanted.record = session.record
         frames = session.data_to_send()
         if self.status != "online":
             return  # the next connection's auth asks for it

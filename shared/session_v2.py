@@ -13,7 +13,14 @@ same :class:`~shared.session.ReconnectPolicy` for its owner; what differs is her
   A challenge of any other version than 2 is a :class:`ProtocolError`.
 * The ``auth`` carries the record and the scope the owner wants (``record``,
   ``follow``), and, when the owner reconnects holding a view, ``resume``: the epoch and
-  seq of that view, whose scope is the ``follow`` of the same ``auth``.
+  seq of that view, and as ``follow`` the choice that view is of.
+* Scope requests (``follow``, ``watch``, ``unwatch``) are tracked by a
+  :class:`~shared.v2.following.Following`: each snapshot's and count's ``applied`` says
+  which of them the view reflects, an ``error`` with ``applied`` which one was refused
+  (it is taken back). :meth:`SessionV2.next_connection` gives what the owner's next
+  connection asks for: ``follow`` the view's choice and ``resume``, and the requests the
+  view did not reflect, which that session sends again once ``auth_ok`` came (as it
+  sends those asked for before ``auth_ok``).
 * :meth:`SessionV2.receive` takes text frames and the binary ``snapshot``/``update``
   frames (bytes). The view is a :class:`RecordView`: key -> :class:`Record`, with the
   epoch and seq of the last frame applied, or the count in the count scope.
@@ -59,6 +66,8 @@ from shared.session import (
     ViewError,
 )
 from shared.v2 import Count, Entry, Follow, Record, Resume, Scope, Snapshot, Update
+from shared.v2.client import FollowFrame, Unwatch, Watch
+from shared.v2.following import Following, Request, apply, apply_all
 
 SUBPROTOCOL = "presence.v2"
 """The WebSocket subprotocol a version 2 client offers, and the server selects."""
@@ -242,7 +251,8 @@ class SessionV2(Session):
     ``url``: the URL the owner dials. ``record``/``follow``: what the ``auth`` asks for
     (None: the server's defaults, status online and data {}, the whole lobby).
     ``resume``: the view the owner holds, as :meth:`resume_point` of the previous
-    session gave it, with that view as ``view``."""
+    session gave it, with that view as ``view`` (``follow`` then is the view's choice).
+    ``resend``: scope requests to send once ``auth_ok`` came (:meth:`next_connection`)."""
 
     def __init__(
         self,
@@ -253,6 +263,7 @@ class SessionV2(Session):
         follow: Follow | None = None,
         resume: Resume | None = None,
         view: RecordView | None = None,
+        resend: Iterable[Request] = (),
         resync_on_error: bool = True,
         state: State = State.CHALLENGE,
     ) -> None:
@@ -266,7 +277,10 @@ class SessionV2(Session):
         self.url = url
         self.server = codec.server_identity(url)
         self.record = record
-        self.follow = follow
+        self._auth_follow = follow
+        self.following = Following(follow or Follow())
+        """The choice the view is of, and the scope requests sent on this connection."""
+        self._unsent = list(resend)  # requests to send once auth_ok came
         if resume is not None and (view is None or view.seq != resume.seq):
             raise ValueError("resume names a view: pass it as view, at that seq")
         self.resume = resume
@@ -277,16 +291,52 @@ class SessionV2(Session):
 
     # ----------------------------------------------------------------- owner's calls
 
+    @property
+    def follow(self) -> Follow | None:
+        """The choice asked for: the view's, with every scope request not refused
+        applied (None: none asked for, the server's default)."""
+        following, unsent = self.following, self._unsent
+        if self._auth_follow is None and not following.sent and not unsent:
+            return None
+        return apply_all(following.wanted, unsent)
+
     def resume_point(self) -> Resume | None:
         """What a reconnection's ``auth`` may resume from: the view's epoch and seq,
-        while the view is live (not stale, a snapshot applied) and of the scope
-        followed, the whole lobby or a watchlist."""
+        while the view is live (not stale, a snapshot applied) and of the whole lobby or
+        a watchlist (:meth:`next_connection` gives the choice it is of)."""
         view = self.view
         if view.epoch is None or view.seq is None or view.stale:
             return None
-        if view.scope is Scope.COUNT or view.scope is not (self.follow or Follow()).scope:
-            return None  # a count has no updates to resume; or a change of scope is on its way
+        if view.scope is Scope.COUNT or view.scope is not self.following.view.scope:
+            return None  # a count has no updates to resume
         return Resume(view.epoch, view.seq)
+
+    def next_connection(self) -> tuple[Follow | None, Resume | None, list[Request]]:
+        """What the owner's next connection asks for: its ``auth``'s ``follow`` and
+        ``resume``, and the scope requests it sends once ``auth_ok`` came. Resuming,
+        ``follow`` is the choice the view is of and the requests are those the view
+        did not reflect; else ``follow`` is the choice asked for, and none."""
+        resume = self.resume_point()
+        if resume is None:
+            return self.follow, None, []
+        return self.following.view, resume, [*self.following.sent, *self._unsent]
+
+    @property
+    def unsent(self) -> list[Request]:
+        """The scope requests waiting for ``auth_ok`` to be sent."""
+        return list(self._unsent)
+
+    def request(self, request: Request) -> None:
+        """Write a scope request once ``auth_ok`` came (now, if it did); before the
+        ``auth`` is written, a request changes its ``follow`` (unless it resumes)."""
+        if self.state is State.CHALLENGE and self.resume is None and not self._unsent:
+            follow = apply(self.following.view, request)
+            self._auth_follow, self.following = follow, Following(follow)
+        elif self.state in (State.SNAPSHOT, State.OPEN):
+            self.following.send(request)
+            self._outbox.append(_frame_of(request))
+        else:
+            self._unsent.append(request)
 
     def set_record(self, status: str | None = None, data: dict[str, Any] | None = None) -> None:
         """Write ``set_record`` (at least one of ``status``/``data``)."""
@@ -311,15 +361,14 @@ class SessionV2(Session):
     def watch(self, keys: Iterable[str]) -> None:
         """Add ``keys`` to the watchlist (only while following one)."""
         added = check_keys(keys, "watch")
-        self._change_watchlist("watch", tuple(dict.fromkeys((*self._watched(), *added))))
-        self._outbox.append(codec.watch(list(added)))
+        check_keys(dict.fromkeys((*self._watched(), *added)), "watch")
+        self.request(Watch(added))
 
     def unwatch(self, keys: Iterable[str]) -> None:
         """Remove ``keys`` from the watchlist (only while following one)."""
-        removed = set(check_keys(keys, "unwatch"))
-        kept = tuple(k for k in self._watched() if k not in removed)
-        self._change_watchlist("unwatch", kept)
-        self._outbox.append(codec.unwatch(sorted(removed)))
+        removed = check_keys(keys, "unwatch")
+        self._watched()
+        self.request(Unwatch(tuple(sorted(removed))))
 
     def _watched(self) -> tuple[str, ...]:
         follow = self.follow
@@ -327,14 +376,10 @@ class SessionV2(Session):
             raise ValueError("watch and unwatch need a watchlist: call follow_watch first")
         return follow.keys
 
-    def _change_watchlist(self, what: str, keys: tuple[str, ...]) -> None:
-        self.follow = Follow(Scope.WATCH, check_keys(keys, what))
-
     def follow_as(self, follow: Follow) -> None:
         """Write ``follow`` for a scope already checked (``keys`` lowercase, distinct,
         at most 1,000), as another session asked for it."""
-        self.follow = follow
-        self._outbox.append(codec.follow(follow))
+        self.request(FollowFrame(follow))
 
     # ----------------------------------------------------------------- input
 
@@ -364,7 +409,9 @@ class SessionV2(Session):
         signature = codec.sign_challenge_v2(self.signing_key, self.server, msg.nonce)
         resume = self.resume
         self._outbox.append(
-            codec.auth_v2(self.public_key, signature, self.server, self.record, self.follow, resume)
+            codec.auth_v2(
+                self.public_key, signature, self.server, self.record, self._auth_follow, resume
+            )
         )
         self.state = State.AUTH
         return []
@@ -376,6 +423,9 @@ class SessionV2(Session):
             raise ProtocolError(f"auth_ok resumed epoch {msg.epoch!r}, which was not asked for")
         self.resumed, self.server_epoch = msg.resumed, msg.epoch
         self.state = State.SNAPSHOT
+        unsent, self._unsent = self._unsent, []
+        for request in unsent:  # those asked for before, or not reflected by the view
+            self.request(request)
         return []
 
     def _first_view(self, msg: Any) -> list[Any]:
@@ -431,13 +481,28 @@ class SessionV2(Session):
         if isinstance(msg, Count):
             return [self.apply_count_frame(msg)]
         if isinstance(msg, codec.ErrorV2):
+            if msg.applied is not None:
+                self._refused(msg.applied)
             return [msg]
         if isinstance(msg, protocol.Message | protocol.SendResult):
             return self._handle_open(msg)
         raise ProtocolError(f"unexpected {msg.TYPE!r} frame after authentication")
 
+    def _refused(self, applied: int) -> None:
+        try:
+            self.following.refused(applied)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+
+    def _viewed(self, applied: int) -> None:
+        try:
+            self.following.viewed(applied)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+
     def apply_snapshot(self, msg: Any) -> ViewChange:
         self.snapshots_received += 1
+        self._viewed(msg.applied)
         try:
             self.view.apply_snapshot(msg)
         except ViewError as exc:
@@ -471,7 +536,16 @@ class SessionV2(Session):
         )
 
     def apply_count_frame(self, msg: Count) -> CountChange:
+        self._viewed(msg.applied)
         self.view.apply_count(msg)
         self.snapshots_received += 1  # the count scope's snapshot
         self.resync_requested = False
         return CountChange(msg.epoch, msg.seq, msg.online)
+
+
+def _frame_of(request: Request) -> str:
+    if isinstance(request, FollowFrame):
+        return codec.follow(request.follow)
+    if isinstance(request, Watch):
+        return codec.watch(list(request.keys))
+    return codec.unwatch(list(request.keys))

@@ -271,6 +271,33 @@ def test_a_dropped_client_resumes_and_its_view_is_what_a_snapshot_shows(
     run(scenario(), timeout=20)
 
 
+def test_a_watch_in_flight_when_the_connection_drops_is_in_the_resumed_view(
+    cluster: V2Cluster,
+) -> None:
+    """The bundled client resumes with the watchlist its view is of (not the one it
+    asked for since), and asks again for what the view did not reflect."""
+
+    async def scenario() -> None:
+        a, b = await asyncio.gather(*(V2Client.connect(cluster.url) for _ in range(2)))
+        policy = ReconnectPolicy(initial=0.05, maximum=0.05, random=lambda: 1.0)
+        follow = {"scope": "watch", "keys": [a.public_key]}
+        async with LobbyClientV2.connect(cluster.url, follow=follow, reconnect=policy) as me:
+            await me.wait_for_view({a.public_key})
+            await me.watch([b.public_key])  # b is online already
+            me.drop()  # before the answering snapshot is read
+            await until(lambda: me.reconnects == 1 and me.status == "online", "back", 5)
+            assert me.session.resumed is True
+            watching = v2.Follow(v2.Scope.WATCH, (a.public_key, b.public_key))
+            fresh = await V2Client.connect(cluster.url, follow=watching)
+            await until(lambda: me.records == fresh.view, "the view a fresh client has", 2)
+            assert set(me.records) == {a.public_key, b.public_key}
+            assert me.errors == [] and me.error_frames == []
+        for client in (a, b, fresh):
+            await client.close()
+
+    run(scenario(), timeout=20)
+
+
 def test_wrong_server_is_refused_counted_and_logged(cluster: V2Cluster) -> None:
     async def scenario() -> None:
         before = await cluster.authentications("wrong_server")

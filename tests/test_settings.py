@@ -100,6 +100,8 @@ def test_the_batch_window_never_narrows_below_its_floor() -> None:
     assert fixed.batch_ceiling == 1.0
     off = CoordinatorSettings(timing=CoordinatorTiming(batch_window=0.0))
     assert off.batch_ceiling == 0.0
+    with pytest.raises(options.SettingsError, match="--batch-window-clients must not be neg"):
+        CoordinatorTiming(batch_window_clients=-1)
 
 
 def test_off_means_none_for_keepalive() -> None:

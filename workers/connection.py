@@ -259,7 +259,7 @@ class Connection:
             if verdict is Verdict.FLOOD:
                 return self._close(E.FLOOD, CloseCode.POLICY_VIOLATION)
             if verdict is Verdict.THROTTLE:
-                return [_throttled(parsed)]
+                return [(v2 and v2.throttled(parsed)) or _throttled(parsed)]
             if v2 is not None:
                 parsed = v2.choose(parsed)  # a follow, watch or unwatch: made here
             if isinstance(parsed, protocol.ClientMessage | protocol.ProtocolViolation):

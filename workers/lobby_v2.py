@@ -59,8 +59,9 @@ class Entries:
             entries.append(known[1])
         return snapshot_of(replica.epoch or "", replica.seq, Scope.LOBBY, entries)
 
-    def watched(self, replica: ReplicaView, keys: Iterable[str]) -> bytes:
-        """The binary ``snapshot`` of a watchlist: those of ``keys`` online now."""
+    def watched(self, replica: ReplicaView, keys: Iterable[str], applied: int = 0) -> bytes:
+        """The binary ``snapshot`` of a watchlist: those of ``keys`` online now, for a
+        connection with ``applied`` scope requests applied."""
         by_key, users, entries = self._by_key, replica.users, []
         if len(by_key) > 2 * len(users) + 1024:
             by_key.clear()  # keys that left: forget them now and then
@@ -71,7 +72,7 @@ class Entries:
                 if known is None or known[0] != record:
                     known = by_key[key] = (record, encode_entry(key, Record(*record)))
                 entries.append(known[1])
-        return snapshot_of(replica.epoch or "", replica.seq, Scope.WATCH, entries)
+        return snapshot_of(replica.epoch or "", replica.seq, Scope.WATCH, entries, applied)
 
 
 def snapshot_frame(replica: ReplicaView) -> bytes:

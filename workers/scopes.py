@@ -19,6 +19,9 @@ and by the shell, which tells it:
 * **each tick** (:meth:`Scopes.due`): the counts due (cost proportional to them);
 * **each snapshot** a watch or count client is to get (:meth:`Scopes.fresh`): its
   watchlist's snapshot (and the index records it as sent), or its ``count``;
+* **each scope request applied** (:meth:`Scopes.applied_one`): a connection's count of
+  them, which its snapshots and counts carry (and the ``error`` refusing one), so its
+  client knows which of its requests its view reflects;
 * **each resume** an ``auth`` asks for (:meth:`Scopes.resume`): the one update with the
   net effect since the client's view, for its scope, when the ring holds every update
   since that view up to the replica's state (else the client gets a snapshot).
@@ -66,6 +69,7 @@ class Scopes:
         self.counts: CountFeed[int] = CountFeed()
         self.ring = Ring(max_bytes=ring_bytes, max_age=ring_age)
         self.entries = Entries()  # encoded entries, kept between watch snapshots
+        self.applied: dict[int, int] = {}  # scope requests applied, by connection (not 0)
         self.room: Callable[[int], bool] = _always
         """Whether the indexes may grow by so many bytes (the memory budget's say)."""
 
@@ -103,6 +107,11 @@ class Scopes:
         """``conn`` is gone."""
         self.interest.forget(conn)
         self.counts.forget(conn)
+        self.applied.pop(conn, None)
+
+    def applied_one(self, conn: int) -> None:
+        """``conn``'s client had one more ``follow``, ``watch`` or ``unwatch`` applied."""
+        self.applied[conn] = self.applied.get(conn, 0) + 1
 
     def _check_room(self, conn: int, keys: Iterable[str]) -> None:
         held = self.interest.keys_of(conn)
@@ -117,9 +126,10 @@ class Scopes:
         if scope is Scope.COUNT:
             self.counts.changed(len(replica.users), replica.seq)  # a resync may be news
             counted = self.counts.follow(conn, now)
-            return count_frame(replica.epoch or "", counted.seq, counted.online)
+            return _count(replica.epoch or "", counted, self.applied.get(conn, 0))
         self.interest.sent(conn, replica.seq)
-        return self.entries.watched(replica, self.interest.keys_of(conn))
+        keys = self.interest.keys_of(conn)
+        return self.entries.watched(replica, keys, self.applied.get(conn, 0))
 
     def resume(
         self, conn: int, scope: Scope, view: Resume, replica: ReplicaView, now: float
@@ -170,11 +180,15 @@ class Scopes:
 
     def due(self, epoch: str, now: float) -> list[tuple[int, str]]:
         """The ``count`` frames due now."""
-        return [(conn, _count(epoch, counted)) for conn, counted in self.counts.due(now)]
+        applied = self.applied
+        return [
+            (conn, _count(epoch, counted, applied.get(conn, 0)))
+            for conn, counted in self.counts.due(now)
+        ]
 
 
-def _count(epoch: str, counted: Count) -> str:
-    return count_frame(epoch, counted.seq, counted.online)
+def _count(epoch: str, counted: Count, applied: int) -> str:
+    return count_frame(epoch, counted.seq, counted.online, applied)
 
 
 def entries_of(update: bb.Update) -> tuple[list[Entry], list[Entry], list[str]]:

@@ -51,6 +51,7 @@ from shared import curve, endpoints, listen, logs, notify, protocol, stopping
 from shared.options import SettingsError
 from shared.protocol import CLOSE_REASONS, CloseCode
 from shared.v2 import Scope
+from shared.v2.server import with_applied
 from workers import stats
 from workers.api import ApiTokenError, BackendApi, load_token
 from workers.apiserver import ApiServer
@@ -214,6 +215,10 @@ class Worker:
                 frame = self._snapshot_frame()
             elif speaker.scope is Scope.LOBBY:
                 frame = self._v2_snapshot()
+                applied = self._scopes.applied.get(speaker.conn, 0)
+                if applied:  # (the same bytes for every other client)
+                    assert isinstance(frame.text, bytes)
+                    frame = SharedFrame(with_applied(frame.text, applied))
             else:
                 replica, now = self.core.replica, self._now()
                 frame = SharedFrame(self._scopes.fresh(speaker.conn, speaker.scope, replica, now))

@@ -21,7 +21,11 @@ What a connection follows (its *scope*) is kept here, its watchlist in the worke
 shared :class:`~workers.scopes.Scopes` (by connection id). A ``follow`` frame, a
 ``watch`` or an ``unwatch`` that changes it asks for what ``get_lobby`` asks for: a
 fresh snapshot of the new choice (or a ``count``), which the shell builds for the
-scope; one that is refused (``watchlist_full``, ``not_watching``) changes nothing.
+scope; one that is refused (``watchlist_full``, ``not_watching``, ``bad_follow``, or
+``rate_limited`` over the message rate) changes nothing. Those applied are counted
+(:meth:`~workers.scopes.Scopes.applied_one`; those in ``auth`` are not): every snapshot
+and count carries the count, and the ``error`` refusing one carries it too, so the
+client knows which of its requests its view reflects (the contract's "Resume").
 
 A ``set_record`` costs a token of the connection's record bucket (``--record-rate``,
 ``--record-burst``) besides its message token; over it the change is refused with
@@ -77,6 +81,9 @@ _ERRORS: Final = {
     ViolationV2.BAD_RESUME: ErrorCodeV2.MALFORMED,  # (resume exists in auth alone)
     ViolationV2.WATCHLIST_FULL: ErrorCodeV2.WATCHLIST_FULL,
 }
+
+_SCOPE_REFUSALS: Final = frozenset((ViolationV2.BAD_FOLLOW, ViolationV2.WATCHLIST_FULL))
+"""Violations that only a ``follow``, ``watch`` or ``unwatch`` can make."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,20 +184,30 @@ class Speaker:
             if isinstance(parsed, FollowFrame):
                 scopes.choose(self.conn, parsed.follow)
                 self.scope = parsed.follow.scope
-                return GetLobby()
-            if isinstance(parsed, Watch):
+            elif isinstance(parsed, Watch):
                 scopes.watch(self.conn, parsed.keys)
-                return GetLobby()
-            if isinstance(parsed, Unwatch):
+            elif isinstance(parsed, Unwatch):
                 scopes.unwatch(self.conn, parsed.keys)
-                return GetLobby()
+            else:
+                return parsed
+            scopes.applied_one(self.conn)
+            return GetLobby()
         except Refused as refused:
             return Violation(ViolationV2.WATCHLIST_FULL, str(refused))
         except NotWatching as refused:
             return _NotWatching(str(refused))
         except InterestError as refused:  # WatchlistFull
             return Violation(ViolationV2.WATCHLIST_FULL, str(refused))
-        return parsed
+
+    def throttled(self, parsed: object) -> Write | None:
+        """The ``error`` refusing a scope request over the message rate (else None)."""
+        if not isinstance(parsed, FollowFrame | Watch | Unwatch):
+            return None
+        return self._error(ErrorCodeV2.RATE_LIMITED, "too many messages; slow down")
+
+    def _error(self, code: ErrorCodeV2, text: str) -> Write:
+        """An ``error`` refusing a scope request: it says how many were applied."""
+        return Write(error_v2(code, text, self.config.scopes.applied.get(self.conn, 0)))
 
     def forget(self) -> None:
         """The connection ended: it follows nothing any more."""
@@ -206,11 +223,13 @@ class Speaker:
             new = parsed.change.apply(RecordV2(*record))
             return (new.status, new.data_json)
         if isinstance(parsed, Violation):
+            if parsed.kind in _SCOPE_REFUSALS:
+                return self._error(_ERRORS[parsed.kind], parsed.detail)
             return _error(_ERRORS[parsed.kind], parsed.detail)
         if isinstance(parsed, AuthV2):
             return _error(ErrorCodeV2.MALFORMED, "already authenticated")
         if isinstance(parsed, _NotWatching):
-            return _error(ErrorCodeV2.NOT_WATCHING, parsed.detail)
+            return self._error(ErrorCodeV2.NOT_WATCHING, parsed.detail)
         # parse answers every other frame of version 2 (as get_lobby)
         return _error(ErrorCodeV2.MALFORMED, "unexpected frame")
 

@@ -4,7 +4,8 @@
     make load ARGS="[options] SCENARIO ..."
 
 Targets: by default the server at --url (what ``make run`` starts). ``--start cluster``
-(or ``baseline``, ``bare``) starts one on a free port instead and stops it at the end,
+(or ``baseline``, ``bare``, ``node``: the Node.js peer of --peer-dir, protocol version 1,
+its window fixed at 20 ms) starts one on a free port instead and stops it at the end,
 also on failure or Ctrl-C; only then (or with --pid) are server CPU time and memory
 measured, from /proc (Linux).
 
@@ -32,6 +33,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from scripts.loadtest import cpus, scenarios
@@ -41,11 +43,15 @@ from scripts.loadtest.cpus import CpuSet
 from scripts.loadtest.pool import AgentPool, LoadTestError, default_procs
 from scripts.loadtest.report import table, write_json
 from scripts.loadtest.target import (
+    PEER_BATCH_MS,
+    PEER_DIR,
     Server,
     external,
+    node_peer_missing,
     start_bare,
     start_baseline,
     start_cluster,
+    start_node,
 )
 from scripts.procfs import free_port
 from shared.client import DEFAULT_URL
@@ -68,8 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target.add_argument(
         "--start",
-        choices=("cluster", "baseline", "bare"),
+        choices=("cluster", "baseline", "bare", "node"),
         help="start this server on a free port for the run, stop it after",
+    )
+    target.add_argument(
+        "--peer-dir",
+        type=Path,
+        default=PEER_DIR,
+        help="with --start node: the Node.js peer's directory, copied (with npm ci) "
+        "to .cache/ before its first run (%(default)s)",
     )
     target.add_argument(
         "--workers", type=int, default=2, help="workers of a started cluster (%(default)s)"
@@ -223,6 +236,8 @@ def start_server(args: argparse.Namespace, cpus: CpuSet | None = None) -> Server
         return start_baseline(port, cpus=cpus)
     if args.start == "bare":
         return start_bare(port, cpus=cpus)
+    if args.start == "node":
+        return start_node(port, args.peer_dir, cpus=cpus)
     extra = [w for arg in args.worker_arg for w in ("--worker-arg", arg)]
     return start_cluster(args.workers, port, args.batch_window, extra, cpus=cpus)
 
@@ -252,6 +267,8 @@ def describe(args: argparse.Namespace, server: Server) -> str:
     if args.start == "cluster":
         window = "default" if args.batch_window is None else f"{args.batch_window}s"
         return f"cluster, {args.workers} workers, batch window {window}"
+    if args.start == "node":
+        return f"node peer ({args.peer_dir.name}), batch window {PEER_BATCH_MS} ms"
     return args.start or server.url
 
 
@@ -284,6 +301,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--watch: from 0 to {MAX_WATCH_KEYS} keys")
     if not 0.0 <= args.verify_sample <= 1.0:
         parser.error("--verify-sample: a fraction from 0 to 1")
+    if args.start == "node":
+        missing = node_peer_missing(args.peer_dir)
+        if missing:
+            parser.error(f"--start node: missing {', '.join(missing)}")
+        if args.protocol != 1:
+            parser.error("--start node: the Node.js peer speaks protocol version 1 only")
     if args.protocol == 2 and args.ws_client == "picows":
         parser.error("--ws-client picows: version 2 clients use websockets")
     try:

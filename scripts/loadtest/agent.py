@@ -387,6 +387,7 @@ class Agent(MessageOps):
                 for k in (
                     "updates",
                     "update_bytes",
+                    "changes",
                     "frames",
                     "frame_bytes",
                     "snapshots",
@@ -400,6 +401,7 @@ class Agent(MessageOps):
         return {
             "updates": totals.updates,
             "update_bytes": totals.update_bytes,
+            "changes": totals.changes,
             "frames": totals.frames,
             "frame_bytes": totals.frame_bytes,
             "snapshots": totals.snapshots,

@@ -279,6 +279,7 @@ class LoadSession(Session):
         update = Update.of(msg)
         UPDATES.put(frame, update)
         client.update_bytes += len(frame)
+        client.changes_received += update.size
         self.updates_received += 1
         return client.take_update(update)
 
@@ -343,6 +344,9 @@ class LoadClient(LobbyClient):
         self.load_session = session
         self.load_view: LoadView = session.view
         self.update_bytes = 0
+        self.changes_received = 0
+        """The keys of every ``lobby_update`` received (joined and left): the changes
+        delivered to this client, each counted once per client that saw it."""
         self.index = -1
         """The generator's index of this client (set by its agent)."""
         self.lobby_hook: LobbyHook | None = None
@@ -436,6 +440,7 @@ class LoadClient(LobbyClient):
                 session.frames += 1
                 session.frame_bytes += len(frame)
                 self.update_bytes += len(frame)
+                self.changes_received += update.size
                 session.updates_received += 1
                 if not self.sampled and self._defer(update):
                     return

@@ -130,7 +130,7 @@ class LoadClientV2(LobbyClientV2):
         """:meth:`LobbyClientV2.connect` over websockets, counting every frame, with no
         record (the server's default) and ``follow``. ``resume_from``: a client of the
         same key whose connection is gone; this one's ``auth`` resumes from its view,
-        when that view is live (:meth:`~shared.session_v2.SessionV2.resume_point`)."""
+        when that view is live (:meth:`~shared.session_v2.SessionV2.next_connection`)."""
         key = signing_key if signing_key is not None else SigningKey.generate()
         public_key = key.verify_key.encode().hex()
         tally = Tally()
@@ -148,11 +148,12 @@ class LoadClientV2(LobbyClientV2):
         scope = parse_follow(follow)
 
         def session(key: SigningKey) -> SessionV2:
-            resume = view = None
-            if resume_from is not None:
-                resume = resume_from.session.resume_point()
-                view = None if resume is None else resume_from.session.view
-            session = SessionV2(key, url, follow=scope, resume=resume, view=view)
+            follow, resume, view, resend = scope, None, None, []
+            if resume_from is not None:  # the choice its view is of, and what to ask again
+                stated, resume, again = resume_from.session.next_connection()
+                if resume is not None:
+                    follow, view, resend = stated, resume_from.session.view, again
+            session = SessionV2(key, url, follow=follow, resume=resume, view=view, resend=resend)
             session.decode = DECODED.decode
             return session
 
@@ -176,6 +177,9 @@ class LoadClientV2(LobbyClientV2):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tally = Tally()
+        self.changes_received = 0
+        """The keys of every update applied (joined, left, updated), as the v1 client
+        counts its ``lobby_update`` keys."""
         self.index = -1
         self.sampled = True
         self.target: int | None = None
@@ -209,6 +213,7 @@ class LoadClientV2(LobbyClientV2):
             update = None
             if event.kind == "update":
                 update = Update.of(protocol.LobbyUpdate(event.seq, event.joined, event.left))
+                self.changes_received += update.size + len(event.updated)
             self._changed_to(update)
 
     def _changed_to(self, update: Update | None) -> None:

@@ -146,6 +146,7 @@ def counters(ctx: Context) -> dict[str, Any]:
         for k in (
             "updates",
             "update_bytes",
+            "changes",
             "frames",
             "frame_bytes",
             "snapshots",
@@ -206,6 +207,13 @@ def _latency_metrics(result: Result, name: str, hist: Histogram) -> None:
     result.metrics[f"{name}_samples"] = hist.count
 
 
+def _per_change(m: dict[str, Any], cpu: float, changes: int) -> None:
+    """Server CPU per delivered change: a change (a key joined, left or updated in an
+    update) counts once per client that received it; snapshots are not changes."""
+    m["changes_delivered"] = changes
+    m["server_cpu_us_per_change"] = round(cpu / max(changes, 1) * 1e6, 3)
+
+
 def close_all(ctx: Context) -> None:
     ctx.pool.call("close_all", timeout=120.0)
 
@@ -242,6 +250,7 @@ def mass_join(ctx: Context, n: int) -> Result:
     m["retried_other"] = stats["retried_other"]
     m["server_cpu_s"] = round(cpu1 - cpu0, 2)
     m["generator_cpu_s"] = round(gen1 - gen0, 2)
+    _per_change(m, cpu1 - cpu0, totals["changes"])
     close_all(ctx)
     return result
 
@@ -331,6 +340,8 @@ def churn(
     m["changes_per_update"] = round(after["changes_seen"] / max(after["updates_seen"], 1), 2)
     m["server_cpu_s"] = round(cpu1 - cpu0, 2)
     m["server_cpu_s_per_1000_frames"] = round((cpu1 - cpu0) / max(frames, 1) * 1000, 4)
+    m["update_bytes"] = during["update_bytes"] - before["update_bytes"]
+    _per_change(m, cpu1 - cpu0, during["changes"] - before["changes"])
     m["generator_cpu_s"] = round(gen1 - gen0, 2)
     m["generator_cpu_us_per_frame"] = round((gen1 - gen0) / max(frames, 1) * 1e6, 2)
     m["latency_watchers"] = sum(p["measuring"] for p in parts)
@@ -393,6 +404,9 @@ def reconnect_storm(ctx: Context, n: int) -> Result:
     # Who had the CPUs during the storm: the server, or the clients it serves.
     m["server_cpu_s"] = round(cpu1 - cpu0, 2)
     m["generator_cpu_s"] = round(gen1 - gen0, 2)
+    m["update_frames"] = totals["updates"] - before["updates"]
+    m["update_bytes"] = totals["update_bytes"] - before["update_bytes"]
+    _per_change(m, cpu1 - cpu0, totals["changes"] - before["changes"])
     if totals["converged"] < n:
         result.failures.append(f"only {totals['converged']} of {n} views became whole")
     close_all(ctx)

@@ -54,6 +54,7 @@ class Totals:
 
     updates: int = 0
     update_bytes: int = 0
+    changes: int = 0
     frames: int = 0
     frame_bytes: int = 0
     snapshots: int = 0
@@ -64,6 +65,7 @@ class Totals:
         client.catch_up()  # what it noted and did not apply yet is checked now
         self.updates += client.updates_received
         self.update_bytes += client.update_bytes
+        self.changes += client.changes_received
         self.frames += client.frames
         self.frame_bytes += client.frame_bytes
         self.snapshots += client.snapshots_received

@@ -1,12 +1,19 @@
-"""The server under test: start one (cluster, baseline or bare broadcast) or name the
-processes of a running one, and read their CPU time and memory from /proc (Linux).
+"""The server under test: start one (cluster, baseline, bare broadcast or the Node.js
+peer) or name the processes of a running one, and read their CPU time and memory from
+/proc (Linux).
 
 Every server this module starts runs in its own session and is stopped by
 :meth:`Server.stop` (SIGTERM, then SIGKILL of the whole group), which the CLI calls in
 a ``finally`` so that a failure or Ctrl-C leaves nothing behind. It is ready when it
 says so with the sd_notify protocol (``READY=1`` on the socket this module hands it in
 ``NOTIFY_SOCKET``; the launcher sends it once the whole cluster serves), not when its
-log shows some text.
+log shows some text; the Node.js peer, which does not speak it, when its ``/healthz``
+answers.
+
+The Node.js peer (``../shared/peers/node-ws-lobby`` beside the repository: a
+single-process ``ws`` lobby speaking protocol version 1, the row every benchmark should
+be ahead of) is read-only where it lives: it is copied to :data:`PEER_CACHE` (ignored by
+git) and ``npm ci`` runs there once; the copy is reused until the peer's files change.
 """
 
 from __future__ import annotations
@@ -14,12 +21,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +38,14 @@ from scripts.loadtest.cpus import CpuSet, pin_process
 from shared.notify import Listener
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+PEER_DIR = ROOT.parent / "shared" / "peers" / "node-ws-lobby"
+"""Where the Node.js peer lives: beside the repository, read-only."""
+PEER_CACHE = ROOT / ".cache" / "node-ws-lobby"
+"""Its copy with its ``node_modules`` (``npm ci``), made once and reused."""
+PEER_FILES = ("server.js", "package.json", "package-lock.json")
+"""The peer's files: the copy is made again when any of them differs."""
+PEER_BATCH_MS = 20
+"""The peer's ``--batch-ms``: its fixed batching window, as it is measured against."""
 
 # --------------------------------------------------------------------------- servers
 
@@ -42,6 +60,8 @@ class Server:
     external_pids: tuple[int, ...] = ()
     lines: list[str] = field(default_factory=list)
     notify: Listener | None = None
+    probe: Callable[[], bool] | None = None
+    """For a server that does not speak sd_notify: True once it serves."""
     _reader: threading.Thread | None = None
 
     def pids(self) -> list[int]:
@@ -65,7 +85,8 @@ class Server:
         """Wait for the server's ``READY=1``; fail if it exits first or takes too long."""
         deadline = time.monotonic() + timeout
         assert self.launcher is not None and self.notify is not None
-        while not self.notify.count("READY"):
+        probe = self.probe
+        while not (probe() if probe is not None else self.notify.count("READY")):
             if self.launcher.poll() is not None:
                 raise RuntimeError(f"{self.name} exited before it was ready:\n{self.output()}")
             if time.monotonic() > deadline:
@@ -101,10 +122,16 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _start(name: str, command: list[str], url: str, cpus: CpuSet | None = None) -> Server:
-    """Run ``command`` (in its own session) and wait until it is ready; with ``cpus``,
-    the launcher is pinned to them before it runs, so everything it starts inherits
-    them."""
+def _start(
+    name: str,
+    command: list[str],
+    url: str,
+    cpus: CpuSet | None = None,
+    probe: Callable[[], bool] | None = None,
+) -> Server:
+    """Run ``command`` (in its own session) and wait until it is ready (its
+    ``READY=1``, or ``probe``); with ``cpus``, the launcher is pinned to them before it
+    runs, so everything it starts inherits them."""
     notify = Listener()
     env = dict(os.environ, PYTHONUNBUFFERED="1", NOTIFY_SOCKET=notify.address)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -123,7 +150,7 @@ def _start(name: str, command: list[str], url: str, cpus: CpuSet | None = None) 
     except BaseException:
         notify.close()
         raise
-    server = Server(url=url, name=name, launcher=proc, notify=notify)
+    server = Server(url=url, name=name, launcher=proc, notify=notify, probe=probe)
 
     def read() -> None:
         assert proc.stdout is not None
@@ -183,6 +210,74 @@ def start_bare(port: int, cpus: CpuSet | None = None) -> Server:
     """The bare ``websockets.broadcast()`` server, ``scripts/bare_broadcast.py``."""
     command = [sys.executable, str(ROOT / "scripts" / "bare_broadcast.py"), "--port", str(port)]
     return _start("bare broadcast", command, f"ws://127.0.0.1:{port}/ws", cpus)
+
+
+def node_peer_missing(peer_dir: Path) -> list[str]:
+    """What running the Node.js peer from ``peer_dir`` needs and is not there: ``node``
+    and ``npm`` on the PATH, the directory and its files (empty: nothing)."""
+    missing = [f"{tool} (not on the PATH)" for tool in ("node", "npm") if not shutil.which(tool)]
+    if not peer_dir.is_dir():
+        return [*missing, f"the peer's directory {peer_dir}"]
+    return missing + [str(peer_dir / f) for f in PEER_FILES if not (peer_dir / f).is_file()]
+
+
+def peer_copy_stale(source: Path, cache: Path) -> bool:
+    """Whether ``cache`` must be made again from ``source``: ``npm ci`` never finished
+    there (no stamp), or a file of the peer differs from its copy."""
+    if not (cache / ".installed").is_file():
+        return True
+    for name in PEER_FILES:
+        try:
+            if (source / name).read_bytes() != (cache / name).read_bytes():
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def prepare_node_peer(source: Path, cache: Path = PEER_CACHE) -> Path:
+    """The peer's copy in ``cache`` with its modules installed (``npm ci``), made only
+    when :func:`peer_copy_stale`; raises RuntimeError with npm's output if it fails."""
+    if peer_copy_stale(source, cache):
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        for name in PEER_FILES:  # writable copies (the source may be read-only)
+            shutil.copyfile(source / name, cache / name)
+        npm = [shutil.which("npm") or "npm", "ci", "--silent", "--no-audit", "--no-fund"]
+        done = subprocess.run(npm, cwd=cache, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"npm ci in {cache} failed:\n{done.stdout}{done.stderr}")
+        (cache / ".installed").write_text("npm ci done\n")
+    return cache
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""An HTTP opener that never goes through a proxy the environment names."""
+
+
+def _serves(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=1.0) as answer:
+            return bool(answer.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def start_node(port: int, peer_dir: Path = PEER_DIR, cpus: CpuSet | None = None) -> Server:
+    """The Node.js peer with its fixed :data:`PEER_BATCH_MS` window, from its copy
+    (:func:`prepare_node_peer`); ready when its ``/healthz`` answers."""
+    cache = prepare_node_peer(peer_dir)
+    command = [
+        shutil.which("node") or "node",
+        str(cache / "server.js"),
+        "--port",
+        str(port),
+        "--batch-ms",
+        str(PEER_BATCH_MS),
+    ]
+    health = f"http://127.0.0.1:{port}/healthz"
+    url = f"ws://127.0.0.1:{port}/ws"
+    return _start("node peer", command, url, cpus, probe=functools.partial(_serves, health))
 
 
 def external(url: str, pids: Sequence[int], cpus: CpuSet | None = None) -> Server:

@@ -87,12 +87,18 @@ def auth_failed_v2(reason: AuthFailureV2) -> str:
     return _dumps({"type": "auth_failed", "reason": reason.value})
 
 
-def count(epoch: str, seq: int, online: int) -> str:
-    return _dumps({"type": "count", "epoch": epoch, "seq": seq, "online": online})
+def count(epoch: str, seq: int, online: int, applied: int = 0) -> str:
+    return _dumps(
+        {"type": "count", "epoch": epoch, "seq": seq, "online": online, "applied": applied}
+    )
 
 
-def error_v2(code: ErrorCodeV2, text: str) -> str:
-    return _dumps({"type": "error", "code": code.value, "message": text})
+def error_v2(code: ErrorCodeV2, text: str, applied: int | None = None) -> str:
+    """``error``; ``applied`` for one refusing a scope request (``follow``, ``watch``,
+    ``unwatch``): the scope requests applied on the connection before it."""
+    if applied is None:
+        return _dumps({"type": "error", "code": code.value, "message": text})
+    return _dumps({"type": "error", "code": code.value, "message": text, "applied": applied})
 
 
 # ------------------------------------------------------------ binary encoders
@@ -126,11 +132,22 @@ def encode_entry(key: Key, record: Record) -> bytes:
     return b"".join(parts)
 
 
-def snapshot_of(epoch: str, seq: int, scope: Scope, entries: Sequence[bytes]) -> bytes:
-    """A binary ``snapshot`` from entries encoded by :func:`encode_entry`."""
+def snapshot_of(
+    epoch: str, seq: int, scope: Scope, entries: Sequence[bytes], applied: int = 0
+) -> bytes:
+    """A binary ``snapshot`` from entries encoded by :func:`encode_entry`; ``applied``:
+    the scope requests applied on the connection it goes to."""
     raw_epoch = epoch.encode("ascii")
     head = bytes((SNAPSHOT, len(raw_epoch))) + raw_epoch + _U64.pack(seq)
-    return head + bytes((SCOPE_CODES[scope],)) + _U32.pack(len(entries)) + b"".join(entries)
+    tail = bytes((SCOPE_CODES[scope],)) + _U32.pack(applied) + _U32.pack(len(entries))
+    return head + tail + b"".join(entries)
+
+
+def with_applied(snapshot: bytes, applied: int) -> bytes:
+    """``snapshot`` (of :func:`snapshot_of`) for a connection that had ``applied`` scope
+    requests applied: one snapshot's bytes serve every connection, patched for few."""
+    at = 2 + snapshot[1] + 8 + 1  # type, epochLen, epoch, seq, scope
+    return snapshot[:at] + _U32.pack(applied) + snapshot[at + 4 :]
 
 
 def update_of(
@@ -153,9 +170,13 @@ def update_of(
 
 
 def encode_snapshot(
-    epoch: str, seq: int, scope: Scope, entries: Iterable[tuple[Key, Record]]
+    epoch: str,
+    seq: int,
+    scope: Scope,
+    entries: Iterable[tuple[Key, Record]],
+    applied: int = 0,
 ) -> bytes:
-    return snapshot_of(epoch, seq, scope, [encode_entry(k, r) for k, r in entries])
+    return snapshot_of(epoch, seq, scope, [encode_entry(k, r) for k, r in entries], applied)
 
 
 def encode_update(
@@ -187,13 +208,15 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """``snapshot``: exactly ``entries`` are online (in the scope) at ``seq``."""
+    """``snapshot``: exactly ``entries`` are online (in the scope) at ``seq``, with
+    ``applied`` scope requests of the connection applied."""
 
     TYPE: ClassVar[str] = "snapshot"
     epoch: str
     seq: int
     scope: Scope
     entries: tuple[Entry, ...]
+    applied: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +247,7 @@ class Count:
     epoch: str
     seq: int
     online: int
+    applied: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,11 +260,13 @@ class AuthFailedV2:
 
 @dataclass(frozen=True, slots=True)
 class ErrorV2:
-    """``error``; ``code`` is the server's string when the contract lacks it."""
+    """``error``; ``code`` is the server's string when the contract lacks it;
+    ``applied`` when it refuses a scope request (else ``None``)."""
 
     TYPE: ClassVar[str] = "error"
     code: ErrorCodeV2 | str
     message: str
+    applied: int | None = None
 
 
 ServerMessageV2 = (
@@ -322,7 +348,8 @@ class _Binary:
         scope = SCOPES_BY_CODE.get(self.u8())
         if scope is None:
             raise ServerProtocolError("snapshot: unknown scope code", Snapshot.TYPE)
-        return Snapshot(epoch, seq, scope, self.entries())
+        applied = self.u32()
+        return Snapshot(epoch, seq, scope, self.entries(), applied)
 
     def update(self) -> Update:
         seq, prev = self.seq("update: seq"), self.seq("update: prev")
@@ -398,6 +425,18 @@ def _auth_ok(f: _Fields) -> AuthOkV2:
     return AuthOkV2(f.key("publicKey"), _epoch(f), _seq(f), resumed)
 
 
+def _applied(f: _Fields) -> int:
+    value = f.integer("applied")
+    if not 0 <= value < 2**32:
+        raise f.fail(f"applied {value} is not in [0, 2**32)")
+    return value
+
+
+def _error(f: _Fields) -> ErrorV2:
+    code, text = _known(_ERROR_CODES, f.text("code")), f.text("message")
+    return ErrorV2(code, text, None if "applied" not in f.obj else _applied(f))
+
+
 def _challenge(f: _Fields) -> Challenge:
     return Challenge(f.key("nonce"), f.integer("version"))
 
@@ -409,8 +448,8 @@ _JSON_DECODERS: Final[dict[str, Callable[[_Fields], ServerMessageV2]]] = {
     Challenge.TYPE: _challenge,
     AuthOkV2.TYPE: _auth_ok,
     AuthFailedV2.TYPE: lambda f: AuthFailedV2(_known(_AUTH_FAILURES, f.text("reason"))),
-    Count.TYPE: lambda f: Count(_epoch(f), _seq(f), _seq(f, "online")),
-    ErrorV2.TYPE: lambda f: ErrorV2(_known(_ERROR_CODES, f.text("code")), f.text("message")),
+    Count.TYPE: lambda f: Count(_epoch(f), _seq(f), _seq(f, "online"), _applied(f)),
+    ErrorV2.TYPE: _error,
     Message.TYPE: lambda f: Message(f.key("from"), f.text("id"), f.text("body")),
     SendResult.TYPE: _send_result,
 }

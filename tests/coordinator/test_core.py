@@ -408,3 +408,34 @@ def test_the_welcome_lists_the_worker_keys_the_coordinator_admits() -> None:
     out = c.handle("w1", hello("w1"), now=0.1, wall=0.0)
     assert to(out, "w1") == [bb.Welcome(E0, ["K1" * 20, "K2" * 20])]
     assert bb.decode(bb.encode(to(out, "w1")[0])) == to(out, "w1")[0]
+
+
+def test_a_large_busy_lobby_keeps_its_widest_window() -> None:
+    """Changes that keep coming to a lobby of 2,000 (what the default lets widen all
+    the way): once publications are --max-batch-window apart they stay so. Judged by
+    the gap between flushes, the window fell back to the floor each time it got there."""
+    timing = dataclasses.replace(SETTINGS.timing, batch_window=0.005, max_batch_window=0.05)
+    c = CoordinatorCore(
+        dataclasses.replace(SETTINGS, timing=timing), epoch=E0, now=0.0, rebuild=False
+    )
+    keys = [f"{i:064x}" for i in range(2001)]
+    c.handle("w1", hello("w1"), now=0.0, wall=0.0)
+    for conn, key in enumerate(keys[:2000], 1):
+        c.handle("w1", bb.Authed(conn, key), now=0.0, wall=0.0)
+
+    def flush() -> float:
+        while True:
+            now = c.due
+            if any(isinstance(m, bb.Update) for m in published(c.tick(now=now, wall=0.0))):
+                return now
+
+    last = flush()
+    gaps = []
+    for n in range(10):  # one key joins and leaves, each change 1 ms after a publication
+        msg = bb.Authed(5000 + n, keys[-1]) if n % 2 == 0 else bb.Closed(5000 + n - 1, keys[-1])
+        c.handle("w1", msg, now=last + 0.001, wall=0.0)
+        now = flush()
+        gaps.append(round(now - last, 3))
+        last = now
+    assert gaps[4:] == [0.051] * 6
+    assert gaps[:4] == [0.011, 0.021, 0.041, 0.051]  # 1 ms, then 10, 20, 40, 50 ms windows

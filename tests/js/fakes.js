@@ -176,8 +176,9 @@ function entryBytes({ key: hex, status = "online", data }) {
 
 const list = (entries) => [...u32(entries.length), ...entries.flatMap(entryBytes)];
 
-export function snapshotV2(epoch, seq, entries, scope = "lobby") {
-  const head = [1, epoch.length, ...utf8(epoch), ...u64(seq), scope === "watch" ? 1 : 0];
+export function snapshotV2(epoch, seq, entries, scope = "lobby", applied = 0) {
+  const code = scope === "watch" ? 1 : 0;
+  const head = [1, epoch.length, ...utf8(epoch), ...u64(seq), code, ...u32(applied)];
   return new Uint8Array([...head, ...list(entries)]);
 }
 

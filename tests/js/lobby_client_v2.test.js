@@ -81,6 +81,7 @@ test("fakes: the test encoder writes frames the codec reads back", () => {
     epoch: "e1",
     seq: 7,
     scope: "watch",
+    applied: 0,
     entries: [{ key: A, status: "in a call", data }],
   });
   const update = decodeServerFrameV2(
@@ -153,7 +154,7 @@ test("v2: offers presence.v2, signs for the URL's server identity, keeps records
     { type: "unwatch", keys: [A] },
     { type: "follow", scope: "count" },
   ]);
-  ws.receive({ type: "count", epoch: "e1", seq: 12, online: 1234 });
+  ws.receive({ type: "count", epoch: "e1", seq: 12, online: 1234, applied: 4 });
   assert.equal(client.view.count, 1234);
   assert.equal(client.view.scope, "count");
   client.close();
@@ -229,5 +230,58 @@ test("v2: a reconnection resumes from the view held, with the record and scope a
   await until(() => client.status === "online", "online again");
   assert.deepEqual([...client.view.records.keys()], [B]);
   assert.equal(client.view.seq, 20);
+  client.close();
+});
+
+test("v2: a watch in flight when the connection drops is asked again after a resume", async () => {
+  const { client, sockets, clock } = await setup({ follow: { scope: "watch", keys: [A] } });
+  const connected = client.connect();
+  const first = await handshake(sockets, snapshotV2("e1", 10, [{ key: A }], "watch"));
+  await connected;
+  client.watch([B]); // B is online: the answering snapshot would list it
+  assert.deepEqual(first.ws.sentOfType("watch"), [{ type: "watch", keys: [B] }]);
+  first.ws.drop(1006); // before the snapshot came
+  clock.fire();
+  const { ws, auth } = await handshake(sockets, updateV2(12, 10, {}));
+  assert.deepEqual(auth.follow, { scope: "watch", keys: [A] }, "the list of the view held");
+  assert.deepEqual(auth.resume, { epoch: "e1", seq: 10 });
+  assert.deepEqual(ws.sentOfType("watch"), [{ type: "watch", keys: [B] }], "asked again");
+  assert.deepEqual(client.following, { scope: "watch", keys: [A, B] });
+  ws.receiveBinary(snapshotV2("e1", 12, [{ key: A }, { key: B }], "watch", 1));
+  assert.deepEqual([...client.view.online].sort(), [A, B].sort());
+  // A snapshot nobody asked for (a resync) counts no request.
+  ws.receiveBinary(snapshotV2("e2", 3, [{ key: B }], "watch", 1));
+  client.watch([ME]);
+  ws.drop(1006);
+  clock.fire();
+  const third = await handshake(sockets, updateV2(4, 3, {}));
+  assert.deepEqual(third.auth.follow, { scope: "watch", keys: [A, B] });
+  assert.deepEqual(third.auth.resume, { epoch: "e2", seq: 3 });
+  assert.deepEqual(third.ws.sentOfType("watch"), [{ type: "watch", keys: [ME] }]);
+  client.close();
+});
+
+test("v2: a refused request is taken back, even after one whose snapshot is late", async () => {
+  const C = key("c");
+  const { client, sockets } = await setup({ follow: { scope: "watch", keys: [A] } });
+  const connected = client.connect();
+  const { ws } = await handshake(sockets, snapshotV2("e1", 10, [{ key: A }], "watch"));
+  await connected;
+  const full = (applied) => ({ type: "error", code: "watchlist_full", message: "full", applied });
+  client.watch([B]);
+  client.watch([C]);
+  ws.receive(full(0)); // the watch of B
+  assert.deepEqual(client.following, { scope: "watch", keys: [A, C] });
+  ws.receiveBinary(snapshotV2("e1", 11, [{ key: A }, { key: C }], "watch", 1));
+  client.watch([B]); // applied: its snapshot is late (a slow consumer's)
+  client.unwatch([A]); // refused after 2 applied
+  ws.receive(full(2));
+  assert.deepEqual(client.following, { scope: "watch", keys: [A, C, B] });
+  ws.receiveBinary(snapshotV2("e1", 12, [{ key: A }, { key: B }, { key: C }], "watch", 2));
+  client.follow({ scope: "lobby" });
+  ws.receive({ type: "error", code: "rate_limited", message: "slow down", applied: 2 });
+  assert.deepEqual(client.following, { scope: "watch", keys: [A, C, B] });
+  ws.receive({ type: "error", code: "rate_limited", message: "slow down" }); // no request's
+  assert.deepEqual(client.following, { scope: "watch", keys: [A, C, B] });
   client.close();
 });

@@ -63,30 +63,31 @@ test("WantedV2 refuses bad records, scopes and keys with a TypeError naming them
   assert.equal(wanted.follow, undefined);
   assert.deepEqual(wanted.setRecord({ data: { n: 1 } }), { type: "set_record", data: { n: 1 } });
   assert.deepEqual(wanted.record, { status: "busy", data: { n: 1 } });
-  wanted.setFollow({ scope: "watch", keys: many.slice(0, 1000) });
+  wanted.request(wanted.setFollow({ scope: "watch", keys: many.slice(0, 1000) }), true);
   assert.throws(() => wanted.changeWatchlist("watch", ["a".repeat(64)]), /at most 1000/);
   assert.equal(wanted.follow.keys.length, 1000);
-  assert.deepEqual(wanted.changeWatchlist("unwatch", [many[0].toUpperCase()]), {
-    type: "unwatch",
-    keys: [many[0]],
-  });
+  const unwatch = wanted.changeWatchlist("unwatch", [many[0].toUpperCase()]);
+  assert.deepEqual(unwatch, { type: "unwatch", keys: [many[0]] });
+  wanted.request(unwatch, true);
   assert.equal(wanted.follow.keys.length, 999);
 });
 
-test("WantedV2 resumes from a live view of the scope it follows, never from a count", () => {
+test("WantedV2 resumes from a live view of the choice it is of, never from a count", () => {
   const wanted = new WantedV2("ws://127.0.0.1:8765/ws");
   const view = new RecordView();
   assert.equal(wanted.resumeFrom(view), undefined, "no view yet");
   applyFrameV2(view, { type: "snapshot", epoch: "e1", seq: 5, scope: "lobby", entries: [] });
   assert.deepEqual(wanted.resumeFrom(view), { epoch: "e1", seq: 5 });
-  wanted.setFollow({ scope: "watch", keys: [] });
-  assert.equal(wanted.resumeFrom(view), undefined, "a change of scope is on its way");
-  wanted.setFollow({ scope: "lobby" });
+  wanted.request(wanted.setFollow({ scope: "watch", keys: [] }), true);
+  assert.deepEqual(wanted.resumeFrom(view), { epoch: "e1", seq: 5 }, "the view is of the lobby");
+  assert.deepEqual(wanted.viewChoice, { scope: "lobby" });
+  assert.deepEqual(wanted.follow, { scope: "watch", keys: [] });
   assert.throws(() =>
     applyFrameV2(view, { type: "update", seq: 9, prev: 8, joined: [], updated: [], left: [] }),
   );
   assert.equal(wanted.resumeFrom(view), undefined, "stale");
-  wanted.setFollow({ scope: "count" });
-  applyFrameV2(view, { type: "count", epoch: "e1", seq: 9, online: 3 });
+  wanted.request(wanted.setFollow({ scope: "count" }), true);
+  wanted.viewed(2);
+  applyFrameV2(view, { type: "count", epoch: "e1", seq: 9, online: 3, applied: 2 });
   assert.equal(wanted.resumeFrom(view), undefined, "a count has no updates to resume");
 });

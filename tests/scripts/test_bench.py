@@ -77,3 +77,29 @@ def test_a_report_from_saved_results_names_the_commit_they_measured(tmp_path: Pa
     bench.write_report([result], out, None, "make bench", "")
     text = out.read_text()
     assert "| commit | abc1234 |" in text and "| date | 2026-01-01 00:00 UTC |" in text
+
+
+def test_the_peer_rows_judge_cpu_per_change_and_latencies_against_the_node_peer() -> None:
+    from scripts import bench_peer
+
+    names = [run.name for run in bench_peer.runs()]
+    assert len(names) == len(set(names)) == 6
+    runs = [
+        _result(bench_peer.cluster_run("mass-join"), server_cpu_us_per_change=0.7,
+                convergence_s=2.0, join_to_seen_p50_ms=100.0, join_to_seen_p99_ms=300.0),
+        _result(bench_peer.node_run("mass-join"), server_cpu_us_per_change=1.0,
+                convergence_s=2.5, join_to_seen_p50_ms=100.0, join_to_seen_p99_ms=299.0),
+        _result(bench_peer.cluster_run("churn"), server_cpu_us_per_change=0.9),
+        _result(bench_peer.node_run("churn"), server_cpu_us_per_change=1.0),
+    ]  # fmt: skip
+    rows = {t: met for t, _shown, met in bench_peer.targets({r["name"]: r for r in runs})}
+
+    def row(start: str) -> bool | None:
+        return next(met for target, met in rows.items() if target.startswith(start))
+
+    assert row("mass-join: server CPU") is True  # 0.7x
+    assert row("churn: server CPU") is False  # 0.9x
+    assert row("reconnect-storm: server CPU") is None  # not run
+    assert row("mass-join 2000: converged") is True
+    assert row("mass-join 2000: join-to-seen p50") is False  # level is not ahead
+    assert row("mass-join 2000: join-to-seen p99") is False

@@ -316,6 +316,7 @@ def test_the_fast_path_parses_each_update_text_once() -> None:
             assert not client.errors
             client.receive(update)  # the same text again
             assert [type(e) for e in client.errors] == [DuplicateUpdate]
+            assert client.changes_received == 2  # each key of each update received
 
     asyncio.run(run())
     assert load_client.UPDATES.hits - hits == 5

@@ -212,7 +212,8 @@ def test_what_is_asked_while_a_reconnection_opens_is_asked_once_online() -> None
             go.set()
             await caught_up.wait()
             assert client.errors == [] and client.reconnects == 1
-        assert "record" not in frames[1] and "follow" not in frames[1]
+        assert "record" not in frames[1]  # a resume states the view's choice (the lobby)
+        assert frames[1]["follow"] == {"scope": "lobby"} and "resume" in frames[1]
         assert frames[2:] == [
             {"type": "set_record", "status": "busy"},
             {"type": "follow", "scope": "count"},

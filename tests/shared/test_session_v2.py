@@ -246,3 +246,25 @@ def test_a_count_is_not_resumed_and_a_snapshot_may_answer_a_resume() -> None:
     resumed = _resuming(7)
     (event,) = resumed.receive(snapshot(9, ME))
     assert isinstance(event, Online) and resumed.view.records == {ME: Record()}
+
+
+def test_a_refused_scope_request_is_taken_back_and_a_resume_states_the_views_choice() -> None:
+    third = "c" * 64
+    session = authenticated(follow=v2.Follow(Scope.WATCH, (OTHER,)))
+    session.receive(v2.auth_ok_v2(ME, "e1", 5, False))
+    session.receive(snapshot(5, OTHER, scope=Scope.WATCH))
+    session.watch([third])
+    session.watch([ME])
+    session.data_to_send()
+    full = v2.error_v2(v2.ErrorCodeV2.WATCHLIST_FULL, "no room now", 0)
+    (error,) = session.receive(full)  # the watch of third, refused under memory pressure
+    assert isinstance(error, v2.ErrorV2) and error.applied == 0
+    assert session.follow == v2.Follow(Scope.WATCH, (OTHER, ME))
+    follow, resume, resend = session.next_connection()  # a drop before the answer
+    assert follow == v2.Follow(Scope.WATCH, (OTHER,)) and resume == v2.Resume("e1", 5)
+    assert resend == [v2.Watch((ME,))]
+    session.receive(v2.encode_snapshot("e1", 6, Scope.WATCH, [(OTHER, Record())], 1))
+    assert session.following.view == v2.Follow(Scope.WATCH, (OTHER, ME))
+    assert session.next_connection()[2] == []
+    with pytest.raises(ProtocolError, match="refuses"):
+        session.receive(v2.error_v2(v2.ErrorCodeV2.NOT_WATCHING, "no", 1))  # none waits

@@ -84,6 +84,7 @@ def _meaning(message: v2.ServerMessageV2) -> dict[str, Any]:
             "seq": message.seq,
             "scope": message.scope.value,
             "entries": entries(message.entries),
+            "applied": message.applied,
         }
     assert isinstance(message, v2.Update)
     return {
@@ -117,6 +118,7 @@ def test_binary_frame_vectors(case: dict[str, Any]) -> None:
             meaning["seq"],
             v2.Scope(meaning["scope"]),
             _records(meaning["entries"]),
+            meaning["applied"],
         )
     else:
         encoded = v2.encode_update(

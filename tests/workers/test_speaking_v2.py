@@ -391,3 +391,63 @@ def test_no_frame_crashes_a_version_2_connection(frames: list[str | bytes], firs
             assert json.loads(output.frame)["type"] in ("error", "send_result")
         else:
             assert isinstance(output, Emit | WriteSnapshot | StartRoute), output
+
+
+def refusal(outputs: list[Any]) -> v2.ErrorV2:
+    (output,) = outputs
+    assert isinstance(output, Write)
+    answer = v2.decode_server_frame_v2(output.frame)
+    assert isinstance(answer, v2.ErrorV2)
+    return answer
+
+
+def test_scope_requests_applied_are_counted_and_a_refusal_says_how_many() -> None:
+    replica = FakeReplica()
+    conn, _ = online(replica, auth(follow={"scope": "watch", "keys": [K1]}))
+    applied = CONFIG.scopes.applied
+    assert applied.get(7, 0) == 0  # the auth's follow is none of them
+    feed(conn, v2.watch([K2]), replica=replica)
+    feed(conn, '{"type":"get_lobby"}', replica=replica)  # not a scope request
+    feed(conn, v2.unwatch([K1]), replica=replica, now=102.0)
+    assert applied[7] == 2
+    full = refusal(feed(conn, v2.watch([f"{i:064x}" for i in range(1000)]), now=104.0))
+    assert (full.code, full.applied) == (v2.ErrorCodeV2.WATCHLIST_FULL, 2)
+    bad = refusal(feed(conn, '{"type":"follow","scope":"all"}', replica=replica, now=106.0))
+    assert (bad.code, bad.applied) == (v2.ErrorCodeV2.BAD_FOLLOW, 2)
+    other = refusal(feed(conn, '{"type":"set_record"}', replica=replica, now=108.0))
+    assert (other.code, other.applied) == (v2.ErrorCodeV2.BAD_RECORD, None)  # no request's
+    feed(conn, v2.follow(v2.Follow(v2.Scope.COUNT)), replica=replica, now=110.0)
+    lost = refusal(feed(conn, v2.watch([K1]), replica=replica, now=112.0))
+    assert (lost.code, lost.applied) == (v2.ErrorCodeV2.NOT_WATCHING, 3)
+    for _ in range(500):  # over the message rate: refused, and said so with the count
+        outputs = feed(conn, v2.follow(v2.Follow()), replica=replica, now=114.0)
+        if outputs != [WriteSnapshot(SnapshotCause.GET_LOBBY)]:
+            break
+    throttled = refusal(outputs)
+    assert throttled.code is v2.ErrorCodeV2.RATE_LIMITED
+    assert throttled.applied == applied[7]
+    conn.on_transport_closed()
+    assert 7 not in applied
+
+
+def test_snapshots_and_counts_carry_the_connections_count_of_requests_applied() -> None:
+    scopes = CONFIG.scopes
+    replica: Any = FakeReplica(users={K1})
+    replica.record_of = lambda key: ("away", "{}")
+    scopes.applied[9] = 4
+    scopes.choose(9, v2.Follow(v2.Scope.WATCH, (K1,)))
+    try:
+        frame = v2.decode_server_frame_v2(scopes.fresh(9, v2.Scope.WATCH, replica, 0.0))
+        assert isinstance(frame, v2.Snapshot) and frame.applied == 4
+        scopes.choose(9, v2.Follow(v2.Scope.COUNT))
+        count = v2.decode_server_frame_v2(scopes.fresh(9, v2.Scope.COUNT, replica, 0.0))
+        assert isinstance(count, v2.Count) and count.applied == 4
+        assert [v2.decode_server_frame_v2(text).applied for _, text in scopes.due("e", 9.0)] in (
+            [],
+            [4],
+        )
+    finally:
+        scopes.forget(9)
+    lobby = v2.encode_snapshot("e1", 7, v2.Scope.LOBBY, [(K1, v2.Record("away"))])
+    patched = v2.server.with_applied(lobby, 70000)
+    assert patched == v2.encode_snapshot("e1", 7, v2.Scope.LOBBY, [(K1, v2.Record("away"))], 70000)

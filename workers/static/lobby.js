@@ -101,7 +101,10 @@
  * Version 2 differs only in what WantedV2 and RecordView (lobby_core_v2.js) decide:
  * the auth (bound to the URL's server identity, with record, scope and a resume from
  * the view held) and the view's rules. A resumed connection is online on its first
- * update. Record and scope asked for while no auth is out go into the next auth.
+ * update. A record asked for while no auth is out goes into the next auth. A resuming
+ * auth states the choice its view is of; the scope requests that view did not reflect,
+ * and those asked for before auth_ok, are written once auth_ok came; a refused one is
+ * taken back (`following` is the choice asked for).
  *
  * @module lobby
  */
@@ -319,16 +322,27 @@ export class LobbyClient extends EventTarget {
 
   /** Version 2: follows `{scope: "lobby"}`, `{scope: "watch", keys}` or `{scope: "count"}`. */
   follow(choice) {
-    this.#ask(this.#v2("follow").setFollow(choice));
+    this.#request(this.#v2("follow").setFollow(choice));
   }
 
   /** Version 2: adds keys to the watchlist followed (`unwatch`: removes them). */
   watch(keys) {
-    this.#ask(this.#v2("watch").changeWatchlist("watch", keys));
+    this.#request(this.#v2("watch").changeWatchlist("watch", keys));
   }
 
   unwatch(keys) {
-    this.#ask(this.#v2("unwatch").changeWatchlist("unwatch", keys));
+    this.#request(this.#v2("unwatch").changeWatchlist("unwatch", keys));
+  }
+
+  /** Version 2: the choice asked for (a refused request is taken back). */
+  get following() {
+    return this.#wanted?.follow;
+  }
+
+  /** A scope request: written once the connection had auth_ok (lobby_core_v2.js). */
+  #request(frame) {
+    const conn = this.#conn;
+    if (this.#wanted.request(frame, conn?.authOk === true)) this.#write(conn, frame);
   }
 
   #v2(what) {
@@ -562,11 +576,13 @@ export class LobbyClient extends EventTarget {
     }
     conn.authOk = true;
     conn.synced = resumed === true; // version 2: an update continues the view we hold
+    for (const frame of this.#wanted?.afterAuthOk() ?? []) conn.outbox.push(frame);
     this.#flush(conn);
   }
 
   #onSnapshot(conn, frame) {
     if (!conn.authOk) throw new ProtocolError("a lobby snapshot came before auth_ok");
+    this.#wanted?.viewed(frame.applied); // which choice the view is of
     try {
       (this.#wanted ? applyFrameV2 : applyLobbyFrame)(this.#view, frame); // a key twice: refused
     } catch (error) {
@@ -618,7 +634,8 @@ export class LobbyClient extends EventTarget {
     this.#write(conn, { type: "get_lobby" });
   }
 
-  #onServerError(conn, { code, message }) {
+  #onServerError(conn, { code, message, applied }) {
+    if (this.#wanted && applied !== null && applied !== undefined) this.#wanted.refused(applied);
     this.#report(new ServerError(code, message));
     // Sends are refused through their results, so a rate-limited frame of ours was a
     // get_lobby; if it was the one a resync waits for, ask again a little later.

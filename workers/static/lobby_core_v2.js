@@ -15,6 +15,13 @@
  *   codec's rules, a `TypeError` before anything is written), the frames that change
  *   them, and the `auth` of each connection, which carries them and a `resume` from
  *   the view held.
+ * - Scope requests (`follow`, `watch`, `unwatch`; docs/PROTOCOL.md "Resume"): WantedV2
+ *   keeps the choice the view is of, and the requests sent since, in order. Each
+ *   snapshot's or count's `applied` says how many the view reflects (`viewed`); an
+ *   `error` with `applied` refuses `sent[applied - reflected]` (`refused`: taken back).
+ *   A resuming `auth` states the view's choice, and the requests the view did not
+ *   reflect are written again once `auth_ok` came (`afterAuthOk`), as are those asked
+ *   for while no `auth_ok` had come. The Python twin is shared/v2/following.py.
  *
  * @module lobby_core_v2
  */
@@ -194,10 +201,42 @@ function checkFollow(follow) {
   );
 }
 
+/** The choice `choice` becomes when the server applies the scope request `frame`. */
+export function applyRequest(choice, frame) {
+  if (frame.type === "follow") {
+    return frame.scope === "watch" ? { scope: "watch", keys: frame.keys } : { scope: frame.scope };
+  }
+  if (choice.scope !== "watch") return choice; // refused: not_watching
+  const keys =
+    frame.type === "watch"
+      ? [...new Set([...choice.keys, ...frame.keys])]
+      : choice.keys.filter((key) => !frame.keys.includes(key));
+  return { scope: "watch", keys };
+}
+
 /** What a version 2 client asks for, and the frames that ask (see the module comment). */
 export class WantedV2 {
   /** @type {{status?: string, data?: object} | undefined} */ record;
-  /** @type {{scope: string, keys?: string[]} | undefined} */ follow;
+  /** The choice the view is of (undefined: none stated, the server's default, the lobby). */
+  #view;
+  /** The `applied` of the view's last snapshot or count on this connection. */
+  #reflected = 0;
+  /** Scope requests written on this connection, neither reflected nor refused. */
+  #sent = [];
+  /** Scope requests to write once `auth_ok` comes. */
+  #unsent = [];
+
+  /** @returns {{scope: string, keys?: string[]} | undefined} the choice asked for. */
+  get follow() {
+    const requests = [...this.#sent, ...this.#unsent];
+    if (this.#view === undefined && requests.length === 0) return undefined;
+    return requests.reduce(applyRequest, this.#view ?? { scope: "lobby" });
+  }
+
+  /** @returns {{scope: string, keys?: string[]}} the choice the view is of. */
+  get viewChoice() {
+    return this.#view ?? { scope: "lobby" };
+  }
 
   /**
    * @param {string} url the URL dialed: its server identity is what the auth signs
@@ -208,7 +247,7 @@ export class WantedV2 {
     const problem = record === undefined ? null : checkRecord(record);
     if (problem) throw new TypeError(`record: ${problem}`);
     if (record !== undefined) this.record = { ...record };
-    if (follow !== undefined) this.follow = checkFollow(follow);
+    if (follow !== undefined) this.#view = checkFollow(follow);
   }
 
   /**
@@ -243,38 +282,91 @@ export class WantedV2 {
     return { type: "set_record", ...record };
   }
 
-  /** Checks a choice of scope and returns the `follow` frame. */
+  /** Checks a choice of scope and returns the `follow` frame (pass it to `request`). */
   setFollow(follow) {
-    this.follow = checkFollow(follow);
-    return { type: "follow", ...this.follow };
+    return { type: "follow", ...checkFollow(follow) };
   }
 
-  /** Adds (`watch`) or removes (`unwatch`) keys of the watchlist; returns the frame. */
+  /** Checks a change (`watch` adds, `unwatch` removes keys); returns the frame. */
   changeWatchlist(type, keys) {
-    if (this.follow?.scope !== "watch")
+    const follow = this.follow;
+    if (follow?.scope !== "watch")
       throw new TypeError(`${type}: needs a watchlist: followWatch first`);
     const changed = checkKeys(keys, type);
-    const kept =
-      type === "watch"
-        ? [...this.follow.keys, ...changed]
-        : this.follow.keys.filter((key) => !changed.includes(key));
-    this.follow = { scope: "watch", keys: checkKeys(kept, type) };
+    checkKeys(applyRequest(follow, { type, keys: changed }).keys, type);
     return { type, keys: changed };
+  }
+
+  /**
+   * Records the scope request `frame`; returns it when it is to be written now (the
+   * connection had `auth_ok`), else null (it is written once `auth_ok` comes).
+   */
+  request(frame, authOk) {
+    (authOk ? this.#sent : this.#unsent).push(frame);
+    return authOk ? frame : null;
+  }
+
+  /** `auth_ok` came: the requests to write now, in order. */
+  afterAuthOk() {
+    const out = this.#unsent;
+    this.#unsent = [];
+    this.#sent.push(...out);
+    return out;
+  }
+
+  /**
+   * A snapshot or count with `applied` replaced the view.
+   * @throws {ProtocolError} when it counts requests never written
+   */
+  viewed(applied) {
+    const done = applied - this.#reflected;
+    if (!Number.isInteger(done) || done < 0 || done > this.#sent.length) {
+      const waiting = `${this.#reflected} were, ${this.#sent.length} more wait`;
+      throw new ProtocolError(`a snapshot reflects ${applied} requests: ${waiting}`);
+    }
+    this.#view = this.#sent.splice(0, done).reduce(applyRequest, this.viewChoice);
+    this.#reflected = applied;
+  }
+
+  /**
+   * An error with `applied` refused a request: it is taken back; returns it.
+   * @throws {ProtocolError} when none written can be the one
+   */
+  refused(applied) {
+    const index = applied - this.#reflected;
+    if (!Number.isInteger(index) || index < 0 || index >= this.#sent.length) {
+      const waiting = `${this.#reflected} were reflected, ${this.#sent.length} more wait`;
+      throw new ProtocolError(`an error refuses a request after ${applied} applied: ${waiting}`);
+    }
+    return this.#sent.splice(index, 1)[0];
   }
 
   /** Where a new connection may resume from: the view's epoch and seq, if live (a count has none). */
   resumeFrom(view) {
     const live =
       view instanceof RecordView && view.seq !== null && !view.stale && view.scope !== "count";
-    const same = live && view.scope === (this.follow?.scope ?? "lobby"); // else: a change is on its way
+    const same = live && view.scope === this.viewChoice.scope;
     return same ? { epoch: view.epoch, seq: view.seq } : undefined;
   }
 
-  /** The `auth` text answering `nonce`, for `identity`, resuming from `view` if it can. */
+  /**
+   * The `auth` text answering `nonce`, for `identity`, resuming from `view` if it can:
+   * then its `follow` is the view's choice, and the requests the view did not reflect
+   * are written again after `auth_ok`; else it asks for the choice asked for.
+   */
   async auth(identity, nonce, view) {
-    const signature = await signV2(identity.privateKey, this.server, nonce);
-    const { record, follow } = this;
     const resume = this.resumeFrom(view);
+    if (resume) {
+      this.#unsent = [...this.#sent, ...this.#unsent];
+    } else {
+      this.#view = this.follow;
+      this.#unsent = [];
+    }
+    this.#sent = [];
+    this.#reflected = 0;
+    const follow = this.#view;
+    const signature = await signV2(identity.privateKey, this.server, nonce);
+    const { record } = this;
     return encodeAuthV2({
       publicKey: identity.publicKey,
       signature,

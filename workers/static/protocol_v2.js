@@ -21,9 +21,11 @@
  * - `decodeServerFrameV2(data)`: any server frame (a string, or an ArrayBuffer or
  *   typed array for binary frames) into a plain object, or a `ProtocolError`, and
  *   nothing else, for any input. Binary frames decode to
- *   `{type: "snapshot", epoch, seq, scope, entries}` and
+ *   `{type: "snapshot", epoch, seq, scope, applied, entries}` and
  *   `{type: "update", seq, prev, joined, updated, left}`, each entry
- *   `{key, status, data}` (keys lowercase hex, data a parsed object).
+ *   `{key, status, data}` (keys lowercase hex, data a parsed object). `applied` (in a
+ *   snapshot, a count, and an error refusing a scope request; null in other errors)
+ *   counts the connection's scope requests the server applied.
  *
  * @module protocol_v2
  */
@@ -299,7 +301,8 @@ class BinaryReader {
     const seq = this.seq("snapshot: seq");
     const scope = SCOPES[this.u8()];
     if (scope === undefined) throw new ProtocolError("snapshot: unknown scope code");
-    return { type: "snapshot", epoch, seq, scope, entries: this.entries() };
+    const applied = this.u32();
+    return { type: "snapshot", epoch, seq, scope, applied, entries: this.entries() };
   }
 
   update() {
@@ -388,6 +391,14 @@ class Fields {
     if (!isSeq(value)) throw this.fail(`${name} is not an integer in [0, 2**53)`);
     return value;
   }
+
+  applied() {
+    const value = this.obj.applied;
+    if (!Number.isInteger(value) || value < 0 || value >= 2 ** 32) {
+      throw this.fail("applied is not an integer in [0, 2**32)");
+    }
+    return value;
+  }
 }
 
 const SEND_STATUSES = new Set(["delivered", "offline", "rejected"]);
@@ -409,8 +420,19 @@ const TEXT_DECODERS = {
     };
   },
   auth_failed: (f) => ({ type: "auth_failed", reason: f.text("reason") }),
-  count: (f) => ({ type: "count", epoch: f.epoch(), seq: f.seq("seq"), online: f.seq("online") }),
-  error: (f) => ({ type: "error", code: f.text("code"), message: f.text("message") }),
+  count: (f) => ({
+    type: "count",
+    epoch: f.epoch(),
+    seq: f.seq("seq"),
+    online: f.seq("online"),
+    applied: f.applied(),
+  }),
+  error: (f) => ({
+    type: "error",
+    code: f.text("code"),
+    message: f.text("message"),
+    applied: "applied" in f.obj ? f.applied() : null,
+  }),
   message: (f) => ({
     type: "message",
     from: f.key("from"),
