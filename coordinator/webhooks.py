@@ -180,8 +180,8 @@ class WebhookOptions:
     webhook_outbox_events: int = option(
         10_000,
         "undelivered events kept while the receiver fails; past it the oldest are dropped "
-        "and the next delivery says so: minutes of a busy lobby's updates (at most 20 a "
-        "second under sustained load, at the 50 ms --max-batch-window)",
+        "and the next delivery says so: 50 s of a busy small lobby's updates (200 a "
+        "second at the 5 ms --batch-window), 8 minutes of a big one's (20 a second)",
         check=at_least(1),
     )
     webhook_outbox_bytes: int = option(
