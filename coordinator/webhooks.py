@@ -32,9 +32,10 @@ delivery that only reports a loss), ``previous`` the ``seq`` of the last event o
 previous delivery of epoch ``E`` (0 if none: the epoch's first delivery, from an empty
 lobby at ``seq`` 0), and ``lost`` ``{"count": N, "from": ID, "to": ID}`` when events
 were dropped since the previous delivery. So a receiver that holds ``seq`` S of epoch
-E applies the events above S and knows it missed something when an event skips a
-number, the epoch changes, or ``lost`` is there; it then repairs from ``GET /v1/lobby``
-(docs/API.md, "Webhooks").
+E applies the events above S, starts a new epoch from an empty lobby when its first
+delivery starts at ``seq`` 1, and knows it missed something when an event skips a
+number, ``lost`` is there, or a new epoch starts elsewhere; it then repairs from
+``GET /v1/lobby`` (docs/API.md, "Webhooks").
 
 Signing, as Stripe and GitHub do: the header ``Presence-Signature: t=T,v1=HEX`` where T
 is the attempt's Unix time in seconds and HEX the HMAC-SHA256, with the secret from
