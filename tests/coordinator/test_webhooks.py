@@ -253,9 +253,18 @@ class ModelReceiver:
         self.applied: list[int] = []
         self.told_lost: set[int] = set()
         self.last = 0
+        self.numbers: list[int] = []
+        self.previous: dict[str, int] = {}  # epoch -> last seq of its last delivery
 
     def accept(self, delivery: Delivery) -> None:
         decoded = body(delivery)
+        assert {e["epoch"] for e in decoded["events"]} <= {decoded["epoch"]}  # one epoch
+        if delivery.number not in self.numbers:  # its first arrival: made in this order
+            assert delivery.number == len(self.numbers) + 1
+            self.numbers.append(delivery.number)
+            assert decoded["previous"] == self.previous.get(decoded["epoch"], 0)
+            if decoded["last"] is not None:
+                self.previous[decoded["epoch"]] = decoded["last"]
         lost = decoded["lost"]
         if lost is not None:
             start = events.parse_event_id(lost["from"])[1]
@@ -276,6 +285,7 @@ steps = st.lists(
     st.one_of(
         st.tuples(st.just("publish"), st.integers(1, 6), st.integers(0, 300)),
         st.tuples(st.just("attempt"), st.sampled_from(["ok", "fail", "answer_lost"])),
+        st.tuples(st.just("move")),  # the coordinator moves to a new epoch, seq goes on
     ),
     max_size=80,
 )
@@ -297,6 +307,7 @@ def test_any_failure_pattern_leaves_every_event_once_in_order_or_an_explicit_los
     receiver = ModelReceiver()
     published = 0
     now = 0.0
+    epoch = E1
 
     def attempt(result: str) -> None:
         delivery = box.next()
@@ -312,7 +323,9 @@ def test_any_failure_pattern_leaves_every_event_once_in_order_or_an_explicit_los
         if step[0] == "publish":
             for _ in range(step[1]):
                 published += 1
-                box.add(E1, published, event(published, pad=step[2] % 40), now)
+                box.add(epoch, published, event(published, epoch, step[2] % 40), now)
+        elif step[0] == "move":  # to a new epoch, never back (generations only grow)
+            epoch = f"{int(epoch[:20]) + 1:020d}-00000000"
         else:
             attempt(step[1])
     while box.next() is not None:  # the receiver answers again: everything drains
