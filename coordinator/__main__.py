@@ -11,7 +11,8 @@ import zmq
 
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
-from shared import curve, endpoints, fdlimit, logs, options
+from coordinator.webhook_sender import WebhookSender, WebhookSetupError
+from shared import curve, endpoints, fdlimit, logs, options, secretfile
 
 DESCRIPTION = (
     "The lobby coordinator: owns who is online, orders every change, and publishes "
@@ -28,10 +29,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=DESCRIPTION,
     )
     logs.configure(settings.logging, role="coordinator")
+    hooks = settings.webhooks
+    sender = None
+    if hooks.enabled and hooks.webhook_secret_file is not None:
+        try:
+            secret = secretfile.read(hooks.webhook_secret_file, "--webhook-secret-file")
+            sender = WebhookSender(hooks, secret)
+        except (secretfile.SecretFileError, WebhookSetupError) as exc:
+            logging.getLogger("coordinator").error(
+                "cannot start webhooks: %s",
+                exc,
+                extra=logs.event("webhooks_failed", error=str(exc)),
+            )
+            return 2
     # The context is made here, inside the process that uses it, never before a fork.
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        coordinator = Coordinator(settings, context)
+        coordinator = Coordinator(settings, context, webhooks=sender)
     except (
         zmq.ZMQError,
         curve.BackboneSecurityError,

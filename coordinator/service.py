@@ -29,6 +29,11 @@ With CURVE, a worker key that is not admitted is logged with its address (by the
 authenticator's thread), and so is a handshake that was not encrypted to this
 coordinator's key (a socket monitor on the ROUTER: such a peer pins another key).
 
+Webhooks (``--webhook-url``): each update published is offered to the
+:class:`~coordinator.webhook_sender.WebhookSender`, which only queues its event in a
+bounded outbox; the HTTP happens on the sender's own thread, so a receiver never delays
+this loop.
+
 Metrics (:mod:`shared.metrics`): the keys of each published update are recorded as it
 is sent; everything else (updates published, lobby size, batch window, flaps, expiries,
 replacements, epoch moves) is read from the core whenever it ticks (at least every
@@ -47,6 +52,7 @@ from zmq.utils.monitor import recv_monitor_message
 from coordinator.claims import Claims, Peer
 from coordinator.core import CoordinatorCore, Output, Publish, ToWorker
 from coordinator.settings import CoordinatorSettings
+from coordinator.webhook_sender import WebhookSender
 from shared import backbone as bb
 from shared import curve, endpoints, logs, metrics, notify
 
@@ -73,8 +79,16 @@ _RCVMORE = int(zmq.RCVMORE)
 class Coordinator:
     """Owns the core and the two backbone sockets."""
 
-    def __init__(self, settings: CoordinatorSettings, context: zmq.Context[zmq.Socket[bytes]]):
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        context: zmq.Context[zmq.Socket[bytes]],
+        *,
+        webhooks: WebhookSender | None = None,
+    ):
+        """``webhooks``: the sender that every published update is offered to, if any."""
         self.settings = settings
+        self._webhooks = webhooks
         ends = settings.backbone_endpoints
         self._admitted: list[str] = []
         self._key_names: dict[str, str] = {}
@@ -214,6 +228,8 @@ class Coordinator:
         )
         ready = False
         core = self.core
+        if self._webhooks is not None:
+            self._webhooks.start()
         while not self._stopping:
             now = time.monotonic()
             wait = core.due - now  # (-inf: at once)
@@ -246,6 +262,8 @@ class Coordinator:
                     notify.ready(f"coordinator ready: epoch {self.epoch}")
             self._flush()
         notify.stopping("coordinator stopping")
+        if self._webhooks is not None:
+            self._webhooks.stop()
         if not len(self.core.registry):  # every worker said goodbye: nothing to rebuild
             self._lock.record(f"{self._recorded} idle")
         if self._monitor is not None:
@@ -388,6 +406,8 @@ class Coordinator:
                 if isinstance(out.message, bb.Update):
                     update = out.message
                     metrics.LOBBY_UPDATE_KEYS.observe(len(update.joined) + len(update.left))
+                    if self._webhooks is not None:
+                        self._webhooks.offer(update)
 
     def _queue(self, worker: str, msg: bb.DownMessage) -> None:
         """Add ``msg`` to the frame ``worker`` gets at the end of this turn."""

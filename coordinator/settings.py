@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from coordinator.webhooks import WebhookOptions
 from shared import endpoints, timings
 from shared.endpoints import BackboneOptions
 from shared.logs import Logging
@@ -83,6 +84,7 @@ class CoordinatorSettings:
     )
     backbone: Backbone = group(Backbone, "Backbone")
     timing: Timing = group(Timing, "Timeouts")
+    webhooks: WebhookOptions = group(WebhookOptions, "Webhooks")
     logging: Logging = group(Logging, "Logging")
 
     def __post_init__(self) -> None:

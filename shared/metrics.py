@@ -129,6 +129,41 @@ EPOCH_CHANGES: Final = Counter(
     ["reason"],
 )
 
+WEBHOOK_OUTCOMES: Final = ("delivered", "status", "timeout", "unreachable", "broken")
+"""How a webhook delivery attempt ended (``coordinator.webhooks.OUTCOMES``; a test
+checks that they agree)."""
+WEBHOOK_EVENT_RESULTS: Final = ("delivered", "dropped")
+WEBHOOK_DELIVERIES: Final = Counter(
+    "presence_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome: delivered (2xx), status (another answer), "
+    "timeout (no answer within --webhook-timeout), unreachable (no connection), broken "
+    "(the connection lost, or an answer that is not HTTP).",
+    ["outcome"],
+)
+WEBHOOK_EVENTS: Final = Counter(
+    "presence_webhook_events_total",
+    "Presence events by what became of them: delivered (the receiver answered 2xx), "
+    "dropped (the outbox was full; the next delivery told the receiver).",
+    ["result"],
+)
+WEBHOOK_LAG: Final = Gauge(
+    "presence_webhook_lag_seconds",
+    "Seconds since the oldest undelivered webhook event was published (0 when all are "
+    "delivered): how far behind the receiver is.",
+    multiprocess_mode="livemostrecent",  # the one living coordinator's figure
+)
+WEBHOOK_OUTBOX_EVENTS: Final = Gauge(
+    "presence_webhook_outbox_events",
+    "Webhook events waiting for delivery (--webhook-outbox-events bounds them; the "
+    "delivery in flight is not counted).",
+    multiprocess_mode="livemostrecent",
+)
+WEBHOOK_OUTBOX_BYTES: Final = Gauge(
+    "presence_webhook_outbox_bytes",
+    "Bytes of webhook events waiting for delivery (--webhook-outbox-bytes bounds them).",
+    multiprocess_mode="livemostrecent",
+)
+
 # ------------------------------------------------------------------ both
 
 BACKBONE_DROPPED: Final = Counter(
@@ -333,6 +368,18 @@ def start_coordinator() -> None:
         EPOCH_CHANGES.labels(reason)
     for kind in COORDINATOR_SENDS:
         BACKBONE_DROPPED.labels("coordinator", kind)
+
+
+def start_webhooks() -> None:
+    """Create the webhook series at zero (a coordinator with --webhook-url; see
+    :func:`start_coordinator`)."""
+    for outcome in WEBHOOK_OUTCOMES:
+        WEBHOOK_DELIVERIES.labels(outcome)
+    for result in WEBHOOK_EVENT_RESULTS:
+        WEBHOOK_EVENTS.labels(result)
+    WEBHOOK_LAG.set(0)
+    WEBHOOK_OUTBOX_EVENTS.set(0)
+    WEBHOOK_OUTBOX_BYTES.set(0)
 
 
 def start_worker() -> None:

@@ -47,13 +47,11 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
-import stat
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 
-from shared import events, protocol, records
+from shared import events, protocol, records, secretfile
 from shared.options import (
     SettingsError,
     at_least,
@@ -78,9 +76,6 @@ MAX_BODY_BYTES: Final = 128 * 1024
 """Bytes of a request body at most: a lookup of 1,000 keys takes about 67 KiB."""
 MAX_REASON_BYTES: Final = 200
 """Bytes of UTF-8 of a kick's reason at most (it goes to the logs)."""
-MIN_TOKEN_CHARS: Final = 16
-"""A shorter token could be guessed; ``openssl rand -hex 32`` makes a good one."""
-MAX_TOKEN_BYTES: Final = 4096
 
 
 def _port_or_off(text: str) -> int | None:
@@ -142,47 +137,16 @@ class ApiOptions:
         return self.api_port is not None
 
 
-class ApiTokenError(Exception):
-    """The API token file is missing, unreadable, open to other users, or too weak."""
+ApiTokenError = secretfile.SecretFileError
+"""The API token file is missing, unreadable, open to other users, or too weak."""
 
 
 def load_token(path: str) -> bytes:
-    """The bearer token in ``path`` (surrounding whitespace stripped).
-
-    Refused (:class:`ApiTokenError` naming the file): a file that cannot be read, that
-    other users could read or write (mode bits for group or others: chmod 600 it), that
-    is empty, longer than 4 KiB, shorter than 16 characters, or not one line of visible
-    ASCII (what an HTTP header can carry)."""
-    name = f"--api-token-file {path}"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ApiTokenError(f"{name}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ApiTokenError(f"{name} is not a regular file")
-        if info.st_mode & 0o077:
-            raise ApiTokenError(
-                f"{name} is open to other users (mode {stat.S_IMODE(info.st_mode):04o}); "
-                "chmod 600 it"
-            )
-        raw = os.read(fd, MAX_TOKEN_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_TOKEN_BYTES:
-        raise ApiTokenError(f"{name} is longer than {MAX_TOKEN_BYTES} bytes")
-    token = raw.strip()
-    if not token:
-        raise ApiTokenError(f"{name} is empty")
-    if any(not 0x21 <= b <= 0x7E for b in token):
-        raise ApiTokenError(f"{name} must hold one line of visible ASCII characters")
-    if len(token) < MIN_TOKEN_CHARS:
-        raise ApiTokenError(
-            f"{name} holds {len(token)} characters; at least {MIN_TOKEN_CHARS} are needed "
-            "(openssl rand -hex 32 makes a good token)"
-        )
-    return token
+    """The bearer token in ``path``, by the rules of :func:`shared.secretfile.read`
+    (surrounding whitespace stripped; refused with :class:`ApiTokenError` naming the
+    file: unreadable, open to other users, empty, too long or short, not one line of
+    visible ASCII)."""
+    return secretfile.read(path, "--api-token-file")
 
 
 @dataclass(frozen=True, slots=True)
