@@ -135,7 +135,8 @@ def _domain_host(text: str, url: str) -> str:
             host = host.encode("idna").decode("ascii")
         except UnicodeError as exc:
             raise ValueError(f"server URL {url!r}: the host is not a valid IDN: {exc}") from None
-    if not _HOST_CHARS.fullmatch(host) or ".." in host or host.startswith("."):
+    empty_label = ".." in host or host.startswith(".") or host.endswith(".")
+    if not _HOST_CHARS.fullmatch(host) or empty_label:
         raise ValueError(f"server URL {url!r}: {host!r} is not a host name or address")
     labels = host.split(".")
     if _is_number(labels[-1]):

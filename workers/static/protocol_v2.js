@@ -92,7 +92,7 @@ export function serverIdentity(url) {
   let host = parsed.hostname;
   if (host.endsWith(".")) host = host.slice(0, -1);
   const bracketed = host.startsWith("[");
-  if (!host || (!bracketed && (!/^[a-z0-9_.-]+$/.test(host) || /^\.|\.\./.test(host)))) {
+  if (!host || (!bracketed && (!/^[a-z0-9_.-]+$/.test(host) || /^\.|\.\.|\.$/.test(host)))) {
     throw new BadServerUrl(`server URL ${show}: ${JSON.stringify(host)} is not a host`);
   }
   const port = parsed.port || DEFAULT_PORTS[scheme];
