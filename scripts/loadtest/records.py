@@ -77,7 +77,8 @@ class RecordOps:
         return {}
 
     async def op_follow_watch(self, universe: list[int], size: int) -> dict[str, Any]:
-        """Every client with a watchlist follows ``size`` keys of clients ``universe``."""
+        """Every client with a watchlist follows ``size`` keys of clients ``universe``
+        (0: an empty watchlist)."""
         pubs = [self.pub(i) for i in universe]
         clients = [(i, c) for i, c in self.clients.items() if i in self.watchlists]
         for i, _ in clients:

@@ -79,7 +79,7 @@ def status_phase(
     procs = ctx.pool.size
     ctx.pool.call("reset")
     before, snaps0 = _status_counts(ctx), counters(ctx)["snapshots"]
-    cpu0, gen0 = ctx.server_cpu(), ctx.generator_cpu()
+    cpu0, gen0, began = ctx.server_cpu(), ctx.generator_cpu(), time.monotonic()
     start = time.time() + START_DELAY
     parts = ctx.pool.call(
         "status_churn",
@@ -88,6 +88,7 @@ def status_phase(
         timeout=duration + 120,
     )
     cpu1, gen1 = ctx.server_cpu(), ctx.generator_cpu()
+    wall = time.monotonic() - began
     for p in parts:
         truth.update(p["statuses"])
     settle(ctx, result)
@@ -112,7 +113,8 @@ def status_phase(
     m[f"{prefix}_changes"] = changes
     m[f"{prefix}_changes_per_s"] = round(changes / max(issued, 1e-9), 1)
     m[f"{prefix}_refused"] = refused
-    m[f"{prefix}_server_cpu_s"] = round(cpu1 - cpu0, 2)
+    m[f"{prefix}_server_cpu_s"] = round(cpu1 - cpu0, 3)
+    m[f"{prefix}_wall_s"] = round(wall, 3)
     m[f"{prefix}_cpu_us_per_change"] = round((cpu1 - cpu0) / max(changes, 1) * 1e6, 1)
     m[f"{prefix}_generator_cpu_s"] = round(gen1 - gen0, 2)
     m[f"{prefix}_snapshots_resent"] = snaps1 - snaps0
@@ -202,16 +204,18 @@ def churn_phase(
 def watchlists(
     ctx: Context, clients: int, watch: int, rate: float, duration: float, lobby_watchers: int
 ) -> Result:
-    """N clients each follow a watchlist of ``watch`` random keys of the N, while random
-    ones of them change status ``rate`` times a second for ``duration`` seconds; then
-    ``lobby_watchers`` of them (the sampled first) follow the whole lobby instead and
-    the same load runs again. Before both, the same clients stay idle as long: the
-    server's CPU per change is counted above that. What one whole-lobby watcher costs
-    per change (the second load's CPU per change less the first's, over
-    ``lobby_watchers``) times N is what N whole-lobby watchers would cost at least:
-    the figure the watchlists' cost is held against (a whole lobby of N followers
-    cannot be loaded on one machine with its generator: each change goes to every one
-    of them, and each joins with a snapshot of all N)."""
+    """N clients, random ones of which change status ``rate`` times a second, in four
+    windows of ``duration`` seconds: idle (what holding the connections costs; every
+    load's CPU is counted above it); ``none``: the changes with every client following
+    an empty watchlist (what a change costs that nobody follows); ``watch``: each
+    client follows ``watch`` random keys of the N; ``lobby``: ``lobby_watchers`` of
+    them (the sampled first) follow the whole lobby, the others an empty watchlist.
+
+    The whole lobby of N followers, per change, is then estimated as what a change
+    costs that nobody follows plus N times what one whole-lobby follower adds (the
+    ``lobby`` load's cost over the ``none`` one's, over ``lobby_watchers``): a whole
+    lobby of N followers cannot be loaded on one machine with its generator (each
+    change goes to every one of them, and each joins with a snapshot of all N)."""
     procs = ctx.pool.size
     result = Result(
         "watchlists",
@@ -227,32 +231,35 @@ def watchlists(
     indices = range(clients)
     ctx.pool.call("prepare_watch", lambda a: {"indices": ctx.share(indices)(a)})
     connect(ctx, indices, "connecting", target_online=None)
-    ctx.pool.call("follow_watch", {"universe": list(indices), "size": watch}, timeout=300.0)
     settle(ctx, result, indices)
     m = result.metrics
-    cpu0 = ctx.server_cpu()
-    time.sleep(duration)  # the idle load: what holding the connections costs
-    idle = (ctx.server_cpu() - cpu0) / duration
+    cpu0, idle_start = ctx.server_cpu(), time.monotonic()
+    time.sleep(duration)  # the idle window, measured
+    idle = (ctx.server_cpu() - cpu0) / (time.monotonic() - idle_start)
     m["idle_server_cpu_s_per_s"] = round(idle, 3)
     truth: dict[int, str] = {}
+    status_phase(ctx, result, "none", rate, duration, truth)
+    ctx.pool.call("follow_watch", {"universe": list(indices), "size": watch}, timeout=300.0)
+    settle(ctx, result, indices)
     status_phase(ctx, result, "watch", rate, duration, truth)
     share = math.ceil(lobby_watchers / procs)
     moved = ctx.pool.call("follow_lobby", {"count": share}, timeout=300.0)
+    ctx.pool.call("follow_watch", {"universe": [], "size": 0}, timeout=300.0)
     settle(ctx, result, indices)
     status_phase(ctx, result, "lobby", rate, duration, truth)
     check_errors(result, counters(ctx))
     lobby = sum(p["lobby"] for p in moved)
     m["lobby_watchers"] = lobby
-    # Per change, above what the same clients cost idle for as long.
     above = {
-        p: (m[f"{p}_server_cpu_s"] - idle * duration) / max(m[f"{p}_changes"], 1) * 1e6
-        for p in ("watch", "lobby")
+        p: (m[f"{p}_server_cpu_s"] - idle * m[f"{p}_wall_s"]) / max(m[f"{p}_changes"], 1) * 1e6
+        for p in ("none", "watch", "lobby")
     }
-    m["watch_cpu_us_per_change_above_idle"] = round(above["watch"], 1)
-    per_watcher = (above["lobby"] - above["watch"]) / max(lobby, 1)
+    for p, value in above.items():
+        m[f"{p}_cpu_us_per_change_above_idle"] = round(value, 1)
+    per_watcher = (above["lobby"] - above["none"]) / max(lobby, 1)
     m["lobby_cpu_us_per_change_per_watcher"] = round(per_watcher, 3)
-    m["whole_lobby_cpu_us_per_change_at_n"] = round(per_watcher * clients, 1)
-    estimate = m["whole_lobby_cpu_us_per_change_at_n"]
+    estimate = above["none"] + per_watcher * clients
+    m["whole_lobby_cpu_us_per_change_at_n"] = round(estimate, 1)
     m["watch_over_whole_lobby"] = round(above["watch"] / estimate, 4) if estimate > 0 else None
     close_all(ctx)
     return result
@@ -275,7 +282,8 @@ def status_churn(ctx: Context, users: int, every: float, duration: float) -> Res
     check_errors(result, counters(ctx))
     m = result.metrics
     presence = m.get("presence_cpu_us_per_change")
-    if presence:
-        m["status_over_presence"] = round(m["status_cpu_us_per_change"] / presence, 3)
+    status = m.get("status_cpu_us_per_change")
+    ratio = None if not presence or status is None else round(status / presence, 3)
+    m["status_over_presence"] = ratio
     close_all(ctx)
     return result
