@@ -55,6 +55,8 @@ from shared.client import DEFAULT_URL
 from shared.v2 import MAX_WATCH_KEYS
 
 DEFAULT_SAMPLE = 0.05
+FILES_SPARE = 64
+"""Open files a generator process needs besides its clients' sockets."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,7 +334,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(f"--ws-client: {exc}")
     signal.signal(signal.SIGTERM, _terminate)
-    raise_fd_limit()
+    files = raise_fd_limit()
+    clients = getattr(args, "clients", None)  # the scenarios of N clients
+    if isinstance(clients, int) and clients // max(procs, 1) + FILES_SPARE > files:
+        parser.error(
+            f"{args.scenario}: {clients} clients over {procs} generator processes need "
+            f"more open files per process than the limit ({files}): use more --procs"
+        )
     sources = [a.strip() for a in args.source_addresses.split(",") if a.strip()]
     server: Server | None = None
     cpu_info: dict[str, Any] | None = None
