@@ -35,7 +35,11 @@ from typing import Any, Protocol
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts import bench_peer, coordinator_costs  # noqa: E402  (after the path that finds it)
+from scripts import (  # noqa: E402  (after the path that finds them)
+    bench_peer,
+    bench_scopes,
+    coordinator_costs,
+)
 from scripts.benchkit import (  # noqa: E402
     BARE,
     BASELINE,
@@ -87,7 +91,7 @@ class BenchSet(Protocol):
     def targets(self, res: dict[str, dict[str, Any]]) -> list[Row]: ...
 
 
-SETS: tuple[BenchSet, ...] = (bench_peer,)
+SETS: tuple[BenchSet, ...] = (bench_peer, bench_scopes)
 """The sets run after the suite's own runs, in this order."""
 
 

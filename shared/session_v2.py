@@ -171,18 +171,21 @@ class RecordView:
             raise InconsistentUpdate(f"update seq {upd.seq} lists a key twice in one list")
         if len(updated) != len(upd.updated) or updated & (joined | left):
             raise InconsistentUpdate(f"update seq {upd.seq} lists an updated key twice")
+        records = self.records
+        # Each a walk over the update's keys, never over the view's (``set - keys()``
+        # would walk every record of the view).
         problems = (
-            (left - self.records.keys(), "left but not online"),
-            ((joined - left) & self.records.keys(), "joined but already online"),
-            (updated - self.records.keys(), "updated but not online"),
+            ({k for k in left if k not in records}, "left but not online"),
+            ({k for k in joined if k in records and k not in left}, "joined but already online"),
+            ({k for k in updated if k not in records}, "updated but not online"),
         )
         for keys, what in problems:
             if keys:
                 raise InconsistentUpdate(f"update seq {upd.seq}: {what}: {sorted(keys)[:3]}")
         for key in left:
-            del self.records[key]
+            del records[key]
         for entry in (*upd.joined, *upd.updated):
-            self.records[entry.key] = entry.record
+            records[entry.key] = entry.record
         self.seq = upd.seq
 
 

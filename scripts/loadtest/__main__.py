@@ -16,6 +16,9 @@ Scenarios:
   messages           cross-worker direct message pairs: throughput, round trip
   idle N             N idle connections: server memory per connection, and flatness
   fanout             server CPU per delivered lobby frame (--start bare: the limit)
+  watchlists N       version 2: N clients watching K keys each under status changes,
+                     then some following the whole lobby: server CPU per change of each
+  status-churn       version 2: status changes against joins and leaves, same rate
 
 CPUs: ``--server-cpus 0 --client-cpus 1`` runs the server and the generator on
 separate CPUs, so that the generator's own work does not show up as server latency
@@ -36,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.loadtest import cpus, scenarios
+from scripts.loadtest import cpus, scenarios, scopes
 from scripts.loadtest.agent import raise_fd_limit
 from scripts.loadtest.client import WS_CLIENTS, resolve_ws_client
 from scripts.loadtest.cpus import CpuSet
@@ -58,6 +61,8 @@ from shared.client import DEFAULT_URL
 from shared.v2 import MAX_WATCH_KEYS
 
 DEFAULT_SAMPLE = 0.05
+FILES_SPARE = 64
+"""Open files a generator process needs besides its clients' sockets."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=120,
         help="bare server frame size; a one-key lobby_update is ~120 (%(default)s)",
     )
+    p = sub.add_parser("watchlists", help="version 2 watchlists against the whole lobby")
+    p.add_argument("clients", type=int)
+    p.add_argument("--watch", type=int, default=50, help="keys per watchlist (%(default)s)")
+    p.add_argument("--rate", type=float, default=200.0, help="status changes/s (%(default)s)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds a load (%(default)s)")
+    p.add_argument(
+        "--lobby-watchers",
+        type=int,
+        default=200,
+        help="clients that follow the whole lobby in the second load (%(default)s)",
+    )
+    p = sub.add_parser("status-churn", help="version 2 status changes against joins/leaves")
+    p.add_argument("--users", type=int, default=2000, help="(%(default)s)")
+    p.add_argument(
+        "--every",
+        type=float,
+        default=10.0,
+        help="seconds between two status changes of a user; keep it within the "
+        "server's record rate (workers --record-rate, 1/s, --record-burst 5) (%(default)s)",
+    )
+    p.add_argument("--duration", type=float, default=10.0, help="seconds a load (%(default)s)")
     return parser
 
 
@@ -256,6 +282,12 @@ def run_scenario(ctx: scenarios.Context, args: argparse.Namespace) -> scenarios.
         return scenarios.messages(
             ctx, args.pairs, args.duration, args.rate, args.window, args.body_bytes
         )
+    if name == "watchlists":
+        return scopes.watchlists(
+            ctx, args.clients, args.watch, args.rate, args.duration, args.lobby_watchers
+        )
+    if name == "status-churn":
+        return scopes.status_churn(ctx, args.users, args.every, args.duration)
     if name == "idle":
         return scenarios.idle(ctx, args.clients, args.hold)
     return scenarios.fanout(
@@ -299,6 +331,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--watch: watchlists need --protocol 2")
     if not 0 <= watch <= MAX_WATCH_KEYS:
         parser.error(f"--watch: from 0 to {MAX_WATCH_KEYS} keys")
+    if args.scenario in ("watchlists", "status-churn") and args.protocol != 2:
+        parser.error(f"{args.scenario}: needs --protocol 2")
+    if args.scenario == "watchlists":
+        if not 1 <= args.watch <= MAX_WATCH_KEYS:
+            parser.error(f"--watch: from 1 to {MAX_WATCH_KEYS} keys")
+        if args.clients < 1 or args.rate <= 0 or args.duration <= 0:
+            parser.error("watchlists: clients, --rate and --duration must be positive")
+        if not 0 < args.lobby_watchers <= args.clients:
+            parser.error("--lobby-watchers: from 1 to the number of clients")
+    if args.scenario == "status-churn" and min(args.users, args.every, args.duration) <= 0:
+        parser.error("status-churn: --users, --every and --duration must be positive")
     if not 0.0 <= args.verify_sample <= 1.0:
         parser.error("--verify-sample: a fraction from 0 to 1")
     if args.start == "node":
@@ -314,7 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(f"--ws-client: {exc}")
     signal.signal(signal.SIGTERM, _terminate)
-    raise_fd_limit()
+    files = raise_fd_limit()
+    clients = getattr(args, "clients", None)  # the scenarios of N clients
+    if isinstance(clients, int) and clients // max(procs, 1) + FILES_SPARE > files:
+        parser.error(
+            f"{args.scenario}: {clients} clients over {procs} generator processes need "
+            f"more open files per process than the limit ({files}): use more --procs"
+        )
     sources = [a.strip() for a in args.source_addresses.split(",") if a.strip()]
     server: Server | None = None
     cpu_info: dict[str, Any] | None = None

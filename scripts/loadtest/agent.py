@@ -49,6 +49,7 @@ from scripts.loadtest.client import (
 )
 from scripts.loadtest.clientv2 import LoadClientV2
 from scripts.loadtest.messaging import MessageOps, sleep_until
+from scripts.loadtest.records import RecordOps
 from scripts.loadtest.stats import Histogram
 from scripts.loadtest.tallies import Cause, ConnectStats, Totals
 from shared.client import (
@@ -101,7 +102,7 @@ def _discard(keys: set[int], key: int, _task: object) -> None:
     keys.discard(key)
 
 
-class Agent(MessageOps):
+class Agent(MessageOps, RecordOps):
     """The clients of one generator process and the ops the parent can run on them."""
 
     def __init__(
@@ -144,6 +145,9 @@ class Agent(MessageOps):
         self.open_timeout = 30.0
         self._keys: dict[int, SigningKey] = {}
         self._pubs: dict[int, str] = {}
+        self.status_sent: dict[tuple[str, str], list[float]] = {}
+        self.status_latency: dict[str, Histogram] = {}
+        self.status_seen = self.status_made = 0
         self.raw: list[ClientConnection] = []
         self.raw_frames = 0
         self._raw_tasks: set[asyncio.Task[None]] = set()

@@ -23,6 +23,7 @@ is the same for both protocols.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -35,6 +36,7 @@ from shared.client import Connecting, ListenerFailed, Transport, websockets_open
 from shared.client_v2 import LobbyClientV2, parse_follow, version2_opener
 from shared.session import Online
 from shared.session_v2 import SUBPROTOCOL, SessionV2, ViewChange, parse_frame_v2
+from shared.v2 import ErrorV2
 from shared.v2.server import UPDATE
 
 UPDATE_TAG = bytes((UPDATE,))
@@ -185,6 +187,10 @@ class LoadClientV2(LobbyClientV2):
         self.target: int | None = None
         self.reached_at = 0.0
         self.lobby_hook: Callable[[Any, Update | None], None] | None = None
+        self.record_hook: Callable[[LoadClientV2, ViewChange], None] | None = None
+        """Called with every applied ``update`` that sets records (joined or updated)."""
+        self.error_codes: Counter[str] = Counter()
+        """The ``error`` frames received, by code (``rate_limited``: a refused change)."""
 
     local_address = LoadClient.local_address
 
@@ -212,9 +218,15 @@ class LoadClientV2(LobbyClientV2):
         elif isinstance(event, ViewChange):
             update = None
             if event.kind == "update":
-                update = Update.of(protocol.LobbyUpdate(event.seq, event.joined, event.left))
-                self.changes_received += update.size + len(event.updated)
+                self.changes_received += len(event.joined) + len(event.left) + len(event.updated)
+                if self.lobby_hook is not None:  # only the hook reads it
+                    update = Update.of(protocol.LobbyUpdate(event.seq, event.joined, event.left))
+                hook = self.record_hook
+                if hook is not None and event.entries:
+                    hook(self, event)
             self._changed_to(update)
+        elif isinstance(event, ErrorV2):
+            self.error_codes[event.code if isinstance(event.code, str) else event.code.value] += 1
 
     def _changed_to(self, update: Update | None) -> None:
         target = self.target

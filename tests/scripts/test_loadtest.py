@@ -22,7 +22,7 @@ from nacl.signing import SigningKey
 from websockets.exceptions import ConnectionClosed
 
 from scripts.loadtest import client as load_client
-from scripts.loadtest import cpus, fastws, scenarios
+from scripts.loadtest import cpus, fastws, scenarios, scopes
 from scripts.loadtest.__main__ import main
 from scripts.loadtest.client import LoadClient
 from scripts.loadtest.pool import AgentPool, LoadTestError
@@ -822,6 +822,22 @@ def test_protocol_2_reconnect_storm_resumes(cluster: Server) -> None:
 
 
 @pytest.mark.process
+def test_protocol_2_watchlists_and_status_churn_check_out(cluster: Server) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), ws_client="websockets", protocol=2) as pool:
+        ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+        watched = scopes.watchlists(ctx, 8, watch=3, rate=20, duration=0.2, lobby_watchers=2)
+        churned = scopes.status_churn(ctx, users=4, every=0.2, duration=0.2)
+    assert_ok(watched)
+    m = watched.metrics
+    assert m["lobby_watchers"] == 2 and m["watch_changes"] == m["lobby_changes"] == 4
+    assert m["lobby_lobby_latency_samples"] > 0 and m["lobby_lobby_bytes_per_change_per_watcher"]
+    assert_ok(churned)
+    m = churned.metrics
+    assert m["status_refused"] == 0 and m["status_lobby_latency_samples"] > 0
+    assert m["presence_changes"] > 0 and "status_over_presence" in m  # (None: no CPU tick)
+
+
+@pytest.mark.process
 @with_client("websockets")
 def test_reconnect_storm_brings_the_lobby_back(ctx: scenarios.Context) -> None:
     result = scenarios.reconnect_storm(ctx, 10)
@@ -1040,6 +1056,10 @@ def test_the_cli_refuses_version_2_options_it_cannot_honour(
         (["churn", "--watch", "3"], "--watch: watchlists need --protocol 2"),
         (["--protocol", "2", "churn", "--watch", "-1"], "--watch: from 0 to"),
         (["--protocol", "2", "--ws-client", "picows", "idle", "1"], "--ws-client picows:"),
+        (["status-churn"], "status-churn: needs --protocol 2"),
+        (["--procs", "1", "idle", str(10**9)], "use more --procs"),
+        (["--protocol", "2", "watchlists", "10", "--lobby-watchers", "11"], "--lobby-watchers:"),
+        (["--protocol", "2", "status-churn", "--every", "0"], "--every and --duration must"),
     ]:
         with pytest.raises(SystemExit) as info:
             main(argv)

@@ -12,7 +12,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from shared import v2
-from shared.session import Online, ProtocolError, State
+from shared.session import InconsistentUpdate, Online, ProtocolError, State
 from shared.session_v2 import CountChange, RecordView, SessionV2, ViewChange, parse_frame_v2
 from shared.v2 import Record, Resume, Scope
 
@@ -62,6 +62,27 @@ def test_view_v2_vectors(case: dict[str, Any]) -> None:
     assert results == case["results"]
     assert stale == case["stale"]
     assert _dump(view) == case["view"]
+
+
+class _Unwalkable(dict[str, Record]):
+    """Records whose keys may be looked up but not walked."""
+
+    def keys(self) -> Any:
+        raise AssertionError("the whole view was walked")
+
+    def __iter__(self) -> Any:
+        raise AssertionError("the whole view was walked")
+
+
+def test_an_update_costs_its_own_keys_not_the_views() -> None:
+    keys = [f"{i:064x}" for i in range(4)]
+    view = RecordView()
+    view.apply_snapshot(parse_frame_v2(snapshot(1, *keys[:3])))
+    view.records = _Unwalkable(view.records)
+    view.apply_update(parse_frame_v2(update(2, 1, (keys[3],), (keys[0],))))
+    with pytest.raises(InconsistentUpdate):
+        view.apply_update(parse_frame_v2(update(3, 2, (keys[1],))))
+    assert dict.keys(view.records) == set(keys[1:])
 
 
 def snapshot(seq: int, *keys: str, scope: Scope = Scope.LOBBY, epoch: str = "e1") -> bytes:

@@ -23,9 +23,26 @@ def live(keys: list[str]) -> Replica:
 def publish(scopes: Scopes, replica: Replica, update: bb.Update) -> dict[int, v2.Update]:
     replica.on_update(update)
     routed = scopes.published([Forward(update.seq, "", 0.0, update)], len(replica.users), 1.0)
-    decoded = {conn: v2.decode_server_frame_v2(frame) for conn, frame in routed.items()}
+    assert all(len(frames) == 1 for frames in routed.values())
+    decoded = {conn: v2.decode_server_frame_v2(frames[0]) for conn, frames in routed.items()}
     assert all(isinstance(u, v2.Update) for u in decoded.values())
     return decoded  # type: ignore[return-value]
+
+
+def test_two_updates_of_one_batch_reach_a_watcher_as_two_frames_chained_by_prev() -> None:
+    scopes, replica = Scopes(), live([K1])
+    scopes.resynced(replica)
+    scopes.choose(1, v2.Follow(WATCH, (K1, K2)))
+    scopes.fresh(1, WATCH, replica, 0.0)
+    batch = [
+        bb.Update("e1", 8, 3, [], [], 0.0, [(K1, "busy", "{}")]),
+        bb.Update("e1", 9, 4, [K2], [], 0.0),
+    ]
+    for update in batch:
+        replica.on_update(update)
+    routed = scopes.published([Forward(u.seq, "", 0.0, u) for u in batch], 2, 1.0)
+    frames = [v2.decode_server_frame_v2(frame) for frame in routed[1]]
+    assert [(f.seq, f.prev) for f in frames if isinstance(f, v2.Update)] == [(8, 7), (9, 8)]
 
 
 def test_an_update_reaches_the_watchers_of_its_keys_each_after_its_own_last_frame() -> None:
