@@ -48,6 +48,8 @@ class Tally:
     first_at: float | None = None
     last_at: float = 0.0
     """This machine's clock at the first and the last event received."""
+    arrivals: list[tuple[float, int]] = field(default_factory=list)
+    """(this machine's clock, bytes) of each event received."""
 
 
 async def consume(
@@ -101,6 +103,7 @@ def receive(tally: Tally, frame: bytes, now: float) -> bool:
     tally.last = event.seq
     tally.events += 1
     tally.latencies.append(now - event.at)
+    tally.arrivals.append((now, len(frame)))
     tally.first_at = tally.first_at or now
     tally.last_at = now
     return True
@@ -121,6 +124,8 @@ class Measuring:
         self.position: tuple[str, int] = ("", 0)
         self.first_at: float | None = None
         self.last_at = 0.0
+        self.arrivals: list[tuple[float, int]] = []
+        """(this machine's clock, new events) of each signed delivery."""
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -149,6 +154,7 @@ class Measuring:
         self.deliveries += 1
         self.bytes += size
         self.lost += (delivery["lost"] or {}).get("count", 0)
+        new = len(self.lags)
         for event in delivery["events"]:
             epoch, seq = self.position
             if event["epoch"] == epoch and event["seq"] <= seq:
@@ -159,3 +165,4 @@ class Measuring:
             self.lags.append(now - event["at"])
             self.first_at = self.first_at or now
             self.last_at = now
+        self.arrivals.append((now, len(self.lags) - new))
