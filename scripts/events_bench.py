@@ -22,6 +22,10 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import scripts  # noqa: F401  (first: it names the Python to use if a dependency lacks)
+
 from scripts.loadtest.feeds import Tally, consume, spread_ms
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import scripts  # noqa: F401  (first: it names the Python to use if a dependency lacks)
 
 from coordinator.webhook_sender import WebhookSender
 from coordinator.webhooks import WebhookOptions
