@@ -68,8 +68,8 @@ class Feeds:
         self.receiver = Measuring(secret.encode()) if webhooks else None
         # Listening from now on, so that no delivery is refused, but served only once
         # :meth:`start` runs the event loop (after the generator forks its processes).
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.hook_port = self._listener.getsockname()[1]
+        self._listener = socket.create_server(("127.0.0.1", 0)) if webhooks else None
+        self.hook_port = self._listener.getsockname()[1] if self._listener else 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="feeds", daemon=True)
         self._tasks: list[asyncio.Task[None]] = []
@@ -94,7 +94,7 @@ class Feeds:
         start."""
 
         async def start() -> None:
-            if self.receiver is not None:
+            if self.receiver is not None and self._listener is not None:
                 self._server = await asyncio.start_server(self.receiver.handle, sock=self._listener)
             for tally in self.tallies:
                 task = consume("127.0.0.1", self.api_port, self.token, tally)
@@ -163,7 +163,8 @@ class Feeds:
                 self._thread.join(5.0)
         if not self._loop.is_running():
             self._loop.close()
-        self._listener.close()
+        if self._listener is not None:
+            self._listener.close()
         self._dir.cleanup()
 
 
