@@ -22,6 +22,7 @@ fails the run (named in its failures).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import socket
@@ -76,7 +77,13 @@ class Feeds:
         self._server: asyncio.Server | None = None
 
     def _call(self, coroutine: Any, timeout: float) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+        """Run ``coroutine`` on the feeds' thread; its result, or LoadTestError."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError as exc:
+            future.cancel()
+            raise LoadTestError(f"the feeds' thread did not answer in {timeout:g}s") from exc
 
     def cluster_args(self) -> list[str]:
         """Words for ``scripts/cluster.py``: the API, and the coordinator's webhooks."""
@@ -139,7 +146,10 @@ class Feeds:
         async def stop() -> None:
             for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            ended = await asyncio.gather(*self._tasks, return_exceptions=True)
+            for tally, end in zip(self.tallies, ended, strict=True):
+                if isinstance(end, Exception):  # not a CancelledError: it broke
+                    tally.problems.append(f"the consumer failed: {end!r}")
 
         self._call(stop(), 5.0)
         metrics, failures = summary(self.tallies, self.receiver, window)
@@ -157,7 +167,8 @@ class Feeds:
                     self._server.close()
 
             try:
-                self._call(shut(), 5.0)
+                with contextlib.suppress(LoadTestError):
+                    self._call(shut(), 5.0)
             finally:
                 self._loop.call_soon_threadsafe(self._loop.stop)
                 self._thread.join(5.0)
@@ -173,9 +184,9 @@ class Feeds:
 
 def behind(tallies: Sequence[Tally], receiver: Measuring | None, epoch: str, seq: int) -> list[str]:
     """Which feeds have not yet reached event ``seq`` of ``epoch``."""
-    late = [f"consumer {i + 1}" for i, t in enumerate(tallies) if (t.last or 0) < seq]
+    late = [f"consumer {i + 1} (at {t.last})" for i, t in enumerate(tallies) if (t.last or 0) < seq]
     if receiver is not None and (receiver.position[0] != epoch or receiver.position[1] < seq):
-        late.append("the webhook receiver")
+        late.append(f"the webhook receiver (at {receiver.position[1]})")
     return late
 
 

@@ -19,6 +19,10 @@ from typing import Any
 from scripts.webhook_receiver import SIGNATURE_HEADER, verify
 from shared import events
 
+MAX_FRAME = 64 * 1024 * 1024
+"""Bytes one event's frame may take (the leaves at the end of a large churn, or a mass
+join, make one event of many keys)."""
+
 
 def percentile(values: list[float], share: float) -> float:
     """The value below which ``share`` of ``values`` lie (0.0 when there are none)."""
@@ -58,7 +62,11 @@ async def consume(
     """Follow ``GET /v1/events`` for ``duration`` seconds (or until cancelled), counting
     into ``tally``: one ``start`` reset, then consecutive events; any other reset, a gap,
     a cut-off or the stream's end is a problem."""
-    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        reader, writer = await asyncio.open_connection(host, port, limit=MAX_FRAME)
+    except OSError as exc:
+        tally.problems.append(f"no connection: {exc}")
+        return
     writer.write(f"GET /v1/events HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
     try:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -75,6 +83,8 @@ async def consume(
                 return
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
         tally.problems.append(f"the stream ended: {exc!r}")
+    except (asyncio.LimitOverrunError, ValueError) as exc:  # ValueError: not UTF-8, say
+        tally.problems.append(f"an unreadable frame: {exc!r}")
     finally:
         writer.close()
 

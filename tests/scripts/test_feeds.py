@@ -4,6 +4,7 @@ join a result, and one tiny churn with both feeds against a real cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from scripts import bench, bench_events
 from scripts.loadtest.__main__ import main
 from scripts.loadtest.backend import behind, merge, summary
-from scripts.loadtest.feeds import Measuring, Tally, receive
+from scripts.loadtest.feeds import Measuring, Tally, consume, receive
 from scripts.loadtest.scenarios import Result
 from shared import events
 
@@ -46,6 +47,28 @@ def test_a_consumer_counts_consecutive_events_and_names_anything_else() -> None:
     assert "too_old" in tally.problems[1] and "cut_off" in tally.problems[2]
 
 
+def test_a_consumer_reads_an_event_larger_than_a_default_stream_buffer() -> None:
+    big = events.encode(events.Event(EPOCH, 1, 1.0, left=tuple(f"{i:064x}" for i in range(2000))))
+    assert len(big) > 128 * 1024  # the leaves at the end of a churn of thousands
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n" + _reset(0) + b"data: " + big + b"\n\n")
+        await writer.drain()
+        writer.close()
+
+    async def run() -> Tally:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        tally = Tally()
+        async with server:
+            await consume("127.0.0.1", server.sockets[0].getsockname()[1], "token", tally, 5.0)
+        return tally
+
+    tally = asyncio.run(run())
+    assert (tally.events, tally.last) == (1, 1)
+    assert tally.problems and tally.problems[0].startswith("the stream ended")
+
+
 def _delivery(first: int, last: int, lost: int = 0) -> dict[str, Any]:
     return {
         "epoch": EPOCH,
@@ -74,8 +97,8 @@ def test_the_feeds_figures_are_taken_within_the_window_and_their_faults_fail_the
     receive(late, _event(3, 2.5), 3.0)
     receiver = Measuring(b"secret")
     receiver.record(_delivery(1, 10), 10.5, 1000)
-    assert behind([good, late], receiver, EPOCH, 10) == ["consumer 2"]
-    assert behind([good], receiver, "another-epoch", 10) == ["the webhook receiver"]
+    assert behind([good, late], receiver, EPOCH, 10) == ["consumer 2 (at 3)"]
+    assert behind([good], receiver, "another-epoch", 10) == ["the webhook receiver (at 10)"]
     metrics, failures = summary([good], receiver, (3.0, 8.0))
     assert metrics["stream_events_per_s_per_consumer"] == 1.2  # 3 to 8 in 5 s
     assert metrics["stream_latency_p50_ms"] == 2.0
