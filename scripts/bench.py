@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts import (  # noqa: E402  (after the path that finds them)
+    bench_events,
     bench_peer,
     bench_scopes,
     coordinator_costs,
@@ -91,7 +92,7 @@ class BenchSet(Protocol):
     def targets(self, res: dict[str, dict[str, Any]]) -> list[Row]: ...
 
 
-SETS: tuple[BenchSet, ...] = (bench_peer, bench_scopes)
+SETS: tuple[BenchSet, ...] = (bench_peer, bench_scopes, bench_events)
 """The sets run after the suite's own runs, in this order."""
 
 
@@ -432,6 +433,14 @@ def all_sections() -> dict[str, tuple[str, list[str]]]:
     return sections
 
 
+def cell(run: dict[str, Any], key: str) -> str:
+    """A run's figure, "failed" when the run failed, "-" when the run does not
+    measure it (a run without the feature beside one with it)."""
+    if not run.get("ok"):
+        return "failed"
+    return fmt(run["metrics"][key]) if key in run["metrics"] else "-"
+
+
 def section(group: str, rows: list[dict[str, Any]]) -> list[str]:
     title, keys = all_sections()[group]
     lines = [
@@ -441,7 +450,7 @@ def section(group: str, rows: list[dict[str, Any]]) -> list[str]:
         "|---" * (len(keys) + 2) + "|",
     ]
     for r in rows:
-        cells = [fmt(r["metrics"].get(k)) if r.get("ok") else "failed" for k in keys]
+        cells = [cell(r, k) for k in keys]
         checks = "passed" if r.get("ok") else "FAILED: " + "; ".join(r["failures"])[:200]
         lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {checks} |")
     lines += ["", "Commands:", ""]

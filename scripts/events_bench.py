@@ -19,61 +19,14 @@ import asyncio
 import json
 import statistics
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared import events
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import scripts  # noqa: F401  (first: it names the Python to use if a dependency lacks)
 
-
-@dataclass
-class Tally:
-    events: int = 0
-    bytes: int = 0
-    latencies: list[float] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-
-async def consume(host: str, port: int, token: str, duration: float, tally: Tally) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"GET /v1/events HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200 "):
-        tally.problems.append(head.decode("latin-1").splitlines()[0])
-        return
-    last: int | None = None
-    deadline = time.monotonic() + duration
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                frame = await asyncio.wait_for(reader.readuntil(b"\n\n"), left)
-            except TimeoutError:
-                break
-            now = time.time()
-            tally.bytes += len(frame)
-            lines = frame.decode().strip("\n").split("\n")
-            if lines[0].startswith(":"):
-                continue
-            fields = dict(line.split(": ", 1) for line in lines)
-            kind = fields.get("event", "message")
-            if kind == "reset":
-                reset = json.loads(fields["data"])
-                if last is not None or reset["reason"] != "start":
-                    tally.problems.append(f"reset {reset}")
-                last = reset["seq"]
-                continue
-            if kind != "message":
-                tally.problems.append(f"{kind} {fields.get('data')}")
-                return
-            event = events.decode(fields["data"].encode())
-            if last is not None and event.seq != last + 1:
-                tally.problems.append(f"gap: {last} then {event.seq}")
-            last = event.seq
-            tally.events += 1
-            tally.latencies.append(now - event.at)
-    finally:
-        writer.close()
+from scripts.loadtest.feeds import Tally, consume, spread_ms
 
 
 async def main(argv: list[str]) -> int:
@@ -88,15 +41,11 @@ async def main(argv: list[str]) -> int:
     tallies = [Tally() for _ in range(args.consumers)]
     await asyncio.gather(
         *(
-            consume(url.hostname or "127.0.0.1", url.port or 80, token, args.duration, t)
+            consume(url.hostname or "127.0.0.1", url.port or 80, token, t, args.duration)
             for t in tallies
         )
     )
-    latencies = sorted(x for t in tallies for x in t.latencies)
-
-    def quantile(q: float) -> float | None:
-        return round(1000 * latencies[int(q * (len(latencies) - 1))], 2) if latencies else None
-
+    latencies = [x for t in tallies for x in t.latencies]
     report = {
         "consumers": args.consumers,
         "duration_s": args.duration,
@@ -106,7 +55,7 @@ async def main(argv: list[str]) -> int:
         "bytes_per_s_per_consumer": round(
             statistics.mean(t.bytes for t in tallies) / args.duration
         ),
-        "latency_ms": {"p50": quantile(0.5), "p99": quantile(0.99), "max": quantile(1.0)},
+        "latency_ms": spread_ms(latencies),
         "problems": [p for t in tallies for p in t.problems],
     }
     print(json.dumps(report))

@@ -32,71 +32,14 @@ from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import scripts  # noqa: F401  (first: it names the Python to use if a dependency lacks)
 
 from coordinator.webhook_sender import WebhookSender
 from coordinator.webhooks import WebhookOptions
-from scripts.webhook_receiver import SIGNATURE_HEADER, verify
+from scripts.loadtest.feeds import Measuring, percentile
 from shared import backbone as bb
 
 SECRET = b"bench-secret-0123456789abcdef0123"
-
-
-class Measuring:
-    """A receiver that times every event and checks that none is missing."""
-
-    def __init__(self) -> None:
-        self.lags: list[float] = []
-        self.deliveries = 0
-        self.bad = 0
-        self.gaps = 0
-        self.lost = 0
-        self.bytes = 0
-        self.position: tuple[str, int] = ("", 0)
-        self.first_at: float | None = None
-        self.last_at = 0.0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-            headers = dict(
-                (name.strip().lower(), value.strip())
-                for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:])
-                if name
-            )
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            writer.close()
-            return
-        now = time.time()
-        status = "204 No Content"
-        if not verify(SECRET, headers.get(SIGNATURE_HEADER.lower(), ""), body, now, 300):
-            self.bad += 1
-            status = "401 Unauthorized"
-        else:
-            self.record(json.loads(body), now, len(body))
-        writer.write(f"HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n".encode())
-        await writer.drain()
-        writer.close()
-
-    def record(self, delivery: dict[str, Any], now: float, size: int) -> None:
-        self.deliveries += 1
-        self.bytes += size
-        self.lost += (delivery["lost"] or {}).get("count", 0)
-        for event in delivery["events"]:
-            epoch, seq = self.position
-            if event["epoch"] == epoch and event["seq"] <= seq:
-                continue  # a retry's
-            if event["epoch"] == epoch and event["seq"] != seq + 1:
-                self.gaps += 1
-            self.position = (event["epoch"], event["seq"])
-            self.lags.append(now - event["at"])
-            self.first_at = self.first_at or now
-            self.last_at = now
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
 
 
 async def churn(args: argparse.Namespace, env: dict[str, str], out: Path) -> dict[str, Any]:
@@ -156,14 +99,14 @@ async def main(argv: Sequence[str] | None = None) -> int:
         "--sender-only", action="store_true", help="only the sender's own throughput"
     )
     args = parser.parse_args(argv)
-    receiver = Measuring()
+    receiver = Measuring(SECRET)
     server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     alone = [await throughput(port, receiver, n, keys) for n, keys in ((5000, 1), (2000, 100))]
     print(json.dumps({"sender": alone}, indent=1), flush=True)
     if args.sender_only:
         return 0
-    receiver = Measuring()
+    receiver = Measuring(SECRET)
     server.close()
     server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

@@ -41,6 +41,7 @@ from typing import Any
 
 from scripts.loadtest import cpus, scenarios, scopes
 from scripts.loadtest.agent import raise_fd_limit
+from scripts.loadtest.backend import Feeds
 from scripts.loadtest.client import WS_CLIENTS, resolve_ws_client
 from scripts.loadtest.cpus import CpuSet
 from scripts.loadtest.pool import AgentPool, LoadTestError, default_procs
@@ -119,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="with --url: a server process (and its children) whose CPU and "
         "memory to measure (repeatable)",
+    )
+    target.add_argument(
+        "--api-consumers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --start cluster: turn the backend API on and follow its event stream "
+        "with N consumers beside the scenario (scripts/loadtest/backend.py) (%(default)s)",
+    )
+    target.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="with --start cluster: turn the API and the webhooks on, to a receiver in "
+        "the generator that checks and times every delivery",
     )
     gen = parser.add_argument_group("generator")
     gen.add_argument(
@@ -254,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def start_server(args: argparse.Namespace, cpus: CpuSet | None = None) -> Server:
+def start_server(
+    args: argparse.Namespace, cpus: CpuSet | None = None, feeds: Feeds | None = None
+) -> Server:
     if args.start is None:
         return external(args.url, args.pid, cpus)
     port = free_port()
@@ -265,6 +282,7 @@ def start_server(args: argparse.Namespace, cpus: CpuSet | None = None) -> Server
     if args.start == "node":
         return start_node(port, args.peer_dir, cpus=cpus)
     extra = [w for arg in args.worker_arg for w in ("--worker-arg", arg)]
+    extra += feeds.cluster_args() if feeds is not None else []
     return start_cluster(args.workers, port, args.batch_window, extra, cpus=cpus)
 
 
@@ -350,6 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--start node: missing {', '.join(missing)}")
         if args.protocol != 1:
             parser.error("--start node: the Node.js peer speaks protocol version 1 only")
+    if args.api_consumers < 0:
+        parser.error("--api-consumers: a number of consumers, 0 or more")
+    if (args.api_consumers or args.webhooks) and args.start != "cluster":
+        parser.error("--api-consumers, --webhooks: only with --start cluster")
     if args.protocol == 2 and args.ws_client == "picows":
         parser.error("--ws-client picows: version 2 clients use websockets")
     try:
@@ -366,13 +388,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     sources = [a.strip() for a in args.source_addresses.split(",") if a.strip()]
     server: Server | None = None
+    feeds: Feeds | None = None
     cpu_info: dict[str, Any] | None = None
     own_cpus = frozenset(os.sched_getaffinity(0))
     if client_cpus is not None:
         # This thread only (what it forks and starts inherits it); restored at the end.
         os.sched_setaffinity(0, client_cpus)
     try:
-        server = start_server(args, server_cpus)
+        if args.api_consumers or args.webhooks:
+            feeds = Feeds(args.api_consumers, args.webhooks)
+        server = start_server(args, server_cpus, feeds)
         with AgentPool(
             procs,
             server.url,
@@ -385,7 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ) as pool:
             ctx = scenarios.Context(pool, server, args.concurrency, args.settle_timeout, args.quiet)
             try:
+                if feeds is not None:
+                    feeds.start()
                 result = run_scenario(ctx, args)
+                if feeds is not None:
+                    feeds.finish(result, ctx.window)
             finally:
                 cpu_info = cpus.placement(
                     server_cpus,
@@ -420,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+        if feeds is not None:
+            feeds.close()
         if client_cpus is not None:
             os.sched_setaffinity(0, own_cpus)
     table(report, sys.stdout)

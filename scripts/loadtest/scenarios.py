@@ -66,6 +66,8 @@ class Context:
     quiet: bool = False
     attempts: int = 40
     """Connection attempts per client (1013, timeouts, resets) before the run fails."""
+    window: tuple[float, float] | None = None
+    """(start, end), this machine's clock, of the load a scenario measures, once known."""
 
     def share(self, indices: Sequence[int]) -> Callable[[int], list[int]]:
         """Agent ``a`` gets every ``procs``-th index starting at ``a``."""
@@ -301,6 +303,7 @@ def churn(
     )
     elapsed = time.time() - start
     cpu1, gen1 = ctx.server_cpu(), ctx.generator_cpu()
+    ctx.window = (start, start + elapsed)
     during = counters(ctx)  # unsampled clients apply what they noted: after the window
     gen2 = ctx.generator_cpu()
     settle(ctx, result)

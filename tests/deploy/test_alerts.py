@@ -132,6 +132,28 @@ CASES: list[dict[str, Any]] = [
             fires("PresenceOpenFilesNearLimit", "10m", on(WEB1, "warning", process="w1")),
         ],
     },
+    {  # coord's receiver falls 2 minutes behind for 10 minutes; another's stays current
+        "input_series": [
+            series("presence_webhook_lag_seconds", "0 0 120x60", COORD),
+            series("presence_webhook_lag_seconds", "0.1x60", WEB1),
+        ],
+        "alert_rule_test": [
+            fires("PresenceWebhookLagging", "3m"),
+            fires("PresenceWebhookLagging", "10m", on(COORD, "warning")),
+        ],
+    },
+    {  # coord's attempts fail (timeouts) for 20 minutes; web1's fail one time in ten
+        "input_series": [
+            series("presence_webhook_deliveries_total", "0+1x90", COORD, outcome="timeout"),
+            series("presence_webhook_deliveries_total", "0x90", COORD, outcome="delivered"),
+            series("presence_webhook_deliveries_total", "0+1x90", WEB1, outcome="status"),
+            series("presence_webhook_deliveries_total", "0+9x90", WEB1, outcome="delivered"),
+        ],
+        "alert_rule_test": [
+            fires("PresenceWebhookDeliveriesFailing", "8m"),
+            fires("PresenceWebhookDeliveriesFailing", "20m", on(COORD, "warning")),
+        ],
+    },
 ]
 
 
@@ -144,7 +166,7 @@ def test_promtool_accepts_the_rules() -> None:
         timeout=30,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 8 rules found" in checked.stdout
+    assert "SUCCESS: 10 rules found" in checked.stdout
 
 
 def test_each_alert_fires_when_it_should_and_only_then(tmp_path: Path) -> None:

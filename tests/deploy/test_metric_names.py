@@ -85,6 +85,10 @@ def test_every_metric_the_dashboard_names_exists() -> None:
         "presence_workers_coordinator_unreachable",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
+        "presence_events_consumers",
+        "presence_events_sent_total",
+        "presence_webhook_deliveries_total",
+        "presence_webhook_lag_seconds",
     ):
         assert name in used, f"the dashboard does not show {name}"
 
@@ -102,4 +106,6 @@ def test_every_metric_the_alerts_name_exists() -> None:
         "PresenceAdmissionRefusing",
         "PresenceEventLoopLagOverTarget",
         "PresenceMemoryBudgetNearFull",
+        "PresenceWebhookLagging",
+        "PresenceWebhookDeliveriesFailing",
     } <= set(alerts)
