@@ -139,10 +139,12 @@ class Scopes:
         self.interest.sent(conn, changes.seq)
         return update_frame(changes)
 
-    def published(self, updates: Iterable[Forward], online: int, now: float) -> dict[int, bytes]:
+    def published(
+        self, updates: Iterable[Forward], online: int, now: float
+    ) -> dict[int, list[bytes]]:
         """Updates the replica applied in order (``online`` users after the last): held
         for resume, counted, and routed to their watchers. Returns each touched watch
-        client's frames, joined (one write)."""
+        client's frames, in order: one binary message each."""
         out: dict[int, list[bytes]] = {}
         last = 0
         for forward in updates:
@@ -159,7 +161,7 @@ class Scopes:
                     out.setdefault(conn, []).append(encoded.frame(changes))
         if last:
             self.counts.changed(online, last)
-        return {conn: b"".join(frames) for conn, frames in out.items()}
+        return out
 
     def resynced(self, replica: ReplicaView) -> None:
         """The replica is live again from a snapshot (a new epoch, or after a gap): the

@@ -277,11 +277,12 @@ class Worker:
         table, replica = self.core.clients, self.core.replica
         routed = self._scopes.published(updates, len(replica.users), self._now())
         left: list[tuple[ServerConnection, int]] = []
-        for conn, data in routed.items():
+        for conn, frames in routed.items():
             client = table.by_conn.get(conn)
             if client is not None and client.group is Group.SCOPED:
-                write_all((client.handle,), (SharedFrame(data),), left)
-                stats.fanned_out(1, len(data))
+                write_all((client.handle,), [SharedFrame(frame) for frame in frames], left)
+                for frame in frames:
+                    stats.fanned_out(1, len(frame))
         self.core.observed(left)
 
     def _write_counts(self) -> None:
