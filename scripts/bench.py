@@ -35,7 +35,7 @@ from typing import Any, Protocol
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts import coordinator_costs  # noqa: E402  (after the path that finds it)
+from scripts import bench_resume, coordinator_costs  # noqa: E402  (after the path that finds it)
 from scripts.benchkit import (  # noqa: E402
     BARE,
     BASELINE,
@@ -87,7 +87,7 @@ class BenchSet(Protocol):
     def targets(self, res: dict[str, dict[str, Any]]) -> list[Row]: ...
 
 
-SETS: tuple[BenchSet, ...] = ()
+SETS: tuple[BenchSet, ...] = (bench_resume,)
 """The sets run after the suite's own runs, in this order."""
 
 
