@@ -70,7 +70,7 @@ SECTIONS: dict[str, tuple[str, list[str]]] = {
 
 
 def runs() -> list[Run]:
-    target = (*CLUSTER, *PINNED, *GENERATOR)
+    target = (*CLUSTER, *GENERATOR, *PINNED)
     return [
         Run(BLIP_RUN, target, BLIP, "resume-blip"),
         Run(KILL_RUN, target, KILL, "resume-kill"),
