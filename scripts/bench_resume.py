@@ -62,6 +62,8 @@ SECTIONS: dict[str, tuple[str, list[str]]] = {
             "resume_lobby_delta_left",
             "resume_watch_delta_updated",
             "resume_watch_delta_left",
+            "snapshot_auth_per_s",
+            "resume_auth_per_s",
             "snapshot_retried_1013",
             "resume_retried_1013",
         ],

@@ -269,6 +269,8 @@ def _kill_phase(
     m[f"{prefix}_retried_1013"] = sum(p["retried_1013"] for p in parts)
     last_ok = max(p["last_ok"] for p in parts)
     m[f"{prefix}_back_s"] = round(last_ok - kill_at, 3)
+    # What bounds both paths: how fast the server lets the lost clients authenticate.
+    m[f"{prefix}_auth_per_s"] = round(m[f"{prefix}_reconnected"] / max(last_ok - kill_at, 1e-9), 1)
     whole_all = 0.0
     total_bytes = 0
     for scope, s in sorted(scopes.items()):
