@@ -47,6 +47,8 @@ from shared.timings import EXPIRY_CHECK, WORKER_TIMEOUT
 
 EMPTY: dict[str, Any] = {"scope": "watch", "indices": []}
 """A watchlist of nobody: present in the lobby, sent nothing about it."""
+RECOVER_TIMEOUT = 120.0
+"""Seconds the lost clients have to get back in; those that did not fail the run."""
 GIVEN_UP = WORKER_TIMEOUT + EXPIRY_CHECK
 """Seconds after which the coordinator has presumed a killed worker dead."""
 
@@ -234,9 +236,9 @@ def _kill_phase(
     os.kill(victim, signal.SIGKILL)
     parts = ctx.pool.call(
         "recover",
-        lambda a: {"indices": killed[a], "resume": resume},
+        lambda a: {"indices": killed[a], "resume": resume, "timeout": RECOVER_TIMEOUT},
         progress=ctx.progress(f"{name}: back", lost),
-        timeout=300.0,
+        timeout=RECOVER_TIMEOUT + 60,
     )
     reconnected = [i for k in killed for i in k]
     truth = list(range(users))
@@ -255,7 +257,8 @@ def _kill_phase(
         result.failures.append(f"{name}: {wrong} views not equal to the truth: {examples}")
     failed = sum(p["failed"] for p in parts)
     if failed:
-        result.failures.append(f"{name}: {failed} clients never got back in")
+        reasons = [p["reasons"] for p in parts]
+        result.failures.append(f"{name}: {failed} clients never got back in: {reasons}")
     scopes: dict[str, dict[str, Any]] = {}
     for w in wholes:
         for scope, s in w["scopes"].items():

@@ -264,11 +264,12 @@ class ResumeOps:
         return {}
 
     async def op_recover(
-        self, indices: list[int], resume: bool, timeout: float = 60.0
+        self, indices: list[int], resume: bool, timeout: float = 120.0
     ) -> dict[str, Any]:
         """The clients of ``indices`` lost their worker: as each sees its connection
         end, it reconnects at once (the same key; resuming the view it held when
-        ``resume``), retrying 1013 with jitter."""
+        ``resume``), retrying 1013 with jitter. Those not back within ``timeout``
+        seconds count as failed."""
         stats = ConnectStats()
         gate = asyncio.Semaphore(self.concurrency)
         lost_at: list[float] = []
@@ -276,7 +277,7 @@ class ResumeOps:
         async def one(index: int) -> None:
             old = self.clients[index]
             with contextlib.suppress(TimeoutError):
-                await old.wait_closed(timeout)
+                await old.wait_closed(30.0)
             lost_at.append(time.time())
             self._retire(index)
             if resume:
@@ -292,7 +293,17 @@ class ResumeOps:
                     self._changed_at[index] = time.time()
             self.progress += 1
 
-        await asyncio.gather(*(one(i) for i in indices))
+        tasks = [asyncio.ensure_future(one(i)) for i in indices]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            stats.failed += len(pending)
+            if pending:
+                stats.reasons["not back in time"] += len(pending)
+            for index in indices:
+                self.resume_from.pop(index, None)
         return {**stats.result(), "lost_last": max(lost_at, default=0.0)}
 
     async def op_whole(self, truth: list[int], reconnected: list[int]) -> dict[str, Any]:
