@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from scripts import (  # noqa: E402  (after the path that finds them)
     bench_events,
     bench_peer,
+    bench_resume,
     bench_scopes,
     coordinator_costs,
 )
@@ -92,7 +93,7 @@ class BenchSet(Protocol):
     def targets(self, res: dict[str, dict[str, Any]]) -> list[Row]: ...
 
 
-SETS: tuple[BenchSet, ...] = (bench_peer, bench_scopes, bench_events)
+SETS: tuple[BenchSet, ...] = (bench_peer, bench_scopes, bench_resume, bench_events)
 """The sets run after the suite's own runs, in this order."""
 
 

@@ -11,7 +11,10 @@ routes to each. Only clients whose
 transport is past its write limit (*pressured*) can be past ``lag_bytes``, so only they
 are asked first (a ``SKIP`` makes them lagging). After the broadcast, lagging clients
 that drained get a snapshot that already holds the update, and held ``auth_ok``\\ s are
-released at the replica's new state (the state after the last of the updates).
+released at the replica's new state (the state after the last of the updates), once
+every client was written up to it: a batch too big for one write is written in parts
+while the replica is already at its end, and a snapshot given after a part (to a
+drained client or with an ``auth_ok``) would hold updates the next part sends again.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def fan_out(core: WorkerCore[H], updates: list[Forward]) -> None:
                 core.counters_budget["collapsed"] += budget.allowance(handle) <= 0
             table.place(client)
     shell.carry_out(Broadcast(current, updates, current_v2))
+    if updates and updates[-1].seq != replica.seq:
+        return  # a part of a batch: the rest is applied, not yet written (done then)
     # After the broadcast: these start from a snapshot that already holds this update.
     core.sweep_flow()
     now, link = core.now, core.link(core.now)

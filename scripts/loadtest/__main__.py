@@ -19,6 +19,8 @@ Scenarios:
   watchlists N       version 2: N clients watching K keys each under status changes,
                      then some following the whole lobby: server CPU per change of each
   status-churn       version 2: status changes against joins and leaves, same rate
+  blip               (v2) probes drop for a few seconds and resume: bytes against a snapshot
+  kill-worker        (v2) a worker is SIGKILLed: its clients back by snapshots, then resuming
 
 CPUs: ``--server-cpus 0 --client-cpus 1`` runs the server and the generator on
 separate CPUs, so that the generator's own work does not show up as server latency
@@ -39,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.loadtest import cpus, scenarios, scopes
+from scripts.loadtest import cpus, resume, scenarios, scopes
 from scripts.loadtest.agent import raise_fd_limit
 from scripts.loadtest.backend import Feeds
 from scripts.loadtest.client import WS_CLIENTS, resolve_ws_client
@@ -266,6 +268,23 @@ def build_parser() -> argparse.ArgumentParser:
         "server's record rate (workers --record-rate, 1/s, --record-burst 5) (%(default)s)",
     )
     p.add_argument("--duration", type=float, default=10.0, help="seconds a load (%(default)s)")
+    p = sub.add_parser("blip", help="(v2) probes blip and resume in a lobby of N users")
+    p.add_argument("users", type=int, help="users in the lobby, the probes included")
+    p.add_argument("--probes", type=int, default=4, help="probes of each scope (%(default)s)")
+    p.add_argument("--watch", type=int, default=50, help="keys of a watchlist probe (%(default)s)")
+    p.add_argument("--blips", type=int, default=3, help="(%(default)s)")
+    p.add_argument("--seconds", type=float, default=5.0, help="one blip (%(default)s)")
+    p.add_argument(
+        "--rate", type=float, default=15.0, help="background changes per second (%(default)s)"
+    )
+    p = sub.add_parser("kill-worker", help="(v2) kill a worker; its clients come back twice")
+    p.add_argument("users", type=int)
+    p.add_argument(
+        "--whole", type=int, default=200, help="users following the whole lobby (%(default)s)"
+    )
+    p.add_argument(
+        "--watch", type=int, default=50, help="keys of the others' watchlists (%(default)s)"
+    )
     return parser
 
 
@@ -308,6 +327,12 @@ def run_scenario(ctx: scenarios.Context, args: argparse.Namespace) -> scenarios.
         return scopes.status_churn(ctx, args.users, args.every, args.duration)
     if name == "idle":
         return scenarios.idle(ctx, args.clients, args.hold)
+    if name == "blip":
+        return resume.blip(
+            ctx, args.users, args.probes, args.watch, args.blips, args.seconds, args.rate
+        )
+    if name == "kill-worker":
+        return resume.kill_worker(ctx, args.users, args.whole, args.watch)
     return scenarios.fanout(
         ctx, args.watchers, args.changes, args.rate, args.frame_bytes, bare=args.start == "bare"
     )
@@ -339,12 +364,28 @@ def choose_cpus(
     return server_cpus, client_cpus
 
 
+def check_resume_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The resume scenarios' options, checked (exits with a usage error)."""
+    if args.protocol != 2:
+        parser.error(f"{args.scenario}: resuming needs --protocol 2")
+    if args.scenario == "kill-worker" and (args.start != "cluster" or args.workers < 2):
+        parser.error("kill-worker: needs --start cluster with --workers 2 or more")
+    if args.scenario == "blip" and (args.probes < 1 or args.blips < 1 or args.seconds < 0):
+        parser.error("blip: --probes and --blips at least 1, --seconds at least 0")
+    if args.scenario == "blip" and args.users < 2 * args.probes + args.watch:
+        parser.error("blip: users must be at least 2 x --probes + --watch")
+    if args.scenario == "kill-worker" and not 0 <= args.whole <= args.users:
+        parser.error("kill-worker: --whole from 0 to the users")
+    if args.scenario == "kill-worker" and args.watch > args.users:
+        parser.error("kill-worker: --watch at most the users")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     server_cpus, client_cpus = choose_cpus(parser, args)
     procs = args.procs if args.procs is not None else default_procs(client_cpus)
-    watch = getattr(args, "watch", 0)
+    watch = args.watch if args.scenario == "churn" else 0
     if watch and args.protocol != 2:
         parser.error("--watch: watchlists need --protocol 2")
     if not 0 <= watch <= MAX_WATCH_KEYS:
@@ -360,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--lobby-watchers: from 1 to the number of clients")
     if args.scenario == "status-churn" and min(args.users, args.every, args.duration) <= 0:
         parser.error("status-churn: --users, --every and --duration must be positive")
+    if args.scenario in ("blip", "kill-worker"):
+        check_resume_options(parser, args)
     if not 0.0 <= args.verify_sample <= 1.0:
         parser.error("--verify-sample: a fraction from 0 to 1")
     if args.start == "node":

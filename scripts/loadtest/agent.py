@@ -50,6 +50,7 @@ from scripts.loadtest.client import (
 from scripts.loadtest.clientv2 import LoadClientV2
 from scripts.loadtest.messaging import MessageOps, sleep_until
 from scripts.loadtest.records import RecordOps
+from scripts.loadtest.resumeops import ResumeOps
 from scripts.loadtest.stats import Histogram
 from scripts.loadtest.tallies import Cause, ConnectStats, Totals
 from shared.client import (
@@ -102,7 +103,7 @@ def _discard(keys: set[int], key: int, _task: object) -> None:
     keys.discard(key)
 
 
-class Agent(MessageOps, RecordOps):
+class Agent(MessageOps, RecordOps, ResumeOps):
     """The clients of one generator process and the ops the parent can run on them."""
 
     def __init__(
@@ -112,6 +113,8 @@ class Agent(MessageOps, RecordOps):
         # LoadClientV2 offers all that this agent reads of a LoadClient.
         self.watchlists: dict[int, frozenset[str]] = {}
         """The keys each watcher with a watchlist follows (``--watch``; version 2)."""
+        self.follows: dict[int, dict[str, Any]] = {}
+        """What each client's next connection follows, where set (version 2)."""
         self.resume_from: dict[int, LoadClientV2] = {}
         """Dropped clients whose views the next connection of their key resumes."""
         self.client_class: Any = LoadClientV2 if protocol == 2 else LoadClient
@@ -286,7 +289,9 @@ class Agent(MessageOps, RecordOps):
             started = time.perf_counter()
             try:
                 watchlist = self.watchlists.get(index)
-                follow = None if watchlist is None else {"scope": "watch", "keys": [*watchlist]}
+                follow = self.follows.get(index)
+                if follow is None and watchlist is not None:
+                    follow = {"scope": "watch", "keys": [*watchlist]}
                 v2: dict[str, Any] = {} if follow is None else {"follow": follow}
                 if index in self.resume_from:
                     v2["resume_from"] = self.resume_from[index]

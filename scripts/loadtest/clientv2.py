@@ -73,12 +73,17 @@ class Tally:
     """What the connections of one client received: frames, their bytes, and the bytes
     of the binary ``update`` frames."""
 
-    __slots__ = ("frame_bytes", "frames", "update_bytes")
+    __slots__ = ("first_update", "first_view_bytes", "frame_bytes", "frames", "update_bytes")
 
     def __init__(self) -> None:
         self.frames = 0
         self.frame_bytes = 0
         self.update_bytes = 0
+        self.first_view_bytes = 0
+        """The bytes of the first binary frame: the connection's first view (a
+        snapshot, or the update that resumed it)."""
+        self.first_update: bytes | None = None
+        """That frame when it is an update (a resumed view): what the resume carried."""
 
 
 class Counted:
@@ -108,8 +113,13 @@ class Counted:
         tally = self._tally
         tally.frames += 1
         tally.frame_bytes += len(frame)
-        if not isinstance(frame, str) and frame[:1] == UPDATE_TAG:
-            tally.update_bytes += len(frame)
+        if not isinstance(frame, str):
+            if not tally.first_view_bytes:
+                tally.first_view_bytes = len(frame)
+                if frame[:1] == UPDATE_TAG:
+                    tally.first_update = frame
+            if frame[:1] == UPDATE_TAG:
+                tally.update_bytes += len(frame)
         return frame
 
 

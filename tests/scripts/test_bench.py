@@ -103,3 +103,17 @@ def test_the_peer_rows_judge_cpu_per_change_and_latencies_against_the_node_peer(
     assert row("mass-join 2000: converged") is True
     assert row("mass-join 2000: join-to-seen p50") is False  # level is not ahead
     assert row("mass-join 2000: join-to-seen p99") is False
+
+
+def test_the_resume_targets_judge_the_ratios_and_a_failed_run_is_neither() -> None:
+    from scripts import bench_resume
+
+    blip = _result(bench_resume.BLIP_RUN, lobby_resume_pct_max=0.4, lobby_resume_pct_p50=0.3)
+    kill = _result(bench_resume.KILL_RUN, bytes_ratio=25.0, whole_s_ratio=1.2)
+    rows = bench_resume.targets({r["name"]: r for r in (blip, kill)})
+    assert [met for _, _, met in rows] == [True, True, False]
+    assert "0.4%" in rows[0][1]
+    failed = {**kill, "ok": False}
+    rows = bench_resume.targets({bench_resume.KILL_RUN: failed})
+    assert [met for _, _, met in rows] == [None, None, None]
+    assert "failed" in rows[1][1]

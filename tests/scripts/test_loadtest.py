@@ -22,7 +22,7 @@ from nacl.signing import SigningKey
 from websockets.exceptions import ConnectionClosed
 
 from scripts.loadtest import client as load_client
-from scripts.loadtest import cpus, fastws, scenarios, scopes
+from scripts.loadtest import cpus, fastws, resume, scenarios, scopes
 from scripts.loadtest.__main__ import main
 from scripts.loadtest.client import LoadClient
 from scripts.loadtest.pool import AgentPool, LoadTestError
@@ -838,6 +838,18 @@ def test_protocol_2_watchlists_and_status_churn_check_out(cluster: Server) -> No
 
 
 @pytest.mark.process
+def test_protocol_2_blips_resume_views_equal_to_fresh_snapshots(cluster: Server) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), ws_client="websockets", protocol=2) as pool:
+        ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+        result = resume.blip(ctx, 12, probes=1, watch=4, blips=1, seconds=0.3, rate=20)
+    assert_ok(result)
+    m = result.metrics
+    assert m["resumed"] == m["probes_checked"] == 2
+    assert m["lobby_resume_bytes"] > 0 and m["watch_resume_bytes"] > 0
+    assert m["lobby_snapshot_bytes"] > 0 and m["lobby_resume_pct_max"] > 0
+
+
+@pytest.mark.process
 @with_client("websockets")
 def test_reconnect_storm_brings_the_lobby_back(ctx: scenarios.Context) -> None:
     result = scenarios.reconnect_storm(ctx, 10)
@@ -1060,6 +1072,9 @@ def test_the_cli_refuses_version_2_options_it_cannot_honour(
         (["--procs", "1", "idle", str(10**9)], "use more --procs"),
         (["--protocol", "2", "watchlists", "10", "--lobby-watchers", "11"], "--lobby-watchers:"),
         (["--protocol", "2", "status-churn", "--every", "0"], "--every and --duration must"),
+        (["blip", "100"], "blip: resuming needs --protocol 2"),
+        (["--protocol", "2", "kill-worker", "100"], "kill-worker: needs --start cluster"),
+        (["--protocol", "2", "blip", "10", "--watch", "50"], "blip: users must be"),
     ]:
         with pytest.raises(SystemExit) as info:
             main(argv)

@@ -1017,3 +1017,25 @@ def check(w: Worker) -> None:
         if isinstance(output, Write) and '"type":"message"' in output.frame:
             msg_id = json.loads(output.frame)["id"]
             assert rejected_at.get(msg_id, index + 1) > index, msg_id  # never after rejected
+
+
+def test_an_auth_released_between_coalesced_writes_sees_no_update_twice() -> None:
+    """A batch too big for one write is flushed in parts; the replica is then already
+    past the part written. A held auth_ok is released only at a state every client
+    was written, or its snapshot would hold an update it is then sent again."""
+    w = Worker()
+    w.live()
+    w.online(SKS[0])
+    late = w.connect()
+    w.auth(late, SKS[1])
+    w.shell.log.clear()
+    many = [f"{n:064x}" for n in range(1, 2001)]
+    per = 500  # about 40 KiB of frame per update: two do not fit in one write
+    updates = [
+        bb.Update(E1, 7 + i, 7 + i, many[i * per : (i + 1) * per], [], w.wall) for i in range(4)
+    ]
+    w.batch(bb.AuthAck(late.machine.conn_id, E1, 8), *updates)
+    seen = w.seen(late)
+    snapshot = next(f for f in seen.frames if f["type"] == "lobby_snapshot")
+    after = [f["seq"] for f in seen.frames if f["type"] == "lobby_update"]
+    assert after == list(range(snapshot["seq"] + 1, 11))

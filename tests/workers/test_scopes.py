@@ -115,3 +115,19 @@ def test_no_resume_while_the_ring_is_behind_the_replica() -> None:
     scopes.resynced(replica)
     replica.on_update(bb.Update("e1", 8, 4, [K2], [], 0.0))  # applied, not yet published
     assert scopes.resume(5, v2.Scope.LOBBY, v2.Resume("e1", 7), replica, 0.0) is None
+
+
+def test_updates_published_together_reach_a_watcher_as_frames_of_their_own() -> None:
+    # A worker flushes the updates it applied since its last turn in one call; a
+    # watcher touched by two of them gets two binary messages, each one update (one
+    # message holding both would be malformed: bytes after the first frame's end).
+    scopes, replica = Scopes(), live([K1])
+    scopes.resynced(replica)
+    scopes.choose(1, v2.Follow(WATCH, (K1, K2)))
+    scopes.fresh(1, WATCH, replica, 0.0)
+    updates = [bb.Update("e1", 8, 4, [K2], [], 0.0), bb.Update("e1", 9, 5, [], [K1], 0.0)]
+    for update in updates:
+        replica.on_update(update)
+    routed = scopes.published([Forward(u.seq, "", 0.0, u) for u in updates], 1, 1.0)
+    frames = [v2.decode_server_frame_v2(frame) for frame in routed[1]]
+    assert [(f.seq, f.prev) for f in frames if isinstance(f, v2.Update)] == [(8, 7), (9, 8)]
