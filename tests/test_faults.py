@@ -533,8 +533,9 @@ def test_a_coordinator_stopped_past_the_worker_timeout_makes_nobody_leave(
     tmp_path: Path,
 ) -> None:
     """The coordinator stops (SIGSTOP) three times for longer than the worker timeout
-    (less than the worker's coordinator timeout): its own stall is no worker's silence. Nobody leaves, nobody is
-    closed, and the worker announced once (at start) and never again."""
+    (less than the worker's coordinator timeout): its own stall is no worker's silence.
+    Nobody leaves, nobody is closed, and the worker announced once (at start) and never
+    again."""
     with Cluster(
         tmp_path,
         1,
