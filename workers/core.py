@@ -168,7 +168,7 @@ class WorkerCore(Generic[H]):
         self._wall = wall
         self._conn_ids = itertools.count(1)
         self._announced: frozenset[int] = frozenset()
-        self.coordinator = CoordinatorLink(timing)
+        self.coordinator = CoordinatorLink(timing, TICK)
         # Updates applied but not yet written: held to the end of the read batch
         # (see _replica_outputs), never across anything else that reads the replica.
         self._unwritten: list[Forward] = []

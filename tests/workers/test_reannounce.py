@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared import backbone as bb
-from tests.workers.test_core import E1, TIMING, A, Worker
+from tests.workers.test_core import E1, SKS, TIMING, A, Worker
 
 
 def test_reannounces_queued_during_a_stall_are_answered_by_one_hello() -> None:
@@ -63,3 +63,22 @@ def test_each_request_generation_is_answered_once(steps: list[str]) -> None:
             if asked_since is not None and w.now - asked_since > TIMING.coordinator_timeout:
                 allowed, asked_since = allowed + 1, w.now  # the retry
         assert len(w.up(bb.Hello)) <= allowed
+
+
+def test_a_stall_of_the_worker_is_not_the_silence_of_its_coordinator() -> None:
+    """The worker's loop stalled past the coordinator timeout (the coordinator's beats
+    wait unread): its first tick after is no reason to re-announce or refuse clients.
+    A coordinator silent on the worker's time awake is still noticed."""
+    w = Worker()
+    w.live((A,))
+    client = w.online(SKS[0])
+    w.tick()
+    w.shell.up.clear()
+    w.tick(2 * TIMING.coordinator_timeout)  # the next tick, long after
+    assert not w.up(bb.Hello) and w.core.health(w.now)[0] is True
+    w.batch(bb.Beat(E1, w.core.replica.seq, w.wall))  # what waited is read
+    w.awake(TIMING.coordinator_timeout - 0.2)
+    assert not w.up(bb.Hello)
+    w.awake(0.4)
+    assert w.up(bb.Hello) and w.core.health(w.now)[0] is False
+    assert w.seen(client).closed is None
