@@ -36,7 +36,9 @@ the beat clock. The rules that join them:
   show is ``offline``, except while the lobby is rebuilding, when it is
   ``unavailable``. The recipient's worker answers the origin directly.
 * **Workers that fall silent** for longer than the timeout are forgotten and their
-  sessions leave in one update.
+  sessions leave in one update. The coordinator's own stalls do not count: each call
+  arriving later than :attr:`CoordinatorCore.due` (or than the previous call, whichever
+  is later) tells the registry how long the coordinator was not listening.
 
 Input from workers is checked field by field by :func:`shared.backbone.decode`; the
 core also refuses what a schema cannot express (keys that are not 64 hex characters)
@@ -115,6 +117,7 @@ class CoordinatorCore:
         self._flush_at: float | None = None
         self._next_beat = now
         self._next_check = now  # silent and unregistered workers
+        self._awake_until = now  # when the shell is due to call next at the latest
         self._snapshot: bb.Snapshot | None = None  # of (epoch, lobby.seq), made once
         self.dropped: Counter[str] = Counter()
         """Replies that could not be queued, by message tag."""
@@ -145,6 +148,7 @@ class CoordinatorCore:
     def handle(self, worker: str, msg: bb.Message, now: float, wall: float) -> list[Output]:
         """Apply one message from ``worker``; returns what to send."""
         out: list[Output] = []
+        self._woke(now)
         state = self.registry.heard(worker, now)
         if isinstance(msg, bb.Hello):
             self._on_hello(worker, msg, now, out)
@@ -206,6 +210,7 @@ class CoordinatorCore:
                 kind=msg.TAG,
             )
         self._schedule(now, wall, out)
+        self._sleeps(now)
         return out
 
     def _record(self, worker: str, status: str, data: str) -> Record:
@@ -343,6 +348,7 @@ class CoordinatorCore:
         a beat, re-registration requests. Nothing happens between :attr:`due` times,
         so the shell need not call it more often."""
         out: list[Output] = []
+        self._woke(now)
         if expire:
             self._next_check = now + timings.EXPIRY_CHECK
         for worker in self.registry.expire(now) if expire else ():
@@ -367,7 +373,19 @@ class CoordinatorCore:
         if now >= self._next_beat:
             self._next_beat = now + self.settings.timing.heartbeat_interval
             out.append(Publish(bb.Beat(self.epoch, self.lobby.seq, wall)))
+        self._sleeps(now)
         return out
+
+    def _woke(self, now: float) -> None:
+        """A call at ``now``: the time past when it was due at the latest is the
+        coordinator's own stall (a late loop, or a long message handled before)."""
+        late = now - self._awake_until
+        if late > 0:
+            self.registry.stalled(late)
+
+    def _sleeps(self, now: float) -> None:
+        """A call made at ``now`` ends: the next is due by :attr:`due` at the latest."""
+        self._awake_until = max(now, min(self.due, now + timings.EXPIRY_CHECK))
 
     @property
     def due(self) -> float:

@@ -8,7 +8,14 @@ has been applied; only then are its events applied to the lobby. An unregistered
 worker (new, or one this coordinator gave up for dead and hears again, or one whose
 replies were lost) is asked to re-register with ``Reannounce``, at most once per
 ``reannounce_every`` seconds, and its other events are ignored until it does: its
-``Hello`` will carry everything they said.
+``Hello`` will carry everything they said. Registering does not reset that clock: a
+worker whose replies keep being lost re-registers at most once per ``reannounce_every``
+(each ``Hello`` of a big worker costs the coordinator a whole registration).
+
+A worker's silence is counted on the coordinator's time awake: the time the
+coordinator itself stalled (:meth:`WorkerRegistry.stalled`: its loop was late, or busy
+with one long message) is not the worker's silence, since its heartbeats may be the very
+messages the coordinator has not read yet.
 
 The lobby is *rebuilding* while a worker may still hold sessions the lobby does not
 show: while any known worker is unregistered, and, if an earlier coordinator ran (its
@@ -34,6 +41,8 @@ class WorkerState:
     """Where the worker takes results from other workers, and its CURVE key (``Hello``)."""
     asked_at: float | None = None
     """When ``Reannounce`` was last sent to it."""
+    stalled: float = 0.0
+    """The coordinator's own stalls until ``last_seen`` (see :meth:`WorkerRegistry.stalled`)."""
 
 
 class WorkerRegistry:
@@ -46,6 +55,11 @@ class WorkerRegistry:
         self.restarted = False
         """Whether an earlier coordinator ran (see the theory of operation)."""
         self._workers: dict[str, WorkerState] = {}
+        self._stalled = 0.0  # the coordinator's own stalls, summed
+
+    def stalled(self, seconds: float) -> None:
+        """The coordinator was stalled for ``seconds``: nobody was silent meanwhile."""
+        self._stalled += seconds
 
     def __contains__(self, worker: str) -> bool:
         return worker in self._workers
@@ -57,16 +71,15 @@ class WorkerRegistry:
         """``worker`` sent something at ``now``; returns its state (new ones unregistered)."""
         state = self._workers.get(worker)
         if state is None:
-            state = self._workers[worker] = WorkerState(last_seen=now)
+            state = self._workers[worker] = WorkerState(last_seen=now, stalled=self._stalled)
         else:
-            state.last_seen = now
+            state.last_seen, state.stalled = now, self._stalled
         return state
 
     def register(self, worker: str, now: float, results: tuple[str, str]) -> None:
         state = self.heard(worker, now)
         state.registered = True
         state.results = results
-        state.asked_at = None
 
     def unregister(self, worker: str) -> bool:
         """Its view may be off (a reply to it was lost): it must re-register. Returns
@@ -103,9 +116,12 @@ class WorkerRegistry:
         return [w for w, s in self._workers.items() if not s.registered]
 
     def expire(self, now: float) -> list[str]:
-        """Forget and return the workers silent for longer than ``timeout``."""
-        deadline = now - self.timeout
-        gone = [w for w, s in self._workers.items() if s.last_seen < deadline]
+        """Forget and return the workers silent for longer than ``timeout`` (the
+        coordinator's own stalls since each was heard not counted)."""
+        deadline, stalled = now - self.timeout, self._stalled
+        gone = [
+            w for w, s in self._workers.items() if s.last_seen + (stalled - s.stalled) < deadline
+        ]
         for worker in gone:
             del self._workers[worker]
         return gone

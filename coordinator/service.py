@@ -66,7 +66,8 @@ gate = logs.Limited(log, every=10.0, burst=2)
 """The authenticator thread's own (a limiter is used by one thread)."""
 
 DRAIN_BATCH = 10_000
-"""Messages applied in a row before the loop looks at its clock (beats, flushes)."""
+"""Messages applied in a row (a ``Hello``: one per session) before the loop looks at its
+clock (beats, flushes)."""
 DROP_LOG_EVERY = 1.0
 RELEASE_EVERY = 1.0
 """How often worker ids whose holders are gone are released (see Claims.release)."""
@@ -377,7 +378,10 @@ class Coordinator:
 
     def handle(self, worker: str, frame: bytes) -> int:
         """Apply one frame (a message or a batch) from ``worker``; returns how many
-        messages it held. What is not ours is logged and dropped."""
+        messages it held, a ``Hello`` counting one per session (registering thousands
+        of sessions takes tens of milliseconds: after one, the loop looks at its clock
+        and beats before the next, so the other workers never find it silent). What is
+        not ours is logged and dropped."""
         messages, errors = bb.decode_batch(frame)
         for error in errors:
             noisy.warning(
@@ -389,13 +393,16 @@ class Coordinator:
                 error=error,
             )
         core, now, wall = self.core, time.monotonic(), time.time()
+        weight = len(messages)
         for msg in messages:
+            if type(msg) is bb.Hello:
+                weight += len(msg.sessions)
             self._carry_out(core.handle(worker, msg, now, wall))
         if core.epoch != self._recorded:  # moved above an epoch a worker reported
             self._recorded = core.epoch
             self._lock.record(f"{self._recorded} running")
             logs.identify(self._recorded)
-        return len(messages)
+        return weight
 
     def _carry_out(self, outputs: list[Output]) -> None:
         for out in outputs:

@@ -524,3 +524,45 @@ def burst(ctx: zmq.Context[zmq.Socket[bytes]], cluster: Cluster, n: int) -> str:
             if isinstance(msg, bb.Snapshot) and last in msg.users:
                 return last
     raise AssertionError("the burst was never published")
+
+
+# ------------------------------------------------------------ the coordinator's own stall
+
+
+def test_a_coordinator_stopped_past_the_worker_timeout_makes_nobody_leave(
+    tmp_path: Path,
+) -> None:
+    """The coordinator stops (SIGSTOP) three times for longer than the worker timeout
+    (less than the worker's coordinator timeout): its own stall is no worker's silence.
+    Nobody leaves, nobody is closed, and the worker announced once (at start) and never
+    again."""
+    with Cluster(
+        tmp_path,
+        1,
+        coordinator_args=("--heartbeat-interval", "0.1", "--worker-timeout", "0.3"),
+        worker_args=("--heartbeat-interval", "0.1", "--coordinator-timeout", "2.0"),
+    ) as cluster:
+        assert cluster.coordinator is not None
+        coordinator, worker = cluster.coordinator, cluster.workers[0]
+
+        async def scenario() -> None:
+            clients = await connect_many(cluster.url, 2)
+            keys = {c.public_key for c in clients}
+            for c in clients:
+                await c.wait_for_view(keys)
+            for _ in range(3):  # (each stall ends in a race: the beats may be read first)
+                coordinator.signal(signal.SIGSTOP)
+                try:
+                    await asyncio.sleep(0.35)  # the fault itself: stopped this long
+                finally:
+                    coordinator.signal(signal.SIGCONT)
+                await asyncio.sleep(0.1)  # and running this long
+            newcomer = await LobbyClient.connect(cluster.url)  # the coordinator works again
+            everyone = [*clients, newcomer]
+            await until(lambda: settled(everyone), "the newcomer seen by all", 5)
+            assert open_ones(clients) == clients
+            await close_all(everyone)
+
+        run(scenario())
+        assert "silent for" not in coordinator.output()
+        assert worker.count("announcing") == 1, worker.output()

@@ -168,7 +168,7 @@ class WorkerCore(Generic[H]):
         self._wall = wall
         self._conn_ids = itertools.count(1)
         self._announced: frozenset[int] = frozenset()
-        self.coordinator = CoordinatorLink(timing)
+        self.coordinator = CoordinatorLink(timing, TICK)
         # Updates applied but not yet written: held to the end of the read batch
         # (see _replica_outputs), never across anything else that reads the replica.
         self._unwritten: list[Forward] = []
@@ -177,7 +177,7 @@ class WorkerCore(Generic[H]):
         replica, updated = self.replica, self._replica_outputs
         self.handlers: dict[type[bb.Message], Callable[[bb.Message], None]] = {
             bb.Welcome: lambda m: self._on_welcome(_as(m, bb.Welcome)),
-            bb.Reannounce: lambda m: updated(replica.start()),
+            bb.Reannounce: lambda m: updated(replica.reannounce()),
             bb.Snapshot: lambda m: updated(replica.on_snapshot(_as(m, bb.Snapshot))),
             bb.Update: lambda m: updated(replica.on_update(_as(m, bb.Update))),
             bb.Beat: lambda m: self._on_beat(_as(m, bb.Beat)),

@@ -14,6 +14,10 @@ out the answer.
 * **Lost messages are repaired.** A message that matters and could not be queued for
   the coordinator (``Authed``, ``Closed``, ``Hello``) sets :attr:`CoordinatorLink.repair`,
   and the worker re-registers (``Hello``, the whole truth) at the next tick.
+* **The worker's own stalls are no silence of the coordinator.** A tick later than
+  ``tick`` after the one before means the worker's loop stalled (a CPU-starved
+  machine, a long burst of work); what the coordinator said meanwhile may be unread
+  still, so the silence is counted on the worker's time awake alone.
 * **Cut-off** (:meth:`CoordinatorLink.watch`): unreachable for ``cutoff_grace``, the
   worker closes its clients with 1013 and refuses new ones (the door's 503, or 1013
   right after the handshake) until the coordinator is back.
@@ -48,10 +52,14 @@ class Change(enum.Enum):
 class CoordinatorLink:
     """The coordinator as the worker sees it (times are the shell's monotonic clock)."""
 
-    def __init__(self, timing: Timing) -> None:
+    def __init__(self, timing: Timing, tick: float) -> None:
+        """``tick``: how often :meth:`due` is called (once a tick)."""
         self.timing = timing
-        self.last_seen = float("-inf")
-        """When the coordinator was last heard from."""
+        self._tick = tick
+        self._seen = float("-inf")
+        self._stalled = 0.0  # the worker's own stalls, summed
+        self._stalled_when_seen = 0.0
+        self._last_tick: float | None = None
         self.last_request = 0.0
         """When the worker last sent ``Hello`` or ``SnapshotRequest``."""
         self.repair = False
@@ -59,13 +67,26 @@ class CoordinatorLink:
         self.cut_off = False
         self._down_since: float | None = None
 
+    @property
+    def last_seen(self) -> float:
+        """When the coordinator was last heard from, moved on by the worker's own stalls
+        since (on the worker's time awake)."""
+        return self._seen + (self._stalled - self._stalled_when_seen)
+
+    @last_seen.setter
+    def last_seen(self, now: float) -> None:
+        self._seen, self._stalled_when_seen = now, self._stalled
+
     def state(self, now: float, live: bool) -> Link:
         """``live``: whether the replica is live."""
         recent = now - self.last_seen <= self.timing.coordinator_timeout
         return Link.UP if live and recent else Link.DOWN
 
     def due(self, now: float, live: bool) -> Due | None:
-        """What this tick owes the coordinator, if anything."""
+        """What this tick owes the coordinator, if anything (called once a tick)."""
+        last, self._last_tick = self._last_tick, now
+        if last is not None and now - last > 2 * self._tick:
+            self._stalled += now - last - self._tick
         timeout = self.timing.coordinator_timeout
         if live:
             if now - self.last_seen > timeout:

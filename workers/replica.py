@@ -233,6 +233,14 @@ class Replica:
         self._lost_updates = False
         return [Announce()]
 
+    def reannounce(self) -> list[Output]:
+        """The coordinator asks for our sessions (``Reannounce``). One ``Hello`` answers
+        every request made before its ``Welcome``: while it is in flight, further
+        requests (queued while either side stalled) are the same request, and announcing
+        again for each would cost the coordinator a whole registration each. Should the
+        ``Hello`` be lost, :meth:`retry` announces again."""
+        return [] if self._sync is SyncState.AWAITING_WELCOME else self.start()
+
     def retry(self) -> list[Output]:
         """Called when not live for a while: the request or its answer may be lost."""
         if self._sync is SyncState.AWAITING_WELCOME:

@@ -23,7 +23,7 @@ from shared.protocol import CloseCode
 from workers.admission import AdmissionLimits
 from workers.budget import MemoryLimits
 from workers.clients import Client, Group
-from workers.core import COALESCE_BYTES, Output, WorkerCore
+from workers.core import COALESCE_BYTES, TICK, Output, WorkerCore
 from workers.limits import Limits
 from workers.outputs import (
     AdmitPeers,
@@ -172,10 +172,18 @@ class Worker:
         finally:
             self.core.end_batch()
 
-    def tick(self, seconds: float = 0.1) -> None:
+    def tick(self, seconds: float = TICK) -> None:
+        """One tick ``seconds`` after the last (longer than :data:`TICK`: a stall of the
+        worker's own loop, see :meth:`awake`)."""
         self.now += seconds
         self.wall += seconds
         self.core.tick(self.now)
+
+    def awake(self, seconds: float) -> None:
+        """``seconds`` later, ticking every :data:`TICK` on the way as the shell does."""
+        end = self.now + seconds
+        while end - self.now > 1e-9:
+            self.tick(min(TICK, end - self.now))
 
     def live(self, users: tuple[str, ...] = (), seq: int = 5, epoch: str = E1) -> None:
         self.batch(bb.Welcome(epoch))
@@ -734,7 +742,7 @@ def test_coordinator_silence_reannounces_and_the_cut_off_closes_clients_1013() -
     w.tick()
     assert unreachable._value.get() == 0
     w.shell.up.clear()
-    w.tick(TIMING.coordinator_timeout + 0.1)
+    w.awake(TIMING.coordinator_timeout + 0.1)
     assert w.up(bb.Hello) and w.core.health(w.now)[0] is False
     assert unreachable._value.get() == 1  # as /healthz says: the metric alerts act on
     assert w.core.door("10.1.1.1", w.now) is None  # not cut off yet

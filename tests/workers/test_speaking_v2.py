@@ -335,7 +335,7 @@ def test_a_lagging_version_2_client_resumes_with_a_snapshot_and_a_new_epoch_send
     assert slow.group is Group.CURRENT_V2
     assert snapshots(w, slow) == [SnapshotCause.JOIN, SnapshotCause.SLOW_CONSUMER]
     w.batch(bb.Welcome(E2))  # a new coordinator: resync, and a fresh snapshot once it shows us
-    w.tick(3.5)
+    w.awake(3.5)
     w.batch(bb.Welcome(E2), bb.Snapshot(E2, 1, 1, [A]))
     w.tick()
     assert snapshots(w, slow)[-1] is SnapshotCause.RESYNC
