@@ -9,7 +9,7 @@ starts its own server on a free port and stops it, so runs cannot disturb each o
 comparisons (2 workers / 1 worker, batching on / off, cluster / single-process
 baseline, cluster fan-out / bare ``broadcast()``) run back to back in this one
 invocation, so a noisy machine cannot fake a difference. Sizes are fixed for a 2-core
-machine to finish in about twelve minutes; each size is written into BENCHMARKS.md.
+machine to finish in about twenty minutes; each size is written into BENCHMARKS.md.
 A run whose correctness checks fail is reported as failed, never as a number.
 
 The suite ends with ``scripts/coordinator_costs.py`` (the run named "coordinator costs":
