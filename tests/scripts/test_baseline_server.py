@@ -82,6 +82,7 @@ def test_newest_session_wins(baseline: Server) -> None:
         ("ab" * 32, AuthFailure.INVALID_PUBLIC_KEY),
         (public_key_hex(generate_signing_key()), AuthFailure.INVALID_SIGNATURE),
     ],
+    ids=["invalid_public_key", "invalid_signature"],  # one name in every collection
 )
 def test_a_bad_auth_is_refused_with_its_reason_and_4001(
     baseline: Server, public_key: str, reason: AuthFailure
