@@ -1,0 +1,70 @@
+"""The load generator's names for failed connection attempts, and which it retries."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from websockets.exceptions import ConnectionClosedError, InvalidMessage
+from websockets.frames import Close
+
+from scripts.loadtest import causes
+from scripts.loadtest.report import table
+from scripts.loadtest.scenarios import Result
+from shared.client import AuthFailed, ConnectionRefusedByServer, ProtocolError
+from shared.session import http_refusal
+
+
+@pytest.mark.parametrize(
+    ("exc", "cause"),
+    [
+        (AuthFailed("bad signature", 4001), "auth_failed_bad_signature"),
+        (http_refusal(503), "refused_http_503"),
+        (http_refusal(404), "refused_http_404"),
+        (ConnectionRefusedByServer(1013, "try_again_later"), "closed_1013"),
+        (ConnectionRefusedByServer(4003, "auth_timeout"), "closed_4003"),
+        (ConnectionRefusedByServer(1006, ""), "reset_after_upgrade"),
+        (ConnectionRefusedByServer(None, ""), "reset_after_upgrade"),
+        (TimeoutError(), "handshake_timeout"),
+        (ConnectionRefusedError(), "connect_refused"),
+        (ConnectionResetError(), "dropped_before_upgrade"),
+        (InvalidMessage("did not receive a valid HTTP response"), "dropped_before_upgrade"),
+        (EOFError(), "dropped_before_upgrade"),
+        (ConnectionClosedError(None, None), "reset_after_upgrade"),
+        (ConnectionClosedError(Close(1011, "oops"), None), "closed_1011"),
+        (ProtocolError("bad frame"), "protocol_error"),
+        (ValueError("a bug"), "error_ValueError"),
+    ],
+)
+def test_each_failure_has_a_named_cause(exc: BaseException, cause: str) -> None:
+    assert causes.classify(exc) == cause
+
+
+def test_try_again_later_is_retried_and_refusals_are_not() -> None:
+    for cause in ("closed_1013", "refused_http_503"):
+        assert causes.retry(cause, 0)
+    for cause in ("auth_failed_bad_signature", "closed_4003", "refused_http_404", "error_X"):
+        assert not causes.retry(cause, 1)
+
+
+def test_transport_failures_are_retried_a_bounded_number_of_times() -> None:
+    tries = [causes.retry("dropped_before_upgrade", n) for n in range(1, 10)]
+    assert tries == [n < causes.TRANSPORT_ATTEMPTS for n in range(1, 10)]
+
+
+def test_the_table_and_json_list_every_cause() -> None:
+    counts = {f"closed_{4000 + i}": i + 1 for i in range(7)}  # more than five
+    result = Result("mass-join", {"clients": 3}, causes=counts)
+    assert result.to_dict()["connect"]["causes"] == counts
+    out = io.StringIO()
+    table(result.to_dict(), out)
+    assert all(f"{cause} {n}" in out.getvalue() for cause, n in counts.items())
+
+
+def test_a_generator_reports_every_cause_not_only_the_commonest() -> None:
+    from scripts.loadtest.tallies import ConnectStats
+
+    stats = ConnectStats()
+    for i in range(7):
+        stats.reasons[f"closed_{4000 + i}"] += i + 1
+    assert stats.result()["reasons"] == dict(stats.reasons)
