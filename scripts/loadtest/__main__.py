@@ -457,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if feeds is not None:
                     feeds.start()
                 result = run_scenario(ctx, args)
-                result.causes = dict(ctx.causes)
+                result.causes = ctx.all_causes()
                 if feeds is not None:
                     feeds.finish(result, ctx.window)
             finally:
@@ -485,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "metrics": {},
             "failures": [str(exc)],
             "notes": [],
-            "connect": {"causes": dict(ctx.causes) if ctx is not None else {}},
+            "connect": {"causes": ctx.all_causes() if ctx is not None else {}},
             "ok": False,
             "cpus": cpu_info,
         }

@@ -455,7 +455,7 @@ class Agent(MessageOps, RecordOps, ResumeOps):
             "wrong": len(wrong),
             "examples": wrong[:5],
             "unexpected_closes": len(closed),
-            "close_codes": dict(Counter(closed.values()).most_common(5)),
+            "close_codes": dict(Counter(closed.values())),
         }
 
     async def op_addresses(self) -> dict[int, tuple[str, int]]:

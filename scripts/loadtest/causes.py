@@ -17,6 +17,10 @@ version, maps to a short name the result counts (``connect.causes``):
 * ``error_<ExceptionName>``: anything else (a bug to look at, still counted, never a
   traceback).
 
+A client that was in and lost its connection without the generator closing it counts
+as ``reset_mid_run`` (no close frame) or ``closed_mid_run_<code>``
+(:func:`mid_run`); the scenario's checks judge what that did to the run.
+
 :func:`retry` says whether a cause is worth another attempt: 1013 and 503 up to the
 scenario's attempts, transport failures up to :data:`TRANSPORT_ATTEMPTS` per client.
 """
@@ -84,3 +88,8 @@ def retry(cause: str, transport_failures: int) -> bool:
     if cause.startswith(("auth_failed_", "closed_", "refused_http_", "error_")):
         return False
     return transport_failures < TRANSPORT_ATTEMPTS
+
+
+def mid_run(code: int | None) -> str:
+    """The cause of a client's connection ending mid-run with close ``code``."""
+    return "reset_mid_run" if code is None or code == ABNORMAL else f"closed_mid_run_{code}"

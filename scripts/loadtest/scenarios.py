@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from scripts.loadtest.causes import mid_run as mid_run_cause
 from scripts.loadtest.pool import AgentPool, LoadTestError, Progress
 from scripts.loadtest.stats import Histogram
 from scripts.loadtest.target import Server
@@ -73,6 +74,13 @@ class Context:
     window: tuple[float, float] | None = None
     causes: Counter[str] = field(default_factory=Counter)
     """Every failed connection attempt of the run, by cause."""
+    closed_mid_run: dict[str, int] = field(default_factory=dict)
+    """The clients closed mid-run by cause, as the last settle found them."""
+
+    def all_causes(self) -> dict[str, int]:
+        """The failed attempts and the clients closed mid-run, by cause."""
+        return dict(self.causes + Counter(self.closed_mid_run))
+
     """(start, end), this machine's clock, of the load a scenario measures, once known."""
 
     def share(self, indices: Sequence[int]) -> Callable[[int], list[int]]:
@@ -201,6 +209,11 @@ def settle(ctx: Context, result: Result, truth: Sequence[int] | None = None) -> 
             f"{wrong} of {sum(p['checked'] for p in parts)} views did not settle to the "
             f"{len(truth)} online keys within {ctx.settle_timeout:.0f}s: {examples}"
         )
+    mid_run: Counter[str] = Counter()
+    for p in parts:
+        for code, count in p["close_codes"].items():
+            mid_run[mid_run_cause(code)] += count
+    ctx.closed_mid_run = dict(mid_run)
     if closes:
         codes = [p["close_codes"] for p in parts]
         result.failures.append(f"{closes} clients were closed by the server: {codes}")
@@ -267,7 +280,7 @@ def mass_join(ctx: Context, n: int) -> Result:
     m["generator_cpu_s"] = round(gen1 - gen0, 2)
     _per_change(m, cpu1 - cpu0, totals["changes"])
     close_all(ctx)
-    result.causes = dict(ctx.causes)
+    result.causes = ctx.all_causes()
     return result
 
 
@@ -428,7 +441,7 @@ def reconnect_storm(ctx: Context, n: int) -> Result:
     if totals["converged"] < n:
         result.failures.append(f"only {totals['converged']} of {n} views became whole")
     close_all(ctx)
-    result.causes = dict(ctx.causes)
+    result.causes = ctx.all_causes()
     return result
 
 

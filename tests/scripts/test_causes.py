@@ -68,3 +68,19 @@ def test_a_generator_reports_every_cause_not_only_the_commonest() -> None:
     for i in range(7):
         stats.reasons[f"closed_{4000 + i}"] += i + 1
     assert stats.result()["reasons"] == dict(stats.reasons)
+
+
+def test_a_connection_lost_mid_run_has_a_cause_of_its_own() -> None:
+    assert causes.mid_run(None) == causes.mid_run(1006) == "reset_mid_run"
+    assert causes.mid_run(1013) == "closed_mid_run_1013"
+
+
+def test_the_run_reports_connect_causes_and_mid_run_closes_together() -> None:
+    from collections import Counter
+
+    from scripts.loadtest.scenarios import Context
+
+    ctx = Context(pool=None, server=None)  # type: ignore[arg-type]
+    ctx.causes = Counter({"dropped_before_upgrade": 2})
+    ctx.closed_mid_run = {"reset_mid_run": 1}
+    assert ctx.all_causes() == {"dropped_before_upgrade": 2, "reset_mid_run": 1}
