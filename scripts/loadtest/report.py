@@ -39,7 +39,7 @@ def table(result: dict[str, Any], out: TextIO) -> None:
     causes = result.get("connect", {}).get("causes")
     if causes:
         listed = ", ".join(f"{cause} {count:,}" for cause, count in sorted(causes.items()))
-        out.write(f"  failed connection attempts by cause: {listed}\n")
+        out.write(f"  connections failed or lost, by cause: {listed}\n")
     for note in result.get("notes", []):
         out.write(f"  note: {note}\n")
     if result["failures"]:
