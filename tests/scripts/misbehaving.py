@@ -6,8 +6,9 @@ loop in a thread of the test process.
   time right after accept, then after reading the request, in turn);
 * ``reset``: the chosen connection gets the server's ``101`` answer, then is reset.
 
-Every other connection is passed through untouched. ``misbehaved`` counts the
-connections it dropped or reset, ``passed`` the others."""
+Every other connection is passed through untouched, until :meth:`reset_open` resets
+them all (mid-run). ``misbehaved`` counts the connections it dropped or reset at the
+upgrade, ``passed`` the others."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class Misbehaving:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._open: list[asyncio.StreamWriter] = []
 
     def __enter__(self) -> Misbehaving:
         self._thread.start()
@@ -68,6 +70,17 @@ class Misbehaving:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+
+    def reset_open(self) -> int:
+        """Reset every connection passed through so far (mid-run); returns how many."""
+
+        async def reset() -> int:
+            writers, self._open = self._open, []
+            for writer in writers:
+                _reset(writer)
+            return len(writers)
+
+        return asyncio.run_coroutine_threadsafe(reset(), self._loop).result(5)
 
     @property
     def url(self) -> str:
@@ -100,4 +113,5 @@ class Misbehaving:
             _reset(up_writer)
             return
         self.passed += 1
+        self._open.append(writer)
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
