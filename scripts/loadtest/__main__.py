@@ -433,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server: Server | None = None
     feeds: Feeds | None = None
     cpu_info: dict[str, Any] | None = None
+    ctx: scenarios.Context | None = None
     own_cpus = frozenset(os.sched_getaffinity(0))
     if client_cpus is not None:
         # This thread only (what it forks and starts inherits it); restored at the end.
@@ -456,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if feeds is not None:
                     feeds.start()
                 result = run_scenario(ctx, args)
+                result.causes = ctx.all_causes()
                 if feeds is not None:
                     feeds.finish(result, ctx.window)
             finally:
@@ -483,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "metrics": {},
             "failures": [str(exc)],
             "notes": [],
+            "connect": {"causes": ctx.all_causes() if ctx is not None else {}},
             "ok": False,
             "cpus": cpu_info,
         }

@@ -38,8 +38,8 @@ from typing import Any
 
 from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import WebSocketException
 
+from scripts.loadtest.causes import TRY_AGAIN_LATER, classify, retry
 from scripts.loadtest.client import (
     LEDGER,
     LoadClient,
@@ -53,16 +53,11 @@ from scripts.loadtest.records import RecordOps
 from scripts.loadtest.resumeops import ResumeOps
 from scripts.loadtest.stats import Histogram
 from scripts.loadtest.tallies import Cause, ConnectStats, Totals
-from shared.client import (
-    AuthFailed,
-    ConnectionRefusedByServer,
-    LobbyClientError,
-)
 from shared.session import backoff_delay
 
-TRY_AGAIN_LATER = 1013
 MAX_ATTEMPTS = 40
-"""Connection attempts per client before it counts as failed (1013, timeouts, resets)."""
+"""Connection attempts per client before it counts as failed (1013/503; transport
+failures stop sooner, see :mod:`scripts.loadtest.causes`)."""
 BACKOFF_BASE, BACKOFF_CAP = 0.05, 2.0
 """Retry delay: the core's backoff (:func:`shared.session.backoff_delay`), full jitter
 over ``min(cap, base * 2**attempt)`` seconds, so a storm of refused clients spreads out
@@ -285,6 +280,7 @@ class Agent(MessageOps, RecordOps, ResumeOps):
     # ------------------------------------------------------------------ connecting
 
     async def _connect(self, index: int, stats: ConnectStats) -> LoadClient | None:
+        transport_failures = 0
         for attempt in range(self.attempts):
             started = time.perf_counter()
             try:
@@ -304,18 +300,16 @@ class Agent(MessageOps, RecordOps, ResumeOps):
                     ping_timeout=None,
                     message_queue_size=1_000_000,
                 )
-            except AuthFailed as exc:
-                stats.reasons[f"auth_failed {exc.reason}"] += 1
-                break
-            except ConnectionRefusedByServer as exc:
-                if exc.code == TRY_AGAIN_LATER:
+            except Exception as exc:  # any server behaviour is a cause, not a traceback
+                cause = classify(exc)
+                stats.reasons[cause] += 1
+                transport_failures += cause not in TRY_AGAIN_LATER
+                if not retry(cause, transport_failures):
+                    break
+                if cause in TRY_AGAIN_LATER:
                     stats.retried_1013 += 1
                 else:
                     stats.retried_other += 1
-                    stats.reasons[f"refused {exc.code} {exc.reason}"] += 1
-            except (TimeoutError, OSError, WebSocketException, LobbyClientError) as exc:
-                stats.retried_other += 1
-                stats.reasons[type(exc).__name__] += 1
             else:
                 now = time.time()
                 stats.duration.add(time.perf_counter() - started)
@@ -461,7 +455,7 @@ class Agent(MessageOps, RecordOps, ResumeOps):
             "wrong": len(wrong),
             "examples": wrong[:5],
             "unexpected_closes": len(closed),
-            "close_codes": dict(Counter(closed.values()).most_common(5)),
+            "close_codes": dict(Counter(closed.values())),
         }
 
     async def op_addresses(self) -> dict[int, tuple[str, int]]:

@@ -232,7 +232,8 @@ async def connect(
         max_redirects=0,
         **extra,
     )
-    assert isinstance(listener, PicowsConnection)
+    if not isinstance(listener, PicowsConnection):  # the server dropped it mid-handshake
+        raise ConnectionResetError("the connection ended during the WebSocket handshake")
     return listener
 
 

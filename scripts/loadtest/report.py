@@ -36,6 +36,10 @@ def table(result: dict[str, Any], out: TextIO) -> None:
             f"  generator: {result['ws_client']}, updates applied on arrival and timed by "
             f"a {result['verify_sample']:g} sample of the watchers\n"
         )
+    causes = result.get("connect", {}).get("causes")
+    if causes:
+        listed = ", ".join(f"{cause} {count:,}" for cause, count in sorted(causes.items()))
+        out.write(f"  connections failed or lost, by cause: {listed}\n")
     for note in result.get("notes", []):
         out.write(f"  note: {note}\n")
     if result["failures"]:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from scripts.loadtest.causes import mid_run as mid_run_cause
 from scripts.loadtest.pool import AgentPool, LoadTestError, Progress
 from scripts.loadtest.stats import Histogram
 from scripts.loadtest.target import Server
@@ -39,6 +41,8 @@ class Result:
     metrics: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    causes: dict[str, int] = field(default_factory=dict)
+    """Failed connection attempts by cause (:mod:`scripts.loadtest.causes`)."""
 
     @property
     def ok(self) -> bool:
@@ -51,6 +55,7 @@ class Result:
             "metrics": self.metrics,
             "failures": self.failures,
             "notes": self.notes,
+            "connect": {"causes": self.causes},
             "ok": self.ok,
         }
 
@@ -67,6 +72,15 @@ class Context:
     attempts: int = 40
     """Connection attempts per client (1013, timeouts, resets) before the run fails."""
     window: tuple[float, float] | None = None
+    causes: Counter[str] = field(default_factory=Counter)
+    """Every failed connection attempt of the run, by cause."""
+    closed_mid_run: dict[str, int] = field(default_factory=dict)
+    """The clients closed mid-run by cause, as the last settle found them."""
+
+    def all_causes(self) -> dict[str, int]:
+        """The failed attempts and the clients closed mid-run, by cause."""
+        return dict(self.causes + Counter(self.closed_mid_run))
+
     """(start, end), this machine's clock, of the load a scenario measures, once known."""
 
     def share(self, indices: Sequence[int]) -> Callable[[int], list[int]]:
@@ -114,9 +128,11 @@ def connect(
     target_online: int | None = None,
     start_at: float = 0.0,
     extra: dict[str, Any] | None = None,
+    result: Result | None = None,
 ) -> dict[str, Any]:
     """Connect ``indices`` spread over the generators (``extra``: more arguments of the
-    agents' ``connect``); fails the run if any could not."""
+    agents' ``connect``); fails the run if any could not (with ``result``: fails it and
+    goes on). Every failed attempt is counted by cause in ``ctx.causes``."""
     stats = _merge_connect(
         ctx.pool.call(
             "connect",
@@ -133,7 +149,12 @@ def connect(
             timeout=120.0 + len(indices) / 20,
         )
     )
-    if stats["failed"]:
+    ctx.causes.update(stats["reasons"])
+    if stats["failed"] and result is not None:
+        result.failures.append(
+            f"{stats['failed']} of {len(indices)} clients could not connect: {stats['reasons']}"
+        )
+    elif stats["failed"]:
         raise LoadTestError(
             f"{stats['failed']} of {len(indices)} clients could not connect: {stats['reasons']}"
         )
@@ -188,6 +209,11 @@ def settle(ctx: Context, result: Result, truth: Sequence[int] | None = None) -> 
             f"{wrong} of {sum(p['checked'] for p in parts)} views did not settle to the "
             f"{len(truth)} online keys within {ctx.settle_timeout:.0f}s: {examples}"
         )
+    mid_run: Counter[str] = Counter()
+    for p in parts:
+        for code, count in p["close_codes"].items():
+            mid_run[mid_run_cause(code)] += count
+    ctx.closed_mid_run = dict(mid_run)
     if closes:
         codes = [p["close_codes"] for p in parts]
         result.failures.append(f"{closes} clients were closed by the server: {codes}")
@@ -231,7 +257,7 @@ def mass_join(ctx: Context, n: int) -> Result:
     result = Result("mass-join", {"clients": n})
     cpu0, gen0 = ctx.server_cpu(), ctx.generator_cpu()
     start = time.time() + START_DELAY
-    stats = connect(ctx, range(n), "authenticating", target_online=n, start_at=start)
+    stats = connect(ctx, range(n), "authenticating", target_online=n, start_at=start, result=result)
     totals = counters(ctx)
     if totals["converged"] < n:
         settle(ctx, result, range(n))
@@ -254,6 +280,7 @@ def mass_join(ctx: Context, n: int) -> Result:
     m["generator_cpu_s"] = round(gen1 - gen0, 2)
     _per_change(m, cpu1 - cpu0, totals["changes"])
     close_all(ctx)
+    result.causes = ctx.all_causes()
     return result
 
 
@@ -383,6 +410,7 @@ def reconnect_storm(ctx: Context, n: int) -> Result:
         timeout=180.0 + n / 20,
     )
     stats = _merge_connect(parts)
+    ctx.causes.update(stats["reasons"])
     totals = counters(ctx)
     cpu1, gen1 = ctx.server_cpu(), ctx.generator_cpu()
     settle(ctx, result, range(n))
@@ -413,6 +441,7 @@ def reconnect_storm(ctx: Context, n: int) -> Result:
     if totals["converged"] < n:
         result.failures.append(f"only {totals['converged']} of {n} views became whole")
     close_all(ctx)
+    result.causes = ctx.all_causes()
     return result
 
 

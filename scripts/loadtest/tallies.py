@@ -31,6 +31,7 @@ class ConnectStats:
     retried_1013: int = 0
     retried_other: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    """Failed attempts by cause (:func:`scripts.loadtest.causes.classify`), all of them."""
     duration: Histogram = field(default_factory=Histogram)
     first_ok: float = 0.0
     last_ok: float = 0.0
@@ -41,7 +42,7 @@ class ConnectStats:
             "failed": self.failed,
             "retried_1013": self.retried_1013,
             "retried_other": self.retried_other,
-            "reasons": dict(self.reasons.most_common(5)),
+            "reasons": dict(self.reasons.most_common()),
             "duration": self.duration.to_dict(),
             "first_ok": self.first_ok,
             "last_ok": self.last_ok,
