@@ -14,7 +14,8 @@ import pytest
 from shared import events
 from shared.client import LobbyChange, LobbyClient
 from shared.records import Record
-from tests.support import Cluster, ManagedProcess, free_port, run, until
+from tests.support import Cluster, ManagedProcess, free_port, http, run, until
+from workers.apiserver import MAX_READING
 
 pytestmark = pytest.mark.process
 
@@ -225,6 +226,51 @@ def test_a_consumer_that_resumes_too_late_is_told_and_repairs_from_the_lobby(
         late.close()
 
     run(scenario())
+
+
+def test_connections_that_send_slowly_hold_at_most_the_reading_cap(
+    cluster: tuple[Cluster, int],
+) -> None:
+    """A peer opening connections that never finish their request holds no more than
+    MAX_READING of the worker's sockets: the rest are dropped at once, long before the
+    5 s a request may take; once they go, requests are answered again."""
+    _, port = cluster
+    extra = 20
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_READING + extra)]
+    try:
+        for sock in held:
+            sock.sendall(b"GET /v1/lobby HTTP/1.1\r\n")  # and never the rest
+            sock.setblocking(False)
+
+        def dropped() -> int:
+            count = 0
+            for sock in held:
+                try:
+                    count += sock.recv(1) == b""
+                except BlockingIOError:
+                    pass  # still open
+                except ConnectionResetError:
+                    count += 1
+            return count
+
+        async def cut() -> None:
+            await until(lambda: dropped() >= extra, f"{extra} connections dropped", 2.0)
+
+        run(cut())
+    finally:
+        for sock in held:
+            sock.close()
+
+    async def answered() -> None:
+        async def ok() -> bool:
+            status, _, _ = await http(
+                port, path="/v1/lobby", headers=[("Authorization", f"Bearer {TOKEN}")]
+            )
+            return status == 200
+
+        await until(ok, "the API to answer again", 5.0)
+
+    run(answered())
 
 
 def test_bulk_lookup_agrees_with_a_clients_view_at_the_same_seq(

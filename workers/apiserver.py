@@ -51,6 +51,12 @@ log = logging.getLogger("workers")
 
 OPEN_TIMEOUT: Final = 5.0
 """Seconds an API connection may take to send its request (head and body)."""
+MAX_READING: Final = 256
+"""API connections whose request is still being read, at most; one more is dropped at
+accept. A peer that opens connections and sends slowly holds no more than this many
+sockets (each for at most :data:`OPEN_TIMEOUT`), so it cannot use up the file
+descriptors the worker's public port shares; answered requests and streams do not
+count."""
 KICK_TIMEOUT: Final = 2.0
 """Seconds to wait for the coordinator's answer to a kick before answering 503."""
 CLOSE_TIMEOUT: Final = 2.0
@@ -97,6 +103,7 @@ class ApiServer:
         self._wake: dict[Consumer, asyncio.Event] = {}
         self._kicks: dict[int, asyncio.Future[str]] = {}
         self._requests = itertools.count(1)
+        self._reading = 0  # connections whose request is being read (MAX_READING)
         self._servers: list[asyncio.Server] = []
         self._tally = metrics.Tally()
         self._resets = {r: metrics.EVENTS_RESET.labels(r) for r in metrics.EVENTS_RESETS}
@@ -175,27 +182,32 @@ class ApiServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await self._request(reader, writer)
+            if self._reading < MAX_READING:
+                await self._request(reader, writer)
         except (OSError, EOFError, asyncio.LimitOverrunError, TimeoutError, ValueError):
             pass  # the caller went away, sent too much, or too slowly: nothing to answer
         finally:
             writer.transport.abort()  # answered (and drained), or nothing to say
 
     async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with asyncio.timeout(OPEN_TIMEOUT):
-            raw = await reader.readuntil(b"\r\n\r\n")
-            head = api.parse_head(raw[:-4])
-            if head is None:
-                return
-            authorization = head.one("authorization")
-            if not self.backend.authorised(authorization):
-                await _respond(writer, api.UNAUTHORIZED)
-                return
-            length = api.body_length(head)
-            if isinstance(length, Answer):
-                await _respond(writer, length)
-                return
-            body = await reader.readexactly(length) if length else b""
+        self._reading += 1
+        try:
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                raw = await reader.readuntil(b"\r\n\r\n")
+                head = api.parse_head(raw[:-4])
+                if head is None:
+                    return
+                authorization = head.one("authorization")
+                if not self.backend.authorised(authorization):
+                    await _respond(writer, api.UNAUTHORIZED)
+                    return
+                length = api.body_length(head)
+                if isinstance(length, Answer):
+                    await _respond(writer, length)
+                    return
+                body = await reader.readexactly(length) if length else b""
+        finally:
+            self._reading -= 1
         ids = head.all("last-event-id")
         if len(ids) > 1:
             await _respond(
