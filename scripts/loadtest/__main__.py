@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("clients", type=int, help="clients following a watchlist")
     p.add_argument("--watch", type=int, default=20, help="keys a watchlist (%(default)s)")
     p.add_argument(
-        "--lobby", type=int, default=500, help="whole-lobby clients after them (%(default)s)"
+        "--lobby", type=int, default=200, help="whole-lobby clients after them (%(default)s)"
     )
     return parser
 
