@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import resource
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from shared import logs
 
@@ -61,3 +61,20 @@ def raise_and_log(log: logging.Logger) -> FdLimit:
     else:
         log.info("open-file limit %d (hard %d)", limit.soft, limit.hard, extra=fields)
     return limit
+
+
+SPARE: Final = 512
+"""Open files a worker keeps for everything but client connections: the backend API's
+connections (at most 256 read at once, and the event-stream consumers), ZeroMQ's sockets
+and pipes, the logs, and one to accept a connection it then refuses as full. 512 leaves
+room for all of them with the defaults."""
+
+
+def connections_allowed(soft: int, wanted: int, spare: int = SPARE) -> int:
+    """How many client connections a process whose soft open-file limit is ``soft`` may
+    admit when ``wanted`` are asked for: ``wanted``, or fewer when the files would run out
+    first (at least 1). Past its open-file limit a process cannot even accept a connection
+    to refuse it, so the limit, not ``wanted``, must be what turns clients away."""
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - spare))

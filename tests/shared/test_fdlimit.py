@@ -68,3 +68,40 @@ def test_this_process_ends_at_its_hard_limit(caplog: pytest.LogCaptureFixture) -
         f"open-file limit {limit.soft} (hard {limit.hard})"
     ]
     assert caplog.records[0].__dict__["event"] == "fd_limit"
+
+
+@pytest.mark.parametrize(
+    ("soft", "wanted", "allowed"),
+    [
+        (20_000, 50_000, 20_000 - fdlimit.SPARE),  # the files run out first
+        (1_048_576, 50_000, 50_000),  # the option decides
+        (fdlimit.SPARE + 10, 50_000, 10),
+        (100, 50_000, 1),  # never none
+        (resource.RLIM_INFINITY, 50_000, 50_000),
+    ],
+)
+def test_connections_are_kept_within_the_open_files(soft: int, wanted: int, allowed: int) -> None:
+    assert fdlimit.connections_allowed(soft, wanted) == allowed
+
+
+def test_a_worker_lowers_max_connections_to_its_files_and_says_which_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from shared import options
+    from workers.__main__ import within_files
+    from workers.settings import WorkerSettings
+
+    settings, _ = options.parse_args(
+        WorkerSettings, ["--max-connections", "30000"], prog="w", description=""
+    )
+    log = logging.getLogger("test.fdlimit")
+    with caplog.at_level(logging.INFO, logger="test.fdlimit"):
+        lowered = within_files(settings, 20_000, log)
+        kept = within_files(settings, 1_000_000, log)
+    assert lowered.admission.max_connections == 20_000 - fdlimit.SPARE
+    assert lowered.admission.max_pending_auth == settings.admission.max_pending_auth
+    assert kept is settings
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "open-file limit (20000" in record.getMessage()
+    assert "ulimit -n" in record.getMessage()
