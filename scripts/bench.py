@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts import (  # noqa: E402  (after the path that finds them)
+    bench_auth,
     bench_events,
     bench_peer,
     bench_resume,
@@ -93,7 +94,7 @@ class BenchSet(Protocol):
     def targets(self, res: dict[str, dict[str, Any]]) -> list[Row]: ...
 
 
-SETS: tuple[BenchSet, ...] = (bench_peer, bench_scopes, bench_resume, bench_events)
+SETS: tuple[BenchSet, ...] = (bench_peer, bench_scopes, bench_resume, bench_events, bench_auth)
 """The sets run after the suite's own runs, in this order."""
 
 

@@ -32,9 +32,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeGuard, TypeVar
 
-from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
+
+from shared.keycheck import usable_key
 
 VERSION: Final = 1
 WS_PATH: Final = "/ws"
@@ -163,9 +164,10 @@ def verify_signed(payload: bytes, public_key: str, signature: str) -> AuthFailur
     if not is_hex_key(public_key):
         return AuthFailure.INVALID_PUBLIC_KEY
     key_bytes = bytes.fromhex(public_key)
-    # libsodium would reject a small-order or off-curve key only as a bad signature;
-    # checking the point first gives the client the precise reason.
-    if not crypto_core_ed25519_is_valid_point(key_bytes):
+    # libsodium would reject a small-order or off-curve key only as a bad signature,
+    # and a mixed-order one only sometimes: checking the point first gives the client
+    # the precise reason, every time (see shared.keycheck).
+    if not usable_key(key_bytes):
         return AuthFailure.INVALID_PUBLIC_KEY
     if not is_hex_key(signature, 128):
         return AuthFailure.INVALID_SIGNATURE

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from shared import fdlimit, logs, options
+from workers.gctune import tune_gc
 from workers.server import main as run_worker
 from workers.settings import WorkerSettings
 
@@ -30,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("workers")
     limit = fdlimit.raise_and_log(log)  # a socket per client
     settings = within_files(settings, limit.soft, log)
+    tune_gc()  # after the start's objects are made
     try:
         import uvloop
     except ImportError:

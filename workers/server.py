@@ -309,13 +309,15 @@ class Worker:
         table, replica = self.core.clients, self.core.replica
         routed = self._scopes.published(updates, len(replica.users), self._now())
         left: list[tuple[ServerConnection, int]] = []
+        written = written_bytes = 0
         for conn, payloads in routed.items():
             client = table.by_conn.get(conn)
             if client is not None and client.group is Group.SCOPED:
                 frames = [SharedFrame(payload) for payload in payloads]
                 write_all((client.handle,), frames, left)  # one write, a message each
-                for frame in frames:
-                    stats.fanned_out(1, len(frame))
+                written += len(frames)
+                written_bytes += sum(len(frame) for frame in frames)
+        stats.fanned_out_frames(written, written_bytes)
         self.core.observed(left)
 
     def _write_counts(self) -> None:

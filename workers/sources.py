@@ -43,6 +43,7 @@ ports stripped; the peer is returned as given.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Final, Protocol, TypeAlias, runtime_checkable
@@ -52,6 +53,8 @@ IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 IPV6_SOURCE_PREFIX: Final = 64
 """IPv6 addresses in one /64 are one source."""
+SOURCE_KEYS: Final = 4096
+"""Addresses whose admission source a worker remembers (a few hundred kB at most)."""
 _MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
 _STOP: Final = None  # a node that ends the walk (malformed, obfuscated or unknown)
 
@@ -68,8 +71,11 @@ AnyHeaders: TypeAlias = HeaderLines | Mapping[str, str]
 per name; names compared case-insensitively)."""
 
 
+@functools.lru_cache(maxsize=SOURCE_KEYS)
 def source_key(address: str) -> str:
-    """The admission source of ``address`` (see the module docstring). Never raises."""
+    """The admission source of ``address`` (see the module docstring). Never raises.
+    A pure function of the string, remembered for the last :data:`SOURCE_KEYS`
+    addresses: a storm's clients come from few of them, and each is parsed once."""
     ip = _parse_ip(address)
     if ip is None:
         return address

@@ -98,8 +98,15 @@ def resynced(reason: ResyncReason) -> None:
 
 def fanned_out(clients: int, frame_bytes: int) -> None:
     """One update broadcast to ``clients`` clients (frames are ASCII: chars are bytes)."""
-    metrics.FANOUT_FRAMES.inc(clients)
-    metrics.FANOUT_BYTES.inc(clients * frame_bytes)
+    fanned_out_frames(clients, clients * frame_bytes)
+
+
+def fanned_out_frames(frames: int, total_bytes: int) -> None:
+    """``frames`` frames of ``total_bytes`` in all written, counted at once (a flush's
+    own frames to each watchlist client: two increments, not two a frame)."""
+    if frames:
+        metrics.FANOUT_FRAMES.inc(frames)
+        metrics.FANOUT_BYTES.inc(total_bytes)
 
 
 def update_latency(seconds: float) -> None:

@@ -21,6 +21,8 @@ Scenarios:
   status-churn       version 2: status changes against joins and leaves, same rate
   blip               (v2) probes drop for a few seconds and resume: bytes against a snapshot
   kill-worker        (v2) a worker is SIGKILLed: its clients back by snapshots, then resuming
+  auth-rate N        (v2) N watchlist clients, then a modest whole lobby, authenticate at
+                     once: the worker's CPU per auth and auths/s per worker core
 
 CPUs: ``--server-cpus 0 --client-cpus 1`` runs the server and the generator on
 separate CPUs, so that the generator's own work does not show up as server latency
@@ -41,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.loadtest import cpus, resume, scenarios, scopes
+from scripts.loadtest import authrate, cpus, resume, scenarios, scopes
 from scripts.loadtest.agent import raise_fd_limit
 from scripts.loadtest.backend import Feeds
 from scripts.loadtest.client import WS_CLIENTS, resolve_ws_client
@@ -285,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--watch", type=int, default=50, help="keys of the others' watchlists (%(default)s)"
     )
+    p = sub.add_parser("auth-rate", help="(v2) the worker's CPU per auth")
+    p.add_argument("clients", type=int, help="clients following a watchlist")
+    p.add_argument("--watch", type=int, default=20, help="keys a watchlist (%(default)s)")
+    p.add_argument(
+        "--lobby", type=int, default=200, help="whole-lobby clients after them (%(default)s)"
+    )
     return parser
 
 
@@ -333,6 +341,8 @@ def run_scenario(ctx: scenarios.Context, args: argparse.Namespace) -> scenarios.
         )
     if name == "kill-worker":
         return resume.kill_worker(ctx, args.users, args.whole, args.watch)
+    if name == "auth-rate":
+        return authrate.auth_rate(ctx, args.clients, args.watch, args.lobby)
     return scenarios.fanout(
         ctx, args.watchers, args.changes, args.rate, args.frame_bytes, bare=args.start == "bare"
     )
@@ -403,6 +413,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("status-churn: --users, --every and --duration must be positive")
     if args.scenario in ("blip", "kill-worker"):
         check_resume_options(parser, args)
+    if args.scenario == "auth-rate" and (
+        args.protocol != 2
+        or not 1 <= args.watch <= min(MAX_WATCH_KEYS, args.clients)
+        or args.lobby < 1
+    ):
+        parser.error("auth-rate: needs --protocol 2, --watch from 1 to the clients, --lobby >= 1")
     if not 0.0 <= args.verify_sample <= 1.0:
         parser.error("--verify-sample: a fraction from 0 to 1")
     if args.start == "node":

@@ -117,3 +117,17 @@ def test_the_resume_targets_judge_the_ratios_and_a_failed_run_is_neither() -> No
     rows = bench_resume.targets({bench_resume.KILL_RUN: failed})
     assert [met for _, _, met in rows] == [None, None, None]
     assert "failed" in rows[1][1]
+
+
+def test_the_auth_rows_show_the_rate_per_core_and_a_failed_run_is_neither() -> None:
+    from scripts import bench_auth
+
+    paced = _result(
+        bench_auth.PACED, watch_auths_per_s_per_core=800.0, watch_worker_cpu_us_per_auth=1250.0
+    )
+    rows = bench_auth.targets({bench_auth.PACED: paced})
+    assert [met for _, _, met in rows] == [True, None, None]  # the lobby load and the storm: none
+    assert "800/s per core" in rows[0][1] and "1,250 µs" in rows[0][1]
+    rows = bench_auth.targets({bench_auth.PACED: {**paced, "ok": False}})
+    assert [met for _, _, met in rows] == [None, None, None]
+    assert "failed" in rows[0][1]

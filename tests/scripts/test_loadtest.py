@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from websockets.exceptions import ConnectionClosed
 
+from scripts.loadtest import authrate, cpus, fastws, resume, scenarios, scopes
 from scripts.loadtest import client as load_client
-from scripts.loadtest import cpus, fastws, resume, scenarios, scopes
 from scripts.loadtest.__main__ import main
 from scripts.loadtest.client import LoadClient
 from scripts.loadtest.pool import AgentPool, LoadTestError
@@ -847,6 +847,17 @@ def test_protocol_2_blips_resume_views_equal_to_fresh_snapshots(cluster: Server)
     assert m["resumed"] == m["probes_checked"] == 2
     assert m["lobby_resume_bytes"] > 0 and m["watch_resume_bytes"] > 0
     assert m["lobby_snapshot_bytes"] > 0 and m["lobby_resume_pct_max"] > 0
+
+
+@pytest.mark.process
+def test_protocol_2_auth_rate_counts_the_workers_cpu_per_auth(cluster: Server) -> None:
+    with AgentPool(2, cluster.url, os.urandom(16), ws_client="websockets", protocol=2) as pool:
+        ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
+        result = authrate.auth_rate(ctx, 10, watch=3, lobby=4)
+    assert_ok(result)
+    m = result.metrics
+    assert (m["watch_auths"], m["lobby_auths"]) == (10, 4)
+    assert m["watch_auth_per_s"] > 0 and m["watch_worker_cpu_us_per_auth"] >= 0
 
 
 @pytest.mark.process

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.datastructures import Headers
 
-from workers.sources import client_address, parse_trusted, source_key
+from workers.sources import SOURCE_KEYS, client_address, parse_trusted, source_key
 
 PROXIES = parse_trusted(["10.0.0.0/8,127.0.0.1", "::1"])
 
@@ -68,6 +68,12 @@ def test_addresses_in_one_slash_64_share_a_source(address: int, host: int) -> No
     b = ipaddress.IPv6Address(address >> 64 << 64 | host)
     if a.ipv4_mapped is None and b.ipv4_mapped is None:  # (mapped ones are IPv4)
         assert source_key(str(a)) == source_key(str(b))
+
+
+def test_remembered_sources_are_bounded_and_answer_as_a_fresh_parse() -> None:
+    assert source_key.cache_info().maxsize == SOURCE_KEYS
+    for address in ("2001:db8::1", "::ffff:10.0.0.1", "not an address"):
+        assert source_key(address) == source_key.__wrapped__(address)
 
 
 # --------------------------------------------------------------------------- parse_trusted
