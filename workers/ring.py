@@ -10,41 +10,49 @@ whether a view can be resumed (:meth:`Ring.covers`) and with what (:meth:`Ring.s
 
 * **What it holds.** The updates of the current epoch the worker applied in order, each
   with its time: the keys that joined (with their records), those whose record changed
-  (with the new one) and those that left. It holds every update after ``base`` up to
-  ``newest``, and nothing else: an update that does not follow on (the replica resynced
-  after a gap) or a new epoch (:meth:`Ring.reset`) starts it afresh.
+  (with the new one and the one it replaced) and those that left (with the record they
+  had). It holds every update after ``base`` up to ``newest``, and nothing else: an
+  update that does not follow on (the replica resynced after a gap) or a new epoch
+  (:meth:`Ring.reset`) starts it afresh.
 * **Its bounds.** At most ``max_bytes`` (estimated as :meth:`Ring.bytes` charges them;
   :data:`MAX_BYTES`, 8 MiB) and ``max_age`` seconds (:data:`MAX_AGE`, 60 s). At either
   bound the oldest updates go, and ``base`` moves past them: the views they would have
   resumed get a snapshot instead. An update larger than ``max_bytes`` on its own leaves
   the ring empty.
 * **The net effect** from ``S`` to ``newest``, per key, follows the protocol's rule for
-  applying updates (remove ``left``, then set ``joined`` and ``updated``). Whether the
-  key was online at ``S`` is read from the first update after ``S`` that touches it: in
-  ``left`` or ``updated``, it was; in ``joined`` without ``left``, it was not. Then:
-  online at ``S`` and now, ``updated`` with the current record; offline at ``S`` and
-  online now, ``joined``; online at ``S`` and offline now, ``left``; offline both times,
-  nothing. A key no update touched is not listed. So the client's view at ``S`` with the
-  net effect applied is the lobby now, for the whole lobby or restricted to a watchlist.
+  applying updates (remove ``left``, then set ``joined`` and ``updated``). The key's
+  state at ``S`` is read from the first update after ``S`` that touches it: in ``left``
+  or ``updated``, it was online with the record that update replaced; in ``joined``
+  without ``left``, it was offline. Its state now is the last update's. Then: offline at
+  ``S`` and online now, ``joined``; online at ``S`` and offline now, ``left``; online
+  both times, ``updated`` with the current record unless that is the record it had at
+  ``S`` (it left and came back as it was, as every user of a killed worker does), when
+  it is not listed, as it is not when offline both times. A key no update touched is
+  not listed. So the client's view at ``S`` with the net effect applied is the lobby
+  now, for the whole lobby or restricted to a watchlist, and every key listed differs
+  from the client's view. (A replaced record the ring was not told of counts as
+  different: such a key is listed as ``updated``.)
 
 Cost: the net effect for the whole lobby from ``S`` is computed once (one step per
-change held after ``S``) and kept until the ring changes, since reconnecting clients come
-in herds holding the same view; restricting it to a watchlist costs the smaller of the
-two sizes. That kept result is charged too: :meth:`Ring.bytes` is at most about twice
-``max_bytes``.
+change held after ``S``) and kept, since reconnecting clients come in herds holding the
+same view; while it is kept, each update appended is folded into it (one step per change
+of that update), so a herd that resumes while the lobby moves (the users of a killed
+worker coming back) shares it too. Restricting it to a watchlist costs the smaller of
+the watchlist's size and the number of keys listed. That kept result is charged too:
+:meth:`Ring.bytes` is at most about twice ``max_bytes``.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from itertools import islice
 from typing import Final
 
 from shared.defaults import RESUME_RING_AGE, RESUME_RING_BYTES
-from shared.records import Record
+from shared.records import DEFAULT, Record
 from workers.interest import Changes, Entry
 
 MAX_BYTES: Final = RESUME_RING_BYTES
@@ -58,30 +66,94 @@ ENTRY_BYTES: Final = 220
 """Estimated bytes of one joined or updated entry besides its record's text."""
 LEFT_BYTES: Final = 120
 """Estimated bytes of one key that left."""
-NET_BYTES: Final = 130
+WAS_BYTES: Final = 8
+"""Estimated bytes of the reference to the record a left or updated key had."""
+RECORD_BYTES: Final = 160
+"""Estimated bytes of a replaced record that is not the default (the ring may be the
+last to hold it), besides its text."""
+NET_BYTES: Final = 150
 """Estimated bytes per key of a kept net effect."""
+LISTED_BYTES: Final = 110
+"""Estimated bytes per key a kept net effect lists."""
 
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """One update as the ring holds it."""
+    """One update as the ring holds it; ``left_was`` and ``updated_was`` hold the record
+    each key of ``left`` and ``updated`` had before it (``None``: not known)."""
 
     seq: int
     at: float
     joined: tuple[Entry, ...]
     updated: tuple[Entry, ...]
     left: tuple[str, ...]
+    left_was: tuple[Record | None, ...]
+    updated_was: tuple[Record | None, ...]
     size: int
 
 
-def held_size(joined: Iterable[Entry], updated: Iterable[Entry], left: Iterable[str]) -> int:
-    """The estimated bytes an update holds (what the ring charges for it)."""
-    entries = sum(ENTRY_BYTES + len(s) + len(d) for _, (s, d) in (*joined, *updated))
-    return UPDATE_BYTES + entries + LEFT_BYTES * sum(1 for _ in left)
+def held_size(
+    joined: Iterable[Entry],
+    updated: Iterable[Entry],
+    left: Iterable[str],
+    was: Iterable[Record | None] = (),
+) -> int:
+    """The estimated bytes an update holds (what the ring charges for it): its entries,
+    its left keys and the records ``was`` its left and updated keys had."""
+    changed = tuple(updated)
+    entries = sum(ENTRY_BYTES + len(s) + len(d) for _, (s, d) in (*joined, *changed))
+    keys = sum(1 for _ in left)
+    replaced = sum(
+        RECORD_BYTES + len(record[0]) + len(record[1])
+        for record in was
+        if record is not None and record != DEFAULT
+    )
+    return UPDATE_BYTES + entries + LEFT_BYTES * keys + WAS_BYTES * (keys + len(changed)) + replaced
 
 
-_Net = dict[str, tuple[bool, Record | None]]
-"""Per touched key: whether it was online at ``S``, and its record now (None: offline)."""
+_State = tuple[bool, Record | None, Record | None]
+"""A touched key's net state: whether it was online at ``S``, its record then (``None``:
+offline, or not known), and its record now (``None``: offline)."""
+_Listed = dict[str, tuple[bool, Record | None]]
+"""Per listed key: whether it was online at ``S``, and its record now (None: offline)."""
+
+
+class _Net:
+    """The net effect from ``s`` to ``newest``: every touched key's state, and those of
+    the keys it lists."""
+
+    __slots__ = ("listed", "newest", "s", "states")
+
+    def __init__(self, s: int) -> None:
+        self.s = self.newest = s
+        self.states: dict[str, _State] = {}
+        self.listed: _Listed = {}
+
+    @property
+    def bytes(self) -> int:
+        return NET_BYTES * len(self.states) + LISTED_BYTES * len(self.listed)
+
+    def fold(self, held: Held) -> None:
+        """Take the next update into the net effect (the protocol's order)."""
+        states, set_ = self.states, self._set
+        for key, was in zip(held.left, held.left_was, strict=True):
+            state = states.get(key)
+            set_(key, (True, was, None) if state is None else (state[0], state[1], None))
+        for key, record in held.joined:
+            state = states.get(key)
+            set_(key, (False, None, record) if state is None else (state[0], state[1], record))
+        for (key, record), was in zip(held.updated, held.updated_was, strict=True):
+            state = states.get(key)
+            set_(key, (True, was, record) if state is None else (state[0], state[1], record))
+        self.newest = held.seq
+
+    def _set(self, key: str, state: _State) -> None:
+        self.states[key] = state
+        online, then, now = state
+        if online == (now is not None) and (now is None or then == now):
+            self.listed.pop(key, None)  # offline both times, or online as it was
+        else:
+            self.listed[key] = (online, now)
 
 
 class Ring:
@@ -96,7 +168,7 @@ class Ring:
         self._base = 0
         self._held: deque[Held] = deque()
         self._held_bytes = 0
-        self._memo: tuple[int, int, _Net] | None = None  # (S, newest, net from S)
+        self._memo: _Net | None = None  # the net effect from one S, kept
 
     # ------------------------------------------------------------------ figures
 
@@ -125,7 +197,7 @@ class Ring:
     @property
     def bytes(self) -> int:
         """The bytes charged for the memory budget: the updates and the kept net effect."""
-        memo = 0 if self._memo is None else NET_BYTES * len(self._memo[2])
+        memo = 0 if self._memo is None else self._memo.bytes
         return self._held_bytes + memo
 
     # ------------------------------------------------------------------ changing
@@ -145,20 +217,29 @@ class Ring:
         joined: Iterable[Entry] = (),
         updated: Iterable[Entry] = (),
         left: Iterable[str] = (),
+        was: Mapping[str, Record] | None = None,
     ) -> None:
         """Update ``seq`` of the current epoch was applied at ``at`` (on the clock
-        :meth:`trim` and :meth:`covers` are given). Before the first :meth:`reset`, or
-        for a duplicate or older one, nothing happens; one that does not follow on
-        starts the ring afresh before it. Then the oldest go while past either bound."""
+        :meth:`trim` and :meth:`covers` are given). ``was`` has the record each key in
+        ``left`` or ``updated`` had just before it (one it lacks counts as changed).
+        Before the first :meth:`reset`, or for a duplicate or older one, nothing
+        happens; one that does not follow on starts the ring afresh before it. Then the
+        oldest go while past either bound."""
         if self._epoch is None or seq <= self.newest:
             return
         if seq != self.newest + 1:
             self.reset(self._epoch, seq - 1)
         joined, updated, left = tuple(joined), tuple(updated), tuple(left)
-        held = Held(seq, at, joined, updated, left, held_size(joined, updated, left))
+        was = was or {}
+        left_was = tuple(was.get(key) for key in left)
+        updated_was = tuple(was.get(key) for key, _ in updated)
+        size = held_size(joined, updated, left, (*left_was, *updated_was))
+        held = Held(seq, at, joined, updated, left, left_was, updated_was, size)
         self._held.append(held)
         self._held_bytes += held.size
-        self._memo = None
+        memo = self._memo
+        if memo is not None:
+            memo.fold(held)  # (it was at the newest before: every change is folded)
         while self._held_bytes > self.max_bytes:
             self._drop_oldest()
         self.trim(at)
@@ -173,7 +254,8 @@ class Ring:
         gone = self._held.popleft()
         self._held_bytes -= gone.size
         self._base = gone.seq
-        self._memo = None
+        if self._memo is not None and self._memo.s < self._base:
+            self._memo = None  # its view can no longer be resumed
 
     # ------------------------------------------------------------------ resuming
 
@@ -190,20 +272,19 @@ class Ring:
         A watch client resumed so has been sent ``newest``: tell the interest index."""
         if epoch != self._epoch or not self._base <= seq <= self.newest:
             return None
-        net = self._net(seq)
+        net = self._net(seq).listed
         if keys is None:
-            touched: Iterable[tuple[str, tuple[bool, Record | None]]] = net.items()
+            listed: Iterable[tuple[str, tuple[bool, Record | None]]] = net.items()
         elif len(keys) < len(net):
-            touched = ((key, net[key]) for key in keys if key in net)
+            listed = ((key, net[key]) for key in keys if key in net)
         else:
-            touched = ((key, state) for key, state in net.items() if key in keys)
+            listed = ((key, state) for key, state in net.items() if key in keys)
         joined: list[Entry] = []
         updated: list[Entry] = []
         left: list[str] = []
-        for key, (was, record) in touched:
+        for key, (was, record) in listed:
             if record is None:
-                if was:
-                    left.append(key)
+                left.append(key)
             elif was:
                 updated.append((key, record))
             else:
@@ -212,18 +293,10 @@ class Ring:
 
     def _net(self, seq: int) -> _Net:
         memo = self._memo
-        if memo is not None and memo[0] == seq and memo[1] == self.newest:
-            return memo[2]
-        net: _Net = {}
+        if memo is not None and memo.s == seq:
+            return memo  # (kept at the newest: see append)
+        net = _Net(seq)
         for held in islice(self._held, seq - self._base, None):
-            for key in held.left:
-                state = net.get(key)
-                net[key] = (True if state is None else state[0], None)
-            for key, record in held.joined:
-                state = net.get(key)
-                net[key] = (False if state is None else state[0], record)
-            for key, record in held.updated:
-                state = net.get(key)
-                net[key] = (True if state is None else state[0], record)
-        self._memo = (seq, self.newest, net)
+            net.fold(held)
+        self._memo = net
         return net

@@ -164,7 +164,7 @@ class Scopes:
                 continue
             last = update.seq
             joined, updated, left = entries_of(update)
-            self.ring.append(update.seq, now, joined, updated, left)
+            self.ring.append(update.seq, now, joined, updated, left, forward.was)
             routed = self.interest.route(update.seq, joined, updated, left)
             if routed:
                 encoded = _Encoded()  # each entry encoded once, however many watch it
