@@ -37,13 +37,17 @@ Cost: the net effect for the whole lobby from ``S`` is computed once (one step p
 change held after ``S``) and kept, since reconnecting clients come in herds holding the
 same view; while it is kept, each update appended is folded into it (one step per change
 of that update), so a herd that resumes while the lobby moves (the users of a killed
-worker coming back) shares it too. Restricting it to a watchlist costs the smaller of
-the watchlist's size and the number of keys listed. That kept result is charged too:
+worker coming back) shares it too. A watchlist's net effect is read per watched key from
+an index of the held updates that touched each key (a binary search per key), so it
+costs a few steps per watched key whatever ``S`` is: watch clients resume from views of
+many different ``S`` (each is at the last update one of its keys was in). The index is
+charged with the updates (:func:`held_size`), the kept result on its own:
 :meth:`Ring.bytes` is at most about twice ``max_bytes``.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -71,6 +75,8 @@ WAS_BYTES: Final = 8
 RECORD_BYTES: Final = 160
 """Estimated bytes of a replaced record that is not the default (the ring may be the
 last to hold it), besides its text."""
+INDEX_BYTES: Final = 130
+"""Estimated bytes of the index entry of one key an update touches."""
 NET_BYTES: Final = 150
 """Estimated bytes per key of a kept net effect."""
 LISTED_BYTES: Final = 110
@@ -99,16 +105,19 @@ def held_size(
     was: Iterable[Record | None] = (),
 ) -> int:
     """The estimated bytes an update holds (what the ring charges for it): its entries,
-    its left keys and the records ``was`` its left and updated keys had."""
-    changed = tuple(updated)
+    its left keys, the records ``was`` its left and updated keys had, and the index
+    entries of the keys it touches."""
+    joined, changed = tuple(joined), tuple(updated)
     entries = sum(ENTRY_BYTES + len(s) + len(d) for _, (s, d) in (*joined, *changed))
     keys = sum(1 for _ in left)
+    touched = INDEX_BYTES * (keys + len(joined) + len(changed))
     replaced = sum(
         RECORD_BYTES + len(record[0]) + len(record[1])
         for record in was
         if record is not None and record != DEFAULT
     )
-    return UPDATE_BYTES + entries + LEFT_BYTES * keys + WAS_BYTES * (keys + len(changed)) + replaced
+    was_bytes = WAS_BYTES * (keys + len(changed)) + replaced
+    return UPDATE_BYTES + entries + LEFT_BYTES * keys + was_bytes + touched
 
 
 _State = tuple[bool, Record | None, Record | None]
@@ -149,11 +158,73 @@ class _Net:
 
     def _set(self, key: str, state: _State) -> None:
         self.states[key] = state
-        online, then, now = state
-        if online == (now is not None) and (now is None or then == now):
-            self.listed.pop(key, None)  # offline both times, or online as it was
+        if _changed(state):
+            self.listed[key] = (state[0], state[2])
         else:
-            self.listed[key] = (online, now)
+            self.listed.pop(key, None)
+
+
+def _changed(state: _State) -> bool:
+    """Whether a touched key's net state is listed: not when it is offline both times,
+    nor when it is online both times with the record it had (a replaced record not
+    known is taken as another)."""
+    online, then, now = state
+    return online != (now is not None) or (now is not None and then != now)
+
+
+_Event = tuple[int, bool, Record | None]
+"""An update that touched a key: its seq, and whether the key was online just before
+and with what record (``None``: offline, or not known)."""
+
+
+class _Index:
+    """Per key the held updates touch: each update that did, oldest first, with the
+    key's state just before it, and the key's record after the last (``None``:
+    offline). A watchlist's net effect is read from it in a few steps per key."""
+
+    __slots__ = ("events", "now")
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[_Event]] = {}
+        self.now: dict[str, Record | None] = {}
+
+    def add(self, held: Held) -> None:
+        seq, events, now = held.seq, self.events, self.now
+        for key, was in zip(held.left, held.left_was, strict=True):
+            events.setdefault(key, []).append((seq, True, was))
+            now[key] = None
+        for key, record in held.joined:
+            touched = events.setdefault(key, [])
+            if not touched or touched[-1][0] != seq:  # (else it left in this update too)
+                touched.append((seq, False, None))
+            now[key] = record
+        for (key, record), was in zip(held.updated, held.updated_was, strict=True):
+            touched = events.setdefault(key, [])
+            if not touched or touched[-1][0] != seq:
+                touched.append((seq, True, was))
+            now[key] = record
+
+    def drop(self, held: Held) -> None:
+        """Forget the oldest held update, ``held``."""
+        events = self.events
+        for key in (*held.left, *(k for k, _ in held.joined), *(k for k, _ in held.updated)):
+            touched = events.get(key)
+            if touched and touched[0][0] == held.seq:
+                del touched[0]
+                if not touched:
+                    del events[key], self.now[key]
+
+    def state(self, key: str, seq: int) -> _State | None:
+        """The key's net state from view ``seq``; ``None`` when no update since touched it."""
+        touched = self.events.get(key)
+        if not touched or touched[-1][0] <= seq:
+            return None
+        _, online, then = touched[bisect_right(touched, seq, key=_seq_of)]
+        return (online, then, self.now[key])
+
+
+def _seq_of(event: _Event) -> int:
+    return event[0]
 
 
 class Ring:
@@ -168,7 +239,8 @@ class Ring:
         self._base = 0
         self._held: deque[Held] = deque()
         self._held_bytes = 0
-        self._memo: _Net | None = None  # the net effect from one S, kept
+        self._index = _Index()
+        self._memo: _Net | None = None  # the whole lobby's net effect from one S, kept
 
     # ------------------------------------------------------------------ figures
 
@@ -208,6 +280,7 @@ class Ring:
         self._epoch, self._base = epoch, seq
         self._held.clear()
         self._held_bytes = 0
+        self._index = _Index()
         self._memo = None
 
     def append(
@@ -237,6 +310,7 @@ class Ring:
         held = Held(seq, at, joined, updated, left, left_was, updated_was, size)
         self._held.append(held)
         self._held_bytes += held.size
+        self._index.add(held)
         memo = self._memo
         if memo is not None:
             memo.fold(held)  # (it was at the newest before: every change is folded)
@@ -253,6 +327,7 @@ class Ring:
     def _drop_oldest(self) -> None:
         gone = self._held.popleft()
         self._held_bytes -= gone.size
+        self._index.drop(gone)
         self._base = gone.seq
         if self._memo is not None and self._memo.s < self._base:
             self._memo = None  # its view can no longer be resumed
@@ -272,13 +347,12 @@ class Ring:
         A watch client resumed so has been sent ``newest``: tell the interest index."""
         if epoch != self._epoch or not self._base <= seq <= self.newest:
             return None
-        net = self._net(seq).listed
+        listed: Iterable[tuple[str, tuple[bool, Record | None]]]
         if keys is None:
-            listed: Iterable[tuple[str, tuple[bool, Record | None]]] = net.items()
-        elif len(keys) < len(net):
-            listed = ((key, net[key]) for key in keys if key in net)
+            listed = self._net(seq).listed.items()
         else:
-            listed = ((key, state) for key, state in net.items() if key in keys)
+            states = ((key, self._index.state(key, seq)) for key in keys)
+            listed = ((k, (s[0], s[2])) for k, s in states if s is not None and _changed(s))
         joined: list[Entry] = []
         updated: list[Entry] = []
         left: list[str] = []

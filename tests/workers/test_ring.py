@@ -211,6 +211,7 @@ def test_the_ring_keeps_its_bounds_and_covers_exactly_what_it_fully_holds(
     ring = Ring(max_bytes=max_bytes, max_age=max_age)
     ring.reset("e", 0)
     appended: list[tuple[int, float, int]] = []  # (seq, at, size) of each update taken
+    joins_at: dict[int, int] = {}
     start = 0  # updates before it are behind a gap: never resumable
     seq, now = 0, 0.0
     for joins, delay, gap in steps:
@@ -236,6 +237,11 @@ def test_the_ring_keeps_its_bounds_and_covers_exactly_what_it_fully_holds(
             assert ring.covers("e", s, now) == (base <= s <= seq), (s, base, seq)
             assert not ring.covers("f", s, now)
         assert (ring.base, len(ring)) == (base, len(kept))
+        # The per-key index holds the keys of the updates held, and no others.
+        joins_at[seq] = joins
+        held = sorted((s, KEYS[i]) for s in kept for i in range(joins_at[s]))
+        indexed = sorted((e[0], k) for k, events in ring._index.events.items() for e in events)
+        assert indexed == held
 
 
 # ------------------------------------------------------------------ returns unchanged
