@@ -33,16 +33,17 @@ whether a view can be resumed (:meth:`Ring.covers`) and with what (:meth:`Ring.s
   from the client's view. (A replaced record the ring was not told of counts as
   different: such a key is listed as ``updated``.)
 
-Cost: the net effect for the whole lobby from ``S`` is computed once (one step per
-change held after ``S``) and kept, since reconnecting clients come in herds holding the
-same view; while it is kept, each update appended is folded into it (one step per change
-of that update), so a herd that resumes while the lobby moves (the users of a killed
-worker coming back) shares it too. A watchlist's net effect is read per watched key from
-an index of the held updates that touched each key (a binary search per key), so it
-costs a few steps per watched key whatever ``S`` is: watch clients resume from views of
-many different ``S`` (each is at the last update one of its keys was in). The index is
-charged with the updates (:func:`held_size`), the kept result on its own:
-:meth:`Ring.bytes` is at most about twice ``max_bytes``.
+Cost: an index holds, per key the held updates touch, those updates (oldest first) with
+the key's state just before each, and its record now; it is charged with the updates
+(:func:`held_size`). A key's net effect from ``S`` is then a binary search for the first
+update after ``S``. A watchlist's costs that per watched key, whatever ``S`` is: watch
+clients resume from views of many different ``S`` (each is at the last update that
+touched one of its keys). The whole lobby's from ``S`` is computed once (a search per
+change held after ``S``) and kept, since reconnecting whole-lobby clients come in herds
+holding the same view; while it is kept, each update appended is folded into it (a
+search per change of that update), so a herd that resumes while the lobby moves (the
+users of a killed worker coming back) shares it too. The kept result is charged on its
+own: :meth:`Ring.bytes` is at most about twice ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -77,8 +78,6 @@ RECORD_BYTES: Final = 160
 last to hold it), besides its text."""
 INDEX_BYTES: Final = 130
 """Estimated bytes of the index entry of one key an update touches."""
-NET_BYTES: Final = 150
-"""Estimated bytes per key of a kept net effect."""
 LISTED_BYTES: Final = 110
 """Estimated bytes per key a kept net effect lists."""
 
@@ -123,45 +122,40 @@ def held_size(
 _State = tuple[bool, Record | None, Record | None]
 """A touched key's net state: whether it was online at ``S``, its record then (``None``:
 offline, or not known), and its record now (``None``: offline)."""
-_Listed = dict[str, tuple[bool, Record | None]]
-"""Per listed key: whether it was online at ``S``, and its record now (None: offline)."""
 
 
 class _Net:
-    """The net effect from ``s`` to ``newest``: every touched key's state, and those of
-    the keys it lists."""
+    """The whole lobby's net effect from ``s`` to the newest update: per key it lists,
+    whether it was online at ``s`` and its record now (``None``: offline)."""
 
-    __slots__ = ("listed", "newest", "s", "states")
+    __slots__ = ("listed", "s")
 
     def __init__(self, s: int) -> None:
-        self.s = self.newest = s
-        self.states: dict[str, _State] = {}
-        self.listed: _Listed = {}
+        self.s = s
+        self.listed: dict[str, tuple[bool, Record | None]] = {}
 
     @property
     def bytes(self) -> int:
-        return NET_BYTES * len(self.states) + LISTED_BYTES * len(self.listed)
+        return LISTED_BYTES * len(self.listed)
 
-    def fold(self, held: Held) -> None:
-        """Take the next update into the net effect (the protocol's order)."""
-        states, set_ = self.states, self._set
-        for key, was in zip(held.left, held.left_was, strict=True):
-            state = states.get(key)
-            set_(key, (True, was, None) if state is None else (state[0], state[1], None))
-        for key, record in held.joined:
-            state = states.get(key)
-            set_(key, (False, None, record) if state is None else (state[0], state[1], record))
-        for (key, record), was in zip(held.updated, held.updated_was, strict=True):
-            state = states.get(key)
-            set_(key, (True, was, record) if state is None else (state[0], state[1], record))
-        self.newest = held.seq
+    def fold(self, held: Held, index: _Index) -> None:
+        """Take the next update into the net effect (``index`` holds it already)."""
+        listed, s = self.listed, self.s
+        for key in _keys_of(held):
+            state = index.state(key, s)
+            if state is not None and _changed(state):
+                listed[key] = (state[0], state[2])
+            else:
+                listed.pop(key, None)
 
-    def _set(self, key: str, state: _State) -> None:
-        self.states[key] = state
-        if _changed(state):
-            self.listed[key] = (state[0], state[2])
-        else:
-            self.listed.pop(key, None)
+
+def _keys_of(held: Held) -> Iterable[str]:
+    """The keys an update touches (a key in ``left`` and ``joined`` twice)."""
+    yield from held.left
+    for key, _ in held.joined:
+        yield key
+    for key, _ in held.updated:
+        yield key
 
 
 def _changed(state: _State) -> bool:
@@ -207,7 +201,7 @@ class _Index:
     def drop(self, held: Held) -> None:
         """Forget the oldest held update, ``held``."""
         events = self.events
-        for key in (*held.left, *(k for k, _ in held.joined), *(k for k, _ in held.updated)):
+        for key in _keys_of(held):
             touched = events.get(key)
             if touched and touched[0][0] == held.seq:
                 del touched[0]
@@ -313,7 +307,7 @@ class Ring:
         self._index.add(held)
         memo = self._memo
         if memo is not None:
-            memo.fold(held)  # (it was at the newest before: every change is folded)
+            memo.fold(held, self._index)  # (it is at the newest: every change is folded)
         while self._held_bytes > self.max_bytes:
             self._drop_oldest()
         self.trim(at)
@@ -371,6 +365,6 @@ class Ring:
             return memo  # (kept at the newest: see append)
         net = _Net(seq)
         for held in islice(self._held, seq - self._base, None):
-            net.fold(held)
+            net.fold(held, self._index)
         self._memo = net
         return net
