@@ -70,13 +70,16 @@ class Scopes:
         self.ring = Ring(max_bytes=ring_bytes, max_age=ring_age)
         self.entries = Entries()  # encoded entries, kept between watch snapshots
         self.applied: dict[int, int] = {}  # scope requests applied, by connection (not 0)
+        self._resumed: tuple[tuple[str, int, int], bytes] | None = None
+        """The last whole-lobby resume's frame, by (epoch, S, newest): a herd shares it."""
         self.room: Callable[[int], bool] = _always
         """Whether the indexes may grow by so many bytes (the memory budget's say)."""
 
     @property
     def memory(self) -> int:
         """What the indexes hold, in bytes, for the memory budget."""
-        return self.interest.bytes + self.ring.bytes
+        resumed = 0 if self._resumed is None else len(self._resumed[1])
+        return self.interest.bytes + self.ring.bytes + resumed
 
     # ------------------------------------------------------------------ choices
 
@@ -142,12 +145,26 @@ class Scopes:
             return None  # (the ring is behind the replica, or of another epoch)
         if not ring.covers(view.epoch, view.seq, now):
             return None
-        watched = self.interest.keys_of(conn) if scope is Scope.WATCH else None
-        changes = ring.since(view.epoch, view.seq, watched)
+        if scope is Scope.LOBBY:
+            return self._lobby_resumed(view)
+        changes = ring.since(view.epoch, view.seq, self.interest.keys_of(conn))
         if changes is None:
             return None
         self.interest.sent(conn, changes.seq)
         return update_frame(changes)
+
+    def _lobby_resumed(self, view: Resume) -> bytes | None:
+        """The whole lobby's resume frame from ``view``: a herd of clients resuming the
+        same view before the next update gets one frame, encoded once. (A seq names one
+        state of an epoch's lobby, so the key says all the frame depends on.)"""
+        key = (view.epoch, view.seq, self.ring.newest)
+        if self._resumed is not None and self._resumed[0] == key:
+            return self._resumed[1]
+        changes = self.ring.since(view.epoch, view.seq)
+        if changes is None:
+            return None
+        self._resumed = (key, update_frame(changes))
+        return self._resumed[1]
 
     def published(
         self, updates: Iterable[Forward], online: int, now: float
@@ -179,6 +196,7 @@ class Scopes:
         ring starts afresh there. (Every client's view is stale then: each is sent a
         fresh snapshot or count as its connection's flow allows.)"""
         self.ring.reset(replica.epoch or "", replica.seq)
+        self._resumed = None
         self.counts.changed(len(replica.users), replica.seq)
 
     def due(self, epoch: str, now: float) -> list[tuple[int, str]]:
