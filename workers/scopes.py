@@ -24,7 +24,8 @@ and by the shell, which tells it:
   client knows which of its requests its view reflects;
 * **each resume** an ``auth`` asks for (:meth:`Scopes.resume`): the one update with the
   net effect since the client's view, for its scope, when the ring holds every update
-  since that view up to the replica's state (else the client gets a snapshot).
+  since that view up to the replica's state (else the client gets a snapshot); the
+  clients resuming the whole lobby from one view at one state share one frame.
 
 A watch or count client never gets the whole lobby's frames: it is in the client
 table's ``SCOPED`` group, whose lagging and resync rules are those of every client.
