@@ -39,9 +39,9 @@ from __future__ import annotations
 import bisect
 import enum
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from shared import backbone as bb
@@ -109,12 +109,14 @@ class Forward:
     clients are not shown: the core still learns that the replica moved on). ``at`` is
     the coordinator's wall clock when it published the update; ``update`` is the update
     itself, from which protocol version 2's frame is built (:mod:`workers.lobby_v2`)
-    when a version 2 client is there to get it."""
+    when a version 2 client is there to get it. ``was`` holds the record each key in
+    its ``left`` or ``updated`` had just before it (the resume ring's need)."""
 
     seq: int
     frame: str
     at: float
     update: bb.Update | None = None
+    was: Mapping[str, Record] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,12 +280,14 @@ class Replica:
             return []  # duplicate or stale
         if msg.seq != self._seq + 1:
             return self._lost(msg)
+        record_of = self.record_of
+        was = {key: record_of(key) for key in (*msg.left, *(k for k, _, _ in msg.updated))}
         self._apply(msg)
         if msg.joined or msg.left:
             frame = protocol.lobby_update(msg.mseq, msg.joined, msg.left)
         else:
             frame = ""  # records only: nothing for protocol 1 clients
-        return [Forward(msg.seq, frame, msg.at, msg)]
+        return [Forward(msg.seq, frame, msg.at, msg, was)]
 
     def on_beat(self, msg: bb.Beat) -> list[Output]:
         if self._sync is not SyncState.LIVE:

@@ -10,41 +10,54 @@ whether a view can be resumed (:meth:`Ring.covers`) and with what (:meth:`Ring.s
 
 * **What it holds.** The updates of the current epoch the worker applied in order, each
   with its time: the keys that joined (with their records), those whose record changed
-  (with the new one) and those that left. It holds every update after ``base`` up to
-  ``newest``, and nothing else: an update that does not follow on (the replica resynced
-  after a gap) or a new epoch (:meth:`Ring.reset`) starts it afresh.
+  (with the new one and the one it replaced) and those that left (with the record they
+  had). It holds every update after ``base`` up to ``newest``, and nothing else: an
+  update that does not follow on (the replica resynced after a gap) or a new epoch
+  (:meth:`Ring.reset`) starts it afresh.
 * **Its bounds.** At most ``max_bytes`` (estimated as :meth:`Ring.bytes` charges them;
   :data:`MAX_BYTES`, 8 MiB) and ``max_age`` seconds (:data:`MAX_AGE`, 60 s). At either
   bound the oldest updates go, and ``base`` moves past them: the views they would have
   resumed get a snapshot instead. An update larger than ``max_bytes`` on its own leaves
   the ring empty.
 * **The net effect** from ``S`` to ``newest``, per key, follows the protocol's rule for
-  applying updates (remove ``left``, then set ``joined`` and ``updated``). Whether the
-  key was online at ``S`` is read from the first update after ``S`` that touches it: in
-  ``left`` or ``updated``, it was; in ``joined`` without ``left``, it was not. Then:
-  online at ``S`` and now, ``updated`` with the current record; offline at ``S`` and
-  online now, ``joined``; online at ``S`` and offline now, ``left``; offline both times,
-  nothing. A key no update touched is not listed. So the client's view at ``S`` with the
-  net effect applied is the lobby now, for the whole lobby or restricted to a watchlist.
+  applying updates (remove ``left``, then set ``joined`` and ``updated``). The key's
+  state at ``S`` is read from the first update after ``S`` that touches it: in ``left``
+  or ``updated``, it was online with the record that update replaced; in ``joined``
+  without ``left``, it was offline. Its state now is the last update's. Then: offline at
+  ``S`` and online now, ``joined``; online at ``S`` and offline now, ``left``; online
+  both times, ``updated`` with the current record unless that is the record it had at
+  ``S`` (it left and came back as it was, as every user of a killed worker does), when
+  it is not listed, as it is not when offline both times. A key no update touched is
+  not listed. So the client's view at ``S`` with the net effect applied is the lobby
+  now, for the whole lobby or restricted to a watchlist, and every key listed differs
+  from the client's view. (A replaced record the ring was not told of counts as
+  different: such a key is listed as ``updated``.)
 
-Cost: the net effect for the whole lobby from ``S`` is computed once (one step per
-change held after ``S``) and kept until the ring changes, since reconnecting clients come
-in herds holding the same view; restricting it to a watchlist costs the smaller of the
-two sizes. That kept result is charged too: :meth:`Ring.bytes` is at most about twice
-``max_bytes``.
+Cost: an index holds, per key the held updates touch, those updates (oldest first) with
+the key's state just before each, and its record now; it is charged with the updates
+(:func:`held_size`). A key's net effect from ``S`` is then a binary search for the first
+update after ``S``. A watchlist's costs that per watched key, whatever ``S`` is: watch
+clients resume from views of many different ``S`` (each is at the last update that
+touched one of its keys). The whole lobby's from ``S`` is computed once (a search per
+change held after ``S``) and kept, since reconnecting whole-lobby clients come in herds
+holding the same view; while it is kept, each update appended is folded into it (a
+search per change of that update), so a herd that resumes while the lobby moves (the
+users of a killed worker coming back) shares it too. The kept result is charged on its
+own: :meth:`Ring.bytes` is at most about twice ``max_bytes``.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from itertools import islice
 from typing import Final
 
 from shared.defaults import RESUME_RING_AGE, RESUME_RING_BYTES
-from shared.records import Record
+from shared.records import DEFAULT, Record
 from workers.interest import Changes, Entry
 
 MAX_BYTES: Final = RESUME_RING_BYTES
@@ -58,30 +71,154 @@ ENTRY_BYTES: Final = 220
 """Estimated bytes of one joined or updated entry besides its record's text."""
 LEFT_BYTES: Final = 120
 """Estimated bytes of one key that left."""
-NET_BYTES: Final = 130
-"""Estimated bytes per key of a kept net effect."""
+WAS_BYTES: Final = 8
+"""Estimated bytes of the reference to the record a left or updated key had."""
+RECORD_BYTES: Final = 160
+"""Estimated bytes of a replaced record that is not the default (the ring may be the
+last to hold it), besides its text."""
+INDEX_BYTES: Final = 130
+"""Estimated bytes of the index entry of one key an update touches."""
+LISTED_BYTES: Final = 110
+"""Estimated bytes per key a kept net effect lists."""
 
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """One update as the ring holds it."""
+    """One update as the ring holds it; ``left_was`` and ``updated_was`` hold the record
+    each key of ``left`` and ``updated`` had before it (``None``: not known)."""
 
     seq: int
     at: float
     joined: tuple[Entry, ...]
     updated: tuple[Entry, ...]
     left: tuple[str, ...]
+    left_was: tuple[Record | None, ...]
+    updated_was: tuple[Record | None, ...]
     size: int
 
 
-def held_size(joined: Iterable[Entry], updated: Iterable[Entry], left: Iterable[str]) -> int:
-    """The estimated bytes an update holds (what the ring charges for it)."""
-    entries = sum(ENTRY_BYTES + len(s) + len(d) for _, (s, d) in (*joined, *updated))
-    return UPDATE_BYTES + entries + LEFT_BYTES * sum(1 for _ in left)
+def held_size(
+    joined: Iterable[Entry],
+    updated: Iterable[Entry],
+    left: Iterable[str],
+    was: Iterable[Record | None] = (),
+) -> int:
+    """The estimated bytes an update holds (what the ring charges for it): its entries,
+    its left keys, the records ``was`` its left and updated keys had, and the index
+    entries of the keys it touches."""
+    joined, changed = tuple(joined), tuple(updated)
+    entries = sum(ENTRY_BYTES + len(s) + len(d) for _, (s, d) in (*joined, *changed))
+    keys = sum(1 for _ in left)
+    touched = INDEX_BYTES * (keys + len(joined) + len(changed))
+    replaced = sum(
+        RECORD_BYTES + len(record[0]) + len(record[1])
+        for record in was
+        if record is not None and record != DEFAULT
+    )
+    was_bytes = WAS_BYTES * (keys + len(changed)) + replaced
+    return UPDATE_BYTES + entries + LEFT_BYTES * keys + was_bytes + touched
 
 
-_Net = dict[str, tuple[bool, Record | None]]
-"""Per touched key: whether it was online at ``S``, and its record now (None: offline)."""
+_State = tuple[bool, Record | None, Record | None]
+"""A touched key's net state: whether it was online at ``S``, its record then (``None``:
+offline, or not known), and its record now (``None``: offline)."""
+
+
+class _Net:
+    """The whole lobby's net effect from ``s`` to the newest update: per key it lists,
+    whether it was online at ``s`` and its record now (``None``: offline)."""
+
+    __slots__ = ("listed", "s")
+
+    def __init__(self, s: int) -> None:
+        self.s = s
+        self.listed: dict[str, tuple[bool, Record | None]] = {}
+
+    @property
+    def bytes(self) -> int:
+        return LISTED_BYTES * len(self.listed)
+
+    def fold(self, held: Held, index: _Index) -> None:
+        """Take the next update into the net effect (``index`` holds it already)."""
+        listed, s = self.listed, self.s
+        for key in _keys_of(held):
+            state = index.state(key, s)
+            if state is not None and _changed(state):
+                listed[key] = (state[0], state[2])
+            else:
+                listed.pop(key, None)
+
+
+def _keys_of(held: Held) -> Iterable[str]:
+    """The keys an update touches (a key in ``left`` and ``joined`` twice)."""
+    yield from held.left
+    for key, _ in held.joined:
+        yield key
+    for key, _ in held.updated:
+        yield key
+
+
+def _changed(state: _State) -> bool:
+    """Whether a touched key's net state is listed: not when it is offline both times,
+    nor when it is online both times with the record it had (a replaced record not
+    known is taken as another)."""
+    online, then, now = state
+    return online != (now is not None) or (now is not None and then != now)
+
+
+_Event = tuple[int, bool, Record | None]
+"""An update that touched a key: its seq, and whether the key was online just before
+and with what record (``None``: offline, or not known)."""
+
+
+class _Index:
+    """Per key the held updates touch: each update that did, oldest first, with the
+    key's state just before it, and the key's record after the last (``None``:
+    offline). A watchlist's net effect is read from it in a few steps per key."""
+
+    __slots__ = ("events", "now")
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[_Event]] = {}
+        self.now: dict[str, Record | None] = {}
+
+    def add(self, held: Held) -> None:
+        seq, events, now = held.seq, self.events, self.now
+        for key, was in zip(held.left, held.left_was, strict=True):
+            events.setdefault(key, []).append((seq, True, was))
+            now[key] = None
+        for key, record in held.joined:
+            touched = events.setdefault(key, [])
+            if not touched or touched[-1][0] != seq:  # (else it left in this update too)
+                touched.append((seq, False, None))
+            now[key] = record
+        for (key, record), was in zip(held.updated, held.updated_was, strict=True):
+            touched = events.setdefault(key, [])
+            if not touched or touched[-1][0] != seq:
+                touched.append((seq, True, was))
+            now[key] = record
+
+    def drop(self, held: Held) -> None:
+        """Forget the oldest held update, ``held``."""
+        events = self.events
+        for key in _keys_of(held):
+            touched = events.get(key)
+            if touched and touched[0][0] == held.seq:
+                del touched[0]
+                if not touched:
+                    del events[key], self.now[key]
+
+    def state(self, key: str, seq: int) -> _State | None:
+        """The key's net state from view ``seq``; ``None`` when no update since touched it."""
+        touched = self.events.get(key)
+        if not touched or touched[-1][0] <= seq:
+            return None
+        _, online, then = touched[bisect_right(touched, seq, key=_seq_of)]
+        return (online, then, self.now[key])
+
+
+def _seq_of(event: _Event) -> int:
+    return event[0]
 
 
 class Ring:
@@ -96,7 +233,8 @@ class Ring:
         self._base = 0
         self._held: deque[Held] = deque()
         self._held_bytes = 0
-        self._memo: tuple[int, int, _Net] | None = None  # (S, newest, net from S)
+        self._index = _Index()
+        self._memo: _Net | None = None  # the whole lobby's net effect from one S, kept
 
     # ------------------------------------------------------------------ figures
 
@@ -125,7 +263,7 @@ class Ring:
     @property
     def bytes(self) -> int:
         """The bytes charged for the memory budget: the updates and the kept net effect."""
-        memo = 0 if self._memo is None else NET_BYTES * len(self._memo[2])
+        memo = 0 if self._memo is None else self._memo.bytes
         return self._held_bytes + memo
 
     # ------------------------------------------------------------------ changing
@@ -136,6 +274,7 @@ class Ring:
         self._epoch, self._base = epoch, seq
         self._held.clear()
         self._held_bytes = 0
+        self._index = _Index()
         self._memo = None
 
     def append(
@@ -145,20 +284,30 @@ class Ring:
         joined: Iterable[Entry] = (),
         updated: Iterable[Entry] = (),
         left: Iterable[str] = (),
+        was: Mapping[str, Record] | None = None,
     ) -> None:
         """Update ``seq`` of the current epoch was applied at ``at`` (on the clock
-        :meth:`trim` and :meth:`covers` are given). Before the first :meth:`reset`, or
-        for a duplicate or older one, nothing happens; one that does not follow on
-        starts the ring afresh before it. Then the oldest go while past either bound."""
+        :meth:`trim` and :meth:`covers` are given). ``was`` has the record each key in
+        ``left`` or ``updated`` had just before it (one it lacks counts as changed).
+        Before the first :meth:`reset`, or for a duplicate or older one, nothing
+        happens; one that does not follow on starts the ring afresh before it. Then the
+        oldest go while past either bound."""
         if self._epoch is None or seq <= self.newest:
             return
         if seq != self.newest + 1:
             self.reset(self._epoch, seq - 1)
         joined, updated, left = tuple(joined), tuple(updated), tuple(left)
-        held = Held(seq, at, joined, updated, left, held_size(joined, updated, left))
+        was = was or {}
+        left_was = tuple(was.get(key) for key in left)
+        updated_was = tuple(was.get(key) for key, _ in updated)
+        size = held_size(joined, updated, left, (*left_was, *updated_was))
+        held = Held(seq, at, joined, updated, left, left_was, updated_was, size)
         self._held.append(held)
         self._held_bytes += held.size
-        self._memo = None
+        self._index.add(held)
+        memo = self._memo
+        if memo is not None:
+            memo.fold(held, self._index)  # (it is at the newest: every change is folded)
         while self._held_bytes > self.max_bytes:
             self._drop_oldest()
         self.trim(at)
@@ -172,8 +321,10 @@ class Ring:
     def _drop_oldest(self) -> None:
         gone = self._held.popleft()
         self._held_bytes -= gone.size
+        self._index.drop(gone)
         self._base = gone.seq
-        self._memo = None
+        if self._memo is not None and self._memo.s < self._base:
+            self._memo = None  # its view can no longer be resumed
 
     # ------------------------------------------------------------------ resuming
 
@@ -190,20 +341,18 @@ class Ring:
         A watch client resumed so has been sent ``newest``: tell the interest index."""
         if epoch != self._epoch or not self._base <= seq <= self.newest:
             return None
-        net = self._net(seq)
+        listed: Iterable[tuple[str, tuple[bool, Record | None]]]
         if keys is None:
-            touched: Iterable[tuple[str, tuple[bool, Record | None]]] = net.items()
-        elif len(keys) < len(net):
-            touched = ((key, net[key]) for key in keys if key in net)
+            listed = self._net(seq).listed.items()
         else:
-            touched = ((key, state) for key, state in net.items() if key in keys)
+            states = ((key, self._index.state(key, seq)) for key in keys)
+            listed = ((k, (s[0], s[2])) for k, s in states if s is not None and _changed(s))
         joined: list[Entry] = []
         updated: list[Entry] = []
         left: list[str] = []
-        for key, (was, record) in touched:
+        for key, (was, record) in listed:
             if record is None:
-                if was:
-                    left.append(key)
+                left.append(key)
             elif was:
                 updated.append((key, record))
             else:
@@ -212,18 +361,10 @@ class Ring:
 
     def _net(self, seq: int) -> _Net:
         memo = self._memo
-        if memo is not None and memo[0] == seq and memo[1] == self.newest:
-            return memo[2]
-        net: _Net = {}
+        if memo is not None and memo.s == seq:
+            return memo  # (kept at the newest: see append)
+        net = _Net(seq)
         for held in islice(self._held, seq - self._base, None):
-            for key in held.left:
-                state = net.get(key)
-                net[key] = (True if state is None else state[0], None)
-            for key, record in held.joined:
-                state = net.get(key)
-                net[key] = (False if state is None else state[0], record)
-            for key, record in held.updated:
-                state = net.get(key)
-                net[key] = (True if state is None else state[0], record)
-        self._memo = (seq, self.newest, net)
+            net.fold(held, self._index)
+        self._memo = net
         return net

@@ -24,7 +24,8 @@ and by the shell, which tells it:
   client knows which of its requests its view reflects;
 * **each resume** an ``auth`` asks for (:meth:`Scopes.resume`): the one update with the
   net effect since the client's view, for its scope, when the ring holds every update
-  since that view up to the replica's state (else the client gets a snapshot).
+  since that view up to the replica's state (else the client gets a snapshot); the
+  clients resuming the whole lobby from one view at one state share one frame.
 
 A watch or count client never gets the whole lobby's frames: it is in the client
 table's ``SCOPED`` group, whose lagging and resync rules are those of every client.
@@ -70,13 +71,16 @@ class Scopes:
         self.ring = Ring(max_bytes=ring_bytes, max_age=ring_age)
         self.entries = Entries()  # encoded entries, kept between watch snapshots
         self.applied: dict[int, int] = {}  # scope requests applied, by connection (not 0)
+        self._resumed: tuple[tuple[str, int, int], bytes] | None = None
+        """The last whole-lobby resume's frame, by (epoch, S, newest): a herd shares it."""
         self.room: Callable[[int], bool] = _always
         """Whether the indexes may grow by so many bytes (the memory budget's say)."""
 
     @property
     def memory(self) -> int:
         """What the indexes hold, in bytes, for the memory budget."""
-        return self.interest.bytes + self.ring.bytes
+        resumed = 0 if self._resumed is None else len(self._resumed[1])
+        return self.interest.bytes + self.ring.bytes + resumed
 
     # ------------------------------------------------------------------ choices
 
@@ -142,12 +146,26 @@ class Scopes:
             return None  # (the ring is behind the replica, or of another epoch)
         if not ring.covers(view.epoch, view.seq, now):
             return None
-        watched = self.interest.keys_of(conn) if scope is Scope.WATCH else None
-        changes = ring.since(view.epoch, view.seq, watched)
+        if scope is Scope.LOBBY:
+            return self._lobby_resumed(view)
+        changes = ring.since(view.epoch, view.seq, self.interest.keys_of(conn))
         if changes is None:
             return None
         self.interest.sent(conn, changes.seq)
         return update_frame(changes)
+
+    def _lobby_resumed(self, view: Resume) -> bytes | None:
+        """The whole lobby's resume frame from ``view``: a herd of clients resuming the
+        same view before the next update gets one frame, encoded once. (A seq names one
+        state of an epoch's lobby, so the key says all the frame depends on.)"""
+        key = (view.epoch, view.seq, self.ring.newest)
+        if self._resumed is not None and self._resumed[0] == key:
+            return self._resumed[1]
+        changes = self.ring.since(view.epoch, view.seq)
+        if changes is None:
+            return None
+        self._resumed = (key, update_frame(changes))
+        return self._resumed[1]
 
     def published(
         self, updates: Iterable[Forward], online: int, now: float
@@ -164,7 +182,7 @@ class Scopes:
                 continue
             last = update.seq
             joined, updated, left = entries_of(update)
-            self.ring.append(update.seq, now, joined, updated, left)
+            self.ring.append(update.seq, now, joined, updated, left, forward.was)
             routed = self.interest.route(update.seq, joined, updated, left)
             if routed:
                 encoded = _Encoded()  # each entry encoded once, however many watch it
@@ -179,6 +197,7 @@ class Scopes:
         ring starts afresh there. (Every client's view is stale then: each is sent a
         fresh snapshot or count as its connection's flow allows.)"""
         self.ring.reset(replica.epoch or "", replica.seq)
+        self._resumed = None
         self.counts.changed(len(replica.users), replica.seq)
 
     def due(self, epoch: str, now: float) -> list[tuple[int, str]]:

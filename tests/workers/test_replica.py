@@ -122,7 +122,7 @@ def test_a_change_of_records_alone_sends_protocol_1_clients_nothing() -> None:
     r = live(seq=5, users=(A, B))
     before = r.snapshot_frame()
     change = bb.Update("e1", 6, 5, [], [], 2.5, [(A, *AWAY)])
-    assert r.on_update(change) == [Forward(6, "", 2.5, change)]
+    assert r.on_update(change) == [Forward(6, "", 2.5, change, {A: records.DEFAULT})]
     assert (r.seq, r.mseq, r.record_of(A), r.record_of(B)) == (6, 5, AWAY, records.DEFAULT)
     assert r.snapshot_frame() is before  # the same frame: seq 5, as before
     assert json.loads(before)["seq"] == 5

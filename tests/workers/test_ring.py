@@ -9,9 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared import backbone as bb
 from shared.records import DEFAULT, Record
 from workers.interest import Changes
+from workers.replica import Replica
 from workers.ring import MAX_AGE, MAX_BYTES, Ring, held_size
+from workers.scopes import Scopes
 
 A, B, C, D = (f"{i:064x}" for i in range(4))
 AWAY: Record = ("away", "{}")
@@ -76,7 +79,7 @@ def test_the_net_effect_follows_the_first_event_of_each_key() -> None:
 
 
 def test_a_herd_resuming_from_one_view_shares_one_net_effect() -> None:
-    ring = Ring()
+    ring = Ring(max_age=10.0)
     ring.reset("e", 0)
     ring.append(1, 0.0, [(A, DEFAULT), (B, DEFAULT)])
     held = ring.bytes
@@ -85,8 +88,10 @@ def test_a_herd_resuming_from_one_view_shares_one_net_effect() -> None:
     assert ring.since("e", 0) == first and ring.since("e", 0, {B}) == Changes.of(
         1, 0, [(B, DEFAULT)]
     )
-    ring.append(2, 0.0, left=[A])
-    assert ring.bytes == ring.held_bytes  # a new update: the kept one is stale and dropped
+    ring.append(2, 0.0, left=[A])  # folded into the kept one, which is still charged
+    assert ring.bytes > ring.held_bytes and ring.since("e", 0) == Changes.of(2, 0, [(B, DEFAULT)])
+    ring.trim(100.0)  # its view can no longer be resumed: dropped
+    assert ring.bytes == ring.held_bytes == 0
 
 
 def test_the_byte_estimate_is_near_what_tracemalloc_measures() -> None:
@@ -101,7 +106,10 @@ def test_the_byte_estimate_is_near_what_tracemalloc_measures() -> None:
         for seq in range(1, 301):
             status, data = "away", '{"name":"Ada"}'
             joined = [(key(), ("online", "{}")) for _ in range(3)]
-            ring.append(seq, 0.0, joined, [(key(), (status, data))], [key() for _ in range(3)])
+            updated, left = [(key(), (status, data))], [key() for _ in range(3)]
+            was = {updated[0][0]: DEFAULT, left[0]: DEFAULT}
+            was.update((k, ("busy", f'{{"n":{seq}}}')) for k in left[1:])  # the ring's alone
+            ring.append(seq, 0.0, joined, updated, left, was)
         measured = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
@@ -203,6 +211,7 @@ def test_the_ring_keeps_its_bounds_and_covers_exactly_what_it_fully_holds(
     ring = Ring(max_bytes=max_bytes, max_age=max_age)
     ring.reset("e", 0)
     appended: list[tuple[int, float, int]] = []  # (seq, at, size) of each update taken
+    joins_at: dict[int, int] = {}
     start = 0  # updates before it are behind a gap: never resumable
     seq, now = 0, 0.0
     for joins, delay, gap in steps:
@@ -228,3 +237,72 @@ def test_the_ring_keeps_its_bounds_and_covers_exactly_what_it_fully_holds(
             assert ring.covers("e", s, now) == (base <= s <= seq), (s, base, seq)
             assert not ring.covers("f", s, now)
         assert (ring.base, len(ring)) == (base, len(kept))
+        # The per-key index holds the keys of the updates held, and no others.
+        joins_at[seq] = joins
+        held = sorted((s, KEYS[i]) for s in kept for i in range(joins_at[s]))
+        indexed = sorted((e[0], k) for k, events in ring._index.events.items() for e in events)
+        assert indexed == held
+
+
+# ------------------------------------------------------------------ returns unchanged
+
+
+def _through_a_replica(start: Lobby, updates: list[tuple[list, list, list]]) -> Scopes:
+    """The history applied as the worker applies it: backbone updates into a live
+    replica, whose forwards the scopes (and so the ring) take."""
+    replica = Replica()
+    replica.on_welcome(bb.Welcome("e"))
+    others = [(k, *r) for k, r in start.items() if r != DEFAULT]
+    replica.on_snapshot(bb.Snapshot("e", 0, 0, sorted(start), others))
+    scopes = Scopes(ring_bytes=1 << 30)
+    scopes.resynced(replica)
+    for seq, (joined, updated, left) in enumerate(updates, 1):
+        listed = [(k, *r) for k, r in joined if r != DEFAULT]
+        update = bb.Update(
+            "e", seq, seq, [k for k, _ in joined], left, 0.0, [(k, *r) for k, r in updated], listed
+        )
+        scopes.published(replica.on_update(update), len(replica.users), 0.0)
+    return scopes
+
+
+@settings(max_examples=150, deadline=None)
+@given(lobby_history(), st.lists(st.sampled_from(KEYS), unique=True))
+def test_the_net_effect_lists_no_key_whose_state_at_s_is_its_state_now(
+    history: tuple[Lobby, list], watched: list[str]
+) -> None:
+    start, updates = history
+    ring = _through_a_replica(start, updates).ring
+    views = [dict(start)]
+    for joined, updated, left in updates:
+        views.append(dict(views[-1]))
+        _apply(views[-1], joined, updated, left)
+    now = views[-1]
+    for s in range(ring.base, ring.newest + 1):
+        for scope in (None, set(watched)):
+            net = ring.since("e", s, scope)
+            assert net is not None
+            listed = [k for k, _ in (*net.joined, *net.updated)] + list(net.left)
+            same = [k for k in listed if views[s].get(k) == now.get(k)]
+            assert not same, (s, same)
+
+
+def test_the_users_of_a_killed_worker_back_unchanged_are_no_news() -> None:
+    mine = {f"{i:064x}": (AWAY, DEFAULT)[i % 2] for i in range(200)}  # on the live worker
+    theirs = {f"{i:064x}": (BUSY, DEFAULT)[i % 2] for i in range(200, 1200)}  # killed
+    gone = list(theirs)
+    updates: list[tuple[list, list, list]] = [([], [], gone)]  # the killed worker's users go
+    back = iter(theirs.items())
+    for _ in range(0, 900, 100):  # 900 of them come back, 100 to an update
+        updates.append(([next(back) for _ in range(100)], [], []))
+    updates.append(([], [(gone[0], AWAY)], []))  # one back with another record
+    ring = _through_a_replica({**mine, **theirs}, updates).ring
+    before = ring.newest - len(updates)
+    assert ring.since("e", before) == Changes.of(
+        ring.newest, before, [], [(gone[0], AWAY)], gone[900:]
+    )
+    watching = {gone[0], gone[1], gone[950], next(iter(mine))}
+    assert ring.since("e", before, watching) == Changes.of(
+        ring.newest, before, [], [(gone[0], AWAY)], [gone[950]]
+    )
+    back_since_1 = [(gone[0], AWAY)] + [(key, theirs[key]) for key in gone[1:900]]
+    assert ring.since("e", 1) == Changes.of(ring.newest, 1, back_since_1, [], [])

@@ -110,6 +110,20 @@ def test_a_resume_is_the_net_effect_for_the_scope_when_the_ring_covers_the_view(
     assert scopes.resume(5, v2.Scope.LOBBY, v2.Resume("e1", 8), replica, now=11.5) is None
 
 
+def test_a_herd_resuming_the_whole_lobby_from_one_view_shares_one_frame() -> None:
+    scopes, replica = Scopes(), live([K1])
+    scopes.resynced(replica)
+    publish(scopes, replica, bb.Update("e1", 8, 4, [K2], [], 0.0))
+    first = scopes.resume(5, v2.Scope.LOBBY, v2.Resume("e1", 7), replica, 1.0)
+    assert first is not None and scopes.memory >= len(first)
+    assert scopes.resume(6, v2.Scope.LOBBY, v2.Resume("e1", 7), replica, 1.0) is first
+    publish(scopes, replica, bb.Update("e1", 9, 5, [], [K1], 0.0))  # the lobby moved on
+    later = scopes.resume(7, v2.Scope.LOBBY, v2.Resume("e1", 7), replica, 1.0)
+    assert later is not None
+    decoded = v2.decode_server_frame_v2(later)
+    assert isinstance(decoded, v2.Update) and (decoded.seq, decoded.left) == (9, (K1,))
+
+
 def test_no_resume_while_the_ring_is_behind_the_replica() -> None:
     scopes, replica = Scopes(), live([K1])
     scopes.resynced(replica)
