@@ -21,6 +21,8 @@ Scenarios:
   status-churn       version 2: status changes against joins and leaves, same rate
   blip               (v2) probes drop for a few seconds and resume: bytes against a snapshot
   kill-worker        (v2) a worker is SIGKILLed: its clients back by snapshots, then resuming
+  scale N            (v2) N users watching their contacts under presence changes, then a
+                     worker killed: the cost curve; checks the system's limits first
 
 CPUs: ``--server-cpus 0 --client-cpus 1`` runs the server and the generator on
 separate CPUs, so that the generator's own work does not show up as server latency
@@ -41,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.loadtest import cpus, resume, scenarios, scopes
+from scripts.loadtest import cpus, resume, scale, scenarios, scopes
 from scripts.loadtest.agent import raise_fd_limit
 from scripts.loadtest.backend import Feeds
 from scripts.loadtest.client import WS_CLIENTS, resolve_ws_client
@@ -285,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--watch", type=int, default=50, help="keys of the others' watchlists (%(default)s)"
     )
+    scale.add_parser(sub)
     return parser
 
 
@@ -333,6 +336,8 @@ def run_scenario(ctx: scenarios.Context, args: argparse.Namespace) -> scenarios.
         )
     if name == "kill-worker":
         return resume.kill_worker(ctx, args.users, args.whole, args.watch)
+    if name == "scale":
+        return scale.scale(ctx, args, args.plan)
     return scenarios.fanout(
         ctx, args.watchers, args.changes, args.rate, args.frame_bytes, bare=args.start == "bare"
     )
@@ -403,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("status-churn: --users, --every and --duration must be positive")
     if args.scenario in ("blip", "kill-worker"):
         check_resume_options(parser, args)
+    if args.scenario == "scale":
+        scale.check_options(parser, args)
     if not 0.0 <= args.verify_sample <= 1.0:
         parser.error("--verify-sample: a fraction from 0 to 1")
     if args.start == "node":
@@ -429,6 +436,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.scenario}: {clients} clients over {procs} generator processes need "
             f"more open files per process than the limit ({files}): use more --procs"
         )
+    if args.scenario == "scale":  # its limits, checked before anything starts
+        args.plan = scale.prepare(args, procs)
+        if not args.plan.ok:
+            print(args.plan.refusal(), file=sys.stderr)
+            if args.json:
+                write_json(scale.refused(args, args.plan), args.json)
+            return 2
+        procs = args.procs
     sources = [a.strip() for a in args.source_addresses.split(",") if a.strip()]
     server: Server | None = None
     feeds: Feeds | None = None
