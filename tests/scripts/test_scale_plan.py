@@ -1,12 +1,14 @@
-"""The scale scenario's pure parts: what N users need of the machine (limits), and the
-contact graph they watch (contacts)."""
+"""The scale scenario's pure parts: what N users need of the machine (limits), the
+contact graph they watch (contacts), and how its benchmark set judges its targets."""
 
 from __future__ import annotations
 
 import statistics
+from typing import Any
 
 import pytest
 
+from scripts import bench, bench_scale
 from scripts.loadtest import limits
 from scripts.loadtest.contacts import contacts
 
@@ -133,6 +135,43 @@ def test_a_few_users_are_watched_by_many() -> None:
 
 def test_small_graphs_still_fill_every_watchlist() -> None:
     graph = contacts(6, 5, count_fraction=0.0)
-    assert all(sorted(keys) == [j for j in range(6) if j != i] for i, keys in enumerate(graph.watch))
+    for i, keys in enumerate(graph.watch):
+        assert sorted(keys) == [j for j in range(6) if j != i]
     with pytest.raises(ValueError):
         contacts(5, 5)
+
+
+# --------------------------------------------------------------------------- bench set
+
+
+def _run(users: int, ok: bool = True, skipped: str = "", **metrics: Any) -> dict[str, Any]:
+    out = {"name": bench_scale.name(users), "ok": ok, "metrics": metrics, "params": {}}
+    return {**out, "skipped": skipped} if skipped else out
+
+
+def test_the_scale_set_plugs_into_the_suite() -> None:
+    runs = {run.name: run for run in bench.suite()}
+    assert all(bench_scale.name(n) in runs for n in bench_scale.SIZES)
+    assert runs[bench_scale.BIG].timeout > 900
+    assert "scale" in bench.all_sections()
+
+
+def test_scale_targets_are_met_missed_or_skipped_never_numbers() -> None:
+    base = {"memory_per_connection_kib": 14.0, "server_cpu_us_per_change_above_idle": 100.0}
+    big = _run(
+        100_000,
+        **{**base, "server_cpu_us_per_change_above_idle": 130.0},
+        change_to_seen_p99_ms=400.0,
+        kill_whole_s=30.0,
+        kill_bytes_ratio=25.0,
+    )
+    results = {r["name"]: r for r in (_run(10_000, **base), _run(30_000, **base), big)}
+    memory, p99, cpu, flat_memory, kill, checks = bench_scale.targets(results)
+    assert memory[2] is p99[2] is flat_memory[2] is kill[2] is checks[2] is True
+    assert cpu[2] is False and "1.3x" in cpu[1]  # 30% more at 100,000
+    skipped = _run(100_000, ok=False, skipped="raise open files (per worker)")
+    results[skipped["name"]] = skipped
+    rows = bench_scale.targets(results)
+    assert all(row[2] is None for row in rows)
+    assert "skipped: raise open files" in rows[0][1]
+    assert bench.cell(skipped, "kill_whole_s") == "skipped"
