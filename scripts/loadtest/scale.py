@@ -356,7 +356,8 @@ def _kill(ctx: Context, result: Result, statuses: dict[int, str]) -> None:
     _record_check(result, "after the kill", checks)
     cpu1 = cpu_seconds([p for p in ctx.server.pids() if p != victim])
     back = {
-        k: sum(c["back"][k] for c in checks) for k in ("clients", "resumed", "bytes", "view_bytes")
+        k: sum(c["back"][k] for c in checks)
+        for k in ("clients", "counters", "resumed", "bytes", "view_bytes")
     }
     changed_last = max(c["back"]["changed_last"] for c in checks)
     ok = sum(p["ok"] for p in parts)
@@ -365,15 +366,17 @@ def _kill(ctx: Context, result: Result, statuses: dict[int, str]) -> None:
         result.failures.append(
             f"kill: {failed} users never got back in: {[p['reasons'] for p in parts]}"
         )
-    if back["resumed"] < back["clients"]:
-        result.notes.append(
-            f"kill: {back['clients'] - back['resumed']} of {back['clients']} users got a "
-            "snapshot or a count instead of resuming"
+    watchers = back["clients"] - back["counters"]
+    if back["resumed"] < watchers:
+        result.failures.append(
+            f"kill: {watchers - back['resumed']} of {watchers} watchers got a snapshot "
+            "instead of resuming"
         )
     last_ok = max((p["last_ok"] for p in parts), default=kill_at)
     m["kill_lost"] = len(flat)
     m["kill_back"] = ok
     m["kill_resumed"] = back["resumed"]
+    m["kill_counters"] = back["counters"]
     m["kill_back_s"] = round(last_ok - kill_at, 3)
     m["kill_whole_s"] = None if wrong else round(max(changed_last, last_ok) - kill_at, 3)
     m["kill_auth_per_s"] = round(ok / max(last_ok - kill_at, 1e-9), 1)
@@ -393,9 +396,10 @@ def _kill(ctx: Context, result: Result, statuses: dict[int, str]) -> None:
         result.failures.append(f"kill: worker {victim} survived SIGKILL")
     result.notes.append(
         "kill bytes: all the bytes the new connections of the killed worker's users "
-        "received until whole (challenge, auth_ok, the resuming update or count, and "
-        "what followed); by snapshots: the same with each user's first view replaced "
-        "by the snapshot (or count) its connection before the kill began with"
+        "received until whole (challenge, auth_ok, the resuming update, or a count for "
+        "those following the count, which has nothing to resume, and what followed); by "
+        "snapshots: the same with each user's first view replaced by the snapshot (or "
+        "count) its connection before the kill began with"
     )
 
 

@@ -232,7 +232,13 @@ class ScaleOps:
             bad = [i for i in bad if self._wrong(i, self.clients[i], online, n, st)]
         examples = [self._wrong(i, self.clients[i], online, n, st) for i in bad[:5]]
         closed = [c.close_code for c in self.clients.values() if c.closed]
-        back: dict[str, Any] = {"clients": 0, "resumed": 0, "bytes": 0, "view_bytes": 0}
+        back: dict[str, Any] = {
+            "clients": 0,
+            "counters": 0,
+            "resumed": 0,
+            "bytes": 0,
+            "view_bytes": 0,
+        }
         changed = self._changed_at or {}
         back["changed_last"] = 0.0
         for index in reconnected or ():
@@ -240,6 +246,7 @@ class ScaleOps:
             if not isinstance(client, LoadClientV2):
                 continue
             back["clients"] += 1
+            back["counters"] += self._is_counter(index)
             back["resumed"] += client.resumed
             back["bytes"] += client.frame_bytes
             back["view_bytes"] += client.tally.first_view_bytes

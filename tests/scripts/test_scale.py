@@ -11,24 +11,25 @@ import pytest
 
 from scripts.loadtest.__main__ import main
 
-SMALL = ["--contacts", "5", "--rate", "50", "--duration", "3", "--count-fraction", "0.2"]
+SMALL = ["--contacts", "5", "--rate", "40", "--duration", "2", "--count-fraction", "0.2"]
 
 
 @pytest.mark.process
 def test_scale_connects_changes_kills_and_every_view_ends_right(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     argv = ["--start", "cluster", "--protocol", "2", "--quiet", "--json", str(out)]
-    code = main([*argv, "--settle-timeout", "10", "scale", "100", *SMALL])
+    code = main([*argv, "--settle-timeout", "10", "scale", "40", *SMALL])
     result = json.loads(out.read_text())
     assert code == 0, result["failures"]
     m, params = result["metrics"], result["params"]
     assert "--memory-budget=" in params["worker_args"] and params["kill"] is True
-    # Two rounds of 100 users at 50 a second: leaves, then rejoins on the next turn.
+    # Two rounds of 40 users at 40 a second: leaves, then rejoins on the next turn.
     assert m["changes_status"] > 0 and m["changes_leave"] > 0 and m["changes_rejoin"] > 0
     assert m["status_to_seen_samples"] > 0 and m["presence_to_seen_samples"] > 0
     assert m["frames_per_change"] > 0 and m["memory_per_connection_kib"] > 0
     assert 0 < m["kill_lost"] == m["kill_back"]
-    assert m["kill_resumed"] > 0 and m["kill_whole_s"] is not None
+    assert m["kill_resumed"] == m["kill_lost"] - m["kill_counters"] > 0
+    assert m["kill_whole_s"] is not None
     assert m["kill_bytes_by_snapshots"] > m["kill_bytes"] > 0
 
 
