@@ -287,13 +287,23 @@ def read_system() -> System:
     )
 
 
-def apply(chosen: Plan) -> None:
+def apply(chosen: Plan) -> Problem | None:
     """Raise this process's open-file limit to what ``chosen`` needs (what it starts
-    inherits it): the soft limit, and the hard one too when the plan says so (root)."""
+    inherits it): the soft limit, and the hard one too when the plan says so (root).
+    What stood in the way, if the kernel refused."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft >= chosen.files:
-        return
+    if soft == resource.RLIM_INFINITY or soft >= chosen.files:
+        return None
     new_hard = hard
     if chosen.raise_hard and hard != resource.RLIM_INFINITY:
         new_hard = max(hard, chosen.files)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (chosen.files, new_hard))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (chosen.files, new_hard))
+    except (ValueError, OSError) as exc:
+        return Problem(
+            f"open files (setrlimit: {exc})",
+            soft,
+            chosen.files,
+            f"ulimit -n {chosen.files} (as root, in the shell that runs the generator)",
+        )
+    return None

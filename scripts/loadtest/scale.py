@@ -138,7 +138,10 @@ def prepare(args: argparse.Namespace, min_procs: int) -> limits.Plan:
     )
     if not chosen.ok:
         return chosen
-    limits.apply(chosen)
+    denied = limits.apply(chosen)
+    if denied is not None:
+        chosen.problems.append(denied)
+        return chosen
     args.procs, args.concurrency = chosen.procs, chosen.concurrency
     args.source_addresses = ",".join(chosen.sources)
     if args.start == "cluster":
