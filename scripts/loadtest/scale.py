@@ -288,6 +288,8 @@ def _changes(
     changes = made["status"] + made["leave"] + made["rejoin"]
     if made["rejoin_failed"]:
         result.failures.append(f"{made['rejoin_failed']} rejoins could not connect")
+    if made["status_failed"]:
+        result.failures.append(f"{made['status_failed']} status changes could not be sent")
     if seen1 - seen0 < owed["status"]:
         result.failures.append(
             f"sampled watchers saw {seen1 - seen0} of {owed['status']} status changes"

@@ -113,7 +113,7 @@ class ScaleOps:
         order = schedule(list(self.clients), seed)
         tasks: set[asyncio.Task[Any]] = set()
         lag = Histogram()
-        made = {"status": 0, "leave": 0, "rejoin": 0, "rejoin_failed": 0}
+        made = {"status": 0, "leave": 0, "rejoin": 0, "rejoin_failed": 0, "status_failed": 0}
         owed = {"status": 0, "presence": 0}
         statuses: dict[int, str | None] = {}
         offline: set[int] = set()
@@ -129,6 +129,12 @@ class ScaleOps:
             if index in self.measuring:
                 assert isinstance(client, LoadClientV2)
                 client.record_hook = self._on_record
+
+        async def status_change(client: LoadClientV2, status: str) -> None:
+            try:
+                await client.set_record(status=status)
+            except Exception:  # a connection lost is counted, and fails the checks
+                made["status_failed"] += 1
 
         async def leave(client: LoadClient) -> None:
             with contextlib.suppress(Exception):
@@ -172,7 +178,7 @@ class ScaleOps:
                 made["status"] += 1
                 client = self.clients[index]
                 assert isinstance(client, LoadClientV2)
-                spawn(client.set_record(status=status))
+                spawn(status_change(client, status))
             issued_last = now
             self.progress += 1
         if tasks:
