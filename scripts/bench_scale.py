@@ -9,6 +9,13 @@ gives the workers a ``--memory-budget`` and ``--max-connections`` that hold ever
 in one worker (the survivor of the kill), and refuses before starting anything when a
 limit of the machine is short: such a run is reported "skipped: raise ...", never with
 numbers. The targets are judged at 100,000 and on the curve from 10,000 to 100,000.
+
+The kill's bytes: everything the killed worker's users received on their new
+connections until whole, against the same with each first view replaced by the
+snapshot (or count) their connection before the kill began with (``kill_bytes_ratio``),
+and the first views alone (``kill_view_bytes_ratio``). With 20 contacts a snapshot is
+a few hundred bytes, about what the handshake (challenge and ``auth_ok``) costs, so
+the first ratio cannot reach 20x however small a resume is; the row shows both.
 """
 
 from __future__ import annotations
