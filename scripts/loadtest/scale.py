@@ -368,7 +368,17 @@ def _kill(ctx: Context, result: Result, statuses: dict[int, str]) -> None:
     cpu1 = cpu_seconds([p for p in ctx.server.pids() if p != victim])
     back = {
         k: sum(c["back"][k] for c in checks)
-        for k in ("clients", "counters", "asked", "resumed", "bytes", "view_bytes")
+        for k in (
+            "clients",
+            "counters",
+            "asked",
+            "resumed",
+            "bytes",
+            "view_bytes",
+            "delta_joined",
+            "delta_updated",
+            "delta_left",
+        )
     }
     changed_last = max(c["back"]["changed_last"] for c in checks)
     ok = sum(p["ok"] for p in parts)
@@ -393,6 +403,8 @@ def _kill(ctx: Context, result: Result, statuses: dict[int, str]) -> None:
     m["kill_asked_resume"] = back["asked"]
     m["kill_resumed"] = back["resumed"]
     m["kill_counters"] = back["counters"]
+    for k in ("joined", "updated", "left"):  # what a resuming update carried, on average
+        m[f"kill_resume_delta_{k}"] = round(back[f"delta_{k}"] / max(back["resumed"], 1), 2)
     m["kill_back_s"] = round(last_ok - kill_at, 3)
     m["kill_whole_s"] = None if wrong else round(max(changed_last, last_ok) - kill_at, 3)
     m["kill_auth_per_s"] = round(ok / max(last_ok - kill_at, 1e-9), 1)

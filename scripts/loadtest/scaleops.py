@@ -21,6 +21,7 @@ from scripts.loadtest.client import LoadClient
 from scripts.loadtest.clientv2 import LoadClientV2
 from scripts.loadtest.messaging import sleep_until
 from scripts.loadtest.records import SETTLE_POLL, schedule, status_name
+from scripts.loadtest.resumeops import _delta
 from scripts.loadtest.stats import Histogram
 from scripts.loadtest.tallies import ConnectStats
 from shared.session_v2 import ViewChange
@@ -245,6 +246,9 @@ class ScaleOps:
             "resumed": 0,
             "bytes": 0,
             "view_bytes": 0,
+            "delta_joined": 0,
+            "delta_updated": 0,
+            "delta_left": 0,
         }
         changed = self._changed_at or {}
         back["changed_last"] = 0.0
@@ -255,6 +259,9 @@ class ScaleOps:
             back["clients"] += 1
             back["counters"] += self._is_counter(index)
             back["asked"] += client.session.resume is not None
+            if client.resumed:
+                for k, v in _delta(client).items():
+                    back[f"delta_{k}"] += v
             back["resumed"] += client.resumed
             back["bytes"] += client.frame_bytes
             back["view_bytes"] += client.tally.first_view_bytes
