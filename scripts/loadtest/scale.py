@@ -214,12 +214,18 @@ def _record_check(result: Result, label: str, parts: list[dict[str, Any]]) -> No
         result.failures.append(f"{label}: {closed} clients closed by the server: {codes}")
 
 
-def _status_seen(ctx: Context) -> tuple[int, Histogram]:
+def _status_seen(ctx: Context) -> tuple[int, Histogram, dict[str, int]]:
+    """Status changes seen by the sampled watchers, their latencies, and the ``error``
+    frames every client got, by code."""
     parts = ctx.pool.call("status_counts")
     hist = Histogram.merged(
         Histogram.from_dict(p["latency"][g]) for p in parts for g in p["latency"]
     )
-    return sum(p["seen"] for p in parts), hist
+    codes: dict[str, int] = {}
+    for p in parts:
+        for code, n in p["error_codes"].items():
+            codes[code] = codes.get(code, 0) + n
+    return sum(p["seen"] for p in parts), hist, codes
 
 
 def _latency(m: dict[str, Any], prefix: str, hist: Histogram) -> None:
@@ -257,7 +263,7 @@ def _changes(
     m = result.metrics
     ctx.pool.call("reset")
     c0 = counters(ctx)
-    seen0, _ = _status_seen(ctx)
+    seen0, _, codes0 = _status_seen(ctx)
     cpu0, gen0, began = ctx.server_cpu(), ctx.generator_cpu(), time.monotonic()
     start = time.time() + START_DELAY
     parts = ctx.pool.call(
@@ -282,7 +288,10 @@ def _changes(
     truth = sorted(i for part in ctx.pool.call("online") for i in part)
     _check(ctx, result, "after the changes", truth, statuses, ctx.settle_timeout)
     c1 = counters(ctx)
-    seen1, status_hist = _status_seen(ctx)
+    seen1, status_hist, codes1 = _status_seen(ctx)
+    errors = {k: v - codes0.get(k, 0) for k, v in codes1.items() if v > codes0.get(k, 0)}
+    if errors:  # rate_limited included: the changes keep within the record rate
+        result.failures.append(f"error frames during the changes: {errors}")
     made = {k: sum(p["made"][k] for p in parts) for k in parts[0]["made"]}
     owed = {k: sum(p["owed"][k] for p in parts) for k in ("status", "presence")}
     changes = made["status"] + made["leave"] + made["rejoin"]
