@@ -30,6 +30,8 @@ class Run:
     target: tuple[str, ...]
     scenario: tuple[str, ...]
     group: str
+    timeout: float = 900.0
+    """Seconds the run may take before ``make bench`` gives it up."""
 
 
 def both(name: str, target: tuple[str, ...], scenario: tuple[str, ...], group: str) -> list[Run]:

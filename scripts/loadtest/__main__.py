@@ -23,6 +23,8 @@ Scenarios:
   kill-worker        (v2) a worker is SIGKILLed: its clients back by snapshots, then resuming
   auth-rate N        (v2) N watchlist clients, then a modest whole lobby, authenticate at
                      once: the worker's CPU per auth and auths/s per worker core
+  scale N            (v2) N users watching their contacts under presence changes, then a
+                     worker killed: the cost curve; checks the system's limits first
 
 CPUs: ``--server-cpus 0 --client-cpus 1`` runs the server and the generator on
 separate CPUs, so that the generator's own work does not show up as server latency
@@ -43,7 +45,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.loadtest import authrate, cpus, resume, scenarios, scopes
+from scripts.loadtest import authrate, cpus, resume, scale, scenarios, scopes
 from scripts.loadtest.agent import raise_fd_limit
 from scripts.loadtest.backend import Feeds
 from scripts.loadtest.client import WS_CLIENTS, resolve_ws_client
@@ -293,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lobby", type=int, default=200, help="whole-lobby clients after them (%(default)s)"
     )
+    scale.add_parser(sub)
     return parser
 
 
@@ -343,6 +346,8 @@ def run_scenario(ctx: scenarios.Context, args: argparse.Namespace) -> scenarios.
         return resume.kill_worker(ctx, args.users, args.whole, args.watch)
     if name == "auth-rate":
         return authrate.auth_rate(ctx, args.clients, args.watch, args.lobby)
+    if name == "scale":
+        return scale.scale(ctx, args, args.plan)
     return scenarios.fanout(
         ctx, args.watchers, args.changes, args.rate, args.frame_bytes, bare=args.start == "bare"
     )
@@ -419,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         or args.lobby < 1
     ):
         parser.error("auth-rate: needs --protocol 2, --watch from 1 to the clients, --lobby >= 1")
+    if args.scenario == "scale":
+        scale.check_options(parser, args)
     if not 0.0 <= args.verify_sample <= 1.0:
         parser.error("--verify-sample: a fraction from 0 to 1")
     if args.start == "node":
@@ -445,6 +452,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.scenario}: {clients} clients over {procs} generator processes need "
             f"more open files per process than the limit ({files}): use more --procs"
         )
+    if args.scenario == "scale":  # its limits, checked before anything starts
+        args.plan = scale.prepare(args, procs)
+        if not args.plan.ok:
+            print(args.plan.refusal(), file=sys.stderr)
+            if args.json:
+                write_json(scale.refused(args, args.plan), args.json)
+            return 2
+        procs = args.procs
     sources = [a.strip() for a in args.source_addresses.split(",") if a.strip()]
     server: Server | None = None
     feeds: Feeds | None = None

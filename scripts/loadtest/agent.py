@@ -51,6 +51,7 @@ from scripts.loadtest.clientv2 import LoadClientV2
 from scripts.loadtest.messaging import MessageOps, sleep_until
 from scripts.loadtest.records import RecordOps
 from scripts.loadtest.resumeops import ResumeOps
+from scripts.loadtest.scaleops import ScaleOps
 from scripts.loadtest.stats import Histogram
 from scripts.loadtest.tallies import Cause, ConnectStats, Totals
 from shared.session import backoff_delay
@@ -98,7 +99,7 @@ def _discard(keys: set[int], key: int, _task: object) -> None:
     keys.discard(key)
 
 
-class Agent(MessageOps, RecordOps, ResumeOps):
+class Agent(MessageOps, RecordOps, ResumeOps, ScaleOps):
     """The clients of one generator process and the ops the parent can run on them."""
 
     def __init__(

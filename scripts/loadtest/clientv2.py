@@ -160,12 +160,15 @@ class LoadClientV2(LobbyClientV2):
         scope = parse_follow(follow)
 
         def session(key: SigningKey) -> SessionV2:
-            follow, resume, view, resend = scope, None, None, []
+            follow, resume, view, resend, record = scope, None, None, [], None
             if resume_from is not None:  # the choice its view is of, and what to ask again
+                record = resume_from.session.record  # the same user goes on: its record too
                 stated, resume, again = resume_from.session.next_connection()
                 if resume is not None:
                     follow, view, resend = stated, resume_from.session.view, again
-            session = SessionV2(key, url, follow=follow, resume=resume, view=view, resend=resend)
+            session = SessionV2(
+                key, url, record=record, follow=follow, resume=resume, view=view, resend=resend
+            )
             session.decode = DECODED.decode
             return session
 
