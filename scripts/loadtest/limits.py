@@ -69,6 +69,8 @@ class System:
     conntrack_max: int | None = None
     """None: no connection tracking loaded."""
     root: bool = False
+    """Whether this process may raise its hard open-file limit (root with
+    CAP_SYS_RESOURCE: a container's root often lacks it)."""
 
     @property
     def ports(self) -> int:
@@ -150,13 +152,15 @@ def plan(
     concurrency: int = 500,
     workers: int = 2,
     cluster: bool = True,
+    kill: bool = True,
 ) -> Plan:
     """What ``users`` need on ``system``: ``procs`` and ``sources`` when given are
     checked, else chosen (at least ``min_procs`` processes, and as many as keep each
     under the open-file limit; as many loopback addresses as the ports need);
     ``concurrency`` (attempts in flight per process) is lowered to what the listen
     backlogs of ``workers`` hold; ``cluster``: a cluster is started, which inherits the
-    limits and must hold every user in one worker."""
+    limits; each of its ``workers`` must hold its share of the users, and with ``kill``
+    the share of one fewer (one is killed and its users come back to the others)."""
     problems: list[Problem] = []
     notes: list[str] = []
     # Open files: the most the hard limit allows (root may raise it up to nr_open).
@@ -164,31 +168,41 @@ def plan(
     if procs is None:
         procs = max(min_procs, math.ceil(users / max(ceiling - FILES_SPARE, 1)))
     per_proc = math.ceil(users / procs) + FILES_SPARE
+    holders = max(workers - 1, 1) if kill else max(workers, 1)
+    per_worker = math.ceil(users / holders)
     files = per_proc
     if cluster:
-        files = max(files, users + SERVER_FILES_SPARE)
+        files = max(files, per_worker + SERVER_FILES_SPARE)
     raise_hard = files > system.nofile_hard
-    if files > ceiling:
-        if system.root:
-            problems.append(
-                Problem(
-                    "fs.nr_open",
-                    system.nr_open,
-                    files,
-                    f"sysctl -w fs.nr_open={files}",
-                )
+    if per_proc > ceiling:
+        problems.append(
+            Problem(
+                "open files (per generator process)",
+                ceiling,
+                per_proc,
+                f"--procs {math.ceil(users / max(ceiling - FILES_SPARE, 1))}, or raise the "
+                f"limit: ulimit -n {per_proc} (as root, in the shell that runs the generator)",
             )
-        else:
-            who = "per generator process" if per_proc >= files else "per worker"
-            problems.append(
-                Problem(
-                    f"open files ({who})",
-                    system.nofile_hard,
-                    files,
-                    f"ulimit -n {files} (as root, in the shell that runs the generator; "
-                    f"or more --procs for the generator's share)",
-                )
+        )
+    if cluster and per_worker + SERVER_FILES_SPARE > ceiling:
+        fit = max(ceiling - SERVER_FILES_SPARE, 1)
+        wanted = math.ceil(users / fit) + (1 if kill else 0)
+        raise_it = (
+            f"sysctl -w fs.nr_open={files}"
+            if system.root
+            else f"ulimit -n {files} (as root with CAP_SYS_RESOURCE, in the shell that runs "
+            f"the generator)"
+        )
+        problems.append(
+            Problem(
+                "open files (per worker)",
+                ceiling,
+                per_worker + SERVER_FILES_SPARE,
+                f"--workers {wanted} (a worker holds at most {fit:,} users"
+                f"{', and one is killed' if kill else ''}), or raise the limit: "
+                f"{raise_it}",
             )
+        )
     # Local ports: each address carries at most half its range.
     per_address = max(system.ports // PORTS_PER_USER, 1)
     wanted = math.ceil(users / per_address)
@@ -238,7 +252,7 @@ def plan(
                     f"sysctl -w net.netfilter.nf_conntrack_max={need}",
                 )
             )
-    max_connections = max(AdmissionLimits().max_connections, users + SERVER_FILES_SPARE)
+    max_connections = max(AdmissionLimits().max_connections, per_worker + SERVER_FILES_SPARE)
     return Plan(
         users=users,
         procs=procs,
@@ -246,7 +260,7 @@ def plan(
         concurrency=concurrency,
         files=files,
         raise_hard=raise_hard,
-        memory_budget=budget_for(users),
+        memory_budget=budget_for(per_worker),
         max_connections=max_connections,
         problems=problems,
         notes=notes,
@@ -283,8 +297,23 @@ def read_system() -> System:
         port_range=(low, high),
         somaxconn=_read_int("/proc/sys/net/core/somaxconn") or 4096,
         conntrack_max=_read_int("/proc/sys/net/netfilter/nf_conntrack_max"),
-        root=os.geteuid() == 0,
+        root=os.geteuid() == 0 and _may_raise_hard(),
     )
+
+
+CAP_SYS_RESOURCE = 24
+"""The capability that lets a process raise its hard limits (linux/capability.h)."""
+
+
+def _may_raise_hard() -> bool:
+    """Whether this process holds CAP_SYS_RESOURCE (``/proc/self/status``, ``CapEff``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def apply(chosen: Plan) -> Problem | None:

@@ -139,6 +139,7 @@ def prepare(args: argparse.Namespace, min_procs: int) -> limits.Plan:
         concurrency=args.concurrency,
         workers=args.workers,
         cluster=args.start == "cluster",
+        kill=bool(args.kill),
     )
     if not chosen.ok:
         return chosen
