@@ -13,8 +13,10 @@ view's ``seq``). What it adds is what the generator's agent reads of a load clie
   v1 client counts its ``lobby_update`` frames. It connects over picows when the
   process uses it (:mod:`scripts.loadtest.fastws`), else over websockets;
 * ``index``, ``lobby_hook``, :meth:`aim` and ``reached_at``, as the v1 client has them;
-* ``sampled`` is always True and :meth:`catch_up` does nothing: every frame is applied
-  on arrival (the v1 client's deferred checking is a v1 optimisation).
+* every frame is applied on arrival (:meth:`catch_up` does nothing); a client not
+  ``sampled`` (nobody times what it sees) applies its binary ``update`` frames
+  straight from their bytes (:mod:`scripts.loadtest.leanv2`), with the same checks,
+  and hands the library whatever that declines.
 
 The hook gets each applied update as a v1 :class:`~scripts.loadtest.views.Update` of
 its joined and left keys (a record change is neither), so the agent's latency matching
@@ -31,16 +33,18 @@ from typing import Any, cast
 from nacl.signing import SigningKey
 
 from scripts.loadtest.client import LoadClient, _next_source, _picows_opener
+from scripts.loadtest.leanv2 import apply_update
 from scripts.loadtest.views import Update
 from shared import protocol
 from shared.client import Connecting, ListenerFailed, Transport, websockets_opener
 from shared.client_v2 import LobbyClientV2, parse_follow, version2_opener
-from shared.session import Online
+from shared.session import Online, State
 from shared.session_v2 import SUBPROTOCOL, SessionV2, ViewChange, parse_frame_v2
 from shared.v2 import ErrorV2
 from shared.v2.server import UPDATE
 
 UPDATE_TAG = bytes((UPDATE,))
+_OPEN = State.OPEN
 
 
 class Decoded:
@@ -141,7 +145,7 @@ class Counted:
         tally = self._tally
         tally.frames += 1
         tally.frame_bytes += len(frame)
-        if type(frame) is not str:
+        if not isinstance(frame, str):
             if not tally.first_view_bytes:
                 tally.first_view_bytes = len(frame)
                 if frame[:1] == UPDATE_TAG:
@@ -254,6 +258,29 @@ class LoadClientV2(LobbyClientV2):
     @property
     def update_bytes(self) -> int:
         return self.tally.update_bytes
+
+    def receive(self, frame: str | bytes) -> None:
+        """The library's handling; for a client nobody watches (not sampled, no hook,
+        listener or waiter), an update applied from its bytes when it is one
+        :func:`~scripts.loadtest.leanv2.apply_update` handles."""
+        if (
+            not self.sampled
+            and type(frame) is bytes
+            and self.lobby_hook is None
+            and self.record_hook is None
+            and not self.lobby_listeners
+            and not self.watched
+        ):
+            session = self.session
+            if session.state is _OPEN:
+                changed = apply_update(session.view, frame)
+                if changed is not None:
+                    session.updates_received += 1
+                    self.changes_received += changed
+                    if self.target is not None:
+                        self._changed_to(None)
+                    return
+        super().receive(frame)
 
     def dispatch(self, event: Any) -> None:
         super().dispatch(event)

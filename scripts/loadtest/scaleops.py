@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import Counter
 from typing import Any
 
 from scripts.loadtest.client import LoadClient
@@ -44,6 +45,7 @@ class ScaleOps:
     status_latency: dict[str, Histogram]
     status_seen: int
     status_made: int
+    watchers_fixed: tuple[dict[str, int], int] | None
     _changed_at: dict[int, float] | None
 
     def pub(self, index: int) -> str:
@@ -109,6 +111,7 @@ class ScaleOps:
             client = self.clients[i]
             assert isinstance(client, LoadClientV2)
             client.record_hook = self._on_record
+        self.watchers_fixed = self._count_watchers()  # sampled watchers never leave here
         self.counting = True
         rng = random.Random(seed)
         order = schedule(list(self.clients), seed)
@@ -185,6 +188,7 @@ class ScaleOps:
         if tasks:
             await asyncio.wait(tasks, timeout=60.0)
         self.counting = False
+        self.watchers_fixed = None
         return {
             "issued_last": issued_last,
             "made": made,
@@ -194,6 +198,19 @@ class ScaleOps:
             "connect": stats.result(),
             "schedule_lag": lag.to_dict(),
         }
+
+    def _count_watchers(self) -> tuple[dict[str, int], int]:
+        """The measuring watchers of each key (by their watchlists), and how many
+        follow every key (no watchlist): what ``_watchers_of`` counts, once."""
+        by_key: Counter[str] = Counter()
+        every = 0
+        for index in self.measuring:
+            keys = self.watchlists.get(index)
+            if keys is None:
+                every += 1
+            else:
+                by_key.update(keys)
+        return dict(by_key), every
 
     # ------------------------------------------------------------------ checking
 
