@@ -106,3 +106,50 @@ def test_the_lean_path_leaves_stale_and_count_views_to_the_library() -> None:
     empty = RecordView()
     assert apply_update(empty, frame) is None
     assert apply_update(_views([])[0], os.urandom(3)) is None
+
+
+class _Quiet:
+    """A transport that takes what is written and reads nothing."""
+
+    def __init__(self) -> None:
+        self.sent: list[str | bytes] = []
+
+    async def send(self, frame: str | bytes) -> None:
+        self.sent.append(frame)
+
+
+def test_an_unsampled_client_takes_the_lean_path_and_the_library_finds_its_gaps() -> None:
+    import asyncio
+
+    from nacl.signing import SigningKey
+
+    from scripts.loadtest.clientv2 import LoadClientV2
+    from shared.session import SequenceGap, State
+    from shared.session_v2 import SessionV2
+
+    async def run() -> None:
+        key = SigningKey.generate()
+        session = SessionV2(key, "ws://127.0.0.1:1/ws", state=State.OPEN)
+        a = _key(1)
+        session.view.apply_snapshot(Snapshot("e1", 5, Scope.WATCH, (Entry(a, Record()),)))
+        ws = _Quiet()
+        client = LoadClientV2(ws, key, message_queue_size=10, resync_on_error=True, session=session)
+        client.sampled = False
+        decode = session.decode
+
+        def not_decoded(frame: str | bytes) -> None:
+            raise AssertionError("the lean path decodes nothing")
+
+        session.decode = not_decoded
+        client.receive(encode_update(6, 5, [], [(a, Record("away"))], []))
+        session.decode = decode
+        assert session.view.seq == 6 and session.view.records[a].status == "away"
+        assert client.updates_received == 1 and client.changes_received == 1
+        assert not client.errors
+        client.receive(encode_update(8, 7, [], [(a, Record("busy"))], []))  # a gap
+        assert session.view.stale and session.view.records[a].status == "away"
+        assert any(isinstance(e, SequenceGap) for e in client.errors), client.errors
+        await asyncio.sleep(0)  # the resync written in the background
+        assert ws.sent
+
+    asyncio.run(run())
