@@ -32,8 +32,9 @@ COUNT: dict[str, Any] = {"scope": "count"}
 FREEZE_S = 1.0
 """Seconds between two :func:`gc.freeze` while changes are made: the clients that
 rejoin and the records that arrive live on, and the collector would walk them all
-again and again (a tenth of the process's CPU at 10,000 users); what they leave
-behind is collected once the changes end."""
+again and again (a tenth of the process's CPU at 10,000 users). What the clients
+that left leave behind is collected when the clients close (``op_close_all``), as
+after :meth:`~scripts.loadtest.agent.Agent.op_reset`'s freeze."""
 
 
 class ScaleOps:
@@ -209,9 +210,6 @@ class ScaleOps:
             await asyncio.wait(tasks, timeout=60.0)
         self.counting = False
         self.watchers_fixed = None
-        gc.unfreeze()  # the clients that left: collected, the others frozen again
-        gc.collect()
-        gc.freeze()
         return {
             "issued_last": issued_last,
             "made": made,
