@@ -438,10 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--api-consumers: a number of consumers, 0 or more")
     if (args.api_consumers or args.webhooks) and args.start != "cluster":
         parser.error("--api-consumers, --webhooks: only with --start cluster")
-    if args.protocol == 2 and args.ws_client == "picows":
-        parser.error("--ws-client picows: version 2 clients use websockets")
     try:
-        ws_client = "websockets" if args.protocol == 2 else resolve_ws_client(args.ws_client)
+        ws_client = resolve_ws_client(args.ws_client)
     except ValueError as exc:
         parser.error(f"--ws-client: {exc}")
     signal.signal(signal.SIGTERM, _terminate)

@@ -127,6 +127,8 @@ class Agent(MessageOps, RecordOps, ResumeOps, ScaleOps):
         self.watching: set[int] = set()
         self.measuring: set[int] = set()
         """The sampled watchers: their lobby hook measures latencies."""
+        self.watchers_fixed: tuple[dict[str, int], int] | None = None
+        """While set: the measuring watchers of each key, and those of every key."""
         self.retired = Totals()
         self.causes: dict[str, Cause] = {}
         self._causes_version = 0  # changes whenever ``causes`` does
@@ -182,6 +184,9 @@ class Agent(MessageOps, RecordOps, ResumeOps, ScaleOps):
 
     def _watchers_of(self, public_key: str) -> int:
         """How many measuring watchers follow ``public_key`` (all but watchlists without it)."""
+        fixed = self.watchers_fixed
+        if fixed is not None:  # the sample does not change: counted once
+            return fixed[1] + fixed[0].get(public_key, 0)
         lists = self.watchlists
         return sum(1 for i in self.measuring if i not in lists or public_key in lists[i])
 

@@ -603,11 +603,17 @@ def _in_place(ws: Any) -> Transport:
     return cast(Transport, ws)
 
 
-def _picows_opener(open_timeout: float, max_size: int | None) -> Opener:
+def _picows_opener(
+    open_timeout: float, max_size: int | None, subprotocols: Sequence[str] = ()
+) -> Opener:
     async def open_picows(url: str) -> Transport:
         try:
             conn = await fastws.connect(
-                url, open_timeout=open_timeout, max_size=max_size, local_addr=_next_source()
+                url,
+                open_timeout=open_timeout,
+                max_size=max_size,
+                local_addr=_next_source(),
+                subprotocols=subprotocols,
             )
         except Exception as exc:
             status = fastws.handshake_status(exc)

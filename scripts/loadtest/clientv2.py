@@ -10,10 +10,13 @@ view's ``seq``). What it adds is what the generator's agent reads of a load clie
 * ``frames`` and ``frame_bytes``: every frame received and its bytes (text or binary,
   the handshake's included: :class:`Counted`), so both protocols report bytes per
   change the same way; ``update_bytes``: the bytes of the ``update`` frames, as the
-  v1 client counts its ``lobby_update`` frames. It connects over websockets only (no picows path);
+  v1 client counts its ``lobby_update`` frames. It connects over picows when the
+  process uses it (:mod:`scripts.loadtest.fastws`), else over websockets;
 * ``index``, ``lobby_hook``, :meth:`aim` and ``reached_at``, as the v1 client has them;
-* ``sampled`` is always True and :meth:`catch_up` does nothing: every frame is applied
-  on arrival (the v1 client's deferred checking is a v1 optimisation).
+* every frame is applied on arrival (:meth:`catch_up` does nothing); a client not
+  ``sampled`` (nobody times what it sees) applies its binary ``update`` frames
+  straight from their bytes (:mod:`scripts.loadtest.leanv2`), with the same checks,
+  and hands the library whatever that declines.
 
 The hook gets each applied update as a v1 :class:`~scripts.loadtest.views.Update` of
 its joined and left keys (a record change is neither), so the agent's latency matching
@@ -29,17 +32,19 @@ from typing import Any, cast
 
 from nacl.signing import SigningKey
 
-from scripts.loadtest.client import LoadClient, _next_source
+from scripts.loadtest.client import LoadClient, _next_source, _picows_opener
+from scripts.loadtest.leanv2 import apply_update
 from scripts.loadtest.views import Update
 from shared import protocol
 from shared.client import Connecting, ListenerFailed, Transport, websockets_opener
 from shared.client_v2 import LobbyClientV2, parse_follow, version2_opener
-from shared.session import Online
+from shared.session import Online, State
 from shared.session_v2 import SUBPROTOCOL, SessionV2, ViewChange, parse_frame_v2
 from shared.v2 import ErrorV2
 from shared.v2.server import UPDATE
 
 UPDATE_TAG = bytes((UPDATE,))
+_OPEN = State.OPEN
 
 
 class Decoded:
@@ -87,16 +92,19 @@ class Tally:
 
 
 class Counted:
-    """A transport (:class:`shared.client.Transport`) that counts what ``recv`` returns
-    in a :class:`Tally`: the handshake's frames, and every reconnection's, included.
-    Its first frame sent is the ``auth``: the moment goes to
-    :attr:`LoadClient.auth_sent_hook <scripts.loadtest.client.LoadClient.auth_sent_hook>`
-    with ``public_key``, as the v1 client reports its own."""
+    """A transport (:class:`shared.client.Transport`) that counts what it receives in a
+    :class:`Tally`: the handshake's frames, and every reconnection's, included; frames
+    read by ``recv`` and frames its ``handler`` takes as they arrive (over picows,
+    :mod:`scripts.loadtest.fastws`) alike. Its first frame sent is the ``auth``: the
+    moment goes to :attr:`LoadClient.auth_sent_hook
+    <scripts.loadtest.client.LoadClient.auth_sent_hook>` with ``public_key``, as the v1
+    client reports its own."""
 
     def __init__(self, ws: Any, tally: Tally, public_key: str) -> None:
         self._inner = ws
         self._tally = tally
         self._auth_of: str | None = public_key
+        self._handler: Callable[[str | bytes], bool] | None = None
 
     async def send(self, frame: str | bytes) -> None:
         await self._inner.send(frame)
@@ -108,8 +116,32 @@ class Counted:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    @property
+    def handler(self) -> Callable[[str | bytes], bool] | None:
+        """The inner connection's frame handler (AttributeError when it has none: a
+        websockets connection), which this one counts the frames of."""
+        if not hasattr(self._inner, "handler"):
+            raise AttributeError("handler")
+        return self._handler
+
+    @handler.setter
+    def handler(self, handler: Callable[[str | bytes], bool] | None) -> None:
+        self._handler = handler
+        self._inner.handler = None if handler is None else self._offered
+
+    def _offered(self, frame: str | bytes) -> bool:
+        handler = self._handler
+        if handler is None or not handler(frame):
+            return False  # queued: ``recv`` counts it
+        self._count(frame)
+        return True
+
     async def recv(self) -> str | bytes:
         frame: str | bytes = await self._inner.recv()
+        self._count(frame)
+        return frame
+
+    def _count(self, frame: str | bytes) -> None:
         tally = self._tally
         tally.frames += 1
         tally.frame_bytes += len(frame)
@@ -120,7 +152,6 @@ class Counted:
                     tally.first_update = frame
             if frame[:1] == UPDATE_TAG:
                 tally.update_bytes += len(frame)
-        return frame
 
 
 class LoadClientV2(LobbyClientV2):
@@ -139,20 +170,24 @@ class LoadClientV2(LobbyClientV2):
         resume_from: LoadClientV2 | None = None,
         **kwargs: Any,
     ) -> Connecting[LoadClientV2]:
-        """:meth:`LobbyClientV2.connect` over websockets, counting every frame, with no
+        """:meth:`LobbyClientV2.connect` over picows when this process uses it (as
+        :meth:`LoadClient.connect` chooses), else websockets, counting every frame, with no
         record (the server's default) and ``follow``. ``resume_from``: a client of the
         same key whose connection is gone; this one's ``auth`` resumes from its view,
         when that view is live (:meth:`~shared.session_v2.SessionV2.next_connection`)."""
         key = signing_key if signing_key is not None else SigningKey.generate()
         public_key = key.verify_key.encode().hex()
         tally = Tally()
-        plain = websockets_opener(
-            open_timeout=open_timeout,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            local_addr=_next_source,
-            subprotocols=[SUBPROTOCOL],
-        )
+        if LoadClient.ws_client == "picows" and url.startswith("ws://") and ping_interval is None:
+            plain = _picows_opener(open_timeout, None, [SUBPROTOCOL])
+        else:
+            plain = websockets_opener(
+                open_timeout=open_timeout,
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+                local_addr=_next_source,
+                subprotocols=[SUBPROTOCOL],
+            )
 
         async def opener(url: str) -> Transport:
             return cast(Transport, Counted(await plain(url), tally, public_key))
@@ -223,6 +258,29 @@ class LoadClientV2(LobbyClientV2):
     @property
     def update_bytes(self) -> int:
         return self.tally.update_bytes
+
+    def receive(self, frame: str | bytes) -> None:
+        """The library's handling; for a client nobody watches (not sampled, no hook,
+        listener or waiter), an update applied from its bytes when it is one
+        :func:`~scripts.loadtest.leanv2.apply_update` handles."""
+        if (
+            not self.sampled
+            and type(frame) is bytes
+            and self.lobby_hook is None
+            and self.record_hook is None
+            and not self.lobby_listeners
+            and not self.watched
+        ):
+            session = self.session
+            if session.state is _OPEN:
+                changed = apply_update(session.view, frame)
+                if changed is not None:
+                    session.updates_received += 1
+                    self.changes_received += changed
+                    if self.target is not None:
+                        self._changed_to(None)
+                    return
+        super().receive(frame)
 
     def dispatch(self, event: Any) -> None:
         super().dispatch(event)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -79,6 +79,8 @@ class PicowsConnection(_Listener):  # type: ignore[misc]
         self.handler: Handler | None = None
         self.close_code: int | None = None
         self.close_reason: str | None = None
+        self.subprotocol: str | None = None
+        """The subprotocol the server selected (its ``Sec-WebSocket-Protocol``)."""
 
     # ------------------------------------------------------------------ picows callbacks
 
@@ -216,13 +218,20 @@ class PicowsConnection(_Listener):  # type: ignore[misc]
 
 
 async def connect(
-    url: str, *, open_timeout: float, max_size: int | None, local_addr: tuple[str, int] | None
+    url: str,
+    *,
+    open_timeout: float,
+    max_size: int | None,
+    local_addr: tuple[str, int] | None,
+    subprotocols: Sequence[str] = (),
 ) -> PicowsConnection:
-    """Open a connection to ``url`` (``ws://``); raises picows' errors
-    (``WSHandshakeError`` with the server's ``response`` when it refused the upgrade),
-    :class:`OSError` or :class:`TimeoutError`."""
+    """Open a connection to ``url`` (``ws://``), offering ``subprotocols``; raises
+    picows' errors (``WSHandshakeError`` with the server's ``response`` when it refused
+    the upgrade), :class:`OSError` or :class:`TimeoutError`."""
     extra: dict[str, Any] = {} if local_addr is None else {"local_addr": local_addr}
-    _transport, listener = await _picows.ws_connect(
+    if subprotocols:
+        extra["extra_headers"] = {"Sec-WebSocket-Protocol": ", ".join(subprotocols)}
+    transport, listener = await _picows.ws_connect(
         PicowsConnection,
         url,
         websocket_handshake_timeout=open_timeout,
@@ -234,6 +243,10 @@ async def connect(
     )
     if not isinstance(listener, PicowsConnection):  # the server dropped it mid-handshake
         raise ConnectionResetError("the connection ended during the WebSocket handshake")
+    if subprotocols:
+        response = getattr(transport, "response", None)
+        headers = getattr(response, "headers", None) or {}
+        listener.subprotocol = headers.get("Sec-WebSocket-Protocol")
     return listener
 
 

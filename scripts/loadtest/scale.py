@@ -313,6 +313,7 @@ def _changes(
     m["changes_status"] = made["status"]
     m["changes_leave"] = made["leave"]
     m["changes_rejoin"] = made["rejoin"]
+    m["turns_skipped_rejoining"] = made["skipped_rejoining"]
     m["changes_per_s"] = round(changes / max(issued, 1e-9), 1)
     cpu = cpu1 - cpu0
     m["changes_server_cpu_s"] = round(cpu, 3)

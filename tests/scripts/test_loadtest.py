@@ -1078,7 +1078,6 @@ def test_the_cli_refuses_version_2_options_it_cannot_honour(
     for argv, complaint in [
         (["churn", "--watch", "3"], "--watch: watchlists need --protocol 2"),
         (["--protocol", "2", "churn", "--watch", "-1"], "--watch: from 0 to"),
-        (["--protocol", "2", "--ws-client", "picows", "idle", "1"], "--ws-client picows:"),
         (["status-churn"], "status-churn: needs --protocol 2"),
         (["--procs", "1", "idle", str(10**9)], "use more --procs"),
         (["--protocol", "2", "watchlists", "10", "--lobby-watchers", "11"], "--lobby-watchers:"),
