@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts import (  # noqa: E402  (after the path that finds them)
+    bench_bytes,
     bench_events,
     bench_peer,
     bench_resume,
@@ -93,7 +94,13 @@ class BenchSet(Protocol):
     def targets(self, res: dict[str, dict[str, Any]]) -> list[Row]: ...
 
 
-SETS: tuple[BenchSet, ...] = (bench_peer, bench_scopes, bench_resume, bench_events)
+SETS: tuple[BenchSet, ...] = (
+    bench_peer,
+    bench_scopes,
+    bench_resume,
+    bench_events,
+    bench_bytes,
+)
 """The sets run after the suite's own runs, in this order."""
 
 
@@ -211,16 +218,10 @@ def same_frame(run: Run, done: list[dict[str, Any]]) -> Run:
 
 def run_one(run: Run, workdir: Path) -> dict[str, Any]:
     out = workdir / (run.name.replace(" ", "_").replace("@", "_") + ".json")
-    command = [
-        sys.executable,
-        "-m",
-        "scripts.loadtest",
-        *run.target,
-        "--quiet",
-        "--json",
-        str(out),
-        *run.scenario,
-    ]
+    # A run's target is the generator's options, or a script of its own (a pure set).
+    script = run.target[0].endswith(".py")
+    program = [*run.target] if script else ["-m", "scripts.loadtest", *run.target]
+    command = [sys.executable, *program, "--quiet", "--json", str(out), *run.scenario]
     started = time.monotonic()
     print(f"== {run.name}: {' '.join(command[1:])}", flush=True)
     proc = subprocess.run(command, cwd=ROOT, timeout=900, check=False)
@@ -235,7 +236,7 @@ def run_one(run: Run, workdir: Path) -> dict[str, Any]:
             "notes": [],
         }
     result["name"], result["group"] = run.name, run.group
-    result["command"] = "python -m scripts.loadtest " + " ".join([*run.target, *run.scenario])
+    result["command"] = " ".join(["python", *program, *run.scenario])
     result["wall_s"] = round(time.monotonic() - started, 1)
     return result
 
