@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts import (  # noqa: E402  (after the path that finds them)
     bench_auth,
+    bench_bytes,
     bench_events,
     bench_peer,
     bench_resume,
@@ -102,6 +103,7 @@ SETS: tuple[BenchSet, ...] = (
     bench_events,
     bench_auth,
     bench_scale,
+    bench_bytes,
 )
 """The sets run after the suite's own runs, in this order."""
 
@@ -220,16 +222,10 @@ def same_frame(run: Run, done: list[dict[str, Any]]) -> Run:
 
 def run_one(run: Run, workdir: Path) -> dict[str, Any]:
     out = workdir / (run.name.replace(" ", "_").replace("@", "_") + ".json")
-    command = [
-        sys.executable,
-        "-m",
-        "scripts.loadtest",
-        *run.target,
-        "--quiet",
-        "--json",
-        str(out),
-        *run.scenario,
-    ]
+    # A run's target is the generator's options, or a script of its own (a pure set).
+    script = run.target[0].endswith(".py")
+    program = [*run.target] if script else ["-m", "scripts.loadtest", *run.target]
+    command = [sys.executable, *program, "--quiet", "--json", str(out), *run.scenario]
     started = time.monotonic()
     print(f"== {run.name}: {' '.join(command[1:])}", flush=True)
     proc = subprocess.run(command, cwd=ROOT, timeout=run.timeout, check=False)
@@ -244,7 +240,7 @@ def run_one(run: Run, workdir: Path) -> dict[str, Any]:
             "notes": [],
         }
     result["name"], result["group"] = run.name, run.group
-    result["command"] = "python -m scripts.loadtest " + " ".join([*run.target, *run.scenario])
+    result["command"] = " ".join(["python", *program, *run.scenario])
     result["wall_s"] = round(time.monotonic() - started, 1)
     return result
 

@@ -201,12 +201,18 @@ class Scopes:
         self.counts.changed(len(replica.users), replica.seq)
 
     def due(self, epoch: str, now: float) -> list[tuple[int, str]]:
-        """The ``count`` frames due now."""
-        applied = self.applied
-        return [
-            (conn, _count(epoch, counted, applied.get(conn, 0)))
-            for conn, counted in self.counts.due(now)
-        ]
+        """The ``count`` frames due now: every client due is sent the same number, so
+        one text serves all with the same count of requests applied (the same ``str``
+        object: the shell frames each once)."""
+        applied, texts = self.applied, dict[tuple[Count, int], str]()
+        out = []
+        for conn, counted in self.counts.due(now):
+            held = (counted, applied.get(conn, 0))
+            text = texts.get(held)
+            if text is None:
+                text = texts[held] = _count(epoch, *held)
+            out.append((conn, text))
+        return out
 
 
 def _count(epoch: str, counted: Count, applied: int) -> str:

@@ -326,10 +326,13 @@ class Worker:
             return
         table, epoch = self.core.clients, self.core.replica.epoch or ""
         left: list[tuple[ServerConnection, int]] = []
+        to: dict[str, list[ServerConnection]] = {}  # one text per number and applied
         for conn, text in self._scopes.due(epoch, self._now()):
             client = table.by_conn.get(conn)
             if client is not None and client.group is Group.SCOPED:
-                write_all((client.handle,), (SharedFrame(text),), left)
+                to.setdefault(text, []).append(client.handle)
+        for text, handles in to.items():
+            write_all(handles, (SharedFrame(text),), left)  # framed once for all
         self.core.observed(left)
 
     def _v2_snapshot(self) -> SharedFrame:
@@ -518,6 +521,7 @@ class Worker:
                     core.deadline(client, self._now())
                 else:
                     core.frame(client, frame, self._now())
+                del frame  # not held while waiting for the next (a watchlist: 1.4 KiB)
         except ConnectionClosed as exc:
             close = exc.rcvd or exc.sent
             code = None if close is None else close.code

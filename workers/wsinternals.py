@@ -115,29 +115,31 @@ class Guarded(ServerProtocol):
       the latest ping's payload, written by :func:`release_pong` once the transport
       drains); nothing; or stop reading (a flood: the rest of the input is discarded,
       as websockets does after a close frame). Until the core is wired in (the
-      handshake's few turns of the loop) a ping is held."""
+      handshake's few turns of the loop) a ping is held.
 
-    rest: int | None = None
-    lesser: LesserHook | None = None
-    held: bytes | None = None
-    closing: tuple[int, str] | None = None
-    """The close the worker decided (:func:`note_close`), for :meth:`stop`."""
+    Its own state is one :class:`GuardState`: a protocol holds its attributes inline
+    while their names fit the class's shared keys, and a second new name makes Python
+    build the instance a dictionary of its own (1.5 KiB a connection)."""
+
+    guard_state: GuardState
 
     def stop(self) -> None:
         """Read nothing more: fail the connection with the close the worker decided
         (its close frame, unless one went out already, then the end of the stream; the
         rest of the input is discarded, as websockets does after a close frame)."""
-        self.held = None
+        state = self.guard_state
+        state.held = None
         # A stop always follows a close the worker decided; 1011 is only a safety net.
-        self.fail(*(self.closing or (WsCloseCode.INTERNAL_ERROR, "")))
+        self.fail(*(state.closing or (WsCloseCode.INTERNAL_ERROR, "")))
 
     def recv_frame(self, frame: Any) -> None:
         opcode = frame.opcode
         kind = _LESSER.get(opcode)
         if kind is None and not frame.fin and opcode in _DATA:
             kind = Lesser.FRAGMENT
+        state = self.guard_state
         if kind is not None:
-            hook = self.lesser
+            hook = state.lesser
             if hook is not None:
                 answer = hook(kind)
             else:
@@ -147,28 +149,45 @@ class Guarded(ServerProtocol):
                 return
             if kind is not Lesser.FRAGMENT:
                 if answer is Answer.PONG:
-                    self.held = None
+                    state.held = None
                     self.send_frame(Frame(Opcode.PONG, frame.data))
                 elif answer is Answer.LATER:
-                    self.held = bytes(frame.data)
+                    state.held = bytes(frame.data)
                 self.events.append(frame)  # a pong still settles websockets' keepalive
                 return
         super().recv_frame(frame)
-        if self.rest is not None and frame.fin and opcode in _DATA:
-            self.max_message_size, self.rest = self.rest, None
+        if state.rest is not None and frame.fin and opcode in _DATA:
+            self.max_message_size, state.rest = state.rest, None
+
+
+class GuardState:
+    """A :class:`Guarded` protocol's own state: the message limit after the first
+    (``rest``), the core's hook, the held ping's payload, the close the worker decided
+    (:func:`note_close`, for :meth:`Guarded.stop`)."""
+
+    __slots__ = ("closing", "held", "lesser", "rest")
+
+    def __init__(self) -> None:
+        self.rest: int | None = None
+        self.lesser: LesserHook | None = None
+        self.held: bytes | None = None
+        self.closing: tuple[int, str] | None = None
 
 
 def guard(proto: Any) -> None:
     """Make ``proto`` (websockets' ``ServerProtocol``) a :class:`Guarded` one."""
     if type(proto) is ServerProtocol:
-        proto.__class__ = Guarded
+        guarded: Any = proto  # (narrowed to ServerProtocol above)
+        guarded.__class__ = Guarded
+        guarded.guard_state = GuardState()
 
 
 def limit_frames(ws: ServerConnection, limits: FrameLimits) -> None:
     proto: Any = ws.protocol
     guard(proto)
     proto.max_message_size = limits.first
-    proto.rest = limits.rest
+    if isinstance(proto, Guarded):
+        proto.guard_state.rest = limits.rest
 
 
 def note_close(ws: ServerConnection, code: int, reason: str) -> None:
@@ -176,8 +195,8 @@ def note_close(ws: ServerConnection, code: int, reason: str) -> None:
     counts): what :meth:`Guarded.stop` sends if it stops reading before the closing
     handshake has begun."""
     proto: Any = ws.protocol
-    if isinstance(proto, Guarded) and proto.closing is None:
-        proto.closing = (code, reason)
+    if isinstance(proto, Guarded) and proto.guard_state.closing is None:
+        proto.guard_state.closing = (code, reason)
 
 
 def watch_lesser(ws: ServerConnection, hook: LesserHook) -> None:
@@ -185,8 +204,8 @@ def watch_lesser(ws: ServerConnection, hook: LesserHook) -> None:
     held until now is decided at once."""
     proto: Any = ws.protocol
     guard(proto)
-    proto.lesser = hook
-    if proto.held is not None:
+    proto.guard_state.lesser = hook
+    if proto.guard_state.held is not None:
         answer = hook(Lesser.PING)
         if answer is Answer.PONG:
             release_pong(ws)
@@ -198,10 +217,13 @@ def watch_lesser(ws: ServerConnection, hook: LesserHook) -> None:
 def release_pong(ws: ServerConnection) -> None:
     """Write the held ping's pong (the transport is below its write limit again)."""
     proto: Any = ws.protocol
-    held = getattr(proto, "held", None)
-    if held is None or proto.state not in (State.OPEN, State.CLOSING) or proto.eof_sent:
-        return  # nothing held, or nothing may be written any more
-    proto.held = None
+    state: GuardState | None = getattr(proto, "guard_state", None)
+    held = None if state is None else state.held
+    if state is None or held is None:
+        return  # nothing held
+    if proto.state not in (State.OPEN, State.CLOSING) or proto.eof_sent:
+        return  # nothing may be written any more
+    state.held = None
     proto.send_pong(held)
     try:
         ws.send_data()

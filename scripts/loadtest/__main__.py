@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.loadtest import authrate, cpus, resume, scale, scenarios, scopes
+from scripts.loadtest import authrate, cpus, idle, resume, scale, scenarios, scopes
 from scripts.loadtest.agent import raise_fd_limit
 from scripts.loadtest.backend import Feeds
 from scripts.loadtest.client import WS_CLIENTS, resolve_ws_client
@@ -241,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("idle", help="hold N idle connections, measure server memory")
     p.add_argument("clients", type=int)
     p.add_argument("--hold", type=float, default=10.0, help="seconds to hold (%(default)s)")
+    p.add_argument(
+        "--watch",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --protocol 2: each client follows a watchlist of K of the others "
+        "(0: the whole lobby) (%(default)s)",
+    )
+    p.add_argument(
+        "--count", action="store_true", help="with --protocol 2: each client follows the count"
+    )
     p = sub.add_parser("fanout", help="server CPU per delivered lobby frame")
     p.add_argument("--watchers", type=int, default=1000, help="(%(default)s)")
     p.add_argument("--changes", type=int, default=1000, help="(%(default)s)")
@@ -337,7 +348,7 @@ def run_scenario(ctx: scenarios.Context, args: argparse.Namespace) -> scenarios.
     if name == "status-churn":
         return scopes.status_churn(ctx, args.users, args.every, args.duration)
     if name == "idle":
-        return scenarios.idle(ctx, args.clients, args.hold)
+        return idle.idle(ctx, args.clients, args.hold, args.watch, args.count)
     if name == "blip":
         return resume.blip(
             ctx, args.users, args.probes, args.watch, args.blips, args.seconds, args.rate
@@ -395,6 +406,15 @@ def check_resume_options(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error("kill-worker: --watch at most the users")
 
 
+def check_idle(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.watch or args.count) and args.protocol != 2:
+        parser.error("idle: --watch and --count need --protocol 2")
+    if args.watch and args.count:
+        parser.error("idle: --watch or --count, not both")
+    if not 0 <= args.watch <= min(MAX_WATCH_KEYS, args.clients - 1):
+        parser.error(f"idle: --watch from 0 to {MAX_WATCH_KEYS} keys, fewer than the clients")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -405,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--watch: watchlists need --protocol 2")
     if not 0 <= watch <= MAX_WATCH_KEYS:
         parser.error(f"--watch: from 0 to {MAX_WATCH_KEYS} keys")
+    if args.scenario == "idle":
+        check_idle(parser, args)
     if args.scenario in ("watchlists", "status-churn") and args.protocol != 2:
         parser.error(f"{args.scenario}: needs --protocol 2")
     if args.scenario == "watchlists":

@@ -52,6 +52,7 @@ class RecordOps:
     index: int
     progress: int
     clients: dict[Any, Any]
+    follows: dict[int, dict[str, Any]]
     measuring: set[int]
     watchlists: dict[int, frozenset[str]]
     status_sent: dict[tuple[str, str], list[float]]
@@ -193,4 +194,23 @@ class RecordOps:
             "checked": len(sampled),
             "wrong": len(bad),
             "examples": [f"{c.public_key[:8]}: {wrong(c)} wrong statuses" for c in bad[:3]],
+        }
+
+    async def op_wait_counts(self, online: int, timeout: float) -> dict[str, Any]:
+        """Wait until every open count follower holds the number ``online``; the wrong
+        ones, after ``timeout`` seconds."""
+        followers = [
+            c
+            for i, c in self.clients.items()
+            if not c.closed and self.follows.get(i, {}).get("scope") == "count"
+        ]
+        deadline = time.monotonic() + timeout
+        bad = [c for c in followers if c.count != online]
+        while bad and time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_POLL)
+            bad = [c for c in bad if c.count != online]
+        return {
+            "checked": len(followers),
+            "wrong": len(bad),
+            "examples": [f"{c.public_key[:8]}: count {c.count}" for c in bad[:3]],
         }

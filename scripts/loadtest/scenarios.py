@@ -26,7 +26,6 @@ from scripts.loadtest.stats import Histogram
 from scripts.loadtest.target import Server
 from scripts.procfs import alive, peers_by_process
 from scripts.procfs import total_cpu_seconds as cpu_seconds
-from scripts.procfs import total_rss_bytes as rss_bytes
 
 START_DELAY = 0.5
 """Seconds between sending a timed op and its start, so every process starts together."""
@@ -557,35 +556,6 @@ def messages(
     )
     if not peers:
         result.notes.append("server processes unknown or one worker: pairs not placed")
-    close_all(ctx)
-    return result
-
-
-def idle(ctx: Context, n: int, hold: float) -> Result:
-    """Hold N authenticated connections for ``hold`` seconds; server RSS per connection
-    (all server processes, from /proc) and whether it stays flat while idle."""
-    result = Result("idle", {"clients": n, "hold": hold})
-    pids = ctx.server.pids()
-    rss0 = rss_bytes(pids)
-    connect(ctx, range(n), "connecting", watch=False)
-    settle(ctx, result, range(n))
-    rss1 = rss_bytes(ctx.server.pids())
-    samples = [rss1]
-    end = time.monotonic() + hold
-    while time.monotonic() < end:
-        time.sleep(min(1.0, max(0.0, end - time.monotonic())))
-        samples.append(rss_bytes(ctx.server.pids()))
-    settle(ctx, result, range(n))
-    check_errors(result, counters(ctx))
-    m = result.metrics
-    m["server_processes"] = len(pids)
-    m["rss_before_mib"] = round(rss0 / 2**20, 1)
-    m["rss_connected_mib"] = round(rss1 / 2**20, 1)
-    m["rss_end_mib"] = round(samples[-1] / 2**20, 1)
-    m["kib_per_connection"] = round((rss1 - rss0) / max(n, 1) / 1024, 2)
-    m["rss_growth_while_idle_pct"] = round((samples[-1] - rss1) / max(rss1, 1) * 100, 2)
-    if samples[-1] > rss1 * 1.10:
-        result.failures.append(f"server memory grew {m['rss_growth_while_idle_pct']}% while idle")
     close_all(ctx)
     return result
 

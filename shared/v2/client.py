@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -213,7 +214,7 @@ def _keys(obj: dict[str, Any], too_many: ViolationV2) -> tuple[str, ...] | Viola
     for key in keys:
         if not is_hex_key(key):
             return Violation(ViolationV2.BAD_FOLLOW, "keys must be 64-hex public keys")
-        seen[normalise_key(key)] = None
+        seen[sys.intern(normalise_key(key))] = None  # one string however many watch it
         if len(seen) > MAX_WATCH_KEYS:
             return Violation(too_many, f"a watchlist holds at most {MAX_WATCH_KEYS} keys")
     return tuple(seen)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from websockets.exceptions import ConnectionClosed
 
-from scripts.loadtest import authrate, cpus, fastws, resume, scenarios, scopes
+from scripts.loadtest import authrate, cpus, fastws, idle, resume, scenarios, scopes
 from scripts.loadtest import client as load_client
 from scripts.loadtest.__main__ import main
 from scripts.loadtest.client import LoadClient
@@ -827,6 +827,11 @@ def test_protocol_2_watchlists_and_status_churn_check_out(cluster: Server) -> No
         ctx = scenarios.Context(pool, cluster, concurrency=20, settle_timeout=10.0, quiet=True)
         watched = scopes.watchlists(ctx, 8, watch=3, rate=20, duration=0.2, lobby_watchers=2)
         churned = scopes.status_churn(ctx, users=4, every=0.2, duration=0.2)
+        watching = idle.idle(ctx, 6, hold=0.1, watch=2)
+        counting = idle.idle(ctx, 6, hold=0.1, count=True)
+    for held in (watching, counting):
+        assert_ok(held)
+        assert held.metrics["rss_connected_mib"] > 0
     assert_ok(watched)
     m = watched.metrics
     assert m["lobby_watchers"] == 2 and m["watch_changes"] == m["lobby_changes"] == 4
@@ -892,7 +897,7 @@ def test_pairs_prefer_clients_on_different_workers() -> None:
 @pytest.mark.process
 @with_client("picows")
 def test_idle_measures_memory_per_connection(ctx: scenarios.Context) -> None:
-    result = scenarios.idle(ctx, 8, hold=0.5)
+    result = idle.idle(ctx, 8, hold=0.5)
     assert_ok(result)
     assert result.metrics["server_processes"] == 3
     assert result.metrics["rss_connected_mib"] > 0

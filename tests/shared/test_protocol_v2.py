@@ -349,3 +349,12 @@ def test_a_signature_is_bound_to_the_server() -> None:
     assert v2.verify_auth_v2(bytes.fromhex(nonce), "00" * 32, signature, identity) is (
         v2.AuthFailureV2.INVALID_PUBLIC_KEY
     )
+
+
+def test_a_watched_key_is_one_string_however_many_watchlists_name_it() -> None:
+    key = "ab" * 32
+    first = v2.parse_client_frame_v2(v2.watch([key.upper()]))
+    second = v2.parse_client_frame_v2(v2.watch([key]))
+    assert isinstance(first, v2.Watch) and isinstance(second, v2.Watch)
+    assert first.keys == second.keys == (key,)
+    assert first.keys[0] is second.keys[0]  # interned: a 64-character key is 113 bytes

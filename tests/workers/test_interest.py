@@ -214,3 +214,24 @@ def _only(
         [e for e in updated if e[0] in watched],
         [k for k in left if k in watched],
     )
+
+
+def test_a_watchlist_of_20_keys_costs_the_index_under_3_kib() -> None:
+    """The scale shape (every user watches 20 contacts): each client's list is a tuple,
+    not a set (2.2 KiB for 20 keys); each key's watchers stay a set (routing reads it)."""
+    pool = [os.urandom(32).hex() for _ in range(2000)]
+    tracemalloc.start()
+    try:
+        index: Interest[int] = Interest()
+        before = tracemalloc.get_traced_memory()[0]
+        for client in range(2000):
+            index.follow(client, [pool[(client * 7 + j * 31) % 2000] for j in range(20)])
+        measured = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert measured / 2000 < 3 * 1024
+    index.watch(5, [pool[0]])
+    index.unwatch(5, [pool[35]])
+    want = {pool[(5 * 7 + j * 31) % 2000] for j in range(20)} - {pool[35]} | {pool[0]}
+    assert index.keys_of(5) == want
+    assert set(index.route(1, [], [], [pool[0]])) == set()  # no snapshot sent yet

@@ -145,3 +145,18 @@ def test_updates_published_together_reach_a_watcher_as_frames_of_their_own() -> 
     routed = scopes.published([Forward(u.seq, "", 0.0, u) for u in updates], 1, 1.0)
     frames = [v2.decode_server_frame_v2(frame) for frame in routed[1]]
     assert [(f.seq, f.prev) for f in frames if isinstance(f, v2.Update)] == [(8, 7), (9, 8)]
+
+
+def test_counts_due_together_share_one_text_per_count_of_requests_applied() -> None:
+    scopes, replica = Scopes(), live([K1, K2])
+    scopes.resynced(replica)
+    for conn in range(1, 101):
+        scopes.fresh(conn, v2.Scope.COUNT, replica, 0.0)
+    scopes.applied[100] = 2
+    publish(scopes, replica, bb.Update("e1", 8, 4, [], [K2], 0.0))
+    due = dict(scopes.due("e1", 5.0))
+    assert len(due) == 100
+    texts = {id(text): text for text in due.values()}  # the shell frames each text once
+    assert len(texts) == 2
+    assert v2.decode_server_frame_v2(due[1]) == v2.Count("e1", 8, 1)
+    assert v2.decode_server_frame_v2(due[100]) == v2.Count("e1", 8, 1, 2)
