@@ -299,6 +299,11 @@ def _changes(
         result.failures.append(f"{made['rejoin_failed']} rejoins could not connect")
     if made["status_failed"]:
         result.failures.append(f"{made['status_failed']} status changes could not be sent")
+    if made["skipped"]:
+        result.notes.append(
+            f"{made['skipped']} turns skipped: the user's rejoin was still retrying (or had "
+            "failed) when its turn came again (fewer users than the rate makes a round short)"
+        )
     if seen1 - seen0 < owed["status"]:
         result.failures.append(
             f"sampled watchers saw {seen1 - seen0} of {owed['status']} status changes"

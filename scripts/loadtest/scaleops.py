@@ -114,7 +114,14 @@ class ScaleOps:
         order = schedule(list(self.clients), seed)
         tasks: set[asyncio.Task[Any]] = set()
         lag = Histogram()
-        made = {"status": 0, "leave": 0, "rejoin": 0, "rejoin_failed": 0, "status_failed": 0}
+        made = {
+            "status": 0,
+            "leave": 0,
+            "rejoin": 0,
+            "rejoin_failed": 0,
+            "status_failed": 0,
+            "skipped": 0,
+        }
         owed = {"status": 0, "presence": 0}
         statuses: dict[int, str | None] = {}
         offline: set[int] = set()
@@ -153,7 +160,9 @@ class ScaleOps:
             lag.add(now - due)
             index = order[n % len(order)]
             pub = self.pub(index)
-            if index in offline:
+            if index not in offline and index not in self.clients:
+                made["skipped"] += 1  # its rejoin is still retrying, or failed
+            elif index in offline:
                 offline.discard(index)
                 owed["presence"] += self._watchers_of(pub)
                 statuses[index] = None  # a new connection has no status set
