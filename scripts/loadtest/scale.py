@@ -425,6 +425,22 @@ def _kill(ctx: Context, result: Result, statuses: dict[int, str]) -> None:
             f"kill: {back['asked'] - back['resumed']} of {back['asked']} watchers that asked "
             "to resume got a snapshot"
         )
+    successors = [p for p in ctx.server.worker_pids() if p not in workers]
+    if successors:  # a worker started after the kill holds no update from before it
+        on_new = set(peers_by_process(successors))
+        lost = [set(k) for k in killed]
+        back_on_new = sum(
+            1
+            for a, part in enumerate(ctx.pool.call("addresses"))
+            for i, addr in part.items()
+            if tuple(addr) in on_new and i in lost[a]
+        )
+        m["kill_back_on_restarted"] = back_on_new
+        result.notes.append(
+            f"kill: {back_on_new} of the killed worker's {len(flat)} users came back to "
+            "the worker started in its place, whose resume ring begins when it started "
+            "(a view from before cannot resume there)"
+        )
     last_ok = max((p["last_ok"] for p in parts), default=kill_at)
     m["kill_lost"] = len(flat)
     m["kill_back"] = ok
