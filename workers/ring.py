@@ -48,6 +48,7 @@ own: :meth:`Ring.bytes` is at most about twice ``max_bytes``.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -80,6 +81,22 @@ INDEX_BYTES: Final = 130
 """Estimated bytes of the index entry of one key an update touches."""
 LISTED_BYTES: Final = 110
 """Estimated bytes per key a kept net effect lists."""
+
+HELD_PER_CHANGE: Final = 540
+"""About what the ring holds for one status change (its updated entry and index entry,
+the record it replaced, its share of its update), by the estimates above."""
+HELD_PER_RETURN: Final = 790
+"""About what the ring holds for one user back on a new connection (its key left and
+joined in one update: a lost worker's users coming back)."""
+
+
+def bytes_to_cover(changes_per_s: float, seconds: float, returning: int) -> int:
+    """A ring size (``--resume-ring-bytes``, whole MiB) that holds ``seconds`` of status
+    changes at ``changes_per_s`` and the updates of ``returning`` users coming back on
+    new connections: what a worker needs to resume every user of a lost worker that is
+    back within ``seconds`` (``--resume-ring-age`` must be as long)."""
+    held = changes_per_s * seconds * HELD_PER_CHANGE + returning * HELD_PER_RETURN
+    return math.ceil(held / 2**20) * 2**20
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ status change and presence change seen by every sampled watcher of its key.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import time
@@ -59,6 +60,8 @@ from scripts.loadtest.stats import Histogram
 from scripts.procfs import alive, peers_by_process
 from scripts.procfs import total_cpu_seconds as cpu_seconds
 from scripts.procfs import total_rss_bytes as rss_bytes
+from shared.defaults import RESUME_RING_AGE, RESUME_RING_BYTES
+from workers.ring import bytes_to_cover
 
 LEAVE_SHARE = 0.2
 """The chance that a user online leaves on its turn (else it changes its status)."""
@@ -127,8 +130,9 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 def prepare(args: argparse.Namespace, min_procs: int) -> limits.Plan:
     """Work out what the run needs (:func:`limits.plan`) and, when nothing is in the
     way, raise the open-file limit and fill in the options left open: ``--procs``,
-    ``--source-addresses``, ``--concurrency``, and the workers' ``--memory-budget``
-    and ``--max-connections`` (unless given with ``--worker-arg``)."""
+    ``--source-addresses``, ``--concurrency``, and the workers' ``--memory-budget``,
+    ``--max-connections`` and ``--resume-ring-bytes`` (unless given with
+    ``--worker-arg``)."""
     given = [a.strip() for a in args.source_addresses.split(",") if a.strip()]
     chosen = limits.plan(
         args.users,
@@ -151,8 +155,18 @@ def prepare(args: argparse.Namespace, min_procs: int) -> limits.Plan:
     args.source_addresses = ",".join(chosen.sources)
     if args.start == "cluster":
         words = " ".join(args.worker_arg)
-        if "--memory-budget" not in words:
-            args.worker_arg.append(f"--memory-budget={chosen.memory_budget}")
+        ring = 0
+        if "--resume-ring-bytes" not in words:
+            # Resume every user of the killed worker while changes go on at the rate:
+            # the default ring holds about 15 s of 1,000 changes/s (docs/operating.md).
+            returning = math.ceil(args.users / max(args.workers, 1))
+            ring = bytes_to_cover(args.rate, RESUME_RING_AGE, returning)
+            if ring > RESUME_RING_BYTES:
+                args.worker_arg.append(f"--resume-ring-bytes={ring}")
+            else:
+                ring = 0
+        if "--memory-budget" not in words:  # (the ring is charged to the budget)
+            args.worker_arg.append(f"--memory-budget={chosen.memory_budget + ring}")
         if "--max-connections" not in words:
             args.worker_arg.append(f"--max-connections={chosen.max_connections}")
     return chosen
@@ -300,6 +314,12 @@ def _changes(
         result.failures.append(f"{made['rejoin_failed']} rejoins could not connect")
     if made["status_failed"]:
         result.failures.append(f"{made['status_failed']} status changes could not be sent")
+    if made["skipped_rejoining"]:
+        result.notes.append(
+            f"{made['skipped_rejoining']} turns skipped: the user's rejoin was still retrying "
+            "(or had failed) when its turn came again (fewer users than the rate makes a "
+            "round short)"
+        )
     if seen1 - seen0 < owed["status"]:
         result.failures.append(
             f"sampled watchers saw {seen1 - seen0} of {owed['status']} status changes"
@@ -407,6 +427,22 @@ def _kill(ctx: Context, result: Result, statuses: dict[int, str]) -> None:
         result.notes.append(
             f"kill: {back['asked'] - back['resumed']} of {back['asked']} watchers that asked "
             "to resume got a snapshot"
+        )
+    successors = [p for p in ctx.server.worker_pids() if p not in workers]
+    if successors:  # a worker started after the kill holds no update from before it
+        on_new = set(peers_by_process(successors))
+        lost = [set(k) for k in killed]
+        back_on_new = sum(
+            1
+            for a, part in enumerate(ctx.pool.call("addresses"))
+            for i, addr in part.items()
+            if tuple(addr) in on_new and i in lost[a]
+        )
+        m["kill_back_on_restarted"] = back_on_new
+        result.notes.append(
+            f"kill: {back_on_new} of the killed worker's {len(flat)} users came back to "
+            "the worker started in its place, whose resume ring begins when it started "
+            "(a view from before cannot resume there)"
         )
     last_ok = max((p["last_ok"] for p in parts), default=kill_at)
     m["kill_lost"] = len(flat)

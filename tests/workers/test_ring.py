@@ -13,7 +13,15 @@ from shared import backbone as bb
 from shared.records import DEFAULT, Record
 from workers.interest import Changes
 from workers.replica import Replica
-from workers.ring import MAX_AGE, MAX_BYTES, Ring, held_size
+from workers.ring import (
+    HELD_PER_CHANGE,
+    HELD_PER_RETURN,
+    MAX_AGE,
+    MAX_BYTES,
+    Ring,
+    bytes_to_cover,
+    held_size,
+)
 from workers.scopes import Scopes
 
 A, B, C, D = (f"{i:064x}" for i in range(4))
@@ -306,3 +314,27 @@ def test_the_users_of_a_killed_worker_back_unchanged_are_no_news() -> None:
     )
     back_since_1 = [(gone[0], AWAY)] + [(key, theirs[key]) for key in gone[1:900]]
     assert ring.since("e", 1) == Changes.of(ring.newest, 1, back_since_1, [], [])
+
+
+def test_the_sizing_rule_matches_what_a_ring_holds() -> None:
+    """bytes_to_cover's figures per change and per returning user are the ring's own
+    estimates, within 10%: status changes in windows of 20 (each replacing a status
+    set before), then users with a status set back on new connections."""
+    keys = [f"{i:064x}" for i in range(2000)]
+    ring = Ring(max_bytes=1 << 40, max_age=1e9)
+    ring.reset("e", 0)
+    for w in range(50):
+        window = keys[w * 20 : (w + 1) * 20]
+        was = {k: AWAY for k in window}  # each replaces a status set before
+        ring.append(w + 1, 0.0, updated=[(k, (f"s-{w}", "")) for k in window], was=was)
+    per_change = ring.bytes / 1000
+    assert abs(per_change - HELD_PER_CHANGE) < 0.1 * HELD_PER_CHANGE
+    before = ring.bytes
+    for w in range(50):
+        window = keys[1000 + w * 20 : 1000 + (w + 1) * 20]
+        joined = [(k, DEFAULT) for k in window]
+        ring.append(51 + w, 0.0, joined, left=window, was={k: AWAY for k in window})
+    per_return = (ring.bytes - before) / 1000
+    assert abs(per_return - HELD_PER_RETURN) < 0.1 * HELD_PER_RETURN
+    assert bytes_to_cover(0, 60, 0) == 0
+    assert bytes_to_cover(1000, 60, 5000) == 35 * 2**20  # 32.4 MB + 3.95 MB, whole MiB
