@@ -2,8 +2,8 @@
 """What one worker spends applying a published update, in the shape of the ``scale``
 scenario, with no sockets and no generator (a measurement, never an assertion).
 
-    python scripts/apply_costs.py [--users 10000,100000] [--workers 7] [--updates 20000]
-                                  [--rounds 3] [--profile]
+    python scripts/apply_costs.py [--users 10000,100000] [--workers 7] [--changes 20000]
+                                  [--batch 1] [--rounds 3] [--profile]
 
 Every worker applies every update the coordinator publishes, whichever of its clients
 follow the key: at W workers a change costs W times this. The replay builds one
@@ -14,7 +14,9 @@ through what the worker does for each: decode the frame, the replica, protocol 1
 frame, the scopes (resume ring, count, the routing to watchers and their frames) and
 each frame's WebSocket bytes. Writing to the transports is not counted (a write per
 routed frame, the same at any lobby size). It prints the CPU time per update, best of
-``--rounds``, at each lobby size: the cost of a change should not grow with the lobby.
+``--rounds``, at each lobby size (the cost of a change should not grow with the
+lobby), and the watcher frames per change ("frames"). ``--batch``: the changes one
+published update holds (the coordinator's batching window nets a few at 1,000/s).
 """
 
 from __future__ import annotations
@@ -60,31 +62,45 @@ def lobby(users: int, workers: int, rng: random.Random) -> tuple[list[str], Repl
     return keys, replica, scopes
 
 
-def published(keys: list[str], count: int, rng: random.Random) -> list[bytes]:
-    """``count`` updates of the scenario's mix after state 1, as backbone frames."""
+def published(
+    keys: list[str], count: int, batch: int, rng: random.Random
+) -> tuple[list[bytes], int]:
+    """About ``count`` changes of the scenario's mix after state 1, ``batch`` draws a
+    published update (as the coordinator's batching window nets them; a draw of a key
+    already touched is dropped), as backbone frames; and the changes made."""
     online, offline = set(keys), list[str]()
     frames = []
-    mseq = 1
-    for seq in range(2, count + 2):
-        draw = rng.random()
-        if offline and draw < 1 / 6:
-            key = offline.pop(rng.randrange(len(offline)))
-            online.add(key)
-            mseq += 1
-            update = bb.Update(EPOCH, seq, mseq, [key], [], 0.0)
-        elif draw < 2 / 6:
-            key = rng.choice(keys)
-            while key not in online:
+    seq = mseq = 1
+    made = 0
+    for _ in range(count // batch):
+        joined, left, updated, touched = [], [], [], set()
+        for _ in range(batch):
+            draw = rng.random()
+            if offline and draw < 1 / 6:
+                key = offline.pop(rng.randrange(len(offline)))
+                if key in touched:
+                    offline.append(key)
+                    continue
+                online.add(key)
+                joined.append(key)
+            elif draw < 2 / 6:
                 key = rng.choice(keys)
-            online.discard(key)
-            offline.append(key)
-            mseq += 1
-            update = bb.Update(EPOCH, seq, mseq, [], [key], 0.0)
-        else:
-            status = (rng.choice(keys), f"s{seq % 7}", "{}")
-            update = bb.Update(EPOCH, seq, mseq, [], [], 0.0, [status])
-        frames.append(bb.encode(update))
-    return frames
+                if key not in online or key in touched:
+                    continue
+                online.discard(key)
+                offline.append(key)
+                left.append(key)
+            else:
+                key = rng.choice(keys)
+                if key not in online or key in touched:
+                    continue
+                updated.append((key, f"s{seq % 7}", "{}"))
+            touched.add(key)
+            made += 1
+        seq += 1
+        mseq += bool(joined or left)
+        frames.append(bb.encode(bb.Update(EPOCH, seq, mseq, joined, left, 0.0, updated)))
+    return frames, made
 
 
 def apply(replica: Replica, scopes: Scopes, frames: list[bytes]) -> int:
@@ -108,11 +124,13 @@ def apply(replica: Replica, scopes: Scopes, frames: list[bytes]) -> int:
     return routed_frames
 
 
-def measure(users: int, workers: int, updates: int, profile: bool) -> tuple[float, float]:
-    """Microseconds of CPU per update, and frames routed per update."""
+def measure(
+    users: int, workers: int, changes: int, batch: int, profile: bool
+) -> tuple[float, float]:
+    """Microseconds of CPU per change, and frames routed per change."""
     rng = random.Random(1)
     keys, replica, scopes = lobby(users, workers, rng)
-    frames = published(keys, updates, rng)
+    frames, changes = published(keys, changes, batch, rng)
     began = time.process_time()
     if profile:
         profiler = cProfile.Profile()
@@ -123,15 +141,18 @@ def measure(users: int, workers: int, updates: int, profile: bool) -> tuple[floa
     else:
         routed = apply(replica, scopes, frames)
     spent = time.process_time() - began
-    assert replica.seq == updates + 1
-    return spent / updates * 1e6, routed / updates
+    assert replica.seq == len(frames) + 1
+    return spent / changes * 1e6, routed / changes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", default="10000,100000", help="lobby sizes (%(default)s)")
     parser.add_argument("--workers", type=int, default=7, help="workers (%(default)s)")
-    parser.add_argument("--updates", type=int, default=20_000, help="updates (%(default)s)")
+    parser.add_argument("--changes", type=int, default=20_000, help="changes (%(default)s)")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="changes a published update (%(default)s)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="best of (%(default)s)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile")
     args = parser.parse_args()
@@ -139,16 +160,19 @@ def main() -> None:
         sizes = [int(size) for size in args.users.split(",")]
     except ValueError:
         parser.error(f"--users: numbers separated by commas, not {args.users!r}")
-    if args.workers < 1 or args.updates < 1 or args.rounds < 1 or min(sizes) < args.workers:
-        parser.error("--workers, --updates, --rounds: at least 1; --users: at least --workers")
-    print("| users | workers | µs per update (one worker) | watcher frames per update |")
-    print("|---:|---:|---:|---:|")
+    if min(args.workers, args.changes, args.batch, args.rounds) < 1:
+        parser.error("--workers, --changes, --batch, --rounds: at least 1")
+    if min(sizes) < args.workers:
+        parser.error("--users: at least --workers")
+    print("| users | workers | changes an update | µs per change (one worker) | frames |")
+    print("|---:|---:|---:|---:|---:|")
     for users in sizes:
         runs = [
-            measure(users, args.workers, args.updates, args.profile) for _ in range(args.rounds)
+            measure(users, args.workers, args.changes, args.batch, args.profile)
+            for _ in range(args.rounds)
         ]
         best = min(runs)
-        print(f"| {users:,} | {args.workers} | {best[0]:.1f} | {best[1]:.2f} |")
+        print(f"| {users:,} | {args.workers} | {args.batch} | {best[0]:.1f} | {best[1]:.2f} |")
 
 
 if __name__ == "__main__":
