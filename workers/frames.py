@@ -24,9 +24,18 @@ either way.
 
 from __future__ import annotations
 
-from websockets.frames import Frame, Opcode
+import struct
+from typing import Final
 
 __all__ = ["SharedFrame"]
+
+_TEXT: Final = 0x81
+"""FIN and the Text opcode: the first header byte of every unfragmented Text frame
+(no extension sets a reserved bit: shared frames go only where none is negotiated)."""
+_BINARY: Final = 0x82
+_SHORT: Final = struct.Struct("!BB")
+_MEDIUM: Final = struct.Struct("!BBH")
+_LONG: Final = struct.Struct("!BBQ")
 
 
 class SharedFrame:
@@ -38,10 +47,19 @@ class SharedFrame:
     def __init__(self, text: str | bytes) -> None:
         self.text = text
         if isinstance(text, str):
-            frame = Frame(Opcode.TEXT, text.encode())
+            first, payload = _TEXT, text.encode()
         else:
-            frame = Frame(Opcode.BINARY, text)
-        self.data = frame.serialize(mask=False, extensions=[])
+            first, payload = _BINARY, text
+        # RFC 6455 5.2, unmasked: the length in 7 bits, or 126 and 16 bits, or 127 and
+        # 64 bits (what websockets' Frame.serialize writes, without its per-call checks).
+        length = len(payload)
+        if length < 126:
+            head = _SHORT.pack(first, length)
+        elif length < 65536:
+            head = _MEDIUM.pack(first, 126, length)
+        else:
+            head = _LONG.pack(first, 127, length)
+        self.data = head + payload
 
     def __len__(self) -> int:
         return len(self.data)

@@ -176,7 +176,10 @@ class Replica:
         self._mseq = 0
         self._users: set[str] = set()
         self._records: dict[str, Record] = {}  # online keys whose record is not the default
-        self._encoded = EncodedUsers()  # mirrors _users
+        self._encoded: EncodedUsers | None = None
+        """Mirrors ``_users`` once a protocol 1 snapshot was asked for (until then no
+        join or leave pays its O(lobby) list insert or delete: version 2 clients never
+        read it)."""
         self._sync = SyncState.AWAITING_WELCOME
         self._expected: str | None = None  # epoch the next snapshot must carry
         self._buffer: deque[bb.Update] = deque()
@@ -221,6 +224,8 @@ class Replica:
         (per ``mseq``: a change of records alone leaves it as it is)."""
         key = (self._epoch, self._mseq)
         if key != self._cache_key:
+            if self._encoded is None:
+                self._encoded = EncodedUsers(self._users)
             self._cache_frame = self._encoded.frame(self._mseq)
             self._cache_key = key
         return self._cache_frame
@@ -335,7 +340,7 @@ class Replica:
         self._users = set(msg.users)
         users = self._users
         self._records = {key: (status, data) for key, status, data in msg.records if key in users}
-        self._encoded = EncodedUsers(self._users)
+        self._encoded = None  # built again when a protocol 1 snapshot is asked for
         pending, self._buffer = self._buffer, deque()
         for update in pending:
             if update.epoch != msg.epoch or update.seq <= self._seq:
@@ -358,11 +363,14 @@ class Replica:
         kept = self._records
         self._users.difference_update(msg.left)
         self._users.update(msg.joined)
+        encoded = self._encoded
         for key in msg.left:
-            self._encoded.discard(key)
+            if encoded is not None:
+                encoded.discard(key)
             kept.pop(key, None)
         for key in msg.joined:
-            self._encoded.add(key)
+            if encoded is not None:
+                encoded.add(key)
             kept.pop(key, None)  # a new session: the default unless listed below
         for key, status, data in msg.records:
             kept[key] = (status, data)

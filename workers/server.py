@@ -266,12 +266,12 @@ class Worker:
         """Frame each update once, write the same bytes to every current client, all of
         them in one write (:mod:`workers.frames`)."""
         clients = output.clients
-        updates = [update for update in output.updates if update.frame]  # records only: none
-        frames = [SharedFrame(update.frame) for update in updates]
-        left: list[tuple[ServerConnection, int]] = []
-        write_all(clients, frames, left)
-        self.core.observed(left)
-        if clients:
+        if clients:  # (none: a lobby of version 2 clients frames nothing of protocol 1)
+            updates = [u for u in output.updates if u.frame]  # records only: none
+            frames = [SharedFrame(update.frame) for update in updates]
+            left: list[tuple[ServerConnection, int]] = []
+            write_all(clients, frames, left)
+            self.core.observed(left)
             now = self.core.coordinator_now()
             for update, frame in zip(updates, frames, strict=True):
                 stats.fanned_out(len(clients), len(frame))
@@ -310,9 +310,16 @@ class Worker:
         routed = self._scopes.published(updates, len(replica.users), self._now())
         left: list[tuple[ServerConnection, int]] = []
         written = written_bytes = 0
+        scoped = Group.SCOPED
         for conn, payloads in routed.items():
             client = table.by_conn.get(conn)
-            if client is not None and client.group is Group.SCOPED:
+            if client is not None and client.group is scoped:
+                if len(payloads) == 1:  # the common case: no list, no sum, per client
+                    frame = SharedFrame(payloads[0])
+                    write_all((client.handle,), (frame,), left)
+                    written += 1
+                    written_bytes += len(frame.data)
+                    continue
                 frames = [SharedFrame(payload) for payload in payloads]
                 write_all((client.handle,), frames, left)  # one write, a message each
                 written += len(frames)

@@ -256,17 +256,21 @@ def test_encoded_users_match_the_whole_lobby_encoder(
         st.tuples(
             st.sets(st.sampled_from([A, B, C, "d" * 64]), max_size=3),
             st.sets(st.sampled_from([A, B, C, "e" * 64]), max_size=3),
+            st.booleans(),
         ),
         max_size=12,
     ),
 )
 def test_snapshot_frame_after_updates_is_the_whole_lobby_encoding(
-    users: set[str], changes: list[tuple[set[str], set[str]]]
+    users: set[str], changes: list[tuple[set[str], set[str], bool]]
 ) -> None:
+    """Asked after some updates only: the encoding is built when first asked for, then
+    kept up to date by every update, asked for or not."""
     r = live(seq=0, users=tuple(users))
-    for seq, (joined, left) in enumerate(changes, start=1):
+    for seq, (joined, left, asked) in enumerate(changes, start=1):
         r.on_update(upd(seq, tuple(sorted(joined)), tuple(sorted(left))))
-        assert r.snapshot_frame() == protocol.lobby_snapshot(seq, sorted(r.users))
+        if asked:
+            assert r.snapshot_frame() == protocol.lobby_snapshot(seq, sorted(r.users))
 
 
 def test_update_buffer_is_bounded_and_overflow_heals_by_resync() -> None:
