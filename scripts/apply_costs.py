@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import scripts  # noqa: F401  (names the dependencies a bare Python lacks)
 from shared import backbone as bb
 from shared.v2 import Follow, Scope
 from workers.frames import SharedFrame
