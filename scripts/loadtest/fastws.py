@@ -260,3 +260,27 @@ def handshake_status(exc: BaseException) -> int | None:
 
 def is_picows_error(exc: BaseException) -> bool:
     return AVAILABLE and isinstance(exc, _picows.WSError)
+
+
+def leftovers_dropped(loop: asyncio.AbstractEventLoop) -> None:
+    """Have ``loop`` drop what picows leaves behind when a handshake fails: :func:`connect`
+    raises the failure (and the scenario counts it by cause), but picows' own handshake
+    future holds the same exception unread, and the loop would log each one as "Future
+    exception was never retrieved" with a traceback. Every other report goes to the
+    handler that was there before."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        unread = context.get("message") == "Future exception was never retrieved"
+        if unread and isinstance(exc, (TimeoutError, OSError, *_HANDSHAKE_ERRORS)):
+            return
+        if previous is None:
+            loop.default_exception_handler(context)
+        else:
+            previous(loop, context)
+
+    loop.set_exception_handler(handler)
+
+
+_HANDSHAKE_ERRORS: tuple[type[BaseException], ...] = (_picows.WSError,) if AVAILABLE else ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import pytest
@@ -84,3 +85,26 @@ def test_the_run_reports_connect_causes_and_mid_run_closes_together() -> None:
     ctx.causes = Counter({"dropped_before_upgrade": 2})
     ctx.closed_mid_run = {"reset_mid_run": 1}
     assert ctx.all_causes() == {"dropped_before_upgrade": 2, "reset_mid_run": 1}
+
+
+def test_a_failed_picows_handshake_leaves_no_unread_exception_in_the_log() -> None:
+    """picows keeps the failure of a handshake in a future of its own besides raising it:
+    the generator counts the raised one and the loop must not log the other."""
+    from scripts.loadtest import fastws
+
+    seen: list[dict[str, object]] = []
+    loop = asyncio.new_event_loop()
+    try:
+        loop.set_exception_handler(lambda _loop, context: seen.append(context))
+        fastws.leftovers_dropped(loop)
+        unread = "Future exception was never retrieved"
+        loop.call_exception_handler({"message": unread, "exception": TimeoutError("late")})
+        loop.call_exception_handler({"message": unread, "exception": ConnectionResetError()})
+        assert seen == []
+        other = {"message": unread, "exception": KeyError("a bug of ours")}
+        loop.call_exception_handler(other)
+        elsewhere = {"message": "Exception in callback", "exception": TimeoutError()}
+        loop.call_exception_handler(elsewhere)
+        assert seen == [other, elsewhere]
+    finally:
+        loop.close()
