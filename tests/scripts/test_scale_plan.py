@@ -176,6 +176,7 @@ def _run(users: int, ok: bool = True, skipped: str = "", **metrics: Any) -> dict
 def test_the_scale_set_plugs_into_the_suite() -> None:
     runs = {run.name: run for run in bench.suite()}
     assert all(bench_scale.name(n) in runs for n in bench_scale.SIZES)
+    assert all(bench_scale.name(n, pinned=True) in runs for n in bench_scale.SIZES)
     assert runs[bench_scale.BIG].timeout > 900
     assert "scale" in bench.all_sections()
 
@@ -190,9 +191,16 @@ def test_scale_targets_are_met_missed_or_skipped_never_numbers() -> None:
         kill_bytes_ratio=25.0,
     )
     results = {r["name"]: r for r in (_run(10_000, **base), _run(30_000, **base), big)}
+    for n in bench_scale.SIZES:  # the pinned runs are shown, and checked, not judged
+        results[bench_scale.name(n, pinned=True)] = {
+            **_run(n),
+            "name": bench_scale.name(n, pinned=True),
+        }
     memory, p99, cpu, flat_memory, kill, checks = bench_scale.targets(results)
     assert memory[2] is p99[2] is flat_memory[2] is kill[2] is checks[2] is True
     assert cpu[2] is False and "1.3x" in cpu[1]  # 30% more at 100,000
+    pinned = bench_scale.name(100_000, pinned=True)
+    assert bench_scale.targets({**results, pinned: {**results[pinned], "ok": False}})[5][2] is False
     skipped = _run(100_000, ok=False, skipped="raise open files (per worker)")
     results[skipped["name"]] = skipped
     rows = bench_scale.targets(results)
