@@ -584,7 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         action="append",
         default=[],
-        help="run only the runs whose name contains this (repeatable)",
+        help="run only the runs whose name contains this, or is exactly NAME given as =NAME "
+        "(repeatable)",
     )
     parser.add_argument("--results", help="also write every run's JSON into this file")
     parser.add_argument(
@@ -595,7 +596,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def chosen(name: str) -> bool:
-        return not args.only or any(o in name for o in args.only)
+        return not args.only or any(
+            name == o[1:] if o.startswith("=") else o in name for o in args.only
+        )
 
     if args.from_results:
         results = json.loads(Path(args.from_results).read_text())
