@@ -469,6 +469,22 @@ def section(group: str, rows: list[dict[str, Any]]) -> list[str]:
 NOTES_TITLE = "## What bounds the missed targets"
 
 
+def commits_of(results: list[dict[str, Any]], first: str) -> str:
+    """The commit the results were measured at: one, or (a report rewritten from results
+    of several runs of ``make bench --only``) each with the runs measured at it, the
+    most common first."""
+    runs: dict[str, list[str]] = {}
+    for r in results:
+        runs.setdefault(r.get("machine", {}).get("commit", first), []).append(r["name"])
+    if len(runs) <= 1:
+        return first
+    ordered = sorted(runs.items(), key=lambda item: -len(item[1]))
+    head, *rest = ordered
+    return f"{head[0]} (the other runs); " + "; ".join(
+        f"{commit} ({', '.join(names)})" for commit, names in rest
+    )
+
+
 def write_report(
     results: list[dict[str, Any]],
     out: Path,
@@ -482,6 +498,7 @@ def write_report(
     by_name = {r["name"]: r for r in results}
     # What was measured: a report rewritten from saved results keeps their commit and date.
     m = next((r["machine"] for r in results if "machine" in r), None) or machine()
+    m = {**m, "commit": commits_of(results, m["commit"])}
     lines = [
         "# Benchmarks",
         "",

@@ -131,3 +131,14 @@ def test_the_auth_rows_show_the_rate_per_core_and_a_failed_run_is_neither() -> N
     rows = bench_auth.targets({bench_auth.PACED: {**paced, "ok": False}})
     assert [met for _, _, met in rows] == [None, None, None]
     assert "failed" in rows[0][1]
+
+
+def test_a_report_from_runs_at_several_commits_names_each_with_its_runs() -> None:
+    from scripts.bench import commits_of
+
+    def run(name: str, commit: str) -> dict[str, Any]:
+        return {"name": name, "machine": {"commit": commit}}
+
+    assert commits_of([run("a", "c1"), run("b", "c1")], "c1") == "c1"
+    mixed = [run("a", "c1"), run("b", "c2"), run("c", "c1"), run("d", "c3")]
+    assert commits_of(mixed, "c1") == "c1 (the other runs); c2 (b); c3 (d)"
