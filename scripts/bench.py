@@ -503,7 +503,10 @@ def write_report(
         "# Benchmarks",
         "",
         f"Written by `{command}` ({sum(r['wall_s'] for r in results):.0f} s of runs).",
-        "Every number below comes from that run, on this machine; run it on yours.",
+        "Every number below comes from that run, on this machine; run it on yours."
+        if ";" not in m["commit"]
+        else "Every number below comes from runs of it on this machine, at the commits "
+        "named below (sets measured again after a change, the others kept); run it on yours.",
         "",
         "| machine | |",
         "|---|---|",
