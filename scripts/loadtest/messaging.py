@@ -17,6 +17,7 @@ from websockets.exceptions import WebSocketException
 
 from scripts.loadtest.client import LoadClient
 from scripts.loadtest.stats import Histogram
+from scripts.loadtest.surface import AgentSurface
 from shared.client import ConnectionClosedError
 
 
@@ -27,19 +28,12 @@ async def sleep_until(wall: float) -> None:
         await asyncio.sleep(delay)
 
 
-class MessageOps:
+class MessageOps(AgentSurface):
     """Ops of an agent: what they use of it is declared here."""
 
-    index: int
-    progress: int
-    concurrency: int
-    clients: dict[int, LoadClient]
     raw: list[ClientConnection]
     raw_frames: int
     _raw_tasks: set[asyncio.Task[None]]
-
-    def pub(self, index: int) -> str:
-        raise NotImplementedError
 
     async def op_messages(
         self,

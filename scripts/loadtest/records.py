@@ -20,6 +20,7 @@ from typing import Any
 from scripts.loadtest.clientv2 import LoadClientV2
 from scripts.loadtest.messaging import sleep_until
 from scripts.loadtest.stats import Histogram
+from scripts.loadtest.surface import AgentSurface
 from shared.session_v2 import ViewChange
 
 SETTLE_POLL = 0.05
@@ -46,13 +47,10 @@ def schedule(indices: list[int], seed: int) -> list[int]:
     return order
 
 
-class RecordOps:
+class RecordOps(AgentSurface):
     """Ops of an agent: what they use of it is declared here."""
 
-    index: int
-    progress: int
-    clients: dict[Any, Any]
-    follows: dict[int, dict[str, Any]]
+    clients: dict[Any, Any]  # version 2 clients: their own methods, unchecked
     measuring: set[int]
     watchlists: dict[int, frozenset[str]]
     status_sent: dict[tuple[str, str], list[float]]
@@ -63,12 +61,6 @@ class RecordOps:
     status_made: int
     """Status changes this process made in the run: each next one's number."""
     watching: set[int]
-
-    def pub(self, index: int) -> str:
-        raise NotImplementedError
-
-    def _watchers_of(self, public_key: str) -> int:
-        raise NotImplementedError
 
     async def op_prepare_watch(self, indices: list[int]) -> dict[str, Any]:
         """Clients ``indices`` connect following an empty watchlist (no lobby frames

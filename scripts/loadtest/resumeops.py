@@ -21,6 +21,7 @@ from typing import Any
 
 from scripts.loadtest.client import LoadClient
 from scripts.loadtest.clientv2 import LoadClientV2
+from scripts.loadtest.surface import AgentSurface
 from scripts.loadtest.tallies import ConnectStats
 from shared.session_v2 import parse_frame_v2
 
@@ -51,30 +52,14 @@ def _first_bytes(client: LoadClientV2) -> dict[str, Any]:
     }
 
 
-class ResumeOps:
+class ResumeOps(AgentSurface):
     """Ops of an agent: what they use of it is declared here."""
 
-    clients: dict[int, LoadClient]
-    follows: dict[int, dict[str, Any]]
     resume_from: dict[int, LoadClientV2]
-    concurrency: int
-    progress: int
     _background: asyncio.Task[None] | None = None
     _background_tasks: set[asyncio.Task[None]] | None = None
     _made: Counter[str] | None = None
     _changed_at: dict[int, float] | None = None
-
-    def pub(self, index: int) -> str:
-        raise NotImplementedError
-
-    async def _connect(self, index: int, stats: ConnectStats) -> LoadClient | None:
-        raise NotImplementedError
-
-    def _adopt(self, index: int, client: LoadClient, watch: bool) -> None:
-        raise NotImplementedError
-
-    def _retire(self, index: int) -> LoadClient | None:
-        raise NotImplementedError
 
     def _v2(self, index: int) -> LoadClientV2:
         client = self.clients[index]

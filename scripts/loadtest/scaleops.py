@@ -25,6 +25,7 @@ from scripts.loadtest.messaging import sleep_until
 from scripts.loadtest.records import SETTLE_POLL, schedule, status_name
 from scripts.loadtest.resumeops import _delta
 from scripts.loadtest.stats import Histogram
+from scripts.loadtest.surface import AgentSurface
 from scripts.loadtest.tallies import ConnectStats
 from shared.session_v2 import ViewChange
 
@@ -37,14 +38,10 @@ that left leave behind is collected when the clients close (``op_close_all``), a
 after :meth:`~scripts.loadtest.agent.Agent.op_reset`'s freeze."""
 
 
-class ScaleOps:
+class ScaleOps(AgentSurface):
     """Ops of an agent: what they use of it is declared here."""
 
-    index: int
-    progress: int
     counting: bool
-    clients: dict[int, LoadClient]
-    follows: dict[int, dict[str, Any]]
     measuring: set[int]
     watching: set[int]
     watchlists: dict[int, frozenset[str]]
@@ -55,22 +52,7 @@ class ScaleOps:
     watchers_fixed: tuple[dict[str, int], int] | None
     _changed_at: dict[int, float] | None
 
-    def pub(self, index: int) -> str:
-        raise NotImplementedError
-
-    def _watchers_of(self, public_key: str) -> int:
-        raise NotImplementedError
-
     def _mark_leave(self, index: int) -> None:
-        raise NotImplementedError
-
-    async def _connect(self, index: int, stats: ConnectStats) -> LoadClient | None:
-        raise NotImplementedError
-
-    def _adopt(self, index: int, client: LoadClient, watch: bool) -> None:
-        raise NotImplementedError
-
-    def _retire(self, index: int) -> LoadClient | None:
         raise NotImplementedError
 
     def _on_record(self, client: LoadClientV2, event: ViewChange) -> None:
