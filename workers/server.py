@@ -314,16 +314,11 @@ class Worker:
         for conn, payloads in routed.items():
             client = table.by_conn.get(conn)
             if client is not None and client.group is scoped:
-                if len(payloads) == 1:  # the common case: no list, no sum, per client
-                    frame = SharedFrame(payloads[0])
-                    write_all((client.handle,), (frame,), left)
-                    written += 1
-                    written_bytes += len(frame.data)
-                    continue
                 frames = [SharedFrame(payload) for payload in payloads]
                 write_all((client.handle,), frames, left)  # one write, a message each
                 written += len(frames)
-                written_bytes += sum(len(frame) for frame in frames)
+                for frame in frames:
+                    written_bytes += len(frame.data)
         stats.fanned_out_frames(written, written_bytes)
         self.core.observed(left)
 
