@@ -36,8 +36,10 @@ acknowledged (:func:`acked_bytes`, Linux ``TCP_INFO`` at a fixed offset), so a c
 whose backlog does not move for ``stall_timeout`` is closed with 4005.
 
 Idle clients: most clients are idle most of the time, so what one holds between frames
-is what a worker's memory is made of. The connection class keeps no empty deques
-(:class:`LazyDeque`) and no keepalive task between pings (a timer starts each round);
+is what a worker's memory is made of, and what one costs while idle is its keepalive.
+The connection class keeps no empty deques (:class:`LazyDeque`) and no keepalive task:
+one :class:`Pinger` pings every connection from one timer (:mod:`workers.keepalive`
+decides when, and which to drop);
 the handshake's headers are dropped once admission has read the source
 (:func:`forget_handshake`). websockets' bounds (``max_queue``, the write limit) are
 unchanged.
@@ -80,6 +82,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from workers.keepalive import GRAIN, Schedule
 from workers.outputs import Answer, FrameLimits, Lesser
 
 if TYPE_CHECKING:
@@ -293,6 +296,84 @@ class LazyDeque(Generic[_T]):
             self._items = None
 
 
+PING_PAYLOAD: Final = b""
+"""The keepalive ping's payload. One for all: a pong answers the ping it echoes, and a
+connection has at most one keepalive ping out (an empty one is the shortest frame)."""
+_PING_FRAME: Final = b"\x89\x00"
+"""A server's (unmasked) ping frame with :data:`PING_PAYLOAD`."""
+
+
+class Pinger:
+    """One timer for the keepalive of every connection of a server: it asks the
+    :class:`~workers.keepalive.Schedule` what is due at most every
+    :data:`~workers.keepalive.GRAIN` seconds, writes the pings and fails the
+    connections that did not answer (1011 ``keepalive ping timeout``, as websockets).
+    ``paused``: the connections whose writes are paused (they are not pinged; see
+    :mod:`workers.keepalive`)."""
+
+    __slots__ = ("_ran", "_timer", "paused", "schedule")
+
+    def __init__(self, schedule: Schedule[ServerConnection], paused: set[ServerConnection]) -> None:
+        self.schedule = schedule
+        self.paused = paused
+        self._timer: asyncio.TimerHandle | None = None
+        self._ran = float("-inf")
+
+    def add(self, ws: ServerConnection) -> None:
+        """``ws`` finished its handshake: its first ping is one interval from now."""
+        loop = ws.loop
+        self.schedule.add(ws, loop.time())
+        if self._timer is None:
+            self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        at = self.schedule.next_at()
+        if at is not None:
+            self._timer = loop.call_at(max(at, self._ran + GRAIN), self._run, loop)
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = self._ran = loop.time()
+        due = self.schedule.due(now, self.paused)
+        for ws in due.ping:
+            ping(ws)
+        for ws in due.drop:
+            drop_unanswered(ws)
+        self._arm(loop)
+
+
+def ping(ws: ServerConnection) -> None:
+    """Write a keepalive ping to ``ws``, if it is open. Its frame is written as is
+    where websockets would write exactly these bytes now (no unsent protocol output
+    before it, no frame logging); a control frame may go between the fragments of a
+    message, and permessage-deflate does not touch control frames."""
+    protocol = ws.protocol
+    if protocol._state is not _OPEN:
+        return
+    try:
+        if protocol.writes or protocol.debug:
+            protocol.send_ping(PING_PAYLOAD)
+            ws.send_data()
+        else:
+            ws.transport.write(_PING_FRAME)
+    except Exception as exc:  # as websockets' data_received: the connection ends
+        ws.set_connection_exc(exc)
+
+
+def drop_unanswered(ws: ServerConnection) -> None:
+    """Close ``ws``, whose pong did not come in time, as websockets' keepalive does
+    (1011 ``keepalive ping timeout``, then the closing handshake's timeout). The task is
+    kept where websockets keeps its keepalive task: ``connection_lost`` cancels it."""
+    if ws.protocol.state is _OPEN:
+        ws.keepalive_task = ws.loop.create_task(_fail_keepalive(ws))
+
+
+async def _fail_keepalive(ws: ServerConnection) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        async with ws.send_context():
+            ws.protocol.fail(WsCloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+
+
 HANDSHAKE_BYTES: Final = 16 * 1024
 """Bytes a connection may send before its handshake completes (the upgrade request: a
 browser's is under 2 KiB). websockets alone would hold up to 128 header lines of 8 KiB
@@ -311,57 +392,36 @@ def watched_connection(
     reader), and it is dropped once it sent :data:`HANDSHAKE_BYTES` without completing
     its handshake.
 
-    It also trims what an idle connection holds: no empty deques (:class:`LazyDeque`),
-    and no keepalive task between pings. websockets runs a task per connection that
-    sleeps ``ping_interval``, pings, and waits up to ``ping_timeout`` for the pong; here
-    a timer starts that same round (websockets' ``ping``, the same 1011 ``keepalive ping
-    timeout``) as a task only for as long as the round lasts, then sets the next timer,
-    ``ping_interval`` minus the latency later, as websockets does."""
+    It also trims what an idle connection holds and costs: no empty deques
+    (:class:`LazyDeque`), and no keepalive task. websockets runs a task per connection
+    that sleeps ``ping_interval``, pings, and waits up to ``ping_timeout`` for the pong;
+    here one :class:`Pinger` per class (the ``ping_interval`` and ``ping_timeout`` the
+    server gave its first connection) pings every connection of it from one timer
+    (:mod:`workers.keepalive`), with the same 1011 ``keepalive ping timeout``."""
+
+    pinger: Pinger | None = None
 
     class Watched(ServerConnection):
+        pinger: Pinger | None = None
+        """The keepalive of every connection of this class, from the first handshake."""
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.drain_waiters = cast("deque[asyncio.Future[None]]", LazyDeque())
-            self.keepalive_timer: asyncio.TimerHandle | None = None
 
         def start_keepalive(self) -> None:
-            if self.ping_interval is not None:
-                self._next_ping(0.0)
-
-        def _next_ping(self, latency: float) -> None:
-            assert self.ping_interval is not None
-            self.keepalive_timer = self.loop.call_later(
-                self.ping_interval - latency, self._start_ping_round
-            )
-
-        def _start_ping_round(self) -> None:
-            self.keepalive_timer = None
-            if self.protocol.state is _OPEN:
-                # Kept where websockets keeps its keepalive task: connection_lost
-                # cancels it.
-                self.keepalive_task = self.loop.create_task(self._ping_round())
-
-        async def _ping_round(self) -> None:
-            """One turn of websockets' ``keepalive()`` loop, then the next timer."""
-            latency = 0.0
-            try:
-                pong_received = await self.ping()
-                if self.ping_timeout is not None:
-                    try:
-                        async with asyncio.timeout(self.ping_timeout):
-                            latency = await pong_received
-                    except TimeoutError:
-                        async with self.send_context():
-                            self.protocol.fail(WsCloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-                        # send_context() waits for connection_lost(), which cancels us.
-                        raise AssertionError("keepalive round outlived its connection") from None
-            except ConnectionClosed:
+            nonlocal pinger
+            if self.ping_interval is None:
                 return
-            except Exception:
-                self.logger.error("keepalive ping failed", exc_info=True)
-                return
-            self.keepalive_task = None
-            self._next_ping(latency)
+            if pinger is None:  # every connection of a server has the same settings
+                pinger = Pinger(Schedule(self.ping_interval, self.ping_timeout), pressured)
+                Watched.pinger = pinger
+            pinger.add(self)
+
+        def acknowledge_pings(self, data: bytes) -> None:
+            if pinger is not None and data == PING_PAYLOAD:
+                pinger.schedule.answered(self)
+            super().acknowledge_pings(data)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             guard(self.protocol)  # before any byte is read: every ping goes through it
@@ -393,9 +453,8 @@ def watched_connection(
 
         def connection_lost(self, exc: Exception | None) -> None:
             pressured.discard(self)
-            if self.keepalive_timer is not None:
-                self.keepalive_timer.cancel()
-                self.keepalive_timer = None
+            if pinger is not None:
+                pinger.schedule.discard(self)
             super().connection_lost(exc)
 
     return Watched

@@ -20,7 +20,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.support import raw_upgrade
-from workers.wsinternals import LazyDeque, forget_handshake, watched_connection
+from workers.wsinternals import PING_PAYLOAD, LazyDeque, forget_handshake, watched_connection
 
 # ---------------------------------------------------------------------------- LazyDeque
 
@@ -197,51 +197,52 @@ def test_a_connection_is_served_after_its_handshake_is_forgotten() -> None:
 INTERVAL = 0.05
 
 
-def _counting(pings: list[float]) -> type[ServerConnection]:
+def _counting(pongs: list[float]) -> type[ServerConnection]:
     class Counting(watched_connection(set())):  # type: ignore[misc]
-        async def ping(self, data: Any = None) -> Any:
-            pings.append(asyncio.get_running_loop().time())
-            return await super().ping(data)
+        def acknowledge_pings(self, data: bytes) -> None:
+            if data == PING_PAYLOAD:
+                pongs.append(asyncio.get_running_loop().time())
+            super().acknowledge_pings(data)
 
     return Counting
 
 
 async def _keepalive_answered() -> None:
     """A client that answers pings stays connected, ping after ping, with no
-    keepalive task between rounds; its close cancels the next round."""
-    pings: list[float] = []
+    keepalive task: one schedule holds it while it is open, and forgets it at its
+    close."""
+    pongs: list[float] = []
     connected: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
 
     async def handler(ws: ServerConnection) -> None:
         connected.set_result(ws)
         await ws.wait_closed()
 
+    counting = _counting(pongs)
     async with serve(
         handler,
         "127.0.0.1",
         0,
         ping_interval=INTERVAL,
         ping_timeout=5,
-        create_connection=_counting(pings),
+        create_connection=counting,
     ) as server:
         port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}/", ping_interval=None) as client:
             ws = await asyncio.wait_for(connected, 5)
             async with asyncio.timeout(10):
-                while len(pings) < 4:
+                while len(pongs) < 4:
                     await asyncio.sleep(0.01)
-            # A round ends at its pong (ping_timeout is 5 s): the next ping follows it.
             assert ws.protocol.state.name == "OPEN"
-            assert len(ws.pending_pings) <= 1
-            assert all(b - a >= INTERVAL * 0.5 for a, b in itertools.pairwise(pings))
-            async with asyncio.timeout(10):  # between rounds: a timer, no task
-                while not (ws.keepalive_task is None and ws.keepalive_timer is not None):
-                    await asyncio.sleep(0.005)
+            assert ws.keepalive_task is None and not ws.pending_pings
+            assert all(b - a >= INTERVAL * 0.5 for a, b in itertools.pairwise(pongs))
+            pinger = counting.pinger
+            assert pinger is not None and ws in pinger.schedule
             await client.close()
         async with asyncio.timeout(10):
             await ws.wait_closed()
-        assert ws.keepalive_timer is None
-        assert ws.keepalive_task is None or ws.keepalive_task.done()
+        assert ws not in pinger.schedule
+        assert ws.keepalive_task is None
 
 
 async def _keepalive_unanswered() -> None:
@@ -270,12 +271,13 @@ async def _keepalive_unanswered() -> None:
         close = ws.protocol.close_sent
         assert close is not None
         assert (close.code, close.reason) == (1011, "keepalive ping timeout")
-        assert ws.keepalive_timer is None
+        pinger = type(ws).pinger
+        assert pinger is not None and not pinger.schedule
         raw.close()
 
 
 @RUNNERS
-def test_keepalive_pings_a_client_that_answers_without_a_task_between_rounds(
+def test_keepalive_pings_a_client_that_answers_from_one_schedule_without_a_task(
     runner: Callable[[Coroutine[Any, Any, None]], None],
 ) -> None:
     runner(_keepalive_answered())
