@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -373,6 +374,23 @@ def test_load_clients_handle_frames_in_place_against_a_real_server(ws_client: st
         asyncio.run(run())
     finally:
         server.stop()
+
+
+def test_a_source_socket_leaves_its_port_to_connect() -> None:
+    """Bound to its address only: connect() picks the port (no search over every
+    socket bound to that address at bind()), and the peer sees that address."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sock = fastws.source_socket("127.0.0.2")
+    try:
+        opt = sock.getsockopt(socket.IPPROTO_IP, fastws.IP_BIND_ADDRESS_NO_PORT)
+        assert opt == 1 and sock.getsockname() == ("127.0.0.2", 0)
+        sock.connect(listener.getsockname())
+        peer, address = listener.accept()
+        peer.close()
+        assert address[0] == "127.0.0.2" and address[1] == sock.getsockname()[1] != 0
+    finally:
+        sock.close()
+        listener.close()
 
 
 @pytest.mark.process
