@@ -204,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--json", metavar="PATH", help="also write the result as JSON here")
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    gen.add_argument(
+        "--server-log",
+        metavar="PATH",
+        help="write the output of a server started here (--start) to PATH, all of it",
+    )
     sub = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
     p = sub.add_parser("mass-join", help="N clients authenticate at once")
     p.add_argument("clients", type=int)
@@ -493,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.api_consumers or args.webhooks:
             feeds = Feeds(args.api_consumers, args.webhooks)
         server = start_server(args, server_cpus, feeds)
+        if args.server_log:
+            server.log_to(args.server_log)
         with AgentPool(
             procs,
             server.url,

@@ -37,6 +37,7 @@ status change and presence change seen by every sampled watcher of its key.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import os
 import signal
@@ -60,6 +61,7 @@ from scripts.loadtest.stats import Histogram
 from scripts.procfs import alive, peers_by_process
 from scripts.procfs import total_cpu_seconds as cpu_seconds
 from scripts.procfs import total_rss_bytes as rss_bytes
+from shared.client_v2 import LobbyClientV2
 from shared.defaults import RESUME_RING_AGE, RESUME_RING_BYTES
 from workers.ring import bytes_to_cover
 
@@ -229,6 +231,35 @@ def _record_check(result: Result, label: str, parts: list[dict[str, Any]]) -> No
         result.failures.append(f"{label}: {closed} clients closed by the server: {codes}")
 
 
+def _explain(ctx: Context, result: Result, truth: list[int]) -> None:
+    """Name the users the lobby and the truth disagree on (from a whole-lobby view
+    taken now), with what their clients saw: a count that is off says how many, this
+    says who."""
+    try:
+        lobby = asyncio.run(_lobby_keys(ctx.server.url))
+    except Exception as exc:  # a diagnosis must not hide the failure it explains
+        result.notes.append(f"could not take the lobby to explain the wrong views: {exc!r}")
+        return
+    found = [
+        d
+        for part in ctx.pool.call("scale_disagree", {"lobby": lobby, "truth": truth})
+        for d in part
+    ]
+    result.notes.append(
+        f"the lobby holds {len(lobby)} users, the truth {len(truth)}; "
+        f"{len(found)} disagree: {found[:10]}"
+    )
+
+
+async def _lobby_keys(url: str) -> list[str]:
+    """The keys of a whole-lobby view taken now (without the viewer's own)."""
+    client = await LobbyClientV2.connect(url, follow={"scope": "lobby"}, open_timeout=60.0)
+    try:
+        return sorted(set(client.records) - {client.public_key})
+    finally:
+        await client.close()
+
+
 def _status_seen(ctx: Context) -> tuple[int, Histogram, dict[str, int]]:
     """Status changes seen by the sampled watchers, their latencies, and the ``error``
     frames every client got, by code."""
@@ -396,6 +427,8 @@ def _kill(ctx: Context, result: Result, statuses: dict[int, str]) -> None:
             break
         time.sleep(POLL_S)
     _record_check(result, "after the kill", checks)
+    if any(c["wrong"] for c in checks):
+        _explain(ctx, result, truth)
     cpu1 = cpu_seconds([p for p in ctx.server.pids() if p != victim])
     back = {
         k: sum(c["back"][k] for c in checks)

@@ -296,6 +296,22 @@ class ScaleOps(AgentSurface):
             "back": back,
         }
 
+    async def op_scale_disagree(self, lobby: list[str], truth: list[int]) -> list[str]:
+        """This agent's users that the lobby (``lobby``: the keys a whole-lobby view
+        holds) and ``truth`` (the indices online) disagree on, each with its client's
+        state."""
+        online, want = set(lobby), set(truth)
+        out = []
+        for index in sorted(self.clients):
+            if (self.pub(index) in online) == (index in want):
+                continue
+            where = (
+                "online in the truth, not in the lobby" if index in want else "in the lobby only"
+            )
+            client = self.clients[index]
+            out.append(f"{index} ({self.pub(index)[:12]}): {where}; client {_describe(client)}")
+        return out
+
     async def op_scale_view_bytes(self, indices: list[int]) -> dict[str, Any]:
         """The bytes of the first view (a snapshot or a count) of the current
         connection of each client of ``indices``: what a snapshot of its scope costs."""
@@ -305,3 +321,16 @@ class ScaleOps(AgentSurface):
             if isinstance(client, LoadClientV2):
                 total += client.tally.first_view_bytes
         return {"bytes": total, "clients": len(indices)}
+
+
+def _describe(client: LoadClient) -> str:
+    """A client's state in a few words: open or closed (with its close), how often it
+    reconnected, its source address, and for version 2 whether it resumed."""
+    state = "open" if not client.closed else f"closed {client.close_code} {client.close_reason!r}"
+    resumed = f", resumed={client.resumed}" if isinstance(client, LoadClientV2) else ""
+    address = "?"
+    with contextlib.suppress(Exception):  # a closed connection may have no address
+        address = str(client.local_address)
+    return (
+        f"{state}, status={client.status}, reconnects={client.reconnects}{resumed}, from {address}"
+    )

@@ -32,6 +32,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from scripts import procfs
 from scripts.loadtest.cpus import CpuSet, pin_process
@@ -63,6 +64,14 @@ class Server:
     probe: Callable[[], bool] | None = None
     """For a server that does not speak sd_notify: True once it serves."""
     _reader: threading.Thread | None = None
+    _log: TextIO | None = None
+
+    def log_to(self, path: str) -> None:
+        """From now on, also write every line of the server's output to ``path`` (the
+        lines kept so far first): all of it, where :attr:`lines` keeps the last 2,000."""
+        log = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed by stop())
+        log.writelines(line + "\n" for line in list(self.lines))
+        self._log = log
 
     def pids(self) -> list[int]:
         """The serving processes: a launcher's descendants (not the launcher, which
@@ -112,6 +121,9 @@ class Server:
             self._reader.join(2.0)
         if self.notify is not None:
             self.notify.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         self.launcher = None
 
 
@@ -157,6 +169,9 @@ def _start(
         for line in proc.stdout:
             server.lines.append(line.rstrip("\n"))
             del server.lines[:-2000]
+            log = server._log
+            if log is not None:
+                log.write(line)
 
     server._reader = threading.Thread(target=read, daemon=True)
     server._reader.start()
