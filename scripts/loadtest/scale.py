@@ -231,6 +231,15 @@ def _record_check(result: Result, label: str, parts: list[dict[str, Any]]) -> No
         result.failures.append(f"{label}: {closed} clients closed by the server: {codes}")
 
 
+def settle_deadline(kill_at: float, back_at: float, settle: float) -> float:
+    """Until when the views may settle after a kill at ``kill_at`` whose users were all
+    back (or given up on) at ``back_at``: ``settle`` seconds after the later of their
+    return and the coordinator giving the worker up. Counted from the kill, a recovery
+    longer than ``settle`` left no time at all, and count followers, sent the number at
+    most once a second, were checked before the last returns could reach them."""
+    return max(back_at, kill_at + GIVEN_UP) + settle
+
+
 def _explain(ctx: Context, result: Result, truth: list[int]) -> None:
     """Name the users the lobby and the truth disagree on (from a whole-lobby view
     taken now), with what their clients saw: a count that is off says how many, this
@@ -418,7 +427,7 @@ def _kill(ctx: Context, result: Result, statuses: dict[int, str]) -> None:
     )
     for p in parts:
         ctx.causes.update(p["reasons"])
-    deadline = kill_at + GIVEN_UP + ctx.settle_timeout
+    deadline = settle_deadline(kill_at, time.time(), ctx.settle_timeout)
     while True:  # polling the views until they are right and the worker is given up
         checks = _check(ctx, result, "after the kill", truth, statuses, 0.0, killed)
         wrong = sum(c["wrong"] for c in checks)

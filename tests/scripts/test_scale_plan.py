@@ -12,6 +12,8 @@ import pytest
 from scripts import bench, bench_scale
 from scripts.loadtest import limits
 from scripts.loadtest.contacts import contacts
+from scripts.loadtest.resume import GIVEN_UP
+from scripts.loadtest.scale import settle_deadline
 
 # The machine the scenario was written on: 2 CPUs, 20,000 open files, root without
 # CAP_SYS_RESOURCE (a container's), so the hard limit stays; and the same as full root.
@@ -207,3 +209,11 @@ def test_scale_targets_are_met_missed_or_skipped_never_numbers() -> None:
     assert all(row[2] is None for row in rows)
     assert "skipped: raise open files" in rows[0][1]
     assert bench.cell(skipped, "kill_whole_s") == "skipped"
+
+
+def test_views_settle_after_the_last_user_is_back_not_after_the_kill() -> None:
+    """A recovery longer than the settle time still leaves views the whole settle time
+    after it (count followers get the number at most once a second: checked at once,
+    the last returns had not reached them)."""
+    assert settle_deadline(100.0, 180.0, 30.0) == 210.0  # 80 s to come back
+    assert settle_deadline(100.0, 101.0, 30.0) == 100.0 + GIVEN_UP + 30.0
