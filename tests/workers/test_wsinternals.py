@@ -22,6 +22,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from tests.support import raw_upgrade
+from workers import wsinternals
 from workers.outputs import Answer, FrameLimits, Lesser
 from workers.wsinternals import (
     Guarded,
@@ -359,3 +360,9 @@ def test_guarding_a_protocol_builds_it_no_dictionary_of_its_own() -> None:
         tracemalloc.stop()
     assert grown < 400, grown
     assert all(type(proto) is Guarded for proto in protos)
+
+
+def test_the_keepalive_ping_written_as_is_is_the_frame_websockets_would_write() -> None:
+    proto = ServerProtocol(state=State.OPEN)
+    proto.send_ping(wsinternals.PING_PAYLOAD)
+    assert b"".join(proto.data_to_send()) == wsinternals._PING_FRAME
