@@ -39,7 +39,8 @@ Idle clients: most clients are idle most of the time, so what one holds between 
 is what a worker's memory is made of, and what one costs while idle is its keepalive.
 The connection class keeps no empty deques (:class:`LazyDeque`) and no keepalive task:
 one :class:`Pinger` pings every connection from one timer (:mod:`workers.keepalive`
-decides when, and which to drop);
+decides when, and which to drop); its logger adapter and UUID, which websockets reads
+only to log an error, are made when asked for;
 the handshake's headers are dropped once admission has read the source
 (:func:`forget_handshake`). websockets' bounds (``max_queue``, the write limit) are
 unchanged.
@@ -68,8 +69,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import socket
 import struct
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
@@ -296,6 +299,10 @@ class LazyDeque(Generic[_T]):
             self._items = None
 
 
+_NO_ID: Final = uuid.UUID(int=0)
+"""The id of every watched connection's protocol (nothing reads it): the connection
+makes its own if asked."""
+
 PING_PAYLOAD: Final = b""
 """The keepalive ping's payload. One for all: a pong answers the ping it echoes, and a
 connection has at most one keepalive ping out (an empty one is the shortest frame)."""
@@ -408,6 +415,34 @@ def watched_connection(
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.drain_waiters = cast("deque[asyncio.Future[None]]", LazyDeque())
+            proto = self.protocol
+            # websockets wrapped the protocol's logger in an adapter holding a weak proxy
+            # of this connection, and gave it a UUID, for logs (about 330 bytes): the
+            # protocol logs through the logger itself, the connection's adapter and id
+            # are made if asked for (websockets asks only to log an error).
+            logger = proto.logger
+            if isinstance(logger, logging.LoggerAdapter):
+                proto.logger = logger.logger
+            proto.id = _NO_ID
+
+        @property
+        def logger(self) -> logging.LoggerAdapter[Any]:
+            return logging.LoggerAdapter(self.protocol.logger, {"websocket": self})
+
+        @logger.setter
+        def logger(self, value: Any) -> None:
+            """websockets' adapter, set in ``__init__``: not kept (see ``__init__``)."""
+
+        @property
+        def id(self) -> uuid.UUID:
+            made: uuid.UUID | None = self.__dict__.get("_lazy_id")
+            if made is None:
+                made = self.__dict__["_lazy_id"] = uuid.uuid4()
+            return made
+
+        @id.setter
+        def id(self, value: Any) -> None:
+            """websockets' copy of the protocol's id: not kept (see ``__init__``)."""
 
         def start_keepalive(self) -> None:
             nonlocal pinger

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import socket
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -18,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.server import ServerProtocol
 
 from tests.support import raw_upgrade
 from workers.wsinternals import PING_PAYLOAD, LazyDeque, forget_handshake, watched_connection
@@ -288,3 +291,23 @@ def test_keepalive_closes_a_client_that_does_not_answer_with_1011(
     runner: Callable[[Coroutine[Any, Any, None]], None],
 ) -> None:
     runner(_keepalive_unanswered())
+
+
+async def _no_adapter_until_asked() -> None:
+    connection_class = watched_connection(set())
+    ws = connection_class(ServerProtocol(), server=None)  # type: ignore[arg-type]
+    held = [*vars(ws).values(), *vars(ws.protocol).values()]
+    assert not any(isinstance(v, (logging.LoggerAdapter, weakref.ProxyType)) for v in held)
+    assert ws.protocol.logger is logging.getLogger("websockets.server")
+    assert ws.protocol.id.int == 0  # websockets reads neither; the connection's is its own
+    # Asked for, they are what websockets gives: an adapter naming the connection, and
+    # one id for the connection's whole life.
+    assert ws.logger.extra == {"websocket": ws}
+    assert ws.logger.logger is ws.protocol.logger
+    assert ws.id == ws.id and ws.id.int != 0
+
+
+def test_a_connection_makes_its_log_adapter_and_id_only_when_asked() -> None:
+    """websockets gives each connection a logger adapter holding a weak proxy of it and
+    a UUID (about 470 bytes); a watched connection holds neither until asked."""
+    uvloop.run(_no_adapter_until_asked())
