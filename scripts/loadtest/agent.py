@@ -286,9 +286,16 @@ class Agent(MessageOps, RecordOps, ResumeOps, ScaleOps):
 
     # ------------------------------------------------------------------ connecting
 
-    async def _connect(self, index: int, stats: ConnectStats) -> LoadClient | None:
+    async def _connect(
+        self, index: int, stats: ConnectStats, until: float | None = None
+    ) -> LoadClient | None:
+        """Connect client ``index``, retrying as :func:`~scripts.loadtest.causes.retry`
+        says, at most :attr:`attempts` times; with ``until`` (``time.monotonic()``), a
+        client coming back after losing its server, retrying as the client library
+        does until then, however many attempts that takes."""
         transport_failures = 0
-        for attempt in range(self.attempts):
+        attempt = 0
+        while attempt < self.attempts if until is None else time.monotonic() < until:
             started = time.perf_counter()
             try:
                 watchlist = self.watchlists.get(index)
@@ -311,7 +318,7 @@ class Agent(MessageOps, RecordOps, ResumeOps, ScaleOps):
                 cause = classify(exc)
                 stats.reasons[cause] += 1
                 transport_failures += cause not in TRY_AGAIN_LATER
-                if not retry(cause, transport_failures):
+                if not retry(cause, transport_failures, exc, returning=until is not None):
                     break
                 if cause in TRY_AGAIN_LATER:
                     stats.retried_1013 += 1
@@ -325,6 +332,7 @@ class Agent(MessageOps, RecordOps, ResumeOps, ScaleOps):
                 stats.last_ok = now
                 return client
             await asyncio.sleep(backoff_delay(attempt, random.random(), BACKOFF_BASE, BACKOFF_CAP))
+            attempt += 1
         stats.failed += 1
         return None
 

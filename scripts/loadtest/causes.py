@@ -22,7 +22,9 @@ as ``reset_mid_run`` (no close frame) or ``closed_mid_run_<code>``
 (:func:`mid_run`); the scenario's checks judge what that did to the run.
 
 :func:`retry` says whether a cause is worth another attempt: 1013 and 503 up to the
-scenario's attempts, transport failures up to :data:`TRANSPORT_ATTEMPTS` per client.
+scenario's attempts, transport failures up to :data:`TRANSPORT_ATTEMPTS` per client;
+for a client coming back after losing its server, whatever the client library's
+reconnection retries, and transport failures with no count, until its deadline.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from websockets.exceptions import (
 )
 
 from shared.client import AuthFailed, ConnectionRefusedByServer, ProtocolError
+from shared.session import retryable
 
 TRANSPORT_ATTEMPTS: Final = 5
 """Attempts per client when the connection itself fails (dropped, reset, timed out)."""
@@ -80,12 +83,34 @@ def classify(exc: BaseException) -> str:
     return f"error_{type(exc).__name__}"
 
 
-def retry(cause: str, transport_failures: int) -> bool:
-    """Whether an attempt that ended with ``cause`` is tried again, the client having
-    had ``transport_failures`` such failures so far (this one included)."""
+_FINAL: Final = ("auth_failed_", "closed_", "refused_http_", "error_")
+"""Causes a fresh attempt would meet again (unless the library retries them)."""
+
+
+def retry(
+    cause: str,
+    transport_failures: int,
+    exc: BaseException | None = None,
+    *,
+    returning: bool = False,
+) -> bool:
+    """Whether an attempt that ended with ``cause`` (raised as ``exc``) is tried again,
+    the client having had ``transport_failures`` such failures so far (this one
+    included).
+
+    ``returning``: a client coming back after losing its server retries as the client
+    library's reconnection does (:func:`shared.session.retryable`, 4003 included) and
+    every transport failure with no count, its scenario's deadline bounding it: a storm
+    of returns on a busy machine drops connections before the upgrade (a full listen
+    queue), and a real client comes back through them. It still stops where the library
+    stops: credentials refused, a final close, a server that broke the protocol."""
     if cause in TRY_AGAIN_LATER:
         return True
-    if cause.startswith(("auth_failed_", "closed_", "refused_http_", "error_")):
+    if returning:
+        if exc is not None and retryable(exc):
+            return True
+        return not cause.startswith((*_FINAL, "protocol_error"))
+    if cause.startswith(_FINAL):
         return False
     return transport_failures < TRANSPORT_ATTEMPTS
 

@@ -253,11 +253,13 @@ class ResumeOps(AgentSurface):
     ) -> dict[str, Any]:
         """The clients of ``indices`` lost their worker: as each sees its connection
         end, it reconnects at once (the same key; resuming the view it held when
-        ``resume``), retrying 1013 with jitter. Those not back within ``timeout``
-        seconds count as failed."""
+        ``resume``), retrying with jitter whatever the client library's reconnection
+        retries (a dropped connection too, however often). Those not back within
+        ``timeout`` seconds count as failed."""
         stats = ConnectStats()
         gate = asyncio.Semaphore(self.concurrency)
         lost_at: list[float] = []
+        until = time.monotonic() + timeout  # each retries as a real client, until then
 
         async def one(index: int) -> None:
             old = self.clients[index]
@@ -269,7 +271,7 @@ class ResumeOps(AgentSurface):
                 assert isinstance(old, LoadClientV2)
                 self.resume_from[index] = old
             async with gate:
-                client = await self._connect(index, stats)
+                client = await self._connect(index, stats, until)
             self.resume_from.pop(index, None)
             if client is not None:
                 self._adopt(index, client, watch=False)

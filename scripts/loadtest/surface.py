@@ -27,8 +27,11 @@ class AgentSurface:
         """Sampled watchers that see a change of ``public_key``."""
         raise NotImplementedError
 
-    async def _connect(self, index: int, stats: ConnectStats) -> LoadClient | None:
-        """Connect client ``index``, retried within bounds; None when it could not."""
+    async def _connect(
+        self, index: int, stats: ConnectStats, until: float | None = None
+    ) -> LoadClient | None:
+        """Connect client ``index``, retried within bounds (``until``: a returning
+        client's deadline); None when it could not."""
         raise NotImplementedError
 
     def _adopt(self, index: int, client: LoadClient, watch: bool) -> None:

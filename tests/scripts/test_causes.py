@@ -53,6 +53,24 @@ def test_transport_failures_are_retried_a_bounded_number_of_times() -> None:
     assert tries == [n < causes.TRANSPORT_ATTEMPTS for n in range(1, 10)]
 
 
+def test_a_returning_client_retries_as_the_client_library_does_without_a_count() -> None:
+    """A client coming back after losing its server goes on through dropped connections
+    (a full listen queue in a storm) as a real client does, and still stops where the
+    library does (credentials refused, a final close)."""
+    dropped = ConnectionResetError("dropped")
+    cause = causes.classify(dropped)
+    many = causes.TRANSPORT_ATTEMPTS + 10
+    assert not causes.retry(cause, many, dropped)
+    assert causes.retry(cause, many, dropped, returning=True)
+    eof = InvalidMessage("did not receive a valid HTTP response")
+    assert causes.retry(causes.classify(eof), many, eof, returning=True)
+    timed_out = ConnectionRefusedByServer(4003, "auth_timeout")
+    assert not causes.retry("closed_4003", 1, timed_out)
+    assert causes.retry("closed_4003", 1, timed_out, returning=True)
+    for final in (AuthFailed("bad signature", 4001), ProtocolError("bad frame"), http_refusal(404)):
+        assert not causes.retry(causes.classify(final), 1, final, returning=True)
+
+
 def test_the_table_and_json_list_every_cause() -> None:
     counts = {f"closed_{4000 + i}": i + 1 for i in range(7)}  # more than five
     result = Result("mass-join", {"clients": 3}, causes=counts)
