@@ -51,16 +51,6 @@ class RecordOps(AgentSurface):
     """Ops of an agent: what they use of it is declared here."""
 
     clients: dict[Any, Any]  # version 2 clients: their own methods, unchecked
-    measuring: set[int]
-    watchlists: dict[int, frozenset[str]]
-    status_sent: dict[tuple[str, str], list[float]]
-    """(key, status) -> [sent at, sampled watchers still to see it]."""
-    status_latency: dict[str, Histogram]
-    """Status change to sighting, by what the sampled watcher follows (lobby, watch)."""
-    status_seen: int
-    status_made: int
-    """Status changes this process made in the run: each next one's number."""
-    watching: set[int]
 
     async def op_prepare_watch(self, indices: list[int]) -> dict[str, Any]:
         """Clients ``indices`` connect following an empty watchlist (no lobby frames

@@ -27,7 +27,6 @@ from scripts.loadtest.resumeops import _delta
 from scripts.loadtest.stats import Histogram
 from scripts.loadtest.surface import AgentSurface
 from scripts.loadtest.tallies import ConnectStats
-from shared.session_v2 import ViewChange
 
 COUNT: dict[str, Any] = {"scope": "count"}
 FREEZE_S = 1.0
@@ -42,21 +41,8 @@ class ScaleOps(AgentSurface):
     """Ops of an agent: what they use of it is declared here."""
 
     counting: bool
-    measuring: set[int]
-    watching: set[int]
-    watchlists: dict[int, frozenset[str]]
-    status_sent: dict[tuple[str, str], list[float]]
-    status_latency: dict[str, Histogram]
-    status_seen: int
-    status_made: int
     watchers_fixed: tuple[dict[str, int], int] | None
     _changed_at: dict[int, float] | None
-
-    def _mark_leave(self, index: int) -> None:
-        raise NotImplementedError
-
-    def _on_record(self, client: LoadClientV2, event: ViewChange) -> None:
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ following
 

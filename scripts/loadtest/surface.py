@@ -4,10 +4,15 @@ declared once: each ops mixin (messages, records, resume, scale) derives from
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scripts.loadtest.client import LoadClient
 from scripts.loadtest.tallies import ConnectStats
+
+if TYPE_CHECKING:
+    from scripts.loadtest.clientv2 import LoadClientV2
+    from scripts.loadtest.stats import Histogram
+    from shared.session_v2 import ViewChange
 
 
 class AgentSurface:
@@ -18,9 +23,27 @@ class AgentSurface:
     concurrency: int
     clients: dict[int, LoadClient]
     follows: dict[int, dict[str, Any]]
+    measuring: set[int]
+    watching: set[int]
+    watchlists: dict[int, frozenset[str]]
+    status_sent: dict[tuple[str, str], list[float]]
+    """(key, status) -> [sent at, sampled watchers still to see it]."""
+    status_latency: dict[str, Histogram]
+    """Status change to sighting, by what the sampled watcher follows (lobby, watch)."""
+    status_seen: int
+    status_made: int
+    """Status changes this process made in the run: each next one's number."""
 
     def pub(self, index: int) -> str:
         """Client ``index``'s public key (hex)."""
+        raise NotImplementedError
+
+    def _mark_leave(self, index: int) -> None:
+        """Client ``index`` is about to leave on purpose (its close is expected)."""
+        raise NotImplementedError
+
+    def _on_record(self, client: LoadClientV2, event: ViewChange) -> None:
+        """A sampled watcher saw a record change (the records ops time it)."""
         raise NotImplementedError
 
     def _watchers_of(self, public_key: str) -> int:
